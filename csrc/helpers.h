@@ -1,0 +1,13 @@
+// Shared declarations for the bertforge pybind11 extension (`engine._csrc`).
+// Each helper lives in its own .cpp file and registers its functions through one register_* call below;
+// module.cpp holds the single PYBIND11_MODULE. Helpers take and return numpy arrays only (no libtorch).
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace bertforge {
+void register_offsets(py::module_& m);     // offsets.cpp: lengths -> cu_seqlens / unpad gather indices
+void register_sample_map(py::module_& m);  // sample_map.cpp: BERT NSP sentence-pair sample map
+}  // namespace bertforge
