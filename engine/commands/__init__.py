@@ -1,0 +1,1 @@
+"""One module per `bertforge` subcommand; each defines `register(subparsers)`. See engine/cli.py."""
