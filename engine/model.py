@@ -1,0 +1,218 @@
+"""The BERT encoder: embeddings -> L x [self-attention -> bias+dropout+residual+LN -> FFN bias+GELU ->
+bias+dropout+residual+LN] -> pooler. Parameter names are Hugging Face's (`embeddings.word_embeddings`,
+`encoder.layer.N.attention.self.query`, ...) so checkpoints map across one-to-one (engine/hf.py).
+
+One code path serves two batch layouts:
+  padded:   input_ids (B, S), attention_mask (B, S) 1 = real token; hidden states (B, S, h)
+  unpadded: input_ids (total,), cu_seqlens (B+1,) int32, max_seqlen; hidden states (total, h) — no padding
+            tokens are ever computed.
+Hot ops go through engine/ops.py, which runs pure torch or the Triton kernels (config.kernels). No distributed
+code lives here: DeepSpeed wraps the model from outside (engine/deepspeed.py)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import ops
+from engine.config import ModelConfig
+from engine.padding import cu_seqlens_to_position_ids
+
+_GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+class Batch:
+    """How a forward call's tokens are laid out; built once per forward and handed to every layer."""
+
+    def __init__(self, attention_mask=None, cu_seqlens=None, max_seqlen=None):
+        if attention_mask is not None and cu_seqlens is not None:
+            raise ValueError("pass attention_mask (padded batch) or cu_seqlens (unpadded batch), not both")
+        self.key_padding_mask = attention_mask.bool() if attention_mask is not None else None  # (B, S)
+        self.cu_seqlens = cu_seqlens.to(torch.int32) if cu_seqlens is not None else None  # (B+1,)
+        if cu_seqlens is not None and max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        self.max_seqlen = max_seqlen
+
+    @property
+    def unpadded(self) -> bool:
+        return self.cu_seqlens is not None
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.max_positions = config.max_position_embeddings
+
+    def forward(self, input_ids, token_type_ids, position_ids):
+        """input_ids, token_type_ids, position_ids: (B, S) or (total,) int64 -> (..., h)."""
+        if input_ids.numel() and int(position_ids.max()) >= self.max_positions:
+            raise ValueError(f"sequence longer than max_position_embeddings ({self.max_positions})")
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+             + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.backend = config.kernels
+
+    def forward(self, x, batch: Batch):
+        """x (B, S, h) or (total, h) -> context in the same layout (before the output projection)."""
+        heads = (self.num_heads, self.head_dim)
+        q = self.query(x).unflatten(-1, heads)  # (B, S, nh, d) or (total, nh, d)
+        k = self.key(x).unflatten(-1, heads)
+        v = self.value(x).unflatten(-1, heads)
+        out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
+                            max_seqlen=batch.max_seqlen, dropout_p=self.dropout_p if self.training else 0.0,
+                            backend=self.backend)
+        return out.flatten(-2)
+
+
+class BertSublayerOutput(nn.Module):
+    """dense -> bias + dropout + residual add + LayerNorm (HF's BertSelfOutput / BertOutput)."""
+
+    def __init__(self, in_features: int, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout_p = config.hidden_dropout_prob
+        self.backend = config.kernels
+
+    def params_read_in_forward(self) -> list[nn.Parameter]:
+        """Child parameters this forward reads directly (ZeRO-3 must gather them for this module)."""
+        return [self.dense.weight, self.dense.bias, self.LayerNorm.weight, self.LayerNorm.bias]
+
+    def forward(self, x, residual):
+        y = F.linear(x, self.dense.weight)  # bias is fused into the epilogue
+        return ops.bias_dropout_add_layernorm(y, self.dense.bias, residual, self.LayerNorm.weight,
+                                              self.LayerNorm.bias, self.LayerNorm.eps,
+                                              self.dropout_p if self.training else 0.0, backend=self.backend)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSublayerOutput(config.hidden_size, config)
+
+    def forward(self, x, batch: Batch):
+        return self.output(self.self(x, batch), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.approximate = _GELU_APPROXIMATE[config.hidden_act]
+        self.backend = config.kernels
+
+    def params_read_in_forward(self) -> list[nn.Parameter]:
+        return [self.dense.weight, self.dense.bias]
+
+    def forward(self, x):
+        return ops.bias_gelu(F.linear(x, self.dense.weight), self.dense.bias, self.approximate, backend=self.backend)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertSublayerOutput(config.intermediate_size, config)
+
+    def forward(self, x, batch: Batch):
+        x = self.attention(x, batch)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, x, batch: Batch):
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, batch, use_reentrant=False)
+            else:
+                x = layer(x, batch)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, cls_hidden):
+        """cls_hidden (B, h): the [CLS] state of each sequence -> tanh(dense) (B, h)."""
+        return torch.tanh(self.dense(cls_hidden))
+
+
+def init_weights(module: nn.Module, config: ModelConfig) -> None:
+    """BERT's initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorm, zero [PAD] row."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=config.initializer_range)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=config.initializer_range)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class BertModel(nn.Module):
+    """Embeddings + encoder (+ pooler). forward returns (sequence_output, pooled_output or None)."""
+
+    def __init__(self, config: ModelConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        init_weights(self, config)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
+                max_seqlen=None):
+        """Padded: input_ids (B, S) [+ attention_mask (B, S)]. Unpadded: input_ids (total,) + cu_seqlens (B+1,).
+        token_type_ids / position_ids default to zeros / 0..len-1 per sequence.
+        Returns sequence_output (B, S, h) or (total, h), and pooled_output (B, h) (None without a pooler)."""
+        batch = Batch(attention_mask, cu_seqlens, max_seqlen)
+        if batch.unpadded and input_ids.dim() != 1:
+            raise ValueError(f"unpadded input_ids must be (total,), got {tuple(input_ids.shape)}")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            if batch.unpadded:
+                position_ids = cu_seqlens_to_position_ids(batch.cu_seqlens, input_ids.shape[0])
+            else:
+                position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        x = self.encoder(x, batch)
+        pooled = None
+        if self.pooler is not None:
+            pooled = self.pooler(self.cls_states(x, batch))
+        return x, pooled
+
+    @staticmethod
+    def cls_states(x, batch: Batch):
+        """The first token's state of every sequence: (B, h)."""
+        return x[batch.cu_seqlens[:-1].long()] if batch.unpadded else x[:, 0]
