@@ -89,7 +89,7 @@ class ModelConfig:
         """Parameter count of BertModel (+ MLM transform and NSP head when asked; the decoder is tied)."""
         h, i, L, V = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size
         embeddings = (V + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
-        layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 4 * h
+        layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * (2 * h)  # q,k,v,o + FFN + 2 LayerNorms
         pooler = h * h + h
         heads = (h * h + h + 2 * h + V + 2 * h + 2) if with_pretraining_heads else 0
         return embeddings + L * layer + pooler + heads

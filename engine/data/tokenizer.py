@@ -1,0 +1,138 @@
+"""WordPiece vocabulary: train one with the `tokenizers` library or load an existing BERT vocabulary.
+
+A trained or loaded tokenizer has BERT's pipeline: BertNormalizer (lower-casing and accent stripping when uncased)
+→ BertPreTokenizer → WordPiece ("##" continuation prefix) → template `[CLS] A [SEP] B [SEP]` with type ids 0/1.
+`train_wordpiece` writes vocab.txt + tokenizer.json (+ tokenizer_config.json, special_tokens_map.json) so that
+`transformers.BertTokenizerFast.from_pretrained(out_dir)` loads the folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from engine.data.errors import DataError
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    pad_id: int
+    unk_id: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+
+    def as_list(self) -> list[int]:
+        return [self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id]
+
+
+def special_ids(tok: Tokenizer) -> SpecialIds:
+    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    if any(i is None for i in ids):
+        missing = [t for t, i in zip(SPECIAL_TOKENS, ids) if i is None]
+        raise DataError(f"tokenizer lacks special token(s) {', '.join(missing)}")
+    return SpecialIds(*ids)
+
+
+def _bert_pipeline(tok: Tokenizer, lowercase: bool) -> Tokenizer:
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=lowercase, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _post_processor(tok: Tokenizer) -> None:
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+
+
+def train_wordpiece(files_or_iter: Iterable[str] | Iterable[Path] | str | Path, out_dir: str | Path,
+                    vocab_size: int = 30522, lowercase: bool = True, min_frequency: int = 2,
+                    show_progress: bool = True) -> Tokenizer:
+    """Train WordPiece on raw text and save it to `out_dir`.
+
+    files_or_iter: a corpus path / list of corpus paths (any format engine.data.readers understands), or an iterable
+    of text strings. Special tokens get ids 0-4: [PAD] [UNK] [CLS] [SEP] [MASK]."""
+    if isinstance(files_or_iter, (str, Path)):
+        files_or_iter = [files_or_iter]
+    items = list(files_or_iter) if not isinstance(files_or_iter, Iterator) else files_or_iter
+    if isinstance(items, list) and items and all(isinstance(x, Path) or Path(str(x)).exists() for x in items):
+        from engine.data.readers import read_documents
+
+        texts: Iterable[str] = (d.text for d in read_documents(items))
+    else:
+        texts = (str(x) for x in items)
+    tok = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100)), lowercase)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##",
+                                        show_progress=show_progress)
+    tok.train_from_iterator(texts, trainer=trainer)
+    _post_processor(tok)
+    save_tokenizer(tok, out_dir, lowercase)
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, out_dir: str | Path, lowercase: bool) -> None:
+    """Write vocab.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json (each atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    if [i for _, i in vocab] != list(range(len(vocab))):
+        raise DataError("vocabulary ids are not contiguous", str(out))
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "strip_accents": None,
+              "tokenize_chinese_chars": True, "model_max_length": 512, "unk_token": "[UNK]", "sep_token": "[SEP]",
+              "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    special_map = {k: config[k] for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")}
+    for name, text in [("vocab.txt", "".join(t + "\n" for t, _ in vocab)), ("tokenizer.json", tok.to_str()),
+                       ("tokenizer_config.json", json.dumps(config, indent=2)),
+                       ("special_tokens_map.json", json.dumps(special_map, indent=2))]:
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out / name)
+
+
+def load_tokenizer(path_or_dir: str | Path, lowercase: bool | None = None) -> Tokenizer:
+    """Load tokenizer.json, or build BERT's pipeline around a vocab.txt (uncased unless tokenizer_config.json says
+    do_lower_case=false or `lowercase` is given). Accepts the folder or either file. No padding or truncation."""
+    p = Path(path_or_dir)
+    folder = p if p.is_dir() else p.parent
+    if lowercase is None:
+        cfg = folder / "tokenizer_config.json"
+        lowercase = json.loads(cfg.read_text()).get("do_lower_case", True) if cfg.exists() else True
+    if p.is_dir():
+        p = folder / "tokenizer.json" if (folder / "tokenizer.json").exists() else folder / "vocab.txt"
+    if not p.exists():
+        raise DataError("no tokenizer.json or vocab.txt", str(path_or_dir))
+    if p.suffix == ".json":
+        try:
+            tok = Tokenizer.from_file(str(p))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise DataError(f"cannot load tokenizer: {exc}", str(p)) from None
+    else:
+        tok = _bert_pipeline(Tokenizer(models.WordPiece.from_file(str(p), unk_token="[UNK]")), lowercase)
+        special_ids(tok)
+        _post_processor(tok)
+    tok.no_padding()
+    tok.no_truncation()
+    special_ids(tok)
+    return tok
+
+
+def tokenizer_hash(tok_or_path: Tokenizer | str | Path) -> str:
+    """sha256 (hex, 16 chars) of what decides token ids: the vocabulary in id order and the normalizer's settings.
+    A tokenizer.json and the vocab.txt it was saved with hash equal."""
+    tok = tok_or_path if isinstance(tok_or_path, Tokenizer) else load_tokenizer(tok_or_path)
+    vocab = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
+    norm = json.loads(tok.to_str()).get("normalizer") or {}
+    lowercase = bool(norm.get("lowercase", False)) if norm.get("type") == "BertNormalizer" else norm
+    h = hashlib.sha256(json.dumps({"vocab": vocab, "lowercase": lowercase}, sort_keys=True).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,100 @@
+"""kernels/layer_norm.py (bias + dropout + residual + LayerNorm) against torch: output and all five gradients,
+odd shapes, fp32/fp16/bf16; dropout statistics and forward/backward consistency of its mask."""
+import math
+
+import pytest
+import torch
+
+from _kernel_tolerance import assert_within_noise
+from kernels.layer_norm import (bias_dropout_add_layernorm, bias_dropout_add_layernorm_forward,
+                                bias_dropout_add_layernorm_ref, dropout_keep_mask)
+
+SHAPES = [(1, 1, 7), (3, 5, 129), (37, 768), (2, 3, 1000)]
+EPS = 1e-12  # BERT's
+
+
+def _inputs(shape, dtype, param_dtype=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = shape[-1]
+    param_dtype = param_dtype or dtype
+    x = torch.randn(shape, generator=g).to(dtype)
+    res = (torch.randn(shape, generator=g) * 2 + 0.5).to(dtype)
+    bias = (torch.randn(h, generator=g) * 0.1).to(param_dtype)
+    w = (1 + 0.3 * torch.randn(h, generator=g)).to(param_dtype)
+    lnb = (0.1 * torch.randn(h, generator=g)).to(param_dtype)
+    dy = torch.randn(shape, generator=g)
+    return [x, bias, res, w, lnb], dy
+
+
+def _run(fn, args, dy):
+    args = [a.detach().clone().requires_grad_() for a in args]
+    y = fn(*args)
+    y.backward(dy.to(y.dtype))
+    return [y] + [a.grad for a in args]
+
+
+NAMES = ("out", "dx", "dbias", "dresidual", "dweight", "dln_bias")
+
+
+def _check(args, dy, p, seed, dtype):
+    mask = dropout_keep_mask(seed, args[0].shape, p) if p > 0 else None
+    out = _run(lambda *a: bias_dropout_add_layernorm(*a, EPS, p, seed=seed), args, dy)
+    lowp = _run(lambda *a: bias_dropout_add_layernorm_ref(*a, EPS, p, keep_mask=mask), args, dy)
+    exact = _run(lambda *a: bias_dropout_add_layernorm_ref(*a, EPS, p, keep_mask=mask), [a.double() for a in args],
+                 dy.double())
+    for name, o, t, e, a in zip(NAMES, out, lowp, exact, [args[0]] + args):
+        assert o.dtype == a.dtype, name
+        assert_within_noise(o, t, e, name=f"{name} {dtype} p={p}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_matches_torch_without_dropout(shape, dtype):
+    args, dy = _inputs(shape, dtype, seed=shape[-1])
+    _check(args, dy, 0.0, 0, dtype)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 7), (3, 5, 129), (2, 3, 1000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_forward_backward_use_the_same_mask(shape, dtype):
+    """Replaying the kernel's mask in the torch reference gives the same output and all gradients."""
+    args, dy = _inputs(shape, dtype, seed=1)
+    _check(args, dy, 0.25, 1234, dtype)
+
+
+def test_low_precision_activations_fp32_params():
+    args, dy = _inputs((4, 9, 96), torch.bfloat16, param_dtype=torch.float32)
+    out = _run(lambda *a: bias_dropout_add_layernorm(*a, EPS, 0.0), args, dy)
+    exact = _run(lambda *a: bias_dropout_add_layernorm_ref(*a, EPS), [a.double() for a in args], dy.double())
+    for name, o, e, a in zip(NAMES, out, exact, [args[0]] + args):
+        assert o.dtype == a.dtype, name
+        torch.testing.assert_close(o.double(), e, rtol=0.02, atol=0.03 * max(1.0, e.abs().max().item()))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_statistics(p):
+    """Keep rate within 5 sigma of the binomial; E[dropout(z)] = z (mean of the saved pre-LN sum)."""
+    n_rows, h = 97, 1031
+    n = n_rows * h
+    keep = dropout_keep_mask(7, (n_rows, h), p)
+    sigma = math.sqrt(n * p * (1 - p))
+    assert abs(keep.sum().item() - n * (1 - p)) < 5 * sigma
+    ones = torch.ones(n_rows, h)
+    zeros = torch.zeros(h)
+    _, s, _, _ = bias_dropout_add_layernorm_forward(ones, zeros, torch.zeros(n_rows, h), torch.ones(h), zeros,
+                                                    EPS, p, 7)
+    assert torch.equal(s > 0, keep)  # kept elements are scaled, dropped ones are exactly 0
+    assert abs(s.mean().item() - 1.0) < 5 * sigma / n / (1 - p)
+    # different rows and columns draw different numbers: rows are not copies of each other
+    assert not torch.equal(keep[0], keep[1])
+
+
+def test_dropout_seeding():
+    args, _ = _inputs((3, 7, 65), torch.float32)
+    a = bias_dropout_add_layernorm(*args, EPS, 0.3, seed=5)
+    assert torch.equal(a, bias_dropout_add_layernorm(*args, EPS, 0.3, seed=5))
+    assert not torch.equal(a, bias_dropout_add_layernorm(*args, EPS, 0.3, seed=6))
+    torch.manual_seed(0)
+    b = bias_dropout_add_layernorm(*args, EPS, 0.3)
+    torch.manual_seed(0)
+    assert torch.equal(b, bias_dropout_add_layernorm(*args, EPS, 0.3))
