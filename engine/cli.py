@@ -8,18 +8,17 @@ import importlib
 import os
 import sys
 
-# (subcommand, module under engine.commands, one-line help). Order = order in --help.
-COMMANDS: list[tuple[str, str, str]] = [
-    ("data", "data", "fetch the real data sets of DATA.md into the cache ($BERTFORGE_CACHE)"),
-    ("tokenizer", "tokenizer", "train or inspect a WordPiece vocabulary"),
-    ("prepare", "prepare", "turn raw text into a sharded, memory-mapped indexed dataset"),
-    ("pretrain", "pretrain", "MLM+NSP pretraining on DeepSpeed (ZeRO 0-3, bf16/fp16/fp32)"),
-    ("finetune", "finetune", "low-learning-rate finetuning: classify, ner, mlm"),
-    ("predict", "predict", "run a finetuned model over a file, JSONL out"),
-    ("evaluate", "evaluate", "score a finetuned model on a labelled file"),
-    ("export", "export", "export a checkpoint to Hugging Face format"),
-    ("plot", "plot", "render a run's loss/accuracy/throughput curves to PNG"),
-    ("smoke", "smoke", "forward/backward of a preset on real tokenized text (a quick health check)"),
+# (subcommand, module under engine.commands, one-line help, issue that brings it). Order = order in --help.
+COMMANDS: list[tuple[str, str, str, int]] = [
+    ("data", "data", "fetch the real data sets of DATA.md into the cache ($BERTFORGE_CACHE)", 3),
+    ("tokenizer", "tokenizer", "train or inspect a WordPiece vocabulary", 3),
+    ("prepare", "prepare", "turn raw text into a sharded, memory-mapped indexed dataset", 3),
+    ("pretrain", "pretrain", "MLM+NSP pretraining on DeepSpeed (ZeRO 0-3, bf16/fp16/fp32)", 4),
+    ("export", "export", "export a checkpoint to Hugging Face format or one consolidated fp32 file", 4),
+    ("plot", "plot", "render a run's loss/accuracy/throughput curves to PNG", 4),
+    ("finetune", "finetune", "low-learning-rate finetuning: classify, ner, mlm", 5),
+    ("predict", "predict", "run a finetuned model over a file, JSONL out", 5),
+    ("evaluate", "evaluate", "score a finetuned model on a labelled file", 5),
 ]
 
 
@@ -39,17 +38,24 @@ def _fail(message: str) -> int:
     return 2
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors (unknown option, bad value) as one line naming the command; subparsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertforge", description="Pretrain and finetune BERT-style encoders.")
+    parser = _OneLineParser(prog="bertforge", description="Pretrain and finetune BERT-style encoders.")
     parser.add_argument("--version", action="version", version=f"bertforge {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module, help_text in COMMANDS:
+    for name, module, help_text, issue in COMMANDS:
         try:
             mod = importlib.import_module(f"engine.commands.{module}")
             register = mod.register
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("engine.commands"):
-                register = _not_built(name, f"not built yet ({help_text})")
+                register = _not_built(name, f"not built yet, comes with issue #{issue} ({help_text})")
             else:
                 register = _not_built(name, f"missing dependency {exc.name!r}")
         register(subparsers)

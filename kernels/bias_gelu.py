@@ -7,8 +7,6 @@ Traffic: forward reads x and writes y (2 bytes x dtype per element), backward re
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 import triton
@@ -16,24 +14,19 @@ import triton.language as tl
 
 from kernels._common import is_interpreting, next_power_of_2
 
-_SQRT1_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
 
 @triton.jit
 def _gelu_and_grad(z, APPROX_TANH: tl.constexpr, WANT_GRAD: tl.constexpr):
-    """gelu(z) and d gelu / dz for fp32 z; the grad is 0 (unused) when WANT_GRAD is False."""
+    """(gelu(z), d gelu / dz) for fp32 z; without WANT_GRAD the second slot repeats gelu(z) (unused)."""
     if APPROX_TANH:
-        k: tl.constexpr = 0.7978845608028654  # sqrt(2 / pi)
-        inner = k * (z + 0.044715 * z * z * z)
+        inner = 0.7978845608028654 * (z + 0.044715 * z * z * z)  # sqrt(2 / pi) (z + 0.044715 z^3)
         e = tl.exp(-2.0 * tl.abs(inner))  # in (0, 1]: no overflow, no cancellation near tanh = +-1
         r = 1.0 / (1.0 + e)
         one_plus_t = tl.where(inner >= 0, 2.0 * r, 2.0 * e * r)  # 1 + tanh(inner)
         y = 0.5 * z * one_plus_t
         if WANT_GRAD:
             one_minus_t2 = 4.0 * e * r * r  # 1 - tanh(inner)^2
-            dy = 0.5 * one_plus_t + 0.5 * z * one_minus_t2 * k * (1.0 + 3.0 * 0.044715 * z * z)
+            dy = 0.5 * one_plus_t + 0.5 * z * one_minus_t2 * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * z * z)
         else:
             dy = y
     else:
@@ -140,24 +133,46 @@ def bias_gelu_backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
     return dx.view(x.shape), db_part.sum(0).to(bias.dtype)
 
 
-class BiasGeluFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, bias, approximate):
-        ctx.save_for_backward(x, bias)
-        ctx.approximate = approximate
-        return bias_gelu_forward(x, bias, approximate)
+# Autograd through torch.library custom ops (the role of an autograd.Function), so torch.compile keeps them opaque.
+@torch.library.custom_op("bertforge::bias_gelu_fwd", mutates_args=())
+def _bias_gelu_fwd_op(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    return bias_gelu_forward(x, bias, approximate)
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, bias = ctx.saved_tensors
-        dx, dbias = bias_gelu_backward(dy, x, bias, ctx.approximate)
-        return dx, dbias, None
+
+@_bias_gelu_fwd_op.register_fake
+def _(x, bias, approximate):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("bertforge::bias_gelu_bwd", mutates_args=())
+def _bias_gelu_bwd_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
+                      approximate: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return bias_gelu_backward(dy, x, bias, approximate)
+
+
+@_bias_gelu_bwd_op.register_fake
+def _(dy, x, bias, approximate):
+    return x.new_empty(x.shape), bias.new_empty(bias.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, bias, ctx.approximate = inputs
+    ctx.save_for_backward(x, bias)
+
+
+def _backward(ctx, dy):
+    x, bias = ctx.saved_tensors
+    dx, dbias = _bias_gelu_bwd_op(dy, x, bias, ctx.approximate)
+    return dx, dbias, None
+
+
+_bias_gelu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """gelu(x + bias) fused; x (..., n), bias (n,). Output and dx in x's dtype, dbias in bias's dtype.
     (The reference promotes x + bias to the wider dtype; the kernel keeps x's, which is the point under autocast.)"""
-    return BiasGeluFunction.apply(x, bias, approximate)
+    return _bias_gelu_fwd_op(x, bias, approximate)
 
 
 def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none", upcast: bool = False):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._common import draw_seed, is_interpreting, next_power_of_2, num_sms
+from kernels._common import is_interpreting, next_power_of_2, num_sms
 
 
 @triton.jit
@@ -207,38 +207,82 @@ def bias_dropout_add_layernorm_backward(dy, s, mean, rstd, weight, dropout_p, se
         _bias_dropout_add_ln_bwd_kernel[(n_progs,)](
             dy2, s, weight.contiguous(), mean, rstd, dx, dres, parts[0], parts[1], parts[2], n_rows, h,
             dropout_p, seed, HAS_DROPOUT=dropout_p > 0, BLOCK_M=block_m, BLOCK_H=block_h, num_warps=warps)
-    dw, dlnb, dbias = parts.sum(1)
-    return dx, dres, dbias.to(bias_dtype), dw.to(weight.dtype), dlnb.to(ln_bias_dtype)
+    dw, dlnb, dbias = parts.sum(1)  # views of one (3, h) tensor: copy so that no two outputs alias
+    return dx, dres, dbias.to(bias_dtype, copy=True), dw.to(weight.dtype, copy=True), dlnb.to(ln_bias_dtype, copy=True)
 
 
-class BiasDropoutAddLayerNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, bias, residual, weight, ln_bias, eps, dropout_p, seed):
-        store = any(ctx.needs_input_grad[:5])  # no saved sum when nothing needs a gradient
-        y, s, mean, rstd = bias_dropout_add_layernorm_forward(x, bias, residual, weight, ln_bias, eps, dropout_p,
-                                                              seed, store_sum=store)
-        ctx.save_for_backward(s, mean, rstd, weight)
-        ctx.meta = (dropout_p, seed, x.shape, x.dtype, residual.dtype, bias.dtype, ln_bias.dtype)
-        return y
+# Autograd through torch.library custom ops (the role of an autograd.Function), so torch.compile keeps them opaque.
+# The Philox seed travels as a (1,) int64 CPU tensor: a compiled graph must not bake it in as a constant.
+@torch.library.custom_op("bertforge::bias_dropout_add_layernorm_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, ln_bias: torch.Tensor,
+            seed: torch.Tensor, eps: float, dropout_p: float,
+            store_sum: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (out like x, s (n_rows, h) or empty, mean (n_rows,), rstd (n_rows,))."""
+    y, s, mean, rstd = bias_dropout_add_layernorm_forward(x, bias, residual, weight, ln_bias, eps, dropout_p,
+                                                          int(seed.item()), store_sum)
+    return y, (s if s is not None else x.new_empty(0)), mean, rstd
 
-    @staticmethod
-    def backward(ctx, dy):
-        s, mean, rstd, weight = ctx.saved_tensors
-        dropout_p, seed, shape, x_dtype, res_dtype, bias_dtype, lnb_dtype = ctx.meta
-        dx, dres, dbias, dw, dlnb = bias_dropout_add_layernorm_backward(dy, s, mean, rstd, weight, dropout_p, seed,
-                                                                        x_dtype, res_dtype, bias_dtype, lnb_dtype)
-        return dx.view(shape), dbias, dres.view(shape), dw, dlnb, None, None, None
+
+@_fwd_op.register_fake
+def _(x, bias, residual, weight, ln_bias, seed, eps, dropout_p, store_sum):
+    h = x.shape[-1]
+    n_rows = x.numel() // h
+    f32 = dict(dtype=torch.float32, device=x.device)
+    return (x.new_empty(x.shape), x.new_empty((n_rows, h) if store_sum else (0,)), torch.empty(n_rows, **f32),
+            torch.empty(n_rows, **f32))
+
+
+@torch.library.custom_op("bertforge::bias_dropout_add_layernorm_bwd", mutates_args=())
+def _bwd_op(dy: torch.Tensor, s: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
+            seed: torch.Tensor, dropout_p: float, x_dtype: torch.dtype, res_dtype: torch.dtype,
+            bias_dtype: torch.dtype, ln_bias_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor, torch.Tensor]:
+    """Returns (dx (n_rows, h), dresidual (n_rows, h), dbias, dweight, dln_bias)."""
+    return bias_dropout_add_layernorm_backward(dy, s, mean, rstd, weight, dropout_p, int(seed.item()), x_dtype,
+                                               res_dtype, bias_dtype, ln_bias_dtype)
+
+
+@_bwd_op.register_fake
+def _(dy, s, mean, rstd, weight, seed, dropout_p, x_dtype, res_dtype, bias_dtype, ln_bias_dtype):
+    h = s.shape[1]
+    return (s.new_empty(s.shape, dtype=x_dtype), s.new_empty(s.shape, dtype=res_dtype),
+            s.new_empty(h, dtype=bias_dtype), s.new_empty(h, dtype=weight.dtype), s.new_empty(h, dtype=ln_bias_dtype))
+
+
+def _setup_context(ctx, inputs, output):
+    x, bias, residual, weight, ln_bias, seed, eps, dropout_p, store_sum = inputs
+    _, s, mean, rstd = output
+    ctx.save_for_backward(s, mean, rstd, weight, seed)
+    ctx.meta = (dropout_p, x.shape, x.dtype, residual.dtype, bias.dtype, ln_bias.dtype)
+
+
+def _backward(ctx, dy, _ds, _dmean, _drstd):
+    s, mean, rstd, weight, seed = ctx.saved_tensors
+    if s.numel() == 0 and dy.numel() != 0:
+        raise RuntimeError("bias_dropout_add_layernorm: backward after a forward run without gradients")
+    dropout_p, shape, x_dtype, res_dtype, bias_dtype, lnb_dtype = ctx.meta
+    dx, dres, dbias, dw, dlnb = _bwd_op(dy, s, mean, rstd, weight, seed, dropout_p, x_dtype, res_dtype, bias_dtype,
+                                        lnb_dtype)
+    return dx.view(shape), dbias, dres.view(shape), dw, dlnb, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def bias_dropout_add_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                                ln_bias: torch.Tensor, eps: float, dropout_p: float = 0.0,
                                seed: int | None = None) -> torch.Tensor:
     """LayerNorm(residual + dropout(x + bias)); x, residual (..., h); bias, weight, ln_bias (h,). Output in x's
-    dtype, statistics in fp32. `seed` (optional) fixes the Philox stream; by default it is drawn from torch's
-    generator. dropout_p must already be 0 outside training."""
-    if dropout_p > 0 and seed is None:
-        seed = draw_seed()
-    return BiasDropoutAddLayerNormFunction.apply(x, bias, residual, weight, ln_bias, eps, dropout_p, seed or 0)
+    dtype, statistics in fp32. `seed` (optional) fixes the Philox stream; by default it is drawn from torch's CPU
+    generator (reproducible under torch.manual_seed). dropout_p must already be 0 outside training."""
+    if seed is not None:
+        seed_t = torch.tensor([seed], dtype=torch.int64)
+    elif dropout_p > 0:
+        seed_t = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64)
+    else:
+        seed_t = torch.zeros(1, dtype=torch.int64)
+    store_sum = torch.is_grad_enabled() and any(t.requires_grad for t in (x, bias, residual, weight, ln_bias))
+    return _fwd_op(x, bias, residual, weight, ln_bias, seed_t, eps, dropout_p, store_sum)[0]
 
 
 def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0, keep_mask=None,

@@ -55,8 +55,10 @@ class PrepareStats:
 _TOK = None
 
 
-def _init_worker(tokenizer_path: str) -> None:
+def _init_worker(tokenizer_path: str, in_pool: bool = False) -> None:
     global _TOK
+    if in_pool:  # one process per core already; the tokenizer's own thread pool would oversubscribe
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _TOK = load_tokenizer(tokenizer_path)
 
 
@@ -154,6 +156,7 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
         if old != thash:
             raise DataError(f"folder holds a dataset prepared with another tokenizer (hash {old}, this tokenizer is "
                             f"{thash}); use a new output folder", str(out))
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     _clean_tmp(out)
     max_sentence_tokens = max_seq_len - 3
@@ -161,7 +164,7 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
     stats, read_stats, names = PrepareStats(), ReadStats(), []
     bar = tqdm(desc="prepare", unit="doc", disable=not progress, dynamic_ncols=True)
     tok_path = str(Path(tokenizer))
-    pool = (mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(tok_path,))
+    pool = (mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(tok_path, True))
             if workers > 1 else None)
     if pool is None:
         _init_worker(tok_path)
@@ -175,7 +178,6 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
             bar.update(n_docs)
 
     try:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if pool else "true")
         for s, docs in enumerate(_chunks(read_documents(inputs, fmt, read_stats), docs_per_shard)):
             name = f"shard_{s:05d}"
             names.append(name)
@@ -200,6 +202,8 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
         if pool is not None:
             pool.terminate()
         _clean_tmp(out)
+        if created and not any(out.iterdir()):
+            out.rmdir()
         raise
     finally:
         bar.close()

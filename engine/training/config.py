@@ -20,6 +20,11 @@ class TrainConfig:
     # ---- what to train on, where to write ------------------------------------------------------------------
     data_dir: str = ""
     """Prepared dataset directory (`bertforge prepare` output: shards + its tokenizer)."""
+    tokenizer: str = ""
+    """Tokenizer directory the dataset was prepared with (checked against the dataset's tokenizer hash; its files go
+    into the Hugging Face export)."""
+    eval_fraction: float = 0.05
+    """Fraction of the dataset's documents held out for evaluation (chosen by document hash, stable)."""
     output_dir: str = "runs/pretrain"
     """Run directory: checkpoints/, metrics.jsonl, tensorboard/, config.json, final HF export in hf/."""
     preset: str = "tiny"
@@ -126,6 +131,10 @@ class TrainConfig:
         if self.global_batch % self.micro_batch:
             raise ConfigError(f"--global-batch ({self.global_batch}) must be a multiple of --micro-batch "
                               f"({self.micro_batch})")
+        from engine.config import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -142,6 +151,8 @@ class TrainConfig:
             raise ConfigError(f"--warmup-steps must be >= 0 (or -1 for --warmup-ratio), got {self.warmup_steps}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError(f"--eval-fraction must lie in (0, 1), got {self.eval_fraction!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ConfigError(f"--mlm-probability must lie in (0, 1), got {self.mlm_probability!r}")
         if not (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1) or not self.eps > 0:
@@ -179,6 +190,22 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown TrainConfig field(s): {', '.join(sorted(unknown))}")
         return cls(**raw)
+
+
+def field_docs(cls=None) -> dict[str, str]:
+    """The docstring under each field of a dataclass (read from its source), for --help."""
+    import ast
+    import inspect
+    import textwrap
+
+    cls = cls or TrainConfig
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split()).replace("%", "%%")
+    return docs
 
 
 def _flag(name: str) -> str:

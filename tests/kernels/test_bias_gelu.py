@@ -49,3 +49,11 @@ def test_bias_gelu_low_precision_x_fp32_bias():
 def test_bias_gelu_empty():
     x = torch.zeros(0, 16)
     assert bias_gelu(x, torch.zeros(16)).shape == (0, 16)
+
+
+def test_custom_op_registration():
+    """Schema, fake (meta) kernel and autograd registration of the torch.library ops that torch.compile sees."""
+    from kernels.bias_gelu import _bias_gelu_fwd_op
+
+    x, b = torch.randn(3, 5, 33, requires_grad=True), torch.randn(33, requires_grad=True)
+    torch.library.opcheck(_bias_gelu_fwd_op, (x, b, "tanh"))

@@ -98,3 +98,19 @@ def test_dropout_seeding():
     b = bias_dropout_add_layernorm(*args, EPS, 0.3)
     torch.manual_seed(0)
     assert torch.equal(b, bias_dropout_add_layernorm(*args, EPS, 0.3))
+
+
+def test_custom_op_registration_and_compile():
+    """opcheck of the torch.library op; under torch.compile the seed is an input, not a baked-in constant."""
+    from kernels.layer_norm import _fwd_op
+
+    args, _ = _inputs((3, 5, 33), torch.float32)
+    args = [a.requires_grad_() for a in args]
+    torch.library.opcheck(_fwd_op, (*args, torch.tensor([3]), EPS, 0.2, True))
+    fn = lambda *a: bias_dropout_add_layernorm(*a, EPS, 0.3)  # noqa: E731
+    compiled = torch.compile(fn, backend="aot_eager")
+    torch.manual_seed(0)
+    a = compiled(*args)
+    torch.manual_seed(0)
+    assert torch.equal(a, fn(*args))
+    assert not torch.equal(a, compiled(*args))

@@ -1,0 +1,156 @@
+"""GPU check of the fused attention (issue 6) for benchmarks/gpu_check.sh.
+
+1. bf16 correctness of the output and dq / dk / dv against attention_ref (the rule of tests/kernels: kernel error vs
+   an fp64 reference at most 2x plain torch's bf16 error, plus one ulp), outputs on real rows only: padded layout
+   with prefix masks, an arbitrary (holes / left padding) mask and no mask; unpadded layout; d = 32 / 64 / 128;
+   short sequences (fused one-program backward) and long ones (dk/dv + dq kernels). Run with autotuning off
+   (first config of each list) so it spends seconds, not minutes, compiling.
+2. Dropout: keep rate of the in-kernel Philox mask, and forward + all gradients with dropout 0.1 against the
+   reference fed the kernel's own keep mask (padded S = 128 and unpadded S = 512).
+3. torch.compile(fullgraph=True, backend='aot_eager') traces through the custom ops.
+4. bench_attention at the target shapes (autotuned), and S = 512 again with the atomic-dq backward.
+Prints a table; writes attention_check.json and attention_bench.json under --out. Designed for < 90 s on H100/H200.
+Usage: python benchmarks/gpu_check_attention.py --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench_attention  # noqa: E402
+
+from kernels._common import draw_seed  # noqa: E402
+from kernels.attention import (attention, attention_ref, dropout_keep_mask, set_autotune,  # noqa: E402
+                               set_dq_atomic)
+
+DEV = "cuda"
+# (layout, head_dim, S, B, nh, dropout_p[, dq_atomic]): padded / holes / nomask use (B, S, nh, d), varlen the
+# real tokens of the same batch
+CASES = [
+    ("padded", 64, 128, 8, 4, 0.0), ("padded", 32, 128, 8, 4, 0.0), ("padded", 128, 128, 8, 4, 0.0),
+    ("padded", 64, 300, 4, 4, 0.0), ("padded", 32, 300, 4, 4, 0.0),  # d = 128 is past one key block already at 128
+    ("varlen", 64, 128, 8, 4, 0.0), ("varlen", 64, 512, 4, 4, 0.0),
+    ("nomask", 64, 77, 3, 4, 0.0), ("holes", 64, 200, 4, 4, 0.0),
+    ("padded", 64, 128, 8, 4, 0.1), ("varlen", 64, 512, 4, 4, 0.1), ("padded", 64, 300, 4, 4, 0.1, True),
+]  # a 7th field True: the atomic-dq backward
+
+
+def _err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def _run(fn, q, k, v, dout, **kw):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v, **kw)
+    out.backward(dout.to(out.dtype))
+    return [out.detach(), q.grad, k.grad, v.grad]
+
+
+def check_case(layout, d, seq, batch, nh, p, dq_atomic=False):
+    g = torch.Generator().manual_seed(seq * d + batch)
+    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
+    lengths[0], lengths[-1] = seq, 1
+    mask = torch.arange(seq)[None, :] < lengths[:, None]
+    if layout == "holes":
+        mask = torch.rand(batch, seq, generator=g) < 0.7
+        mask[0] = torch.arange(seq) >= seq // 2  # left padding
+    q, k, v, dout = (torch.randn(batch, seq, nh, d, generator=g).to(DEV, torch.bfloat16) for _ in range(4))
+    mask = mask.to(DEV)
+    dout = dout * mask[:, :, None, None]
+    kw, rows_ok = dict(key_padding_mask=mask), mask
+    if layout == "nomask":
+        kw, rows_ok = dict(), torch.ones_like(mask)
+    elif layout == "varlen":
+        kw = dict(cu_seqlens=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(DEV, torch.int32), max_seqlen=seq)
+        q, k, v, dout = q[mask], k[mask], v[mask], dout[mask]
+        rows_ok = torch.ones(q.shape[0], dtype=torch.bool, device=DEV)
+    ref_kw = dict(kw)
+    if p > 0:
+        torch.manual_seed(1)
+        ref_kw.update(dropout_p=p, dropout_mask=dropout_keep_mask(draw_seed(), batch, nh, seq, p, device=DEV))
+        torch.manual_seed(1)  # the kernel draws the same seed
+    set_dq_atomic(dq_atomic)
+    try:
+        outs = _run(attention, q, k, v, dout, dropout_p=p, **kw)
+    finally:
+        set_dq_atomic(False)
+    lowp = _run(attention_ref, q, k, v, dout, **ref_kw)
+    exact = _run(attention_ref, q.double(), k.double(), v.double(), dout.double(), **ref_kw)
+    rows = []
+    for name, o, t, e in zip(("out", "dq", "dk", "dv"), outs, lowp, exact):
+        finite = bool(torch.isfinite(o).all())
+        if name == "out":
+            o, t, e = o[rows_ok], t[rows_ok], e[rows_ok]
+        ek, et = _err(o, e), _err(t, e)
+        floor = torch.finfo(o.dtype).eps * max(1.0, e.abs().max().item() if e.numel() else 0.0)
+        what = f"{layout} d={d} S={seq} B={batch} p={p}{' atomic' * dq_atomic} {name}"
+        rows.append(dict(check=what, err_kernel=ek, err_torch=et,
+                         ok=finite and ek <= 2.0 * et + floor))
+    return rows
+
+
+def check_dropout_rate():
+    p, b, nh, s = 0.1, 8, 12, 512
+    keep = dropout_keep_mask(1234, b, nh, s, p, device=DEV)
+    rate = keep.double().mean().item()
+    bound = 5 * math.sqrt(p * (1 - p) / keep.numel())
+    return [dict(check=f"dropout keep rate p={p} (B,nh,S,S)={tuple(keep.shape)}", value=rate,
+                 ok=abs(rate - (1 - p)) < bound)]
+
+
+def check_compile():
+    q, k, v = (torch.randn(2, 64, 4, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    mask = torch.arange(64, device=DEV)[None, :] < torch.tensor([64, 20], device=DEV)[:, None]
+    f = torch.compile(lambda q, k, v: attention(q, k, v, key_padding_mask=mask), backend="aot_eager", fullgraph=True)
+    out = f(q, k, v)
+    out.float().sum().backward()
+    want = attention(q, k, v, key_padding_mask=mask)
+    return [dict(check="torch.compile(aot_eager, fullgraph) fwd+bwd", value=_err(out, want),
+                 ok=bool(torch.equal(out, want)) and bool(torch.isfinite(q.grad).all()))]
+
+
+def run_gpu_check(out_dir: Path) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    checks = []
+    set_autotune(False)
+    jobs = [lambda c=c: check_case(*c) for c in CASES] + [check_dropout_rate, check_compile]
+    for job in jobs:
+        try:
+            checks += job()
+        except Exception:  # keep going: one broken variant must not hide the others
+            checks.append(dict(check=str(getattr(job, "__defaults__", None) or job.__name__), ok=False,
+                               error=traceback.format_exc(limit=6)))
+    torch.cuda.synchronize()
+    t_check = time.time() - t0
+    set_autotune(True)
+    bench = bench_attention.run()
+    bench["rows"] += bench_attention.run(cases=[bench_attention.GPU_CASES[-1]], dq_atomic=True)["rows"]
+    result = dict(device=torch.cuda.get_device_name(), checks=checks, all_ok=all(c["ok"] for c in checks),
+                  check_s=round(t_check, 1), total_s=round(time.time() - t0, 1))
+    (out_dir / "attention_check.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "attention_bench.json").write_text(json.dumps(bench, indent=1))
+    for c in checks:
+        detail = c.get("error") or (f"kernel {c['err_kernel']:.3g} vs torch {c['err_torch']:.3g}" if "err_kernel" in c
+                                    else f"value {c['value']:.4g}")
+        print(f"{'OK  ' if c['ok'] else 'FAIL'} {c['check']:<50} {detail}")
+    print(bench_attention.format_table(bench["rows"]))
+    print(f"attention: all_ok={result['all_ok']} checks {result['check_s']} s, total {result['total_s']} s")
+    return result
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="bf16 checks + benchmark of the fused attention on CUDA")
+    ap.add_argument("--out", type=Path, required=True)
+    res = run_gpu_check(ap.parse_args().out)
+    sys.exit(0 if res["all_ok"] else 1)

@@ -1,0 +1,166 @@
+"""GPU check of the issue-6 kernels (all but attention), for benchmarks/gpu_check.sh: bf16 correctness of every kernel
+and gradient against its torch reference on CUDA (the rule of tests/kernels: kernel error vs an fp64 reference at most
+2x plain torch's bf16 error, plus one ulp), bit-exactness of the masking against its reference, then the benchmarks of
+bench_kernels.py at BERT-base sizes. Prints a table; writes kernels_check.json and kernels_bench.json under --out.
+Designed to finish in < 90 s on an H100/H200.  Usage: python benchmarks/gpu_check_kernels.py --out DIR"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench_kernels  # noqa: E402
+
+from kernels.bias_gelu import bias_gelu, bias_gelu_ref  # noqa: E402
+from kernels.lamb import fused_lamb_step, lamb_step_ref  # noqa: E402
+from kernels.layer_norm import (bias_dropout_add_layernorm, bias_dropout_add_layernorm_ref,  # noqa: E402
+                                dropout_keep_mask)
+from kernels.masking import mlm_mask, mlm_mask_ref, philox_uniforms, unigram_cdf_from_counts  # noqa: E402
+from kernels.mlm_loss import masked_lm_loss, masked_lm_loss_ref  # noqa: E402
+
+DEV = "cuda"
+
+
+def _err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def _compare(name, outs, lowp, exact, factor=2.0):
+    """One result row per tensor: kernel and torch errors vs exact; ok if kernel <= factor * torch + 1 ulp."""
+    rows = []
+    for i, (o, t, e) in enumerate(zip(outs, lowp, exact)):
+        ek, et = _err(o, e), _err(t, e)
+        floor = torch.finfo(o.dtype).eps * max(1.0, e.abs().max().item())
+        rows.append(dict(check=f"{name}[{i}]", err_kernel=ek, err_torch=et, ok=bool(ek <= factor * et + floor)))
+    return rows
+
+
+def _fwd_bwd(fn, args, dy):
+    args = [a.detach().clone().requires_grad_(a.is_floating_point()) for a in args]
+    y = fn(*args)
+    y = y[0] if isinstance(y, tuple) else y
+    y.backward(dy.to(y.dtype) if dy is not None else None)
+    return [y.detach()] + [a.grad for a in args if a.requires_grad]
+
+
+def check_bias_gelu():
+    rows = []
+    for shape in ((3, 129, 1000), (4096, 3072)):
+        x = torch.randn(shape, device=DEV).bfloat16()
+        b = torch.randn(shape[-1], device=DEV).bfloat16()
+        dy = torch.randn(shape, device=DEV)
+        for approx in ("none", "tanh"):
+            f = lambda x, b: bias_gelu(x, b, approx)  # noqa: E731
+            r = lambda x, b: bias_gelu_ref(x, b, approx)  # noqa: E731
+            rows += _compare(f"bias_gelu {shape} {approx}", _fwd_bwd(f, [x, b], dy), _fwd_bwd(r, [x, b], dy),
+                             _fwd_bwd(r, [x.double(), b.double()], dy.double()))
+    return rows
+
+
+def check_layer_norm():
+    rows = []
+    for shape, p in (((3, 129, 1000), 0.0), ((4096, 768), 0.0), ((4096, 768), 0.1), ((1, 7, 1024), 0.1)):
+        h = shape[-1]
+        x, r = torch.randn(shape, device=DEV).bfloat16(), torch.randn(shape, device=DEV).bfloat16()
+        b, w, lb = (torch.randn(h, device=DEV).bfloat16() for _ in range(3))
+        dy = torch.randn(shape, device=DEV)
+        mask = dropout_keep_mask(42, shape, p, device=DEV) if p > 0 else None
+        f = lambda *a: bias_dropout_add_layernorm(*a, 1e-12, p, seed=42)  # noqa: E731
+        ref = lambda *a: bias_dropout_add_layernorm_ref(*a, 1e-12, p, keep_mask=mask)  # noqa: E731
+        args = [x, b, r, w, lb]
+        rows += _compare(f"layer_norm {shape} p={p}", _fwd_bwd(f, args, dy), _fwd_bwd(ref, args, dy),
+                         _fwd_bwd(ref, [a.double() for a in args], dy.double()))
+    keep = dropout_keep_mask(3, (4096, 768), 0.1, device=DEV).float().mean().item()
+    rows.append(dict(check="layer_norm keep rate p=0.1", value=keep, ok=abs(keep - 0.9) < 5 * (0.09 / 3.1e6) ** 0.5))
+    return rows
+
+
+def check_mlm_loss():
+    n, h, V = 613, 768, 30522
+    hid = torch.randn(n, h, device=DEV).bfloat16()
+    w = (torch.randn(V, h, device=DEV) * h ** -0.5 * 3).bfloat16()
+    b = (torch.randn(V, device=DEV) * 0.5).bfloat16()
+    labels = torch.randint(0, V, (n,), device=DEV)
+    labels[::7] = -100
+    run = lambda fn, args: _fwd_bwd(lambda *a: fn(*a, labels), args, None)  # noqa: E731
+    args = [hid, w, b]
+    rows = _compare("mlm_loss (loss, dh, dW, db)", run(masked_lm_loss, args), run(masked_lm_loss_ref, args),
+                    run(masked_lm_loss_ref, [a.double() for a in args]))
+    preds = masked_lm_loss(hid, w, b, labels)[1]
+    logits = torch.nn.functional.linear(hid.float(), w.float(), b.float())
+    gap = (logits.gather(1, preds[:, None]).squeeze(1) - logits.max(1).values).abs().max().item()
+    rows.append(dict(check="mlm_loss argmax: top logit - logit[pred]", value=gap, ok=gap < 0.1))
+    return rows
+
+
+def check_masking():
+    ids = torch.randint(1000, 30522, (256, 128), device=DEV)
+    special = torch.rand(256, 128, device=DEV) < 0.2
+    cdf = unigram_cdf_from_counts(torch.rand(30522, device=DEV))
+    rows = []
+    for unigram in (None, cdf):
+        kw = dict(mask_token_id=103, vocab_size=30522, unigram_cdf=unigram)
+        out = mlm_mask(ids, special, seed=7, offset=5, **kw)
+        ref = mlm_mask_ref(ids, special, uniforms=philox_uniforms(7, 5, ids.numel(), device=DEV), **kw)
+        again = mlm_mask(ids, special, seed=7, offset=5, **kw)
+        same = all(torch.equal(a, b) for a, b in zip(out, ref)) and all(torch.equal(a, b) for a, b in zip(out, again))
+        rate = out[2].numel() / (~special).sum().item()
+        rows.append(dict(check=f"masking bit-exact + deterministic ({'unigram' if unigram is not None else 'uniform'})",
+                         value=rate, ok=bool(same and abs(rate - 0.15) < 0.01)))
+    return rows
+
+
+def check_lamb():
+    shapes = [(30522, 768), (768,), (3072, 768), (1,), (7, 3)]
+    params = [torch.randn(s, device=DEV) * 0.05 for s in shapes]
+    grads = [torch.randn(s, device=DEV).bfloat16() for s in shapes]
+    hp = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01)
+    states = {}
+    for name, fn, dt in (("fused", fused_lamb_step, torch.float32), ("ref", lamb_step_ref, torch.float32),
+                         ("exact", lamb_step_ref, torch.float64)):
+        p = [t.clone().to(dt) for t in params]
+        m, v = [torch.zeros_like(t) for t in p], [torch.zeros_like(t) for t in p]
+        for step in (1, 2, 3):
+            fn(p, [g.to(dt) if dt == torch.float64 else g for g in grads], m, v, step=step, **hp)
+        states[name] = p + m + v
+    return _compare("lamb 3 steps (params, m, v)", states["fused"], states["ref"], states["exact"], factor=4.0)
+
+
+def run_gpu_check(out_dir: Path) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    checks = []
+    for fn in (check_bias_gelu, check_layer_norm, check_mlm_loss, check_masking, check_lamb):
+        try:
+            checks += fn()
+        except Exception:  # keep going: one broken kernel must not hide the others
+            checks.append(dict(check=fn.__name__, ok=False, error=traceback.format_exc(limit=5)))
+    torch.cuda.synchronize()
+    t_check = time.time() - t0
+    bench = bench_kernels.run()
+    result = dict(device=torch.cuda.get_device_name(), checks=checks, all_ok=all(c["ok"] for c in checks),
+                  check_s=round(t_check, 1), total_s=round(time.time() - t0, 1))
+    (out_dir / "kernels_check.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "kernels_bench.json").write_text(json.dumps(bench, indent=1))
+    for c in checks:
+        detail = c.get("error") or (f"kernel {c['err_kernel']:.3g} vs torch {c['err_torch']:.3g}" if "err_kernel" in c
+                                    else f"value {c['value']:.4g}")
+        print(f"{'OK  ' if c['ok'] else 'FAIL'} {c['check']:<55} {detail}")
+    print(bench_kernels.format_table(bench["rows"]))
+    print(f"kernels: all_ok={result['all_ok']} checks {result['check_s']} s, total {result['total_s']} s")
+    return result
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="bf16 checks + benchmarks of the issue-6 kernels on CUDA")
+    ap.add_argument("--out", type=Path, required=True)
+    res = run_gpu_check(ap.parse_args().out)
+    sys.exit(0 if res["all_ok"] else 1)

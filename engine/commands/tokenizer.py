@@ -1,0 +1,43 @@
+"""`bertforge tokenizer train|info`: train a WordPiece vocabulary (vocab.txt + tokenizer.json) or describe one."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tokenizer", help="train or inspect a WordPiece vocabulary")
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train WordPiece on raw text files/folders (json, jsonl, txt, rst, .gz)")
+    t.add_argument("inputs", nargs="+", help="corpus files or folders, or a data set name (wiki, linux-doc)")
+    t.add_argument("--out", required=True, help="output folder (vocab.txt, tokenizer.json, tokenizer_config.json)")
+    t.add_argument("--vocab-size", type=int, default=30522)
+    t.add_argument("--cased", action="store_true", help="keep case and accents (default: uncased, like BERT)")
+    t.add_argument("--min-frequency", type=int, default=2)
+    t.set_defaults(func=_train)
+    i = sub.add_parser("info", help="print size, special ids and hash of a tokenizer folder or vocab.txt")
+    i.add_argument("path")
+    i.set_defaults(func=_info)
+
+
+def resolve_inputs(inputs: list[str]) -> list[str]:
+    """Data set names of engine.data.fetch are replaced by their cached path (fetched when missing)."""
+    from pathlib import Path
+
+    from engine.data.fetch import SOURCES, fetch
+
+    return [str(fetch(x)) if x in SOURCES and not Path(x).exists() else x for x in inputs]
+
+
+def _train(args) -> int:
+    from engine.data.tokenizer import special_ids, tokenizer_hash, train_wordpiece
+
+    tok = train_wordpiece([__import__("pathlib").Path(x) for x in resolve_inputs(args.inputs)], args.out,
+                          args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency)
+    print(f"{args.out}: {tok.get_vocab_size()} tokens, hash {tokenizer_hash(tok)}, {special_ids(tok)}")
+    return 0
+
+
+def _info(args) -> int:
+    from engine.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
+
+    tok = load_tokenizer(args.path)
+    print(f"{args.path}: {tok.get_vocab_size()} tokens, hash {tokenizer_hash(tok)}, {special_ids(tok)}")
+    return 0

@@ -1,0 +1,222 @@
+"""NSP sample map: which sentence pairs make the pretraining samples `[CLS] A [SEP] B [SEP]`.
+
+`build_sample_map` runs the C++ builder (csrc/sample_map.cpp, where the algorithm is described);
+`build_sample_map_ref` is the pure-Python reference that produces the identical map (same SplitMix64 stream, same
+order of draws). `cached_sample_map` builds the map for one dataset split once (rank 0), stores it as .npy keyed by
+(dataset, split, seed, max length, probabilities) and memory-maps it on every rank.
+
+A map is (n_samples, 5) int64: [a_start, a_end, b_start, b_end, is_random] in the dataset's global token positions
+(engine.data.indexed.IndexedDataset), half-open ranges, is_random = 1 for NotNext."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import _csrc
+
+MAP_VERSION = 1
+_M64 = (1 << 64) - 1
+
+
+@dataclass
+class SampleMap:
+    samples: np.ndarray  # (n_samples, 5) int64
+    docs_skipped: int    # documents with fewer than two sentences (used only as NotNext partners)
+    tail_dropped: int    # one-sentence chunks at a document's end (no next sentence possible), dropped undrawn
+
+
+def build_sample_map(sent_start, sent_len, doc_offsets, max_seq_len: int, short_seq_prob: float = 0.1,
+                     nsp_prob: float = 0.5, seed: int = 0) -> SampleMap:
+    """sent_start, sent_len (n_sent,) and doc_offsets (n_docs+1,) -> SampleMap (C++; see module docstring)."""
+    samples, skipped, tail = _csrc.build_sample_map(sent_start, sent_len, doc_offsets, int(max_seq_len),
+                                                      float(short_seq_prob), float(nsp_prob), int(seed) & _M64)
+    return SampleMap(samples, int(skipped), int(tail))
+
+
+# ---- pure-Python reference -------------------------------------------------------------------------------------
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+class SplitMix64:
+    """The C++ builder's generator, bit for bit."""
+
+    def __init__(self, seed: int, stream: int):
+        self.state = _mix64(_mix64(seed & _M64) ^ (stream & _M64))
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & _M64
+        return _mix64(self.state)
+
+    def uniform(self) -> float:
+        return (self.next() >> 11) * 2.0 ** -53
+
+    def randint(self, lo: int, hi: int) -> int:  # inclusive
+        return lo + self.next() % (hi - lo + 1)
+
+
+def build_sample_map_ref(sent_start, sent_len, doc_offsets, max_seq_len: int, short_seq_prob: float = 0.1,
+                         nsp_prob: float = 0.5, seed: int = 0) -> SampleMap:
+    """Pure-Python reference of csrc/sample_map.cpp (slow; for tests and the benchmark)."""
+    start, length, doc = (np.asarray(x, dtype=np.int64).tolist() for x in (sent_start, sent_len, doc_offsets))
+    n_docs, max_tokens = len(doc) - 1, max_seq_len - 3
+    if max_seq_len < 5 or n_docs < 2 or doc[0] != 0 or doc[-1] != len(start) \
+            or any(doc[d + 1] <= doc[d] for d in range(n_docs)) or any(n < 1 for n in length):
+        raise ValueError("build_sample_map_ref: invalid input (see csrc/sample_map.cpp for the contract)")
+    out: list[tuple[int, int, int, int, int]] = []
+    skipped = tail = 0
+
+    def tokens(s0: int, s1: int) -> int:
+        return start[s1 - 1] + length[s1 - 1] - start[s0]
+
+    def draw_target(rng: SplitMix64) -> int:
+        target = max_tokens
+        if rng.uniform() < short_seq_prob:
+            target = rng.randint(2, max_tokens)
+        return target
+
+    def emit(rng, a0, a1, b0, b1, is_random):
+        bits = nbits = 0
+        while (a1 - a0) + (b1 - b0) > max_tokens:
+            if nbits == 0:
+                bits, nbits = rng.next(), 64
+            front = bits & 1
+            bits >>= 1
+            nbits -= 1
+            if a1 - a0 > b1 - b0:
+                a0, a1 = (a0 + 1, a1) if front else (a0, a1 - 1)
+            else:
+                b0, b1 = (b0 + 1, b1) if front else (b0, b1 - 1)
+        out.append((a0, a1, b0, b1, int(is_random)))
+
+    for d in range(n_docs):
+        first, n = doc[d], doc[d + 1] - doc[d]
+        if n < 2:
+            skipped += 1
+            continue
+        rng = SplitMix64(seed, d)
+        target, chunk_start, chunk_tokens = draw_target(rng), 0, 0
+        i = 0
+        while i < n:
+            chunk_tokens += length[first + i]
+            if i != n - 1 and (chunk_tokens < target or i == n - 2):  # never leave a lone last sentence
+                i += 1
+                continue
+            m = i - chunk_start + 1
+            if m == 1 and i == n - 1:
+                tail += 1
+                break
+            a_count = 1 if m == 1 else rng.randint(1, m - 1)
+            a_s0 = first + chunk_start
+            a_s1 = a_s0 + a_count
+            la = tokens(a_s0, a_s1)
+            is_random = rng.uniform() < nsp_prob
+            b_s0 = b_s1 = 0
+            if not is_random:
+                if m > a_count:
+                    b_s0, b_s1 = a_s1, first + i + 1
+                else:  # m == 1 and i + 1 < n: B = the following sentences
+                    j, lb = i + 1, 0
+                    while True:
+                        lb += length[first + j]
+                        j += 1
+                        if not (j < n and la + lb < target):
+                            break
+                    b_s0, b_s1 = first + i + 1, first + j
+                    i = j - 1
+            if is_random:
+                r = rng.randint(0, n_docs - 2)
+                r += r >= d
+                rn = doc[r + 1] - doc[r]
+                rs = rng.randint(0, rn - 1)
+                j, lb = rs, 0
+                while True:
+                    lb += length[doc[r] + j]
+                    j += 1
+                    if not (j < rn and lb < target - la):
+                        break
+                b_s0, b_s1 = doc[r] + rs, doc[r] + j
+                i -= m - a_count
+            emit(rng, start[a_s0], start[a_s0] + la, start[b_s0], start[b_s0] + tokens(b_s0, b_s1), is_random)
+            chunk_start, chunk_tokens = i + 1, 0
+            target = draw_target(rng)
+            i += 1
+    samples = np.asarray(out, dtype=np.int64).reshape(-1, 5)
+    return SampleMap(samples, skipped, tail)
+
+
+# ---- splits and the on-disk cache --------------------------------------------------------------------------------
+def split_documents(doc_hashes: np.ndarray, split: str, eval_fraction: float) -> np.ndarray:
+    """Indices of the documents in `split` ('train', 'eval' or 'all'): a document is held out for eval when its
+    text hash, scaled to [0, 1), is below eval_fraction; stable under reordering and adding documents."""
+    if split == "all" or (eval_fraction <= 0 and split == "train"):
+        return np.arange(len(doc_hashes))
+    held = (np.asarray(doc_hashes, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < eval_fraction
+    if split == "eval":
+        return np.flatnonzero(held)
+    if split == "train":
+        return np.flatnonzero(~held)
+    raise ValueError(f"split must be 'train', 'eval' or 'all', not {split!r}")
+
+
+def select_sentences(ds, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IndexedDataset + document indices -> (sent_start, sent_len, doc_offsets) of just those documents."""
+    lo, hi = ds.doc_offsets[docs], ds.doc_offsets[docs + 1]
+    counts = hi - lo
+    doc_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    sent = np.repeat(lo - doc_offsets[:-1], counts) + np.arange(doc_offsets[-1])  # sentence ids, in order
+    return ds.sentence_starts[sent], ds.sentence_lengths[sent], doc_offsets
+
+
+def map_key(ds, split: str, eval_fraction: float, seed: int, max_seq_len: int, short_seq_prob: float,
+            nsp_prob: float) -> str:
+    ident = dict(version=MAP_VERSION, tokenizer=ds.tokenizer_hash, shards=ds.meta["shards"],
+                 n_tokens=ds.num_tokens, n_docs=ds.num_docs, split=split,
+                 eval_fraction=float(eval_fraction) if split != "all" else None, seed=int(seed),
+                 max_seq_len=int(max_seq_len), short_seq_prob=float(short_seq_prob), nsp_prob=float(nsp_prob))
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dist_rank() -> tuple[int, bool]:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), True
+    except ImportError:
+        pass
+    return 0, False
+
+
+def cached_sample_map(ds, split: str = "train", eval_fraction: float = 0.0, seed: int = 0, max_seq_len: int = 128,
+                      short_seq_prob: float = 0.1, nsp_prob: float = 0.5, cache_dir: str | Path | None = None
+                      ) -> tuple[np.ndarray, Path]:
+    """The memory-mapped (n_samples, 5) map of `ds` (an IndexedDataset) and its file. Rank 0 builds it when missing
+    (atomic write); under torch.distributed every rank waits on a barrier, then memory-maps it."""
+    folder = Path(cache_dir) if cache_dir else ds.dir / "sample_maps"
+    key = map_key(ds, split, eval_fraction, seed, max_seq_len, short_seq_prob, nsp_prob)
+    path = folder / f"map-{split}-{key}.npy"
+    rank, distributed = _dist_rank()
+    if rank == 0 and not path.exists():
+        docs = split_documents(ds.doc_hashes, split, eval_fraction)
+        sm = build_sample_map(*select_sentences(ds, docs), max_seq_len, short_seq_prob, nsp_prob, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.save(f, sm.samples)
+        os.replace(tmp, path)
+        info = dict(n_samples=len(sm.samples), docs=len(docs), docs_skipped=sm.docs_skipped,
+                    tail_dropped=sm.tail_dropped, split=split, seed=seed, max_seq_len=max_seq_len)
+        (folder / f"map-{split}-{key}.json").write_text(json.dumps(info, indent=2))
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return np.load(path, mmap_mode="r"), path

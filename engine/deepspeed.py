@@ -1,0 +1,219 @@
+"""DeepSpeed integration — the only module that imports deepspeed.
+
+- `build_ds_config`: our dataclasses -> DeepSpeed's JSON; a user's JSON wins where it speaks, except where it
+  contradicts a flag given explicitly on the command line (one-line error).
+- `init_distributed` / `initialize`: process group (NCCL on GPUs, gloo on CPU with DS_ACCELERATOR=cpu) with a
+  collective timeout; the engine wraps our model with a client optimizer (torch AdamW or our Lamb — DeepSpeed's
+  fused LAMB/Adam are JIT-built and unavailable on CPU). Under ZeRO-3, parameters that a module reads from its
+  children directly (`params_read_in_forward()`) are registered as external parameters so they are gathered.
+- `save` / `load`: engine checkpoints (model, optimizer incl. fp32 masters and loss scaler, per-rank shards).
+- `consolidated_fp32_state_dict`: one fp32 state dict from any checkpoint (ZeRO 0-3 shards)."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import ConfigError
+from engine.training.config import TrainConfig
+
+_ENGINE = None  # the deepspeed module, imported lazily so `bertforge --help` stays fast
+
+
+def _ds():
+    global _ENGINE
+    if _ENGINE is None:
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        try:
+            import deepspeed
+        except ImportError as exc:
+            raise ConfigError("deepspeed is not installed: pip install 'bertforge[deepspeed]'") from exc
+        _ENGINE = deepspeed
+    return _ENGINE
+
+
+# ---- config --------------------------------------------------------------------------------------------------
+def load_user_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: DeepSpeed config not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a DeepSpeed config must be a JSON object")
+    for key in ("optimizer", "scheduler"):
+        if key in raw:
+            raise ConfigError(f"{path}: the {key!r} section is not supported (the optimizer and schedule come from "
+                              f"--optimizer/--lr/--warmup-steps/--decay; remove it)")
+    return raw
+
+
+def _user_precision(user: dict) -> str | None:
+    on = [name for name in ("bf16", "fp16") if isinstance(user.get(name), dict) and user[name].get("enabled")]
+    if len(on) > 1:
+        raise ConfigError("DeepSpeed config enables both bf16 and fp16")
+    if on:
+        return on[0]
+    if any(isinstance(user.get(n), dict) and user[n].get("enabled") is False for n in ("bf16", "fp16")):
+        return "fp32"
+    return None
+
+
+def merge_user_config(cfg: TrainConfig, user: dict, explicit: set[str], world_size: int,
+                      source: str = "DeepSpeed config") -> TrainConfig:
+    """Fold the user's DeepSpeed JSON into `cfg`: where the JSON speaks and the flag was not given explicitly, the
+    JSON's value is taken; where both speak and disagree, a ConfigError names both."""
+    spoken: dict[str, Any] = {}
+    if "train_micro_batch_size_per_gpu" in user:
+        spoken["micro_batch"] = int(user["train_micro_batch_size_per_gpu"])
+    if "train_batch_size" in user:
+        spoken["global_batch"] = int(user["train_batch_size"])
+    elif "gradient_accumulation_steps" in user:
+        micro = spoken.get("micro_batch", cfg.micro_batch)
+        spoken["global_batch"] = micro * world_size * int(user["gradient_accumulation_steps"])
+    if "gradient_clipping" in user:
+        spoken["grad_clip"] = float(user["gradient_clipping"])
+    if isinstance(user.get("zero_optimization"), dict) and "stage" in user["zero_optimization"]:
+        spoken["zero_stage"] = int(user["zero_optimization"]["stage"])
+    precision = _user_precision(user)
+    if precision is not None:
+        spoken["precision"] = precision
+    changes = {}
+    for name, value in spoken.items():
+        ours = getattr(cfg, name)
+        if name in explicit and ours != value:
+            raise ConfigError(f"{source} sets {name.replace('_', '-')}={value!r} but --{name.replace('_', '-')} "
+                              f"{ours!r} was given; drop one of them")
+        changes[name] = value
+    return cfg.replace(**changes) if changes else cfg
+
+
+def build_ds_config(cfg: TrainConfig, world_size: int, user: dict | None = None) -> dict:
+    """DeepSpeed JSON for `cfg` (already merged with `user`); `user`'s remaining keys are layered on top."""
+    out: dict[str, Any] = {
+        "train_batch_size": cfg.global_batch,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum(world_size),
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,  # our client optimizers (torch AdamW, engine.optim.Lamb)
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "steps_per_print": 10 ** 9,  # progress and metrics are ours
+        "wall_clock_breakdown": False,
+    }
+    if cfg.zero_stage == 3:
+        # The model is small next to the activations in pretraining; gather whole layers at once.
+        out["zero_optimization"].update({"stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0})
+    return _deep_merge(out, user or {})
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# ---- process group and engine --------------------------------------------------------------------------------
+def init_distributed(timeout_s: int) -> None:
+    """Join (or create, for a plain single process) the default process group; NCCL on GPUs, gloo on CPU."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    _ds().init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
+
+
+def register_external_parameters(model: torch.nn.Module) -> int:
+    """ZeRO-3: modules whose forward reads child parameters directly must have them gathered with the module."""
+    count = 0
+    for module in model.modules():
+        reader = getattr(module, "params_read_in_forward", None)
+        if reader is None:
+            continue
+        for p in reader():
+            _ds().zero.register_external_parameter(module, p)
+            count += 1
+    return count
+
+
+def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict):
+    """DeepSpeed engine around `model` with our client optimizer. The LR schedule stays with the caller (it steps
+    only when an update was applied, and is checkpointed with our trainer state)."""
+    if ds_config["zero_optimization"].get("stage", 0) == 3:
+        register_external_parameters(model)
+    engine, *_ = _ds().initialize(model=model, optimizer=optimizer, config=ds_config, dist_init_required=False)
+    return engine
+
+
+def loss_scale(engine) -> float:
+    opt = engine.optimizer
+    for name in ("cur_scale", "loss_scale"):
+        value = getattr(opt, name, None)
+        if isinstance(value, (int, float, torch.Tensor)):
+            return float(value)
+    return 1.0
+
+
+def grad_norm(engine) -> float | None:
+    value = engine.get_global_grad_norm()
+    if value is None:
+        return None
+    return float(value)
+
+
+def grad_norm_before_step(engine) -> float | None:
+    """ZeRO-0 fp32 clips without recording the norm: take it from the (already all-reduced) full gradients at the
+    accumulation boundary, before engine.step() clears them. None where DeepSpeed records it itself."""
+    if engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled() or engine.fp16_enabled():
+        return None
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+def save(engine, root: str | Path, tag: str) -> None:
+    """Every rank writes its shards to root/tag (collective)."""
+    engine.save_checkpoint(str(root), tag=tag, client_state={}, save_latest=False)
+
+
+def load(engine, root: str | Path, tag: str, module_only: bool = False) -> None:
+    path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=not module_only,
+                                     load_lr_scheduler_states=False, load_module_only=module_only)
+    if path is None:
+        raise ConfigError(f"{Path(root) / tag}: DeepSpeed could not load this checkpoint")
+
+
+def consolidated_fp32_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
+    """One fp32 state dict (our parameter names) from a checkpoint directory written by `save` (root/tag): the fp32
+    master weights gathered from ZeRO 1-3 shards, or the module weights of a ZeRO-0 checkpoint."""
+    checkpoint_dir = Path(checkpoint_dir)
+    root, tag = checkpoint_dir.parent, checkpoint_dir.name
+    if not any(checkpoint_dir.glob("*model_states.pt")):
+        raise ConfigError(f"{checkpoint_dir}: not a DeepSpeed checkpoint (no *model_states.pt)")
+    if any(checkpoint_dir.glob("*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        try:
+            state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+            return {k: v.float() for k, v in state.items()}
+        except (ValueError, KeyError, AssertionError):
+            pass  # a ZeRO-0 checkpoint has full optimizer states but no partitions: use the module weights
+    files = sorted(checkpoint_dir.glob("mp_rank_*_model_states.pt"))
+    state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() for k, v in state.items()}

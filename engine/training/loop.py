@@ -1,0 +1,325 @@
+"""The pretraining loop: MLM + NSP on a DeepSpeed engine.
+
+One optimizer step = `accum` micro batches per rank (micro batch k of the global order on rank k % world), then
+engine.step() at the boundary. Non-finite losses (bf16/fp32) skip the whole step on every rank (agreed by an
+all-reduce) and are counted; fp16 overflows are DeepSpeed's loss scaler's (it lowers the scale and skips). Too many
+skipped steps in a row stop training with an error. SIGTERM is turned into a flag that every rank sees at the next
+step boundary: a checkpoint is saved and the run exits with status 143 (resume with --resume)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import signal
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from engine import deepspeed as ds
+from engine.cli import UserError
+from engine.config import ConfigError, ModelConfig, preset
+from engine.heads import BertForPreTraining
+from engine.optim import build_optimizer, param_groups, warmup_decay
+from engine.training import distributed as D
+from engine.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from engine.training.config import TrainConfig
+from engine.training.metrics import MetricsWriter, Progress, Throughput, flops_per_token, peak_flops
+from engine.training.weights import load_initial_weights
+
+PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. too many non-finite steps in a row); the message says why and what to do."""
+
+
+@dataclass
+class RunResult:
+    step: int
+    status: str  # "finished" or "preempted"
+    eval: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    skipped_steps: int = 0
+
+
+# ---- pieces ----------------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def build_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    overrides = dict(cfg.model_overrides)
+    if "vocab_size" in overrides and overrides["vocab_size"] != vocab_size:
+        raise ConfigError(f"model vocab_size {overrides['vocab_size']} does not match the dataset's tokenizer "
+                          f"({vocab_size} tokens)")
+    overrides["vocab_size"] = vocab_size
+    if cfg.dropout is not None:
+        overrides.update(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
+    overrides.setdefault("kernels", cfg.kernels)
+    model_cfg = preset(cfg.preset, **overrides)
+    if cfg.seq_len > model_cfg.max_position_embeddings:
+        raise ConfigError(f"--seq-len {cfg.seq_len} exceeds max_position_embeddings "
+                          f"({model_cfg.max_position_embeddings})")
+    return model_cfg
+
+
+def install_skip_gate(optimizer: torch.optim.Optimizer) -> None:
+    """Let the loop veto the next update: DeepSpeed's wrappers (ZeRO 1-3, bf16) all call the client optimizer's
+    step(), so a vetoed step leaves weights and moments untouched whatever the stage."""
+    inner_step = optimizer.step
+    optimizer.bertforge_skip = False
+
+    def step(self, *args, **kwargs):
+        if self.bertforge_skip:
+            return None
+        return inner_step(*args, **kwargs)
+
+    optimizer.step = types.MethodType(step, optimizer)  # a bound method: LR schedulers wrap it again
+
+
+def model_inputs(batch: dict, unpadded: bool, dev: torch.device) -> dict:
+    """The forward's arguments: padded (B, S) tensors, or the unpadded (total,) view + cu_seqlens when asked and
+    the source provides it."""
+    if unpadded and "cu_seqlens" in batch and "unpadded" in batch:
+        inputs = dict(batch["unpadded"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"],
+                      masked_positions=batch["unpadded_masked_positions"])
+    else:
+        keys = ("input_ids", "token_type_ids", "attention_mask", "masked_positions")
+        inputs = {k: batch[k] for k in keys if k in batch}
+    inputs["mlm_labels"] = batch["mlm_labels"]
+    inputs["next_sentence_label"] = batch["next_sentence_label"]
+    return {k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+
+def batch_tokens(batch: dict) -> int:
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+@torch.no_grad()
+def evaluate(engine, source, n_batches: int, unpadded: bool, dev: torch.device, vocab_size: int) -> dict:
+    """Held-out MLM and NSP accuracy (all ranks; same batches each call) and the unigram baseline: the accuracy of
+    always predicting the held-out split's most frequent masked token."""
+    saved = rng_state()
+    engine.eval()
+    sums = torch.zeros(6, dtype=torch.float64)  # loss, mlm_correct, mlm_count, nsp_correct, nsp_count, batches
+    label_counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for batch in source.eval_batches(n_batches):
+        inputs = model_inputs(batch, unpadded, dev)
+        out = engine(**inputs)
+        labels = inputs["mlm_labels"]
+        nsp = inputs["next_sentence_label"]
+        sums += torch.tensor([float(out.loss), float((out.mlm_predictions == labels).sum()), labels.numel(),
+                              float((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel(), 1], dtype=torch.float64)
+        label_counts += torch.bincount(labels.cpu(), minlength=vocab_size).double()
+    engine.train()
+    set_rng_state(saved)
+    totals = D.all_reduce_sum(sums.tolist() + label_counts.tolist(), dev)
+    loss, mlm_c, mlm_n, nsp_c, nsp_n, batches = totals[:6]
+    return {"loss": loss / max(batches, 1), "mlm_acc": mlm_c / max(mlm_n, 1), "nsp_acc": nsp_c / max(nsp_n, 1),
+            "mlm_unigram_acc": max(totals[6:]) / max(mlm_n, 1), "masked_tokens": int(mlm_n)}
+
+
+class _Preemption:
+    def __init__(self):
+        self.flag = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+# ---- the loop --------------------------------------------------------------------------------------------------
+def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
+             source_factory: Callable | None = None) -> RunResult:
+    """Run (or resume) one pretraining phase. `explicit`: TrainConfig fields given on the command line (they must
+    not contradict a DeepSpeed JSON). `source_factory(cfg, rank, world)` -> batch source; default: the prepared
+    dataset in cfg.data_dir."""
+    D.prepare_env()
+    user_ds = ds.load_user_config(cfg.deepspeed_config) if cfg.deepspeed_config else None
+    if user_ds is not None:
+        cfg = ds.merge_user_config(cfg, user_ds, set(explicit), D.world_size(), source=cfg.deepspeed_config)
+    accum = cfg.grad_accum(D.world_size())
+    if cfg.optimizer == "lamb" and cfg.zero_stage > 0:
+        raise ConfigError("--optimizer lamb needs --zero-stage 0: ZeRO flattens parameters into partitions, so "
+                          "LAMB's per-layer trust ratio would be taken over whole partitions")
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("--precision fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
+    run_dir = Path(cfg.output_dir)
+    ckpt = CheckpointManager(run_dir, cfg.keep_last)
+    latest = ckpt.latest()
+    if cfg.resume and latest is None:
+        raise ConfigError(f"--resume: no complete checkpoint in {ckpt.root}")
+    if not cfg.resume and latest is not None:
+        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue it, or another "
+                          f"--output-dir")
+
+    if source_factory is None:
+        from engine.training.data import open_source as source_factory
+    source = source_factory(cfg, D.rank(), D.world_size())
+    model_cfg = build_model_config(cfg, source.vocab_size)
+    ds.init_distributed(cfg.dist_timeout_s)
+    rank, world, dev = D.rank(), D.world_size(), D.device()
+    if hasattr(source, "start"):
+        source.start()
+
+    seed_everything(cfg.seed)
+    model = BertForPreTraining(model_cfg)
+    if cfg.init_from and not cfg.resume:
+        load_initial_weights(model, cfg.init_from)
+    model.to(dev)
+    optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), cfg.lr, cfg.betas, cfg.eps,
+                                fused=False if cfg.optimizer == "adamw" and dev.type == "cpu" else None)
+    install_skip_gate(optimizer)
+    total = cfg.total_steps()
+    scheduler = warmup_decay(optimizer, cfg.warmup(), total, cfg.decay, cfg.decay_power)
+    engine = ds.initialize(model, optimizer, ds.build_ds_config(cfg, world, user_ds))
+    seed_everything(cfg.seed + 1000 * rank)  # dropout streams differ per rank
+
+    step, skipped, in_a_row = 0, 0, 0
+    if cfg.resume:
+        state = ckpt.load(engine, latest)
+        scheduler.load_state_dict(state["scheduler"])
+        source.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        step, skipped, in_a_row = state["step"], state["skipped"], state["in_a_row"]
+        D.log0(f"resumed from {ckpt.root / latest} at step {step}")
+
+    metrics = MetricsWriter(run_dir, enabled=rank == 0)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(
+            {"train": cfg.to_dict(), "model": dataclasses.asdict(model_cfg), "world_size": world,
+             "grad_accum": accum}, indent=2) + "\n", encoding="utf-8")
+
+    def save(finished: bool = False) -> None:
+        trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "data": source.state_dict(),
+                         "rng": rng_state(), "skipped": skipped, "in_a_row": in_a_row}
+        meta = {"train_config": cfg.to_dict(), "model_config": dataclasses.asdict(model_cfg), "finished": finished,
+                "tokenizer_dir": str(source.tokenizer_dir) if source.tokenizer_dir else None}
+        ckpt.save(engine, step, trainer_state, meta)
+
+    fpt = flops_per_token(model_cfg, cfg.seq_len, cfg.mlm_probability)
+    peak = peak_flops()
+    progress = Progress(total, step, enabled=cfg.progress and rank == 0)
+    throughput = Throughput()
+    window = torch.zeros(8, dtype=torch.float64)  # loss, mlm_loss, nsp_loss, mlm_c, mlm_n, nsp_c, nsp_n, micro
+    result = RunResult(step=step, status="finished")
+    fp16 = cfg.precision == "fp16"
+    t_start = time.perf_counter()
+    with _Preemption() as preempt:
+        while step < total:
+            optimizer.bertforge_skip = False
+            step_sums = torch.zeros(8, dtype=torch.float64)
+            tokens = samples = 0
+            lr = optimizer.param_groups[0]["lr"]
+            norm, nonfinite = None, False
+            for micro_step in range(accum):
+                batch = source.next_batch()
+                tokens += batch_tokens(batch)
+                samples += int(batch["next_sentence_label"].numel())
+                inputs = model_inputs(batch, cfg.unpadded, dev)
+                out = engine(**inputs)
+                nonfinite = nonfinite or not bool(torch.isfinite(out.loss.detach()))
+                engine.backward(out.loss)  # NaN grads are harmless: the update is vetoed below
+                if micro_step == accum - 1:
+                    norm = ds.grad_norm_before_step(engine)
+                    if not fp16:  # fp16: DeepSpeed's loss scaler skips and lowers the scale
+                        optimizer.bertforge_skip = D.all_reduce_max([float(nonfinite)], dev)[0] > 0
+                engine.step()
+                labels, nsp = inputs["mlm_labels"], inputs["next_sentence_label"]
+                step_sums += torch.tensor([
+                    float(out.loss.detach()), float(out.mlm_loss.detach()), float(out.nsp_loss.detach()),
+                    float((out.mlm_predictions == labels).sum()), labels.numel(),
+                    float((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel(), 1], dtype=torch.float64)
+            step += 1
+            applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
+            if applied:
+                scheduler.step()
+                in_a_row = 0
+            else:
+                skipped += 1
+                in_a_row += 1
+            reduced = D.all_reduce_sum(step_sums.tolist() + [tokens, samples, float(preempt.flag)], dev)
+            step_sums = torch.tensor(reduced[:8], dtype=torch.float64)
+            tokens, samples, stop = int(reduced[8]), int(reduced[9]), reduced[10] > 0
+            throughput.add(tokens, samples)
+            if applied:
+                window += step_sums
+            micro = max(step_sums[7].item(), 1)
+            progress.update(1, loss=step_sums[0].item() / micro,
+                            mlm_acc=step_sums[3].item() / max(step_sums[4].item(), 1),
+                            nsp_acc=step_sums[5].item() / max(step_sums[6].item(), 1),
+                            tok_s=f"{throughput.tokens / max(time.perf_counter() - throughput.t0, 1e-9):.0f}")
+            if in_a_row >= cfg.max_skipped_steps:
+                metrics.close()
+                progress.close()
+                raise TrainingError(f"stopped at step {step}: {in_a_row} steps in a row had a non-finite loss "
+                                    f"(last {step_sums[0].item() / micro}); lower --lr, raise --warmup-steps or "
+                                    f"use --precision fp32 (limit: --max-skipped-steps)")
+            if step % cfg.log_every == 0 or step == total:
+                n = max(window[7].item(), 1)
+                tok_s, samp_s = throughput.rates()
+                record = {"step": step, "split": "train", "loss": window[0].item() / n,
+                          "mlm_loss": window[1].item() / n, "nsp_loss": window[2].item() / n,
+                          "mlm_acc": window[3].item() / max(window[4].item(), 1),
+                          "nsp_acc": window[5].item() / max(window[6].item(), 1),
+                          "lr": lr, "grad_norm": norm if norm is not None else ds.grad_norm(engine),
+                          "loss_scale": ds.loss_scale(engine), "tokens_per_s": tok_s, "samples_per_s": samp_s,
+                          "mfu": tok_s * fpt / (peak * world) if peak else None, "skipped_steps": skipped,
+                          "time": time.perf_counter() - t_start}
+                if window[7].item() > 0:
+                    metrics.write(record)
+                    result.train = record
+                window.zero_()
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                ev = evaluate(engine, source, cfg.eval_batches, cfg.unpadded, dev, model_cfg.vocab_size)
+                metrics.write({"step": step, "split": "eval", **ev})
+                progress.write(_eval_line(step, ev))
+            if stop:
+                save()
+                progress.close()
+                metrics.close()
+                D.log0(f"SIGTERM: checkpoint saved at step {step} in {ckpt.root}; continue with --resume")
+                return RunResult(step=step, status="preempted", train=result.train, skipped_steps=skipped)
+            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                save()
+    progress.close()
+    result.eval = evaluate(engine, source, cfg.eval_batches, cfg.unpadded, dev, model_cfg.vocab_size)
+    metrics.write({"step": step, "split": "eval", **result.eval})
+    save(finished=True)
+    metrics.close()
+    result.step, result.skipped_steps = step, skipped
+    if rank == 0:
+        print(_eval_line(step, result.eval), flush=True)
+    if cfg.export_hf and rank == 0:
+        from engine.training.weights import export_checkpoint
+
+        export_checkpoint(ckpt.root / ckpt.latest(), run_dir / "hf", tokenizer_dir=source.tokenizer_dir)
+    D.barrier()
+    return result
+
+
+def _eval_line(step: int, ev: dict) -> str:
+    return (f"held-out @ step {step}: MLM acc {ev['mlm_acc']:.4f} (unigram baseline {ev['mlm_unigram_acc']:.4f}), "
+            f"NSP acc {ev['nsp_acc']:.4f}, loss {ev['loss']:.4f}")

@@ -1,0 +1,120 @@
+"""What a run reports: one JSONL line per logging step (run_dir/metrics.jsonl, eval lines carry "split": "eval"),
+TensorBoard event files when tensorboard is installed, and a tqdm bar on rank 0 (loss, MLM/NSP accuracy, tokens/s,
+ETA). MFU = achieved model FLOP/s over the accelerator's peak, reported on GPUs whose peak we know."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from engine.config import ModelConfig
+
+# Dense bf16/fp16 peak FLOP/s per device, by substring of torch.cuda.get_device_name().
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40": 181e12, "V100": 125e12,
+              "4090": 165e12}
+
+
+def flops_per_token(model: ModelConfig, seq_len: int, mlm_fraction: float = 0.15) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward): 6 x matmul parameters of the encoder,
+    attention scores/values 12 x L x h x S, and the MLM decoder on the masked fraction only."""
+    h, i, L = model.hidden_size, model.intermediate_size, model.num_hidden_layers
+    encoder = L * (4 * h * h + 2 * h * i)
+    decoder = mlm_fraction * (h * h + h * model.vocab_size)
+    return 6 * (encoder + decoder) + 12 * L * h * seq_len
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class MetricsWriter:
+    """Rank 0 writes; other ranks hold a writer that does nothing."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {k: v for k, v in record.items() if v is not None}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            prefix = record.get("split", "train")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "time"):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics (is this a run directory of `bertforge pretrain`?)")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Throughput:
+    """Tokens and samples per second over the last logging window."""
+
+    def __init__(self):
+        self.t0, self.tokens, self.samples = time.perf_counter(), 0, 0
+
+    def add(self, tokens: int, samples: int) -> None:
+        self.tokens += tokens
+        self.samples += samples
+
+    def rates(self) -> tuple[float, float]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        out = (self.tokens / dt, self.samples / dt)
+        self.t0, self.tokens, self.samples = time.perf_counter(), 0, 0
+        return out
+
+
+class Progress:
+    """tqdm over optimizer steps on rank 0 (no-op elsewhere or when disabled)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="pretrain", unit="step", dynamic_ncols=True)
+
+    def update(self, n: int, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                                     refresh=False)
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

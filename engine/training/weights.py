@@ -1,0 +1,113 @@
+"""Weights in and out of training checkpoints: start a phase from earlier weights (one of our checkpoints or a
+Hugging Face directory), rebuild a model from a checkpoint (any ZeRO stage), export one to Hugging Face format or to
+a single consolidated fp32 file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from engine import deepspeed as ds
+from engine.config import ConfigError, ModelConfig
+from engine.heads import BertForPreTraining
+from engine.hf import TIED_OPTIONAL, export_hf, load_pretrained, read_config
+
+META = "meta.json"
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / META).is_file()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory (…/step_N) or a run directory / its checkpoints/ folder (-> the latest complete)."""
+    path = Path(path)
+    if is_checkpoint(path):
+        return path
+    for root in (path / "checkpoints", path):
+        pointer = root / "latest"
+        if pointer.is_file():
+            tag = pointer.read_text(encoding="utf-8").strip()
+            if is_checkpoint(root / tag):
+                return root / tag
+        tags = sorted(p for p in root.glob("step_*") if is_checkpoint(p)) if root.is_dir() else []
+        if tags:
+            return tags[-1]
+    raise ConfigError(f"{path}: not a checkpoint, run directory or checkpoints folder (no {META} found)")
+
+
+def checkpoint_meta(ckpt_dir: str | Path) -> dict:
+    return json.loads((Path(ckpt_dir) / META).read_text(encoding="utf-8"))
+
+
+def consolidated_state_dict(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
+    return ds.consolidated_fp32_state_dict(ckpt_dir)
+
+
+def load_model_from_checkpoint(ckpt_dir: str | Path) -> BertForPreTraining:
+    """A CPU fp32 BertForPreTraining holding a checkpoint's weights (gathered from ZeRO shards)."""
+    ckpt_dir = resolve_checkpoint(ckpt_dir)
+    model_cfg = ModelConfig(**checkpoint_meta(ckpt_dir)["model_config"])
+    model = BertForPreTraining(model_cfg)
+    _load_state(model, consolidated_state_dict(ckpt_dir), str(ckpt_dir))
+    return model
+
+
+def _load_state(model: torch.nn.Module, state: dict, source: str) -> None:
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in TIED_OPTIONAL]
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"{source}: weights do not fit the model (missing {missing[:3]}, unexpected "
+                          f"{result.unexpected_keys[:3]})")
+
+
+def load_initial_weights(model: BertForPreTraining, path: str | Path) -> None:
+    """Phase 2 of the two-phase recipe (or any warm start): copy weights from one of our checkpoints / run
+    directories, or from a Hugging Face directory; the vocabularies must agree."""
+    path = Path(path)
+    vocab = model.config.vocab_size
+    if (path / "config.json").is_file() and not is_checkpoint(path) and not (path / "checkpoints").is_dir():
+        theirs = read_config(path)
+        if theirs.vocab_size != vocab:
+            raise ConfigError(f"{path}: vocab_size {theirs.vocab_size} does not match the dataset's tokenizer "
+                              f"({vocab} tokens)")
+        load_pretrained(path, model)
+        return
+    ckpt_dir = resolve_checkpoint(path)
+    theirs = checkpoint_meta(ckpt_dir)["model_config"]["vocab_size"]
+    if theirs != vocab:
+        raise ConfigError(f"{ckpt_dir}: vocab_size {theirs} does not match the dataset's tokenizer ({vocab} tokens)")
+    _load_state(model, consolidated_state_dict(ckpt_dir), str(ckpt_dir))
+
+
+def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Checkpoint -> Hugging Face directory (config.json, model.safetensors, tokenizer files when known)."""
+    ckpt_dir = resolve_checkpoint(ckpt_dir)
+    model = load_model_from_checkpoint(ckpt_dir)
+    tokenizer_dir = tokenizer_dir or checkpoint_meta(ckpt_dir).get("tokenizer_dir")
+    if tokenizer_dir and not any((Path(tokenizer_dir) / n).is_file() for n in ("vocab.txt", "tokenizer.json")):
+        tokenizer_dir = None
+    return export_hf(model, out_dir, tokenizer_dir=tokenizer_dir)
+
+
+def export_fp32(ckpt_dir: str | Path, out_file: str | Path) -> Path:
+    """Checkpoint -> one consolidated fp32 file (.safetensors or .pt by suffix), written atomically."""
+    ckpt_dir = resolve_checkpoint(ckpt_dir)
+    state = consolidated_state_dict(ckpt_dir)
+    unique = {}
+    for k, v in state.items():  # safetensors refuses shared storage: keep tied tensors once
+        if k in TIED_OPTIONAL:
+            continue
+        unique[k] = v.detach().contiguous().clone()
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    if out_file.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(unique, str(tmp), metadata={"format": "pt"})
+    else:
+        torch.save(unique, tmp)
+    tmp.replace(out_file)
+    return out_file

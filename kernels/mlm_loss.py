@@ -1,0 +1,161 @@
+"""Sparse MLM head loss: mean cross-entropy of logits = hidden @ decoder_weight.T + decoder_bias over the masked rows,
+fused so the full (n, V) logits never exist at once (the scheme of Liger-Kernel's fused linear cross-entropy).
+
+Forward, per chunk of rows: one GEMM writes the chunk's logits (chunk_rows, V) in hidden's dtype; a Triton kernel makes
+one online-logsumexp + argmax pass over each row and, when gradients are wanted, a second pass that overwrites the
+logits in place with d loss / d logits = (softmax - onehot(label)) / n_labelled; two more GEMMs turn that into the
+chunk's hidden gradient and add its share of the decoder weight gradient; the bias gradient is a column sum. So all
+gradients are computed in the forward and the backward only scales them by the incoming gradient (they are saved in
+place of the inputs). Nothing here syncs with the host (n_labelled stays on the device).
+
+Memory, beyond the inputs and the gradients any implementation returns (n x h, V x h, V):
+  one chunk of logits, chunk_rows x V in hidden's dtype, with chunk_rows <= n / (2 * itemsize) so at most 1/8 of the
+  fp32 logits of all rows (n x V x 4 bytes), and at most 2048 rows; plus an fp32 V x h accumulator only when the
+  weight is fp32 and hidden is not (autocast).
+  Plain torch holds n x V logits in hidden's dtype, their fp32 copy and the fp32 log-softmax for the backward, then
+  an fp32 gradient of the same size: >= 3 x (n x V x 4) bytes at its peak.
+The weight gradient accumulates chunk by chunk with addmm in the weight's dtype (as Liger); chunks are few and large.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import is_interpreting, next_power_of_2
+
+IGNORE_INDEX = -100
+
+
+@triton.jit
+def _mlm_ce_kernel(
+    LOGITS_ptr,  # (n_rows, V) logits of this chunk in hidden's dtype, row stride V; overwritten with d loss/d logits
+    LABELS_ptr,  # (n_rows,) int64, IGNORE_INDEX for unlabelled rows
+    N_VALID_ptr,  # (1,) int64: labelled rows in the whole batch (the mean's denominator)
+    LOSS_ptr,  # (n_rows,) fp32 per-row loss (0 for unlabelled rows)
+    PRED_ptr,  # (n_rows,) int64 argmax of each row (first index on ties)
+    V,
+    IGNORE: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    base = LOGITS_ptr + row * V
+    label = tl.load(LABELS_ptr + row)
+    valid = label != IGNORE
+    cols = tl.arange(0, BLOCK_V)
+
+    # pass 1: online logsumexp (fp32) and argmax over the vocabulary
+    m = -float("inf")
+    d = 0.0
+    best_idx = 0
+    for start in range(0, V, BLOCK_V):
+        idx = start + cols
+        x = tl.load(base + idx, mask=idx < V, other=-float("inf")).to(tl.float32)
+        block_max = tl.max(x, axis=0)
+        block_arg = tl.argmax(x, axis=0)
+        best_idx = tl.where(block_max > m, start + block_arg, best_idx)
+        new_m = tl.maximum(m, block_max)
+        d = d * tl.exp(m - new_m) + tl.sum(tl.exp(x - new_m), axis=0)
+        m = new_m
+    lse = m + tl.log(d)
+    safe_label = tl.where(valid, label, 0)
+    x_label = tl.load(base + safe_label).to(tl.float32)
+    tl.store(LOSS_ptr + row, tl.where(valid, lse - x_label, 0.0))
+    tl.store(PRED_ptr + row, best_idx.to(tl.int64))
+
+    # pass 2: d loss / d logits = (softmax - onehot) / n_valid, written over the logits
+    if COMPUTE_GRAD:
+        n_valid = tl.load(N_VALID_ptr).to(tl.float32)
+        scale = tl.where(valid, 1.0 / tl.maximum(n_valid, 1.0), 0.0)
+        for start in range(0, V, BLOCK_V):
+            idx = start + cols
+            x = tl.load(base + idx, mask=idx < V, other=0.0).to(tl.float32)
+            g = tl.exp(x - lse) * scale
+            g = tl.where(idx == label, g - scale, g)
+            tl.store(base + idx, g.to(LOGITS_ptr.dtype.element_ty), mask=idx < V)
+
+
+def _chunk_rows(n: int, itemsize: int) -> int:
+    """Rows per chunk: chunk logits <= 1/8 of the full fp32 logits, at most 2048 rows."""
+    return max(1, min(2048, n // (2 * itemsize)))
+
+
+def masked_lm_loss_forward(hidden, decoder_weight, decoder_bias, labels, compute_grads=True, chunk_rows=None):
+    """Returns (loss (), preds (n,), grad_hidden (n, h) | None, grad_weight (V, h) | None, grad_bias (V,) | None),
+    gradients of the mean loss (to be scaled by the incoming gradient)."""
+    n, h = hidden.shape
+    V = decoder_weight.shape[0]
+    if decoder_weight.shape != (V, h) or decoder_bias.shape != (V,) or labels.shape != (n,):
+        raise ValueError(f"masked_lm_loss: shapes hidden {tuple(hidden.shape)}, weight {tuple(decoder_weight.shape)},"
+                         f" bias {tuple(decoder_bias.shape)}, labels {tuple(labels.shape)} do not match")
+    dtype, device = hidden.dtype, hidden.device
+    hidden = hidden.contiguous()
+    w = decoder_weight.to(dtype)  # a copy only when the weight is wider (what autocast would do)
+    b = decoder_bias.to(dtype)
+    labels = labels.contiguous()
+    valid = labels != IGNORE_INDEX
+    n_valid = valid.sum(dtype=torch.int64)  # stays on the device
+    loss_rows = torch.empty(n, dtype=torch.float32, device=device)
+    preds = torch.empty(n, dtype=torch.int64, device=device)
+    grad_h = grad_w = grad_b = None
+    if compute_grads:
+        grad_h = torch.empty_like(hidden)
+        grad_w = torch.zeros(V, h, dtype=decoder_weight.dtype if decoder_weight.dtype == dtype else torch.float32,
+                             device=device)
+        grad_b = torch.zeros(V, dtype=torch.float32, device=device)
+    chunk = chunk_rows or _chunk_rows(n, hidden.element_size())
+    block_v = min(next_power_of_2(V), 32768 if is_interpreting() else 4096)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        h_c = hidden[start:end]  # (c, h)
+        logits = torch.addmm(b, h_c, w.t())  # (c, V) in hidden's dtype
+        _mlm_ce_kernel[(end - start,)](logits, labels[start:end], n_valid, loss_rows[start:end], preds[start:end], V,
+                                       IGNORE=IGNORE_INDEX, COMPUTE_GRAD=compute_grads, BLOCK_V=block_v,
+                                       num_warps=8 if block_v >= 2048 else 4)
+        if compute_grads:  # logits now hold d loss / d logits (c, V)
+            torch.mm(logits, w, out=grad_h[start:end])
+            if grad_w.dtype == dtype:
+                grad_w.addmm_(logits.t(), h_c)
+            else:
+                grad_w += torch.mm(logits.t(), h_c)
+            grad_b += logits.sum(0, dtype=torch.float32)
+    loss = loss_rows.sum() / n_valid  # nan when nothing is labelled, as torch's cross_entropy
+    if compute_grads:
+        grad_w = grad_w.to(decoder_weight.dtype)
+        grad_b = grad_b.to(decoder_bias.dtype)
+    return loss, preds, grad_h, grad_w, grad_b
+
+
+class MaskedLMLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, decoder_weight, decoder_bias, labels, chunk_rows):
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            loss, preds, gh, gw, gb = masked_lm_loss_forward(hidden, decoder_weight, decoder_bias, labels,
+                                                             compute_grads=any(ctx.needs_input_grad[:3]),
+                                                             chunk_rows=chunk_rows)
+        ctx.mark_non_differentiable(preds)
+        ctx.save_for_backward(gh, gw, gb)
+        return loss, preds
+
+    @staticmethod
+    def backward(ctx, dloss, _dpreds):
+        gh, gw, gb = ctx.saved_tensors
+        grads = [g * dloss.to(g.dtype) if need else None for g, need in zip((gh, gw, gb), ctx.needs_input_grad[:3])]
+        return (*grads, None, None)
+
+
+def masked_lm_loss(hidden: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: torch.Tensor,
+                   labels: torch.Tensor, chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden (n, h) transformed hidden states of the masked rows; decoder_weight (V, h); decoder_bias (V,);
+    labels (n,) int64, -100 = ignored. Returns (mean loss over labelled rows (fp32 scalar), argmax ids (n,) int64).
+    Gradients for hidden, decoder_weight and decoder_bias are computed in the forward (see the module docstring)."""
+    return MaskedLMLossFunction.apply(hidden, decoder_weight, decoder_bias, labels, chunk_rows)
+
+
+def masked_lm_loss_ref(hidden, decoder_weight, decoder_bias, labels):
+    """Plain torch on full logits (the baseline and the test oracle; pass fp64 inputs for an exact reference)."""
+    logits = torch.nn.functional.linear(hidden, decoder_weight, decoder_bias)  # (n, V)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    return loss, logits.detach().argmax(-1)

@@ -1,0 +1,60 @@
+"""A tiny BERT checkpoint directory (HF format, vocab.txt tokenizer) built once per session: 2 layers, hidden 32."""
+import string
+
+import pytest
+
+WORDS = ("the a is was of and to in it good bad great awful fine okay movie film food service love hate meh "
+         "john mary london paris google apple visited works at lives met new york city today yesterday").split()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine the tiny models here run ~10x faster than with 2."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    from engine.config import tiny
+    from engine.hf import export_hf
+    from engine.model import BertModel
+
+    root = tmp_path_factory.mktemp("tiny_ckpt")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase) + \
+        [f"##{c}" for c in string.ascii_lowercase + string.digits] + list(string.digits) + list(".,!?@#'-") + \
+        sorted(set(WORDS))
+    tok_dir = root / "tok"
+    tok_dir.mkdir()
+    (tok_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    config = tiny(hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=len(vocab),
+                  max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    return export_hf(BertModel(config), root / "model", tokenizer_dir=tok_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The real MiniLM weights when they are in the cache (or can be fetched); skip otherwise."""
+    try:
+        from engine.data.fetch import fetch
+
+        return fetch("minilm")
+    except Exception as exc:  # no network / no cache
+        pytest.skip(f"MiniLM weights unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def wnut_file():
+    try:
+        from engine.data.fetch import fetch
+
+        return fetch("wnut16")
+    except Exception as exc:
+        pytest.skip(f"WNUT-16 unavailable: {exc}")

@@ -1,0 +1,165 @@
+"""Readers, tag schemes, sub-word alignment, windows and the bad-input errors (file and line named)."""
+import pytest
+
+from engine.cli import UserError
+from engine.finetune import data_classify as dc
+from engine.finetune import data_ner as dn
+from engine.finetune.tokenize import load_tokenizer
+
+
+def write(tmp_path, name, content, mode="w"):
+    p = tmp_path / name
+    if isinstance(content, bytes):
+        p.write_bytes(content)
+    else:
+        p.write_text(content, encoding="utf-8")
+    return p
+
+
+# ---- CoNLL ------------------------------------------------------------------------------------------------------
+def test_conll_tabs_spaces_docstart_and_whitespace_lines(tmp_path):
+    p = write(tmp_path, "a.conll", "-DOCSTART- -X- O O\n\nJohn NNP B-NP B-PER\nlives VBZ B-VP O\n \t\n"
+                                    "Paris\tB-LOC\n")
+    sents = dn.read_conll(p)
+    assert [s.tokens for s in sents] == [["John", "lives"], ["Paris"]]
+    assert [s.tags for s in sents] == [["B-PER", "O"], ["B-LOC"]]
+    assert sents[0].lines == [3, 4] and sents[1].lines == [6]
+
+
+def test_scheme_conversion_round_trip():
+    iob1 = ["I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-ORG"]
+    iob2 = ["B-PER", "I-PER", "B-PER", "O", "B-LOC", "B-ORG"]
+    bioes = ["B-PER", "E-PER", "S-PER", "O", "S-LOC", "S-ORG"]
+    assert dn.to_iob2(iob1, "iob1") == iob2
+    assert dn.to_iob2(bioes, "bioes") == iob2
+    assert dn.from_iob2(iob2, "iob1") == iob1
+    assert dn.from_iob2(iob2, "bioes") == bioes
+    assert dn.from_iob2(["O", "I-X", "I-X"], "bioes") == ["O", "O", "O"]  # a stray I- is no entity
+
+
+def test_missing_tag_names_file_and_line(tmp_path):
+    p = write(tmp_path, "bad.conll", "John\tB-PER\nlives\n")
+    with pytest.raises(UserError, match=r"bad.conll:2: missing tag for token 'lives'"):
+        dn.read_conll(p)
+
+
+def test_invalid_tag_for_scheme(tmp_path):
+    p = write(tmp_path, "bad.conll", "John\tS-PER\n")
+    with pytest.raises(UserError, match=r"bad.conll:1: tag 'S-PER' is not a valid IOB2 tag"):
+        dn.read_conll(p)
+    assert dn.read_conll(p, "bioes")[0].tags == ["B-PER"]
+
+
+def test_jsonl_token_tag_count_mismatch(tmp_path):
+    p = write(tmp_path, "bad.jsonl", '{"tokens": ["a", "b"], "tags": ["O", "O"]}\n'
+                                     '{"tokens": ["a", "b", "c"], "tags": ["O", "O"]}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: 3 tokens but 2 tags"):
+        dn.read_conll(p)
+
+
+@pytest.mark.parametrize("reader", ["conll", "csv"])
+def test_empty_file(tmp_path, reader):
+    p = write(tmp_path, f"empty.{reader}", "\n  \n")
+    with pytest.raises(UserError, match=r"empty\.\w+: file is empty"):
+        dn.read_conll(p) if reader == "conll" else dc.read_examples(p)
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    p = write(tmp_path, "latin.csv", b"text,label\nfine,pos\ncaf\xe9,neg\n")
+    with pytest.raises(UserError, match=r"latin.csv:3: byte 0xe9 is not valid utf-8"):
+        dc.read_examples(p)
+    assert dc.read_examples(p, encoding="latin-1")[1].text == "caf\u00e9"
+    q = write(tmp_path, "latin.conll", b"Jos\xe9\tB-PER\n")
+    with pytest.raises(UserError, match=r"latin.conll:1: byte 0xe9"):
+        dn.read_conll(q)
+
+
+def test_unseen_dev_tag(tmp_path):
+    train = dn.read_conll(write(tmp_path, "train.conll", "John\tB-PER\n"))
+    dev = dn.read_conll(write(tmp_path, "dev.conll", "x\tO\n\nParis\tB-LOC\n"))
+    with pytest.raises(UserError, match=r"dev.conll:3: dev tag 'B-LOC'"):
+        dn.check_tags(dev, dn.tag_vocab(train), "dev")
+
+
+# ---- CSV / TSV / JSONL --------------------------------------------------------------------------------------------
+def test_csv_tsv_jsonl_and_pairs(tmp_path):
+    c = write(tmp_path, "a.csv", 'text,label\n"hello, world",pos\n\n"multi\nline",neg\n')
+    ex = dc.read_examples(c)
+    assert [(e.text, e.label, e.line) for e in ex] == [("hello, world", "pos", 2), ("multi\nline", "neg", 4)]
+    t = write(tmp_path, "a.tsv", "text_a\ttext_b\ty\nA\tB\t1\n")
+    e = dc.read_examples(t, "text_a", "text_b", "y")[0]
+    assert (e.text, e.text_b, e.label) == ("A", "B", "1")
+    j = write(tmp_path, "a.jsonl", '{"text": "x", "label": 2}\n\n{"text": "y", "label": 0}\n')
+    assert [(e.label, e.line) for e in dc.read_examples(j)] == [("2", 1), ("0", 3)]
+
+
+def test_missing_column(tmp_path):
+    c = write(tmp_path, "a.csv", "sentence,label\nhi,pos\n")
+    with pytest.raises(UserError, match=r"a.csv:2: no column 'text' in the header \(columns: sentence, label\)"):
+        dc.read_examples(c)
+    j = write(tmp_path, "a.jsonl", '{"text": "x", "label": 1}\n{"text": "y"}\n')
+    with pytest.raises(UserError, match=r"a.jsonl:2: no column 'label'"):
+        dc.read_examples(j)
+
+
+def test_unseen_test_label(tmp_path):
+    train = dc.read_examples(write(tmp_path, "train.csv", "text,label\na,pos\nb,neg\n"))
+    test = dc.read_examples(write(tmp_path, "test.csv", "text,label\na,pos\nc,neutral\n"))
+    with pytest.raises(UserError, match=r"test.csv:3: test label 'neutral' does not occur in the training data"):
+        dc.check_labels(test, dc.label_vocab(train), "test")
+
+
+def test_split_keeps_duplicates_together_and_is_deterministic():
+    ex = [dc.Example(f"text {i % 40}", None, str(i % 3), "f", i) for i in range(100)]
+    parts = dc.split_examples(ex, [0.6, 0.2, 0.2], seed=3)
+    seen = [{e.text for e in p} for p in parts]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    assert sum(map(len, parts)) == 100
+    again = dc.split_examples(ex, [0.6, 0.2, 0.2], seed=3)
+    assert [[e.line for e in p] for p in parts] == [[e.line for e in p] for p in again]
+    subset = dc.split_examples(ex, [20, 5, 10], seed=0)
+    assert [len(p) >= n for p, n in zip(subset, (20, 5, 10))] == [True] * 3
+
+
+def test_classify_truncates_to_max_len(tiny_ckpt):
+    tok = load_tokenizer(tiny_ckpt)
+    ex = [dc.Example("good " * 50, None, "pos", "f", 1), dc.Example("bad movie", "good " * 50, "neg", "f", 2)]
+    feats = dc.encode(tok, ex, 16, {"pos": 0, "neg": 1})
+    assert [len(f["input_ids"]) for f in feats] == [16, 16]
+    assert feats[1]["token_type_ids"][:5] == [0, 0, 0, 0, 1]  # [CLS] bad movie [SEP] good...
+
+
+# ---- alignment and windows ---------------------------------------------------------------------------------------
+def _sentence(n):
+    words = ["john", "visited", "paris", "xqzv"] * (n // 4)
+    tags = ["B-PER", "O", "B-LOC", "O"] * (n // 4)
+    return dn.Sentence(words, tags, "s", list(range(1, n + 1)))
+
+
+@pytest.mark.parametrize("max_len,stride", [(64, 32), (17, 4), (11, 3), (7, 1)])
+def test_windows_cover_every_word_once(tiny_ckpt, max_len, stride):
+    tok = load_tokenizer(tiny_ckpt)
+    sents = [_sentence(40), _sentence(4)]
+    labels = dn.tag_vocab(sents)
+    label2id = {l: i for i, l in enumerate(labels)}
+    wins = dn.encode(tok, sents, max_len, label2id, stride=stride)
+    assert all(len(w.input_ids) <= max_len for w in wins)
+    if max_len < 64:
+        assert sum(w.sentence == 0 for w in wins) > 1
+    # the model "predicts" the gold label at every owned first sub-word: words_from_windows must rebuild the tags
+    preds = [[lab if lab >= 0 else 0 for lab in w.labels] for w in wins]
+    assert dn.words_from_windows(wins, preds, sents, labels) == [s.tags for s in sents]
+    owned = sorted((w.sentence, i) for w in wins for i in w.word_index if i >= 0)
+    assert owned == sorted({(si, i) for si, s in enumerate(sents) for i in range(len(s.tokens))})
+    assert len(owned) == sum(len(s.tokens) for s in sents)
+
+
+def test_first_subword_vs_all_subwords(tiny_ckpt):
+    tok = load_tokenizer(tiny_ckpt)
+    sent = dn.Sentence(["xqzv", "paris"], ["B-LOC", "I-LOC"], "s", [1, 2])  # xqzv -> x ##q ##z ##v
+    label2id = {"O": 0, "B-LOC": 1, "I-LOC": 2}
+    first = dn.encode(tok, [sent], 32, label2id)[0]
+    every = dn.encode(tok, [sent], 32, label2id, label_all_subwords=True)[0]
+    assert first.labels == [-100, 1, -100, -100, -100, 2, -100]
+    assert every.labels == [-100, 1, 2, 2, 2, 2, -100]
+    assert first.word_index == every.word_index == [-1, 0, -1, -1, -1, 1, -1]

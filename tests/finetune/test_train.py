@@ -1,0 +1,172 @@
+"""End to end on a tiny model: finetune (classify, ner) through the CLI, best checkpoint, seeds summary,
+predict / evaluate, and Hugging Face `pipeline` parity of the exported models."""
+import json
+import random
+
+import pytest
+import torch
+
+from engine.cli import main
+from engine.finetune.metrics import entity_metrics
+
+
+def _sentiment_csv(path, n, seed):
+    rng = random.Random(seed)
+    pos, neg = ["good", "great", "love", "fine"], ["bad", "awful", "hate", "meh"]
+    filler = ["the", "movie", "food", "service", "was", "today", "a"]
+    lines = ["text,label"]
+    for i in range(n):
+        label = rng.choice(["pos", "neg"])
+        words = rng.sample(filler, 3) + [rng.choice(pos if label == "pos" else neg)] + rng.sample(filler, 2)
+        rng.shuffle(words)
+        lines.append(f"{' '.join(words)} {i},{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _ner_conll(path, n, seed):
+    rng = random.Random(seed)
+    people, places = ["john", "mary"], ["london", "paris", "new york"]
+    out = []
+    for _ in range(n):
+        who, where = rng.choice(people), rng.choice(places).split()
+        toks = [(who, "B-PER"), ("visited", "O")] + [(w, ("B-LOC" if k == 0 else "I-LOC")) for k, w in enumerate(where)]
+        toks += [("today", "O")] if rng.random() < 0.5 else [("and", "O"), (rng.choice(people), "B-PER")]
+        out.append("\n".join(f"{w}\t{t}" for w, t in toks))
+    path.write_text("\n\n".join(out) + "\n", encoding="utf-8")
+    return path
+
+
+FAST = ["--threads", "1", "--no-progress", "--batch-size", "8", "--lr", "3e-3", "--max-len", "32"]
+
+
+@pytest.fixture(scope="module")
+def classify_run(tiny_ckpt, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cls")
+    train, dev = _sentiment_csv(d / "train.csv", 120, 0), _sentiment_csv(d / "dev.csv", 40, 1)
+    test = _sentiment_csv(d / "test.csv", 40, 2)
+    rc = main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--dev", str(dev),
+               "--test", str(test), "--epochs", "10", "--dropout", "0", "--seeds", "1,2", "--out", str(d / "out"), *FAST])
+    assert rc == 0
+    return d
+
+
+def test_classify_learns_and_summarises_seeds(classify_run):
+    summary = json.loads((classify_run / "out" / "summary.json").read_text())
+    assert summary["seeds"] == [1, 2] and len(summary["runs"]) == 2
+    assert summary["test"]["accuracy"]["mean"] > 0.9
+    accs = [r["test"]["accuracy"] for r in summary["runs"]]
+    assert summary["test"]["accuracy"]["std"] == pytest.approx(torch.tensor(accs).std().item(), abs=1e-9)
+    for run in summary["runs"]:  # the exported model is the best dev state
+        assert run["dev"]["accuracy"] == max(h["accuracy"] for h in run["dev_history"])
+    lines = [json.loads(l) for l in (classify_run / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert any(l.get("split") == "dev" for l in lines) and any("loss" in l for l in lines)
+    task = json.loads((classify_run / "out" / "seed-1" / "bertforge_task.json").read_text())
+    assert task["labels"] == ["neg", "pos"] and task["args"]["lr"] == 3e-3
+
+
+def test_classify_predict_evaluate_and_hf_pipeline(classify_run, capsys):
+    model, test = classify_run / "out" / "seed-1", classify_run / "test.csv"
+    assert main(["predict", str(model), str(test), "--out", str(classify_run / "pred.jsonl")]) == 0
+    rows = [json.loads(l) for l in (classify_run / "pred.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and set(rows[0]["probabilities"]) == {"neg", "pos"}
+    assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-5
+    assert main(["evaluate", str(model), str(test), "--out", str(classify_run / "eval.json")]) == 0
+    metrics = json.loads((classify_run / "eval.json").read_text())
+    summary = json.loads((classify_run / "out" / "summary.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(summary["runs"][0]["test"]["accuracy"])
+    assert "confusion" in capsys.readouterr().out
+    transformers = pytest.importorskip("transformers")
+    pipe = transformers.pipeline("text-classification", model=str(model), device="cpu", top_k=None)
+    for row, out in zip(rows, pipe([r["text"] for r in rows], truncation=True, max_length=32)):
+        hf = {d["label"]: d["score"] for d in out}
+        assert max(hf, key=hf.get) == row["label"]
+        for label, p in row["probabilities"].items():
+            assert hf[label] == pytest.approx(p, abs=1e-4)
+
+
+def test_ner_end_to_end_windows_and_hf_pipeline(tiny_ckpt, tmp_path):
+    train, dev, test = (_ner_conll(tmp_path / f"{s}.conll", n, i) for i, (s, n) in
+                        enumerate([("train", 160), ("dev", 30), ("test", 30)]))
+    rc = main(["finetune", "ner", "--model", str(tiny_ckpt), "--train", str(train), "--dev", str(dev), "--test",
+               str(test), "--epochs", "6", "--out", str(tmp_path / "out"), *FAST[:-2], "--max-len", "8",
+               "--stride", "2"])  # max_len 8: every sentence is split into windows
+    assert rc == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["test"]["f1"]["mean"] > 0.8
+    model = tmp_path / "out" / "seed-1"
+    assert main(["predict", str(model), str(test), "--out", str(tmp_path / "pred.jsonl"), "--scheme", "bioes"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 and all(len(r["tags"]) == len(r["tokens"]) for r in rows)
+    assert rows[0]["entities"] and {"type", "start", "end", "text", "score"} <= set(rows[0]["entities"][0])
+    assert any(t.startswith(("S-", "E-")) for r in rows for t in r["tags"])
+    transformers = pytest.importorskip("transformers")
+    # parity without windows: a model whose max_len covers the sentence
+    from engine.finetune import predict as P
+
+    ft = P.load_finetuned(model, max_len=32)
+    sentences = P.read_ner_input(test, "iob2", labelled=True)
+    ours = P.ner_rows(ft, sentences)
+    pipe = transformers.pipeline("token-classification", model=str(model), device="cpu")
+    for sent, row in zip(sentences, ours):
+        text = " ".join(sent.tokens)
+        starts, pos = [], 0
+        for w in sent.tokens:
+            starts.append(pos)
+            pos += len(w) + 1
+        hf = {d["start"]: d["entity"] for d in pipe(text)}  # 'O' is left out by the pipeline
+        assert [hf.get(s, "O") for s in starts] == row["tags"]
+
+
+def _first_layers(minilm, n, out):
+    """A checkpoint with the first n layers of the real MiniLM (fast enough for a test)."""
+    from engine.hf import export_hf, load_pretrained, read_config
+    from engine.model import BertModel
+
+    full = BertModel(read_config(minilm))
+    load_pretrained(minilm, full)
+    small = BertModel(read_config(minilm).replace(num_hidden_layers=n))
+    small.load_state_dict({k: v for k, v in full.state_dict().items() if k in small.state_dict()})
+    return export_hf(small, out, tokenizer_dir=minilm)
+
+
+def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tmp_path):
+    """A MiniLM tagger trained for a few steps on a slice of real WNUT-16: its predictions are messy (I- without B-,
+    type switches), exactly what the strict metric must score like seqeval."""
+    seqeval = pytest.importorskip("seqeval.metrics")
+    from seqeval.scheme import IOB2
+
+    from engine.finetune import data_ner as dn
+    from engine.finetune.tasks import NerTask
+    from engine.finetune.tokenize import load_tokenizer
+    from engine.finetune.trainer import FinetuneArgs, MetricsLog, train_seed
+    from engine.hf import load_pretrained, read_config
+
+    wnut, minilm = wnut_file, minilm_dir
+    sents = dn.read_conll(wnut)
+    train, test = sents[:64], sents[96:160]
+    labels = dn.tag_vocab(sents)
+    label2id = {l: i for i, l in enumerate(labels)}
+    tok = load_tokenizer(minilm)
+    enc = lambda s: dn.encode(tok, s, 48, label2id)
+    task = NerTask(labels, 48, train=enc(train), test=enc(test), sentences={"train": train, "test": test})
+    minilm = _first_layers(minilm, 2, tmp_path / "minilm2")
+    config = read_config(minilm)
+    kw = dict(mode="strict", scheme=IOB2, zero_division=0)
+    gold = [s.tags for s in test]
+    untrained = task.build_model(config)  # random head: tags all over the place (stray I-, type switches)
+    load_pretrained(minilm, untrained)
+    args = FinetuneArgs(lr=1e-3, epochs=2, batch_size=16, progress=False)
+    trained = train_seed(task, config, minilm, args, 0, None, MetricsLog(None), echo=lambda s: None)[1]
+    n_pred = []
+    for model in (untrained, trained):
+        pred, _ = task.predict_tags(model, task.test, test)
+        ours = entity_metrics(gold, pred)
+        n_pred.append(ours["n_pred"])
+        assert ours["f1"] == seqeval.f1_score(gold, pred, **kw)
+        assert ours["precision"] == seqeval.precision_score(gold, pred, **kw)
+        assert ours["recall"] == seqeval.recall_score(gold, pred, **kw)
+        report = seqeval.classification_report(gold, pred, output_dict=True, **kw)
+        for etype, row in ours["per_type"].items():
+            assert row["f1"] == pytest.approx(report[etype]["f1-score"], abs=1e-12)
+    assert n_pred[0] > 10  # the untrained tagger's predictions contain plenty of (odd) entities

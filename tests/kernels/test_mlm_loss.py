@@ -1,0 +1,76 @@
+"""kernels/mlm_loss.py (chunked fused linear cross-entropy) against torch's cross-entropy on full logits: loss, argmax
+and the gradients of hidden, decoder weight and decoder bias; odd sizes, ignored rows, several chunkings."""
+import math
+
+import pytest
+import torch
+
+from _kernel_tolerance import assert_within_noise
+from kernels.mlm_loss import masked_lm_loss, masked_lm_loss_ref
+
+
+def _inputs(n, h, V, dtype, ignore_frac=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g).to(dtype)
+    w = (torch.randn(V, h, generator=g) / math.sqrt(h) * 3).to(dtype)
+    b = (torch.randn(V, generator=g) * 0.5).to(dtype)
+    labels = torch.randint(0, V, (n,), generator=g)
+    labels[torch.rand(n, generator=g) < ignore_frac] = -100
+    labels[0] = 5  # at least one labelled row
+    return [hidden, w, b], labels
+
+
+def _run(fn, args, labels, dloss=1.0):
+    args = [a.detach().clone().requires_grad_() for a in args]
+    loss, preds = fn(*args, labels)
+    (loss * dloss).backward()
+    return loss, preds, [a.grad for a in args]
+
+
+CASES = [(1, 32, 101), (37, 64, 1000), (67, 48, 3001)]
+
+
+@pytest.mark.parametrize("n,h,V", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("chunk_rows", [None, 16])
+def test_matches_torch_cross_entropy(n, h, V, dtype, chunk_rows):
+    args, labels = _inputs(n, h, V, dtype, seed=n)
+    loss, preds, grads = _run(lambda *a: masked_lm_loss(*a, chunk_rows=chunk_rows), args, labels, dloss=0.7)
+    lo_loss, lo_preds, lo_grads = _run(masked_lm_loss_ref, args, labels, dloss=0.7)
+    ex_loss, ex_preds, ex_grads = _run(masked_lm_loss_ref, [a.double() for a in args], labels, dloss=0.7)
+    assert loss.dtype == torch.float32 and preds.dtype == torch.int64
+    assert_within_noise(loss, lo_loss, ex_loss.float(), name=f"loss {dtype}")
+    # argmax: same index as torch on the same-precision logits wherever the top logit is not a near-tie
+    logits = torch.nn.functional.linear(args[0].double(), args[1].double(), args[2].double())
+    top2 = logits.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-2 * top2[:, 0].abs().clamp_min(1)
+    assert torch.equal(preds[clear], ex_preds[clear])
+    for name, o, t, e in zip(("dhidden", "dweight", "dbias"), grads, lo_grads, ex_grads):
+        assert o.dtype == dtype
+        assert_within_noise(o, t, e, name=f"{name} {dtype} chunk={chunk_rows}")
+
+
+def test_all_rows_ignored_gives_nan_and_zero_grads():
+    args, labels = _inputs(9, 16, 70, torch.float32)
+    labels[:] = -100
+    loss, _, grads = _run(masked_lm_loss, args, labels)
+    assert math.isnan(loss.item())  # as torch.nn.functional.cross_entropy
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_no_grad_path_and_fp32_weight_under_bf16_hidden():
+    """Eval (no gradients wanted) skips the gradient pass; a bf16 hidden with fp32 decoder params (autocast) gives
+    fp32 parameter gradients."""
+    args, labels = _inputs(21, 32, 257, torch.float32)
+    with torch.no_grad():
+        loss, preds = masked_lm_loss(*args, labels)
+    ref_loss, _ = masked_lm_loss_ref(*args, labels)
+    torch.testing.assert_close(loss, ref_loss)
+    hidden = args[0].bfloat16().requires_grad_()
+    w, b = args[1].clone().requires_grad_(), args[2].clone().requires_grad_()
+    loss, _ = masked_lm_loss(hidden, w, b, labels)
+    loss.backward()
+    assert hidden.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+    _, _, ex = _run(masked_lm_loss_ref, [a.double() for a in args], labels)
+    torch.testing.assert_close(w.grad.double(), ex[1], atol=0.02 * ex[1].abs().max().item(), rtol=0.05)
+    torch.testing.assert_close(b.grad.double(), ex[2], atol=0.02 * ex[2].abs().max().item(), rtol=0.05)

@@ -1,0 +1,116 @@
+"""engine/optim: Lamb end to end against an independent per-tensor loop written from the paper (You et al. 2019,
+Algorithm 2), the no-decay parameter groups, and the warmup/decay schedule."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from engine.optim import Lamb, build_optimizer, param_groups, warmup_decay
+
+
+def lamb_reference(params, grads_per_step, lr, betas, eps, weight_decay, max_trust_ratio):
+    """Straightforward LAMB in float64, one tensor at a time: returns the parameters after every step."""
+    b1, b2 = betas
+    xs = [p.detach().double().clone() for p in params]
+    ms = [torch.zeros_like(x) for x in xs]
+    vs = [torch.zeros_like(x) for x in xs]
+    history = []
+    for t, grads in enumerate(grads_per_step, start=1):
+        for i, (x, g) in enumerate(zip(xs, grads)):
+            g = g.double()
+            ms[i] = b1 * ms[i] + (1 - b1) * g
+            vs[i] = b2 * vs[i] + (1 - b2) * g * g
+            m_hat = ms[i] / (1 - b1 ** t)
+            v_hat = vs[i] / (1 - b2 ** t)
+            r = m_hat / (v_hat.sqrt() + eps)
+            u = r + weight_decay[i] * x
+            x_norm, u_norm = x.norm().item(), u.norm().item()
+            ratio = x_norm / u_norm if x_norm > 0 and u_norm > 0 else 1.0
+            if max_trust_ratio is not None:
+                ratio = min(ratio, max_trust_ratio)
+            xs[i] = x - lr * ratio * u
+        history.append([x.clone() for x in xs])
+    return history
+
+
+@pytest.mark.parametrize("max_trust_ratio", [10.0, None, 0.5])
+def test_lamb_matches_paper_loop(max_trust_ratio):
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7, 13), (13,), (1,), (3, 5, 2), (31,)]
+    params = [nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    with torch.no_grad():
+        params[2].zero_()  # ||x|| = 0: trust ratio 1
+    wd = [0.01, 0.0, 0.01, 0.1, 0.0]
+    groups = [{"params": [params[0], params[2]], "weight_decay": 0.01}, {"params": [params[1], params[4]],
+              "weight_decay": 0.0}, {"params": [params[3]], "weight_decay": 0.1}]
+    opt = Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6, max_trust_ratio=max_trust_ratio, use_fused=False)
+    grads_per_step = [[torch.randn(s, generator=g) * 10 ** k for k, s in enumerate(shapes)] for _ in range(5)]
+    expected = lamb_reference(params, grads_per_step, 0.01, (0.9, 0.999), 1e-6, wd, max_trust_ratio)
+    for step, grads in enumerate(grads_per_step):
+        for p, grad in zip(params, grads):
+            p.grad = grad.clone()
+        opt.step()
+        for p, ref in zip(params, expected[step]):
+            torch.testing.assert_close(p.detach().double(), ref, atol=1e-6, rtol=1e-5)
+
+
+def test_lamb_skips_params_without_grad_and_trains():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    frozen = nn.Parameter(torch.ones(3))
+    opt = Lamb(param_groups(model, 0.01) + [{"params": [frozen], "weight_decay": 0.0}], lr=0.05, use_fused=False)
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    y = x.sum(1, keepdim=True)
+    first = None
+    for _ in range(60):
+        loss = nn.functional.mse_loss(model(x), y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+    assert torch.equal(frozen.detach(), torch.ones(3))
+    sd = opt.state_dict()
+    opt2 = Lamb(param_groups(model, 0.01) + [{"params": [frozen], "weight_decay": 0.0}], lr=0.05, use_fused=False)
+    opt2.load_state_dict(sd)
+    assert opt2.state_dict()["state"].keys() == sd["state"].keys()
+
+
+def test_param_groups_never_decay_bias_or_layernorm():
+    from engine.config import tiny
+    from engine.heads import BertForPreTraining
+
+    model = BertForPreTraining(tiny(vocab_size=101))
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+    assert all(names[id(p)].endswith(("bias", "LayerNorm.weight")) for p in no_decay["params"])
+    assert not any(names[id(p)].endswith(("bias", "LayerNorm.weight")) for p in decay["params"])
+    total = len(decay["params"]) + len(no_decay["params"])
+    assert total == len({id(p) for p in model.parameters()})  # the tied decoder weight appears once
+
+
+def test_build_optimizer_names():
+    p = [nn.Parameter(torch.zeros(2))]
+    assert isinstance(build_optimizer("lamb", [{"params": p}], 1e-3), Lamb)
+    assert isinstance(build_optimizer("adamw", [{"params": p}], 1e-3), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer("sgd", [{"params": p}], 1e-3)
+
+
+@pytest.mark.parametrize("decay", ["linear", "poly", "cosine", "constant"])
+def test_warmup_decay_shape(decay):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_decay(opt, warmup_steps=4, total_steps=20, decay=decay, power=2.0)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    progress = 12 / 16
+    expected = {"linear": 1 - progress, "poly": (1 - progress) ** 2, "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
+                "constant": 1.0}[decay]
+    assert lrs[16] == pytest.approx(expected)

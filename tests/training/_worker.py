@@ -1,0 +1,148 @@
+"""Training worker for the multi-process tests: `python _worker.py MODE OUT [ARGS]` as a plain process or under
+`torchrun --nproc_per_node 2`. Runs engine.training.loop.pretrain on synthetic batches with a tiny model and writes
+what the test checks to OUT (rank 0). Modes:
+  equal STAGES PRECISIONS   per (stage, precision): a full run (6 steps, checkpoint at 3) and a run resumed from that
+                            checkpoint in a fresh directory; results.json = {name: {full, resumed}: [losses]}
+  run STEPS                 one fp32 ZeRO-0 run of STEPS steps in OUT/run (resumes if it has checkpoints); with
+                            PAUSE_AT_SAVE=N the save of step N pauses forever after the shards are written
+  nan                       non-finite losses injected at given micro batches
+  die                       rank 1 exits abruptly at step 3"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+
+from engine.training import distributed as D  # noqa: E402
+from engine.training.config import TrainConfig  # noqa: E402
+from engine.training.sources import SyntheticSource  # noqa: E402
+
+MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+             max_position_embeddings=64)
+VOCAB = 512
+
+
+def factory(cfg, rank, world):
+    return SyntheticSource(VOCAB, cfg.seq_len, cfg.micro_batch, rank, world, seed=cfg.seed)
+
+
+def config(out: Path, **kw) -> TrainConfig:
+    base = dict(output_dir=str(out), preset="tiny", model_overrides=MODEL, seq_len=32, micro_batch=2,
+                global_batch=8, steps=6, lr=2e-3, warmup_steps=2, dropout=0.0, log_every=1, eval_every=0,
+                eval_batches=2, save_every=3, progress=False, export_hf=False, dist_timeout_s=60)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in lines if x["split"] == "train"]
+
+
+def mode_equal(out: Path, stages: str, precisions: str) -> None:
+    from engine.training.loop import pretrain
+
+    results = {}
+    for stage in map(int, stages.split(",")):
+        for precision in precisions.split(","):
+            name = f"z{stage}_{precision}"
+            full, resumed = out / name / "full", out / name / "resumed"
+            pretrain(config(full, zero_stage=stage, precision=precision), source_factory=factory)
+            if D.rank() == 0:
+                (resumed / "checkpoints").mkdir(parents=True)
+                shutil.copytree(full / "checkpoints" / "step_00000003", resumed / "checkpoints" / "step_00000003")
+            D.barrier()
+            pretrain(config(resumed, zero_stage=stage, precision=precision, resume=True), source_factory=factory)
+            if D.rank() == 0:
+                results[name] = {"full": losses(full), "resumed": losses(resumed)}
+    if D.rank() == 0:
+        (out / "results.json").write_text(json.dumps(results))
+
+
+def mode_run(out: Path, steps: str) -> None:
+    from engine.training import checkpoint
+    from engine.training.loop import pretrain
+
+    pause_at = int(os.environ.get("PAUSE_AT_SAVE", "0"))
+    real_save = checkpoint.ds.save
+
+    def save(engine, root, tag):
+        real_save(engine, root, tag)
+        if pause_at and tag.endswith(f"step_{pause_at:08d}"):
+            (out / "saving").write_text(tag)
+            time.sleep(3600)  # the test SIGKILLs us here: shards written, checkpoint not yet complete
+
+    checkpoint.ds.save = save
+    run = out / "run"
+    resume = (run / "checkpoints").is_dir()
+    cfg = config(run, steps=int(steps), save_every=3, resume=resume)
+    pretrain(cfg, source_factory=factory)
+
+
+def mode_nan(out: Path) -> None:
+    from engine.heads import BertForPreTraining
+    from engine.training.loop import TrainingError, pretrain
+
+    bad = {int(x) for x in os.environ["NAN_CALLS"].split(",")}
+    real_forward = BertForPreTraining.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        out_ = real_forward(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad:
+                out_.loss = out_.loss * float("nan")
+        return out_
+
+    BertForPreTraining.forward = forward
+    report = {}
+    try:
+        r = pretrain(config(out / "run", steps=int(os.environ.get("STEPS", 6)), micro_batch=4,
+                            max_skipped_steps=int(os.environ.get("MAX_SKIPPED", 3))), source_factory=factory)
+        report["skipped"] = r.skipped_steps
+    except TrainingError as exc:
+        report["error"] = str(exc)
+    if D.rank() == 0:
+        (out / "nan.json").write_text(json.dumps(report))
+
+
+def mode_die(out: Path) -> None:
+    from engine.training import loop
+
+    real = loop.batch_tokens
+    calls = {"n": 0}
+
+    def batch_tokens(batch):
+        calls["n"] += 1
+        if D.rank() == 1 and calls["n"] == 5:
+            os._exit(17)  # a crash without any goodbye
+        return real(batch)
+
+    loop.batch_tokens = batch_tokens
+    loop.pretrain(config(out / "run", steps=50, dist_timeout_s=20), source_factory=factory)
+
+
+if __name__ == "__main__":
+    mode, out, *rest = sys.argv[1:]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    D.prepare_env()
+    try:
+        {"equal": mode_equal, "run": mode_run, "nan": mode_nan, "die": mode_die}[mode](out, *rest)
+    except BaseException as exc:
+        print(f"worker rank {D.rank()} failed: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    D.finish(0)

@@ -1,0 +1,129 @@
+"""TrainConfig validation, the DeepSpeed config builder, and the one-line errors of `bertforge pretrain` on bad
+input — each raised before any training starts (no run directory is created)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.config import ConfigError
+from engine.deepspeed import build_ds_config, merge_user_config
+from engine.training.config import TrainConfig, field_docs
+
+
+def test_every_field_documented():
+    import dataclasses
+
+    docs = field_docs()
+    assert {f.name for f in dataclasses.fields(TrainConfig)} == set(docs)
+
+
+def test_accumulation_and_budget():
+    cfg = TrainConfig(micro_batch=4, global_batch=32, seq_len=128, token_budget=128 * 32 * 10 + 1)
+    assert cfg.grad_accum(1) == 8 and cfg.grad_accum(4) == 2 and cfg.total_steps() == 11
+    with pytest.raises(ConfigError, match=r"not divisible by --micro-batch \(4\) x ranks \(3\)"):
+        cfg.grad_accum(3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(micro_batch=3, global_batch=8), "multiple of --micro-batch"),
+    (dict(precision="fp8"), "--precision"),
+    (dict(zero_stage=4), "--zero-stage"),
+    (dict(optimizer="sgd"), "--optimizer"),
+    (dict(steps=0), "--steps"),
+    (dict(dropout=1.5), "--dropout"),
+])
+def test_invalid_values(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_ds_config_generated_and_user_wins():
+    cfg = TrainConfig(micro_batch=4, global_batch=32, precision="bf16", zero_stage=2, grad_clip=0.5)
+    out = build_ds_config(cfg, 2)
+    assert out["train_batch_size"] == 32 and out["gradient_accumulation_steps"] == 4
+    assert out["bf16"]["enabled"] and not out["fp16"]["enabled"] and out["zero_optimization"]["stage"] == 2
+    assert out["gradient_clipping"] == 0.5 and out["zero_allow_untested_optimizer"]
+    user = {"zero_optimization": {"stage": 3, "reduce_bucket_size": 123}, "train_micro_batch_size_per_gpu": 8}
+    merged = merge_user_config(cfg, user, explicit=set(), world_size=2)
+    assert merged.zero_stage == 3 and merged.micro_batch == 8
+    out = build_ds_config(merged, 2, user)
+    assert out["zero_optimization"] == {**out["zero_optimization"], "stage": 3, "reduce_bucket_size": 123}
+    assert out["gradient_accumulation_steps"] == 2
+    with pytest.raises(ConfigError, match="sets zero-stage=3 but --zero-stage 2 was given"):
+        merge_user_config(cfg, user, explicit={"zero_stage"}, world_size=2)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, tmp_path):
+    """Run `bertforge pretrain ...` in-process with a clean distributed environment; returns (code, stderr)."""
+    from engine.cli import main
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "BERTFORGE_SYNTHETIC_VOCAB"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+
+    def run(*args, env=None):
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        code = main(["pretrain", "--output-dir", str(tmp_path / "run"), "--no-progress", *args])
+        err = capsys.readouterr().err.strip()
+        assert not (tmp_path / "run").exists(), "training started"
+        return code, err
+    return run
+
+
+def _one_line(code, err, *needles):
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_error_not_a_dataset(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line(*cli("--data", str(tmp_path / "empty")), "not a prepared dataset", str(tmp_path / "empty"))
+
+
+def test_error_vocab_mismatch(cli):
+    _one_line(*cli("--synthetic-vocab", "512", "--model", "vocab_size=1000"),
+              "vocab_size 1000 does not match the dataset's tokenizer (512 tokens)")
+
+
+def test_error_tokenizer_mismatch(cli, tmp_path):
+    from engine.data.prepare import prepare
+    from engine.data.tokenizer import train_wordpiece
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(f"Sentence number {i} is here. And another one {i * 7} follows it. The end {i}."
+                                for i in range(60)), encoding="utf-8")
+    train_wordpiece([text], tmp_path / "tok_a", vocab_size=120, show_progress=False)
+    train_wordpiece([text], tmp_path / "tok_b", vocab_size=90, show_progress=False)
+    prepare([text], tmp_path / "tok_a", tmp_path / "data", progress=False)
+    _one_line(*cli("--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tok_b")),
+              "is not the one", "was prepared with")
+
+
+def test_error_global_batch_not_divisible_by_ranks(cli):
+    _one_line(*cli("--synthetic-vocab", "512", "--micro-batch", "4", "--global-batch", "12",
+                   env={"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}),
+              "--global-batch (12) is not divisible by --micro-batch (4) x ranks (2)")
+
+
+def test_error_unknown_preset(cli):
+    _one_line(*cli("--synthetic-vocab", "512", "--preset", "bert-huge"), "unknown preset 'bert-huge'")
+
+
+def test_error_unknown_option(cli):
+    with pytest.raises(SystemExit) as exc:
+        cli("--synthetic-vocab", "512", "--learning-rate", "1")
+    assert exc.value.code == 2
+
+
+def test_error_deepspeed_json_contradicts_flag(cli, tmp_path):
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text(json.dumps({"train_micro_batch_size_per_gpu": 16}))
+    _one_line(*cli("--synthetic-vocab", "512", "--micro-batch", "4", "--deepspeed-config", str(ds_json)),
+              "sets micro-batch=16 but --micro-batch 4 was given")
+    ds_json.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
+    _one_line(*cli("--synthetic-vocab", "512", "--deepspeed-config", str(ds_json)), "'optimizer' section")

@@ -1,0 +1,70 @@
+"""2 gloo ranks with ZeRO 1, 2 and 3 give the loss curve of 1 rank with the same global batch (fp32 and bf16), and a
+run resumed from a mid-run checkpoint continues with exactly the losses of the uninterrupted run. The ZeRO-3
+checkpoint then consolidates to the same fp32 weights as the 1-rank run, and exports to Hugging Face format."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.training.conftest import run_worker
+
+FP32_ATOL = 1e-5  # measured 2.4e-7 (losses ~6.9): summation order only
+BF16_ATOL = 2e-2  # measured 7e-3: bf16 weights/activations, different accumulation paths (ZeRO vs BF16_Optimizer)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    one = tmp_path_factory.mktemp("one_rank")
+    two = tmp_path_factory.mktemp("two_ranks")
+    run_worker("equal", one, "0", "fp32,bf16")
+    run_worker("equal", two, "1,2,3", "fp32,bf16", ranks=2, timeout=400)
+    return one, two, json.loads((one / "results.json").read_text()), json.loads((two / "results.json").read_text())
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_two_ranks_match_one_rank(runs, stage, precision):
+    _, _, one, two = runs
+    ref, got = one[f"z0_{precision}"]["full"], two[f"z{stage}_{precision}"]["full"]
+    assert len(ref) == len(got) == 6
+    atol = FP32_ATOL if precision == "fp32" else BF16_ATOL
+    assert max(abs(a - b) for a, b in zip(ref, got)) < atol, (ref, got)
+
+
+@pytest.mark.parametrize("name", ["z0_fp32", "z0_bf16", "z1_fp32", "z1_bf16", "z2_fp32", "z2_bf16", "z3_fp32",
+                                  "z3_bf16"])
+def test_resume_continues_identically(runs, name):
+    _, _, one, two = runs
+    result = (one if name.startswith("z0") else two)[name]
+    assert result["resumed"] == result["full"][3:]  # exact: same seeds, RNG and data position restored
+
+
+def test_zero3_checkpoint_consolidates_and_exports(runs, tmp_path):
+    from engine.training.weights import export_checkpoint, export_fp32, load_model_from_checkpoint
+
+    one, two, _, _ = runs
+    z3 = two / "z3_fp32" / "full"
+    z0 = one / "z0_fp32" / "full"
+    out = export_fp32(z3, tmp_path / "weights.safetensors")
+    from safetensors.torch import load_file
+
+    consolidated = load_file(str(out))
+    reference = load_model_from_checkpoint(z0).state_dict()
+    assert set(consolidated) == set(reference) - {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    for key, value in consolidated.items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, reference[key], atol=2e-5, rtol=1e-4, msg=key)
+
+    hf_dir = export_checkpoint(z3, tmp_path / "hf")
+    transformers = pytest.importorskip("transformers")
+    hf_model, info = transformers.BertForPreTraining.from_pretrained(str(hf_dir), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ours = load_model_from_checkpoint(z3).eval()
+    ids = torch.randint(5, 512, (2, 11))
+    with torch.no_grad():
+        ref = hf_model.eval()(input_ids=ids)
+        got = ours(input_ids=ids)
+    torch.testing.assert_close(got.mlm_logits, ref.prediction_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.nsp_logits, ref.seq_relationship_logits, atol=1e-4, rtol=1e-4)
