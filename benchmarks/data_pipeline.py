@@ -81,7 +81,7 @@ def main() -> None:
     res["pass"] = {"map_speedup": res["sample_map"]["speedup"] >= TARGET_MAP_SPEEDUP,
                    "loader": res["loader"]["samples_per_s_one_core"] >= TARGET_LOADER_SAMPLES_PER_CORE}
     Path(args.json).write_text(json.dumps(res, indent=2))
-    rows = [(f"prepare, {k[16:]} worker(s)", f"{v['text_mb_per_s']:.2f} MB/s text, {v['docs_per_s']:.0f} docs/s, "
+    rows = [(f"prepare, {k[15:]} worker(s)", f"{v['text_mb_per_s']:.2f} MB/s text, {v['docs_per_s']:.0f} docs/s, "
              f"{v['tokens_per_s'] / 1e3:.0f}k tokens/s") for k, v in res.items() if k.startswith("prepare_workers")]
     m = res["sample_map"]
     rows += [("sample map C++", f"{m['cpp_s'] * 1e3:.1f} ms, {m['cpp_samples_per_s'] / 1e6:.2f}M samples/s"),

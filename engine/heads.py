@@ -89,12 +89,14 @@ class BertForPreTraining(nn.Module):
         init_weights(self.cls.seq_relationship, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, masked_positions=None, mlm_labels=None, next_sentence_label=None
-                ) -> PreTrainingOutput:
+                max_seqlen=None, masked_positions=None, mlm_labels=None, next_sentence_label=None,
+                cls_positions=None) -> PreTrainingOutput:
         """masked_positions (n,) flat indices into the flattened token axis (B*S padded, total unpadded);
         mlm_labels (n,) aligned with them — or, without masked_positions, a full (B, S)/(total,) label tensor with
-        -100 at unmasked tokens, from which the masked rows are found. next_sentence_label (B,) 0 = IsNext."""
-        sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
+        -100 at unmasked tokens, from which the masked rows are found. next_sentence_label (B,) 0 = IsNext,
+        aligned with cls_positions (B,) when given (packed batches; see BertModel.forward)."""
+        sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
+                                     cls_positions)
         hidden = sequence.flatten(0, -2)  # (B*S or total, h)
         if masked_positions is None and mlm_labels is not None and mlm_labels.shape == input_ids.shape:
             flat = mlm_labels.flatten()
@@ -129,8 +131,10 @@ class BertForSequenceClassification(nn.Module):
         init_weights(self.classifier, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None) -> ClassifierOutput:
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
+                max_seqlen=None, labels=None, cls_positions=None) -> ClassifierOutput:
+        """labels (B,) aligned with cls_positions (B,) when given (packed batches; see BertModel.forward)."""
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
+                              cls_positions)
         logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
         return ClassifierOutput(loss, logits)

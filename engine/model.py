@@ -191,10 +191,12 @@ class BertModel(nn.Module):
         init_weights(self, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None):
+                max_seqlen=None, cls_positions=None):
         """Padded: input_ids (B, S) [+ attention_mask (B, S)]. Unpadded: input_ids (total,) + cu_seqlens (B+1,).
-        token_type_ids / position_ids default to zeros / 0..len-1 per sequence.
-        Returns sequence_output (B, S, h) or (total, h), and pooled_output (B, h) (None without a pooler)."""
+        token_type_ids / position_ids default to zeros / 0..len-1 per sequence. cls_positions (n,) flat indices
+        (into B*S or total) of the tokens to pool, default each sequence's first; packed batches pass their samples'
+        [CLS] (cu_seqlens there also lists padding segments).
+        Returns sequence_output (B, S, h) or (total, h), and pooled_output (B, h) or (n, h) (None without a pooler)."""
         batch = Batch(attention_mask, cu_seqlens, max_seqlen)
         if batch.unpadded and input_ids.dim() != 1:
             raise ValueError(f"unpadded input_ids must be (total,), got {tuple(input_ids.shape)}")
@@ -209,10 +211,12 @@ class BertModel(nn.Module):
         x = self.encoder(x, batch)
         pooled = None
         if self.pooler is not None:
-            pooled = self.pooler(self.cls_states(x, batch))
+            pooled = self.pooler(self.cls_states(x, batch, cls_positions))
         return x, pooled
 
     @staticmethod
-    def cls_states(x, batch: Batch):
-        """The first token's state of every sequence: (B, h)."""
+    def cls_states(x, batch: Batch, cls_positions=None):
+        """The first token's state of every sequence (B, h), or the states at cls_positions (n, h)."""
+        if cls_positions is not None:
+            return x.flatten(0, -2)[cls_positions]
         return x[batch.cu_seqlens[:-1].long()] if batch.unpadded else x[:, 0]

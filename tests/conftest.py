@@ -14,3 +14,46 @@ if not _HAS_CUDA:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# ---- shared data fixtures: a slice of the real Wikipedia extracts (fetched once into $BERTFORGE_CACHE), a small
+# WordPiece vocabulary trained on it, and the slice prepared as an indexed dataset --------------------------------
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+N_DOCS = 2500  # of 10,033 extracts; ~9k sentences, ~280k tokens
+
+
+@pytest.fixture(scope="session")
+def wiki_file():
+    from engine.data.fetch import fetch
+
+    return fetch("wiki")
+
+
+@pytest.fixture(scope="session")
+def wiki_slice(wiki_file, tmp_path_factory):
+    data = json.loads(wiki_file.read_text())
+    keys = list(data)[:N_DOCS]
+    path = tmp_path_factory.mktemp("wiki") / "wiki_slice.json"
+    path.write_text(json.dumps({k: data[k] for k in keys}, indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(wiki_slice, tmp_path_factory):
+    from engine.data.tokenizer import train_wordpiece
+
+    out = tmp_path_factory.mktemp("tok")
+    train_wordpiece([wiki_slice], out, vocab_size=3000, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared(wiki_slice, tokenizer_dir, tmp_path_factory):
+    from engine.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    stats = prepare([wiki_slice], tokenizer_dir, out, docs_per_shard=700, progress=False)
+    return out, stats

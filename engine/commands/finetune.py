@@ -46,6 +46,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def add_training_args(p: argparse.ArgumentParser, max_len: int = 512) -> None:
+    """Arguments shared by classify, ner and mlm (also used by engine.finetune.mlm)."""
     p.add_argument("--model", default="minilm", help="checkpoint directory to start from, or 'minilm' (default)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--max-len", type=int, default=max_len, help=f"tokens per input (default {max_len})")

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine.csrc import unpad_offsets
+from engine.data import packing
 from engine.data.indexed import IndexedDataset
 from engine.data.masking import Masker, continuation_ids, replacement_distribution
 from engine.data.sample_map import cached_sample_map
@@ -91,12 +92,25 @@ class PretrainingCollator:
     labels (B, S) int64 (-100 where not masked). Unpadded: input_ids_unpad, token_type_ids_unpad, position_ids_unpad
     (total,) int64, cu_seqlens (B+1,) int32, max_seqlen int, cls_positions_unpad (B,). Masked rows: mlm_labels
     (n_masked,) int64, masked_positions (n_masked,) flat into B*S, masked_positions_unpad (n_masked,) flat into total.
-    next_sentence_label (B,) int64 (1 = NotNext). `epoch` seeds the masks with (seed, epoch, sample id)."""
+    next_sentence_label (B,) int64 (1 = NotNext). `epoch` seeds the masks with (seed, epoch, sample id).
 
-    def __init__(self, masker: Masker, continuation: np.ndarray | None = None, whole_word: bool = False):
+    pack=True packs the samples into R rows of S tokens (engine/data/packing.py; S = the RawBatch's width, the
+    dataset's max_seq_len). The model consumes the unpadded layout over the (R*S,) grid: input_ids_unpad,
+    token_type_ids_unpad, position_ids_unpad (R*S,) with row tails of [PAD] (pad_id); cu_seqlens (B+R+1,) int32 over
+    samples and row tails; max_seqlen = S; cls_positions_unpad (B,) and next_sentence_label (B,) in batch order;
+    masked_positions_unpad (n_masked,) into R*S with the same mlm_labels as unpacked. Pass
+    cls_positions=cls_positions_unpad to the model. The (R, S) views input_ids / token_type_ids / labels come along,
+    but no attention_mask: a padded mask cannot keep packed samples apart. R is what first-fit decreasing needs, or
+    pad_rows_to (fixed shapes; ValueError if too few). `packed` (bool) says which form a batch has."""
+
+    def __init__(self, masker: Masker, continuation: np.ndarray | None = None, whole_word: bool = False,
+                 pack: bool = False, pad_rows_to: int | None = None, pad_id: int = 0):
         if whole_word and continuation is None:
             raise ValueError("whole-word masking needs the tokenizer (to know '##' continuation pieces)")
+        if pad_rows_to is not None and not pack:
+            raise ValueError("pad_rows_to fixes the number of packed rows: it needs pack=True")
         self.masker, self.continuation, self.whole_word, self.epoch = masker, continuation, whole_word, 0
+        self.pack, self.pad_rows_to, self.pad_id = pack, pad_rows_to, pad_id
 
     def __call__(self, batch) -> dict:
         if not isinstance(batch, RawBatch):
@@ -104,6 +118,8 @@ class PretrainingCollator:
         B, S = batch.input_ids.shape
         ws = ~self.continuation[batch.input_ids] if self.whole_word else None
         ids, labels = self.masker(batch.input_ids, batch.special_mask, self.epoch, batch.sample_ids, ws)
+        if self.pack:
+            return self._packed(batch, ids, labels)
         cu_seqlens, indices, max_seqlen = unpad_offsets(batch.lengths, S)
         masked = np.flatnonzero(labels.reshape(-1) != -100)
         row, col = masked // S, masked % S
@@ -119,7 +135,32 @@ class PretrainingCollator:
             "cls_positions_unpad": t(cu_seqlens[:-1].astype(np.int64)),
             "mlm_labels": t(labels.reshape(-1)[masked]),
             "masked_positions": t(masked), "masked_positions_unpad": t(cu_seqlens[row].astype(np.int64) + col),
-            "next_sentence_label": t(batch.nsp_labels),
+            "next_sentence_label": t(batch.nsp_labels), "packed": False, "num_tokens": int(batch.lengths.sum()),
+        }
+
+    def _packed(self, batch: RawBatch, ids: np.ndarray, labels: np.ndarray) -> dict:
+        S = ids.shape[1]
+        p = packing.pack(batch.lengths, S, self.pad_rows_to)
+        real = np.arange(S)[None, :] < batch.lengths[:, None]  # (B, S)
+
+        def scatter(x, fill):  # (B, S) -> (R, S): every sample's real tokens at their packed place
+            out = np.full(p.rows * S, fill, dtype=np.int64)
+            out[p.token_index] = x[real]
+            return out.reshape(p.rows, S)
+
+        packed_ids, packed_types = scatter(ids, self.pad_id), scatter(batch.token_type_ids, 0)
+        masked = np.flatnonzero(labels.reshape(-1) != -100)  # sample-major, as unpacked
+        masked_packed = p.starts[masked // S] + masked % S
+        t = torch.from_numpy
+        return {
+            "input_ids": t(packed_ids), "token_type_ids": t(packed_types), "labels": t(scatter(labels, -100)),
+            "input_ids_unpad": t(packed_ids.reshape(-1)), "token_type_ids_unpad": t(packed_types.reshape(-1)),
+            "position_ids_unpad": t(p.position_ids),
+            "cu_seqlens": t(p.cu_seqlens), "max_seqlen": S,
+            "cls_positions_unpad": t(p.starts),
+            "mlm_labels": t(labels.reshape(-1)[masked]),
+            "masked_positions": t(masked_packed), "masked_positions_unpad": t(masked_packed.copy()),
+            "next_sentence_label": t(batch.nsp_labels), "packed": True, "num_tokens": int(batch.lengths.sum()),
         }
 
 
@@ -200,10 +241,12 @@ def build_pretraining_loader(data_dir: str | Path, batch_size: int, max_seq_len:
                              eval_fraction: float = 0.0, tokenizer=None, short_seq_prob: float = 0.1,
                              nsp_prob: float = 0.5, mask_prob: float = 0.15, random_replacement: str = "unigram",
                              whole_word: bool = False, shuffle: bool = True, drop_last: bool = False,
-                             num_workers: int = 0, pin_memory: bool = False) -> PretrainingLoader:
+                             num_workers: int = 0, pin_memory: bool = False, pack: bool = False,
+                             pad_rows_to: int | None = None) -> PretrainingLoader:
     """MLM+NSP batches (see PretrainingCollator for the dict) of one split, evenly sharded over ranks (rank and
     world_size default to torch.distributed's, else 0 and 1). Call loader.set_epoch(e) each epoch; save
-    loader.state_dict() in the checkpoint and load_state_dict() it to resume at the next sample."""
+    loader.state_dict() in the checkpoint and load_state_dict() it to resume at the next sample. pack /
+    pad_rows_to: sequence packing, see PretrainingCollator."""
     if rank is None or world_size is None:
         dist = torch.distributed
         on = dist.is_available() and dist.is_initialized()
@@ -211,6 +254,7 @@ def build_pretraining_loader(data_dir: str | Path, batch_size: int, max_seq_len:
         world_size = dist.get_world_size() if on and world_size is None else world_size or 1
     ds = PretrainingDataset(data_dir, max_seq_len, seed, short_seq_prob, nsp_prob, split, eval_fraction, tokenizer)
     sampler = DistributedEvenSampler(len(ds), rank, world_size, seed, shuffle, drop_last)
-    collator = PretrainingCollator(ds.masker(mask_prob, random_replacement), ds.continuation, whole_word)
+    collator = PretrainingCollator(ds.masker(mask_prob, random_replacement), ds.continuation, whole_word, pack,
+                                   pad_rows_to, ds.special.pad_id)
     return PretrainingLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collator,
                              num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)

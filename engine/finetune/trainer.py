@@ -203,7 +203,7 @@ def _headline(metrics: dict) -> dict:
 
 def save_model(model: nn.Module, directory: Path, tokenizer_dir: Path | None, task, result: dict,
                args: FinetuneArgs) -> Path:
-    id2label = dict(enumerate(task.labels))
+    id2label = dict(enumerate(task.labels)) if task.labels else None
     info = {**task.info(), "args": asdict(args), "result": {k: v for k, v in result.items() if k != "dev_history"}}
     return export_hf(model, directory, tokenizer_dir, id2label=id2label,
                      extra_files={TASK_FILE: json.dumps(info, indent=2, sort_keys=True) + "\n"})

@@ -86,6 +86,9 @@ class TrainConfig:
     """'none' (pure torch) or 'triton' (kernels/ package, GPU)."""
     unpadded: bool = False
     """Feed the unpadded (total,) + cu_seqlens layout instead of padded (B, S) batches."""
+    pack: bool = False
+    """Pack several short samples into each row of seq_len tokens (needs --unpadded; attention never crosses
+    samples). Cuts padding from ~26% to ~9% on the Wikipedia extracts at 128 tokens."""
     dist_timeout_s: int = 600
     """Collective timeout: a rank that dies or hangs takes the job down after this many seconds."""
 
@@ -108,8 +111,10 @@ class TrainConfig:
     """Show a tqdm progress bar on rank 0."""
     export_hf: bool = True
     """Export the final weights to output_dir/hf (Hugging Face format) at the end."""
-    num_workers: int = 0
-    """DataLoader worker processes per rank."""
+    random_replacement: str = "unigram"
+    """Token drawn for the 10% 'random' share of masked positions: 'unigram' (corpus frequency) or 'uniform'."""
+    whole_word_masking: bool = False
+    """Mask all sub-words of a word together (needs --tokenizer)."""
 
     def __post_init__(self) -> None:
         def positive(*names):
@@ -126,7 +131,7 @@ class TrainConfig:
 
         positive("seq_len", "micro_batch", "global_batch", "steps", "log_every", "keep_last", "eval_batches",
                  "max_skipped_steps", "dist_timeout_s")
-        non_negative("token_budget", "save_every", "eval_every", "weight_decay", "grad_clip", "num_workers")
+        non_negative("token_budget", "save_every", "eval_every", "weight_decay", "grad_clip")
         self.betas = tuple(self.betas)
         if self.global_batch % self.micro_batch:
             raise ConfigError(f"--global-batch ({self.global_batch}) must be a multiple of --micro-batch "
@@ -153,6 +158,11 @@ class TrainConfig:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"--eval-fraction must lie in (0, 1), got {self.eval_fraction!r}")
+        if self.pack and not self.unpadded:
+            raise ConfigError("--pack needs --unpadded (packed rows hold several samples; a padded mask cannot "
+                              "keep them apart)")
+        if self.random_replacement not in ("unigram", "uniform"):
+            raise ConfigError(f"--random-replacement must be unigram or uniform, got {self.random_replacement!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ConfigError(f"--mlm-probability must lie in (0, 1), got {self.mlm_probability!r}")
         if not (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1) or not self.eps > 0:

@@ -86,23 +86,26 @@ def install_skip_gate(optimizer: torch.optim.Optimizer) -> None:
 
 
 def model_inputs(batch: dict, unpadded: bool, dev: torch.device) -> dict:
-    """The forward's arguments: padded (B, S) tensors, or the unpadded (total,) view + cu_seqlens when asked and
-    the source provides it."""
-    if unpadded and "cu_seqlens" in batch and "unpadded" in batch:
-        inputs = dict(batch["unpadded"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"],
-                      masked_positions=batch["unpadded_masked_positions"])
+    """The forward's arguments from a collated batch (engine/data/loader.py's keys): padded (B, S) tensors, or the
+    unpadded (total,) form + cu_seqlens."""
+    if unpadded:
+        inputs = {"input_ids": batch["input_ids_unpad"], "token_type_ids": batch["token_type_ids_unpad"],
+                  "position_ids": batch["position_ids_unpad"], "cu_seqlens": batch["cu_seqlens"],
+                  "max_seqlen": batch["max_seqlen"], "masked_positions": batch["masked_positions_unpad"],
+                  "cls_positions": batch["cls_positions_unpad"]}
+    elif batch.get("packed"):
+        raise ValueError("packed batches run only in the unpadded layout (--unpadded)")
     else:
         keys = ("input_ids", "token_type_ids", "attention_mask", "masked_positions")
-        inputs = {k: batch[k] for k in keys if k in batch}
+        inputs = {k: batch[k] for k in keys}
     inputs["mlm_labels"] = batch["mlm_labels"]
     inputs["next_sentence_label"] = batch["next_sentence_label"]
     return {k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
 def batch_tokens(batch: dict) -> int:
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return int(batch["input_ids"].numel())
+    """Real (non-padding) tokens of a collated batch."""
+    return int(batch["num_tokens"])
 
 
 @torch.no_grad()

@@ -6,11 +6,14 @@
 Micro batch k of the global order goes to rank k % world, so a global batch holds the same sequences whatever the
 number of ranks — which is what makes 2 ranks x accumulation n equal 1 rank x accumulation 2n.
 
-Batch keys (the collator's): input_ids, token_type_ids, attention_mask (B, S) | input_ids (total,), cu_seqlens,
-max_seqlen, position_ids; masked_positions (n,) flat indices, mlm_labels (n,), next_sentence_label (B,)."""
+Batch keys (engine/data/loader.py's collator): padded input_ids, token_type_ids, attention_mask (B, S),
+masked_positions (n,) flat into B*S; unpadded input_ids_unpad, token_type_ids_unpad, position_ids_unpad (total,),
+cu_seqlens (B+1,), max_seqlen, masked_positions_unpad (n,) flat into total; mlm_labels (n,), next_sentence_label (B,)."""
 from __future__ import annotations
 
 import torch
+
+from engine.padding import cu_seqlens_to_position_ids
 
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 4, 2, 3, 0  # the WordPiece trainer's special-token order: [PAD] [UNK] [CLS] [SEP] [MASK]
 
@@ -61,8 +64,8 @@ class SyntheticSource:
         ids.view(-1)[flat[r < 0.8]] = MASK_ID
         rand_rows = flat[(r >= 0.8) & (r < 0.9)]
         ids.view(-1)[rand_rows] = torch.randint(5, self.vocab_size, rand_rows.shape, generator=g)
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "masked_positions": flat,
-                "mlm_labels": labels, "next_sentence_label": nsp}
+        return with_unpadded_form({"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+                                   "masked_positions": flat, "mlm_labels": labels, "next_sentence_label": nsp})
 
     def next_batch(self) -> dict:
         index = self.position * self.world + self.rank
@@ -78,3 +81,17 @@ class SyntheticSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.position = int(state["position"])
+
+
+def with_unpadded_form(batch: dict) -> dict:
+    """Add the collator's unpadded keys to a padded batch (prefix attention masks)."""
+    mask = batch["attention_mask"].bool()
+    lengths = mask.sum(1)
+    cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    flat_to_unpadded = torch.full((mask.numel(),), -1, dtype=torch.long)
+    flat_to_unpadded[mask.flatten()] = torch.arange(int(lengths.sum()))
+    total = int(lengths.sum())
+    return dict(batch, input_ids_unpad=batch["input_ids"][mask], token_type_ids_unpad=batch["token_type_ids"][mask],
+                position_ids_unpad=cu_seqlens_to_position_ids(cu_seqlens, total), cu_seqlens=cu_seqlens,
+                max_seqlen=int(lengths.max()), masked_positions_unpad=flat_to_unpadded[batch["masked_positions"]],
+                cls_positions_unpad=cu_seqlens[:-1].long(), num_tokens=total, packed=False)

@@ -6,7 +6,9 @@ what the test checks to OUT (rank 0). Modes:
   run STEPS                 one fp32 ZeRO-0 run of STEPS steps in OUT/run (resumes if it has checkpoints); with
                             PAUSE_AT_SAVE=N the save of step N pauses forever after the shards are written
   nan                       non-finite losses injected at given micro batches
-  die                       rank 1 exits abruptly at step 3"""
+  die                       rank 1 exits abruptly at step 3
+  corpus DATA TOK LAYOUTS   real prepared data (CorpusSource): per layout (padded, unpadded, packed) a 6-step fp32
+                            run and a run resumed from its step-3 checkpoint; corpus.json = {layout: {full, resumed}}"""
 from __future__ import annotations
 
 import json
@@ -131,13 +133,34 @@ def mode_die(out: Path) -> None:
     loop.pretrain(config(out / "run", steps=50, dist_timeout_s=20), source_factory=factory)
 
 
+def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
+    from engine.training.loop import pretrain
+
+    flags = {"padded": {}, "unpadded": {"unpadded": True}, "packed": {"unpadded": True, "pack": True}}
+    results = {}
+    for layout in layouts.split(","):
+        full, resumed = out / layout / "full", out / layout / "resumed"
+        kw = dict(data_dir=data, tokenizer=tok, seq_len=64, eval_fraction=0.05, zero_stage=int(os.environ.get(
+            "ZERO", 0)), **flags[layout])
+        pretrain(config(full, **kw))
+        if D.rank() == 0:
+            (resumed / "checkpoints").mkdir(parents=True)
+            shutil.copytree(full / "checkpoints" / "step_00000003", resumed / "checkpoints" / "step_00000003")
+        D.barrier()
+        pretrain(config(resumed, resume=True, **kw))
+        if D.rank() == 0:
+            results[layout] = {"full": losses(full), "resumed": losses(resumed)}
+    if D.rank() == 0:
+        (out / "corpus.json").write_text(json.dumps(results))
+
+
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     D.prepare_env()
     try:
-        {"equal": mode_equal, "run": mode_run, "nan": mode_nan, "die": mode_die}[mode](out, *rest)
+        {"equal": mode_equal, "run": mode_run, "nan": mode_nan, "die": mode_die, "corpus": mode_corpus}[mode](out, *rest)
     except BaseException as exc:
         print(f"worker rank {D.rank()} failed: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
         import traceback

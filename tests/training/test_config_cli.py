@@ -101,7 +101,7 @@ def test_error_tokenizer_mismatch(cli, tmp_path):
     train_wordpiece([text], tmp_path / "tok_b", vocab_size=90, show_progress=False)
     prepare([text], tmp_path / "tok_a", tmp_path / "data", progress=False)
     _one_line(*cli("--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tok_b")),
-              "is not the one", "was prepared with")
+              "data/meta.json", "was prepared with another tokenizer")
 
 
 def test_error_global_batch_not_divisible_by_ranks(cli):

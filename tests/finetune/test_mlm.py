@@ -1,0 +1,42 @@
+"""Domain-adaptive MLM on a tiny model: held-out masked accuracy improves, masks are fixed across before/after."""
+import json
+import random
+
+from engine.cli import main
+
+WORDS = "the a is was of and to in it good bad great awful fine john mary london paris google today".split()
+
+
+def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path):
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # a "domain": a few fixed phrases, so the masked words are predictable from context
+    phrases = ["john visited london today", "mary works at google", "the food was good", "the film was awful"]
+    for d in range(12):
+        text = "\n\n".join(" ".join(rng.choice(phrases) for _ in range(4)) for _ in range(6))
+        (corpus / f"doc{d}.txt").write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    rc = main(["finetune", "mlm", "--model", str(tiny_ckpt), "--corpus", str(corpus), "--format", "txt-file",
+               "--held-out", "0.34", "--max-len", "24", "--epochs", "8", "--lr", "5e-3", "--batch-size", "8",
+               "--threads", "1", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["before"], summary["test"]
+    assert after["masked_accuracy"]["mean"] > before["masked_accuracy"] + 0.2
+    assert after["perplexity"]["mean"] < before["perplexity"]
+    assert (out / "seed-1" / "model.safetensors").is_file()
+
+
+def test_fixed_eval_masks_are_deterministic(tiny_ckpt):
+    from engine.finetune.mlm import build_task
+    from engine.finetune.tokenize import load_tokenizer
+
+    tok = load_tokenizer(tiny_ckpt)
+    docs = [" ".join(random.Random(i).choices(WORDS, k=60)) for i in range(9)]
+    a = build_task(tok, docs, 32, 0.34, 0, None, None)
+    b = build_task(tok, docs, 32, 0.34, 0, None, None)
+    assert a.test == b.test and a.dev == b.dev
+    masked = [l for f in a.test for l in f["mlm_labels"] if l != -100]
+    total = sum(len(f["mlm_labels"]) - 2 for f in a.test)
+    assert 0.1 < len(masked) / total < 0.2
