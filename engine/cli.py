@@ -69,6 +69,9 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.malloc import pin_mmap_threshold
+
+    pin_mmap_threshold()  # flat memory over long runs with variable-shaped batches (engine/malloc.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

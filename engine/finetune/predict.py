@@ -108,7 +108,7 @@ def read_ner_input(path: str | Path, scheme: str, labelled: bool, encoding: str 
     if path.suffix.lower() == ".txt" and not labelled:
         text = dc.read_text(path, encoding)
         out = [dn.Sentence(line.split(), None, str(path), [i] * len(line.split()))
-               for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+               for i, line in enumerate(dc._lines(text), 1) if line.strip()]
         return out
     return dn.read_conll(path, scheme, labelled=labelled, encoding=encoding)
 

@@ -1,9 +1,8 @@
-"""The tokenizer of a checkpoint directory: its `tokenizer.json` (fast Rust tokenizer, word ids and offsets), or a
-WordPiece tokenizer built from its `vocab.txt`. Padding and truncation baked into tokenizer.json are switched off:
-the finetuning data code truncates and windows explicitly."""
+"""The tokenizer of a checkpoint directory, through the data pipeline's loader (engine.data.tokenizer): its
+`tokenizer.json` (fast Rust tokenizer with word ids and offsets), or BERT's WordPiece pipeline around `vocab.txt`.
+Padding and truncation are off: the finetuning data code truncates and windows explicitly."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -12,19 +11,9 @@ from engine.cli import UserError
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
-    directory = Path(directory)
-    if (directory / "tokenizer.json").is_file():
-        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
-    elif (directory / "vocab.txt").is_file():
-        from tokenizers.implementations import BertWordPieceTokenizer
+    from engine.data.tokenizer import load_tokenizer as load
 
-        lowercase = True
-        cfg = directory / "tokenizer_config.json"
-        if cfg.is_file():
-            lowercase = bool(json.loads(cfg.read_text(encoding="utf-8")).get("do_lower_case", True))
-        tok = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lowercase)._tokenizer
-    else:
-        raise UserError(f"{directory}: no tokenizer (expected tokenizer.json or vocab.txt)")
+    tok = load(directory)
     tok.no_padding()
     tok.no_truncation()
     return tok

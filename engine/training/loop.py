@@ -25,6 +25,7 @@ from engine import deepspeed as ds
 from engine.cli import UserError
 from engine.config import ConfigError, ModelConfig, preset
 from engine.heads import BertForPreTraining
+from engine.malloc import pin_mmap_threshold
 from engine.optim import build_optimizer, param_groups, warmup_decay
 from engine.training import distributed as D
 from engine.training.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -158,6 +159,7 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
     """Run (or resume) one pretraining phase. `explicit`: TrainConfig fields given on the command line (they must
     not contradict a DeepSpeed JSON). `source_factory(cfg, rank, world)` -> batch source; default: the prepared
     dataset in cfg.data_dir."""
+    pin_mmap_threshold()
     D.prepare_env()
     user_ds = ds.load_user_config(cfg.deepspeed_config) if cfg.deepspeed_config else None
     if user_ds is not None:

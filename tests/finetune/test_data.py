@@ -89,8 +89,8 @@ def test_csv_tsv_jsonl_and_pairs(tmp_path):
     t = write(tmp_path, "a.tsv", "text_a\ttext_b\ty\nA\tB\t1\n")
     e = dc.read_examples(t, "text_a", "text_b", "y")[0]
     assert (e.text, e.text_b, e.label) == ("A", "B", "1")
-    j = write(tmp_path, "a.jsonl", '{"text": "x", "label": 2}\n\n{"text": "y", "label": 0}\n')
-    assert [(e.label, e.line) for e in dc.read_examples(j)] == [("2", 1), ("0", 3)]
+    j = write(tmp_path, "a.jsonl", '{"text": "x\u2028z", "label": 2}\r\n\n{"text": "y", "label": 0}\n')
+    assert [(e.label, e.line) for e in dc.read_examples(j)] == [("2", 1), ("0", 3)]  # U+2028 is no line break
 
 
 def test_missing_column(tmp_path):
@@ -163,3 +163,17 @@ def test_first_subword_vs_all_subwords(tiny_ckpt):
     assert first.labels == [-100, 1, -100, -100, -100, 2, -100]
     assert every.labels == [-100, 1, 2, 2, 2, 2, -100]
     assert first.word_index == every.word_index == [-1, 0, -1, -1, -1, 1, -1]
+
+
+def test_saved_splits_read_back(tmp_path):
+    from engine.commands.finetune import save_splits
+
+    sents = [dn.Sentence(["John", "lives"], ["B-PER", "O"], "s", [1, 2]), dn.Sentence(["Paris"], ["B-LOC"], "s", [4])]
+    exs = [dc.Example("a, b", None, "pos", "f", 2), dc.Example("c", "d", "neg", "f", 3)]
+    save_splits(tmp_path, {"test": sents, "dev": []}, "ner")
+    save_splits(tmp_path / "c", {"test": exs}, "classify")
+    back = dn.read_conll(tmp_path / "splits" / "test.conll")
+    assert [(s.tokens, s.tags) for s in back] == [(s.tokens, s.tags) for s in sents]
+    assert not (tmp_path / "splits" / "dev.conll").exists()
+    ex = dc.read_examples(tmp_path / "c" / "splits" / "test.jsonl", text_b_column=None)
+    assert [(e.text, e.label) for e in ex] == [("a, b", "pos"), ("c", "neg")]
