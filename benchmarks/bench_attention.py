@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any @triton.jit module is imported
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch.nn.functional as F  # noqa: E402
+from _timing import median_ms  # noqa: E402
 
 from kernels.attention import attention, set_dq_atomic  # noqa: E402
 
@@ -41,18 +40,8 @@ TARGETS = {("dense", 128): 1.3, ("dense", 512): 1.2, ("varlen", 128): 1.6, ("var
 
 
 def bench(fn, reps=None) -> float:
-    """Median milliseconds of fn()."""
-    if GPU:
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=5, rep=40 if reps is None else reps, return_mode="median"))
-    fn()
-    times = []
-    for _ in range(reps or 2):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds of fn() (benchmarks/_timing.py)."""
+    return median_ms(fn, reps, cpu_reps=2)
 
 
 def _fwd_and_step(f, inputs, dout):

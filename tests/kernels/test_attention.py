@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from _kernel_tolerance import assert_within_noise, max_err
+from tests.kernels._kernel_tolerance import assert_within_noise, max_err
 from kernels._common import draw_seed
 from kernels.attention import attention, attention_ref, dropout_keep_mask
 

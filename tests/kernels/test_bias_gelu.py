@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _kernel_tolerance import assert_within_noise
+from tests.kernels._kernel_tolerance import assert_within_noise
 from kernels.bias_gelu import bias_gelu, bias_gelu_ref
 
 SHAPES = [(1, 1, 7), (3, 5, 129), (37, 768), (2, 3, 1000)]

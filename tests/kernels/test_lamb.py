@@ -3,7 +3,7 @@ multi-tensor Triton step against the reference (several steps, odd sizes, zero t
 import pytest
 import torch
 
-from _kernel_tolerance import assert_within_noise
+from tests.kernels._kernel_tolerance import assert_within_noise
 from kernels.lamb import fused_lamb_step, lamb_step_ref
 
 SIZES = [(7,), (3, 129), (1,), (40000,), (0,), (17, 5)]

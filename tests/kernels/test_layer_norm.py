@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from _kernel_tolerance import assert_within_noise
+from tests.kernels._kernel_tolerance import assert_within_noise
 from kernels.layer_norm import (bias_dropout_add_layernorm, bias_dropout_add_layernorm_forward,
                                 bias_dropout_add_layernorm_ref, dropout_keep_mask)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from _kernel_tolerance import assert_within_noise
+from tests.kernels._kernel_tolerance import assert_within_noise
 from kernels.mlm_loss import masked_lm_loss, masked_lm_loss_ref
 
 
