@@ -82,7 +82,10 @@ class CorpusSource:
         return self._batch(self.train, indices, epoch)
 
     def eval_batches(self, n_batches: int):
+        """At most n_batches held-out micro batches per rank, capped so that no sample is scored twice (the same
+        count on every rank; one batch, wrapping, if the split is smaller than a round of micro batches)."""
         n = len(self.held_out)
+        n_batches = max(1, min(n_batches, n // (self.B * self.world)))
         for k in range(n_batches):
             start = (k * self.world + self.rank) * self.B
             yield self._batch(self.held_out, np.arange(start, start + self.B) % n, EVAL_EPOCH)

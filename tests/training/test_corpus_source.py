@@ -65,3 +65,12 @@ def test_two_ranks_zero2_equal_one_rank_on_real_data(prepared, tokenizer_dir, tm
     two = json.loads((tmp_path / "two" / "corpus.json").read_text())["unpadded"]
     _close(two["full"], one["full"], 1e-5)
     assert two["resumed"] == two["full"][3:]
+
+
+def test_evaluation_never_scores_a_held_out_sample_twice(prepared, tokenizer_dir):
+    source = _source(prepared, tokenizer_dir, 0, 1)
+    n = len(source.held_out)
+    assert len(list(source.eval_batches(10 ** 6))) == n // source.B
+    ranks = [_source(prepared, tokenizer_dir, r, 2) for r in range(2)]
+    counts = [len(list(s.eval_batches(10 ** 6))) for s in ranks]
+    assert counts[0] == counts[1] == n // (2 * source.B)  # same count on every rank: collectives stay matched
