@@ -269,7 +269,20 @@ def register(subparsers) -> None:
     m = sub.add_parser("mlm", help="domain-adaptive masked-LM training on a domain corpus",
                        description="Continue MLM training of a checkpoint on domain text; reports held-out "
                                    "masked-token accuracy and perplexity before and after.")
-    from engine.finetune.mlm import add_args
-
-    add_args(m)
+    add_mlm_args(m)
     m.set_defaults(func=run_mlm)
+
+
+def add_mlm_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of `finetune mlm` (run by engine.finetune.mlm.run_from_args)."""
+    add_training_args(p, max_len=128)
+    g = p.add_argument_group("domain corpus")
+    g.add_argument("--corpus", nargs="+", required=True,
+                   help="files or folders of domain text (txt / jsonl / json / rst[.gz]), or 'linux-doc' / 'wiki'")
+    g.add_argument("--format", default=None, help="force the reader format (default: from each file's suffix)")
+    g.add_argument("--held-out", type=float, default=0.1, help="fraction of documents held out (default 0.1)")
+    g.add_argument("--max-docs", type=int, default=0, help="use at most this many documents (0 = all; seeded)")
+    g.add_argument("--max-train-sequences", type=int, default=0, help="cap on training sequences (0 = all)")
+    g.add_argument("--max-eval-sequences", type=int, default=200, help="cap on dev and on test sequences")
+    g.add_argument("--mask-prob", type=float, default=0.15)
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the document split and sampling")

@@ -12,7 +12,6 @@ initialised head transform (the decoder is tied to the word embeddings): its "be
 untrained head, and the gain includes learning that head."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -145,22 +144,6 @@ def build_task(tok, docs: Sequence[str], max_len: int, held_out: float, seed: in
     task.train = [{"input_ids": s} for s in train]
     task.dev, task.test = task.fixed_masks(dev), task.fixed_masks(test)
     return task
-
-
-def add_args(p: argparse.ArgumentParser) -> None:
-    from engine.commands.finetune import add_training_args
-
-    add_training_args(p, max_len=128)
-    g = p.add_argument_group("domain corpus")
-    g.add_argument("--corpus", nargs="+", required=True,
-                   help="files or folders of domain text (txt / jsonl / json / rst[.gz]), or 'linux-doc' / 'wiki'")
-    g.add_argument("--format", default=None, help="force the reader format (default: from each file's suffix)")
-    g.add_argument("--held-out", type=float, default=0.1, help="fraction of documents held out (default 0.1)")
-    g.add_argument("--max-docs", type=int, default=0, help="use at most this many documents (0 = all; seeded)")
-    g.add_argument("--max-train-sequences", type=int, default=0, help="cap on training sequences (0 = all)")
-    g.add_argument("--max-eval-sequences", type=int, default=200, help="cap on dev and on test sequences")
-    g.add_argument("--mask-prob", type=float, default=0.15)
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the document split and sampling")
 
 
 def run_from_args(args) -> int:
