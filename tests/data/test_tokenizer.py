@@ -1,7 +1,7 @@
 import pytest
 
 from engine.data.errors import DataError
-from engine.data.fetch import MARKER, cache_dir
+from engine.data.fetch import fetch
 from engine.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash, train_wordpiece
 
 
@@ -42,10 +42,7 @@ def test_cased_and_size_change_the_hash(tmp_path):
 
 
 def test_existing_bert_vocab_minilm():
-    root = cache_dir() / "minilm"
-    if not (root / MARKER).exists():
-        pytest.skip("minilm not fetched (84 MB); `bertforge data fetch minilm`")
-    folder = next(p.parent for p in root.rglob("vocab.txt"))
+    folder = fetch("minilm")  # 84 MB, once into $BERTFORGE_CACHE
     tok = load_tokenizer(folder / "vocab.txt")
     assert tok.get_vocab_size() == 30522 and special_ids(tok).mask_id == 103
     assert tok.encode("hello world").ids == [101, 7592, 2088, 102]
