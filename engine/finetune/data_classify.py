@@ -74,19 +74,25 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
     raise UserError(f"{path}: cannot tell the format from the suffix; pass --format csv|tsv|jsonl")
 
 
+def jsonl_objects(path: Path, text: str):
+    """Yield (line number, dict) for each non-blank line of JSONL text; bad JSON or a non-object is a UserError
+    naming file and line."""
+    for lineno, line in enumerate(_lines(text), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object per line")
+        yield lineno, obj
+
+
 def _records(path: Path, text: str, fmt: str):
     """Yield (line, dict) records; CSV/TSV check the header, JSONL each line's JSON."""
     if fmt == "jsonl":
-        for lineno, line in enumerate(_lines(text), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object per line")
-            yield lineno, obj
+        yield from jsonl_objects(path, text)
         return
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
     try:

@@ -15,7 +15,6 @@ context only. Nothing is cut: only a single word longer than a whole window lose
 label sits on the first one)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +22,7 @@ from typing import Sequence
 from tokenizers import Tokenizer
 
 from engine.cli import UserError
-from engine.finetune.data_classify import _lines, read_text
+from engine.finetune.data_classify import _lines, jsonl_objects, read_text
 from engine.finetune.metrics import iob2_spans
 
 SCHEMES = ("iob1", "iob2", "bioes")
@@ -138,14 +137,8 @@ def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, en
 
 def _read_jsonl(path: Path, text: str, scheme: str, labelled: bool) -> list[Sentence]:
     out = []
-    for lineno, line in enumerate(_lines(text), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        tokens = obj.get("tokens") if isinstance(obj, dict) else None
+    for lineno, obj in jsonl_objects(path, text):
+        tokens = obj.get("tokens")
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
             raise UserError(f"{path}:{lineno}: expected {{\"tokens\": [non-empty strings], \"tags\": [...]}}")
         tags = None
