@@ -19,6 +19,20 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the problem."""
 
 
+def read_json_object(path: str | Path, what: str = "file") -> dict:
+    """A JSON file that must hold an object; errors name the file (and line for bad JSON)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {what} must be a JSON object")
+    return raw
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 30522
@@ -100,16 +114,7 @@ class ModelConfig:
         """Read a Hugging Face BERT `config.json` (path or dict). Unknown HF keys are ignored; a non-BERT
         architecture (e.g. relative position embeddings) is refused with the file named."""
         where = str(source) if not isinstance(source, dict) else "<dict>"
-        if isinstance(source, dict):
-            raw = source
-        else:
-            path = Path(source)
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise ConfigError(f"{path}: file not found") from None
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        raw = source if isinstance(source, dict) else read_json_object(source)
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a JSON object")
         position_type = raw.get("position_embedding_type", "absolute")

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine.config import ConfigError
+from engine.config import ConfigError, read_json_object
 from engine.training.config import TrainConfig
 
 _ENGINE = None  # the deepspeed module, imported lazily so `bertforge --help` stays fast
@@ -41,14 +40,7 @@ def _ds():
 # ---- config --------------------------------------------------------------------------------------------------
 def load_user_config(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: DeepSpeed config not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a DeepSpeed config must be a JSON object")
+    raw = read_json_object(path, "DeepSpeed config")
     for key in ("optimizer", "scheduler"):
         if key in raw:
             raise ConfigError(f"{path}: the {key!r} section is not supported (the optimizer and schedule come from "

@@ -151,6 +151,16 @@ def _print_summary(summary: dict, out: Path) -> None:
                                          if "test" in summary else "n/a") + f"; models and metrics in {out}")
 
 
+def _train_dev_test(args, read, split, kind: str):
+    """(train, dev, test) records: --data split by `split` (the held-out parts saved under OUT/splits), or the
+    --train / --dev / --test files (dev and test optional)."""
+    if args.data is not None:
+        train, dev, test = (split(read(args.data)) + [[]])[:3]
+        save_splits(args.out, {"train": train, "dev": dev, "test": test}, kind)
+        return train, dev, test
+    return read(args.train), read(args.dev) if args.dev else [], read(args.test) if args.test else []
+
+
 # ---- classify ---------------------------------------------------------------------------------------------------
 def run_classify(args) -> int:
     from engine.finetune import data_classify as dc
@@ -164,17 +174,13 @@ def run_classify(args) -> int:
     config = _model_config(model_dir, args)
     read = lambda path: dc.read_examples(path, args.text_column, args.text_b_column, args.label_column,
                                          args.encoding, args.format)
-    if args.data is not None:
+    def split(examples):
         sizes = parse_floats(args.split, "--split")
         if len(sizes) not in (2, 3):
             raise UserError("--split: give train,dev or train,dev,test sizes")
-        parts = dc.split_examples(read(args.data), sizes, args.split_seed) + [[]]
-        train, dev, test = parts[0], parts[1], parts[2]
-        save_splits(args.out, {"train": train, "dev": dev, "test": test}, "classify")
-    else:
-        train = read(args.train)
-        dev = read(args.dev) if args.dev else []
-        test = read(args.test) if args.test else []
+        return dc.split_examples(examples, sizes, args.split_seed)
+
+    train, dev, test = _train_dev_test(args, read, split, "classify")
     labels = dc.label_vocab(train)
     if len(labels) < 2:
         raise UserError(f"{train[0].source}: the training data has a single label {labels[0]!r}; need at least 2")
@@ -204,17 +210,13 @@ def run_ner(args) -> int:
     model_dir = resolve_model(args.model)
     config = _model_config(model_dir, args)
     read = lambda path: dn.read_conll(path, args.scheme, encoding=args.encoding)
-    if args.data is not None:
+    def split(sentences):
         fractions = parse_floats(args.split, "--split")
         if len(fractions) not in (2, 3) or any(not 0 <= f <= 1 for f in fractions) or sum(fractions) > 1.0001:
             raise UserError("--split: give train,dev[,test] fractions summing to at most 1 (e.g. 0.8,0.1,0.1)")
-        parts = dn.split_sentences(read(args.data), fractions, args.split_seed) + [[]]
-        train, dev, test = parts[0], parts[1], parts[2]
-        save_splits(args.out, {"train": train, "dev": dev, "test": test}, "ner")
-    else:
-        train = read(args.train)
-        dev = read(args.dev) if args.dev else []
-        test = read(args.test) if args.test else []
+        return dn.split_sentences(sentences, fractions, args.split_seed)
+
+    train, dev, test = _train_dev_test(args, read, split, "ner")
     labels = dn.tag_vocab(train)
     dn.check_tags(dev, labels, "dev")
     dn.check_tags(test, labels, "test")
