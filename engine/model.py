@@ -50,7 +50,9 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids, position_ids):
         """input_ids, token_type_ids, position_ids: (B, S) or (total,) int64 -> (..., h)."""
-        if input_ids.numel() and int(position_ids.max()) >= self.max_positions:
+        # checked here only where it costs no device sync and no graph break; BertModel checks the lengths
+        if (position_ids.device.type == "cpu" and not torch.compiler.is_compiling() and input_ids.numel()
+                and int(position_ids.max()) >= self.max_positions):
             raise ValueError(f"sequence longer than max_position_embeddings ({self.max_positions})")
         x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
              + self.token_type_embeddings(token_type_ids))
@@ -200,6 +202,10 @@ class BertModel(nn.Module):
         batch = Batch(attention_mask, cu_seqlens, max_seqlen)
         if batch.unpadded and input_ids.dim() != 1:
             raise ValueError(f"unpadded input_ids must be (total,), got {tuple(input_ids.shape)}")
+        longest = batch.max_seqlen if batch.unpadded else input_ids.shape[-1]
+        if isinstance(longest, int) and longest > self.embeddings.max_positions:
+            raise ValueError(f"sequence of {longest} tokens is longer than max_position_embeddings "
+                             f"({self.embeddings.max_positions})")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:

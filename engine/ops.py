@@ -111,3 +111,22 @@ def masked_lm_loss_ref(hidden, decoder_weight, decoder_bias, labels):
     logits = F.linear(hidden, decoder_weight, decoder_bias).float()  # (n, V)
     loss = F.cross_entropy(logits, labels, ignore_index=-100)
     return loss, logits.detach().argmax(-1)
+
+
+# ---- MLM masking ------------------------------------------------------------------------------------------------
+def mlm_mask(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, mask_prob: float, mask_token_id: int,
+             vocab_size: int, unigram_cdf: torch.Tensor | None, seed: int, replace_prob: float = 0.8,
+             random_prob: float = 0.1, backend: str = "none"):
+    """BERT's 80/10/10 masking of independently chosen positions (each non-special token with mask_prob).
+    input_ids, special_tokens_mask: same shape, any layout. Returns (masked ids, labels with -100 where not chosen,
+    flat indices of the chosen positions ascending). 'triton' runs one Philox pass (kernels/masking.py); 'none' the
+    pure-torch reference, same rule and rates but torch's random stream (so the two choose different positions)."""
+    kw = dict(mask_prob=mask_prob, mask_token_id=mask_token_id, vocab_size=vocab_size, unigram_cdf=unigram_cdf,
+              seed=seed, replace_prob=replace_prob, random_prob=random_prob)
+    if backend == "triton":
+        return _triton().mlm_mask(input_ids, special_tokens_mask, **kw)
+    if backend != "none":
+        raise ValueError(f"unknown kernel backend {backend!r}")
+    from kernels.masking import mlm_mask_ref  # pure torch (the module also holds the kernel)
+
+    return mlm_mask_ref(input_ids, special_tokens_mask, **kw)

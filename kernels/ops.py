@@ -27,3 +27,12 @@ def masked_lm_loss(hidden, decoder_weight, decoder_bias, labels):
     from kernels.mlm_loss import masked_lm_loss as _loss
 
     return _loss(hidden, decoder_weight, decoder_bias, labels)
+
+
+def mlm_mask(input_ids, special_tokens_mask, *, mask_prob, mask_token_id, vocab_size, unigram_cdf, seed,
+             replace_prob=0.8, random_prob=0.1):
+    from kernels.masking import mlm_mask as _mask
+
+    return _mask(input_ids, special_tokens_mask, mask_prob=mask_prob, mask_token_id=mask_token_id,
+                 vocab_size=vocab_size, unigram_cdf=unigram_cdf, seed=seed, replace_prob=replace_prob,
+                 random_prob=random_prob)

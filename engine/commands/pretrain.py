@@ -18,7 +18,7 @@ from engine.training.config import TrainConfig, field_docs
 
 # TrainConfig fields that get a hand-made flag (or none)
 SPECIAL = {"model_overrides", "betas", "dropout", "data_dir", "token_budget", "resume", "progress", "export_hf",
-           "unpadded", "whole_word_masking", "pack"}
+           "unpadded", "whole_word_masking", "pack", "compile"}
 PHASE2 = ("steps", "seq_len", "micro_batch", "global_batch", "lr", "warmup_steps", "token_budget")
 
 
@@ -67,6 +67,7 @@ def register(subparsers) -> None:
     p.add_argument("--unpadded", action="store_true", help=docs["unpadded"])
     p.add_argument("--whole-word-masking", action="store_true", help=docs["whole_word_masking"])
     p.add_argument("--pack", action="store_true", help=docs["pack"])
+    p.add_argument("--compile", action="store_true", help=docs["compile"])
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--no-export-hf", dest="export_hf", action="store_false", help="skip the final HF export")
     g = p.add_argument_group("two-phase recipe (phase 2 continues from phase 1's weights)")

@@ -101,23 +101,33 @@ class PretrainingCollator:
     masked_positions_unpad (n_masked,) into R*S with the same mlm_labels as unpacked. Pass
     cls_positions=cls_positions_unpad to the model. The (R, S) views input_ids / token_type_ids / labels come along,
     but no attention_mask: a padded mask cannot keep packed samples apart. R is what first-fit decreasing needs, or
-    pad_rows_to (fixed shapes; ValueError if too few). `packed` (bool) says which form a batch has."""
+    pad_rows_to (fixed shapes; ValueError if too few). `packed` (bool) says which form a batch has.
+
+    mask=False leaves masking to the GPU (engine/training/device_masking.py): ids stay unmasked, the mlm_labels /
+    masked_positions* / labels keys are absent, and special_tokens_mask (B, S) / special_tokens_mask_unpad (total,)
+    bool (True = never mask: [CLS], [SEP], [PAD], packed row tails) come instead."""
 
     def __init__(self, masker: Masker, continuation: np.ndarray | None = None, whole_word: bool = False,
-                 pack: bool = False, pad_rows_to: int | None = None, pad_id: int = 0):
+                 pack: bool = False, pad_rows_to: int | None = None, pad_id: int = 0, mask: bool = True):
         if whole_word and continuation is None:
             raise ValueError("whole-word masking needs the tokenizer (to know '##' continuation pieces)")
         if pad_rows_to is not None and not pack:
             raise ValueError("pad_rows_to fixes the number of packed rows: it needs pack=True")
         self.masker, self.continuation, self.whole_word, self.epoch = masker, continuation, whole_word, 0
-        self.pack, self.pad_rows_to, self.pad_id = pack, pad_rows_to, pad_id
+        if whole_word and not mask:
+            raise ValueError("whole-word masking runs on the host only (mask=True)")
+        self.pack, self.pad_rows_to, self.pad_id, self.mask = pack, pad_rows_to, pad_id, mask
 
-    def __call__(self, batch) -> dict:
+    def __call__(self, batch, epoch: int | None = None) -> dict:
+        """epoch: seeds the masks (default self.epoch); pass it when several threads share the collator."""
         if not isinstance(batch, RawBatch):
             raise TypeError("PretrainingCollator expects the RawBatch of PretrainingDataset.__getitems__")
         B, S = batch.input_ids.shape
+        if not self.mask:
+            return self._unmasked(batch)
         ws = ~self.continuation[batch.input_ids] if self.whole_word else None
-        ids, labels = self.masker(batch.input_ids, batch.special_mask, self.epoch, batch.sample_ids, ws)
+        epoch = self.epoch if epoch is None else epoch
+        ids, labels = self.masker(batch.input_ids, batch.special_mask, epoch, batch.sample_ids, ws)
         if self.pack:
             return self._packed(batch, ids, labels)
         cu_seqlens, indices, max_seqlen = unpad_offsets(batch.lengths, S)
@@ -137,6 +147,34 @@ class PretrainingCollator:
             "masked_positions": t(masked), "masked_positions_unpad": t(cu_seqlens[row].astype(np.int64) + col),
             "next_sentence_label": t(batch.nsp_labels), "packed": False, "num_tokens": int(batch.lengths.sum()),
         }
+
+    def _unmasked(self, batch: RawBatch) -> dict:
+        """Both layouts (or the packed one) of the unmasked ids with their special-token masks."""
+        B, S = batch.input_ids.shape
+        t = torch.from_numpy
+        common = {"next_sentence_label": t(batch.nsp_labels), "num_tokens": int(batch.lengths.sum())}
+        if self.pack:
+            p = packing.pack(batch.lengths, S, self.pad_rows_to)
+            real = np.arange(S)[None, :] < batch.lengths[:, None]
+            ids = np.full(p.rows * S, self.pad_id, dtype=np.int64)
+            types = np.zeros(p.rows * S, dtype=np.int64)
+            special = np.ones(p.rows * S, dtype=bool)  # row tails are never masked
+            ids[p.token_index], types[p.token_index] = batch.input_ids[real], batch.token_type_ids[real]
+            special[p.token_index] = batch.special_mask[real]
+            return {**common, "input_ids": t(ids.reshape(p.rows, S)), "token_type_ids": t(types.reshape(p.rows, S)),
+                    "special_tokens_mask": t(special.reshape(p.rows, S)), "input_ids_unpad": t(ids),
+                    "token_type_ids_unpad": t(types), "special_tokens_mask_unpad": t(special),
+                    "position_ids_unpad": t(p.position_ids), "cu_seqlens": t(p.cu_seqlens), "max_seqlen": S,
+                    "cls_positions_unpad": t(p.starts), "packed": True}
+        cu_seqlens, indices, max_seqlen = unpad_offsets(batch.lengths, S)
+        attention = (np.arange(S)[None, :] < batch.lengths[:, None]).astype(np.int64)
+        return {**common, "input_ids": t(batch.input_ids), "token_type_ids": t(batch.token_type_ids),
+                "attention_mask": t(attention), "special_tokens_mask": t(batch.special_mask),
+                "input_ids_unpad": t(batch.input_ids.reshape(-1)[indices]),
+                "token_type_ids_unpad": t(batch.token_type_ids.reshape(-1)[indices]),
+                "special_tokens_mask_unpad": t(batch.special_mask.reshape(-1)[indices]),
+                "position_ids_unpad": t(indices % S), "cu_seqlens": t(cu_seqlens), "max_seqlen": int(max_seqlen),
+                "cls_positions_unpad": t(cu_seqlens[:-1].astype(np.int64)), "packed": False}
 
     def _packed(self, batch: RawBatch, ids: np.ndarray, labels: np.ndarray) -> dict:
         S = ids.shape[1]

@@ -89,6 +89,15 @@ class TrainConfig:
     pack: bool = False
     """Pack several short samples into each row of seq_len tokens (needs --unpadded; attention never crosses
     samples). Cuts padding from ~26% to ~9% on the Wikipedia extracts at 128 tokens."""
+    masking: str = "host"
+    """Where MLM masking runs: 'host' (the loader, numpy; exactly round(p x n) tokens per sequence, whole-word
+    option) or 'device' (in the step on the accelerator, engine/training/device_masking.py; the Triton kernel with
+    --kernels triton; each token chosen independently with --mlm-probability)."""
+    prefetch: int = 2
+    """Batches built ahead by a background thread (pinned memory on CUDA); 0 = build each batch in the step."""
+    compile: bool = False
+    """torch.compile the model's forward (dynamic shapes; the Triton kernels are custom ops it traces through).
+    ZeRO 0-2 only."""
     dist_timeout_s: int = 600
     """Collective timeout: a rank that dies or hangs takes the job down after this many seconds."""
 
@@ -161,6 +170,15 @@ class TrainConfig:
         if self.pack and not self.unpadded:
             raise ConfigError("--pack needs --unpadded (packed rows hold several samples; a padded mask cannot "
                               "keep them apart)")
+        if self.masking not in ("host", "device"):
+            raise ConfigError(f"--masking must be host or device, got {self.masking!r}")
+        if self.masking == "device" and self.whole_word_masking:
+            raise ConfigError("--whole-word-masking runs on the host only; drop it or use --masking host")
+        if self.prefetch < 0:
+            raise ConfigError(f"--prefetch must be >= 0, got {self.prefetch!r}")
+        if self.compile and self.zero_stage == 3:
+            raise ConfigError("--compile is not supported with --zero-stage 3 (ZeRO-3 gathers parameters in "
+                              "module hooks that torch.compile does not trace); use ZeRO 0-2")
         if self.random_replacement not in ("unigram", "uniform"):
             raise ConfigError(f"--random-replacement must be unigram or uniform, got {self.random_replacement!r}")
         if not 0.0 < self.mlm_probability < 1.0:

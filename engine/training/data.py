@@ -12,7 +12,7 @@ def open_source(cfg: TrainConfig, rank: int, world: int):
     synthetic = os.environ.get("BERTFORGE_SYNTHETIC_VOCAB")
     if synthetic:
         return SyntheticSource(int(synthetic), cfg.seq_len, cfg.micro_batch, rank, world, seed=cfg.seed,
-                               mlm_probability=cfg.mlm_probability)
+                               mlm_probability=cfg.mlm_probability, mask=cfg.masking == "host")
     from engine.training.corpus import CorpusSource
 
     return CorpusSource(cfg, rank, world)

@@ -30,7 +30,9 @@ from engine.optim import build_optimizer, param_groups, warmup_decay
 from engine.training import distributed as D
 from engine.training.checkpoint import CheckpointManager, rng_state, set_rng_state
 from engine.training.config import TrainConfig
+from engine.training.device_masking import DeviceMasker
 from engine.training.metrics import MetricsWriter, Progress, Throughput, flops_per_token, peak_flops
+from engine.training.prefetch import Prefetcher
 from engine.training.weights import load_initial_weights
 
 PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
@@ -86,22 +88,30 @@ def install_skip_gate(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step = types.MethodType(step, optimizer)  # a bound method: LR schedulers wrap it again
 
 
-def model_inputs(batch: dict, unpadded: bool, dev: torch.device) -> dict:
+def model_inputs(batch: dict, unpadded: bool, dev: torch.device, masker: DeviceMasker | None = None) -> dict:
     """The forward's arguments from a collated batch (engine/data/loader.py's keys): padded (B, S) tensors, or the
-    unpadded (total,) form + cu_seqlens."""
+    unpadded (total,) form + cu_seqlens. With a DeviceMasker (--masking device) the batch is unmasked and is masked
+    here, on `dev`, in the layout the model gets."""
     if unpadded:
         inputs = {"input_ids": batch["input_ids_unpad"], "token_type_ids": batch["token_type_ids_unpad"],
                   "position_ids": batch["position_ids_unpad"], "cu_seqlens": batch["cu_seqlens"],
-                  "max_seqlen": batch["max_seqlen"], "masked_positions": batch["masked_positions_unpad"],
-                  "cls_positions": batch["cls_positions_unpad"]}
+                  "max_seqlen": batch["max_seqlen"], "cls_positions": batch["cls_positions_unpad"]}
     elif batch.get("packed"):
         raise ValueError("packed batches run only in the unpadded layout (--unpadded)")
     else:
-        keys = ("input_ids", "token_type_ids", "attention_mask", "masked_positions")
-        inputs = {k: batch[k] for k in keys}
-    inputs["mlm_labels"] = batch["mlm_labels"]
+        inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    if masker is None:
+        inputs["masked_positions"] = batch["masked_positions_unpad" if unpadded else "masked_positions"]
+        inputs["mlm_labels"] = batch["mlm_labels"]
     inputs["next_sentence_label"] = batch["next_sentence_label"]
-    return {k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    inputs = {k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    if masker is not None:
+        if "mask_seed" not in batch:
+            raise ValueError("--masking device needs unmasked batches with a mask_seed (the source masked them "
+                             "already)")
+        special = batch["special_tokens_mask_unpad" if unpadded else "special_tokens_mask"]
+        inputs = masker(inputs, special, int(batch["mask_seed"]))
+    return inputs
 
 
 def batch_tokens(batch: dict) -> int:
@@ -110,7 +120,8 @@ def batch_tokens(batch: dict) -> int:
 
 
 @torch.no_grad()
-def evaluate(engine, source, n_batches: int, unpadded: bool, dev: torch.device, vocab_size: int) -> dict:
+def evaluate(engine, source, n_batches: int, unpadded: bool, dev: torch.device, vocab_size: int,
+             masker: DeviceMasker | None = None) -> dict:
     """Held-out MLM and NSP accuracy (all ranks; same batches each call) and the unigram baseline: the accuracy of
     always predicting the held-out split's most frequent masked token."""
     saved = rng_state()
@@ -118,7 +129,7 @@ def evaluate(engine, source, n_batches: int, unpadded: bool, dev: torch.device, 
     sums = torch.zeros(6, dtype=torch.float64)  # loss, mlm_correct, mlm_count, nsp_correct, nsp_count, batches
     label_counts = torch.zeros(vocab_size, dtype=torch.float64)
     for batch in source.eval_batches(n_batches):
-        inputs = model_inputs(batch, unpadded, dev)
+        inputs = model_inputs(batch, unpadded, dev, masker)
         out = engine(**inputs)
         labels = inputs["mlm_labels"]
         nsp = inputs["next_sentence_label"]
@@ -187,12 +198,22 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
     rank, world, dev = D.rank(), D.world_size(), D.device()
     if hasattr(source, "start"):
         source.start()
+    source = Prefetcher(source, cfg.prefetch if hasattr(source, "batch_at") else 0)
+    masker = None
+    if cfg.masking == "device":
+        if not hasattr(source, "replacement_probs"):
+            raise ConfigError(f"--masking device: the batch source {type(source.source).__name__} does not say "
+                              f"which tokens may replace masked ones (no replacement_probs)")
+        masker = DeviceMasker(source.mask_token_id, source.replacement_probs, cfg.mlm_probability, model_cfg.kernels,
+                              dev)
 
     seed_everything(cfg.seed)
     model = BertForPreTraining(model_cfg)
     if cfg.init_from and not cfg.resume:
         load_initial_weights(model, cfg.init_from)
     model.to(dev)
+    if cfg.compile:
+        model.compile(dynamic=True)  # in place: parameter names (checkpoints, export) stay those of the model
     optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), cfg.lr, cfg.betas, cfg.eps,
                                 fused=False if cfg.optimizer == "adamw" and dev.type == "cpu" else None)
     install_skip_gate(optimizer)
@@ -232,31 +253,41 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
     result = RunResult(step=step, status="finished")
     fp16 = cfg.precision == "fp16"
     t_start = time.perf_counter()
+    log_clock = (t_start, source.wait_s)  # data_wait_frac: share of wall time blocked on the loader since last log
     with _Preemption() as preempt:
         while step < total:
             optimizer.bertforge_skip = False
-            step_sums = torch.zeros(8, dtype=torch.float64)
+            # Statistics stay on the device until one read per step (no host sync between forward and backward):
+            # device: loss, mlm_loss, nsp_loss, mlm_correct, nsp_correct; host: mlm_count, nsp_count, micro batches
+            dev_sums = torch.zeros(5, dtype=torch.float64, device=dev)
+            mlm_n = nsp_n = 0
+            nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
             tokens = samples = 0
             lr = optimizer.param_groups[0]["lr"]
-            norm, nonfinite = None, False
+            norm = None
+            logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == total
             for micro_step in range(accum):
                 batch = source.next_batch()
                 tokens += batch_tokens(batch)
                 samples += int(batch["next_sentence_label"].numel())
-                inputs = model_inputs(batch, cfg.unpadded, dev)
+                inputs = model_inputs(batch, cfg.unpadded, dev, masker)
                 out = engine(**inputs)
-                nonfinite = nonfinite or not bool(torch.isfinite(out.loss.detach()))
+                nonfinite |= ~torch.isfinite(out.loss.detach())
                 engine.backward(out.loss)  # NaN grads are harmless: the update is vetoed below
                 if micro_step == accum - 1:
-                    norm = ds.grad_norm_before_step(engine)
+                    if logging_step:
+                        norm = ds.grad_norm_before_step(engine)
                     if not fp16:  # fp16: DeepSpeed's loss scaler skips and lowers the scale
                         optimizer.bertforge_skip = D.all_reduce_max([float(nonfinite)], dev)[0] > 0
                 engine.step()
                 labels, nsp = inputs["mlm_labels"], inputs["next_sentence_label"]
-                step_sums += torch.tensor([
-                    float(out.loss.detach()), float(out.mlm_loss.detach()), float(out.nsp_loss.detach()),
-                    float((out.mlm_predictions == labels).sum()), labels.numel(),
-                    float((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel(), 1], dtype=torch.float64)
+                dev_sums += torch.stack([
+                    out.loss.detach(), out.mlm_loss.detach(), out.nsp_loss.detach(),
+                    (out.mlm_predictions == labels).sum(), (out.nsp_logits.argmax(-1) == nsp).sum()]).double()
+                mlm_n += labels.numel()
+                nsp_n += nsp.numel()
+            d = dev_sums.tolist()
+            step_sums = torch.tensor([d[0], d[1], d[2], d[3], mlm_n, d[4], nsp_n, accum], dtype=torch.float64)
             step += 1
             applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
             if applied:
@@ -277,6 +308,7 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
                             nsp_acc=step_sums[5].item() / max(step_sums[6].item(), 1),
                             tok_s=f"{throughput.tokens / max(time.perf_counter() - throughput.t0, 1e-9):.0f}")
             if in_a_row >= cfg.max_skipped_steps:
+                source.close()
                 metrics.close()
                 progress.close()
                 raise TrainingError(f"stopped at step {step}: {in_a_row} steps in a row had a non-finite loss "
@@ -284,6 +316,7 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
                                     f"use --precision fp32 (limit: --max-skipped-steps)")
             if step % cfg.log_every == 0 or step == total:
                 n = max(window[7].item(), 1)
+                now = time.perf_counter()
                 tok_s, samp_s = throughput.rates()
                 record = {"step": step, "split": "train", "loss": window[0].item() / n,
                           "mlm_loss": window[1].item() / n, "nsp_loss": window[2].item() / n,
@@ -292,17 +325,20 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
                           "lr": lr, "grad_norm": norm if norm is not None else ds.grad_norm(engine),
                           "loss_scale": ds.loss_scale(engine), "tokens_per_s": tok_s, "samples_per_s": samp_s,
                           "mfu": tok_s * fpt / (peak * world) if peak else None, "skipped_steps": skipped,
-                          "time": time.perf_counter() - t_start}
+                          "data_wait_frac": (source.wait_s - log_clock[1]) / max(now - log_clock[0], 1e-9),
+                          "time": now - t_start}
+                log_clock = (now, source.wait_s)
                 if window[7].item() > 0:
                     metrics.write(record)
                     result.train = record
                 window.zero_()
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                ev = evaluate(engine, source, cfg.eval_batches, cfg.unpadded, dev, model_cfg.vocab_size)
+                ev = evaluate(engine, source, cfg.eval_batches, cfg.unpadded, dev, model_cfg.vocab_size, masker)
                 metrics.write({"step": step, "split": "eval", **ev})
                 progress.write(_eval_line(step, ev))
             if stop:
                 save()
+                source.close()
                 progress.close()
                 metrics.close()
                 D.log0(f"SIGTERM: checkpoint saved at step {step} in {ckpt.root}; continue with --resume")
@@ -310,7 +346,8 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 save()
     progress.close()
-    result.eval = evaluate(engine, source, cfg.eval_batches, cfg.unpadded, dev, model_cfg.vocab_size)
+    source.close()
+    result.eval = evaluate(engine, source, cfg.eval_batches, cfg.unpadded, dev, model_cfg.vocab_size, masker)
     metrics.write({"step": step, "split": "eval", **result.eval})
     save(finished=True)
     metrics.close()

@@ -23,13 +23,21 @@ class SyntheticSource:
     B continues A for IsNext): for tests and benchmarks, no data needed."""
 
     def __init__(self, vocab_size: int, seq_len: int, micro_batch: int, rank: int = 0, world: int = 1, seed: int = 0,
-                 mlm_probability: float = 0.15):
-        self.vocab_size, self.seq_len, self.micro_batch = vocab_size, seq_len, micro_batch
+                 mlm_probability: float = 0.15, mask: bool = True):
+        self.vocab_size, self.seq_len, self.micro_batch, self.mask = vocab_size, seq_len, micro_batch, mask
         self.rank, self.world, self.seed, self.p = rank, world, seed, mlm_probability
         self.position = 0  # micro batches this rank has taken
         g = torch.Generator().manual_seed(seed + 7)
         self.next_token = torch.randint(5, vocab_size, (vocab_size, 4), generator=g)  # 4 likely successors
         self.tokenizer_dir = None
+
+    mask_token_id = MASK_ID
+
+    @property
+    def replacement_probs(self):  # (V,) uniform over the non-special tokens 5..V-1 (for --masking device)
+        probs = torch.ones(self.vocab_size, dtype=torch.float64)
+        probs[:5] = 0
+        return (probs / probs.sum()).numpy()
 
     def _sequence(self, g: torch.Generator, n: int) -> torch.Tensor:
         out = torch.empty(n, dtype=torch.long)
@@ -56,6 +64,13 @@ class SyntheticSource:
             ids[b, :length], mask[b, :length] = row, 1
             types[b, a_len + 2:length] = 1
         special = (ids == CLS_ID) | (ids == SEP_ID) | (mask == 0)
+        if not self.mask:  # --masking device: unmasked ids, special-token masks and a seed (device_masking.py)
+            from engine.training.device_masking import mask_seed
+
+            batch = with_unpadded_form({"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+                                        "next_sentence_label": nsp})
+            return dict(batch, special_tokens_mask=special, special_tokens_mask_unpad=special[mask.bool()],
+                        mask_seed=mask_seed(self.seed, 0, index))
         chosen = (torch.rand((B, S), generator=g) < self.p) & ~special
         chosen[:, 1] |= ~chosen.any(1)  # at least one masked token per sequence
         flat = chosen.flatten().nonzero().flatten()
@@ -68,9 +83,12 @@ class SyntheticSource:
                                    "masked_positions": flat, "mlm_labels": labels, "next_sentence_label": nsp})
 
     def next_batch(self) -> dict:
-        index = self.position * self.world + self.rank
+        batch = self.batch_at(self.position)
         self.position += 1
-        return self._batch(index)
+        return batch
+
+    def batch_at(self, position: int) -> dict:
+        return self._batch(position * self.world + self.rank)
 
     def eval_batches(self, n: int):
         for k in range(n):
@@ -87,11 +105,14 @@ def with_unpadded_form(batch: dict) -> dict:
     """Add the collator's unpadded keys to a padded batch (prefix attention masks)."""
     mask = batch["attention_mask"].bool()
     lengths = mask.sum(1)
+    extra = {}
+    if "masked_positions" in batch:
+        flat_to_unpadded = torch.full((mask.numel(),), -1, dtype=torch.long)
+        flat_to_unpadded[mask.flatten()] = torch.arange(int(lengths.sum()))
+        extra["masked_positions_unpad"] = flat_to_unpadded[batch["masked_positions"]]
     cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-    flat_to_unpadded = torch.full((mask.numel(),), -1, dtype=torch.long)
-    flat_to_unpadded[mask.flatten()] = torch.arange(int(lengths.sum()))
     total = int(lengths.sum())
     return dict(batch, input_ids_unpad=batch["input_ids"][mask], token_type_ids_unpad=batch["token_type_ids"][mask],
                 position_ids_unpad=cu_seqlens_to_position_ids(cu_seqlens, total), cu_seqlens=cu_seqlens,
-                max_seqlen=int(lengths.max()), masked_positions_unpad=flat_to_unpadded[batch["masked_positions"]],
-                cls_positions_unpad=cu_seqlens[:-1].long(), num_tokens=total, packed=False)
+                max_seqlen=int(lengths.max()), cls_positions_unpad=cu_seqlens[:-1].long(), num_tokens=total,
+                packed=False, **extra)

@@ -7,8 +7,10 @@ what the test checks to OUT (rank 0). Modes:
                             PAUSE_AT_SAVE=N the save of step N pauses forever after the shards are written
   nan                       non-finite losses injected at given micro batches
   die                       rank 1 exits abruptly at step 3
-  corpus DATA TOK LAYOUTS   real prepared data (CorpusSource): per layout (padded, unpadded, packed) a 6-step fp32
-                            run and a run resumed from its step-3 checkpoint; corpus.json = {layout: {full, resumed}}"""
+  corpus DATA TOK LAYOUTS   real prepared data (CorpusSource): per layout (padded, unpadded, packed, and the same
+                            with -device: --masking device) a 6-step fp32 run and a run resumed from its step-3
+                            checkpoint; corpus.json = {layout: {full, resumed}}
+  compile                   4 unpadded fp32 steps eager and under --compile; compile.json = {eager, compiled}"""
 from __future__ import annotations
 
 import json
@@ -33,7 +35,8 @@ VOCAB = 512
 
 
 def factory(cfg, rank, world):
-    return SyntheticSource(VOCAB, cfg.seq_len, cfg.micro_batch, rank, world, seed=cfg.seed)
+    return SyntheticSource(VOCAB, cfg.seq_len, cfg.micro_batch, rank, world, seed=cfg.seed,
+                           mask=cfg.masking == "host")
 
 
 def config(out: Path, **kw) -> TrainConfig:
@@ -136,7 +139,9 @@ def mode_die(out: Path) -> None:
 def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
     from engine.training.loop import pretrain
 
-    flags = {"padded": {}, "unpadded": {"unpadded": True}, "packed": {"unpadded": True, "pack": True}}
+    flags = {"padded": {}, "unpadded": {"unpadded": True}, "packed": {"unpadded": True, "pack": True},
+             "padded-device": {"masking": "device"}, "unpadded-device": {"unpadded": True, "masking": "device"},
+             "packed-device": {"unpadded": True, "pack": True, "masking": "device"}}
     results = {}
     for layout in layouts.split(","):
         full, resumed = out / layout / "full", out / layout / "resumed"
@@ -154,13 +159,24 @@ def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
         (out / "corpus.json").write_text(json.dumps(results))
 
 
+def mode_compile(out: Path) -> None:
+    from engine.training.loop import pretrain
+
+    results = {}
+    for name, flag in (("eager", False), ("compiled", True)):
+        pretrain(config(out / name, steps=4, unpadded=True, compile=flag, save_every=0), source_factory=factory)
+        results[name] = losses(out / name)
+    (out / "compile.json").write_text(json.dumps(results))
+
+
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     D.prepare_env()
     try:
-        {"equal": mode_equal, "run": mode_run, "nan": mode_nan, "die": mode_die, "corpus": mode_corpus}[mode](out, *rest)
+        {"equal": mode_equal, "run": mode_run, "nan": mode_nan, "die": mode_die, "corpus": mode_corpus,
+         "compile": mode_compile}[mode](out, *rest)
     except BaseException as exc:
         print(f"worker rank {D.rank()} failed: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
         import traceback

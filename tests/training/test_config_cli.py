@@ -127,3 +127,15 @@ def test_error_deepspeed_json_contradicts_flag(cli, tmp_path):
               "sets micro-batch=16 but --micro-batch 4 was given")
     ds_json.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
     _one_line(*cli("--synthetic-vocab", "512", "--deepspeed-config", str(ds_json)), "'optimizer' section")
+
+
+def test_compiled_model_trains_like_eager(tmp_path):
+    """--compile (torch.compile of the model inside the DeepSpeed engine, inductor on CPU): same losses as eager."""
+    import json
+
+    from tests.training.conftest import run_worker
+
+    run_worker("compile", tmp_path, timeout=500)
+    res = json.loads((tmp_path / "compile.json").read_text())
+    assert len(res["eager"]) == 4
+    assert max(abs(a - b) for a, b in zip(res["eager"], res["compiled"])) < 1e-4, res

@@ -1,0 +1,63 @@
+"""`--masking device`: MLM masking on the accelerator, inside the step, instead of in the host loader.
+
+The loader then ships unmasked ids with their special-token masks (PretrainingCollator(mask=False)); this module
+masks the layout the model consumes — padded (B, S) or unpadded/packed (total,) — with `engine.ops.mlm_mask`
+(kernels='triton': one Philox pass, kernels/masking.py; 'none': the pure-torch reference) and adds the keys the
+model's masked-rows MLM head needs: masked_positions (flat into the chosen layout) and mlm_labels.
+
+Differences from host masking (engine/data/masking.py), by design of a one-pass GPU kernel: each non-special token is
+chosen independently with --mlm-probability (host: exactly round(p * n) per sequence, at least one), so a sequence
+may get no masked token; whole-word masking is host-only. Random replacements follow the same corpus unigram (or
+uniform) distribution as the host's.
+
+Seeds: every batch carries `mask_seed`, derived by the source from (run seed, epoch, global micro-batch index) —
+resume, and 2 ranks vs 1, reproduce the masks exactly, as with host masking."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine import ops
+
+_M64 = (1 << 64) - 1
+
+
+def mask_seed(seed: int, epoch: int, index: int) -> int:
+    """A 62-bit seed from (run seed, epoch, global micro-batch index): SplitMix64 of each in turn."""
+    z = 0
+    for part in (seed, epoch, index):
+        z = ((z ^ (part & _M64)) + 0x9E3779B97F4A7C15) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        z ^= z >> 31
+    return z >> 2
+
+
+class DeviceMasker:
+    """Masks model inputs on their device. replacement_probs (V,): distribution of the 10% random replacements
+    (zero on special tokens), e.g. `PretrainingDataset.masker(...).replacement_probs`."""
+
+    def __init__(self, mask_token_id: int, replacement_probs: np.ndarray, mask_prob: float, backend: str,
+                 device: torch.device, mask_ratio: float = 0.8, random_ratio: float = 0.1):
+        probs = torch.as_tensor(np.asarray(replacement_probs, dtype=np.float64))
+        if probs.dim() != 1 or not probs.sum() > 0:
+            raise ValueError("device masking: replacement_probs must be a (vocab_size,) distribution, not all zero")
+        cdf = torch.cumsum(probs / probs.sum(), 0)
+        cdf[-1] = 1.0
+        self.cdf = cdf.float().to(device)
+        self.vocab_size = probs.numel()
+        self.mask_token_id, self.mask_prob, self.backend = mask_token_id, mask_prob, backend
+        self.mask_ratio, self.random_ratio = mask_ratio, random_ratio
+
+    def __call__(self, inputs: dict, special: torch.Tensor, seed: int) -> dict:
+        """inputs: the forward's arguments without MLM keys (input_ids in the layout the model gets); special: bool,
+        input_ids' shape. Returns inputs with masked input_ids, masked_positions (n,) and mlm_labels (n,)."""
+        ids = inputs["input_ids"]
+        if special.shape != ids.shape:
+            raise ValueError(f"device masking: special-token mask {tuple(special.shape)} != ids {tuple(ids.shape)}")
+        masked, labels, positions = ops.mlm_mask(
+            ids, special.to(ids.device, non_blocking=True), mask_prob=self.mask_prob,
+            mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, unigram_cdf=self.cdf, seed=seed,
+            replace_prob=self.mask_ratio, random_prob=self.random_ratio, backend=self.backend)
+        return {**inputs, "input_ids": masked, "masked_positions": positions,
+                "mlm_labels": labels.reshape(-1)[positions]}

@@ -1,0 +1,167 @@
+"""Ahead-of-time compile of every Triton kernel for a GPU target without a GPU (default: H100, sm_90).
+
+The interpreter (TRITON_INTERPRET=1, how the tests run kernels on CPU) lets through what the real compiler rejects:
+dot operand shapes and dtypes, loop-carried values that change type, constexpr branches, register pressure at the
+GPU block sizes, PTX generation. This walks the GPU launch configurations (attention's autotune lists, the epilogue
+kernels' block sizes) through `triton.compile` for the target, in bf16 and fp16 where the kernel is dtype-generic.
+
+    python -m kernels.compile_check [--arch 90] [--only attention|epilogues] [--quick]
+
+Run it WITHOUT TRITON_INTERPRET (the attention module picks its GPU config lists at import). Works with triton 3.6
+(what torch 2.11's CUDA builds ship, the lent GPU machine's) and 3.9 (PyPI, the CPU machines'): the signature is
+given as {name: type | "constexpr"} and constexprs as {(index,): value}, which both accept. Prints one line per
+kernel family and exits non-zero on the first failure with the kernel, its constants and the compiler's message."""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+_BF, _F32, _I64 = "*bf16", "*fp32", "*i64"
+
+
+def _compile(kernel, types: dict, consts: dict, target, num_warps: int = 8, num_stages: int = 3) -> None:
+    fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel  # a JITFunction
+    missing = [n for n in fn.arg_names if n not in types and n not in consts]
+    if missing:
+        raise KeyError(f"{fn.__name__}: no type given for {missing}")
+    sig = {n: "constexpr" if n in consts else types[n] for n in fn.arg_names}
+    cst = {(i,): consts[n] for i, n in enumerate(fn.arg_names) if n in consts}
+    try:
+        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cst), target=target,
+                       options={"num_warps": num_warps, "num_stages": num_stages})
+    except Exception as exc:
+        raise RuntimeError(f"{fn.__name__} with {consts} (num_warps={num_warps}, num_stages={num_stages}) failed "
+                           f"to compile: {type(exc).__name__}: {str(exc)[:2000]}") from exc
+
+
+# ---- attention ---------------------------------------------------------------------------------------------------
+def _attention_types(fn, elem: str, dq_elem: str) -> dict:
+    """Argument types of an attention kernel by name: tensors of `elem`, fp32 statistics, int32 index arrays."""
+    types = {}
+    for name in fn.arg_names:
+        if name in ("Q", "K", "V", "Out", "DO", "DK", "DV"):
+            types[name] = elem
+        elif name == "DQ":
+            types[name] = dq_elem
+        elif name in ("Lse", "Delta"):
+            types[name] = _F32
+        elif name in ("CuSeqlens", "SeqLens"):
+            types[name] = "*i32"
+        elif name in ("Kpm", "Keep"):
+            types[name] = "*u8"
+        elif name in ("sm_scale", "drop_scale"):
+            types[name] = "fp32"
+        elif name == "seed":
+            types[name] = "i64"
+        else:  # strides, counts, DROP_THRESH, SEQ_BUCKET
+            types[name] = "i32"
+    return types
+
+
+def attention_specs(quick: bool = False):
+    """(kernel, types, constexprs, num_warps, num_stages) for every GPU config of every attention kernel; quick: bf16
+    and each list's first config only (the one launched when autotuning is off)."""
+    from kernels import attention as A
+
+    first = (lambda configs: configs[:1]) if quick else (lambda configs: configs)
+    specs = []
+    layouts = [dict(VARLEN=True, HAS_KPM=False, IS_DROPOUT=True), dict(VARLEN=False, HAS_KPM=True, IS_DROPOUT=False)]
+    for elem, head_dim, layout in itertools.product(("*bf16", "*fp16"), (32, 64, 128), layouts):
+        if elem == "*fp16" and (quick or head_dim != 64):
+            continue  # fp16 shares every code path with bf16; one head dim is enough to catch dtype problems
+        base = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), DOT_FP32=False, **layout)
+        for cfg in first(A._FWD_CONFIGS):
+            specs.append((A._attn_fwd_kernel, _attention_types(A._attn_fwd_kernel, elem, elem), {**base, **cfg.kwargs},
+                          cfg.num_warps, cfg.num_stages))
+        fused_n = A._FUSED_MAX_SEQLEN[128 if head_dim > 64 else (64 if head_dim > 32 else 32)]
+        for cfg in first(A._BWD_FUSED_CONFIGS):
+            specs.append((A._attn_bwd_dkdv_kernel, _attention_types(A._attn_bwd_dkdv_kernel, elem, elem),
+                          {**base, "DQ_MODE": 1, "BLOCK_N": fused_n, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))
+        for cfg, mode in itertools.product(first(A._BWD_DKDV_CONFIGS), (0, 2)):
+            specs.append((A._attn_bwd_dkdv_kernel,
+                          _attention_types(A._attn_bwd_dkdv_kernel, elem, _F32 if mode == 2 else elem),
+                          {**base, "DQ_MODE": mode, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))
+        for cfg in first(A._BWD_DQ_CONFIGS):
+            specs.append((A._attn_bwd_dq_kernel, _attention_types(A._attn_bwd_dq_kernel, elem, elem),
+                          {**base, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))
+        specs.append((A._attn_bwd_preprocess_kernel, _attention_types(A._attn_bwd_preprocess_kernel, elem, elem),
+                      {k: base[k] for k in ("HEAD_DIM", "BLOCK_D", "VARLEN")} | {"BLOCK_M": 128}, 4, 1))
+    specs.append((A._dropout_keep_kernel, _attention_types(A._dropout_keep_kernel, "*u8", "*u8"),
+                  dict(BLOCK_M=64, BLOCK_N=64), 4, 1))
+    return specs
+
+
+# ---- epilogues, loss, masking, LAMB ------------------------------------------------------------------------------
+def epilogue_specs(quick: bool = False):
+    from kernels import bias_gelu as bg, lamb as lb, layer_norm as ln, masking as mk, mlm_loss as ml
+
+    specs = [
+        (bg._bias_gelu_fwd_kernel, dict(X_ptr=_BF, B_ptr=_F32, Y_ptr=_BF, n_rows="i32", n_cols="i32"),
+         dict(APPROX_TANH=True, BLOCK_M=4, BLOCK_N=1024)),
+        (bg._bias_gelu_fwd_kernel, dict(X_ptr="*fp16", B_ptr="*fp16", Y_ptr="*fp16", n_rows="i32", n_cols="i32"),
+         dict(APPROX_TANH=False, BLOCK_M=4, BLOCK_N=1024)),
+        (bg._bias_gelu_bwd_kernel, dict(DY_ptr=_BF, X_ptr=_BF, B_ptr=_BF, DX_ptr=_BF, DB_part_ptr=_F32,
+                                        n_rows="i32", n_cols="i32"), dict(APPROX_TANH=False, BLOCK_M=4, BLOCK_N=1024)),
+        (ln._bias_dropout_add_ln_fwd_kernel, dict(X_ptr=_BF, BIAS_ptr=_BF, RES_ptr=_BF, W_ptr=_F32, LNB_ptr=_F32,
+                                                  Y_ptr=_BF, S_ptr=_BF, MEAN_ptr=_F32, RSTD_ptr=_F32, n_rows="i32",
+                                                  n_cols="i32", eps="fp32", p="fp32", seed="i64"),
+         dict(HAS_DROPOUT=True, STORE_SUM=True, BLOCK_M=4, BLOCK_H=1024)),
+        (ln._bias_dropout_add_ln_bwd_kernel, dict(DY_ptr=_BF, S_ptr=_BF, W_ptr=_F32, MEAN_ptr=_F32, RSTD_ptr=_F32,
+                                                  DX_ptr=_BF, DRES_ptr=_BF, DW_part_ptr=_F32, DLNB_part_ptr=_F32,
+                                                  DBIAS_part_ptr=_F32, n_rows="i32", n_cols="i32", p="fp32",
+                                                  seed="i32"), dict(HAS_DROPOUT=True, BLOCK_M=4, BLOCK_H=1024)),
+        (ln._dropout_mask_kernel, dict(M_ptr="*u8", n="i32", p="fp32", seed="i32"), dict(BLOCK=4096)),
+        (ml._mlm_ce_kernel, dict(LOGITS_ptr=_BF, LABELS_ptr=_I64, N_VALID_ptr=_I64, LOSS_ptr=_F32, PRED_ptr=_I64,
+                                 V="i32"), dict(IGNORE=-100, COMPUTE_GRAD=True, BLOCK_V=4096)),
+        *[(mk._mlm_mask_kernel, dict(IDS_ptr=_I64, SPECIAL_ptr="*u8", CDF_ptr=_F32, OUT_ptr=_I64, LABELS_ptr=_I64,
+                                     COUNTS_ptr="*i32", n="i32", seed="i64", offset="i32", mask_prob="fp32",
+                                     replace_prob="fp32", keep_threshold="fp32", mask_token_id="i32",
+                                     vocab_size="i32"),
+           dict(IGNORE=-100, UNIGRAM=u, SEARCH_STEPS=15, BLOCK=2048)) for u in (False, True)],
+        (mk._mlm_positions_kernel, dict(SPECIAL_ptr="*u8", STARTS_ptr=_I64, POS_ptr=_I64, n="i32", seed="i32",
+                                        offset="i32", mask_prob="fp32"), dict(BLOCK=2048)),
+        (mk._philox_uniforms_kernel, dict(U_ptr=_F32, n="i32", seed="i32", offset="i32"), dict(BLOCK=2048)),
+        (lb._lamb_phase1_kernel, dict(CHUNK_TENSOR_ptr="*i32", CHUNK_START_ptr=_I64, NUMEL_ptr=_I64, P_ADDR_ptr=_I64,
+                                      G_ADDR_ptr=_I64, M_ADDR_ptr=_I64, V_ADDR_ptr=_I64, PART_ptr=_F32, beta1="fp32",
+                                      beta2="fp32", eps="fp32", weight_decay="fp32", bc1="fp32", bc2="fp32"),
+         dict(G_DTYPE=tl.bfloat16, BLOCK=4096)),
+        (lb._lamb_phase2_kernel, dict(CHUNK_TENSOR_ptr="*i32", CHUNK_START_ptr=_I64, NUMEL_ptr=_I64, P_ADDR_ptr=_I64,
+                                      M_ADDR_ptr=_I64, V_ADDR_ptr=_I64, NORMSQ_ptr=_F32, lr="fp32", eps="fp32",
+                                      weight_decay="fp32", bc1="fp32", bc2="fp32", max_trust_ratio="fp32"),
+         dict(CLAMP=True, BLOCK=4096)),
+    ]
+    return [(k, t, c, 8, 3) for k, t, c in specs]
+
+
+FAMILIES = {"attention": attention_specs, "epilogues": epilogue_specs}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="compile every Triton kernel for a GPU target, without a GPU")
+    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90 = H100/H200)")
+    p.add_argument("--quick", action="store_true", help="attention: bf16, each list's first config only")
+    p.add_argument("--only", choices=sorted(FAMILIES), action="append", help="kernel family (repeatable)")
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        p.error("unset TRITON_INTERPRET: the attention module picks its GPU configs at import")
+    target = GPUTarget("cuda", args.arch, 32)
+    for family in args.only or sorted(FAMILIES):
+        t0 = time.perf_counter()
+        specs = FAMILIES[family](args.quick)
+        for kernel, types, consts, warps, stages in specs:
+            _compile(kernel, types, consts, target, warps, stages)
+        print(f"{family}: compiled {len(specs)} kernel variants for sm_{args.arch} with triton {triton.__version__} "
+              f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
