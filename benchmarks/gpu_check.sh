@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# One prepared run on the lent GPU machine (see ../shared/GPU.md): builds the C++ extension, runs every kernel's bf16
-# correctness check against its reference, the kernel benchmarks, the model-level kernels-on/off equality test, and
-# (unless GPU_CHECK_SKIP_THROUGHPUT=1) the end-to-end throughput benchmark vs Hugging Face. Everything is written under
-# ${OUT:-benchmarks/results/gpu}; one summary table is printed at the end.
-# Usage on the device tool:  bash benchmarks/gpu_check.sh          (budget: < 5 min kernels, < 4 min throughput)
+# The prepared runs for the lent GPU machine (see ../shared/GPU.md; torch 2.11 / triton 3.6 there, no DeepSpeed).
+#   bash benchmarks/gpu_check.sh kernels      (< 5 min) builds the C++ extension, runs every kernel's bf16 correctness
+#                                             check against its reference, the kernel benchmarks vs torch/SDPA, and
+#                                             the model-level kernels-on/off equality test            (issue 6)
+#   bash benchmarks/gpu_check.sh throughput   (< 8 min) end-to-end steps vs Hugging Face eager/compiled: BERT-base
+#                                             s128 with every ablation and the largest batch that fits, BERT-large
+#                                             s128, BERT-base s512 full and with the Wikipedia lengths (issue 7)
+#   bash benchmarks/gpu_check.sh all          both (over the device tool's 10-minute call limit: use two calls, the
+#                                             second within the machine's idle release of 30 s)
+# Everything goes under ${OUT:-benchmarks/results/gpu}; a summary table is printed at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+what="${1:-all}"
+case "$what" in kernels|throughput|all) ;; *) echo "usage: $0 kernels|throughput|all" >&2; exit 2 ;; esac
 OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" \
     | tee "$OUT/versions.txt"
 # the pybind11 extension (numpy only): built in place, no torch linkage
-python3 setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { echo "extension build failed"; tail "$OUT/build.log"; }
+[ -n "$(ls engine/_csrc*.so 2>/dev/null)" ] || python3 setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 \
+    || { echo "extension build failed"; tail "$OUT/build.log"; }
 
 status=0
 step() {  # step NAME TIMEOUT CMD...: runs CMD with a time limit, logs it, records pass/fail
@@ -20,22 +28,31 @@ step() {  # step NAME TIMEOUT CMD...: runs CMD with a time limit, logs it, recor
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
-    printf '%-22s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" >> "$OUT/summary.txt"
+    printf '%-22s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$OUT/summary.txt"
     [ "$rc" -eq 0 ] || status=1
 }
-: > "$OUT/summary.txt"
-step attention 150 python3 benchmarks/gpu_check_attention.py --out "$OUT"
-step kernels 120 python3 benchmarks/gpu_check_kernels.py --out "$OUT"
-step model_switch 60 python3 -m pytest -q -p no:cacheprovider tests/engine/test_model_kernels_switch.py
-if [ "${GPU_CHECK_SKIP_THROUGHPUT:-0}" != 1 ]; then
-    step throughput 240 python3 benchmarks/train_throughput.py --shapes base-128,large-128,base-512 \
-        --variants hf,hf-compile,ours,ours-padded --batch base-128=256,large-128=128,base-512=64 \
-        --steps 10 --warmup 3 --out "$OUT/train_throughput.json"
+TT="python3 benchmarks/train_throughput.py --steps 10 --warmup 3"
+if [ "$what" != throughput ]; then
+    step attention 150 python3 benchmarks/gpu_check_attention.py --out "$OUT"
+    step kernels 100 python3 benchmarks/gpu_check_kernels.py --out "$OUT"
+    step model_switch 60 python3 -m pytest -q -p no:cacheprovider tests/engine/test_model_kernels_switch.py
+fi
+if [ "$what" != kernels ]; then
+    step tt_base128 200 $TT --shapes base-128 --batch 256 --max-batch \
+        --variants hf,hf-compile,ours,ours-compile,ours-padded,ours-no-kernels,ours-dense-mlm,ours-unfused-adamw,ours-device-mask,ours-lamb \
+        --out "$OUT/tt_base128.json"
+    step tt_large128 90 $TT --shapes large-128 --batch 128 --variants hf,ours --out "$OUT/tt_large128.json"
+    step tt_base512_wiki 80 $TT --shapes base-512 --batch 64 --lengths wiki --variants hf,ours,ours-padded \
+        --out "$OUT/tt_base512_wiki.json"
+    step tt_base512_full 60 $TT --shapes base-512 --batch 64 --variants hf,ours --out "$OUT/tt_base512_full.json"
 fi
 
-echo; echo "=== attention ==="; tail -n 25 "$OUT/attention.log"
-echo; echo "=== kernels ===";   tail -n 30 "$OUT/kernels.log"
-echo; echo "=== model kernels on/off ==="; tail -n 3 "$OUT/model_switch.log"
-[ -f "$OUT/throughput.log" ] && { echo; echo "=== throughput ==="; tail -n 16 "$OUT/throughput.log"; }
+for log in attention kernels; do
+    [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 30 "$OUT/$log.log"; }
+done
+[ -f "$OUT/model_switch.log" ] && { echo; echo "=== model kernels on/off ==="; tail -n 3 "$OUT/model_switch.log"; }
+for log in tt_base128 tt_large128 tt_base512_wiki tt_base512_full; do
+    [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 16 "$OUT/$log.log"; }
+done
 echo; echo "=== summary ==="; cat "$OUT/summary.txt"
 exit $status

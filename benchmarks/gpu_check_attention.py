@@ -10,6 +10,8 @@
 3. torch.compile(fullgraph=True, backend='aot_eager') traces through the custom ops.
 4. bench_attention at the target shapes (autotuned), and S = 512 again with the atomic-dq backward.
 Prints a table; writes attention_check.json and attention_bench.json under --out. Designed for < 90 s on H100/H200.
+Without a GPU it runs the same code on small shapes under TRITON_INTERPRET=1 (a smoke test of the script itself, in
+CI; the interpreter truncates bf16, so its error ratios are pessimistic and only reported).
 Usage: python benchmarks/gpu_check_attention.py --out DIR
 """
 from __future__ import annotations
@@ -32,16 +34,22 @@ from kernels._common import draw_seed  # noqa: E402
 from kernels.attention import (attention, attention_ref, dropout_keep_mask, set_autotune,  # noqa: E402
                                set_dq_atomic)
 
-DEV = "cuda"
+GPU = torch.cuda.is_available()
+DEV = "cuda" if GPU else "cpu"
 # (layout, head_dim, S, B, nh, dropout_p[, dq_atomic]): padded / holes / nomask use (B, S, nh, d), varlen the
 # real tokens of the same batch
-CASES = [
+GPU_CASES = [
     ("padded", 64, 128, 8, 4, 0.0), ("padded", 32, 128, 8, 4, 0.0), ("padded", 128, 128, 8, 4, 0.0),
     ("padded", 64, 300, 4, 4, 0.0), ("padded", 32, 300, 4, 4, 0.0),  # d = 128 is past one key block already at 128
     ("varlen", 64, 128, 8, 4, 0.0), ("varlen", 64, 512, 4, 4, 0.0),
     ("nomask", 64, 77, 3, 4, 0.0), ("holes", 64, 200, 4, 4, 0.0),
     ("padded", 64, 128, 8, 4, 0.1), ("varlen", 64, 512, 4, 4, 0.1), ("padded", 64, 300, 4, 4, 0.1, True),
 ]  # a 7th field True: the atomic-dq backward
+SMOKE_CASES = [  # interpreter blocks are 64: S = 70 takes the split (dk/dv + dq) backward
+    ("padded", 32, 40, 2, 2, 0.0), ("varlen", 32, 70, 2, 2, 0.0), ("nomask", 32, 33, 2, 2, 0.0),
+    ("holes", 32, 40, 2, 2, 0.0), ("padded", 32, 40, 2, 2, 0.1), ("padded", 32, 70, 2, 2, 0.1, True),
+]
+CASES = GPU_CASES if GPU else SMOKE_CASES
 
 
 def _err(a, b):
@@ -99,7 +107,7 @@ def check_case(layout, d, seq, batch, nh, p, dq_atomic=False):
 
 
 def check_dropout_rate():
-    p, b, nh, s = 0.1, 8, 12, 512
+    p, b, nh, s = (0.1, 8, 12, 512) if GPU else (0.1, 2, 2, 64)
     keep = dropout_keep_mask(1234, b, nh, s, p, device=DEV)
     rate = keep.double().mean().item()
     bound = 5 * math.sqrt(p * (1 - p) / keep.numel())
@@ -131,12 +139,15 @@ def run_gpu_check(out_dir: Path) -> dict:
         except Exception:  # keep going: one broken variant must not hide the others
             checks.append(dict(check=str(getattr(job, "__defaults__", None) or job.__name__), ok=False,
                                error=traceback.format_exc(limit=6)))
-    torch.cuda.synchronize()
+    if GPU:
+        torch.cuda.synchronize()
     t_check = time.time() - t0
     set_autotune(True)
     bench = bench_attention.run()
-    bench["rows"] += bench_attention.run(cases=[bench_attention.GPU_CASES[-1]], dq_atomic=True)["rows"]
-    result = dict(device=torch.cuda.get_device_name(), checks=checks, all_ok=all(c["ok"] for c in checks),
+    last = (bench_attention.GPU_CASES if GPU else bench_attention.CPU_CASES)[-1]
+    bench["rows"] += bench_attention.run(cases=[last], dq_atomic=True)["rows"]
+    result = dict(device=torch.cuda.get_device_name() if GPU else "cpu (TRITON_INTERPRET smoke run)", checks=checks,
+                  all_ok=all(c["ok"] for c in checks),
                   check_s=round(t_check, 1), total_s=round(time.time() - t0, 1))
     (out_dir / "attention_check.json").write_text(json.dumps(result, indent=1))
     (out_dir / "attention_bench.json").write_text(json.dumps(bench, indent=1))

@@ -2,7 +2,8 @@
 and gradient against its torch reference on CUDA (the rule of tests/kernels: kernel error vs an fp64 reference at most
 2x plain torch's bf16 error, plus one ulp), bit-exactness of the masking against its reference, then the benchmarks of
 bench_kernels.py at BERT-base sizes. Prints a table; writes kernels_check.json and kernels_bench.json under --out.
-Designed to finish in < 90 s on an H100/H200.  Usage: python benchmarks/gpu_check_kernels.py --out DIR"""
+Designed to finish in < 90 s on an H100/H200. Without a GPU it runs the same code on small shapes under
+TRITON_INTERPRET=1 (a smoke test of the script itself, in CI).  Usage: python benchmarks/gpu_check_kernels.py --out DIR"""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,13 @@ from kernels.layer_norm import (bias_dropout_add_layernorm, bias_dropout_add_lay
 from kernels.masking import mlm_mask, mlm_mask_ref, philox_uniforms, unigram_cdf_from_counts  # noqa: E402
 from kernels.mlm_loss import masked_lm_loss, masked_lm_loss_ref  # noqa: E402
 
-DEV = "cuda"
+GPU = torch.cuda.is_available()
+DEV = "cuda" if GPU else "cpu"
+V = 30522 if GPU else 1000  # vocabulary of the loss and masking checks
+
+
+def _pick(gpu, smoke):
+    return gpu if GPU else smoke
 
 
 def _err(a, b):
@@ -52,7 +59,7 @@ def _fwd_bwd(fn, args, dy):
 
 def check_bias_gelu():
     rows = []
-    for shape in ((3, 129, 1000), (4096, 3072)):
+    for shape in _pick(((3, 129, 1000), (4096, 3072)), ((3, 29, 100), (64, 96))):
         x = torch.randn(shape, device=DEV).bfloat16()
         b = torch.randn(shape[-1], device=DEV).bfloat16()
         dy = torch.randn(shape, device=DEV)
@@ -66,7 +73,8 @@ def check_bias_gelu():
 
 def check_layer_norm():
     rows = []
-    for shape, p in (((3, 129, 1000), 0.0), ((4096, 768), 0.0), ((4096, 768), 0.1), ((1, 7, 1024), 0.1)):
+    for shape, p in _pick((((3, 129, 1000), 0.0), ((4096, 768), 0.0), ((4096, 768), 0.1), ((1, 7, 1024), 0.1)),
+                          (((3, 29, 100), 0.0), ((64, 96), 0.1), ((1, 7, 128), 0.1))):
         h = shape[-1]
         x, r = torch.randn(shape, device=DEV).bfloat16(), torch.randn(shape, device=DEV).bfloat16()
         b, w, lb = (torch.randn(h, device=DEV).bfloat16() for _ in range(3))
@@ -77,13 +85,15 @@ def check_layer_norm():
         args = [x, b, r, w, lb]
         rows += _compare(f"layer_norm {shape} p={p}", _fwd_bwd(f, args, dy), _fwd_bwd(ref, args, dy),
                          _fwd_bwd(ref, [a.double() for a in args], dy.double()))
-    keep = dropout_keep_mask(3, (4096, 768), 0.1, device=DEV).float().mean().item()
-    rows.append(dict(check="layer_norm keep rate p=0.1", value=keep, ok=abs(keep - 0.9) < 5 * (0.09 / 3.1e6) ** 0.5))
+    shape = _pick((4096, 768), (256, 96))
+    keep = dropout_keep_mask(3, shape, 0.1, device=DEV).float().mean().item()
+    bound = 5 * (0.09 / (shape[0] * shape[1])) ** 0.5
+    rows.append(dict(check="layer_norm keep rate p=0.1", value=keep, ok=abs(keep - 0.9) < bound))
     return rows
 
 
 def check_mlm_loss():
-    n, h, V = 613, 768, 30522
+    n, h = _pick((613, 768), (37, 32))
     hid = torch.randn(n, h, device=DEV).bfloat16()
     w = (torch.randn(V, h, device=DEV) * h ** -0.5 * 3).bfloat16()
     b = (torch.randn(V, device=DEV) * 0.5).bfloat16()
@@ -101,24 +111,26 @@ def check_mlm_loss():
 
 
 def check_masking():
-    ids = torch.randint(1000, 30522, (256, 128), device=DEV)
-    special = torch.rand(256, 128, device=DEV) < 0.2
-    cdf = unigram_cdf_from_counts(torch.rand(30522, device=DEV))
+    shape = _pick((256, 128), (16, 64))
+    ids = torch.randint(V // 30, V, shape, device=DEV)
+    special = torch.rand(shape, device=DEV) < 0.2
+    cdf = unigram_cdf_from_counts(torch.rand(V, device=DEV))
     rows = []
     for unigram in (None, cdf):
-        kw = dict(mask_token_id=103, vocab_size=30522, unigram_cdf=unigram)
+        kw = dict(mask_token_id=103, vocab_size=V, unigram_cdf=unigram)
         out = mlm_mask(ids, special, seed=7, offset=5, **kw)
         ref = mlm_mask_ref(ids, special, uniforms=philox_uniforms(7, 5, ids.numel(), device=DEV), **kw)
         again = mlm_mask(ids, special, seed=7, offset=5, **kw)
         same = all(torch.equal(a, b) for a, b in zip(out, ref)) and all(torch.equal(a, b) for a, b in zip(out, again))
-        rate = out[2].numel() / (~special).sum().item()
+        n = (~special).sum().item()
+        rate = out[2].numel() / n
         rows.append(dict(check=f"masking bit-exact + deterministic ({'unigram' if unigram is not None else 'uniform'})",
-                         value=rate, ok=bool(same and abs(rate - 0.15) < 0.01)))
+                         value=rate, ok=bool(same and abs(rate - 0.15) < 5 * (0.15 * 0.85 / n) ** 0.5)))
     return rows
 
 
 def check_lamb():
-    shapes = [(30522, 768), (768,), (3072, 768), (1,), (7, 3)]
+    shapes = _pick([(30522, 768), (768,), (3072, 768), (1,), (7, 3)], [(100, 32), (32,), (1,), (7, 3)])
     params = [torch.randn(s, device=DEV) * 0.05 for s in shapes]
     grads = [torch.randn(s, device=DEV).bfloat16() for s in shapes]
     hp = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01)
@@ -143,10 +155,12 @@ def run_gpu_check(out_dir: Path) -> dict:
             checks += fn()
         except Exception:  # keep going: one broken kernel must not hide the others
             checks.append(dict(check=fn.__name__, ok=False, error=traceback.format_exc(limit=5)))
-    torch.cuda.synchronize()
+    if GPU:
+        torch.cuda.synchronize()
     t_check = time.time() - t0
     bench = bench_kernels.run()
-    result = dict(device=torch.cuda.get_device_name(), checks=checks, all_ok=all(c["ok"] for c in checks),
+    result = dict(device=torch.cuda.get_device_name() if GPU else "cpu (TRITON_INTERPRET smoke run)", checks=checks,
+                  all_ok=all(c["ok"] for c in checks),
                   check_s=round(t_check, 1), total_s=round(time.time() - t0, 1))
     (out_dir / "kernels_check.json").write_text(json.dumps(result, indent=1))
     (out_dir / "kernels_bench.json").write_text(json.dumps(bench, indent=1))

@@ -2,17 +2,28 @@
 batch, sequence length and precision, in one run (issue 7).
 
 For each model shape it times N optimizer steps (after warm-up; CUDA events on GPU, perf_counter on CPU; median) of
-  hf            transformers BertForPreTraining, SDPA attention, bf16 autocast, AdamW(fused=True), padded batches,
-                MLM logits on every token (what users run)
-  hf-compile    the same under torch.compile
-  ours          bertforge: unpadded batches, masked-rows-only MLM head, kernels as chosen by --kernels
-  ours-padded   bertforge on padded batches (ablation: the share of unpadding)
-  ours-compile  bertforge under torch.compile
-and reports sequences/s, real (non-pad) tokens/s, MFU against the measured matmul rate of the same device, peak
-memory and ratios to `hf`. Batches have either full-length sequences or lengths drawn from a file of real sample
-lengths (--lengths FILE.npy, e.g. written by `--write-lengths` from a prepared corpus's sample map).
+  hf                  transformers BertForPreTraining, SDPA attention, bf16 autocast, AdamW(fused=True), batches
+                      padded to their longest sequence (multiple of 8, as DataCollatorForLanguageModeling does),
+                      MLM logits on every token: what users run
+  hf-compile          the same under torch.compile
+  ours                bertforge with everything on: unpadded (varlen) batches, Triton kernels (GPU), masked-rows-only
+                      MLM head with the fused sparse loss, fused AdamW
+  ours-compile        the same under torch.compile (the kernels are custom ops it traces through)
+and the ablations, each switching ONE piece of `ours` off (or adding one):
+  ours-padded         padded (B, S) batches instead of unpadded
+  ours-no-kernels     kernels='none': torch/SDPA references instead of the Triton kernels
+  ours-dense-mlm      the MLM head over every real token (labels -100 where unmasked) instead of masked rows
+  ours-unfused-adamw  torch AdamW without fused=True
+  ours-device-mask    + MLM masking inside the timed step (Triton kernel on GPU) from unmasked batches
+  ours-lamb           our fused multi-tensor LAMB instead of AdamW
+`--variants ablation` runs hf and all of the above. Batches are built (and, except for ours-device-mask, masked)
+outside the timed region, as a prefetching loader delivers them (engine/training/prefetch.py).
 
-MFU uses the issue's training FLOPs per token: 72·L·h² + 12·L·h·s + 6·m·(h² + h·V) with m = 0.15.
+Reports sequences/s, real (non-pad) tokens/s, MFU against the measured bf16 matmul rate of the same device (the
+issue's training FLOPs per token: 72·L·h² + 12·L·h·s + 6·m·(h² + h·V), m = 0.15), peak memory and ratios to hf.
+Lengths: full-length rows (--lengths full) or drawn from the Wikipedia sample-length histogram in
+benchmarks/wiki_lengths.json (--lengths wiki; regenerate with --write-lengths DATA_DIR from a `bertforge prepare`
+output). --max-batch doubles the batch of hf and ours until it no longer fits (the largest that fits).
 On CPU it runs the tiny shape so CI exercises it: `python benchmarks/train_throughput.py --shapes tiny-64`.
 Output: a JSON file (--out) and a table on stdout."""
 from __future__ import annotations
@@ -24,31 +35,25 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from engine.config import preset  # noqa: E402
 from engine.heads import BertForPreTraining  # noqa: E402
 
 SHAPES = {"tiny-64": ("tiny", 64), "base-128": ("bert-base", 128), "base-512": ("bert-base", 512),
           "large-128": ("bert-large", 128), "large-512": ("bert-large", 512), "minilm-128": ("minilm-l6", 128)}
-VARIANTS = ("hf", "hf-compile", "ours", "ours-padded", "ours-compile")
+ABLATIONS = ("ours-padded", "ours-no-kernels", "ours-dense-mlm", "ours-unfused-adamw", "ours-device-mask", "ours-lamb")
+VARIANTS = ("hf", "hf-compile", "ours", "ours-compile") + ABLATIONS
 MASK_SHARE = 0.15
+MASK_ID, SPECIAL_IDS = 4, 5  # ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; real tokens are drawn from 5..V-1
+LENGTHS_FILE = ROOT / "benchmarks" / "wiki_lengths.json"
 
 
 def train_flops_per_token(L: int, h: int, s: int, V: int) -> float:
     return 72 * L * h * h + 12 * L * h * s + 6 * MASK_SHARE * (h * h + h * V)
-
-
-def measure_matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a large square matmul on this device (the MFU ceiling)."""
-    n = 8192 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = _timed(lambda: a @ b, device, repeats=10)
-    return 2 * n ** 3 / statistics.median(times)
 
 
 def _timed(fn, device, repeats):
@@ -68,133 +73,238 @@ def _timed(fn, device, repeats):
     return times
 
 
-def make_batch(batch: int, seq: int, vocab: int, lengths_pool, device, gen):
-    """Token ids (B, S) with real lengths, 15% of real non-[CLS] tokens masked; labels, NSP labels."""
-    if lengths_pool is None:
+def measure_matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a large square matmul on this device (the MFU ceiling)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    return 2 * n ** 3 / statistics.median(_timed(lambda: a @ b, device, repeats=10))
+
+
+# ---- lengths -----------------------------------------------------------------------------------------------------
+def write_lengths(data_dir: str, seqs=(128, 512), path: Path = LENGTHS_FILE) -> None:
+    """Histogram of real sample lengths (all splits) of a prepared dataset's NSP sample maps, per sequence length."""
+    from engine.data.loader import PretrainingDataset
+
+    meta = json.loads((Path(data_dir) / "meta.json").read_text())
+    out = {"source": {k: meta.get(k) for k in ("n_docs", "n_sentences", "n_tokens", "vocab_size", "tokenizer_hash")},
+           "histograms": {}}
+    for seq in seqs:
+        ds = PretrainingDataset(data_dir, max_seq_len=seq, split="all")
+        rows = np.asarray(ds.samples)
+        lengths = (rows[:, 1] - rows[:, 0]) + (rows[:, 3] - rows[:, 2]) + 3
+        out["histograms"][str(seq)] = np.bincount(lengths, minlength=seq + 1).tolist()
+        print(f"S={seq}: {len(lengths)} samples, mean length {lengths.mean():.1f}, padding "
+              f"{1 - lengths.mean() / seq:.1%}")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out) + "\n")
+    tmp.replace(path)
+
+
+def lengths_pool(spec: str, seq: int):
+    """None (full length) or an array of lengths to draw from."""
+    if spec == "full":
+        return None
+    if spec == "wiki":
+        hist = json.loads(LENGTHS_FILE.read_text())["histograms"]
+        if str(seq) not in hist:
+            raise SystemExit(f"{LENGTHS_FILE}: no histogram for S={seq}; rerun with --write-lengths DATA_DIR")
+        counts = np.asarray(hist[str(seq)])
+        return np.repeat(np.arange(len(counts)), counts)
+    return np.load(spec)
+
+
+# ---- batches -----------------------------------------------------------------------------------------------------
+def make_batch(batch: int, seq: int, vocab: int, pool, gen) -> dict:
+    """Host tensors: ids (B, S) with real lengths, special mask, 15% of non-special tokens chosen with BERT's
+    80/10/10 (labels -100 elsewhere), NSP labels."""
+    if pool is None:
         lengths = torch.full((batch,), seq, dtype=torch.long)
     else:
-        pick = torch.randint(0, len(lengths_pool), (batch,), generator=gen)
-        lengths = torch.as_tensor(lengths_pool)[pick].clamp(2, seq).long()
-    positions = torch.arange(seq)[None, :]
-    mask = positions < lengths[:, None]
-    ids = torch.randint(5, vocab, (batch, seq), generator=gen) * mask
-    types = (positions >= lengths[:, None] // 2).long() * mask
-    chosen = (torch.rand(batch, seq, generator=gen) < MASK_SHARE) & mask & (positions > 0)
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    nsp = torch.randint(0, 2, (batch,), generator=gen)
-    to = dict(device=device)
-    return {"input_ids": ids.to(**to), "token_type_ids": types.to(**to), "attention_mask": mask.long().to(**to),
-            "labels": labels.to(**to), "next_sentence_label": nsp.to(**to), "lengths": lengths}
+        lengths = torch.as_tensor(pool)[torch.randint(0, len(pool), (batch,), generator=gen)].clamp(4, seq).long()
+    pos = torch.arange(seq)[None, :]
+    real = pos < lengths[:, None]
+    sep_a = lengths[:, None] // 2
+    ids = torch.randint(SPECIAL_IDS, vocab, (batch, seq), generator=gen) * real
+    ids[:, 0] = 2
+    ids[(pos == sep_a) | (pos == lengths[:, None] - 1)] = 3
+    special = ~real | (pos == 0) | (pos == sep_a) | (pos == lengths[:, None] - 1)
+    types = ((pos > sep_a) & real).long()
+    chosen = (torch.rand(batch, seq, generator=gen) < MASK_SHARE) & ~special
+    labels = torch.where(chosen, ids, -100)
+    r = torch.rand(batch, seq, generator=gen)
+    masked = torch.where(chosen & (r < 0.8), MASK_ID, ids)
+    masked = torch.where(chosen & (r >= 0.8) & (r < 0.9), torch.randint(SPECIAL_IDS, vocab, ids.shape, generator=gen),
+                         masked)
+    return {"ids": ids, "masked": masked, "types": types, "real": real, "special": special, "labels": labels,
+            "lengths": lengths, "nsp": torch.randint(0, 2, (batch,), generator=gen)}
 
 
-def ours_step_inputs(b, padded: bool):
-    if padded:
+def step_inputs(variant: str, b: dict, device) -> dict:
+    """The forward's arguments for one variant, on the device (built before timing)."""
+    to = lambda t: t.contiguous().to(device)  # noqa: E731
+    if variant.startswith("hf"):
+        width = min(b["ids"].shape[1], -(-int(b["lengths"].max()) // 8) * 8)  # pad to longest, multiple of 8
+        return {"input_ids": to(b["masked"][:, :width]), "token_type_ids": to(b["types"][:, :width]),
+                "attention_mask": to(b["real"][:, :width].long()), "labels": to(b["labels"][:, :width]),
+                "next_sentence_label": to(b["nsp"])}
+    if variant == "ours-padded":
         flat = b["labels"].flatten()
         positions = (flat != -100).nonzero().flatten()
-        return dict(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"],
-                    masked_positions=positions, mlm_labels=flat[positions], next_sentence_label=b["next_sentence_label"])
-    real = b["attention_mask"].bool()
-    lengths = b["lengths"].to(real.device)
-    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int()
+        return {"input_ids": to(b["masked"]), "token_type_ids": to(b["types"]), "attention_mask": to(b["real"].long()),
+                "masked_positions": to(positions), "mlm_labels": to(flat[positions]),
+                "next_sentence_label": to(b["nsp"])}
+    real = b["real"]
+    cu = torch.nn.functional.pad(b["lengths"].cumsum(0), (1, 0)).int()
     labels = b["labels"][real]
-    positions = (labels != -100).nonzero().flatten()
-    return dict(input_ids=b["input_ids"][real], token_type_ids=b["token_type_ids"][real], cu_seqlens=cu,
-                max_seqlen=int(lengths.max()), masked_positions=positions, mlm_labels=labels[positions],
-                next_sentence_label=b["next_sentence_label"])
+    rows = torch.arange(labels.numel()) if variant == "ours-dense-mlm" else (labels != -100).nonzero().flatten()
+    inputs = {"input_ids": to(b["masked"][real]), "token_type_ids": to(b["types"][real]), "cu_seqlens": to(cu),
+              "max_seqlen": int(b["lengths"].max()), "cls_positions": to(cu[:-1].long()),
+              "position_ids": to((torch.arange(real.shape[1])[None, :].expand_as(real))[real]),
+              "masked_positions": to(rows), "mlm_labels": to(labels[rows]), "next_sentence_label": to(b["nsp"])}
+    if variant == "ours-device-mask":  # unmasked ids; the step masks them
+        inputs.update(input_ids=to(b["ids"][real]), special=to(b["special"][real]))
+        del inputs["masked_positions"], inputs["mlm_labels"]
+    return inputs
 
 
-def build(variant: str, cfg, device, kernels: str):
+# ---- variants ----------------------------------------------------------------------------------------------------
+def build(variant: str, cfg, device):
+    """-> (parameters' owner, forward(inputs) -> loss, optimizer)."""
     if variant.startswith("hf"):
         import transformers
 
-        hf_cfg = transformers.BertConfig(**cfg.to_hf_config())
-        model = transformers.BertForPreTraining._from_config(hf_cfg, attn_implementation="sdpa").to(device)
+        model = transformers.BertForPreTraining._from_config(transformers.BertConfig(**cfg.to_hf_config()),
+                                                             attn_implementation="sdpa").to(device)
 
-        def step_fn(b):
-            return model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
-                         attention_mask=b["attention_mask"], labels=b["labels"],
-                         next_sentence_label=b["next_sentence_label"]).loss
+        def forward(inputs):
+            return model(**inputs).loss
     else:
+        kernels = "none" if variant == "ours-no-kernels" or device.type != "cuda" else "triton"
         model = BertForPreTraining(cfg.replace(kernels=kernels)).to(device)
-        padded = variant == "ours-padded"
+        masker = None
+        if variant == "ours-device-mask":
+            from engine.training.device_masking import DeviceMasker
 
-        def step_fn(b):
-            return model(**ours_step_inputs(b, padded)).loss
-    forward = step_fn
+            probs = np.ones(cfg.vocab_size)
+            probs[:SPECIAL_IDS] = 0
+            masker = DeviceMasker(MASK_ID, probs, MASK_SHARE, kernels, device)
+        counter = iter(range(1 << 62))
+
+        def forward(inputs):
+            if masker is not None:
+                inputs = dict(inputs)
+                inputs = masker(inputs, inputs.pop("special"), next(counter))
+            return model(**inputs).loss
     if variant.endswith("compile"):
-        model = model  # parameters unchanged; compile the step's forward
-        forward = torch.compile(step_fn, dynamic=True)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+        forward = torch.compile(forward, dynamic=True)
+    from engine.optim import build_optimizer, param_groups
+
+    groups = param_groups(model, 0.01)
+    if variant == "ours-lamb":
+        optimizer = build_optimizer("lamb", groups, 1e-4)
+    else:
+        optimizer = build_optimizer("adamw", groups, 1e-4,
+                                    fused=device.type == "cuda" and variant != "ours-unfused-adamw")
     return model, forward, optimizer
 
 
-def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, lengths_pool, kernels):
+def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool):
     torch.manual_seed(0)
-    model, forward, optimizer = build(variant, cfg, device, kernels)
+    model, forward, optimizer = build(variant, cfg, device)
     gen = torch.Generator().manual_seed(1)
-    batches = [make_batch(batch, seq, cfg.vocab_size, lengths_pool, device, gen) for _ in range(4)]
+    host = [make_batch(batch, seq, cfg.vocab_size, pool, gen) for _ in range(4)]
+    inputs = [step_inputs(variant, b, device) for b in host]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    count = [0]
 
-    def step(i=[0]):
-        b = batches[i[0] % len(batches)]
-        i[0] += 1
+    def step():
         with autocast:
-            loss = forward(b)
+            loss = forward(inputs[count[0] % len(inputs)])
+        count[0] += 1
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         step()
-    times = _timed(step, device, steps)
-    median = statistics.median(times)
-    real_tokens = statistics.mean(int(b["lengths"].sum()) for b in batches)
+    median = statistics.median(_timed(step, device, steps))
+    real_tokens = statistics.mean(int(b["lengths"].sum()) for b in host)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
-    del model, optimizer
+    del model, optimizer, inputs
     return {"variant": variant, "step_s": median, "seq_per_s": batch / median, "real_tok_per_s": real_tokens / median,
             "real_tokens_per_step": real_tokens, "peak_gib": peak}
+
+
+def _oom(exc: Exception) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def max_batch(variant, cfg, seq, start, device, dtype, pool, limit=8192) -> int:
+    """Largest power-of-2 multiple of `start` that runs one warm-up + one timed step."""
+    best, batch = 0, start
+    while batch <= limit:
+        try:
+            run_variant(variant, cfg, seq, batch, 1, 1, device, dtype, pool)
+            best, batch = batch, batch * 2
+        except Exception as exc:  # noqa: BLE001  anything but OOM is a real failure
+            if not _oom(exc):
+                raise
+            break
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return best
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="tiny-64", help=f"comma list of {', '.join(SHAPES)}")
-    p.add_argument("--variants", default="hf,ours,ours-padded", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="hf,ours,ours-padded",
+                   help=f"comma list of {', '.join(VARIANTS)}; 'ablation' = hf + ours + every ablation")
     p.add_argument("--batch", type=str, default="8", help="micro batch, or shape=batch pairs: base-128=256,...")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--lengths", default="full", help="'full' or a .npy file of real sample lengths")
-    p.add_argument("--kernels", default="auto", choices=("auto", "none", "triton"),
-                   help="bertforge kernels: auto = triton on CUDA, none on CPU")
+    p.add_argument("--lengths", default="full", help="'full', 'wiki' (benchmarks/wiki_lengths.json) or a .npy file")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--vocab", type=int, default=30522)
+    p.add_argument("--max-batch", action="store_true", help="also find the largest batch of hf and ours that fits")
+    p.add_argument("--max-batch-limit", type=int, default=4096,
+                   help="stop doubling here (on CPU the OS kills a process that runs out of memory, so keep it low)")
+    p.add_argument("--write-lengths", metavar="DATA_DIR", help="write benchmarks/wiki_lengths.json and exit")
     p.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = p.parse_args(argv)
+    if args.write_lengths:
+        write_lengths(args.write_lengths)
+        return None
+    variants = ["hf", "ours", *ABLATIONS] if args.variants == "ablation" else args.variants.split(",")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.precision,
-                                                                torch.bfloat16 if device.type == "cuda" else
-                                                                torch.float32)
-    kernels = args.kernels if args.kernels != "auto" else ("triton" if device.type == "cuda" else "none")
-    lengths_pool = None if args.lengths == "full" else __import__("numpy").load(args.lengths)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
+        args.precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
     batches = {}
     for item in args.batch.split(","):
         key, _, value = item.rpartition("=")
         batches[key or "*"] = int(value)
     peak = measure_matmul_rate(device, dtype)
-    rows = []
+    rows, max_batches = [], {}
     for shape in args.shapes.split(","):
         name, seq = SHAPES[shape]
         cfg = preset(name, vocab_size=args.vocab)
         batch = batches.get(shape, batches.get("*", 8))
+        pool = lengths_pool(args.lengths, seq)
         flops_tok = train_flops_per_token(cfg.num_hidden_layers, cfg.hidden_size, seq, cfg.vocab_size)
-        for variant in args.variants.split(","):
+        for variant in variants:
             try:
-                r = run_variant(variant, cfg, seq, batch, args.steps, args.warmup, device, dtype, lengths_pool,
-                                kernels)
-            except Exception as exc:  # report, keep measuring the others
+                r = run_variant(variant, cfg, seq, batch, args.steps, args.warmup, device, dtype, pool)
+            except Exception as exc:  # noqa: BLE001  report, keep measuring the others
                 r = {"variant": variant, "error": f"{type(exc).__name__}: {exc}"[:300]}
             r.update(shape=shape, batch=batch, seq=seq, lengths=args.lengths)
             if "step_s" in r:
@@ -202,29 +312,39 @@ def main(argv=None):
             rows.append(r)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        if args.max_batch:
+            max_batches[shape] = {v: max_batch(v, cfg, seq, batch, device, dtype, pool, args.max_batch_limit)
+                                 for v in ("hf", "ours")}
     for r in rows:
         base = next((x for x in rows if x["shape"] == r["shape"] and x["variant"] == "hf" and "step_s" in x), None)
         if base and "step_s" in r:
             r["speedup_vs_hf"] = r["real_tok_per_s"] / base["real_tok_per_s"]
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "dtype": str(dtype),
-              "kernels": kernels, "matmul_flops": peak, "rows": rows}
+              "matmul_flops": peak, "rows": rows, "max_batch": max_batches}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)
-    print(f"device {result['device']}  {dtype}  kernels={kernels}  matmul {peak / 1e12:.1f} TFLOP/s")
-    print(f"{'shape':<10} {'variant':<13} {'batch':>5} {'seq/s':>9} {'real tok/s':>11} {'MFU':>6} "
+    print_table(result)
+    return result
+
+
+def print_table(result: dict) -> None:
+    print(f"device {result['device']}  {result['dtype']}  matmul {result['matmul_flops'] / 1e12:.1f} TFLOP/s")
+    print(f"{'shape':<10} {'lengths':<7} {'variant':<18} {'batch':>5} {'seq/s':>9} {'real tok/s':>11} {'MFU':>6} "
           f"{'peak GiB':>8} {'x hf':>6}")
-    for r in rows:
+    for r in result["rows"]:
+        head = f"{r['shape']:<10} {str(r['lengths'])[:7]:<7} {r['variant']:<18} {r['batch']:>5}"
         if "error" in r:
-            print(f"{r['shape']:<10} {r['variant']:<13} {r['batch']:>5}  ERROR {r['error']}")
+            print(f"{head}  ERROR {r['error']}")
             continue
         peak_s = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-        print(f"{r['shape']:<10} {r['variant']:<13} {r['batch']:>5} {r['seq_per_s']:>9.1f} "
-              f"{r['real_tok_per_s']:>11.0f} {r['mfu']:>6.1%} {peak_s:>8} {r.get('speedup_vs_hf', float('nan')):>6.2f}")
-    return result
+        print(f"{head} {r['seq_per_s']:>9.1f} {r['real_tok_per_s']:>11.0f} {r['mfu']:>6.1%} {peak_s:>8} "
+              f"{r.get('speedup_vs_hf', float('nan')):>6.2f}")
+    for shape, found in result.get("max_batch", {}).items():
+        print(f"largest batch that fits, {shape}: " + ", ".join(f"{v} {b}" for v, b in found.items()))
 
 
 if __name__ == "__main__":

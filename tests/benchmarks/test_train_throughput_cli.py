@@ -1,22 +1,50 @@
-"""The throughput benchmark runs end to end on CPU with the tiny shape (run as a script: tests never import
-benchmarks) and writes a well-formed JSON. No speed is asserted here; speed lives in benchmarks/RESULTS.md."""
+"""benchmarks/train_throughput.py runs end to end on CPU with the tiny shape (HF baseline, ours and every ablation),
+writes its JSON and table; the Wikipedia length histogram loads and the batches it drives have those lengths."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import train_throughput as tt  # noqa: E402
 
 
-def test_train_throughput_tiny_cpu(tmp_path):
+def test_train_throughput_tiny_cpu_with_every_ablation(tmp_path):
     out = tmp_path / "tt.json"
+    lengths = tmp_path / "lengths.npy"
+    np.save(lengths, np.array([20, 33, 47, 64, 64]))
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--shapes", "tiny-64",
-                           "--variants", "hf,ours,ours-padded", "--steps", "2", "--warmup", "1", "--batch", "4",
-                           "--vocab", "2048", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--variants", "ablation", "--steps", "2", "--warmup", "1", "--batch", "4",
+                           "--vocab", "2048", "--lengths", str(lengths), "--max-batch", "--max-batch-limit", "16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert {r["variant"] for r in result["rows"]} == {"hf", "ours", "ours-padded"}
+    assert {r["variant"] for r in result["rows"]} == {"hf", "ours", *tt.ABLATIONS}
     for row in result["rows"]:
         assert "error" not in row, row
         assert row["seq_per_s"] > 0 and 0 < row["mfu"] < 1.5
-    assert "tiny-64" in proc.stdout and "x hf" in proc.stdout
+        assert 4 * 20 <= row["real_tokens_per_step"] <= 4 * 64
+    assert result["max_batch"]["tiny-64"] == {"hf": 16, "ours": 16}  # CPU: doubles up to the limit
+    assert "tiny-64" in proc.stdout and "x hf" in proc.stdout and "largest batch" in proc.stdout
+
+
+def test_wiki_histogram_and_batches():
+    for seq in (128, 512):
+        pool = tt.lengths_pool("wiki", seq)
+        assert len(pool) > 10_000 and pool.min() >= 4 and pool.max() <= seq
+    gen = torch.Generator().manual_seed(0)
+    b = tt.make_batch(64, 128, 1000, tt.lengths_pool("wiki", 128), gen)
+    assert torch.equal(b["real"].sum(1), b["lengths"])
+    chosen = b["labels"] != -100
+    assert not (chosen & b["special"]).any() and (b["special"] | b["real"]).all()
+    share = chosen.sum() / (~b["special"]).sum()
+    assert 0.10 < float(share) < 0.20
+    hf = tt.step_inputs("hf", b, torch.device("cpu"))
+    assert hf["input_ids"].shape[1] % 8 == 0 and hf["input_ids"].shape[1] >= int(b["lengths"].max())
+    ours = tt.step_inputs("ours", b, torch.device("cpu"))
+    assert ours["input_ids"].numel() == int(b["lengths"].sum())
+    assert torch.equal(ours["mlm_labels"], b["labels"][chosen])
