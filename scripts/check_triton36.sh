@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The kernels on triton 3.6.0, the Triton of torch 2.11's CUDA builds (the lent GPU machine's), next to the 3.9.0 the
+# main environment pins: a side environment (.venv-triton36: torch 2.13.0 CPU, triton 3.6.0, numpy < 2.3) runs
+#   1. every kernel test under TRITON_INTERPRET=1 (3.6's interpreter converts 1-element arrays with int(), which
+#      numpy >= 2.3 refuses; numpy 2.2 only warns, hence the pin), and
+#   2. the sm_90 ahead-of-time compile of every kernel at its default configs (python -m kernels.compile_check
+#      --quick; without --quick: every autotune config, ~3 min).
+# Called by .ci/run after the test suite. Extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv-triton36"
+STAMP="$VENV/.installed-triton36-v1"
+if [ ! -f "$STAMP" ]; then
+    echo "== bertforge: setting up $VENV (triton 3.6.0)" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q torch==2.13.0 triton==3.6.0 "numpy>=1.24,<2.3" pytest
+    touch "$STAMP"
+fi
+cd "$ROOT"
+"$VENV/bin/python" -c "import torch, triton; print('triton', triton.__version__, 'torch', torch.__version__)"
+# tests/kernels needs only torch, triton, numpy and the repository on the path (no DeepSpeed, no C++ extension)
+env PYTHONPATH="$ROOT" TRITON_INTERPRET=1 "$VENV/bin/python" -m pytest tests/kernels -q -p no:cacheprovider \
+    -W ignore::DeprecationWarning --ignore=tests/kernels/test_compile_sm90.py "$@"
+env -u TRITON_INTERPRET PYTHONPATH="$ROOT" TRITON_DEFAULT_FP_FUSION=1 "$VENV/bin/python" -m kernels.compile_check --quick
