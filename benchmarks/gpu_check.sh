@@ -5,14 +5,20 @@
 #                                             the model-level kernels-on/off equality test            (issue 6)
 #   bash benchmarks/gpu_check.sh throughput   (< 8 min) end-to-end steps vs Hugging Face eager/compiled: BERT-base
 #                                             s128 with every ablation and the largest batch that fits, BERT-large
-#                                             s128, BERT-base s512 full and with the Wikipedia lengths (issue 7)
-#   bash benchmarks/gpu_check.sh all          both (over the device tool's 10-minute call limit: use two calls, the
-#                                             second within the machine's idle release of 30 s)
+#                                             s128, BERT-base s512 with the Wikipedia lengths; then `loop`  (issue 7)
+#   bash benchmarks/gpu_check.sh loop         (< 3 min) `bertforge pretrain` itself (DeepSpeed, real corpus, BERT-base
+#                                             bf16 unpadded + kernels) with host masking and no prefetch, then device
+#                                             masking + prefetch: tokens/s and the loader-wait share (data_wait_frac)
+#   bash benchmarks/gpu_check.sh all          everything (over the device tool's 10-minute call limit: use two calls,
+#                                             the second within the machine's idle release of 30 s)
+# `loop` needs what `bash scripts/gpu_carry.sh` prepares here, carried to the device: carry [".whl",
+# "runs/quickstart/data", "runs/quickstart/tok"] (DeepSpeed's pure-Python wheel + deps, the prepared Wikipedia
+# dataset and its tokenizer; ~11 MB). Without them the loop step reports what is missing and fails.
 # Everything goes under ${OUT:-benchmarks/results/gpu}; a summary table is printed at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
-case "$what" in kernels|throughput|all) ;; *) echo "usage: $0 kernels|throughput|all" >&2; exit 2 ;; esac
+case "$what" in kernels|throughput|loop|all) ;; *) echo "usage: $0 kernels|throughput|loop|all" >&2; exit 2 ;; esac
 OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -32,27 +38,33 @@ step() {  # step NAME TIMEOUT CMD...: runs CMD with a time limit, logs it, recor
     [ "$rc" -eq 0 ] || status=1
 }
 TT="python3 benchmarks/train_throughput.py --steps 10 --warmup 3"
-if [ "$what" != throughput ]; then
+if [ "$what" = kernels ] || [ "$what" = all ]; then
     step attention 150 python3 benchmarks/gpu_check_attention.py --out "$OUT"
     step kernels 100 python3 benchmarks/gpu_check_kernels.py --out "$OUT"
     step model_switch 60 python3 -m pytest -q -p no:cacheprovider tests/engine/test_model_kernels_switch.py
 fi
-if [ "$what" != kernels ]; then
-    step tt_base128 200 $TT --shapes base-128 --batch 256 --max-batch \
+if [ "$what" = throughput ] || [ "$what" = all ]; then
+    step tt_base128 180 $TT --shapes base-128 --batch 256 --max-batch \
         --variants hf,hf-compile,ours,ours-compile,ours-padded,ours-no-kernels,ours-dense-mlm,ours-unfused-adamw,ours-device-mask,ours-lamb \
         --out "$OUT/tt_base128.json"
-    step tt_large128 90 $TT --shapes large-128 --batch 128 --variants hf,ours --out "$OUT/tt_large128.json"
-    step tt_base512_wiki 80 $TT --shapes base-512 --batch 64 --lengths wiki --variants hf,ours,ours-padded \
+    step tt_large128 75 $TT --shapes large-128 --batch 128 --variants hf,ours --out "$OUT/tt_large128.json"
+    step tt_base512_wiki 70 $TT --shapes base-512 --batch 64 --lengths wiki --variants hf,ours \
         --out "$OUT/tt_base512_wiki.json"
-    step tt_base512_full 60 $TT --shapes base-512 --batch 64 --variants hf,ours --out "$OUT/tt_base512_full.json"
+fi
+if [ "$what" != kernels ]; then
+    step loop_host 80 bash benchmarks/gpu_check_loop.sh loop_host --masking host --prefetch 0
+    step loop_device 80 bash benchmarks/gpu_check_loop.sh loop_device --masking device --prefetch 2
 fi
 
 for log in attention kernels; do
     [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 30 "$OUT/$log.log"; }
 done
 [ -f "$OUT/model_switch.log" ] && { echo; echo "=== model kernels on/off ==="; tail -n 3 "$OUT/model_switch.log"; }
-for log in tt_base128 tt_large128 tt_base512_wiki tt_base512_full; do
+for log in tt_base128 tt_large128 tt_base512_wiki; do
     [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 16 "$OUT/$log.log"; }
+done
+for log in loop_host loop_device; do
+    [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 2 "$OUT/$log.log"; }
 done
 echo; echo "=== summary ==="; cat "$OUT/summary.txt"
 exit $status
