@@ -127,22 +127,48 @@ def masked_lm_loss_forward(hidden, decoder_weight, decoder_bias, labels, compute
     return loss, preds, grad_h, grad_w, grad_b
 
 
-class MaskedLMLossFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, decoder_weight, decoder_bias, labels, chunk_rows):
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            loss, preds, gh, gw, gb = masked_lm_loss_forward(hidden, decoder_weight, decoder_bias, labels,
-                                                             compute_grads=any(ctx.needs_input_grad[:3]),
-                                                             chunk_rows=chunk_rows)
-        ctx.mark_non_differentiable(preds)
-        ctx.save_for_backward(gh, gw, gb)
-        return loss, preds
+# Autograd through a torch.library custom op (the role of an autograd.Function), so torch.compile keeps it opaque: its
+# chunk loop depends on the number of masked rows, which changes every batch (traced, it would recompile each step).
+@torch.library.custom_op("bertforge::masked_lm_loss_fwd", mutates_args=())
+def _loss_op(hidden: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: torch.Tensor, labels: torch.Tensor,
+             compute_grads: bool, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                            torch.Tensor]:
+    """-> (loss () fp32, preds (n,) int64, grad_hidden, grad_weight, grad_bias); the gradients are empty (0,) tensors
+    when compute_grads is False. chunk_rows 0 = automatic."""
+    loss, preds, gh, gw, gb = masked_lm_loss_forward(hidden, decoder_weight, decoder_bias, labels, compute_grads,
+                                                     chunk_rows or None)
+    if not compute_grads:
+        gh, gw, gb = (hidden.new_empty(0) for _ in range(3))
+    return loss, preds, gh, gw, gb
 
-    @staticmethod
-    def backward(ctx, dloss, _dpreds):
-        gh, gw, gb = ctx.saved_tensors
-        grads = [g * dloss.to(g.dtype) if need else None for g, need in zip((gh, gw, gb), ctx.needs_input_grad[:3])]
-        return (*grads, None, None)
+
+@_loss_op.register_fake
+def _(hidden, decoder_weight, decoder_bias, labels, compute_grads, chunk_rows):
+    n = hidden.shape[0]
+    loss = hidden.new_empty((), dtype=torch.float32)
+    preds = hidden.new_empty(n, dtype=torch.int64)
+    if not compute_grads:
+        return (loss, preds, *(hidden.new_empty(0) for _ in range(3)))
+    return (loss, preds, torch.empty_like(hidden, memory_format=torch.contiguous_format),
+            decoder_weight.new_empty(decoder_weight.shape), decoder_bias.new_empty(decoder_bias.shape))
+
+
+def _setup_context(ctx, inputs, output):
+    _, _, _, _, compute_grads, _ = inputs
+    _, preds, gh, gw, gb = output
+    ctx.mark_non_differentiable(preds)
+    ctx.compute_grads = compute_grads
+    ctx.save_for_backward(gh, gw, gb)
+
+
+def _backward(ctx, dloss, _dpreds, _dgh, _dgw, _dgb):
+    if not ctx.compute_grads:
+        raise RuntimeError("masked_lm_loss: backward after a forward run without gradients")
+    gh, gw, gb = ctx.saved_tensors
+    return gh * dloss.to(gh.dtype), gw * dloss.to(gw.dtype), gb * dloss.to(gb.dtype), None, None, None
+
+
+_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def masked_lm_loss(hidden: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: torch.Tensor,
@@ -150,7 +176,10 @@ def masked_lm_loss(hidden: torch.Tensor, decoder_weight: torch.Tensor, decoder_b
     """hidden (n, h) transformed hidden states of the masked rows; decoder_weight (V, h); decoder_bias (V,);
     labels (n,) int64, -100 = ignored. Returns (mean loss over labelled rows (fp32 scalar), argmax ids (n,) int64).
     Gradients for hidden, decoder_weight and decoder_bias are computed in the forward (see the module docstring)."""
-    return MaskedLMLossFunction.apply(hidden, decoder_weight, decoder_bias, labels, chunk_rows)
+    compute_grads = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, decoder_weight, decoder_bias))
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        loss, preds, _, _, _ = _loss_op(hidden, decoder_weight, decoder_bias, labels, compute_grads, chunk_rows or 0)
+    return loss, preds
 
 
 def masked_lm_loss_ref(hidden, decoder_weight, decoder_bias, labels):

@@ -74,3 +74,37 @@ def test_no_grad_path_and_fp32_weight_under_bf16_hidden():
     _, _, ex = _run(masked_lm_loss_ref, [a.double() for a in args], labels)
     torch.testing.assert_close(w.grad.double(), ex[1], atol=0.02 * ex[1].abs().max().item(), rtol=0.05)
     torch.testing.assert_close(b.grad.double(), ex[2], atol=0.02 * ex[2].abs().max().item(), rtol=0.05)
+
+
+def test_custom_op_opcheck_and_compile_without_recompiles():
+    """The loss is a torch.library op: opcheck passes, and torch.compile(dynamic=True, fullgraph=True) compiles it
+    once for every number of masked rows (traced, its chunk loop would recompile each batch)."""
+    from kernels.mlm_loss import _loss_op
+
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(101, 32, generator=g).requires_grad_(), torch.randn(101, generator=g).requires_grad_()
+    hid = torch.randn(37, 32, generator=g).requires_grad_()
+    labels = torch.randint(0, 101, (37,), generator=g)
+    torch.library.opcheck(_loss_op, (hid, w, b, labels, True, 8))
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(lambda h, w, b, y: masked_lm_loss(h, w, b, y)[0], backend=backend, dynamic=True,
+                             fullgraph=True)
+    for n in (37, 53, 11):
+        h = torch.randn(n, 32, generator=g).requires_grad_()
+        y = torch.randint(0, 101, (n,), generator=g)
+        got = compiled(h, w, b, y)
+        got.backward()
+        grads = [t.grad.clone() for t in (h, w, b)]
+        for t in (h, w, b):
+            t.grad = None
+        want = masked_lm_loss(h, w, b, y)[0]
+        want.backward()
+        assert torch.equal(got, want)
+        assert all(torch.equal(a, t.grad) for a, t in zip(grads, (h, w, b)))
+        w.grad = b.grad = None
+    assert len(graphs) == 1
