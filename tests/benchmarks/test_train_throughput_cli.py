@@ -48,3 +48,14 @@ def test_wiki_histogram_and_batches():
     ours = tt.step_inputs("ours", b, torch.device("cpu"))
     assert ours["input_ids"].numel() == int(b["lengths"].sum())
     assert torch.equal(ours["mlm_labels"], b["labels"][chosen])
+
+
+def test_loader_masking_benchmark_runs(prepared, tokenizer_dir, tmp_path):
+    import loader_masking
+
+    res = loader_masking.main([str(prepared[0]), str(tokenizer_dir), "--seq-len", "64", "--batch", "8",
+                               "--seconds", "0.2", "--out", str(tmp_path / "lm.json")])
+    assert [(r["pack"], r["masking"]) for r in res["rows"]] == [(False, "host"), (False, "device"),
+                                                                (True, "host"), (True, "device")]
+    assert all(r["samples_per_s"] > 0 for r in res["rows"])
+    assert json.loads((tmp_path / "lm.json").read_text()) == res
