@@ -7,7 +7,8 @@ model's masked-rows MLM head needs: masked_positions (flat into the chosen layou
 
 Differences from host masking (engine/data/masking.py), by design of a one-pass GPU kernel: each non-special token is
 chosen independently with --mlm-probability (host: exactly round(p * n) per sequence, at least one), so a sequence
-may get no masked token; whole-word masking is host-only. Random replacements follow the same corpus unigram (or
+may get no masked token (a whole batch without one gets its first maskable token masked); whole-word masking is
+host-only. Random replacements follow the same corpus unigram (or
 uniform) distribution as the host's.
 
 Seeds: every batch carries `mask_seed`, derived by the source from (run seed, epoch, global micro-batch index) —
@@ -59,5 +60,11 @@ class DeviceMasker:
             ids, special.to(ids.device, non_blocking=True), mask_prob=self.mask_prob,
             mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, unigram_cdf=self.cdf, seed=seed,
             replace_prob=self.mask_ratio, random_prob=self.random_ratio, backend=self.backend)
+        if positions.numel() == 0:  # (its size is known on the host) nothing chosen: a NaN loss would skip the step
+            positions = (~special.reshape(-1).to(ids.device)).nonzero().flatten()[:1]  # first maskable token
+            labels = ids.reshape(-1).long().clone()
+            masked = masked.reshape(-1).clone()
+            masked[positions] = self.mask_token_id
+            masked = masked.view(ids.shape)
         return {**inputs, "input_ids": masked, "masked_positions": positions,
                 "mlm_labels": labels.reshape(-1)[positions]}

@@ -142,3 +142,14 @@ def test_loop_resumes_exactly_and_two_ranks_equal_one(prepared, tokenizer_dir, t
     # (device masks follow the layout's flat order, so packed and unpacked mask different tokens: both must learn)
     np.testing.assert_allclose(two["full"], one["unpadded-device"]["full"], rtol=0, atol=1e-5)
     assert two["resumed"] == two["full"][3:]
+
+
+def test_a_batch_where_nothing_was_chosen_masks_its_first_maskable_token():
+    src, batch = _synthetic_batch(batch=1, seq=16)
+    masker = DeviceMasker(MASK_ID, src.replacement_probs, 1e-6, "none", CPU)
+    ids, special = batch["input_ids_unpad"], batch["special_tokens_mask_unpad"]
+    out = masker({"input_ids": ids}, special, 3)
+    first = int((~special).nonzero()[0])
+    assert out["masked_positions"].tolist() == [first]
+    assert out["mlm_labels"].tolist() == [int(ids[first])]
+    assert int(out["input_ids"][first]) == MASK_ID and int((out["input_ids"] != ids).sum()) == 1
