@@ -4,11 +4,12 @@
 #                                             check against its reference, the kernel benchmarks vs torch/SDPA, and
 #                                             the model-level kernels-on/off equality test            (issue 6)
 #   bash benchmarks/gpu_check.sh throughput   (< 8 min) end-to-end steps vs Hugging Face eager/compiled: BERT-base
-#                                             s128 with every ablation and the largest batch that fits, BERT-large
-#                                             s128, BERT-base s512 with the Wikipedia lengths; then `loop`  (issue 7)
-#   bash benchmarks/gpu_check.sh loop         (< 3 min) `bertforge pretrain` itself (DeepSpeed, real corpus, BERT-base
-#                                             bf16 unpadded + kernels) with host masking and no prefetch, then device
-#                                             masking + prefetch: tokens/s and the loader-wait share (data_wait_frac)
+#                                             s128 with every ablation, compiled, and the largest batch that fits,
+#                                             BERT-large s128, BERT-base s512 with the Wikipedia lengths; then `loop`
+#   bash benchmarks/gpu_check.sh loop         (< 2 min) `bertforge pretrain` itself (DeepSpeed, real corpus, BERT-base
+#                                             bf16 unpadded + kernels, device masking + prefetch): tokens/s and the
+#                                             loader-wait share data_wait_frac (LOOP_COMPARE=1: also host masking
+#                                             without prefetch)
 #   bash benchmarks/gpu_check.sh all          everything (over the device tool's 10-minute call limit: use two calls,
 #                                             the second within the machine's idle release of 30 s)
 # `loop` needs what `bash scripts/gpu_carry.sh` prepares here, carried to the device: carry [".whl",
@@ -44,26 +45,28 @@ if [ "$what" = kernels ] || [ "$what" = all ]; then
     step model_switch 60 python3 -m pytest -q -p no:cacheprovider tests/engine/test_model_kernels_switch.py
 fi
 if [ "$what" = throughput ] || [ "$what" = all ]; then
-    step tt_base128 180 $TT --shapes base-128 --batch 256 --max-batch \
-        --variants hf,hf-compile,ours,ours-compile,ours-padded,ours-no-kernels,ours-dense-mlm,ours-unfused-adamw,ours-device-mask,ours-lamb \
-        --out "$OUT/tt_base128.json"
-    step tt_large128 75 $TT --shapes large-128 --batch 128 --variants hf,ours --out "$OUT/tt_large128.json"
-    step tt_base512_wiki 70 $TT --shapes base-512 --batch 64 --lengths wiki --variants hf,ours \
+    step tt_base128 110 $TT --shapes base-128 --batch 256 --variants ablation --out "$OUT/tt_base128.json"
+    step tt_base128_compile 110 $TT --shapes base-128 --batch 256 --variants hf,hf-compile,ours-compile \
+        --out "$OUT/tt_base128_compile.json"
+    step tt_large128 50 $TT --shapes large-128 --batch 128 --variants hf,ours --out "$OUT/tt_large128.json"
+    step tt_base512_wiki 50 $TT --shapes base-512 --batch 64 --lengths wiki --variants hf,ours \
         --out "$OUT/tt_base512_wiki.json"
+    step tt_max_batch 60 $TT --shapes base-128 --batch 256 --variants "" --max-batch --out "$OUT/tt_max_batch.json"
 fi
-if [ "$what" != kernels ]; then
-    step loop_host 80 bash benchmarks/gpu_check_loop.sh loop_host --masking host --prefetch 0
-    step loop_device 80 bash benchmarks/gpu_check_loop.sh loop_device --masking device --prefetch 2
+if [ "$what" != kernels ]; then  # the loop: device masking + prefetch (LOOP_COMPARE=1 adds host masking, no prefetch)
+    step loop_device 75 bash benchmarks/gpu_check_loop.sh loop_device --masking device --prefetch 2
+    [ "${LOOP_COMPARE:-0}" = 1 ] && step loop_host 75 bash benchmarks/gpu_check_loop.sh loop_host --masking host \
+        --prefetch 0
 fi
 
 for log in attention kernels; do
     [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 30 "$OUT/$log.log"; }
 done
 [ -f "$OUT/model_switch.log" ] && { echo; echo "=== model kernels on/off ==="; tail -n 3 "$OUT/model_switch.log"; }
-for log in tt_base128 tt_large128 tt_base512_wiki; do
-    [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 16 "$OUT/$log.log"; }
+for log in tt_base128 tt_base128_compile tt_large128 tt_base512_wiki tt_max_batch; do
+    [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 14 "$OUT/$log.log"; }
 done
-for log in loop_host loop_device; do
+for log in loop_device loop_host; do
     [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 2 "$OUT/$log.log"; }
 done
 echo; echo "=== summary ==="; cat "$OUT/summary.txt"

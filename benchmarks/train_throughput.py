@@ -265,7 +265,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="tiny-64", help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--variants", default="hf,ours,ours-padded",
-                   help=f"comma list of {', '.join(VARIANTS)}; 'ablation' = hf + ours + every ablation")
+                   help=f"comma list of {', '.join(VARIANTS)}; 'ablation' = hf + ours + every ablation; '' = none "
+                        "(with --max-batch: only the search)")
     p.add_argument("--batch", type=str, default="8", help="micro batch, or shape=batch pairs: base-128=256,...")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -281,7 +282,7 @@ def main(argv=None):
     if args.write_lengths:
         write_lengths(args.write_lengths)
         return None
-    variants = ["hf", "ours", *ABLATIONS] if args.variants == "ablation" else args.variants.split(",")
+    variants = ["hf", "ours", *ABLATIONS] if args.variants == "ablation" else [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
@@ -294,7 +295,11 @@ def main(argv=None):
         key, _, value = item.rpartition("=")
         batches[key or "*"] = int(value)
     peak = measure_matmul_rate(device, dtype)
-    rows, max_batches = [], {}
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "dtype": str(dtype),
+              "matmul_flops": peak, "rows": [], "max_batch": {}}
+    print(f"device {result['device']}  {result['dtype']}  matmul {peak / 1e12:.1f} TFLOP/s", flush=True)
+    print(TABLE_HEAD, flush=True)
     for shape in args.shapes.split(","):
         name, seq = SHAPES[shape]
         cfg = preset(name, vocab_size=args.vocab)
@@ -309,42 +314,43 @@ def main(argv=None):
             r.update(shape=shape, batch=batch, seq=seq, lengths=args.lengths)
             if "step_s" in r:
                 r["mfu"] = r["real_tok_per_s"] * flops_tok / peak
-            rows.append(r)
+            result["rows"].append(r)
+            _save(result, Path(args.out))  # after every row: a run cut short by a time limit keeps what it measured
+            print(table_row(r), flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         if args.max_batch:
-            max_batches[shape] = {v: max_batch(v, cfg, seq, batch, device, dtype, pool, args.max_batch_limit)
-                                 for v in ("hf", "ours")}
+            found = result["max_batch"].setdefault(shape, {})
+            for v in ("hf", "ours"):
+                found[v] = max_batch(v, cfg, seq, batch, device, dtype, pool, args.max_batch_limit)
+                _save(result, Path(args.out))
+            print(f"largest batch that fits, {shape}: " + ", ".join(f"{v} {b}" for v, b in found.items()), flush=True)
+    return result
+
+
+def _save(result: dict, out: Path) -> None:
+    rows = result["rows"]
     for r in rows:
         base = next((x for x in rows if x["shape"] == r["shape"] and x["variant"] == "hf" and "step_s" in x), None)
         if base and "step_s" in r:
             r["speedup_vs_hf"] = r["real_tok_per_s"] / base["real_tok_per_s"]
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "dtype": str(dtype),
-              "matmul_flops": peak, "rows": rows, "max_batch": max_batches}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)
-    print_table(result)
-    return result
 
 
-def print_table(result: dict) -> None:
-    print(f"device {result['device']}  {result['dtype']}  matmul {result['matmul_flops'] / 1e12:.1f} TFLOP/s")
-    print(f"{'shape':<10} {'lengths':<7} {'variant':<18} {'batch':>5} {'seq/s':>9} {'real tok/s':>11} {'MFU':>6} "
-          f"{'peak GiB':>8} {'x hf':>6}")
-    for r in result["rows"]:
-        head = f"{r['shape']:<10} {str(r['lengths'])[:7]:<7} {r['variant']:<18} {r['batch']:>5}"
-        if "error" in r:
-            print(f"{head}  ERROR {r['error']}")
-            continue
-        peak_s = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-        print(f"{head} {r['seq_per_s']:>9.1f} {r['real_tok_per_s']:>11.0f} {r['mfu']:>6.1%} {peak_s:>8} "
-              f"{r.get('speedup_vs_hf', float('nan')):>6.2f}")
-    for shape, found in result.get("max_batch", {}).items():
-        print(f"largest batch that fits, {shape}: " + ", ".join(f"{v} {b}" for v, b in found.items()))
+TABLE_HEAD = (f"{'shape':<10} {'lengths':<7} {'variant':<18} {'batch':>5} {'seq/s':>9} {'real tok/s':>11} {'MFU':>6} "
+              f"{'peak GiB':>8} {'x hf':>6}")
+
+
+def table_row(r: dict) -> str:
+    head = f"{r['shape']:<10} {str(r['lengths'])[:7]:<7} {r['variant']:<18} {r['batch']:>5}"
+    if "error" in r:
+        return f"{head}  ERROR {r['error']}"
+    peak_s = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
+    return (f"{head} {r['seq_per_s']:>9.1f} {r['real_tok_per_s']:>11.0f} {r['mfu']:>6.1%} {peak_s:>8} "
+            f"{r.get('speedup_vs_hf', float('nan')):>6.2f}")
 
 
 if __name__ == "__main__":
