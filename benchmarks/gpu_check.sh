@@ -67,7 +67,7 @@ for log in tt_base128 tt_base128_compile tt_large128 tt_base512_wiki tt_max_batc
     [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 14 "$OUT/$log.log"; }
 done
 for log in loop_device loop_host; do
-    [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 2 "$OUT/$log.log"; }
+    [ -f "$OUT/$log.log" ] && { echo; echo "=== $log ==="; tail -n 3 "$OUT/$log.log"; }
 done
 echo; echo "=== summary ==="; cat "$OUT/summary.txt"
 exit $status

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One short `bertforge pretrain` on the GPU machine for benchmarks/gpu_check.sh (the `loop` step), then its last
-# train metrics line: samples/s, tokens/s, the loader-wait share data_wait_frac, MFU, loss.
+# train metrics line (samples/s, tokens/s, the loader-wait share data_wait_frac, MFU, loss) and the torch.profiler
+# summary of steps 21-30 (device idle share between and inside steps, top ops).
 # Usage: bash benchmarks/gpu_check_loop.sh NAME [pretrain flags...]   (writes $OUT/NAME/)
 # Needs deepspeed (installed from a carried .whl/ into /tmp/site when missing) and the prepared dataset in
 # $LOOP_DATA/data + $LOOP_DATA/tok (default runs/quickstart, from scripts/gpu_carry.sh). LOOP_PRESET, LOOP_BATCH,
@@ -24,7 +25,7 @@ python3 -m engine.cli pretrain --data "$LOOP_DATA/data" --tokenizer "$LOOP_DATA/
     --preset "${LOOP_PRESET:-bert-base}" --seq-len 128 --micro-batch "${LOOP_BATCH:-256}" \
     --global-batch "${LOOP_BATCH:-256}" --steps "${LOOP_STEPS:-60}" --lr 1e-4 --warmup-steps 10 \
     --precision "${LOOP_PRECISION:-bf16}" --kernels "${LOOP_KERNELS:-triton}" --unpadded --eval-every 0 \
-    --eval-batches 2 --save-every 0 --log-every 20 --no-progress --no-export-hf "$@" || exit $?
+    --eval-batches 2 --save-every 0 --log-every 20 --no-progress --no-export-hf --profile-steps 10 "$@" || exit $?
 python3 - "$OUT/$name/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(x) for x in open(sys.argv[1]) if '"train"' in x]
@@ -33,4 +34,9 @@ mfu = r.get("mfu")
 print(f"step {r['step']}: {r['samples_per_s']:.0f} seq/s, {r['tokens_per_s']:.0f} tok/s, "
       f"data_wait_frac {r['data_wait_frac']:.4f}, mfu {mfu if mfu is not None else float('nan'):.3f}, "
       f"loss {r['loss']:.3f}")
+p = json.load(open(sys.argv[1].replace("metrics.jsonl", "profile.json")))  # steps 21-30, torch.profiler
+idle = p["device_idle_frac"]
+print(f"profiled {p['steps']} steps: {p['step_s'] * 1e3:.1f} ms/step, device idle "
+      f"{idle if idle is not None else float('nan'):.1%} (profiler overhead included: pessimistic); top ops: "
+      + ", ".join(f"{o['name'][:40]}" for o in p["top_ops"][:5]))
 PY

@@ -98,6 +98,11 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model's forward (dynamic shapes; the Triton kernels are custom ops it traces through).
     ZeRO 0-2 only."""
+    profile_steps: int = 0
+    """Profile this many optimizer steps with torch.profiler: RUN/profile.json (device busy/idle share, top ops) and
+    RUN/profile/trace.json; 0 = off."""
+    profile_start: int = -1
+    """Optimizer steps done before the profiled window opens; -1 = log_every (past autotuning and warm-up)."""
     dist_timeout_s: int = 600
     """Collective timeout: a rank that dies or hangs takes the job down after this many seconds."""
 
@@ -174,6 +179,9 @@ class TrainConfig:
             raise ConfigError(f"--masking must be host or device, got {self.masking!r}")
         if self.masking == "device" and self.whole_word_masking:
             raise ConfigError("--whole-word-masking runs on the host only; drop it or use --masking host")
+        if self.profile_steps < 0 or self.profile_start < -1:
+            raise ConfigError(f"--profile-steps must be >= 0 and --profile-start >= -1, got {self.profile_steps}, "
+                              f"{self.profile_start}")
         if self.prefetch < 0:
             raise ConfigError(f"--prefetch must be >= 0, got {self.prefetch!r}")
         if self.compile and self.zero_stage == 3:

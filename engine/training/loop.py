@@ -33,6 +33,7 @@ from engine.training.config import TrainConfig
 from engine.training.device_masking import DeviceMasker
 from engine.training.metrics import MetricsWriter, Progress, Throughput, flops_per_token, peak_flops
 from engine.training.prefetch import Prefetcher
+from engine.training.profile import StepProfiler
 from engine.training.weights import load_initial_weights
 
 PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
@@ -254,8 +255,11 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
     fp16 = cfg.precision == "fp16"
     t_start = time.perf_counter()
     log_clock = (t_start, source.wait_s)  # data_wait_frac: share of wall time blocked on the loader since last log
+    profiler = StepProfiler(run_dir, cfg.profile_start if cfg.profile_start >= 0 else cfg.log_every,
+                            cfg.profile_steps, enabled=rank == 0)
     with _Preemption() as preempt:
         while step < total:
+            profiler.before_step(step)
             optimizer.bertforge_skip = False
             # Statistics stay on the device until one read per step (no host sync between forward and backward):
             # device: loss, mlm_loss, nsp_loss, mlm_correct, nsp_correct; host: mlm_count, nsp_count, micro batches
@@ -289,6 +293,11 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
             d = dev_sums.tolist()
             step_sums = torch.tensor([d[0], d[1], d[2], d[3], mlm_n, d[4], nsp_n, accum], dtype=torch.float64)
             step += 1
+            profiled = profiler.after_step(step)
+            if profiled:
+                idle = profiled["device_idle_frac"]
+                (progress.write if progress.bar is not None else D.log0)(f"profile of steps {step - profiled['steps'] + 1}-{step}: {profiled['step_s']:.4f} s/step"
+                               + (f", device idle {idle:.1%}" if idle is not None else "") + f" ({run_dir}/profile.json)")
             applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
             if applied:
                 scheduler.step()

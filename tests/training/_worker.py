@@ -10,7 +10,8 @@ what the test checks to OUT (rank 0). Modes:
   corpus DATA TOK LAYOUTS   real prepared data (CorpusSource): per layout (padded, unpadded, packed, and the same
                             with -device: --masking device) a 6-step fp32 run and a run resumed from its step-3
                             checkpoint; corpus.json = {layout: {full, resumed}}
-  compile                   4 unpadded fp32 steps eager and under --compile; compile.json = {eager, compiled}"""
+  compile                   4 unpadded fp32 steps eager (steps 2-3 profiled) and under --compile;
+                            compile.json = {eager, compiled}"""
 from __future__ import annotations
 
 import json
@@ -164,7 +165,9 @@ def mode_compile(out: Path) -> None:
 
     results = {}
     for name, flag in (("eager", False), ("compiled", True)):
-        pretrain(config(out / name, steps=4, unpadded=True, compile=flag, save_every=0), source_factory=factory)
+        profile = dict(profile_steps=2, profile_start=1) if not flag else {}  # the eager run is also profiled
+        pretrain(config(out / name, steps=4, unpadded=True, compile=flag, save_every=0, **profile),
+                 source_factory=factory)
         results[name] = losses(out / name)
     (out / "compile.json").write_text(json.dumps(results))
 

@@ -129,8 +129,9 @@ def test_error_deepspeed_json_contradicts_flag(cli, tmp_path):
     _one_line(*cli("--synthetic-vocab", "512", "--deepspeed-config", str(ds_json)), "'optimizer' section")
 
 
-def test_compiled_model_trains_like_eager(tmp_path):
-    """--compile (torch.compile of the model inside the DeepSpeed engine, inductor on CPU): same losses as eager."""
+def test_compiled_model_trains_like_eager_and_profile_writes_its_summary(tmp_path):
+    """--compile (torch.compile of the model inside the DeepSpeed engine, inductor on CPU): same losses as eager;
+    --profile-steps writes profile.json and the trace."""
     import json
 
     from tests.training.conftest import run_worker
@@ -139,3 +140,8 @@ def test_compiled_model_trains_like_eager(tmp_path):
     res = json.loads((tmp_path / "compile.json").read_text())
     assert len(res["eager"]) == 4
     assert max(abs(a - b) for a, b in zip(res["eager"], res["compiled"])) < 1e-4, res
+    profile = json.loads((tmp_path / "eager" / "profile.json").read_text())  # --profile-steps 2 --profile-start 1
+    assert profile["steps"] == 2 and profile["window_s"] > 0 and profile["device_idle_frac"] is None  # CPU
+    assert any(op["name"] == "aten::mm" for op in profile["top_ops"])
+    assert (tmp_path / "eager" / "profile" / "trace.json").stat().st_size > 1000
+    assert not (tmp_path / "compiled" / "profile.json").exists()
