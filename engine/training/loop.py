@@ -3,8 +3,12 @@
 One optimizer step = `accum` micro batches per rank (micro batch k of the global order on rank k % world), then
 engine.step() at the boundary. Non-finite losses (bf16/fp32) skip the whole step on every rank (agreed by an
 all-reduce) and are counted; fp16 overflows are DeepSpeed's loss scaler's (it lowers the scale and skips). Too many
-skipped steps in a row stop training with an error. SIGTERM is turned into a flag that every rank sees at the next
-step boundary: a checkpoint is saved and the run exits with status 143 (resume with --resume)."""
+skipped steps in a row stop training with an error. SIGTERM is turned into a flag that the ranks agree on at the next
+logging, evaluation or save step (one rank: the next step): a checkpoint is saved and the run exits with status 143
+(resume with --resume).
+
+Host syncs: one per optimizer step (the non-finite check, after the backward is queued); statistics stay on the
+device until a logging step; batches come from a background prefetch thread (prefetch.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -250,7 +254,12 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
     peak = peak_flops()
     progress = Progress(total, step, enabled=cfg.progress and rank == 0)
     throughput = Throughput()
-    window = torch.zeros(8, dtype=torch.float64)  # loss, mlm_loss, nsp_loss, mlm_c, mlm_n, nsp_c, nsp_n, micro
+    # The logging window of applied steps, kept where it is produced so that steps between logs read nothing from the
+    # device: device sums of loss, mlm_loss, nsp_loss, mlm_correct, nsp_correct; host counts of masked tokens, NSP
+    # labels and micro batches. Tokens and samples of all steps since the last collective, for the throughput.
+    win_dev = torch.zeros(5, dtype=torch.float64, device=dev)
+    win_host = [0, 0, 0]
+    pending = [0, 0]
     result = RunResult(step=step, status="finished")
     fp16 = cfg.precision == "fp16"
     t_start = time.perf_counter()
@@ -261,19 +270,16 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
         while step < total:
             profiler.before_step(step)
             optimizer.bertforge_skip = False
-            # Statistics stay on the device until one read per step (no host sync between forward and backward):
-            # device: loss, mlm_loss, nsp_loss, mlm_correct, nsp_correct; host: mlm_count, nsp_count, micro batches
-            dev_sums = torch.zeros(5, dtype=torch.float64, device=dev)
+            dev_sums = torch.zeros(5, dtype=torch.float64, device=dev)  # this step's share of win_dev
             mlm_n = nsp_n = 0
             nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
-            tokens = samples = 0
             lr = optimizer.param_groups[0]["lr"]
             norm = None
             logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == total
             for micro_step in range(accum):
                 batch = source.next_batch()
-                tokens += batch_tokens(batch)
-                samples += int(batch["next_sentence_label"].numel())
+                pending[0] += batch_tokens(batch)
+                pending[1] += int(batch["next_sentence_label"].numel())
                 inputs = model_inputs(batch, cfg.unpadded, dev, masker)
                 out = engine(**inputs)
                 nonfinite |= ~torch.isfinite(out.loss.detach())
@@ -282,6 +288,7 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
                     if logging_step:
                         norm = ds.grad_norm_before_step(engine)
                     if not fp16:  # fp16: DeepSpeed's loss scaler skips and lowers the scale
+                        # the one host sync of a step (after the backward is queued): all ranks skip together
                         optimizer.bertforge_skip = D.all_reduce_max([float(nonfinite)], dev)[0] > 0
                 engine.step()
                 labels, nsp = inputs["mlm_labels"], inputs["next_sentence_label"]
@@ -290,58 +297,63 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
                     (out.mlm_predictions == labels).sum(), (out.nsp_logits.argmax(-1) == nsp).sum()]).double()
                 mlm_n += labels.numel()
                 nsp_n += nsp.numel()
-            d = dev_sums.tolist()
-            step_sums = torch.tensor([d[0], d[1], d[2], d[3], mlm_n, d[4], nsp_n, accum], dtype=torch.float64)
             step += 1
             profiled = profiler.after_step(step)
             if profiled:
                 idle = profiled["device_idle_frac"]
-                (progress.write if progress.bar is not None else D.log0)(f"profile of steps {step - profiled['steps'] + 1}-{step}: {profiled['step_s']:.4f} s/step"
-                               + (f", device idle {idle:.1%}" if idle is not None else "") + f" ({run_dir}/profile.json)")
+                (progress.write if progress.bar is not None else D.log0)(
+                    f"profile of steps {step - profiled['steps'] + 1}-{step}: {profiled['step_s']:.4f} s/step"
+                    + (f", device idle {idle:.1%}" if idle is not None else "") + f" ({run_dir}/profile.json)")
             applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
             if applied:
                 scheduler.step()
                 in_a_row = 0
+                win_dev += dev_sums
+                win_host = [win_host[0] + mlm_n, win_host[1] + nsp_n, win_host[2] + accum]
             else:
                 skipped += 1
                 in_a_row += 1
-            reduced = D.all_reduce_sum(step_sums.tolist() + [tokens, samples, float(preempt.flag)], dev)
-            step_sums = torch.tensor(reduced[:8], dtype=torch.float64)
-            tokens, samples, stop = int(reduced[8]), int(reduced[9]), reduced[10] > 0
-            throughput.add(tokens, samples)
-            if applied:
-                window += step_sums
-            micro = max(step_sums[7].item(), 1)
-            progress.update(1, loss=step_sums[0].item() / micro,
-                            mlm_acc=step_sums[3].item() / max(step_sums[4].item(), 1),
-                            nsp_acc=step_sums[5].item() / max(step_sums[6].item(), 1),
-                            tok_s=f"{throughput.tokens / max(time.perf_counter() - throughput.t0, 1e-9):.0f}")
             if in_a_row >= cfg.max_skipped_steps:
                 source.close()
                 metrics.close()
                 progress.close()
                 raise TrainingError(f"stopped at step {step}: {in_a_row} steps in a row had a non-finite loss "
-                                    f"(last {step_sums[0].item() / micro}); lower --lr, raise --warmup-steps or "
+                                    f"(last {dev_sums[0].item() / accum}); lower --lr, raise --warmup-steps or "
                                     f"use --precision fp32 (limit: --max-skipped-steps)")
-            if step % cfg.log_every == 0 or step == total:
-                n = max(window[7].item(), 1)
+            evaluating = bool(cfg.eval_every) and step % cfg.eval_every == 0 and step < total
+            saving = bool(cfg.save_every) and step % cfg.save_every == 0 and step < total
+            logging = step % cfg.log_every == 0 or step == total
+            progress.update(1)
+            # Collectives only where a decision needs them; the SIGTERM flag is agreed on there too (one rank: every
+            # step, for free), so a preempted multi-rank job stops at its next logging, evaluation or save step.
+            stop = preempt.flag if world == 1 else False
+            if logging or evaluating or saving:
+                reduced = D.all_reduce_sum([*pending, float(preempt.flag)], dev)
+                throughput.add(int(reduced[0]), int(reduced[1]))
+                pending = [0, 0]
+                stop = reduced[2] > 0
+            if logging:
+                # w: loss, mlm_loss, nsp_loss, mlm_correct, nsp_correct, mlm_count, nsp_count, micro batches
+                w = D.all_reduce_sum(win_dev.tolist() + win_host, dev)
+                n = max(w[7], 1)
                 now = time.perf_counter()
                 tok_s, samp_s = throughput.rates()
-                record = {"step": step, "split": "train", "loss": window[0].item() / n,
-                          "mlm_loss": window[1].item() / n, "nsp_loss": window[2].item() / n,
-                          "mlm_acc": window[3].item() / max(window[4].item(), 1),
-                          "nsp_acc": window[5].item() / max(window[6].item(), 1),
+                record = {"step": step, "split": "train", "loss": w[0] / n, "mlm_loss": w[1] / n, "nsp_loss": w[2] / n,
+                          "mlm_acc": w[3] / max(w[5], 1), "nsp_acc": w[4] / max(w[6], 1),
                           "lr": lr, "grad_norm": norm if norm is not None else ds.grad_norm(engine),
                           "loss_scale": ds.loss_scale(engine), "tokens_per_s": tok_s, "samples_per_s": samp_s,
                           "mfu": tok_s * fpt / (peak * world) if peak else None, "skipped_steps": skipped,
                           "data_wait_frac": (source.wait_s - log_clock[1]) / max(now - log_clock[0], 1e-9),
                           "time": now - t_start}
                 log_clock = (now, source.wait_s)
-                if window[7].item() > 0:
+                if w[7] > 0:
                     metrics.write(record)
                     result.train = record
-                window.zero_()
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                    progress.postfix(loss=record["loss"], mlm_acc=record["mlm_acc"], nsp_acc=record["nsp_acc"],
+                                     tok_s=f"{tok_s:.0f}")
+                win_dev.zero_()
+                win_host = [0, 0, 0]
+            if evaluating:
                 ev = evaluate(engine, source, cfg.eval_batches, cfg.unpadded, dev, model_cfg.vocab_size, masker)
                 metrics.write({"step": step, "split": "eval", **ev})
                 progress.write(_eval_line(step, ev))
@@ -352,7 +364,7 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
                 metrics.close()
                 D.log0(f"SIGTERM: checkpoint saved at step {step} in {ckpt.root}; continue with --resume")
                 return RunResult(step=step, status="preempted", train=result.train, skipped_steps=skipped)
-            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+            if saving:
                 save()
     progress.close()
     source.close()

@@ -111,6 +111,10 @@ class Progress:
                 self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
                                      refresh=False)
 
+    def postfix(self, **values) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()})
+
     def write(self, message: str) -> None:
         if self.bar is not None:
             self.bar.write(message)

@@ -10,6 +10,7 @@ what the test checks to OUT (rank 0). Modes:
   corpus DATA TOK LAYOUTS   real prepared data (CorpusSource): per layout (padded, unpadded, packed, and the same
                             with -device: --masking device) a 6-step fp32 run and a run resumed from its step-3
                             checkpoint; corpus.json = {layout: {full, resumed}}
+  window                    6 steps logged every step and every 3 steps; window.json = {1: [lines], 3: [lines]}
   compile                   4 unpadded fp32 steps eager (steps 2-3 profiled) and under --compile;
                             compile.json = {eager, compiled}"""
 from __future__ import annotations
@@ -160,6 +161,21 @@ def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
         (out / "corpus.json").write_text(json.dumps(results))
 
 
+def mode_window(out: Path) -> None:
+    """The same 6 steps logged every step and every 3 steps: the 3-step lines must be the means of the 1-step ones."""
+    from engine.training.loop import pretrain
+
+    results = {}
+    for every in (1, 3):
+        run = out / f"every{every}"
+        pretrain(config(run, log_every=every, save_every=0), source_factory=factory)
+        if D.rank() == 0:
+            lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            results[every] = [x for x in lines if x["split"] == "train"]
+    if D.rank() == 0:
+        (out / "window.json").write_text(json.dumps(results))
+
+
 def mode_compile(out: Path) -> None:
     from engine.training.loop import pretrain
 
@@ -179,7 +195,7 @@ if __name__ == "__main__":
     D.prepare_env()
     try:
         {"equal": mode_equal, "run": mode_run, "nan": mode_nan, "die": mode_die, "corpus": mode_corpus,
-         "compile": mode_compile}[mode](out, *rest)
+         "compile": mode_compile, "window": mode_window}[mode](out, *rest)
     except BaseException as exc:
         print(f"worker rank {D.rank()} failed: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
         import traceback

@@ -68,3 +68,18 @@ def test_zero3_checkpoint_consolidates_and_exports(runs, tmp_path):
         got = ours(input_ids=ids)
     torch.testing.assert_close(got.mlm_logits, ref.prediction_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got.nsp_logits, ref.seq_relationship_logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_logging_window_averages_the_steps_it_covers(tmp_path, ranks):
+    """Steps between logging lines read nothing from the device: their statistics accumulate where they are made and
+    are reduced over ranks at the logging step. A 3-step line is the mean of the three 1-step lines."""
+    run_worker("window", tmp_path, ranks=ranks, timeout=400)
+    res = json.loads((tmp_path / "window.json").read_text())
+    every1, every3 = res["1"], res["3"]
+    assert [x["step"] for x in every1] == [1, 2, 3, 4, 5, 6] and [x["step"] for x in every3] == [3, 6]
+    for k, line in enumerate(every3):
+        covered = every1[3 * k:3 * k + 3]
+        for key in ("loss", "mlm_loss", "nsp_loss", "nsp_acc"):
+            assert abs(line[key] - sum(x[key] for x in covered) / 3) < 1e-5, (key, line, covered)
+        assert line["tokens_per_s"] > 0 and 0 <= line["data_wait_frac"] < 1
