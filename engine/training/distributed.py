@@ -60,17 +60,19 @@ def barrier() -> None:
 
 
 def all_reduce_sum(values: list[float], dev: torch.device) -> list[float]:
-    """Sum a few floats over ranks (fp64 so counts stay exact)."""
+    """Sum a few floats over ranks (fp64 so counts stay exact). One rank: the values themselves (no device trip)."""
+    if not (is_initialized() and world_size() > 1):
+        return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=dev)
-    if is_initialized() and world_size() > 1:
-        dist.all_reduce(t)
+    dist.all_reduce(t)
     return t.tolist()
 
 
 def all_reduce_max(values: list[float], dev: torch.device) -> list[float]:
+    if not (is_initialized() and world_size() > 1):
+        return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=dev)
-    if is_initialized() and world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
 
