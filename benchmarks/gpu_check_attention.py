@@ -17,7 +17,6 @@ Usage: python benchmarks/gpu_check_attention.py --out DIR
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_attention  # noqa: E402
+from _check_report import report  # noqa: E402
 
 from kernels._common import draw_seed  # noqa: E402
 from kernels.attention import (attention, attention_ref, dropout_keep_mask, set_autotune,  # noqa: E402
@@ -146,18 +146,8 @@ def run_gpu_check(out_dir: Path) -> dict:
     bench = bench_attention.run()
     last = (bench_attention.GPU_CASES if GPU else bench_attention.CPU_CASES)[-1]
     bench["rows"] += bench_attention.run(cases=[last], dq_atomic=True)["rows"]
-    result = dict(device=torch.cuda.get_device_name() if GPU else "cpu (TRITON_INTERPRET smoke run)", checks=checks,
-                  all_ok=all(c["ok"] for c in checks),
-                  check_s=round(t_check, 1), total_s=round(time.time() - t0, 1))
-    (out_dir / "attention_check.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "attention_bench.json").write_text(json.dumps(bench, indent=1))
-    for c in checks:
-        detail = c.get("error") or (f"kernel {c['err_kernel']:.3g} vs torch {c['err_torch']:.3g}" if "err_kernel" in c
-                                    else f"value {c['value']:.4g}")
-        print(f"{'OK  ' if c['ok'] else 'FAIL'} {c['check']:<50} {detail}")
-    print(bench_attention.format_table(bench["rows"]))
-    print(f"attention: all_ok={result['all_ok']} checks {result['check_s']} s, total {result['total_s']} s")
-    return result
+    table = bench_attention.format_table(bench["rows"])
+    return report("attention", out_dir, checks, bench, table, t0, t_check, width=50)
 
 
 if __name__ == "__main__":

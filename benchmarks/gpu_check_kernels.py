@@ -7,7 +7,6 @@ TRITON_INTERPRET=1 (a smoke test of the script itself, in CI).  Usage: python be
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import traceback
@@ -18,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_kernels  # noqa: E402
+from _check_report import report  # noqa: E402
 
 from kernels.bias_gelu import bias_gelu, bias_gelu_ref  # noqa: E402
 from kernels.lamb import fused_lamb_step, lamb_step_ref  # noqa: E402
@@ -159,18 +159,8 @@ def run_gpu_check(out_dir: Path) -> dict:
         torch.cuda.synchronize()
     t_check = time.time() - t0
     bench = bench_kernels.run()
-    result = dict(device=torch.cuda.get_device_name() if GPU else "cpu (TRITON_INTERPRET smoke run)", checks=checks,
-                  all_ok=all(c["ok"] for c in checks),
-                  check_s=round(t_check, 1), total_s=round(time.time() - t0, 1))
-    (out_dir / "kernels_check.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "kernels_bench.json").write_text(json.dumps(bench, indent=1))
-    for c in checks:
-        detail = c.get("error") or (f"kernel {c['err_kernel']:.3g} vs torch {c['err_torch']:.3g}" if "err_kernel" in c
-                                    else f"value {c['value']:.4g}")
-        print(f"{'OK  ' if c['ok'] else 'FAIL'} {c['check']:<55} {detail}")
-    print(bench_kernels.format_table(bench["rows"]))
-    print(f"kernels: all_ok={result['all_ok']} checks {result['check_s']} s, total {result['total_s']} s")
-    return result
+    table = bench_kernels.format_table(bench["rows"])
+    return report("kernels", out_dir, checks, bench, table, t0, t_check, width=55)
 
 
 if __name__ == "__main__":

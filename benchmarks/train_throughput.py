@@ -185,10 +185,10 @@ def build(variant: str, cfg, device):
         model = BertForPreTraining(cfg.replace(kernels=kernels)).to(device)
         masker = None
         if variant == "ours-device-mask":
+            from engine.data.masking import replacement_distribution
             from engine.training.device_masking import DeviceMasker
 
-            probs = np.ones(cfg.vocab_size)
-            probs[:SPECIAL_IDS] = 0
+            probs = replacement_distribution(cfg.vocab_size, range(SPECIAL_IDS))
             masker = DeviceMasker(MASK_ID, probs, MASK_SHARE, kernels, device)
         counter = iter(range(1 << 62))
 

@@ -19,18 +19,15 @@ import numpy as np
 import torch
 
 from engine import ops
+from engine.data.masking import _M64, _mix64_int
 
-_M64 = (1 << 64) - 1
-
+_GOLDEN_INT = 0x9E3779B97F4A7C15  # SplitMix64's increment
 
 def mask_seed(seed: int, epoch: int, index: int) -> int:
     """A 62-bit seed from (run seed, epoch, global micro-batch index): SplitMix64 of each in turn."""
     z = 0
     for part in (seed, epoch, index):
-        z = ((z ^ (part & _M64)) + 0x9E3779B97F4A7C15) & _M64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-        z ^= z >> 31
+        z = _mix64_int(((z ^ (part & _M64)) + _GOLDEN_INT) & _M64)
     return z >> 2
 
 
@@ -40,12 +37,12 @@ class DeviceMasker:
 
     def __init__(self, mask_token_id: int, replacement_probs: np.ndarray, mask_prob: float, backend: str,
                  device: torch.device, mask_ratio: float = 0.8, random_ratio: float = 0.1):
+        from kernels.masking import unigram_cdf_from_counts  # pure torch (the module also holds the kernel)
+
         probs = torch.as_tensor(np.asarray(replacement_probs, dtype=np.float64))
         if probs.dim() != 1 or not probs.sum() > 0:
             raise ValueError("device masking: replacement_probs must be a (vocab_size,) distribution, not all zero")
-        cdf = torch.cumsum(probs / probs.sum(), 0)
-        cdf[-1] = 1.0
-        self.cdf = cdf.float().to(device)
+        self.cdf = unigram_cdf_from_counts(probs).to(device)
         self.vocab_size = probs.numel()
         self.mask_token_id, self.mask_prob, self.backend = mask_token_id, mask_prob, backend
         self.mask_ratio, self.random_ratio = mask_ratio, random_ratio

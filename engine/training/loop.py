@@ -275,7 +275,7 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
             nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
             lr = optimizer.param_groups[0]["lr"]
             norm = None
-            logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == total
+            logging = (step + 1) % cfg.log_every == 0 or step + 1 == total  # this step ends with a metrics line
             for micro_step in range(accum):
                 batch = source.next_batch()
                 pending[0] += batch_tokens(batch)
@@ -285,7 +285,7 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
                 nonfinite |= ~torch.isfinite(out.loss.detach())
                 engine.backward(out.loss)  # NaN grads are harmless: the update is vetoed below
                 if micro_step == accum - 1:
-                    if logging_step:
+                    if logging:
                         norm = ds.grad_norm_before_step(engine)
                     if not fp16:  # fp16: DeepSpeed's loss scaler skips and lowers the scale
                         # the one host sync of a step (after the backward is queued): all ranks skip together
@@ -322,7 +322,6 @@ def pretrain(cfg: TrainConfig, explicit: frozenset = frozenset(),
                                     f"use --precision fp32 (limit: --max-skipped-steps)")
             evaluating = bool(cfg.eval_every) and step % cfg.eval_every == 0 and step < total
             saving = bool(cfg.save_every) and step % cfg.save_every == 0 and step < total
-            logging = step % cfg.log_every == 0 or step == total
             progress.update(1)
             # Collectives only where a decision needs them; the SIGTERM flag is agreed on there too (one rank: every
             # step, for free), so a preempted multi-rank job stops at its next logging, evaluation or save step.

@@ -35,9 +35,9 @@ class SyntheticSource:
 
     @property
     def replacement_probs(self):  # (V,) uniform over the non-special tokens 5..V-1 (for --masking device)
-        probs = torch.ones(self.vocab_size, dtype=torch.float64)
-        probs[:5] = 0
-        return (probs / probs.sum()).numpy()
+        from engine.data.masking import replacement_distribution
+
+        return replacement_distribution(self.vocab_size, range(5))
 
     def _sequence(self, g: torch.Generator, n: int) -> torch.Tensor:
         out = torch.empty(n, dtype=torch.long)
