@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The kernels on triton 3.6.0, the Triton of torch 2.11's CUDA builds (the lent GPU machine's), next to the 3.9.0 the
-# main environment pins: a side environment (.venv-triton36: torch 2.13.0 CPU, triton 3.6.0, numpy < 2.3) runs
+# main environment pins: a side environment (.venv-triton36, the pinned set requirements/lock-triton36.txt: torch
+# 2.13.0 CPU, triton 3.6.0, numpy < 2.3) runs
 #   1. every kernel test under TRITON_INTERPRET=1 (3.6's interpreter converts 1-element arrays with int(), which
 #      numpy >= 2.3 refuses; numpy 2.2 only warns, hence the pin), and
 #   2. the sm_90 ahead-of-time compile of every kernel at its default configs (python -m kernels.compile_check
@@ -8,13 +9,20 @@
 # Called by .ci/run after the test suite. Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/install.sh"
 VENV="$ROOT/.venv-triton36"
-STAMP="$VENV/.installed-triton36-v1"
-if [ ! -f "$STAMP" ]; then
-    echo "== bertforge: setting up $VENV (triton 3.6.0)" >&2
+STAMP="$VENV/.installed-triton36"
+want="$(cat "$ROOT/requirements/triton36.in" "$ROOT/requirements/lock-triton36.txt" | sha1sum | cut -c1-12)"
+if [ "${BERTFORGE_FRESH_VENV:-0}" = 1 ] || [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
+    echo "== bertforge: setting up $VENV (triton 3.6.0, pinned set requirements/lock-triton36.txt)" >&2
+    rm -rf "$VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q torch==2.13.0 triton==3.6.0 "numpy>=1.24,<2.3" pytest
-    touch "$STAMP"
+    # shellcheck disable=SC1091
+    . "$VENV/bin/activate"
+    install_set triton36 locked
+    check_set triton36
+    echo "$want" > "$STAMP"
+    deactivate
 fi
 cd "$ROOT"
 "$VENV/bin/python" -c "import torch, triton; print('triton', triton.__version__, 'torch', torch.__version__)"
