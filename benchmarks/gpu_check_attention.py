@@ -1,9 +1,10 @@
-"""GPU check of the fused attention (issue 6) for benchmarks/gpu_check.sh.
+"""GPU check of the fused attention for benchmarks/gpu_check.sh.
 
-1. bf16 correctness of the output and dq / dk / dv against attention_ref (the rule of tests/kernels: kernel error vs
-   an fp64 reference at most 2x plain torch's bf16 error, plus one ulp), outputs on real rows only: padded layout
-   with prefix masks, an arbitrary (holes / left padding) mask and no mask; unpadded layout; d = 32 / 64 / 128;
-   short sequences (fused one-program backward) and long ones (dk/dv + dq kernels). Run with autotuning off
+1. bf16 correctness of the output and dq / dk / dv against kernels.reference.attention_naive_ref (the rule of
+   tests/kernels: kernel error vs an fp64 reference at most 2x plain torch's bf16 error, plus one ulp), outputs on
+   real rows only: padded layout with prefix masks, an arbitrary (holes / left padding) mask and no mask; unpadded
+   layout; d = 32 / 64 / 128;
+   short sequences (fused one-program backward) and long ones (dk/dv + dq kernels). Run with autotune=False
    (first config of each list) so it spends seconds, not minutes, compiling.
 2. Dropout: keep rate of the in-kernel Philox mask, and forward + all gradients with dropout 0.1 against the
    reference fed the kernel's own keep mask (padded S = 128 and unpadded S = 512).
@@ -31,8 +32,8 @@ import bench_attention  # noqa: E402
 from _check_report import report  # noqa: E402
 
 from kernels._common import draw_seed  # noqa: E402
-from kernels.attention import (attention, attention_ref, dropout_keep_mask, set_autotune,  # noqa: E402
-                               set_dq_atomic)
+from kernels.attention import attention, dropout_keep_mask  # noqa: E402
+from kernels.reference import attention_naive_ref  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
@@ -86,13 +87,9 @@ def check_case(layout, d, seq, batch, nh, p, dq_atomic=False):
         torch.manual_seed(1)
         ref_kw.update(dropout_p=p, dropout_mask=dropout_keep_mask(draw_seed(), batch, nh, seq, p, device=DEV))
         torch.manual_seed(1)  # the kernel draws the same seed
-    set_dq_atomic(dq_atomic)
-    try:
-        outs = _run(attention, q, k, v, dout, dropout_p=p, **kw)
-    finally:
-        set_dq_atomic(False)
-    lowp = _run(attention_ref, q, k, v, dout, **ref_kw)
-    exact = _run(attention_ref, q.double(), k.double(), v.double(), dout.double(), **ref_kw)
+    outs = _run(attention, q, k, v, dout, dropout_p=p, autotune=False, dq_atomic=dq_atomic, **kw)
+    lowp = _run(attention_naive_ref, q, k, v, dout, **ref_kw)
+    exact = _run(attention_naive_ref, q.double(), k.double(), v.double(), dout.double(), **ref_kw)
     rows = []
     for name, o, t, e in zip(("out", "dq", "dk", "dv"), outs, lowp, exact):
         finite = bool(torch.isfinite(o).all())
@@ -118,10 +115,11 @@ def check_dropout_rate():
 def check_compile():
     q, k, v = (torch.randn(2, 64, 4, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     mask = torch.arange(64, device=DEV)[None, :] < torch.tensor([64, 20], device=DEV)[:, None]
-    f = torch.compile(lambda q, k, v: attention(q, k, v, key_padding_mask=mask), backend="aot_eager", fullgraph=True)
+    f = torch.compile(lambda q, k, v: attention(q, k, v, key_padding_mask=mask, autotune=False), backend="aot_eager",
+                      fullgraph=True)
     out = f(q, k, v)
     out.float().sum().backward()
-    want = attention(q, k, v, key_padding_mask=mask)
+    want = attention(q, k, v, key_padding_mask=mask, autotune=False)
     return [dict(check="torch.compile(aot_eager, fullgraph) fwd+bwd", value=_err(out, want),
                  ok=bool(torch.equal(out, want)) and bool(torch.isfinite(q.grad).all()))]
 
@@ -131,7 +129,6 @@ def run_gpu_check(out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     checks = []
-    set_autotune(False)
     jobs = [lambda c=c: check_case(*c) for c in CASES] + [check_dropout_rate, check_compile]
     for job in jobs:
         try:
@@ -142,7 +139,6 @@ def run_gpu_check(out_dir: Path) -> dict:
     if GPU:
         torch.cuda.synchronize()
     t_check = time.time() - t0
-    set_autotune(True)
     bench = bench_attention.run()
     last = (bench_attention.GPU_CASES if GPU else bench_attention.CPU_CASES)[-1]
     bench["rows"] += bench_attention.run(cases=[last], dq_atomic=True)["rows"]

@@ -1,9 +1,10 @@
-"""GPU check of the issue-6 kernels (all but attention), for benchmarks/gpu_check.sh: bf16 correctness of every kernel
-and gradient against its torch reference on CUDA (the rule of tests/kernels: kernel error vs an fp64 reference at most
+"""GPU check of the kernels (all but attention), for benchmarks/gpu_check.sh: bf16 correctness of every kernel and
+gradient against its torch reference on CUDA (the rule of tests/kernels: kernel error vs an fp64 reference at most
 2x plain torch's bf16 error, plus one ulp), bit-exactness of the masking against its reference, then the benchmarks of
 bench_kernels.py at BERT-base sizes. Prints a table; writes kernels_check.json and kernels_bench.json under --out.
 Designed to finish in < 90 s on an H100/H200. Without a GPU it runs the same code on small shapes under
-TRITON_INTERPRET=1 (a smoke test of the script itself, in CI).  Usage: python benchmarks/gpu_check_kernels.py --out DIR"""
+TRITON_INTERPRET=1 (a smoke test of the script itself, in CI).
+Usage: python benchmarks/gpu_check_kernels.py --out DIR"""
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_kernels  # noqa: E402
 from _check_report import report  # noqa: E402
 
-from kernels.bias_gelu import bias_gelu, bias_gelu_ref  # noqa: E402
-from kernels.lamb import fused_lamb_step, lamb_step_ref  # noqa: E402
-from kernels.layer_norm import (bias_dropout_add_layernorm, bias_dropout_add_layernorm_ref,  # noqa: E402
-                                dropout_keep_mask)
-from kernels.masking import mlm_mask, mlm_mask_ref, philox_uniforms, unigram_cdf_from_counts  # noqa: E402
-from kernels.mlm_loss import masked_lm_loss, masked_lm_loss_ref  # noqa: E402
+from kernels.bias_gelu import bias_gelu  # noqa: E402
+from kernels.lamb import fused_lamb_step  # noqa: E402
+from kernels.layer_norm import bias_dropout_add_layernorm, dropout_keep_mask  # noqa: E402
+from kernels.masking import mlm_mask, philox_uniforms  # noqa: E402
+from kernels.mlm_loss import masked_lm_loss  # noqa: E402
+from kernels.reference import (bias_dropout_add_layernorm_ref, bias_gelu_ref, lamb_step_ref,  # noqa: E402
+                               masked_lm_loss_ref, mlm_mask_ref, unigram_cdf_from_counts)
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
@@ -164,7 +166,7 @@ def run_gpu_check(out_dir: Path) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="bf16 checks + benchmarks of the issue-6 kernels on CUDA")
+    ap = argparse.ArgumentParser(description="bf16 checks + benchmarks of the kernels on CUDA")
     ap.add_argument("--out", type=Path, required=True)
     res = run_gpu_check(ap.parse_args().out)
     sys.exit(0 if res["all_ok"] else 1)

@@ -22,7 +22,7 @@ fi
 [ -d "$LOOP_DATA/data" ] || { echo "loop: $LOOP_DATA/data missing (carry runs/quickstart/data and tok)"; exit 3; }
 rm -rf "${OUT:?}/$name"
 python3 -m engine.cli pretrain --data "$LOOP_DATA/data" --tokenizer "$LOOP_DATA/tok" --output-dir "$OUT/$name" \
-    --preset "${LOOP_PRESET:-bert-base}" --seq-len 128 --micro-batch "${LOOP_BATCH:-256}" \
+    --preset "${LOOP_PRESET:-bert-base}" --max-seq-length 128 --micro-batch "${LOOP_BATCH:-256}" \
     --global-batch "${LOOP_BATCH:-256}" --steps "${LOOP_STEPS:-60}" --lr 1e-4 --warmup-steps 10 \
     --precision "${LOOP_PRECISION:-bf16}" --kernels "${LOOP_KERNELS:-triton}" --unpadded --eval-every 0 \
     --eval-batches 2 --save-every 0 --log-every 20 --no-progress --no-export-hf --profile-steps 10 "$@" || exit $?

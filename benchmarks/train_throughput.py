@@ -1,5 +1,5 @@
 """End-to-end pretraining throughput: bertforge vs Hugging Face `BertForPreTraining` on the same device, model,
-batch, sequence length and precision, in one run (issue 7).
+batch, sequence length and precision, in one run.
 
 For each model shape it times N optimizer steps (after warm-up; CUDA events on GPU, perf_counter on CPU; median) of
   hf                  transformers BertForPreTraining, SDPA attention, bf16 autocast, AdamW(fused=True), batches
@@ -17,10 +17,10 @@ and the ablations, each switching ONE piece of `ours` off (or adding one):
   ours-device-mask    + MLM masking inside the timed step (Triton kernel on GPU) from unmasked batches
   ours-lamb           our fused multi-tensor LAMB instead of AdamW
 `--variants ablation` runs hf and all of the above. Batches are built (and, except for ours-device-mask, masked)
-outside the timed region, as a prefetching loader delivers them (engine/training/prefetch.py).
+outside the timed region, as a prefetching loader delivers them (engine/data/prefetch.py).
 
 Reports sequences/s, real (non-pad) tokens/s, MFU against the measured bf16 matmul rate of the same device (the
-issue's training FLOPs per token: 72·L·h² + 12·L·h·s + 6·m·(h² + h·V), m = 0.15), peak memory and ratios to hf.
+training FLOPs per token: 72·L·h² + 12·L·h·s + 6·m·(h² + h·V), m = 0.15), peak memory and ratios to hf.
 Lengths: full-length rows (--lengths full) or drawn from the Wikipedia sample-length histogram in
 benchmarks/wiki_lengths.json (--lengths wiki; regenerate with --write-lengths DATA_DIR from a `bertforge prepare`
 output). --max-batch doubles the batch of hf and ours until it no longer fits (the largest that fits).
@@ -85,13 +85,13 @@ def measure_matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
 # ---- lengths -----------------------------------------------------------------------------------------------------
 def write_lengths(data_dir: str, seqs=(128, 512), path: Path = LENGTHS_FILE) -> None:
     """Histogram of real sample lengths (all splits) of a prepared dataset's NSP sample maps, per sequence length."""
-    from engine.data.loader import PretrainingDataset
+    from engine.data.pretraining import PretrainingDataset
 
     meta = json.loads((Path(data_dir) / "meta.json").read_text())
     out = {"source": {k: meta.get(k) for k in ("n_docs", "n_sentences", "n_tokens", "vocab_size", "tokenizer_hash")},
            "histograms": {}}
     for seq in seqs:
-        ds = PretrainingDataset(data_dir, max_seq_len=seq, split="all")
+        ds = PretrainingDataset(data_dir, max_seq_length=seq, split="all")
         rows = np.asarray(ds.samples)
         lengths = (rows[:, 1] - rows[:, 0]) + (rows[:, 3] - rows[:, 2]) + 3
         out["histograms"][str(seq)] = np.bincount(lengths, minlength=seq + 1).tolist()

@@ -12,7 +12,7 @@
 //
 // Per document d with n >= 2 sentences (documents with fewer are only NotNext partners; counted in docs_skipped),
 // rng = SplitMix64 seeded with mix(mix(seed) ^ d):
-//   target = max_tokens (= max_seq_len - 3), or with probability short_seq_prob randint(2, max_tokens); drawn per chunk
+//   target = max_tokens (= max_seq_length - 3), or with probability short_seq_prob randint(2, max_tokens); drawn per chunk
 //   sentences are gathered into a chunk until its tokens reach target (taking the last sentence too when only that
 //   one would be left) or the document ends; then
 //   a_count = 1 if the chunk has 1 sentence else randint(1, m - 1);  A = chunk[:a_count]
@@ -131,13 +131,13 @@ struct Builder {
 
 using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
-py::tuple build_sample_map(I64Array sent_start, I64Array sent_len, I64Array doc_offsets, int64_t max_seq_len,
+py::tuple build_sample_map(I64Array sent_start, I64Array sent_len, I64Array doc_offsets, int64_t max_seq_length,
                            double short_seq_prob, double nsp_prob, uint64_t seed) {
     if (sent_start.ndim() != 1 || sent_len.ndim() != 1 || doc_offsets.ndim() != 1)
         throw std::invalid_argument("build_sample_map: inputs must be 1-D");
     const int64_t n_sent = sent_start.shape(0), n_docs = doc_offsets.shape(0) - 1;
     if (sent_len.shape(0) != n_sent) throw std::invalid_argument("build_sample_map: sent_start/sent_len differ");
-    if (max_seq_len < 5) throw std::invalid_argument("build_sample_map: max_seq_len must be >= 5");
+    if (max_seq_length < 5) throw std::invalid_argument("build_sample_map: max_seq_length must be >= 5");
     if (n_docs < 2) throw std::invalid_argument("build_sample_map: need at least two documents for NotNext pairs");
     const int64_t* doc = doc_offsets.data();
     const int64_t* len = sent_len.data();
@@ -148,7 +148,7 @@ py::tuple build_sample_map(I64Array sent_start, I64Array sent_len, I64Array doc_
             throw std::invalid_argument("build_sample_map: document " + std::to_string(d) + " has no sentences");
     for (int64_t s = 0; s < n_sent; ++s)
         if (len[s] < 1) throw std::invalid_argument("build_sample_map: sentence " + std::to_string(s) + " is empty");
-    Builder b{sent_start.data(), len, doc, n_docs, max_seq_len - 3, short_seq_prob, nsp_prob, seed, {}};
+    Builder b{sent_start.data(), len, doc, n_docs, max_seq_length - 3, short_seq_prob, nsp_prob, seed, {}};
     {
         py::gil_scoped_release release;
         b.out.reserve(static_cast<size_t>(n_sent) * 2);
@@ -164,7 +164,7 @@ py::tuple build_sample_map(I64Array sent_start, I64Array sent_len, I64Array doc_
 
 void register_sample_map(py::module_& m) {
     m.def("build_sample_map", &build_sample_map, py::arg("sent_start"), py::arg("sent_len"), py::arg("doc_offsets"),
-          py::arg("max_seq_len"), py::arg("short_seq_prob"), py::arg("nsp_prob"), py::arg("seed"),
+          py::arg("max_seq_length"), py::arg("short_seq_prob"), py::arg("nsp_prob"), py::arg("seed"),
           "sentence boundaries -> (map (n, 5) int64 [a_start, a_end, b_start, b_end, is_random], docs_skipped, "
           "tail_dropped); see csrc/sample_map.cpp");
 }

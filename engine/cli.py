@@ -1,6 +1,8 @@
 """`bertforge` command line. Each subcommand lives in its own module under engine/commands/ that defines
 `register(subparsers)` (adds its parser and sets `func`); modules are imported here by name so a missing optional
-dependency of one command never breaks the others. Errors the user can fix exit with one line on stderr."""
+dependency of one command never breaks the others. Errors the user can fix (engine.errors.UserError and its
+subclasses) exit with status 2 and one line on stderr; BERTFORGE_TRACEBACK=1 shows their traceback instead. Any
+other exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
@@ -8,25 +10,23 @@ import importlib
 import os
 import sys
 
-# (subcommand, module under engine.commands, one-line help, issue that brings it). Order = order in --help.
-COMMANDS: list[tuple[str, str, str, int]] = [
-    ("data", "data", "fetch the real data sets of DATA.md into the cache ($BERTFORGE_CACHE)", 3),
-    ("tokenizer", "tokenizer", "train or inspect a WordPiece vocabulary", 3),
-    ("prepare", "prepare", "turn raw text into a sharded, memory-mapped indexed dataset", 3),
-    ("pretrain", "pretrain", "MLM+NSP pretraining on DeepSpeed (ZeRO 0-3, bf16/fp16/fp32)", 4),
-    ("export", "export", "export a checkpoint to Hugging Face format or one consolidated fp32 file", 4),
-    ("plot", "plot", "render a run's loss/accuracy/throughput curves to PNG", 4),
-    ("finetune", "finetune", "low-learning-rate finetuning: classify, ner, mlm", 5),
-    ("predict", "predict", "run a finetuned model over a file, JSONL out", 5),
-    ("evaluate", "evaluate", "score a finetuned model on a labelled file", 5),
+from engine.errors import UserError
+
+# (subcommand, module under engine.commands, one-line help). Order = order in --help.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("data", "data", "fetch the real data sets into the cache ($BERTFORGE_CACHE)"),
+    ("tokenizer", "tokenizer", "train or inspect a WordPiece vocabulary"),
+    ("prepare", "prepare", "turn raw text into a sharded, memory-mapped indexed dataset"),
+    ("pretrain", "pretrain", "MLM+NSP pretraining on DeepSpeed (ZeRO 0-3, bf16/fp16/fp32)"),
+    ("export", "export", "export a checkpoint to Hugging Face format or one consolidated fp32 file"),
+    ("plot", "plot", "render a run's loss/accuracy/throughput curves to PNG"),
+    ("finetune", "finetune", "low-learning-rate finetuning: classify, ner, mlm"),
+    ("predict", "predict", "run a finetuned model over a file, JSONL out"),
+    ("evaluate", "evaluate", "score a finetuned model on a labelled file"),
 ]
 
 
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line without a traceback."""
-
-
-def _not_built(name: str, reason: str):
+def _unavailable(name: str, reason: str):
     def register(subparsers):
         p = subparsers.add_parser(name, help=f"[unavailable] {reason}")
         p.set_defaults(func=lambda args: _fail(f"`bertforge {name}` is unavailable: {reason}"))
@@ -49,15 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="bertforge", description="Pretrain and finetune BERT-style encoders.")
     parser.add_argument("--version", action="version", version=f"bertforge {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module, help_text, issue in COMMANDS:
+    for name, module, _help in COMMANDS:
         try:
-            mod = importlib.import_module(f"engine.commands.{module}")
-            register = mod.register
+            register = importlib.import_module(f"engine.commands.{module}").register
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("engine.commands"):
-                register = _not_built(name, f"not built yet, comes with issue #{issue} ({help_text})")
-            else:
-                register = _not_built(name, f"missing dependency {exc.name!r}")
+            register = _unavailable(name, f"missing dependency {exc.name!r}")
         register(subparsers)
     return parser
 
@@ -80,13 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        return _fail(str(exc))
-    except KeyboardInterrupt:
-        return _fail("interrupted")
-    except (FileNotFoundError, ValueError) as exc:
         if os.environ.get("BERTFORGE_TRACEBACK"):
             raise
         return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
 
 
 if __name__ == "__main__":

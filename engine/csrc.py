@@ -13,7 +13,8 @@ except ImportError as exc:  # pragma: no cover - only when the package was not b
 
 
 def unpad_offsets(lengths: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """lengths (B,) -> cu_seqlens (B+1,) int32, indices (total,) int64 into a flattened (B, seq_len) grid, max_seqlen."""
+    """lengths (B,) -> cu_seqlens (B+1,) int32, indices (total,) int64 into a flattened (B, seq_len) grid,
+    max_seqlen."""
     return _csrc.unpad_offsets(np.asarray(lengths, dtype=np.int64), int(seq_len))
 
 

@@ -1,7 +1,7 @@
 """DeepSpeed integration — the only module that imports deepspeed.
 
-- `build_ds_config`: our dataclasses -> DeepSpeed's JSON; a user's JSON wins where it speaks, except where it
-  contradicts a flag given explicitly on the command line (one-line error).
+- `build_ds_config`: our settings -> DeepSpeed's JSON; `merge_user_config`: a user's JSON wins where it speaks,
+  except where it contradicts a flag given explicitly on the command line (one-line error).
 - `init_distributed` / `initialize`: process group (NCCL on GPUs, gloo on CPU with DS_ACCELERATOR=cpu) with a
   collective timeout; the engine wraps our model with a client optimizer (torch AdamW or our Lamb — DeepSpeed's
   fused LAMB/Adam are JIT-built and unavailable on CPU). Under ZeRO-3, parameters that a module reads from its
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from engine.config import ConfigError, read_json_object
-from engine.training.config import TrainConfig
+from engine.errors import ConfigError
+from engine.io import read_json_object
 
 _ENGINE = None  # the deepspeed module, imported lazily so `bertforge --help` stays fast
 
@@ -59,20 +59,21 @@ def _user_precision(user: dict) -> str | None:
     return None
 
 
-def merge_user_config(cfg: TrainConfig, user: dict, explicit: set[str], world_size: int,
-                      source: str = "DeepSpeed config") -> TrainConfig:
-    """Fold the user's DeepSpeed JSON into `cfg`: where the JSON speaks and the flag was not given explicitly, the
-    JSON's value is taken; where both speak and disagree, a ConfigError names both."""
+def merge_user_config(cfg, user: dict, explicit: set[str], world_size: int, source: str = "DeepSpeed config"):
+    """Fold the user's DeepSpeed JSON into `cfg` (a config with the flat view `to_flat()` / `replace(**fields)` and
+    the fields micro_batch, global_batch, max_grad_norm, zero_stage, precision): where the JSON speaks and the flag
+    was not given explicitly, the JSON's value is taken; where both speak and disagree, a ConfigError names both."""
+    flat = cfg.to_flat()
     spoken: dict[str, Any] = {}
     if "train_micro_batch_size_per_gpu" in user:
         spoken["micro_batch"] = int(user["train_micro_batch_size_per_gpu"])
     if "train_batch_size" in user:
         spoken["global_batch"] = int(user["train_batch_size"])
     elif "gradient_accumulation_steps" in user:
-        micro = spoken.get("micro_batch", cfg.micro_batch)
+        micro = spoken.get("micro_batch", flat["micro_batch"])
         spoken["global_batch"] = micro * world_size * int(user["gradient_accumulation_steps"])
     if "gradient_clipping" in user:
-        spoken["grad_clip"] = float(user["gradient_clipping"])
+        spoken["max_grad_norm"] = float(user["gradient_clipping"])
     if isinstance(user.get("zero_optimization"), dict) and "stage" in user["zero_optimization"]:
         spoken["zero_stage"] = int(user["zero_optimization"]["stage"])
     precision = _user_precision(user)
@@ -80,7 +81,7 @@ def merge_user_config(cfg: TrainConfig, user: dict, explicit: set[str], world_si
         spoken["precision"] = precision
     changes = {}
     for name, value in spoken.items():
-        ours = getattr(cfg, name)
+        ours = flat[name]
         if name in explicit and ours != value:
             raise ConfigError(f"{source} sets {name.replace('_', '-')}={value!r} but --{name.replace('_', '-')} "
                               f"{ours!r} was given; drop one of them")
@@ -88,22 +89,23 @@ def merge_user_config(cfg: TrainConfig, user: dict, explicit: set[str], world_si
     return cfg.replace(**changes) if changes else cfg
 
 
-def build_ds_config(cfg: TrainConfig, world_size: int, user: dict | None = None) -> dict:
-    """DeepSpeed JSON for `cfg` (already merged with `user`); `user`'s remaining keys are layered on top."""
+def build_ds_config(*, micro_batch: int, global_batch: int, grad_accum: int, max_grad_norm: float, zero_stage: int,
+                    precision: str, user: dict | None = None) -> dict:
+    """DeepSpeed JSON for these settings (already merged with `user`); `user`'s remaining keys are layered on top."""
     out: dict[str, Any] = {
-        "train_batch_size": cfg.global_batch,
-        "train_micro_batch_size_per_gpu": cfg.micro_batch,
-        "gradient_accumulation_steps": cfg.grad_accum(world_size),
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": {"stage": zero_stage},
         "zero_allow_untested_optimizer": True,  # our client optimizers (torch AdamW, engine.optim.Lamb)
-        "bf16": {"enabled": cfg.precision == "bf16"},
-        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
                  "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
         "steps_per_print": 10 ** 9,  # progress and metrics are ours
         "wall_clock_breakdown": False,
     }
-    if cfg.zero_stage == 3:
+    if zero_stage == 3:
         # The model is small next to the activations in pretraining; gather whole layers at once.
         out["zero_optimization"].update({"stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0})
     return _deep_merge(out, user or {})

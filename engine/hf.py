@@ -11,31 +11,23 @@ other unknown key, a missing weight file or a shape mismatch is an error naming 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from engine.config import ConfigError, ModelConfig
+from engine.config import ModelConfig
+from engine.errors import CheckpointError, ConfigError
+from engine.io import atomic_dir
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TIED_OPTIONAL = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 OTHER_TASK_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "bert.pooler.")
-ARCHITECTURES = {
-    "BertModel": "BertModel",
-    "BertForPreTraining": "BertForPreTraining",
-    "BertForSequenceClassification": "BertForSequenceClassification",
-    "BertForTokenClassification": "BertForTokenClassification",
-}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory cannot be loaded; the message names the file and the key."""
+# Our model classes share their names with the transformers architectures they export as.
+EXPORTABLE = ("BertModel", "BertForPreTraining", "BertForSequenceClassification", "BertForTokenClassification")
 
 
 @dataclass
@@ -125,10 +117,11 @@ def load_pretrained(directory: str | Path, model: nn.Module) -> LoadReport:
 
 
 def architecture_of(model: nn.Module) -> str:
+    """The transformers architecture name of `model` (our class names are HF's). ValueError for other classes."""
     name = type(model).__name__
-    if name not in ARCHITECTURES:
+    if name not in EXPORTABLE:
         raise ValueError(f"cannot export a {name} to Hugging Face format")
-    return ARCHITECTURES[name]
+    return name
 
 
 def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
@@ -147,15 +140,14 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path |
     hf_config = config.to_hf_config(architectures=[architecture_of(model)], **extra)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
              if k not in TIED_OPTIONAL}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer_dir is not None:
             copied = 0
             for name in TOKENIZER_FILES:
                 if (Path(tokenizer_dir) / name).is_file():
-                    shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
+                    shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)  # new file: the umask's mode
                     copied += 1
             if not copied:
                 raise CheckpointError(f"{tokenizer_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
@@ -165,19 +157,4 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path |
                      "model_max_length": config.max_position_embeddings}, indent=2) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an existing target is swapped out first and removed only after the move."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -21,7 +21,7 @@ from engine.padding import cu_seqlens_to_position_ids
 _GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
-class Batch:
+class TokenLayout:
     """How a forward call's tokens are laid out; built once per forward and handed to every layer."""
 
     def __init__(self, attention_mask=None, cu_seqlens=None, max_seqlen=None):
@@ -70,7 +70,7 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self.backend = config.kernels
 
-    def forward(self, x, batch: Batch):
+    def forward(self, x, batch: TokenLayout):
         """x (B, S, h) or (total, h) -> context in the same layout (before the output projection)."""
         heads = (self.num_heads, self.head_dim)
         q = self.query(x).unflatten(-1, heads)  # (B, S, nh, d) or (total, nh, d)
@@ -109,7 +109,7 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSublayerOutput(config.hidden_size, config)
 
-    def forward(self, x, batch: Batch):
+    def forward(self, x, batch: TokenLayout):
         return self.output(self.self(x, batch), x)
 
 
@@ -134,7 +134,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertSublayerOutput(config.intermediate_size, config)
 
-    def forward(self, x, batch: Batch):
+    def forward(self, x, batch: TokenLayout):
         x = self.attention(x, batch)
         return self.output(self.intermediate(x), x)
 
@@ -143,14 +143,10 @@ class BertEncoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
-        self.gradient_checkpointing = False
 
-    def forward(self, x, batch: Batch):
-        for layer in self.layer:
-            if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, batch, use_reentrant=False)
-            else:
-                x = layer(x, batch)
+    def forward(self, x, batch: TokenLayout):
+        for layer in self.layer:  # activation checkpointing, when asked, wraps each layer (engine/parallelize.py)
+            x = layer(x, batch)
         return x
 
 
@@ -199,7 +195,7 @@ class BertModel(nn.Module):
         (into B*S or total) of the tokens to pool, default each sequence's first; packed batches pass their samples'
         [CLS] (cu_seqlens there also lists padding segments).
         Returns sequence_output (B, S, h) or (total, h), and pooled_output (B, h) or (n, h) (None without a pooler)."""
-        batch = Batch(attention_mask, cu_seqlens, max_seqlen)
+        batch = TokenLayout(attention_mask, cu_seqlens, max_seqlen)
         if batch.unpadded and input_ids.dim() != 1:
             raise ValueError(f"unpadded input_ids must be (total,), got {tuple(input_ids.shape)}")
         longest = batch.max_seqlen if batch.unpadded else input_ids.shape[-1]
@@ -221,7 +217,7 @@ class BertModel(nn.Module):
         return x, pooled
 
     @staticmethod
-    def cls_states(x, batch: Batch, cls_positions=None):
+    def cls_states(x, batch: TokenLayout, cls_positions=None):
         """The first token's state of every sequence (B, h), or the states at cls_positions (n, h)."""
         if cls_positions is not None:
             return x.flatten(0, -2)[cls_positions]

@@ -1,83 +1,110 @@
-"""The encoder's hot ops, each behind one function that dispatches on a backend: 'none' runs the pure-torch
-reference below, 'triton' runs the fused kernel from the `kernels` package (issue 6). Model code calls only these,
-so switching backends never touches the model.
+"""The encoder's hot ops and the LAMB step, each one function that dispatches on a backend through `_OPS`: 'none'
+runs the pure-torch reference (kernels/reference.py), 'triton' the fused kernel (kernels/<op>.py), imported on first
+use, so the 'none' path never imports Triton. Model code calls only these, so switching backends never touches the
+model.
 
 Layouts (FlashAttention's): padded q/k/v are (B, S, nh, d) with key_padding_mask (B, S) bool, True = real token;
 unpadded ("varlen") q/k/v are (total, nh, d) with cu_seqlens (B + 1,) int32 and max_seqlen."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from engine.padding import pad_input, unpad_input
+from engine.errors import ConfigError
+
+from kernels import reference
+
+BACKENDS = ("none", "triton")
 
 
-def _triton():
+# Loaders of the Triton kernels: plain import statements, which torch.compile traces on a first call inside a compiled
+# region (importlib would break the graph).
+def _attention_kernel():
+    from kernels.attention import attention
+    return attention
+
+
+def _bias_gelu_kernel():
+    from kernels.bias_gelu import bias_gelu
+    return bias_gelu
+
+
+def _bias_dropout_add_layernorm_kernel():
+    from kernels.layer_norm import bias_dropout_add_layernorm
+    return bias_dropout_add_layernorm
+
+
+def _masked_lm_loss_kernel():
+    from kernels.mlm_loss import masked_lm_loss
+    return masked_lm_loss
+
+
+def _mlm_mask_kernel():
+    from kernels.masking import mlm_mask
+    return mlm_mask
+
+
+def _lamb_step_kernel():
+    from kernels.lamb import fused_lamb_step
+    return fused_lamb_step
+
+
+# op -> (backend 'none': the pure-torch reference, backend 'triton': loader of the kernel)
+_OPS: dict[str, tuple[Callable, Callable[[], Callable]]] = {
+    "attention": (reference.attention_ref, _attention_kernel),
+    "bias_gelu": (reference.bias_gelu_ref, _bias_gelu_kernel),
+    "bias_dropout_add_layernorm": (reference.bias_dropout_add_layernorm_ref, _bias_dropout_add_layernorm_kernel),
+    "masked_lm_loss": (reference.masked_lm_loss_ref, _masked_lm_loss_kernel),
+    "mlm_mask": (reference.mlm_mask_ref, _mlm_mask_kernel),
+    "lamb_step": (reference.lamb_step_ref, _lamb_step_kernel),
+}
+_kernels: dict[str, Callable] = {}  # op -> kernel function, filled on first use
+
+
+def _impl(op: str, backend: str) -> Callable:
+    if backend == "none":
+        return _OPS[op][0]
+    if backend == "triton":
+        fn = _kernels.get(op)
+        return fn if fn is not None else _load_kernel(op)
+    raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _load_kernel(op: str) -> Callable:
     try:
-        import kernels  # noqa: F401  (the package exists; each op imports its own module)
-        import triton  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError(f"kernels='triton' needs the `triton` package ({exc}); use kernels='none'") from exc
-    import kernels.ops as kops  # facade over the Triton kernels (issue 6)
+        fn = _OPS[op][1]()
+    except ModuleNotFoundError as exc:
+        if exc.name != "triton" and not (exc.name or "").startswith("triton."):
+            raise
+        raise ConfigError("kernels='triton' needs the `triton` package, which is not installed; "
+                          "install it or use kernels='none' (--kernels none)") from None
+    _kernels[op] = fn
+    return fn
 
-    return kops
 
-
-# ---- attention ------------------------------------------------------------------------------------------------
+# ---- attention ---------------------------------------------------------------------------------------------------
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_mask: torch.Tensor | None = None,
               cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None, dropout_p: float = 0.0,
-              softmax_scale: float | None = None, backend: str = "none") -> torch.Tensor:
+              softmax_scale: float | None = None, autotune: bool = True, dq_atomic: bool = False,
+              backend: str = "none") -> torch.Tensor:
     """Bidirectional multi-head attention. Padded: q, k, v (B, S, nh, d), key_padding_mask (B, S) or None.
-    Unpadded: q, k, v (total, nh, d) with cu_seqlens (B+1,) int32 and max_seqlen. Returns q's layout."""
+    Unpadded: q, k, v (total, nh, d) with cu_seqlens (B+1,) int32 and max_seqlen. Returns q's layout.
+    autotune, dq_atomic: settings of the Triton kernel (kernels.attention.attention); the reference ignores them."""
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    kw = dict(key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, dropout_p=dropout_p,
+              softmax_scale=softmax_scale)
     if backend == "triton":
-        return _triton().attention(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
-                                   max_seqlen=max_seqlen, dropout_p=dropout_p, softmax_scale=softmax_scale)
-    if backend != "none":
-        raise ValueError(f"unknown kernel backend {backend!r}")
-    return attention_ref(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                         dropout_p=dropout_p, softmax_scale=softmax_scale)
-
-
-def attention_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
-                  softmax_scale=None):
-    """Pure-torch attention through SDPA; the unpadded form is padded to (B, max_seqlen) first."""
-    if cu_seqlens is not None:
-        if key_padding_mask is not None:
-            raise ValueError("attention: pass either key_padding_mask (padded) or cu_seqlens (unpadded), not both")
-        if q.dim() != 3:
-            raise ValueError(f"attention: unpadded q must be (total, nh, d), got {tuple(q.shape)}")
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        batch = lengths.numel()
-        max_len = int(max_seqlen) if max_seqlen is not None else int(lengths.max())
-        mask = torch.arange(max_len, device=q.device)[None, :] < lengths[:, None]  # (B, S)
-        indices = mask.flatten().nonzero(as_tuple=False).flatten()
-        qp, kp, vp = (pad_input(t.flatten(1), indices, batch, max_len).unflatten(-1, t.shape[1:]) for t in (q, k, v))
-        out = attention_ref(qp, kp, vp, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale)
-        return out.flatten(0, 1)[indices]
-    if q.dim() != 4:
-        raise ValueError(f"attention: padded q must be (B, S, nh, d), got {tuple(q.shape)}")
-    attn_mask = None
-    if key_padding_mask is not None:
-        attn_mask = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, S) broadcast over heads, queries
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
-                                         dropout_p=dropout_p, scale=softmax_scale)  # (B, nh, S, d)
-    return out.transpose(1, 2)
+        kw.update(autotune=autotune, dq_atomic=dq_atomic)
+    return _impl("attention", backend)(q, k, v, **kw)
 
 
 # ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none", backend: str = "none") -> torch.Tensor:
     """gelu(x + bias); approximate 'none' is BERT's exact erf GELU, 'tanh' the approximation. x (..., n), bias (n,)."""
-    if backend == "triton":
-        return _triton().bias_gelu(x, bias, approximate=approximate)
-    return bias_gelu_ref(x, bias, approximate)
-
-
-def bias_gelu_ref(x, bias, approximate="none"):
-    return F.gelu(x + bias, approximate=approximate)
+    return _impl("bias_gelu", backend)(x, bias, approximate=approximate)
 
 
 # ---- post-LN epilogue: bias + dropout + residual add + LayerNorm -------------------------------------------------
@@ -86,47 +113,39 @@ def bias_dropout_add_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: to
                                backend: str = "none") -> torch.Tensor:
     """LayerNorm(residual + dropout(x + bias)) with fp32 statistics. x, residual (..., h); vectors (h,).
     dropout_p must already be 0 outside training."""
-    if backend == "triton":
-        return _triton().bias_dropout_add_layernorm(x, bias, residual, weight, ln_bias, eps, dropout_p)
-    return bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p)
+    return _impl("bias_dropout_add_layernorm", backend)(x, bias, residual, weight, ln_bias, eps, dropout_p)
 
 
-def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0):
-    y = F.dropout(x + bias, p=dropout_p, training=dropout_p > 0) + residual
-    return F.layer_norm(y, (y.shape[-1],), weight, ln_bias, eps)
-
-
-# ---- sparse MLM loss -------------------------------------------------------------------------------------------
+# ---- sparse MLM loss ---------------------------------------------------------------------------------------------
 def masked_lm_loss(hidden: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: torch.Tensor,
                    labels: torch.Tensor, backend: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the tied decoder's logits over the masked rows only.
     hidden (n, h) transformed hidden states of the masked positions; decoder_weight (V, h); decoder_bias (V,);
     labels (n,) int64 (rows with -100 are ignored). Returns (mean loss over labelled rows, predicted ids (n,))."""
-    if backend == "triton":
-        return _triton().masked_lm_loss(hidden, decoder_weight, decoder_bias, labels)
-    return masked_lm_loss_ref(hidden, decoder_weight, decoder_bias, labels)
+    return _impl("masked_lm_loss", backend)(hidden, decoder_weight, decoder_bias, labels)
 
 
-def masked_lm_loss_ref(hidden, decoder_weight, decoder_bias, labels):
-    logits = F.linear(hidden, decoder_weight, decoder_bias).float()  # (n, V)
-    loss = F.cross_entropy(logits, labels, ignore_index=-100)
-    return loss, logits.detach().argmax(-1)
-
-
-# ---- MLM masking ------------------------------------------------------------------------------------------------
-def mlm_mask(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, mask_prob: float, mask_token_id: int,
-             vocab_size: int, unigram_cdf: torch.Tensor | None, seed: int, replace_prob: float = 0.8,
-             random_prob: float = 0.1, backend: str = "none"):
-    """BERT's 80/10/10 masking of independently chosen positions (each non-special token with mask_prob).
+# ---- MLM masking -------------------------------------------------------------------------------------------------
+def mlm_mask(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, mlm_probability: float,
+             mask_token_id: int, vocab_size: int, unigram_cdf: torch.Tensor | None, seed: int,
+             mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1, backend: str = "none"):
+    """BERT's 80/10/10 masking of independently chosen positions (each non-special token with mlm_probability).
     input_ids, special_tokens_mask: same shape, any layout. Returns (masked ids, labels with -100 where not chosen,
     flat indices of the chosen positions ascending). 'triton' runs one Philox pass (kernels/masking.py); 'none' the
     pure-torch reference, same rule and rates but torch's random stream (so the two choose different positions)."""
-    kw = dict(mask_prob=mask_prob, mask_token_id=mask_token_id, vocab_size=vocab_size, unigram_cdf=unigram_cdf,
-              seed=seed, replace_prob=replace_prob, random_prob=random_prob)
-    if backend == "triton":
-        return _triton().mlm_mask(input_ids, special_tokens_mask, **kw)
-    if backend != "none":
-        raise ValueError(f"unknown kernel backend {backend!r}")
-    from kernels.masking import mlm_mask_ref  # pure torch (the module also holds the kernel)
+    return _impl("mlm_mask", backend)(
+        input_ids, special_tokens_mask, mlm_probability=mlm_probability, mask_token_id=mask_token_id,
+        vocab_size=vocab_size, unigram_cdf=unigram_cdf, seed=seed, mask_replace_prob=mask_replace_prob,
+        random_replace_prob=random_replace_prob)
 
-    return mlm_mask_ref(input_ids, special_tokens_mask, **kw)
+
+# ---- LAMB --------------------------------------------------------------------------------------------------------
+def lamb_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+              exp_avg_sqs: list[torch.Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
+              weight_decay: float, step: int, bias_correction: bool = True, max_trust_ratio: float | None = 10.0,
+              backend: str = "none") -> None:
+    """One LAMB step in place on params, exp_avgs and exp_avg_sqs (kernels.reference.lamb_step_ref); 'triton' is
+    the multi-tensor kernel (fp32 params and states on one device, contiguous)."""
+    _impl("lamb_step", backend)(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                weight_decay=weight_decay, step=step, bias_correction=bias_correction,
+                                max_trust_ratio=max_trust_ratio)

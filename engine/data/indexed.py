@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.data.errors import DataError
+from engine.errors import DataError
+from engine.io import atomic_file
 
 MAGIC = b"BFIDX001"
 META = "meta.json"
@@ -35,28 +35,17 @@ def doc_hash(text: str) -> int:
 
 def write_shard(prefix: Path, tokens: np.ndarray, sentence_offsets: np.ndarray, doc_offsets: np.ndarray,
                 doc_hashes: np.ndarray, header: dict) -> None:
-    """Write prefix.bin then prefix.idx, each to a temporary name renamed when complete."""
+    """Write prefix.bin then prefix.idx, each atomically (engine/io.py)."""
     header = dict(header, dtype=tokens.dtype.name, n_tokens=int(tokens.size),
                   n_sentences=int(len(sentence_offsets) - 1), n_docs=int(len(doc_offsets) - 1))
     head = json.dumps(header, sort_keys=True).encode()
     head += b" " * (-len(head) % 8)
-    tmp_bin, tmp_idx = _tmp(prefix, ".bin"), _tmp(prefix, ".idx")
-    try:
-        with open(tmp_bin, "wb") as f:
-            f.write(np.ascontiguousarray(tokens).tobytes())
-        with open(tmp_idx, "wb") as f:
-            f.write(MAGIC + np.uint64(len(head)).tobytes() + head)
-            for arr, dt in ((sentence_offsets, np.int64), (doc_offsets, np.int64), (doc_hashes, np.uint64)):
-                f.write(np.ascontiguousarray(arr, dtype=dt).tobytes())
-        os.replace(tmp_bin, prefix.with_suffix(".bin"))
-        os.replace(tmp_idx, prefix.with_suffix(".idx"))
-    finally:
-        for t in (tmp_bin, tmp_idx):
-            t.unlink(missing_ok=True)
-
-
-def _tmp(prefix: Path, suffix: str) -> Path:
-    return prefix.parent / f".{prefix.name}{suffix}.tmp-{os.getpid()}"
+    with atomic_file(prefix.with_suffix(".bin"), "wb") as f:  # .bin first: a complete .idx implies its .bin
+        f.write(np.ascontiguousarray(tokens).tobytes())
+    with atomic_file(prefix.with_suffix(".idx"), "wb") as f:
+        f.write(MAGIC + np.uint64(len(head)).tobytes() + head)
+        for arr, dt in ((sentence_offsets, np.int64), (doc_offsets, np.int64), (doc_hashes, np.uint64)):
+            f.write(np.ascontiguousarray(arr, dtype=dt).tobytes())
 
 
 def read_shard_header(idx_path: Path) -> dict | None:

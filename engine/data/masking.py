@@ -1,6 +1,6 @@
 """Dynamic masked-language-model masking (BERT's 80/10/10), reproducible from (seed, epoch, sample index).
 
-Per sequence, k = max(1, round(mask_prob * n)) of its n maskable (non-special) tokens are chosen, as BERT's
+Per sequence, k = max(1, round(mlm_probability * n)) of its n maskable (non-special) tokens are chosen, as BERT's
 create_pretraining_data.py does, in the order of a random score per token; with whole-word masking the score belongs
 to the word, so all sub-words of a word are chosen together, and words are taken while they fit in k (the first
 word always). Each chosen token becomes [MASK] with probability 0.8, a random token with 0.1 (drawn by the corpus's
@@ -11,39 +11,23 @@ Randomness is counter-based: one 64-bit SplitMix64 output per (seed, epoch, samp
 key(seed, epoch) + (sample_id * 2^20 + position) * golden, computed vectorised in numpy - split into three fields:
 bits 0-23 the selection score, bits 24-39 the 80/10/10 action, bits 40-63 the random token. A sample's mask therefore
 depends only on (seed, epoch, sample id), not on the batch it lands in, the worker or the padding, and resuming
-reproduces it. The Triton kernel (kernels issue) mirrors this."""
+reproduces it (engine/data/splitmix.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_M64 = (1 << 64) - 1
+from engine.data.splitmix import counter_bits
+
 POS_BITS = 20  # positions < 2^20 per sequence
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    z = (z ^ (z >> np.uint64(30))) * _C1
-    z = (z ^ (z >> np.uint64(27))) * _C2
-    return z ^ (z >> np.uint64(31))
-
-
-def _mix64_int(z: int) -> int:
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
-
-
-def counter_bits(seed: int, epoch: int, sample_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """uint64 random bits for every (sample id, position); sample_ids (B, 1) and positions (1, S) broadcast to
-    (B, S)."""
-    key = _mix64_int(_mix64_int(seed & _M64) ^ (epoch & _M64))
-    with np.errstate(over="ignore"):
-        ctr = (np.asarray(sample_ids, dtype=np.uint64) << np.uint64(POS_BITS)) | np.asarray(positions, np.uint64)
-        return _mix64(ctr * _GOLDEN + np.uint64(key))
+def mask_bits(seed: int, epoch: int, sample_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """uint64 random bits for every (sample id, position): SplitMix64 of the counter sample_id * 2^20 + position
+    under the (seed, epoch) key. sample_ids (B, 1) and positions (1, S) broadcast to (B, S)."""
+    ctr = (np.asarray(sample_ids, dtype=np.uint64) << np.uint64(POS_BITS)) | np.asarray(positions, np.uint64)
+    return counter_bits(seed, epoch, ctr)
 
 
 @dataclass
@@ -53,16 +37,17 @@ class Masker:
 
     mask_token_id: int
     replacement_probs: np.ndarray
-    mask_prob: float = 0.15
+    mlm_probability: float = 0.15
     seed: int = 0
-    mask_ratio: float = 0.8     # of chosen tokens -> [MASK]
-    random_ratio: float = 0.1   # of chosen tokens -> random token; the rest stay unchanged
+    mask_replace_prob: float = 0.8    # of chosen tokens -> [MASK]
+    random_replace_prob: float = 0.1  # of chosen tokens -> random token; the rest stay unchanged
 
     def __post_init__(self):
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"mask_prob must lie in (0, 1), got {self.mask_prob}")
-        if self.mask_ratio < 0 or self.random_ratio < 0 or self.mask_ratio + self.random_ratio > 1:
-            raise ValueError("mask_ratio and random_ratio must be >= 0 and sum to at most 1")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must lie in (0, 1), got {self.mlm_probability}")
+        if self.mask_replace_prob < 0 or self.random_replace_prob < 0 or \
+                self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ValueError("mask_replace_prob and random_replace_prob must be >= 0 and sum to at most 1")
         p = np.asarray(self.replacement_probs, dtype=np.float64)
         if p.sum() <= 0:
             raise ValueError("replacement distribution is all zero")
@@ -82,8 +67,8 @@ class Masker:
         pos = np.arange(S, dtype=np.int64).reshape(1, S)
         cand = ~special
         n_cand = cand.sum(axis=1)
-        k = np.where(n_cand > 0, np.maximum(1, np.floor(self.mask_prob * n_cand + 0.5)), 0).astype(np.int64)
-        h = counter_bits(self.seed, epoch, sid, pos)                               # (B, S) uint64
+        k = np.where(n_cand > 0, np.maximum(1, np.floor(self.mlm_probability * n_cand + 0.5)), 0).astype(np.int64)
+        h = mask_bits(self.seed, epoch, sid, pos)                               # (B, S) uint64
         # selection score: 24 random bits above the position, so scores are unique within a row
         score = ((h & np.uint64(0xFFFFFF)) << np.uint64(POS_BITS)).astype(np.int64) | pos
         if word_start is None:
@@ -93,8 +78,9 @@ class Masker:
         else:
             chosen = self._whole_word(score, cand, np.asarray(word_start, dtype=bool) | special, k, pos)
         action = ((h >> np.uint64(24)) & np.uint64(0xFFFF)).astype(np.float64) * (1.0 / 65536)
-        to_mask = chosen & (action < self.mask_ratio)
-        to_random = chosen & (action >= self.mask_ratio) & (action < self.mask_ratio + self.random_ratio)
+        to_mask = chosen & (action < self.mask_replace_prob)
+        to_random = chosen & (action >= self.mask_replace_prob) & \
+            (action < self.mask_replace_prob + self.random_replace_prob)
         out = ids.copy()
         out[to_mask] = self.mask_token_id
         if to_random.any():
@@ -138,8 +124,9 @@ def replacement_distribution(vocab_size: int, special_ids, unigram_counts: np.nd
 
 
 def mask_tokens(input_ids, special_tokens_mask, rng_or_seed, *, mask_token_id: int, vocab_size: int,
-                mask_prob: float = 0.15, unigram_probs: np.ndarray | None = None, whole_word=None, epoch: int = 0,
-                sample_ids=None, special_ids=None, mask_ratio: float = 0.8, random_ratio: float = 0.1):
+                mlm_probability: float = 0.15, unigram_probs: np.ndarray | None = None, whole_word=None, epoch: int = 0,
+                sample_ids=None, special_ids=None, mask_replace_prob: float = 0.8,
+                random_replace_prob: float = 0.1):
     """Functional form of `Masker` for any batch of token ids (numpy or torch, (B, S)); returns (masked_ids, labels)
     of the input's kind. rng_or_seed: an int seed or a numpy Generator (one seed is drawn from it).
     whole_word: None, or word_start (B, S) bool. unigram_probs: (vocab_size,) replacement distribution or counts
@@ -149,19 +136,14 @@ def mask_tokens(input_ids, special_tokens_mask, rng_or_seed, *, mask_token_id: i
         (lambda x: None if x is None else np.asarray(x))
     seed = int(rng_or_seed.integers(0, 2 ** 63)) if isinstance(rng_or_seed, np.random.Generator) else int(rng_or_seed)
     specials = set(special_ids or ()) | {mask_token_id}
-    masker = Masker(mask_token_id, replacement_distribution(vocab_size, specials, unigram_probs), mask_prob, seed,
-                    mask_ratio, random_ratio)
+    masker = Masker(mask_token_id, replacement_distribution(vocab_size, specials, unigram_probs), mlm_probability,
+                    seed, mask_replace_prob, random_replace_prob)
     masked, labels = masker(to_np(input_ids), to_np(special_tokens_mask), epoch, to_np(sample_ids), to_np(whole_word))
     if is_torch:
         import torch
 
         return torch.from_numpy(masked).to(input_ids.device), torch.from_numpy(labels).to(input_ids.device)
     return masked, labels
-
-
-def word_starts(input_ids: np.ndarray, continuation: np.ndarray) -> np.ndarray:
-    """(B, S) bool: True where a token begins a word; continuation (vocab_size,) bool marks '##' sub-word ids."""
-    return ~continuation[np.asarray(input_ids, dtype=np.int64)]
 
 
 def continuation_ids(tokenizer) -> np.ndarray:

@@ -6,7 +6,7 @@ every shard whose .idx exists with the same tokenizer hash and the same source h
 so an interrupted run resumes. meta.json and unigram.npy are written last, so their presence means a complete dataset.
 
 Counted, reported skips: empty documents (reader), documents whose text has no tokens. Documents with one sentence are
-kept (they serve as NotNext partners) and counted. A sentence longer than `max_seq_len - 3` tokens is split into
+kept (they serve as NotNext partners) and counted. A sentence longer than `max_seq_length - 3` tokens is split into
 pieces (counted), or refused with file:line when `strict=True`."""
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.data import indexed
-from engine.data.errors import DataError
+from engine.errors import DataError
+from engine.io import save_numpy, write_json
 from engine.data.readers import Document, ReadStats, read_documents
 from engine.data.sentences import split_sentences
 from engine.data.tokenizer import load_tokenizer, tokenizer_hash
@@ -143,7 +144,7 @@ def _clean_tmp(out: Path) -> None:
 
 
 def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | Path, *, fmt: str | None = None,
-            workers: int = 1, docs_per_shard: int = 4096, max_seq_len: int = 512, strict: bool = False,
+            workers: int = 1, docs_per_shard: int = 4096, max_seq_length: int = 512, strict: bool = False,
             progress: bool = True) -> PrepareStats:
     """Tokenize `inputs` (files/folders) with the tokenizer at `tokenizer` into an indexed dataset at `out_dir`."""
     t0 = time.perf_counter()
@@ -159,7 +160,7 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     _clean_tmp(out)
-    max_sentence_tokens = max_seq_len - 3
+    max_sentence_tokens = max_seq_length - 3
     header_base = {"tokenizer_hash": thash, "vocab_size": vocab_size, "format_version": indexed.FORMAT_VERSION}
     stats, read_stats, names = PrepareStats(), ReadStats(), []
     bar = tqdm(desc="prepare", unit="doc", disable=not progress, dynamic_ncols=True)
@@ -222,7 +223,7 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
     stats.seconds = time.perf_counter() - t0
     meta = dict(header_base, shards=names, n_docs=stats.documents, n_sentences=stats.sentences,
                 n_tokens=stats.tokens, stats={k: v for k, v in asdict(stats).items() if k != "warnings"})
-    _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
+    write_json(meta_path, meta)
     return stats
 
 
@@ -240,13 +241,4 @@ def _write_unigram(out: Path, names: list[str], vocab_size: int) -> None:
         sh = indexed.open_shard(out / name)
         for c in range(0, len(sh.tokens), 1 << 24):  # 16M-token chunks bound memory
             counts += np.bincount(sh.tokens[c:c + (1 << 24)], minlength=vocab_size)[:vocab_size]
-    tmp = out / f".unigram.npy.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, counts)
-    os.replace(tmp, out / "unigram.npy")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    save_numpy(out / "unigram.npy", counts)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from engine.data.errors import DataError
+from engine.errors import DataError
 
 FORMATS = ("json", "jsonl", "txt", "txt-file", "rst")
 _SUFFIX_FORMAT = {".json": "json", ".jsonl": "jsonl", ".txt": "txt", ".text": "txt", ".rst": "rst"}

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine import _csrc
+from engine.data.splitmix import M64, SplitMix64
+from engine.io import save_numpy, write_json
 
 MAP_VERSION = 1
-_M64 = (1 << 64) - 1
 
 
 @dataclass
@@ -30,44 +30,21 @@ class SampleMap:
     tail_dropped: int    # one-sentence chunks at a document's end (no next sentence possible), dropped undrawn
 
 
-def build_sample_map(sent_start, sent_len, doc_offsets, max_seq_len: int, short_seq_prob: float = 0.1,
+def build_sample_map(sent_start, sent_len, doc_offsets, max_seq_length: int, short_seq_prob: float = 0.1,
                      nsp_prob: float = 0.5, seed: int = 0) -> SampleMap:
     """sent_start, sent_len (n_sent,) and doc_offsets (n_docs+1,) -> SampleMap (C++; see module docstring)."""
-    samples, skipped, tail = _csrc.build_sample_map(sent_start, sent_len, doc_offsets, int(max_seq_len),
-                                                      float(short_seq_prob), float(nsp_prob), int(seed) & _M64)
+    samples, skipped, tail = _csrc.build_sample_map(sent_start, sent_len, doc_offsets, int(max_seq_length),
+                                                      float(short_seq_prob), float(nsp_prob), int(seed) & M64)
     return SampleMap(samples, int(skipped), int(tail))
 
 
 # ---- pure-Python reference -------------------------------------------------------------------------------------
-def _mix64(z: int) -> int:
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
-
-
-class SplitMix64:
-    """The C++ builder's generator, bit for bit."""
-
-    def __init__(self, seed: int, stream: int):
-        self.state = _mix64(_mix64(seed & _M64) ^ (stream & _M64))
-
-    def next(self) -> int:
-        self.state = (self.state + 0x9E3779B97F4A7C15) & _M64
-        return _mix64(self.state)
-
-    def uniform(self) -> float:
-        return (self.next() >> 11) * 2.0 ** -53
-
-    def randint(self, lo: int, hi: int) -> int:  # inclusive
-        return lo + self.next() % (hi - lo + 1)
-
-
-def build_sample_map_ref(sent_start, sent_len, doc_offsets, max_seq_len: int, short_seq_prob: float = 0.1,
+def build_sample_map_ref(sent_start, sent_len, doc_offsets, max_seq_length: int, short_seq_prob: float = 0.1,
                          nsp_prob: float = 0.5, seed: int = 0) -> SampleMap:
     """Pure-Python reference of csrc/sample_map.cpp (slow; for tests and the benchmark)."""
     start, length, doc = (np.asarray(x, dtype=np.int64).tolist() for x in (sent_start, sent_len, doc_offsets))
-    n_docs, max_tokens = len(doc) - 1, max_seq_len - 3
-    if max_seq_len < 5 or n_docs < 2 or doc[0] != 0 or doc[-1] != len(start) \
+    n_docs, max_tokens = len(doc) - 1, max_seq_length - 3
+    if max_seq_length < 5 or n_docs < 2 or doc[0] != 0 or doc[-1] != len(start) \
             or any(doc[d + 1] <= doc[d] for d in range(n_docs)) or any(n < 1 for n in length):
         raise ValueError("build_sample_map_ref: invalid input (see csrc/sample_map.cpp for the contract)")
     out: list[tuple[int, int, int, int, int]] = []
@@ -175,12 +152,12 @@ def select_sentences(ds, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return ds.sentence_starts[sent], ds.sentence_lengths[sent], doc_offsets
 
 
-def map_key(ds, split: str, eval_fraction: float, seed: int, max_seq_len: int, short_seq_prob: float,
+def map_key(ds, split: str, eval_fraction: float, seed: int, max_seq_length: int, short_seq_prob: float,
             nsp_prob: float) -> str:
     ident = dict(version=MAP_VERSION, tokenizer=ds.tokenizer_hash, shards=ds.meta["shards"],
                  n_tokens=ds.num_tokens, n_docs=ds.num_docs, split=split,
                  eval_fraction=float(eval_fraction) if split != "all" else None, seed=int(seed),
-                 max_seq_len=int(max_seq_len), short_seq_prob=float(short_seq_prob), nsp_prob=float(nsp_prob))
+                 max_seq_length=int(max_seq_length), short_seq_prob=float(short_seq_prob), nsp_prob=float(nsp_prob))
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -195,26 +172,22 @@ def _dist_rank() -> tuple[int, bool]:
     return 0, False
 
 
-def cached_sample_map(ds, split: str = "train", eval_fraction: float = 0.0, seed: int = 0, max_seq_len: int = 128,
+def cached_sample_map(ds, split: str = "train", eval_fraction: float = 0.0, seed: int = 0, max_seq_length: int = 128,
                       short_seq_prob: float = 0.1, nsp_prob: float = 0.5, cache_dir: str | Path | None = None
                       ) -> tuple[np.ndarray, Path]:
     """The memory-mapped (n_samples, 5) map of `ds` (an IndexedDataset) and its file. Rank 0 builds it when missing
     (atomic write); under torch.distributed every rank waits on a barrier, then memory-maps it."""
     folder = Path(cache_dir) if cache_dir else ds.dir / "sample_maps"
-    key = map_key(ds, split, eval_fraction, seed, max_seq_len, short_seq_prob, nsp_prob)
+    key = map_key(ds, split, eval_fraction, seed, max_seq_length, short_seq_prob, nsp_prob)
     path = folder / f"map-{split}-{key}.npy"
     rank, distributed = _dist_rank()
     if rank == 0 and not path.exists():
         docs = split_documents(ds.doc_hashes, split, eval_fraction)
-        sm = build_sample_map(*select_sentences(ds, docs), max_seq_len, short_seq_prob, nsp_prob, seed)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.save(f, sm.samples)
-        os.replace(tmp, path)
+        sm = build_sample_map(*select_sentences(ds, docs), max_seq_length, short_seq_prob, nsp_prob, seed)
+        save_numpy(path, sm.samples)
         info = dict(n_samples=len(sm.samples), docs=len(docs), docs_skipped=sm.docs_skipped,
-                    tail_dropped=sm.tail_dropped, split=split, seed=seed, max_seq_len=max_seq_len)
-        (folder / f"map-{split}-{key}.json").write_text(json.dumps(info, indent=2))
+                    tail_dropped=sm.tail_dropped, split=split, seed=seed, max_seq_length=max_seq_length)
+        write_json(folder / f"map-{split}-{key}.json", info)
     if distributed:
         import torch.distributed as dist
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from engine.data.errors import DataError
+from engine.errors import DataError
+from engine.io import write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -95,9 +95,7 @@ def save_tokenizer(tok: Tokenizer, out_dir: str | Path, lowercase: bool) -> None
     for name, text in [("vocab.txt", "".join(t + "\n" for t, _ in vocab)), ("tokenizer.json", tok.to_str()),
                        ("tokenizer_config.json", json.dumps(config, indent=2)),
                        ("special_tokens_map.json", json.dumps(special_map, indent=2))]:
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        write_text(out / name, text)
 
 
 def load_tokenizer(path_or_dir: str | Path, lowercase: bool | None = None) -> Tokenizer:

@@ -1,8 +1,8 @@
 """Sequence-classification data: CSV / TSV / JSONL readers, a duplicate-aware seeded split, and encoding to
-[CLS] A [SEP] (B [SEP]) token ids truncated to the first `max_len` tokens (longest-first for pairs).
+[CLS] A [SEP] (B [SEP]) token ids truncated to the first `max_seq_length` tokens (longest-first for pairs).
 
-Every problem is a UserError naming file and line: bytes that are not valid in the declared encoding, an empty
-file, a missing column, an empty text or label, a dev/test label never seen in training."""
+Every problem with a file is a DataError naming file and line: bytes that are not valid in the declared encoding,
+an empty file, a missing column, an empty text or label, a dev/test label never seen in training."""
 from __future__ import annotations
 
 import csv
@@ -15,10 +15,8 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
-from engine.cli import UserError
-
-FORMATS = ("csv", "tsv", "jsonl")
-
+from engine.config.finetune import CLASSIFY_FORMATS
+from engine.errors import ConfigError, DataError
 
 @dataclass
 class Example:
@@ -36,21 +34,21 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
+        raise DataError("file not found", str(path)) from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a file") from None
+        raise DataError("is a directory, expected a file", str(path)) from None
     try:
         text = raw.decode(encoding)
     except LookupError:
-        raise UserError(f"unknown encoding {encoding!r}") from None
+        raise ConfigError(f"--encoding: unknown encoding {encoding!r}") from None
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: byte 0x{raw[exc.start]:02x} is not valid {encoding} "
-                        f"(pass --encoding, e.g. latin-1, if the file uses another encoding)") from None
+        raise DataError(f"byte 0x{raw[exc.start]:02x} is not valid {encoding} (pass --encoding, e.g. latin-1, "
+                        f"if the file uses another encoding)", str(path), line) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
-        raise UserError(f"{path}: file is empty")
+        raise DataError("file is empty", str(path))
     return text
 
 
@@ -60,9 +58,10 @@ def _lines(text: str) -> list[str]:
 
 
 def detect_format(path: str | Path, fmt: str | None = None) -> str:
+    """`fmt`, or the format of the file suffix (.json / .ndjson are JSONL, .txt is TSV)."""
     if fmt:
-        if fmt not in FORMATS:
-            raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        if fmt not in CLASSIFY_FORMATS:
+            raise ConfigError(f"--format: unknown format {fmt!r}; choose one of {', '.join(CLASSIFY_FORMATS)}")
         return fmt
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix in ("csv", "tsv", "jsonl"):
@@ -71,11 +70,11 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
         return "jsonl"
     if suffix == "txt":
         return "tsv"
-    raise UserError(f"{path}: cannot tell the format from the suffix; pass --format csv|tsv|jsonl")
+    raise DataError("cannot tell the format from the suffix; pass --format csv|tsv|jsonl", str(path))
 
 
 def jsonl_objects(path: Path, text: str):
-    """Yield (line number, dict) for each non-blank line of JSONL text; bad JSON or a non-object is a UserError
+    """Yield (line number, dict) for each non-blank line of JSONL text; bad JSON or a non-object is a DataError
     naming file and line."""
     for lineno, line in enumerate(_lines(text), 1):
         if not line.strip():
@@ -83,9 +82,9 @@ def jsonl_objects(path: Path, text: str):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            raise DataError(f"not valid JSON ({exc.msg})", str(path), lineno) from None
         if not isinstance(obj, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object per line")
+            raise DataError("expected a JSON object per line", str(path), lineno)
         yield lineno, obj
 
 
@@ -104,11 +103,11 @@ def _records(path: Path, text: str, fmt: str):
                 start = reader.line_num + 1
                 continue
             if len(row) != len(header):
-                raise UserError(f"{path}:{start}: {len(row)} fields but the header has {len(header)}")
+                raise DataError(f"{len(row)} fields but the header has {len(header)}", str(path), start)
             yield start, dict(zip(header, row))
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise UserError(f"{path}:{reader.line_num}: malformed {fmt.upper()} ({exc})") from None
+        raise DataError(f"malformed {fmt.upper()} ({exc})", str(path), reader.line_num) from None
 
 
 def read_examples(path: str | Path, text_column: str = "text", text_b_column: str | None = None,
@@ -125,18 +124,18 @@ def read_examples(path: str | Path, text_column: str = "text", text_b_column: st
             if col not in rec:
                 have = ", ".join(map(str, rec)) or "none"
                 where = "header" if fmt != "jsonl" else "record"
-                raise UserError(f"{path}:{lineno}: no column {col!r} in the {where} (columns: {have})")
+                raise DataError(f"no column {col!r} in the {where} (columns: {have})", str(path), lineno)
         values = {}
         for col in wanted:
             value = rec[col]
             value = "" if value is None else str(value).strip()
             if not value:
-                raise UserError(f"{path}:{lineno}: empty {col!r}")
+                raise DataError(f"empty {col!r}", str(path), lineno)
             values[col] = value
         out.append(Example(values[text_column], values.get(text_b_column) if text_b_column else None,
                            values.get(label_column) if label_column else None, str(path), lineno))
     if not out:
-        raise UserError(f"{path}: no examples (only a header?)")
+        raise DataError("no examples (only a header?)", str(path))
     return out
 
 
@@ -146,11 +145,12 @@ def label_vocab(train: Sequence[Example]) -> list[str]:
 
 
 def check_labels(examples: Sequence[Example], labels: Sequence[str], split: str) -> None:
+    """DataError at the first example whose label is not in `labels` (`split` names the part in the message)."""
     known = set(labels)
     for e in examples:
         if e.label not in known:
-            raise UserError(f"{e.source}:{e.line}: {split} label {e.label!r} does not occur in the training data "
-                            f"(training labels: {', '.join(labels)})")
+            raise DataError(f"{split} label {e.label!r} does not occur in the training data (training labels: "
+                            f"{', '.join(labels)})", e.source, e.line)
 
 
 def split_examples(examples: Sequence[Example], sizes: Sequence[float], seed: int) -> list[list[Example]]:
@@ -165,7 +165,7 @@ def split_examples(examples: Sequence[Example], sizes: Sequence[float], seed: in
     n = len(examples)
     targets = [round(s * n) if all(x <= 1 for x in sizes) else int(s) for s in sizes]
     if sum(targets) > n:
-        raise UserError(f"split sizes {list(sizes)} ask for {sum(targets)} examples but there are {n}")
+        raise ConfigError(f"--split: sizes {list(sizes)} ask for {sum(targets)} examples but there are {n}")
     parts: list[list[Example]] = [[] for _ in sizes]
     k = 0
     for part, target in zip(parts, targets):
@@ -175,12 +175,13 @@ def split_examples(examples: Sequence[Example], sizes: Sequence[float], seed: in
     return parts
 
 
-def encode(tok: Tokenizer, examples: Sequence[Example], max_len: int, label2id: dict[str, int] | None = None
-           ) -> list[dict]:
-    """Token ids of [CLS] A [SEP] (B [SEP]), at most max_len (longest-first truncation of a pair)."""
-    if max_len < 4:
-        raise UserError(f"max_len must be >= 4, got {max_len}")
-    tok.enable_truncation(max_length=max_len, strategy="longest_first")
+def encode(tok: Tokenizer, examples: Sequence[Example], max_seq_length: int,
+           label2id: dict[str, int] | None = None) -> list[dict]:
+    """{'input_ids', 'token_type_ids'[, 'labels']} of [CLS] A [SEP] (B [SEP]) per example, at most max_seq_length
+    tokens (longest-first truncation of a pair)."""
+    if max_seq_length < 4:
+        raise ConfigError(f"--max-seq-length must be at least 4, got {max_seq_length}")
+    tok.enable_truncation(max_length=max_seq_length, strategy="longest_first")
     try:
         if any(e.text_b is not None for e in examples):
             encs = tok.encode_batch([(e.text, e.text_b or "") for e in examples])

@@ -9,7 +9,7 @@ Alignment: the label of a word goes to its first sub-word and the other sub-word
 or (label_all_subwords) every sub-word gets the word's label with B-X -> I-X on continuations. Predictions are read
 from first sub-words only, so each word gets exactly one tag.
 
-Windows: a sentence longer than max_len - 2 sub-words is split into overlapping windows of whole words; each word
+Windows: a sentence longer than max_seq_length - 2 sub-words is split into overlapping windows of whole words; each word
 is *owned* by exactly one window (labelled and predicted there) and the `stride` sub-words on either side are
 context only. Nothing is cut: only a single word longer than a whole window loses its trailing sub-words (its
 label sits on the first one)."""
@@ -21,11 +21,11 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
-from engine.cli import UserError
+from engine.config.finetune import TAG_SCHEMES
+from engine.errors import ConfigError, DataError
 from engine.finetune.data_classify import _lines, jsonl_objects, read_text
 from engine.finetune.metrics import iob2_spans
 
-SCHEMES = ("iob1", "iob2", "bioes")
 _ALLOWED = {"iob1": "BIO", "iob2": "BIO", "bioes": "BIOES"}
 
 
@@ -37,13 +37,13 @@ class Sentence:
     lines: list[int] = field(default_factory=list)  # 1-based line of each token (JSONL: the record's line)
 
 
-def _check_tag(tag: str, scheme: str, where: str) -> None:
+def _check_tag(tag: str, scheme: str, path: Path, line: int) -> None:
     if tag == "O":
         return
     prefix, sep, etype = tag.partition("-")
     if not sep or not etype or prefix not in _ALLOWED[scheme]:
-        raise UserError(f"{where}: tag {tag!r} is not a valid {scheme.upper()} tag "
-                        f"(expected O or {'/'.join(_ALLOWED[scheme])}-TYPE; choose the scheme with --scheme)")
+        raise DataError(f"tag {tag!r} is not a valid {scheme.upper()} tag (expected O or "
+                        f"{'/'.join(_ALLOWED[scheme])}-TYPE; choose the scheme with --scheme)", str(path), line)
 
 
 def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
@@ -92,8 +92,8 @@ def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:
 def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, encoding: str = "utf-8"
                ) -> list[Sentence]:
     """Sentences of a CoNLL-style or JSONL file, tags converted to IOB2 (see the module docstring)."""
-    if scheme not in SCHEMES:
-        raise UserError(f"unknown tag scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    if scheme not in TAG_SCHEMES:
+        raise ConfigError(f"--scheme: unknown tag scheme {scheme!r}; choose one of {', '.join(TAG_SCHEMES)}")
     path = Path(path)
     text = read_text(path, encoding)
     if path.suffix.lower() in (".jsonl", ".json"):
@@ -120,18 +120,18 @@ def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, en
         parts = line.rstrip().split("\t") if "\t" in line.rstrip() else stripped.split()
         parts = [p.strip() for p in parts]
         if not parts[0]:
-            raise UserError(f"{path}:{lineno}: empty token")
+            raise DataError("empty token", str(path), lineno)
         if labelled:
             if len(parts) < 2 or not parts[-1]:
-                raise UserError(f"{path}:{lineno}: missing tag for token {parts[0]!r} "
-                                f"(expected 'token<TAB>tag' or 'token tag')")
-            _check_tag(parts[-1], scheme, f"{path}:{lineno}")
+                raise DataError(f"missing tag for token {parts[0]!r} (expected 'token<TAB>tag' or 'token tag')",
+                                str(path), lineno)
+            _check_tag(parts[-1], scheme, path, lineno)
             tags.append(parts[-1])
         tokens.append(parts[0])
         lines.append(lineno)
     flush()
     if not sentences:
-        raise UserError(f"{path}: no sentences (only blank or -DOCSTART- lines)")
+        raise DataError("no sentences (only blank or -DOCSTART- lines)", str(path))
     return sentences
 
 
@@ -140,20 +140,20 @@ def _read_jsonl(path: Path, text: str, scheme: str, labelled: bool) -> list[Sent
     for lineno, obj in jsonl_objects(path, text):
         tokens = obj.get("tokens")
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
-            raise UserError(f"{path}:{lineno}: expected {{\"tokens\": [non-empty strings], \"tags\": [...]}}")
+            raise DataError('expected {"tokens": [non-empty strings], "tags": [...]}', str(path), lineno)
         tags = None
         if labelled:
             tags = obj.get("tags", obj.get("ner_tags"))
             if not isinstance(tags, list):
-                raise UserError(f"{path}:{lineno}: no \"tags\" list")
+                raise DataError('no "tags" list', str(path), lineno)
             if len(tags) != len(tokens):
-                raise UserError(f"{path}:{lineno}: {len(tokens)} tokens but {len(tags)} tags")
+                raise DataError(f"{len(tokens)} tokens but {len(tags)} tags", str(path), lineno)
             for t in tags:
-                _check_tag(str(t), scheme, f"{path}:{lineno}")
+                _check_tag(str(t), scheme, path, lineno)
             tags = to_iob2([str(t) for t in tags], scheme)
         out.append(Sentence(tokens, tags, str(path), [lineno] * len(tokens)))
     if not out:
-        raise UserError(f"{path}: no sentences")
+        raise DataError("no sentences", str(path))
     return out
 
 
@@ -164,12 +164,13 @@ def tag_vocab(train: Sequence[Sentence]) -> list[str]:
 
 
 def check_tags(sentences: Sequence[Sentence], labels: Sequence[str], split: str) -> None:
+    """DataError at the first tag not in `labels` (`split` names the part in the message)."""
     known = set(labels)
     for s in sentences:
         for tag, line in zip(s.tags, s.lines):
             if tag not in known:
-                raise UserError(f"{s.source}:{line}: {split} tag {tag!r} has an entity type that does not occur "
-                                f"in the training data")
+                raise DataError(f"{split} tag {tag!r} has an entity type that does not occur in the training data",
+                                s.source, line)
 
 
 def split_sentences(sentences: Sequence[Sentence], fractions: Sequence[float], seed: int) -> list[list[Sentence]]:
@@ -235,13 +236,15 @@ def _windows(lengths: Sequence[int], budget: int, stride: int) -> list[tuple[int
             left += lengths[start]
 
 
-def encode(tok: Tokenizer, sentences: Sequence[Sentence], max_len: int, label2id: dict[str, int] | None = None,
-           label_all_subwords: bool = False, stride: int = 32) -> list[Window]:
-    """Windows of [CLS] sub-words [SEP] (at most max_len tokens) covering every word of every sentence."""
-    if max_len < 4:
-        raise UserError(f"max_len must be >= 4, got {max_len}")
+def encode(tok: Tokenizer, sentences: Sequence[Sentence], max_seq_length: int,
+           label2id: dict[str, int] | None = None, label_all_subwords: bool = False, stride: int = 32
+           ) -> list[Window]:
+    """Windows of [CLS] sub-words [SEP] (at most max_seq_length tokens) covering every word of every sentence;
+    labels are None when `label2id` is None or a sentence is unlabelled."""
+    if max_seq_length < 4:
+        raise ConfigError(f"--max-seq-length must be at least 4, got {max_seq_length}")
     cls_id, sep_id, unk_id = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[UNK]"))
-    budget = max_len - 2
+    budget = max_seq_length - 2
     out: list[Window] = []
     for si, sent in enumerate(sentences):
         pieces = _word_pieces(tok, sent.tokens, unk_id, budget)

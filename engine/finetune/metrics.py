@@ -115,3 +115,27 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
     return mean, var ** 0.5
+
+
+# ---- report -----------------------------------------------------------------------------------------------------
+def format_report(metrics: dict) -> str:
+    """Text table of `classification_metrics` (per class, confusion matrix) or `entity_metrics` (per type)."""
+    lines = []
+    if "accuracy" in metrics:
+        lines.append(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})")
+        lines.append(f"{'class':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+        for label, row in metrics["per_class"].items():
+            lines.append(f"{label:<16}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
+                         f"{row['support']:>9}")
+        labels = metrics["confusion"]["labels"]
+        lines.append("confusion (rows gold, columns predicted): " + " ".join(labels))
+        for label, row in zip(labels, metrics["confusion"]["matrix"]):
+            lines.append(f"  {label:<14}" + "".join(f"{x:>8}" for x in row))
+    else:
+        lines.append(f"entity precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
+                     f"f1 {metrics['f1']:.4f}  (gold {metrics['n_gold']}, predicted {metrics['n_pred']})")
+        lines.append(f"{'type':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+        for etype, row in metrics["per_type"].items():
+            lines.append(f"{etype:<16}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
+                         f"{row['support']:>9}")
+    return "\n".join(lines)

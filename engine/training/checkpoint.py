@@ -12,16 +12,14 @@ save. Only the last `keep_last` complete checkpoints are kept."""
 from __future__ import annotations
 
 import json
-import os
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from engine import deepspeed as ds
-from engine.config import ConfigError
+from engine.errors import CheckpointError, ConfigError
+from engine.io import fsync_dir, replace_dir, write_json, write_text
 from engine.training import distributed as D
 
 META = "meta.json"
@@ -32,36 +30,48 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+def is_checkpoint(path: str | Path) -> bool:
+    """A complete checkpoint directory (its meta.json, written last, is present)."""
+    return (Path(path) / META).is_file()
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+def complete_tags(root: str | Path) -> list[str]:
+    """Tags of the complete checkpoints in a checkpoints folder, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and is_checkpoint(p))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def latest_tag(root: str | Path) -> str | None:
+    """The newest complete checkpoint of a checkpoints folder: the `latest` pointer when it names one, else the
+    highest step; None when there is none."""
+    root = Path(root)
+    pointer = root / LATEST
+    if pointer.is_file():
+        tag = pointer.read_text(encoding="utf-8").strip()
+        if is_checkpoint(root / tag):
+            return tag
+    tags = complete_tags(root)
+    return tags[-1] if tags else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory (.../step_N), or a run directory or its checkpoints/ folder (-> the latest complete
+    checkpoint in it). Raises CheckpointError naming the path when there is none."""
+    path = Path(path)
+    if is_checkpoint(path):
+        return path
+    for root in (path / "checkpoints", path):
+        tag = latest_tag(root)
+        if tag is not None:
+            return root / tag
+    raise CheckpointError(f"{path}: not a checkpoint, run directory or checkpoints folder (no {META} found)")
+
+
+def checkpoint_meta(ckpt_dir: str | Path) -> dict:
+    """The meta.json of a checkpoint directory (configs, step, world size, finished flag)."""
+    return json.loads((Path(ckpt_dir) / META).read_text(encoding="utf-8"))
 
 
 class CheckpointManager:
@@ -72,23 +82,14 @@ class CheckpointManager:
     # ---- discovery ---------------------------------------------------------------------------------------------
     def complete(self) -> list[str]:
         """Tags of complete checkpoints, oldest first."""
-        if not self.root.is_dir():
-            return []
-        tags = [p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / META).is_file()]
-        return sorted(tags)
+        return complete_tags(self.root)
 
     def latest(self) -> str | None:
-        """The newest complete checkpoint: the `latest` pointer when it names one, else the highest step."""
-        pointer = self.root / LATEST
-        if pointer.is_file():
-            tag = pointer.read_text(encoding="utf-8").strip()
-            if (self.root / tag / META).is_file():
-                return tag
-        tags = self.complete()
-        return tags[-1] if tags else None
+        """The newest complete checkpoint (see latest_tag)."""
+        return latest_tag(self.root)
 
     def meta(self, tag: str) -> dict:
-        return json.loads((self.root / tag / META).read_text(encoding="utf-8"))
+        return checkpoint_meta(self.root / tag)
 
     # ---- save / load -------------------------------------------------------------------------------------------
     def save(self, engine, step: int, trainer_state: dict, meta: dict) -> Path:
@@ -106,17 +107,11 @@ class CheckpointManager:
         torch.save(trainer_state, tmp / f"trainer_state_rank{D.rank()}.pt")
         D.barrier()
         if D.rank() == 0:
-            _write_atomic(tmp / META, json.dumps({**meta, "step": step, "world_size": D.world_size()}, indent=2))
-            _fsync_dir(tmp)
-            if final.exists():  # re-saving a step (e.g. the end of a resumed run that had already finished)
-                old = self.root / f".tmp-old-{tag}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(self.root)
-            _write_atomic(self.root / LATEST, tag + "\n")
+            write_json(tmp / META, {**meta, "step": step, "world_size": D.world_size()}, durable=True)
+            fsync_dir(tmp)
+            replace_dir(tmp, final)  # an existing final (re-saving a step) is swapped out, then removed
+            fsync_dir(self.root)
+            write_text(self.root / LATEST, tag + "\n", durable=True)
             self._prune()
         D.barrier()
         return final

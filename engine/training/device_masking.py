@@ -19,33 +19,23 @@ import numpy as np
 import torch
 
 from engine import ops
-from engine.data.masking import _M64, _mix64_int
-
-_GOLDEN_INT = 0x9E3779B97F4A7C15  # SplitMix64's increment
-
-def mask_seed(seed: int, epoch: int, index: int) -> int:
-    """A 62-bit seed from (run seed, epoch, global micro-batch index): SplitMix64 of each in turn."""
-    z = 0
-    for part in (seed, epoch, index):
-        z = _mix64_int(((z ^ (part & _M64)) + _GOLDEN_INT) & _M64)
-    return z >> 2
+from kernels.reference import unigram_cdf_from_counts
 
 
 class DeviceMasker:
     """Masks model inputs on their device. replacement_probs (V,): distribution of the 10% random replacements
-    (zero on special tokens), e.g. `PretrainingDataset.masker(...).replacement_probs`."""
+    (zero on special tokens), e.g. `PretrainingDataset.masker(...).replacement_probs`. Each non-special token is
+    chosen with mlm_probability; of those, mask_replace_prob become [MASK] and random_replace_prob a random token."""
 
-    def __init__(self, mask_token_id: int, replacement_probs: np.ndarray, mask_prob: float, backend: str,
-                 device: torch.device, mask_ratio: float = 0.8, random_ratio: float = 0.1):
-        from kernels.masking import unigram_cdf_from_counts  # pure torch (the module also holds the kernel)
-
+    def __init__(self, mask_token_id: int, replacement_probs: np.ndarray, mlm_probability: float, backend: str,
+                 device: torch.device, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1):
         probs = torch.as_tensor(np.asarray(replacement_probs, dtype=np.float64))
         if probs.dim() != 1 or not probs.sum() > 0:
             raise ValueError("device masking: replacement_probs must be a (vocab_size,) distribution, not all zero")
         self.cdf = unigram_cdf_from_counts(probs).to(device)
         self.vocab_size = probs.numel()
-        self.mask_token_id, self.mask_prob, self.backend = mask_token_id, mask_prob, backend
-        self.mask_ratio, self.random_ratio = mask_ratio, random_ratio
+        self.mask_token_id, self.mlm_probability, self.backend = mask_token_id, mlm_probability, backend
+        self.mask_replace_prob, self.random_replace_prob = mask_replace_prob, random_replace_prob
 
     def __call__(self, inputs: dict, special: torch.Tensor, seed: int) -> dict:
         """inputs: the forward's arguments without MLM keys (input_ids in the layout the model gets); special: bool,
@@ -54,9 +44,10 @@ class DeviceMasker:
         if special.shape != ids.shape:
             raise ValueError(f"device masking: special-token mask {tuple(special.shape)} != ids {tuple(ids.shape)}")
         masked, labels, positions = ops.mlm_mask(
-            ids, special.to(ids.device, non_blocking=True), mask_prob=self.mask_prob,
+            ids, special.to(ids.device, non_blocking=True), mlm_probability=self.mlm_probability,
             mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, unigram_cdf=self.cdf, seed=seed,
-            replace_prob=self.mask_ratio, random_prob=self.random_ratio, backend=self.backend)
+            mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob,
+            backend=self.backend)
         if positions.numel() == 0:  # (its size is known on the host) nothing chosen: a NaN loss would skip the step
             positions = (~special.reshape(-1).to(ids.device)).nonzero().flatten()[:1]  # first maskable token
             labels = ids.reshape(-1).long().clone()

@@ -83,7 +83,7 @@ def log0(message: str) -> None:
 
 def finish(code: int) -> None:
     """End a worker of a multi-rank job: every rank at the barrier, group destroyed, then a hard exit — a normal
-    interpreter exit aborts ~3% of gloo runs (TOOLCHAIN.md). A single process returns normally."""
+    interpreter exit aborted ~3% of two-rank gloo runs on CPU (DeepSpeed 0.19.8, torch 2.13). A single process returns normally."""
     sys.stdout.flush()
     sys.stderr.flush()
     if is_initialized() and world_size() > 1:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from engine.config import ModelConfig
+from engine.errors import DataError
 
 # Dense bf16/fp16 peak FLOP/s per device, by substring of torch.cuda.get_device_name().
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40": 181e12, "V100": 125e12,
@@ -73,7 +74,7 @@ class MetricsWriter:
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics (is this a run directory of `bertforge pretrain`?)")
+        raise DataError("no metrics (is this a run directory of `bertforge pretrain`?)", str(path))
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

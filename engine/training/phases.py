@@ -1,55 +1,58 @@
 """One or two pretraining phases (BERT's recipe: phase 1 at 128 tokens, phase 2 at 512 from phase 1's weights),
-and the process exit that follows (TOOLCHAIN.md: multi-rank workers leave through barrier + os._exit)."""
+and the process exit that follows (multi-rank workers leave through barrier + os._exit: distributed.finish)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from engine.config.pretrain import PretrainConfig
+from engine.errors import CheckpointError, ConfigError
 from engine.training import distributed as D
-from engine.training.config import TrainConfig
-from engine.training.loop import PREEMPTED, pretrain
-from engine.training.weights import is_checkpoint, resolve_checkpoint
+from engine.training.checkpoint import checkpoint_meta, latest_tag, resolve_checkpoint
+from engine.training.trainer import PREEMPTED, pretrain
+
+PHASE2_FIELDS = ("steps", "max_seq_length", "micro_batch", "global_batch", "lr", "warmup_steps", "token_budget")
 
 
 def _finished(run_dir: Path) -> bool:
     try:
         ckpt = resolve_checkpoint(run_dir)
-    except ValueError:
+    except CheckpointError:
         return False
-    import json
-
-    return bool(json.loads((ckpt / "meta.json").read_text(encoding="utf-8")).get("finished"))
+    return bool(checkpoint_meta(ckpt).get("finished"))
 
 
-def phase_configs(cfg: TrainConfig, phase2: dict) -> list[TrainConfig]:
+def phase_configs(cfg: PretrainConfig, phase2: dict) -> list[PretrainConfig]:
+    """[cfg] alone, or [phase 1, phase 2] when `phase2` holds any of PHASE2_FIELDS (it needs steps or
+    token_budget): phase 1 into OUTPUT/phase1, phase 2 (max_seq_length 512 unless given) into OUTPUT/phase2 from
+    phase 1's weights."""
     if not phase2:
         return [cfg]
-    root = Path(cfg.output_dir)
-    first = cfg.replace(output_dir=str(root / "phase1"), export_hf=False)
-    changes = {"output_dir": str(root / "phase2"), "init_from": str(root / "phase1"),
-               "seq_len": phase2.get("seq_len", 512), "warmup_steps": phase2.get("warmup_steps", -1)}
-    for key in ("steps", "micro_batch", "global_batch", "lr", "token_budget"):
-        if key in phase2:
-            changes[key] = phase2[key]
+    unknown = set(phase2) - set(PHASE2_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown phase-2 setting(s): {', '.join(sorted(unknown))}")
     if "steps" not in phase2 and "token_budget" not in phase2:
-        raise ValueError("the two-phase recipe needs --phase2-steps or --phase2-tokens")
-    if "token_budget" not in phase2:
-        changes["token_budget"] = 0
+        raise ConfigError("the two-phase recipe needs --phase2-steps or --phase2-tokens")
+    root = Path(cfg.run.output_dir)
+    first = cfg.replace(output_dir=str(root / "phase1"), export_hf=False)
+    changes = {"output_dir": str(root / "phase2"), "init_from": str(root / "phase1"), "max_seq_length": 512,
+               "warmup_steps": -1, "token_budget": 0, **phase2}
     return [first, cfg.replace(**changes)]
 
 
-def run_phases(cfg: TrainConfig, explicit: frozenset, phase2: dict) -> int:
+def run_phases(cfg: PretrainConfig, explicit: frozenset, phase2: dict) -> int:
+    """Run the phases; returns (and exits multi-rank workers with) 0, or 143 after a SIGTERM checkpoint."""
     phases = phase_configs(cfg, phase2)
     code = 0
     for i, phase in enumerate(phases):
-        run_dir = Path(phase.output_dir)
+        run_dir = Path(phase.run.output_dir)
         if len(phases) > 1:
             if _finished(run_dir):
                 D.log0(f"phase {i + 1}: {run_dir} already finished, skipping")
                 continue
-            resume = cfg.resume and (run_dir / "checkpoints").is_dir() and any(
-                is_checkpoint(p) for p in (run_dir / "checkpoints").glob("step_*"))
+            resume = cfg.run.resume and latest_tag(run_dir / "checkpoints") is not None
             phase = phase.replace(resume=resume)
-            D.log0(f"phase {i + 1}/{len(phases)}: seq_len {phase.seq_len}, {phase.total_steps()} steps -> {run_dir}")
+            D.log0(f"phase {i + 1}/{len(phases)}: max_seq_length {phase.batch.max_seq_length}, "
+                   f"{phase.total_steps()} steps -> {run_dir}")
         result = pretrain(phase, explicit)
         if result.status == "preempted":
             code = PREEMPTED

@@ -1,5 +1,5 @@
 """`--profile-steps N`: profile N optimizer steps of `bertforge pretrain` with torch.profiler and report how busy the
-accelerator was — the issue-7 question "is the GPU idle between steps?" answered by measurement.
+accelerator was: "is the GPU idle between steps?" answered by measurement.
 
 The window opens after `--profile-start` steps (default: the first log window, so autotuning and the allocator's
 warm-up stay out) and closes N steps later; both ends synchronise the device. Written by rank 0:
@@ -11,11 +11,12 @@ lower bound. Profiling adds host overhead per op, so the idle share measured her
 device: device_busy_s and device_idle_frac are null and the top ops are by CPU time."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
+
+from engine.io import atomic_dir, write_json
 
 
 class StepProfiler:
@@ -48,15 +49,11 @@ class StepProfiler:
         window = time.perf_counter() - self.t0
         self.prof.__exit__(None, None, None)
         summary = summarize(self.prof, window, self.n, self.cuda)
-        trace_dir = self.run_dir / "profile"
-        trace_dir.mkdir(parents=True, exist_ok=True)
-        self.prof.export_chrome_trace(str(trace_dir / "trace.json.tmp"))
-        (trace_dir / "trace.json.tmp").replace(trace_dir / "trace.json")
+        with atomic_dir(self.run_dir / "profile") as trace_dir:
+            self.prof.export_chrome_trace(str(trace_dir / "trace.json"))
         self.prof = None
         self.enabled = False
-        tmp = self.run_dir / "profile.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.run_dir / "profile.json")
+        write_json(self.run_dir / "profile.json", summary)
         return summary
 
 

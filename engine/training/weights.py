@@ -3,43 +3,17 @@ Hugging Face directory), rebuild a model from a checkpoint (any ZeRO stage), exp
 a single consolidated fp32 file."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from engine import deepspeed as ds
-from engine.config import ConfigError, ModelConfig
+from engine.config import ModelConfig
+from engine.errors import ConfigError
 from engine.heads import BertForPreTraining
 from engine.hf import TIED_OPTIONAL, export_hf, load_pretrained, read_config
-
-META = "meta.json"
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / META).is_file()
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory (…/step_N) or a run directory / its checkpoints/ folder (-> the latest complete)."""
-    path = Path(path)
-    if is_checkpoint(path):
-        return path
-    for root in (path / "checkpoints", path):
-        pointer = root / "latest"
-        if pointer.is_file():
-            tag = pointer.read_text(encoding="utf-8").strip()
-            if is_checkpoint(root / tag):
-                return root / tag
-        tags = sorted(p for p in root.glob("step_*") if is_checkpoint(p)) if root.is_dir() else []
-        if tags:
-            return tags[-1]
-    raise ConfigError(f"{path}: not a checkpoint, run directory or checkpoints folder (no {META} found)")
-
-
-def checkpoint_meta(ckpt_dir: str | Path) -> dict:
-    return json.loads((Path(ckpt_dir) / META).read_text(encoding="utf-8"))
-
+from engine.io import atomic_file
+from engine.training.checkpoint import checkpoint_meta, is_checkpoint, resolve_checkpoint
 
 def consolidated_state_dict(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
     return ds.consolidated_fp32_state_dict(ckpt_dir)
@@ -101,13 +75,13 @@ def export_fp32(ckpt_dir: str | Path, out_file: str | Path) -> Path:
             continue
         unique[k] = v.detach().contiguous().clone()
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
     if out_file.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(unique, str(tmp), metadata={"format": "pt"})
+        data = save(unique, metadata={"format": "pt"})
+        with atomic_file(out_file, "wb") as fh:
+            fh.write(data)
     else:
-        torch.save(unique, tmp)
-    tmp.replace(out_file)
+        with atomic_file(out_file, "wb") as fh:
+            torch.save(unique, fh)
     return out_file

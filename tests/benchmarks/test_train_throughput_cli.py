@@ -53,7 +53,7 @@ def test_wiki_histogram_and_batches():
 def test_loader_masking_benchmark_runs(prepared, tokenizer_dir, tmp_path):
     import loader_masking
 
-    res = loader_masking.main([str(prepared[0]), str(tokenizer_dir), "--seq-len", "64", "--batch", "8",
+    res = loader_masking.main([str(prepared[0]), str(tokenizer_dir), "--max-seq-length", "64", "--batch", "8",
                                "--seconds", "0.2", "--out", str(tmp_path / "lm.json")])
     assert [(r["pack"], r["masking"]) for r in res["rows"]] == [(False, "host"), (False, "device"),
                                                                 (True, "host"), (True, "device")]

@@ -3,7 +3,7 @@ import time
 import pytest
 
 from engine.data import fetch as fetch_mod
-from engine.data.errors import DataError
+from engine.errors import DataError
 
 
 def test_cache_dir_honours_env(monkeypatch, tmp_path):

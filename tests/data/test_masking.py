@@ -48,7 +48,7 @@ def test_unigram_replacement_follows_counts():
     ids, special = batch(B=2000)
     counts = np.zeros(VOCAB)
     counts[[10, 11]] = [3, 1]
-    m = Masker(MASK, replacement_distribution(VOCAB, range(5), counts), seed=2, mask_ratio=0.0, random_ratio=1.0)
+    m = Masker(MASK, replacement_distribution(VOCAB, range(5), counts), seed=2, mask_replace_prob=0.0, random_replace_prob=1.0)
     out, labels = m(ids, special)
     drawn = out[labels != -100]
     assert set(np.unique(drawn)) == {10, 11} and abs((drawn == 10).mean() - 0.75) < 0.03
@@ -83,4 +83,4 @@ def test_functional_torch_and_generator():
               for _ in range(2))
     assert np.array_equal(g1[0], g2[0])
     with pytest.raises(ValueError):
-        Masker(MASK, np.ones(VOCAB), mask_prob=0.0)
+        Masker(MASK, np.ones(VOCAB), mlm_probability=0.0)

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from engine.config import tiny
-from engine.data.loader import build_pretraining_loader
 from engine.data.packing import first_fit_decreasing, pack
 from engine.data.tokenizer import load_tokenizer, special_ids
 from engine.heads import BertForPreTraining, BertForSequenceClassification
@@ -59,11 +58,21 @@ def test_pack_fixed_rows():
         pack(lengths, 10, num_rows=1)
 
 
-def packed_and_unpacked(prepared, tokenizer_dir, batch_size, S, pad_rows_to=None, **kw):
-    """The first batch of the same loader, unpacked and packed."""
-    args = dict(batch_size=batch_size, max_seq_len=S, seed=7, tokenizer=tokenizer_dir, eval_fraction=0.1, **kw)
-    plain = next(iter(build_pretraining_loader(prepared[0], **args)))
-    packed = next(iter(build_pretraining_loader(prepared[0], pack=True, pad_rows_to=pad_rows_to, **args)))
+def first_batch(prepared, tokenizer_dir, batch_size, S, whole_word=False, pack=False, pad_rows_to=None):
+    """The first micro batch of the dataset's train split (seed 7), built by the dataset and collator."""
+    from engine.data.pretraining import PretrainingCollator, PretrainingDataset
+    from engine.data.sampler import MicroBatchSampler
+
+    ds = PretrainingDataset(prepared[0], S, seed=7, split="train", eval_fraction=0.1, tokenizer=tokenizer_dir)
+    collate = PretrainingCollator(ds.masker(), ds.continuation, whole_word, pack, pad_rows_to, ds.special.pad_id)
+    mb = MicroBatchSampler(len(ds), batch_size, seed=7).indices(0)
+    return collate(ds.__getitems__(mb.indices), epoch=mb.epoch)
+
+
+def packed_and_unpacked(prepared, tokenizer_dir, batch_size, S, pad_rows_to=None, whole_word=False):
+    """The first batch, unpacked and packed."""
+    plain = first_batch(prepared, tokenizer_dir, batch_size, S, whole_word)
+    packed = first_batch(prepared, tokenizer_dir, batch_size, S, whole_word, pack=True, pad_rows_to=pad_rows_to)
     return plain, packed
 
 
@@ -72,45 +81,45 @@ def test_collated_packing_keeps_samples_and_masks(prepared, tokenizer_dir, whole
     B, S = 48, 128
     plain, b = packed_and_unpacked(prepared, tokenizer_dir, B, S, whole_word=whole_word)
     ids = special_ids(load_tokenizer(tokenizer_dir))
-    lengths = plain["attention_mask"].sum(1)
-    R = b["input_ids"].shape[0]
-    assert b["packed"] and not plain["packed"] and b["input_ids"].shape == (R, S) and R < B
-    assert b["input_ids_unpad"].shape == (R * S,) and b["cu_seqlens"].shape == (B + R + 1,)
-    assert b["max_seqlen"] == S and "attention_mask" not in b
-    starts = b["cls_positions_unpad"]
+    lengths = plain.attention_mask.sum(1)
+    R = b.input_ids.shape[0]
+    assert b.packed and not plain.packed and b.input_ids.shape == (R, S) and R < B
+    assert b.input_ids_unpad.shape == (R * S,) and b.cu_seqlens.shape == (B + R + 1,)
+    assert b.max_seqlen == S and b.attention_mask is None
+    starts = b.cls_positions_unpad
     assert torch.equal(starts // S, (starts + lengths - 1) // S)  # no sample split across rows
-    token_index = torch.repeat_interleave(starts - plain["cu_seqlens"][:-1].long(), lengths) + torch.arange(
+    token_index = torch.repeat_interleave(starts - plain.cu_seqlens[:-1].long(), lengths) + torch.arange(
         int(lengths.sum()))
     assert token_index.unique().numel() == token_index.numel()
     for key in ("input_ids_unpad", "token_type_ids_unpad", "position_ids_unpad"):
-        assert torch.equal(b[key][token_index], plain[key]), key
+        assert torch.equal(getattr(b, key)[token_index], getattr(plain, key)), key
     rest = torch.ones(R * S, dtype=torch.bool)
     rest[token_index] = False
-    assert (b["input_ids_unpad"][rest] == ids.pad_id).all() and (b["labels"].flatten()[rest] == -100).all()
-    assert torch.equal(b["labels"].flatten()[token_index], plain["labels"][plain["attention_mask"].bool()])
-    assert torch.equal(b["mlm_labels"], plain["mlm_labels"])
-    assert torch.equal(b["input_ids_unpad"][b["masked_positions_unpad"]],
-                       plain["input_ids_unpad"][plain["masked_positions_unpad"]])
-    assert torch.equal(b["masked_positions"], b["masked_positions_unpad"])
-    assert (b["input_ids_unpad"][starts] == ids.cls_id).all()
-    assert torch.equal(b["next_sentence_label"], plain["next_sentence_label"])
-    padded_segments = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).long()
+    assert (b.input_ids_unpad[rest] == ids.pad_id).all() and (b.labels.flatten()[rest] == -100).all()
+    assert torch.equal(b.labels.flatten()[token_index], plain.labels[plain.attention_mask.bool()])
+    assert torch.equal(b.mlm_labels, plain.mlm_labels)
+    assert torch.equal(b.input_ids_unpad[b.masked_positions_unpad],
+                       plain.input_ids_unpad[plain.masked_positions_unpad])
+    assert torch.equal(b.masked_positions, b.masked_positions_unpad)
+    assert (b.input_ids_unpad[starts] == ids.cls_id).all()
+    assert torch.equal(b.next_sentence_label, plain.next_sentence_label)
+    padded_segments = (b.cu_seqlens[1:] - b.cu_seqlens[:-1]).long()
     assert padded_segments.sum() == R * S and int(padded_segments.max()) <= S
 
 
 def test_fixed_rows_and_too_few(prepared, tokenizer_dir):
     _, b = packed_and_unpacked(prepared, tokenizer_dir, 24, 128, pad_rows_to=24)
-    assert b["input_ids"].shape == (24, 128) and b["cu_seqlens"].shape == (24 + 24 + 1,)
+    assert b.input_ids.shape == (24, 128) and b.cu_seqlens.shape == (24 + 24 + 1,)
     with pytest.raises(ValueError, match="raise pad_rows_to"):
         packed_and_unpacked(prepared, tokenizer_dir, 24, 128, pad_rows_to=2)
     with pytest.raises(ValueError, match="needs pack=True"):
-        build_pretraining_loader(prepared[0], 8, 64, tokenizer=tokenizer_dir, pad_rows_to=4)
+        first_batch(prepared, tokenizer_dir, 8, 64, pad_rows_to=4)
 
 
 def test_model_same_on_packed_and_unpacked(prepared, tokenizer_dir):
     plain, b = packed_and_unpacked(prepared, tokenizer_dir, 16, 128)
-    R = b["input_ids"].shape[0]
-    assert R < 16 and (b["cu_seqlens"].diff() == 0).any()  # samples share rows; a full row's tail is empty
+    R = b.input_ids.shape[0]
+    assert R < 16 and (b.cu_seqlens.diff() == 0).any()  # samples share rows; a full row's tail is empty
     _, extra = packed_and_unpacked(prepared, tokenizer_dir, 16, 128, pad_rows_to=R + 2)  # two all-[PAD] rows
     vocab = load_tokenizer(tokenizer_dir).get_vocab_size()
     config = tiny(vocab_size=vocab, hidden_size=64, num_attention_heads=2, intermediate_size=128,
@@ -120,11 +129,11 @@ def test_model_same_on_packed_and_unpacked(prepared, tokenizer_dir):
 
     def run(batch):
         model.zero_grad()
-        out = model(batch["input_ids_unpad"], batch["token_type_ids_unpad"],
-                    position_ids=batch["position_ids_unpad"], cu_seqlens=batch["cu_seqlens"],
-                    max_seqlen=batch["max_seqlen"], masked_positions=batch["masked_positions_unpad"],
-                    mlm_labels=batch["mlm_labels"], next_sentence_label=batch["next_sentence_label"],
-                    cls_positions=batch["cls_positions_unpad"] if batch["packed"] else None)
+        out = model(batch.input_ids_unpad, batch.token_type_ids_unpad,
+                    position_ids=batch.position_ids_unpad, cu_seqlens=batch.cu_seqlens,
+                    max_seqlen=batch.max_seqlen, masked_positions=batch.masked_positions_unpad,
+                    mlm_labels=batch.mlm_labels, next_sentence_label=batch.next_sentence_label,
+                    cls_positions=batch.cls_positions_unpad if batch.packed else None)
         out.loss.backward()
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -139,8 +148,8 @@ def test_model_same_on_packed_and_unpacked(prepared, tokenizer_dir):
             assert torch.allclose(g, ref_grads[name], rtol=1e-4, atol=1e-6), name
     classifier = BertForSequenceClassification(config, 3).eval()
     with torch.no_grad():
-        logits = [classifier(x["input_ids_unpad"], x["token_type_ids_unpad"], position_ids=x["position_ids_unpad"],
-                             cu_seqlens=x["cu_seqlens"], max_seqlen=x["max_seqlen"],
-                             cls_positions=x["cls_positions_unpad"] if x["packed"] else None).logits
+        logits = [classifier(x.input_ids_unpad, x.token_type_ids_unpad, position_ids=x.position_ids_unpad,
+                             cu_seqlens=x.cu_seqlens, max_seqlen=x.max_seqlen,
+                             cls_positions=x.cls_positions_unpad if x.packed else None).logits
                   for x in (plain, b)]
     assert logits[1].shape == (16, 3) and torch.allclose(logits[1], logits[0], rtol=0, atol=1e-5)

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from engine.cli import main
-from engine.data.loader import build_pretraining_loader
+from engine.data.source import CorpusSource
+from engine.config.pretrain import PretrainConfig
 from engine.data.tokenizer import load_tokenizer, special_ids
 
 
@@ -16,14 +17,18 @@ def test_chain_invariants_via_cli(wiki_slice, tmp_path):
     tok_dir, data_dir = tmp_path / "tok", tmp_path / "data"
     assert main(["tokenizer", "train", str(wiki_slice), "--out", str(tok_dir), "--vocab-size", "2000"]) == 0
     assert main(["prepare", str(wiki_slice), "--tokenizer", str(tok_dir), "--out", str(data_dir),
-                 "--workers", "1", "--max-seq-len", "128"]) == 0
+                 "--workers", "1", "--max-seq-length", "128"]) == 0
     ids = special_ids(load_tokenizer(tok_dir))
     S = 128
-    loader = build_pretraining_loader(data_dir, 64, S, seed=3, tokenizer=tok_dir, eval_fraction=0.05)
+    cfg = PretrainConfig.from_flat(data_dir=str(data_dir), tokenizer=str(tok_dir), micro_batch=64, global_batch=64,
+                                   max_seq_length=S, seed=3, eval_fraction=0.05)
+    source = CorpusSource(cfg, 0, 1)
+    source.start()
     n_samples = n_notnext = n_cand = n_chosen = n_mask = n_keep = 0
-    for batch in loader:
+    for position in range(len(source.train) // 64):  # one epoch
+        batch = source.batch_at(position)
         # labels/ids before masking: reconstruct the original ids from the labels
-        masked, labels, tt, att = batch["input_ids"], batch["labels"], batch["token_type_ids"], batch["attention_mask"]
+        masked, labels, tt, att = batch.input_ids, batch.labels, batch.token_type_ids, batch.attention_mask
         original = torch.where(labels != -100, labels, masked)
         lengths = att.sum(1)
         assert (lengths <= S).all() and (original[:, 0] == ids.cls_id).all()
@@ -40,7 +45,7 @@ def test_chain_invariants_via_cli(wiki_slice, tmp_path):
         assert torch.equal(labels[chosen], original[chosen])      # labels are the original ids
         assert not torch.isin(original[~special], torch.tensor(ids.as_list())).any()
         n_samples += len(lengths)
-        n_notnext += int(batch["next_sentence_label"].sum())
+        n_notnext += int(batch.next_sentence_label.sum())
         n_cand += int((~special).sum())
         n_chosen += int(chosen.sum())
         n_mask += int((masked[chosen] == ids.mask_id).sum())

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from engine.data.errors import DataError
+from engine.errors import DataError
 from engine.data.indexed import IndexedDataset
 from engine.data.prepare import prepare
 from engine.data.readers import read_documents
@@ -69,13 +69,13 @@ def test_one_sentence_docs_counted_and_long_sentences(tokenizer_dir, tmp_path):
     src = tmp_path / "c.txt"
     long = " ".join(["word"] * 80) + "."
     src.write_text(f"Just one sentence here.\n\nTwo here. And another.\n\nShort start. {long}\n")
-    stats = prepare([src], tokenizer_dir, tmp_path / "lenient", max_seq_len=32, progress=False)
+    stats = prepare([src], tokenizer_dir, tmp_path / "lenient", max_seq_length=32, progress=False)
     assert stats.single_sentence_documents == 1 and stats.long_sentences_split == 1
     assert re.match(rf"{src}:5: sentence of \d+ tokens split", stats.warnings[0])
     ds = IndexedDataset(tmp_path / "lenient")
     assert ds.sentence_lengths.max() <= 29
     with pytest.raises(DataError, match=rf"^{src}:5: sentence of \d+ tokens is longer than max length"):
-        prepare([src], tokenizer_dir, tmp_path / "strict", max_seq_len=32, strict=True, workers=2, progress=False)
+        prepare([src], tokenizer_dir, tmp_path / "strict", max_seq_length=32, strict=True, workers=2, progress=False)
     assert not (tmp_path / "strict").exists()  # nothing half-written
 
 

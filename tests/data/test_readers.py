@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from engine.data.errors import DataError
+from engine.errors import DataError
 from engine.data.readers import ReadStats, read_documents
 from engine.data.sentences import split_sentences
 

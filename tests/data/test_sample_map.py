@@ -15,10 +15,10 @@ def synthetic(rng, n_docs, max_sent, max_len, one_sentence_share=0.2):
     return starts, lengths, np.concatenate([[0], np.cumsum(counts)])
 
 
-def check_invariants(samples, starts, lengths, doc_offsets, max_seq_len):
+def check_invariants(samples, starts, lengths, doc_offsets, max_seq_length):
     a0, a1, b0, b1, rnd = samples.T
     assert ((a1 > a0) & (b1 > b0)).all()
-    assert ((a1 - a0) + (b1 - b0) + 3 <= max_seq_len).all()
+    assert ((a1 - a0) + (b1 - b0) + 3 <= max_seq_length).all()
     assert set(np.unique(rnd)) <= {0, 1}
     doc_of_token = np.searchsorted(starts[doc_offsets[1:-1]], np.stack([a0, a1 - 1, b0, b1 - 1]), side="right")
     assert (doc_of_token[0] == doc_of_token[1]).all() and (doc_of_token[2] == doc_of_token[3]).all()
@@ -34,16 +34,16 @@ def test_cpp_equals_reference(prepared, seed, corpus):
     if corpus == "wiki":
         ds = IndexedDataset(prepared[0])
         args = select_sentences(ds, split_documents(ds.doc_hashes, "all", 0))
-        max_seq_len, short = 128, 0.1
+        max_seq_length, short = 128, 0.1
     else:
         rng = np.random.default_rng(seed % 1000)
         args = synthetic(rng, 400, 12, 6 if corpus == "short-sentences" else 300)
-        max_seq_len, short = (64, 0.3) if corpus == "short-sentences" else (128, 0.1)
-    cpp = build_sample_map(*args, max_seq_len, short, 0.5, seed)
-    ref = build_sample_map_ref(*args, max_seq_len, short, 0.5, seed)
+        max_seq_length, short = (64, 0.3) if corpus == "short-sentences" else (128, 0.1)
+    cpp = build_sample_map(*args, max_seq_length, short, 0.5, seed)
+    ref = build_sample_map_ref(*args, max_seq_length, short, 0.5, seed)
     assert np.array_equal(cpp.samples, ref.samples)
     assert (cpp.docs_skipped, cpp.tail_dropped) == (ref.docs_skipped, ref.tail_dropped)
-    check_invariants(cpp.samples, *args, max_seq_len)
+    check_invariants(cpp.samples, *args, max_seq_length)
     n = len(cpp.samples)
     assert abs(cpp.samples[:, 4].mean() - 0.5) < 4 * 0.5 / np.sqrt(n)  # NotNext share: binomial bound
 
@@ -66,18 +66,18 @@ def test_edge_cases():
         build_sample_map(starts[:2], lengths[:2], np.array([0, 2]), 128, 0.1, 0.5, 0)
     with pytest.raises(ValueError, match="no sentences"):
         build_sample_map(starts, lengths, np.array([0, 0, 3]), 128, 0.1, 0.5, 0)
-    with pytest.raises(ValueError, match="max_seq_len"):
+    with pytest.raises(ValueError, match="max_seq_length"):
         build_sample_map(starts, lengths, docs, 4, 0.1, 0.5, 0)
 
 
 def test_cache_built_once_and_memory_mapped(prepared):
     ds = IndexedDataset(prepared[0])
-    m1, path = cached_sample_map(ds, "train", 0.05, seed=9, max_seq_len=96)
+    m1, path = cached_sample_map(ds, "train", 0.05, seed=9, max_seq_length=96)
     mtime = path.stat().st_mtime_ns
-    m2, path2 = cached_sample_map(ds, "train", 0.05, seed=9, max_seq_len=96)
+    m2, path2 = cached_sample_map(ds, "train", 0.05, seed=9, max_seq_length=96)
     assert path2 == path and path.stat().st_mtime_ns == mtime and isinstance(m2, np.memmap)
     assert np.array_equal(m1, m2)
-    m3, path3 = cached_sample_map(ds, "train", 0.05, seed=9, max_seq_len=96, nsp_prob=0.3)
+    m3, path3 = cached_sample_map(ds, "train", 0.05, seed=9, max_seq_length=96, nsp_prob=0.3)
     assert path3 != path
 
 
@@ -91,6 +91,6 @@ def test_held_out_split_is_disjoint(prepared):
         held_tokens.update(range(int(ds.sentence_starts[ds.doc_offsets[d]]),
                                  int(ds.sentence_starts[ds.doc_offsets[d + 1] - 1]
                                      + ds.sentence_lengths[ds.doc_offsets[d + 1] - 1])))
-    train_map, _ = cached_sample_map(ds, "train", 0.1, seed=0, max_seq_len=128)
+    train_map, _ = cached_sample_map(ds, "train", 0.1, seed=0, max_seq_length=128)
     starts = np.asarray(train_map)[:, [0, 2]].ravel()
     assert not held_tokens.intersection(starts.tolist())

@@ -1,6 +1,6 @@
 import pytest
 
-from engine.data.errors import DataError
+from engine.errors import DataError
 from engine.data.fetch import fetch
 from engine.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash, train_wordpiece
 

@@ -7,8 +7,8 @@ import torch
 
 from engine.config import preset
 from engine.heads import BertForPreTraining
-from engine.training.loop import model_inputs
-from engine.training.sources import SyntheticSource
+from engine.training.trainer import model_inputs
+from engine.data.synthetic import SyntheticSource
 
 
 @pytest.mark.parametrize("unpadded", [False, True])

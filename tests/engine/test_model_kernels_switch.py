@@ -1,5 +1,5 @@
 """The engine with every Triton kernel on (kernels='triton', interpreter on CPU) gives the same loss and gradients as
-the pure-torch path (kernels='none'), padded and unpadded, within fp32 noise (STYLE.md: Liger's convergence idea at
+the pure-torch path (kernels='none'), padded and unpadded, within fp32 noise (Liger-Kernel's convergence tests, at
 model scale)."""
 import pytest
 import torch

@@ -20,7 +20,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
-    from engine.config import tiny
+    from engine.config.model import tiny
     from engine.hf import export_hf
     from engine.model import BertModel
 

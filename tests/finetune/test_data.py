@@ -1,10 +1,10 @@
 """Readers, tag schemes, sub-word alignment, windows and the bad-input errors (file and line named)."""
 import pytest
 
-from engine.cli import UserError
+from engine.data.tokenizer import load_tokenizer
+from engine.errors import UserError
 from engine.finetune import data_classify as dc
 from engine.finetune import data_ner as dn
-from engine.finetune.tokenize import load_tokenizer
 
 
 def write(tmp_path, name, content, mode="w"):
@@ -121,7 +121,7 @@ def test_split_keeps_duplicates_together_and_is_deterministic():
     assert [len(p) >= n for p, n in zip(subset, (20, 5, 10))] == [True] * 3
 
 
-def test_classify_truncates_to_max_len(tiny_ckpt):
+def test_classify_truncates_to_max_seq_length(tiny_ckpt):
     tok = load_tokenizer(tiny_ckpt)
     ex = [dc.Example("good " * 50, None, "pos", "f", 1), dc.Example("bad movie", "good " * 50, "neg", "f", 2)]
     feats = dc.encode(tok, ex, 16, {"pos": 0, "neg": 1})
@@ -136,15 +136,15 @@ def _sentence(n):
     return dn.Sentence(words, tags, "s", list(range(1, n + 1)))
 
 
-@pytest.mark.parametrize("max_len,stride", [(64, 32), (17, 4), (11, 3), (7, 1)])
-def test_windows_cover_every_word_once(tiny_ckpt, max_len, stride):
+@pytest.mark.parametrize("max_seq_length,stride", [(64, 32), (17, 4), (11, 3), (7, 1)])
+def test_windows_cover_every_word_once(tiny_ckpt, max_seq_length, stride):
     tok = load_tokenizer(tiny_ckpt)
     sents = [_sentence(40), _sentence(4)]
     labels = dn.tag_vocab(sents)
     label2id = {l: i for i, l in enumerate(labels)}
-    wins = dn.encode(tok, sents, max_len, label2id, stride=stride)
-    assert all(len(w.input_ids) <= max_len for w in wins)
-    if max_len < 64:
+    wins = dn.encode(tok, sents, max_seq_length, label2id, stride=stride)
+    assert all(len(w.input_ids) <= max_seq_length for w in wins)
+    if max_seq_length < 64:
         assert sum(w.sentence == 0 for w in wins) > 1
     # the model "predicts" the gold label at every owned first sub-word: words_from_windows must rebuild the tags
     preds = [[lab if lab >= 0 else 0 for lab in w.labels] for w in wins]
@@ -166,7 +166,7 @@ def test_first_subword_vs_all_subwords(tiny_ckpt):
 
 
 def test_saved_splits_read_back(tmp_path):
-    from engine.commands.finetune import save_splits
+    from engine.finetune.run import save_splits
 
     sents = [dn.Sentence(["John", "lives"], ["B-PER", "O"], "s", [1, 2]), dn.Sentence(["Paris"], ["B-LOC"], "s", [4])]
     exs = [dc.Example("a, b", None, "pos", "f", 2), dc.Example("c", "d", "neg", "f", 3)]

@@ -37,7 +37,7 @@ def _ner_conll(path, n, seed):
     return path
 
 
-FAST = ["--threads", "1", "--no-progress", "--batch-size", "8", "--lr", "3e-3", "--max-len", "32"]
+FAST = ["--threads", "1", "--no-progress", "--batch-size", "8", "--lr", "3e-3", "--max-seq-length", "32"]
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,8 @@ def test_ner_end_to_end_windows_and_hf_pipeline(tiny_ckpt, tmp_path):
     train, dev, test = (_ner_conll(tmp_path / f"{s}.conll", n, i) for i, (s, n) in
                         enumerate([("train", 160), ("dev", 30), ("test", 30)]))
     rc = main(["finetune", "ner", "--model", str(tiny_ckpt), "--train", str(train), "--dev", str(dev), "--test",
-               str(test), "--epochs", "6", "--out", str(tmp_path / "out"), *FAST[:-2], "--max-len", "8",
-               "--stride", "2"])  # max_len 8: every sentence is split into windows
+               str(test), "--epochs", "6", "--out", str(tmp_path / "out"), *FAST[:-2], "--max-seq-length", "8",
+               "--stride", "2"])  # max_seq_length 8: every sentence is split into windows
     assert rc == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["test"]["f1"]["mean"] > 0.8
@@ -101,10 +101,10 @@ def test_ner_end_to_end_windows_and_hf_pipeline(tiny_ckpt, tmp_path):
     assert rows[0]["entities"] and {"type", "start", "end", "text", "score"} <= set(rows[0]["entities"][0])
     assert any(t.startswith(("S-", "E-")) for r in rows for t in r["tags"])
     transformers = pytest.importorskip("transformers")
-    # parity without windows: a model whose max_len covers the sentence
+    # parity without windows: a max_seq_length that covers the sentence
     from engine.finetune import predict as P
 
-    ft = P.load_finetuned(model, max_len=32)
+    ft = P.load_finetuned(model, max_seq_length=32)
     sentences = P.read_ner_input(test, "iob2", labelled=True)
     ours = P.ner_rows(ft, sentences)
     pipe = transformers.pipeline("token-classification", model=str(model), device="cpu")
@@ -138,8 +138,9 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
 
     from engine.finetune import data_ner as dn
     from engine.finetune.tasks import NerTask
-    from engine.finetune.tokenize import load_tokenizer
-    from engine.finetune.trainer import FinetuneArgs, MetricsLog, train_seed
+    from engine.config.finetune import FinetuneConfig
+    from engine.data.tokenizer import load_tokenizer
+    from engine.finetune.trainer import train_seed
     from engine.hf import load_pretrained, read_config
 
     wnut, minilm = wnut_file, minilm_dir
@@ -156,8 +157,8 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
     gold = [s.tags for s in test]
     untrained = task.build_model(config)  # random head: tags all over the place (stray I-, type switches)
     load_pretrained(minilm, untrained)
-    args = FinetuneArgs(lr=1e-3, epochs=2, batch_size=16, progress=False)
-    trained = train_seed(task, config, minilm, args, 0, None, MetricsLog(None), echo=lambda s: None)[1]
+    args = FinetuneConfig(lr=1e-3, epochs=2, batch_size=16, progress=False)
+    trained = train_seed(task, config, minilm, args, 0, None, None, echo=lambda s: None)[1]
     n_pred = []
     for model in (untrained, trained):
         pred, _ = task.predict_tags(model, task.test, test)

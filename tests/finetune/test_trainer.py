@@ -7,7 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine.finetune.trainer import FinetuneArgs, MetricsLog, run, train_seed
+from engine.config.finetune import FinetuneConfig
+from engine.finetune.run import run_seeds
+from engine.finetune.trainer import train_seed
+from engine.training.metrics import MetricsWriter
 
 
 class Toy(nn.Module):
@@ -51,13 +54,14 @@ class ScriptedTask:
 
 def test_best_dev_state_is_kept_and_schedule_is_warmup_then_linear_decay(tmp_path):
     task = ScriptedTask([0.5, 0.9, 0.7, 0.6])
-    args = FinetuneArgs(lr=0.1, epochs=4, batch_size=10, seeds=[3], progress=False)
-    log = MetricsLog(tmp_path / "m.jsonl")
+    args = FinetuneConfig(lr=0.1, epochs=4, batch_size=10, seeds=[3], progress=False)
+    log = MetricsWriter(tmp_path, enabled=True, tensorboard=False)
     result, model = train_seed(task, None, None, args, 3, None, log, echo=lambda s: None)
     log.close()
     assert result["best_step"] == 8 and result["steps"] == 16
     assert result["test"]["norm"] == pytest.approx(task.norms[1])  # the state of the 2nd evaluation
-    lrs = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "m.jsonl").read_text().splitlines()) if "lr" in r}
+    lines = map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+    lrs = {r["step"]: r["lr"] for r in lines if "lr" in r}
     warmup = int(0.1 * 16)  # 1 step
     assert lrs[1] == pytest.approx(0.1 * 1 / warmup)
     assert lrs[10] == pytest.approx(0.1 * (1 - (9 - warmup) / (16 - warmup)))
@@ -65,8 +69,8 @@ def test_best_dev_state_is_kept_and_schedule_is_warmup_then_linear_decay(tmp_pat
 
 def test_early_stopping():
     task = ScriptedTask([0.5, 0.4, 0.3, 0.9])
-    args = FinetuneArgs(lr=0.1, epochs=4, batch_size=10, early_stopping=2, progress=False)
-    result, _ = train_seed(task, None, None, args, 1, None, MetricsLog(None), echo=lambda s: None)
+    args = FinetuneConfig(lr=0.1, epochs=4, batch_size=10, early_stopping=2, progress=False)
+    result, _ = train_seed(task, None, None, args, 1, None, None, echo=lambda s: None)
     assert result["steps"] == 12 and result["best_step"] == 4
 
 
@@ -76,14 +80,15 @@ def test_seeds_mean_std(tmp_path, monkeypatch):
     def fake(task, config, init_dir, args, seed, out_dir, log, echo):
         return {"seed": seed, "train_seconds": 1.0, "test": {"f1": next(scores)}}, None
 
-    monkeypatch.setattr("engine.finetune.trainer.train_seed", fake)
+    monkeypatch.setattr("engine.finetune.run.train_seed", fake)
 
     class T:
         name, metric = "x", "f1"
 
-    from engine.config import tiny
+    from engine.config.model import tiny
 
-    summary = run(T(), tiny(), None, FinetuneArgs(seeds=[1, 2, 3], progress=False), tmp_path, echo=lambda s: None)
+    summary = run_seeds(T(), tiny(), None, FinetuneConfig(seeds=[1, 2, 3], progress=False), tmp_path,
+                        echo=lambda s: None)
     assert summary["test"]["f1"]["mean"] == pytest.approx(0.7)
     assert summary["test"]["f1"]["std"] == pytest.approx(0.2)
     assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == [1, 2, 3]

@@ -12,7 +12,8 @@ import torch
 
 from tests.kernels._kernel_tolerance import assert_within_noise, max_err
 from kernels._common import draw_seed
-from kernels.attention import attention, attention_ref, dropout_keep_mask
+from kernels.attention import attention, dropout_keep_mask
+from kernels.reference import attention_naive_ref
 
 
 def _run(fn, q, k, v, dout, **kw):
@@ -45,8 +46,8 @@ def _compare_padded(q, k, v, dout, mask, **kw):
     if mask is not None:
         dout = dout * mask[:, :, None, None].to(dout.dtype)
     res = _run(attention, q, k, v, dout, key_padding_mask=mask, **kw)
-    lowp = _run(attention_ref, q, k, v, dout, key_padding_mask=mask, **kw)
-    exact = _run(attention_ref, q.double(), k.double(), v.double(), dout.double(), key_padding_mask=mask, **kw)
+    lowp = _run(attention_naive_ref, q, k, v, dout, key_padding_mask=mask, **kw)
+    exact = _run(attention_naive_ref, q.double(), k.double(), v.double(), dout.double(), key_padding_mask=mask, **kw)
     row_ok = mask if mask is not None else torch.ones(q.shape[:2], dtype=torch.bool)
     _check(res, lowp, exact, row_ok, f"padded {tuple(q.shape)} {q.dtype}")
     return res
@@ -110,8 +111,8 @@ def test_varlen_matches_reference(dtype, lengths):
     cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
     kw = dict(cu_seqlens=cu, max_seqlen=max(lengths))
     res = _run(attention, q, k, v, dout, **kw)
-    lowp = _run(attention_ref, q, k, v, dout, **kw)
-    exact = _run(attention_ref, q.double(), k.double(), v.double(), dout.double(), **kw)
+    lowp = _run(attention_naive_ref, q, k, v, dout, **kw)
+    exact = _run(attention_naive_ref, q.double(), k.double(), v.double(), dout.double(), **kw)
     _check(res, lowp, exact, torch.ones(total, dtype=torch.bool), f"varlen {lengths} {dtype}")
 
 
@@ -200,9 +201,9 @@ def test_dropout_forward_backward_exact(layout, lengths):
         sel = torch.ones(q.shape[0], dtype=torch.bool)
     torch.manual_seed(11)
     res = _run(attention, q, k, v, dout, dropout_p=p, **kw)
-    exact = _run(attention_ref, q.double(), k.double(), v.double(), dout.double(), dropout_p=p,
+    exact = _run(attention_naive_ref, q.double(), k.double(), v.double(), dout.double(), dropout_p=p,
                  dropout_mask=keep, **kw)
-    lowp = _run(attention_ref, q, k, v, dout, dropout_p=p, dropout_mask=keep, **kw)
+    lowp = _run(attention_naive_ref, q, k, v, dout, dropout_p=p, dropout_mask=keep, **kw)
     _check(res, lowp, exact, sel, f"dropout {layout} {lengths}")
     torch.manual_seed(12)
     other = _run(attention, q, k, v, dout, dropout_p=p, **kw)[0]
@@ -219,8 +220,8 @@ def test_dropout_fp16():
     torch.manual_seed(3)
     res = _run(attention, q, k, v, dout, key_padding_mask=mask, dropout_p=0.1)
     kw = dict(key_padding_mask=mask, dropout_p=0.1, dropout_mask=keep)
-    _check(res, _run(attention_ref, q, k, v, dout, **kw),
-           _run(attention_ref, q.double(), k.double(), v.double(), dout.double(), **kw), mask, "dropout fp16")
+    _check(res, _run(attention_naive_ref, q, k, v, dout, **kw),
+           _run(attention_naive_ref, q.double(), k.double(), v.double(), dout.double(), **kw), mask, "dropout fp16")
 
 
 # ---- custom op / torch.compile -----------------------------------------------------------------------------------

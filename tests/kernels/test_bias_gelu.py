@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.kernels._kernel_tolerance import assert_within_noise
-from kernels.bias_gelu import bias_gelu, bias_gelu_ref
+from kernels.bias_gelu import bias_gelu
+from kernels.reference import bias_gelu_ref
 
 SHAPES = [(1, 1, 7), (3, 5, 129), (37, 768), (2, 3, 1000)]
 

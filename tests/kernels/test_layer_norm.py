@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.kernels._kernel_tolerance import assert_within_noise
-from kernels.layer_norm import (bias_dropout_add_layernorm, bias_dropout_add_layernorm_forward,
-                                bias_dropout_add_layernorm_ref, dropout_keep_mask)
+from kernels.layer_norm import bias_dropout_add_layernorm, bias_dropout_add_layernorm_forward, dropout_keep_mask
+from kernels.reference import bias_dropout_add_layernorm_ref
 
 SHAPES = [(1, 1, 7), (3, 5, 129), (37, 768), (2, 3, 1000)]
 EPS = 1e-12  # BERT's

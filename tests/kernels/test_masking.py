@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from kernels.masking import mlm_mask, mlm_mask_ref, philox_uniforms, unigram_cdf_from_counts
+from kernels.masking import mlm_mask, philox_uniforms
+from kernels.reference import mlm_mask_ref, unigram_cdf_from_counts
 
 MASK_ID, V = 103, 1009
 
@@ -31,7 +32,8 @@ def test_bit_identical_to_reference(shape, unigram):
     ids, special = _batch(shape, seed=shape[-1])
     counts = torch.arange(V, dtype=torch.float64) % 7  # zero counts included
     cdf = unigram_cdf_from_counts(counts) if unigram else None
-    kw = dict(mask_prob=0.3, mask_token_id=MASK_ID, vocab_size=V, unigram_cdf=cdf, replace_prob=0.5, random_prob=0.3)
+    kw = dict(mlm_probability=0.3, mask_token_id=MASK_ID, vocab_size=V, unigram_cdf=cdf, mask_replace_prob=0.5,
+              random_replace_prob=0.3)
     out, labels, pos = mlm_mask(ids, special, seed=11, offset=3, **kw)
     u = philox_uniforms(11, 3, ids.numel())
     r_out, r_labels, r_pos = mlm_mask_ref(ids, special, uniforms=u, **kw)
@@ -81,8 +83,8 @@ def test_unigram_replacement_follows_distribution():
     cdf = torch.cumsum(probs, 0)
     n = 60000
     ids = torch.full((n,), 7)
-    out, _, pos = mlm_mask(ids, torch.zeros(n, dtype=torch.bool), mask_prob=1.0, mask_token_id=MASK_ID,
-                           vocab_size=8, unigram_cdf=cdf, replace_prob=0.0, random_prob=1.0, seed=2)
+    out, _, pos = mlm_mask(ids, torch.zeros(n, dtype=torch.bool), mlm_probability=1.0, mask_token_id=MASK_ID,
+                           vocab_size=8, unigram_cdf=cdf, mask_replace_prob=0.0, random_replace_prob=1.0, seed=2)
     assert pos.numel() == n
     counts = torch.bincount(out, minlength=8)
     for tok in range(8):
@@ -91,8 +93,8 @@ def test_unigram_replacement_follows_distribution():
 
 def test_uniform_replacement_covers_vocab():
     n = 40000
-    out, _, _ = mlm_mask(torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.bool), mask_prob=1.0,
-                         mask_token_id=MASK_ID, vocab_size=10, replace_prob=0.0, random_prob=1.0, seed=9)
+    out, _, _ = mlm_mask(torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.bool), mlm_probability=1.0,
+                         mask_token_id=MASK_ID, vocab_size=10, mask_replace_prob=0.0, random_replace_prob=1.0, seed=9)
     counts = torch.bincount(out, minlength=10)
     assert counts.numel() == 10 and (counts - n / 10).abs().max() < _bound(n, 0.1)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tests.kernels._kernel_tolerance import assert_within_noise
-from kernels.mlm_loss import masked_lm_loss, masked_lm_loss_ref
+from kernels.mlm_loss import masked_lm_loss
+from kernels.reference import masked_lm_loss_ref
 
 
 def _inputs(n, h, V, dtype, ignore_frac=0.3, seed=0):

@@ -1,5 +1,5 @@
 """Training worker for the multi-process tests: `python _worker.py MODE OUT [ARGS]` as a plain process or under
-`torchrun --nproc_per_node 2`. Runs engine.training.loop.pretrain on synthetic batches with a tiny model and writes
+`torchrun --nproc_per_node 2`. Runs engine.training.trainer.pretrain on synthetic batches with a tiny model and writes
 what the test checks to OUT (rank 0). Modes:
   equal STAGES PRECISIONS   per (stage, precision): a full run (6 steps, checkpoint at 3) and a run resumed from that
                             checkpoint in a fresh directory; results.json = {name: {full, resumed}: [losses]}
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from engine.training import distributed as D  # noqa: E402
-from engine.training.config import TrainConfig  # noqa: E402
-from engine.training.sources import SyntheticSource  # noqa: E402
+from engine.config.pretrain import PretrainConfig  # noqa: E402
+from engine.data.synthetic import SyntheticSource  # noqa: E402
 
 MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
              max_position_embeddings=64)
@@ -37,16 +37,16 @@ VOCAB = 512
 
 
 def factory(cfg, rank, world):
-    return SyntheticSource(VOCAB, cfg.seq_len, cfg.micro_batch, rank, world, seed=cfg.seed,
-                           mask=cfg.masking == "host")
+    return SyntheticSource(VOCAB, cfg.batch.max_seq_length, cfg.batch.micro_batch, rank, world, seed=cfg.run.seed,
+                           mask=cfg.masking.masking == "host")
 
 
-def config(out: Path, **kw) -> TrainConfig:
-    base = dict(output_dir=str(out), preset="tiny", model_overrides=MODEL, seq_len=32, micro_batch=2,
+def config(out: Path, **kw) -> PretrainConfig:
+    base = dict(output_dir=str(out), preset="tiny", model_overrides=MODEL, max_seq_length=32, micro_batch=2,
                 global_batch=8, steps=6, lr=2e-3, warmup_steps=2, dropout=0.0, log_every=1, eval_every=0,
                 eval_batches=2, save_every=3, progress=False, export_hf=False, dist_timeout_s=60)
     base.update(kw)
-    return TrainConfig(**base)
+    return PretrainConfig.from_flat(base)
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -55,7 +55,7 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def mode_equal(out: Path, stages: str, precisions: str) -> None:
-    from engine.training.loop import pretrain
+    from engine.training.trainer import pretrain
 
     results = {}
     for stage in map(int, stages.split(",")):
@@ -76,7 +76,7 @@ def mode_equal(out: Path, stages: str, precisions: str) -> None:
 
 def mode_run(out: Path, steps: str) -> None:
     from engine.training import checkpoint
-    from engine.training.loop import pretrain
+    from engine.training.trainer import pretrain
 
     pause_at = int(os.environ.get("PAUSE_AT_SAVE", "0"))
     real_save = checkpoint.ds.save
@@ -96,7 +96,8 @@ def mode_run(out: Path, steps: str) -> None:
 
 def mode_nan(out: Path) -> None:
     from engine.heads import BertForPreTraining
-    from engine.training.loop import TrainingError, pretrain
+    from engine.errors import TrainingError
+    from engine.training.trainer import pretrain
 
     bad = {int(x) for x in os.environ["NAN_CALLS"].split(",")}
     real_forward = BertForPreTraining.forward
@@ -123,23 +124,23 @@ def mode_nan(out: Path) -> None:
 
 
 def mode_die(out: Path) -> None:
-    from engine.training import loop
+    from engine.training import trainer
 
-    real = loop.batch_tokens
+    real = trainer.model_inputs
     calls = {"n": 0}
 
-    def batch_tokens(batch):
+    def model_inputs(*args, **kwargs):
         calls["n"] += 1
         if D.rank() == 1 and calls["n"] == 5:
             os._exit(17)  # a crash without any goodbye
-        return real(batch)
+        return real(*args, **kwargs)
 
-    loop.batch_tokens = batch_tokens
-    loop.pretrain(config(out / "run", steps=50, dist_timeout_s=20), source_factory=factory)
+    trainer.model_inputs = model_inputs
+    trainer.pretrain(config(out / "run", steps=50, dist_timeout_s=20), source_factory=factory)
 
 
 def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
-    from engine.training.loop import pretrain
+    from engine.training.trainer import pretrain
 
     flags = {"padded": {}, "unpadded": {"unpadded": True}, "packed": {"unpadded": True, "pack": True},
              "padded-device": {"masking": "device"}, "unpadded-device": {"unpadded": True, "masking": "device"},
@@ -147,7 +148,7 @@ def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
     results = {}
     for layout in layouts.split(","):
         full, resumed = out / layout / "full", out / layout / "resumed"
-        kw = dict(data_dir=data, tokenizer=tok, seq_len=64, eval_fraction=0.05, zero_stage=int(os.environ.get(
+        kw = dict(data_dir=data, tokenizer=tok, max_seq_length=64, eval_fraction=0.05, zero_stage=int(os.environ.get(
             "ZERO", 0)), **flags[layout])
         pretrain(config(full, **kw))
         if D.rank() == 0:
@@ -163,7 +164,7 @@ def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
 
 def mode_window(out: Path) -> None:
     """The same 6 steps logged every step and every 3 steps: the 3-step lines must be the means of the 1-step ones."""
-    from engine.training.loop import pretrain
+    from engine.training.trainer import pretrain
 
     results = {}
     for every in (1, 3):
@@ -177,7 +178,7 @@ def mode_window(out: Path) -> None:
 
 
 def mode_compile(out: Path) -> None:
-    from engine.training.loop import pretrain
+    from engine.training.trainer import pretrain
 
     results = {}
     for name, flag in (("eager", False), ("compiled", True)):

@@ -1,4 +1,4 @@
-"""TrainConfig validation, the DeepSpeed config builder, and the one-line errors of `bertforge pretrain` on bad
+"""PretrainConfig validation, the DeepSpeed config builder, and the one-line errors of `bertforge pretrain` on bad
 input — each raised before any training starts (no run directory is created)."""
 from __future__ import annotations
 
@@ -6,20 +6,28 @@ import json
 
 import pytest
 
-from engine.config import ConfigError
+from engine.config.docs import field_docs
+from engine.config.pretrain import SECTIONS, PretrainConfig
 from engine.deepspeed import build_ds_config, merge_user_config
-from engine.training.config import TrainConfig, field_docs
+from engine.errors import ConfigError
+
+
+def _ds_config(cfg: PretrainConfig, world: int, user=None) -> dict:
+    return build_ds_config(micro_batch=cfg.batch.micro_batch, global_batch=cfg.batch.global_batch,
+                           grad_accum=cfg.grad_accum(world), max_grad_norm=cfg.optim.max_grad_norm,
+                           zero_stage=cfg.parallel.zero_stage, precision=cfg.parallel.precision, user=user)
 
 
 def test_every_field_documented():
     import dataclasses
 
-    docs = field_docs()
-    assert {f.name for f in dataclasses.fields(TrainConfig)} == set(docs)
+    for cls in (PretrainConfig, *SECTIONS.values()):
+        assert {f.name for f in dataclasses.fields(cls)} == set(field_docs(cls)), cls
 
 
 def test_accumulation_and_budget():
-    cfg = TrainConfig(micro_batch=4, global_batch=32, seq_len=128, token_budget=128 * 32 * 10 + 1)
+    cfg = PretrainConfig.from_flat(micro_batch=4, global_batch=32, max_seq_length=128,
+                                   token_budget=128 * 32 * 10 + 1)
     assert cfg.grad_accum(1) == 8 and cfg.grad_accum(4) == 2 and cfg.total_steps() == 11
     with pytest.raises(ConfigError, match=r"not divisible by --micro-batch \(4\) x ranks \(3\)"):
         cfg.grad_accum(3)
@@ -35,19 +43,19 @@ def test_accumulation_and_budget():
 ])
 def test_invalid_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        TrainConfig(**kwargs)
+        PretrainConfig.from_flat(kwargs)
 
 
 def test_ds_config_generated_and_user_wins():
-    cfg = TrainConfig(micro_batch=4, global_batch=32, precision="bf16", zero_stage=2, grad_clip=0.5)
-    out = build_ds_config(cfg, 2)
+    cfg = PretrainConfig.from_flat(micro_batch=4, global_batch=32, precision="bf16", zero_stage=2, max_grad_norm=0.5)
+    out = _ds_config(cfg, 2)
     assert out["train_batch_size"] == 32 and out["gradient_accumulation_steps"] == 4
     assert out["bf16"]["enabled"] and not out["fp16"]["enabled"] and out["zero_optimization"]["stage"] == 2
     assert out["gradient_clipping"] == 0.5 and out["zero_allow_untested_optimizer"]
     user = {"zero_optimization": {"stage": 3, "reduce_bucket_size": 123}, "train_micro_batch_size_per_gpu": 8}
     merged = merge_user_config(cfg, user, explicit=set(), world_size=2)
-    assert merged.zero_stage == 3 and merged.micro_batch == 8
-    out = build_ds_config(merged, 2, user)
+    assert merged.parallel.zero_stage == 3 and merged.batch.micro_batch == 8
+    out = _ds_config(merged, 2, user)
     assert out["zero_optimization"] == {**out["zero_optimization"], "stage": 3, "reduce_bucket_size": 123}
     assert out["gradient_accumulation_steps"] == 2
     with pytest.raises(ConfigError, match="sets zero-stage=3 but --zero-stage 2 was given"):
@@ -59,7 +67,7 @@ def cli(monkeypatch, capsys, tmp_path):
     """Run `bertforge pretrain ...` in-process with a clean distributed environment; returns (code, stderr)."""
     from engine.cli import main
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "BERTFORGE_SYNTHETIC_VOCAB"):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
 

@@ -6,14 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from engine.training.config import TrainConfig
-from engine.training.corpus import CorpusSource
+from engine.config.pretrain import PretrainConfig
+from engine.data.source import CorpusSource
 from tests.training.conftest import run_worker
+
+MICRO_BATCH = 4
 
 
 def _source(prepared, tokenizer_dir, rank, world):
-    cfg = TrainConfig(output_dir="unused", data_dir=str(prepared[0]), tokenizer=str(tokenizer_dir), seq_len=64,
-                      micro_batch=4, global_batch=8, steps=1)
+    cfg = PretrainConfig.from_flat(output_dir="unused", data_dir=str(prepared[0]), tokenizer=str(tokenizer_dir),
+                                   max_seq_length=64, micro_batch=MICRO_BATCH, global_batch=8, steps=1)
     source = CorpusSource(cfg, rank, world)
     source.start()
     return source
@@ -25,21 +27,22 @@ def test_micro_batch_k_goes_to_rank_k_mod_world(prepared, tokenizer_dir):
     for k in range(3):
         for r in range(2):
             a, b = single.next_batch(), ranks[r].next_batch()
-            assert b["input_ids"].shape == a["input_ids"].shape
-            np.testing.assert_array_equal(a["input_ids"], b["input_ids"])  # same samples, same masks
-            np.testing.assert_array_equal(a["mlm_labels"], b["mlm_labels"])
+            assert b.input_ids.shape == a.input_ids.shape
+            np.testing.assert_array_equal(a.input_ids, b.input_ids)  # same samples, same masks
+            np.testing.assert_array_equal(a.mlm_labels, b.mlm_labels)
     held = list(single.eval_batches(2)), list(single.eval_batches(2))
-    np.testing.assert_array_equal(held[0][1]["input_ids"], held[1][1]["input_ids"])  # fixed held-out masks
+    np.testing.assert_array_equal(held[0][1].input_ids, held[1][1].input_ids)  # fixed held-out masks
 
 
 def test_dataset_prepared_with_another_tokenizer_is_refused(prepared, tmp_path):
-    from engine.data.errors import DataError
+    from engine.errors import DataError
     from engine.data.tokenizer import train_wordpiece
 
     corpus = tmp_path / "other.txt"
     corpus.write_text("Some other words here. And more words there.\n", encoding="utf-8")
     train_wordpiece([corpus], tmp_path / "tok", vocab_size=60, show_progress=False)
-    cfg = TrainConfig(output_dir="unused", data_dir=str(prepared[0]), tokenizer=str(tmp_path / "tok"), steps=1)
+    cfg = PretrainConfig.from_flat(output_dir="unused", data_dir=str(prepared[0]), tokenizer=str(tmp_path / "tok"),
+                                   steps=1)
     with pytest.raises(DataError, match="prepared with another tokenizer"):
         CorpusSource(cfg, 0, 1)
 
@@ -70,7 +73,7 @@ def test_two_ranks_zero2_equal_one_rank_on_real_data(prepared, tokenizer_dir, tm
 def test_evaluation_never_scores_a_held_out_sample_twice(prepared, tokenizer_dir):
     source = _source(prepared, tokenizer_dir, 0, 1)
     n = len(source.held_out)
-    assert len(list(source.eval_batches(10 ** 6))) == n // source.B
+    assert len(list(source.eval_batches(10 ** 6))) == n // MICRO_BATCH
     ranks = [_source(prepared, tokenizer_dir, r, 2) for r in range(2)]
     counts = [len(list(s.eval_batches(10 ** 6))) for s in ranks]
-    assert counts[0] == counts[1] == n // (2 * source.B)  # same count on every rank: collectives stay matched
+    assert counts[0] == counts[1] == n // (2 * MICRO_BATCH)  # same count on every rank: collectives stay matched

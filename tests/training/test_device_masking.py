@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import ConfigError
-from engine.training.config import TrainConfig
-from engine.training.device_masking import DeviceMasker, mask_seed
-from engine.training.loop import model_inputs
-from engine.training.sources import MASK_ID, SyntheticSource
+from engine.config.pretrain import PretrainConfig
+from engine.data.source import mask_seed
+from engine.data.synthetic import MASK_ID, SyntheticSource
+from engine.errors import ConfigError
+from engine.training.device_masking import DeviceMasker
+from engine.training.trainer import model_inputs
 from tests.training.conftest import run_worker
 
 CPU = torch.device("cpu")
@@ -42,9 +43,8 @@ def test_rates_specials_and_labels(backend, unpadded):
     src, batch = _synthetic_batch()
     masker = DeviceMasker(MASK_ID, src.replacement_probs, 0.15, backend, CPU)
     inputs = model_inputs(batch, unpadded, CPU, masker)
-    key = "_unpad" if unpadded else ""
-    original = batch[f"input_ids{key}"].reshape(-1)
-    special = batch[f"special_tokens_mask{key}"].reshape(-1)
+    original = (batch.input_ids_unpad if unpadded else batch.input_ids).reshape(-1)
+    special = batch.special_mask(unpadded).reshape(-1)
     positions, labels = inputs["masked_positions"], inputs["mlm_labels"]
     masked = inputs["input_ids"].reshape(-1)
     assert not special[positions].any()  # [CLS], [SEP], [PAD] never chosen
@@ -59,10 +59,10 @@ def test_rates_specials_and_labels(backend, unpadded):
     random_or_kept = masked[positions] != MASK_ID
     assert int(random_or_kept.sum()) == len(positions) - became_mask
     assert (masked[positions][random_or_kept] >= 5).all()  # random replacements avoid special tokens
-    raw = {"input_ids": batch[f"input_ids{key}"]}
-    again = masker(raw, batch[f"special_tokens_mask{key}"], int(batch["mask_seed"]))
+    raw = {"input_ids": batch.input_ids_unpad if unpadded else batch.input_ids}
+    again = masker(raw, batch.special_mask(unpadded), int(batch.mask_seed))
     assert torch.equal(again["masked_positions"], positions)  # deterministic for a seed
-    other = masker(raw, batch[f"special_tokens_mask{key}"], 99)
+    other = masker(raw, batch.special_mask(unpadded), 99)
     assert not torch.equal(other["masked_positions"], positions)
 
 
@@ -74,8 +74,7 @@ def test_rates_over_many_batches_kernel():
     chosen = to_mask = kept = 0
     for k in range(3):
         batch = src.batch_at(k)
-        inputs = masker({"input_ids": batch["input_ids_unpad"]}, batch["special_tokens_mask_unpad"],
-                        int(batch["mask_seed"]))
+        inputs = masker({"input_ids": batch.input_ids_unpad}, batch.special_tokens_mask_unpad, int(batch.mask_seed))
         new = inputs["input_ids"][inputs["masked_positions"]]
         chosen += len(new)
         to_mask += int((new == MASK_ID).sum())
@@ -89,7 +88,7 @@ def test_masker_refuses_unmasked_source_mismatch():
     src, batch = _synthetic_batch()
     masker = DeviceMasker(MASK_ID, src.replacement_probs, 0.15, "none", CPU)
     with pytest.raises(ValueError, match="special-token mask"):
-        masker({"input_ids": batch["input_ids_unpad"]}, batch["special_tokens_mask"], 1)
+        masker({"input_ids": batch.input_ids_unpad}, batch.special_tokens_mask, 1)
     masked_batch = SyntheticSource(500, 64, 4, seed=3).batch_at(0)
     with pytest.raises(ValueError, match="mask_seed"):
         model_inputs(masked_batch, True, CPU, masker)
@@ -97,34 +96,35 @@ def test_masker_refuses_unmasked_source_mismatch():
 
 def test_config_rules():
     with pytest.raises(ConfigError, match="--masking must be"):
-        TrainConfig(masking="gpu")
+        PretrainConfig.from_flat(masking="gpu")
     with pytest.raises(ConfigError, match="host only"):
-        TrainConfig(masking="device", whole_word_masking=True)
+        PretrainConfig.from_flat(masking="device", whole_word_masking=True)
     with pytest.raises(ConfigError, match="zero-stage 3"):
-        TrainConfig(compile=True, zero_stage=3)
+        PretrainConfig.from_flat(compile=True, zero_stage=3)
 
 
 def test_corpus_source_ships_unmasked_batches(prepared, tokenizer_dir):
-    from engine.training.corpus import CorpusSource
+    from engine.data.source import CorpusSource
 
     for pack in (False, True):
-        cfg = TrainConfig(output_dir="unused", data_dir=str(prepared[0]), tokenizer=str(tokenizer_dir), seq_len=64,
-                          micro_batch=4, global_batch=4, steps=1, masking="device", unpadded=True, pack=pack)
+        cfg = PretrainConfig.from_flat(output_dir="unused", data_dir=str(prepared[0]), tokenizer=str(tokenizer_dir),
+                                       max_seq_length=64, micro_batch=4, global_batch=4, steps=1, masking="device",
+                                       unpadded=True, pack=pack)
         source = CorpusSource(cfg, 0, 1)
         source.start()
         host = CorpusSource(cfg.replace(masking="host"), 0, 1)
         host.start()
         batch, masked = source.batch_at(2), host.batch_at(2)
-        assert "mlm_labels" not in batch and batch["mask_seed"] == mask_seed(cfg.seed, 0, 2)
-        ids, special = batch["input_ids_unpad"], batch["special_tokens_mask_unpad"]
-        assert ids.shape == special.shape == masked["input_ids_unpad"].shape
+        assert batch.mlm_labels is None and batch.mask_seed == mask_seed(cfg.run.seed, 0, 2)
+        ids, special = batch.input_ids_unpad, batch.special_tokens_mask_unpad
+        assert ids.shape == special.shape == masked.input_ids_unpad.shape
         # unmasked: the host-masked ids differ exactly at the host's masked positions that were replaced
-        host_ids = masked["input_ids_unpad"]
+        host_ids = masked.input_ids_unpad
         changed = (ids != host_ids).nonzero().flatten()
-        assert set(changed.tolist()) <= set(masked["masked_positions_unpad"].tolist())
+        assert set(changed.tolist()) <= set(masked.masked_positions_unpad.tolist())
         assert set(ids[special].unique().tolist()) <= {0, 2, 3}  # [PAD] / [CLS] / [SEP] (packed row tails: [PAD])
         assert not np.isin(ids[~special].numpy(), [0, 2, 3]).any()
-        assert special[batch["cls_positions_unpad"]].all()
+        assert special[batch.cls_positions_unpad].all()
         assert source.mask_token_id == 4 and source.replacement_probs.shape == (source.vocab_size,)
 
 
@@ -147,7 +147,7 @@ def test_loop_resumes_exactly_and_two_ranks_equal_one(prepared, tokenizer_dir, t
 def test_a_batch_where_nothing_was_chosen_masks_its_first_maskable_token():
     src, batch = _synthetic_batch(batch=1, seq=16)
     masker = DeviceMasker(MASK_ID, src.replacement_probs, 1e-6, "none", CPU)
-    ids, special = batch["input_ids_unpad"], batch["special_tokens_mask_unpad"]
+    ids, special = batch.input_ids_unpad, batch.special_tokens_mask_unpad
     out = masker({"input_ids": ids}, special, 3)
     first = int((~special).nonzero()[0])
     assert out["masked_positions"].tolist() == [first]

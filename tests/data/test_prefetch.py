@@ -1,12 +1,13 @@
 """The background prefetcher serves exactly the source's own batches in order, resumes from the consumed position,
 re-raises loader errors in the caller's thread and measures the time the caller waited."""
+import dataclasses
 import time
 
 import pytest
 import torch
 
-from engine.training.prefetch import Prefetcher
-from engine.training.sources import SyntheticSource
+from engine.data.prefetch import Prefetcher
+from engine.data.synthetic import SyntheticSource
 
 
 def _src():
@@ -14,12 +15,12 @@ def _src():
 
 
 def _same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), f.name
         else:
-            assert a[k] == b[k], k
+            assert x == y, f.name
 
 
 @pytest.mark.parametrize("depth", [0, 1, 3])

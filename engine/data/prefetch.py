@@ -1,7 +1,7 @@
 """Build training batches ahead of the step in a background thread, so the accelerator never waits for the loader.
 
-`Prefetcher(source, depth)` wraps a source that has `batch_at(position)` (a pure function of the position: sources.py,
-corpus.py) and serves the same batches in the same order as the source's own next_batch(): one worker thread builds
+`Prefetcher(source, depth)` wraps a `BatchSource` (engine/data/source.py; `batch_at(position)` is a pure function of
+the position) and serves the same batches in the same order as the source's own next_batch(): one worker thread builds
 positions p+1 .. p+depth while the step on position p runs (numpy gathers, masking and collation release the GIL for
 most of their time). On CUDA the worker also copies every tensor into pinned host memory, so the loop's
 `.to(device, non_blocking=True)` is a real asynchronous copy.
@@ -17,9 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-
-def _pinned(batch: dict) -> dict:
-    return {k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+from engine.data.batch import Batch
 
 
 class Prefetcher:
@@ -38,11 +36,11 @@ class Prefetcher:
     def __getattr__(self, name):  # vocab_size, tokenizer_dir, eval_batches, start, masker, ...
         return getattr(self.source, name)
 
-    def _build(self, position: int) -> dict:
+    def _build(self, position: int) -> Batch:
         batch = self.source.batch_at(position)
-        return _pinned(batch) if self.pin else batch
+        return batch.pin_memory() if self.pin else batch
 
-    def next_batch(self) -> dict:
+    def next_batch(self) -> Batch:
         t0 = time.perf_counter()
         if not self.depth:
             batch = self.source.next_batch()

@@ -2,35 +2,19 @@
 
 Field names follow Hugging Face's `BertConfig`, so `ModelConfig.from_hf_config(config.json)` and `to_hf_config()`
 round-trip without a lookup table. Presets are functions (`tiny()`, `bert_base()`, ...) reached by name through
-`preset(name)`. Training configs live beside the loops that use them (engine/training/...)."""
+`preset(name)`."""
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.errors import ConfigError
+from engine.io import read_json_object
+
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")  # exact erf GELU, and the two tanh approximations
 KERNEL_BACKENDS = ("none", "triton")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the problem."""
-
-
-def read_json_object(path: str | Path, what: str = "file") -> dict:
-    """A JSON file that must hold an object; errors name the file (and line for bad JSON)."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: {what} must be a JSON object")
-    return raw
 
 
 @dataclass

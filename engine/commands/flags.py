@@ -1,0 +1,90 @@
+"""Command-line flags generated from config dataclasses: one flag per field, its docstring as help, its type as the
+parser, so a config field and its flag never drift apart (pretrain and finetune both use this).
+
+Rules: `name` -> `--name-with-dashes` (or a rename); int / float / str fields take a value; `X | None` takes an X;
+a bool that defaults to False is a switch `--name`, one that defaults to True is `--no-name`; a tuple is
+`--name A,B` (of ints when the annotation says `tuple[int, ...]`, else floats). Help ends with the default. Parsers are built with `argument_default=SUPPRESS`, so the parsed namespace holds exactly the flags
+the user gave (the 'explicit' set a DeepSpeed JSON may not contradict); the dataclass supplies the defaults."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Iterable
+
+from engine.config.docs import field_docs
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _value_type(annotation: Any):
+    """The argparse `type` of a field annotation (None for bool / unsupported)."""
+    if isinstance(annotation, str):
+        annotation = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple, "dict": dict,
+                      "tuple[int, ...]": "ints", "float | None": float, "int | None": int,
+                      "str | None": str}.get(annotation, annotation)
+    if annotation == "ints":
+        return _ints
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _value_type(args[0]) if len(args) == 1 else None
+    if annotation is tuple or origin is tuple:
+        return _floats
+    if annotation in (int, float, str):
+        return annotation
+    return None
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
+                        skip: Iterable[str] = (), rename: dict[str, str] | None = None,
+                        help_extra: dict[str, str] | None = None, defaults: dict | None = None) -> list[str]:
+    """Add one flag per field of dataclass `cls` to `parser` (fields in `skip` get none). Returns the field names
+    that got a flag. `rename` maps a field to another flag name (without dashes); `help_extra` appends text;
+    `defaults` overrides the default shown in the help (where a caller's config changes it)."""
+    docs = field_docs(cls)
+    rename, help_extra, defaults = rename or {}, help_extra or {}, defaults or {}
+    added = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        name = rename.get(f.name, f.name).replace("_", "-")
+        text = (docs.get(f.name, "") + (" " + help_extra[f.name] if f.name in help_extra else "")).replace("%", "%%")
+        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else None)
+        annotation = f.type
+        if annotation in (bool, "bool"):
+            if default is True:
+                parser.add_argument(f"--no-{name}", dest=f.name, action="store_false", help=text)
+            else:
+                parser.add_argument(f"--{name}", dest=f.name, action="store_true", help=text)
+        else:
+            kind = _value_type(annotation)
+            if kind is None:
+                raise TypeError(f"{cls.__name__}.{f.name}: no flag rule for type {annotation!r}; skip it and add "
+                                f"the flag by hand")
+            metavar = "A,B" if kind in (_floats, _ints) else name.replace("-", "_").upper()
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            if default not in (None, ""):
+                text += f" (default: {shown})"
+            parser.add_argument(f"--{name}", dest=f.name, type=kind, metavar=metavar, help=text)
+        added.append(f.name)
+    return added
+
+
+def given(args: argparse.Namespace, names: Iterable[str]) -> dict:
+    """{name: value} of the flags among `names` that the user gave (parsers use argument_default=SUPPRESS)."""
+    ns = vars(args)
+    return {n: ns[n] for n in names if n in ns}

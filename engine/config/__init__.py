@@ -1,0 +1,14 @@
+"""Typed configuration, the bottom layer of the engine (imports only engine.errors and engine.io):
+
+- model.py     `ModelConfig` (Hugging Face BertConfig field names) and the presets tiny / minilm-l6 / bert-base /
+               bert-large
+- pretrain.py  `PretrainConfig`: `bertforge pretrain`'s settings in sections (data, model, batch, optim, masking,
+               parallel, run)
+- finetune.py  the finetuning settings shared by classify / ner / mlm
+- docs.py      the docstring under each field, for --help and the README's glossary
+"""
+from engine.config.model import (HIDDEN_ACTS, KERNEL_BACKENDS, PRESETS, ModelConfig, bert_base, bert_large,
+                                 minilm_l6, preset, tiny)
+
+__all__ = ["HIDDEN_ACTS", "KERNEL_BACKENDS", "PRESETS", "ModelConfig", "bert_base", "bert_large", "minilm_l6",
+           "preset", "tiny"]

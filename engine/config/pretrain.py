@@ -1,0 +1,305 @@
+"""`PretrainConfig`: every knob of `bertforge pretrain`, typed, in sections — data, model, batch, optimisation,
+masking, precision/distribution, run — with a docstring under every field and every check in `__post_init__`
+(a section checks its own fields; `PretrainConfig` checks the rules that span sections).
+
+Field names are unique across sections, so each is one flag (`--max-seq-length`, `--zero-stage`, ...) and the flat
+`{field: value}` form (`from_flat` / `to_flat`) is the command line's and the checkpoints' view. Derived quantities
+(gradient accumulation, total steps from a token budget) are methods because they depend on the world size, which
+is only known at launch. DeepSpeed's JSON is generated from this config by engine/deepspeed.py."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config.checks import check_choice, check_non_negative, check_positive_int
+from engine.config.model import KERNEL_BACKENDS, PRESETS
+from engine.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "lamb")
+DECAYS = ("linear", "poly", "cosine", "constant")
+MASKING_PLACES = ("host", "device")
+RANDOM_REPLACEMENTS = ("unigram", "uniform")
+
+
+@dataclass
+class DataSection:
+    data_dir: str = ""
+    """Prepared dataset directory (`bertforge prepare` output: shards + its tokenizer hash). Flag: --data."""
+    tokenizer: str = ""
+    """Tokenizer directory the dataset was prepared with (checked against the dataset's tokenizer hash; its files go
+    into the Hugging Face export)."""
+    synthetic_vocab: int = 0
+    """Train on deterministic synthetic batches with a vocabulary of this many tokens instead of --data (tests,
+    benchmarks); 0 = off."""
+    eval_fraction: float = 0.05
+    """Fraction of the dataset's documents held out for evaluation (chosen by document hash, stable)."""
+
+    def __post_init__(self) -> None:
+        check_non_negative(self, "synthetic_vocab")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError(f"--eval-fraction must lie in (0, 1), got {self.eval_fraction!r}")
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"
+    """Model preset: tiny, minilm-l6, bert-base, bert-large (engine/config/model.py)."""
+    model_overrides: dict = field(default_factory=dict)
+    """ModelConfig fields changed from the preset (e.g. {'num_hidden_layers': 4}); vocab_size comes from the data.
+    Flag: --model FIELD=VALUE (repeatable)."""
+    dropout: float | None = None
+    """Hidden and attention dropout; None = the preset's (0.1)."""
+    init_from: str = ""
+    """Start from these weights: a Hugging Face directory or one of our checkpoint directories (phase 2 of the
+    two-phase recipe starts from phase 1's). Optimizer and schedule start fresh."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise ConfigError(f"model_overrides must be a dict of ModelConfig fields, got {self.model_overrides!r}")
+
+
+@dataclass
+class BatchSection:
+    max_seq_length: int = 128
+    """Tokens per sequence (the NSP pair [CLS] A [SEP] B [SEP] is at most this long)."""
+    micro_batch: int = 32
+    """Sequences per forward/backward on one rank."""
+    global_batch: int = 32
+    """Sequences per optimizer step over all ranks; gradient accumulation = global / (micro x ranks)."""
+    steps: int = 1000
+    """Optimizer steps to run (ignored when token_budget is set)."""
+    token_budget: int = 0
+    """Train on this many tokens (max_seq_length x global_batch per step), rounded up to whole steps; 0 = use
+    steps. Flag: --tokens."""
+    unpadded: bool = False
+    """Feed the unpadded (total,) + cu_seqlens layout instead of padded (B, S) batches."""
+    pack: bool = False
+    """Pack several short samples into each row of max_seq_length tokens (needs --unpadded; attention never crosses
+    samples). Cuts padding from ~26% to ~9% on the Wikipedia extracts at 128 tokens."""
+    prefetch: int = 2
+    """Batches built ahead by a background thread (pinned memory on CUDA); 0 = build each batch in the step."""
+
+    def __post_init__(self) -> None:
+        check_positive_int(self, "max_seq_length", "micro_batch", "global_batch", "steps")
+        check_non_negative(self, "token_budget", "prefetch")
+        if self.global_batch % self.micro_batch:
+            raise ConfigError(f"--global-batch ({self.global_batch}) must be a multiple of --micro-batch "
+                              f"({self.micro_batch})")
+        if self.pack and not self.unpadded:
+            raise ConfigError("--pack needs --unpadded (packed rows hold several samples; a padded mask cannot "
+                              "keep them apart)")
+
+
+@dataclass
+class OptimSection:
+    optimizer: str = "adamw"
+    """'adamw' (torch) or 'lamb' (engine/optim.Lamb; our own, it also runs on CPU)."""
+    lr: float = 1e-3
+    """Peak learning rate (after warmup)."""
+    warmup_steps: int = -1
+    """Linear warmup steps; -1 = warmup_ratio x total steps."""
+    warmup_ratio: float = 0.06
+    """Warmup as a fraction of the total steps when warmup_steps is -1."""
+    decay: str = "poly"
+    """Decay after warmup: 'poly' (BERT: (1 - progress) ** decay_power), 'linear', 'cosine' or 'constant'."""
+    decay_power: float = 1.0
+    """Power of the polynomial decay (1.0 = BERT's)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay; never applied to biases or LayerNorm parameters."""
+    betas: tuple = (0.9, 0.999)
+    """Adam/LAMB moment coefficients. Flag: --betas B1,B2."""
+    eps: float = 1e-6
+    """Adam/LAMB epsilon (BERT's 1e-6)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0 = no clipping."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        check_choice(self, "optimizer", OPTIMIZERS)
+        check_choice(self, "decay", DECAYS)
+        check_non_negative(self, "weight_decay", "max_grad_norm")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"--warmup-ratio must lie in [0, 1), got {self.warmup_ratio!r}")
+        if self.warmup_steps < -1:
+            raise ConfigError(f"--warmup-steps must be >= 0 (or -1 for --warmup-ratio), got {self.warmup_steps}")
+        if len(self.betas) != 2 or not (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1) or not self.eps > 0:
+            raise ConfigError(f"--betas must be two values in [0, 1) and --eps be > 0, got {self.betas}, {self.eps}")
+
+
+@dataclass
+class MaskingSection:
+    mlm_probability: float = 0.15
+    """Fraction of tokens masked for MLM (of those: 80% [MASK] / 10% random / 10% kept)."""
+    random_replacement: str = "unigram"
+    """Token drawn for the 10% 'random' share of masked positions: 'unigram' (corpus frequency) or 'uniform'."""
+    whole_word_masking: bool = False
+    """Mask all sub-words of a word together (needs --tokenizer; host masking only)."""
+    masking: str = "host"
+    """Where MLM masking runs: 'host' (the loader, numpy; exactly round(p x n) tokens per sequence, whole-word
+    option) or 'device' (in the step on the accelerator, engine/training/device_masking.py; the Triton kernel with
+    --kernels triton; each token chosen independently with --mlm-probability)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError(f"--mlm-probability must lie in (0, 1), got {self.mlm_probability!r}")
+        check_choice(self, "random_replacement", RANDOM_REPLACEMENTS)
+        check_choice(self, "masking", MASKING_PLACES)
+        if self.masking == "device" and self.whole_word_masking:
+            raise ConfigError("--whole-word-masking runs on the host only; drop it or use --masking host")
+
+
+@dataclass
+class ParallelSection:
+    precision: str = "fp32"
+    """'fp32', 'bf16' or 'fp16' (dynamic loss scaling; GPU only)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3."""
+    deepspeed_config: str = ""
+    """A user's DeepSpeed JSON; it wins where it speaks, unless it contradicts an explicit flag (error)."""
+    kernels: str = "none"
+    """'none' (pure torch) or 'triton' (kernels/ package: fused attention, epilogues, sparse MLM loss)."""
+    compile: bool = False
+    """torch.compile the model's forward (dynamic shapes; the Triton kernels are custom ops it traces through).
+    ZeRO 0-2 only."""
+    activation_checkpointing: bool = False
+    """Recompute each encoder layer's activations in the backward instead of storing them (less memory, ~1/3 more
+    compute); applied by engine/parallelize.py."""
+    dist_timeout_s: int = 600
+    """Collective timeout in seconds: a rank that dies or hangs takes the job down after this long."""
+
+    def __post_init__(self) -> None:
+        check_choice(self, "precision", PRECISIONS)
+        check_choice(self, "kernels", KERNEL_BACKENDS)
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
+        check_positive_int(self, "dist_timeout_s")
+        if self.compile and self.zero_stage == 3:
+            raise ConfigError("--compile is not supported with --zero-stage 3 (ZeRO-3 gathers parameters in "
+                              "module hooks that torch.compile does not trace); use ZeRO 0-2")
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "runs/pretrain"
+    """Run directory: checkpoints/, metrics.jsonl, tensorboard/, config.json, final HF export in hf/."""
+    seed: int = 1234
+    """Seed of initialisation, dropout, NSP pairing and masking."""
+    resume: bool = False
+    """Continue from the latest complete checkpoint in output_dir/checkpoints (error if there is none)."""
+    save_every: int = 500
+    """Checkpoint every N optimizer steps (and always at the end); 0 = only at the end."""
+    keep_last: int = 3
+    """Checkpoints kept; older ones are deleted after a newer one is complete."""
+    log_every: int = 10
+    """Write a metrics line (JSONL + TensorBoard) every N steps."""
+    eval_every: int = 200
+    """Evaluate on the held-out split every N steps (and at the end); 0 = only at the end."""
+    eval_batches: int = 20
+    """Held-out micro batches per evaluation (per rank)."""
+    max_skipped_steps: int = 20
+    """Stop with an error after this many consecutive steps with a non-finite loss."""
+    progress: bool = True
+    """Show a tqdm progress bar on rank 0. Flag: --no-progress turns it off."""
+    export_hf: bool = True
+    """Export the final weights to output_dir/hf (Hugging Face format) at the end. Flag: --no-export-hf."""
+    profile_steps: int = 0
+    """Profile this many optimizer steps with torch.profiler: RUN/profile.json (device busy/idle share, top ops) and
+    RUN/profile/trace.json; 0 = off."""
+    profile_start: int = -1
+    """Optimizer steps done before the profiled window opens; -1 = log_every (past autotuning and warm-up)."""
+
+    def __post_init__(self) -> None:
+        check_positive_int(self, "log_every", "keep_last", "eval_batches", "max_skipped_steps")
+        check_non_negative(self, "save_every", "eval_every", "profile_steps")
+        if self.profile_start < -1:
+            raise ConfigError(f"--profile-start must be >= -1, got {self.profile_start}")
+
+
+SECTIONS: dict[str, type] = {"data": DataSection, "model": ModelSection, "batch": BatchSection,
+                             "optim": OptimSection, "masking": MaskingSection, "parallel": ParallelSection,
+                             "run": RunSection}
+
+
+@dataclass
+class PretrainConfig:
+    data: DataSection = field(default_factory=DataSection)
+    """What to train on: the prepared dataset, its tokenizer, the held-out share."""
+    model: ModelSection = field(default_factory=ModelSection)
+    """The encoder: preset, field overrides, dropout, starting weights."""
+    batch: BatchSection = field(default_factory=BatchSection)
+    """Batch geometry and length of the run; layout (padded / unpadded / packed) and prefetching."""
+    optim: OptimSection = field(default_factory=OptimSection)
+    """Optimizer, learning-rate schedule, weight decay, clipping."""
+    masking: MaskingSection = field(default_factory=MaskingSection)
+    """MLM masking: rate, replacements, whole words, host or device."""
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    """Precision and distribution: bf16/fp16, ZeRO, kernels, compile, activation checkpointing."""
+    run: RunSection = field(default_factory=RunSection)
+    """Outputs, seed, checkpoints, logging, evaluation, profiling."""
+
+    def __post_init__(self) -> None:
+        if self.optim.optimizer == "lamb" and self.parallel.zero_stage > 0:
+            raise ConfigError("--optimizer lamb needs --zero-stage 0: ZeRO flattens parameters into partitions, so "
+                              "LAMB's per-layer trust ratio would be taken over whole partitions")
+        if self.masking.whole_word_masking and not self.data.tokenizer:
+            raise ConfigError("--whole-word-masking needs --tokenizer (to know the '##' continuation pieces)")
+
+    # ---- flat view: one name per field, the flags' and checkpoints' form ------------------------------------------
+    @classmethod
+    def field_section(cls) -> dict[str, str]:
+        """{field name: section name} over all sections."""
+        return {f.name: section for section, kind in SECTIONS.items() for f in dataclasses.fields(kind)}
+
+    @classmethod
+    def from_flat(cls, values: dict | None = None, **more: Any) -> "PretrainConfig":
+        """Build from `{field: value}` (fields of any section); unknown names raise ConfigError naming them."""
+        values = {**(values or {}), **more}
+        where = cls.field_section()
+        unknown = sorted(set(values) - set(where))
+        if unknown:
+            raise ConfigError(f"unknown pretraining setting(s): {', '.join(unknown)}")
+        parts: dict[str, dict] = {section: {} for section in SECTIONS}
+        for name, value in values.items():
+            parts[where[name]][name] = value
+        return cls(**{section: SECTIONS[section](**kw) for section, kw in parts.items()})
+
+    def to_flat(self) -> dict:
+        """`{field: value}` over all sections (JSON-ready: tuples become lists)."""
+        out = {}
+        for section in SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        return out
+
+    def replace(self, **changes: Any) -> "PretrainConfig":
+        """A copy with some fields (of any section) changed, validated again."""
+        return self.from_flat({**self.to_flat(), **changes})
+
+    # ---- derived ----------------------------------------------------------------------------------------------
+    def grad_accum(self, world_size: int) -> int:
+        """Micro batches per rank per optimizer step; the global batch must split evenly over the ranks."""
+        per_step = self.batch.micro_batch * world_size
+        if self.batch.global_batch % per_step:
+            raise ConfigError(f"--global-batch ({self.batch.global_batch}) is not divisible by --micro-batch "
+                              f"({self.batch.micro_batch}) x ranks ({world_size}) = {per_step}")
+        return self.batch.global_batch // per_step
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the run: from the token budget when one is set, else `steps`."""
+        if self.batch.token_budget:
+            per_step = self.batch.max_seq_length * self.batch.global_batch
+            return max(1, -(-self.batch.token_budget // per_step))
+        return self.batch.steps
+
+    def warmup(self) -> int:
+        """Warmup steps: warmup_steps, or warmup_ratio of the total when it is -1 (never more than the total)."""
+        total = self.total_steps()
+        o = self.optim
+        return min(total, o.warmup_steps if o.warmup_steps >= 0 else int(o.warmup_ratio * total))

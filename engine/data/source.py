@@ -1,0 +1,149 @@
+"""Batch sources of the pretraining loop: the prepared dataset (`CorpusSource`), or synthetic batches for tests and
+benchmarks (`SyntheticSource`, engine/data/synthetic.py), chosen by `open_source`. Both follow `BatchSource`.
+
+Order: engine/data/sampler.py (global micro batch k goes to rank k % world; exact resume from one integer).
+CorpusSource builds NSP pairs from the C++ sample map (train / held-out split by document hash), masks them with
+BERT's 80/10/10 seeded by (seed, epoch, sample id) — or leaves them unmasked with a `mask_seed` from (seed, epoch,
+global micro-batch index) for --masking device — and lays them out (engine/data/batch.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from engine.config.checks import flag
+from engine.config.pretrain import PretrainConfig
+from engine.data.batch import Batch
+from engine.data.sampler import MicroBatchSampler
+from engine.data.splitmix import derive_seed
+from engine.errors import ConfigError
+
+EVAL_EPOCH = 10 ** 6  # masks of held-out batches are seeded with this epoch: fixed across evaluations
+
+
+class BatchSource(Protocol):
+    """What the pretraining loop needs from a source of micro batches for one rank."""
+
+    vocab_size: int
+    tokenizer_dir: Path | None
+    position: int  # micro batches this rank has taken
+
+    @property
+    def mask_token_id(self) -> int: ...
+
+    @property
+    def replacement_probs(self) -> np.ndarray: ...  # (V,) distribution of MLM random replacements
+
+    def start(self) -> None: ...  # build or map what the batches need (collective under torch.distributed)
+
+    def batch_at(self, position: int) -> Batch: ...  # pure: safe to build ahead in another thread
+
+    def next_batch(self) -> Batch: ...
+
+    def eval_batches(self, n_batches: int) -> Iterator[Batch]: ...  # the same batches on every call
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def mask_seed(seed: int, epoch: int, global_index: int) -> int:
+    """Device masking's seed of global micro batch `global_index` of `epoch` (62 bits, SplitMix64)."""
+    return derive_seed(seed, epoch, global_index)
+
+
+def open_source(cfg: PretrainConfig, rank: int, world: int) -> BatchSource:
+    """The source `cfg` asks for: synthetic batches when --synthetic-vocab is set, else the prepared dataset."""
+    if cfg.data.synthetic_vocab:
+        from engine.data.synthetic import SyntheticSource
+
+        return SyntheticSource(cfg.data.synthetic_vocab, cfg.batch.max_seq_length, cfg.batch.micro_batch, rank,
+                               world, seed=cfg.run.seed, mlm_probability=cfg.masking.mlm_probability,
+                               mask=cfg.masking.masking == "host")
+    if not cfg.data.data_dir:
+        raise ConfigError("pretrain needs --data DIR (a `bertforge prepare` output) or --synthetic-vocab V")
+    return CorpusSource(cfg, rank, world)
+
+
+class CorpusSource:
+    """Micro batches of one rank from a prepared dataset (see the module docstring)."""
+
+    def __init__(self, cfg: PretrainConfig, rank: int, world: int):
+        from engine.data.indexed import IndexedDataset
+        from engine.data.tokenizer import load_tokenizer, tokenizer_hash
+
+        self.tokenizer = None
+        expected_hash = None
+        if cfg.data.tokenizer:
+            self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+            expected_hash = tokenizer_hash(self.tokenizer)
+        # DataError (one line) when not a prepared dataset or prepared with another tokenizer
+        info = IndexedDataset(cfg.data.data_dir, expected_hash)
+        self.vocab_size = info.vocab_size
+        if self.tokenizer is not None and self.tokenizer.get_vocab_size() != self.vocab_size:
+            raise ConfigError(f"{cfg.data.tokenizer}: tokenizer has {self.tokenizer.get_vocab_size()} tokens, "
+                              f"{cfg.data.data_dir} was prepared with {self.vocab_size}")
+        self.tokenizer_dir = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.position = 0
+        self.train = self.held_out = self.sampler = self.masker = self.collate = None
+
+    def start(self) -> None:
+        """Build (rank 0) or map the sample maps; collective under torch.distributed."""
+        from engine.data.pretraining import PretrainingCollator, PretrainingDataset
+
+        c = self.cfg
+        kw = dict(max_seq_length=c.batch.max_seq_length, seed=c.run.seed, eval_fraction=c.data.eval_fraction,
+                  tokenizer=self.tokenizer)
+        self.train = PretrainingDataset(c.data.data_dir, split="train", **kw)
+        self.held_out = PretrainingDataset(c.data.data_dir, split="eval", **kw)
+        B = c.batch.micro_batch
+        if len(self.train) < B * self.world:
+            raise ConfigError(f"{c.data.data_dir}: only {len(self.train)} training samples at "
+                              f"{flag('max_seq_length')} {c.batch.max_seq_length}")
+        if len(self.held_out) == 0:
+            raise ConfigError(f"{c.data.data_dir}: no held-out samples; raise --eval-fraction")
+        self.sampler = MicroBatchSampler(len(self.train), B, self.rank, self.world, seed=c.run.seed)
+        self.masker = self.train.masker(c.masking.mlm_probability, c.masking.random_replacement)
+        self.collate = PretrainingCollator(self.masker, self.train.continuation, c.masking.whole_word_masking,
+                                           pack=c.batch.pack, pad_id=self.train.special.pad_id,
+                                           mask=c.masking.masking == "host")
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.masker.mask_token_id
+
+    @property
+    def replacement_probs(self) -> np.ndarray:  # (V,) corpus unigram (or uniform) over non-special tokens
+        return self.masker.replacement_probs
+
+    def _batch(self, dataset, indices: np.ndarray, epoch: int, global_index: int) -> Batch:
+        return self.collate(dataset.__getitems__(indices), epoch=epoch,
+                            mask_seed=mask_seed(self.cfg.run.seed, epoch, global_index))
+
+    def next_batch(self) -> Batch:
+        batch = self.batch_at(self.position)
+        self.position += 1
+        return batch
+
+    def batch_at(self, position: int) -> Batch:
+        """This rank's micro batch number `position` (pure: safe to build ahead in another thread)."""
+        mb = self.sampler.indices(position)
+        return self._batch(self.train, mb.indices, mb.epoch, mb.global_index)
+
+    def eval_batches(self, n_batches: int) -> Iterator[Batch]:
+        """At most n_batches held-out micro batches per rank, capped so that no sample is scored twice (the same
+        count on every rank; one batch, wrapping, if the split is smaller than a round of micro batches)."""
+        n, B = len(self.held_out), self.cfg.batch.micro_batch
+        n_batches = max(1, min(n_batches, n // (B * self.world)))
+        for k in range(n_batches):
+            index = k * self.world + self.rank
+            start = index * B
+            yield self._batch(self.held_out, np.arange(start, start + B) % n, EVAL_EPOCH, index)
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])

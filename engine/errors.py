@@ -1,0 +1,33 @@
+"""The errors a user can fix. Every one derives from `UserError`, which the command line prints as one line
+(`bertforge: error: <message>`) with no traceback; the message names the file (and line), the flag or field at
+fault, and what to change. Anything else escaping the library is a bug and keeps its traceback.
+
+This module is at the bottom of the layers: it imports nothing from engine."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem in the user's input or set-up; the message is one line saying where, what and what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value (flag, config field, JSON config) is invalid; the message names it."""
+
+
+class DataError(UserError):
+    """Bad input data or a data set that cannot be used; the message names the file (and line) and the problem.
+
+    `path` and `line`, when given, are prefixed as `path:line: `."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        where = f"{path}:{line}: " if path is not None and line is not None else f"{path}: " if path else ""
+        super().__init__(f"{where}{message}")
+        self.path, self.line = path, line
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint or model directory cannot be read or does not fit the model; the message names the file."""
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. too many non-finite steps in a row); the message says why and what to do."""

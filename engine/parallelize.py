@@ -1,0 +1,101 @@
+"""The one place that wraps a model for training: precision, distribution, compilation, activation checkpointing.
+
+Model code (engine/model.py, engine/heads.py) knows nothing of any of these; `parallelize` applies them from outside
+in one commented order (torchtitan's `parallelize_*` functions are the model) and returns the training engine that
+pretraining — and every other training loop — calls: `engine(**inputs)`, `engine.backward(loss)`, `engine.step()`.
+Each `apply_*` is small and logs one line on rank 0."""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from engine import deepspeed as ds
+
+
+def _log0(message: str) -> None:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        print(message, flush=True)
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """What `parallelize` applies. ds_config: DeepSpeed's JSON (engine.deepspeed.build_ds_config), which carries
+    ZeRO stage, precision, batch sizes, accumulation and clipping."""
+
+    ds_config: dict
+    compile: bool = False              # torch.compile (dynamic shapes) of the model, in place
+    activation_checkpointing: bool = False  # recompute each encoder layer in the backward
+
+
+def apply_activation_checkpointing(model: nn.Module, layer_type: type | None = None) -> int:
+    """Recompute the activations of every `layer_type` module (default: engine.model.BertLayer) in the backward
+    instead of storing them (torch.utils.checkpoint, non-reentrant), in training mode only. Parameter names are
+    unchanged (the layer's forward is wrapped in place). Returns the number of wrapped layers."""
+    if layer_type is None:
+        from engine.model import BertLayer
+
+        layer_type = BertLayer
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, layer_type) or getattr(module, "activation_checkpointed", False):
+            continue
+        inner: Callable = module.forward
+
+        def forward(self, *args, _inner=inner, **kwargs):
+            if self.training and torch.is_grad_enabled():
+                return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return _inner(*args, **kwargs)
+
+        module.forward = types.MethodType(forward, module)
+        module.activation_checkpointed = True
+        count += 1
+    return count
+
+
+def apply_compile(model: nn.Module) -> None:
+    """torch.compile the model in place (dynamic shapes): parameter names (checkpoints, export) stay the model's.
+    With kernels='triton' every kernel is a custom op, so the forward is one graph without host syncs."""
+    model.compile(dynamic=True)
+
+
+def install_skip_gate(optimizer: torch.optim.Optimizer) -> None:
+    """Let the loop veto the next update (a non-finite loss on any rank): set `optimizer.bertforge_skip = True`
+    before engine.step(). DeepSpeed's wrappers (ZeRO 1-3, bf16) all call the client optimizer's step(), so a vetoed
+    step leaves weights and moments untouched whatever the stage."""
+    inner_step = optimizer.step
+    optimizer.bertforge_skip = False
+
+    def step(self, *args, **kwargs):
+        if self.bertforge_skip:
+            return None
+        return inner_step(*args, **kwargs)
+
+    optimizer.step = types.MethodType(step, optimizer)  # a bound method: LR schedulers wrap it again
+
+
+def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: ParallelPlan, log: Callable = _log0):
+    """Wrap `model` (already on its device) and its client `optimizer` into the DeepSpeed training engine, in order:
+    1. activation checkpointing (before compile, so the compiled graph contains the recomputation),
+    2. torch.compile (in place; ZeRO 0-2: ZeRO-3's parameter hooks are not traced),
+    3. the non-finite-step gate on the client optimizer (DeepSpeed wraps it next),
+    4. ZeRO-3: parameters a module reads from its children directly are registered to be gathered with it
+       (inside engine.deepspeed.initialize),
+    5. deepspeed.initialize: ZeRO partitioning, bf16/fp16 (dynamic loss scaling), accumulation, clipping.
+    The learning-rate schedule stays with the caller (it steps only when an update was applied)."""
+    if plan.activation_checkpointing:
+        log(f"parallelize: activation checkpointing on {apply_activation_checkpointing(model)} layers")
+    if plan.compile:
+        apply_compile(model)
+        log("parallelize: torch.compile (dynamic shapes)")
+    install_skip_gate(optimizer)
+    engine = ds.initialize(model, optimizer, plan.ds_config)
+    zero = plan.ds_config["zero_optimization"].get("stage", 0)
+    precision = "bf16" if plan.ds_config["bf16"]["enabled"] else "fp16" if plan.ds_config["fp16"]["enabled"] else "fp32"
+    log(f"parallelize: DeepSpeed engine, ZeRO {zero}, {precision}, "
+        f"accumulation {plan.ds_config['gradient_accumulation_steps']}")
+    return engine

@@ -1,0 +1,428 @@
+"""The pretraining loop (MLM + NSP) as a `Trainer`: setup / train_step / log / evaluate / save / run.
+
+One optimizer step = `accum` micro batches per rank (global micro batch k on rank k % world, engine/data/sampler.py),
+then engine.step() at the boundary. Non-finite losses (bf16/fp32) skip the whole step on every rank (agreed by an
+all-reduce) and are counted; fp16 overflows are DeepSpeed's loss scaler's (it lowers the scale and skips). Too many
+skipped steps in a row stop training with an error. SIGTERM is turned into a flag that the ranks agree on at the next
+logging, evaluation or save step (one rank: the next step): a checkpoint is saved and the run exits with status 143
+(resume with --resume).
+
+Host syncs: one per optimizer step (the non-finite check, after the backward is queued); statistics stay on the
+device until a logging step (`LogWindow`); batches come from a background prefetch thread (engine/data/prefetch.py).
+The model is wrapped for training by engine/parallelize.py only."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine import deepspeed as ds
+from engine.config import ModelConfig, preset
+from engine.config.checks import flag
+from engine.config.pretrain import PretrainConfig
+from engine.data.batch import Batch
+from engine.data.prefetch import Prefetcher
+from engine.errors import ConfigError, TrainingError
+from engine.heads import BertForPreTraining
+from engine.io import write_json
+from engine.malloc import pin_mmap_threshold
+from engine.optim import build_optimizer, param_groups, warmup_decay
+from engine.parallelize import ParallelPlan, parallelize
+from engine.training import distributed as D
+from engine.training.checkpoint import CheckpointManager
+from engine.training.device_masking import DeviceMasker
+from engine.training.metrics import MetricsWriter, Progress, Throughput, flops_per_token, peak_flops
+from engine.training.profile import StepProfiler
+from engine.training.rng import rng_state, seed_everything, set_rng_state
+from engine.training.weights import load_initial_weights
+
+PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
+
+
+@dataclass
+class RunResult:
+    step: int
+    status: str  # "finished" or "preempted"
+    eval: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    skipped_steps: int = 0
+
+
+def build_model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
+    """The preset with the config's overrides, the data's vocabulary size, dropout and kernel backend."""
+    overrides = dict(cfg.model.model_overrides)
+    if "vocab_size" in overrides and overrides["vocab_size"] != vocab_size:
+        raise ConfigError(f"model vocab_size {overrides['vocab_size']} does not match the dataset's tokenizer "
+                          f"({vocab_size} tokens)")
+    overrides["vocab_size"] = vocab_size
+    if cfg.model.dropout is not None:
+        overrides.update(hidden_dropout_prob=cfg.model.dropout, attention_probs_dropout_prob=cfg.model.dropout)
+    overrides.setdefault("kernels", cfg.parallel.kernels)
+    model_cfg = preset(cfg.model.preset, **overrides)
+    if cfg.batch.max_seq_length > model_cfg.max_position_embeddings:
+        raise ConfigError(f"{flag('max_seq_length')} {cfg.batch.max_seq_length} exceeds max_position_embeddings "
+                          f"({model_cfg.max_position_embeddings})")
+    return model_cfg
+
+
+def model_inputs(batch: Batch, unpadded: bool, dev: torch.device, masker: DeviceMasker | None = None) -> dict:
+    """The forward's arguments of `batch` in one layout, on `dev`, with its MLM targets and NSP labels. With a
+    DeviceMasker (--masking device) the batch is unmasked and is masked here, on `dev`, in that layout."""
+    inputs = batch.forward_inputs(unpadded)
+    if masker is None:
+        inputs.update(batch.mlm_targets(unpadded))
+    inputs["next_sentence_label"] = batch.next_sentence_label
+    inputs = {k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    if masker is not None:
+        if batch.mask_seed is None:
+            raise ValueError("--masking device needs unmasked batches with a mask_seed (the source masked them "
+                             "already)")
+        inputs = masker(inputs, batch.special_mask(unpadded), int(batch.mask_seed))
+    return inputs
+
+
+@dataclass
+class LogWindow:
+    """Statistics of the applied steps since the last metrics line. The sums produced on the device stay there until
+    a logging step, so steps between logs read nothing from the device."""
+
+    sums: torch.Tensor  # (5,) float64 on the device: loss, mlm_loss, nsp_loss, mlm_correct, nsp_correct
+    mlm_count: int = 0  # masked tokens
+    nsp_count: int = 0  # NSP labels
+    micro_batches: int = 0
+
+    @classmethod
+    def zeros(cls, dev: torch.device) -> "LogWindow":
+        return cls(torch.zeros(5, dtype=torch.float64, device=dev))
+
+    def add(self, other: "LogWindow") -> None:
+        self.sums += other.sums
+        self.mlm_count += other.mlm_count
+        self.nsp_count += other.nsp_count
+        self.micro_batches += other.micro_batches
+
+    def reduce(self, dev: torch.device) -> dict:
+        """Means over all ranks (a collective): loss, mlm_loss, nsp_loss, mlm_acc, nsp_acc; None if empty."""
+        w = D.all_reduce_sum(self.sums.tolist() + [self.mlm_count, self.nsp_count, self.micro_batches], dev)
+        if w[7] <= 0:
+            return {}
+        n = w[7]
+        return {"loss": w[0] / n, "mlm_loss": w[1] / n, "nsp_loss": w[2] / n, "mlm_acc": w[3] / max(w[5], 1),
+                "nsp_acc": w[4] / max(w[6], 1)}
+
+
+class _Preemption:
+    """SIGTERM -> a flag (the main thread's handler; restored on exit)."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+class Trainer:
+    """One pretraining phase (or its resumption). Attributes, in the order `setup` fills them:"""
+
+    cfg: PretrainConfig             # the settings, merged with a user's DeepSpeed JSON
+    user_ds: dict | None            # that JSON's remaining keys
+    accum: int                      # micro batches per rank per optimizer step
+    run_dir: Path
+    ckpt: CheckpointManager         # run_dir/checkpoints
+    source: Prefetcher              # this rank's batches (engine/data/source.py behind the prefetcher)
+    model_cfg: ModelConfig
+    dev: torch.device
+    masker: DeviceMasker | None     # --masking device
+    engine: object                  # DeepSpeed engine (engine/parallelize.py)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: int                       # optimizer steps done
+    skipped: int                    # steps skipped (non-finite loss), in total and in a row
+    in_a_row: int
+    metrics: MetricsWriter          # run_dir/metrics.jsonl + TensorBoard (rank 0)
+
+    def __init__(self, cfg: PretrainConfig, explicit: frozenset = frozenset(),
+                 source_factory: Callable | None = None):
+        """`explicit`: fields given on the command line (a DeepSpeed JSON may not contradict them).
+        `source_factory(cfg, rank, world)` -> BatchSource; default engine.data.source.open_source."""
+        self.cfg, self.explicit = cfg, explicit
+        if source_factory is None:
+            from engine.data.source import open_source as source_factory
+        self.source_factory = source_factory
+
+    # ---- setup ---------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        pin_mmap_threshold()
+        D.prepare_env()
+        cfg = self.cfg
+        self.user_ds = ds.load_user_config(cfg.parallel.deepspeed_config) if cfg.parallel.deepspeed_config else None
+        if self.user_ds is not None:
+            cfg = self.cfg = ds.merge_user_config(cfg, self.user_ds, set(self.explicit), D.world_size(),
+                                                  source=cfg.parallel.deepspeed_config)
+        self.accum = cfg.grad_accum(D.world_size())
+        if cfg.parallel.precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("--precision fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
+        self.run_dir = Path(cfg.run.output_dir)
+        self.ckpt = CheckpointManager(self.run_dir, cfg.run.keep_last)
+        latest = self.ckpt.latest()
+        if cfg.run.resume and latest is None:
+            raise ConfigError(f"--resume: no complete checkpoint in {self.ckpt.root}")
+        if not cfg.run.resume and latest is not None:
+            raise ConfigError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it, or another "
+                              f"--output-dir")
+
+        source = self.source_factory(cfg, D.rank(), D.world_size())
+        self.model_cfg = build_model_config(cfg, source.vocab_size)
+        ds.init_distributed(cfg.parallel.dist_timeout_s)
+        self.dev = D.device()
+        source.start()
+        self.source = Prefetcher(source, cfg.batch.prefetch)
+        self.masker = None
+        if cfg.masking.masking == "device":
+            self.masker = DeviceMasker(source.mask_token_id, source.replacement_probs, cfg.masking.mlm_probability,
+                                       self.model_cfg.kernels, self.dev)
+
+        seed_everything(cfg.run.seed)
+        model = BertForPreTraining(self.model_cfg)
+        if cfg.model.init_from and not cfg.run.resume:
+            load_initial_weights(model, cfg.model.init_from)
+        model.to(self.dev)
+        o = cfg.optim
+        self.optimizer = build_optimizer(o.optimizer, param_groups(model, o.weight_decay), o.lr, o.betas, o.eps,
+                                         fused=False if o.optimizer == "adamw" and self.dev.type == "cpu" else None)
+        self.scheduler = warmup_decay(self.optimizer, cfg.warmup(), cfg.total_steps(), o.decay, o.decay_power)
+        ds_config = ds.build_ds_config(micro_batch=cfg.batch.micro_batch, global_batch=cfg.batch.global_batch,
+                                       grad_accum=self.accum, max_grad_norm=o.max_grad_norm,
+                                       zero_stage=cfg.parallel.zero_stage, precision=cfg.parallel.precision,
+                                       user=self.user_ds)
+        plan = ParallelPlan(ds_config, compile=cfg.parallel.compile,
+                            activation_checkpointing=cfg.parallel.activation_checkpointing)
+        self.engine = parallelize(model, self.optimizer, plan, log=lambda m: None)
+        seed_everything(cfg.run.seed + 1000 * D.rank())  # dropout streams differ per rank
+
+        self.step = self.skipped = self.in_a_row = 0
+        if cfg.run.resume:
+            state = self.ckpt.load(self.engine, latest)
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.source.load_state_dict(state["data"])
+            set_rng_state(state["rng"])
+            self.step, self.skipped, self.in_a_row = state["step"], state["skipped"], state["in_a_row"]
+            D.log0(f"resumed from {self.ckpt.root / latest} at step {self.step}")
+
+        rank0 = D.rank() == 0
+        self.metrics = MetricsWriter(self.run_dir, enabled=rank0)
+        if rank0:
+            write_json(self.run_dir / "config.json",
+                       {"train": cfg.to_flat(), "model": dataclasses.asdict(self.model_cfg),
+                        "world_size": D.world_size(), "grad_accum": self.accum})
+
+    # ---- one optimizer step --------------------------------------------------------------------------------------
+    def train_step(self, logging: bool) -> tuple[LogWindow, bool, float | None]:
+        """`accum` micro batches, one update (or a skip). Returns (this step's statistics, whether the update was
+        applied, the gradient norm when `logging` and it is known before the step)."""
+        cfg, engine, optimizer = self.cfg, self.engine, self.optimizer
+        fp16 = cfg.parallel.precision == "fp16"
+        optimizer.bertforge_skip = False
+        stats = LogWindow.zeros(self.dev)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.dev)
+        norm = None
+        for micro_step in range(self.accum):
+            batch = self.source.next_batch()
+            self._pending[0] += batch.num_tokens
+            self._pending[1] += batch.num_samples
+            inputs = model_inputs(batch, cfg.batch.unpadded, self.dev, self.masker)
+            out = engine(**inputs)
+            nonfinite |= ~torch.isfinite(out.loss.detach())
+            engine.backward(out.loss)  # NaN grads are harmless: the update is vetoed below
+            if micro_step == self.accum - 1:
+                if logging:
+                    norm = ds.grad_norm_before_step(engine)
+                if not fp16:  # fp16: DeepSpeed's loss scaler skips and lowers the scale
+                    # the one host sync of a step (after the backward is queued): all ranks skip together
+                    optimizer.bertforge_skip = D.all_reduce_max([float(nonfinite)], self.dev)[0] > 0
+            engine.step()
+            labels, nsp = inputs["mlm_labels"], inputs["next_sentence_label"]
+            stats.sums += torch.stack([
+                out.loss.detach(), out.mlm_loss.detach(), out.nsp_loss.detach(),
+                (out.mlm_predictions == labels).sum(), (out.nsp_logits.argmax(-1) == nsp).sum()]).double()
+            stats.mlm_count += labels.numel()
+            stats.nsp_count += nsp.numel()
+            stats.micro_batches += 1
+        applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
+        return stats, applied, norm
+
+    # ---- reporting -----------------------------------------------------------------------------------------------
+    def log(self, lr: float, norm: float | None) -> None:
+        """Write the metrics line of the window that ends at this step (a collective)."""
+        now = time.perf_counter()
+        means = self._window.reduce(self.dev)
+        tok_s, samp_s = self.throughput.rates()
+        if means:
+            record = {"step": self.step, "split": "train", **means, "lr": lr,
+                      "grad_norm": norm if norm is not None else ds.grad_norm(self.engine),
+                      "loss_scale": ds.loss_scale(self.engine), "tokens_per_s": tok_s, "samples_per_s": samp_s,
+                      "mfu": tok_s * self._fpt / (self._peak * D.world_size()) if self._peak else None,
+                      "skipped_steps": self.skipped,
+                      "data_wait_frac": (self.source.wait_s - self._log_clock[1]) / max(now - self._log_clock[0],
+                                                                                         1e-9),
+                      "time": now - self._t_start}
+            self.metrics.write(record)
+            self.result.train = record
+            self.progress.postfix(loss=record["loss"], mlm_acc=record["mlm_acc"], nsp_acc=record["nsp_acc"],
+                                  tok_s=f"{tok_s:.0f}")
+        self._log_clock = (now, self.source.wait_s)
+        self._window = LogWindow.zeros(self.dev)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out MLM and NSP accuracy (all ranks; the same batches each call) and the unigram baseline: the
+        accuracy of always predicting the held-out split's most frequent masked token."""
+        saved = rng_state()
+        engine, vocab = self.engine, self.model_cfg.vocab_size
+        engine.eval()
+        sums = torch.zeros(6, dtype=torch.float64)  # loss, mlm_correct, mlm_count, nsp_correct, nsp_count, batches
+        label_counts = torch.zeros(vocab, dtype=torch.float64)
+        for batch in self.source.eval_batches(self.cfg.run.eval_batches):
+            inputs = model_inputs(batch, self.cfg.batch.unpadded, self.dev, self.masker)
+            out = engine(**inputs)
+            labels, nsp = inputs["mlm_labels"], inputs["next_sentence_label"]
+            sums += torch.tensor([float(out.loss), float((out.mlm_predictions == labels).sum()), labels.numel(),
+                                  float((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel(), 1],
+                                 dtype=torch.float64)
+            label_counts += torch.bincount(labels.cpu(), minlength=vocab).double()
+        engine.train()
+        set_rng_state(saved)
+        totals = D.all_reduce_sum(sums.tolist() + label_counts.tolist(), self.dev)
+        loss, mlm_c, mlm_n, nsp_c, nsp_n, batches = totals[:6]
+        return {"loss": loss / max(batches, 1), "mlm_acc": mlm_c / max(mlm_n, 1), "nsp_acc": nsp_c / max(nsp_n, 1),
+                "mlm_unigram_acc": max(totals[6:]) / max(mlm_n, 1), "masked_tokens": int(mlm_n)}
+
+    def save(self, finished: bool = False) -> None:
+        """A checkpoint of everything the continuation needs (a collective)."""
+        trainer_state = {"step": self.step, "scheduler": self.scheduler.state_dict(),
+                         "data": self.source.state_dict(), "rng": rng_state(), "skipped": self.skipped,
+                         "in_a_row": self.in_a_row}
+        meta = {"train_config": self.cfg.to_flat(), "model_config": dataclasses.asdict(self.model_cfg),
+                "finished": finished,
+                "tokenizer_dir": str(self.source.tokenizer_dir) if self.source.tokenizer_dir else None}
+        self.ckpt.save(self.engine, self.step, trainer_state, meta)
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Set up, train to the end (or to a SIGTERM), evaluate, save, export. Returns the run's result."""
+        with contextlib.ExitStack() as cleanup:
+            self.setup()
+            cleanup.callback(self.source.close)
+            cleanup.callback(self.metrics.close)
+            return self._train(cleanup)
+
+    def _train(self, cleanup: contextlib.ExitStack) -> RunResult:
+        cfg, rank, world = self.cfg, D.rank(), D.world_size()
+        total = cfg.total_steps()
+        self._fpt = flops_per_token(self.model_cfg, cfg.batch.max_seq_length, cfg.masking.mlm_probability)
+        self._peak = peak_flops()
+        self.progress = Progress(total, self.step, enabled=cfg.run.progress and rank == 0)
+        cleanup.callback(self.progress.close)
+        self.throughput = Throughput()
+        self._window = LogWindow.zeros(self.dev)
+        self._pending = [0, 0]  # tokens and samples of all steps since the last collective (throughput)
+        self.result = RunResult(step=self.step, status="finished")
+        self._t_start = time.perf_counter()
+        self._log_clock = (self._t_start, self.source.wait_s)  # data_wait_frac: share of wall time on the loader
+        profiler = StepProfiler(self.run_dir, cfg.run.profile_start if cfg.run.profile_start >= 0 else
+                                cfg.run.log_every, cfg.run.profile_steps, enabled=rank == 0)
+        preempt = cleanup.enter_context(_Preemption())
+        while self.step < total:
+            profiler.before_step(self.step)
+            lr = self.optimizer.param_groups[0]["lr"]
+            logging = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == total
+            stats, applied, norm = self.train_step(logging)
+            self.step += 1
+            self._report_profile(profiler.after_step(self.step))
+            if applied:
+                self.scheduler.step()
+                self.in_a_row = 0
+                self._window.add(stats)
+            else:
+                self.skipped += 1
+                self.in_a_row += 1
+            if self.in_a_row >= cfg.run.max_skipped_steps:
+                raise TrainingError(f"stopped at step {self.step}: {self.in_a_row} steps in a row had a non-finite "
+                                    f"loss (last {stats.sums[0].item() / self.accum}); lower --lr, raise "
+                                    f"--warmup-steps or use --precision fp32 (limit: --max-skipped-steps)")
+            evaluating = bool(cfg.run.eval_every) and self.step % cfg.run.eval_every == 0 and self.step < total
+            saving = bool(cfg.run.save_every) and self.step % cfg.run.save_every == 0 and self.step < total
+            self.progress.update(1)
+            # Collectives only where a decision needs them; the SIGTERM flag is agreed on there too (one rank: every
+            # step, for free), so a preempted multi-rank job stops at its next logging, evaluation or save step.
+            stop = preempt.flag if world == 1 else False
+            if logging or evaluating or saving:
+                reduced = D.all_reduce_sum([*self._pending, float(preempt.flag)], self.dev)
+                self.throughput.add(int(reduced[0]), int(reduced[1]))
+                self._pending = [0, 0]
+                stop = reduced[2] > 0
+            if logging:
+                self.log(lr, norm)
+            if evaluating:
+                ev = self.evaluate()
+                self.metrics.write({"step": self.step, "split": "eval", **ev})
+                self.progress.write(_eval_line(self.step, ev))
+            if stop:
+                self.save()
+                D.log0(f"SIGTERM: checkpoint saved at step {self.step} in {self.ckpt.root}; continue with --resume")
+                return RunResult(step=self.step, status="preempted", train=self.result.train,
+                                 skipped_steps=self.skipped)
+            if saving:
+                self.save()
+        self.progress.close()
+        self.source.close()
+        self.result.eval = self.evaluate()
+        self.metrics.write({"step": self.step, "split": "eval", **self.result.eval})
+        self.save(finished=True)
+        self.result.step, self.result.skipped_steps = self.step, self.skipped
+        if rank == 0:
+            print(_eval_line(self.step, self.result.eval), flush=True)
+        if cfg.run.export_hf and rank == 0:
+            from engine.training.weights import export_checkpoint
+
+            export_checkpoint(self.ckpt.root / self.ckpt.latest(), self.run_dir / "hf",
+                              tokenizer_dir=self.source.tokenizer_dir)
+        D.barrier()
+        return self.result
+
+    def _report_profile(self, profiled: dict | None) -> None:
+        if not profiled:
+            return
+        idle = profiled["device_idle_frac"]
+        (self.progress.write if self.progress.bar is not None else D.log0)(
+            f"profile of steps {self.step - profiled['steps'] + 1}-{self.step}: {profiled['step_s']:.4f} s/step"
+            + (f", device idle {idle:.1%}" if idle is not None else "") + f" ({self.run_dir}/profile.json)")
+
+
+def pretrain(cfg: PretrainConfig, explicit: frozenset = frozenset(),
+             source_factory: Callable | None = None) -> RunResult:
+    """Run (or resume) one pretraining phase; see `Trainer`."""
+    return Trainer(cfg, explicit, source_factory).run()
+
+
+def _eval_line(step: int, ev: dict) -> str:
+    return (f"held-out @ step {step}: MLM acc {ev['mlm_acc']:.4f} (unigram baseline {ev['mlm_unigram_acc']:.4f}), "
+            f"NSP acc {ev['nsp_acc']:.4f}, loss {ev['loss']:.4f}")

@@ -1,0 +1,192 @@
+"""Pure-torch references of every kernel in this package: the CPU path (engine/ops.py runs them for kernels='none')
+and the test oracle. This module never imports Triton, so a machine without it runs everything here.
+
+Layouts (FlashAttention's): padded q/k/v are (B, S, nh, d) with key_padding_mask (B, S) bool, True = real token;
+unpadded ("varlen") q/k/v are (total, nh, d) with cu_seqlens (B + 1,) int32 and max_seqlen.
+
+Options only the oracle uses (each defaults to the CPU path's behaviour): `upcast` computes in fp64 (fp32 for
+attention), `keep_mask` / `dropout_mask` replay a kernel's dropout mask, `uniforms` replays the masking kernel's
+Philox draws."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from engine.padding import pad_input
+
+IGNORE_INDEX = -100  # label of positions without an MLM target (Hugging Face's convention)
+
+
+# ---- attention ---------------------------------------------------------------------------------------------------
+def _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen):
+    """(total, nh, d) x 3 -> ((B, S, nh, d) x 3 zero-padded, key_padding_mask (B, S), indices (total,) into B * S)."""
+    if q.dim() != 3:
+        raise ValueError(f"attention: unpadded q must be (total, nh, d), got {tuple(q.shape)}")
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    batch = lengths.numel()
+    seq = int(max_seqlen) if max_seqlen is not None else int(lengths.max()) if batch else 0
+    mask = torch.arange(seq, device=q.device)[None, :] < lengths[:, None]  # (B, S)
+    indices = mask.flatten().nonzero(as_tuple=False).flatten()
+    padded = (pad_input(t.flatten(1), indices, batch, seq).unflatten(-1, t.shape[1:]) for t in (q, k, v))
+    return *padded, mask, indices
+
+
+def attention_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
+                  softmax_scale=None):
+    """Bidirectional attention through torch's SDPA (the CPU path); the unpadded layout is padded to (B, max_seqlen)
+    first. Returns q's layout. With dropout_p > 0 torch draws its own mask."""
+    if cu_seqlens is not None:
+        if key_padding_mask is not None:
+            raise ValueError("attention: pass either key_padding_mask (padded) or cu_seqlens (unpadded), not both")
+        qp, kp, vp, mask, indices = _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen)
+        out = attention_ref(qp, kp, vp, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale)
+        return out.flatten(0, 1)[indices]
+    if q.dim() != 4:
+        raise ValueError(f"attention: padded q must be (B, S, nh, d), got {tuple(q.shape)}")
+    attn_mask = None
+    if key_padding_mask is not None:
+        attn_mask = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, S) broadcast over heads, queries
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
+                                         dropout_p=dropout_p, scale=softmax_scale)  # (B, nh, S, d)
+    return out.transpose(1, 2)
+
+
+def attention_naive_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
+                        softmax_scale=None, dropout_mask=None, upcast=False):
+    """Attention that materialises the (B, nh, S, S) scores (the oracle of kernels/attention.py; SDPA can neither
+    replay a dropout mask nor show plain torch's rounding in low precision). dropout_mask (B, nh, S, S) bool (the
+    kernel's: `kernels.attention.dropout_keep_mask`) reproduces the kernel's dropout exactly; with dropout_p > 0 and
+    no mask, torch draws its own. upcast computes in fp32 and casts back. Fully masked query rows output zeros."""
+    if cu_seqlens is not None:
+        qp, kp, vp, mask, indices = _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen)
+        out = attention_naive_ref(qp, kp, vp, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale,
+                                  dropout_mask=dropout_mask, upcast=upcast)
+        return out.flatten(0, 1)[indices]
+    dtype = q.dtype
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale  # (B, nh, S, S)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_padding_mask.bool()[:, None, None, :], float("-inf"))
+    p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    if dropout_mask is not None:
+        p = p * dropout_mask.to(p.dtype) / (1.0 - dropout_p)
+    elif dropout_p > 0:
+        p = F.dropout(p, dropout_p)
+    out = torch.einsum("bhij,bjhd->bihd", p.to(v.dtype), v)
+    return out.to(dtype)
+
+
+# ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------
+def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none", upcast: bool = False):
+    """gelu(x + bias); x (..., n), bias (n,). approximate 'none' is BERT's exact erf GELU, 'tanh' the approximation.
+    upcast computes in fp64."""
+    if upcast:
+        return F.gelu(x.double() + bias.double(), approximate=approximate)
+    return F.gelu(x + bias, approximate=approximate)
+
+
+# ---- post-LN epilogue: bias + dropout + residual add + LayerNorm -------------------------------------------------
+def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0, keep_mask=None,
+                                   upcast=False):
+    """LayerNorm(residual + dropout(x + bias)); x, residual (..., h); bias, weight, ln_bias (h,). keep_mask (bool,
+    x's shape) replays a given dropout mask (the kernel's: `kernels.layer_norm.dropout_keep_mask`); without it torch
+    draws its own. upcast computes in fp64."""
+    if upcast:
+        x, bias, residual, weight, ln_bias = (t.double() for t in (x, bias, residual, weight, ln_bias))
+    z = x + bias
+    if keep_mask is not None:
+        z = torch.where(keep_mask, z / (1.0 - dropout_p), torch.zeros((), dtype=z.dtype))
+    else:
+        z = F.dropout(z, p=dropout_p, training=dropout_p > 0)
+    y = z + residual
+    return F.layer_norm(y, (y.shape[-1],), weight, ln_bias, eps)
+
+
+# ---- sparse MLM loss ---------------------------------------------------------------------------------------------
+def masked_lm_loss_ref(hidden, decoder_weight, decoder_bias, labels):
+    """Cross-entropy of full logits = hidden @ decoder_weight.T + decoder_bias. hidden (n, h); decoder_weight (V, h);
+    decoder_bias (V,); labels (n,) int64, -100 = ignored. Returns (mean loss over labelled rows, argmax ids (n,)).
+    Logits are upcast to at least fp32 (pass fp64 inputs for an exact reference)."""
+    logits = F.linear(hidden, decoder_weight, decoder_bias)  # (n, V)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    return loss, logits.detach().argmax(-1)
+
+
+# ---- MLM masking -------------------------------------------------------------------------------------------------
+def mlm_mask_ref(input_ids, special_tokens_mask, *, mlm_probability=0.15, mask_token_id, vocab_size,
+                 unigram_cdf=None, seed=0, offset=0, mask_replace_prob=0.8, random_replace_prob=0.1, uniforms=None):
+    """BERT's 80/10/10 masking of independently chosen positions (each non-special token with mlm_probability).
+    input_ids, special_tokens_mask: same shape, any layout. Returns (masked ids, labels with -100 where not chosen,
+    flat indices of the chosen positions ascending). uniforms (>= 3, numel) fp32: the per-position u0, u1, u2
+    (`kernels.masking.philox_uniforms(seed, offset, n)` makes the output bit-identical to the kernel); None draws
+    them with torch.rand from a CPU generator seeded with `seed` (same rule and rates, a different stream)."""
+    shape = input_ids.shape
+    ids = input_ids.reshape(-1)
+    n = ids.numel()
+    if uniforms is None:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        uniforms = torch.rand(3, offset + n, generator=g)[:, offset:].to(ids.device)
+    u0, u1, u2 = uniforms[0], uniforms[1], uniforms[2]
+    f32 = lambda v: torch.tensor(v, dtype=torch.float32, device=ids.device)  # noqa: E731  thresholds as the kernel
+    chosen = (u0 < f32(mlm_probability)) & ~special_tokens_mask.reshape(-1).bool()
+    use_mask = chosen & (u1 < f32(mask_replace_prob))
+    use_random = chosen & (u1 >= f32(mask_replace_prob)) & (u1 < f32(mask_replace_prob + random_replace_prob))
+    if unigram_cdf is not None:
+        token = torch.searchsorted(unigram_cdf, u2, right=True)
+    else:
+        token = (u2 * f32(vocab_size)).to(torch.int64)
+    token = token.clamp_max(vocab_size - 1).to(ids.dtype)
+    out = torch.where(use_mask, torch.full_like(ids, mask_token_id), ids)
+    out = torch.where(use_random, token, out)
+    labels = torch.where(chosen, ids.long(), torch.full_like(ids, IGNORE_INDEX, dtype=torch.int64))
+    return out.view(shape), labels.view(shape), chosen.nonzero().flatten()
+
+
+def unigram_cdf_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """float32 cumulative distribution (V,) from token counts (V,) (zero counts: never drawn); last entry 1."""
+    cdf = torch.cumsum(counts.double(), 0)
+    return (cdf / cdf[-1]).float()
+
+
+# ---- LAMB --------------------------------------------------------------------------------------------------------
+def lamb_bias_corrections(beta1: float, beta2: float, step: int, bias_correction: bool) -> tuple[float, float]:
+    """(1 - beta1^step, 1 - beta2^step), or (1, 1) without bias correction."""
+    if bias_correction:
+        return 1.0 - beta1 ** step, 1.0 - beta2 ** step
+    return 1.0, 1.0
+
+
+def lamb_step_ref(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                  exp_avg_sqs: list[torch.Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
+                  weight_decay: float, step: int, bias_correction: bool = True,
+                  max_trust_ratio: float | None = 10.0) -> None:
+    """One LAMB step (You et al. 2019, Algorithm 2; see kernels/lamb.py) over lists of tensors, foreach torch, in
+    place on params, exp_avgs and exp_avg_sqs; `step` counts from 1. Math in each parameter's dtype with grads cast
+    to it."""
+    if not params:
+        return
+    grads = [g.to(p.dtype) for g, p in zip(grads, params)]
+    bc1, bc2 = lamb_bias_corrections(beta1, beta2, step, bias_correction)
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m = beta1 m + (1 - beta1) g
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    denom = torch._foreach_div(exp_avg_sqs, bc2)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, eps)  # sqrt(v_hat) + eps
+    update = torch._foreach_div(exp_avgs, bc1)
+    torch._foreach_div_(update, denom)  # r
+    if weight_decay != 0.0:
+        torch._foreach_add_(update, params, alpha=weight_decay)  # u = r + wd x
+    w_norms = torch.stack(torch._foreach_norm(params))
+    u_norms = torch.stack(torch._foreach_norm(update))
+    ratio = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.ones_like(w_norms))
+    if max_trust_ratio is not None:
+        ratio = ratio.clamp_max(max_trust_ratio)
+    scales = (-lr * ratio).unbind(0)
+    torch._foreach_mul_(update, scales)
+    torch._foreach_add_(params, update)

@@ -1,0 +1,105 @@
+"""Finetuning configs: every value check names its flag, every field is a generated flag, the task defaults, and
+the library never imports the command line."""
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from engine.cli import build_parser, main
+from engine.config.finetune import (ClassifyConfig, FinetuneConfig, InferenceConfig, MlmConfig, MlmData, NerConfig,
+                                    NerData, SplitFiles)
+from engine.errors import ConfigError, DataError
+
+
+@pytest.mark.parametrize("cls,values,flag", [
+    (FinetuneConfig, {"lr": 0.0}, "--lr"),
+    (FinetuneConfig, {"epochs": -1}, "--epochs"),
+    (FinetuneConfig, {"batch_size": 0}, "--batch-size"),
+    (FinetuneConfig, {"warmup_ratio": 1.0}, "--warmup-ratio"),
+    (FinetuneConfig, {"dropout": 1.0}, "--dropout"),
+    (FinetuneConfig, {"max_grad_norm": -0.5}, "--max-grad-norm"),
+    (FinetuneConfig, {"max_seq_length": 3}, "--max-seq-length"),
+    (FinetuneConfig, {"seeds": ()}, "--seeds"),
+    (FinetuneConfig, {"seeds": (1.5,)}, "--seeds"),
+    (SplitFiles, {"split": (0.5,)}, "--split"),
+    (NerData, {"scheme": "bio"}, "--scheme"),
+    (MlmData, {"mlm_probability": 0.0}, "--mlm-probability"),
+    (MlmData, {"held_out": 1.0}, "--held-out"),
+    (InferenceConfig, {"model": "m", "input": "i", "format": "xml"}, "--format"),
+])
+def test_bad_values_name_the_flag(cls, values, flag):
+    with pytest.raises(ConfigError, match=flag):
+        cls(**values)
+
+
+def test_run_configs_check_across_sections():
+    with pytest.raises(ConfigError, match="--out"):
+        ClassifyConfig.from_flat({"train": "t.csv"})
+    with pytest.raises(ConfigError, match="--train"):
+        ClassifyConfig.from_flat({"output_dir": "o"})
+    with pytest.raises(ConfigError, match="not both"):
+        NerConfig.from_flat({"output_dir": "o", "train": "a", "data_file": "b"})
+    with pytest.raises(ConfigError, match="fractions"):
+        NerConfig.from_flat({"output_dir": "o", "data_file": "b", "split": (2000, 500, 1000)})
+    assert ClassifyConfig.from_flat({"output_dir": "o", "data_file": "b", "split": (2000, 500, 1000)})
+    with pytest.raises(ConfigError, match="--corpus"):
+        MlmConfig.from_flat({"output_dir": "o"})
+    with pytest.raises(ConfigError, match="unknown"):
+        MlmConfig.from_flat({"output_dir": "o", "corpus": ["c"], "stride": 3})
+
+
+def _subparser(*names):
+    parser = build_parser()
+    for name in names:
+        parser = next(a for a in parser._actions if a.dest in ("command", "task")).choices[name]
+    return parser
+
+
+@pytest.mark.parametrize("task,config_cls", [("classify", ClassifyConfig), ("ner", NerConfig), ("mlm", MlmConfig)])
+def test_every_field_is_a_flag_and_task_defaults_apply(task, config_cls):
+    dests = {a.dest for a in _subparser("finetune", task)._actions}
+    assert set(config_cls.field_names()) <= dests
+    args = _subparser("finetune", task).parse_args(["--out", "o", "--seeds", "1,2", "--max-grad-norm", "0.5",
+                                                   *(["--corpus", "c"] if task == "mlm" else ["--data", "d"])])
+    from engine.commands.flags import given
+
+    config = config_cls.from_flat(given(args, config_cls.field_names()))
+    assert config.training.seeds == (1, 2) and config.training.max_grad_norm == 0.5
+    assert config.training.lr == FinetuneConfig.lr  # not given: the dataclass default
+    assert config.training.max_seq_length == (128 if task == "mlm" else 512)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_inference_flags(command):
+    dests = {a.dest for a in _subparser(command)._actions}
+    fields = {f.name for f in dataclasses.fields(InferenceConfig)}
+    assert fields - dests <= {"predictions", "label_column"} and (command == "predict" or fields <= dests)
+
+
+def test_cli_errors_are_one_line(tiny_ckpt, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine,pos\n,neg\n", encoding="utf-8")
+    flags = ["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(bad), "--out", str(tmp_path / "o")]
+    assert main([*flags, "--max-seq-length", "32"]) == 2
+    assert capsys.readouterr().err == f"bertforge: error: {bad}:3: empty 'text'\n"
+    assert main(flags) == 2  # the default 512 is longer than the tiny model's positions
+    assert capsys.readouterr().err == "bertforge: error: --max-seq-length 512 exceeds the model's 64 positions\n"
+    from engine.finetune.run import run_classify
+
+    with pytest.raises(DataError) as err:
+        run_classify(ClassifyConfig.from_flat(train=str(bad), output_dir=str(tmp_path / "o"), model=str(tiny_ckpt),
+                                              max_seq_length=32))
+    assert (err.value.path, err.value.line) == (str(bad), 3)
+
+
+def test_library_never_imports_the_command_line():
+    root = Path(__file__).resolve().parents[2]
+    for path in sorted((root / "engine" / "finetune").glob("*.py")) + [root / "engine" / "config" / "finetune.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("engine.cli", "engine.commands")), f"{path.name} imports {name}"
+                if path.name == "finetune.py":
+                    assert not name.startswith(("torch", "engine.finetune", "engine.data")), path
