@@ -107,14 +107,20 @@ def atomic_dir(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
     """Yield an empty temporary sibling folder of `path` to fill; on a clean exit it replaces `path`.
 
     An existing `path` is moved aside first and removed only after the new folder is in place, so a reader sees
-    the old complete folder or the new complete one. The folder gets mode 0777 & ~umask (files written inside with
-    ordinary `open` already follow the umask)."""
+    the old complete folder or the new complete one. Folders get mode 0777 & ~umask and files 0666 & ~umask (some
+    writers, e.g. safetensors, create their files private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(path), dir=path.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~current_umask())
+        mask = current_umask()
+        for root, dirs, files in os.walk(tmp):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         if durable:
             fsync_dir(tmp)
         replace_dir(tmp, path)

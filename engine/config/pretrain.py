@@ -207,7 +207,8 @@ class RunSection:
     max_skipped_steps: int = 20
     """Stop with an error after this many consecutive steps with a non-finite loss."""
     progress: bool = True
-    """Show a tqdm progress bar on rank 0. Flag: --no-progress turns it off."""
+    """A progress bar on rank 0 when stderr is a terminal (plain progress lines every 30 s when it is not, as in a
+    log file). Flag: --no-progress: the plain lines on a terminal too."""
     export_hf: bool = True
     """Export the final weights to output_dir/hf (Hugging Face format) at the end. Flag: --no-export-hf."""
     profile_steps: int = 0

@@ -104,7 +104,12 @@ class IndexedDataset:
         if not meta_path.exists():
             raise DataError(f"not a prepared dataset (no {META}; run `bertforge prepare`)", str(self.dir))
         self.meta = json.loads(meta_path.read_text())
-        if tokenizer_hash is not None and self.meta["tokenizer_hash"] != tokenizer_hash:
+        stored = str(self.meta.get("tokenizer_hash", ""))
+        if tokenizer_hash is not None and stored.split("-")[0] != tokenizer_hash.split("-")[0]:
+            raise DataError(f"dataset was prepared by an older bertforge whose tokenizer check ignored "
+                            f"normalisation (accents, Chinese characters, cleaning); prepare it again with "
+                            f"`bertforge prepare` to train on it", str(meta_path))
+        if tokenizer_hash is not None and stored != tokenizer_hash:
             raise DataError(f"dataset was prepared with another tokenizer (hash {self.meta['tokenizer_hash']}, "
                             f"this tokenizer is {tokenizer_hash}); prepare it again with this tokenizer",
                             str(meta_path))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import _csrc
+from engine.errors import DataError
 from engine.data.splitmix import M64, SplitMix64
 from engine.io import save_numpy, write_json
 
@@ -152,6 +153,23 @@ def select_sentences(ds, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return ds.sentence_starts[sent], ds.sentence_lengths[sent], doc_offsets
 
 
+def check_split(ds, docs: np.ndarray, split: str, eval_fraction: float) -> None:
+    """Refuse a split NSP cannot draw pairs from, naming the dataset, the split and what to change: fewer than two
+    documents (NotNext partners come from another document), or no document with two sentences (IsNext pairs)."""
+    name = {"eval": "held-out", "train": "training", "all": "whole"}[split]
+    if len(docs) < 2:
+        fix = (f"raise --eval-fraction (now {eval_fraction})" if split == "eval" else
+               f"lower --eval-fraction (now {eval_fraction}) or prepare more documents" if split == "train" else
+               "prepare more documents")
+        raise DataError(f"the {name} split has {len(docs)} of the dataset's {ds.num_docs} documents; NSP needs at "
+                        f"least 2: {fix}", str(ds.dir))
+    sentences = ds.doc_offsets[docs + 1] - ds.doc_offsets[docs]
+    if not (sentences >= 2).any():
+        raise DataError(f"every document of the {name} split ({len(docs)}) has a single sentence, so NSP has no "
+                        f"sentence pairs: separate documents by blank lines and end sentences with punctuation, or "
+                        f"give one sentence per line (see `bertforge prepare --help`)", str(ds.dir))
+
+
 def map_key(ds, split: str, eval_fraction: float, seed: int, max_seq_length: int, short_seq_prob: float,
             nsp_prob: float) -> str:
     ident = dict(version=MAP_VERSION, tokenizer=ds.tokenizer_hash, shards=ds.meta["shards"],
@@ -181,8 +199,9 @@ def cached_sample_map(ds, split: str = "train", eval_fraction: float = 0.0, seed
     key = map_key(ds, split, eval_fraction, seed, max_seq_length, short_seq_prob, nsp_prob)
     path = folder / f"map-{split}-{key}.npy"
     rank, distributed = _dist_rank()
+    docs = split_documents(ds.doc_hashes, split, eval_fraction)
+    check_split(ds, docs, split, eval_fraction)  # on every rank: a refusal must not leave others at the barrier
     if rank == 0 and not path.exists():
-        docs = split_documents(ds.doc_hashes, split, eval_fraction)
         sm = build_sample_map(*select_sentences(ds, docs), max_seq_length, short_seq_prob, nsp_prob, seed)
         save_numpy(path, sm.samples)
         info = dict(n_samples=len(sm.samples), docs=len(docs), docs_skipped=sm.docs_skipped,

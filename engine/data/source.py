@@ -100,10 +100,14 @@ class CorpusSource:
         self.held_out = PretrainingDataset(c.data.data_dir, split="eval", **kw)
         B = c.batch.micro_batch
         if len(self.train) < B * self.world:
-            raise ConfigError(f"{c.data.data_dir}: only {len(self.train)} training samples at "
-                              f"{flag('max_seq_length')} {c.batch.max_seq_length}")
+            raise ConfigError(f"{c.data.data_dir}: the training split gives {len(self.train)} samples at "
+                              f"{flag('max_seq_length')} {c.batch.max_seq_length}, fewer than one round of micro "
+                              f"batches (--micro-batch {B} x {self.world} ranks): prepare more text or lower "
+                              f"--micro-batch")
         if len(self.held_out) == 0:
-            raise ConfigError(f"{c.data.data_dir}: no held-out samples; raise --eval-fraction")
+            raise ConfigError(f"{c.data.data_dir}: the held-out split gives no samples at "
+                              f"{flag('max_seq_length')} {c.batch.max_seq_length}; raise --eval-fraction "
+                              f"(now {c.data.eval_fraction})")
         self.sampler = MicroBatchSampler(len(self.train), B, self.rank, self.world, seed=c.run.seed)
         self.masker = self.train.masker(c.masking.mlm_probability, c.masking.random_replacement)
         self.collate = PretrainingCollator(self.masker, self.train.continuation, c.masking.whole_word_masking,

@@ -32,11 +32,14 @@ class SpecialIds:
         return [self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id]
 
 
-def special_ids(tok: Tokenizer) -> SpecialIds:
+def special_ids(tok: Tokenizer, source: str | Path | None = None) -> SpecialIds:
+    """The ids of BERT's special tokens. Raises DataError naming `source` (the tokenizer's file) when one is
+    missing: a BERT WordPiece vocabulary has all of [PAD] [UNK] [CLS] [SEP] [MASK]."""
     ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
     if any(i is None for i in ids):
         missing = [t for t, i in zip(SPECIAL_TOKENS, ids) if i is None]
-        raise DataError(f"tokenizer lacks special token(s) {', '.join(missing)}")
+        raise DataError(f"the vocabulary lacks the special token(s) {', '.join(missing)} that BERT needs; use a BERT "
+                        f"WordPiece vocabulary (or `bertforge tokenizer train`)", str(source) if source else None)
     return SpecialIds(*ids)
 
 
@@ -117,20 +120,51 @@ def load_tokenizer(path_or_dir: str | Path, lowercase: bool | None = None) -> To
             raise DataError(f"cannot load tokenizer: {exc}", str(p)) from None
     else:
         tok = _bert_pipeline(Tokenizer(models.WordPiece.from_file(str(p), unk_token="[UNK]")), lowercase)
-        special_ids(tok)
+        special_ids(tok, p)
+        tok.add_special_tokens(list(SPECIAL_TOKENS))  # as tokenizer.json files and HF's BertTokenizerFast do
         _post_processor(tok)
     tok.no_padding()
     tok.no_truncation()
-    special_ids(tok)
+    special_ids(tok, p)
     return tok
 
 
+HASH_VERSION = "v2"  # v1 hashed the vocabulary and lower-casing only (blind to accents, Chinese chars, cleaning)
+
+
+def tokenizer_identity(tok: Tokenizer) -> dict:
+    """Everything about a tokenizer that decides the ids of a text encoded without special tokens, in canonical
+    form: the normalizer (BertNormalizer's strip_accents=None resolved to what it means: follow lowercase), the
+    pre-tokenizer, the model (type, vocabulary in id order, unknown token, continuation prefix, longest word) and the
+    added / special tokens with their matching flags. Equivalent tokenizers (a tokenizer.json and the vocab.txt +
+    tokenizer_config.json it was saved with) have equal identities."""
+    raw = json.loads(tok.to_str())
+    model = {k: v for k, v in (raw.get("model") or {}).items() if k != "vocab"}
+    model["vocab"] = [t for t, _ in sorted(tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])]
+    added = sorted((t["id"], t["content"], bool(t.get("special")), bool(t.get("normalized")),
+                    bool(t.get("lstrip")), bool(t.get("rstrip")), bool(t.get("single_word")))
+                   for t in raw.get("added_tokens") or [])
+    return {"normalizer": _canonical_normalizer(raw.get("normalizer")), "pre_tokenizer": raw.get("pre_tokenizer"),
+            "model": model, "added_tokens": added}
+
+
+def _canonical_normalizer(norm: dict | None):
+    if not norm:
+        return None
+    if norm.get("type") == "BertNormalizer":
+        lowercase = bool(norm.get("lowercase", True))
+        strip = norm.get("strip_accents")
+        return {"type": "BertNormalizer", "clean_text": bool(norm.get("clean_text", True)),
+                "handle_chinese_chars": bool(norm.get("handle_chinese_chars", True)),
+                "strip_accents": lowercase if strip is None else bool(strip), "lowercase": lowercase}
+    if norm.get("type") == "Sequence":
+        return {"type": "Sequence", "normalizers": [_canonical_normalizer(n) for n in norm.get("normalizers", [])]}
+    return norm
+
+
 def tokenizer_hash(tok_or_path: Tokenizer | str | Path) -> str:
-    """sha256 (hex, 16 chars) of what decides token ids: the vocabulary in id order and the normalizer's settings.
-    A tokenizer.json and the vocab.txt it was saved with hash equal."""
+    """`v2-` + sha256 (16 hex chars) of `tokenizer_identity`: two tokenizers hash equal exactly when they give every
+    text the same ids. Datasets store it; pretraining refuses a tokenizer whose hash differs."""
     tok = tok_or_path if isinstance(tok_or_path, Tokenizer) else load_tokenizer(tok_or_path)
-    vocab = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
-    norm = json.loads(tok.to_str()).get("normalizer") or {}
-    lowercase = bool(norm.get("lowercase", False)) if norm.get("type") == "BertNormalizer" else norm
-    h = hashlib.sha256(json.dumps({"vocab": vocab, "lowercase": lowercase}, sort_keys=True).encode())
-    return h.hexdigest()[:16]
+    h = hashlib.sha256(json.dumps(tokenizer_identity(tok), sort_keys=True).encode())
+    return f"{HASH_VERSION}-{h.hexdigest()[:16]}"

@@ -96,25 +96,24 @@ class Throughput:
 
 
 class Progress:
-    """tqdm over optimizer steps on rank 0 (no-op elsewhere or when disabled)."""
+    """Progress over optimizer steps on rank 0 (engine/progress.py): a tqdm bar on a terminal, plain lines in a log
+    file (and with the bar switched off); nothing on other ranks."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, bar: bool = True):
         self.bar = None
         if enabled:
-            from tqdm import tqdm
+            from engine.progress import LineProgress, progress
 
-            self.bar = tqdm(total=total, initial=initial, desc="pretrain", unit="step", dynamic_ncols=True)
+            self.bar = (progress(total, "pretrain", initial=initial, unit="step") if bar
+                        else LineProgress(total, "pretrain", initial=initial, unit="step"))
 
-    def update(self, n: int, **postfix) -> None:
+    def update(self, n: int) -> None:
         if self.bar is not None:
             self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                                     refresh=False)
 
     def postfix(self, **values) -> None:
         if self.bar is not None:
-            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()})
+            self.bar.set_postfix(**{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()})
 
     def write(self, message: str) -> None:
         if self.bar is not None:

@@ -339,7 +339,7 @@ class Trainer:
         total = cfg.total_steps()
         self._fpt = flops_per_token(self.model_cfg, cfg.batch.max_seq_length, cfg.masking.mlm_probability)
         self._peak = peak_flops()
-        self.progress = Progress(total, self.step, enabled=cfg.run.progress and rank == 0)
+        self.progress = Progress(total, self.step, enabled=rank == 0, bar=cfg.run.progress)
         cleanup.callback(self.progress.close)
         self.throughput = Throughput()
         self._window = LogWindow.zeros(self.dev)

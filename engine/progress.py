@@ -1,0 +1,90 @@
+"""Progress of long work, readable on a terminal and in a log file alike.
+
+On a terminal (stderr is a TTY) `progress(...)` is a tqdm bar. Anywhere else — stderr redirected to a file, a SLURM
+log, a pipe — a bar redraws itself with carriage returns into one enormous line, so a `LineProgress` writes instead
+one plain, complete line at most every `every_s` seconds and at the end: `desc: 120/800 (15%) | loss=6.12 ... |
+elapsed 1:02 | ETA 5:40`, the form training logs take in Megatron and the Hugging Face Trainer. Both have the same
+small API: update(n), set_postfix(**values), write(message), close()."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def is_terminal(stream: TextIO | None = None) -> bool:
+    """Whether `stream` (default stderr) is an interactive terminal."""
+    stream = stream or sys.stderr
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class LineProgress:
+    """Plain progress lines for logs: at most one every `every_s` seconds, and one when closed."""
+
+    def __init__(self, total: int | None, desc: str, initial: int = 0, unit: str = "it", every_s: float = 30.0,
+                 stream: TextIO | None = None):
+        self.total, self.desc, self.n, self.unit, self.every_s = total, desc, initial, unit, every_s
+        self.stream = stream or sys.stderr
+        self.start_n, self.t0 = initial, time.perf_counter()
+        self.last_print = self.t0
+        self.postfix: dict = {}
+        self.closed = False
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.t0
+        done = self.n - self.start_n
+        rate = done / elapsed if elapsed > 0 else 0.0
+        head = f"{self.desc}: {self.n}" + (f"/{self.total} ({self.n / self.total:.0%})" if self.total else "")
+        parts = [head] + [f"{k}={_fmt(v)}" for k, v in self.postfix.items()]
+        parts.append(f"{rate:.3g} {self.unit}/s")
+        parts.append(f"elapsed {_clock(elapsed)}")
+        if self.total and rate > 0:
+            parts.append(f"ETA {_clock((self.total - self.n) / rate)}")
+        return " | ".join(parts)
+
+    def _emit(self) -> None:
+        print(self.line(), file=self.stream, flush=True)
+        self.last_print = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.perf_counter() - self.last_print >= self.every_s:
+            self._emit()
+
+    def set_postfix(self, refresh: bool = True, **values) -> None:
+        self.postfix = dict(values)
+
+    def write(self, message: str) -> None:
+        print(message, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._emit()
+
+
+def progress(total: int | None, desc: str, *, initial: int = 0, unit: str = "it", enabled: bool = True,
+             every_s: float = 30.0, leave: bool = True):
+    """A progress reporter: a tqdm bar on a terminal, plain `LineProgress` lines otherwise; None when disabled."""
+    if not enabled:
+        return None
+    if is_terminal():
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=leave,
+                    file=sys.stderr)
+    return LineProgress(total, desc, initial=initial, unit=unit, every_s=every_s)

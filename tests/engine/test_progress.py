@@ -1,0 +1,46 @@
+"""Progress in a log file: plain complete lines (no carriage returns), with step, values, rate and ETA."""
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.progress import LineProgress, progress
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_line_progress_writes_complete_lines():
+    out = io.StringIO()
+    bar = LineProgress(10, "pretrain", unit="step", every_s=0.0, stream=out)
+    bar.set_postfix(loss=6.1234567, tok_s="8300")
+    bar.update(4)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 2
+    assert lines[0].startswith("pretrain: 4/10 (40%) | loss=6.123 | tok_s=8300 | ") and "ETA" in lines[0]
+    assert lines[1].startswith("pretrain: 4/10 (40%)")
+
+
+def test_not_a_terminal_gives_lines(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert isinstance(progress(5, "x"), LineProgress) and progress(5, "x", enabled=False) is None
+
+
+def test_pretrain_logs_progress_lines_into_a_file(tmp_path):
+    """stderr redirected to a file, --no-progress: the run still reports where it is, line by line."""
+    log = tmp_path / "stderr.log"
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "engine.cli", "pretrain", "--synthetic-vocab", "128",
+                               "--model", "hidden_size=32", "--model", "num_attention_heads=2", "--model",
+                               "intermediate_size=64", "--max-seq-length", "32", "--micro-batch", "2",
+                               "--global-batch", "2", "--steps", "3", "--eval-batches", "1", "--no-export-hf",
+                               "--output-dir", str(tmp_path / "run")], stderr=fh, stdout=subprocess.PIPE,
+                              cwd=ROOT, env=env, timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    assert any(line.startswith("pretrain: 3/3 (100%) | loss=") for line in text.splitlines()), text[-2000:]
