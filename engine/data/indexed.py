@@ -106,7 +106,7 @@ class IndexedDataset:
         self.meta = json.loads(meta_path.read_text())
         stored = str(self.meta.get("tokenizer_hash", ""))
         if tokenizer_hash is not None and stored.split("-")[0] != tokenizer_hash.split("-")[0]:
-            raise DataError(f"dataset was prepared by an older bertforge whose tokenizer check ignored "
+            raise DataError("dataset was prepared by an older bertforge whose tokenizer check ignored "
                             f"normalisation (accents, Chinese characters, cleaning); prepare it again with "
                             f"`bertforge prepare` to train on it", str(meta_path))
         if tokenizer_hash is not None and stored != tokenizer_hash:
