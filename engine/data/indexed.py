@@ -107,8 +107,8 @@ class IndexedDataset:
         stored = str(self.meta.get("tokenizer_hash", ""))
         if tokenizer_hash is not None and stored.split("-")[0] != tokenizer_hash.split("-")[0]:
             raise DataError("dataset was prepared by an older bertforge whose tokenizer check ignored "
-                            f"normalisation (accents, Chinese characters, cleaning); prepare it again with "
-                            f"`bertforge prepare` to train on it", str(meta_path))
+                            "normalisation (accents, Chinese characters, cleaning); prepare it again with "
+                            "`bertforge prepare` to train on it", str(meta_path))
         if tokenizer_hash is not None and stored != tokenizer_hash:
             raise DataError(f"dataset was prepared with another tokenizer (hash {self.meta['tokenizer_hash']}, "
                             f"this tokenizer is {tokenizer_hash}); prepare it again with this tokenizer",
