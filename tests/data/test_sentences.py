@@ -1,0 +1,56 @@
+"""Sentence boundaries in any script (sentencex) and the one-sentence-per-line convention, on the handed inputs."""
+from pathlib import Path
+
+import pytest
+
+from engine.data.readers import read_documents
+from engine.data.sentences import split_sentences
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("the port opened in 1900. it grew quickly. today it handles grain.",
+     ["the port opened in 1900.", "it grew quickly.", "today it handles grain."]),
+    ("今天早上下了大雨。我们在家里看书。下午天气变好了！去年的产量增加了一倍？",
+     ["今天早上下了大雨。", "我们在家里看书。", "下午天气变好了！", "去年的产量增加了一倍？"]),
+    ("भारत एक देश है। यह बहुत बड़ा है।", ["भारत एक देश है।", "यह बहुत बड़ा है।"]),
+    ("هل أنت بخير؟ نعم أنا بخير.", ["هل أنت بخير؟", "نعم أنا بخير."]),
+    ("Dr. Smith met J. R. R. Tolkien in the U.S. in 1950. It was 3.5 km away!",
+     ["Dr. Smith met J. R. R. Tolkien in the U.S. in 1950.", "It was 3.5 km away!"]),
+])
+def test_terminators_of_every_script_and_lower_case_starts(text, expected):
+    assert split_sentences(text) == expected
+
+
+def test_wrapped_prose_keeps_its_sentences_and_lines_mode_splits_every_line():
+    wrapped = "The port opened in 1900 and it\ngrew quickly. Today it handles\ngrain."
+    assert split_sentences(wrapped) == ["The port opened in 1900 and it grew quickly.", "Today it handles grain."]
+    doc = (FIXTURES / "corpus_en_nopunct.txt").read_text(encoding="utf-8").split("\n\n")[0]
+    assert split_sentences(doc, lines=True) == ["History of the port", "The port opened in 1900",
+                                                 "It grew quickly after the railway came",
+                                                 "Today it handles grain and timber"]
+
+
+def test_the_chinese_corpus_has_several_sentences_in_every_document():
+    docs = list(read_documents([FIXTURES / "corpus_zh.txt"]))
+    counts = [len(split_sentences(d.text)) for d in docs]
+    assert len(docs) == 12 and min(counts) >= 2, counts
+
+
+def test_the_chinese_corpus_gives_pretraining_samples(tmp_path):
+    from engine.config.pretrain import PretrainConfig
+    from engine.data.fetch import fetch
+    from engine.data.prepare import prepare
+    from engine.data.source import CorpusSource
+
+    tok = fetch("minilm")  # uncased BERT WordPiece with Chinese-character handling
+    stats = prepare([FIXTURES / "corpus_zh.txt"], tok, tmp_path / "data", workers=1, max_seq_length=64,
+                    progress=False)
+    assert stats.documents == 12 and stats.single_sentence_documents == 0
+    source = CorpusSource(PretrainConfig.from_flat(data_dir=str(tmp_path / "data"), tokenizer=str(tok),
+                                                   micro_batch=4, global_batch=4, max_seq_length=64,
+                                                   eval_fraction=0.3), 0, 1)
+    source.start()
+    assert len(source.train) > 0 and len(source.held_out) > 0
+    assert source.next_batch().num_samples == 4
