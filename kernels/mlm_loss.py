@@ -174,8 +174,15 @@ def masked_lm_loss(hidden: torch.Tensor, decoder_weight: torch.Tensor, decoder_b
                    labels: torch.Tensor, chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden (n, h) transformed hidden states of the masked rows; decoder_weight (V, h); decoder_bias (V,);
     labels (n,) int64, -100 = ignored. Returns (mean loss over labelled rows (fp32 scalar), argmax ids (n,) int64).
-    Gradients for hidden, decoder_weight and decoder_bias are computed in the forward (see the module docstring)."""
+    Gradients for hidden, decoder_weight and decoder_bias are computed in the forward (see the module docstring).
+    The GEMMs run in hidden's dtype, or in the autocast dtype when autocast is on for hidden's device (whatever
+    dtype hidden arrives in: fp32 from an fp32 LayerNorm included); hidden's gradient comes back in its own dtype."""
     compute_grads = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, decoder_weight, decoder_bias))
-    with torch.autocast(device_type=hidden.device.type, enabled=False):
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        # The op computes in hidden's dtype. CUDA autocast keeps the head transform's LayerNorm in fp32, so its output
+        # arrives in fp32: cast it here (autograd casts the gradient back), or the three decoder GEMMs run in fp32.
+        hidden = hidden.to(torch.get_autocast_dtype(device_type))
+    with torch.autocast(device_type=device_type, enabled=False):
         loss, preds, _, _, _ = _loss_op(hidden, decoder_weight, decoder_bias, labels, compute_grads, chunk_rows or 0)
     return loss, preds
