@@ -143,7 +143,7 @@ def _bias_dropout_add_ln_bwd_kernel(
 ):
     pid = tl.program_id(0)
     n_progs = tl.num_programs(0)
-    _, _, cols = _tile(tl.arange(0, BLOCK_M), n_rows, n_cols, BLOCK_Q)
+    cols = _tile(tl.arange(0, BLOCK_M), n_rows, n_cols, BLOCK_Q)[2]
     col_ok = cols < n_cols
     w = tl.load(W_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw_acc = tl.zeros((BLOCK_Q, 2, 2), dtype=tl.float32)
@@ -154,7 +154,7 @@ def _bias_dropout_add_ln_bwd_kernel(
     for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_rows
-        offs, mask, _ = _tile(rows, n_rows, n_cols, BLOCK_Q)
+        offs, mask, _cols = _tile(rows, n_rows, n_cols, BLOCK_Q)
         dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         s = tl.load(S_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(MEAN_ptr + rows, mask=row_ok, other=0.0)[:, None, None, None]

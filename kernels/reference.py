@@ -57,7 +57,7 @@ def attention_naive_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_
                         softmax_scale=None, dropout_mask=None, upcast=False):
     """Attention that materialises the (B, nh, S, S) scores (the oracle of kernels/attention.py; SDPA can neither
     replay a dropout mask nor show plain torch's rounding in low precision). dropout_mask (B, nh, S, S) bool (the
-    kernel's: `kernels.attention.dropout_keep_mask`) reproduces the kernel's dropout exactly; with dropout_p > 0 and
+    kernel's: `attention_dropout_keep_ref`) reproduces the kernel's dropout exactly; with dropout_p > 0 and
     no mask, torch draws its own. upcast computes in fp32 and casts back. Fully masked query rows output zeros."""
     if cu_seqlens is not None:
         qp, kp, vp, mask, indices = _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen)
@@ -174,7 +174,7 @@ def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none"
 def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0, keep_mask=None,
                                    upcast=False):
     """LayerNorm(residual + dropout(x + bias)); x, residual (..., h); bias, weight, ln_bias (h,). keep_mask (bool,
-    x's shape) replays a given dropout mask (the kernel's: `kernels.layer_norm.dropout_keep_mask`); without it torch
+    x's shape) replays a given dropout mask (the kernel's: `layer_norm_dropout_keep_ref`); without it torch
     draws its own. upcast computes in fp64."""
     if upcast:
         x, bias, residual, weight, ln_bias = (t.double() for t in (x, bias, residual, weight, ln_bias))
