@@ -477,12 +477,13 @@ _attn_bwd_dkdv_atomic = triton.autotune(_BWD_DKDV_CONFIGS, key=_KEY, reset_to_ze
 _attn_bwd_dq = triton.autotune(_BWD_DQ_CONFIGS, key=_KEY)(_attn_bwd_dq_kernel)
 
 
-def _launch(tuner, grid, autotune, *args, **kwargs):
-    """Run `tuner` over its config list (autotune), with the list's first config (False: no tuning time), or with a
-    given triton.Config (checks of every config)."""
+def _launch(tuner, kind, grid, autotune, *args, **kwargs):
+    """Run `tuner` (config list GPU_CONFIGS[kind]) over its configs (autotune True), with the list's first config
+    (False: no tuning time), or with the triton.Config autotune[kind] of a dict (checks of every config; kinds not
+    in the dict take their first config)."""
     if autotune is True:
         return tuner[grid](*args, **kwargs)
-    cfg = tuner.configs[0] if autotune is False else autotune
+    cfg = autotune.get(kind, tuner.configs[0]) if isinstance(autotune, dict) else tuner.configs[0]
     return tuner.fn[grid](*args, **kwargs, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
@@ -565,7 +566,7 @@ def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqle
                       softmax_scale=None, seed=0, autotune=True, row_ids=None):
     """-> (out like q, lse (nh, R) fp32). seed: Philox key of the dropout mask, an int or a (1,) int64 tensor
     (ignored when dropout_p == 0); row_ids: None or (B,) int64 Philox row ids. autotune: tune the GPU configs (False:
-    each list's first config; a triton.Config: that one)."""
+    each list's first config; a dict {kind: triton.Config} with kinds of GPU_CONFIGS: those)."""
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"attention: q, k, v must have the same shape, got {q.shape}, {k.shape}, {v.shape}")
     if not (q.dtype == k.dtype == v.dtype):
@@ -583,7 +584,7 @@ def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqle
     seed, row_ids, thresh, drop_scale = _dropout_args(dropout_p, seed, row_ids, batch, q.device)
     grid = lambda META: launch_grid(triton.cdiv(max_seqlen, META["BLOCK_M"]), batch, nheads)  # noqa: E731
     _launch(
-        _attn_fwd, grid, autotune, q, k, v, out, lse, cu, seqlens, kpm, seed, row_ids, scale, thresh, drop_scale,
+        _attn_fwd, "fwd", grid, autotune, q, k, v, out, lse, cu, seqlens, kpm, seed, row_ids, scale, thresh, drop_scale,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
         kpm.stride(0) if kpm.dim() == 2 else 0, rows, nheads, seq_stride, max_seqlen,
         max(16, next_power_of_2(max_seqlen)), **meta,
@@ -612,7 +613,7 @@ def attention_backward(dout, q, k, v, out, lse, key_padding_mask=None, cu_seqlen
             kpm.stride(0) if kpm.dim() == 2 else 0, rows, nheads, seq_stride, max_seqlen, bucket)
     fused_limit = _FUSED_MAX_SEQLEN[min(128, max(32, next_power_of_2(head_dim)))]
     if max_seqlen <= fused_limit:  # one key block per sequence: dq, dk, dv from one program per (batch, head)
-        _launch(_attn_bwd_fused, launch_grid(1, batch, nheads), autotune, q, k, v, out, dout, dq, dk, dv, lse, lse, *args,
+        _launch(_attn_bwd_fused, "bwd_fused", launch_grid(1, batch, nheads), autotune, q, k, v, out, dout, dq, dk, dv, lse, lse, *args,
                 DQ_MODE=1, BLOCK_N=bucket, **meta)
         return dq, dk, dv
     delta = torch.empty_like(lse)
@@ -622,12 +623,12 @@ def attention_backward(dout, q, k, v, out, lse, key_padding_mask=None, cu_seqlen
     grid_n = lambda META: launch_grid(triton.cdiv(max_seqlen, META["BLOCK_N"]), batch, nheads)  # noqa: E731
     if dq_atomic:
         dq_acc = torch.zeros(dq.shape, dtype=torch.float32, device=dq.device)  # same (contiguous) strides as dq
-        _launch(_attn_bwd_dkdv_atomic, grid_n, autotune, q, k, v, out, dout, dq_acc, dk, dv, lse, delta, *args,
+        _launch(_attn_bwd_dkdv_atomic, "bwd_dkdv", grid_n, autotune, q, k, v, out, dout, dq_acc, dk, dv, lse, delta, *args,
                 DQ_MODE=2, **meta)
         return dq.copy_(dq_acc), dk, dv
-    _launch(_attn_bwd_dkdv, grid_n, autotune, q, k, v, out, dout, dq, dk, dv, lse, delta, *args, DQ_MODE=0, **meta)
+    _launch(_attn_bwd_dkdv, "bwd_dkdv", grid_n, autotune, q, k, v, out, dout, dq, dk, dv, lse, delta, *args, DQ_MODE=0, **meta)
     grid_m = lambda META: launch_grid(triton.cdiv(max_seqlen, META["BLOCK_M"]), batch, nheads)  # noqa: E731
-    _launch(_attn_bwd_dq, grid_m, autotune, q, k, v, dout, dq, lse, delta, *args, **meta)
+    _launch(_attn_bwd_dq, "bwd_dq", grid_m, autotune, q, k, v, dout, dq, lse, delta, *args, **meta)
     return dq, dk, dv
 
 

@@ -347,3 +347,40 @@ def test_program_coords_cover_every_block_once(max_seqlen, batch, nheads):
     want = torch.stack([pids % n_blocks, pids // n_blocks // nheads, pids // n_blocks % nheads], 1)
     assert torch.equal(out.long(), want)
     assert out[:, 1].max() < batch and launch_grid_size == total
+
+
+# ---- every GPU autotune config -----------------------------------------------------------------------------------
+def _gpu_config_cases():
+    from kernels.attention import GPU_CONFIGS
+
+    for kind, configs in GPU_CONFIGS.items():
+        for cfg in configs:
+            yield pytest.param(kind, cfg, id=f"{kind}-{cfg.num_warps}w-" + "x".join(map(str, cfg.kwargs.values())))
+
+
+@pytest.mark.parametrize("kind,cfg", list(_gpu_config_cases()))
+def test_every_gpu_autotune_config_matches_the_reference(kind, cfg, monkeypatch):
+    """Autotune may pick any config of the GPU lists: each one's block shapes (the interpreter ignores warps and
+    stages) gives the reference's output and gradients, with a padding mask and dropout, on sequences that are not
+    block multiples (fused backward: up to one 128-key block as on the GPU; split: 150 keys)."""
+    import kernels.attention as A
+
+    monkeypatch.setattr(A, "_FUSED_MAX_SEQLEN", A.GPU_FUSED_MAX_SEQLEN)
+    seq = 100 if kind in ("fwd", "bwd_fused") else 150
+    lengths = [seq, 1, seq - 37]
+    q, k, v, dout = _inputs((3, seq, 2, 64), torch.float16, seed=seq)  # fp16: errors are rounding, not summation order
+    mask = _prefix_mask(lengths, seq)
+    dout = dout * mask[:, :, None, None]
+    p = 0.1
+    keep = dropout_keep_mask(9, 3, 2, seq, p)
+    tuned = {kind: cfg}
+
+    def kernel(q, k, v, dout):
+        out, lse = A.attention_forward(q, k, v, mask, dropout_p=p, seed=9, autotune=tuned)
+        return [out, *A.attention_backward(dout, q, k, v, out, lse, mask, dropout_p=p, seed=9, autotune=tuned)]
+
+    res = kernel(q, k, v, dout)
+    kw = dict(key_padding_mask=mask, dropout_p=p, dropout_mask=keep)
+    lowp = _run(attention_naive_ref, q, k, v, dout, **kw)
+    exact = _run(attention_naive_ref, q.double(), k.double(), v.double(), dout.double(), **kw)
+    _check(res, lowp, exact, mask, f"{kind} {cfg}")
