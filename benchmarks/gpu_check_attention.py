@@ -118,13 +118,13 @@ def check_dropout_rate():
                  ok=abs(rate - (1 - p)) < bound)]
 
 
-CONFIG_SHAPES = [(256, 128), (64, 512)] if GPU else [(3, 100), (2, 150)]  # (B, S) of pretraining phases 1 and 2
+CONFIG_SHAPES = [(256, 128), (64, 512)] if GPU else [(2, 70), (1, 130)]  # (B, S) of pretraining phases 1 and 2
 
 
 def check_every_config():
     """Every config of the GPU lists (and autotune's own pick) at the training shapes, bf16, BERT-base heads, random
     padding and dropout 0.1, against the reference fed the kernel's mask: autotune may pick any of them."""
-    nh, d, p = (12, 64, 0.1) if GPU else (2, 64, 0.1)
+    nh, d, p = (12, 64, 0.1) if GPU else (1, 64, 0.1)
     rows = []
     for batch, seq in CONFIG_SHAPES:
         g = torch.Generator().manual_seed(batch + seq)
