@@ -34,7 +34,7 @@ from triton.compiler import ASTSource
 _BF, _F32, _I64 = "*bf16", "*fp32", "*i64"
 
 
-_DIVISIBLE_INTS = ("n_cols", "V")  # row lengths that are multiples of 16 at BERT's sizes (768, 1024; padded vocab)
+_DIVISIBLE_INTS = ("n_cols",)  # row lengths that are multiples of 16 at BERT's sizes (768, 1024)
 
 
 def _specialisation(fn, types: dict, consts: dict) -> dict:
@@ -160,7 +160,7 @@ def epilogue_specs(quick: bool = False, *_):
                                                   n_cols="i32", THRESH="i32", drop_scale="fp32"),
          dict(HAS_DROPOUT=True, HAS_ROW_IDS=False, BLOCK_M=4, BLOCK_Q=256)),
         (ml._mlm_ce_kernel, dict(LOGITS_ptr=_BF, LABELS_ptr=_I64, N_VALID_ptr=_I64, LOSS_ptr=_F32, PRED_ptr=_I64,
-                                 V="i32"), dict(IGNORE=-100, COMPUTE_GRAD=True, BLOCK_V=4096)),
+                                 V="i32", stride="i32"), dict(IGNORE=-100, COMPUTE_GRAD=True, BLOCK_V=4096)),
         *[(mk._mlm_mask_kernel, dict(IDS_ptr=_I64, SPECIAL_ptr="*u8", CDF_ptr=_F32, OUT_ptr=_I64, LABELS_ptr=_I64,
                                      COUNTS_ptr="*i32", n="i32", seed="i64", offset="i32", mlm_probability="fp32",
                                      mask_replace_prob="fp32", keep_threshold="fp32", mask_token_id="i32",

@@ -5,10 +5,10 @@ Used at both post-LN points of a BERT layer (after attention's output projection
 Dropout (kernels.reference: Philox-4x32-10 with the call's seed as key): element (r, j) of the (n_rows, h) view is
 word j % 4 of the counter (j // 4, 0, row_id low, row_id high), kept when the word's top 24 bits are >= round(p * 2^24)
 and then scaled by 1 / (1 - p). One Philox call serves four adjacent columns: a program holds its tile as
-(BLOCK_M, BLOCK_Q, 2, 2) with column 4c + 2a + b, so the four words land in place without a reshape or a layout
-change. The seed is a (1,) int64 tensor on the device (drawn there from torch's generator: no host sync, a fresh one
-under CUDA-graph replay, reproducible under torch.manual_seed); the backward reads the same tensor, so no mask is
-stored. row_id is the row's index unless a (n_rows,) int64 `row_ids` is given (per-sample streams: a row's mask then
+(BLOCK_M, BLOCK_Q, 4) with column 4c + w: the four words are joined along in-thread dimensions and the four
+columns load as one vector. The seed is a (1,) int64 tensor on the device (drawn there from torch's generator: no
+host sync, a fresh one under CUDA-graph replay, reproducible under torch.manual_seed); the backward reads the same
+tensor, so no mask is stored. row_id is the row's index unless a (n_rows,) int64 `row_ids` is given (per-sample streams: a row's mask then
 depends on its id, not on its place in the batch). `kernels.reference.layer_norm_dropout_keep_ref` replays the mask.
 
 Saved for backward: the pre-LN sum s = residual + dropout(x + bias) (n_rows, h) in x's dtype, the per-row fp32 mean
@@ -33,21 +33,18 @@ from kernels.reference import dropout_threshold
 
 @triton.jit
 def _tile(rows, n_rows, n_cols, BLOCK_Q: tl.constexpr):
-    """(int64 element offsets (BLOCK_M, BLOCK_Q, 2, 2), in-bounds mask, column indices (1, BLOCK_Q, 2, 2)) of a row
-    tile; element [m, c, a, b] is column 4c + 2a + b of row rows[m]."""
-    c = tl.arange(0, BLOCK_Q)[:, None, None]
-    a = tl.arange(0, 2)[None, :, None]
-    b = tl.arange(0, 2)[None, None, :]
-    cols = (4 * c + 2 * a + b)[None]  # (1, BLOCK_Q, 2, 2)
-    row_off = rows.to(tl.int64)[:, None, None, None] * n_cols  # int64: n_rows * n_cols may pass 2^31
-    mask = (rows[:, None, None, None] < n_rows) & (cols < n_cols)
+    """(int64 element offsets (BLOCK_M, BLOCK_Q, 4), in-bounds mask, column indices (1, BLOCK_Q, 4)) of a row tile;
+    element [m, c, w] is column 4c + w of row rows[m] (four contiguous columns: one vector load)."""
+    cols = (4 * tl.arange(0, BLOCK_Q)[:, None] + tl.arange(0, 4)[None, :])[None]  # (1, BLOCK_Q, 4)
+    row_off = rows.to(tl.int64)[:, None, None] * n_cols  # int64: n_rows * n_cols may pass 2^31
+    mask = (rows[:, None, None] < n_rows) & (cols < n_cols)
     return row_off + cols, mask, cols
 
 
 @triton.jit
 def _dropout_keep(seed, rows, ROW_IDS_ptr, n_rows, THRESH, HAS_ROW_IDS: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_Q: tl.constexpr):
-    """Keep mask (BLOCK_M, BLOCK_Q, 2, 2) of these rows: column 4c + w <- word w of Philox(c, 0, row id)."""
+    """Keep mask (BLOCK_M, BLOCK_Q, 4) of these rows: column 4c + w <- word w of Philox(c, 0, row id)."""
     if HAS_ROW_IDS:
         row_id = tl.load(ROW_IDS_ptr + rows, mask=rows < n_rows, other=0)
     else:
@@ -60,13 +57,14 @@ def _dropout_keep(seed, rows, ROW_IDS_ptr, n_rows, THRESH, HAS_ROW_IDS: tl.const
     k1 = (r1 >> 8).to(tl.int32) >= THRESH
     k2 = (r2 >> 8).to(tl.int32) >= THRESH
     k3 = (r3 >> 8).to(tl.int32) >= THRESH
-    return tl.join(tl.join(k0, k2), tl.join(k1, k3))  # [m, c, a, b] <- word 2a + b
+    # join(join(k0, k2), join(k1, k3))[m, c, i, j] is word 2i + j; merging the two in-thread dims keeps that order
+    return tl.reshape(tl.join(tl.join(k0, k2), tl.join(k1, k3)), (BLOCK_M, BLOCK_Q, 4))
 
 
 @triton.jit
 def _sum_cols(x):
-    """(BLOCK_M, BLOCK_Q, 2, 2) -> (BLOCK_M,)"""
-    return tl.sum(tl.sum(tl.sum(x, axis=3), axis=2), axis=1)
+    """(BLOCK_M, BLOCK_Q, 4) -> (BLOCK_M,)"""
+    return tl.sum(tl.sum(x, axis=2), axis=1)
 
 
 @triton.jit(do_not_specialize=["n_rows", "THRESH"])
@@ -107,11 +105,11 @@ def _bias_dropout_add_ln_fwd_kernel(
         tl.store(S_ptr + offs, s, mask=mask)
     s = tl.where(mask, s.to(tl.float32), 0.0)
     mean = _sum_cols(s) / n_cols  # (BLOCK_M,)
-    d = tl.where(mask, s - mean[:, None, None, None], 0.0)
+    d = tl.where(mask, s - mean[:, None, None], 0.0)
     rstd = 1.0 / tl.sqrt(_sum_cols(d * d) / n_cols + eps)
     w = tl.load(W_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     b = tl.load(LNB_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    y = d * rstd[:, None, None, None] * w + b
+    y = d * rstd[:, None, None] * w + b
     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
     row_ok = rows < n_rows
     tl.store(MEAN_ptr + rows, mean, mask=row_ok)
@@ -146,9 +144,9 @@ def _bias_dropout_add_ln_bwd_kernel(
     cols = _tile(tl.arange(0, BLOCK_M), n_rows, n_cols, BLOCK_Q)[2]
     col_ok = cols < n_cols
     w = tl.load(W_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    dw_acc = tl.zeros((BLOCK_Q, 2, 2), dtype=tl.float32)
-    dlnb_acc = tl.zeros((BLOCK_Q, 2, 2), dtype=tl.float32)
-    dbias_acc = tl.zeros((BLOCK_Q, 2, 2), dtype=tl.float32)
+    dw_acc = tl.zeros((BLOCK_Q, 4), dtype=tl.float32)
+    dlnb_acc = tl.zeros((BLOCK_Q, 4), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_Q, 4), dtype=tl.float32)
     if HAS_DROPOUT:
         seed = tl.load(SEED_ptr)
     for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs):
@@ -157,12 +155,12 @@ def _bias_dropout_add_ln_bwd_kernel(
         offs, mask, _cols = _tile(rows, n_rows, n_cols, BLOCK_Q)
         dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         s = tl.load(S_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN_ptr + rows, mask=row_ok, other=0.0)[:, None, None, None]
-        rstd = tl.load(RSTD_ptr + rows, mask=row_ok, other=0.0)[:, None, None, None]
+        mean = tl.load(MEAN_ptr + rows, mask=row_ok, other=0.0)[:, None, None]
+        rstd = tl.load(RSTD_ptr + rows, mask=row_ok, other=0.0)[:, None, None]
         xhat = tl.where(mask, (s - mean) * rstd, 0.0)
         g = dy * w
-        c1 = (_sum_cols(xhat * g) / n_cols)[:, None, None, None]
-        c2 = (_sum_cols(g) / n_cols)[:, None, None, None]
+        c1 = (_sum_cols(xhat * g) / n_cols)[:, None, None]
+        c2 = (_sum_cols(g) / n_cols)[:, None, None]
         ds = tl.where(mask, (g - xhat * c1 - c2) * rstd, 0.0)
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, rows, ROW_IDS_ptr, n_rows, THRESH, HAS_ROW_IDS, BLOCK_M, BLOCK_Q)
@@ -174,15 +172,15 @@ def _bias_dropout_add_ln_bwd_kernel(
         dw_acc += tl.sum(dy * xhat, axis=0)
         dlnb_acc += tl.sum(dy, axis=0)
         dbias_acc += tl.sum(dx, axis=0)
-    part = pid.to(tl.int64) * n_cols + cols.reshape(BLOCK_Q, 2, 2)
-    ok = col_ok.reshape(BLOCK_Q, 2, 2)
+    part = pid.to(tl.int64) * n_cols + cols.reshape(BLOCK_Q, 4)
+    ok = col_ok.reshape(BLOCK_Q, 4)
     tl.store(DW_part_ptr + part, dw_acc, mask=ok)
     tl.store(DLNB_part_ptr + part, dlnb_acc, mask=ok)
     tl.store(DBIAS_part_ptr + part, dbias_acc, mask=ok)
 
 
 def _blocks(n_cols: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_Q, num_warps): whole rows as (BLOCK_Q, 2, 2) column tiles, ~4K elements a program (one larger
+    """(BLOCK_M, BLOCK_Q, num_warps): whole rows as (BLOCK_Q, 4) column tiles, ~4K elements a program (one larger
     tile under the interpreter)."""
     block_q = next_power_of_2(triton.cdiv(n_cols, 4))
     if 4 * block_q > 16384:

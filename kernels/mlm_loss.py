@@ -9,7 +9,7 @@ gradients are computed in the forward and the backward only scales them by the i
 place of the inputs). Nothing here syncs with the host (n_labelled stays on the device).
 
 Memory, beyond the inputs and the gradients any implementation returns (n x h, V x h, V):
-  one chunk of logits, chunk_rows x V in hidden's dtype, with chunk_rows <= n / (2 * itemsize) so at most 1/8 of the
+  one chunk of logits, chunk_rows x V in hidden's dtype (rows padded to a multiple of 64 elements), with chunk_rows <= n / (2 * itemsize) so at most 1/8 of the
   fp32 logits of all rows (n x V x 4 bytes), and at most 2048 rows; plus an fp32 V x h accumulator only when the
   weight is fp32 and hidden is not (autocast).
   Plain torch holds n x V logits in hidden's dtype, their fp32 copy and the fp32 log-softmax for the backward, then
@@ -28,18 +28,20 @@ from kernels.reference import IGNORE_INDEX
 
 @triton.jit
 def _mlm_ce_kernel(
-    LOGITS_ptr,  # (n_rows, V) logits of this chunk in hidden's dtype, row stride V; overwritten with d loss/d logits
+    LOGITS_ptr,  # (n_rows, V) logits of this chunk in hidden's dtype, row stride `stride` (a multiple of 64),
+    #              overwritten with d loss / d logits
     LABELS_ptr,  # (n_rows,) int64, IGNORE_INDEX for unlabelled rows
     N_VALID_ptr,  # (1,) int64: labelled rows in the whole batch (the mean's denominator)
     LOSS_ptr,  # (n_rows,) fp32 per-row loss (0 for unlabelled rows)
     PRED_ptr,  # (n_rows,) int64 argmax of each row (first index on ties)
     V,
+    stride,  # row stride of the logits: V rounded up to a multiple of 64 (aligned rows, vector loads)
     IGNORE: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    base = LOGITS_ptr + row * V
+    base = LOGITS_ptr + row * stride
     label = tl.load(LABELS_ptr + row)
     valid = label != IGNORE
     cols = tl.arange(0, BLOCK_V)
@@ -75,6 +77,16 @@ def _mlm_ce_kernel(
             tl.store(base + idx, g.to(LOGITS_ptr.dtype.element_ty), mask=idx < V)
 
 
+LOGITS_ROW_ALIGN = 64  # elements: Megatron pads its vocabulary to a multiple of 64 for the same reason
+
+
+def logits_buffer(rows: int, V: int, dtype, device) -> torch.Tensor:
+    """(rows, V) view of a (rows, V rounded up to 64) buffer: every row starts 128-byte aligned in bf16, so the GEMM
+    writes and the kernel reads whole vectors (BERT's V = 30,522 is not even a multiple of 8)."""
+    padded = -(-V // LOGITS_ROW_ALIGN) * LOGITS_ROW_ALIGN
+    return torch.empty(rows, padded, dtype=dtype, device=device)[:, :V]
+
+
 def _chunk_rows(n: int, itemsize: int) -> int:
     """Rows per chunk: chunk logits <= 1/8 of the full fp32 logits, at most 2048 rows."""
     return max(1, min(2048, n // (2 * itemsize)))
@@ -105,11 +117,13 @@ def masked_lm_loss_forward(hidden, decoder_weight, decoder_bias, labels, compute
         grad_b = torch.zeros(V, dtype=torch.float32, device=device)
     chunk = chunk_rows or _chunk_rows(n, hidden.element_size())
     block_v = min(next_power_of_2(V), 32768 if is_interpreting() else 4096)
+    buf = logits_buffer(min(chunk, n), V, dtype, device)
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
         h_c = hidden[start:end]  # (c, h)
-        logits = torch.addmm(b, h_c, w.t())  # (c, V) in hidden's dtype
+        logits = torch.addmm(b, h_c, w.t(), out=buf[:end - start])  # (c, V) in hidden's dtype, padded rows
         _mlm_ce_kernel[(end - start,)](logits, labels[start:end], n_valid, loss_rows[start:end], preds[start:end], V,
+                                       logits.stride(0),
                                        IGNORE=IGNORE_INDEX, COMPUTE_GRAD=compute_grads, BLOCK_V=block_v,
                                        num_warps=8 if block_v >= 2048 else 4)
         if compute_grads:  # logits now hold d loss / d logits (c, V)

@@ -144,3 +144,12 @@ def test_fp32_hidden_under_autocast_runs_the_gemms_in_the_autocast_dtype(backend
     assert hidden.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
     exact, _ = masked_lm_loss_ref(*(a.double() for a in args), labels)
     assert abs(loss.item() - exact.item()) < 0.05 * exact.item()  # bf16 logits: a few 1e-3 relative
+
+
+def test_logits_rows_are_padded_to_64_elements():
+    """V = 30,522 rows would start at 2-byte alignment (scalar loads); the chunk buffer pads rows to 30,528."""
+    from kernels.mlm_loss import logits_buffer
+
+    buf = logits_buffer(5, 30522, torch.bfloat16, "cpu")
+    assert buf.shape == (5, 30522) and buf.stride() == (30528, 1)
+    assert (buf.stride(0) * buf.element_size()) % 128 == 0
