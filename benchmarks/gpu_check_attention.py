@@ -118,7 +118,7 @@ def check_dropout_rate():
                  ok=abs(rate - (1 - p)) < bound)]
 
 
-CONFIG_SHAPES = [(256, 128), (64, 512)] if GPU else [(2, 70), (1, 130)]  # (B, S) of pretraining phases 1 and 2
+CONFIG_SHAPES = [(256, 128), (64, 512)] if GPU else [(2, 70)]  # (B, S): pretraining phases 1 and 2; CPU: split
 
 
 def check_every_config():

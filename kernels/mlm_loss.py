@@ -50,9 +50,12 @@ def _mlm_ce_kernel(
     m = -float("inf")
     d = 0.0
     best_idx = 0
+    # loads and stores are masked at the padded row end (a multiple of 64: whole vectors); the padding's values are
+    # replaced here, never used
     for start in range(0, V, BLOCK_V):
         idx = start + cols
-        x = tl.load(base + idx, mask=idx < V, other=-float("inf")).to(tl.float32)
+        x = tl.load(base + idx, mask=idx < stride, other=0.0).to(tl.float32)
+        x = tl.where(idx < V, x, -float("inf"))
         block_max = tl.max(x, axis=0)
         block_arg = tl.argmax(x, axis=0)
         best_idx = tl.where(block_max > m, start + block_arg, best_idx)
@@ -71,10 +74,10 @@ def _mlm_ce_kernel(
         scale = tl.where(valid, 1.0 / tl.maximum(n_valid, 1.0), 0.0)
         for start in range(0, V, BLOCK_V):
             idx = start + cols
-            x = tl.load(base + idx, mask=idx < V, other=0.0).to(tl.float32)
-            g = tl.exp(x - lse) * scale
+            x = tl.load(base + idx, mask=idx < stride, other=0.0).to(tl.float32)
+            g = tl.where(idx < V, tl.exp(x - lse) * scale, 0.0)
             g = tl.where(idx == label, g - scale, g)
-            tl.store(base + idx, g.to(LOGITS_ptr.dtype.element_ty), mask=idx < V)
+            tl.store(base + idx, g.to(LOGITS_ptr.dtype.element_ty), mask=idx < stride)
 
 
 LOGITS_ROW_ALIGN = 64  # elements: Megatron pads its vocabulary to a multiple of 64 for the same reason
