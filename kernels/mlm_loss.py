@@ -75,7 +75,7 @@ def _mlm_ce_kernel(
         for start in range(0, V, BLOCK_V):
             idx = start + cols
             x = tl.load(base + idx, mask=idx < stride, other=0.0).to(tl.float32)
-            g = tl.where(idx < V, tl.exp(x - lse) * scale, 0.0)
+            g = tl.exp(tl.where(idx < V, x, -float("inf")) - lse) * scale  # 0 on the padding
             g = tl.where(idx == label, g - scale, g)
             tl.store(base + idx, g.to(LOGITS_ptr.dtype.element_ty), mask=idx < stride)
 
