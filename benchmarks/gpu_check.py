@@ -105,11 +105,12 @@ def steps(dry: bool) -> list[Step]:
     plan += [
         Step("model_switch", 30, 90 if not dry else 300,
              [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/engine/test_model_kernels_switch.py"],
-             env=interp),
+             env=interp, needs=_pytest_needs),
         Step("e2e_base128", 110, 170 if not dry else 400,
              _tt(base, b_base, "hf,hf-compile,ours,ours-no-kernels" if not dry else "hf,ours,ours-no-kernels",
                  lengths, **quick)),
-        Step("finetune", 60, 100 if not dry else 300, _finetune_argv(dry), needs=_finetune_needs(dry)),
+        Step("finetune", 60, 100 if not dry else 300, [PY, "benchmarks/gpu_check.py", "--finetune-step", "{out}"],
+             needs=_finetune_needs(dry)),
         Step("e2e_large128", 50, 90 if not dry else 300, _tt(large, b_large, "hf,ours", **quick), optional=True),
         Step("ablations", 90, 150 if not dry else 400,
              _tt(base, b_base, "ours-padded,ours-dense-mlm,ours-unfused-adamw,ours-device-mask,ours-lamb"
@@ -120,11 +121,43 @@ def steps(dry: bool) -> list[Step]:
     return plan
 
 
-def _finetune_argv(dry: bool) -> list:
-    data, model = "runs/gpu_carry/classify.csv", "runs/gpu_carry/minilm"
-    return [PY, "-m", "engine.cli", "finetune", "classify", "--model", model, "--data", data, "--split", "0.6,0.2,0.2",
-            "--epochs", "1", "--batch-size", "8" if dry else "32", "--max-seq-length", "64" if dry else "128",
-            "--from-scratch", "--precision", "bf16", "--kernels", "triton", "--no-progress", "--out", "{out}/run"]
+def _pytest_needs():
+    if subprocess.run([PY, "-c", "import pytest"], capture_output=True).returncode != 0:
+        return "skipped: no pytest on this machine"
+    return None
+
+
+def _with_deepspeed(env: dict) -> dict | None:
+    """env with DeepSpeed importable: as installed, or from the carried wheels in .whl/ (into /tmp/site); None if
+    neither."""
+    if subprocess.run([PY, "-c", "import deepspeed"], env=env, capture_output=True).returncode == 0:
+        return env
+    wheels = sorted(str(w) for w in (ROOT / ".whl").glob("*.whl"))
+    if not wheels:
+        return None
+    subprocess.run([PY, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
+                    "--upgrade", "--target", "/tmp/site", *wheels], check=True)
+    return dict(env, PYTHONPATH="/tmp/site" + os.pathsep + env["PYTHONPATH"])
+
+
+def _build_extension(env: dict) -> None:
+    """The pybind11 helpers (numpy only) for this Python, in place, when the present build does not import."""
+    if subprocess.run([PY, "-c", "import engine._csrc"], cwd=ROOT, env=env, capture_output=True).returncode != 0:
+        subprocess.run([PY, "setup.py", "-q", "build_ext", "--inplace"], cwd=ROOT, env=env, check=True)
+
+
+def finetune_step(out: Path) -> int:
+    """`bertforge finetune classify` on the GPU: bf16, Triton kernels, from MiniLM's config (random weights: the
+    carry limit leaves its weights behind), one epoch of the carried 2,000 tweets."""
+    env = _with_deepspeed(_env({}))
+    if env is None:
+        print("finetune: no deepspeed and no .whl/ carried (scripts/gpu_carry.sh)")
+        return 3
+    cmd = [PY, "-m", "engine.cli", "finetune", "classify", "--model", "runs/gpu_carry/minilm", "--data",
+           "runs/gpu_carry/classify.csv", "--split", "0.6,0.2,0.2", "--epochs", "1", "--batch-size", "32",
+           "--max-seq-length", "128", "--from-scratch", "--precision", "bf16", "--kernels", "triton", "--no-progress",
+           "--out", str(out / "run")]
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
 def _env(extra: dict) -> dict:
@@ -193,9 +226,12 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU under the Triton interpreter")
     p.add_argument("--only", action="append", help="run only these steps (repeatable)")
     p.add_argument("--loop-step", metavar="DIR", help=argparse.SUPPRESS)
+    p.add_argument("--finetune-step", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.loop_step:
         return loop_step(Path(args.loop_step))
+    if args.finetune_step:
+        return finetune_step(Path(args.finetune_step))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
@@ -225,15 +261,11 @@ def main(argv=None) -> int:
 def loop_step(out: Path) -> int:
     """`bertforge pretrain` on the carried corpus (BERT-base, bf16, unpadded, kernels, device masking, prefetch):
     the last logged window's tok/s and data_wait_frac, and the profiled device idle share."""
-    env = _env({})
-    if subprocess.run([PY, "-c", "import deepspeed"], env=env, capture_output=True).returncode != 0:
-        wheels = sorted(str(w) for w in (ROOT / ".whl").glob("*.whl"))
-        if not wheels:
-            print("loop: no deepspeed and no .whl/ carried (scripts/gpu_carry.sh)")
-            return 3
-        subprocess.run([PY, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--no-cache-dir", "--upgrade", "--target", "/tmp/site", *wheels], check=True)
-        env["PYTHONPATH"] = "/tmp/site" + os.pathsep + env["PYTHONPATH"]
+    env = _with_deepspeed(_env({}))
+    if env is None:
+        print("loop: no deepspeed and no .whl/ carried (scripts/gpu_carry.sh)")
+        return 3
+    _build_extension(env)  # the sample map is C++
     run = out / "run"
     cmd = [PY, "-m", "engine.cli", "pretrain", "--data", "runs/quickstart/data", "--tokenizer", "runs/quickstart/tok",
            "--output-dir", str(run), "--preset", "bert-base", "--max-seq-length", "128", "--micro-batch", "256",
