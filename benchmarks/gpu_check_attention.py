@@ -8,8 +8,11 @@
    (first config of each list) so it spends seconds, not minutes, compiling.
 2. Dropout: keep rate of the in-kernel Philox mask, and forward + all gradients with dropout 0.1 against the
    reference fed the kernel's own keep mask (padded S = 128 and unpadded S = 512).
-3. torch.compile(fullgraph=True, backend='aot_eager') traces through the custom ops.
-4. bench_attention at the target shapes (autotuned), and S = 512 again with the atomic-dq backward.
+3. Every config of the GPU autotune lists, and autotune's pick, at B256/S128 and B64/S512 (bf16, random padding,
+   dropout 0.1) against the reference fed the kernel's mask.
+4. torch.compile(fullgraph=True, backend='aot_eager') traces through the custom ops.
+5. bench_attention at the target shapes (autotuned): vs SDPA with and without padding, S = 512 again with the
+   atomic-dq backward, and everything again with dropout 0.1.
 Prints a table; writes attention_check.json and attention_bench.json under --out. Designed for < 90 s on H100/H200.
 Without a GPU it runs the same code on small shapes under TRITON_INTERPRET=1 (a smoke test of the script itself, in
 CI; the interpreter truncates bf16, so its error ratios are pessimistic and only reported).
@@ -31,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_attention  # noqa: E402
 from _check_report import report  # noqa: E402
 
-from kernels._common import draw_seed  # noqa: E402
-from kernels.attention import attention, dropout_keep_mask  # noqa: E402
+from kernels import attention as A  # noqa: E402
+from kernels._common import draw_seed_tensor  # noqa: E402
+from kernels.attention import attention  # noqa: E402
+from kernels.reference import attention_dropout_keep_ref as dropout_keep_mask  # noqa: E402
 from kernels.reference import attention_naive_ref  # noqa: E402
 
 GPU = torch.cuda.is_available()
@@ -85,7 +90,8 @@ def check_case(layout, d, seq, batch, nh, p, dq_atomic=False):
     ref_kw = dict(kw)
     if p > 0:
         torch.manual_seed(1)
-        ref_kw.update(dropout_p=p, dropout_mask=dropout_keep_mask(draw_seed(), batch, nh, seq, p, device=DEV))
+        ref_kw.update(dropout_p=p, dropout_mask=dropout_keep_mask(int(draw_seed_tensor(DEV)), batch, nh, seq, p,
+                                                                  device=DEV))
         torch.manual_seed(1)  # the kernel draws the same seed
     outs = _run(attention, q, k, v, dout, dropout_p=p, autotune=False, dq_atomic=dq_atomic, **kw)
     lowp = _run(attention_naive_ref, q, k, v, dout, **ref_kw)
@@ -112,6 +118,41 @@ def check_dropout_rate():
                  ok=abs(rate - (1 - p)) < bound)]
 
 
+CONFIG_SHAPES = [(256, 128), (64, 512)] if GPU else [(2, 70)]  # (B, S): pretraining phases 1 and 2; CPU: split
+
+
+def check_every_config():
+    """Every config of the GPU lists (and autotune's own pick) at the training shapes, bf16, BERT-base heads, random
+    padding and dropout 0.1, against the reference fed the kernel's mask: autotune may pick any of them."""
+    nh, d, p = (12, 64, 0.1) if GPU else (1, 64, 0.1)
+    rows = []
+    for batch, seq in CONFIG_SHAPES:
+        g = torch.Generator().manual_seed(batch + seq)
+        lengths = torch.randint(seq // 4, seq + 1, (batch,), generator=g)
+        lengths[0] = seq
+        mask = (torch.arange(seq)[None, :] < lengths[:, None]).to(DEV)
+        q, k, v, dout = (torch.randn(batch, seq, nh, d, generator=g).to(DEV, torch.bfloat16) for _ in range(4))
+        dout = dout * mask[:, :, None, None]
+        keep = dropout_keep_mask(5, batch, nh, seq, p, device=DEV)
+        kw = dict(key_padding_mask=mask, dropout_p=p, dropout_mask=keep)
+        lowp = _run(attention_naive_ref, q, k, v, dout, **kw)
+        exact = _run(attention_naive_ref, q.float(), k.float(), v.float(), dout.float(), **kw)  # fp64: too big here
+        fused = seq <= A._FUSED_MAX_SEQLEN[64]
+        kinds = ["fwd", "bwd_fused"] if fused else ["fwd", "bwd_dkdv", "bwd_dq"]
+        choices = [("autotune", True)] + [(f"{kind} {c}", {kind: c}) for kind in kinds for c in A.GPU_CONFIGS[kind]]
+        for what, tuned in choices:
+            out, lse = A.attention_forward(q, k, v, mask, dropout_p=p, seed=5, autotune=tuned)
+            grads = A.attention_backward(dout, q, k, v, out, lse, mask, dropout_p=p, seed=5, autotune=tuned)
+            for name, o, t, e in zip(("out", "dq", "dk", "dv"), (out, *grads), lowp, exact):
+                if name == "out":
+                    o, t, e = o[mask], t[mask], e[mask]
+                ek, et = _err(o, e), _err(t, e)
+                floor = torch.finfo(o.dtype).eps * max(1.0, e.abs().max().item())
+                rows.append(dict(check=f"B={batch} S={seq} {what} {name}"[:90], err_kernel=ek, err_torch=et,
+                                 ok=bool(torch.isfinite(o).all()) and ek <= 2.0 * et + floor))
+    return rows
+
+
 def check_compile():
     q, k, v = (torch.randn(2, 64, 4, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     mask = torch.arange(64, device=DEV)[None, :] < torch.tensor([64, 20], device=DEV)[:, None]
@@ -129,7 +170,7 @@ def run_gpu_check(out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     checks = []
-    jobs = [lambda c=c: check_case(*c) for c in CASES] + [check_dropout_rate, check_compile]
+    jobs = [lambda c=c: check_case(*c) for c in CASES] + [check_dropout_rate, check_every_config, check_compile]
     for job in jobs:
         try:
             checks += job()
@@ -142,6 +183,7 @@ def run_gpu_check(out_dir: Path) -> dict:
     bench = bench_attention.run()
     last = (bench_attention.GPU_CASES if GPU else bench_attention.CPU_CASES)[-1]
     bench["rows"] += bench_attention.run(cases=[last], dq_atomic=True)["rows"]
+    bench["rows"] += bench_attention.run(dropout_p=0.1)["rows"]  # training: attention dropout 0.1
     table = bench_attention.format_table(bench["rows"])
     return report("attention", out_dir, checks, bench, table, t0, t_check, width=50)
 

@@ -22,11 +22,12 @@ from _check_report import report  # noqa: E402
 
 from kernels.bias_gelu import bias_gelu  # noqa: E402
 from kernels.lamb import fused_lamb_step  # noqa: E402
-from kernels.layer_norm import bias_dropout_add_layernorm, dropout_keep_mask  # noqa: E402
+from kernels.layer_norm import bias_dropout_add_layernorm  # noqa: E402
 from kernels.masking import mlm_mask, philox_uniforms  # noqa: E402
 from kernels.mlm_loss import masked_lm_loss  # noqa: E402
 from kernels.reference import (bias_dropout_add_layernorm_ref, bias_gelu_ref, lamb_step_ref,  # noqa: E402
-                               masked_lm_loss_ref, mlm_mask_ref, unigram_cdf_from_counts)
+                               layer_norm_dropout_keep_ref, masked_lm_loss_ref, mlm_mask_ref,
+                               unigram_cdf_from_counts)
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
@@ -39,6 +40,12 @@ def _pick(gpu, smoke):
 
 def _err(a, b):
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def dropout_keep_mask(seed, shape, p, device):
+    """The epilogue kernel's keep mask over a (..., h) tensor (the pure-torch Philox replay)."""
+    return layer_norm_dropout_keep_ref(seed, shape[:-1].numel() if hasattr(shape, "numel") else
+                                       int(torch.tensor(shape[:-1]).prod()), shape[-1], p, device=device).view(shape)
 
 
 def _compare(name, outs, lowp, exact, factor=2.0):
@@ -147,12 +154,19 @@ def check_lamb():
     return _compare("lamb 3 steps (params, m, v)", states["fused"], states["ref"], states["exact"], factor=4.0)
 
 
-def run_gpu_check(out_dir: Path) -> dict:
+FAMILIES = {"bias_gelu": check_bias_gelu, "layer_norm": check_layer_norm, "mlm_loss": check_mlm_loss,
+            "masking": check_masking, "lamb": check_lamb}
+
+
+def run_gpu_check(out_dir: Path, only=None, bench: bool = True) -> dict:
+    """only: family names (default all); bench: also run bench_kernels for those families."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     checks = []
-    for fn in (check_bias_gelu, check_layer_norm, check_mlm_loss, check_masking, check_lamb):
+    for name, fn in FAMILIES.items():
+        if only and name not in only:
+            continue
         try:
             checks += fn()
         except Exception:  # keep going: one broken kernel must not hide the others
@@ -160,13 +174,17 @@ def run_gpu_check(out_dir: Path) -> dict:
     if GPU:
         torch.cuda.synchronize()
     t_check = time.time() - t0
-    bench = bench_kernels.run()
-    table = bench_kernels.format_table(bench["rows"])
-    return report("kernels", out_dir, checks, bench, table, t0, t_check, width=55)
+    bench = bench_kernels.run(only) if bench else {"rows": []}
+    table = bench_kernels.format_table(bench["rows"]) if bench["rows"] else ""
+    tag = "kernels" if not only else "kernels_" + "_".join(only)
+    return report(tag, out_dir, checks, bench, table, t0, t_check, width=55)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="bf16 checks + benchmarks of the kernels on CUDA")
     ap.add_argument("--out", type=Path, required=True)
-    res = run_gpu_check(ap.parse_args().out)
+    ap.add_argument("--only", action="append", choices=sorted(FAMILIES), help="kernel family (repeatable)")
+    ap.add_argument("--no-bench", action="store_true", help="correctness only")
+    a = ap.parse_args()
+    res = run_gpu_check(a.out, a.only, not a.no_bench)
     sys.exit(0 if res["all_ok"] else 1)

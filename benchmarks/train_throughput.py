@@ -19,6 +19,14 @@ and the ablations, each switching ONE piece of `ours` off (or adding one):
 `--variants ablation` runs hf and all of the above. Batches are built (and, except for ours-device-mask, masked)
 outside the timed region, as a prefetching loader delivers them (engine/data/prefetch.py).
 
+Every row also records what it trained: loss_init, the loss of the first batch in eval mode (no dropout) from the
+initial weights, the loss of every step (warm-up included), and loss_last (eval mode again, after the steps). Every `ours*`
+variant starts from the same seed, so the same weights: its loss_init must equal that of the pure-torch path
+(`ours-no-kernels`, computed for the check even when not asked for) within LOSS_RTOL (2e-2 relative in bf16, 2e-3 in
+fp32; bf16 rounding of a mean of ~5,000 token losses is ~1e-3), its losses must be finite and loss_last below
+loss_init. A row that fails says why (`loss_check`), prints FAIL, and the script exits 1. `ours-device-mask` masks
+its own batches (other labels), HF starts from other weights: their losses are recorded, not compared.
+
 Reports sequences/s, real (non-pad) tokens/s, MFU against the measured bf16 matmul rate of the same device (the
 training FLOPs per token: 72·L·h² + 12·L·h·s + 6·m·(h² + h·V), m = 0.15), peak memory and ratios to hf.
 Lengths: full-length rows (--lengths full) or drawn from the Wikipedia sample-length histogram in
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -50,6 +59,7 @@ VARIANTS = ("hf", "hf-compile", "ours", "ours-compile") + ABLATIONS
 MASK_SHARE = 0.15
 MASK_ID, SPECIAL_IDS = 4, 5  # ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; real tokens are drawn from 5..V-1
 LENGTHS_FILE = ROOT / "benchmarks" / "wiki_lengths.json"
+LOSS_RTOL = {torch.bfloat16: 2e-2, torch.float32: 2e-3}  # loss_init of ours* vs the pure-torch path, relative
 
 
 def train_flops_per_token(L: int, h: int, s: int, V: int) -> float:
@@ -210,6 +220,16 @@ def build(variant: str, cfg, device):
     return model, forward, optimizer
 
 
+def _eval_loss(model, forward, inputs, autocast) -> float:
+    """Loss of one batch in eval mode (no dropout), weights unchanged."""
+    model.eval()
+    with torch.no_grad(), autocast:
+        torch.manual_seed(2)  # ours-device-mask draws its masking seed from it
+        loss = float(forward(inputs))
+    model.train()
+    return loss
+
+
 def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool):
     torch.manual_seed(0)
     model, forward, optimizer = build(variant, cfg, device)
@@ -217,7 +237,9 @@ def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool):
     host = [make_batch(batch, seq, cfg.vocab_size, pool, gen) for _ in range(4)]
     inputs = [step_inputs(variant, b, device) for b in host]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    loss_init = _eval_loss(model, forward, inputs[0], autocast)
     count = [0]
+    losses = []  # device tensors, read after timing (no sync inside the timed steps)
 
     def step():
         with autocast:
@@ -226,6 +248,7 @@ def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
 
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -235,9 +258,43 @@ def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool):
     median = statistics.median(_timed(step, device, steps))
     real_tokens = statistics.mean(int(b["lengths"].sum()) for b in host)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+    loss_last = _eval_loss(model, forward, inputs[0], autocast)
     del model, optimizer, inputs
     return {"variant": variant, "step_s": median, "seq_per_s": batch / median, "real_tok_per_s": real_tokens / median,
-            "real_tokens_per_step": real_tokens, "peak_gib": peak}
+            "real_tokens_per_step": real_tokens, "peak_gib": peak, "loss_init": loss_init,
+            "losses": [float(x) for x in losses], "loss_last": loss_last}
+
+
+def reference_loss(cfg, seq, batch, device, dtype, pool) -> float:
+    """loss_init of the pure-torch path (`ours-no-kernels`): same seed, weights and first batch as every ours*."""
+    torch.manual_seed(0)
+    model, forward, _ = build("ours-no-kernels", cfg, device)
+    gen = torch.Generator().manual_seed(1)
+    inputs = step_inputs("ours-no-kernels", make_batch(batch, seq, cfg.vocab_size, pool, gen), device)
+    loss = _eval_loss(model, forward, inputs, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32))
+    del model
+    return loss
+
+
+def check_losses(row: dict, ref_loss: float | None, rtol: float) -> None:
+    """Sets row["loss_check"] ("ok", "n/a: ..." or why it failed) and row["loss_ok"]."""
+    v = row["variant"]
+    if "loss_init" not in row:
+        return
+    losses = [row["loss_init"], row["loss_last"], *row["losses"]]
+    if not all(math.isfinite(x) for x in losses):
+        row["loss_check"] = "non-finite loss"
+    elif v.startswith("hf") or v == "ours-device-mask" or ref_loss is None:
+        row["loss_check"] = "n/a: other weights or other masked tokens"
+    elif abs(row["loss_init"] - ref_loss) > rtol * abs(ref_loss):
+        row["loss_check"] = (f"loss_init {row['loss_init']:.4f} vs pure torch {ref_loss:.4f}: beyond "
+                             f"{rtol:g} relative")
+    elif not row["loss_last"] < row["loss_init"]:
+        row["loss_check"] = f"did not train: loss_last {row['loss_last']:.4f} >= loss_init {row['loss_init']:.4f}"
+    else:
+        row["loss_check"] = "ok"
+    row["ref_loss_init"] = ref_loss
+    row["loss_ok"] = row["loss_check"] == "ok" or row["loss_check"].startswith("n/a")
 
 
 def _oom(exc: Exception) -> bool:
@@ -306,6 +363,12 @@ def main(argv=None):
         batch = batches.get(shape, batches.get("*", 8))
         pool = lengths_pool(args.lengths, seq)
         flops_tok = train_flops_per_token(cfg.num_hidden_layers, cfg.hidden_size, seq, cfg.vocab_size)
+        ref_loss = None
+        if any(v.startswith("ours") for v in variants):
+            try:
+                ref_loss = reference_loss(cfg, seq, batch, device, dtype, pool)
+            except Exception as exc:  # noqa: BLE001  the rows say so
+                print(f"reference loss failed: {type(exc).__name__}: {exc}"[:300], flush=True)
         for variant in variants:
             try:
                 r = run_variant(variant, cfg, seq, batch, args.steps, args.warmup, device, dtype, pool)
@@ -314,6 +377,7 @@ def main(argv=None):
             r.update(shape=shape, batch=batch, seq=seq, lengths=args.lengths)
             if "step_s" in r:
                 r["mfu"] = r["real_tok_per_s"] * flops_tok / peak
+                check_losses(r, ref_loss, LOSS_RTOL.get(dtype, 2e-2))
             result["rows"].append(r)
             _save(result, Path(args.out))  # after every row: a run cut short by a time limit keeps what it measured
             print(table_row(r), flush=True)
@@ -325,6 +389,8 @@ def main(argv=None):
                 found[v] = max_batch(v, cfg, seq, batch, device, dtype, pool, args.max_batch_limit)
                 _save(result, Path(args.out))
             print(f"largest batch that fits, {shape}: " + ", ".join(f"{v} {b}" for v, b in found.items()), flush=True)
+    result["all_ok"] = all("error" not in r and r.get("loss_ok", True) for r in result["rows"])
+    _save(result, Path(args.out))
     return result
 
 
@@ -341,7 +407,7 @@ def _save(result: dict, out: Path) -> None:
 
 
 TABLE_HEAD = (f"{'shape':<10} {'lengths':<7} {'variant':<18} {'batch':>5} {'seq/s':>9} {'real tok/s':>11} {'MFU':>6} "
-              f"{'peak GiB':>8} {'x hf':>6}")
+              f"{'peak GiB':>8} {'x hf':>6} {'loss0':>7} {'loss_end':>8} check")
 
 
 def table_row(r: dict) -> str:
@@ -349,9 +415,13 @@ def table_row(r: dict) -> str:
     if "error" in r:
         return f"{head}  ERROR {r['error']}"
     peak_s = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
+    check = r.get("loss_check", "")
+    check = check if check in ("", "ok") or check.startswith("n/a") else "FAIL " + check
     return (f"{head} {r['seq_per_s']:>9.1f} {r['real_tok_per_s']:>11.0f} {r['mfu']:>6.1%} {peak_s:>8} "
-            f"{r.get('speedup_vs_hf', float('nan')):>6.2f}")
+            f"{r.get('speedup_vs_hf', float('nan')):>6.2f} {r['loss_init']:>7.3f} {r['loss_last']:>8.3f} "
+            f"{check.split(':')[0] if check.startswith('n/a') else check}")
 
 
 if __name__ == "__main__":
-    main()
+    res = main()
+    sys.exit(0 if res is None or res["all_ok"] else 1)

@@ -22,6 +22,8 @@ def num_sms(device: torch.device) -> int:
     return 4
 
 
-def draw_seed() -> int:
-    """A Philox seed drawn from torch's default CPU generator (no device sync; reproducible under manual_seed)."""
-    return int(torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64).item())
+def draw_seed_tensor(device) -> torch.Tensor:
+    """A Philox seed for the dropout kernels: (1,) int64 in [0, 2^62) drawn ON `device` from torch's generator of that
+    device. No host sync; reproducible under torch.manual_seed; inside a compiled graph it is a device random op (a
+    fresh seed at every CUDA-graph replay), not a host value baked into the graph."""
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)

@@ -22,18 +22,22 @@ key blocks past L_b (right padding, as BERT batches are, costs nothing). Inside 
 and applied, so ANY mask is exact (left padding, holes). Query rows at or after L_b output zero and get zero
 gradients; query rows inside holes attend to the real keys like SDPA's would (finite, ignored by the tests).
 
-Dropout on the attention probabilities (p = dropout_p) is applied inside the kernels: keep(b, h, i, j) comes from
-Philox-4x32-10 (tl.randint4x) keyed by seed + ((b * nh + h) << 32), counter i * 16384 + j // 4, word j % 4, kept when
-its top 24 bits >= p * 2^24. It is a pure function of (seed, b, h, i, j), independent of block sizes and of the
-padded / unpadded layout, so the backward regenerates exactly the forward's mask and `dropout_keep_mask` materialises
-it for the reference (kernels.reference.attention_naive_ref). The seed is drawn from torch's default CPU generator
-(torch.manual_seed reproduces it) and returned by the forward op for the backward. Limits with dropout:
-max_seqlen <= 65536.
+Dropout on the attention probabilities (p = dropout_p) is applied inside the kernels (kernels.reference: Philox-4x32-10
+with the call's seed as key): keep(b, h, i, j) is word j % 4 of the counter (i * 16384 + j // 4, h, row_id low,
+row_id high), kept when its top 24 bits are >= round(p * 2^24); one Philox call serves four keys. row_id is the
+sequence index b, or row_ids[b] when a (B,) int64 `row_ids` is given (per-sample streams: a sequence's mask then
+depends on its id, not on its place in the batch). It is a pure function of (seed, row_id, h, i, j), independent of
+block sizes and of the padded / unpadded layout, so the backward regenerates exactly the forward's mask and
+kernels.reference.attention_dropout_keep_ref replays it in torch. The seed is a (1,) int64 tensor on the device, drawn
+there from torch's generator (torch.manual_seed reproduces it; no host sync; a fresh seed at each CUDA-graph replay)
+and saved for the backward. Limits with dropout: max_seqlen <= 65536.
+
+Grid: one axis of cdiv(max_seqlen, BLOCK) * B * nh programs (axis 0 takes 2^31 - 1 programs, axes 1 and 2 only
+65,535), the sequence blocks of one (b, h) adjacent so they share its K and V in L2.
 
 Registered as torch custom ops bertforge::attention_fwd / bertforge::attention_bwd (with fake impls) called by
 AttentionFunction, so torch.compile traces through it without graph breaks (unpadded: pass max_seqlen, else
-attention() reads it from cu_seqlens with a device sync). The seed is drawn when the op runs, so CUDA-graph replay
-(mode='reduce-overhead') would repeat one dropout mask.
+attention() reads it from cu_seqlens with a device sync).
 Testing note: under TRITON_INTERPRET=1, fp32 -> bf16 casts truncate instead of rounding to nearest (about 2x the
 rounding error of the GPU), so bf16 errors measured on CPU are pessimistic; bf16 dots are upcast there (DOT_FP32).
 """
@@ -46,9 +50,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import draw_seed, is_interpreting, next_power_of_2
+from kernels._common import draw_seed_tensor, is_interpreting, next_power_of_2
+from kernels.reference import ATTN_DROPOUT_ROW_STRIDE, dropout_threshold
 
-_DROP_ROW_STRIDE = 16384  # Philox counters per query row (4 columns each): dropout supports max_seqlen <= 65536
+_DROP_ROW_STRIDE = ATTN_DROPOUT_ROW_STRIDE  # Philox counters per query row (4 keys each): max_seqlen <= 65536
 
 
 # ---- small jit helpers ---------------------------------------------------------------------------------------
@@ -91,22 +96,52 @@ def _dot(a, b, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
-def _dropout_keep(seed, bh, offs_m, start_n, DROP_THRESH, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _program_coords(pid, max_seqlen, nheads, BLOCK: tl.constexpr):
+    """(block index along the sequence, b, h) of program `pid` of the 1-D grid of cdiv(max_seqlen, BLOCK) * B * nh
+    programs; the blocks of one (b, h) are adjacent."""
+    n_blocks = tl.cdiv(max_seqlen, BLOCK)
+    bh = pid // n_blocks
+    return pid % n_blocks, bh // nheads, bh % nheads
+
+
+@triton.jit
+def _dropout_stream(Seed, RowIds, b, IS_DROPOUT: tl.constexpr, HAS_ROW_IDS: tl.constexpr):
+    """(Philox key, row id low word, row id high word) of sequence b (zeros without dropout)."""
+    if HAS_ROW_IDS:
+        row = tl.load(RowIds + b)
+    else:
+        row = b.to(tl.int64)
+    if IS_DROPOUT:
+        seed = tl.load(Seed)
+    else:
+        seed = row * 0
+    return seed, (row & 0xFFFFFFFF).to(tl.uint32), (row >> 32).to(tl.uint32)
+
+
+@triton.jit
+def _dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
     """Keep mask (BLOCK_M, BLOCK_N) of rows offs_m and columns start_n + [0, BLOCK_N) (start_n a multiple of 4).
-    One Philox call yields 4 words: word w of counter (i * 16384 + j // 4) decides column j = 4 * (j // 4) + w."""
-    key = (bh.to(tl.int64) << 32) + seed  # (seed may arrive as a constexpr: Triton specialises ints equal to 1)
+    One Philox call yields 4 words: word w of counter (i * 16384 + j // 4, h, row_lo, row_hi) decides column
+    j = 4 * (j // 4) + w. The words are compared first and the 1-bit results interleaved."""
     cols4 = start_n // 4 + tl.arange(0, BLOCK_N // 4)
-    counter = offs_m[:, None] * 16384 + cols4[None, :]  # (BLOCK_M, BLOCK_N // 4) int32
-    r0, r1, r2, r3 = tl.randint4x(key, counter)
-    r = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BLOCK_M, BLOCK_N))  # column 4c + w <- word w
-    return (r >> 8).to(tl.int32) >= DROP_THRESH
+    c0 = (offs_m[:, None] * 16384 + cols4[None, :]).to(tl.uint32)  # (BLOCK_M, BLOCK_N // 4)
+    z = c0 * 0
+    r0, r1, r2, r3 = tl.philox(seed, c0, z + h.to(tl.uint32), z + row_lo, z + row_hi)
+    k0 = (r0 >> 8).to(tl.int32) >= DROP_THRESH
+    k1 = (r1 >> 8).to(tl.int32) >= DROP_THRESH
+    k2 = (r2 >> 8).to(tl.int32) >= DROP_THRESH
+    k3 = (r3 >> 8).to(tl.int32) >= DROP_THRESH
+    # join(join(a, b), join(c, d)) is [.., i, k] = (a, b)[i] if k == 0 else (c, d)[i]: column 4c + 2i + k
+    return tl.reshape(tl.join(tl.join(k0, k2), tl.join(k1, k3)), (BLOCK_M, BLOCK_N))
 
 
 # ---- forward -------------------------------------------------------------------------------------------------
 # The seed, the dropout threshold and the row counts are not specialised (Triton would otherwise compile variants for
 # values == 1 or divisible by 16: a fresh seed every step, a different token total every unpadded batch).
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, start_n, seqlen, offs_m, offs_n, offs_d, seed, bh,
+def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, start_n, seqlen, offs_m, offs_n, offs_d, seed, h,
+                    row_lo, row_hi,
                     DROP_THRESH, qk_scale, stride_kt, stride_vt,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_KPM: tl.constexpr, IS_DROPOUT: tl.constexpr,
                     MASK_TAIL: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -126,13 +161,13 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, start_n, seqlen,
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if IS_DROPOUT:
-        p = tl.where(_dropout_keep(seed, bh, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N), p, 0.0)
+        p = tl.where(_dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N), p, 0.0)
     v = _load_rows(v_ptrs + start_n * stride_vt, k_ok, offs_d, HEAD_DIM, BLOCK_D)
     acc += _dot(p.to(v.dtype), v, DOT_FP32)
     return acc, l_i, m_new
 
 
-@triton.jit(do_not_specialize=["seed", "DROP_THRESH", "stride_lse_h", "seq_stride"])
+@triton.jit(do_not_specialize=["DROP_THRESH", "stride_lse_h", "seq_stride", "max_seqlen"])
 def _attn_fwd_kernel(
     Q, K, V,  # (B, S, nh, d) padded or (total, nh, d) unpadded; last dim contiguous
     Out,  # like q (fresh, contiguous)
@@ -140,8 +175,9 @@ def _attn_fwd_kernel(
     CuSeqlens,  # (B + 1,) int32 token offsets (VARLEN)
     SeqLens,  # (B,) int32 lengths = last real position + 1 (padded)
     Kpm,  # (B, S) uint8 key-padding mask, 1 = real (HAS_KPM)
+    Seed,  # (1,) int64 Philox key (IS_DROPOUT)
+    RowIds,  # (B,) int64 Philox row ids (HAS_ROW_IDS)
     sm_scale,  # softmax scale
-    seed,  # Philox seed (IS_DROPOUT)
     DROP_THRESH,  # int(dropout_p * 2^24): drop when the top 24 bits of the Philox word are below it
     drop_scale,  # 1 / (1 - dropout_p)
     stride_qb, stride_qt, stride_qh,  # batch stride (0 when VARLEN), token stride, head stride
@@ -152,14 +188,14 @@ def _attn_fwd_kernel(
     stride_lse_h,  # R
     nheads,
     seq_stride,  # S (padded; LSE row of (b, i) is b * S + i) or 0 (VARLEN; it is cu_seqlens[b] + i)
+    max_seqlen,  # longest sequence: sizes the grid
     SEQ_BUCKET,  # next power of 2 of max_seqlen: autotune key only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, HAS_KPM: tl.constexpr,
-    IS_DROPOUT: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_DROPOUT: tl.constexpr, HAS_ROW_IDS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // nheads
-    h = bh % nheads
+    pid_m, b, h = _program_coords(tl.program_id(0), max_seqlen, nheads, BLOCK_M)
+    seed, row_lo, row_hi = _dropout_stream(Seed, RowIds, b, IS_DROPOUT, HAS_ROW_IDS)
     tok0, seqlen = _seq_bounds(CuSeqlens, SeqLens, b, VARLEN)
     store_lim = seqlen if VARLEN else seq_stride  # padded outputs write zeros up to S
     start_m = pid_m * BLOCK_M
@@ -188,11 +224,11 @@ def _attn_fwd_kernel(
     n_full = (seqlen // BLOCK_N) * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, start_n, seqlen, offs_m, offs_n,
-                                        offs_d, seed, bh, DROP_THRESH, qk_scale, stride_kt, stride_vt, HEAD_DIM,
+                                        offs_d, seed, h, row_lo, row_hi, DROP_THRESH, qk_scale, stride_kt, stride_vt, HEAD_DIM,
                                         BLOCK_D, HAS_KPM, IS_DROPOUT, False, DOT_FP32, BLOCK_M, BLOCK_N)
     if n_full < seqlen:
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, n_full, seqlen, offs_m, offs_n,
-                                        offs_d, seed, bh, DROP_THRESH, qk_scale, stride_kt, stride_vt, HEAD_DIM,
+                                        offs_d, seed, h, row_lo, row_hi, DROP_THRESH, qk_scale, stride_kt, stride_vt, HEAD_DIM,
                                         BLOCK_D, HAS_KPM, IS_DROPOUT, True, DOT_FP32, BLOCK_M, BLOCK_N)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     row_ok = offs_m < seqlen
@@ -200,25 +236,23 @@ def _attn_fwd_kernel(
     out = tl.where(row_ok[:, None], out, 0.0)
     _store_rows(o_ptrs, out.to(Out.dtype.element_ty), offs_m < store_lim, offs_d, HEAD_DIM, BLOCK_D)
     lse = (m_i + tl.math.log2(l_safe)) * 0.6931471805599453
-    tl.store(Lse + h * stride_lse_h + b * seq_stride + tok0 + offs_m, lse, mask=row_ok)
+    tl.store(Lse + h.to(tl.int64) * stride_lse_h + b * seq_stride + tok0 + offs_m, lse, mask=row_ok)
 
 
 # ---- backward ------------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["stride_lse_h", "seq_stride"])
+@triton.jit(do_not_specialize=["stride_lse_h", "seq_stride", "max_seqlen"])
 def _attn_bwd_preprocess_kernel(
     Out, DO,  # like q; DO has its own strides
     Delta,  # (nh, R) fp32: rowsum(dO * O)
     CuSeqlens, SeqLens,
     stride_ob, stride_ot, stride_oh,
     stride_dob, stride_dot, stride_doh,
-    stride_lse_h, nheads, seq_stride,
+    stride_lse_h, nheads, seq_stride, max_seqlen,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    bh = tl.program_id(1)
-    b = bh // nheads
-    h = bh % nheads
+    pid_m, b, h = _program_coords(tl.program_id(0), max_seqlen, nheads, BLOCK_M)
     tok0, seqlen = _seq_bounds(CuSeqlens, SeqLens, b, VARLEN)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < seqlen
     o = _load_rows(Out + b.to(tl.int64) * stride_ob + tok0.to(tl.int64) * stride_ot + h * stride_oh
@@ -226,35 +260,33 @@ def _attn_bwd_preprocess_kernel(
     do = _load_rows(DO + b.to(tl.int64) * stride_dob + tok0.to(tl.int64) * stride_dot + h * stride_doh
                     + offs_m[:, None] * stride_dot + offs_d[None, :], row_ok, offs_d, HEAD_DIM, BLOCK_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(Delta + h * stride_lse_h + b * seq_stride + tok0 + offs_m, delta, mask=row_ok)
+    tl.store(Delta + h.to(tl.int64) * stride_lse_h + b * seq_stride + tok0 + offs_m, delta, mask=row_ok)
 
 
-@triton.jit(do_not_specialize=["seed", "DROP_THRESH", "stride_lse_h", "seq_stride"])
+@triton.jit(do_not_specialize=["DROP_THRESH", "stride_lse_h", "seq_stride", "max_seqlen"])
 def _attn_bwd_dkdv_kernel(
     Q, K, V, Out, DO,  # like q; Out only read when DQ_MODE == 1 (inline delta)
     DQ,  # like q, Out's strides: DQ_MODE 1 stores dq into it (q's dtype), 2 atomically adds (fp32, zeroed)
     DK, DV,  # like q (fresh, contiguous: Out's strides)
     Lse, Delta,  # (nh, R) fp32; Delta only read when DQ_MODE != 1
-    CuSeqlens, SeqLens, Kpm,
-    sm_scale, seed, DROP_THRESH, drop_scale,
+    CuSeqlens, SeqLens, Kpm, Seed, RowIds,
+    sm_scale, DROP_THRESH, drop_scale,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh,  # Out, DQ, DK, DV
     stride_dob, stride_dot, stride_doh,
-    stride_kpm_b, stride_lse_h, nheads, seq_stride, SEQ_BUCKET,
+    stride_kpm_b, stride_lse_h, nheads, seq_stride, max_seqlen, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, HAS_KPM: tl.constexpr,
-    IS_DROPOUT: tl.constexpr, DQ_MODE: tl.constexpr, DOT_FP32: tl.constexpr,
+    IS_DROPOUT: tl.constexpr, HAS_ROW_IDS: tl.constexpr, DQ_MODE: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program per (key block, batch * head): dk, dv of BLOCK_N keys from a loop over all query blocks.
     DQ_MODE 0: dq is left to _attn_bwd_dq_kernel (deterministic split). 1 (the whole sequence is this one key
     block): also stores dq of every query block and computes delta = rowsum(dO * O) inline. 2: atomically adds
     this key block's share of dq into an fp32 buffer (FlashAttention-2's CUDA scheme: 5 GEMMs, not 7)."""
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // nheads
-    h = bh % nheads
+    pid_n, b, h = _program_coords(tl.program_id(0), max_seqlen, nheads, BLOCK_N)
+    seed, row_lo, row_hi = _dropout_stream(Seed, RowIds, b, IS_DROPOUT, HAS_ROW_IDS)
     tok0, seqlen = _seq_bounds(CuSeqlens, SeqLens, b, VARLEN)
     store_lim = seqlen if VARLEN else seq_stride
     start_n = pid_n * BLOCK_N
@@ -284,8 +316,8 @@ def _attn_bwd_dkdv_kernel(
                + offs_m0[:, None] * stride_dot + offs_d[None, :])
     o_ptrs = Out + out_base + offs_m0[:, None] * stride_ot + offs_d[None, :]
     dq_ptrs = DQ + out_base + offs_m0[:, None] * stride_ot + offs_d[None, :]
-    lse_ptrs = Lse + h * stride_lse_h + b * seq_stride + tok0 + offs_m0
-    delta_ptrs = Delta + h * stride_lse_h + b * seq_stride + tok0 + offs_m0
+    lse_ptrs = Lse + h.to(tl.int64) * stride_lse_h + b * seq_stride + tok0 + offs_m0
+    delta_ptrs = Delta + h.to(tl.int64) * stride_lse_h + b * seq_stride + tok0 + offs_m0
     qk_scale = sm_scale * 1.4426950408889634
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -306,7 +338,7 @@ def _attn_bwd_dkdv_kernel(
             pT = tl.where(k_ok[:, None], pT, 0.0)
         dpT = _dot(v, tl.trans(do), DOT_FP32)  # dP of the dropped probabilities
         if IS_DROPOUT:
-            keepT = tl.trans(_dropout_keep(seed, bh, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N))
+            keepT = tl.trans(_dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N))
             pdT = tl.where(keepT, pT * drop_scale, 0.0)
             dpT = tl.where(keepT, dpT * drop_scale, 0.0)
         else:
@@ -320,7 +352,8 @@ def _attn_bwd_dkdv_kernel(
                         offs_d, HEAD_DIM, BLOCK_D)
         elif DQ_MODE == 2:
             dq = _dot(tl.trans(dsT).to(k.dtype), k, DOT_FP32) * sm_scale
-            tl.atomic_add(dq_ptrs + start_m * stride_ot, dq, mask=q_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+            tl.atomic_add(dq_ptrs + start_m * stride_ot, dq, mask=q_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
+                          sem="relaxed")  # only the sum matters: no ordering
     if DQ_MODE == 1 and not VARLEN:  # zero dq of the padded query blocks the loop skipped
         for start_m in range(tl.cdiv(seqlen, BLOCK_M) * BLOCK_M, seq_stride, BLOCK_M):
             _store_rows(dq_ptrs + start_m * stride_ot, tl.zeros([BLOCK_M, BLOCK_D], DQ.dtype.element_ty),
@@ -332,28 +365,27 @@ def _attn_bwd_dkdv_kernel(
     _store_rows(dv_ptrs, dv.to(DV.dtype.element_ty), offs_n < store_lim, offs_d, HEAD_DIM, BLOCK_D)
 
 
-@triton.jit(do_not_specialize=["seed", "DROP_THRESH", "stride_lse_h", "seq_stride"])
+@triton.jit(do_not_specialize=["DROP_THRESH", "stride_lse_h", "seq_stride", "max_seqlen"])
 def _attn_bwd_dq_kernel(
     Q, K, V, DO,  # like q
     DQ,  # like q (fresh, contiguous)
     Lse, Delta,  # (nh, R) fp32
-    CuSeqlens, SeqLens, Kpm,
-    sm_scale, seed, DROP_THRESH, drop_scale,
+    CuSeqlens, SeqLens, Kpm, Seed, RowIds,
+    sm_scale, DROP_THRESH, drop_scale,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh,  # DQ
     stride_dob, stride_dot, stride_doh,
-    stride_kpm_b, stride_lse_h, nheads, seq_stride, SEQ_BUCKET,
+    stride_kpm_b, stride_lse_h, nheads, seq_stride, max_seqlen, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, HAS_KPM: tl.constexpr,
-    IS_DROPOUT: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_DROPOUT: tl.constexpr, HAS_ROW_IDS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """One program per (query block, batch * head): dq of BLOCK_M queries from a loop over all key blocks.
     Keys past seqlen load as k = v = 0, so they add nothing to dq and need no mask."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // nheads
-    h = bh % nheads
+    pid_m, b, h = _program_coords(tl.program_id(0), max_seqlen, nheads, BLOCK_M)
+    seed, row_lo, row_hi = _dropout_stream(Seed, RowIds, b, IS_DROPOUT, HAS_ROW_IDS)
     tok0, seqlen = _seq_bounds(CuSeqlens, SeqLens, b, VARLEN)
     store_lim = seqlen if VARLEN else seq_stride
     start_m = pid_m * BLOCK_M
@@ -372,9 +404,9 @@ def _attn_bwd_dq_kernel(
                    + offs_m[:, None] * stride_qt + offs_d[None, :], q_ok, offs_d, HEAD_DIM, BLOCK_D)
     do = _load_rows(DO + b.to(tl.int64) * stride_dob + tok0.to(tl.int64) * stride_dot + h * stride_doh
                     + offs_m[:, None] * stride_dot + offs_d[None, :], q_ok, offs_d, HEAD_DIM, BLOCK_D)
-    lse2 = tl.load(Lse + h * stride_lse_h + b * seq_stride + tok0 + offs_m, mask=q_ok,
+    lse2 = tl.load(Lse + h.to(tl.int64) * stride_lse_h + b * seq_stride + tok0 + offs_m, mask=q_ok,
                    other=float("inf")) * 1.4426950408889634
-    delta = tl.load(Delta + h * stride_lse_h + b * seq_stride + tok0 + offs_m, mask=q_ok, other=0.0)
+    delta = tl.load(Delta + h.to(tl.int64) * stride_lse_h + b * seq_stride + tok0 + offs_m, mask=q_ok, other=0.0)
     k_ptrs = (K + b.to(tl.int64) * stride_kb + tok0.to(tl.int64) * stride_kt + h * stride_kh
               + offs_n0[:, None] * stride_kt + offs_d[None, :])
     v_ptrs = (V + b.to(tl.int64) * stride_vb + tok0.to(tl.int64) * stride_vt + h * stride_vh
@@ -392,27 +424,11 @@ def _attn_bwd_dq_kernel(
             p = tl.where(k_ok[None, :], p, 0.0)
         dp = _dot(do, tl.trans(v), DOT_FP32)
         if IS_DROPOUT:
-            keep = _dropout_keep(seed, bh, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N)
+            keep = _dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N)
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, DOT_FP32)
     _store_rows(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), offs_m < store_lim, offs_d, HEAD_DIM, BLOCK_D)
-
-
-@triton.jit
-def _dropout_keep_kernel(
-    Keep,  # (B * nh, S, S) uint8 out
-    seed, DROP_THRESH, S,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Materialise the kernels' keep mask (testing / reference only)."""
-    bh = tl.program_id(2)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    start_n = tl.program_id(1) * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    keep = _dropout_keep(seed, bh, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N)
-    tl.store(Keep + bh.to(tl.int64) * S * S + offs_m[:, None] * S + offs_n[None, :], keep.to(tl.uint8),
-             mask=(offs_m[:, None] < S) & (offs_n[None, :] < S))
 
 
 # ---- configs -------------------------------------------------------------------------------------------------
@@ -427,6 +443,22 @@ def _cfg(num_warps, num_stages, **blocks):
     return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
 
 
+# The GPU lists: none of them spills registers on sm_90 at d = 32 and 64 (BERT-base / -large, MiniLM), with or without
+# dropout, padded or unpadded, with the launcher's 16-byte / divisible-by-16 specialisation (`python -m
+# kernels.compile_check --spills --head-dim 32 --head-dim 64`; tests/kernels/test_compile_sm90.py checks d = 64).
+# Dropped for spilling: forward 4 warps 128x64 and 8 warps 128x128; fused backward 4 warps (BLOCK_M 64, 32) and
+# 8 warps 2 stages BLOCK_M 64; dk/dv 4 warps 32x128 and 8 warps 64x128 (atomic dq with dropout). At d = 128 (no BERT
+# size) 15 of 64 variants still spill, mostly the backward with dropout: a d = 128 model needs its own lists.
+GPU_CONFIGS = {
+    "fwd": [_cfg(8, 3, BLOCK_M=128, BLOCK_N=64), _cfg(4, 3, BLOCK_M=64, BLOCK_N=64), _cfg(8, 3, BLOCK_M=64, BLOCK_N=64)],
+    "bwd_fused": [_cfg(8, 1, BLOCK_M=64), _cfg(8, 2, BLOCK_M=32), _cfg(8, 2, BLOCK_M=16)],  # BLOCK_N: the S bucket
+    "bwd_dkdv": [_cfg(8, 2, BLOCK_M=64, BLOCK_N=64), _cfg(8, 2, BLOCK_M=32, BLOCK_N=128),
+                 _cfg(8, 1, BLOCK_M=32, BLOCK_N=128)],
+    "bwd_dq": [_cfg(8, 2, BLOCK_M=128, BLOCK_N=64), _cfg(4, 2, BLOCK_M=64, BLOCK_N=64),
+               _cfg(4, 2, BLOCK_M=64, BLOCK_N=32)],
+}
+GPU_FUSED_MAX_SEQLEN = {32: 128, 64: 128, 128: 64}  # one key block per sequence: K, V, dK, dV stay in registers
+
 if is_interpreting():
     _FWD_CONFIGS = [_cfg(4, 1, BLOCK_M=64, BLOCK_N=64)]
     _BWD_FUSED_CONFIGS = [_cfg(4, 1, BLOCK_M=64)]
@@ -434,14 +466,9 @@ if is_interpreting():
     _BWD_DQ_CONFIGS = [_cfg(4, 1, BLOCK_M=64, BLOCK_N=64)]
     _FUSED_MAX_SEQLEN = {32: 64, 64: 64, 128: 64}
 else:
-    _FWD_CONFIGS = [_cfg(4, 3, BLOCK_M=128, BLOCK_N=64), _cfg(8, 3, BLOCK_M=128, BLOCK_N=64),
-                    _cfg(8, 2, BLOCK_M=128, BLOCK_N=128), _cfg(4, 3, BLOCK_M=64, BLOCK_N=64)]
-    _BWD_FUSED_CONFIGS = [_cfg(8, 2, BLOCK_M=64), _cfg(4, 2, BLOCK_M=64), _cfg(4, 2, BLOCK_M=32)]  # BLOCK_N: S
-    _BWD_DKDV_CONFIGS = [_cfg(8, 2, BLOCK_M=64, BLOCK_N=128), _cfg(4, 2, BLOCK_M=64, BLOCK_N=64),
-                         _cfg(4, 2, BLOCK_M=32, BLOCK_N=128)]
-    _BWD_DQ_CONFIGS = [_cfg(8, 2, BLOCK_M=128, BLOCK_N=64), _cfg(4, 2, BLOCK_M=64, BLOCK_N=64),
-                       _cfg(4, 2, BLOCK_M=64, BLOCK_N=32)]
-    _FUSED_MAX_SEQLEN = {32: 128, 64: 128, 128: 64}  # one key block per sequence: K, V, dK, dV stay in registers
+    _FWD_CONFIGS, _BWD_FUSED_CONFIGS = GPU_CONFIGS["fwd"], GPU_CONFIGS["bwd_fused"]
+    _BWD_DKDV_CONFIGS, _BWD_DQ_CONFIGS = GPU_CONFIGS["bwd_dkdv"], GPU_CONFIGS["bwd_dq"]
+    _FUSED_MAX_SEQLEN = GPU_FUSED_MAX_SEQLEN
 
 _attn_fwd = triton.autotune(_FWD_CONFIGS, key=_KEY)(_attn_fwd_kernel)
 _attn_bwd_fused = triton.autotune(_BWD_FUSED_CONFIGS, key=_KEY + ["BLOCK_N"])(_attn_bwd_dkdv_kernel)
@@ -450,12 +477,23 @@ _attn_bwd_dkdv_atomic = triton.autotune(_BWD_DKDV_CONFIGS, key=_KEY, reset_to_ze
 _attn_bwd_dq = triton.autotune(_BWD_DQ_CONFIGS, key=_KEY)(_attn_bwd_dq_kernel)
 
 
-def _launch(tuner, grid, autotune, *args, **kwargs):
-    """Run `tuner` over its config list (autotune) or with the list's first config (no tuning time)."""
-    if autotune:
+def _launch(tuner, kind, grid, autotune, *args, **kwargs):
+    """Run `tuner` (config list GPU_CONFIGS[kind]) over its configs (autotune True), with the list's first config
+    (False: no tuning time), or with the triton.Config autotune[kind] of a dict (checks of every config; kinds not
+    in the dict take their first config)."""
+    if autotune is True:
         return tuner[grid](*args, **kwargs)
-    cfg = tuner.configs[0]
+    cfg = autotune.get(kind, tuner.configs[0]) if isinstance(autotune, dict) else tuner.configs[0]
     return tuner.fn[grid](*args, **kwargs, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def launch_grid(n_blocks: int, batch: int, nheads: int) -> tuple[int]:
+    """The 1-D grid of n_blocks sequence blocks x batch x nheads programs (grid axis 0 holds up to 2^31 - 1)."""
+    n = n_blocks * batch * nheads
+    if n >= 2**31:
+        raise ValueError(f"attention: {n_blocks} blocks x {batch} sequences x {nheads} heads = {n} programs, more "
+                         "than a CUDA grid holds (2^31 - 1); split the batch")
+    return (n,)
 
 
 # ---- host launchers ------------------------------------------------------------------------------------------
@@ -496,28 +534,39 @@ def _last_contiguous(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _dropout_args(dropout_p, seed):
+def _dropout_args(dropout_p, seed, row_ids, batch, device):
+    """-> (seed (1,) int64 on device, row ids (B,) int64 or a dummy, threshold, scale)."""
+    dummy = torch.zeros(1, dtype=torch.int64, device=device)
     if dropout_p <= 0.0:
-        return 0, 0, 1.0
+        return dummy, dummy, 0, 1.0
     if not dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
-    return int(seed), int(round(dropout_p * (1 << 24))), 1.0 / (1.0 - dropout_p)
+    if not isinstance(seed, torch.Tensor):
+        seed = torch.tensor([int(seed)], dtype=torch.int64)
+    if seed.shape != (1,) or seed.dtype != torch.int64:
+        raise ValueError(f"attention: seed must be a (1,) int64 tensor, got {tuple(seed.shape)} {seed.dtype}")
+    if row_ids is not None:
+        if row_ids.shape != (batch,) or row_ids.dtype != torch.int64:
+            raise ValueError(f"attention: row_ids must be ({batch},) int64, got {tuple(row_ids.shape)} {row_ids.dtype}")
+        dummy = row_ids.to(device).contiguous()
+    return seed.to(device), dummy, dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
 
 
-def _common_meta(q, varlen, kpm_given, dropout_p, max_seqlen):
+def _common_meta(q, varlen, kpm_given, dropout_p, max_seqlen, row_ids):
     head_dim = q.shape[-1]
     if head_dim > 128:
         raise ValueError(f"attention: head_dim <= 128 supported, got {head_dim}")
     if dropout_p > 0 and max_seqlen > 4 * _DROP_ROW_STRIDE:
         raise ValueError(f"attention: dropout supports max_seqlen <= {4 * _DROP_ROW_STRIDE}, got {max_seqlen}")
     return dict(HEAD_DIM=head_dim, BLOCK_D=max(16, next_power_of_2(head_dim)), VARLEN=varlen, HAS_KPM=kpm_given,
-                IS_DROPOUT=dropout_p > 0, DOT_FP32=is_interpreting() and q.dtype == torch.bfloat16)
+                IS_DROPOUT=dropout_p > 0, HAS_ROW_IDS=dropout_p > 0 and row_ids is not None, DOT_FP32=is_interpreting() and q.dtype == torch.bfloat16)
 
 
 def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
-                      softmax_scale=None, seed=0, autotune=True):
-    """-> (out like q, lse (nh, R) fp32). seed: Philox seed for the dropout mask (ignored when dropout_p == 0).
-    autotune: tune the GPU configs (False: each list's first config)."""
+                      softmax_scale=None, seed=0, autotune=True, row_ids=None):
+    """-> (out like q, lse (nh, R) fp32). seed: Philox key of the dropout mask, an int or a (1,) int64 tensor
+    (ignored when dropout_p == 0); row_ids: None or (B,) int64 Philox row ids. autotune: tune the GPU configs (False:
+    each list's first config; a dict {kind: triton.Config} with kinds of GPU_CONFIGS: those)."""
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"attention: q, k, v must have the same shape, got {q.shape}, {k.shape}, {v.shape}")
     if not (q.dtype == k.dtype == v.dtype):
@@ -531,21 +580,21 @@ def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqle
     lse = torch.empty((nheads, rows), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or batch == 0 or max_seqlen == 0:
         return out.zero_(), lse
-    meta = _common_meta(q, varlen, key_padding_mask is not None, dropout_p, max_seqlen)
-    seed, thresh, drop_scale = _dropout_args(dropout_p, seed)
-    grid = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_M"]), batch * nheads)  # noqa: E731
+    meta = _common_meta(q, varlen, key_padding_mask is not None, dropout_p, max_seqlen, row_ids)
+    seed, row_ids, thresh, drop_scale = _dropout_args(dropout_p, seed, row_ids, batch, q.device)
+    grid = lambda META: launch_grid(triton.cdiv(max_seqlen, META["BLOCK_M"]), batch, nheads)  # noqa: E731
     _launch(
-        _attn_fwd, grid, autotune, q, k, v, out, lse, cu, seqlens, kpm, scale, seed, thresh, drop_scale,
+        _attn_fwd, "fwd", grid, autotune, q, k, v, out, lse, cu, seqlens, kpm, seed, row_ids, scale, thresh, drop_scale,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
-        kpm.stride(0) if kpm.dim() == 2 else 0, rows, nheads, seq_stride, max(16, next_power_of_2(max_seqlen)),
-        **meta,
+        kpm.stride(0) if kpm.dim() == 2 else 0, rows, nheads, seq_stride, max_seqlen,
+        max(16, next_power_of_2(max_seqlen)), **meta,
     )
     return out, lse
 
 
 def attention_backward(dout, q, k, v, out, lse, key_padding_mask=None, cu_seqlens=None, max_seqlen=None,
-                       dropout_p=0.0, softmax_scale=None, seed=0, dq_atomic=False, autotune=True):
-    """-> (dq, dk, dv) like q. Arguments as attention_forward, plus its out and lse and the same seed.
+                       dropout_p=0.0, softmax_scale=None, seed=0, dq_atomic=False, autotune=True, row_ids=None):
+    """-> (dq, dk, dv) like q. Arguments as attention_forward, plus its out and lse and the same seed and row_ids.
     dq_atomic (sequences longer than one key block): accumulate dq with fp32 atomics inside the dk/dv kernel
     instead of a separate deterministic dq kernel."""
     q, k, v, out, dout = (_last_contiguous(t) for t in (q, k, v, out, dout))
@@ -556,42 +605,31 @@ def attention_backward(dout, q, k, v, out, lse, key_padding_mask=None, cu_seqlen
     dq, dk, dv = (torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
     if q.numel() == 0 or batch == 0 or max_seqlen == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    meta = _common_meta(q, varlen, key_padding_mask is not None, dropout_p, max_seqlen)
-    seed, thresh, drop_scale = _dropout_args(dropout_p, seed)
+    meta = _common_meta(q, varlen, key_padding_mask is not None, dropout_p, max_seqlen, row_ids)
+    seed, row_ids, thresh, drop_scale = _dropout_args(dropout_p, seed, row_ids, batch, q.device)
     bucket = max(16, next_power_of_2(max_seqlen))
-    args = (cu, seqlens, kpm, scale, seed, thresh, drop_scale, *_strides(q, varlen), *_strides(k, varlen),
+    args = (cu, seqlens, kpm, seed, row_ids, scale, thresh, drop_scale, *_strides(q, varlen), *_strides(k, varlen),
             *_strides(v, varlen), *_strides(dq, varlen), *_strides(dout, varlen),
-            kpm.stride(0) if kpm.dim() == 2 else 0, rows, nheads, seq_stride, bucket)
+            kpm.stride(0) if kpm.dim() == 2 else 0, rows, nheads, seq_stride, max_seqlen, bucket)
     fused_limit = _FUSED_MAX_SEQLEN[min(128, max(32, next_power_of_2(head_dim)))]
     if max_seqlen <= fused_limit:  # one key block per sequence: dq, dk, dv from one program per (batch, head)
-        _launch(_attn_bwd_fused, (1, batch * nheads), autotune, q, k, v, out, dout, dq, dk, dv, lse, lse, *args,
+        _launch(_attn_bwd_fused, "bwd_fused", launch_grid(1, batch, nheads), autotune, q, k, v, out, dout, dq, dk, dv, lse, lse, *args,
                 DQ_MODE=1, BLOCK_N=bucket, **meta)
         return dq, dk, dv
     delta = torch.empty_like(lse)
-    _attn_bwd_preprocess_kernel[(triton.cdiv(max_seqlen, 64), batch * nheads)](
+    _attn_bwd_preprocess_kernel[launch_grid(triton.cdiv(max_seqlen, 64), batch, nheads)](
         out, dout, delta, cu, seqlens, *_strides(out, varlen), *_strides(dout, varlen), rows, nheads, seq_stride,
-        HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], VARLEN=varlen, BLOCK_M=64)
-    grid_n = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_N"]), batch * nheads)  # noqa: E731
+        max_seqlen, HEAD_DIM=head_dim, BLOCK_D=meta["BLOCK_D"], VARLEN=varlen, BLOCK_M=64)
+    grid_n = lambda META: launch_grid(triton.cdiv(max_seqlen, META["BLOCK_N"]), batch, nheads)  # noqa: E731
     if dq_atomic:
         dq_acc = torch.zeros(dq.shape, dtype=torch.float32, device=dq.device)  # same (contiguous) strides as dq
-        _launch(_attn_bwd_dkdv_atomic, grid_n, autotune, q, k, v, out, dout, dq_acc, dk, dv, lse, delta, *args,
+        _launch(_attn_bwd_dkdv_atomic, "bwd_dkdv", grid_n, autotune, q, k, v, out, dout, dq_acc, dk, dv, lse, delta, *args,
                 DQ_MODE=2, **meta)
         return dq.copy_(dq_acc), dk, dv
-    _launch(_attn_bwd_dkdv, grid_n, autotune, q, k, v, out, dout, dq, dk, dv, lse, delta, *args, DQ_MODE=0, **meta)
-    grid_m = lambda META: (triton.cdiv(max_seqlen, META["BLOCK_M"]), batch * nheads)  # noqa: E731
-    _launch(_attn_bwd_dq, grid_m, autotune, q, k, v, dout, dq, lse, delta, *args, **meta)
+    _launch(_attn_bwd_dkdv, "bwd_dkdv", grid_n, autotune, q, k, v, out, dout, dq, dk, dv, lse, delta, *args, DQ_MODE=0, **meta)
+    grid_m = lambda META: launch_grid(triton.cdiv(max_seqlen, META["BLOCK_M"]), batch, nheads)  # noqa: E731
+    _launch(_attn_bwd_dq, "bwd_dq", grid_m, autotune, q, k, v, dout, dq, lse, delta, *args, **meta)
     return dq, dk, dv
-
-
-def dropout_keep_mask(seed: int, batch: int, nheads: int, seq: int, dropout_p: float, device="cpu") -> torch.Tensor:
-    """The kernels' dropout keep mask for this seed: (batch, nheads, seq, seq) bool, [b, h, i, j] = query i keeps
-    key j. Same for the padded and the unpadded layout (positions are within each sequence)."""
-    keep = torch.empty((batch * nheads, seq, seq), dtype=torch.uint8, device=device)
-    if keep.numel():
-        _, thresh, _ = _dropout_args(dropout_p, seed)
-        grid = (triton.cdiv(seq, 64), triton.cdiv(seq, 64), batch * nheads)
-        _dropout_keep_kernel[grid](keep, seed, thresh, seq, BLOCK_M=64, BLOCK_N=64)
-    return keep.view(batch, nheads, seq, seq).bool()
 
 
 # ---- custom ops (torch.compile traces through them via the fake impls) -----------------------------------------
@@ -602,33 +640,32 @@ def _lse_rows(q: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> int:
 @torch.library.custom_op("bertforge::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
                       cu_seqlens: Optional[torch.Tensor], max_seqlen: int, dropout_p: float, softmax_scale: float,
-                      autotune: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (out, lse (nh, R) fp32, rng (1,) int64 CPU: the Philox seed the backward needs)."""
-    seed = draw_seed() if dropout_p > 0 else 0
-    out, lse = attention_forward(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed,
-                                 autotune)
-    return out, lse, torch.tensor([seed], dtype=torch.int64)
+                      seed: torch.Tensor, row_ids: Optional[torch.Tensor],
+                      autotune: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (out, lse (nh, R) fp32). seed: (1,) int64 on q's device (the backward gets the same tensor)."""
+    return attention_forward(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed,
+                             autotune, row_ids)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, autotune=True):
+def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, row_ids, autotune=True):
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty((q.shape[-2], _lse_rows(q, cu_seqlens)), dtype=torch.float32)
-    return out, lse, torch.empty(1, dtype=torch.int64, device="cpu")
+    return out, lse
 
 
 @torch.library.custom_op("bertforge::attention_bwd", mutates_args=())
 def _attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                      lse: torch.Tensor, rng: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
-                      cu_seqlens: Optional[torch.Tensor], max_seqlen: int, dropout_p: float, softmax_scale: float,
-                      dq_atomic: bool = False,
+                      lse: torch.Tensor, seed: torch.Tensor, row_ids: Optional[torch.Tensor],
+                      key_padding_mask: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], max_seqlen: int,
+                      dropout_p: float, softmax_scale: float, dq_atomic: bool = False,
                       autotune: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return attention_backward(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
-                              softmax_scale, int(rng[0]), dq_atomic, autotune)
+                              softmax_scale, seed, dq_atomic, autotune, row_ids)
 
 
 @_attention_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, rng, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale,
+def _(dout, q, k, v, out, lse, seed, row_ids, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale,
       dq_atomic=False, autotune=True):
     return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
 
@@ -636,33 +673,36 @@ def _(dout, q, k, v, out, lse, rng, key_padding_mask, cu_seqlens, max_seqlen, dr
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, autotune,
-                dq_atomic):
-        out, lse, rng = torch.ops.bertforge.attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen,
-                                                          dropout_p, softmax_scale, autotune)
-        ctx.save_for_backward(q, k, v, out, lse, rng, key_padding_mask, cu_seqlens)
+                dq_atomic, seed, row_ids):
+        out, lse = torch.ops.bertforge.attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
+                                                     softmax_scale, seed, row_ids, autotune)
+        ctx.save_for_backward(q, k, v, out, lse, seed, row_ids, key_padding_mask, cu_seqlens)
         ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale = max_seqlen, dropout_p, softmax_scale
         ctx.autotune, ctx.dq_atomic = autotune, dq_atomic
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse, rng, key_padding_mask, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = torch.ops.bertforge.attention_bwd(dout, q, k, v, out, lse, rng, key_padding_mask, cu_seqlens,
-                                                       ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale,
+        q, k, v, out, lse, seed, row_ids, key_padding_mask, cu_seqlens = ctx.saved_tensors
+        dq, dk, dv = torch.ops.bertforge.attention_bwd(dout, q, k, v, out, lse, seed, row_ids, key_padding_mask,
+                                                       cu_seqlens, ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale,
                                                        ctx.dq_atomic, ctx.autotune)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_mask: Optional[torch.Tensor] = None,
               cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None, dropout_p: float = 0.0,
-              softmax_scale: Optional[float] = None, autotune: bool = True, dq_atomic: bool = False) -> torch.Tensor:
+              softmax_scale: Optional[float] = None, autotune: bool = True, dq_atomic: bool = False,
+              seed: Optional[torch.Tensor] = None, row_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Bidirectional attention. Padded: q, k, v (B, S, nh, d), key_padding_mask (B, S) bool (True = real) or None.
     Unpadded: q, k, v (total, nh, d), cu_seqlens (B + 1,) int32, max_seqlen (computed, with a device sync, if None).
     dropout_p: attention-probability dropout inside the kernel (pass 0.0 in eval). Returns q's layout; padded query
     rows at or after each row's last real token are zero.
     autotune: tune each kernel's GPU config list on first use per (head dim, sequence bucket) (False: launch the
     list's first config, no tuning time). dq_atomic: sequences longer than one key block accumulate dq with fp32
-    atomics in the dk/dv kernel (5 GEMMs instead of 7, not bit-reproducible) instead of the deterministic dq kernel."""
+    atomics in the dk/dv kernel (5 GEMMs instead of 7, not bit-reproducible) instead of the deterministic dq kernel.
+    seed: the dropout's Philox key, (1,) int64 (default: drawn on q's device, reproducible under torch.manual_seed).
+    row_ids: (B,) int64 Philox row ids of the sequences (default: 0..B-1; see the module docstring)."""
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     if cu_seqlens is not None:
@@ -670,6 +710,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
     else:
         max_seqlen = q.shape[1] if q.dim() == 4 else 0
+    if seed is None:
+        seed = draw_seed_tensor(q.device) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64, device=q.device)
     return AttentionFunction.apply(q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen), float(dropout_p),
-                                   float(softmax_scale), bool(autotune), bool(dq_atomic))
-
+                                   float(softmax_scale), bool(autotune), bool(dq_atomic), seed, row_ids)

@@ -5,7 +5,12 @@ dot operand shapes and dtypes, loop-carried values that change type, constexpr b
 GPU block sizes, PTX generation. This walks the GPU launch configurations (attention's autotune lists, the epilogue
 kernels' block sizes) through `triton.compile` for the target, in bf16 and fp16 where the kernel is dtype-generic.
 
-    python -m kernels.compile_check [--arch 90] [--only attention|epilogues] [--quick]
+    python -m kernels.compile_check [--arch 90] [--only attention|epilogues] [--quick] [--spills] [--head-dim 64]
+
+Each kernel is compiled with the specialisation the launcher gives it on a GPU (pointers 16-byte aligned, strides and
+row lengths divisible by 16, except the arguments a kernel marks do_not_specialize), so the binary is the one the GPU
+runs. --spills reads each binary's register and stack use with cuobjdump (shipped with triton) and fails on any stack
+frame (registers spilled to local memory); its table is the evidence behind attention's config lists.
 
 Run it WITHOUT TRITON_INTERPRET (the attention module picks its GPU config lists at import). Works with triton 3.6
 (what torch 2.11's CUDA builds ship, the lent GPU machine's) and 3.9 (PyPI, the CPU machines'): the signature is
@@ -16,7 +21,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import triton
@@ -27,7 +34,24 @@ from triton.compiler import ASTSource
 _BF, _F32, _I64 = "*bf16", "*fp32", "*i64"
 
 
-def _compile(kernel, types: dict, consts: dict, target, num_warps: int = 8, num_stages: int = 3) -> None:
+_DIVISIBLE_INTS = ("n_cols",)  # row lengths that are multiples of 16 at BERT's sizes (768, 1024)
+
+
+def _specialisation(fn, types: dict, consts: dict) -> dict:
+    """The launcher's attributes: 16-byte-aligned pointers and divisible-by-16 strides / row lengths (BERT's shapes)
+    for every argument not marked do_not_specialize."""
+    skip = {fn.arg_names[i] if isinstance(i, int) else i for i in (fn.do_not_specialize or ())}
+    attrs = {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts or name in skip:
+            continue
+        if types[name].startswith("*") or name.startswith("stride") or name in _DIVISIBLE_INTS:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def _compile(kernel, types: dict, consts: dict, target, num_warps: int = 8, num_stages: int = 3):
+    """-> the CompiledKernel (binary in .asm["cubin"])."""
     fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel  # a JITFunction
     missing = [n for n in fn.arg_names if n not in types and n not in consts]
     if missing:
@@ -35,11 +59,26 @@ def _compile(kernel, types: dict, consts: dict, target, num_warps: int = 8, num_
     sig = {n: "constexpr" if n in consts else types[n] for n in fn.arg_names}
     cst = {(i,): consts[n] for i, n in enumerate(fn.arg_names) if n in consts}
     try:
-        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cst), target=target,
-                       options={"num_warps": num_warps, "num_stages": num_stages})
+        return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cst, attrs=_specialisation(fn, types, consts)),
+                              target=target, options={"num_warps": num_warps, "num_stages": num_stages})
     except Exception as exc:
         raise RuntimeError(f"{fn.__name__} with {consts} (num_warps={num_warps}, num_stages={num_stages}) failed "
                            f"to compile: {type(exc).__name__}: {str(exc)[:2000]}") from exc
+
+
+def resource_usage(compiled) -> dict:
+    """{'REG': registers per thread, 'STACK': bytes of stack frame (> 0: spills), 'SHARED': static shared bytes}
+    of a compiled kernel, read from its cubin with cuobjdump --dump-resource-usage."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        text = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True,
+                              check=True).stdout
+    line = [ln for ln in text.splitlines() if "REG:" in ln][-1]
+    return {k: int(v) for k, v in (item.split(":") for item in line.split()
+                                   if item.split(":")[0] in ("REG", "STACK", "SHARED"))}
 
 
 # ---- attention ---------------------------------------------------------------------------------------------------
@@ -55,18 +94,18 @@ def _attention_types(fn, elem: str, dq_elem: str) -> dict:
             types[name] = _F32
         elif name in ("CuSeqlens", "SeqLens"):
             types[name] = "*i32"
-        elif name in ("Kpm", "Keep"):
+        elif name == "Kpm":
             types[name] = "*u8"
+        elif name in ("Seed", "RowIds"):
+            types[name] = _I64
         elif name in ("sm_scale", "drop_scale"):
             types[name] = "fp32"
-        elif name == "seed":
-            types[name] = "i64"
-        else:  # strides, counts, DROP_THRESH, SEQ_BUCKET
+        else:  # strides, counts, DROP_THRESH, max_seqlen, SEQ_BUCKET
             types[name] = "i32"
     return types
 
 
-def attention_specs(quick: bool = False):
+def attention_specs(quick: bool = False, head_dims=(32, 64, 128)):
     """(kernel, types, constexprs, num_warps, num_stages) for every GPU config of every attention kernel; quick: bf16
     and each list's first config only (the one launched when autotuning is off)."""
     from kernels import attention as A
@@ -74,33 +113,33 @@ def attention_specs(quick: bool = False):
     first = (lambda configs: configs[:1]) if quick else (lambda configs: configs)
     specs = []
     layouts = [dict(VARLEN=True, HAS_KPM=False, IS_DROPOUT=True), dict(VARLEN=False, HAS_KPM=True, IS_DROPOUT=False)]
-    for elem, head_dim, layout in itertools.product(("*bf16", "*fp16"), (32, 64, 128), layouts):
+    cfgs = A.GPU_CONFIGS
+    for elem, head_dim, layout in itertools.product(("*bf16", "*fp16"), head_dims, layouts):
         if elem == "*fp16" and (quick or head_dim != 64):
             continue  # fp16 shares every code path with bf16; one head dim is enough to catch dtype problems
-        base = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), DOT_FP32=False, **layout)
-        for cfg in first(A._FWD_CONFIGS):
+        base = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), DOT_FP32=False,
+                    HAS_ROW_IDS=False, **layout)
+        for cfg in first(cfgs["fwd"]):
             specs.append((A._attn_fwd_kernel, _attention_types(A._attn_fwd_kernel, elem, elem), {**base, **cfg.kwargs},
                           cfg.num_warps, cfg.num_stages))
-        fused_n = A._FUSED_MAX_SEQLEN[128 if head_dim > 64 else (64 if head_dim > 32 else 32)]
-        for cfg in first(A._BWD_FUSED_CONFIGS):
+        fused_n = A.GPU_FUSED_MAX_SEQLEN[128 if head_dim > 64 else (64 if head_dim > 32 else 32)]
+        for cfg in first(cfgs["bwd_fused"]):
             specs.append((A._attn_bwd_dkdv_kernel, _attention_types(A._attn_bwd_dkdv_kernel, elem, elem),
                           {**base, "DQ_MODE": 1, "BLOCK_N": fused_n, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))
-        for cfg, mode in itertools.product(first(A._BWD_DKDV_CONFIGS), (0, 2)):
+        for cfg, mode in itertools.product(first(cfgs["bwd_dkdv"]), (0, 2)):
             specs.append((A._attn_bwd_dkdv_kernel,
                           _attention_types(A._attn_bwd_dkdv_kernel, elem, _F32 if mode == 2 else elem),
                           {**base, "DQ_MODE": mode, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))
-        for cfg in first(A._BWD_DQ_CONFIGS):
+        for cfg in first(cfgs["bwd_dq"]):
             specs.append((A._attn_bwd_dq_kernel, _attention_types(A._attn_bwd_dq_kernel, elem, elem),
                           {**base, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))
         specs.append((A._attn_bwd_preprocess_kernel, _attention_types(A._attn_bwd_preprocess_kernel, elem, elem),
-                      {k: base[k] for k in ("HEAD_DIM", "BLOCK_D", "VARLEN")} | {"BLOCK_M": 128}, 4, 1))
-    specs.append((A._dropout_keep_kernel, _attention_types(A._dropout_keep_kernel, "*u8", "*u8"),
-                  dict(BLOCK_M=64, BLOCK_N=64), 4, 1))
+                      {k: base[k] for k in ("HEAD_DIM", "BLOCK_D", "VARLEN")} | {"BLOCK_M": 64}, 4, 1))
     return specs
 
 
 # ---- epilogues, loss, masking, LAMB ------------------------------------------------------------------------------
-def epilogue_specs(quick: bool = False):
+def epilogue_specs(quick: bool = False, *_):
     from kernels import bias_gelu as bg, lamb as lb, layer_norm as ln, masking as mk, mlm_loss as ml
 
     specs = [
@@ -110,17 +149,18 @@ def epilogue_specs(quick: bool = False):
          dict(APPROX_TANH=False, BLOCK_M=4, BLOCK_N=1024)),
         (bg._bias_gelu_bwd_kernel, dict(DY_ptr=_BF, X_ptr=_BF, B_ptr=_BF, DX_ptr=_BF, DB_part_ptr=_F32,
                                         n_rows="i32", n_cols="i32"), dict(APPROX_TANH=False, BLOCK_M=4, BLOCK_N=1024)),
-        (ln._bias_dropout_add_ln_fwd_kernel, dict(X_ptr=_BF, BIAS_ptr=_BF, RES_ptr=_BF, W_ptr=_F32, LNB_ptr=_F32,
-                                                  Y_ptr=_BF, S_ptr=_BF, MEAN_ptr=_F32, RSTD_ptr=_F32, n_rows="i32",
-                                                  n_cols="i32", eps="fp32", p="fp32", seed="i64"),
-         dict(HAS_DROPOUT=True, STORE_SUM=True, BLOCK_M=4, BLOCK_H=1024)),
+        *[(ln._bias_dropout_add_ln_fwd_kernel, dict(X_ptr=_BF, BIAS_ptr=_BF, RES_ptr=_BF, W_ptr=_F32, LNB_ptr=_F32,
+                                                    Y_ptr=_BF, S_ptr=_BF, MEAN_ptr=_F32, RSTD_ptr=_F32, SEED_ptr=_I64,
+                                                    ROW_IDS_ptr=_I64, n_rows="i32", n_cols="i32", eps="fp32",
+                                                    THRESH="i32", drop_scale="fp32"),
+           dict(HAS_DROPOUT=True, HAS_ROW_IDS=r, STORE_SUM=True, BLOCK_M=4, BLOCK_Q=256)) for r in (False, True)],
         (ln._bias_dropout_add_ln_bwd_kernel, dict(DY_ptr=_BF, S_ptr=_BF, W_ptr=_F32, MEAN_ptr=_F32, RSTD_ptr=_F32,
                                                   DX_ptr=_BF, DRES_ptr=_BF, DW_part_ptr=_F32, DLNB_part_ptr=_F32,
-                                                  DBIAS_part_ptr=_F32, n_rows="i32", n_cols="i32", p="fp32",
-                                                  seed="i32"), dict(HAS_DROPOUT=True, BLOCK_M=4, BLOCK_H=1024)),
-        (ln._dropout_mask_kernel, dict(M_ptr="*u8", n="i32", p="fp32", seed="i32"), dict(BLOCK=4096)),
+                                                  DBIAS_part_ptr=_F32, SEED_ptr=_I64, ROW_IDS_ptr=_I64, n_rows="i32",
+                                                  n_cols="i32", THRESH="i32", drop_scale="fp32"),
+         dict(HAS_DROPOUT=True, HAS_ROW_IDS=False, BLOCK_M=4, BLOCK_Q=256)),
         (ml._mlm_ce_kernel, dict(LOGITS_ptr=_BF, LABELS_ptr=_I64, N_VALID_ptr=_I64, LOSS_ptr=_F32, PRED_ptr=_I64,
-                                 V="i32"), dict(IGNORE=-100, COMPUTE_GRAD=True, BLOCK_V=4096)),
+                                 V="i32", stride="i32"), dict(IGNORE=-100, COMPUTE_GRAD=True, BLOCK_V=4096)),
         *[(mk._mlm_mask_kernel, dict(IDS_ptr=_I64, SPECIAL_ptr="*u8", CDF_ptr=_F32, OUT_ptr=_I64, LABELS_ptr=_I64,
                                      COUNTS_ptr="*i32", n="i32", seed="i64", offset="i32", mlm_probability="fp32",
                                      mask_replace_prob="fp32", keep_threshold="fp32", mask_token_id="i32",
@@ -149,17 +189,34 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90 = H100/H200)")
     p.add_argument("--quick", action="store_true", help="attention: bf16, each list's first config only")
     p.add_argument("--only", choices=sorted(FAMILIES), action="append", help="kernel family (repeatable)")
+    p.add_argument("--head-dim", type=int, action="append", help="attention head dims (default 32, 64, 128)")
+    p.add_argument("--spills", action="store_true",
+                   help="print registers / stack per kernel (cuobjdump) and fail on any register spill")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET: the attention module picks its GPU configs at import")
     target = GPUTarget("cuda", args.arch, 32)
+    spilled = []
     for family in args.only or sorted(FAMILIES):
         t0 = time.perf_counter()
-        specs = FAMILIES[family](args.quick)
+        specs = FAMILIES[family](args.quick, *([tuple(args.head_dim)] if args.head_dim and family == "attention"
+                                               else []))
         for kernel, types, consts, warps, stages in specs:
-            _compile(kernel, types, consts, target, warps, stages)
+            compiled = _compile(kernel, types, consts, target, warps, stages)
+            if args.spills:
+                use = resource_usage(compiled)
+                shown = {k: v for k, v in consts.items() if k in ("HEAD_DIM", "VARLEN", "IS_DROPOUT", "HAS_ROW_IDS",
+                                                                  "DQ_MODE", "BLOCK_M", "BLOCK_N", "BLOCK_Q")}
+                name = (kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel).__name__
+                row = f"{name} {shown} warps={warps} stages={stages}: REG {use['REG']} STACK {use['STACK']}"
+                print(("SPILL " if use["STACK"] else "      ") + row, flush=True)
+                if use["STACK"]:
+                    spilled.append(row)
         print(f"{family}: compiled {len(specs)} kernel variants for sm_{args.arch} with triton {triton.__version__} "
               f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    if spilled:
+        print(f"{len(spilled)} kernel variants spill registers:\n" + "\n".join(spilled), file=sys.stderr)
+        return 1
     return 0
 
 

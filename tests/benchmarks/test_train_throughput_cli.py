@@ -28,6 +28,10 @@ def test_train_throughput_tiny_cpu_with_every_ablation(tmp_path):
         assert "error" not in row, row
         assert row["seq_per_s"] > 0 and 0 < row["mfu"] < 1.5
         assert 4 * 20 <= row["real_tokens_per_step"] <= 4 * 64
+        assert len(row["losses"]) == 3 and row["loss_ok"], row  # warm-up + 2 timed steps; checked against pure torch
+        if row["variant"].startswith("ours") and row["variant"] != "ours-device-mask":
+            assert row["loss_check"] == "ok" and abs(row["loss_init"] - row["ref_loss_init"]) < 2e-3 * row["loss_init"]
+    assert result["all_ok"]
     assert result["max_batch"]["tiny-64"] == {"hf": 16, "ours": 16}  # CPU: doubles up to the limit
     assert "tiny-64" in proc.stdout and "x hf" in proc.stdout and "largest batch" in proc.stdout
 
@@ -59,3 +63,22 @@ def test_loader_masking_benchmark_runs(prepared, tokenizer_dir, tmp_path):
                                                                 (True, "host"), (True, "device")]
     assert all(r["samples_per_s"] > 0 for r in res["rows"])
     assert json.loads((tmp_path / "lm.json").read_text()) == res
+
+
+def test_a_variant_that_trains_something_else_fails_its_row(tmp_path, monkeypatch, capsys):
+    """A path whose loss is off (here: 3% too high, as a wrong kernel would give) is flagged, not timed as a win."""
+    build = tt.build
+
+    def broken(variant, cfg, device):
+        model, forward, optimizer = build(variant, cfg, device)
+        if variant == "ours-padded":
+            return model, lambda inputs: forward(inputs) * 1.03, optimizer
+        return model, forward, optimizer
+
+    monkeypatch.setattr(tt, "build", broken)
+    res = tt.main(["--shapes", "tiny-64", "--variants", "ours,ours-padded", "--steps", "2", "--warmup", "1",
+                   "--batch", "4", "--vocab", "512", "--out", str(tmp_path / "tt.json")])
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert rows["ours"]["loss_check"] == "ok"
+    assert rows["ours-padded"]["loss_check"].startswith("loss_init") and not rows["ours-padded"]["loss_ok"]
+    assert not res["all_ok"] and "FAIL loss_init" in capsys.readouterr().out

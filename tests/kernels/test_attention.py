@@ -9,10 +9,13 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from tests.kernels._kernel_tolerance import assert_within_noise, max_err
-from kernels._common import draw_seed
-from kernels.attention import attention, dropout_keep_mask
+from kernels._common import draw_seed_tensor
+from kernels.attention import _program_coords, attention
+from kernels.reference import attention_dropout_keep_ref
 from kernels.reference import attention_naive_ref
 
 
@@ -149,6 +152,11 @@ def test_bad_arguments():
 
 
 # ---- dropout -----------------------------------------------------------------------------------------------------
+def dropout_keep_mask(seed, batch, nheads, seq, p, row_ids=None):
+    """The kernels' keep mask (B, nh, S, S), replayed by the pure-torch Philox of kernels.reference."""
+    return attention_dropout_keep_ref(seed, batch, nheads, seq, p, row_ids)
+
+
 def test_dropout_mask_statistics():
     p, b, nh, s = 0.1, 2, 4, 128
     keep = dropout_keep_mask(1234, b, nh, s, p)
@@ -189,7 +197,7 @@ def test_dropout_forward_backward_exact(layout, lengths):
     mask = _prefix_mask(lengths, seq)
     dout = dout * mask[:, :, None, None]
     torch.manual_seed(11)
-    seed = draw_seed()
+    seed = int(draw_seed_tensor("cpu"))
     keep = dropout_keep_mask(seed, len(lengths), nh, seq, p)
     if layout == "padded":
         kw = dict(key_padding_mask=mask)
@@ -216,7 +224,7 @@ def test_dropout_fp16():
     mask = _prefix_mask(lengths, 50)
     dout = dout * mask[:, :, None, None]
     torch.manual_seed(3)
-    keep = dropout_keep_mask(draw_seed(), 2, 2, 50, 0.1)
+    keep = dropout_keep_mask(int(draw_seed_tensor("cpu")), 2, 2, 50, 0.1)
     torch.manual_seed(3)
     res = _run(attention, q, k, v, dout, key_padding_mask=mask, dropout_p=0.1)
     kw = dict(key_padding_mask=mask, dropout_p=0.1, dropout_mask=keep)
@@ -228,13 +236,14 @@ def test_dropout_fp16():
 def test_custom_op_opcheck():
     q, k, v, _ = _inputs((2, 20, 2, 32), torch.float32, seed=9)
     mask = _prefix_mask([20, 7], 20)
-    torch.library.opcheck(torch.ops.bertforge.attention_fwd.default, (q, k, v, mask, None, 20, 0.0, 0.2),
+    seed = torch.tensor([5])
+    torch.library.opcheck(torch.ops.bertforge.attention_fwd.default, (q, k, v, mask, None, 20, 0.1, 0.2, seed, None),
                           test_utils=("test_schema", "test_faketensor"))
     cu = torch.tensor([0, 20, 27], dtype=torch.int32)
-    out, lse, rng = torch.ops.bertforge.attention_fwd(q[mask], k[mask], v[mask], None, cu, 20, 0.0, 0.2)
+    out, lse = torch.ops.bertforge.attention_fwd(q[mask], k[mask], v[mask], None, cu, 20, 0.1, 0.2, seed, None)
     torch.library.opcheck(torch.ops.bertforge.attention_bwd.default,
-                          (torch.randn_like(out), q[mask], k[mask], v[mask], out, lse, rng, None, cu, 20, 0.0, 0.2),
-                          test_utils=("test_schema", "test_faketensor"))
+                          (torch.randn_like(out), q[mask], k[mask], v[mask], out, lse, seed, None, None, cu, 20, 0.1,
+                           0.2), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_torch_compile_traces_without_graph_breaks():
@@ -272,3 +281,106 @@ def test_dq_atomic_matches_split(layout):
     atomic = attention_backward(dout, q, k, v, out, lse, dropout_p=p, seed=77, dq_atomic=True, **kw)
     for a, b in zip(split, atomic):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+
+
+def test_dropout_row_ids_give_each_sequence_its_own_stream():
+    """Default row ids are the sequence indices; with explicit ids (past 2^32 too) a sequence's mask, forward and
+    backward, follows its id and not its place in the batch: what per-sample seeding passes in."""
+    lengths = [37, 20, 29]
+    q, k, v, dout = _inputs((3, 37, 2, 32), torch.float32, seed=21)
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    mask = _prefix_mask(lengths, 37)
+    q, k, v, dout = q[mask], k[mask], v[mask], dout[mask]
+    seed = torch.tensor([77])
+    kw = dict(cu_seqlens=cu, max_seqlen=37, dropout_p=0.2, seed=seed)
+    base = _run(attention, q, k, v, dout, **kw)
+    for a, b in zip(base, _run(attention, q, k, v, dout, row_ids=torch.arange(3), **kw)):
+        assert torch.equal(a, b)
+    ids = torch.tensor([2**40 + 1, 5, 2**33])
+    got = _run(attention, q, k, v, dout, row_ids=ids, **kw)
+    keep = dropout_keep_mask(77, 3, 2, 37, 0.2, row_ids=ids)
+    ref = _run(attention_naive_ref, q, k, v, dout, cu_seqlens=cu, max_seqlen=37, dropout_p=0.2, dropout_mask=keep)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
+    # the same three sequences in another order, with their ids: each sequence's results move with it
+    order = [2, 0, 1]
+    parts = [slice(int(cu[i]), int(cu[i + 1])) for i in range(3)]
+    perm = torch.cat([torch.arange(parts[i].start, parts[i].stop) for i in order])
+    cu2 = torch.tensor([0] + [lengths[i] for i in order]).cumsum(0).to(torch.int32)
+    moved = _run(attention, q[perm], k[perm], v[perm], dout[perm], cu_seqlens=cu2, max_seqlen=37, dropout_p=0.2,
+                 seed=seed, row_ids=ids[order])
+    for a, b in zip(got, moved):
+        assert torch.equal(a[perm], b)
+
+
+def test_launch_grid_is_one_axis_within_cuda_limits():
+    """Axes 1 and 2 of a CUDA grid hold 65,535 programs: BERT-large (16 heads) at B = 4096 was 65,536 (batch x heads)
+    on axis 1. The 1-D grid holds it; past 2^31 - 1 programs the launcher says so."""
+    from kernels.attention import launch_grid
+
+    assert launch_grid(triton.cdiv(512, 64), 4096, 16) == (8 * 4096 * 16,)
+    assert launch_grid(1, 65536, 16) == (1 << 20,)
+    with pytest.raises(ValueError, match="2\\^31"):
+        launch_grid(1 << 12, 1 << 15, 16)
+
+
+@triton.jit
+def _coords_probe_kernel(PID_ptr, OUT_ptr, n, max_seqlen, nheads, BLOCK: tl.constexpr):
+    i = tl.arange(0, 64)
+    pid = tl.load(PID_ptr + i, mask=i < n, other=0)
+    blk, b, h = _program_coords(pid, max_seqlen, nheads, BLOCK)
+    tl.store(OUT_ptr + 3 * i, blk, mask=i < n)
+    tl.store(OUT_ptr + 3 * i + 1, b, mask=i < n)
+    tl.store(OUT_ptr + 3 * i + 2, h, mask=i < n)
+
+
+@pytest.mark.parametrize("max_seqlen,batch,nheads", [(130, 3, 5), (512, 65536, 16)])
+def test_program_coords_cover_every_block_once(max_seqlen, batch, nheads):
+    """The kernels' decoding of the 1-D program id, run on chosen ids (the first and last programs of a grid of
+    2^19 programs for BERT-large at B = 65,536) instead of launching them."""
+    block = 64
+    n_blocks = triton.cdiv(max_seqlen, block)
+    total = launch_grid_size = n_blocks * batch * nheads
+    pids = torch.arange(total) if total <= 64 else torch.cat([torch.arange(32), total - 32 + torch.arange(32)])
+    out = torch.empty(len(pids), 3, dtype=torch.int32)
+    _coords_probe_kernel[(1,)](pids.to(torch.int32), out, len(pids), max_seqlen, nheads, BLOCK=block)
+    want = torch.stack([pids % n_blocks, pids // n_blocks // nheads, pids // n_blocks % nheads], 1)
+    assert torch.equal(out.long(), want)
+    assert out[:, 1].max() < batch and launch_grid_size == total
+
+
+# ---- every GPU autotune config -----------------------------------------------------------------------------------
+def _gpu_config_cases():
+    from kernels.attention import GPU_CONFIGS
+
+    for kind, configs in GPU_CONFIGS.items():
+        for cfg in configs:
+            yield pytest.param(kind, cfg, id=f"{kind}-{cfg.num_warps}w-" + "x".join(map(str, cfg.kwargs.values())))
+
+
+@pytest.mark.parametrize("kind,cfg", list(_gpu_config_cases()))
+def test_every_gpu_autotune_config_matches_the_reference(kind, cfg, monkeypatch):
+    """Autotune may pick any config of the GPU lists: each one's block shapes (the interpreter ignores warps and
+    stages) gives the reference's output and gradients, with a padding mask and dropout, on sequences that are not
+    block multiples (fused backward: up to one 128-key block as on the GPU; split: 150 keys)."""
+    import kernels.attention as A
+
+    monkeypatch.setattr(A, "_FUSED_MAX_SEQLEN", A.GPU_FUSED_MAX_SEQLEN)
+    seq = 100 if kind in ("fwd", "bwd_fused") else 150
+    lengths = [seq, 1, seq - 37]
+    q, k, v, dout = _inputs((3, seq, 2, 64), torch.float16, seed=seq)  # fp16: errors are rounding, not summation order
+    mask = _prefix_mask(lengths, seq)
+    dout = dout * mask[:, :, None, None]
+    p = 0.1
+    keep = dropout_keep_mask(9, 3, 2, seq, p)
+    tuned = {kind: cfg}
+
+    def kernel(q, k, v, dout):
+        out, lse = A.attention_forward(q, k, v, mask, dropout_p=p, seed=9, autotune=tuned)
+        return [out, *A.attention_backward(dout, q, k, v, out, lse, mask, dropout_p=p, seed=9, autotune=tuned)]
+
+    res = kernel(q, k, v, dout)
+    kw = dict(key_padding_mask=mask, dropout_p=p, dropout_mask=keep)
+    lowp = _run(attention_naive_ref, q, k, v, dout, **kw)
+    exact = _run(attention_naive_ref, q.double(), k.double(), v.double(), dout.double(), **kw)
+    _check(res, lowp, exact, mask, f"{kind} {cfg}")

@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from tests.kernels._kernel_tolerance import assert_within_noise
-from kernels.layer_norm import bias_dropout_add_layernorm, bias_dropout_add_layernorm_forward, dropout_keep_mask
-from kernels.reference import bias_dropout_add_layernorm_ref
+import triton
+import triton.language as tl
+
+from kernels.layer_norm import _tile, bias_dropout_add_layernorm, bias_dropout_add_layernorm_forward
+from kernels.reference import bias_dropout_add_layernorm_ref, layer_norm_dropout_keep_ref
+
+
+def dropout_keep_mask(seed, shape, p, row_ids=None):
+    """The kernel's keep mask over a (..., h) tensor, replayed by the pure-torch Philox of kernels.reference."""
+    h = shape[-1]
+    return layer_norm_dropout_keep_ref(seed, math.prod(shape) // h, h, p, row_ids).view(shape)
 
 SHAPES = [(1, 1, 7), (3, 5, 129), (37, 768), (2, 3, 1000)]
 EPS = 1e-12  # BERT's
@@ -82,8 +91,8 @@ def test_dropout_statistics(p):
     ones = torch.ones(n_rows, h)
     zeros = torch.zeros(h)
     _, s, _, _ = bias_dropout_add_layernorm_forward(ones, zeros, torch.zeros(n_rows, h), torch.ones(h), zeros,
-                                                    EPS, p, 7)
-    assert torch.equal(s > 0, keep)  # kept elements are scaled, dropped ones are exactly 0
+                                                    EPS, p, torch.tensor([7]))
+    assert torch.equal(s > 0, keep)  # the kernel's mask is the reference's: kept elements scaled, dropped ones 0
     assert abs(s.mean().item() - 1.0) < 5 * sigma / n / (1 - p)
     # different rows and columns draw different numbers: rows are not copies of each other
     assert not torch.equal(keep[0], keep[1])
@@ -106,7 +115,7 @@ def test_custom_op_registration_and_compile():
 
     args, _ = _inputs((3, 5, 33), torch.float32)
     args = [a.requires_grad_() for a in args]
-    torch.library.opcheck(_fwd_op, (*args, torch.tensor([3]), EPS, 0.2, True))
+    torch.library.opcheck(_fwd_op, (*args, torch.tensor([3]), None, EPS, 0.2, True))
     fn = lambda *a: bias_dropout_add_layernorm(*a, EPS, 0.3)  # noqa: E731
     compiled = torch.compile(fn, backend="aot_eager")
     torch.manual_seed(0)
@@ -114,3 +123,44 @@ def test_custom_op_registration_and_compile():
     torch.manual_seed(0)
     assert torch.equal(a, fn(*args))
     assert not torch.equal(a, compiled(*args))
+
+
+def test_dropout_row_ids_give_each_row_its_own_stream():
+    """Default row ids are the row indices; with explicit ids a row's mask follows its id, not its place in the batch
+    (what per-sample seeding needs), also for ids past 2^32 (both counter words of the row id are used)."""
+    args, dy = _inputs((6, 37), torch.float32, seed=4)
+    rows = torch.arange(6)
+    a = bias_dropout_add_layernorm(*args, EPS, 0.3, seed=11)
+    assert torch.equal(a, bias_dropout_add_layernorm(*args, EPS, 0.3, seed=11, row_ids=rows))
+    ids = torch.tensor([5, 2**40 + 3, 0, 2**33, 7, 2**32 + 5])
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    x, bias, res, w, lnb = args
+    b = bias_dropout_add_layernorm(x, bias, res, w, lnb, EPS, 0.3, seed=11, row_ids=ids)
+    c = bias_dropout_add_layernorm(x[perm], bias, res[perm], w, lnb, EPS, 0.3, seed=11, row_ids=ids[perm])
+    assert torch.equal(b[perm], c)
+    keep = layer_norm_dropout_keep_ref(11, 6, 37, 0.3, ids)
+    assert not torch.equal(keep[1], keep[5])  # 2^40 + 3 vs 2^32 + 5: the high word matters
+    out = _run(lambda *a: bias_dropout_add_layernorm(*a, EPS, 0.3, seed=11, row_ids=ids), args, dy)
+    ref = _run(lambda *a: bias_dropout_add_layernorm_ref(*a, EPS, 0.3, keep_mask=keep), args, dy)
+    for name, o, t in zip(NAMES, out, ref):  # forward and backward replay the same mask
+        torch.testing.assert_close(o, t, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@triton.jit
+def _tile_probe_kernel(OUT_ptr, row0, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Writes the epilogue kernels' element offsets of rows row0.. into a (BLOCK_M, 4 * BLOCK_Q) int64 buffer."""
+    offs, mask, _ = _tile(row0 + tl.arange(0, BLOCK_M), n_rows, n_cols, BLOCK_Q)
+    local, _, _ = _tile(tl.arange(0, BLOCK_M), BLOCK_M, 4 * BLOCK_Q, BLOCK_Q)
+    tl.store(OUT_ptr + local, tl.where(mask, offs, -1))
+
+
+def test_element_offsets_are_int64_past_2_to_31():
+    """The index arithmetic at rows whose offsets pass 2^31 (BERT-base h=768 from row 2,796,203 on), checked on the
+    kernels' own helper without allocating such a tensor."""
+    n_cols, block_m, block_q = 768, 4, 256
+    row0 = 2**31 // n_cols + 1000
+    out = torch.empty(block_m, 4 * block_q, dtype=torch.int64)
+    _tile_probe_kernel[(1,)](out, row0, row0 + 3, n_cols, BLOCK_M=block_m, BLOCK_Q=block_q)
+    want = torch.full_like(out, -1)
+    want[:3, :n_cols] = (row0 + torch.arange(3))[:, None] * n_cols + torch.arange(n_cols)
+    assert torch.equal(out, want) and out.max() > 2**31

@@ -109,3 +109,47 @@ def test_custom_op_opcheck_and_compile_without_recompiles():
         assert all(torch.equal(a, t.grad) for a, t in zip(grads, (h, w, b)))
         w.grad = b.grad = None
     assert len(graphs) == 1
+
+
+class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the dtypes the loss's GEMMs run in: aten matmuls of the reference path, and the hidden states the
+    fused op receives (it computes its logits and gradient GEMMs in that dtype)."""
+
+    MATMULS = ("addmm", "mm", "bmm", "linear", "matmul")
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.MATMULS or name == "masked_lm_loss_fwd":
+            self.seen.append((name, args[0].dtype if name == "masked_lm_loss_fwd" else args[-1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ["triton", "none"])
+def test_fp32_hidden_under_autocast_runs_the_gemms_in_the_autocast_dtype(backend):
+    # CUDA autocast keeps LayerNorm in fp32, so the head transform hands the loss fp32 rows; CPU autocast would hand
+    # it bf16 (the case no earlier test saw), hence fp32 rows passed in directly under a bf16 autocast context.
+    from engine import ops
+
+    args, labels = _inputs(23, 32, 301, torch.float32, seed=3)
+    hidden, w, b = (a.detach().clone().requires_grad_() for a in args)
+    recorder = _MatmulDtypes()
+    with torch.autocast("cpu", dtype=torch.bfloat16), recorder:
+        loss, _ = ops.masked_lm_loss(hidden, w, b, labels, backend=backend)
+    assert recorder.seen and all(dtype == torch.bfloat16 for _, dtype in recorder.seen), recorder.seen
+    loss.backward()
+    assert hidden.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    exact, _ = masked_lm_loss_ref(*(a.double() for a in args), labels)
+    assert abs(loss.item() - exact.item()) < 0.05 * exact.item()  # bf16 logits: a few 1e-3 relative
+
+
+def test_logits_rows_are_padded_to_64_elements():
+    """V = 30,522 rows would start at 2-byte alignment (scalar loads); the chunk buffer pads rows to 30,528."""
+    from kernels.mlm_loss import logits_buffer
+
+    buf = logits_buffer(5, 30522, torch.bfloat16, "cpu")
+    assert buf.shape == (5, 30522) and buf.stride() == (30528, 1)
+    assert (buf.stride(0) * buf.element_size()) % 128 == 0
