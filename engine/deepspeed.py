@@ -6,6 +6,9 @@
   collective timeout; the engine wraps our model with a client optimizer (torch AdamW or our Lamb — DeepSpeed's
   fused LAMB/Adam are JIT-built and unavailable on CPU). Under ZeRO-3, parameters that a module reads from its
   children directly (`params_read_in_forward()`) are registered as external parameters so they are gathered.
+- `flat_partitions`: where each parameter lies in the flat fp32 partitions that ZeRO 1-3 (and the bf16 ZeRO-1
+  optimizer) hand the client optimizer, from DeepSpeed's own maps (`_hp_mapping` fragments for ZeRO 1-2, the
+  per-parameter `ds_tensor` partitions for ZeRO-3); engine.optim.Lamb takes its per-parameter norms over them.
 - `save` / `load`: engine checkpoints (model, optimizer incl. fp32 masters and loss scaler, per-rank shards).
 - `consolidated_fp32_state_dict`: one fp32 state dict from any checkpoint (ZeRO 0-3 shards)."""
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.io import read_json_object
+from engine.optim import FlatPieces
 
 _ENGINE = None  # the deepspeed module, imported lazily so `bertforge --help` stays fast
 
@@ -152,6 +156,66 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_conf
         register_external_parameters(model)
     engine, *_ = _ds().initialize(model=model, optimizer=optimizer, config=ds_config, dist_init_required=False)
     return engine
+
+
+# ---- partition maps --------------------------------------------------------------------------------------------
+def flat_partitions(engine) -> tuple[list[tuple[torch.Tensor, FlatPieces]], object]:
+    """The flat tensors DeepSpeed's wrapper hands the client optimizer in place of parameters, each with the pieces
+    of parameters it holds, and the process group whose ranks hold the other pieces. ([], None) when the client
+    optimizer sees whole parameters (ZeRO-0 in fp32, or bf16/fp16 through DeepSpeed's unfused wrapper).
+    Parameter ids are positions in DeepSpeed's group lists, the same on every rank. Each map is checked against the
+    data once (the fp32 pieces equal the low-precision weights they were copied from); a layout this code does not
+    know raises ConfigError."""
+    import torch.distributed as dist
+
+    opt, kind = engine.optimizer, type(engine.optimizer).__name__
+    if opt is engine.basic_optimizer or kind == "FP16_UnfusedOptimizer":
+        return [], None
+    out = []
+    if kind in ("DeepSpeedZeroOptimizer", "BF16_Optimizer"):  # ZeRO 1-2; bf16 ZeRO-1 with fp32 accumulation
+        lp_groups = opt.bit16_groups if kind == "DeepSpeedZeroOptimizer" else opt.bf16_groups
+        flats = opt.single_partition_of_fp32_groups if kind == "DeepSpeedZeroOptimizer" else \
+            opt.fp32_groups_flat_partition
+        groups = opt.real_dp_process_group
+        for params, flat in zip(lp_groups, flats):
+            starts, numels, ids = [], [], []
+            for j, p in enumerate(params):
+                mapping = getattr(p, "_hp_mapping", None)
+                if mapping is None:  # no piece of this parameter in this rank's partition
+                    continue
+                address = mapping.hp_fragment_address
+                _check_piece(flat, address.start, address.numel, mapping.lp_fragment, kind)
+                starts.append(address.start), numels.append(address.numel), ids.append(j)
+            out.append((flat, FlatPieces(tuple(starts), tuple(numels), tuple(ids), len(params))))
+    elif kind == "DeepSpeedZeroOptimizer_Stage3":
+        groups = opt.sub_group_process_groups
+        for params, flat, group in zip(opt.fp16_groups, opt.fp32_partitioned_groups_flat, groups):
+            rank, offset = dist.get_rank(group=group), 0
+            starts, numels, ids = [], [], []
+            for j, p in enumerate(params):
+                size = p.partition_numel()  # every rank holds ceil(numel / world) elements, the last ones padded
+                real = max(0, min(size, p.ds_numel - rank * size))
+                if real:
+                    _check_piece(flat, offset, real, p.ds_tensor.reshape(-1)[:real], kind)
+                    starts.append(offset), numels.append(real), ids.append(j)
+                offset += size
+            if offset != flat.numel():
+                raise ConfigError(f"DeepSpeed {kind}: a flat partition holds {flat.numel()} elements, its "
+                                  f"parameters' partitions {offset}; this DeepSpeed version's layout is not known")
+            out.append((flat, FlatPieces(tuple(starts), tuple(numels), tuple(ids), len(params))))
+    else:
+        raise ConfigError(f"DeepSpeed wraps the optimizer in {kind}, whose flat layout engine/deepspeed.py does not "
+                          f"know; LAMB needs per-parameter norms (use --optimizer adamw or another ZeRO stage)")
+    if len({id(g) for g in groups}) > 1:
+        raise ConfigError("LAMB under ZeRO with several data-parallel groups (expert / sequence parallelism) is not "
+                          "supported")
+    return out, groups[0]
+
+
+def _check_piece(flat: torch.Tensor, start: int, numel: int, lp: torch.Tensor, kind: str) -> None:
+    if start + numel > flat.numel() or not torch.equal(flat.narrow(0, start, numel), lp.reshape(-1).to(flat.dtype)):
+        raise ConfigError(f"DeepSpeed {kind}: the partition map does not match the fp32 partition (elements "
+                          f"{start}..{start + numel}); this DeepSpeed version's layout is not known")
 
 
 def loss_scale(engine) -> float:

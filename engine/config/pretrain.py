@@ -99,7 +99,8 @@ class BatchSection:
 @dataclass
 class OptimSection:
     optimizer: str = "adamw"
-    """'adamw' (torch) or 'lamb' (engine/optim.Lamb; our own, it also runs on CPU)."""
+    """'adamw' (torch) or 'lamb' (engine/optim.Lamb; our own, it also runs on CPU; under ZeRO 1-3 its trust ratios
+    are taken per parameter over the partitions and ranks)."""
     lr: float = 1e-3
     """Peak learning rate (after warmup)."""
     warmup_steps: int = -1
@@ -246,9 +247,6 @@ class PretrainConfig:
     """Outputs, seed, checkpoints, logging, evaluation, profiling."""
 
     def __post_init__(self) -> None:
-        if self.optim.optimizer == "lamb" and self.parallel.zero_stage > 0:
-            raise ConfigError("--optimizer lamb needs --zero-stage 0: ZeRO flattens parameters into partitions, so "
-                              "LAMB's per-layer trust ratio would be taken over whole partitions")
         if self.masking.whole_word_masking and not self.data.tokenizer:
             raise ConfigError("--whole-word-masking needs --tokenizer (to know the '##' continuation pieces)")
 
