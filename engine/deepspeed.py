@@ -9,7 +9,8 @@
 - `flat_partitions`: where each parameter lies in the flat fp32 partitions that ZeRO 1-3 (and the bf16 ZeRO-1
   optimizer) hand the client optimizer, from DeepSpeed's own maps (`_hp_mapping` fragments for ZeRO 1-2, the
   per-parameter `ds_tensor` partitions for ZeRO-3); engine.optim.Lamb takes its per-parameter norms over them.
-- `save` / `load`: engine checkpoints (model, optimizer incl. fp32 masters and loss scaler, per-rank shards).
+- `save` / `load`: engine checkpoints (model, optimizer incl. fp32 masters and loss scaler, per-rank shards);
+  `to_universal`: DeepSpeed's universal form of a ZeRO 1-3 checkpoint, to resume it on another number of ranks.
 - `consolidated_fp32_state_dict`: one fp32 state dict from any checkpoint (ZeRO 0-3 shards)."""
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from engine.errors import ConfigError
+from engine.errors import CheckpointError, ConfigError
 from engine.io import read_json_object
 from engine.optim import FlatPieces
 
@@ -94,8 +95,9 @@ def merge_user_config(cfg, user: dict, explicit: set[str], world_size: int, sour
 
 
 def build_ds_config(*, micro_batch: int, global_batch: int, grad_accum: int, max_grad_norm: float, zero_stage: int,
-                    precision: str, user: dict | None = None) -> dict:
-    """DeepSpeed JSON for these settings (already merged with `user`); `user`'s remaining keys are layered on top."""
+                    precision: str, user: dict | None = None, load_universal: bool = False) -> dict:
+    """DeepSpeed JSON for these settings (already merged with `user`); `user`'s remaining keys are layered on top.
+    `load_universal`: the engine will load a universal checkpoint (`to_universal`; resuming on another rank count)."""
     out: dict[str, Any] = {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -109,6 +111,8 @@ def build_ds_config(*, micro_batch: int, global_batch: int, grad_accum: int, max
         "steps_per_print": 10 ** 9,  # progress and metrics are ours
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        out["checkpoint"] = {"load_universal": True}
     if zero_stage == 3:
         # The model is small next to the activations in pretraining; gather whole layers at once.
         out["zero_optimization"].update({"stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0})
@@ -246,8 +250,37 @@ def grad_norm_before_step(engine) -> float | None:
 
 
 def save(engine, root: str | Path, tag: str) -> None:
-    """Every rank writes its shards to root/tag (collective)."""
-    engine.save_checkpoint(str(root), tag=tag, client_state={}, save_latest=False)
+    """Every rank writes its shards to root/tag (collective). The model states carry DeepSpeed's universal-checkpoint
+    version, which its converter (`to_universal`) requires."""
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
+    info = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(str(root), tag=tag, client_state=info, save_latest=False)
+
+
+def to_universal(ckpt_dir: str | Path, out_dir: str | Path, workers: int = 2) -> None:
+    """Convert a ZeRO 1-3 checkpoint folder (root/tag of `save`) into DeepSpeed's universal checkpoint in `out_dir`
+    (per-parameter fp32 weights and optimizer moments, loadable by any number of ranks and any ZeRO 1-3 partitioning:
+    deepspeed/checkpoint/ds_to_universal.py, run in a child process). Raises CheckpointError with the converter's
+    last line on failure."""
+    import subprocess
+    import sys
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt_dir),
+           "--output_folder", str(out_dir), "--inject_missing_state", "--num_extract_workers", str(workers),
+           "--num_merge_workers", str(workers)]
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    (out_dir / "conversion.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode != 0 or not (out_dir / "zero").is_dir():
+        last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
+        raise CheckpointError(f"{ckpt_dir}: conversion to a universal checkpoint failed ({last}); full log in "
+                              f"{out_dir / 'conversion.log'}")
 
 
 def load(engine, root: str | Path, tag: str, module_only: bool = False) -> None:

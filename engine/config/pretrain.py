@@ -204,7 +204,8 @@ class RunSection:
     eval_every: int = 200
     """Evaluate on the held-out split every N steps (and at the end); 0 = only at the end."""
     eval_batches: int = 20
-    """Held-out micro batches per evaluation (per rank)."""
+    """Held-out micro batches per evaluation, over all ranks (shared out like training batches, so any number of
+    ranks scores the same samples; capped so that no sample is scored twice)."""
     max_skipped_steps: int = 20
     """Stop with an error after this many consecutive steps with a non-finite loss."""
     progress: bool = True
