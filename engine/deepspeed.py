@@ -284,10 +284,23 @@ def to_universal(ckpt_dir: str | Path, out_dir: str | Path, workers: int = 2) ->
 
 
 def load(engine, root: str | Path, tag: str, module_only: bool = False) -> None:
+    """Restore the engine from root/tag (collective). Two repairs after DeepSpeed's ZeRO-3 universal loader (engine
+    built with load_universal), which (a) copies parameter group 0's hyperparameters (e.g. its weight decay) into
+    every group: each group's own are kept, except the learning rate, which is the checkpoint's; (b) gives every
+    flat partition the same 'step' tensor, which torch's Adam(W) then advances once per partition per step: each
+    gets its own copy."""
+    groups = engine.basic_optimizer.param_groups
+    kept = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in groups]
     path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=not module_only,
                                      load_lr_scheduler_states=False, load_module_only=module_only)
     if path is None:
         raise ConfigError(f"{Path(root) / tag}: DeepSpeed could not load this checkpoint")
+    if engine.load_universal_checkpoint():
+        for group, hyper in zip(groups, kept):
+            group.update(hyper)
+        for state in engine.basic_optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
 
 
 def consolidated_fp32_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:

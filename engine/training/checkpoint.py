@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from engine import deepspeed as ds
-from engine.errors import CheckpointError, ConfigError
+from engine.errors import CheckpointError, ConfigError, UserError
 from engine.io import fsync_dir, replace_dir, write_json, write_text
 from engine.training import distributed as D
 
@@ -273,6 +273,8 @@ class CheckpointManager:
                               f"{D.world_size()} needs its universal form (CheckpointManager.make_universal)")
         try:
             ds.load(engine, self.root, universal or tag, module_only=module_only)
+        except UserError:
+            raise
         except (RuntimeError, OSError, KeyError, ValueError, AssertionError, EOFError) as exc:
             raise CheckpointError(f"{self.root / (universal or tag)}: DeepSpeed could not load it "
                                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None

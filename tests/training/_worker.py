@@ -3,8 +3,9 @@
 what the test checks to OUT (rank 0). Modes:
   equal STAGES PRECISIONS   per (stage, precision): a full run (6 steps, checkpoint at 3) and a run resumed from that
                             checkpoint in a fresh directory; results.json = {name: {full, resumed}: [losses]}
-  run STEPS                 one fp32 ZeRO-0 run of STEPS steps in OUT/run (resumes if it has checkpoints); with
-                            PAUSE_AT_SAVE=N the save of step N pauses forever after the shards are written
+  run STEPS                 one fp32 run (ZeRO stage $ZERO, default 0) of STEPS steps in OUT/run (resumes if it has
+                            checkpoints); with PAUSE_AT_SAVE=N the save of step N pauses forever after the shards
+                            are written
   nan                       non-finite losses injected at given micro batches
   die                       rank 1 exits abruptly at step 3
   corpus DATA TOK LAYOUTS   real prepared data (CorpusSource): per layout (padded, unpadded, packed, and the same
@@ -92,7 +93,7 @@ def mode_run(out: Path, steps: str) -> None:
     checkpoint.ds.save = save
     run = out / "run"
     resume = (run / "checkpoints").is_dir()
-    cfg = config(run, steps=int(steps), save_every=3, resume=resume)
+    cfg = config(run, steps=int(steps), save_every=3, resume=resume, zero_stage=int(os.environ.get("ZERO", 0)))
     pretrain(cfg, source_factory=factory)
 
 
