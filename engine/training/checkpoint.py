@@ -191,7 +191,8 @@ class CheckpointManager:
                     (self.root / LATEST).unlink()
             D.barrier()
         if problems:
-            raise CheckpointError(f"no checkpoint in {self.root} verifies; the newest: {problems[0]}")
+            raise CheckpointError(f"no checkpoint in {self.root} verifies ({len(problems)} set aside as "
+                                  f"{DAMAGED}step_*); the newest: {problems[0]}")
         return None
 
     # ---- save / load -------------------------------------------------------------------------------------------
