@@ -194,7 +194,8 @@ class RunSection:
     seed: int = 1234
     """Seed of initialisation, dropout, NSP pairing and masking."""
     resume: bool = False
-    """Continue from the latest complete checkpoint in output_dir/checkpoints (error if there is none)."""
+    """Continue from the newest checkpoint in output_dir/checkpoints whose files verify (damaged ones are set aside
+    with one line; error if there is none), on any number of ranks with the same global batch."""
     save_every: int = 500
     """Checkpoint every N optimizer steps (and always at the end); 0 = only at the end."""
     keep_last: int = 3

@@ -28,10 +28,10 @@ def _steps_done(out: Path) -> int:
         return 0
 
 
-def _wait(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
+def _wait(predicate, proc: subprocess.Popen, timeout: float, what: str, launcher_may_exit: bool = False) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        if proc.poll() is not None and not predicate():
+        if not launcher_may_exit and proc.poll() is not None and not predicate():
             raise AssertionError(f"{what}: launcher exited {proc.returncode} first:\n{proc.stderr.read()[-3000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
@@ -81,7 +81,8 @@ def test_sigterm_to_the_deepspeed_launcher_process_group(tmp_path):
     try:
         _wait(lambda: _steps_done(tmp_path) >= 3, proc, 300, "3 steps")
         os.killpg(proc.pid, signal.SIGTERM)  # launcher, its per-node launch.py and the ranks, as SLURM signals
-        _wait(lambda: None not in _exits(tmp_path, 2), proc, 120, "both ranks' exit")
+        # the deepspeed runner itself dies of the signal at once (no handler on one node); the ranks save and exit
+        _wait(lambda: None not in _exits(tmp_path, 2), proc, 120, "both ranks' exit", launcher_may_exit=True)
         proc.communicate(timeout=120)
     finally:
         try:
