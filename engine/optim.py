@@ -7,7 +7,8 @@
   Under ZeRO 1-3 DeepSpeed hands the optimizer flat fp32 partitions instead of parameters; `Lamb.shard` tells it
   where each parameter's pieces lie in them (`FlatPieces`, built by engine/deepspeed.py), and the step then takes each
   parameter's ||x|| and ||u|| as segment sums of squares over its pieces, summed over ranks by one all-reduce per
-  step call, so the trust ratios equal unsharded LAMB's (the distributed LAMB of NVIDIA's MLPerf BERT does the same).
+  step call, so the trust ratios equal unsharded LAMB's (apex's DistributedFusedLAMB, used in NVIDIA's MLPerf BERT,
+  does the same).
   That path is elementwise torch on the whole partition plus foreach norms over the pieces (`_step_pieces`); the
   tests check it against the per-parameter path on awkward piece layouts.
 - `warmup_decay`: linear warmup then linear or polynomial decay to zero (BERT uses polynomial with power 1.0)."""
@@ -128,7 +129,8 @@ class Lamb(torch.optim.Optimizer):
 
     def _step_pieces(self, flats: list) -> None:
         """One LAMB step on flat partitions: the elementwise part of kernels.reference.lamb_step_ref on each whole
-        flat tensor (padding included: it stays 0), then per-parameter sums of x^2 and u^2 over the pieces, one
+        flat tensor (padding gets moments too, but is never updated), then per-parameter sums of x^2 and u^2 over
+        the pieces, one
         all-reduce (float64, (2, total parameters)) over the ranks, the trust ratios, and x += -lr ratio u on the
         pieces only. A flat without a gradient contributes zeros and is not updated."""
         updates, sums = [], []
