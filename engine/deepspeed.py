@@ -6,7 +6,11 @@
   collective timeout; the engine wraps our model with a client optimizer (torch AdamW or our Lamb — DeepSpeed's
   fused LAMB/Adam are JIT-built and unavailable on CPU). Under ZeRO-3, parameters that a module reads from its
   children directly (`params_read_in_forward()`) are registered as external parameters so they are gathered.
-- `save` / `load`: engine checkpoints (model, optimizer incl. fp32 masters and loss scaler, per-rank shards).
+- `flat_partitions`: where each parameter lies in the flat fp32 partitions that ZeRO 1-3 (and the bf16 ZeRO-1
+  optimizer) hand the client optimizer, from DeepSpeed's own maps (`_hp_mapping` fragments for ZeRO 1-2, the
+  per-parameter `ds_tensor` partitions for ZeRO-3); engine.optim.Lamb takes its per-parameter norms over them.
+- `save` / `load`: engine checkpoints (model, optimizer incl. fp32 masters and loss scaler, per-rank shards);
+  `to_universal`: DeepSpeed's universal form of a ZeRO 1-3 checkpoint, to resume it on another number of ranks.
 - `consolidated_fp32_state_dict`: one fp32 state dict from any checkpoint (ZeRO 0-3 shards)."""
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from typing import Any
 
 import torch
 
-from engine.errors import ConfigError
+from engine.errors import CheckpointError, ConfigError
 from engine.io import read_json_object
+from engine.optim import FlatPieces
 
 _ENGINE = None  # the deepspeed module, imported lazily so `bertforge --help` stays fast
 
@@ -90,8 +95,9 @@ def merge_user_config(cfg, user: dict, explicit: set[str], world_size: int, sour
 
 
 def build_ds_config(*, micro_batch: int, global_batch: int, grad_accum: int, max_grad_norm: float, zero_stage: int,
-                    precision: str, user: dict | None = None) -> dict:
-    """DeepSpeed JSON for these settings (already merged with `user`); `user`'s remaining keys are layered on top."""
+                    precision: str, user: dict | None = None, load_universal: bool = False) -> dict:
+    """DeepSpeed JSON for these settings (already merged with `user`); `user`'s remaining keys are layered on top.
+    `load_universal`: the engine will load a universal checkpoint (`to_universal`; resuming on another rank count)."""
     out: dict[str, Any] = {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -105,6 +111,8 @@ def build_ds_config(*, micro_batch: int, global_batch: int, grad_accum: int, max
         "steps_per_print": 10 ** 9,  # progress and metrics are ours
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        out["checkpoint"] = {"load_universal": True}
     if zero_stage == 3:
         # The model is small next to the activations in pretraining; gather whole layers at once.
         out["zero_optimization"].update({"stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0})
@@ -154,6 +162,66 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_conf
     return engine
 
 
+# ---- partition maps --------------------------------------------------------------------------------------------
+def flat_partitions(engine) -> tuple[list[tuple[torch.Tensor, FlatPieces]], object]:
+    """The flat tensors DeepSpeed's wrapper hands the client optimizer in place of parameters, each with the pieces
+    of parameters it holds, and the process group whose ranks hold the other pieces. ([], None) when the client
+    optimizer sees whole parameters (ZeRO-0 in fp32, or bf16/fp16 through DeepSpeed's unfused wrapper).
+    Parameter ids are positions in DeepSpeed's group lists, the same on every rank. Each map is checked against the
+    data once (the fp32 pieces equal the low-precision weights they were copied from); a layout this code does not
+    know raises ConfigError."""
+    import torch.distributed as dist
+
+    opt, kind = engine.optimizer, type(engine.optimizer).__name__
+    if opt is engine.basic_optimizer or kind == "FP16_UnfusedOptimizer":
+        return [], None
+    out = []
+    if kind in ("DeepSpeedZeroOptimizer", "BF16_Optimizer"):  # ZeRO 1-2; bf16 ZeRO-1 with fp32 accumulation
+        lp_groups = opt.bit16_groups if kind == "DeepSpeedZeroOptimizer" else opt.bf16_groups
+        flats = opt.single_partition_of_fp32_groups if kind == "DeepSpeedZeroOptimizer" else \
+            opt.fp32_groups_flat_partition
+        groups = opt.real_dp_process_group
+        for params, flat in zip(lp_groups, flats):
+            starts, numels, ids = [], [], []
+            for j, p in enumerate(params):
+                mapping = getattr(p, "_hp_mapping", None)
+                if mapping is None:  # no piece of this parameter in this rank's partition
+                    continue
+                address = mapping.hp_fragment_address
+                _check_piece(flat, address.start, address.numel, mapping.lp_fragment, kind)
+                starts.append(address.start), numels.append(address.numel), ids.append(j)
+            out.append((flat, FlatPieces(tuple(starts), tuple(numels), tuple(ids), len(params))))
+    elif kind == "DeepSpeedZeroOptimizer_Stage3":
+        groups = opt.sub_group_process_groups
+        for params, flat, group in zip(opt.fp16_groups, opt.fp32_partitioned_groups_flat, groups):
+            rank, offset = dist.get_rank(group=group), 0
+            starts, numels, ids = [], [], []
+            for j, p in enumerate(params):
+                size = p.partition_numel()  # every rank holds ceil(numel / world) elements, the last ones padded
+                real = max(0, min(size, p.ds_numel - rank * size))
+                if real:
+                    _check_piece(flat, offset, real, p.ds_tensor.reshape(-1)[:real], kind)
+                    starts.append(offset), numels.append(real), ids.append(j)
+                offset += size
+            if offset != flat.numel():
+                raise ConfigError(f"DeepSpeed {kind}: a flat partition holds {flat.numel()} elements, its "
+                                  f"parameters' partitions {offset}; this DeepSpeed version's layout is not known")
+            out.append((flat, FlatPieces(tuple(starts), tuple(numels), tuple(ids), len(params))))
+    else:
+        raise ConfigError(f"DeepSpeed wraps the optimizer in {kind}, whose flat layout engine/deepspeed.py does not "
+                          f"know; LAMB needs per-parameter norms (use --optimizer adamw or another ZeRO stage)")
+    if len({id(g) for g in groups}) > 1:
+        raise ConfigError("LAMB under ZeRO with several data-parallel groups (expert / sequence parallelism) is not "
+                          "supported")
+    return out, groups[0]
+
+
+def _check_piece(flat: torch.Tensor, start: int, numel: int, lp: torch.Tensor, kind: str) -> None:
+    if start + numel > flat.numel() or not torch.equal(flat.narrow(0, start, numel), lp.reshape(-1).to(flat.dtype)):
+        raise ConfigError(f"DeepSpeed {kind}: the partition map does not match the fp32 partition (elements "
+                          f"{start}..{start + numel}); this DeepSpeed version's layout is not known")
+
+
 def loss_scale(engine) -> float:
     opt = engine.optimizer
     for name in ("cur_scale", "loss_scale"):
@@ -182,15 +250,57 @@ def grad_norm_before_step(engine) -> float | None:
 
 
 def save(engine, root: str | Path, tag: str) -> None:
-    """Every rank writes its shards to root/tag (collective)."""
-    engine.save_checkpoint(str(root), tag=tag, client_state={}, save_latest=False)
+    """Every rank writes its shards to root/tag (collective). The model states carry DeepSpeed's universal-checkpoint
+    version, which its converter (`to_universal`) requires."""
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
+    info = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(str(root), tag=tag, client_state=info, save_latest=False)
+
+
+def to_universal(ckpt_dir: str | Path, out_dir: str | Path, workers: int = 2) -> None:
+    """Convert a ZeRO 1-3 checkpoint folder (root/tag of `save`) into DeepSpeed's universal checkpoint in `out_dir`
+    (per-parameter fp32 weights and optimizer moments, loadable by any number of ranks and any ZeRO 1-3 partitioning:
+    deepspeed/checkpoint/ds_to_universal.py, run in a child process). Raises CheckpointError with the converter's
+    last line on failure."""
+    import subprocess
+    import sys
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt_dir),
+           "--output_folder", str(out_dir), "--inject_missing_state", "--num_extract_workers", str(workers),
+           "--num_merge_workers", str(workers)]
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    (out_dir / "conversion.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode != 0 or not (out_dir / "zero").is_dir():
+        last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
+        raise CheckpointError(f"{ckpt_dir}: conversion to a universal checkpoint failed ({last}); full log in "
+                              f"{out_dir / 'conversion.log'}")
 
 
 def load(engine, root: str | Path, tag: str, module_only: bool = False) -> None:
+    """Restore the engine from root/tag (collective). Two repairs after DeepSpeed's ZeRO-3 universal loader (engine
+    built with load_universal), which (a) copies parameter group 0's hyperparameters (e.g. its weight decay) into
+    every group: each group's own are kept, except the learning rate, which is the checkpoint's; (b) gives every
+    flat partition the same 'step' tensor, which torch's Adam(W) then advances once per partition per step: each
+    gets its own copy."""
+    groups = engine.basic_optimizer.param_groups
+    kept = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in groups]
     path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=not module_only,
                                      load_lr_scheduler_states=False, load_module_only=module_only)
     if path is None:
         raise ConfigError(f"{Path(root) / tag}: DeepSpeed could not load this checkpoint")
+    if engine.load_universal_checkpoint():
+        for group, hyper in zip(groups, kept):
+            group.update(hyper)
+        for state in engine.basic_optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
 
 
 def consolidated_fp32_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:

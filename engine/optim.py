@@ -1,19 +1,28 @@
 """Optimizers and learning-rate schedules shared by pretraining and finetuning.
 
 - `param_groups`: weight decay on weights only — never on biases or LayerNorm parameters (BERT's recipe).
-- `Lamb`: LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning", Algorithm 2). The step runs through
-  engine.ops.lamb_step: `kernels.reference.lamb_step_ref` (pure torch, used on CPU) or `kernels.lamb.fused_lamb_step`
-  (multi-tensor Triton launches, used on CUDA; imported only then), so there is exactly one definition of the update.
+- `Lamb`: LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning", Algorithm 2). The step over whole
+  parameters runs through engine.ops.lamb_step: `kernels.reference.lamb_step_ref` (pure torch, used on CPU) or
+  `kernels.lamb.fused_lamb_step` (multi-tensor Triton launches, used on CUDA; imported only then).
+  Under ZeRO 1-3 DeepSpeed hands the optimizer flat fp32 partitions instead of parameters; `Lamb.shard` tells it
+  where each parameter's pieces lie in them (`FlatPieces`, built by engine/deepspeed.py), and the step then takes each
+  parameter's ||x|| and ||u|| as segment sums of squares over its pieces, summed over ranks by one all-reduce per
+  step call, so the trust ratios equal unsharded LAMB's (apex's DistributedFusedLAMB, used in NVIDIA's MLPerf BERT,
+  does the same).
+  That path is elementwise torch on the whole partition plus foreach norms over the pieces (`_step_pieces`); the
+  tests check it against the per-parameter path on awkward piece layouts.
 - `warmup_decay`: linear warmup then linear or polynomial decay to zero (BERT uses polynomial with power 1.0)."""
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from engine import ops
+from kernels.reference import lamb_bias_corrections
 
 NO_DECAY_SUFFIXES = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
@@ -29,9 +38,33 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+@dataclass(frozen=True)
+class FlatPieces:
+    """Where parameters lie inside one flat tensor that the optimizer steps (a ZeRO partition of fp32 master
+    weights). Piece i is elements [starts[i], starts[i] + numels[i]) of the flat tensor and belongs to parameter
+    param_ids[i] of `num_params`; the ids are shared by every rank's partition of the same parameters (a parameter
+    may be split over several ranks). Elements outside every piece are padding and are never updated."""
+
+    starts: tuple[int, ...]
+    numels: tuple[int, ...]
+    param_ids: tuple[int, ...]
+    num_params: int
+
+    def __post_init__(self) -> None:
+        if not len(self.starts) == len(self.numels) == len(self.param_ids):
+            raise ValueError("FlatPieces: starts, numels and param_ids differ in length")
+        if any(n <= 0 for n in self.numels) or any(not 0 <= i < self.num_params for i in self.param_ids):
+            raise ValueError(f"FlatPieces: empty piece or parameter id outside [0, {self.num_params})")
+
+    def end(self) -> int:
+        """One past the last element any piece covers (0 without pieces)."""
+        return max((s + n for s, n in zip(self.starts, self.numels)), default=0)
+
+
 class Lamb(torch.optim.Optimizer):
     """LAMB with Adam moments, bias correction and a layer-wise trust ratio ||x|| / ||r + wd x|| (clamped to
-    max_trust_ratio; 1 where either norm is 0). use_fused=None picks the Triton kernel on CUDA tensors."""
+    max_trust_ratio; 1 where either norm is 0). use_fused=None picks the Triton kernel on CUDA tensors.
+    Flat partitions registered with `shard` get per-parameter norms over their pieces and over ranks."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.01, max_trust_ratio: float | None = 10.0,
@@ -43,6 +76,27 @@ class Lamb(torch.optim.Optimizer):
                         bias_correction=bias_correction)
         super().__init__(params, defaults)
         self.use_fused = use_fused
+        self._pieces: dict[int, tuple[torch.Tensor, FlatPieces]] = {}  # id(flat) -> (flat, its pieces)
+        self._all_reduce: Callable[[torch.Tensor], None] | None = None
+
+    def shard(self, flat: torch.Tensor, pieces: FlatPieces,
+              all_reduce: Callable[[torch.Tensor], None] | None = None) -> None:
+        """Register a flat tensor that this optimizer will be handed instead of parameters (a ZeRO partition), with
+        where the parameters lie in it. `all_reduce(t)` sums a float64 tensor in place over the ranks that share
+        the parameters (None: one rank). Every rank must call step() with the same sequence of registered flats."""
+        if flat.dim() != 1 or pieces.end() > flat.numel():
+            raise ValueError(f"FlatPieces reach element {pieces.end()} of a flat tensor of shape "
+                             f"{tuple(flat.shape)}")
+        self._pieces[id(flat)] = (flat, pieces)
+        self._all_reduce = all_reduce
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -50,19 +104,17 @@ class Lamb(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        flats = []  # (flat, pieces, group) of registered partitions in this call, with or without a gradient
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            flats += [(p, *self._pieces[id(p)][1:], group) for p in group["params"]
+                      if id(p) in self._pieces and self._pieces[id(p)][0] is p]
+            params = [p for p in group["params"] if p.grad is not None and id(p) not in self._pieces]
             if not params:
                 continue
             for p in params:
                 if p.grad.is_sparse:
                     raise RuntimeError("Lamb does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
+                self._state(p)["step"] += 1
             step = self.state[params[0]]["step"]
             fused = self.use_fused if self.use_fused is not None else params[0].is_cuda
             beta1, beta2 = group["betas"]
@@ -71,7 +123,61 @@ class Lamb(torch.optim.Optimizer):
                           eps=group["eps"], weight_decay=group["weight_decay"], step=step,
                           bias_correction=group["bias_correction"], max_trust_ratio=group["max_trust_ratio"],
                           backend="triton" if fused else "none")
+        if flats:
+            self._step_pieces(flats)
         return loss
+
+    def _step_pieces(self, flats: list) -> None:
+        """One LAMB step on flat partitions: the elementwise part of kernels.reference.lamb_step_ref on each whole
+        flat tensor (padding gets moments too, but is never updated), then per-parameter sums of x^2 and u^2 over
+        the pieces, one
+        all-reduce (float64, (2, total parameters)) over the ranks, the trust ratios, and x += -lr ratio u on the
+        pieces only. A flat without a gradient contributes zeros and is not updated."""
+        updates, sums = [], []
+        for flat, pieces, group in flats:
+            u = None
+            part = torch.zeros(2, pieces.num_params, dtype=torch.float64, device=flat.device)
+            if flat.grad is not None:
+                state = self._state(flat)
+                state["step"] += 1
+                beta1, beta2 = group["betas"]
+                bc1, bc2 = lamb_bias_corrections(beta1, beta2, state["step"], group["bias_correction"])
+                g = flat.grad.to(flat.dtype)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(g, 1.0 - beta1)  # m = beta1 m + (1 - beta1) g
+                v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                denom = (v / bc2).sqrt_().add_(group["eps"])  # sqrt(v_hat) + eps
+                u = (m / bc1).div_(denom)  # r
+                if group["weight_decay"] != 0.0:
+                    u.add_(flat, alpha=group["weight_decay"])  # u = r + wd x
+                if pieces.param_ids:
+                    ids = torch.tensor(pieces.param_ids, device=flat.device)
+                    sq = torch.stack([torch.stack(torch._foreach_norm(_views(t, pieces))) for t in (flat, u)])
+                    part.index_add_(1, ids, sq.double() ** 2)
+            updates.append(u)
+            sums.append(part)
+        total = torch.cat(sums, 1)  # (2, sum of num_params)
+        if self._all_reduce is not None:
+            self._all_reduce(total)
+        offset = 0
+        for (flat, pieces, group), u, part in zip(flats, updates, sums):
+            w_sq, u_sq = total[:, offset:offset + pieces.num_params]
+            offset += pieces.num_params
+            if u is None or not pieces.param_ids:
+                continue
+            w_norm, u_norm = w_sq.sqrt(), u_sq.sqrt()
+            ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+            if group["max_trust_ratio"] is not None:
+                ratio = ratio.clamp_max(group["max_trust_ratio"])
+            ids = torch.tensor(pieces.param_ids, device=flat.device)
+            u_views = _views(u, pieces)
+            torch._foreach_mul_(u_views, (-group["lr"] * ratio[ids]).to(flat.dtype).unbind(0))
+            torch._foreach_add_(_views(flat, pieces), u_views)
+
+
+def _views(flat: torch.Tensor, pieces: FlatPieces) -> list[torch.Tensor]:
+    """The pieces of a flat tensor as views (same storage)."""
+    return [flat.narrow(0, s, n) for s, n in zip(pieces.starts, pieces.numels)]
 
 
 def build_optimizer(name: str, groups: list[dict], lr: float, betas=(0.9, 0.999), eps: float = 1e-6,

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from engine import deepspeed as ds
+from engine.optim import Lamb
 
 
 def _log0(message: str) -> None:
@@ -78,6 +79,23 @@ def install_skip_gate(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step = types.MethodType(step, optimizer)  # a bound method: LR schedulers wrap it again
 
 
+def apply_lamb_partitions(engine, optimizer: torch.optim.Optimizer) -> int:
+    """LAMB under a wrapper that hands it flat partitions (ZeRO 1-3, bf16 ZeRO-1): register each flat tensor with
+    where its parameters lie (engine.deepspeed.flat_partitions) and an all-reduce over the ranks that share them, so
+    that its trust ratios are per parameter. Returns the number of flat tensors registered (0: it sees whole
+    parameters, nothing to do)."""
+    if not isinstance(optimizer, Lamb):
+        return 0
+    flats, group = ds.flat_partitions(engine)
+    reduce = None
+    if flats and dist.is_available() and dist.is_initialized() and dist.get_world_size(group=group) > 1:
+        def reduce(t: torch.Tensor, _group=group) -> None:
+            dist.all_reduce(t, group=_group)
+    for flat, pieces in flats:
+        optimizer.shard(flat, pieces, reduce)
+    return len(flats)
+
+
 def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: ParallelPlan, log: Callable = _log0):
     """Wrap `model` (already on its device) and its client `optimizer` into the DeepSpeed training engine, in order:
     1. activation checkpointing (before compile, so the compiled graph contains the recomputation),
@@ -85,7 +103,8 @@ def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: Parall
     3. the non-finite-step gate on the client optimizer (DeepSpeed wraps it next),
     4. ZeRO-3: parameters a module reads from its children directly are registered to be gathered with it
        (inside engine.deepspeed.initialize),
-    5. deepspeed.initialize: ZeRO partitioning, bf16/fp16 (dynamic loss scaling), accumulation, clipping.
+    5. deepspeed.initialize: ZeRO partitioning, bf16/fp16 (dynamic loss scaling), accumulation, clipping,
+    6. LAMB on flat partitions: per-parameter norms over each parameter's pieces and ranks (apply_lamb_partitions).
     The learning-rate schedule stays with the caller (it steps only when an update was applied)."""
     if plan.activation_checkpointing:
         log(f"parallelize: activation checkpointing on {apply_activation_checkpointing(model)} layers")
@@ -98,4 +117,7 @@ def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: Parall
     precision = "bf16" if plan.ds_config["bf16"]["enabled"] else "fp16" if plan.ds_config["fp16"]["enabled"] else "fp32"
     log(f"parallelize: DeepSpeed engine, ZeRO {zero}, {precision}, "
         f"accumulation {plan.ds_config['gradient_accumulation_steps']}")
+    flats = apply_lamb_partitions(engine, optimizer)
+    if flats:
+        log(f"parallelize: LAMB norms per parameter over {flats} flat partition(s)")
     return engine

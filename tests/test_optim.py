@@ -1,14 +1,16 @@
 """engine/optim: Lamb end to end against an independent per-tensor loop written from the paper (You et al. 2019,
-Algorithm 2), the no-decay parameter groups, and the warmup/decay schedule."""
+Algorithm 2), Lamb on flat ZeRO-like partitions (ranks simulated by threads) against per-parameter Lamb, the no-decay
+parameter groups, and the warmup/decay schedule."""
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
 from torch import nn
 
-from engine.optim import Lamb, build_optimizer, param_groups, warmup_decay
+from engine.optim import FlatPieces, Lamb, build_optimizer, param_groups, warmup_decay
 
 
 def lamb_reference(params, grads_per_step, lr, betas, eps, weight_decay, max_trust_ratio):
@@ -114,3 +116,131 @@ def test_warmup_decay_shape(decay):
     expected = {"linear": 1 - progress, "poly": (1 - progress) ** 2, "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
                 "constant": 1.0}[decay]
     assert lrs[16] == pytest.approx(expected)
+
+
+class ThreadAllReduce:
+    """An all-reduce (sum) over `n` threads that stand for ranks: each rank's tensor is summed in rank order."""
+
+    def __init__(self, n: int):
+        self.slots = [None] * n
+        self.barrier = threading.Barrier(n)
+
+    def for_rank(self, rank: int):
+        def reduce(t: torch.Tensor) -> None:
+            self.slots[rank] = t.clone()
+            self.barrier.wait()
+            t.copy_(sum(self.slots[1:], self.slots[0]))
+            self.barrier.wait()
+        return reduce
+
+
+def _zero_layout(shapes, world, align):
+    """ZeRO-1/2-like flat layout of one group: parameters one after another, each padded to `align` elements, the
+    whole padded to a multiple of `world`; rank r holds [r P, (r + 1) P). Returns (offsets, P, per-rank FlatPieces)."""
+    offsets, at = [], 0
+    for s in shapes:
+        offsets.append(at)
+        at += math.prod(s) + (-math.prod(s)) % align
+    size = -(-at // world)
+    ranks = []
+    for r in range(world):
+        lo, hi = r * size, (r + 1) * size
+        starts, numels, ids = [], [], []
+        for j, (off, s) in enumerate(zip(offsets, shapes)):
+            a, b = max(lo, off), min(hi, off + math.prod(s))
+            if a < b:
+                starts.append(a - lo), numels.append(b - a), ids.append(j)
+        ranks.append(FlatPieces(tuple(starts), tuple(numels), tuple(ids), len(shapes)))
+    return offsets, size, ranks
+
+
+def _flatten(tensors, offsets, total):
+    flat = torch.zeros(total)
+    for t, off in zip(tensors, offsets):
+        flat[off:off + t.numel()] = t.reshape(-1)
+    return flat
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("max_trust_ratio", [10.0, None])
+def test_lamb_on_flat_partitions_matches_per_parameter_lamb(world, max_trust_ratio):
+    """Each rank (a thread) steps its flat partitions of two parameter groups, parameters split across ranks and
+    padded between: after every step the parameters gathered from the partitions equal per-parameter Lamb."""
+    g = torch.Generator().manual_seed(3)
+    groups = [([(7, 13), (1,), (3, 5, 2), (31,)], 0.01), ([(13,), (5,), (29,)], 0.0)]
+    params = [[nn.Parameter(torch.randn(s, generator=g)) for s in shapes] for shapes, _ in groups]
+    with torch.no_grad():
+        params[0][1].zero_()  # ||x|| = 0: trust ratio 1
+    hyper = dict(lr=0.02, betas=(0.9, 0.999), eps=1e-6, max_trust_ratio=max_trust_ratio, use_fused=False)
+    reference = Lamb([{"params": ps, "weight_decay": wd} for ps, (_, wd) in zip(params, groups)], **hyper)
+    layouts = [_zero_layout(shapes, world, align=4) for shapes, _ in groups]
+    flats = [[_flatten([p.detach() for p in ps], offs, size * world)[r * size:(r + 1) * size].clone()
+              for ps, (offs, size, _) in zip(params, layouts)] for r in range(world)]
+    reducer = ThreadAllReduce(world)
+    opts = []
+    for r in range(world):
+        opt = Lamb([{"params": [flats[r][i]], "weight_decay": wd} for i, (_, wd) in enumerate(groups)], **hyper)
+        for i, (_, _, pieces) in enumerate(layouts):
+            opt.shard(flats[r][i], pieces[r], reducer.for_rank(r) if world > 1 else None)
+        opts.append(opt)
+
+    for step in range(4):
+        grads = [[torch.randn(p.shape, generator=g) * 10.0 ** (j - 1) for j, p in enumerate(ps)] for ps in params]
+        for ps, gs in zip(params, grads):
+            for p, grad in zip(ps, gs):
+                p.grad = grad.clone()
+        reference.step()
+
+        def run(r):
+            for i, (offs, size, _) in enumerate(layouts):
+                flats[r][i].grad = _flatten(grads[i], offs, size * world)[r * size:(r + 1) * size].clone()
+            for i in range(len(groups)):  # one call per group, as DeepSpeed's ZeRO-1/2 wrapper does
+                whole = opts[r].param_groups
+                opts[r].param_groups = [whole[i]]
+                opts[r].step()
+                opts[r].param_groups = whole
+
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, (offs, size, _) in enumerate(layouts):
+            whole = torch.cat([flats[r][i] for r in range(world)])
+            for p, off in zip(params[i], offs):
+                torch.testing.assert_close(whole[off:off + p.numel()].view(p.shape), p.detach(), atol=1e-6,
+                                           rtol=1e-5, msg=f"step {step} group {i}")
+            covered = torch.zeros(whole.numel(), dtype=torch.bool)
+            for p, off in zip(params[i], offs):
+                covered[off:off + p.numel()] = True
+            assert torch.all(whole[~covered] == 0)  # padding is never updated
+
+
+def test_lamb_on_flat_partitions_without_pieces_differs():
+    """The control: the same flat partitions stepped as if they were parameters (one trust ratio per partition, the
+    reason LAMB was refused under ZeRO) do not match per-parameter Lamb."""
+    g = torch.Generator().manual_seed(4)
+    shapes = [(7, 13), (31,), (3, 5)]
+    params = [nn.Parameter(torch.randn(s, generator=g) * (j + 1)) for j, s in enumerate(shapes)]
+    reference = Lamb([{"params": params, "weight_decay": 0.01}], lr=0.02, use_fused=False)
+    offs, size, _ = _zero_layout(shapes, 2, align=4)
+    flat = _flatten([p.detach() for p in params], offs, size * 2)
+    naive = Lamb([{"params": [flat], "weight_decay": 0.01}], lr=0.02, use_fused=False)
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    for p, grad in zip(params, grads):
+        p.grad = grad
+    flat.grad = _flatten(grads, offs, size * 2)
+    reference.step()
+    naive.step()
+    worst = max((flat[o:o + p.numel()].view(p.shape) - p.detach()).abs().max().item() for p, o in zip(params, offs))
+    assert worst > 1e-3
+
+
+def test_flat_pieces_checks():
+    with pytest.raises(ValueError, match="differ in length"):
+        FlatPieces((0,), (3, 4), (0,), 1)
+    with pytest.raises(ValueError, match="outside"):
+        FlatPieces((0,), (3,), (2,), 2)
+    opt = Lamb([nn.Parameter(torch.zeros(4))], use_fused=False)
+    with pytest.raises(ValueError, match="reach element 6"):
+        opt.shard(torch.zeros(5), FlatPieces((2,), (4,), (0,), 1))

@@ -99,7 +99,8 @@ class BatchSection:
 @dataclass
 class OptimSection:
     optimizer: str = "adamw"
-    """'adamw' (torch) or 'lamb' (engine/optim.Lamb; our own, it also runs on CPU)."""
+    """'adamw' (torch) or 'lamb' (engine/optim.Lamb; our own, it also runs on CPU; under ZeRO 1-3 its trust ratios
+    are taken per parameter over the partitions and ranks)."""
     lr: float = 1e-3
     """Peak learning rate (after warmup)."""
     warmup_steps: int = -1
@@ -193,7 +194,8 @@ class RunSection:
     seed: int = 1234
     """Seed of initialisation, dropout, NSP pairing and masking."""
     resume: bool = False
-    """Continue from the latest complete checkpoint in output_dir/checkpoints (error if there is none)."""
+    """Continue from the newest checkpoint in output_dir/checkpoints whose files verify (damaged ones are set aside
+    with one line; error if there is none), on any number of ranks with the same global batch."""
     save_every: int = 500
     """Checkpoint every N optimizer steps (and always at the end); 0 = only at the end."""
     keep_last: int = 3
@@ -203,7 +205,8 @@ class RunSection:
     eval_every: int = 200
     """Evaluate on the held-out split every N steps (and at the end); 0 = only at the end."""
     eval_batches: int = 20
-    """Held-out micro batches per evaluation (per rank)."""
+    """Held-out micro batches per evaluation, over all ranks (shared out like training batches, so any number of
+    ranks scores the same samples; capped so that no sample is scored twice)."""
     max_skipped_steps: int = 20
     """Stop with an error after this many consecutive steps with a non-finite loss."""
     progress: bool = True
@@ -247,9 +250,6 @@ class PretrainConfig:
     """Outputs, seed, checkpoints, logging, evaluation, profiling."""
 
     def __post_init__(self) -> None:
-        if self.optim.optimizer == "lamb" and self.parallel.zero_stage > 0:
-            raise ConfigError("--optimizer lamb needs --zero-stage 0: ZeRO flattens parameters into partitions, so "
-                              "LAMB's per-layer trust ratio would be taken over whole partitions")
         if self.masking.whole_word_masking and not self.data.tokenizer:
             raise ConfigError("--whole-word-masking needs --tokenizer (to know the '##' continuation pieces)")
 

@@ -8,7 +8,8 @@ batches k = position * world + r. Hence:
 - a global batch (one round of micro batches times the accumulation) holds the same samples whatever the rank
   count, so 2 ranks x accumulation n equal 1 rank x accumulation 2n, loss for loss;
 - a rank's place in the stream is one integer (its position), so resume is exact and batches can be built ahead
-  (`indices(position)` is a pure function).
+  (`indices(position)` is a pure function); on another number of ranks the position is remapped through the count
+  of samples consumed (`remap_position`), which is the same on every rank at a step boundary.
 The permutation of epoch e is numpy's default_rng([seed, e, 7]).permutation(N)."""
 from __future__ import annotations
 
@@ -72,3 +73,18 @@ class MicroBatchSampler:
     def micro_batches_per_epoch(self) -> float:
         """Micro batches per rank that make one pass over the samples (fractional)."""
         return self.num_samples / (self.micro_batch * self.world)
+
+
+def remap_position(position: int, saved_world: int, saved_micro_batch: int, world: int, micro_batch: int) -> int:
+    """A rank's position after resuming on `world` ranks with `micro_batch` from a checkpoint whose ranks had each
+    taken `position` micro batches of `saved_micro_batch` on `saved_world` ranks. Every rank takes one micro batch
+    per round, so the samples consumed in the global order are position x saved_world x saved_micro_batch, the same
+    number on every rank; the new position continues the global order at that sample: no sample is skipped or seen
+    twice. Raises ValueError when that sample count is not a whole number of the new rounds (the global batch must
+    divide by micro_batch x world, which the trainer checks first)."""
+    samples = position * saved_world * saved_micro_batch
+    per_round = world * micro_batch
+    if samples % per_round:
+        raise ValueError(f"{samples} samples consumed ({saved_world} ranks x {position} micro batches of "
+                         f"{saved_micro_batch}) are not a whole number of rounds of {world} x {micro_batch}")
+    return samples // per_round

@@ -41,7 +41,7 @@ class BatchSource(Protocol):
 
     def next_batch(self) -> Batch: ...
 
-    def eval_batches(self, n_batches: int) -> Iterator[Batch]: ...  # the same batches on every call
+    def eval_batches(self, n_batches: int) -> Iterator[Batch]: ...  # this rank's share of n global ones (k % world)
 
     def state_dict(self) -> dict: ...
 
@@ -137,14 +137,14 @@ class CorpusSource:
         return self._batch(self.train, mb.indices, mb.epoch, mb.global_index)
 
     def eval_batches(self, n_batches: int) -> Iterator[Batch]:
-        """At most n_batches held-out micro batches per rank, capped so that no sample is scored twice (the same
-        count on every rank; one batch, wrapping, if the split is smaller than a round of micro batches)."""
+        """This rank's share of the first n_batches held-out micro batches in the global order (global batch k is
+        held-out samples [k B, (k + 1) B) and goes to rank k % world), so every rank count scores the same samples,
+        once each; capped so that no sample is scored twice (one batch, wrapping, if the split is smaller than a
+        micro batch). Ranks may get one batch fewer than others, or none."""
         n, B = len(self.held_out), self.cfg.batch.micro_batch
-        n_batches = max(1, min(n_batches, n // (B * self.world)))
-        for k in range(n_batches):
-            index = k * self.world + self.rank
-            start = index * B
-            yield self._batch(self.held_out, np.arange(start, start + B) % n, EVAL_EPOCH, index)
+        total = max(1, min(n_batches, n // B))
+        for k in range(self.rank, total, self.world):
+            yield self._batch(self.held_out, np.arange(k * B, (k + 1) * B) % n, EVAL_EPOCH, k)
 
     def state_dict(self) -> dict:
         return {"position": self.position}

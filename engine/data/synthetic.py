@@ -86,8 +86,9 @@ class SyntheticSource:
         return self._batch(position * self.world + self.rank)
 
     def eval_batches(self, n: int):
-        for k in range(n):
-            yield self._batch(10 ** 12 + k * self.world + self.rank)  # far beyond any training index
+        """This rank's share (global batch k on rank k % world) of n held-out batches, the same for any rank count."""
+        for k in range(self.rank, n, self.world):
+            yield self._batch(10 ** 12 + k)  # far beyond any training index
 
     def state_dict(self) -> dict:
         return {"position": self.position}

@@ -105,3 +105,12 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, (RuntimeError, OSError)) and any(s in text.lower() for s in _PEER_FAILURE):
         return f"a collective failed, another rank probably died or hung (see its log): {text}"
     return text
+
+
+def all_gather_object(obj) -> list:
+    """[each rank's `obj`] in rank order (picklable objects; a collective). One rank: [obj]."""
+    if not (is_initialized() and world_size() > 1):
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

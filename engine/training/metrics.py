@@ -1,4 +1,5 @@
-"""What a run reports: one JSONL line per logging step (run_dir/metrics.jsonl, eval lines carry "split": "eval"),
+"""What a run reports: one JSONL line per logging step (run_dir/metrics.jsonl, eval lines carry "split": "eval"; a
+resumed run first cuts the lines after its checkpoint, so each step appears once),
 TensorBoard event files when tensorboard is installed, and a tqdm bar on rank 0 (loss, MLM/NSP accuracy, tokens/s,
 ETA). MFU = achieved model FLOP/s over the accelerator's peak, reported on GPUs whose peak we know."""
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.errors import DataError
+from engine.io import write_text
 
 # Dense bf16/fp16 peak FLOP/s per device, by substring of torch.cuda.get_device_name().
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40": 181e12, "V100": 125e12,
@@ -33,22 +35,50 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-class MetricsWriter:
-    """Rank 0 writes; other ranks hold a writer that does nothing."""
+def cut_metrics(path: str | Path, last_step: int) -> int:
+    """Rewrite a metrics.jsonl (atomically) keeping only the lines of steps <= last_step, so that a run resumed from
+    step `last_step` appends each later step once. Lines that do not parse (a write cut short by a crash) are dropped.
+    Returns the number of lines removed; a missing file is left missing."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, removed = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            keep = int(record["step"]) <= last_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            removed += bool(line.strip())
+    if removed:
+        write_text(path, "".join(x + "\n" for x in kept))
+    return removed
 
-    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True):
+
+class MetricsWriter:
+    """Rank 0 writes; other ranks hold a writer that does nothing. `resume_step`: a resumed run's starting step;
+    lines after it (written before the interruption) are cut first (`cut_metrics`)."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            cut_metrics(self.path, resume_step)
         self.file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+                # purge_step: TensorBoard hides the earlier run's events after the checkpoint
+                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
+                                        purge_step=None if resume_step is None else resume_step + 1)
             except ImportError:
                 self.tb = None
 

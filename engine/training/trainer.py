@@ -3,13 +3,16 @@
 One optimizer step = `accum` micro batches per rank (global micro batch k on rank k % world, engine/data/sampler.py),
 then engine.step() at the boundary. Non-finite losses (bf16/fp32) skip the whole step on every rank (agreed by an
 all-reduce) and are counted; fp16 overflows are DeepSpeed's loss scaler's (it lowers the scale and skips). Too many
-skipped steps in a row stop training with an error. SIGTERM is turned into a flag that the ranks agree on at the next
-logging, evaluation or save step (one rank: the next step): a checkpoint is saved and the run exits with status 143
-(resume with --resume).
+skipped steps in a row stop training with an error. SIGTERM is turned into a flag that the ranks agree on in the same
+two-element all-reduce at the end of every step: a checkpoint is saved right after that step and the run exits with
+status 143 (resume with --resume).
 
-Host syncs: one per optimizer step (the non-finite check, after the backward is queued); statistics stay on the
-device until a logging step (`LogWindow`); batches come from a background prefetch thread (engine/data/prefetch.py).
-The model is wrapped for training by engine/parallelize.py only."""
+Resume (--resume): the newest checkpoint that verifies (engine/training/checkpoint.py), on any number of ranks: the
+data position is remapped through the samples consumed, so the global order continues where it stopped.
+
+Host syncs: one per optimizer step (the non-finite and stop checks, after the backward is queued); statistics stay on
+the device until a logging step (`LogWindow`); batches come from a background prefetch thread
+(engine/data/prefetch.py). The model is wrapped for training by engine/parallelize.py only."""
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +31,8 @@ from engine.config.checks import flag
 from engine.config.pretrain import PretrainConfig
 from engine.data.batch import Batch
 from engine.data.prefetch import Prefetcher
-from engine.errors import ConfigError, TrainingError
+from engine.data.sampler import remap_position
+from engine.errors import CheckpointError, ConfigError, TrainingError
 from engine.heads import BertForPreTraining
 from engine.io import write_json
 from engine.malloc import pin_mmap_threshold
@@ -193,6 +197,13 @@ class Trainer:
         self.model_cfg = build_model_config(cfg, source.vocab_size)
         ds.init_distributed(cfg.parallel.dist_timeout_s)
         self.dev = D.device()
+        tag = universal = None
+        if cfg.run.resume:  # the newest checkpoint that verifies; ZeRO 1-3 from another rank count: universal form
+            tag = self.ckpt.resume_tag()
+            if tag is None:
+                raise ConfigError(f"--resume: no complete checkpoint in {self.ckpt.root}")
+            if self.ckpt.needs_universal(tag, cfg.parallel.zero_stage):
+                universal = self.ckpt.make_universal(tag)
         source.start()
         self.source = Prefetcher(source, cfg.batch.prefetch)
         self.masker = None
@@ -212,7 +223,7 @@ class Trainer:
         ds_config = ds.build_ds_config(micro_batch=cfg.batch.micro_batch, global_batch=cfg.batch.global_batch,
                                        grad_accum=self.accum, max_grad_norm=o.max_grad_norm,
                                        zero_stage=cfg.parallel.zero_stage, precision=cfg.parallel.precision,
-                                       user=self.user_ds)
+                                       user=self.user_ds, load_universal=universal is not None)
         plan = ParallelPlan(ds_config, compile=cfg.parallel.compile,
                             activation_checkpointing=cfg.parallel.activation_checkpointing)
         self.engine = parallelize(model, self.optimizer, plan, log=lambda m: None)
@@ -220,30 +231,51 @@ class Trainer:
 
         self.step = self.skipped = self.in_a_row = 0
         if cfg.run.resume:
-            state = self.ckpt.load(self.engine, latest)
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.source.load_state_dict(state["data"])
-            set_rng_state(state["rng"])
-            self.step, self.skipped, self.in_a_row = state["step"], state["skipped"], state["in_a_row"]
-            D.log0(f"resumed from {self.ckpt.root / latest} at step {self.step}")
+            self._restore(tag, self.ckpt.load(self.engine, tag, universal=universal))
 
         rank0 = D.rank() == 0
-        self.metrics = MetricsWriter(self.run_dir, enabled=rank0)
+        self.metrics = MetricsWriter(self.run_dir, enabled=rank0, resume_step=self.step if cfg.run.resume else None)
         if rank0:
             write_json(self.run_dir / "config.json",
                        {"train": cfg.to_flat(), "model": dataclasses.asdict(self.model_cfg),
                         "world_size": D.world_size(), "grad_accum": self.accum})
 
+    def _restore(self, tag: str, state: dict) -> None:
+        """Schedule, counters, data position and RNG from a checkpoint's trainer state. Written by another number of
+        ranks (or micro batch): the data position is remapped through the samples consumed, and the dropout streams
+        are reseeded per rank and step (the saved ones belong to the old ranks)."""
+        cfg, world, rank = self.cfg, D.world_size(), D.rank()
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.skipped, self.in_a_row = state["step"], state["skipped"], state["in_a_row"]
+        saved_world = state["saved_world_size"]
+        saved_micro = int(self.ckpt.meta(tag).get("train_config", {}).get("micro_batch", cfg.batch.micro_batch))
+        data = dict(state["data"])
+        try:
+            data["position"] = remap_position(int(data["position"]), saved_world, saved_micro, world,
+                                              cfg.batch.micro_batch)
+        except ValueError as exc:
+            raise CheckpointError(f"{self.ckpt.root / tag}: cannot continue its data order here: {exc}") from None
+        self.source.load_state_dict(data)
+        if saved_world == world:
+            set_rng_state(state["rng"])
+        else:
+            seed_everything(cfg.run.seed + 1000 * rank + 1_000_003 * self.step)
+            D.log0(f"checkpoint of {saved_world} ranks resumed on {world}: data position {state['data']['position']} "
+                   f"-> {data['position']} micro batches per rank (same global order); dropout streams reseeded")
+        D.log0(f"resumed from {self.ckpt.root / tag} at step {self.step}")
+
     # ---- one optimizer step --------------------------------------------------------------------------------------
-    def train_step(self, logging: bool) -> tuple[LogWindow, bool, float | None]:
+    def train_step(self, logging: bool, stop_requested: Callable[[], bool] = lambda: False
+                   ) -> tuple[LogWindow, bool, float | None, bool]:
         """`accum` micro batches, one update (or a skip). Returns (this step's statistics, whether the update was
-        applied, the gradient norm when `logging` and it is known before the step)."""
+        applied, the gradient norm when `logging` and it is known before the step, whether any rank asked to stop:
+        `stop_requested()` is read at the last micro batch and agreed on in the step's all-reduce)."""
         cfg, engine, optimizer = self.cfg, self.engine, self.optimizer
         fp16 = cfg.parallel.precision == "fp16"
         optimizer.bertforge_skip = False
         stats = LogWindow.zeros(self.dev)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.dev)
-        norm = None
+        norm, stop = None, False
         for micro_step in range(self.accum):
             batch = self.source.next_batch()
             self._pending[0] += batch.num_tokens
@@ -255,9 +287,11 @@ class Trainer:
             if micro_step == self.accum - 1:
                 if logging:
                     norm = ds.grad_norm_before_step(engine)
-                if not fp16:  # fp16: DeepSpeed's loss scaler skips and lowers the scale
-                    # the one host sync of a step (after the backward is queued): all ranks skip together
-                    optimizer.bertforge_skip = D.all_reduce_max([float(nonfinite)], self.dev)[0] > 0
+                # the one host sync of a step (after the backward is queued): all ranks skip together and stop
+                # together. fp16: DeepSpeed's loss scaler skips and lowers the scale; only the stop flag is reduced.
+                flags = D.all_reduce_max([0.0 if fp16 else float(nonfinite), float(stop_requested())], self.dev)
+                optimizer.bertforge_skip = flags[0] > 0
+                stop = flags[1] > 0
             engine.step()
             labels, nsp = inputs["mlm_labels"], inputs["next_sentence_label"]
             stats.sums += torch.stack([
@@ -267,7 +301,7 @@ class Trainer:
             stats.nsp_count += nsp.numel()
             stats.micro_batches += 1
         applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
-        return stats, applied, norm
+        return stats, applied, norm, stop
 
     # ---- reporting -----------------------------------------------------------------------------------------------
     def log(self, lr: float, norm: float | None) -> None:
@@ -293,16 +327,24 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out MLM and NSP accuracy (all ranks; the same batches each call) and the unigram baseline: the
-        accuracy of always predicting the held-out split's most frequent masked token."""
+        """Held-out MLM and NSP accuracy and the unigram baseline (the accuracy of always predicting the held-out
+        split's most frequent masked token) over the first --eval-batches held-out micro batches of the global order,
+        shared out over the ranks: the same samples, once each, for any number of ranks and on every call."""
         saved = rng_state()
         engine, vocab = self.engine, self.model_cfg.vocab_size
         engine.eval()
         sums = torch.zeros(6, dtype=torch.float64)  # loss, mlm_correct, mlm_count, nsp_correct, nsp_count, batches
         label_counts = torch.zeros(vocab, dtype=torch.float64)
-        for batch in self.source.eval_batches(self.cfg.run.eval_batches):
+        batches = list(self.source.eval_batches(self.cfg.run.eval_batches))  # this rank's share
+        forwards = len(batches)
+        if self.cfg.parallel.zero_stage == 3:  # each forward gathers parameters: every rank runs as many
+            forwards = int(D.all_reduce_max([forwards], self.dev)[0])
+        for i in range(forwards):
+            batch = batches[i] if i < len(batches) else (batches[0] if batches else self.source.batch_at(0))
             inputs = model_inputs(batch, self.cfg.batch.unpadded, self.dev, self.masker)
             out = engine(**inputs)
+            if i >= len(batches):
+                continue  # a ZeRO-3 filler forward: not scored
             labels, nsp = inputs["mlm_labels"], inputs["next_sentence_label"]
             sums += torch.tensor([float(out.loss), float((out.mlm_predictions == labels).sum()), labels.numel(),
                                   float((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel(), 1],
@@ -335,7 +377,7 @@ class Trainer:
             return self._train(cleanup)
 
     def _train(self, cleanup: contextlib.ExitStack) -> RunResult:
-        cfg, rank, world = self.cfg, D.rank(), D.world_size()
+        cfg, rank = self.cfg, D.rank()
         total = cfg.total_steps()
         self._fpt = flops_per_token(self.model_cfg, cfg.batch.max_seq_length, cfg.masking.mlm_probability)
         self._peak = peak_flops()
@@ -354,7 +396,7 @@ class Trainer:
             profiler.before_step(self.step)
             lr = self.optimizer.param_groups[0]["lr"]
             logging = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == total
-            stats, applied, norm = self.train_step(logging)
+            stats, applied, norm, stop = self.train_step(logging, lambda: preempt.flag)
             self.step += 1
             self._report_profile(profiler.after_step(self.step))
             if applied:
@@ -371,17 +413,14 @@ class Trainer:
             evaluating = bool(cfg.run.eval_every) and self.step % cfg.run.eval_every == 0 and self.step < total
             saving = bool(cfg.run.save_every) and self.step % cfg.run.save_every == 0 and self.step < total
             self.progress.update(1)
-            # Collectives only where a decision needs them; the SIGTERM flag is agreed on there too (one rank: every
-            # step, for free), so a preempted multi-rank job stops at its next logging, evaluation or save step.
-            stop = preempt.flag if world == 1 else False
+            # Collectives only where a decision needs them (the stop request was agreed on in the step).
             if logging or evaluating or saving:
-                reduced = D.all_reduce_sum([*self._pending, float(preempt.flag)], self.dev)
+                reduced = D.all_reduce_sum(self._pending, self.dev)
                 self.throughput.add(int(reduced[0]), int(reduced[1]))
                 self._pending = [0, 0]
-                stop = reduced[2] > 0
             if logging:
                 self.log(lr, norm)
-            if evaluating:
+            if evaluating and not stop:  # a stop saves first: the launcher's grace period is short
                 ev = self.evaluate()
                 self.metrics.write({"step": self.step, "split": "eval", **ev})
                 self.progress.write(_eval_line(self.step, ev))

@@ -3,8 +3,9 @@
 what the test checks to OUT (rank 0). Modes:
   equal STAGES PRECISIONS   per (stage, precision): a full run (6 steps, checkpoint at 3) and a run resumed from that
                             checkpoint in a fresh directory; results.json = {name: {full, resumed}: [losses]}
-  run STEPS                 one fp32 ZeRO-0 run of STEPS steps in OUT/run (resumes if it has checkpoints); with
-                            PAUSE_AT_SAVE=N the save of step N pauses forever after the shards are written
+  run STEPS                 one fp32 run (ZeRO stage $ZERO, default 0) of STEPS steps in OUT/run (resumes if it has
+                            checkpoints); with PAUSE_AT_SAVE=N the save of step N pauses forever after the shards
+                            are written
   nan                       non-finite losses injected at given micro batches
   die                       rank 1 exits abruptly at step 3
   corpus DATA TOK LAYOUTS   real prepared data (CorpusSource): per layout (padded, unpadded, packed, and the same
@@ -12,7 +13,9 @@ what the test checks to OUT (rank 0). Modes:
                             checkpoint; corpus.json = {layout: {full, resumed}}
   window                    6 steps logged every step and every 3 steps; window.json = {1: [lines], 3: [lines]}
   compile                   4 unpadded fp32 steps eager (steps 2-3 profiled) and under --compile;
-                            compile.json = {eager, compiled}"""
+                            compile.json = {eager, compiled}
+  lamb STAGES               20 fp32 LAMB steps per ZeRO stage (a stage 'Nnaive': stage N with the flat partitions
+                            left unregistered, i.e. one trust ratio per partition); lamb.json = {stage: [losses]}"""
 from __future__ import annotations
 
 import json
@@ -90,7 +93,7 @@ def mode_run(out: Path, steps: str) -> None:
     checkpoint.ds.save = save
     run = out / "run"
     resume = (run / "checkpoints").is_dir()
-    cfg = config(run, steps=int(steps), save_every=3, resume=resume)
+    cfg = config(run, steps=int(steps), save_every=3, resume=resume, zero_stage=int(os.environ.get("ZERO", 0)))
     pretrain(cfg, source_factory=factory)
 
 
@@ -189,6 +192,22 @@ def mode_compile(out: Path) -> None:
     (out / "compile.json").write_text(json.dumps(results))
 
 
+def mode_lamb(out: Path, stages: str) -> None:
+    from engine import parallelize
+    from engine.training.trainer import pretrain
+
+    real = parallelize.apply_lamb_partitions
+    results = {}
+    for name in stages.split(","):
+        parallelize.apply_lamb_partitions = (lambda engine, optimizer: 0) if name.endswith("naive") else real
+        run = out / f"z{name}"
+        pretrain(config(run, zero_stage=int(name[0]), optimizer="lamb", lr=1e-2, steps=20, save_every=0,
+                        warmup_steps=3), source_factory=factory)
+        results[name] = losses(run)
+    if D.rank() == 0:
+        (out / "lamb.json").write_text(json.dumps(results))
+
+
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
     out = Path(out)
@@ -196,7 +215,8 @@ if __name__ == "__main__":
     D.prepare_env()
     try:
         {"equal": mode_equal, "run": mode_run, "nan": mode_nan, "die": mode_die, "corpus": mode_corpus,
-         "compile": mode_compile, "window": mode_window}[mode](out, *rest)
+         "compile": mode_compile, "window": mode_window,
+         "lamb": mode_lamb}[mode](out, *rest)
     except BaseException as exc:
         print(f"worker rank {D.rank()} failed: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
         import traceback

@@ -21,15 +21,16 @@ def worker_env(**extra) -> dict:
     return env
 
 
-def worker_cmd(mode: str, out: Path, *args, ranks: int = 1) -> list[str]:
+def worker_cmd(mode: str, out: Path, *args, ranks: int = 1, script: Path = WORKER) -> list[str]:
     if ranks == 1:
-        return [sys.executable, str(WORKER), mode, str(out), *map(str, args)]
+        return [sys.executable, str(script), mode, str(out), *map(str, args)]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-            str(WORKER), mode, str(out), *map(str, args)]
+            str(script), mode, str(out), *map(str, args)]
 
 
-def run_worker(mode: str, out: Path, *args, ranks: int = 1, timeout: float = 240, check: bool = True, **env):
-    proc = subprocess.run(worker_cmd(mode, out, *args, ranks=ranks), env=worker_env(**env), cwd=REPO,
+def run_worker(mode: str, out: Path, *args, ranks: int = 1, timeout: float = 240, check: bool = True,
+               script: Path = WORKER, **env):
+    proc = subprocess.run(worker_cmd(mode, out, *args, ranks=ranks, script=script), env=worker_env(**env), cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"worker {mode} exited {proc.returncode}:\n{proc.stderr[-4000:]}")

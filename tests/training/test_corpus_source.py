@@ -70,10 +70,19 @@ def test_two_ranks_zero2_equal_one_rank_on_real_data(prepared, tokenizer_dir, tm
     assert two["resumed"] == two["full"][3:]
 
 
-def test_evaluation_never_scores_a_held_out_sample_twice(prepared, tokenizer_dir):
-    source = _source(prepared, tokenizer_dir, 0, 1)
-    n = len(source.held_out)
-    assert len(list(source.eval_batches(10 ** 6))) == n // MICRO_BATCH
-    ranks = [_source(prepared, tokenizer_dir, r, 2) for r in range(2)]
-    counts = [len(list(s.eval_batches(10 ** 6))) for s in ranks]
-    assert counts[0] == counts[1] == n // (2 * MICRO_BATCH)  # same count on every rank: collectives stay matched
+def test_held_out_set_is_global(prepared, tokenizer_dir):
+    """--eval-batches counts held-out micro batches over all ranks: 1, 2 and 3 ranks score the same batches (same
+    samples, same masks), each once, shared out k % world; capped so that no sample is scored twice."""
+    single = _source(prepared, tokenizer_dir, 0, 1)
+    n = len(single.held_out)
+    assert len(list(single.eval_batches(10 ** 6))) == n // MICRO_BATCH
+    reference = list(single.eval_batches(7))
+    for world in (2, 3):
+        shares = [list(_source(prepared, tokenizer_dir, r, world).eval_batches(7)) for r in range(world)]
+        assert sum(map(len, shares)) == 7
+        for k, ref in enumerate(reference):
+            got = shares[k % world][k // world]
+            np.testing.assert_array_equal(got.input_ids, ref.input_ids)
+            np.testing.assert_array_equal(got.mlm_labels, ref.mlm_labels)
+    capped = [len(list(_source(prepared, tokenizer_dir, r, 2).eval_batches(10 ** 6))) for r in range(2)]
+    assert sum(capped) == n // MICRO_BATCH
