@@ -55,7 +55,8 @@ def mask_seed(seed: int, epoch: int, global_index: int) -> int:
 
 
 def open_source(cfg: PretrainConfig, rank: int, world: int) -> BatchSource:
-    """The source `cfg` asks for: synthetic batches when --synthetic-vocab is set, else the prepared dataset."""
+    """The source `cfg` asks for: synthetic batches when --synthetic-vocab is set, else the prepared dataset.
+    Synthetic batches are always shaped as sentence pairs; the objective only decides which labels the loop uses."""
     if cfg.data.synthetic_vocab:
         from engine.data.synthetic import SyntheticSource
 

@@ -158,10 +158,10 @@ class Trainer:
     model_cfg: ModelConfig
     dev: torch.device
     masker: DeviceMasker | None     # --masking device
+    task: str | None                # the sentence task: 'nsp', 'sop' or None (MLM only)
     engine: object                  # DeepSpeed engine (engine/parallelize.py)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    task: str | None                # the sentence task: 'nsp', 'sop' or None (MLM only)
     step: int                       # optimizer steps done
     skipped: int                    # steps skipped (non-finite loss), in total and in a row
     in_a_row: int
