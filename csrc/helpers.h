@@ -9,5 +9,6 @@ namespace py = pybind11;
 
 namespace bertforge {
 void register_offsets(py::module_& m);     // offsets.cpp: lengths -> cu_seqlens / unpad gather indices
-void register_sample_map(py::module_& m);  // sample_map.cpp: BERT NSP sentence-pair sample map
+void register_sample_map(py::module_& m);  // sample_map.cpp: BERT NSP / ALBERT SOP sentence-pair sample maps
+void register_grouping(py::module_& m);    // grouping.cpp: documents packed into full blocks (MLM only)
 }  // namespace bertforge

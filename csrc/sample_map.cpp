@@ -1,6 +1,7 @@
 // BERT next-sentence-prediction sample map: from sentence boundaries, the list of pretraining pairs
 // [CLS] A [SEP] B [SEP] as global token ranges. Algorithm after create_instances_from_document in Google's BERT
 // create_pretraining_data.py (own code), with per-chunk targets and an explicit IsNext extension (see below).
+// The same builder makes ALBERT's sentence-order-prediction (SOP) map (build_sop_map, see the end of this comment).
 // Python facade + line-for-line reference: engine/data/sample_map.py (`build_sample_map_ref`); tests compare both.
 //
 // Inputs (numpy int64, one entry per sentence of the selected documents, documents in order):
@@ -26,6 +27,12 @@
 //            sentences chunk[a_count:] are put back (the next chunk starts after A)
 //   truncation: while len(A) + len(B) > max_tokens remove a token from the longer side (B on ties), from the front
 //               or the back by one coin; coins are the bits of one 64-bit draw, LSB first, redrawn when used up.
+//
+// SOP (ALBERT, Lan et al. 2020, section 4.2; sop = true): the same chunks and draws, but the label coin
+// (probability swap_prob, ALBERT's 0.5, in the place of nsp_prob) swaps the segments instead of fetching B from
+// another document: B is always the IsNext continuation above, so A and B are consecutive text of one document, and
+// a swapped pair is emitted as [B, A] (label 1; 0 = in order), then truncated as above. Documents with fewer than two
+// sentences are unused (docs_skipped); one document is enough.
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -59,10 +66,11 @@ struct SplitMix64 {
 struct Builder {
     const int64_t *start, *len, *doc;
     int64_t n_docs, max_tokens;
-    double short_seq_prob, nsp_prob;
+    double short_seq_prob, nsp_prob;  // nsp_prob: NotNext (NSP) or swap (SOP) probability
     uint64_t seed;
     std::vector<int64_t> out;
     int64_t docs_skipped = 0, tail_dropped = 0;
+    bool sop = false;
 
     int64_t tokens(int64_t s0, int64_t s1) const { return start[s1 - 1] + len[s1 - 1] - start[s0]; }
 
@@ -99,7 +107,8 @@ struct Builder {
             const int64_t a_count = m == 1 ? 1 : rng.randint(1, m - 1);
             const int64_t a_s0 = first + chunk_start, a_s1 = a_s0 + a_count;
             const int64_t la = tokens(a_s0, a_s1);
-            bool is_random = rng.uniform() < nsp_prob;
+            const bool coin = rng.uniform() < nsp_prob;
+            const bool is_random = coin && !sop, swapped = coin && sop;
             int64_t b_s0 = 0, b_s1 = 0;
             if (!is_random) {
                 if (m > a_count) {
@@ -121,7 +130,10 @@ struct Builder {
                 b_s0 = doc[r] + rs; b_s1 = doc[r] + j;
                 i -= m - a_count;  // put the chunk's unused sentences back
             }
-            emit(rng, start[a_s0], start[a_s0] + la, start[b_s0], start[b_s0] + tokens(b_s0, b_s1), is_random);
+            if (swapped)
+                emit(rng, start[b_s0], start[b_s0] + tokens(b_s0, b_s1), start[a_s0], start[a_s0] + la, true);
+            else
+                emit(rng, start[a_s0], start[a_s0] + la, start[b_s0], start[b_s0] + tokens(b_s0, b_s1), is_random);
             chunk_start = i + 1;
             chunk_tokens = 0;
             target = draw_target(rng);
@@ -131,24 +143,28 @@ struct Builder {
 
 using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
-py::tuple build_sample_map(I64Array sent_start, I64Array sent_len, I64Array doc_offsets, int64_t max_seq_length,
-                           double short_seq_prob, double nsp_prob, uint64_t seed) {
+py::tuple build_pairs(const char* name, I64Array sent_start, I64Array sent_len, I64Array doc_offsets,
+                      int64_t max_seq_length, double short_seq_prob, double label_prob, uint64_t seed, bool sop) {
+    const std::string fn = std::string(name) + ": ";
     if (sent_start.ndim() != 1 || sent_len.ndim() != 1 || doc_offsets.ndim() != 1)
-        throw std::invalid_argument("build_sample_map: inputs must be 1-D");
+        throw std::invalid_argument(fn + "inputs must be 1-D");
     const int64_t n_sent = sent_start.shape(0), n_docs = doc_offsets.shape(0) - 1;
-    if (sent_len.shape(0) != n_sent) throw std::invalid_argument("build_sample_map: sent_start/sent_len differ");
-    if (max_seq_length < 5) throw std::invalid_argument("build_sample_map: max_seq_length must be >= 5");
-    if (n_docs < 2) throw std::invalid_argument("build_sample_map: need at least two documents for NotNext pairs");
+    if (sent_len.shape(0) != n_sent) throw std::invalid_argument(fn + "sent_start/sent_len differ");
+    if (max_seq_length < 5) throw std::invalid_argument(fn + "max_seq_length must be >= 5");
+    if (n_docs < (sop ? 1 : 2))
+        throw std::invalid_argument(fn + (sop ? "need at least one document"
+                                              : "need at least two documents for NotNext pairs"));
     const int64_t* doc = doc_offsets.data();
     const int64_t* len = sent_len.data();
     if (doc[0] != 0 || doc[n_docs] != n_sent)
-        throw std::invalid_argument("build_sample_map: doc_offsets must run from 0 to n_sentences");
+        throw std::invalid_argument(fn + "doc_offsets must run from 0 to n_sentences");
     for (int64_t d = 0; d < n_docs; ++d)
         if (doc[d + 1] <= doc[d])
-            throw std::invalid_argument("build_sample_map: document " + std::to_string(d) + " has no sentences");
+            throw std::invalid_argument(fn + "document " + std::to_string(d) + " has no sentences");
     for (int64_t s = 0; s < n_sent; ++s)
-        if (len[s] < 1) throw std::invalid_argument("build_sample_map: sentence " + std::to_string(s) + " is empty");
-    Builder b{sent_start.data(), len, doc, n_docs, max_seq_length - 3, short_seq_prob, nsp_prob, seed, {}};
+        if (len[s] < 1) throw std::invalid_argument(fn + "sentence " + std::to_string(s) + " is empty");
+    Builder b{sent_start.data(), len, doc, n_docs, max_seq_length - 3, short_seq_prob, label_prob, seed, {}};
+    b.sop = sop;
     {
         py::gil_scoped_release release;
         b.out.reserve(static_cast<size_t>(n_sent) * 2);
@@ -160,6 +176,18 @@ py::tuple build_sample_map(I64Array sent_start, I64Array sent_len, I64Array doc_
     return py::make_tuple(result, b.docs_skipped, b.tail_dropped);
 }
 
+py::tuple build_sample_map(I64Array sent_start, I64Array sent_len, I64Array doc_offsets, int64_t max_seq_length,
+                           double short_seq_prob, double nsp_prob, uint64_t seed) {
+    return build_pairs("build_sample_map", sent_start, sent_len, doc_offsets, max_seq_length, short_seq_prob,
+                       nsp_prob, seed, false);
+}
+
+py::tuple build_sop_map(I64Array sent_start, I64Array sent_len, I64Array doc_offsets, int64_t max_seq_length,
+                        double short_seq_prob, double swap_prob, uint64_t seed) {
+    return build_pairs("build_sop_map", sent_start, sent_len, doc_offsets, max_seq_length, short_seq_prob,
+                       swap_prob, seed, true);
+}
+
 }  // namespace
 
 void register_sample_map(py::module_& m) {
@@ -167,6 +195,10 @@ void register_sample_map(py::module_& m) {
           py::arg("max_seq_length"), py::arg("short_seq_prob"), py::arg("nsp_prob"), py::arg("seed"),
           "sentence boundaries -> (map (n, 5) int64 [a_start, a_end, b_start, b_end, is_random], docs_skipped, "
           "tail_dropped); see csrc/sample_map.cpp");
+    m.def("build_sop_map", &build_sop_map, py::arg("sent_start"), py::arg("sent_len"), py::arg("doc_offsets"),
+          py::arg("max_seq_length"), py::arg("short_seq_prob"), py::arg("swap_prob"), py::arg("seed"),
+          "sentence boundaries -> (map (n, 5) int64 [a_start, a_end, b_start, b_end, swapped], docs_skipped, "
+          "tail_dropped): ALBERT's sentence-order pairs; see csrc/sample_map.cpp");
 }
 
 }  // namespace bertforge

@@ -17,7 +17,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("data", "data", "fetch the real data sets into the cache ($BERTFORGE_CACHE)"),
     ("tokenizer", "tokenizer", "train or inspect a WordPiece vocabulary"),
     ("prepare", "prepare", "turn raw text into a sharded, memory-mapped indexed dataset"),
-    ("pretrain", "pretrain", "MLM+NSP pretraining on DeepSpeed (ZeRO 0-3, bf16/fp16/fp32)"),
+    ("pretrain", "pretrain", "MLM (+NSP or SOP) pretraining on DeepSpeed (ZeRO 0-3, bf16/fp16/fp32)"),
     ("export", "export", "export a checkpoint to Hugging Face format or one consolidated fp32 file"),
     ("plot", "plot", "render a run's loss/accuracy/throughput curves to PNG"),
     ("finetune", "finetune", "low-learning-rate finetuning: classify, ner, mlm"),

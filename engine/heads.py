@@ -1,5 +1,6 @@
 """Task heads on top of BertModel, with Hugging Face's module names so checkpoints map one-to-one:
-  BertForPreTraining              cls.predictions (transform + tied decoder) + cls.seq_relationship (NSP)
+  BertForPreTraining              cls.predictions (transform + tied decoder) + cls.seq_relationship (NSP or SOP)
+  BertForMaskedLM                 cls.predictions only, no pooler (MLM-only pretraining, RoBERTa-style)
   BertForSequenceClassification   [CLS] -> pooler -> dropout -> classifier
   BertForTokenClassification      every position -> dropout -> classifier (no pooler, as in HF)
 The MLM head runs only on the masked rows when their flat indices are given (FlashAttention's models/bert.py idea):
@@ -21,10 +22,10 @@ from engine.model import _GELU_APPROXIMATE, BertModel, init_weights
 class PreTrainingOutput:
     loss: torch.Tensor | None = None  # mlm_loss + nsp_loss (those given)
     mlm_loss: torch.Tensor | None = None
-    nsp_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None  # the 2-way [CLS] task's (NSP or SOP); None for BertForMaskedLM
     mlm_logits: torch.Tensor | None = None  # (n_masked, V) or (B, S, V) / (total, V); None when the loss was fused
     mlm_predictions: torch.Tensor | None = None  # (n_masked,) argmax ids, when mlm_labels were given
-    nsp_logits: torch.Tensor | None = None  # (B, 2)
+    nsp_logits: torch.Tensor | None = None  # (B, 2); None for BertForMaskedLM
 
 
 @dataclass
@@ -77,8 +78,26 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
+def _masked_lm(head: BertLMPredictionHead, sequence, input_ids, masked_positions, mlm_labels,
+               out: PreTrainingOutput) -> None:
+    """Fill out.mlm_loss + mlm_predictions (labels given) or out.mlm_logits; see BertForPreTraining.forward."""
+    hidden = sequence.flatten(0, -2)  # (B*S or total, h)
+    if masked_positions is None and mlm_labels is not None and mlm_labels.shape == input_ids.shape:
+        flat = mlm_labels.flatten()
+        masked_positions = (flat != -100).nonzero(as_tuple=False).flatten()
+        mlm_labels = flat[masked_positions]
+    if mlm_labels is not None:
+        rows = hidden[masked_positions] if masked_positions is not None else hidden
+        out.mlm_loss, out.mlm_predictions = head.loss(rows, mlm_labels)
+    elif masked_positions is not None:
+        out.mlm_logits = head(hidden[masked_positions])
+    else:
+        out.mlm_logits = head(sequence)
+
+
 class BertForPreTraining(nn.Module):
-    """MLM (tied decoder, masked rows only) + NSP on the pooled [CLS]."""
+    """MLM (tied decoder, masked rows only) + a 2-way head on the pooled [CLS]: NSP (Devlin et al. 2019) or SOP
+    (ALBERT, Lan et al. 2020); same weights, only the labels differ."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -97,25 +116,41 @@ class BertForPreTraining(nn.Module):
         aligned with cls_positions (B,) when given (packed batches; see BertModel.forward)."""
         sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
                                      cls_positions)
-        hidden = sequence.flatten(0, -2)  # (B*S or total, h)
-        if masked_positions is None and mlm_labels is not None and mlm_labels.shape == input_ids.shape:
-            flat = mlm_labels.flatten()
-            masked_positions = (flat != -100).nonzero(as_tuple=False).flatten()
-            mlm_labels = flat[masked_positions]
         out = PreTrainingOutput(nsp_logits=self.cls.seq_relationship(pooled))
-        head = self.cls.predictions
-        if mlm_labels is not None:
-            rows = hidden[masked_positions] if masked_positions is not None else hidden
-            out.mlm_loss, out.mlm_predictions = head.loss(rows, mlm_labels)
-        elif masked_positions is not None:
-            out.mlm_logits = head(hidden[masked_positions])
-        else:
-            out.mlm_logits = head(sequence)
+        _masked_lm(self.cls.predictions, sequence, input_ids, masked_positions, mlm_labels, out)
         if next_sentence_label is not None:
             out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), next_sentence_label.view(-1))
         losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
         if losses:
             out.loss = sum(losses)
+        return out
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config: ModelConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, word_embeddings)
+
+
+class BertForMaskedLM(nn.Module):
+    """MLM only (tied decoder, masked rows only), no pooler and no [CLS] head: Hugging Face's BertForMaskedLM, for
+    the MLM-only objective (RoBERTa, Liu et al. 2019)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config, self.bert.embeddings.word_embeddings)
+        init_weights(self.cls.predictions.transform, config)  # not the decoder: it is the (initialised) embedding
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
+                max_seqlen=None, masked_positions=None, mlm_labels=None, cls_positions=None) -> PreTrainingOutput:
+        """As BertForPreTraining.forward without the sentence task: loss = mlm_loss; nsp_* stay None.
+        cls_positions is accepted for the same call signature and not needed."""
+        sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
+        out = PreTrainingOutput()
+        _masked_lm(self.cls.predictions, sequence, input_ids, masked_positions, mlm_labels, out)
+        out.loss = out.mlm_loss
         return out
 
 

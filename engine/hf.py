@@ -27,7 +27,8 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "spec
 TIED_OPTIONAL = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 OTHER_TASK_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "bert.pooler.")
 # Our model classes share their names with the transformers architectures they export as.
-EXPORTABLE = ("BertModel", "BertForPreTraining", "BertForSequenceClassification", "BertForTokenClassification")
+EXPORTABLE = ("BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
+              "BertForTokenClassification")
 
 
 @dataclass
@@ -125,15 +126,17 @@ def architecture_of(model: nn.Module) -> str:
 
 
 def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
-              id2label: dict[int, str] | None = None, extra_files: dict[str, str] | None = None) -> Path:
+              id2label: dict[int, str] | None = None, extra_files: dict[str, str] | None = None,
+              config_extra: dict | None = None) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files from `tokenizer_dir`) to `out_dir`, atomically:
-    everything goes to a temporary directory beside it, renamed into place when complete."""
+    everything goes to a temporary directory beside it, renamed into place when complete. config_extra: more
+    config.json keys (transformers keeps unknown keys as attributes)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     config: ModelConfig = model.config
-    extra = {}
+    extra = dict(config_extra or {})
     if id2label is not None:
         extra["id2label"] = {str(i): label for i, label in id2label.items()}
         extra["label2id"] = {label: i for i, label in id2label.items()}

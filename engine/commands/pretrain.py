@@ -1,4 +1,5 @@
-"""`bertforge pretrain`: MLM + NSP pretraining on DeepSpeed. A preset plus typed overrides: every PretrainConfig
+"""`bertforge pretrain`: MLM pretraining on DeepSpeed, with NSP (default), SOP or alone (--objective mlm+nsp |
+mlm+sop | mlm). A preset plus typed overrides: every PretrainConfig
 field is a flag (--micro-batch, --zero-stage, ...), grouped by section, with its docstring as help. Flags given
 explicitly may not be contradicted by --deepspeed-config. `--phase2-steps N` runs BERT's two-phase recipe in one
 command: phase 1 into OUTPUT/phase1, then phase 2 at --phase2-max-seq-length (512) into OUTPUT/phase2 starting from
@@ -45,7 +46,7 @@ def _model_override(text: str) -> tuple[str, object]:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("pretrain", help="MLM+NSP pretraining on DeepSpeed (ZeRO 0-3, bf16/fp16/fp32)",
+    p = subparsers.add_parser("pretrain", help="MLM (+NSP or SOP) pretraining on DeepSpeed (ZeRO 0-3, bf16/fp16/fp32)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                               argument_default=argparse.SUPPRESS)
     section_docs = field_docs(PretrainConfig)

@@ -1,5 +1,5 @@
-"""`PretrainConfig`: every knob of `bertforge pretrain`, typed, in sections — data, model, batch, optimisation,
-masking, precision/distribution, run — with a docstring under every field and every check in `__post_init__`
+"""`PretrainConfig`: every knob of `bertforge pretrain`, typed, in sections — data, objective, model, batch,
+optimisation, masking, precision/distribution, run — with a docstring under every field and every check in `__post_init__`
 (a section checks its own fields; `PretrainConfig` checks the rules that span sections).
 
 Field names are unique across sections, so each is one flag (`--max-seq-length`, `--zero-stage`, ...) and the flat
@@ -21,6 +21,7 @@ OPTIMIZERS = ("adamw", "lamb")
 DECAYS = ("linear", "poly", "cosine", "constant")
 MASKING_PLACES = ("host", "device")
 RANDOM_REPLACEMENTS = ("unigram", "uniform")
+OBJECTIVES = ("mlm+nsp", "mlm+sop", "mlm")
 
 
 @dataclass
@@ -40,6 +41,28 @@ class DataSection:
         check_non_negative(self, "synthetic_vocab")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"--eval-fraction must lie in (0, 1), got {self.eval_fraction!r}")
+
+
+@dataclass
+class ObjectiveSection:
+    objective: str = "mlm+nsp"
+    """What the samples and heads learn: 'mlm+nsp' (BERT: sentence pairs, NotNext B from another document half the
+    time, 2-way NSP head on [CLS]), 'mlm+sop' (ALBERT's sentence-order prediction: consecutive segments of one
+    document, swapped half the time, 2-way head on [CLS]) or 'mlm' (RoBERTa's FULL-SENTENCES: text packed into
+    full sequences across document boundaries, no sentence head; exports as BertForMaskedLM)."""
+    short_seq_prob: float = 0.1
+    """Share of sentence-pair samples that target a random shorter length, randint(2, max) (BERT's 0.1, against the
+    pretrain/finetune length mismatch); mlm+nsp and mlm+sop only: MLM-only sequences are always full."""
+
+    def __post_init__(self) -> None:
+        check_choice(self, "objective", OBJECTIVES)
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ConfigError(f"--short-seq-prob must lie in [0, 1], got {self.short_seq_prob!r}")
+
+    @property
+    def sentence_task(self) -> str | None:
+        """'nsp', 'sop' or None (MLM only): the name of the 2-way [CLS] task in metrics."""
+        return {"mlm+nsp": "nsp", "mlm+sop": "sop", "mlm": None}[self.objective]
 
 
 @dataclass
@@ -138,7 +161,8 @@ class OptimSection:
 @dataclass
 class MaskingSection:
     mlm_probability: float = 0.15
-    """Fraction of tokens masked for MLM (of those: 80% [MASK] / 10% random / 10% kept)."""
+    """Fraction of tokens masked for MLM (of those: 80% [MASK] / 10% random / 10% kept). 0.15 is the BERT / RoBERTa
+    recipe; 0.30 is MosaicBERT's and ModernBERT's (better downstream at base size, with --objective mlm)."""
     random_replacement: str = "unigram"
     """Token drawn for the 10% 'random' share of masked positions: 'unigram' (corpus frequency) or 'uniform'."""
     whole_word_masking: bool = False
@@ -227,15 +251,17 @@ class RunSection:
             raise ConfigError(f"--profile-start must be >= -1, got {self.profile_start}")
 
 
-SECTIONS: dict[str, type] = {"data": DataSection, "model": ModelSection, "batch": BatchSection,
-                             "optim": OptimSection, "masking": MaskingSection, "parallel": ParallelSection,
-                             "run": RunSection}
+SECTIONS: dict[str, type] = {"data": DataSection, "objective": ObjectiveSection, "model": ModelSection,
+                             "batch": BatchSection, "optim": OptimSection, "masking": MaskingSection,
+                             "parallel": ParallelSection, "run": RunSection}
 
 
 @dataclass
 class PretrainConfig:
     data: DataSection = field(default_factory=DataSection)
     """What to train on: the prepared dataset, its tokenizer, the held-out share."""
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    """Pretraining objective: MLM with NSP, with SOP, or alone; short sequences of the pair objectives."""
     model: ModelSection = field(default_factory=ModelSection)
     """The encoder: preset, field overrides, dropout, starting weights."""
     batch: BatchSection = field(default_factory=BatchSection)

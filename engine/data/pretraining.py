@@ -1,5 +1,5 @@
-"""Pretraining samples: the map-style dataset over the NSP sample map and the collator that masks a batch and lays
-it out (engine/data/batch.py).
+"""Pretraining samples: the map-style dataset over the NSP / SOP sample map and the collator that masks a batch and
+lays it out (engine/data/batch.py). MLM-only samples: engine/data/full_sentences.py (same RawBatch).
 
 Batches are built vectorised: `PretrainingDataset.__getitems__(indices)` gathers a whole micro batch from the
 memory-mapped shards into a `RawBatch`; `PretrainingCollator` masks it and makes the `Batch`. `dataset[i]` gives one
@@ -24,12 +24,14 @@ class RawBatch:
     token_type_ids: np.ndarray  # (B, S) int64, 0 for [CLS] A [SEP], 1 for B [SEP], 0 on padding
     lengths: np.ndarray         # (B,) int64 real tokens per row
     special_mask: np.ndarray    # (B, S) bool, True on [CLS]/[SEP]/[PAD]
-    nsp_labels: np.ndarray      # (B,) int64, 0 = IsNext, 1 = NotNext (HF's convention)
+    nsp_labels: np.ndarray      # (B,) int64 sentence label: NSP 0 = IsNext, 1 = NotNext (HF's convention); SOP 0 =
+    #                             in order, 1 = swapped; -100 = none (MLM only)
     sample_ids: np.ndarray      # (B,) int64 indices into the sample map (mask seeds)
 
 
 class PretrainingDataset:
-    """NSP + MLM samples of one split of a prepared dataset (map-style; len = samples in the map).
+    """NSP (or SOP, pairing='sop') + MLM samples of one split of a prepared dataset (map-style; len = samples in the
+    map). nsp_prob is the NotNext share, or with SOP the swap share.
 
     data_dir: output of `bertforge prepare`; tokenizer: path/dir or tokenizers.Tokenizer (checked against the
     dataset's hash; needed for whole-word masking), or None to use the default BERT special ids 0-4
@@ -37,14 +39,15 @@ class PretrainingDataset:
 
     def __init__(self, data_dir: str | Path, max_seq_length: int = 128, seed: int = 0, short_seq_prob: float = 0.1,
                  nsp_prob: float = 0.5, split: str = "train", eval_fraction: float = 0.0, tokenizer=None,
-                 pad_to_max: bool = True):
+                 pad_to_max: bool = True, pairing: str = "nsp"):
         tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
         self.data = IndexedDataset(data_dir, tokenizer_hash(tok) if tok is not None else None)
         self.special: SpecialIds = special_ids(tok) if tok is not None else SpecialIds(0, 1, 2, 3, 4)
         self.continuation = continuation_ids(tok) if tok is not None else None
         self.max_seq_length, self.seed, self.pad_to_max = int(max_seq_length), int(seed), pad_to_max
+        self.pairing = pairing
         self.samples, self.map_path = cached_sample_map(self.data, split, eval_fraction, seed, max_seq_length,
-                                                        short_seq_prob, nsp_prob)
+                                                        short_seq_prob, nsp_prob, pairing=pairing)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -53,7 +56,7 @@ class PretrainingDataset:
         b = self.__getitems__([i])
         n = int(b.lengths[0])
         return {"input_ids": b.input_ids[0, :n], "token_type_ids": b.token_type_ids[0, :n],
-                "next_sentence_label": int(b.nsp_labels[0])}
+                "sentence_order_label" if self.pairing == "sop" else "next_sentence_label": int(b.nsp_labels[0])}
 
     def __getitems__(self, indices) -> RawBatch:
         idx = np.asarray(indices, dtype=np.int64)

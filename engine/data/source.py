@@ -2,7 +2,8 @@
 benchmarks (`SyntheticSource`, engine/data/synthetic.py), chosen by `open_source`. Both follow `BatchSource`.
 
 Order: engine/data/sampler.py (global micro batch k goes to rank k % world; exact resume from one integer).
-CorpusSource builds NSP pairs from the C++ sample map (train / held-out split by document hash), masks them with
+CorpusSource builds the samples of --objective (train / held-out split by document hash): NSP or SOP pairs from the
+C++ sample map (engine/data/sample_map.py), or full MLM-only sequences (engine/data/full_sentences.py); masks them with
 BERT's 80/10/10 seeded by (seed, epoch, sample id) — or leaves them unmasked with a `mask_seed` from (seed, epoch,
 global micro-batch index) for --masking device — and lays them out (engine/data/batch.py)."""
 from __future__ import annotations
@@ -54,7 +55,8 @@ def mask_seed(seed: int, epoch: int, global_index: int) -> int:
 
 
 def open_source(cfg: PretrainConfig, rank: int, world: int) -> BatchSource:
-    """The source `cfg` asks for: synthetic batches when --synthetic-vocab is set, else the prepared dataset."""
+    """The source `cfg` asks for: synthetic batches when --synthetic-vocab is set, else the prepared dataset.
+    Synthetic batches are always shaped as sentence pairs; the objective only decides which labels the loop uses."""
     if cfg.data.synthetic_vocab:
         from engine.data.synthetic import SyntheticSource
 
@@ -96,8 +98,13 @@ class CorpusSource:
         c = self.cfg
         kw = dict(max_seq_length=c.batch.max_seq_length, seed=c.run.seed, eval_fraction=c.data.eval_fraction,
                   tokenizer=self.tokenizer)
-        self.train = PretrainingDataset(c.data.data_dir, split="train", **kw)
-        self.held_out = PretrainingDataset(c.data.data_dir, split="eval", **kw)
+        if c.objective.objective == "mlm":
+            from engine.data.full_sentences import FullSentenceDataset as Dataset
+        else:
+            Dataset = PretrainingDataset
+            kw.update(short_seq_prob=c.objective.short_seq_prob, pairing=c.objective.sentence_task)
+        self.train = Dataset(c.data.data_dir, split="train", **kw)
+        self.held_out = Dataset(c.data.data_dir, split="eval", **kw)
         B = c.batch.micro_batch
         if len(self.train) < B * self.world:
             raise ConfigError(f"{c.data.data_dir}: the training split gives {len(self.train)} samples at "

@@ -30,7 +30,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     ax = axes[0][0]
-    for key in ("loss", "mlm_loss", "nsp_loss"):
+    tasks = [t for t in ("nsp", "sop") if any(f"{t}_acc" in r for r in train)]  # none for MLM-only runs
+    for key in ("loss", "mlm_loss", *(f"{t}_loss" for t in tasks)):
         ax.plot(*series(train, key), label=f"train {key}")
     if evals:
         ax.plot(*series(evals, "loss"), "o-", label="held-out loss")
@@ -38,10 +39,12 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.legend()
     ax = axes[0][1]
     ax.plot(*series(train, "mlm_acc"), label="train MLM acc")
-    ax.plot(*series(train, "nsp_acc"), label="train NSP acc")
+    for t in tasks:
+        ax.plot(*series(train, f"{t}_acc"), label=f"train {t.upper()} acc")
     if evals:
         ax.plot(*series(evals, "mlm_acc"), "o-", label="held-out MLM acc")
-        ax.plot(*series(evals, "nsp_acc"), "o-", label="held-out NSP acc")
+        for t in tasks:
+            ax.plot(*series(evals, f"{t}_acc"), "o-", label=f"held-out {t.upper()} acc")
         ax.plot(*series(evals, "mlm_unigram_acc"), "--", label="unigram baseline")
     ax.set(title="accuracy", xlabel="step", ylim=(0, 1))
     ax.legend()

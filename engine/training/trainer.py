@@ -1,4 +1,6 @@
-"""The pretraining loop (MLM + NSP) as a `Trainer`: setup / train_step / log / evaluate / save / run.
+"""The pretraining loop (MLM with NSP, with SOP, or alone: --objective) as a `Trainer`: setup / train_step / log /
+evaluate / save / run. Metrics carry the sentence task's loss and accuracy under its name (nsp_*, sop_*) or leave
+them out (MLM only).
 
 One optimizer step = `accum` micro batches per rank (global micro batch k on rank k % world, engine/data/sampler.py),
 then engine.step() at the boundary. Non-finite losses (bf16/fp32) skip the whole step on every rank (agreed by an
@@ -33,7 +35,6 @@ from engine.data.batch import Batch
 from engine.data.prefetch import Prefetcher
 from engine.data.sampler import remap_position
 from engine.errors import CheckpointError, ConfigError, TrainingError
-from engine.heads import BertForPreTraining
 from engine.io import write_json
 from engine.malloc import pin_mmap_threshold
 from engine.optim import build_optimizer, param_groups, warmup_decay
@@ -44,7 +45,7 @@ from engine.training.device_masking import DeviceMasker
 from engine.training.metrics import MetricsWriter, Progress, Throughput, flops_per_token, peak_flops
 from engine.training.profile import StepProfiler
 from engine.training.rng import rng_state, seed_everything, set_rng_state
-from engine.training.weights import load_initial_weights
+from engine.training.weights import load_initial_weights, pretraining_model
 
 PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
 
@@ -75,13 +76,16 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
     return model_cfg
 
 
-def model_inputs(batch: Batch, unpadded: bool, dev: torch.device, masker: DeviceMasker | None = None) -> dict:
-    """The forward's arguments of `batch` in one layout, on `dev`, with its MLM targets and NSP labels. With a
-    DeviceMasker (--masking device) the batch is unmasked and is masked here, on `dev`, in that layout."""
+def model_inputs(batch: Batch, unpadded: bool, dev: torch.device, masker: DeviceMasker | None = None,
+                 sentence_labels: bool = True) -> dict:
+    """The forward's arguments of `batch` in one layout, on `dev`, with its MLM targets and (sentence_labels) its
+    NSP / SOP labels. With a DeviceMasker (--masking device) the batch is unmasked and is masked here, on `dev`, in
+    that layout."""
     inputs = batch.forward_inputs(unpadded)
     if masker is None:
         inputs.update(batch.mlm_targets(unpadded))
-    inputs["next_sentence_label"] = batch.next_sentence_label
+    if sentence_labels:
+        inputs["next_sentence_label"] = batch.next_sentence_label
     inputs = {k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
     if masker is not None:
         if batch.mask_seed is None:
@@ -96,9 +100,9 @@ class LogWindow:
     """Statistics of the applied steps since the last metrics line. The sums produced on the device stay there until
     a logging step, so steps between logs read nothing from the device."""
 
-    sums: torch.Tensor  # (5,) float64 on the device: loss, mlm_loss, nsp_loss, mlm_correct, nsp_correct
+    sums: torch.Tensor  # (5,) float64 on the device: loss, mlm_loss, nsp_loss, mlm_correct, nsp_correct (NSP or SOP)
     mlm_count: int = 0  # masked tokens
-    nsp_count: int = 0  # NSP labels
+    nsp_count: int = 0  # sentence-task labels (0 for MLM only)
     micro_batches: int = 0
 
     @classmethod
@@ -111,14 +115,17 @@ class LogWindow:
         self.nsp_count += other.nsp_count
         self.micro_batches += other.micro_batches
 
-    def reduce(self, dev: torch.device) -> dict:
-        """Means over all ranks (a collective): loss, mlm_loss, nsp_loss, mlm_acc, nsp_acc; None if empty."""
+    def reduce(self, dev: torch.device, task: str | None = "nsp") -> dict:
+        """Means over all ranks (a collective): loss, mlm_loss, mlm_acc and the sentence task's {task}_loss,
+        {task}_acc (task 'nsp' / 'sop'; left out when None); {} if empty."""
         w = D.all_reduce_sum(self.sums.tolist() + [self.mlm_count, self.nsp_count, self.micro_batches], dev)
         if w[7] <= 0:
             return {}
         n = w[7]
-        return {"loss": w[0] / n, "mlm_loss": w[1] / n, "nsp_loss": w[2] / n, "mlm_acc": w[3] / max(w[5], 1),
-                "nsp_acc": w[4] / max(w[6], 1)}
+        out = {"loss": w[0] / n, "mlm_loss": w[1] / n, "mlm_acc": w[3] / max(w[5], 1)}
+        if task is not None:
+            out.update({f"{task}_loss": w[2] / n, f"{task}_acc": w[4] / max(w[6], 1)})
+        return out
 
 
 class _Preemption:
@@ -155,6 +162,7 @@ class Trainer:
     model_cfg: ModelConfig
     dev: torch.device
     masker: DeviceMasker | None     # --masking device
+    task: str | None                # the sentence task: 'nsp', 'sop' or None (MLM only)
     engine: object                  # DeepSpeed engine (engine/parallelize.py)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -212,7 +220,8 @@ class Trainer:
                                        self.model_cfg.kernels, self.dev)
 
         seed_everything(cfg.run.seed)
-        model = BertForPreTraining(self.model_cfg)
+        self.task = cfg.objective.sentence_task
+        model = pretraining_model(self.model_cfg, cfg.objective.objective)
         if cfg.model.init_from and not cfg.run.resume:
             load_initial_weights(model, cfg.model.init_from)
         model.to(self.dev)
@@ -280,7 +289,7 @@ class Trainer:
             batch = self.source.next_batch()
             self._pending[0] += batch.num_tokens
             self._pending[1] += batch.num_samples
-            inputs = model_inputs(batch, cfg.batch.unpadded, self.dev, self.masker)
+            inputs = model_inputs(batch, cfg.batch.unpadded, self.dev, self.masker, self.task is not None)
             out = engine(**inputs)
             nonfinite |= ~torch.isfinite(out.loss.detach())
             engine.backward(out.loss)  # NaN grads are harmless: the update is vetoed below
@@ -293,12 +302,15 @@ class Trainer:
                 optimizer.bertforge_skip = flags[0] > 0
                 stop = flags[1] > 0
             engine.step()
-            labels, nsp = inputs["mlm_labels"], inputs["next_sentence_label"]
-            stats.sums += torch.stack([
-                out.loss.detach(), out.mlm_loss.detach(), out.nsp_loss.detach(),
-                (out.mlm_predictions == labels).sum(), (out.nsp_logits.argmax(-1) == nsp).sum()]).double()
+            labels = inputs["mlm_labels"]
+            sentence = torch.zeros(2, device=out.loss.device)  # the sentence task's loss and correct labels
+            if self.task is not None:
+                nsp = inputs["next_sentence_label"]
+                sentence = torch.stack([out.nsp_loss.detach(), (out.nsp_logits.argmax(-1) == nsp).sum()])
+                stats.nsp_count += nsp.numel()
+            stats.sums += torch.stack([out.loss.detach(), out.mlm_loss.detach(), sentence[0],
+                                       (out.mlm_predictions == labels).sum(), sentence[1]]).double()
             stats.mlm_count += labels.numel()
-            stats.nsp_count += nsp.numel()
             stats.micro_batches += 1
         applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
         return stats, applied, norm, stop
@@ -307,7 +319,7 @@ class Trainer:
     def log(self, lr: float, norm: float | None) -> None:
         """Write the metrics line of the window that ends at this step (a collective)."""
         now = time.perf_counter()
-        means = self._window.reduce(self.dev)
+        means = self._window.reduce(self.dev, self.task)
         tok_s, samp_s = self.throughput.rates()
         if means:
             record = {"step": self.step, "split": "train", **means, "lr": lr,
@@ -320,16 +332,17 @@ class Trainer:
                       "time": now - self._t_start}
             self.metrics.write(record)
             self.result.train = record
-            self.progress.postfix(loss=record["loss"], mlm_acc=record["mlm_acc"], nsp_acc=record["nsp_acc"],
-                                  tok_s=f"{tok_s:.0f}")
+            task_acc = {f"{self.task}_acc": record[f"{self.task}_acc"]} if self.task else {}
+            self.progress.postfix(loss=record["loss"], mlm_acc=record["mlm_acc"], **task_acc, tok_s=f"{tok_s:.0f}")
         self._log_clock = (now, self.source.wait_s)
         self._window = LogWindow.zeros(self.dev)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out MLM and NSP accuracy and the unigram baseline (the accuracy of always predicting the held-out
-        split's most frequent masked token) over the first --eval-batches held-out micro batches of the global order,
-        shared out over the ranks: the same samples, once each, for any number of ranks and on every call."""
+        """Held-out MLM accuracy, the sentence task's ({task}_acc: NSP or SOP; none for MLM only) and the unigram
+        baseline (the accuracy of always predicting the held-out split's most frequent masked token) over the first
+        --eval-batches held-out micro batches of the global order, shared out over the ranks: the same samples, once
+        each, for any number of ranks and on every call."""
         saved = rng_state()
         engine, vocab = self.engine, self.model_cfg.vocab_size
         engine.eval()
@@ -341,21 +354,27 @@ class Trainer:
             forwards = int(D.all_reduce_max([forwards], self.dev)[0])
         for i in range(forwards):
             batch = batches[i] if i < len(batches) else (batches[0] if batches else self.source.batch_at(0))
-            inputs = model_inputs(batch, self.cfg.batch.unpadded, self.dev, self.masker)
+            inputs = model_inputs(batch, self.cfg.batch.unpadded, self.dev, self.masker, self.task is not None)
             out = engine(**inputs)
             if i >= len(batches):
                 continue  # a ZeRO-3 filler forward: not scored
-            labels, nsp = inputs["mlm_labels"], inputs["next_sentence_label"]
+            labels = inputs["mlm_labels"]
+            nsp_correct = nsp_count = 0.0
+            if self.task is not None:
+                nsp = inputs["next_sentence_label"]
+                nsp_correct, nsp_count = float((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel()
             sums += torch.tensor([float(out.loss), float((out.mlm_predictions == labels).sum()), labels.numel(),
-                                  float((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel(), 1],
-                                 dtype=torch.float64)
+                                  nsp_correct, nsp_count, 1], dtype=torch.float64)
             label_counts += torch.bincount(labels.cpu(), minlength=vocab).double()
         engine.train()
         set_rng_state(saved)
         totals = D.all_reduce_sum(sums.tolist() + label_counts.tolist(), self.dev)
         loss, mlm_c, mlm_n, nsp_c, nsp_n, batches = totals[:6]
-        return {"loss": loss / max(batches, 1), "mlm_acc": mlm_c / max(mlm_n, 1), "nsp_acc": nsp_c / max(nsp_n, 1),
-                "mlm_unigram_acc": max(totals[6:]) / max(mlm_n, 1), "masked_tokens": int(mlm_n)}
+        out = {"loss": loss / max(batches, 1), "mlm_acc": mlm_c / max(mlm_n, 1),
+               "mlm_unigram_acc": max(totals[6:]) / max(mlm_n, 1), "masked_tokens": int(mlm_n)}
+        if self.task is not None:
+            out[f"{self.task}_acc"] = nsp_c / max(nsp_n, 1)
+        return out
 
     def save(self, finished: bool = False) -> None:
         """A checkpoint of everything the continuation needs (a collective)."""
@@ -463,5 +482,6 @@ def pretrain(cfg: PretrainConfig, explicit: frozenset = frozenset(),
 
 
 def _eval_line(step: int, ev: dict) -> str:
+    task = "".join(f"{name.upper()} acc {ev[f'{name}_acc']:.4f}, " for name in ("nsp", "sop") if f"{name}_acc" in ev)
     return (f"held-out @ step {step}: MLM acc {ev['mlm_acc']:.4f} (unigram baseline {ev['mlm_unigram_acc']:.4f}), "
-            f"NSP acc {ev['nsp_acc']:.4f}, loss {ev['loss']:.4f}")
+            f"{task}loss {ev['loss']:.4f}")

@@ -1,6 +1,7 @@
 """Weights in and out of training checkpoints: start a phase from earlier weights (one of our checkpoints or a
 Hugging Face directory), rebuild a model from a checkpoint (any ZeRO stage), export one to Hugging Face format or to
-a single consolidated fp32 file."""
+a single consolidated fp32 file. The model class follows the objective: BertForPreTraining (NSP or SOP head) or
+BertForMaskedLM (MLM only)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,20 +11,31 @@ import torch
 from engine import deepspeed as ds
 from engine.config import ModelConfig
 from engine.errors import ConfigError
-from engine.heads import BertForPreTraining
+from engine.heads import BertForMaskedLM, BertForPreTraining
 from engine.hf import TIED_OPTIONAL, export_hf, load_pretrained, read_config
 from engine.io import atomic_file
 from engine.training.checkpoint import checkpoint_meta, is_checkpoint, resolve_checkpoint
+
+
+def pretraining_model(model_cfg: ModelConfig, objective: str) -> BertForPreTraining | BertForMaskedLM:
+    """The model of an objective ('mlm+nsp' / 'mlm+sop': MLM + the 2-way [CLS] head; 'mlm': MLM alone)."""
+    return BertForMaskedLM(model_cfg) if objective == "mlm" else BertForPreTraining(model_cfg)
+
+
+def checkpoint_objective(ckpt_dir: Path) -> str:
+    """The objective a checkpoint was trained with ('mlm+nsp' for checkpoints from before objectives existed)."""
+    return checkpoint_meta(ckpt_dir)["train_config"].get("objective", "mlm+nsp")
+
 
 def consolidated_state_dict(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
     return ds.consolidated_fp32_state_dict(ckpt_dir)
 
 
-def load_model_from_checkpoint(ckpt_dir: str | Path) -> BertForPreTraining:
-    """A CPU fp32 BertForPreTraining holding a checkpoint's weights (gathered from ZeRO shards)."""
+def load_model_from_checkpoint(ckpt_dir: str | Path) -> BertForPreTraining | BertForMaskedLM:
+    """A CPU fp32 model of the checkpoint's objective holding its weights (gathered from ZeRO shards)."""
     ckpt_dir = resolve_checkpoint(ckpt_dir)
     model_cfg = ModelConfig(**checkpoint_meta(ckpt_dir)["model_config"])
-    model = BertForPreTraining(model_cfg)
+    model = pretraining_model(model_cfg, checkpoint_objective(ckpt_dir))
     _load_state(model, consolidated_state_dict(ckpt_dir), str(ckpt_dir))
     return model
 
@@ -36,7 +48,7 @@ def _load_state(model: torch.nn.Module, state: dict, source: str) -> None:
                           f"{result.unexpected_keys[:3]})")
 
 
-def load_initial_weights(model: BertForPreTraining, path: str | Path) -> None:
+def load_initial_weights(model: BertForPreTraining | BertForMaskedLM, path: str | Path) -> None:
     """Phase 2 of the two-phase recipe (or any warm start): copy weights from one of our checkpoints / run
     directories, or from a Hugging Face directory; the vocabularies must agree."""
     path = Path(path)
@@ -56,13 +68,16 @@ def load_initial_weights(model: BertForPreTraining, path: str | Path) -> None:
 
 
 def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
-    """Checkpoint -> Hugging Face directory (config.json, model.safetensors, tokenizer files when known)."""
+    """Checkpoint -> Hugging Face directory (config.json, model.safetensors, tokenizer files when known):
+    BertForPreTraining (the NSP or SOP head in cls.seq_relationship) or BertForMaskedLM (MLM only); config.json
+    records the objective as `pretraining_objective`."""
     ckpt_dir = resolve_checkpoint(ckpt_dir)
     model = load_model_from_checkpoint(ckpt_dir)
     tokenizer_dir = tokenizer_dir or checkpoint_meta(ckpt_dir).get("tokenizer_dir")
     if tokenizer_dir and not any((Path(tokenizer_dir) / n).is_file() for n in ("vocab.txt", "tokenizer.json")):
         tokenizer_dir = None
-    return export_hf(model, out_dir, tokenizer_dir=tokenizer_dir)
+    return export_hf(model, out_dir, tokenizer_dir=tokenizer_dir,
+                     config_extra={"pretraining_objective": checkpoint_objective(ckpt_dir)})
 
 
 def export_fp32(ckpt_dir: str | Path, out_file: str | Path) -> Path:

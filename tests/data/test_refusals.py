@@ -23,10 +23,10 @@ def _dataset(tmp_path, docs: list[str]):
     return tmp_path / "data", tmp_path / "tok"
 
 
-def _start(data, tok, eval_fraction):
+def _start(data, tok, eval_fraction, objective="mlm+nsp"):
     source = CorpusSource(PretrainConfig.from_flat(data_dir=str(data), tokenizer=str(tok), micro_batch=2,
-                                                   global_batch=2, max_seq_length=64, eval_fraction=eval_fraction),
-                          0, 1)
+                                                   global_batch=2, max_seq_length=64, eval_fraction=eval_fraction,
+                                                   objective=objective), 0, 1)
     source.start()
     return source
 
@@ -45,3 +45,14 @@ def test_single_sentence_documents_say_why_there_are_no_samples(tmp_path):
         _start(data, tok, 0.3)
     message = str(err.value)
     assert str(data) in message and "single sentence" in message and "one sentence per line" in message
+
+
+def test_single_sentence_documents_refuse_sop_but_train_mlm_only(tmp_path):
+    """SOP needs two sentences in a document as NSP does; MLM alone needs no sentence structure."""
+    data, tok = _dataset(tmp_path, [_doc(i, 1) for i in range(40)])
+    with pytest.raises(DataError, match="single sentence, so SOP has no sentence pairs"):
+        _start(data, tok, 0.3, "mlm+sop")
+    source = _start(data, tok, 0.3, "mlm")
+    n_tokens = sum(int(n) for n in source.train.doc_len) + sum(int(n) for n in source.held_out.doc_len)
+    assert n_tokens == source.train.data.num_tokens  # every token of the corpus is in one of the two splits
+    assert len(source.train) >= 2 and source.next_batch().num_tokens > 0

@@ -5,12 +5,14 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from engine.config import ModelConfig, tiny  # noqa: E402
-from engine.heads import BertForPreTraining, BertForSequenceClassification, BertForTokenClassification  # noqa: E402
+from engine.heads import (BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,  # noqa: E402
+                          BertForTokenClassification)
 from engine.hf import export_hf, load_pretrained, read_config  # noqa: E402
 
 CONFIG = tiny(vocab_size=211, hidden_size=48, num_attention_heads=3, intermediate_size=96, max_position_embeddings=64)
 HF_CLASSES = {
     BertForPreTraining: "BertForPreTraining",
+    BertForMaskedLM: "BertForMaskedLM",
     BertForSequenceClassification: "BertForSequenceClassification",
     BertForTokenClassification: "BertForTokenClassification",
 }
@@ -54,6 +56,23 @@ def test_pretraining_logits_match_hf():
     assert max_err(out.nsp_logits, ref.seq_relationship_logits) < 1e-5
 
 
+def test_masked_lm_logits_match_hf_and_have_no_sentence_head():
+    ours, theirs = make_pair(BertForMaskedLM)
+    assert not any(k.startswith(("bert.pooler", "cls.seq_relationship")) for k in ours.state_dict())
+    ids, types, mask = random_batch(seed=4)
+    with torch.no_grad():
+        out = ours(ids, types, mask)
+        ref = theirs(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    real = mask.bool()
+    assert max_err(out.mlm_logits[real], ref.logits[real]) < 1e-5
+    assert out.nsp_logits is None and out.nsp_loss is None
+    labels = torch.where(real & (ids % 3 == 0), ids, torch.full_like(ids, -100))
+    with torch.no_grad():
+        loss = ours(ids, types, mask, mlm_labels=labels).loss
+        ref_loss = theirs(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels).loss
+    assert abs(loss.item() - ref_loss.item()) < 1e-5
+
+
 def test_masked_rows_only_head_matches_full_head():
     ours, _ = make_pair(BertForPreTraining)
     ids, types, mask = random_batch()
@@ -76,11 +95,13 @@ def test_classifier_logits_match_hf(cls):
     assert max_err(out, ref) < 1e-5
 
 
-@pytest.mark.parametrize("cls", [BertForPreTraining, BertForSequenceClassification, BertForTokenClassification])
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
+                                 BertForTokenClassification])
 def test_export_loads_in_transformers_without_missing_keys(cls, tmp_path):
-    kwargs = {} if cls is BertForPreTraining else {"num_labels": 3}
+    pretraining = cls in (BertForPreTraining, BertForMaskedLM)
+    kwargs = {} if pretraining else {"num_labels": 3}
     ours, _ = make_pair(cls, **kwargs)
-    id2label = None if cls is BertForPreTraining else {0: "a", 1: "b", 2: "c"}
+    id2label = None if pretraining else {0: "a", 1: "b", 2: "c"}
     export_hf(ours, tmp_path / "out", id2label=id2label)
     hf_cls = getattr(transformers, HF_CLASSES[cls])
     theirs, info = hf_cls.from_pretrained(tmp_path / "out", output_loading_info=True)
@@ -92,6 +113,9 @@ def test_export_loads_in_transformers_without_missing_keys(cls, tmp_path):
     if cls is BertForPreTraining:
         real = mask.bool()
         assert max_err(out.mlm_logits[real], ref.prediction_logits[real]) < 1e-5
+    elif cls is BertForMaskedLM:
+        real = mask.bool()
+        assert max_err(out.mlm_logits[real], ref.logits[real]) < 1e-5
     elif cls is BertForTokenClassification:
         assert max_err(out.logits[mask.bool()], ref.logits[mask.bool()]) < 1e-5
     else:

@@ -10,7 +10,8 @@ what the test checks to OUT (rank 0). Modes:
   die                       rank 1 exits abruptly at step 3
   corpus DATA TOK LAYOUTS   real prepared data (CorpusSource): per layout (padded, unpadded, packed, and the same
                             with -device: --masking device) a 6-step fp32 run and a run resumed from its step-3
-                            checkpoint; corpus.json = {layout: {full, resumed}}
+                            checkpoint; corpus.json = {layout: {full, resumed, train_keys, eval_keys}}; env OBJECTIVE
+                            (default mlm+nsp), ZERO (default 0)
   window                    6 steps logged every step and every 3 steps; window.json = {1: [lines], 3: [lines]}
   compile                   4 unpadded fp32 steps eager (steps 2-3 profiled) and under --compile;
                             compile.json = {eager, compiled}
@@ -152,7 +153,7 @@ def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
     for layout in layouts.split(","):
         full, resumed = out / layout / "full", out / layout / "resumed"
         kw = dict(data_dir=data, tokenizer=tok, max_seq_length=64, eval_fraction=0.05, zero_stage=int(os.environ.get(
-            "ZERO", 0)), **flags[layout])
+            "ZERO", 0)), objective=os.environ.get("OBJECTIVE", "mlm+nsp"), **flags[layout])
         pretrain(config(full, **kw))
         if D.rank() == 0:
             (resumed / "checkpoints").mkdir(parents=True)
@@ -160,7 +161,10 @@ def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
         D.barrier()
         pretrain(config(resumed, resume=True, **kw))
         if D.rank() == 0:
-            results[layout] = {"full": losses(full), "resumed": losses(resumed)}
+            lines = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+            results[layout] = {"full": losses(full), "resumed": losses(resumed),
+                               "train_keys": sorted({k for x in lines if x["split"] == "train" for k in x}),
+                               "eval_keys": sorted({k for x in lines if x["split"] == "eval" for k in x})}
     if D.rank() == 0:
         (out / "corpus.json").write_text(json.dumps(results))
 

@@ -40,10 +40,28 @@ def test_accumulation_and_budget():
     (dict(optimizer="sgd"), "--optimizer"),
     (dict(steps=0), "--steps"),
     (dict(dropout=1.5), "--dropout"),
+    (dict(objective="mlm+mrp"), r"--objective must be one of mlm\+nsp, mlm\+sop, mlm, got .mlm\+mrp."),
+    (dict(short_seq_prob=1.5), "--short-seq-prob must lie in"),
 ])
 def test_invalid_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         PretrainConfig.from_flat(kwargs)
+
+
+def test_objective_flags_and_sentence_task(cli):
+    from engine.commands.pretrain import config_from_args
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["pretrain", "--objective", "mlm+sop", "--short-seq-prob", "0.2",
+                                      "--mlm-probability", "0.3"])
+    cfg, explicit, _ = config_from_args(args)
+    assert (cfg.objective.objective, cfg.objective.short_seq_prob, cfg.masking.mlm_probability) == ("mlm+sop", 0.2,
+                                                                                                   0.3)
+    assert {"objective", "short_seq_prob"} <= explicit
+    assert [PretrainConfig.from_flat(objective=o).objective.sentence_task for o in ("mlm+nsp", "mlm+sop", "mlm")] \
+        == ["nsp", "sop", None]
+    assert PretrainConfig().objective.objective == "mlm+nsp"  # the lecture's recipe stays the default
+    _one_line(*cli("--synthetic-vocab", "512", "--objective", "nsp"), "--objective must be one of")
 
 
 def test_ds_config_generated_and_user_wins():
