@@ -7,15 +7,23 @@ from pathlib import Path
 import pytest
 
 from engine.cli import build_parser, main
-from engine.config.finetune import (ClassifyConfig, FinetuneConfig, InferenceConfig, MlmConfig, MlmData, NerConfig,
-                                    NerData, SplitFiles)
+from engine.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, InferenceConfig,
+                                    MlmConfig, MlmData, NerConfig, NerData, SplitFiles)
 from engine.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("cls,values,flag", [
     (FinetuneConfig, {"lr": 0.0}, "--lr"),
     (FinetuneConfig, {"epochs": -1}, "--epochs"),
-    (FinetuneConfig, {"batch_size": 0}, "--batch-size"),
+    (FinetuneConfig, {"global_batch": 0}, "--global-batch"),
+    (FinetuneConfig, {"global_batch": 32, "micro_batch": 5}, "--micro-batch"),
+    (FinetuneConfig, {"seeds": (1, 1)}, "--seeds"),
+    (FinetuneParallel, {"precision": "fp8"}, "--precision"),
+    (FinetuneParallel, {"zero_stage": 4}, "--zero-stage"),
+    (FinetuneParallel, {"kernels": "cuda"}, "--kernels"),
+    (FinetuneParallel, {"compile": True, "zero_stage": 3}, "--compile"),
+    (ClassifyData, {"class_weight": "inverse"}, "--class-weight"),
+    (InferenceConfig, {"model": "m", "input": "i", "precision": "int8"}, "--precision"),
     (FinetuneConfig, {"warmup_ratio": 1.0}, "--warmup-ratio"),
     (FinetuneConfig, {"dropout": 1.0}, "--dropout"),
     (FinetuneConfig, {"max_grad_norm": -0.5}, "--max-grad-norm"),
@@ -68,6 +76,34 @@ def test_every_field_is_a_flag_and_task_defaults_apply(task, config_cls):
     assert config.training.seeds == (1, 2) and config.training.max_grad_norm == 0.5
     assert config.training.lr == FinetuneConfig.lr  # not given: the dataclass default
     assert config.training.max_seq_length == (128 if task == "mlm" else 512)
+
+
+SHARED_WITH_PRETRAIN = ["--micro-batch", "--global-batch", "--precision", "--zero-stage", "--kernels", "--unpadded",
+                        "--compile", "--max-grad-norm", "--resume", "--activation-checkpointing", "--deepspeed-config",
+                        "--dist-timeout-s", "--max-seq-length", "--lr", "--warmup-ratio", "--weight-decay",
+                        "--log-every", "--save-every", "--no-progress"]
+
+
+@pytest.mark.parametrize("task", ["classify", "ner", "mlm"])
+def test_finetune_flags_are_pretraining_names(task):
+    pretrain = {o for a in _subparser("pretrain")._actions for o in a.option_strings}
+    finetune = {o for a in _subparser("finetune", task)._actions for o in a.option_strings}
+    assert set(SHARED_WITH_PRETRAIN) <= pretrain & finetune
+    args = _subparser("finetune", task).parse_args([
+        "--out", "o", "--micro-batch", "4", "--global-batch", "16", "--precision", "bf16", "--zero-stage", "2",
+        "--kernels", "triton", "--no-unpadded", "--compile", "--resume",
+        *(["--corpus", "c"] if task == "mlm" else ["--data", "d"])])
+    from engine.commands.flags import given
+
+    cls = {"classify": ClassifyConfig, "ner": NerConfig, "mlm": MlmConfig}[task]
+    config = cls.from_flat(given(args, cls.field_names()))
+    assert (config.training.micro_batch, config.training.global_batch, config.training.unpadded) == (4, 16, False)
+    assert (config.parallel.precision, config.parallel.zero_stage, config.parallel.kernels) == ("bf16", 2, "triton")
+    assert config.parallel.compile and config.training.resume
+    assert config.training.grad_accum(2) == 2 and config.training.micro_batch_for(2) == 4
+    with pytest.raises(ConfigError, match="--micro-batch"):
+        config.training.grad_accum(3)
+    assert FinetuneConfig(global_batch=32).micro_batch_for(4) == 8  # unset: global / ranks, no accumulation
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])

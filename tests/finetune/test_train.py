@@ -37,7 +37,7 @@ def _ner_conll(path, n, seed):
     return path
 
 
-FAST = ["--threads", "1", "--no-progress", "--batch-size", "8", "--lr", "3e-3", "--max-seq-length", "32"]
+FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--lr", "3e-3", "--max-seq-length", "32"]
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +102,12 @@ def test_ner_end_to_end_windows_and_hf_pipeline(tiny_ckpt, tmp_path):
     assert any(t.startswith(("S-", "E-")) for r in rows for t in r["tags"])
     transformers = pytest.importorskip("transformers")
     # parity without windows: a max_seq_length that covers the sentence
+    from engine.finetune import data_ner as dn
     from engine.finetune import predict as P
 
     ft = P.load_finetuned(model, max_seq_length=32)
-    sentences = P.read_ner_input(test, "iob2", labelled=True)
-    ours = P.ner_rows(ft, sentences)
+    sentences = dn.read_conll(test)
+    ours = P.ner_rows(P.Runner(ft), sentences)
     pipe = transformers.pipeline("token-classification", model=str(model), device="cpu")
     for sent, row in zip(sentences, ours):
         text = " ".join(sent.tokens)
@@ -140,6 +141,7 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
     from engine.finetune.tasks import NerTask
     from engine.config.finetune import FinetuneConfig
     from engine.data.tokenizer import load_tokenizer
+    from engine.finetune.evaluation import local_outputs
     from engine.finetune.trainer import train_seed
     from engine.hf import load_pretrained, read_config
 
@@ -157,11 +159,11 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
     gold = [s.tags for s in test]
     untrained = task.build_model(config)  # random head: tags all over the place (stray I-, type switches)
     load_pretrained(minilm, untrained)
-    args = FinetuneConfig(lr=1e-3, epochs=2, batch_size=16, progress=False)
+    args = FinetuneConfig(lr=1e-3, epochs=2, global_batch=16, progress=False)
     trained = train_seed(task, config, minilm, args, 0, None, None, echo=lambda s: None)[1]
     n_pred = []
     for model in (untrained, trained):
-        pred, _ = task.predict_tags(model, task.test, test)
+        pred, _ = task.tags(task.test, local_outputs(model, task, task.test, 64, torch.device("cpu")), test)
         ours = entity_metrics(gold, pred)
         n_pred.append(ours["n_pred"])
         assert ours["f1"] == seqeval.f1_score(gold, pred, **kw)
