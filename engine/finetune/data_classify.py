@@ -161,7 +161,11 @@ def split_examples(examples: Sequence[Example], sizes: Sequence[float], seed: in
     keys = list(groups)
     random.Random(seed).shuffle(keys)
     n = len(examples)
-    targets = [round(s * n) if all(x <= 1 for x in sizes) else int(s) for s in sizes]
+    if all(x <= 1 for x in sizes):  # fractions: cumulative rounding, so parts of shares summing to 1 cover all
+        cuts = [min(n, round(n * sum(sizes[: j + 1]))) for j in range(len(sizes))]
+        targets = [b - a for a, b in zip([0] + cuts, cuts)]
+    else:
+        targets = [int(s) for s in sizes]
     if sum(targets) > n:
         raise ConfigError(f"--split: sizes {list(sizes)} ask for {sum(targets)} examples but there are {n}")
     by_label: dict[str, list[str]] = {}

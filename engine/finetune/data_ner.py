@@ -51,8 +51,10 @@ def _check_tag(tag: str, scheme: str, path: Path, line: int) -> None:
         return
     prefix, sep, etype = tag.partition("-")
     if not sep or not etype or prefix not in _ALLOWED[scheme]:
-        hint = ("; for per-word tags that are not entities (part of speech, chunks, ...) pass --scheme plain"
-                if not sep or prefix not in "BIES" else "; choose the scheme with --scheme")
+        if not sep or prefix not in ("B", "I", "E", "S"):
+            hint = "; for per-word tags that are not entities (part of speech, chunks, ...) pass --scheme plain"
+        else:
+            hint = "; this looks like BIOES: pass --scheme bioes" if prefix in ("E", "S") else "; choose --scheme"
         raise DataError(f"tag {tag!r} is not a valid {scheme.upper()} tag (expected O or "
                         f"{'/'.join(_ALLOWED[scheme])}-TYPE{hint})", str(path), line)
 

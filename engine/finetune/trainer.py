@@ -274,9 +274,9 @@ class FinetuneTrainer:
                                             f"a row had a non-finite loss; lower --lr or use --precision fp32")
                 last = self.step == self.total_steps
                 if self.step % args.log_every == 0 or last:
-                    total, steps = D.all_reduce_sum([float(window), float(window_steps)], self.dev)
-                    if steps:
-                        loss = total / (steps * self.accum * self.world)
+                    total = D.all_reduce_sum([float(window)], self.dev)[0]  # window_steps: the same on every rank
+                    if window_steps:
+                        loss = total / (window_steps * self.accum * self.world)
                         self._record({"step": self.step, "epoch": self._epoch(), "split": "train", "loss": loss,
                                       "lr": lr, "skipped_steps": self.skipped})
                         progress.update(0, loss=loss)

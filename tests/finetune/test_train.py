@@ -8,33 +8,8 @@ import torch
 
 from engine.cli import main
 from engine.finetune.metrics import entity_metrics
-
-
-def _sentiment_csv(path, n, seed):
-    rng = random.Random(seed)
-    pos, neg = ["good", "great", "love", "fine"], ["bad", "awful", "hate", "meh"]
-    filler = ["the", "movie", "food", "service", "was", "today", "a"]
-    lines = ["text,label"]
-    for i in range(n):
-        label = rng.choice(["pos", "neg"])
-        words = rng.sample(filler, 3) + [rng.choice(pos if label == "pos" else neg)] + rng.sample(filler, 2)
-        rng.shuffle(words)
-        lines.append(f"{' '.join(words)} {i},{label}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def _ner_conll(path, n, seed):
-    rng = random.Random(seed)
-    people, places = ["john", "mary"], ["london", "paris", "new york"]
-    out = []
-    for _ in range(n):
-        who, where = rng.choice(people), rng.choice(places).split()
-        toks = [(who, "B-PER"), ("visited", "O")] + [(w, ("B-LOC" if k == 0 else "I-LOC")) for k, w in enumerate(where)]
-        toks += [("today", "O")] if rng.random() < 0.5 else [("and", "O"), (rng.choice(people), "B-PER")]
-        out.append("\n".join(f"{w}\t{t}" for w, t in toks))
-    path.write_text("\n\n".join(out) + "\n", encoding="utf-8")
-    return path
+from tests.finetune._data import ner_conll as _ner_conll
+from tests.finetune._data import sentiment_csv as _sentiment_csv
 
 
 FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--lr", "3e-3", "--max-seq-length", "32"]
