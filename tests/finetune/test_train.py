@@ -148,3 +148,74 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
         for etype, row in ours["per_type"].items():
             assert row["f1"] == pytest.approx(report[etype]["f1-score"], abs=1e-12)
     assert n_pred[0] > 10  # the untrained tagger's predictions contain plenty of (odd) entities
+
+
+def test_pos_plain_tags_train_and_report_token_accuracy(tiny_ckpt, tmp_path, capsys):
+    from tests.finetune._data import POS, pos_conll
+
+    train, dev, test = (pos_conll(tmp_path / f"{s}.conll", n, i) for i, (s, n) in
+                        enumerate([("train", 120), ("dev", 20), ("test", 20)]))
+    out = tmp_path / "out"
+    assert main(["finetune", "ner", "--scheme", "plain", "--model", str(tiny_ckpt), "--train", str(train), "--dev",
+                 str(dev), "--test", str(test), "--epochs", "8", "--dropout", "0", "--out", str(out), *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "accuracy" and summary["test"]["accuracy"]["mean"] > 0.9
+    run = summary["runs"][0]["test"]
+    assert set(run["per_class"]) == set(POS.values()) and run["confusion"]["labels"] == sorted(set(POS.values()))
+    printed = capsys.readouterr().out
+    assert "class / tag" in printed and "VBD" in printed  # the per-tag report
+    rows_file = tmp_path / "pred.jsonl"
+    assert main(["predict", str(out / "seed-1"), str(test), "--out", str(rows_file)]) == 0
+    rows = [json.loads(x) for x in rows_file.read_text().splitlines()]
+    assert all(set(r["tags"]) <= set(POS.values()) and "entities" not in r for r in rows)
+    assert main(["evaluate", str(out / "seed-1"), str(test), "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["accuracy"] == pytest.approx(run["accuracy"])
+
+
+def _imbalanced_csv(path, n_pos, n_neg, seed):
+    rng = random.Random(seed)
+    words = "the movie food service was today a it is".split()
+    rows = [f"{' '.join(rng.choices(words, k=5))} {i},{label}" for i, label in
+            enumerate(["pos"] * n_pos + ["neg"] * n_neg)]
+    rng.shuffle(rows)
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_collapse_to_the_majority_class_is_warned_and_a_learning_model_is_not(tiny_ckpt, tmp_path, capsys):
+    # imbalanced, with no signal in the text: the model can only learn the prior
+    train, dev = _imbalanced_csv(tmp_path / "train.csv", 36, 4, 0), _imbalanced_csv(tmp_path / "dev.csv", 12, 8, 1)
+    assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--dev", str(dev),
+                 "--epochs", "3", "--out", str(tmp_path / "imb"), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert ("warning: the model predicts 'pos' for 100.0% of the dev set (gold share 60.0%): collapsed to the "
+            "majority class") in printed
+    dev_metrics = json.loads((tmp_path / "imb" / "summary.json").read_text())["runs"][0]["dev"]
+    assert dev_metrics["collapsed"] == {"label": "pos", "share": 1.0, "gold_share": 0.6}
+    assert dev_metrics["per_class"]["neg"]["recall"] == 0.0 and dev_metrics["confusion"]["matrix"] == [[0, 8],
+                                                                                                        [0, 12]]
+    # balanced and learnable: no warning
+    train, dev = _sentiment_csv(tmp_path / "b_train.csv", 120, 0), _sentiment_csv(tmp_path / "b_dev.csv", 40, 1)
+    assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--dev", str(dev),
+                 "--epochs", "10", "--dropout", "0", "--out", str(tmp_path / "bal"), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "collapsed" not in printed
+    summary = json.loads((tmp_path / "bal" / "summary.json").read_text())
+    assert summary["runs"][0]["dev"]["collapsed"] is None and summary["dev"]["accuracy"]["mean"] > 0.9
+
+
+def test_class_weight_balanced_reaches_the_loss(tiny_ckpt, tmp_path):
+    """The same imbalanced run with --class-weight balanced: the first step's loss is the weighted one (weights
+    40 / (2 x 36) and 40 / (2 x 4)), so it differs from the plain run's while the model and batch are the same."""
+    train = _imbalanced_csv(tmp_path / "train.csv", 36, 4, 0)
+    first = {}
+    for weight in ("none", "balanced"):
+        out = tmp_path / weight
+        assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--epochs", "1",
+                     "--class-weight", weight, "--log-every", "1", "--dropout", "0", "--out", str(out), *FAST]) == 0
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        first[weight] = next(x["loss"] for x in lines if x.get("split") == "train")
+        info = json.loads((out / "seed-1" / "bertforge_task.json").read_text())
+        if weight == "balanced":
+            assert info["class_weights"] == pytest.approx([40 / 8, 40 / 72])  # labels sorted: neg, pos
+    assert first["balanced"] != pytest.approx(first["none"], rel=1e-3)
