@@ -172,8 +172,8 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
             log.close()
     summary = {"task": task.name, "metric": task.metric, "seeds": list(training.seeds), "runs": runs,
                "from_scratch": training.from_scratch, "init": str(init_dir) if init_dir else None,
-               "status": status, "world_size": D.world_size(), "precision": par.precision,
-               "zero_stage": par.zero_stage}
+               "status": status, "world_size": D.world_size(), "device": _device_name(), "precision": par.precision,
+               "zero_stage": par.zero_stage, "kernels": config.kernels}
     if runs:
         for split in ("dev", "test"):
             keys = [k for k, v in runs[0].get(split, {}).items()
@@ -185,6 +185,12 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
     if out_dir is not None and D.rank() == 0 and status == "finished":
         write_json(out_dir / "summary.json", summary, indent=2)
     return summary
+
+
+def _device_name() -> str:
+    """Where training ran: 'cpu', or 'cuda (<device name>)'."""
+    dev = D.device()
+    return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else dev.type
 
 
 def format_summary(summary: dict, out: Path) -> str:

@@ -219,3 +219,17 @@ def test_class_weight_balanced_reaches_the_loss(tiny_ckpt, tmp_path):
         if weight == "balanced":
             assert info["class_weights"] == pytest.approx([40 / 8, 40 / 72])  # labels sorted: neg, pos
     assert first["balanced"] != pytest.approx(first["none"], rel=1e-3)
+
+
+def test_triton_kernels_follow_the_reference(tiny_ckpt, tmp_path):
+    """--kernels triton (the Triton interpreter on CPU) trains with the losses of --kernels none."""
+    train = _sentiment_csv(tmp_path / "train.csv", 24, 0)
+    curves = {}
+    for kernels in ("none", "triton"):
+        out = tmp_path / kernels
+        assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--epochs", "1",
+                     "--kernels", kernels, "--log-every", "1", "--dropout", "0", "--out", str(out), *FAST]) == 0
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[kernels] = [x["loss"] for x in lines if x.get("split") == "train"]
+    assert len(curves["triton"]) == 3
+    assert max(abs(a - b) for a, b in zip(curves["none"], curves["triton"])) < 1e-4, curves
