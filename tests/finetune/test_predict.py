@@ -90,6 +90,16 @@ def test_two_ranks_write_one_ordered_output_identical_to_one_rank(model, files, 
     assert two.read_bytes() == one.read_bytes()
     assert "predict: 20000 predictions" in proc.stdout
     assert not any(p.name.endswith(".parts") for p in tmp_path.iterdir())  # the part files are removed
+    # evaluate: the counts of both ranks add up to the single process' metrics
+    assert main(["evaluate", str(model), str(src), "--out", str(tmp_path / "m1.json"), "--threads", "1",
+                 "--no-progress"]) == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "engine.cli", "evaluate", str(model), str(src), "--out", str(tmp_path / "m2.json"),
+                           "--threads", "1", "--no-progress"], env=env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m1, m2 = (json.loads((tmp_path / f"m{k}.json").read_text()) for k in (1, 2))
+    assert m1 == m2 and m1["n"] == 20_000
 
 
 def test_evaluate_counts_unknown_gold_label_as_a_miss_and_bf16(model, tmp_path, capsys):
