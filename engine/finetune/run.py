@@ -48,8 +48,8 @@ def resolve_model(name: str) -> Path:
 
         return fetch("minilm")
     path = Path(name)
-    if not (path / "config.json").is_file() and (path / "hf" / "config.json").is_file():
-        path = path / "hf"  # a `bertforge pretrain` run directory: its final Hugging Face export
+    if (path / "hf" / "config.json").is_file():
+        path = path / "hf"  # a `bertforge pretrain` run directory (its config.json is the run's): its HF export
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: not a checkpoint directory (no config.json); pass a Hugging Face BERT "
                               f"directory or 'minilm' to --model")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -91,8 +92,6 @@ def build_ds_config(args: FinetuneConfig, par: FinetuneParallel, world: int, use
 def check_device_support(par: FinetuneParallel | object) -> None:
     """ConfigError for settings this machine cannot run: fp16 and Triton kernels need a GPU (kernels run on CPU
     tensors only under the Triton interpreter, TRITON_INTERPRET=1). `par`: anything with precision and kernels."""
-    import os
-
     if torch.cuda.is_available():
         return
     if par.precision == "fp16":
