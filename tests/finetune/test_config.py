@@ -139,3 +139,21 @@ def test_library_never_imports_the_command_line():
                 assert not name.startswith(("engine.cli", "engine.commands")), f"{path.name} imports {name}"
                 if path.name == "finetune.py":
                     assert not name.startswith(("torch", "engine.finetune", "engine.data")), path
+
+
+def test_deepspeed_json_is_folded_in_and_may_not_contradict_a_flag(tmp_path):
+    from engine.finetune.run import _merged
+
+    user = tmp_path / "ds.json"
+    user.write_text('{"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 4, '
+                    '"zero_allow_untested_optimizer": true}')
+    config = ClassifyConfig.from_flat(output_dir="o", train="t.csv", deepspeed_config=str(user), global_batch=16)
+    merged, raw = _merged(config, frozenset({"output_dir", "train", "deepspeed_config", "global_batch"}))
+    assert (merged.parallel.zero_stage, merged.training.micro_batch, merged.training.global_batch) == (2, 4, 16)
+    assert raw["zero_optimization"] == {"stage": 2}
+    with pytest.raises(ConfigError, match="zero-stage"):
+        _merged(config.replace(zero_stage=3), frozenset({"zero_stage"}))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"optimizer": {"type": "Adam"}}')
+    with pytest.raises(ConfigError, match="optimizer"):
+        _merged(config.replace(deepspeed_config=str(bad)), frozenset())
