@@ -142,11 +142,14 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
     return times
 
 
-def run_one(shape: str, variant: str, batch: int, steps: int, warmup: int, precision: str, vocab: int) -> dict:
+def run_one(shape: str, variant: str, batch: int, steps: int, warmup: int, precision: str, vocab: int,
+            threads: int = 0) -> dict:
     import torch
 
     from engine.config import preset
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     name, seq = SHAPES[shape]
     cfg = preset(name, vocab_size=vocab)
@@ -183,6 +186,7 @@ def main(argv=None) -> dict | None:
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 on a GPU, fp32 on CPU")
     p.add_argument("--vocab", type=int, default=30522)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads of each side; 0 = torch's default")
     p.add_argument("--timeout", type=float, default=900, help="seconds per measurement process")
     p.add_argument("--out", default="benchmarks/results/finetune_throughput.json")
     p.add_argument("--one", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
@@ -191,14 +195,15 @@ def main(argv=None) -> dict | None:
 
     precision = args.precision if args.precision != "auto" else ("bf16" if torch.cuda.is_available() else "fp32")
     if args.one:
-        print("RESULT " + json.dumps(run_one(*args.one, args.batch, args.steps, args.warmup, precision, args.vocab)))
+        print("RESULT " + json.dumps(run_one(*args.one, args.batch, args.steps, args.warmup, precision, args.vocab,
+                                             args.threads)))
         return None
     variants = [v for v in args.variants.split(",") if v]
     if set(variants) - set(VARIANTS) or any(s not in SHAPES for s in args.shapes.split(",")):
         p.error(f"variants: {', '.join(VARIANTS)}; shapes: {', '.join(SHAPES)}")
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "precision": precision,
-              "threads": torch.get_num_threads(), "rows": []}
+              "threads": args.threads or torch.get_num_threads(), "rows": []}
     print(f"device {result['device']}  {precision}", flush=True)
     print(TABLE_HEAD, flush=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -206,7 +211,7 @@ def main(argv=None) -> dict | None:
         for variant in variants:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--one", shape, variant, "--batch", str(args.batch),
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", precision,
-                   "--vocab", str(args.vocab)]
+                   "--vocab", str(args.vocab), "--threads", str(args.threads)]
             try:
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
