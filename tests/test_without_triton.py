@@ -183,7 +183,7 @@ def test_finetune_classify_with_kernels_none(tmp_path):
                                  for i in range(24)]
         (root / "data.csv").write_text("\\n".join(rows) + "\\n", encoding="utf-8")
         code = main(["finetune", "classify", "--model", str(root / "model"), "--data", str(root / "data.csv"),
-                     "--split", "0.5,0.25,0.25", "--epochs", "1", "--batch-size", "4", "--max-seq-length", "16",
+                     "--split", "0.5,0.25,0.25", "--epochs", "1", "--global-batch", "4", "--max-seq-length", "16",
                      "--no-progress", "--threads", "1", "--out", str(root / "out")])
         print("finetune exit", code)
     ''', timeout=600)

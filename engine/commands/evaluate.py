@@ -13,8 +13,10 @@ from engine.config.finetune import InferenceConfig
 
 def run(args: argparse.Namespace) -> int:
     from engine.finetune.predict import evaluate
+    from engine.training import distributed as D
 
     evaluate(InferenceConfig(**given(args, [f.name for f in dataclasses.fields(InferenceConfig)])))
+    D.finish(0)
     return 0
 
 

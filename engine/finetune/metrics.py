@@ -2,7 +2,10 @@
 
 Classification: accuracy, macro-F1, per-class precision / recall / F1 / support, confusion matrix (rows = gold,
 columns = predicted). A class with no predictions (or no gold examples) has precision (recall) 0, as scikit-learn's
-`zero_division=0`.
+`zero_division=0`. The same numbers come from counts of (gold, predicted) label pairs (`pair_metrics`), which a
+streamed or sharded evaluation adds up; a gold label the model does not know gets its own row and counts as a
+miss. Plain per-word tags (part of speech, ...) are scored the same way per word (`token_metrics`). `collapse`
+flags a model that predicts one class for >= 95% of a set (collapsed to the majority class).
 
 Entities: exact-match span scoring in the strict IOB2 sense of seqeval 1.2.2 (`mode='strict', scheme=IOB2`,
 seqeval/scheme.py `Tokens.entities`): an entity starts at every B-X and extends over the following I-X of the same
@@ -36,9 +39,54 @@ def confusion_matrix(gold: Sequence[int], pred: Sequence[int], num_labels: int) 
 
 def classification_metrics(gold: Sequence[int], pred: Sequence[int], labels: Sequence[str]) -> dict:
     """accuracy, macro_f1 (mean over all `labels`), per_class {label: precision, recall, f1, support}, confusion."""
+    return metrics_from_confusion(confusion_matrix(gold, pred, len(labels)), labels)
+
+
+def pair_metrics(pairs: Counter, labels: Sequence[str]) -> dict:
+    """classification_metrics from {(gold label, predicted label): count}; gold labels outside `labels` (unknown to
+    the model) are appended in sorted order and count as misses."""
+    extra = sorted({g for g, _ in pairs if g not in labels})
+    names = list(labels) + extra
+    index = {l: i for i, l in enumerate(names)}
+    m = [[0] * len(names) for _ in names]
+    for (g, p), count in pairs.items():
+        m[index[g]][index[p]] += count
+    return metrics_from_confusion(m, names)
+
+
+def token_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], labels: Sequence[str]) -> dict:
+    """Per-word tag scores (plain tags): accuracy over words, per-tag precision / recall / F1, macro-F1, confusion."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted")
+    return pair_metrics(Counter(zip((t for s in gold for t in s), (t for s in pred for t in s))), labels)
+
+
+def collapse(metrics: dict, threshold: float = 0.95) -> dict | None:
+    """{'label', 'share', 'gold_share'} when one class takes >= `threshold` of the predictions of a set (the
+    model collapsed to one class), else None. `metrics`: classification_metrics' output."""
+    m, labels = metrics["confusion"]["matrix"], metrics["confusion"]["labels"]
+    total = sum(map(sum, m))
+    if not total:
+        return None
+    predicted = [sum(row[j] for row in m) for j in range(len(labels))]
+    j = max(range(len(labels)), key=predicted.__getitem__)
+    if predicted[j] / total < threshold:
+        return None
+    return {"label": labels[j], "share": predicted[j] / total, "gold_share": sum(m[j]) / total}
+
+
+def collapse_warning(found: dict, split: str, majority: str | None) -> str:
+    """The warning line for collapse()'s finding on `split`; `majority`: the training set's most frequent label."""
+    what = "the majority class" if found["label"] == majority else "one class"
+    return (f"warning: the model predicts {found['label']!r} for {found['share']:.1%} of the {split} set (gold share "
+            f"{found['gold_share']:.1%}): collapsed to {what}. Try --class-weight balanced, another --lr, more "
+            f"--epochs or more data")
+
+
+def metrics_from_confusion(m: list[list[int]], labels: Sequence[str]) -> dict:
+    """classification_metrics from a (C, C) confusion matrix [gold][predicted] over `labels`."""
     n = len(labels)
-    m = confusion_matrix(gold, pred, n)
-    total = len(gold)
+    total = sum(map(sum, m))
     correct = sum(m[i][i] for i in range(n))
     per_class = {}
     for i, label in enumerate(labels):
@@ -85,25 +133,39 @@ def iob2_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
     return spans
 
 
-def entity_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict:
-    """Entity-level precision / recall / F1 (micro) and per type, over sentences of IOB2 tags."""
+def entity_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> Counter:
+    """{(type, 'gold' | 'pred' | 'hit'): count} of strict IOB2 entities; counts of several batches of sentences add
+    up (Counter +) to those of all of them."""
     if len(gold) != len(pred):
         raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted")
-    gold_set, pred_set = set(), set()
+    out: Counter = Counter()
     for sid, (g, p) in enumerate(zip(gold, pred)):
         if len(g) != len(p):
             raise ValueError(f"sentence {sid}: {len(g)} gold tags but {len(p)} predicted")
-        gold_set.update((sid, *s) for s in iob2_spans(g))
-        pred_set.update((sid, *s) for s in iob2_spans(p))
-    hit = gold_set & pred_set
-    n_gold, n_pred, n_hit = Counter(e[3] for e in gold_set), Counter(e[3] for e in pred_set), Counter(e[3] for e in hit)
+        gs, ps = set(iob2_spans(g)), set(iob2_spans(p))
+        out.update((e[2], "gold") for e in gs)
+        out.update((e[2], "pred") for e in ps)
+        out.update((e[2], "hit") for e in gs & ps)
+    return out
+
+
+def entity_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict:
+    """Entity-level precision / recall / F1 (micro) and per type, over sentences of IOB2 tags."""
+    return entity_metrics_from_counts(entity_counts(gold, pred))
+
+
+def entity_metrics_from_counts(counts: Counter) -> dict:
+    """entity_metrics from entity_counts' output."""
+    n_gold, n_pred, n_hit = (Counter({t: c for (t, k), c in counts.items() if k == kind})
+                             for kind in ("gold", "pred", "hit"))
     per_type = {}
     for etype in sorted(set(n_gold) | set(n_pred)):
         p, r, f = _prf(n_hit[etype], n_pred[etype], n_gold[etype])
         per_type[etype] = {"precision": p, "recall": r, "f1": f, "support": n_gold[etype]}
-    p, r, f = _prf(len(hit), len(pred_set), len(gold_set))
-    return {"precision": p, "recall": r, "f1": f, "per_type": per_type, "n_gold": len(gold_set),
-            "n_pred": len(pred_set), "n_correct": len(hit)}
+    hit, n_p, n_g = sum(n_hit.values()), sum(n_pred.values()), sum(n_gold.values())
+    p, r, f = _prf(hit, n_p, n_g)
+    return {"precision": p, "recall": r, "f1": f, "per_type": per_type, "n_gold": n_g, "n_pred": n_p,
+            "n_correct": hit}
 
 
 # ---- aggregation over seeds ---------------------------------------------------------------------------------
@@ -123,7 +185,7 @@ def format_report(metrics: dict) -> str:
     lines = []
     if "accuracy" in metrics:
         lines.append(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})")
-        lines.append(f"{'class':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+        lines.append(f"{'class / tag':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
         for label, row in metrics["per_class"].items():
             lines.append(f"{label:<16}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
                          f"{row['support']:>9}")

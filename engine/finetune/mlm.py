@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
@@ -50,15 +51,17 @@ class MlmTask:
         probs = replacement_distribution(self.vocab_size, set(self.special_ids) | {self.mask_id})
         self._masker = lambda seed: Masker(self.mask_id, probs, self.mlm_probability, seed)
 
-    def mask(self, seqs: Sequence[Sequence[int]], seed: int, sample_ids: Sequence[int]) -> tuple[list, list]:
-        """Masked ids and labels (-100 = not chosen) of each sequence, per the pretraining masker."""
+    def mask(self, seqs: Sequence[Sequence[int]], seed: int, sample_ids: Sequence[int], epoch: int = 0
+             ) -> tuple[list, list]:
+        """Masked ids and labels (-100 = not chosen) of each sequence, per the pretraining masker (counter-based on
+        (seed, epoch, sample id))."""
         width = max(len(s) for s in seqs)
         ids = np.zeros((len(seqs), width), dtype=np.int64)
         special = np.ones((len(seqs), width), dtype=bool)
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = s
             special[i, : len(s)] = np.isin(np.asarray(s), self.special_ids)
-        masked, labels = self._masker(seed)(ids, special, 0, np.asarray(sample_ids, dtype=np.int64))
+        masked, labels = self._masker(seed)(ids, special, epoch, np.asarray(sample_ids, dtype=np.int64))
         return ([masked[i, : len(s)].tolist() for i, s in enumerate(seqs)],
                 [labels[i, : len(s)].tolist() for i, s in enumerate(seqs)])
 
@@ -69,35 +72,55 @@ class MlmTask:
     def build_model(self, config: ModelConfig) -> nn.Module:
         return BertForPreTraining(config)
 
-    def collate(self, feats: Sequence[dict], unpadded: bool = False) -> dict:
+    def collate(self, feats: Sequence[dict], unpadded: bool = False, seed: tuple[int, int] | None = None) -> dict:
+        """`seed`: (run seed, global micro-batch index) of a training batch, whose masks are drawn afresh from it
+        (the same for any number of ranks); dev / test features carry their fixed masks."""
         from engine.finetune.tasks import pad, unpad
 
         if "mlm_labels" in feats[0]:
             ids, labels = [f["input_ids"] for f in feats], [f["mlm_labels"] for f in feats]
-        else:  # training: a fresh mask per batch, its seed drawn from torch's (seeded) generator
-            seed = int(torch.randint(0, 2**62, ()).item())
-            ids, labels = self.mask([f["input_ids"] for f in feats], seed, range(len(feats)))
+        else:
+            run_seed, index = seed if seed is not None else (0, 0)
+            ids, labels = self.mask([f["input_ids"] for f in feats], run_seed, range(len(feats)), epoch=index)
         if unpadded:
             flat, cu, longest = unpad(ids)
             return {"input_ids": flat, "cu_seqlens": cu, "max_seqlen": longest, "mlm_labels": unpad(labels)[0]}
         return {"input_ids": pad(ids, 0), "attention_mask": pad([[1] * len(s) for s in ids], 0),
                 "mlm_labels": pad(labels, -100)}
 
-    @torch.no_grad()
-    def evaluate_split(self, model: nn.Module, split: str, batch_size: int = 64) -> dict:
-        model.eval()
-        feats = getattr(self, split)
-        nll, correct, n = 0.0, 0, 0
-        for k in range(0, len(feats), batch_size):
-            batch = self.collate(feats[k: k + batch_size], unpadded=True)
-            out = model(**batch)
-            labels = batch["mlm_labels"][batch["mlm_labels"] != -100]
-            nll += out.mlm_loss.item() * labels.numel()
-            correct += int((out.mlm_predictions == labels).sum())
-            n += labels.numel()
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy over the masked tokens of the micro batch."""
+        return model(**batch).mlm_loss
+
+    def outputs(self, model, batch: dict) -> list[tuple[float, int, int]]:
+        """(summed negative log-likelihood, correct predictions, masked tokens) per sequence."""
+        labels = batch["mlm_labels"]
+        flat = labels.flatten()
+        positions = (flat != -100).nonzero(as_tuple=False).flatten()
+        inputs = {k: v for k, v in batch.items() if k != "mlm_labels"}
+        logits = model(**inputs, masked_positions=positions).mlm_logits.float()  # (n_masked, V)
+        gold = flat[positions]
+        nll = F.cross_entropy(logits, gold, reduction="none")
+        correct = logits.argmax(-1) == gold
+        if "cu_seqlens" in batch:
+            owner = torch.searchsorted(batch["cu_seqlens"][1:].long(), positions, right=True)
+        else:
+            owner = positions // labels.shape[1]
+        n = len(batch["cu_seqlens"]) - 1 if "cu_seqlens" in batch else labels.shape[0]
+        sums = torch.zeros(n, 3, dtype=torch.float64, device=logits.device)
+        sums.index_add_(0, owner, torch.stack([nll.double(), correct.double(), torch.ones_like(nll).double()], 1))
+        return [(a, int(b), int(c)) for a, b, c in sums.cpu().tolist()]
+
+    def metrics(self, split: str, outputs: Sequence[tuple[float, int, int]]) -> dict:
+        nll = sum(o[0] for o in outputs)
+        correct = sum(o[1] for o in outputs)
+        n = sum(o[2] for o in outputs)
         loss = nll / max(n, 1)
         return {"masked_accuracy": correct / max(n, 1), "loss": loss, "perplexity": math.exp(min(loss, 50)),
                 "masked_tokens": n}
+
+    def majority(self) -> str | None:
+        return None
 
     def info(self) -> dict:
         return {"task": self.name, "max_seq_length": self.max_seq_length, "mlm_probability": self.mlm_probability}

@@ -1,30 +1,50 @@
 """Inference and scoring with a finetuned model directory (the seed-N/ folders `bertforge finetune` writes, or any
 Hugging Face BertForSequenceClassification / BertForTokenClassification directory with id2label).
 
-predict: file in, one JSON object per input out — classification {"label", "probabilities": {label: p}};
-NER {"tokens", "tags" (in the requested scheme), "entities": [{"type", "start", "end", "text", "score"}]} with word
-indices (end exclusive) and the mean word probability as score. evaluate: the task's metrics on a labelled file.
-`predict` and `evaluate` each run one InferenceConfig (the commands' single call)."""
+predict: file in, one JSON object per input out, in input order — classification {"label", "probabilities":
+{label: p}}; token classification {"tokens", "tags" (in the requested scheme), "entities": [{"type", "start", "end",
+"text", "score"}]} (entity schemes; word indices, end exclusive, the mean word probability as score). evaluate: the
+task's metrics on a labelled file (a gold label the model does not know counts as a miss, with a warning).
+
+Any file size in constant memory: the input is read as a stream (engine/finetune/reading.py) in chunks of CHUNK
+records; each chunk is encoded, batched by length and run on the GPU when there is one (fp32, or bf16 / fp16
+autocast; --kernels triton), and its rows written before the next is read. Under torchrun chunk c runs on rank
+c % world: every rank writes its chunks to a part file and rank 0 interleaves the parts into the one output, so the
+output is the same, line for line, as one process' (the chunks and their batches do not depend on the rank count).
+Metrics are sums of counts (confusion pairs, entity counts), added up over chunks and ranks."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
+from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
+import torch.distributed as dist
 
 from engine.config.finetune import InferenceConfig
 from engine.data.tokenizer import load_tokenizer
 from engine.errors import CheckpointError
 from engine.finetune import data_classify as dc
 from engine.finetune import data_ner as dn
-from engine.finetune.metrics import classification_metrics, entity_metrics, format_report, iob2_spans
+from engine.finetune.evaluation import local_outputs
+from engine.finetune.metrics import (entity_counts, entity_metrics_from_counts, format_report, iob2_spans,
+                                     pair_metrics)
+from engine.finetune.progress import Progress
+from engine.finetune.reading import LineReader, strip_ending
 from engine.finetune.tasks import TASK_FILE, ClassifyTask, NerTask
+from engine.finetune.trainer import check_device_support
 from engine.hf import load_pretrained, read_config
 from engine.io import atomic_file, write_json
+from engine.training import distributed as D
 
+CHUNK = 4096  # records read, encoded and written together; the unit of sharding over ranks
 _ARCH_TASK = {"BertForSequenceClassification": "classify", "BertForTokenClassification": "ner"}
 
 
@@ -36,12 +56,12 @@ class Finetuned:
     directory: Path
 
 
-def load_finetuned(directory: str | Path, max_seq_length: int | None = None) -> Finetuned:
+def load_finetuned(directory: str | Path, max_seq_length: int | None = None, kernels: str = "none") -> Finetuned:
     """The task (labels, length and NER settings from TASK_FILE, else config.json's id2label) and the model of a
-    finetuned directory, in eval mode. `max_seq_length` None: the length it was trained with. CheckpointError when
-    the directory holds no finetuned classifier."""
+    finetuned directory, in eval mode on the CPU. `max_seq_length` None: the length it was trained with.
+    CheckpointError when the directory holds no finetuned classifier."""
     directory = Path(directory)
-    config = read_config(directory)
+    config = read_config(directory).replace(kernels=kernels)
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     info_path = directory / TASK_FILE
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
@@ -69,28 +89,26 @@ def load_finetuned(directory: str | Path, max_seq_length: int | None = None) -> 
     return Finetuned(task, model, load_tokenizer(directory), directory)
 
 
-def write_jsonl(rows: Iterable[dict], out: str | Path) -> int:
-    """Write one JSON object per line to `out` atomically ('-' or '': stdout). Returns the number of rows."""
-    if str(out) in ("-", ""):
-        return _write_rows(rows, sys.stdout)
-    with atomic_file(out, "w") as fh:
-        return _write_rows(rows, fh)
+# ---- rows of one chunk ------------------------------------------------------------------------------------------
+@dataclass
+class Runner:
+    """Where and how the model runs: device, micro batch, autocast precision."""
+
+    ft: Finetuned
+    dev: torch.device = torch.device("cpu")
+    micro_batch: int = 64
+    precision: str = "fp32"
+
+    def outputs(self, features: list) -> list:
+        return local_outputs(self.ft.model, self.ft.task, features, self.micro_batch, self.dev, True, self.precision)
 
 
-def _write_rows(rows: Iterable[dict], fh) -> int:
-    n = 0
-    for row in rows:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        n += 1
-    return n
-
-
-# ---- classification ---------------------------------------------------------------------------------------------
-def classify_rows(ft: Finetuned, examples: list[dc.Example], batch_size: int = 64) -> list[dict]:
-    task: ClassifyTask = ft.task  # type: ignore[assignment]
-    probs = task.predict(ft.model, dc.encode(ft.tokenizer, examples, task.max_seq_length), batch_size)
+def classify_rows(run: Runner, examples: list[dc.Example]) -> list[dict]:
+    task: ClassifyTask = run.ft.task  # type: ignore[assignment]
+    probs = run.outputs(dc.encode(run.ft.tokenizer, examples, task.max_seq_length))
     rows = []
-    for e, p in zip(examples, probs.tolist()):
+    for e, p in zip(examples, probs):
+        p = p.tolist()
         best = max(range(len(p)), key=p.__getitem__)
         row = {"line": e.line, "text": e.text}
         if e.text_b is not None:
@@ -102,84 +120,203 @@ def classify_rows(ft: Finetuned, examples: list[dc.Example], batch_size: int = 6
     return rows
 
 
-# ---- NER --------------------------------------------------------------------------------------------------------
-def read_ner_input(path: str | Path, scheme: str, labelled: bool, encoding: str = "utf-8") -> list[dn.Sentence]:
-    """CoNLL / JSONL as in training; a .txt file is one sentence per line, split on whitespace."""
-    path = Path(path)
-    if path.suffix.lower() == ".txt" and not labelled:
-        text = dc.read_text(path, encoding)
-        out = [dn.Sentence(line.split(), None, str(path), [i] * len(line.split()))
-               for i, line in enumerate(dc._lines(text), 1) if line.strip()]
-        return out
-    return dn.read_conll(path, scheme, labelled=labelled, encoding=encoding)
-
-
-def ner_rows(ft: Finetuned, sentences: list[dn.Sentence], out_scheme: str = "iob2", batch_size: int = 64
-             ) -> list[dict]:
-    task: NerTask = ft.task  # type: ignore[assignment]
-    wins = dn.encode(ft.tokenizer, sentences, task.max_seq_length, None, stride=task.stride)
-    tags, probs = task.predict_tags(ft.model, wins, sentences, batch_size)
+def ner_rows(run: Runner, sentences: list[dn.Sentence], out_scheme: str = "iob2") -> list[dict]:
+    """One row per sentence; "tags" in `out_scheme` (IOB2 tags of the model converted), "gold" likewise."""
+    task: NerTask = run.ft.task  # type: ignore[assignment]
+    wins = dn.encode(run.ft.tokenizer, sentences, task.max_seq_length, None, stride=task.stride,
+                     scheme=task.scheme)
+    tags, probs = task.tags(wins, run.outputs(wins), sentences)
     rows = []
     for s, t, p in zip(sentences, tags, probs):
-        entities = [{"type": etype, "start": a, "end": b, "text": " ".join(s.tokens[a:b]),
-                     "score": sum(p[a:b]) / (b - a)} for a, b, etype in iob2_spans(t)]
-        row = {"line": s.lines[0], "tokens": s.tokens, "tags": dn.from_iob2(t, out_scheme), "entities": entities}
+        row = {"line": s.lines[0], "tokens": s.tokens, "tags": dn.from_iob2(t, out_scheme)}
+        if task.scheme != "plain":
+            row["entities"] = [{"type": etype, "start": a, "end": b, "text": " ".join(s.tokens[a:b]),
+                                "score": sum(p[a:b]) / (b - a)} for a, b, etype in iob2_spans(t)]
+        else:
+            row["scores"] = p
         if s.tags is not None:
             row["gold"] = dn.from_iob2(s.tags, out_scheme)
         rows.append(row)
     return rows
 
 
-# ---- evaluate ---------------------------------------------------------------------------------------------------
-def evaluate_file(ft: Finetuned, config: InferenceConfig) -> tuple[dict, list[dict]]:
-    """Metrics on the labelled file config.input, and the per-input prediction rows."""
-    task = ft.task
-    if isinstance(task, ClassifyTask):
-        examples = dc.read_examples(config.input, config.text_column, config.text_b_column, config.label_column,
-                                    config.encoding, config.format)
-        dc.check_labels(examples, task.labels, "evaluation")
-        rows = classify_rows(ft, examples, config.batch_size)
-        index = {l: i for i, l in enumerate(task.labels)}
-        metrics = classification_metrics([index[e.label] for e in examples], [index[r["label"]] for r in rows],
-                                         task.labels)
-        return metrics, rows
-    sentences = dn.read_conll(config.input, config.scheme or task.scheme, labelled=True, encoding=config.encoding)
-    dn.check_tags(sentences, task.labels, "evaluation")
-    rows = ner_rows(ft, sentences, "iob2", config.batch_size)
-    return entity_metrics([s.tags for s in sentences], [r["tags"] for r in rows]), rows
+# ---- streams ----------------------------------------------------------------------------------------------------
+def _text_sentences(lines: LineReader) -> Iterator[dn.Sentence]:
+    """A .txt file for token classification: one sentence per non-blank line, split on whitespace."""
+    for lineno, raw in lines:
+        words = strip_ending(raw).split()
+        if words:
+            yield dn.Sentence(words, None, str(lines.path), [lineno] * len(words))
+    if lines.blank:
+        raise lines.empty_error()
+
+
+def records(ft: Finetuned, config: InferenceConfig, labelled: bool, lines: LineReader) -> Iterator:
+    """The inputs of config.input one at a time: Examples (classification) or Sentences (tags in IOB2, or plain)."""
+    if isinstance(ft.task, ClassifyTask):
+        return dc.iter_examples(config.input, config.text_column, config.text_b_column,
+                                config.label_column if labelled else None, config.encoding, config.format, lines)
+    if Path(config.input).suffix.lower() == ".txt" and not labelled:
+        return _text_sentences(lines)
+    return dn.iter_sentences(config.input, config.scheme or ft.task.scheme, labelled, config.encoding, lines)
+
+
+def _join_group() -> None:
+    """Join the launcher's process group (torchrun / deepspeed / SLURM) when there is more than one rank."""
+    D.prepare_env()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not D.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=600))
+
+
+def _parts_dir(out: str) -> Path:
+    target = Path(out) if out not in ("", "-") else Path.cwd() / "stdout"
+    return target.parent / f".{target.name}.parts"
+
+
+class _Output:
+    """Rows to `out` in input order: directly with one rank; with several, to one part file per rank that rank 0
+    interleaves chunk by chunk at `close` ('-' or '': stdout)."""
+
+    def __init__(self, out: str):
+        self.out, self.rank, self.world = out, D.rank(), D.world_size()
+        self.stack: list = []
+        if self.world == 1:
+            self.fh = sys.stdout if out in ("", "-") else self._enter(atomic_file(out, "w"))
+            return
+        self.parts = _parts_dir(out)
+        if self.rank == 0:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            self.parts.mkdir(parents=True)
+        D.barrier()
+        self.fh = self._enter(open(self.parts / f"rank-{self.rank}.jsonl", "w", encoding="utf-8"))
+
+    def _enter(self, cm):
+        fh = cm.__enter__()
+        self.stack.append(cm)
+        return fh
+
+    def write(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def close(self, ok: bool = True) -> None:
+        while self.stack:
+            cm = self.stack.pop()
+            cm.__exit__(None, None, None) if ok else cm.__exit__(RuntimeError, RuntimeError("failed"), None)
+        if self.world == 1:
+            return
+        D.barrier()
+        if self.rank == 0 and ok:
+            files = [open(self.parts / f"rank-{r}.jsonl", encoding="utf-8") for r in range(self.world)]
+            try:
+                with (atomic_file(self.out, "w") if self.out not in ("", "-") else _stdout()) as fh:
+                    for chunk in range(sys.maxsize):
+                        lines = list(islice(files[chunk % self.world], CHUNK))
+                        fh.writelines(lines)
+                        if len(lines) < CHUNK:
+                            break
+            finally:
+                for f in files:
+                    f.close()
+        if self.rank == 0:
+            shutil.rmtree(self.parts, ignore_errors=True)
+        D.barrier()
+
+
+class _stdout:
+    def __enter__(self):
+        return sys.stdout
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+
+
+def _run(config: InferenceConfig, labelled: bool, out: str | None,
+         on_rows: Callable[[Finetuned, list[dict]], None]) -> tuple[Finetuned, int]:
+    """Stream config.input through the model, this rank's chunks only: `on_rows(model, rows)` per chunk, and the
+    rows to `out` in input order (None: not written). Returns (the model, rows of this rank)."""
+    check_device_support(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    _join_group()
+    ft = load_finetuned(config.model, config.max_seq_length, config.kernels)
+    dev = D.device()
+    ft.model.to(dev)
+    run = Runner(ft, dev, config.micro_batch, config.precision)
+    lines = LineReader(config.input, config.encoding)
+    rank, world = D.rank(), D.world_size()
+    progress = Progress(lines.size, f"{'evaluate' if labelled else 'predict'} {Path(config.input).name}", unit="B",
+                        enabled=config.progress and rank == 0, unit_scale=True)
+    output = _Output(out) if out is not None else None
+    n, ok, seen = 0, False, 0
+    try:
+        stream = records(ft, config, labelled, lines)
+        for c in range(sys.maxsize):
+            chunk = list(islice(stream, CHUNK))
+            if not chunk:
+                break
+            progress.update(lines.bytes_read - seen)
+            seen = lines.bytes_read
+            if c % world != rank:
+                continue
+            if isinstance(ft.task, ClassifyTask):
+                rows = classify_rows(run, chunk)
+            else:  # evaluate scores IOB2; predict answers in the input's scheme
+                rows = ner_rows(run, chunk, "iob2" if labelled else (config.scheme or ft.task.scheme))
+            on_rows(ft, rows)
+            if output is not None:
+                output.write(rows)
+            n += len(rows)
+        ok = True
+    finally:
+        progress.close()
+        if output is not None:
+            output.close(ok)
+    return ft, n
 
 
 # ---- the commands' calls ----------------------------------------------------------------------------------------
 def predict(config: InferenceConfig, echo: Callable[[str], None] = print) -> int:
-    """Predictions for every input of config.input, as JSONL to config.out (stdout when empty or '-'). Returns the
-    number of rows."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    ft = load_finetuned(config.model, config.max_seq_length)
-    if isinstance(ft.task, ClassifyTask):
-        examples = dc.read_examples(config.input, config.text_column, config.text_b_column, None, config.encoding,
-                                    config.format)
-        rows = classify_rows(ft, examples, config.batch_size)
-    else:
-        scheme = config.scheme or ft.task.scheme
-        sentences = read_ner_input(config.input, scheme, labelled=False, encoding=config.encoding)
-        rows = ner_rows(ft, sentences, scheme, config.batch_size)
-    n = write_jsonl(rows, config.out)
-    if config.out not in ("", "-"):
-        echo(f"predict: {n} predictions -> {config.out}")
-    return n
+    """Predictions for every input of config.input, as JSONL to config.out (stdout when empty or '-') in input
+    order. Returns the number of rows (over all ranks)."""
+    _, n = _run(config, False, config.out, lambda ft, rows: None)
+    total = int(D.all_reduce_sum([n], D.device())[0])
+    if config.out not in ("", "-") and D.rank() == 0:
+        echo(f"predict: {total} predictions -> {config.out}")
+    return total
 
 
 def evaluate(config: InferenceConfig, echo: Callable[[str], None] = print) -> dict:
     """The metrics of the model on the labelled file config.input: echoed as a report, written as JSON to
-    config.out and the prediction rows to config.predictions (each when given). Returns the metrics."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    ft = load_finetuned(config.model, config.max_seq_length)
-    metrics, rows = evaluate_file(ft, config)
-    echo(format_report(metrics))
-    if config.out:
-        write_json(config.out, metrics, indent=2)
-    if config.predictions:
-        write_jsonl(rows, config.predictions)
+    config.out and the prediction rows to config.predictions (each when given; rank 0). Returns the metrics."""
+    counts: Counter = Counter()
+
+    def add(ft: Finetuned, rows: list[dict]) -> None:
+        task = ft.task
+        if isinstance(task, ClassifyTask):
+            counts.update((r["gold"], r["label"]) for r in rows)
+        elif task.scheme == "plain":
+            counts.update(pair for r in rows for pair in zip(r["gold"], r["tags"]))
+        else:
+            counts.update(entity_counts([r["gold"] for r in rows], [r["tags"] for r in rows]))
+
+    ft, _ = _run(config, True, config.predictions or None, add)
+    if D.world_size() > 1:
+        gathered: list = [None] * D.world_size()
+        dist.all_gather_object(gathered, counts)
+        counts = sum(gathered, Counter())
+    task = ft.task
+    if isinstance(task, NerTask) and task.scheme != "plain":
+        unknown = sorted({t for t, kind in counts if kind == "gold"} - {l[2:] for l in task.labels if l != "O"})
+        metrics = entity_metrics_from_counts(counts)
+    else:
+        unknown = sorted({g for g, _ in counts} - set(task.labels))
+        metrics = pair_metrics(counts, task.labels)
+    if D.rank() == 0:
+        for label in unknown:
+            echo(f"warning: {config.input}: gold {'type' if isinstance(task, NerTask) else 'label'} {label!r} is "
+                 f"not one the model knows ({', '.join(task.labels)}); it counts as a miss")
+        echo(format_report(metrics))
+        if config.out:
+            write_json(config.out, metrics, indent=2)
     return metrics

@@ -1,10 +1,13 @@
 """One finetuning run per task, from its config (engine/config/finetune.py): `run_classify`, `run_ner` and `run_mlm`
 resolve the starting model, read and split the data, build the task, train every seed (`run_seeds`) and summarise.
 
-Outputs under the config's output_dir: splits/ (the parts made from --data, so that `bertforge evaluate` / `predict`
-can run on exactly the held-out part), seed-N/ (the best dev state of each seed in Hugging Face format, with
-bertforge_task.json), metrics.jsonl (one line per logging step and evaluation), summary.json (mean ± std over
-seeds). Progress goes to `echo` (print by default)."""
+Runs as a plain process or as every rank of `torchrun` / the `deepspeed` launcher / SLURM (docs/launch.md): each rank
+reads the data (the same parts, deterministically), the DeepSpeed engine spreads the batches, evaluation is sharded,
+and only rank 0 writes. Outputs under the config's output_dir: splits/ (the parts made from --data, so that
+`bertforge evaluate` / `predict` can run on exactly the held-out part), seed-N/ (the best dev state of each seed in
+Hugging Face format, with bertforge_task.json), metrics.jsonl (one line per logging step and evaluation),
+summary.json (mean ± std over seeds; per-class scores and confusion matrices in each run's dev / test), state/
+(checkpoints of the seed in progress; --resume continues from them). Progress goes to `echo` (print on rank 0)."""
 from __future__ import annotations
 
 import json
@@ -14,18 +17,23 @@ from typing import Callable, Sequence
 
 import torch
 
+from engine import deepspeed as ds
 from engine.config import ModelConfig
-from engine.config.finetune import ClassifyConfig, FinetuneConfig, MlmConfig, NerConfig, SplitFiles
+from engine.config.finetune import (ClassifyConfig, FinetuneConfig, FinetuneParallel, MlmConfig, NerConfig,
+                                    SplitFiles)
 from engine.data.tokenizer import load_tokenizer
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.finetune import data_classify as dc
 from engine.finetune import data_ner as dn
-from engine.finetune.metrics import mean_std
+from engine.finetune.evaluation import evaluate_split
+from engine.finetune.metrics import collapse_warning, format_report, mean_std
 from engine.finetune.mlm import build_task
-from engine.finetune.tasks import ClassifyTask, NerTask
-from engine.finetune.trainer import train_seed
+from engine.finetune.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
+from engine.finetune.trainer import build_ds_config, check_device_support, state_dir, train_seed
 from engine.hf import load_pretrained, read_config
 from engine.io import write_json, write_text
+from engine.training import distributed as D
+from engine.training.checkpoint import latest_tag
 from engine.training.metrics import MetricsWriter
 
 Echo = Callable[[str], None]
@@ -40,27 +48,39 @@ def resolve_model(name: str) -> Path:
 
         return fetch("minilm")
     path = Path(name)
-    if not (path / "config.json").is_file() and (path / "hf" / "config.json").is_file():
-        path = path / "hf"  # a `bertforge pretrain` run directory: its final Hugging Face export
+    if (path / "hf" / "config.json").is_file():
+        path = path / "hf"  # a `bertforge pretrain` run directory (its config.json is the run's): its HF export
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: not a checkpoint directory (no config.json); pass a Hugging Face BERT "
                               f"directory or 'minilm' to --model")
     return path
 
 
-def model_config(model_dir: Path, training: FinetuneConfig) -> ModelConfig:
-    """The checkpoint's ModelConfig with the recipe's dropout; ConfigError when max_seq_length exceeds its
-    positions."""
+def model_config(model_dir: Path, training: FinetuneConfig, par: FinetuneParallel | None = None) -> ModelConfig:
+    """The checkpoint's ModelConfig with the recipe's dropout and the kernel backend; ConfigError when
+    max_seq_length exceeds its positions."""
     config = read_config(model_dir)
     if training.max_seq_length > config.max_position_embeddings:
         raise ConfigError(f"--max-seq-length {training.max_seq_length} exceeds the model's "
                           f"{config.max_position_embeddings} positions")
-    return config.replace(hidden_dropout_prob=training.dropout, attention_probs_dropout_prob=training.dropout)
+    return config.replace(hidden_dropout_prob=training.dropout, attention_probs_dropout_prob=training.dropout,
+                          kernels=par.kernels if par is not None else "none")
+
+
+def start(par: FinetuneParallel, echo: Echo) -> Echo:
+    """Check the device settings, join (or create) the process group; returns `echo` for rank 0, a no-op
+    elsewhere."""
+    check_device_support(par)
+    D.prepare_env()
+    ds.init_distributed(par.dist_timeout_s)
+    return echo if D.rank() == 0 else (lambda _: None)
 
 
 def save_splits(out: Path, parts: dict, kind: str) -> None:
     """Write the non-empty parts {name: records} to OUT/splits/NAME.jsonl (classify: text[, text_b], label) or
-    NAME.conll (ner: token<TAB>tag, IOB2), each atomically."""
+    NAME.conll (ner: token<TAB>tag, IOB2 or plain), each atomically (rank 0)."""
+    if D.rank() != 0:
+        return
     for name, items in parts.items():
         if not items:
             continue
@@ -85,42 +105,98 @@ def load_parts(files: SplitFiles, read: Callable, split: Callable, out: Path, ki
     return (read(files.train), read(files.dev) if files.dev else [], read(files.test) if files.test else [])
 
 
+def _finished_result(out_dir: Path, seed: int) -> dict | None:
+    """The result of a seed that finished in an earlier launch (its export is complete and its state is gone)."""
+    info = out_dir / f"seed-{seed}" / TASK_FILE
+    if not info.is_file() or state_dir(out_dir, seed).exists():
+        return None
+    return json.loads(info.read_text(encoding="utf-8")).get("result")
+
+
+def _check_resume(training: FinetuneConfig, out_dir: Path) -> None:
+    unfinished = [p.name for p in sorted((out_dir / "state").glob("seed-*"))
+                  if latest_tag(p / "checkpoints") or latest_tag(p / "best" / "checkpoints")]
+    if unfinished and not training.resume:
+        raise ConfigError(f"{out_dir} holds the checkpoints of an unfinished run ({', '.join(unfinished)}); pass "
+                          f"--resume to continue it, or another --out")
+
+
+def _report(task, result: dict, echo: Echo) -> None:
+    """The per-class (per-type) report of the seed's test split (or dev), and the collapse warning."""
+    split = "test" if "test" in result else "dev" if "dev" in result else None
+    if split is not None and ("per_class" in result[split] or "per_type" in result[split]):
+        echo(f"seed {result['seed']} {split}:\n" + format_report(result[split]))
+    found = result.get("dev", {}).get("collapsed")
+    if found:
+        echo(collapse_warning(found, "dev", task.majority()))
+
+
 def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: FinetuneConfig, out_dir: Path | None,
-              echo: Echo = print, extra: dict | None = None) -> dict:
+              echo: Echo = print, extra: dict | None = None, par: FinetuneParallel | None = None,
+              ds_config: dict | None = None) -> dict:
     """Train `task` once per seed of training.seeds; with `out_dir`, write out_dir/metrics.jsonl, out_dir/seed-N/
-    and out_dir/summary.json. Returns the summary: {'task', 'metric', 'seeds', 'runs', 'from_scratch', 'init',
-    'dev' / 'test': {metric: {'mean', 'std'}}, 'train_seconds', **extra}."""
+    and out_dir/summary.json (rank 0). With training.resume, seeds finished earlier are read back and the
+    interrupted one continues. Returns the summary: {'task', 'metric', 'seeds', 'runs', 'from_scratch', 'init',
+    'dev' / 'test': {metric: {'mean', 'std'}}, 'train_seconds', 'status', **extra}; status 'preempted' after a
+    SIGTERM (a checkpoint was saved, the remaining seeds did not run)."""
+    par = par or FinetuneParallel()
+    echo = start(par, echo)
     if training.threads:
         torch.set_num_threads(training.threads)
-    log = MetricsWriter(out_dir, enabled=True, tensorboard=False) if out_dir is not None else None
-    if config.kernels != "none" and not torch.cuda.is_available():
-        config = config.replace(kernels="none")
-    runs = []
+    if out_dir is not None:
+        _check_resume(training, out_dir)
+        if D.rank() == 0 and not training.resume:
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    log = MetricsWriter(out_dir, enabled=D.rank() == 0, tensorboard=False) if out_dir is not None else None
+    ds_config = ds_config or build_ds_config(training, par, D.world_size())
+    runs, status = [], "finished"
     try:
         for seed in training.seeds:
-            runs.append(train_seed(task, config, init_dir, training, seed, out_dir, log, echo)[0])
-            r = runs[-1]
-            echo(f"seed {seed}: " + ", ".join(f"{split} {task.metric} {r[split][task.metric]:.4f}"
-                                             for split in ("dev", "test") if split in r)
-                 + f" ({r['train_seconds']:.0f}s)")
+            done = _finished_result(out_dir, seed) if out_dir is not None and training.resume else None
+            if done is not None:
+                echo(f"seed {seed}: finished in an earlier launch, kept")
+                runs.append(done)
+                continue
+            result = train_seed(task, config, init_dir, training, seed, out_dir, log, echo, par=par,
+                                ds_config=ds_config)[0]
+            if result.get("status") == "preempted":
+                status = "preempted"
+                break
+            runs.append(result)
+            echo(f"seed {seed}: " + ", ".join(f"{split} {task.metric} {result[split][task.metric]:.4f}"
+                                             for split in ("dev", "test") if split in result)
+                 + f" ({result['train_seconds']:.0f}s)")
+            _report(task, result, echo)
     finally:
         if log is not None:
             log.close()
     summary = {"task": task.name, "metric": task.metric, "seeds": list(training.seeds), "runs": runs,
-               "from_scratch": training.from_scratch, "init": str(init_dir) if init_dir else None}
-    for split in ("dev", "test"):
-        keys = [k for k, v in runs[0].get(split, {}).items() if isinstance(v, (int, float)) and k != "n"]
-        if keys:
-            summary[split] = {k: dict(zip(("mean", "std"), mean_std([r[split][k] for r in runs]))) for k in keys}
-    summary["train_seconds"] = dict(zip(("mean", "std"), mean_std([r["train_seconds"] for r in runs])))
+               "from_scratch": training.from_scratch, "init": str(init_dir) if init_dir else None,
+               "status": status, "world_size": D.world_size(), "device": _device_name(), "precision": par.precision,
+               "zero_stage": par.zero_stage, "kernels": config.kernels}
+    if runs:
+        for split in ("dev", "test"):
+            keys = [k for k, v in runs[0].get(split, {}).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"]
+            if keys and all(split in r for r in runs):
+                summary[split] = {k: dict(zip(("mean", "std"), mean_std([r[split][k] for r in runs]))) for k in keys}
+        summary["train_seconds"] = dict(zip(("mean", "std"), mean_std([r["train_seconds"] for r in runs])))
     summary.update(extra or {})
-    if out_dir is not None:
+    if out_dir is not None and D.rank() == 0 and status == "finished":
         write_json(out_dir / "summary.json", summary, indent=2)
     return summary
 
 
+def _device_name() -> str:
+    """Where training ran: 'cpu', or 'cuda (<device name>)'."""
+    dev = D.device()
+    return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else dev.type
+
+
 def format_summary(summary: dict, out: Path) -> str:
     """Dev and test lines (mean ± std over seeds) and the headline test metric."""
+    if summary.get("status") == "preempted":
+        return f"stopped by SIGTERM: checkpoints in {out}/state; continue with --resume"
     metric = summary["metric"]
     lines = []
     for split in ("dev", "test"):
@@ -138,56 +214,81 @@ def _scratch(training: FinetuneConfig) -> str:
     return " (from scratch)" if training.from_scratch else ""
 
 
+def _merged(config, explicit: frozenset):
+    """The config with a user's DeepSpeed JSON folded in (engine.deepspeed.merge_user_config), and that JSON."""
+    path = config.parallel.deepspeed_config
+    if not path:
+        return config, None
+    user = ds.load_user_config(path)
+    D.prepare_env()
+    world = D.world_size()
+    resolved = config.replace(micro_batch=config.training.micro_batch_for(world))
+    return ds.merge_user_config(resolved, user, set(explicit), world, source=path), user
+
+
 # ---- tasks ------------------------------------------------------------------------------------------------------
-def run_classify(config: ClassifyConfig, echo: Echo = print) -> dict:
-    """Sequence classification: [CLS] -> classifier -> softmax over the training labels. Returns the summary."""
-    training, files, data = config.training, config.files, config.data
+def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
+    """Sequence classification: [CLS] -> classifier -> softmax over the labels of every part. Returns the
+    summary."""
+    config, user = _merged(config, explicit)
+    training, files, data, par = config.training, config.files, config.data, config.parallel
+    echo = start(par, echo)
     out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
-    model = model_config(model_dir, training)
+    model = model_config(model_dir, training, par)
     read = lambda path: dc.read_examples(path, data.text_column, data.text_b_column, data.label_column,
                                          files.encoding, data.format)
     split = lambda examples: dc.split_examples(examples, files.split, files.split_seed)
     train, dev, test = load_parts(files, read, split, out, "classify")
-    labels = dc.label_vocab(train)
+    labels = dc.label_vocab(train, dev, test)
     if len(labels) < 2:
-        raise DataError(f"the training data has a single label {labels[0]!r}; need at least 2", train[0].source)
-    dc.check_labels(dev, labels, "dev")
-    dc.check_labels(test, labels, "test")
+        raise DataError(f"the data has a single label {labels[0]!r}; need at least 2", train[0].source)
+    for line in dc.labels_missing_from_train(train, {"dev": dev, "test": test}):
+        echo("warning: " + line)
     tok = load_tokenizer(model_dir)
     label2id = {l: i for i, l in enumerate(labels)}
     encode = lambda part: dc.encode(tok, part, training.max_seq_length, label2id)
     task = ClassifyTask(labels, training.max_seq_length, encode(train), encode(dev), encode(test),
                         metric=data.metric)
+    if data.class_weight == "balanced":
+        task.class_weights = balanced_weights([f["labels"] for f in task.train], len(labels))
+        echo("class weights (balanced): " + ", ".join(f"{l} {w:.3f}" for l, w in zip(labels, task.class_weights)))
     echo(f"classify: {len(train)} train / {len(dev)} dev / {len(test)} test examples, labels {labels}, "
          f"model {model_dir}{_scratch(training)}")
-    summary = run_seeds(task, model, model_dir, training, out, echo)
+    ds_config = build_ds_config(training, par, D.world_size(), user)
+    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config)
     echo(format_summary(summary, out))
     return summary
 
 
-def run_ner(config: NerConfig, echo: Echo = print) -> dict:
-    """Token classification with entity-level F1 (strict IOB2). Returns the summary."""
-    training, files, data = config.training, config.files, config.data
+def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
+    """Token classification: entity-level F1 (strict IOB2) for entity schemes, token accuracy and per-tag F1 for
+    plain tags. Returns the summary."""
+    config, user = _merged(config, explicit)
+    training, files, data, par = config.training, config.files, config.data, config.parallel
+    echo = start(par, echo)
     out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
-    model = model_config(model_dir, training)
+    model = model_config(model_dir, training, par)
     read = lambda path: dn.read_conll(path, data.scheme, encoding=files.encoding)
-    split = lambda sentences: dn.split_sentences(sentences, files.split, files.split_seed)
+    split = lambda sentences: dn.split_sentences(sentences, files.split, files.split_seed, data.scheme)
     train, dev, test = load_parts(files, read, split, out, "ner")
-    labels = dn.tag_vocab(train)
-    dn.check_tags(dev, labels, "dev")
-    dn.check_tags(test, labels, "test")
+    labels = dn.tag_vocab(train, dev, test, scheme=data.scheme)
+    for line in dn.types_missing_from_train(train, {"dev": dev, "test": test}, data.scheme):
+        echo("warning: " + line)
     tok = load_tokenizer(model_dir)
     label2id = {l: i for i, l in enumerate(labels)}
     encode = lambda part: dn.encode(tok, part, training.max_seq_length, label2id, data.label_all_subwords,
-                                    data.stride)
+                                    data.stride, data.scheme)
     task = NerTask(labels, training.max_seq_length, data.label_all_subwords, data.stride, data.scheme,
                    encode(train), encode(dev), encode(test), {"train": train, "dev": dev, "test": test})
     windows = len(task.train) + len(task.dev) + len(task.test)
-    echo(f"ner: {len(train)} train / {len(dev)} dev / {len(test)} test sentences ({windows} windows), "
-         f"{(len(labels) - 1) // 2} entity types, model {model_dir}{_scratch(training)}")
-    summary = run_seeds(task, model, model_dir, training, out, echo)
+    kinds = (f"{len(labels)} tags" if data.scheme == "plain"
+             else f"{(len(labels) - 1) // 2} entity types ({', '.join(l[2:] for l in labels[1::2])})")
+    echo(f"ner: {len(train)} train / {len(dev)} dev / {len(test)} test sentences ({windows} windows), {kinds}, "
+         f"model {model_dir}{_scratch(training)}")
+    ds_config = build_ds_config(training, par, D.world_size(), user)
+    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config)
     echo(format_summary(summary, out))
     return summary
 
@@ -201,13 +302,15 @@ def read_corpus(corpus: Sequence[str], fmt: str | None) -> list[str]:
     return [d.text for d in read_documents(paths, fmt)]
 
 
-def run_mlm(config: MlmConfig, echo: Echo = print) -> dict:
+def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
     """Domain-adaptive MLM (engine/finetune/mlm.py): held-out masked-token accuracy and perplexity before and after.
     Returns the summary, with the untrained scores under 'before'."""
-    training, data = config.training, config.data
+    config, user = _merged(config, explicit)
+    training, data, par = config.training, config.data, config.parallel
+    echo = start(par, echo)
     out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
-    model = model_config(model_dir, training)
+    model = model_config(model_dir, training, par)
     docs = read_corpus(data.corpus, data.format)
     if data.max_docs and len(docs) > data.max_docs:
         docs = random.Random(data.split_seed).sample(docs, data.max_docs)
@@ -222,11 +325,17 @@ def run_mlm(config: MlmConfig, echo: Echo = print) -> dict:
     report = load_pretrained(model_dir, before_model)
     if any(k.startswith("cls.predictions") for k in report.initialised):
         echo("note: the checkpoint has no MLM head; its transform starts from a fresh initialisation")
-    before = task.evaluate_split(before_model, "test", training.eval_batch_size)
+    before = evaluate_split(before_model.to(D.device()), task, "test", training.eval_micro_batch, D.device(),
+                            training.unpadded)
     del before_model
-    summary = run_seeds(task, model, model_dir, training, out, echo, extra={"before": before})
-    after = summary["test"]
-    echo(f"held-out masked-token accuracy {before['masked_accuracy']:.4f} -> "
-         f"{after['masked_accuracy']['mean']:.4f} ± {after['masked_accuracy']['std']:.4f}; perplexity "
-         f"{before['perplexity']:.1f} -> {after['perplexity']['mean']:.1f} ± {after['perplexity']['std']:.1f}")
+    ds_config = build_ds_config(training, par, D.world_size(), user)
+    summary = run_seeds(task, model, model_dir, training, out, echo, extra={"before": before}, par=par,
+                        ds_config=ds_config)
+    if summary["status"] == "finished":
+        after = summary["test"]
+        echo(f"held-out masked-token accuracy {before['masked_accuracy']:.4f} -> "
+             f"{after['masked_accuracy']['mean']:.4f} ± {after['masked_accuracy']['std']:.4f}; perplexity "
+             f"{before['perplexity']:.1f} -> {after['perplexity']['mean']:.1f} ± {after['perplexity']['std']:.1f}")
+    else:
+        echo(format_summary(summary, out))
     return summary

@@ -1,17 +1,25 @@
 """What each finetuning task trains on and how it is scored. A task owns its label list, its encoded features
-(train / dev / test), the head it puts on the encoder, a collate function and an `evaluate` that runs the model
-and returns metrics with one headline number (`metric`). The trainer knows nothing task-specific."""
+(train / dev / test), the head it puts on the encoder, and four functions the task-agnostic trainer and evaluator
+(engine/finetune/trainer.py, evaluation.py) call:
+  collate(features, unpadded, seed)  -> a batch of CPU tensors (labels included when the features have them)
+  loss(model, batch)                 -> the training loss of one micro batch (a 0-dim tensor)
+  outputs(model, batch)              -> one small CPU result per example (probabilities, tag ids, ...)
+  metrics(split, outputs)            -> the split's metrics from every example's result, with one headline number
+                                        under `metric`
+Outputs are per example so that evaluation can be sharded over ranks and gathered in input order."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
 from engine.finetune import data_ner
-from engine.finetune.metrics import classification_metrics, entity_metrics
+from engine.finetune.metrics import classification_metrics, collapse, entity_metrics, token_metrics
 from engine.heads import BertForSequenceClassification, BertForTokenClassification
 
 TASK_FILE = "bertforge_task.json"  # written beside config.json of every finetuned model
@@ -26,23 +34,6 @@ def pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return out
 
 
-@torch.no_grad()
-def batched_logits(model: nn.Module, features: Sequence, collate, batch_size: int) -> list[torch.Tensor]:
-    """Logits of every feature in input order (float32, CPU); batches are formed by length to cut padding."""
-    model.eval()
-    order = sorted(range(len(features)), key=lambda i: len(_ids(features[i])))
-    out: list[torch.Tensor | None] = [None] * len(features)
-    for k in range(0, len(order), batch_size):
-        idx = order[k: k + batch_size]
-        batch = collate([features[i] for i in idx])
-        batch.pop("labels", None)
-        logits = model(**batch).logits.float()
-        mask = batch["attention_mask"]
-        for j, i in enumerate(idx):
-            out[i] = logits[j] if logits.dim() == 2 else logits[j, : int(mask[j].sum())]
-    return out  # type: ignore[return-value]
-
-
 def unpad(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Concatenated tokens (total,), cu_seqlens (B+1,) int32 and the longest length: the model's unpadded layout,
     in which the dense layers never see a padding token."""
@@ -53,8 +44,27 @@ def unpad(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, in
     return flat, cu, int(lengths.max())
 
 
-def _ids(feature) -> list[int]:
-    return feature["input_ids"] if isinstance(feature, dict) else feature.input_ids
+def token_rows(values: torch.Tensor, batch: dict) -> list[torch.Tensor]:
+    """Per-token values (B, S, ...) padded or (total, ...) unpadded -> one (len_i, ...) tensor per sequence."""
+    if "cu_seqlens" in batch:
+        cu = batch["cu_seqlens"].tolist()
+        return [values[a:b] for a, b in zip(cu, cu[1:])]
+    lengths = batch["attention_mask"].sum(1).tolist()
+    return [values[i, :n] for i, n in enumerate(lengths)]
+
+
+def feature_length(feature) -> int:
+    """Tokens of a feature (a dict or a Window with input_ids); 0 for anything else (batches sort by it)."""
+    ids = feature.get("input_ids") if isinstance(feature, dict) else getattr(feature, "input_ids", None)
+    return len(ids) if ids is not None else 0
+
+
+def balanced_weights(label_ids: Sequence[int], num_labels: int) -> list[float]:
+    """scikit-learn's 'balanced' class weights n / (classes x n_c) over the classes present in `label_ids`; a class
+    absent from them gets 0 (it is never a training target)."""
+    counts = Counter(label_ids)
+    present = len(counts)
+    return [len(label_ids) / (present * counts[c]) if counts[c] else 0.0 for c in range(num_labels)]
 
 
 @dataclass
@@ -65,39 +75,56 @@ class ClassifyTask:
     dev: list[dict] = field(default_factory=list)
     test: list[dict] = field(default_factory=list)
     metric: str = "accuracy"
+    class_weights: list[float] | None = None
+    """Per-class weights of the cross-entropy (--class-weight balanced), or None."""
     name: str = "classify"
 
     def build_model(self, config: ModelConfig) -> nn.Module:
         return BertForSequenceClassification(config, len(self.labels))
 
-    def collate(self, feats: Sequence[dict], unpadded: bool = False) -> dict:
+    def collate(self, feats: Sequence[dict], unpadded: bool = False, seed: int | None = None) -> dict:
         if unpadded:
             ids, cu, longest = unpad([f["input_ids"] for f in feats])
             batch = {"input_ids": ids, "token_type_ids": unpad([f["token_type_ids"] for f in feats])[0],
                      "cu_seqlens": cu, "max_seqlen": longest}
-            if "labels" in feats[0]:
-                batch["labels"] = torch.tensor([f["labels"] for f in feats], dtype=torch.long)
-            return batch
-        ids = pad([f["input_ids"] for f in feats], 0)
-        batch = {"input_ids": ids, "token_type_ids": pad([f["token_type_ids"] for f in feats], 0),
-                 "attention_mask": pad([[1] * len(f["input_ids"]) for f in feats], 0)}
+        else:
+            batch = {"input_ids": pad([f["input_ids"] for f in feats], 0),
+                     "token_type_ids": pad([f["token_type_ids"] for f in feats], 0),
+                     "attention_mask": pad([[1] * len(f["input_ids"]) for f in feats], 0)}
         if "labels" in feats[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in feats], dtype=torch.long)
         return batch
 
-    def predict(self, model: nn.Module, feats: Sequence[dict], batch_size: int = 64) -> torch.Tensor:
-        """(N, C) class probabilities."""
-        return torch.stack([l.softmax(-1) for l in batched_logits(model, feats, self.collate, batch_size)])
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """Cross-entropy of the micro batch: the mean over its examples, or with class weights w the weighted mean
+        sum_i w[y_i] * nll_i / sum_i w[y_i] (torch's `cross_entropy(weight=w)`)."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits.float()
+        labels = batch["labels"]
+        weight = None
+        if self.class_weights is not None:
+            weight = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+        return F.cross_entropy(logits, labels, weight=weight)
 
-    def evaluate(self, model: nn.Module, feats: Sequence[dict], batch_size: int = 64) -> dict:
-        probs = self.predict(model, feats, batch_size)
-        return classification_metrics([f["labels"] for f in feats], probs.argmax(-1).tolist(), self.labels)
+    def outputs(self, model, batch: dict) -> list[torch.Tensor]:
+        """(C,) class probabilities per example."""
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        return list(out.logits.float().softmax(-1).cpu())
 
-    def evaluate_split(self, model: nn.Module, split: str, batch_size: int = 64) -> dict:
-        return self.evaluate(model, getattr(self, split), batch_size)
+    def metrics(self, split: str, outputs: Sequence[torch.Tensor]) -> dict:
+        feats = getattr(self, split)
+        m = classification_metrics([f["labels"] for f in feats], [int(p.argmax()) for p in outputs], self.labels)
+        m["collapsed"] = collapse(m)
+        return m
+
+    def majority(self) -> str | None:
+        """The most frequent training label."""
+        counts = Counter(f["labels"] for f in self.train if "labels" in f)
+        return self.labels[counts.most_common(1)[0][0]] if counts else None
 
     def info(self) -> dict:
-        return {"task": self.name, "max_seq_length": self.max_seq_length, "labels": self.labels}
+        return {"task": self.name, "max_seq_length": self.max_seq_length, "labels": self.labels,
+                "class_weights": self.class_weights}
 
 
 @dataclass
@@ -111,13 +138,17 @@ class NerTask:
     dev: list[data_ner.Window] = field(default_factory=list)
     test: list[data_ner.Window] = field(default_factory=list)
     sentences: dict[str, list[data_ner.Sentence]] = field(default_factory=dict)  # split -> sentences
-    metric: str = "f1"
     name: str = "ner"
+
+    @property
+    def metric(self) -> str:
+        """Entity F1 for entity schemes; token accuracy for plain tags."""
+        return "accuracy" if self.scheme == "plain" else "f1"
 
     def build_model(self, config: ModelConfig) -> nn.Module:
         return BertForTokenClassification(config, len(self.labels))
 
-    def collate(self, wins: Sequence[data_ner.Window], unpadded: bool = False) -> dict:
+    def collate(self, wins: Sequence[data_ner.Window], unpadded: bool = False, seed: int | None = None) -> dict:
         if unpadded:
             ids, cu, longest = unpad([w.input_ids for w in wins])
             batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "cu_seqlens": cu,
@@ -132,24 +163,38 @@ class NerTask:
             batch["labels"] = pad([w.labels for w in wins], -100)
         return batch
 
-    def predict_tags(self, model: nn.Module, wins: Sequence[data_ner.Window], sentences: Sequence[data_ner.Sentence],
-                     batch_size: int = 64) -> tuple[list[list[str]], list[list[float]]]:
-        """IOB2 tag and its probability for every word of every sentence."""
-        logits = batched_logits(model, wins, self.collate, batch_size)
-        preds = [l.argmax(-1).tolist() for l in logits]
-        tags = data_ner.words_from_windows(wins, preds, sentences, self.labels)
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy over the labelled sub-words of the micro batch."""
+        return model(**batch).loss
+
+    def outputs(self, model, batch: dict) -> list[tuple[list[int], list[float]]]:
+        """(predicted label id, its probability) of every token, per window."""
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        rows = []
+        for logits in token_rows(out.logits.float().cpu(), batch):
+            best = logits.softmax(-1).max(-1)
+            rows.append((best.indices.tolist(), best.values.tolist()))
+        return rows
+
+    def tags(self, wins: Sequence[data_ner.Window], outputs: Sequence, sentences: Sequence[data_ner.Sentence]
+             ) -> tuple[list[list[str]], list[list[float]]]:
+        """The tag (IOB2, or plain) and its probability for every word of every sentence."""
+        tags = data_ner.words_from_windows(wins, [ids for ids, _ in outputs], sentences, self.labels)
         probs: list[list[float]] = [[0.0] * len(s.tokens) for s in sentences]
-        for win, l in zip(wins, logits):
-            p = l.softmax(-1).max(-1).values.tolist()
+        for win, (_, p) in zip(wins, outputs):
             for pos, w in enumerate(win.word_index):
                 if w >= 0:
                     probs[win.sentence][w] = p[pos]
         return tags, probs
 
-    def evaluate_split(self, model: nn.Module, split: str, batch_size: int = 64) -> dict:
+    def metrics(self, split: str, outputs: Sequence) -> dict:
         sents = self.sentences[split]
-        tags, _ = self.predict_tags(model, getattr(self, split), sents, batch_size)
-        return entity_metrics([s.tags for s in sents], tags)
+        tags, _ = self.tags(getattr(self, split), outputs, sents)
+        gold = [s.tags for s in sents]
+        return token_metrics(gold, tags, self.labels) if self.scheme == "plain" else entity_metrics(gold, tags)
+
+    def majority(self) -> str | None:
+        return None
 
     def info(self) -> dict:
         return {"task": self.name, "max_seq_length": self.max_seq_length, "labels": self.labels,

@@ -1,16 +1,31 @@
-"""The low-learning-rate finetuning loop (BERT's recipe): AdamW (weight decay 0.01, none on biases / LayerNorm),
-lr 2e-5 with 10% linear warmup then linear decay to 0, 3 epochs, dropout 0.1, encoder and head both trained,
-gradient clipping at 1.0 (engine.config.finetune.FinetuneConfig holds these defaults). Dev evaluation after every
-epoch (or `evals_per_epoch` times); the best state by the dev metric is kept and exported; optional early stopping.
-One call of `train_seed` is one seed; engine/finetune/run.py loops over seeds and summarises.
+"""The low-learning-rate finetuning loop (BERT's recipe) on the DeepSpeed engine that pretraining uses: AdamW (weight
+decay 0.01, none on biases / LayerNorm), lr 2e-5 with 10% linear warmup then linear decay to 0, 3 epochs, dropout
+0.1, encoder and head both trained, gradient clipping at 1.0 (engine.config.finetune holds these defaults). The
+model is wrapped by engine/parallelize.py only: device placement, bf16 / fp16 (dynamic loss scaling), ZeRO 0-3,
+gradient accumulation, clipping, compile, activation checkpointing; kernels come with the model config.
 
-The step goes through `PlainEngine`, which has the calling convention of a DeepSpeed engine (`engine(**batch)`,
-`engine.backward(loss)`, `engine.step()`, `engine.module`), so a DeepSpeed engine can replace it unchanged."""
+One optimizer step = `accum` micro batches per rank; global micro batch k of the even distributed order
+(engine/data/sampler.py) runs on rank k % world, so no rank runs out of batches first (no hang at the end of an
+epoch, whatever the data size) and 1 rank x accumulation 2n takes the same steps as 2 ranks x n. Every step has one
+collective (after the backward): the ranks agree on a non-finite loss (the step is skipped everywhere) and on a
+SIGTERM (checkpoint, exit 143). Dev evaluation (sharded, engine/finetune/evaluation.py) after every epoch or
+`evals_per_epoch` times; every evaluation checkpoints: an improvement into the best-state checkpoints, otherwise into
+the resume checkpoints, so the best dev state is never lost and a resume continues from the newest of the two with
+the identical loss sequence. At the end the best state is loaded, dev and test are scored, and rank 0 exports its
+fp32 weights (the masters under bf16 / fp16) as a Hugging Face directory.
+
+Layout of a seed's state while it runs (removed when the seed is exported):
+  OUT/state/seed-N/checkpoints/       resume checkpoints (engine/training/checkpoint.py; the newest kept)
+  OUT/state/seed-N/best/checkpoints/  the best dev state (the newest kept)"""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import sys
+import os
+import shutil
+import signal
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,129 +34,352 @@ from typing import Callable
 import torch
 from torch import nn
 
+from engine import deepspeed as ds
 from engine.config import ModelConfig
-from engine.config.finetune import FinetuneConfig
+from engine.config.finetune import FinetuneConfig, FinetuneParallel
+from engine.data.sampler import MicroBatchSampler
+from engine.errors import CheckpointError, ConfigError, TrainingError
+from engine.finetune.evaluation import evaluate_split, to_device
+from engine.finetune.progress import Progress
 from engine.finetune.tasks import TASK_FILE
-from engine.hf import export_hf, load_pretrained
+from engine.hf import TIED_OPTIONAL, export_hf, load_pretrained
 from engine.optim import build_optimizer, param_groups, warmup_decay
+from engine.parallelize import ParallelPlan, parallelize
+from engine.training import distributed as D
+from engine.training.checkpoint import CheckpointManager
 from engine.training.metrics import MetricsWriter
-from engine.training.rng import seed_everything
+from engine.training.rng import rng_state, seed_everything, set_rng_state
+
+PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
+MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before training stops with an error
 
 
-class PlainEngine:
-    """Single-process training step with a DeepSpeed engine's interface."""
+class _Preemption:
+    """SIGTERM -> a flag (the main thread's handler; restored on exit)."""
 
-    def __init__(self, model: nn.Module, args: FinetuneConfig, total_steps: int):
-        self.module = model
-        self.optimizer = build_optimizer("adamw", param_groups(model, args.weight_decay), lr=args.lr,
-                                         eps=args.adam_eps)
-        self.scheduler = warmup_decay(self.optimizer, int(args.warmup_ratio * total_steps), total_steps, "linear")
-        self.max_grad_norm = args.max_grad_norm
+    def __init__(self):
+        self.flag = False
+        self.previous = None
 
-    def __call__(self, **batch):
-        return self.module(**batch)
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
 
-    def train(self) -> None:
-        self.module.train()
+    def _handler(self, signum, frame):
+        self.flag = True
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step(self) -> None:
-        if self.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def get_lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+def state_dir(out_dir: Path, seed: int) -> Path:
+    """Where a seed's checkpoints live while it runs."""
+    return out_dir / "state" / f"seed-{seed}"
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+def build_ds_config(args: FinetuneConfig, par: FinetuneParallel, world: int, user: dict | None = None) -> dict:
+    """DeepSpeed's JSON for these settings on `world` ranks."""
+    micro = args.micro_batch_for(world)
+    return ds.build_ds_config(micro_batch=micro, global_batch=args.global_batch,
+                              grad_accum=args.global_batch // (micro * world), max_grad_norm=args.max_grad_norm,
+                              zero_stage=par.zero_stage, precision=par.precision, user=user)
 
 
-def train_seed(task, config: ModelConfig, init_dir: Path | None, args: FinetuneConfig, seed: int,
-               out_dir: Path | None, log: MetricsWriter | None, echo: Callable[[str], None] = print
-               ) -> tuple[dict, nn.Module]:
-    """Finetune once with `seed`: `task.build_model(config)`, loaded from `init_dir` unless args.from_scratch.
-    Writes JSONL lines to `log` (None: nothing) and, with `out_dir`, the best state to out_dir/seed-N/. Returns
-    ({'seed', 'best_step', 'steps', 'train_seconds', 'dev_history', 'dev', 'test'}, the model in its best dev
-    state)."""
-    seed_everything(seed)
-    record = log.write if log is not None else (lambda _: None)
-    model = task.build_model(config)
-    if init_dir is not None and not args.from_scratch:
-        load_pretrained(init_dir, model)
-    n = len(task.train)
-    steps_per_epoch = math.ceil(n / args.batch_size)
-    total_steps = max(1, math.ceil(steps_per_epoch * args.epochs))
-    engine = PlainEngine(model, args, total_steps)
-    eval_every = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
-    gen = torch.Generator().manual_seed(seed)
-    best, best_state, best_step, bad_evals, history = -math.inf, None, 0, 0, []
-    step, t0, stop = 0, time.perf_counter(), False
-    bar = _progress(total_steps, f"{task.name} seed {seed}", args.progress)
-    epoch = 0
-    while step < total_steps and not stop:
-        engine.train()
-        order = torch.randperm(n, generator=gen).tolist()
-        for k in range(0, n, args.batch_size):
-            batch = task.collate([task.train[i] for i in order[k: k + args.batch_size]], unpadded=args.unpadded)
-            loss = engine(**batch).loss
+def check_device_support(par: FinetuneParallel | object) -> None:
+    """ConfigError for settings this machine cannot run: fp16 and Triton kernels need a GPU (kernels run on CPU
+    tensors only under the Triton interpreter, TRITON_INTERPRET=1). `par`: anything with precision and kernels."""
+    if torch.cuda.is_available():
+        return
+    if par.precision == "fp16":
+        raise ConfigError("--precision fp16 needs a GPU (no fp16 training or autocast on CPU); use bf16 or fp32")
+    if par.kernels == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("--kernels triton needs a GPU (on CPU only under the Triton interpreter: set "
+                          "TRITON_INTERPRET=1, slow); use --kernels none here")
+
+
+class FinetuneTrainer:
+    """One seed of one task. Attributes, in the order `setup` fills them:"""
+
+    task: object                    # engine/finetune/tasks.py (or mlm.py): features, collate, loss, outputs, metrics
+    model_cfg: ModelConfig
+    args: FinetuneConfig
+    par: FinetuneParallel
+    seed: int
+    dev: torch.device
+    rank: int
+    world: int
+    accum: int                      # micro batches per rank per optimizer step
+    micro: int
+    sampler: MicroBatchSampler      # this rank's micro batches of the training features
+    engine: object                  # DeepSpeed engine (engine/parallelize.py)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ckpt: CheckpointManager         # resume checkpoints
+    best_ckpt: CheckpointManager    # the best dev state
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+    step: int                       # optimizer steps done
+    best: float                     # best dev score so far, its step, evaluations since, dev history
+    best_step: int
+    bad_evals: int
+    history: list
+    skipped: int                    # non-finite steps skipped, in total and in a row
+    in_a_row: int
+
+    def __init__(self, task, model_cfg: ModelConfig, init_dir: Path | None, args: FinetuneConfig,
+                 par: FinetuneParallel, seed: int, ds_config: dict, state: Path, log: MetricsWriter | None = None,
+                 echo: Callable[[str], None] = print):
+        self.task, self.model_cfg, self.init_dir, self.args, self.par = task, model_cfg, init_dir, args, par
+        self.seed, self.ds_config, self.state, self.log, self.echo = seed, ds_config, state, log, echo
+
+    # ---- setup ---------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        args = self.args
+        self.dev, self.rank, self.world = D.device(), D.rank(), D.world_size()
+        self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
+        self.accum = self.ds_config["gradient_accumulation_steps"]
+        n = len(self.task.train)
+        if n == 0:
+            raise ConfigError("no training examples")
+        self.steps_per_epoch = max(1, math.ceil(n / args.global_batch))
+        self.total_steps = max(1, math.ceil(args.epochs * n / args.global_batch))
+        self.eval_every = max(1, self.steps_per_epoch // args.evals_per_epoch)
+        self.sampler = MicroBatchSampler(n, self.micro, self.rank, self.world, seed=self.seed)
+
+        self.ckpt = CheckpointManager(self.state, keep_last=1)
+        self.best_ckpt = CheckpointManager(self.state / "best", keep_last=1)
+        resume_from = self._resume_point()
+        seed_everything(self.seed)  # the same initial weights on every rank
+        model = self.task.build_model(self.model_cfg)
+        if self.init_dir is not None and not args.from_scratch and resume_from is None:
+            load_pretrained(self.init_dir, model)
+        model.to(self.dev)
+        self.optimizer = build_optimizer("adamw", param_groups(model, args.weight_decay), args.lr,
+                                         eps=args.adam_eps, fused=False if self.dev.type == "cpu" else None)
+        plan = ParallelPlan(self.ds_config, compile=self.par.compile,
+                            activation_checkpointing=self.par.activation_checkpointing)
+        self.engine = parallelize(model, self.optimizer, plan, log=lambda m: None)
+        # after the skip gate is installed on the optimizer (the schedule wraps its step)
+        self.scheduler = warmup_decay(self.optimizer, int(args.warmup_ratio * self.total_steps), self.total_steps,
+                                      "linear")
+        seed_everything(self.seed + 1000 * self.rank)  # dropout streams differ per rank
+
+        self.step = self.skipped = self.in_a_row = self.best_step = self.bad_evals = 0
+        self.best, self.history, self.stopped = -math.inf, [], False
+        if resume_from is not None:
+            manager, tag = resume_from
+            state = manager.load(self.engine, tag)
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            for key in ("step", "skipped", "in_a_row", "best", "best_step", "bad_evals", "history", "stopped"):
+                setattr(self, key, state[key])
+            self.echo(f"seed {self.seed}: resumed from {manager.root / tag} at step {self.step}")
+
+    def _resume_point(self) -> tuple[CheckpointManager, str] | None:
+        """The newest checkpoint of the two sets (None: start afresh). Best-state checkpoints newer than the resume
+        point cannot exist (each is also the newest resume point when written)."""
+        points = [(m.meta(t)["step"], i, m, t) for i, m in enumerate((self.ckpt, self.best_ckpt))
+                  for t in [m.latest()] if t is not None]
+        if not points:
+            return None
+        _, _, manager, tag = max(points, key=lambda p: (p[0], p[1]))
+        return manager, tag
+
+    # ---- one optimizer step --------------------------------------------------------------------------------------
+    def train_step(self, preempt: _Preemption) -> tuple[torch.Tensor, bool, bool]:
+        """`accum` micro batches and one update (or a skip on every rank). Returns (the summed micro-batch losses on
+        the device, whether the update was applied, whether the ranks agreed to stop on a SIGTERM)."""
+        engine, optimizer = self.engine, self.optimizer
+        fp16 = self.par.precision == "fp16"
+        optimizer.bertforge_skip = False
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.dev)
+        stop = False
+        for micro_step in range(self.accum):
+            mb = self.sampler.indices(self.step * self.accum + micro_step)
+            feats = [self.task.train[i] for i in mb.indices.tolist()]
+            batch = to_device(self.task.collate(feats, unpadded=self.args.unpadded, seed=(self.seed, mb.global_index)),
+                              self.dev)
+            loss = self.task.loss(engine, batch)
+            nonfinite |= ~torch.isfinite(loss.detach())
             engine.backward(loss)
-            lr = engine.get_lr()
+            if micro_step == self.accum - 1:
+                # the step's one collective: all ranks skip a non-finite step together, and stop together
+                flags = D.all_reduce_max([float(nonfinite), float(preempt.flag)], self.dev)
+                optimizer.bertforge_skip = flags[0] > 0 and not fp16  # fp16: DeepSpeed's loss scaler skips
+                stop = flags[1] > 0
             engine.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step % 10 == 0 or step == 1:
-                record({"seed": seed, "step": step, "epoch": round(step / steps_per_epoch, 3), "loss": loss.item(),
-                        "lr": lr})
-            last = step == total_steps
-            if task.dev and (step % eval_every == 0 or last):
-                metrics = task.evaluate_split(model, "dev", args.eval_batch_size)
-                engine.train()
-                score = metrics[task.metric]
-                history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), task.metric: score})
-                record({"seed": seed, "step": step, "epoch": round(step / steps_per_epoch, 3), "split": "dev",
-                        **_headline(metrics)})
-                echo(f"seed {seed} step {step}/{total_steps} epoch {step / steps_per_epoch:.2f}: "
-                     f"dev {task.metric} {score:.4f}")
-                if score > best:
-                    best, best_step, bad_evals = score, step, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            loss_sum += loss.detach().double()
+        applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
+        return loss_sum, applied, stop
+
+    # ---- evaluation, checkpoints ---------------------------------------------------------------------------------
+    def evaluate(self, split: str) -> dict:
+        metrics = evaluate_split(self.engine, self.task, split, self.args.eval_micro_batch, self.dev,
+                                 self.args.unpadded)
+        self.engine.train()
+        return metrics
+
+    def save(self, manager: CheckpointManager) -> None:
+        """A checkpoint of everything the continuation needs (a collective)."""
+        trainer_state = {"step": self.step, "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                         "skipped": self.skipped, "in_a_row": self.in_a_row, "best": self.best,
+                         "best_step": self.best_step, "bad_evals": self.bad_evals, "history": self.history,
+                         "stopped": self.stopped}
+        meta = {"finetune_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.args).items()},
+                "parallel": asdict(self.par), "model_config": asdict(self.model_cfg), "seed": self.seed,
+                "task": self.task.info()}
+        manager.save(self.engine, self.step, trainer_state, meta)
+
+    def _record(self, record: dict) -> None:
+        if self.log is not None:
+            self.log.write({"seed": self.seed, **record})
+
+    def _epoch(self) -> float:
+        return round(self.step / self.steps_per_epoch, 3)
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+    def train(self) -> str:
+        """Train to the end, an early stop or a SIGTERM. Returns 'finished' or 'preempted' (a checkpoint was saved)."""
+        args, task = self.args, self.task
+        progress = Progress(self.total_steps, f"{task.name} seed {self.seed}", enabled=args.progress and self.rank == 0,
+                            initial=self.step)
+        window = torch.zeros((), dtype=torch.float64, device=self.dev)
+        window_steps = 0
+        self.engine.train()
+        with contextlib.ExitStack() as stack:
+            stack.callback(progress.close)
+            preempt = stack.enter_context(_Preemption())
+            while self.step < self.total_steps and not self.stopped:
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss_sum, applied, stop = self.train_step(preempt)
+                self.step += 1
+                progress.update(1)
+                if applied:
+                    self.scheduler.step()
+                    self.in_a_row = 0
+                    window += loss_sum
+                    window_steps += 1
                 else:
-                    bad_evals += 1
-                    if args.early_stopping and bad_evals >= args.early_stopping:
-                        echo(f"seed {seed}: early stop at step {step} (no dev improvement in {bad_evals} evals)")
-                        stop = True
-            if last or stop:
-                break
-        epoch += 1
-    bar.close()
-    train_seconds = time.perf_counter() - t0
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_step = step
-    result = {"seed": seed, "best_step": best_step, "steps": step, "train_seconds": round(train_seconds, 2),
-              "dev_history": history}
-    for split in ("dev", "test"):
-        if getattr(task, split):
-            metrics = task.evaluate_split(model, split, args.eval_batch_size)
-            result[split] = metrics
-            record({"seed": seed, "step": best_step, "split": split, "final": True, **_headline(metrics)})
-    if out_dir is not None:
-        save_model(model, out_dir / f"seed-{seed}", init_dir, task, result, args)
-    return result, model
+                    self.skipped += 1
+                    self.in_a_row += 1
+                    if self.in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                        raise TrainingError(f"seed {self.seed} stopped at step {self.step}: {self.in_a_row} steps in "
+                                            f"a row had a non-finite loss; lower --lr or use --precision fp32")
+                last = self.step == self.total_steps
+                if self.step % args.log_every == 0 or last:
+                    total = D.all_reduce_sum([float(window)], self.dev)[0]  # window_steps: the same on every rank
+                    if window_steps:
+                        loss = total / (window_steps * self.accum * self.world)
+                        self._record({"step": self.step, "epoch": self._epoch(), "split": "train", "loss": loss,
+                                      "lr": lr, "skipped_steps": self.skipped})
+                        progress.update(0, loss=loss)
+                    window.zero_()
+                    window_steps = 0
+                saved = False
+                if task.dev and (self.step % self.eval_every == 0 or last):
+                    self._dev_evaluation(progress)
+                    saved = True
+                elif args.save_every and self.step % args.save_every == 0 and not last:
+                    self.save(self.ckpt)
+                    saved = True
+                if stop:
+                    if not saved:
+                        self.save(self.ckpt)
+                    self.echo(f"seed {self.seed}: SIGTERM: checkpoint saved at step {self.step} in {self.state}; "
+                              f"continue with --resume")
+                    return "preempted"
+        if not task.dev:  # no dev set: the final state is the one kept
+            self.best_step = self.step
+            self.save(self.best_ckpt)
+        return "finished"
+
+    def _dev_evaluation(self, progress: Progress) -> None:
+        metrics = self.evaluate("dev")
+        score = metrics[self.task.metric]
+        self.history.append({"step": self.step, "epoch": self._epoch(), self.task.metric: score})
+        self._record({"step": self.step, "epoch": self._epoch(), "split": "dev", **_headline(metrics)})
+        progress.write(f"seed {self.seed} step {self.step}/{self.total_steps} epoch {self._epoch():.2f}: "
+                       f"dev {self.task.metric} {score:.4f}")
+        if score > self.best:
+            self.best, self.best_step, self.bad_evals = score, self.step, 0
+            self.save(self.best_ckpt)
+            return
+        self.bad_evals += 1
+        if self.args.early_stopping and self.bad_evals >= self.args.early_stopping:
+            self.stopped = True
+            self.echo(f"seed {self.seed}: early stop at step {self.step} (no dev improvement in {self.bad_evals} "
+                      f"evaluations)")
+        self.save(self.ckpt)
+
+    def finish(self) -> tuple[dict, nn.Module | None]:
+        """Load the best state, score dev and test (sharded), and on rank 0 build a CPU model from its fp32 weights.
+        Returns (result, that model; None on other ranks)."""
+        tag = self.best_ckpt.latest()
+        self.best_ckpt.load(self.engine, tag, module_only=True)
+        result = {"seed": self.seed, "best_step": self.best_step, "steps": self.step, "skipped_steps": self.skipped,
+                  "dev_history": self.history}
+        for split in ("dev", "test"):
+            if getattr(self.task, split):
+                metrics = self.evaluate(split)
+                result[split] = metrics
+                self._record({"step": self.best_step, "split": split, "final": True, **_headline(metrics)})
+        model = None
+        if self.rank == 0:
+            model = self.task.build_model(self.model_cfg.replace(kernels="none"))
+            state = ds.consolidated_fp32_state_dict(self.best_ckpt.root / tag)
+            missing = [k for k in model.load_state_dict(state, strict=False).missing_keys if k not in TIED_OPTIONAL]
+            if missing:
+                raise CheckpointError(f"{self.best_ckpt.root / tag}: the consolidated weights lack {missing[:3]}")
+            model.eval()
+        D.barrier()
+        return result, model
 
 
 def _headline(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def train_seed(task, config: ModelConfig, init_dir: Path | None, args: FinetuneConfig, seed: int,
+               out_dir: Path | None, log: MetricsWriter | None, echo: Callable[[str], None] = print,
+               par: FinetuneParallel | None = None, ds_config: dict | None = None) -> tuple[dict, nn.Module | None]:
+    """Finetune once with `seed`: `task.build_model(config)`, loaded from `init_dir` unless args.from_scratch, on
+    the DeepSpeed engine. Writes JSONL lines to `log` (None: nothing) and, with `out_dir`, the best state to
+    out_dir/seed-N/ (its checkpoints under out_dir/state/seed-N/ while it runs; without `out_dir` a temporary
+    folder, one process only). Returns ({'seed', 'best_step', 'steps', 'train_seconds', 'dev_history', 'dev',
+    'test', 'status'}, the model in its best dev state on the CPU (None on ranks other than 0, and after a
+    SIGTERM))."""
+    par = par or FinetuneParallel()
+    check_device_support(par)
+    D.prepare_env()
+    ds.init_distributed(par.dist_timeout_s)
+    if ds_config is None:
+        ds_config = build_ds_config(args, par, D.world_size())
+    if out_dir is None and D.world_size() > 1:
+        raise ConfigError("several ranks need an output directory (--out) for the checkpoints they share")
+    with contextlib.ExitStack() as stack:
+        state = (state_dir(out_dir, seed) if out_dir is not None
+                 else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bertforge-finetune-"))))
+        trainer = FinetuneTrainer(task, config, init_dir, args, par, seed, ds_config, state, log, echo)
+        trainer.setup()
+        t0 = time.perf_counter()
+        status = trainer.train()
+        train_seconds = time.perf_counter() - t0
+        if status == "preempted":
+            return {"seed": seed, "status": status, "steps": trainer.step}, None
+        result, model = trainer.finish()
+        result.update(status=status, train_seconds=round(train_seconds, 2))
+        del trainer
+        if out_dir is not None and D.rank() == 0:
+            save_model(model, out_dir / f"seed-{seed}", init_dir, task, result, args)
+            shutil.rmtree(state, ignore_errors=True)
+        D.barrier()
+    return result, model
 
 
 def save_model(model: nn.Module, directory: Path, tokenizer_dir: Path | None, task, result: dict,
@@ -149,6 +387,6 @@ def save_model(model: nn.Module, directory: Path, tokenizer_dir: Path | None, ta
     """`directory` (atomically): Hugging Face files (+ the tokenizer of `tokenizer_dir`) and TASK_FILE with the
     task's settings, the recipe and the seed's result."""
     id2label = dict(enumerate(task.labels)) if task.labels else None
-    info = {**task.info(), "args": asdict(args), "result": {k: v for k, v in result.items() if k != "dev_history"}}
+    info = {**task.info(), "args": asdict(args), "result": result}
     return export_hf(model, directory, tokenizer_dir, id2label=id2label,
                      extra_files={TASK_FILE: json.dumps(info, indent=2, sort_keys=True) + "\n"})

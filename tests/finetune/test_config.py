@@ -7,15 +7,23 @@ from pathlib import Path
 import pytest
 
 from engine.cli import build_parser, main
-from engine.config.finetune import (ClassifyConfig, FinetuneConfig, InferenceConfig, MlmConfig, MlmData, NerConfig,
-                                    NerData, SplitFiles)
+from engine.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, InferenceConfig,
+                                    MlmConfig, MlmData, NerConfig, NerData, SplitFiles)
 from engine.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("cls,values,flag", [
     (FinetuneConfig, {"lr": 0.0}, "--lr"),
     (FinetuneConfig, {"epochs": -1}, "--epochs"),
-    (FinetuneConfig, {"batch_size": 0}, "--batch-size"),
+    (FinetuneConfig, {"global_batch": 0}, "--global-batch"),
+    (FinetuneConfig, {"global_batch": 32, "micro_batch": 5}, "--micro-batch"),
+    (FinetuneConfig, {"seeds": (1, 1)}, "--seeds"),
+    (FinetuneParallel, {"precision": "fp8"}, "--precision"),
+    (FinetuneParallel, {"zero_stage": 4}, "--zero-stage"),
+    (FinetuneParallel, {"kernels": "cuda"}, "--kernels"),
+    (FinetuneParallel, {"compile": True, "zero_stage": 3}, "--compile"),
+    (ClassifyData, {"class_weight": "inverse"}, "--class-weight"),
+    (InferenceConfig, {"model": "m", "input": "i", "precision": "int8"}, "--precision"),
     (FinetuneConfig, {"warmup_ratio": 1.0}, "--warmup-ratio"),
     (FinetuneConfig, {"dropout": 1.0}, "--dropout"),
     (FinetuneConfig, {"max_grad_norm": -0.5}, "--max-grad-norm"),
@@ -70,6 +78,34 @@ def test_every_field_is_a_flag_and_task_defaults_apply(task, config_cls):
     assert config.training.max_seq_length == (128 if task == "mlm" else 512)
 
 
+SHARED_WITH_PRETRAIN = ["--micro-batch", "--global-batch", "--precision", "--zero-stage", "--kernels", "--unpadded",
+                        "--compile", "--max-grad-norm", "--resume", "--activation-checkpointing", "--deepspeed-config",
+                        "--dist-timeout-s", "--max-seq-length", "--lr", "--warmup-ratio", "--weight-decay",
+                        "--log-every", "--save-every", "--no-progress"]
+
+
+@pytest.mark.parametrize("task", ["classify", "ner", "mlm"])
+def test_finetune_flags_are_pretraining_names(task):
+    pretrain = {o for a in _subparser("pretrain")._actions for o in a.option_strings}
+    finetune = {o for a in _subparser("finetune", task)._actions for o in a.option_strings}
+    assert set(SHARED_WITH_PRETRAIN) <= pretrain & finetune
+    args = _subparser("finetune", task).parse_args([
+        "--out", "o", "--micro-batch", "4", "--global-batch", "16", "--precision", "bf16", "--zero-stage", "2",
+        "--kernels", "triton", "--no-unpadded", "--compile", "--resume",
+        *(["--corpus", "c"] if task == "mlm" else ["--data", "d"])])
+    from engine.commands.flags import given
+
+    cls = {"classify": ClassifyConfig, "ner": NerConfig, "mlm": MlmConfig}[task]
+    config = cls.from_flat(given(args, cls.field_names()))
+    assert (config.training.micro_batch, config.training.global_batch, config.training.unpadded) == (4, 16, False)
+    assert (config.parallel.precision, config.parallel.zero_stage, config.parallel.kernels) == ("bf16", 2, "triton")
+    assert config.parallel.compile and config.training.resume
+    assert config.training.grad_accum(2) == 2 and config.training.micro_batch_for(2) == 4
+    with pytest.raises(ConfigError, match="--micro-batch"):
+        config.training.grad_accum(3)
+    assert FinetuneConfig(global_batch=32).micro_batch_for(4) == 8  # unset: global / ranks, no accumulation
+
+
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_inference_flags(command):
     dests = {a.dest for a in _subparser(command)._actions}
@@ -103,3 +139,21 @@ def test_library_never_imports_the_command_line():
                 assert not name.startswith(("engine.cli", "engine.commands")), f"{path.name} imports {name}"
                 if path.name == "finetune.py":
                     assert not name.startswith(("torch", "engine.finetune", "engine.data")), path
+
+
+def test_deepspeed_json_is_folded_in_and_may_not_contradict_a_flag(tmp_path):
+    from engine.finetune.run import _merged
+
+    user = tmp_path / "ds.json"
+    user.write_text('{"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 4, '
+                    '"zero_allow_untested_optimizer": true}')
+    config = ClassifyConfig.from_flat(output_dir="o", train="t.csv", deepspeed_config=str(user), global_batch=16)
+    merged, raw = _merged(config, frozenset({"output_dir", "train", "deepspeed_config", "global_batch"}))
+    assert (merged.parallel.zero_stage, merged.training.micro_batch, merged.training.global_batch) == (2, 4, 16)
+    assert raw["zero_optimization"] == {"stage": 2}
+    with pytest.raises(ConfigError, match="zero-stage"):
+        _merged(config.replace(zero_stage=3), frozenset({"zero_stage"}))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"optimizer": {"type": "Adam"}}')
+    with pytest.raises(ConfigError, match="optimizer"):
+        _merged(config.replace(deepspeed_config=str(bad)), frozenset())

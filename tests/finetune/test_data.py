@@ -74,11 +74,12 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
         dn.read_conll(q)
 
 
-def test_unseen_dev_tag(tmp_path):
+def test_dev_type_missing_from_train_is_reported_and_kept(tmp_path):
     train = dn.read_conll(write(tmp_path, "train.conll", "John\tB-PER\n"))
     dev = dn.read_conll(write(tmp_path, "dev.conll", "x\tO\n\nParis\tB-LOC\n"))
-    with pytest.raises(UserError, match=r"dev.conll:3: dev tag 'B-LOC'"):
-        dn.check_tags(dev, dn.tag_vocab(train), "dev")
+    (line,) = dn.types_missing_from_train(train, {"dev": dev})
+    assert line.startswith("dev entity type 'LOC' (1 sentence(s), first at ") and "dev.conll:3)" in line
+    assert dn.tag_vocab(train, dev) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]  # the head can score it
 
 
 # ---- CSV / TSV / JSONL --------------------------------------------------------------------------------------------
@@ -102,11 +103,12 @@ def test_missing_column(tmp_path):
         dc.read_examples(j)
 
 
-def test_unseen_test_label(tmp_path):
+def test_test_label_missing_from_train_is_reported_and_kept(tmp_path):
     train = dc.read_examples(write(tmp_path, "train.csv", "text,label\na,pos\nb,neg\n"))
     test = dc.read_examples(write(tmp_path, "test.csv", "text,label\na,pos\nc,neutral\n"))
-    with pytest.raises(UserError, match=r"test.csv:3: test label 'neutral' does not occur in the training data"):
-        dc.check_labels(test, dc.label_vocab(train), "test")
+    (line,) = dc.labels_missing_from_train(train, {"dev": [], "test": test})
+    assert line.startswith("test label 'neutral' (1 example(s), first at ") and "test.csv:3)" in line
+    assert dc.label_vocab(train, test) == ["neg", "neutral", "pos"]
 
 
 def test_split_keeps_duplicates_together_and_is_deterministic():

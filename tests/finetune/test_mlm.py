@@ -18,7 +18,7 @@ def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path):
         (corpus / f"doc{d}.txt").write_text(text, encoding="utf-8")
     out = tmp_path / "out"
     rc = main(["finetune", "mlm", "--model", str(tiny_ckpt), "--corpus", str(corpus), "--format", "txt-file",
-               "--held-out", "0.34", "--max-seq-length", "24", "--epochs", "8", "--lr", "5e-3", "--batch-size", "8",
+               "--held-out", "0.34", "--max-seq-length", "24", "--epochs", "8", "--lr", "5e-3", "--global-batch", "8",
                "--threads", "1", "--no-progress", "--out", str(out)])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())

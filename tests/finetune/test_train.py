@@ -8,36 +8,11 @@ import torch
 
 from engine.cli import main
 from engine.finetune.metrics import entity_metrics
+from tests.finetune._data import ner_conll as _ner_conll
+from tests.finetune._data import sentiment_csv as _sentiment_csv
 
 
-def _sentiment_csv(path, n, seed):
-    rng = random.Random(seed)
-    pos, neg = ["good", "great", "love", "fine"], ["bad", "awful", "hate", "meh"]
-    filler = ["the", "movie", "food", "service", "was", "today", "a"]
-    lines = ["text,label"]
-    for i in range(n):
-        label = rng.choice(["pos", "neg"])
-        words = rng.sample(filler, 3) + [rng.choice(pos if label == "pos" else neg)] + rng.sample(filler, 2)
-        rng.shuffle(words)
-        lines.append(f"{' '.join(words)} {i},{label}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def _ner_conll(path, n, seed):
-    rng = random.Random(seed)
-    people, places = ["john", "mary"], ["london", "paris", "new york"]
-    out = []
-    for _ in range(n):
-        who, where = rng.choice(people), rng.choice(places).split()
-        toks = [(who, "B-PER"), ("visited", "O")] + [(w, ("B-LOC" if k == 0 else "I-LOC")) for k, w in enumerate(where)]
-        toks += [("today", "O")] if rng.random() < 0.5 else [("and", "O"), (rng.choice(people), "B-PER")]
-        out.append("\n".join(f"{w}\t{t}" for w, t in toks))
-    path.write_text("\n\n".join(out) + "\n", encoding="utf-8")
-    return path
-
-
-FAST = ["--threads", "1", "--no-progress", "--batch-size", "8", "--lr", "3e-3", "--max-seq-length", "32"]
+FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--lr", "3e-3", "--max-seq-length", "32"]
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +77,12 @@ def test_ner_end_to_end_windows_and_hf_pipeline(tiny_ckpt, tmp_path):
     assert any(t.startswith(("S-", "E-")) for r in rows for t in r["tags"])
     transformers = pytest.importorskip("transformers")
     # parity without windows: a max_seq_length that covers the sentence
+    from engine.finetune import data_ner as dn
     from engine.finetune import predict as P
 
     ft = P.load_finetuned(model, max_seq_length=32)
-    sentences = P.read_ner_input(test, "iob2", labelled=True)
-    ours = P.ner_rows(ft, sentences)
+    sentences = dn.read_conll(test)
+    ours = P.ner_rows(P.Runner(ft), sentences)
     pipe = transformers.pipeline("token-classification", model=str(model), device="cpu")
     for sent, row in zip(sentences, ours):
         text = " ".join(sent.tokens)
@@ -140,6 +116,7 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
     from engine.finetune.tasks import NerTask
     from engine.config.finetune import FinetuneConfig
     from engine.data.tokenizer import load_tokenizer
+    from engine.finetune.evaluation import local_outputs
     from engine.finetune.trainer import train_seed
     from engine.hf import load_pretrained, read_config
 
@@ -157,11 +134,11 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
     gold = [s.tags for s in test]
     untrained = task.build_model(config)  # random head: tags all over the place (stray I-, type switches)
     load_pretrained(minilm, untrained)
-    args = FinetuneConfig(lr=1e-3, epochs=2, batch_size=16, progress=False)
+    args = FinetuneConfig(lr=1e-3, epochs=2, global_batch=16, progress=False)
     trained = train_seed(task, config, minilm, args, 0, None, None, echo=lambda s: None)[1]
     n_pred = []
     for model in (untrained, trained):
-        pred, _ = task.predict_tags(model, task.test, test)
+        pred, _ = task.tags(task.test, local_outputs(model, task, task.test, 64, torch.device("cpu")), test)
         ours = entity_metrics(gold, pred)
         n_pred.append(ours["n_pred"])
         assert ours["f1"] == seqeval.f1_score(gold, pred, **kw)
@@ -171,3 +148,88 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
         for etype, row in ours["per_type"].items():
             assert row["f1"] == pytest.approx(report[etype]["f1-score"], abs=1e-12)
     assert n_pred[0] > 10  # the untrained tagger's predictions contain plenty of (odd) entities
+
+
+def test_pos_plain_tags_train_and_report_token_accuracy(tiny_ckpt, tmp_path, capsys):
+    from tests.finetune._data import POS, pos_conll
+
+    train, dev, test = (pos_conll(tmp_path / f"{s}.conll", n, i) for i, (s, n) in
+                        enumerate([("train", 120), ("dev", 20), ("test", 20)]))
+    out = tmp_path / "out"
+    assert main(["finetune", "ner", "--scheme", "plain", "--model", str(tiny_ckpt), "--train", str(train), "--dev",
+                 str(dev), "--test", str(test), "--epochs", "8", "--dropout", "0", "--out", str(out), *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "accuracy" and summary["test"]["accuracy"]["mean"] > 0.9
+    run = summary["runs"][0]["test"]
+    assert set(run["per_class"]) == set(POS.values()) and run["confusion"]["labels"] == sorted(set(POS.values()))
+    printed = capsys.readouterr().out
+    assert "class / tag" in printed and "VBD" in printed  # the per-tag report
+    rows_file = tmp_path / "pred.jsonl"
+    assert main(["predict", str(out / "seed-1"), str(test), "--out", str(rows_file)]) == 0
+    rows = [json.loads(x) for x in rows_file.read_text().splitlines()]
+    assert all(set(r["tags"]) <= set(POS.values()) and "entities" not in r for r in rows)
+    assert main(["evaluate", str(out / "seed-1"), str(test), "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["accuracy"] == pytest.approx(run["accuracy"])
+
+
+def _imbalanced_csv(path, n_pos, n_neg, seed):
+    rng = random.Random(seed)
+    words = "the movie food service was today a it is".split()
+    rows = [f"{' '.join(rng.choices(words, k=5))} {i},{label}" for i, label in
+            enumerate(["pos"] * n_pos + ["neg"] * n_neg)]
+    rng.shuffle(rows)
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_collapse_to_the_majority_class_is_warned_and_a_learning_model_is_not(tiny_ckpt, tmp_path, capsys):
+    # imbalanced, with no signal in the text: the model can only learn the prior
+    train, dev = _imbalanced_csv(tmp_path / "train.csv", 36, 4, 0), _imbalanced_csv(tmp_path / "dev.csv", 12, 8, 1)
+    assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--dev", str(dev),
+                 "--epochs", "3", "--out", str(tmp_path / "imb"), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert ("warning: the model predicts 'pos' for 100.0% of the dev set (gold share 60.0%): collapsed to the "
+            "majority class") in printed
+    dev_metrics = json.loads((tmp_path / "imb" / "summary.json").read_text())["runs"][0]["dev"]
+    assert dev_metrics["collapsed"] == {"label": "pos", "share": 1.0, "gold_share": 0.6}
+    assert dev_metrics["per_class"]["neg"]["recall"] == 0.0 and dev_metrics["confusion"]["matrix"] == [[0, 8],
+                                                                                                        [0, 12]]
+    # balanced and learnable: no warning
+    train, dev = _sentiment_csv(tmp_path / "b_train.csv", 120, 0), _sentiment_csv(tmp_path / "b_dev.csv", 40, 1)
+    assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--dev", str(dev),
+                 "--epochs", "10", "--dropout", "0", "--out", str(tmp_path / "bal"), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "collapsed" not in printed
+    summary = json.loads((tmp_path / "bal" / "summary.json").read_text())
+    assert summary["runs"][0]["dev"]["collapsed"] is None and summary["dev"]["accuracy"]["mean"] > 0.9
+
+
+def test_class_weight_balanced_reaches_the_loss(tiny_ckpt, tmp_path):
+    """The same imbalanced run with --class-weight balanced: the first step's loss is the weighted one (weights
+    40 / (2 x 36) and 40 / (2 x 4)), so it differs from the plain run's while the model and batch are the same."""
+    train = _imbalanced_csv(tmp_path / "train.csv", 36, 4, 0)
+    first = {}
+    for weight in ("none", "balanced"):
+        out = tmp_path / weight
+        assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--epochs", "1",
+                     "--class-weight", weight, "--log-every", "1", "--dropout", "0", "--out", str(out), *FAST]) == 0
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        first[weight] = next(x["loss"] for x in lines if x.get("split") == "train")
+        info = json.loads((out / "seed-1" / "bertforge_task.json").read_text())
+        if weight == "balanced":
+            assert info["class_weights"] == pytest.approx([40 / 8, 40 / 72])  # labels sorted: neg, pos
+    assert first["balanced"] != pytest.approx(first["none"], rel=1e-3)
+
+
+def test_triton_kernels_follow_the_reference(tiny_ckpt, tmp_path):
+    """--kernels triton (the Triton interpreter on CPU) trains with the losses of --kernels none."""
+    train = _sentiment_csv(tmp_path / "train.csv", 24, 0)
+    curves = {}
+    for kernels in ("none", "triton"):
+        out = tmp_path / kernels
+        assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--epochs", "1",
+                     "--kernels", kernels, "--log-every", "1", "--dropout", "0", "--out", str(out), *FAST]) == 0
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[kernels] = [x["loss"] for x in lines if x.get("split") == "train"]
+    assert len(curves["triton"]) == 3
+    assert max(abs(a - b) for a, b in zip(curves["none"], curves["triton"])) < 1e-4, curves

@@ -1,0 +1,35 @@
+"""benchmarks/finetune_throughput.py runs its tiny CPU row end to end: the Hugging Face Trainer and our finetuning step
+(the DeepSpeed engine of `bertforge finetune`) on the same synthetic examples, JSON and table out."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_finetune_throughput_tiny_cpu(tmp_path):
+    out = tmp_path / "ft.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "finetune_throughput.py"), "--shapes", "tiny-64",
+                           "--batch", "4", "--steps", "2", "--warmup", "1", "--vocab", "1024", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["precision"] == "fp32" and [r["variant"] for r in result["rows"]] == ["hf", "ours"]
+    for row in result["rows"]:
+        assert "error" not in row, row
+        assert row["examples_per_s"] > 0 and row["peak_mib"] > 0 and row["steps_timed"] == 2
+        assert 16 * 4 <= row["real_tokens_per_s"] * row["step_s"] <= 64 * 4  # lengths in [S/4, S]
+    assert result["rows"][0]["speedup_vs_hf"] == 1.0 and result["rows"][1]["speedup_vs_hf"] > 0
+    assert "tiny-64" in proc.stdout and "x hf" in proc.stdout
+
+
+def test_examples_lengths_and_labels():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import finetune_throughput as ft
+
+    feats = ft.examples(200, 64, 1000, seed=3)
+    lengths = [len(f["input_ids"]) for f in feats]
+    assert min(lengths) >= 16 and max(lengths) <= 64 and len(set(lengths)) > 20
+    assert all(f["input_ids"][0] == 2 and f["input_ids"][-1] == 3 for f in feats)
+    assert {f["labels"] for f in feats} == {0, 1} and feats == ft.examples(200, 64, 1000, seed=3)
