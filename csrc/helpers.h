@@ -10,4 +10,5 @@ namespace py = pybind11;
 namespace bertforge {
 void register_offsets(py::module_& m);     // offsets.cpp: lengths -> cu_seqlens / unpad gather indices
 void register_sample_map(py::module_& m);  // sample_map.cpp: BERT NSP sentence-pair sample map
+void register_shards(py::module_& m);      // shards.cpp: token files mapped with descriptors closed + gather
 }  // namespace bertforge

@@ -5,4 +5,5 @@ PYBIND11_MODULE(_csrc, m) {
     m.doc() = "bertforge C++ data-loading helpers (numpy in, numpy out)";
     bertforge::register_offsets(m);
     bertforge::register_sample_map(m);
+    bertforge::register_shards(m);
 }

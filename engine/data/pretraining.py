@@ -16,6 +16,7 @@ from engine.data.indexed import IndexedDataset
 from engine.data.masking import Masker, continuation_ids, replacement_distribution
 from engine.data.sample_map import cached_sample_map
 from engine.data.tokenizer import SpecialIds, load_tokenizer, special_ids, tokenizer_hash
+from engine.errors import DataError
 
 
 @dataclass
@@ -31,20 +32,30 @@ class RawBatch:
 class PretrainingDataset:
     """NSP + MLM samples of one split of a prepared dataset (map-style; len = samples in the map).
 
-    data_dir: output of `bertforge prepare`; tokenizer: path/dir or tokenizers.Tokenizer (checked against the
-    dataset's hash; needed for whole-word masking), or None to use the default BERT special ids 0-4
-    ([PAD] [UNK] [CLS] [SEP] [MASK]). split 'train'/'eval'/'all' with eval_fraction held out by document hash."""
+    data_dir: output of `bertforge prepare`, or an opened IndexedDataset (shared by several splits); tokenizer:
+    path/dir or tokenizers.Tokenizer (checked against the dataset's hash; needed for whole-word masking), or None to
+    use the default BERT special ids 0-4 ([PAD] [UNK] [CLS] [SEP] [MASK]). split 'train'/'eval'/'all' with
+    eval_fraction held out by document hash. cache_dir: where the sample map is built once and memory-mapped
+    (default: engine.data.cache.default_cache_dir)."""
 
-    def __init__(self, data_dir: str | Path, max_seq_length: int = 128, seed: int = 0, short_seq_prob: float = 0.1,
-                 nsp_prob: float = 0.5, split: str = "train", eval_fraction: float = 0.0, tokenizer=None,
-                 pad_to_max: bool = True):
+    def __init__(self, data_dir: str | Path | IndexedDataset, max_seq_length: int = 128, seed: int = 0,
+                 short_seq_prob: float = 0.1, nsp_prob: float = 0.5, split: str = "train", eval_fraction: float = 0.0,
+                 tokenizer=None, pad_to_max: bool = True, cache_dir: str | Path | None = None):
         tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-        self.data = IndexedDataset(data_dir, tokenizer_hash(tok) if tok is not None else None)
+        expected = tokenizer_hash(tok) if tok is not None else None
+        if isinstance(data_dir, IndexedDataset):
+            self.data = data_dir
+            if expected is not None and self.data.tokenizer_hash != expected:
+                raise DataError(f"dataset was prepared with another tokenizer (hash {self.data.tokenizer_hash}, "
+                                f"this tokenizer is {expected}); prepare it again with this tokenizer",
+                                str(self.data.dir / "meta.json"))
+        else:
+            self.data = IndexedDataset(data_dir, expected, cache_dir)
         self.special: SpecialIds = special_ids(tok) if tok is not None else SpecialIds(0, 1, 2, 3, 4)
         self.continuation = continuation_ids(tok) if tok is not None else None
         self.max_seq_length, self.seed, self.pad_to_max = int(max_seq_length), int(seed), pad_to_max
         self.samples, self.map_path = cached_sample_map(self.data, split, eval_fraction, seed, max_seq_length,
-                                                        short_seq_prob, nsp_prob)
+                                                        short_seq_prob, nsp_prob, cache_dir)
 
     def __len__(self) -> int:
         return len(self.samples)
