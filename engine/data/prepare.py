@@ -250,9 +250,9 @@ def _run_task(task: Task) -> dict:
     res = dict({k: 0 for k in _COUNTED}, shards_written=0, shards_skipped=0, warnings=[], shards=[],
                counts=np.zeros(vocab_size, np.int64))
     docs = (d for piece in task.pieces for d in documents(piece, read, c["text_column"]))
+    note(shard_name(task.index, 0))  # what this worker reads now (named if it dies)
     for j, shard_docs in enumerate(_shard_docs(docs, c["shard_bytes"])):
         name = shard_name(task.index, j)
-        note(name)
         prefix = out / name
         header = dict(c["header"], source_hash=_source_hash(shard_docs))
         old = _kept(prefix, header)
@@ -278,6 +278,7 @@ def _run_task(task: Task) -> dict:
             res[k] += stats[k]
         res["warnings"] += stats["warnings"][: max(0, 10 - len(res["warnings"]))]
         res["shards"].append([name, header["source_hash"], stats["tokens"], stats["sentences"], stats["documents"]])
+        note(shard_name(task.index, j + 1))
     res["empty_documents_skipped"] += read.empty_skipped
     res["cpu_s"] = time.process_time() - cpu
     return res
