@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +71,15 @@ def read_shard_header(idx_path: Path) -> dict | None:
 def _read_header(idx: Path) -> tuple[dict, int]:
     """(header, byte offset of the arrays). Raises OSError when unreadable, DataError when malformed."""
     with open(idx, "rb") as f:
-        if f.read(8) != MAGIC:
-            raise DataError("not a bertforge shard index (bad magic bytes)", str(idx))
-        raw = f.read(8)
-        n = int(np.frombuffer(raw, dtype=np.uint64)[0]) if len(raw) == 8 else -1
-        head = f.read(n) if 0 < n < 1 << 24 else b""
+        return _parse_header(f, idx)
+
+
+def _parse_header(f, idx: Path) -> tuple[dict, int]:
+    if f.read(8) != MAGIC:
+        raise DataError("not a bertforge shard index (bad magic bytes)", str(idx))
+    raw = f.read(8)
+    n = int(np.frombuffer(raw, dtype=np.uint64)[0]) if len(raw) == 8 else -1
+    head = f.read(n) if 0 < n < 1 << 24 else b""
     try:
         header = json.loads(head)
     except ValueError:
@@ -86,24 +91,24 @@ def _read_header(idx: Path) -> tuple[dict, int]:
 
 def check_shard(prefix: Path) -> dict:
     """Validate shard `prefix` (.idx size against its header's counts, offsets' end points, .bin size) and return
-    its header. Raises DataError naming the file that is missing, cut or inconsistent."""
+    its header. Raises DataError naming the file that is missing, cut or inconsistent. One open, two stats."""
     idx, bin_ = prefix.with_suffix(".idx"), prefix.with_suffix(".bin")
     try:
-        header, start = _read_header(idx)
-        size = idx.stat().st_size
+        with open(idx, "rb") as f:
+            header, start = _parse_header(f, idx)
+            size = os.fstat(f.fileno()).st_size
+            ns, nd, nt = (int(header[k]) for k in ("n_sentences", "n_docs", "n_tokens"))
+            want = start + 8 * (ns + 1) + 8 * (nd + 1) + 8 * nd
+            if size != want:
+                raise DataError(f"index is {size} bytes but its header ({ns} sentences, {nd} documents) needs "
+                                f"{want}: the file is cut or corrupt; prepare the dataset again (a rerun of "
+                                f"`bertforge prepare` rewrites it)", str(idx))
+            ends = []
+            for pos in (start, start + 8 * ns, start + 8 * (ns + 1), start + 8 * (ns + 1) + 8 * nd):
+                f.seek(pos)
+                ends.append(int(np.frombuffer(f.read(8), dtype=np.int64)[0]))
     except OSError as exc:
         raise DataError(f"cannot read shard index: {exc.strerror or exc}", str(idx)) from None
-    ns, nd, nt = (int(header[k]) for k in ("n_sentences", "n_docs", "n_tokens"))
-    want = start + 8 * (ns + 1) + 8 * (nd + 1) + 8 * nd
-    if size != want:
-        raise DataError(f"index is {size} bytes but its header ({ns} sentences, {nd} documents) needs {want}: the "
-                        f"file is cut or corrupt; prepare the dataset again (a rerun of `bertforge prepare` "
-                        f"rewrites it)", str(idx))
-    with open(idx, "rb") as f:
-        ends = []
-        for pos in (start, start + 8 * ns, start + 8 * (ns + 1), start + 8 * (ns + 1) + 8 * nd):
-            f.seek(pos)
-            ends.append(int(np.frombuffer(f.read(8), dtype=np.int64)[0]))
     if ends != [0, nt, 0, ns]:
         raise DataError(f"index offsets do not match its header (sentence offsets {ends[0]}..{ends[1]} for {nt} "
                         f"tokens, document offsets {ends[2]}..{ends[3]} for {ns} sentences); prepare the dataset "
@@ -120,13 +125,15 @@ def check_shard(prefix: Path) -> dict:
 
 def read_shard_arrays(prefix: Path, header: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sentence_offsets (n_sentences + 1,), doc_offsets (n_docs + 1,), doc_hashes (n_docs,)) of a checked shard,
-    read into memory (one shard's worth)."""
+    read into memory (one shard's worth, one read)."""
     idx = prefix.with_suffix(".idx")
-    _, start = _read_header(idx)
+    with open(idx, "rb") as f:
+        _, start = _parse_header(f, idx)
+        raw = f.read()
     ns, nd = int(header["n_sentences"]), int(header["n_docs"])
-    so = np.fromfile(idx, dtype=np.int64, count=ns + 1, offset=start)
-    do = np.fromfile(idx, dtype=np.int64, count=nd + 1, offset=start + 8 * (ns + 1))
-    dh = np.fromfile(idx, dtype=np.uint64, count=nd, offset=start + 8 * (ns + 1) + 8 * (nd + 1))
+    so = np.frombuffer(raw, dtype=np.int64, count=ns + 1)
+    do = np.frombuffer(raw, dtype=np.int64, count=nd + 1, offset=8 * (ns + 1))
+    dh = np.frombuffer(raw, dtype=np.uint64, count=nd, offset=8 * (ns + 1) + 8 * (nd + 1))
     return so, do, dh
 
 

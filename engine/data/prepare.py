@@ -371,26 +371,15 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
     context = dict(out=str(out), vocab_size=vocab_size, header=header, max_sentence_tokens=max_sentence_tokens,
                    strict=cfg.strict, shard_bytes=cfg.shard_bytes, text_column=cfg.text_column)
     stats = PrepareStats(files=len(files), tasks=len(mine), tasks_total=len(tasks), part=f"{k}/{n}")
-    results: dict[int, dict] = {}
     progress = _Progress(sum(t.size for t in mine), cfg.progress, "prepare" if n == 1 else f"prepare {k}/{n}")
     workers = min(cfg.workers, len(mine))
-    by_index = {t.index: t for t in mine}
     try:
-        if workers <= 1:
-            _init_worker(str(tokenizer), context)
-            for t in mine:
-                results[t.index] = _run_task(t)
-                progress.update(t.size, len(results[t.index]["shards"]))
-        else:
-            with WorkerPool(workers, _run_task, _init_worker, (str(tokenizer), context, True)) as pool:
-                for key, res in pool.run((t.index, t) for t in mine):
-                    results[key] = res
-                    progress.update(by_index[key].size, len(res["shards"]))
+        results, counts = _execute(mine, workers, str(tokenizer), context, vocab_size, progress)
     except WorkerDied as exc:
-        shard = exc.note or f"{shard_name(exc.task, 0)} ({by_index[exc.task].describe()})"
-        raise DataError(f"worker process {exc.pid} {exc.how} while preparing this shard (out of memory? try fewer "
-                        f"--workers or a smaller --shard-bytes); the {len(results)} tasks finished are kept: run the "
-                        f"same command again to resume", str(out / shard)) from None
+        task = next(t for t in mine if t.index == exc.task)
+        raise DataError(f"worker process {exc.pid} {exc.how} while preparing this shard from {task.describe()} (out "
+                        f"of memory? try fewer --workers or a smaller --shard-bytes); the shards finished are kept: "
+                        f"run the same command again to resume", str(out / (exc.note or shard_name(task.index, 0)))) from None
     except BaseException:
         if n == 1:
             _clean_tmp(out)
@@ -399,13 +388,11 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
         raise
     finally:
         progress.close()
-    counts = np.zeros(vocab_size, np.int64)
     shards = []
     for index in sorted(results):  # task order: deterministic warnings and shard list
         res = results[index]
         stats.add(res)
         stats.workers_cpu_s += res["cpu_s"] if workers > 1 else 0.0
-        counts += res["counts"]
         shards += res["shards"]
     if n == 1 and stats.documents == 0:
         if created and not any(out.iterdir()):
@@ -425,6 +412,30 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
         meta["stats"].update(seconds=stats.seconds, main_cpu_s=stats.main_cpu_s, workers_cpu_s=stats.workers_cpu_s)
         write_json(meta_path, meta)
     return stats
+
+
+def _execute(mine: list[Task], workers: int, tokenizer: str, context: dict, vocab_size: int,
+             progress: _Progress) -> tuple[dict[int, dict], np.ndarray]:
+    """Run the tasks (in this process when workers <= 1, else in a WorkerPool) -> ({task: result}, unigram counts
+    summed as results come, not kept per task)."""
+    results: dict[int, dict] = {}
+    counts = np.zeros(vocab_size, np.int64)
+    size = {t.index: t.size for t in mine}
+
+    def done(index: int, res: dict) -> None:
+        np.add(counts, res.pop("counts"), out=counts)
+        results[index] = res
+        progress.update(size[index], len(res["shards"]))
+
+    if workers <= 1:
+        _init_worker(tokenizer, context)
+        for t in mine:
+            done(t.index, _run_task(t))
+    else:
+        with WorkerPool(workers, _run_task, _init_worker, (tokenizer, context, True)) as pool:
+            for key, res in pool.run((t.index, t) for t in mine):
+                done(key, res)
+    return results, counts
 
 
 def _finalize(out: Path, n: int, plan: str, header: dict) -> bool:
