@@ -202,7 +202,8 @@ def print_table(res: dict) -> None:
               f"| {r['peak_rss_mb']:.0f} / {r['main_rss_mb']:.0f} / {r['worker_rss_mb']:.0f} | "
               f"{100 * r['main_cpu_share']:.2f}% |")
     if res["rank_memory"]:
-        print("\n| corpus | sentences | rank RssAnon, builder (MiB) | rank RssAnon, maps cached (MiB) | peak RSS (MiB) |")
+        print("\n| corpus | sentences | rank RssAnon, builder (MiB) | rank RssAnon, maps cached (MiB) "
+              "| peak RSS (MiB) |")
         print("| --- | --- | --- | --- | --- |")
         for mb, r in res["rank_memory"].items():
             print(f"| {mb} MB | {r['cached']['n_sentences']:,} | {r['builder']['rss_anon_mb']:.0f} | "

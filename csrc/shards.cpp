@@ -159,7 +159,8 @@ void register_shards(py::module_& m) {
             "view",
             [](py::object self, int64_t s) {
                 const auto& m = self.cast<const MappedShards&>();
-                if (s < 0 || s >= m.n_shards()) throw py::index_error("MappedShards.view: no shard " + std::to_string(s));
+                if (s < 0 || s >= m.n_shards())
+                    throw py::index_error("MappedShards.view: no shard " + std::to_string(s));
                 const py::dtype dt = m.itemsize() == 2 ? py::dtype::of<uint16_t>() : py::dtype::of<int32_t>();
                 static const char empty[8] = {0};
                 const char* p = m.data(s) != nullptr ? m.data(s) : empty;

@@ -351,8 +351,9 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
     meta_path = out / indexed.META
     old_meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if old_meta and old_meta.get("tokenizer_hash") != thash:
-        raise DataError(f"folder holds a dataset prepared with another tokenizer (hash {old_meta.get('tokenizer_hash')}, "
-                        f"this tokenizer is {thash}); use a new output folder", str(out))
+        raise DataError(f"folder holds a dataset prepared with another tokenizer (hash "
+                        f"{old_meta.get('tokenizer_hash')}, this tokenizer is {thash}); use a new output folder",
+                        str(out))
     files = list_files(inputs)
     tasks = plan_tasks(files, cfg.format or None, cfg.shard_bytes, cfg.text_column)
     max_sentence_tokens = cfg.max_seq_length - 3
@@ -377,9 +378,10 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
         results, counts = _execute(mine, workers, str(tokenizer), context, vocab_size, progress)
     except WorkerDied as exc:
         task = next(t for t in mine if t.index == exc.task)
+        shard = out / (exc.note or shard_name(task.index, 0))
         raise DataError(f"worker process {exc.pid} {exc.how} while preparing this shard from {task.describe()} (out "
                         f"of memory? try fewer --workers or a smaller --shard-bytes); the shards finished are kept: "
-                        f"run the same command again to resume", str(out / (exc.note or shard_name(task.index, 0)))) from None
+                        f"run the same command again to resume", str(shard)) from None
     except BaseException:
         if n == 1:
             _clean_tmp(out)
@@ -404,13 +406,10 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
                     stats={f: getattr(stats, f) for f in (*_COUNTED, "files", "shards_written", "shards_skipped")},
                     warnings=stats.warnings)
     write_json(out / indexed.PARTS / f"{name}.json", manifest)
-    stats.complete = _finalize(out, n, plan, header)
     stats.seconds = time.perf_counter() - t0
+    timings = dict(seconds=stats.seconds, workers_cpu_s=stats.workers_cpu_s) if n == 1 else {}
+    stats.complete = _finalize(out, n, plan, header, timings)
     stats.main_cpu_s = time.process_time() - cpu0
-    if stats.complete and n == 1:  # the meta data records the whole run's timings too
-        meta = json.loads(meta_path.read_text())
-        meta["stats"].update(seconds=stats.seconds, main_cpu_s=stats.main_cpu_s, workers_cpu_s=stats.workers_cpu_s)
-        write_json(meta_path, meta)
     return stats
 
 
@@ -438,8 +437,9 @@ def _execute(mine: list[Task], workers: int, tokenizer: str, context: dict, voca
     return results, counts
 
 
-def _finalize(out: Path, n: int, plan: str, header: dict) -> bool:
-    """Write unigram.npy and meta.json when all n parts are done (True), else leave the dataset incomplete."""
+def _finalize(out: Path, n: int, plan: str, header: dict, timings: dict) -> bool:
+    """Write unigram.npy and meta.json (with `timings` among its stats) when all n parts are done (True), else
+    leave the dataset incomplete. Raises DataError when a part comes from another plan or nothing has text."""
     parts_dir = out / indexed.PARTS
     names = [parts_dir / f"part-{k:05d}-of-{n:05d}.json" for k in range(n)]
     if not all(p.exists() for p in names):
@@ -467,7 +467,7 @@ def _finalize(out: Path, n: int, plan: str, header: dict) -> bool:
     dataset_id = hashlib.sha256(json.dumps([header["tokenizer_hash"], shards]).encode()).hexdigest()[:16]
     meta = dict(header, shards=[s[0] for s in shards], n_docs=totals["documents"], n_sentences=totals["sentences"],
                 n_tokens=totals["tokens"], dataset_id=dataset_id, plan_hash=plan, parts=n,
-                stats=dict(totals, warnings=len(warnings)))
+                stats=dict(totals, warnings=len(warnings), **timings))
     meta.pop("max_sentence_tokens")
     meta["max_seq_length"] = header["max_sentence_tokens"] + 3
     write_json(out / indexed.META, meta)

@@ -2,8 +2,9 @@
 
 `build_sample_map` runs the C++ builder (csrc/sample_map.cpp, where the algorithm is described);
 `build_sample_map_ref` is the pure-Python reference that produces the identical map (same SplitMix64 stream, same
-order of draws). `cached_sample_map` builds the map for one dataset split once per node (engine/data/cache.py), stores it as .npy
-keyed by (dataset, split, seed, max length, probabilities) in the cache folder and memory-maps it on every rank.
+order of draws). `cached_sample_map` builds the map for one dataset split once per node (engine/data/cache.py),
+stores it as .npy keyed by (dataset, split, seed, max length, probabilities) in the cache folder and memory-maps it
+on every rank.
 
 A map is (n_samples, 5) int64: [a_start, a_end, b_start, b_end, is_random] in the dataset's global token positions
 (engine.data.indexed.IndexedDataset), half-open ranges, is_random = 1 for NotNext."""

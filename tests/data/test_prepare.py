@@ -165,3 +165,13 @@ def test_shard_size_flag_of_zero_is_refused_in_one_line(tokenizer_dir, tmp_path,
     assert err.count("\n") == 0 and "--shard-bytes must be a positive integer, got 0" in err
     assert not (tmp_path / "o").exists()
     assert parse_size("64M") == 64 << 20 and parse_size("1g") == 1 << 30 and parse_size(4096) == 4096
+
+
+def test_a_worker_error_names_the_file_and_its_line(tokenizer_dir, tmp_path):
+    lines = [json.dumps({"text": f"Document {i} is here. It ends."}) for i in range(400)]
+    lines[333] = '{"text": "broken'
+    src = tmp_path / "c.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"^{src}:334: not valid JSON"):
+        prepare([src], tokenizer_dir, tmp_path / "out", shard_bytes=1000, workers=2, progress=False)
+    assert not (tmp_path / "out" / "meta.json").exists() and not list((tmp_path / "out").glob(".*tmp*"))
