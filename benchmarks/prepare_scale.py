@@ -140,6 +140,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--probe":
         print(json.dumps(rank_probe(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--table":  # print the tables of an earlier run's JSON
+        print_table(json.loads(Path(sys.argv[2]).read_text()))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="50,200", help="file sizes in MB, each prepared with every --workers")
     ap.add_argument("--workers", default="1,2")
@@ -192,15 +195,20 @@ def main() -> None:
 
 
 def print_table(res: dict) -> None:
+    """Markdown tables. 'MB per CPU-s' is file MB over the CPU seconds of main + workers: the per-core rate, which
+    a shared machine does not distort the way it distorts wall-clock MB/s."""
     base = {(r["file"]): r for r in res["runs"] if r["workers"] == 1}
-    print("\n| file | workers | MB/s | vs 1 worker | peak RSS (tree / main / worker) MB | main CPU share |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| file | workers | MB/s (wall) | vs 1 worker | MB per CPU-s | peak RSS (tree / main / worker) MB "
+          "| main CPU share |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in res["runs"]:
         one = base.get(r["file"])
-        ratio = f"{r['mb_per_s'] / one['mb_per_s']:.2f}x" if one else "-"
+        ratio = f"{r['mb_per_s'] / one['mb_per_s']:.2f}x" if one and r is not one else "-"
+        per_cpu = r["file_mb"] / max(r["main_cpu_s"] + r["workers_cpu_s"], 1e-9)
+        share = f"{100 * r['main_cpu_share']:.2f}%" if r["workers"] > 1 else "100% (in-process)"
         print(f"| {r['file_mb']:.0f} MB {r['file'].split('.', 1)[1]} | {r['workers']} | {r['mb_per_s']:.2f} | {ratio} "
-              f"| {r['peak_rss_mb']:.0f} / {r['main_rss_mb']:.0f} / {r['worker_rss_mb']:.0f} | "
-              f"{100 * r['main_cpu_share']:.2f}% |")
+              f"| {per_cpu:.2f} | {r['peak_rss_mb']:.0f} / {r['main_rss_mb']:.0f} / {r['worker_rss_mb']:.0f} | "
+              f"{share} |")
     if res["rank_memory"]:
         print("\n| corpus | sentences | rank RssAnon, builder (MiB) | rank RssAnon, maps cached (MiB) "
               "| peak RSS (MiB) |")

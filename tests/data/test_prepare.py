@@ -175,3 +175,16 @@ def test_a_worker_error_names_the_file_and_its_line(tokenizer_dir, tmp_path):
     with pytest.raises(DataError, match=rf"^{src}:334: not valid JSON"):
         prepare([src], tokenizer_dir, tmp_path / "out", shard_bytes=1000, workers=2, progress=False)
     assert not (tmp_path / "out" / "meta.json").exists() and not list((tmp_path / "out").glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("sizes", [[5] * 10, [1, 100, 1, 1, 50, 3, 7, 80, 2], [0, 0, 0], [9]])
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_parts_cover_the_plan_once_in_order_and_balanced(sizes, n):
+    from engine.data.prepare import Task, part_of
+
+    tasks = [Task(i, (), s) for i, s in enumerate(sizes)]
+    parts = [part_of(tasks, k, n) for k in range(n)]
+    assert [t.index for p in parts for t in p] == list(range(len(tasks)))  # disjoint, complete, contiguous
+    total = sum(sizes)
+    if total and n <= len(tasks):
+        assert max(sum(t.size for t in p) for p in parts) <= total / n + max(sizes)
