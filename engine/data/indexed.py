@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.cache import default_cache_dir, locate
 from engine.data.shards import ShardTokens
 from engine.errors import DataError
 from engine.io import atomic_dir, atomic_file
@@ -172,10 +173,7 @@ class IndexedDataset:
             raise DataError(f"not a prepared dataset (no {META}; run `bertforge prepare`){missing_parts(self.dir)}",
                             str(self.dir))
         self.meta = json.loads(meta_path.read_text())
-        if tokenizer_hash is not None and self.meta["tokenizer_hash"] != tokenizer_hash:
-            raise DataError(f"dataset was prepared with another tokenizer (hash {self.meta['tokenizer_hash']}, "
-                            f"this tokenizer is {tokenizer_hash}); prepare it again with this tokenizer",
-                            str(meta_path))
+        self.check_tokenizer(tokenizer_hash)
         names = self.meta["shards"]
         self.headers = [check_shard(self.dir / name) for name in names]
         dtype = np.dtype(self.headers[0]["dtype"]) if names else np.dtype(np.uint16)
@@ -187,6 +185,13 @@ class IndexedDataset:
         self.token_bases = self.shard_tokens.bases
         self._cache_dir = Path(cache_dir) if cache_dir else None
         self._index: SentenceIndex | None = None
+
+    def check_tokenizer(self, tokenizer_hash: str | None) -> None:
+        """Raise DataError (naming meta.json) when the dataset was prepared with another tokenizer; None: no check."""
+        if tokenizer_hash is not None and self.meta["tokenizer_hash"] != tokenizer_hash:
+            raise DataError(f"dataset was prepared with another tokenizer (hash {self.meta['tokenizer_hash']}, "
+                            f"this tokenizer is {tokenizer_hash}); prepare it again with this tokenizer",
+                            str(self.dir / META))
 
     # ---- what the meta data says ----------------------------------------------------------------------------------
     @property
@@ -235,14 +240,10 @@ class IndexedDataset:
     @property
     def cache_dir(self) -> Path:
         if self._cache_dir is None:
-            from engine.data.cache import default_cache_dir
-
             self._cache_dir = default_cache_dir(self.dir)
         return self._cache_dir
 
     def index_path(self) -> Path:
-        from engine.data.cache import locate
-
         return locate(f"index-{self.dataset_id}-v{INDEX_VERSION}", self.cache_dir, self.dir)
 
     def sentence_index(self) -> SentenceIndex:

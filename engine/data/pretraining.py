@@ -16,7 +16,6 @@ from engine.data.indexed import IndexedDataset
 from engine.data.masking import Masker, continuation_ids, replacement_distribution
 from engine.data.sample_map import cached_sample_map
 from engine.data.tokenizer import SpecialIds, load_tokenizer, special_ids, tokenizer_hash
-from engine.errors import DataError
 
 
 @dataclass
@@ -45,10 +44,7 @@ class PretrainingDataset:
         expected = tokenizer_hash(tok) if tok is not None else None
         if isinstance(data_dir, IndexedDataset):
             self.data = data_dir
-            if expected is not None and self.data.tokenizer_hash != expected:
-                raise DataError(f"dataset was prepared with another tokenizer (hash {self.data.tokenizer_hash}, "
-                                f"this tokenizer is {expected}); prepare it again with this tokenizer",
-                                str(self.data.dir / "meta.json"))
+            self.data.check_tokenizer(expected)
         else:
             self.data = IndexedDataset(data_dir, expected, cache_dir)
         self.special: SpecialIds = special_ids(tok) if tok is not None else SpecialIds(0, 1, 2, 3, 4)
