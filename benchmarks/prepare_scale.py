@@ -64,38 +64,52 @@ def make_jsonl(texts: list[str], path: Path, mb: int, gz: bool = False) -> Path:
     return path
 
 
-def tree_rss(proc: psutil.Process) -> tuple[int, int, int]:
-    """(RSS of the whole tree, of the main process, of the largest child) in bytes."""
+def sample_tree(proc: psutil.Process, cpu: dict) -> tuple[int, int, int]:
+    """(RSS of the whole tree, of the main process, of the largest child) in bytes; `cpu` {pid: CPU s} updated."""
     try:
+        kids = proc.children(recursive=True)
         main = proc.memory_info().rss
-        kids = [c.memory_info().rss for c in proc.children(recursive=True)]
+        cpu[proc.pid] = sum(proc.cpu_times()[:2])
+        rss = []
+        for c in kids:
+            rss.append(c.memory_info().rss)
+            cpu[c.pid] = sum(c.cpu_times()[:2])
     except psutil.Error:
         return 0, 0, 0
-    return main + sum(kids), main, max(kids, default=0)
+    return main + sum(rss), main, max(rss, default=0)
 
 
-def run_prepare(src: Path, tok: Path, out: Path, workers: int, shard_bytes: str) -> dict:
+def run_prepare(src: Path, tok: Path, out: Path, workers: int, shard_bytes: str, tree: Path = REPO) -> dict:
+    """One `bertforge prepare` from the code in `tree` (another checkout = the baseline, run with its own flags)."""
+    size_flags = ["--shard-bytes", shard_bytes, "--no-progress"] if tree == REPO else ["--docs-per-shard", "4096"]
     cmd = [sys.executable, "-m", "engine.cli", "prepare", str(src), "--tokenizer", str(tok), "--out", str(out),
-           "--workers", str(workers), "--shard-bytes", shard_bytes, "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+           "--workers", str(workers), *size_flags]
+    env = dict(os.environ, PYTHONPATH=str(tree), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               PYTHONDONTWRITEBYTECODE="1")
     t0 = time.perf_counter()
-    proc = psutil.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0, 0, 0]
+    proc = psutil.Popen(cmd, env=env, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, cpu = [0, 0, 0], {}
     while proc.poll() is None:
-        peak = [max(a, b) for a, b in zip(peak, tree_rss(proc))]
+        peak = [max(a, b) for a, b in zip(peak, sample_tree(proc, cpu))]
         time.sleep(0.2)
     out_text, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed ({proc.returncode}): {err.strip()[-2000:]}")
     stats = json.loads(out_text.strip().splitlines()[-1])
     wall = time.perf_counter() - t0
+    # sampled from outside (start-up included, the last 0.2 s missed): a cross-check of prepare's own accounting
+    sampled_share = cpu.get(proc.pid, 0.0) / max(sum(cpu.values()), 1e-9)
+    if tree != REPO:  # the baseline reports no CPU split of its own
+        stats.update(main_cpu_s=cpu.get(proc.pid, 0.0), workers_cpu_s=sum(cpu.values()) - cpu.get(proc.pid, 0.0),
+                     tasks=0, shards_written=stats.get("shards_written", 0))
     mb = src.stat().st_size / 1e6
     share = stats["main_cpu_s"] / max(stats["main_cpu_s"] + stats["workers_cpu_s"], 1e-9)
     return dict(file=src.name, file_mb=mb, workers=workers, seconds=stats["seconds"], wall_s=wall,
                 mb_per_s=mb / stats["seconds"], text_mb_per_s=stats["text_bytes"] / 1e6 / stats["seconds"],
                 tokens=stats["tokens"], tasks=stats["tasks"], shards=stats["shards_written"],
                 peak_rss_mb=peak[0] / 1e6, main_rss_mb=peak[1] / 1e6, worker_rss_mb=peak[2] / 1e6,
-                main_cpu_s=stats["main_cpu_s"], workers_cpu_s=stats["workers_cpu_s"], main_cpu_share=share)
+                main_cpu_s=stats["main_cpu_s"], workers_cpu_s=stats["workers_cpu_s"], main_cpu_share=share,
+                main_cpu_share_sampled=sampled_share, code="this tree" if tree == REPO else str(tree))
 
 
 def rank_probe(data: str, tok: str, cache: str, batches: int) -> dict:
@@ -153,6 +167,9 @@ def main() -> None:
     ap.add_argument("--scratch", default="/tmp/bertforge-scale")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "prepare_scale.json"))
     ap.add_argument("--no-rank", action="store_true", help="skip the rank-memory probes")
+    ap.add_argument("--append", action="store_true", help="add to the rows already in --json")
+    ap.add_argument("--baseline", default="", help="SIZE:WORKERS:TREE — also run the prepare of another checkout "
+                    "(e.g. the code before streaming) on that file, same machine, same run")
     args = ap.parse_args()
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -160,10 +177,12 @@ def main() -> None:
     runs += [(int(x.split(":")[0]), int(x.split(":")[1]), False) for x in args.once.split(",") if x]
     runs += [(int(s), 1, True) for s in args.gz.split(",") if s]
     texts = corpus_texts()
-    res: dict = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
+    res: dict = json.loads(Path(args.json).read_text()) if args.append and Path(args.json).exists() else {
+                 "date": str(date.today()), "machine": platform.processor() or platform.machine(),
                  "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(),
                  "corpus_documents": len(texts), "corpus_text_mb": sum(len(t.encode()) for t in texts) / 1e6,
                  "shard_bytes": args.shard_bytes, "runs": [], "rank_memory": {}}
+    res["date"] = str(date.today())
     tok = scratch / f"tok{args.vocab_size}"
     if not (tok / "tokenizer.json").exists():
         from engine.data.tokenizer import train_wordpiece
@@ -188,6 +207,18 @@ def main() -> None:
             print(f"  rank on {mb} MB: RssAnon builder {r['builder']['rss_anon_mb']:.0f} MiB, cached "
                   f"{r['cached']['rss_anon_mb']:.0f} MiB", flush=True)
             write_json(args.json, res)
+    if args.baseline:
+        mb, workers, tree = args.baseline.split(":", 2)
+        src = make_jsonl(texts, scratch / f"corpus{mb}.jsonl", int(mb))
+        out = scratch / f"baseline{mb}-w{workers}"
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        row = run_prepare(src, tok, out, int(workers), args.shard_bytes, Path(tree))
+        res["baseline"] = row
+        print(f"baseline {row['file']}: {workers} worker(s) {row['mb_per_s']:.2f} MB/s, peak RSS "
+              f"{row['peak_rss_mb']:.0f} MB (main {row['main_rss_mb']:.0f})", flush=True)
     res["load_average_end"] = os.getloadavg()
     write_json(args.json, res)
     print_table(res)
@@ -198,10 +229,12 @@ def print_table(res: dict) -> None:
     """Markdown tables. 'MB per CPU-s' is file MB over the CPU seconds of main + workers: the per-core rate, which
     a shared machine does not distort the way it distorts wall-clock MB/s."""
     base = {(r["file"]): r for r in res["runs"] if r["workers"] == 1}
+    rows = res["runs"] + ([dict(res["baseline"], file=res["baseline"]["file"] + " (before)")]
+                          if "baseline" in res else [])
     print("\n| file | workers | MB/s (wall) | vs 1 worker | MB per CPU-s | peak RSS (tree / main / worker) MB "
           "| main CPU share |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in res["runs"]:
+    for r in rows:
         one = base.get(r["file"])
         ratio = f"{r['mb_per_s'] / one['mb_per_s']:.2f}x" if one and r is not one else "-"
         per_cpu = r["file_mb"] / max(r["main_cpu_s"] + r["workers_cpu_s"], 1e-9)
