@@ -149,16 +149,19 @@ def _init_worker(tokenizer_path: str, settings: dict, in_pool: bool = False) -> 
     _CTX.update(settings, tokenizer=load_tokenizer(tokenizer_path))
 
 
-def tokenize_documents(docs: list[Document], tok, max_sentence_tokens: int, strict: bool):
-    """docs -> (tokens (n_tokens,) int64, sentence_offsets (n_sent+1,), doc_offsets (n_docs+1,), doc_hashes, stats).
-    Sentences go to the tokenizer in batches of about ENCODE_BATCH_CHARS characters."""
+def tokenize_documents(docs: list[Document], tok, max_sentence_tokens: int, strict: bool,
+                       dtype: np.dtype = np.dtype(np.int64)):
+    """docs -> (tokens (n_tokens,) `dtype`, sentence_offsets (n_sent+1,), doc_offsets (n_docs+1,), doc_hashes, stats).
+    Sentences go to the tokenizer in batches of about ENCODE_BATCH_CHARS characters; each batch's ids become one
+    array of `dtype` at once (Python lists of ints would take ~36 bytes a token)."""
     stats = dict(documents=0, sentences=0, tokens=0, text_bytes=0, empty_documents_skipped=0,
                  single_sentence_documents=0, long_sentences_split=0, warnings=[])
-    pieces: list[list[int]] = []
+    arrays: list[np.ndarray] = []
     sent_len: list[int] = []
     doc_off, hashes = [0], []
 
     def encode(batch: list[tuple[Document, list[str]]]) -> None:
+        pieces: list[list[int]] = []
         flat = [s for _, sents in batch for s in sents]
         encoded = iter(tok.encode_batch(flat, add_special_tokens=False) if flat else [])
         for doc, sents in batch:
@@ -190,6 +193,8 @@ def tokenize_documents(docs: list[Document], tok, max_sentence_tokens: int, stri
             stats["documents"] += 1
             doc_off.append(len(sent_len))
             hashes.append(indexed.doc_hash(doc.text))
+        arrays.append(np.fromiter(itertools.chain.from_iterable(pieces), dtype=dtype,
+                                  count=sum(len(p) for p in pieces)))
 
     batch, chars = [], 0
     for doc in docs:
@@ -199,10 +204,9 @@ def tokenize_documents(docs: list[Document], tok, max_sentence_tokens: int, stri
             encode(batch)
             batch, chars = [], 0
     encode(batch)
-    n_tokens = int(sum(sent_len))
-    tokens = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64, count=n_tokens)
+    tokens = np.concatenate(arrays)
     sentence_offsets = np.concatenate([[0], np.cumsum(sent_len, dtype=np.int64)])
-    stats["sentences"], stats["tokens"] = len(sent_len), n_tokens
+    stats["sentences"], stats["tokens"] = len(sent_len), int(tokens.size)
     return tokens, sentence_offsets, np.asarray(doc_off, np.int64), np.asarray(hashes, np.uint64), stats
 
 
@@ -261,16 +265,16 @@ def _run_task(task: Task) -> dict:
             tokens = np.fromfile(prefix.with_suffix(".bin"), dtype=old["dtype"])
             res["shards_skipped"] += 1
         else:
+            dtype = indexed.token_dtype(vocab_size)  # np.fromiter refuses an id that does not fit
             tokens, so, do, dh, stats = tokenize_documents(shard_docs, c["tokenizer"], c["max_sentence_tokens"],
-                                                           c["strict"])
+                                                           c["strict"], dtype)
             if stats["documents"] == 0:  # nothing tokenizable: no shard
                 res["empty_documents_skipped"] += stats["empty_documents_skipped"]
                 continue
-            if tokens.size and tokens.max() >= vocab_size:
+            if tokens.size and int(tokens.max()) >= vocab_size:
                 raise DataError("token id outside the vocabulary", str(prefix))
             header["stats"] = {k: stats[k] for k in ("text_bytes", "single_sentence_documents",
                                                      "long_sentences_split", "empty_documents_skipped")}
-            tokens = tokens.astype(indexed.token_dtype(vocab_size))
             indexed.write_shard(prefix, tokens, so, do, dh, header)
             res["shards_written"] += 1
         res["counts"] += np.bincount(tokens, minlength=vocab_size)[:vocab_size]

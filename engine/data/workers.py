@@ -101,7 +101,7 @@ class WorkerPool:
                     if ready is not self.conns[w] and not self.conns[w].poll():
                         raise EOFError
                     kind, key, *rest = self.conns[w].recv()
-                except (EOFError, OSError):
+                except (EOFError, OSError, pickle.UnpicklingError):  # gone, or killed while sending
                     self._died(w, *busy.pop(w))
                 if kind == "note":
                     busy[w] = (busy[w][0], key)
