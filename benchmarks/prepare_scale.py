@@ -139,6 +139,9 @@ def rank_probe(data: str, tok: str, cache: str, batches: int) -> dict:
 
 
 def run_rank(data: Path, tok: Path, cache: Path, batches: int = 200) -> dict:
+    import shutil
+
+    shutil.rmtree(cache, ignore_errors=True)  # the builder must find nothing
     out = {}
     for role in ("builder", "cached"):  # the first run builds the index and maps; the second finds them
         proc = subprocess.run([sys.executable, __file__, "--probe", str(data), str(tok), str(cache), str(batches)],
@@ -168,11 +171,22 @@ def main() -> None:
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "prepare_scale.json"))
     ap.add_argument("--no-rank", action="store_true", help="skip the rank-memory probes")
     ap.add_argument("--append", action="store_true", help="add to the rows already in --json")
+    ap.add_argument("--ranks-only", action="store_true", help="only the rank probes, on the datasets the runs of "
+                    "--sizes left in --scratch (data<MB>-w<last of --workers>); implies --append")
     ap.add_argument("--baseline", default="", help="SIZE:WORKERS:TREE — also run the prepare of another checkout "
                     "(e.g. the code before streaming) on that file, same machine, same run")
     args = ap.parse_args()
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
+    if args.ranks_only:
+        res = json.loads(Path(args.json).read_text())
+        tok = scratch / f"tok{args.vocab_size}"
+        for mb in [s for s in args.sizes.split(",") if s]:
+            data = scratch / f"data{mb}-w{args.workers.split(',')[-1]}"
+            res["rank_memory"][mb] = run_rank(data, tok, scratch / f"cache{mb}")
+            write_json(args.json, res)
+        print_table(res)
+        return
     runs = [(int(s), int(w), False) for s in args.sizes.split(",") if s for w in args.workers.split(",")]
     runs += [(int(x.split(":")[0]), int(x.split(":")[1]), False) for x in args.once.split(",") if x]
     runs += [(int(s), 1, True) for s in args.gz.split(",") if s]
