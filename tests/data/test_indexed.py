@@ -82,11 +82,11 @@ def test_prepare_rewrites_a_cut_shard(copy, wiki_slice, tokenizer_dir, prepared)
     assert idx.read_bytes() == (prepared[0] / idx.name).read_bytes()
 
 
-def test_sentence_index_equals_the_shards_and_is_built_once(prepared, tmp_path):
-    ds = IndexedDataset(prepared[0], cache_dir=tmp_path / "cache")
+def test_sentence_index_equals_the_shards_and_is_built_once(copy, tmp_path):
+    ds = IndexedDataset(copy, cache_dir=tmp_path / "cache")
     starts, lengths, docs, hashes, sent_base = [], [], [np.zeros(1, np.int64)], [], 0
     for s, (name, h) in enumerate(zip(ds.meta["shards"], ds.headers)):  # the former in-memory concatenation
-        so, do, dh = read_shard_arrays(prepared[0] / name, h)
+        so, do, dh = read_shard_arrays(copy / name, h)
         starts.append(so[:-1] + ds.token_bases[s])
         lengths.append(np.diff(so))
         docs.append(do[1:] + sent_base)
@@ -99,7 +99,7 @@ def test_sentence_index_equals_the_shards_and_is_built_once(prepared, tmp_path):
     folder = ds.index_path()
     assert folder.parent == tmp_path / "cache"
     mtime = (folder / "doc_hashes.npy").stat().st_mtime_ns
-    again = IndexedDataset(prepared[0], cache_dir=tmp_path / "cache")
+    again = IndexedDataset(copy, cache_dir=tmp_path / "cache")
     assert np.array_equal(again.doc_offsets, index.doc_offsets)
     assert (folder / "doc_hashes.npy").stat().st_mtime_ns == mtime
 
