@@ -11,4 +11,5 @@ namespace bertforge {
 void register_offsets(py::module_& m);     // offsets.cpp: lengths -> cu_seqlens / unpad gather indices
 void register_sample_map(py::module_& m);  // sample_map.cpp: BERT NSP / ALBERT SOP sentence-pair sample maps
 void register_grouping(py::module_& m);    // grouping.cpp: documents packed into full blocks (MLM only)
+void register_shards(py::module_& m);      // shards.cpp: token files mapped with descriptors closed + gather
 }  // namespace bertforge

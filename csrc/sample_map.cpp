@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "helpers.h"
@@ -171,8 +172,10 @@ py::tuple build_pairs(const char* name, I64Array sent_start, I64Array sent_len, 
         for (int64_t d = 0; d < n_docs; ++d) b.document(d);
     }
     const int64_t rows = static_cast<int64_t>(b.out.size() / 5);
-    py::array_t<int64_t> result({rows, int64_t{5}});
-    std::copy(b.out.begin(), b.out.end(), result.mutable_data());
+    // the result takes over the builder's buffer (no second copy of the map in memory)
+    auto* buffer = new std::vector<int64_t>(std::move(b.out));
+    py::capsule owner(buffer, [](void* p) { delete static_cast<std::vector<int64_t>*>(p); });
+    py::array_t<int64_t> result({rows, int64_t{5}}, buffer->data(), owner);
     return py::make_tuple(result, b.docs_skipped, b.tail_dropped);
 }
 

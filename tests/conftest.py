@@ -55,5 +55,5 @@ def prepared(wiki_slice, tokenizer_dir, tmp_path_factory):
     from engine.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared")
-    stats = prepare([wiki_slice], tokenizer_dir, out, docs_per_shard=700, progress=False)
+    stats = prepare([wiki_slice], tokenizer_dir, out, shard_bytes=350_000, progress=False)  # 4 shards
     return out, stats

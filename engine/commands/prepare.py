@@ -1,33 +1,42 @@
-"""`bertforge prepare`: raw corpora -> sharded, memory-mapped indexed dataset (see engine/data/prepare.py)."""
+"""`bertforge prepare`: raw corpora -> sharded, memory-mapped indexed dataset (see engine/data/prepare.py).
+Every PrepareConfig field is a flag (engine/config/prepare.py)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
+from engine.commands.flags import add_dataclass_flags, given
+from engine.config.docs import field_docs
+from engine.config.prepare import PrepareConfig
+
+HAND_MADE = {"shard_bytes"}  # takes sizes such as 64M
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("prepare", help="turn raw text into a sharded, memory-mapped indexed dataset")
+    p = subparsers.add_parser("prepare", help="turn raw text into a sharded, memory-mapped indexed dataset",
+                              description=__doc__, argument_default=argparse.SUPPRESS)
     p.add_argument("inputs", nargs="+", help="corpus files or folders, or a data set name (wiki, linux-doc)")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder, tokenizer.json or vocab.txt")
-    p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--format", default=None, choices=["json", "jsonl", "txt", "txt-file", "rst"],
-                   help="force a reader (default: by file suffix; txt-file = one document per file)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="tokenizer processes")
-    p.add_argument("--docs-per-shard", type=int, default=4096)
-    p.add_argument("--max-seq-length", type=int, default=512,
-                   help="longest sample; longer sentences are split into pieces (or refused with --strict)")
-    p.add_argument("--strict", action="store_true", help="refuse a sentence longer than max length")
-    p.set_defaults(func=_prepare)
+    p.add_argument("--out", required=True, help="output dataset folder (shared by all parts of a --part prepare)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    add_dataclass_flags(p, PrepareConfig, skip=HAND_MADE, defaults={"workers": cores})
+    p.add_argument("--shard-bytes", dest="shard_bytes", metavar="SIZE",
+                   help=field_docs(PrepareConfig)["shard_bytes"] + " (default: 16M)")
+    p.set_defaults(func=_prepare, default_workers=cores)
 
 
 def _prepare(args) -> int:
     from engine.data.fetch import resolve_inputs
     from engine.data.prepare import prepare
 
-    stats = prepare(resolve_inputs(args.inputs), args.tokenizer, args.out, fmt=args.format, workers=args.workers,
-                    docs_per_shard=args.docs_per_shard, max_seq_length=args.max_seq_length, strict=args.strict)
+    settings = given(args, [f for f in PrepareConfig.__dataclass_fields__])
+    settings.setdefault("workers", args.default_workers)
+    stats = prepare(resolve_inputs(args.inputs), args.tokenizer, args.out, PrepareConfig(**settings))
     for w in stats.warnings:
         print(f"warning: {w}")
-    summary = {k: v for k, v in vars(stats).items() if k != "warnings"}
-    print(json.dumps(summary))
+    if not stats.complete:
+        print(f"part {stats.part} done ({stats.tasks} of {stats.tasks_total} tasks); the dataset is complete when "
+              f"every part is")
+    print(json.dumps({k: v for k, v in vars(stats).items() if k != "warnings"}))
     return 0

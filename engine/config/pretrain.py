@@ -36,6 +36,9 @@ class DataSection:
     benchmarks); 0 = off."""
     eval_fraction: float = 0.05
     """Fraction of the dataset's documents held out for evaluation (chosen by document hash, stable)."""
+    data_cache: str = ""
+    """Folder for the dataset's derived files (per-sentence index, NSP sample maps), built once and shared by the
+    ranks of a node; "" = DATA/cache when the data folder is writable, else RUN/data_cache."""
 
     def __post_init__(self) -> None:
         check_non_negative(self, "synthetic_vocab")

@@ -38,17 +38,24 @@ def document_ranges(ds: IndexedDataset, docs: np.ndarray) -> tuple[np.ndarray, n
 class FullSentenceDataset:
     """MLM-only samples of one split of a prepared dataset (map-style; len = sequences).
 
-    data_dir: output of `bertforge prepare`; tokenizer: path/dir or tokenizers.Tokenizer (checked against the
+    data_dir: output of `bertforge prepare`, or an opened IndexedDataset; cache_dir: where the dataset's
+    per-sentence index is built once (the grouping itself is in memory, O(documents)); tokenizer: path/dir or tokenizers.Tokenizer (checked against the
     dataset's hash; needed for whole-word masking) or None for the default BERT special ids; split 'train' / 'eval'
     / 'all' with eval_fraction held out by document hash (engine/data/sample_map.split_documents). DataError when
     the split has no documents."""
 
-    def __init__(self, data_dir: str | Path, max_seq_length: int = 128, seed: int = 0, split: str = "train",
-                 eval_fraction: float = 0.0, tokenizer=None, pad_to_max: bool = True):
+    def __init__(self, data_dir: str | Path | IndexedDataset, max_seq_length: int = 128, seed: int = 0,
+                 split: str = "train", eval_fraction: float = 0.0, tokenizer=None, pad_to_max: bool = True,
+                 cache_dir: str | Path | None = None):
         if max_seq_length < 3:
             raise ValueError(f"max_seq_length must be >= 3 ([CLS], a token, [SEP]), got {max_seq_length}")
         tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-        self.data = IndexedDataset(data_dir, tokenizer_hash(tok) if tok is not None else None)
+        expected = tokenizer_hash(tok) if tok is not None else None
+        if isinstance(data_dir, IndexedDataset):
+            self.data = data_dir
+            self.data.check_tokenizer(expected)
+        else:
+            self.data = IndexedDataset(data_dir, expected, cache_dir)
         self.special: SpecialIds = special_ids(tok) if tok is not None else SpecialIds(0, 1, 2, 3, 4)
         self.continuation = continuation_ids(tok) if tok is not None else None
         self.max_seq_length, self.seed, self.pad_to_max = int(max_seq_length), int(seed), pad_to_max

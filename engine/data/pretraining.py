@@ -33,21 +33,28 @@ class PretrainingDataset:
     """NSP (or SOP, pairing='sop') + MLM samples of one split of a prepared dataset (map-style; len = samples in the
     map). nsp_prob is the NotNext share, or with SOP the swap share.
 
-    data_dir: output of `bertforge prepare`; tokenizer: path/dir or tokenizers.Tokenizer (checked against the
-    dataset's hash; needed for whole-word masking), or None to use the default BERT special ids 0-4
-    ([PAD] [UNK] [CLS] [SEP] [MASK]). split 'train'/'eval'/'all' with eval_fraction held out by document hash."""
+    data_dir: output of `bertforge prepare`, or an opened IndexedDataset (shared by several splits); tokenizer:
+    path/dir or tokenizers.Tokenizer (checked against the dataset's hash; needed for whole-word masking), or None to
+    use the default BERT special ids 0-4 ([PAD] [UNK] [CLS] [SEP] [MASK]). split 'train'/'eval'/'all' with
+    eval_fraction held out by document hash. cache_dir: where the sample map is built once and memory-mapped
+    (default: engine.data.cache.default_cache_dir)."""
 
-    def __init__(self, data_dir: str | Path, max_seq_length: int = 128, seed: int = 0, short_seq_prob: float = 0.1,
-                 nsp_prob: float = 0.5, split: str = "train", eval_fraction: float = 0.0, tokenizer=None,
-                 pad_to_max: bool = True, pairing: str = "nsp"):
+    def __init__(self, data_dir: str | Path | IndexedDataset, max_seq_length: int = 128, seed: int = 0,
+                 short_seq_prob: float = 0.1, nsp_prob: float = 0.5, split: str = "train", eval_fraction: float = 0.0,
+                 tokenizer=None, pad_to_max: bool = True, cache_dir: str | Path | None = None, pairing: str = "nsp"):
         tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-        self.data = IndexedDataset(data_dir, tokenizer_hash(tok) if tok is not None else None)
+        expected = tokenizer_hash(tok) if tok is not None else None
+        if isinstance(data_dir, IndexedDataset):
+            self.data = data_dir
+            self.data.check_tokenizer(expected)
+        else:
+            self.data = IndexedDataset(data_dir, expected, cache_dir)
         self.special: SpecialIds = special_ids(tok) if tok is not None else SpecialIds(0, 1, 2, 3, 4)
         self.continuation = continuation_ids(tok) if tok is not None else None
         self.max_seq_length, self.seed, self.pad_to_max = int(max_seq_length), int(seed), pad_to_max
         self.pairing = pairing
         self.samples, self.map_path = cached_sample_map(self.data, split, eval_fraction, seed, max_seq_length,
-                                                        short_seq_prob, nsp_prob, pairing=pairing)
+                                                        short_seq_prob, nsp_prob, cache_dir, pairing=pairing)
 
     def __len__(self) -> int:
         return len(self.samples)

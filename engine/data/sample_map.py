@@ -2,8 +2,10 @@
 
 `build_sample_map` (BERT's next-sentence prediction) and `build_sop_map` (ALBERT's sentence-order prediction) run
 the C++ builder (csrc/sample_map.cpp, where both algorithms are described); `build_sample_map_ref` is the
-pure-Python reference that produces the identical maps (same SplitMix64 stream, same order of draws). `cached_sample_map` builds the map for one dataset split once (rank 0), stores it as .npy keyed by
-(dataset, split, seed, max length, probabilities) and memory-maps it on every rank.
+pure-Python reference that produces the identical maps (same SplitMix64 stream, same order of draws).
+`cached_sample_map` builds the map for one dataset split once per node (engine/data/cache.py), stores it as .npy
+keyed by (dataset, split, seed, max length, probabilities, pairing) in the cache folder and memory-maps it on every
+rank.
 
 A map is (n_samples, 5) int64: [a_start, a_end, b_start, b_end, label] in the dataset's global token positions
 (engine.data.indexed.IndexedDataset), half-open ranges; label = 1 for NotNext (NSP) or for a swapped pair (SOP:
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine import _csrc
+from engine.data.cache import build_once, locate
 from engine.errors import DataError
 from engine.data.splitmix import M64, SplitMix64
 from engine.io import save_numpy, write_json
@@ -148,21 +152,25 @@ def build_sample_map_ref(sent_start, sent_len, doc_offsets, max_seq_length: int,
 
 
 # ---- splits and the on-disk cache --------------------------------------------------------------------------------
+def held_out(doc_hashes: np.ndarray, eval_fraction: float) -> np.ndarray:
+    """(n,) bool: a document is held out for eval when its text hash, scaled to [0, 1), is below eval_fraction."""
+    return (np.asarray(doc_hashes, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < eval_fraction
+
+
 def split_documents(doc_hashes: np.ndarray, split: str, eval_fraction: float) -> np.ndarray:
-    """Indices of the documents in `split` ('train', 'eval' or 'all'): a document is held out for eval when its
-    text hash, scaled to [0, 1), is below eval_fraction; stable under reordering and adding documents."""
+    """Indices of the documents in `split` ('train', 'eval' or 'all'), by `held_out`; stable under reordering and
+    adding documents."""
+    if split not in ("train", "eval", "all"):
+        raise ValueError(f"split must be 'train', 'eval' or 'all', not {split!r}")
     if split == "all" or (eval_fraction <= 0 and split == "train"):
         return np.arange(len(doc_hashes))
-    held = (np.asarray(doc_hashes, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < eval_fraction
-    if split == "eval":
-        return np.flatnonzero(held)
-    if split == "train":
-        return np.flatnonzero(~held)
-    raise ValueError(f"split must be 'train', 'eval' or 'all', not {split!r}")
+    held = held_out(doc_hashes, eval_fraction)
+    return np.flatnonzero(held if split == "eval" else ~held)
 
 
 def select_sentences(ds, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IndexedDataset + document indices -> (sent_start, sent_len, doc_offsets) of just those documents."""
+    """IndexedDataset + document indices -> (sent_start, sent_len, doc_offsets) of just those documents (in
+    memory; `cached_sample_map` selects chunk by chunk into memory-mapped files instead)."""
     lo, hi = ds.doc_offsets[docs], ds.doc_offsets[docs + 1]
     counts = hi - lo
     doc_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -170,70 +178,117 @@ def select_sentences(ds, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return ds.sentence_starts[sent], ds.sentence_lengths[sent], doc_offsets
 
 
-def check_split(ds, docs: np.ndarray, split: str, eval_fraction: float, pairing: str = "nsp") -> None:
+def _chosen(hashes: np.ndarray, a: int, b: int, split: str, eval_fraction: float) -> np.ndarray:
+    """Indices in [a, b) of the documents in `split` (`split_documents` on a slice)."""
+    if split == "all" or (eval_fraction <= 0 and split == "train"):
+        return np.arange(a, b)
+    held = held_out(hashes[a:b], eval_fraction)
+    return a + np.flatnonzero(held if split == "eval" else ~held)
+
+
+def check_split(ds, split: str, eval_fraction: float, pairing: str = "nsp", chunk: int = 1 << 20) -> None:
     """Refuse a split the pairing cannot draw pairs from, naming the dataset, the split and what to change: for NSP
     fewer than two documents (NotNext partners come from another document); for NSP and SOP no document with two
-    sentences (consecutive pairs)."""
+    sentences (consecutive pairs). Reads the per-sentence index `chunk` documents at a time (flat memory)."""
+    index = ds.sentence_index()
+    offsets, hashes = index.doc_offsets, index.doc_hashes
+    n_docs = multi = 0
+    for a in range(0, len(hashes), chunk):
+        docs = _chosen(hashes, a, min(a + chunk, len(hashes)), split, eval_fraction)
+        n_docs += len(docs)
+        multi += int(((offsets[docs + 1] - offsets[docs]) >= 2).sum())
     name = {"eval": "held-out", "train": "training", "all": "whole"}[split]
     objective = pairing.upper()
-    if len(docs) < (2 if pairing == "nsp" else 1):
+    if n_docs < (2 if pairing == "nsp" else 1):
         fix = (f"raise --eval-fraction (now {eval_fraction})" if split == "eval" else
                f"lower --eval-fraction (now {eval_fraction}) or prepare more documents" if split == "train" else
                "prepare more documents")
-        raise DataError(f"the {name} split has {len(docs)} of the dataset's {ds.num_docs} documents; {objective} "
+        raise DataError(f"the {name} split has {n_docs} of the dataset's {ds.num_docs} documents; {objective} "
                         f"needs at least {2 if pairing == 'nsp' else 1}: {fix}", str(ds.dir))
-    sentences = ds.doc_offsets[docs + 1] - ds.doc_offsets[docs]
-    if not (sentences >= 2).any():
-        raise DataError(f"every document of the {name} split ({len(docs)}) has a single sentence, so {objective} "
-                        f"has no sentence pairs: separate documents by blank lines and end sentences with punctuation, or "
-                        f"give one sentence per line (see `bertforge prepare --help`)", str(ds.dir))
+    if multi == 0:
+        raise DataError(f"every document of the {name} split ({n_docs}) has a single sentence, so {objective} "
+                        f"has no sentence pairs: separate documents by blank lines and end sentences with "
+                        f"punctuation, or give one sentence per line (see `bertforge prepare --help`)", str(ds.dir))
+
+
+def _select_to_files(ds, split: str, eval_fraction: float, folder: Path,
+                     chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`select_sentences` of `split`, written chunk by chunk of `chunk` documents into memory-mapped .npy files in
+    `folder` (the caller's memory stays flat in corpus size). Returns the three arrays, memory-mapped."""
+    from numpy.lib.format import open_memmap
+
+    index = ds.sentence_index()
+    offsets, hashes, n_docs = index.doc_offsets, index.doc_hashes, len(index.doc_hashes)
+
+    def chosen(a: int, b: int) -> np.ndarray:
+        return _chosen(hashes, a, b, split, eval_fraction)
+
+    n_sel = n_sent = 0
+    for a in range(0, n_docs, chunk):
+        docs = chosen(a, min(a + chunk, n_docs))
+        n_sel += len(docs)
+        n_sent += int((offsets[docs + 1] - offsets[docs]).sum())
+    folder.mkdir(parents=True, exist_ok=True)
+    starts = open_memmap(folder / "sent_start.npy", "w+", np.int64, (n_sent,))
+    lengths = open_memmap(folder / "sent_len.npy", "w+", np.int64, (n_sent,))
+    doc_offsets = open_memmap(folder / "doc_offsets.npy", "w+", np.int64, (n_sel + 1,))
+    doc_offsets[0] = d0 = s0 = 0
+    for a in range(0, n_docs, chunk):
+        docs = chosen(a, min(a + chunk, n_docs))
+        lo, hi = offsets[docs], offsets[docs + 1]
+        counts = hi - lo
+        ends = np.cumsum(counts)
+        sent = np.repeat(lo - (ends - counts), counts) + np.arange(ends[-1] if len(ends) else 0)
+        starts[s0:s0 + len(sent)] = index.sentence_starts[sent]
+        lengths[s0:s0 + len(sent)] = index.sentence_lengths[sent]
+        doc_offsets[d0 + 1:d0 + 1 + len(docs)] = ends + s0
+        s0, d0 = s0 + len(sent), d0 + len(docs)
+    for arr in (starts, lengths, doc_offsets):
+        arr.flush()
+    return starts, lengths, doc_offsets
 
 
 def map_key(ds, split: str, eval_fraction: float, seed: int, max_seq_length: int, short_seq_prob: float,
             nsp_prob: float, pairing: str = "nsp") -> str:
-    ident = dict(version=MAP_VERSION, tokenizer=ds.tokenizer_hash, shards=ds.meta["shards"],
-                 n_tokens=ds.num_tokens, n_docs=ds.num_docs, split=split,
-                 eval_fraction=float(eval_fraction) if split != "all" else None, seed=int(seed),
-                 max_seq_length=int(max_seq_length), short_seq_prob=float(short_seq_prob), nsp_prob=float(nsp_prob),
-                 pairing=pairing)
+    ident = dict(version=MAP_VERSION, dataset=ds.dataset_id, tokenizer=ds.tokenizer_hash, n_tokens=ds.num_tokens,
+                 n_docs=ds.num_docs, split=split, eval_fraction=float(eval_fraction) if split != "all" else None,
+                 seed=int(seed), max_seq_length=int(max_seq_length), short_seq_prob=float(short_seq_prob),
+                 nsp_prob=float(nsp_prob), pairing=pairing)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _dist_rank() -> tuple[int, bool]:
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), True
-    except ImportError:
-        pass
-    return 0, False
 
 
 def cached_sample_map(ds, split: str = "train", eval_fraction: float = 0.0, seed: int = 0, max_seq_length: int = 128,
                       short_seq_prob: float = 0.1, nsp_prob: float = 0.5, cache_dir: str | Path | None = None,
                       pairing: str = "nsp") -> tuple[np.ndarray, Path]:
-    """The memory-mapped (n_samples, 5) map of `ds` (an IndexedDataset) and its file. pairing 'nsp' or 'sop'
-    (nsp_prob is then the swap probability). Rank 0 builds it when missing (atomic write); under torch.distributed
-    every rank waits on a barrier, then memory-maps it."""
+    """The memory-mapped (n_samples, 5) map of `ds` (an IndexedDataset) and its file in the cache folder
+    (`cache_dir`, default engine.data.cache's). pairing 'nsp' or 'sop' (nsp_prob is then the swap probability).
+    It is built once (engine.data.cache.build_once: rank 0, then the first rank of a node that cannot see it), from
+    the dataset's per-sentence index selected into temporary memory-mapped files; every rank then memory-maps it.
+    The builder's memory peaks at the map itself (40 bytes a sample), not at the corpus's sentence index.
+    DataError (`check_split`, on every rank while the map is missing) when the split cannot give pairs."""
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {PAIRINGS}, not {pairing!r}")
-    folder = Path(cache_dir) if cache_dir else ds.dir / "sample_maps"
+    folder = Path(cache_dir) if cache_dir else ds.cache_dir
     key = map_key(ds, split, eval_fraction, seed, max_seq_length, short_seq_prob, nsp_prob, pairing)
-    path = folder / f"map-{split}-{key}.npy"
-    rank, distributed = _dist_rank()
-    docs = split_documents(ds.doc_hashes, split, eval_fraction)
-    check_split(ds, docs, split, eval_fraction, pairing)  # on every rank: a refusal must not leave others at the barrier
-    if rank == 0 and not path.exists():
-        build = build_sop_map if pairing == "sop" else build_sample_map
-        sm = build(*select_sentences(ds, docs), max_seq_length, short_seq_prob, nsp_prob, seed)
-        save_numpy(path, sm.samples)
-        info = dict(n_samples=len(sm.samples), docs=len(docs), docs_skipped=sm.docs_skipped,
-                    tail_dropped=sm.tail_dropped, split=split, seed=seed, max_seq_length=max_seq_length,
-                    pairing=pairing)
-        write_json(folder / f"map-{split}-{key}.json", info)
-    if distributed:
-        import torch.distributed as dist
+    path = locate(f"map-{split}-{key}.npy", folder, ds.dir)
+    if not path.exists():  # every rank: a refusal must not leave the others waiting at build_once's barrier
+        check_split(ds, split, eval_fraction, pairing)
 
-        dist.barrier()
+    def build() -> None:
+        with tempfile.TemporaryDirectory(prefix=f".select-{split}-", dir=_mkdir(folder)) as tmp:
+            selected = _select_to_files(ds, split, eval_fraction, Path(tmp))
+            builder = build_sop_map if pairing == "sop" else build_sample_map
+            sm = builder(*selected, max_seq_length, short_seq_prob, nsp_prob, seed)
+            del selected
+        save_numpy(path, sm.samples)
+        info = dict(n_samples=len(sm.samples), docs_skipped=sm.docs_skipped, tail_dropped=sm.tail_dropped,
+                    split=split, seed=seed, max_seq_length=max_seq_length, dataset=ds.dataset_id, pairing=pairing)
+        write_json(path.with_suffix(".json"), info)
+
+    build_once(path, build)
     return np.load(path, mmap_mode="r"), path
+
+
+def _mkdir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

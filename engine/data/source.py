@@ -72,6 +72,7 @@ class CorpusSource:
     """Micro batches of one rank from a prepared dataset (see the module docstring)."""
 
     def __init__(self, cfg: PretrainConfig, rank: int, world: int):
+        from engine.data.cache import resolve_cache_dir
         from engine.data.indexed import IndexedDataset
         from engine.data.tokenizer import load_tokenizer, tokenizer_hash
 
@@ -80,8 +81,9 @@ class CorpusSource:
         if cfg.data.tokenizer:
             self.tokenizer = load_tokenizer(cfg.data.tokenizer)
             expected_hash = tokenizer_hash(self.tokenizer)
-        # DataError (one line) when not a prepared dataset or prepared with another tokenizer
-        info = IndexedDataset(cfg.data.data_dir, expected_hash)
+        # DataError (one line) when not a prepared dataset, a shard is damaged, or another tokenizer made it
+        self.cache_dir = resolve_cache_dir(cfg.data.data_dir, cfg.data.data_cache, cfg.run.output_dir)
+        self.data = info = IndexedDataset(cfg.data.data_dir, expected_hash, self.cache_dir)
         self.vocab_size = info.vocab_size
         if self.tokenizer is not None and self.tokenizer.get_vocab_size() != self.vocab_size:
             raise ConfigError(f"{cfg.data.tokenizer}: tokenizer has {self.tokenizer.get_vocab_size()} tokens, "
@@ -97,14 +99,14 @@ class CorpusSource:
 
         c = self.cfg
         kw = dict(max_seq_length=c.batch.max_seq_length, seed=c.run.seed, eval_fraction=c.data.eval_fraction,
-                  tokenizer=self.tokenizer)
+                  tokenizer=self.tokenizer, cache_dir=self.cache_dir)
         if c.objective.objective == "mlm":
             from engine.data.full_sentences import FullSentenceDataset as Dataset
         else:
             Dataset = PretrainingDataset
             kw.update(short_seq_prob=c.objective.short_seq_prob, pairing=c.objective.sentence_task)
-        self.train = Dataset(c.data.data_dir, split="train", **kw)
-        self.held_out = Dataset(c.data.data_dir, split="eval", **kw)
+        self.train = Dataset(self.data, split="train", **kw)  # one opened dataset for both splits
+        self.held_out = Dataset(self.data, split="eval", **kw)
         B = c.batch.micro_batch
         if len(self.train) < B * self.world:
             raise ConfigError(f"{c.data.data_dir}: the training split gives {len(self.train)} samples at "

@@ -1,11 +1,11 @@
 import json
-import os
 import re
 
 import numpy as np
 import pytest
 
-from engine.errors import DataError
+from engine.config.prepare import PrepareConfig, parse_size
+from engine.errors import ConfigError, DataError
 from engine.data.indexed import IndexedDataset
 from engine.data.prepare import prepare
 from engine.data.readers import read_documents
@@ -13,19 +13,47 @@ from engine.data.sentences import split_sentences
 from engine.data.tokenizer import load_tokenizer, tokenizer_hash, train_wordpiece
 
 
+def shard_files(folder):
+    return sorted(p.name for p in folder.glob("shard_*"))
+
+
+def write_jsonl(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
 def test_prepared_matches_direct_tokenization(prepared, wiki_slice, tokenizer_dir):
     out, stats = prepared
     ds = IndexedDataset(out)
     tok = load_tokenizer(tokenizer_dir)
     assert ds.tokenizer_hash == tokenizer_hash(tok) and ds.num_docs == stats.documents == 2500
-    assert len(ds.meta["shards"]) == 4 and ds.num_tokens == stats.tokens
+    assert ds.meta["shards"] == [f"shard_000000_{j:04d}" for j in range(4)] and ds.num_tokens == stats.tokens
     docs = list(read_documents([wiki_slice]))
-    for d in (0, 701, 2499):  # first doc of shards 0 and 1, the last doc
+    first_of_shard1 = ds.headers[0]["n_docs"]
+    for d in (0, first_of_shard1, 2499):
         want = [tok.encode(s, add_special_tokens=False).ids for s in split_sentences(docs[d].text)]
         assert [s.tolist() for s in ds.document(d)] == want
     counts = ds.unigram_counts()
     assert counts.sum() == ds.num_tokens and counts[:5].sum() == 0
-    assert not list(out.glob(".*tmp*"))
+    assert np.array_equal(counts, np.bincount(ds.gather(np.arange(ds.num_tokens)), minlength=len(counts)))
+    assert not list(out.glob(".*tmp*")) and stats.complete
+
+
+def test_shards_are_sized_by_text_bytes(prepared):
+    out, _ = prepared
+    ds = IndexedDataset(out)
+    sizes = [h["stats"]["text_bytes"] for h in ds.headers]
+    assert all(350_000 <= s < 350_000 + 20_000 for s in sizes[:-1]) and sizes[-1] < 350_000  # closed on reaching it
+
+
+def test_book_length_documents_do_not_make_giant_shards(tokenizer_dir, tmp_path):
+    books = [" ".join(f"Chapter {b} line {i} is here." for i in range(400)) for b in range(6)]  # ~11 kB each
+    src = tmp_path / "books.json"  # one file that cannot be cut: one task, its shards closed by text bytes
+    src.write_text(json.dumps(books * 3))
+    stats = prepare([src], tokenizer_dir, tmp_path / "out", shard_bytes=20_000, progress=False)
+    ds = IndexedDataset(tmp_path / "out")
+    assert stats.tasks == 1 and stats.documents == 18
+    assert [h["n_docs"] for h in ds.headers] == [2] * 9  # shards of two books each, not one of 18
 
 
 def test_rerun_skips_finished_shards_and_redoes_missing(prepared, wiki_slice, tokenizer_dir, tmp_path):
@@ -35,24 +63,28 @@ def test_rerun_skips_finished_shards_and_redoes_missing(prepared, wiki_slice, to
     for f in out.iterdir():
         if f.is_file():
             (work / f.name).write_bytes(f.read_bytes())
-    (work / "shard_00002.idx").unlink()           # an interrupted run: shard 2 never finished
-    (work / ".shard_00002.bin.tmp-123").write_bytes(b"partial")
-    stats = prepare([wiki_slice], tokenizer_dir, work, docs_per_shard=700, progress=False)
+    (work / "shard_000000_0002.idx").unlink()           # an interrupted run: shard 2 never finished
+    (work / ".shard_000000_0002.bin.tmp-123-x").write_bytes(b"partial")
+    stats = prepare([wiki_slice], tokenizer_dir, work, shard_bytes=350_000, progress=False)
     assert (stats.shards_skipped, stats.shards_written) == (3, 1)
-    assert (work / "shard_00002.bin").read_bytes() == (out / "shard_00002.bin").read_bytes()
+    assert (work / "shard_000000_0002.bin").read_bytes() == (out / "shard_000000_0002.bin").read_bytes()
+    assert (work / "unigram.npy").read_bytes() == (out / "unigram.npy").read_bytes()
     assert not list(work.glob(".*tmp*"))
     assert json.loads((work / "meta.json").read_text())["n_tokens"] == stats.tokens
 
 
-def test_parallel_workers_give_identical_shards(wiki_slice, tokenizer_dir, prepared, tmp_path):
-    small = tmp_path / "small.json"
-    data = json.loads(wiki_slice.read_text())
-    small.write_text(json.dumps(dict(list(data.items())[:800]), indent=2))
-    a = prepare([small], tokenizer_dir, tmp_path / "a", docs_per_shard=300, progress=False)
-    b = prepare([small], tokenizer_dir, tmp_path / "b", docs_per_shard=300, workers=2, progress=False)
-    assert a.tokens == b.tokens
-    for name in ("shard_00000.bin", "shard_00002.idx"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+def test_parallel_workers_give_identical_datasets(wiki_slice, tokenizer_dir, tmp_path):
+    texts = [d.text for d in read_documents([wiki_slice])][:900]
+    src = write_jsonl(tmp_path / "small.jsonl", texts)
+    a = prepare([src], tokenizer_dir, tmp_path / "a", shard_bytes=40_000, progress=False)
+    b = prepare([src], tokenizer_dir, tmp_path / "b", shard_bytes=40_000, workers=2, progress=False)
+    assert a.tasks == b.tasks > 6 and a.tokens == b.tokens and b.workers_cpu_s > 0
+    names = shard_files(tmp_path / "a")
+    assert names == shard_files(tmp_path / "b") and len(names) == 2 * a.tasks
+    for name in names + ["unigram.npy"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    meta = [json.loads((tmp_path / x / "meta.json").read_text()) for x in "ab"]
+    assert meta[0]["dataset_id"] == meta[1]["dataset_id"] and meta[0]["shards"] == meta[1]["shards"]
 
 
 def test_other_tokenizer_is_refused(prepared, wiki_slice, tmp_path):
@@ -79,6 +111,16 @@ def test_one_sentence_docs_counted_and_long_sentences(tokenizer_dir, tmp_path):
     assert not (tmp_path / "strict").exists()  # nothing half-written
 
 
+def test_line_numbers_of_a_cut_file_count_from_its_start(tokenizer_dir, tmp_path):
+    long = " ".join(["word"] * 80) + "."
+    texts = [f"Document {i} is short. It has two sentences." for i in range(300)] + [f"Then {long}"]
+    src = write_jsonl(tmp_path / "c.jsonl", texts)
+    stats = prepare([src], tokenizer_dir, tmp_path / "out", max_seq_length=32, shard_bytes=1000, workers=2,
+                    progress=False)
+    assert stats.tasks > 10 and stats.warnings == [
+        f"{src}:301: sentence of 82 tokens split into pieces of at most 29"]
+
+
 def test_bad_input_leaves_nothing(tokenizer_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine."}\nnot json\n')
@@ -93,5 +135,56 @@ def test_bad_input_leaves_nothing(tokenizer_dir, tmp_path):
 
 def test_token_dtype_is_compact(prepared):
     ds = IndexedDataset(prepared[0])
-    assert ds.shards[0].tokens.dtype == np.uint16 and isinstance(ds.shards[0].tokens, np.ndarray)
-    assert os.path.getsize(prepared[0] / "shard_00000.bin") == 2 * len(ds.shards[0].tokens)
+    tokens = ds.shard_tokens.view(0)
+    assert tokens.dtype == np.uint16 and isinstance(tokens, np.ndarray) and not tokens.flags.writeable
+    assert (prepared[0] / "shard_000000_0000.bin").stat().st_size == 2 * len(tokens)
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(shard_bytes=0), "--shard-bytes must be a positive integer"),
+    (dict(shard_bytes="0M"), "--shard-bytes must be a positive integer"),
+    (dict(shard_bytes="lots"), "--shard-bytes takes a byte count"),
+    (dict(workers=0), "--workers must be a positive integer"),
+    (dict(max_seq_length=0), "--max-seq-length must be at least 5"),
+    (dict(part="2/2"), "--part must be K/N with parts numbered 0 .. N-1"),
+    (dict(part="1/0"), "--part must be K/N"),
+    (dict(format="csv"), "--format must be one of"),
+])
+def test_sizes_and_settings_refuse_zero_and_nonsense(settings, match):
+    with pytest.raises(ConfigError, match=match):
+        PrepareConfig(**settings)
+
+
+def test_shard_size_flag_of_zero_is_refused_in_one_line(tokenizer_dir, tmp_path, capsys):
+    from engine.cli import main
+
+    src = write_jsonl(tmp_path / "x.jsonl", ["One. Two."])
+    assert main(["prepare", str(src), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "o"),
+                 "--shard-bytes", "0"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--shard-bytes must be a positive integer, got 0" in err
+    assert not (tmp_path / "o").exists()
+    assert parse_size("64M") == 64 << 20 and parse_size("1g") == 1 << 30 and parse_size(4096) == 4096
+
+
+def test_a_worker_error_names_the_file_and_its_line(tokenizer_dir, tmp_path):
+    lines = [json.dumps({"text": f"Document {i} is here. It ends."}) for i in range(400)]
+    lines[333] = '{"text": "broken'
+    src = tmp_path / "c.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"^{src}:334: not valid JSON"):
+        prepare([src], tokenizer_dir, tmp_path / "out", shard_bytes=1000, workers=2, progress=False)
+    assert not (tmp_path / "out" / "meta.json").exists() and not list((tmp_path / "out").glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("sizes", [[5] * 10, [1, 100, 1, 1, 50, 3, 7, 80, 2], [0, 0, 0], [9]])
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_parts_cover_the_plan_once_in_order_and_balanced(sizes, n):
+    from engine.data.prepare import Task, part_of
+
+    tasks = [Task(i, (), s) for i, s in enumerate(sizes)]
+    parts = [part_of(tasks, k, n) for k in range(n)]
+    assert [t.index for p in parts for t in p] == list(range(len(tasks)))  # disjoint, complete, contiguous
+    total = sum(sizes)
+    if total and n <= len(tasks):
+        assert max(sum(t.size for t in p) for p in parts) <= total / n + max(sizes)

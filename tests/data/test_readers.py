@@ -79,3 +79,115 @@ def test_sentence_splitter():
                                      '"Why?" he asked.', "New one"]
     assert split_sentences("  \n\n ") == []
     json.dumps(split_sentences("ünïcode. Ça va."))
+
+
+# ---- streaming, pieces, JSON entry by entry, Parquet / Arrow --------------------------------------------------------
+import tracemalloc  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from engine.data.readers import Piece, documents, plan_pieces, read_piece  # noqa: E402
+
+
+def _wiki_texts(wiki_slice, n=None):
+    return [d.text for d in read_documents([wiki_slice])][:n]
+
+
+@pytest.mark.parametrize("name", ["big.jsonl", "big.json.gz", "big.txt.gz"])
+def test_memory_is_flat_in_file_size(wiki_slice, tmp_path, name):
+    texts = _wiki_texts(wiki_slice)
+    reps = 8  # ~10 MB of text
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * reps))
+    elif ".json" in name:
+        path.write_bytes(gzip.compress(json.dumps(texts * reps, indent=1).encode(), compresslevel=1))
+    else:
+        one_block = [t.replace("\n\n", " ") for t in texts]  # a blank line ends a .txt document
+        path.write_bytes(gzip.compress("\n\n".join(one_block * reps).encode(), compresslevel=1))
+    tracemalloc.start()
+    n = sum(1 for _ in read_documents([path]))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == len(texts) * reps and peak < 4e6, peak  # the file holds ~10 MB of text
+
+
+@pytest.mark.parametrize("fmt, target", [("jsonl", 700), ("jsonl", 50_000), ("txt", 900), ("txt", 64_000)])
+def test_pieces_give_the_whole_file_documents_and_lines(wiki_slice, tmp_path, fmt, target):
+    texts = _wiki_texts(wiki_slice, 600)
+    path = tmp_path / f"c.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps({"text": t}) + ("\n\n" if i % 7 == 0 else "\n")
+                                for i, t in enumerate(texts)))
+    else:
+        path.write_text("\n\n\n".join(t.replace(". ", ".\n", 3) for t in texts))
+    whole = [(d.text, d.line) for d in docs(path)]
+    pieces = plan_pieces(path, fmt, target)
+    assert len(pieces) > 3 and pieces[0].start == 0 and pieces[-1].end == -1
+    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]))
+    got = [(d.text, d.line) for p in pieces for d in documents(p, ReadStats())]
+    assert got == whole
+
+
+def test_json_entries_stream_with_lines_and_errors(tmp_path):
+    p = tmp_path / "l.json"
+    p.write_text('[\n  "First doc.",\n  {"text": "Second doc."},\n\n  {"extract": "Third."}\n]\n')
+    assert [(d.text, d.line) for d in docs(p)] == [("First doc.", 2), ("Second doc.", 3), ("Third.", 5)]
+    for content, line, message in [('{\n  "a": {"extract": "ok"},\n  "b": 5\n}', 3, "must be a string or an object"),
+                                   ('{\n  "a": {"extract": "ok"}\n  "b": {}\n}', 3, "expecting ','"),
+                                   ('[\n  "ok",\n  "not closed\n', 3, "not valid JSON"),
+                                   ('[\n  "ok"\n]\n]', 4, "extra data"),
+                                   ('7', 1, "must be an object or a list")]:
+        p.write_text(content)
+        with pytest.raises(DataError) as err:
+            docs(p)
+        assert str(err.value).startswith(f"{p}:{line}: ") and message in str(err.value), str(err.value)
+
+
+def test_text_column_for_jsonl(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"body": "One. Two."}\n{"body": "Three."}\n')
+    assert [d.text for d in read_documents([p], text_column="body")] == ["One. Two.", "Three."]
+    with pytest.raises(DataError, match=rf'^{p}:1: JSON object lacks "text"'):
+        docs(p)
+
+
+def _table(texts):
+    return pa.table({"id": list(range(len(texts))), "content": texts})
+
+
+def test_parquet_and_arrow_read_like_jsonl(wiki_slice, tmp_path):
+    texts = _wiki_texts(wiki_slice, 300) + [None, "  ", "Last one."]
+    pq.write_table(_table(texts), tmp_path / "c.parquet", row_group_size=37)
+    with pa.OSFile(str(tmp_path / "f.arrow"), "wb") as sink, pa.ipc.new_file(sink, _table(texts).schema) as w:
+        w.write_table(_table(texts), max_chunksize=50)
+    with pa.OSFile(str(tmp_path / "s.arrow"), "wb") as sink, pa.ipc.new_stream(sink, _table(texts).schema) as w:
+        w.write_table(_table(texts), max_chunksize=64)  # Hugging Face datasets' cache files are IPC streams
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"content": t or ""}) + "\n" for t in texts))
+    want = [d.text for d in read_documents([tmp_path / "c.jsonl"], text_column="content")]
+    for name in ("c.parquet", "f.arrow", "s.arrow"):
+        stats = ReadStats()
+        got = list(read_documents([tmp_path / name], stats=stats, text_column="content"))
+        assert [d.text for d in got] == want and stats.empty_skipped == 2, name
+        assert got[-1].line == 303 and stats.skipped_where == [f"{tmp_path / name}:301", f"{tmp_path / name}:302"]
+    pieces = plan_pieces(tmp_path / "c.parquet", "parquet", 20_000, "content")
+    assert len(pieces) > 3 and [p.start for p in pieces[1:]] == [p.end for p in pieces[:-1]]
+    got = [d for p in pieces for d in documents(p, ReadStats(), "content")]
+    assert [d.text for d in got] == want and got[-1].line == 303
+
+
+def test_columnar_errors_name_the_file(tmp_path):
+    pq.write_table(pa.table({"n": [1, 2]}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'n.parquet'}: no column 'text' \(columns: n\)"):
+        docs(tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"column 'n' holds int64, not text"):
+        list(read_documents([tmp_path / "n.parquet"], text_column="n"))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'bad.parquet'}: not a readable Parquet file"):
+        docs(tmp_path / "bad.parquet")
+    (tmp_path / "bad.arrow").write_bytes(b"not arrow")
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'bad.arrow'}: not a readable Arrow file"):
+        docs(tmp_path / "bad.arrow")
+    with pytest.raises(DataError, match="unknown format"):
+        list(read_piece(Piece(str(tmp_path / "n.parquet"), "csv")))
