@@ -90,13 +90,14 @@ class BertForPreTraining(nn.Module):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
                 max_seqlen=None, masked_positions=None, mlm_labels=None, next_sentence_label=None,
-                cls_positions=None) -> PreTrainingOutput:
+                cls_positions=None, dropout_ids=None) -> PreTrainingOutput:
         """masked_positions (n,) flat indices into the flattened token axis (B*S padded, total unpadded);
         mlm_labels (n,) aligned with them — or, without masked_positions, a full (B, S)/(total,) label tensor with
         -100 at unmasked tokens, from which the masked rows are found. next_sentence_label (B,) 0 = IsNext,
-        aligned with cls_positions (B,) when given (packed batches; see BertModel.forward)."""
+        aligned with cls_positions (B,) when given (packed batches; see BertModel.forward). dropout_ids: per-sample
+        dropout streams (BertModel.forward); the heads have no dropout."""
         sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
-                                     cls_positions)
+                                     cls_positions, dropout_ids)
         hidden = sequence.flatten(0, -2)  # (B*S or total, h)
         if masked_positions is None and mlm_labels is not None and mlm_labels.shape == input_ids.shape:
             flat = mlm_labels.flatten()
