@@ -247,12 +247,12 @@ class BertModel(nn.Module):
         (into B*S or total) of the tokens to pool, default each sequence's first; packed batches pass their samples'
         [CLS] (cu_seqlens there also lists padding segments). dropout_ids: None, or one non-negative int64 per
         sequence ((B,) padded, (cu_seqlens.numel() - 1,) unpadded, padding segments included) keying every
-        dropout mask per sample (module docstring); read only in training.
+        dropout mask per sample (module docstring); read only in training with dropout > 0.
         Returns sequence_output (B, S, h) or (total, h), and pooled_output (B, h) or (n, h) (None without a pooler)."""
         if cu_seqlens is not None and input_ids.dim() != 1:
             raise ValueError(f"unpadded input_ids must be (total,), got {tuple(input_ids.shape)}")
-        batch = TokenLayout(attention_mask, cu_seqlens, max_seqlen, input_ids,
-                            dropout_ids if self.training else None)
+        keyed = self.training and (self.config.hidden_dropout_prob > 0 or self.config.attention_probs_dropout_prob > 0)
+        batch = TokenLayout(attention_mask, cu_seqlens, max_seqlen, input_ids, dropout_ids if keyed else None)
         longest = batch.max_seqlen if batch.unpadded else input_ids.shape[-1]
         if isinstance(longest, int) and longest > self.embeddings.max_positions:
             raise ValueError(f"sequence of {longest} tokens is longer than max_position_embeddings "
