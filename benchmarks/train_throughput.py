@@ -7,7 +7,8 @@ For each model shape it times N optimizer steps (after warm-up; CUDA events on G
                       MLM logits on every token: what users run
   hf-compile          the same under torch.compile
   ours                bertforge with everything on: unpadded (varlen) batches, Triton kernels (GPU), masked-rows-only
-                      MLM head with the fused sparse loss, fused AdamW
+                      MLM head with the fused sparse loss, fused AdamW; dropout keyed per sample (`dropout_ids`),
+                      as pretraining runs it (every ours* variant)
   ours-compile        the same under torch.compile (the kernels are custom ops it traces through)
 and the ablations, each switching ONE piece of `ours` off (or adding one):
   ours-padded         padded (B, S) batches instead of unpadded
@@ -159,12 +160,13 @@ def step_inputs(variant: str, b: dict, device) -> dict:
         return {"input_ids": to(b["masked"][:, :width]), "token_type_ids": to(b["types"][:, :width]),
                 "attention_mask": to(b["real"][:, :width].long()), "labels": to(b["labels"][:, :width]),
                 "next_sentence_label": to(b["nsp"])}
+    dropout_ids = to(torch.arange(b["nsp"].numel()))  # per-sample dropout streams, as pretraining passes them
     if variant == "ours-padded":
         flat = b["labels"].flatten()
         positions = (flat != -100).nonzero().flatten()
         return {"input_ids": to(b["masked"]), "token_type_ids": to(b["types"]), "attention_mask": to(b["real"].long()),
                 "masked_positions": to(positions), "mlm_labels": to(flat[positions]),
-                "next_sentence_label": to(b["nsp"])}
+                "next_sentence_label": to(b["nsp"]), "dropout_ids": dropout_ids}
     real = b["real"]
     cu = torch.nn.functional.pad(b["lengths"].cumsum(0), (1, 0)).int()
     labels = b["labels"][real]
@@ -172,7 +174,8 @@ def step_inputs(variant: str, b: dict, device) -> dict:
     inputs = {"input_ids": to(b["masked"][real]), "token_type_ids": to(b["types"][real]), "cu_seqlens": to(cu),
               "max_seqlen": int(b["lengths"].max()), "cls_positions": to(cu[:-1].long()),
               "position_ids": to((torch.arange(real.shape[1])[None, :].expand_as(real))[real]),
-              "masked_positions": to(rows), "mlm_labels": to(labels[rows]), "next_sentence_label": to(b["nsp"])}
+              "masked_positions": to(rows), "mlm_labels": to(labels[rows]), "next_sentence_label": to(b["nsp"]),
+              "dropout_ids": dropout_ids}
     if variant == "ours-device-mask":  # unmasked ids; the step masks them
         inputs.update(input_ids=to(b["ids"][real]), special=to(b["special"][real]))
         del inputs["masked_positions"], inputs["mlm_labels"]

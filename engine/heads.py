@@ -109,13 +109,14 @@ class BertForPreTraining(nn.Module):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
                 max_seqlen=None, masked_positions=None, mlm_labels=None, next_sentence_label=None,
-                cls_positions=None) -> PreTrainingOutput:
+                cls_positions=None, dropout_ids=None) -> PreTrainingOutput:
         """masked_positions (n,) flat indices into the flattened token axis (B*S padded, total unpadded);
         mlm_labels (n,) aligned with them — or, without masked_positions, a full (B, S)/(total,) label tensor with
         -100 at unmasked tokens, from which the masked rows are found. next_sentence_label (B,) 0 = IsNext,
-        aligned with cls_positions (B,) when given (packed batches; see BertModel.forward)."""
+        aligned with cls_positions (B,) when given (packed batches; see BertModel.forward). dropout_ids: per-sample
+        dropout streams (BertModel.forward); the heads have no dropout."""
         sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
-                                     cls_positions)
+                                     cls_positions, dropout_ids)
         out = PreTrainingOutput(nsp_logits=self.cls.seq_relationship(pooled))
         _masked_lm(self.cls.predictions, sequence, input_ids, masked_positions, mlm_labels, out)
         if next_sentence_label is not None:
@@ -144,10 +145,12 @@ class BertForMaskedLM(nn.Module):
         init_weights(self.cls.predictions.transform, config)  # not the decoder: it is the (initialised) embedding
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, masked_positions=None, mlm_labels=None, cls_positions=None) -> PreTrainingOutput:
+                max_seqlen=None, masked_positions=None, mlm_labels=None, cls_positions=None,
+                dropout_ids=None) -> PreTrainingOutput:
         """As BertForPreTraining.forward without the sentence task: loss = mlm_loss; nsp_* stay None.
-        cls_positions is accepted for the same call signature and not needed."""
-        sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
+        cls_positions is accepted for the same call signature and not needed; dropout_ids as BertModel.forward."""
+        sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
+                                None, dropout_ids)
         out = PreTrainingOutput()
         _masked_lm(self.cls.predictions, sequence, input_ids, masked_positions, mlm_labels, out)
         out.loss = out.mlm_loss

@@ -7,7 +7,14 @@ One code path serves two batch layouts:
   unpadded: input_ids (total,), cu_seqlens (B+1,) int32, max_seqlen; hidden states (total, h) — no padding
             tokens are ever computed.
 Hot ops go through engine/ops.py, which runs pure torch or the Triton kernels (config.kernels). No distributed
-code lives here: DeepSpeed wraps the model from outside (engine/deepspeed.py)."""
+code lives here: DeepSpeed wraps the model from outside (engine/deepspeed.py).
+
+Dropout, per sample: forward takes an optional `dropout_ids`, one non-negative int64 per sequence of the layout (a
+caller's identity of each sample, e.g. a hash of its run seed, epoch and index). With it, every dropout site (the
+embeddings, each layer's attention probabilities and its two post-LN epilogues) draws its mask from Philox keyed by
+(the site's own key, the sequence's id, the position), on both kernel backends alike, so a sample's masks do not
+depend on the batch, the micro batch or the rank it lands in, nor on the layout (padded, unpadded, packed). Without
+it, dropout is as it always was: torch's generator on the reference path, the kernels' own drawn keys on theirs."""
 from __future__ import annotations
 
 import torch
@@ -22,9 +29,12 @@ _GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "t
 
 
 class TokenLayout:
-    """How a forward call's tokens are laid out; built once per forward and handed to every layer."""
+    """How a forward call's tokens are laid out; built once per forward and handed to every layer. With dropout_ids
+    (one per sequence: (B,) padded, (cu_seqlens.numel() - 1,) unpadded) it also holds the per-sample dropout row
+    ids: `sequence_ids` (n_seq,) for attention and `token_ids` (n_tokens,) for the row-wise sites, the flattened
+    tokens' hash of (sequence id, position in the sequence); both None without dropout_ids."""
 
-    def __init__(self, attention_mask=None, cu_seqlens=None, max_seqlen=None):
+    def __init__(self, attention_mask=None, cu_seqlens=None, max_seqlen=None, input_ids=None, dropout_ids=None):
         if attention_mask is not None and cu_seqlens is not None:
             raise ValueError("pass attention_mask (padded batch) or cu_seqlens (unpadded batch), not both")
         self.key_padding_mask = attention_mask.bool() if attention_mask is not None else None  # (B, S)
@@ -32,10 +42,43 @@ class TokenLayout:
         if cu_seqlens is not None and max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         self.max_seqlen = max_seqlen
+        self.sequence_ids = self.token_ids = None
+        if dropout_ids is not None:
+            self.sequence_ids, self.token_ids = self._dropout_rows(dropout_ids, input_ids)
 
     @property
     def unpadded(self) -> bool:
         return self.cu_seqlens is not None
+
+    def _dropout_rows(self, dropout_ids, input_ids):
+        """-> (sequence ids (n_seq,), token row ids (n_tokens,)) int64 on input_ids' device."""
+        dev = input_ids.device
+        ids = dropout_ids.to(device=dev, dtype=torch.int64)
+        if self.unpadded:
+            n_seq, total = self.cu_seqlens.numel() - 1, input_ids.shape[0]
+            starts = self.cu_seqlens[:-1].long()
+            seq_of_token = torch.repeat_interleave(torch.arange(n_seq, device=dev), self.cu_seqlens[1:].long() - starts,
+                                                   output_size=total)  # (total,)
+            positions = torch.arange(total, device=dev) - starts[seq_of_token]
+        else:
+            n_seq, seq = input_ids.shape
+            seq_of_token = torch.arange(n_seq, device=dev).repeat_interleave(seq)  # (B * S,)
+            positions = torch.arange(seq, device=dev).repeat(n_seq)
+        if ids.shape != (n_seq,):
+            raise ValueError(f"dropout_ids must be ({n_seq},), one per sequence of the layout, got {tuple(ids.shape)}")
+        return ids, ops.token_row_ids(ids[seq_of_token], positions)
+
+    def dropout_seed(self, module: nn.Module):
+        """The module's site key when the streams are per sample, else None (each backend draws its own)."""
+        return module.dropout_seed if self.sequence_ids is not None else None
+
+
+def _register_dropout_site(module: nn.Module, site: int) -> None:
+    """Give a module with dropout its site's Philox key: a (1,) int64 buffer that moves with the module and is never
+    saved (not persistent). Sites: 0 the embeddings, 1 + 3 i / 2 + 3 i / 3 + 3 i layer i's attention probabilities,
+    attention output and FFN output."""
+    module.register_buffer("dropout_seed", torch.tensor([ops.dropout_site_seed(site)], dtype=torch.int64),
+                           persistent=False)
 
 
 class BertEmbeddings(nn.Module):
@@ -45,10 +88,12 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout_p = config.hidden_dropout_prob
+        self.backend = config.kernels
         self.max_positions = config.max_position_embeddings
+        _register_dropout_site(self, 0)
 
-    def forward(self, input_ids, token_type_ids, position_ids):
+    def forward(self, input_ids, token_type_ids, position_ids, batch: TokenLayout | None = None):
         """input_ids, token_type_ids, position_ids: (B, S) or (total,) int64 -> (..., h)."""
         # checked here only where it costs no device sync and no graph break; BertModel checks the lengths
         if (position_ids.device.type == "cpu" and not torch.compiler.is_compiling() and input_ids.numel()
@@ -56,11 +101,13 @@ class BertEmbeddings(nn.Module):
             raise ValueError(f"sequence longer than max_position_embeddings ({self.max_positions})")
         x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
              + self.token_type_embeddings(token_type_ids))
-        return self.dropout(self.LayerNorm(x))
+        seed, rows = (batch.dropout_seed(self), batch.token_ids) if batch is not None else (None, None)
+        return ops.dropout(self.LayerNorm(x), self.dropout_p if self.training else 0.0, seed=seed, row_ids=rows,
+                           backend=self.backend)
 
 
 class BertSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, site: int = 1):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
@@ -69,6 +116,7 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
         self.backend = config.kernels
+        _register_dropout_site(self, site)
 
     def forward(self, x, batch: TokenLayout):
         """x (B, S, h) or (total, h) -> context in the same layout (before the output projection)."""
@@ -78,39 +126,42 @@ class BertSelfAttention(nn.Module):
         v = self.value(x).unflatten(-1, heads)
         out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
                             max_seqlen=batch.max_seqlen, dropout_p=self.dropout_p if self.training else 0.0,
-                            backend=self.backend)
+                            seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, backend=self.backend)
         return out.flatten(-2)
 
 
 class BertSublayerOutput(nn.Module):
     """dense -> bias + dropout + residual add + LayerNorm (HF's BertSelfOutput / BertOutput)."""
 
-    def __init__(self, in_features: int, config: ModelConfig):
+    def __init__(self, in_features: int, config: ModelConfig, site: int = 2):
         super().__init__()
         self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
         self.backend = config.kernels
+        _register_dropout_site(self, site)
 
     def params_read_in_forward(self) -> list[nn.Parameter]:
         """Child parameters this forward reads directly (ZeRO-3 must gather them for this module)."""
         return [self.dense.weight, self.dense.bias, self.LayerNorm.weight, self.LayerNorm.bias]
 
-    def forward(self, x, residual):
+    def forward(self, x, residual, batch: TokenLayout | None = None):
         y = F.linear(x, self.dense.weight)  # bias is fused into the epilogue
+        seed, rows = (batch.dropout_seed(self), batch.token_ids) if batch is not None else (None, None)
         return ops.bias_dropout_add_layernorm(y, self.dense.bias, residual, self.LayerNorm.weight,
                                               self.LayerNorm.bias, self.LayerNorm.eps,
-                                              self.dropout_p if self.training else 0.0, backend=self.backend)
+                                              self.dropout_p if self.training else 0.0, seed=seed, row_ids=rows,
+                                              backend=self.backend)
 
 
 class BertAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, index: int = 0):
         super().__init__()
-        self.self = BertSelfAttention(config)
-        self.output = BertSublayerOutput(config.hidden_size, config)
+        self.self = BertSelfAttention(config, site=1 + 3 * index)
+        self.output = BertSublayerOutput(config.hidden_size, config, site=2 + 3 * index)
 
     def forward(self, x, batch: TokenLayout):
-        return self.output(self.self(x, batch), x)
+        return self.output(self.self(x, batch), x, batch)
 
 
 class BertIntermediate(nn.Module):
@@ -128,21 +179,22 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, index: int = 0):
+        """index: the layer's place in the encoder (keys its dropout sites)."""
         super().__init__()
-        self.attention = BertAttention(config)
+        self.attention = BertAttention(config, index)
         self.intermediate = BertIntermediate(config)
-        self.output = BertSublayerOutput(config.intermediate_size, config)
+        self.output = BertSublayerOutput(config.intermediate_size, config, site=3 + 3 * index)
 
     def forward(self, x, batch: TokenLayout):
         x = self.attention(x, batch)
-        return self.output(self.intermediate(x), x)
+        return self.output(self.intermediate(x), x, batch)
 
 
 class BertEncoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.layer = nn.ModuleList(BertLayer(config, i) for i in range(config.num_hidden_layers))
 
     def forward(self, x, batch: TokenLayout):
         for layer in self.layer:  # activation checkpointing, when asked, wraps each layer (engine/parallelize.py)
@@ -189,15 +241,18 @@ class BertModel(nn.Module):
         init_weights(self, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, cls_positions=None):
+                max_seqlen=None, cls_positions=None, dropout_ids=None):
         """Padded: input_ids (B, S) [+ attention_mask (B, S)]. Unpadded: input_ids (total,) + cu_seqlens (B+1,).
         token_type_ids / position_ids default to zeros / 0..len-1 per sequence. cls_positions (n,) flat indices
         (into B*S or total) of the tokens to pool, default each sequence's first; packed batches pass their samples'
-        [CLS] (cu_seqlens there also lists padding segments).
+        [CLS] (cu_seqlens there also lists padding segments). dropout_ids: None, or one non-negative int64 per
+        sequence ((B,) padded, (cu_seqlens.numel() - 1,) unpadded, padding segments included) keying every
+        dropout mask per sample (module docstring); read only in training with dropout > 0.
         Returns sequence_output (B, S, h) or (total, h), and pooled_output (B, h) or (n, h) (None without a pooler)."""
-        batch = TokenLayout(attention_mask, cu_seqlens, max_seqlen)
-        if batch.unpadded and input_ids.dim() != 1:
+        if cu_seqlens is not None and input_ids.dim() != 1:
             raise ValueError(f"unpadded input_ids must be (total,), got {tuple(input_ids.shape)}")
+        keyed = self.training and (self.config.hidden_dropout_prob > 0 or self.config.attention_probs_dropout_prob > 0)
+        batch = TokenLayout(attention_mask, cu_seqlens, max_seqlen, input_ids, dropout_ids if keyed else None)
         longest = batch.max_seqlen if batch.unpadded else input_ids.shape[-1]
         if isinstance(longest, int) and longest > self.embeddings.max_positions:
             raise ValueError(f"sequence of {longest} tokens is longer than max_position_embeddings "
@@ -209,7 +264,7 @@ class BertModel(nn.Module):
                 position_ids = cu_seqlens_to_position_ids(batch.cu_seqlens, input_ids.shape[0])
             else:
                 position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
-        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, batch)
         x = self.encoder(x, batch)
         pooled = None
         if self.pooler is not None:

@@ -41,6 +41,11 @@ def _masked_lm_loss_kernel():
     return masked_lm_loss
 
 
+def _dropout_kernel():
+    from kernels.dropout import dropout
+    return dropout
+
+
 def _mlm_mask_kernel():
     from kernels.masking import mlm_mask
     return mlm_mask
@@ -56,6 +61,7 @@ _OPS: dict[str, tuple[Callable, Callable[[], Callable]]] = {
     "attention": (reference.attention_ref, _attention_kernel),
     "bias_gelu": (reference.bias_gelu_ref, _bias_gelu_kernel),
     "bias_dropout_add_layernorm": (reference.bias_dropout_add_layernorm_ref, _bias_dropout_add_layernorm_kernel),
+    "dropout": (reference.dropout_ref, _dropout_kernel),
     "masked_lm_loss": (reference.masked_lm_loss_ref, _masked_lm_loss_kernel),
     "mlm_mask": (reference.mlm_mask_ref, _mlm_mask_kernel),
     "lamb_step": (reference.lamb_step_ref, _lamb_step_kernel),
@@ -88,14 +94,18 @@ def _load_kernel(op: str) -> Callable:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_mask: torch.Tensor | None = None,
               cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None, dropout_p: float = 0.0,
               softmax_scale: float | None = None, autotune: bool = True, dq_atomic: bool = False,
+              seed: torch.Tensor | None = None, row_ids: torch.Tensor | None = None,
               backend: str = "none") -> torch.Tensor:
     """Bidirectional multi-head attention. Padded: q, k, v (B, S, nh, d), key_padding_mask (B, S) or None.
     Unpadded: q, k, v (total, nh, d) with cu_seqlens (B+1,) int32 and max_seqlen. Returns q's layout.
+    seed, row_ids: the dropout's Philox key (1,) int64 and per-sequence row ids (B,) int64: both backends then drop
+    the same elements (kernels/attention.py's rule; the reference replays it in a naive attention). seed None: the
+    kernel draws its own key, the reference lets torch draw the mask.
     autotune, dq_atomic: settings of the Triton kernel (kernels.attention.attention); the reference ignores them."""
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     kw = dict(key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, dropout_p=dropout_p,
-              softmax_scale=softmax_scale)
+              softmax_scale=softmax_scale, seed=seed, row_ids=row_ids)
     if backend == "triton":
         kw.update(autotune=autotune, dq_atomic=dq_atomic)
     return _impl("attention", backend)(q, k, v, **kw)
@@ -110,10 +120,35 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none", ba
 # ---- post-LN epilogue: bias + dropout + residual add + LayerNorm -------------------------------------------------
 def bias_dropout_add_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                                ln_bias: torch.Tensor, eps: float, dropout_p: float = 0.0,
+                               seed: torch.Tensor | None = None, row_ids: torch.Tensor | None = None,
                                backend: str = "none") -> torch.Tensor:
     """LayerNorm(residual + dropout(x + bias)) with fp32 statistics. x, residual (..., h); vectors (h,).
-    dropout_p must already be 0 outside training."""
-    return _impl("bias_dropout_add_layernorm", backend)(x, bias, residual, weight, ln_bias, eps, dropout_p)
+    dropout_p must already be 0 outside training. seed (1,) int64 and row_ids (n_rows,) int64 of the flattened rows:
+    the Philox mask of kernels/layer_norm.py on both backends (seed None: as `attention`)."""
+    return _impl("bias_dropout_add_layernorm", backend)(x, bias, residual, weight, ln_bias, eps, dropout_p,
+                                                        seed=seed, row_ids=row_ids)
+
+
+# ---- dropout (the embeddings') -----------------------------------------------------------------------------------
+def dropout(x: torch.Tensor, p: float, seed: torch.Tensor | None = None, row_ids: torch.Tensor | None = None,
+            backend: str = "none") -> torch.Tensor:
+    """dropout(x) over the rows of the (n_rows, h) view, p already 0 outside training. seed (1,) int64 and row_ids
+    (n_rows,) int64: the Philox mask of kernels/layer_norm.py's rule on both backends; seed None: the kernel draws
+    its own key, the reference is F.dropout (torch's generator)."""
+    return _impl("dropout", backend)(x, p, seed=seed, row_ids=row_ids)
+
+
+# ---- per-sample dropout streams ----------------------------------------------------------------------------------
+def dropout_site_seed(site: int) -> int:
+    """The Philox key of dropout site `site` (kernels.reference.dropout_site_seed): per-sample streams differ by
+    site through the key, by sample and position through the row ids."""
+    return reference.dropout_site_seed(site)
+
+
+def token_row_ids(sequence_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(n,) int64 Philox row ids of tokens from their sequence's id and their position in it (a hash; see
+    kernels.reference.token_row_ids). Pure torch on any device, the same for both backends."""
+    return reference.token_row_ids(sequence_ids, positions)
 
 
 # ---- sparse MLM loss ---------------------------------------------------------------------------------------------

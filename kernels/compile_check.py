@@ -140,7 +140,7 @@ def attention_specs(quick: bool = False, head_dims=(32, 64, 128)):
 
 # ---- epilogues, loss, masking, LAMB ------------------------------------------------------------------------------
 def epilogue_specs(quick: bool = False, *_):
-    from kernels import bias_gelu as bg, lamb as lb, layer_norm as ln, masking as mk, mlm_loss as ml
+    from kernels import bias_gelu as bg, dropout as dr, lamb as lb, layer_norm as ln, masking as mk, mlm_loss as ml
 
     specs = [
         (bg._bias_gelu_fwd_kernel, dict(X_ptr=_BF, B_ptr=_F32, Y_ptr=_BF, n_rows="i32", n_cols="i32"),
@@ -154,11 +154,14 @@ def epilogue_specs(quick: bool = False, *_):
                                                     ROW_IDS_ptr=_I64, n_rows="i32", n_cols="i32", eps="fp32",
                                                     THRESH="i32", drop_scale="fp32"),
            dict(HAS_DROPOUT=True, HAS_ROW_IDS=r, STORE_SUM=True, BLOCK_M=4, BLOCK_Q=256)) for r in (False, True)],
-        (ln._bias_dropout_add_ln_bwd_kernel, dict(DY_ptr=_BF, S_ptr=_BF, W_ptr=_F32, MEAN_ptr=_F32, RSTD_ptr=_F32,
-                                                  DX_ptr=_BF, DRES_ptr=_BF, DW_part_ptr=_F32, DLNB_part_ptr=_F32,
-                                                  DBIAS_part_ptr=_F32, SEED_ptr=_I64, ROW_IDS_ptr=_I64, n_rows="i32",
-                                                  n_cols="i32", THRESH="i32", drop_scale="fp32"),
-         dict(HAS_DROPOUT=True, HAS_ROW_IDS=False, BLOCK_M=4, BLOCK_Q=256)),
+        *[(ln._bias_dropout_add_ln_bwd_kernel, dict(DY_ptr=_BF, S_ptr=_BF, W_ptr=_F32, MEAN_ptr=_F32, RSTD_ptr=_F32,
+                                                    DX_ptr=_BF, DRES_ptr=_BF, DW_part_ptr=_F32, DLNB_part_ptr=_F32,
+                                                    DBIAS_part_ptr=_F32, SEED_ptr=_I64, ROW_IDS_ptr=_I64,
+                                                    n_rows="i32", n_cols="i32", THRESH="i32", drop_scale="fp32"),
+           dict(HAS_DROPOUT=True, HAS_ROW_IDS=r, BLOCK_M=4, BLOCK_Q=256)) for r in (False, True)],
+        *[(dr._dropout_kernel, dict(X_ptr=_BF, Y_ptr=_BF, SEED_ptr=_I64, ROW_IDS_ptr=_I64, n_rows="i32", n_cols="i32",
+                                    THRESH="i32", drop_scale="fp32"),
+           dict(HAS_ROW_IDS=r, BLOCK_M=4, BLOCK_Q=256)) for r in (False, True)],
         (ml._mlm_ce_kernel, dict(LOGITS_ptr=_BF, LABELS_ptr=_I64, N_VALID_ptr=_I64, LOSS_ptr=_F32, PRED_ptr=_I64,
                                  V="i32", stride="i32"), dict(IGNORE=-100, COMPUTE_GRAD=True, BLOCK_V=4096)),
         *[(mk._mlm_mask_kernel, dict(IDS_ptr=_I64, SPECIAL_ptr="*u8", CDF_ptr=_F32, OUT_ptr=_I64, LABELS_ptr=_I64,

@@ -6,7 +6,10 @@ unpadded ("varlen") q/k/v are (total, nh, d) with cu_seqlens (B + 1,) int32 and 
 
 Options only the oracle uses (each defaults to the CPU path's behaviour): `upcast` computes in fp64 (fp32 for
 attention), `keep_mask` / `dropout_mask` replay a kernel's dropout mask, `uniforms` replays the masking kernel's
-Philox draws."""
+Philox draws.
+
+Dropout with a `seed` (and optional `row_ids`) draws the kernels' own Philox masks (below), so the CPU path and the
+Triton path drop the same elements; without one, torch's generator draws them (F.dropout, SDPA)."""
 from __future__ import annotations
 
 import math
@@ -34,17 +37,25 @@ def _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen):
 
 
 def attention_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
-                  softmax_scale=None):
+                  softmax_scale=None, seed=None, row_ids=None):
     """Bidirectional attention through torch's SDPA (the CPU path); the unpadded layout is padded to (B, max_seqlen)
-    first. Returns q's layout. With dropout_p > 0 torch draws its own mask."""
+    first. Returns q's layout. With dropout_p > 0 torch draws its own mask, unless a Philox `seed` (int or (1,)
+    int64 tensor) is given: then the kernel's mask for that seed and `row_ids` (B,) (`attention_dropout_keep_ref`)
+    is drawn and applied by the naive attention (SDPA cannot take a dropout mask)."""
     if cu_seqlens is not None:
         if key_padding_mask is not None:
             raise ValueError("attention: pass either key_padding_mask (padded) or cu_seqlens (unpadded), not both")
         qp, kp, vp, mask, indices = _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen)
-        out = attention_ref(qp, kp, vp, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale)
+        out = attention_ref(qp, kp, vp, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale,
+                            seed=seed, row_ids=row_ids)
         return out.flatten(0, 1)[indices]
     if q.dim() != 4:
         raise ValueError(f"attention: padded q must be (B, S, nh, d), got {tuple(q.shape)}")
+    if dropout_p > 0 and seed is not None:
+        B, S, nh, _ = q.shape
+        keep = attention_dropout_keep_ref(seed, B, nh, S, dropout_p, row_ids, device=q.device)
+        return attention_naive_ref(q, k, v, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
+                                   softmax_scale=softmax_scale, dropout_mask=keep)
     attn_mask = None
     if key_padding_mask is not None:
         attn_mask = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, S) broadcast over heads, queries
@@ -93,23 +104,33 @@ _PHILOX_KEY = (0x9E3779B9, 0xBB67AE85)
 _PHILOX_ROUND = (0xD2511F53, 0xCD9E8D57)
 
 
-def _mul_hi_lo(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(high, low) 32-bit words of k * x for k < 2^32 and int64 x in [0, 2^32), without int64 overflow."""
-    t1, t2 = k * (x & 0xFFFF), k * (x >> 16)  # each < 2^48
-    return (t2 + (t1 >> 16)) >> 16, (((t2 & 0xFFFF) << 16) + t1) & _M32
+def _mul_hi_lo_(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of k * x for k < 2^32 and int64 x in [0, 2^32); x is overwritten by the low word.
+    The int64 product wraps modulo 2^64 (two's complement, on every torch backend), so its bits are those of the
+    unsigned product: one multiply instead of a 16-bit split (4x faster on CPU). The kernels' replay tests check
+    the words bit for bit."""
+    prod = x.mul_(k)
+    return (prod >> 32).bitwise_and_(_M32), prod.bitwise_and_(_M32)
 
 
-def philox4x32(seed: int, c0, c1, c2, c3, rounds: int = 10) -> tuple[torch.Tensor, ...]:
+def philox4x32(seed, c0, c1, c2, c3, rounds: int = 10) -> tuple[torch.Tensor, ...]:
     """Philox-4x32 with key (seed low word, seed high word) over counters c0..c3 (int64 tensors or ints in
-    [0, 2^32), broadcast together) -> four int64 tensors of 32-bit words, as triton.language.philox computes them."""
-    if not 0 <= int(seed) < 2**63:
-        raise ValueError(f"philox seed must be a non-negative int64, got {seed}")
-    c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64) for c in (c0, c1, c2, c3)))
-    k0, k1 = int(seed) & _M32, int(seed) >> 32
+    [0, 2^32), broadcast together) -> four int64 tensors of 32-bit words, as triton.language.philox computes them.
+    seed: a non-negative int64, as an int or a (1,) int64 tensor (read where it lies: no host sync)."""
+    device = next((c.device for c in (c0, c1, c2, c3) if isinstance(c, torch.Tensor)), None)
+    if isinstance(seed, torch.Tensor):
+        key = seed.to(device=device, dtype=torch.int64).reshape(())
+        k0, k1 = key & _M32, key >> 32
+    else:
+        if not 0 <= int(seed) < 2**63:
+            raise ValueError(f"philox seed must be a non-negative int64, got {seed}")
+        k0, k1 = int(seed) & _M32, int(seed) >> 32
+    c0, c1, c2, c3 = (c.clone() for c in torch.broadcast_tensors(
+        *(torch.as_tensor(c, dtype=torch.int64, device=device) for c in (c0, c1, c2, c3))))  # updated in place
     for _ in range(rounds):
-        hi_b, lo_b = _mul_hi_lo(_PHILOX_ROUND[1], c2)
-        hi_a, lo_a = _mul_hi_lo(_PHILOX_ROUND[0], c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        hi_b, lo_b = _mul_hi_lo_(_PHILOX_ROUND[1], c2)
+        hi_a, lo_a = _mul_hi_lo_(_PHILOX_ROUND[0], c0)
+        c0, c1, c2, c3 = hi_b.bitwise_xor_(c1).bitwise_xor_(k0), lo_b, hi_a.bitwise_xor_(c3).bitwise_xor_(k1), lo_a
         k0, k1 = (k0 + _PHILOX_KEY[0]) & _M32, (k1 + _PHILOX_KEY[1]) & _M32
     return c0, c1, c2, c3
 
@@ -121,15 +142,17 @@ def dropout_threshold(p: float) -> int:
     return int(round(p * (1 << 24)))
 
 
-def _keep_from_words(words, w: torch.Tensor, p: float) -> torch.Tensor:
-    """Pick word w (broadcast like the words) and compare its top 24 bits with the threshold."""
-    r = torch.where(w == 0, words[0], torch.where(w == 1, words[1], torch.where(w == 2, words[2], words[3])))
-    return (r >> 8) >= dropout_threshold(p)
+def _keep_interleaved(words, p: float, n: int) -> torch.Tensor:
+    """Keep flags of four words (..., Q) each -> (..., n): element 4c + w is word w of counter c (n <= 4Q)."""
+    thresh = dropout_threshold(p)
+    keep = torch.stack([(w >> 8) >= thresh for w in words], dim=-1)  # (..., Q, 4)
+    return keep.flatten(-2)[..., :n]
 
 
 def _row_words(row_ids, n: int, device):
     rows = torch.arange(n, device=device) if row_ids is None else row_ids.to(device=device, dtype=torch.int64)
-    if rows.shape != (n,) or (rows < 0).any():
+    checkable = rows.device.type == "cpu" and not torch.compiler.is_compiling()  # no host sync on a device
+    if rows.shape != (n,) or (checkable and bool((rows < 0).any())):
         raise ValueError(f"row_ids must be ({n},) non-negative int64")
     return rows & _M32, rows >> 32
 
@@ -139,9 +162,9 @@ def layer_norm_dropout_keep_ref(seed: int, n_rows: int, n_cols: int, p: float, r
     """Keep mask (n_rows, n_cols) bool of kernels/layer_norm.py: element (r, j) is word j % 4 of the counter
     (j // 4, 0, row_id[r] low, row_id[r] high)."""
     lo, hi = _row_words(row_ids, n_rows, device)
-    cols = torch.arange(n_cols, device=device)
-    words = philox4x32(seed, (cols // 4)[None, :], 0, lo[:, None], hi[:, None])
-    return _keep_from_words(words, (cols % 4)[None, :], p)
+    quads = torch.arange((n_cols + 3) // 4, device=device)  # one Philox call per four columns
+    words = philox4x32(seed, quads[None, :], 0, lo[:, None], hi[:, None])
+    return _keep_interleaved(words, p, n_cols)
 
 
 ATTN_DROPOUT_ROW_STRIDE = 16384  # counters per query row: 4 key columns each, so max_seqlen <= 65536 with dropout
@@ -154,11 +177,53 @@ def attention_dropout_keep_ref(seed: int, batch: int, nheads: int, seq: int, p: 
     the padded and the unpadded layout)."""
     lo, hi = _row_words(row_ids, batch, device)
     i = torch.arange(seq, device=device)
-    c0 = i[:, None] * ATTN_DROPOUT_ROW_STRIDE + (i // 4)[None, :]  # (S, S): query i, key j
+    quads = torch.arange((seq + 3) // 4, device=device)
+    c0 = i[:, None] * ATTN_DROPOUT_ROW_STRIDE + quads[None, :]  # (S, Q): query i, keys 4c .. 4c + 3
     h = torch.arange(nheads, device=device)
     words = philox4x32(seed, c0[None, None], h[None, :, None, None], lo[:, None, None, None],
                        hi[:, None, None, None])
-    return _keep_from_words(words, (i % 4)[None, None, None, :], p)
+    return _keep_interleaved(words, p, seq)
+
+
+# Per-sample streams: a caller that knows each sequence's identity (a (n_seq,) int64 "dropout id", e.g. a hash of
+# (run seed, epoch, sample index)) keys every dropout site by (site seed, sequence id, position) instead of by where
+# the sequence sits in the batch. Attention takes the sequence ids as its row ids (the counter holds the query and
+# key positions); the row-wise sites (embeddings, the post-LN epilogues) take one row id per token, a Philox hash of
+# (sequence id, position), and each site its own key (`dropout_site_seed`). Token row ids are 63-bit hashes: two
+# tokens of a run share a site's mask only by a hash collision (~n^2 / 2^64 for n tokens).
+_SITE_KEY = 0x6C8E9CF570932BD5  # Philox keys of the two hashes below (arbitrary constants)
+_TOKEN_KEY = 0x2545F4914F6CDD1D
+
+
+def _words_to_id(w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
+    """Two 32-bit words -> a non-negative 63-bit int64."""
+    return (w_hi << 31) | (w_lo >> 1)
+
+
+def dropout_site_seed(site: int) -> int:
+    """The Philox key (63-bit int) of dropout site number `site` (e.g. 0 = embeddings, then three per layer)."""
+    if site < 0:
+        raise ValueError(f"dropout site must be >= 0, got {site}")
+    w = philox4x32(_SITE_KEY, site & _M32, site >> 32, 0, 0)
+    return int(_words_to_id(w[0], w[1]))
+
+
+def token_row_ids(sequence_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Row ids (n,) int64 in [0, 2^63) of tokens: a Philox hash of (position, sequence id). sequence_ids, positions:
+    (n,) int64, the id of each token's sequence and its position in it (both non-negative; positions < 2^32)."""
+    ids = sequence_ids.to(torch.int64)
+    w = philox4x32(_TOKEN_KEY, positions.to(torch.int64), 0, ids & _M32, ids >> 32)
+    return _words_to_id(w[0], w[1])
+
+
+def dropout_ref(x: torch.Tensor, p: float, seed=None, row_ids=None) -> torch.Tensor:
+    """dropout(x) with the kernels' rule over the rows of the (n_rows, h) view: element (r, j) kept as in
+    `layer_norm_dropout_keep_ref(seed, n_rows, h, p, row_ids)`. Without a seed torch draws the mask (F.dropout)."""
+    if p == 0.0 or seed is None:
+        return F.dropout(x, p=p, training=p > 0)
+    h = x.shape[-1]
+    keep = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, p, row_ids, device=x.device).view(x.shape)
+    return torch.where(keep, x * (1.0 / (1.0 - p)), torch.zeros((), dtype=x.dtype, device=x.device))  # as the kernel
 
 
 # ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------
@@ -172,15 +237,20 @@ def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none"
 
 # ---- post-LN epilogue: bias + dropout + residual add + LayerNorm -------------------------------------------------
 def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0, keep_mask=None,
-                                   upcast=False):
+                                   upcast=False, seed=None, row_ids=None):
     """LayerNorm(residual + dropout(x + bias)); x, residual (..., h); bias, weight, ln_bias (h,). keep_mask (bool,
-    x's shape) replays a given dropout mask (the kernel's: `layer_norm_dropout_keep_ref`); without it torch
+    x's shape) replays a given dropout mask (the kernel's: `layer_norm_dropout_keep_ref`); a Philox `seed` (int or
+    (1,) int64 tensor) with optional `row_ids` (n_rows,) draws the kernel's mask for them; with neither, torch
     draws its own. upcast computes in fp64."""
+    if keep_mask is None and seed is not None and dropout_p > 0:
+        h = x.shape[-1]
+        keep_mask = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, dropout_p, row_ids,
+                                                device=x.device).view(x.shape)
     if upcast:
         x, bias, residual, weight, ln_bias = (t.double() for t in (x, bias, residual, weight, ln_bias))
     z = x + bias
     if keep_mask is not None:
-        z = torch.where(keep_mask, z / (1.0 - dropout_p), torch.zeros((), dtype=z.dtype))
+        z = torch.where(keep_mask, z / (1.0 - dropout_p), torch.zeros((), dtype=z.dtype, device=z.device))
     else:
         z = F.dropout(z, p=dropout_p, training=dropout_p > 0)
     y = z + residual

@@ -12,7 +12,12 @@ grid with cu_seqlens (B + R + 1,) over samples and row tails, max_seqlen = S.
 MLM targets come in one of two forms: host-masked (labels (B, S) / (R, S) with -100 where not masked, mlm_labels
 (n,), masked_positions (n,) flat into B * S — into R * S when packed — and masked_positions_unpad (n,) flat into the
 unpadded token axis), or unmasked for device masking (special_tokens_mask (B, S) / (R, S) and
-special_tokens_mask_unpad (total,) bool, True = never mask: [CLS], [SEP], [PAD] and packed row tails; mask_seed)."""
+special_tokens_mask_unpad (total,) bool, True = never mask: [CLS], [SEP], [PAD] and packed row tails; mask_seed).
+
+Training batches also carry `dropout_ids` (B,) int64, each sample's dropout identity (engine/data/source.py:
+`sample_dropout_ids`, from the run seed, the sample's epoch and its index); the model keys every dropout mask by it
+and the position (engine/model.py), so a sample's masks do not depend on its batch, rank or layout. Held-out
+batches carry none (evaluation has no dropout)."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +28,9 @@ import torch
 
 from engine.csrc import unpad_offsets
 from engine.data import packing
+
+
+PAD_DROPOUT_ID = 2 ** 62  # dropout id of packed padding segments: outside the samples' [0, 2^62)
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Batch:
     special_tokens_mask: torch.Tensor | None = None      # (B, S) bool, True = never mask (device masking)
     special_tokens_mask_unpad: torch.Tensor | None = None  # (total,) bool
     mask_seed: int | None = None                         # device masking's seed for this micro batch
+    dropout_ids: torch.Tensor | None = None              # (B,) int64 in [0, 2^62) per-sample dropout identity
 
     @property
     def host_masked(self) -> bool:
@@ -57,16 +66,31 @@ class Batch:
         return int(self.next_sentence_label.numel())
 
     def forward_inputs(self, unpadded: bool) -> dict[str, torch.Tensor | int]:
-        """The model's forward arguments of one layout (without the MLM targets). Raises ValueError for a packed
-        batch asked in the padded layout."""
+        """The model's forward arguments of one layout (without the MLM targets), with `dropout_ids` (one per
+        sequence of the layout) when the batch has them. Raises ValueError for a packed batch asked in the padded
+        layout."""
         if unpadded:
-            return {"input_ids": self.input_ids_unpad, "token_type_ids": self.token_type_ids_unpad,
-                    "position_ids": self.position_ids_unpad, "cu_seqlens": self.cu_seqlens,
-                    "max_seqlen": self.max_seqlen, "cls_positions": self.cls_positions_unpad}
-        if self.packed:
+            out = {"input_ids": self.input_ids_unpad, "token_type_ids": self.token_type_ids_unpad,
+                   "position_ids": self.position_ids_unpad, "cu_seqlens": self.cu_seqlens,
+                   "max_seqlen": self.max_seqlen, "cls_positions": self.cls_positions_unpad}
+        elif self.packed:
             raise ValueError("packed batches run only in the unpadded layout (--unpadded)")
-        return {"input_ids": self.input_ids, "token_type_ids": self.token_type_ids,
-                "attention_mask": self.attention_mask}
+        else:
+            out = {"input_ids": self.input_ids, "token_type_ids": self.token_type_ids,
+                   "attention_mask": self.attention_mask}
+        if self.dropout_ids is not None:
+            out["dropout_ids"] = self.segment_dropout_ids() if self.packed else self.dropout_ids
+        return out
+
+    def segment_dropout_ids(self) -> torch.Tensor:
+        """(B + R,) int64 dropout ids of a packed batch's cu_seqlens segments: each sample's own, PAD_DROPOUT_ID for
+        the row tails (padding, which never reaches a real token)."""
+        starts = self.cu_seqlens[:-1].long()
+        out = torch.full(starts.shape, PAD_DROPOUT_ID, dtype=torch.int64)
+        # a full row's empty tail starts where the next sample does: take the last segment starting there
+        seg = torch.searchsorted(starts, self.cls_positions_unpad, right=True) - 1
+        out[seg] = self.dropout_ids
+        return out
 
     def mlm_targets(self, unpadded: bool) -> dict[str, torch.Tensor]:
         """masked_positions (into the chosen layout) and mlm_labels of a host-masked batch."""

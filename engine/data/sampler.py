@@ -24,6 +24,7 @@ class MicroBatchIndices:
     epoch: int            # the epoch the micro batch starts in
     global_index: int     # k, its index in the global order of micro batches (seeds device masking)
     indices: np.ndarray   # (B,) int64 sample indices
+    epochs: np.ndarray | None = None  # (B,) int64 the epoch of each sample (differs where the batch wraps)
 
 
 class MicroBatchSampler:
@@ -68,7 +69,7 @@ class MicroBatchSampler:
                 need -= len(chunk)
                 e, start = e + 1, 0
             idx = np.concatenate(parts)
-        return MicroBatchIndices(epoch, k, idx)
+        return MicroBatchIndices(epoch, k, idx, (k * b + np.arange(b, dtype=np.int64)) // n)
 
     def micro_batches_per_epoch(self) -> float:
         """Micro batches per rank that make one pass over the samples (fractional)."""

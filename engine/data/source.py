@@ -5,19 +5,21 @@ Order: engine/data/sampler.py (global micro batch k goes to rank k % world; exac
 CorpusSource builds the samples of --objective (train / held-out split by document hash): NSP or SOP pairs from the
 C++ sample map (engine/data/sample_map.py), or full MLM-only sequences (engine/data/full_sentences.py); masks them with
 BERT's 80/10/10 seeded by (seed, epoch, sample id) — or leaves them unmasked with a `mask_seed` from (seed, epoch,
-global micro-batch index) for --masking device — and lays them out (engine/data/batch.py)."""
+global micro-batch index) for --masking device — and lays them out (engine/data/batch.py). Training batches carry
+per-sample dropout ids from (seed, the sample's epoch, sample id): `sample_dropout_ids`."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator, Protocol
 
 import numpy as np
+import torch
 
 from engine.config.checks import flag
 from engine.config.pretrain import PretrainConfig
 from engine.data.batch import Batch
 from engine.data.sampler import MicroBatchSampler
-from engine.data.splitmix import derive_seed
+from engine.data.splitmix import derive_seed, derive_seeds
 from engine.errors import ConfigError
 
 EVAL_EPOCH = 10 ** 6  # masks of held-out batches are seeded with this epoch: fixed across evaluations
@@ -54,6 +56,15 @@ def mask_seed(seed: int, epoch: int, global_index: int) -> int:
     return derive_seed(seed, epoch, global_index)
 
 
+DROPOUT_STREAM = 0xD50  # tags the dropout ids' derivation apart from the other seeds of the same parts
+
+
+def sample_dropout_ids(seed: int, epochs, indices) -> np.ndarray:
+    """(B,) int64 dropout identities in [0, 2^62) of samples `indices` (B,) seen in `epochs` (B,) (or one epoch):
+    the model keys every dropout mask by them, so a sample's masks depend on (run seed, epoch, sample) only."""
+    return derive_seeds(seed, DROPOUT_STREAM, epochs, np.asarray(indices, dtype=np.int64))
+
+
 def open_source(cfg: PretrainConfig, rank: int, world: int) -> BatchSource:
     """The source `cfg` asks for: synthetic batches when --synthetic-vocab is set, else the prepared dataset.
     Synthetic batches are always shaped as sentence pairs; the objective only decides which labels the loop uses."""
@@ -62,7 +73,7 @@ def open_source(cfg: PretrainConfig, rank: int, world: int) -> BatchSource:
 
         return SyntheticSource(cfg.data.synthetic_vocab, cfg.batch.max_seq_length, cfg.batch.micro_batch, rank,
                                world, seed=cfg.run.seed, mlm_probability=cfg.masking.mlm_probability,
-                               mask=cfg.masking.masking == "host")
+                               mask=cfg.masking.masking == "host", pack=cfg.batch.pack)
     if not cfg.data.data_dir:
         raise ConfigError("pretrain needs --data DIR (a `bertforge prepare` output) or --synthetic-vocab V")
     return CorpusSource(cfg, rank, world)
@@ -143,7 +154,9 @@ class CorpusSource:
     def batch_at(self, position: int) -> Batch:
         """This rank's micro batch number `position` (pure: safe to build ahead in another thread)."""
         mb = self.sampler.indices(position)
-        return self._batch(self.train, mb.indices, mb.epoch, mb.global_index)
+        batch = self._batch(self.train, mb.indices, mb.epoch, mb.global_index)
+        batch.dropout_ids = torch.from_numpy(sample_dropout_ids(self.cfg.run.seed, mb.epochs, mb.indices))
+        return batch
 
     def eval_batches(self, n_batches: int) -> Iterator[Batch]:
         """This rank's share of the first n_batches held-out micro batches in the global order (global batch k is

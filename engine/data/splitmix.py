@@ -6,7 +6,8 @@ or a resume.
 
 - `mix64(z)` / `mix64_array(z)`: the finaliser on a Python int / a numpy uint64 array (wrapping arithmetic).
 - `SplitMix64(seed, stream)`: the sequential generator, bit for bit the C++ builder's.
-- `derive_seed(*parts)`: one 62-bit seed from several integers (e.g. run seed, epoch, micro-batch index).
+- `derive_seed(*parts)`: one 62-bit seed from several integers (e.g. run seed, epoch, micro-batch index);
+  `derive_seeds(*parts)` the same element-wise over arrays (e.g. per-sample dropout ids).
 """
 from __future__ import annotations
 
@@ -62,6 +63,17 @@ def derive_seed(*parts: int) -> int:
     for part in parts:
         z = mix64(((z ^ (part & M64)) + GOLDEN) & M64)
     return z >> 2
+
+
+def derive_seeds(*parts) -> np.ndarray:
+    """`derive_seed` element-wise: parts are ints or int arrays (non-negative), broadcast together -> int64 array of
+    62-bit seeds."""
+    z = np.uint64(0)
+    with np.errstate(over="ignore"):
+        for part in parts:
+            p = np.asarray(part).astype(np.uint64) if not isinstance(part, int) else np.uint64(part & M64)
+            z = mix64_array((z ^ p) + _GOLDEN_U64)
+    return np.asarray(z >> np.uint64(2)).astype(np.int64)
 
 
 def counter_key(seed: int, epoch: int) -> int:

@@ -1,12 +1,14 @@
 """Synthetic pretraining batches with a learnable structure, for tests and benchmarks (no data needed): tokens
 follow a fixed random bigram table, segment B continues A for IsNext. Same `BatchSource` protocol and `Batch`
-layout as the prepared dataset's source (engine/data/source.py)."""
+layout as the prepared dataset's source (engine/data/source.py). Sample j of global micro batch k is sample
+k * B + j of epoch 0 (its dropout identity); pack=True lays batches out packed."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from engine.data.batch import Batch, collate
-from engine.data.source import mask_seed
+from engine.data.source import mask_seed, sample_dropout_ids
 
 # the WordPiece trainer's special-token order: [PAD] [UNK] [CLS] [SEP] [MASK]
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 4, 2, 3, 0
@@ -17,9 +19,9 @@ class SyntheticSource:
     B continues A for IsNext): for tests and benchmarks, no data needed."""
 
     def __init__(self, vocab_size: int, max_seq_length: int, micro_batch: int, rank: int = 0, world: int = 1,
-                 seed: int = 0, mlm_probability: float = 0.15, mask: bool = True):
+                 seed: int = 0, mlm_probability: float = 0.15, mask: bool = True, pack: bool = False):
         self.vocab_size, self.max_seq_length, self.micro_batch = vocab_size, max_seq_length, micro_batch
-        self.mask = mask
+        self.mask, self.pack = mask, pack
         self.rank, self.world, self.seed, self.p = rank, world, seed, mlm_probability
         self.position = 0  # micro batches this rank has taken
         g = torch.Generator().manual_seed(seed + 7)
@@ -45,7 +47,14 @@ class SyntheticSource:
             tok = int(self.next_token[tok, int(torch.randint(0, 4, (1,), generator=g))])
         return out
 
-    def _batch(self, index: int) -> Batch:
+    def _batch(self, index: int, train: bool = True) -> Batch:
+        batch = self._layout(index)
+        if train:
+            B = self.micro_batch
+            batch.dropout_ids = torch.from_numpy(sample_dropout_ids(self.seed, 0, index * B + np.arange(B)))
+        return batch
+
+    def _layout(self, index: int) -> Batch:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         B, S = self.micro_batch, self.max_seq_length
         ids = torch.full((B, S), PAD_ID, dtype=torch.long)
@@ -65,7 +74,7 @@ class SyntheticSource:
         special = (ids == CLS_ID) | (ids == SEP_ID) | ~real
         if not self.mask:  # device masking: unmasked ids, special-token masks and a seed
             return collate(ids.numpy(), types.numpy(), lengths.numpy(), nsp.numpy(), special_mask=special.numpy(),
-                           mask_seed=mask_seed(self.seed, 0, index))
+                           mask_seed=mask_seed(self.seed, 0, index), pack=self.pack)
         chosen = (torch.rand((B, S), generator=g) < self.p) & ~special
         chosen[:, 1] |= ~chosen.any(1)  # at least one masked token per sequence
         flat = chosen.flatten().nonzero().flatten()
@@ -75,7 +84,8 @@ class SyntheticSource:
         ids.view(-1)[flat[r < 0.8]] = MASK_ID
         rand_rows = flat[(r >= 0.8) & (r < 0.9)]
         ids.view(-1)[rand_rows] = torch.randint(5, self.vocab_size, rand_rows.shape, generator=g)
-        return collate(ids.numpy(), types.numpy(), lengths.numpy(), nsp.numpy(), labels=labels.view(B, S).numpy())
+        return collate(ids.numpy(), types.numpy(), lengths.numpy(), nsp.numpy(), labels=labels.view(B, S).numpy(),
+                       pack=self.pack)
 
     def next_batch(self) -> Batch:
         batch = self.batch_at(self.position)
@@ -88,7 +98,7 @@ class SyntheticSource:
     def eval_batches(self, n: int):
         """This rank's share (global batch k on rank k % world) of n held-out batches, the same for any rank count."""
         for k in range(self.rank, n, self.world):
-            yield self._batch(10 ** 12 + k)  # far beyond any training index
+            yield self._batch(10 ** 12 + k, train=False)  # far beyond any training index
 
     def state_dict(self) -> dict:
         return {"position": self.position}

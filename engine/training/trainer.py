@@ -236,7 +236,8 @@ class Trainer:
         plan = ParallelPlan(ds_config, compile=cfg.parallel.compile,
                             activation_checkpointing=cfg.parallel.activation_checkpointing)
         self.engine = parallelize(model, self.optimizer, plan, log=lambda m: None)
-        seed_everything(cfg.run.seed + 1000 * D.rank())  # dropout streams differ per rank
+        # torch's generator per rank: dropout is keyed per sample by the batches' dropout_ids, not drawn from it
+        seed_everything(cfg.run.seed + 1000 * D.rank())
 
         self.step = self.skipped = self.in_a_row = 0
         if cfg.run.resume:
@@ -251,8 +252,9 @@ class Trainer:
 
     def _restore(self, tag: str, state: dict) -> None:
         """Schedule, counters, data position and RNG from a checkpoint's trainer state. Written by another number of
-        ranks (or micro batch): the data position is remapped through the samples consumed, and the dropout streams
-        are reseeded per rank and step (the saved ones belong to the old ranks)."""
+        ranks (or micro batch): the data position is remapped through the samples consumed, and torch's generator is
+        reseeded per rank and step (the saved states belong to the old ranks; dropout does not use it: its masks
+        are keyed per sample)."""
         cfg, world, rank = self.cfg, D.world_size(), D.rank()
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.skipped, self.in_a_row = state["step"], state["skipped"], state["in_a_row"]
@@ -270,7 +272,7 @@ class Trainer:
         else:
             seed_everything(cfg.run.seed + 1000 * rank + 1_000_003 * self.step)
             D.log0(f"checkpoint of {saved_world} ranks resumed on {world}: data position {state['data']['position']} "
-                   f"-> {data['position']} micro batches per rank (same global order); dropout streams reseeded")
+                   f"-> {data['position']} micro batches per rank (same global order)")
         D.log0(f"resumed from {self.ckpt.root / tag} at step {self.step}")
 
     # ---- one optimizer step --------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The engine with every Triton kernel on (kernels='triton', interpreter on CPU) gives the same loss and gradients as
 the pure-torch path (kernels='none'), padded and unpadded, within fp32 noise (Liger-Kernel's convergence tests, at
-model scale)."""
+model scale); also at dropout 0.1 with per-sample dropout ids, where both backends draw the same Philox masks."""
 import pytest
 import torch
 
@@ -27,24 +27,30 @@ def _batch(seed=0, batch=3, seq=19):
     return ids, types, mask.long(), labels, torch.tensor([0, 1, 1][:batch])
 
 
-def _loss_and_grads(kernels, padded):
+def _loss_and_grads(kernels, padded, dropout=0.0):
     torch.manual_seed(0)
-    model = BertForPreTraining(CFG.replace(kernels=kernels)).to(DEVICE).train()
+    cfg = CFG.replace(kernels=kernels, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    model = BertForPreTraining(cfg).to(DEVICE).train()
     ids, types, mask, labels, nsp = (t.to(DEVICE) for t in _batch())
+    dropout_ids = torch.tensor([3, 2**61 + 5, 2**40], device=DEVICE) if dropout else None
     if padded:
-        out = model(ids, types, mask, mlm_labels=labels, next_sentence_label=nsp)
+        out = model(ids, types, mask, mlm_labels=labels, next_sentence_label=nsp, dropout_ids=dropout_ids)
     else:
         real = mask.bool()
         cu = torch.nn.functional.pad(mask.sum(1).cumsum(0), (1, 0)).int()
-        out = model(ids[real], types[real], cu_seqlens=cu, mlm_labels=labels[real], next_sentence_label=nsp)
+        out = model(ids[real], types[real], cu_seqlens=cu, mlm_labels=labels[real], next_sentence_label=nsp,
+                    dropout_ids=dropout_ids)
     out.loss.backward()
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
-def test_triton_kernels_match_torch_path(padded):
-    loss_ref, grads_ref = _loss_and_grads("none", padded)
-    loss, grads = _loss_and_grads("triton", padded)
+def test_triton_kernels_match_torch_path(padded, dropout):
+    loss_ref, grads_ref = _loss_and_grads("none", padded, dropout)
+    loss, grads = _loss_and_grads("triton", padded, dropout)
+    if dropout:  # the masks are active: the loss is not the one without dropout
+        assert abs(loss_ref.item() - _loss_and_grads("none", padded)[0].item()) > 1e-3
     assert abs(loss.item() - loss_ref.item()) < LOSS_TOL
     assert grads.keys() == grads_ref.keys()
     for name, g in grads.items():

@@ -313,6 +313,32 @@ def test_dropout_row_ids_give_each_sequence_its_own_stream():
         assert torch.equal(a[perm], b)
 
 
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+def test_reference_with_a_seed_draws_the_kernels_mask(layout):
+    """The CPU path (kernels.reference.attention_ref) given the kernel's seed and row ids drops the same
+    probabilities as the kernel: forward and gradients agree to fp32 rounding, so kernels on and off train alike."""
+    from kernels.reference import attention_ref
+
+    lengths = [37, 20, 29]
+    q, k, v, dout = _inputs((3, 37, 2, 32), torch.float32, seed=5)
+    mask = _prefix_mask(lengths, 37)
+    kw = dict(dropout_p=0.2, seed=torch.tensor([77]), row_ids=torch.tensor([2**40 + 1, 5, 2**33]))
+    if layout == "padded":
+        kw.update(key_padding_mask=mask)
+        dout = dout * mask[:, :, None, None]  # padded query rows: zero in the kernel, attended in the reference
+    else:
+        kw.update(cu_seqlens=torch.tensor([0] + lengths).cumsum(0).to(torch.int32), max_seqlen=37)
+        q, k, v, dout = q[mask], k[mask], v[mask], dout[mask]
+    got = _run(attention, q, k, v, dout, **kw)
+    ref = _run(attention_ref, q, k, v, dout, **kw)
+    rows = mask if layout == "padded" else slice(None)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+        a, b = (a[rows], b[rows]) if name in ("out", "dq") else (a, b)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+    plain = _run(attention, q, k, v, dout, **dict(kw, row_ids=None))
+    assert not torch.allclose(plain[0], got[0])  # the row ids select the streams
+
+
 def test_launch_grid_is_one_axis_within_cuda_limits():
     """Axes 1 and 2 of a CUDA grid hold 65,535 programs: BERT-large (16 heads) at B = 4096 was 65,536 (batch x heads)
     on axis 1. The 1-D grid holds it; past 2^31 - 1 programs the launcher says so."""

@@ -146,6 +146,18 @@ def test_dropout_row_ids_give_each_row_its_own_stream():
         torch.testing.assert_close(o, t, rtol=1e-5, atol=1e-5, msg=name)
 
 
+def test_reference_with_a_seed_draws_the_kernels_mask():
+    """The CPU path (kernels.reference) given the kernel's seed and row ids drops the same elements: output and all
+    gradients agree to fp32 rounding."""
+    args, dy = _inputs((4, 9, 65), torch.float32, seed=2)
+    ids = torch.randint(0, 2**62, (36,), generator=torch.Generator().manual_seed(3))
+    seed = torch.tensor([2**61 + 17])
+    out = _run(lambda *a: bias_dropout_add_layernorm(*a, EPS, 0.1, seed=seed, row_ids=ids), args, dy)
+    ref = _run(lambda *a: bias_dropout_add_layernorm_ref(*a, EPS, 0.1, seed=seed, row_ids=ids), args, dy)
+    for name, o, t in zip(NAMES, out, ref):
+        torch.testing.assert_close(o, t, rtol=1e-5, atol=1e-5, msg=name)
+
+
 @triton.jit
 def _tile_probe_kernel(OUT_ptr, row0, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr):
     """Writes the epilogue kernels' element offsets of rows row0.. into a (BLOCK_M, 4 * BLOCK_Q) int64 buffer."""

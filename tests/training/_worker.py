@@ -16,7 +16,12 @@ what the test checks to OUT (rank 0). Modes:
   compile                   4 unpadded fp32 steps eager (steps 2-3 profiled) and under --compile;
                             compile.json = {eager, compiled}
   lamb STAGES               20 fp32 LAMB steps per ZeRO stage (a stage 'Nnaive': stage N with the flat partitions
-                            left unregistered, i.e. one trust ratio per partition); lamb.json = {stage: [losses]}"""
+                            left unregistered, i.e. one trust ratio per partition); lamb.json = {stage: [losses]}
+  dropout LAYOUTS STEPS [FROM]  per layout (padded, unpadded, packed; suffix -noids: batches without dropout ids,
+                            i.e. torch's per-rank generator) STEPS fp32 steps at dropout 0.1 (checkpoint at
+                            STEPS // 2) and a run resumed from that checkpoint;
+                            with FROM (another dropout run's OUT), FROM's checkpoint resumed here too (e.g. written
+                            by another number of ranks); dropout.json = {layout: {full, resumed[, cross]}}"""
 from __future__ import annotations
 
 import json
@@ -42,7 +47,7 @@ VOCAB = 512
 
 def factory(cfg, rank, world):
     return SyntheticSource(VOCAB, cfg.batch.max_seq_length, cfg.batch.micro_batch, rank, world, seed=cfg.run.seed,
-                           mask=cfg.masking.masking == "host")
+                           mask=cfg.masking.masking == "host", pack=cfg.batch.pack)
 
 
 def config(out: Path, **kw) -> PretrainConfig:
@@ -212,6 +217,39 @@ def mode_lamb(out: Path, stages: str) -> None:
         (out / "lamb.json").write_text(json.dumps(results))
 
 
+def _without_dropout_ids(cfg, rank, world):
+    source = factory(cfg, rank, world)
+    layout = source._batch
+    source._batch = lambda index, train=True: layout(index, train=False)
+    return source
+
+
+def mode_dropout(out: Path, layouts: str, steps: str, from_dir: str | None = None) -> None:
+    from engine.training.trainer import pretrain
+
+    flags = {"padded": {}, "unpadded": {"unpadded": True}, "packed": {"unpadded": True, "pack": True}}
+    n = int(steps)
+    tag = f"step_{n // 2:08d}"
+    results = {}
+    for layout in layouts.split(","):
+        kw = dict(flags[layout.removesuffix("-noids")], dropout=0.1, steps=n, save_every=n // 2, warmup_steps=3)
+        source_factory = _without_dropout_ids if layout.endswith("-noids") else factory
+        runs = {"full": None, "resumed": out / layout / "full"}
+        if from_dir:
+            runs["cross"] = Path(from_dir) / layout / "full"
+        for name, source in runs.items():
+            run = out / layout / name
+            if source is not None and D.rank() == 0:
+                (run / "checkpoints").mkdir(parents=True)
+                shutil.copytree(source / "checkpoints" / tag, run / "checkpoints" / tag)
+            D.barrier()
+            pretrain(config(run, resume=source is not None, **kw), source_factory=source_factory)
+        if D.rank() == 0:
+            results[layout] = {name: losses(out / layout / name) for name in runs}
+    if D.rank() == 0:
+        (out / "dropout.json").write_text(json.dumps(results))
+
+
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
     out = Path(out)
@@ -220,7 +258,7 @@ if __name__ == "__main__":
     try:
         {"equal": mode_equal, "run": mode_run, "nan": mode_nan, "die": mode_die, "corpus": mode_corpus,
          "compile": mode_compile, "window": mode_window,
-         "lamb": mode_lamb}[mode](out, *rest)
+         "lamb": mode_lamb, "dropout": mode_dropout}[mode](out, *rest)
     except BaseException as exc:
         print(f"worker rank {D.rank()} failed: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
         import traceback
