@@ -176,7 +176,7 @@ def table_row(r: dict) -> str:
             f"{r.get('speedup_vs_hf', float('nan')):>6.2f}")
 
 
-def main(argv=None) -> dict | None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="tiny-64", help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--variants", default="hf,ours")
@@ -190,7 +190,11 @@ def main(argv=None) -> dict | None:
     p.add_argument("--timeout", type=float, default=900, help="seconds per measurement process")
     p.add_argument("--out", default="benchmarks/results/finetune_throughput.json")
     p.add_argument("--one", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict | None:
+    args = build_parser().parse_args(argv)
     import torch
 
     precision = args.precision if args.precision != "auto" else ("bf16" if torch.cuda.is_available() else "fp32")

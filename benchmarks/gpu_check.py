@@ -20,13 +20,13 @@ run only when their expected time fits. Expected seconds (H100/H200, first run, 
   model_switch           30    90    the model with kernels on equals kernels off (tests/engine)
   e2e_base128            110  170    BERT-base s128 B256, real Wikipedia lengths: hf, hf-compile, ours, ours-no-kernels
                                      (losses checked against the pure-torch path)
-  finetune               60   100    `bertforge finetune classify --precision bf16 --kernels triton` (skipped while
-                                     the command has no --precision flag, or without carried model + data)
+  finetune               80   140    `bertforge finetune classify --kernels triton` in bf16 and fp16, then the step
+                                     vs the HF Trainer (base-128, batch 32, bf16; skipped without carried model + data)
   e2e_large128 (opt.)    50    90    BERT-large s128 B128: hf, ours
   ablations (opt.)       90   150    base-128: ours-padded, -dense-mlm, -unfused-adamw, -device-mask, -lamb, -compile
   loop (opt.)            75   120    `bertforge pretrain` (DeepSpeed from carried wheels, real corpus): tok/s,
                                      data_wait_frac, profiled device idle share
-Expected total: ~385 s of the default 450 s budget (the device call's 8 minutes minus start-up margin); with
+Expected total: ~405 s of the default 450 s budget (the device call's 8 minutes minus start-up margin); with
 everything optional ~600 s, so the optional steps run in order as long as they fit.
 
 Usage on the GPU machine:   python3 benchmarks/gpu_check.py --out "$OUT" [--budget 450]
@@ -70,10 +70,6 @@ def _tt(shapes, batch, variants, lengths="full", steps=10, warmup=3):
 
 def _finetune_needs(dry: bool):
     def check():
-        helptext = subprocess.run([PY, "-m", "engine.cli", "finetune", "classify", "--help"], cwd=ROOT,
-                                  capture_output=True, text=True, env=_env({})).stdout
-        if "--precision" not in helptext:
-            return "skipped: finetune has no --precision flag yet"
         if not (ROOT / "runs/gpu_carry/minilm").is_dir():
             return "skipped: runs/gpu_carry/minilm and classify.csv not carried (scripts/gpu_carry.sh)"
         return None
@@ -109,7 +105,7 @@ def steps(dry: bool) -> list[Step]:
         Step("e2e_base128", 110, 170 if not dry else 400,
              _tt(base, b_base, "hf,hf-compile,ours,ours-no-kernels" if not dry else "hf,ours,ours-no-kernels",
                  lengths, **quick)),
-        Step("finetune", 60, 100 if not dry else 300, [PY, "benchmarks/gpu_check.py", "--finetune-step", "{out}"],
+        Step("finetune", 80, 140 if not dry else 300, [PY, "benchmarks/gpu_check.py", "--finetune-step", "{out}"],
              needs=_finetune_needs(dry)),
         Step("e2e_large128", 50, 90 if not dry else 300, _tt(large, b_large, "hf,ours", **quick), optional=True),
         Step("ablations", 90, 150 if not dry else 400,
@@ -146,18 +142,31 @@ def _build_extension(env: dict) -> None:
         subprocess.run([PY, "setup.py", "-q", "build_ext", "--inplace"], cwd=ROOT, env=env, check=True)
 
 
+def finetune_commands(out: Path) -> list[list[str]]:
+    """The finetune step's command lines: `bertforge finetune classify` from MiniLM's config (random weights: the
+    carry limit leaves its weights behind) on the carried 2,000 tweets, one epoch in bf16 with the Triton kernels and
+    one in fp16 (dynamic loss scaling), then the step against the HF Trainer (BERT-base s128, batch 32, bf16)."""
+    common = [PY, "-m", "engine.cli", "finetune", "classify", "--model", "runs/gpu_carry/minilm", "--data",
+              "runs/gpu_carry/classify.csv", "--split", "0.6,0.2,0.2", "--epochs", "1", "--global-batch", "32",
+              "--max-seq-length", "128", "--from-scratch", "--kernels", "triton", "--no-progress"]
+    return [common + ["--precision", "bf16", "--out", str(out / "run-bf16")],
+            common + ["--precision", "fp16", "--out", str(out / "run-fp16")],
+            [PY, "benchmarks/finetune_throughput.py", "--shapes", "base-128", "--batch", "32", "--precision", "bf16",
+             "--out", str(out / "finetune_throughput.json")]]
+
+
 def finetune_step(out: Path) -> int:
-    """`bertforge finetune classify` on the GPU: bf16, Triton kernels, from MiniLM's config (random weights: the
-    carry limit leaves its weights behind), one epoch of the carried 2,000 tweets."""
+    """Runs `finetune_commands` in order; the first failure's exit status (later commands still run)."""
     env = _with_deepspeed(_env({}))
     if env is None:
         print("finetune: no deepspeed and no .whl/ carried (scripts/gpu_carry.sh)")
         return 3
-    cmd = [PY, "-m", "engine.cli", "finetune", "classify", "--model", "runs/gpu_carry/minilm", "--data",
-           "runs/gpu_carry/classify.csv", "--split", "0.6,0.2,0.2", "--epochs", "1", "--batch-size", "32",
-           "--max-seq-length", "128", "--from-scratch", "--precision", "bf16", "--kernels", "triton", "--no-progress",
-           "--out", str(out / "run")]
-    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    rc = 0
+    for cmd in finetune_commands(out):
+        print("finetune:", " ".join(cmd[1:]), flush=True)
+        r = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        rc = rc or r
+    return rc
 
 
 def _env(extra: dict) -> dict:

@@ -244,3 +244,25 @@ def test_flat_pieces_checks():
     opt = Lamb([nn.Parameter(torch.zeros(4))], use_fused=False)
     with pytest.raises(ValueError, match="reach element 6"):
         opt.shard(torch.zeros(5), FlatPieces((2,), (4,), (0,), 1))
+
+
+def test_adamw_on_cpu_is_multi_tensor_and_bit_equal_to_the_loop():
+    """build_optimizer('adamw') off CUDA takes torch's foreach path (faster); its updates equal the per-tensor loop."""
+    import torch
+
+    from engine.optim import build_optimizer
+
+    def run(make):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(n)) for n in (7, 130, 1)]
+        opt = make([{"params": params, "weight_decay": 0.01}])
+        for step in range(4):
+            for p in params:
+                p.grad = torch.randn_like(p) * (step + 1)
+            opt.step()
+        return opt, params
+
+    ours, a = run(lambda g: build_optimizer("adamw", g, 1e-3))
+    _, b = run(lambda g: torch.optim.AdamW(g, lr=1e-3, eps=1e-6, foreach=False))
+    assert ours.defaults["foreach"] is True and not ours.defaults["fused"]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

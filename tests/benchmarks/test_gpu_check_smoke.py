@@ -45,3 +45,20 @@ def test_budget_skips_what_does_not_fit(tmp_path):
     skipped = [r for r in summary["steps"] if r["status"].startswith("skipped")]
     assert len(skipped) >= len(summary["steps"]) - 1 and summary["total_s"] < 60, proc.stdout
     assert any("left, expected" in r["status"] for r in skipped)
+
+
+def test_finetune_step_command_lines_parse(tmp_path):
+    """The finetune step's commands (skipped in the dry run without the carried model) use flags that exist: the
+    CLI's own parser and the throughput benchmark's accept them."""
+    sys.path.insert(0, str(ROOT))
+    import benchmarks.finetune_throughput as ft
+    import benchmarks.gpu_check as gc
+    from engine.cli import build_parser
+
+    commands = gc.finetune_commands(tmp_path)
+    assert [c[4] for c in commands[:2]] == ["classify", "classify"]
+    for cmd in commands[:2]:
+        args = build_parser().parse_args(cmd[3:])
+        assert args.precision in ("bf16", "fp16") and args.kernels == "triton"
+    ours = ft.build_parser().parse_args(commands[2][2:])
+    assert (ours.shapes, ours.precision, ours.batch) == ("base-128", "bf16", 32)
