@@ -27,6 +27,7 @@ from engine.errors import ConfigError
 CLASSIFY_FORMATS = ("csv", "tsv", "jsonl")
 CLASSIFY_METRICS = ("accuracy", "macro_f1")
 CLASS_WEIGHTS = ("none", "balanced")
+POOLINGS = ("cls", "mean")  # engine.heads.POOLINGS (this module imports no model code)
 ENTITY_SCHEMES = ("iob1", "iob2", "bioes")
 TAG_SCHEMES = ENTITY_SCHEMES + ("plain",)
 
@@ -206,12 +207,17 @@ class ClassifyData:
     class_weight: str = "none"
     """'balanced': weighted cross-entropy with class c weighted n / (classes x n_c) over the training labels
     (scikit-learn's 'balanced'), for imbalanced labels; 'none': plain cross-entropy."""
+    pooling: str = "cls"
+    """Sentence vector under the classifier: 'cls' = the [CLS] state through the pooler (BERT's); 'mean' = the mean
+    of the real tokens' states, no pooler (how sentence-transformers checkpoints such as MiniLM were trained).
+    Saved with the model; predict / evaluate use it."""
 
     def __post_init__(self) -> None:
         if self.format is not None:
             check_choice(self, "format", CLASSIFY_FORMATS)
         check_choice(self, "metric", CLASSIFY_METRICS)
         check_choice(self, "class_weight", CLASS_WEIGHTS)
+        check_choice(self, "pooling", POOLINGS)
         for name in ("text_column", "label_column"):
             if not getattr(self, name):
                 raise ConfigError(f"{flag(name)} must name a column")
