@@ -8,7 +8,7 @@ byte-identical across worker counts, resumable, and N nodes (`part=K/N`) each pr
 (contiguous, balanced by bytes) into one shared folder, with no copying afterwards.
 
 Worker (one task at a time; engine.data.workers): reads its pieces itself (streamed), splits documents into
-sentences (engine.data.sentences), tokenizes them (no special tokens) and writes shards `shard_TTTTTT_JJJJ`
+sentences (engine.data.sentences; with format 'lines' every non-empty line is one sentence), tokenizes them (no special tokens) and writes shards `shard_TTTTTT_JJJJ`
 atomically — a shard is closed once its documents' text reaches `shard_bytes`. A shard whose .idx is complete (and
 passes indexed.check_shard) with the same source hash (sha256 of its documents' text), tokenizer and sentence limit
 is kept: an interrupted run (even kill -9) resumes. It returns its counts and unigram counts.
@@ -150,8 +150,9 @@ def _init_worker(tokenizer_path: str, settings: dict, in_pool: bool = False) -> 
 
 
 def tokenize_documents(docs: list[Document], tok, max_sentence_tokens: int, strict: bool,
-                       dtype: np.dtype = np.dtype(np.int64)):
+                       dtype: np.dtype = np.dtype(np.int64), lines: bool = False):
     """docs -> (tokens (n_tokens,) `dtype`, sentence_offsets (n_sent+1,), doc_offsets (n_docs+1,), doc_hashes, stats).
+    lines: each non-empty line of a document is one sentence (format 'lines'), else sentences are segmented.
     Sentences go to the tokenizer in batches of about ENCODE_BATCH_CHARS characters; each batch's ids become one
     array of `dtype` at once (Python lists of ints would take ~36 bytes a token)."""
     stats = dict(documents=0, sentences=0, tokens=0, text_bytes=0, empty_documents_skipped=0,
@@ -198,7 +199,7 @@ def tokenize_documents(docs: list[Document], tok, max_sentence_tokens: int, stri
 
     batch, chars = [], 0
     for doc in docs:
-        batch.append((doc, split_sentences(doc.text)))
+        batch.append((doc, split_sentences(doc.text, lines=lines)))
         chars += len(doc.text)
         if chars >= ENCODE_BATCH_CHARS:
             encode(batch)
@@ -239,7 +240,8 @@ def _kept(prefix: Path, header: dict) -> dict | None:
         old = indexed.check_shard(prefix)
     except DataError:
         return None
-    same = all(old.get(k) == header[k] for k in ("source_hash", "tokenizer_hash", "max_sentence_tokens"))
+    same = all(old.get(k) == header.get(k) for k in ("source_hash", "tokenizer_hash", "max_sentence_tokens",
+                                                     "sentence_per_line"))
     return old if same else None
 
 
@@ -267,7 +269,7 @@ def _run_task(task: Task) -> dict:
         else:
             dtype = indexed.token_dtype(vocab_size)  # np.fromiter refuses an id that does not fit
             tokens, so, do, dh, stats = tokenize_documents(shard_docs, c["tokenizer"], c["max_sentence_tokens"],
-                                                           c["strict"], dtype)
+                                                           c["strict"], dtype, c["lines"])
             if stats["documents"] == 0:  # nothing tokenizable: no shard
                 res["empty_documents_skipped"] += stats["empty_documents_skipped"]
                 continue
@@ -373,8 +375,11 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
         meta_path.unlink(missing_ok=True)  # the dataset is about to change: no longer complete
     header = {"tokenizer_hash": thash, "vocab_size": vocab_size, "format_version": indexed.FORMAT_VERSION,
               "max_sentence_tokens": max_sentence_tokens}
+    if cfg.format == "lines":  # recorded only then, so datasets of the other formats keep their bytes
+        header["sentence_per_line"] = True
     context = dict(out=str(out), vocab_size=vocab_size, header=header, max_sentence_tokens=max_sentence_tokens,
-                   strict=cfg.strict, shard_bytes=cfg.shard_bytes, text_column=cfg.text_column)
+                   strict=cfg.strict, shard_bytes=cfg.shard_bytes, text_column=cfg.text_column,
+                   lines=cfg.format == "lines")
     stats = PrepareStats(files=len(files), tasks=len(mine), tasks_total=len(tasks), part=f"{k}/{n}")
     progress = _Progress(sum(t.size for t in mine), cfg.progress, "prepare" if n == 1 else f"prepare {k}/{n}")
     workers = min(cfg.workers, len(mine))
