@@ -40,3 +40,18 @@ def test_fixed_eval_masks_are_deterministic(tiny_ckpt):
     masked = [l for f in a.test for l in f["mlm_labels"] if l != -100]
     total = sum(len(f["mlm_labels"]) - 2 for f in a.test)
     assert 0.1 < len(masked) / total < 0.2
+
+
+def test_short_texts_are_packed_into_full_sequences_with_no_token_dropped(tiny_ckpt):
+    from engine.data.tokenizer import load_tokenizer
+    from engine.finetune.mlm import build_task
+
+    tok = load_tokenizer(tiny_ckpt)
+    rng = random.Random(3)
+    docs = [" ".join(rng.choices(WORDS, k=rng.randint(2, 5))) for _ in range(120)]  # titles, queries, short posts
+    n_tokens = sum(len(tok.encode(d, add_special_tokens=False).ids) for d in docs)
+    task = build_task(tok, docs, 32, 0.1, 0, None, None)
+    seqs = [f["input_ids"] for part in (task.train, task.dev, task.test) for f in part]
+    assert len(task.train) >= 10 and all(len(f["input_ids"]) == 32 for f in task.train[:-1])  # full, tail shorter
+    # each of the 3 parts: [CLS] its documents' tokens, one [SEP] between consecutive documents [SEP], cut in blocks
+    assert sum(len(s) - 2 for s in seqs) == n_tokens + len(docs) - 3
