@@ -27,6 +27,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.data.grouping import pack_token_lists
+from engine.data.masking import most_frequent_token_accuracy
 from engine.data.tokenizer import special_ids
 from engine.errors import DataError
 from engine.heads import BertForPreTraining
@@ -119,8 +120,17 @@ class MlmTask:
         correct = sum(o[1] for o in outputs)
         n = sum(o[2] for o in outputs)
         loss = nll / max(n, 1)
-        return {"masked_accuracy": correct / max(n, 1), "loss": loss, "perplexity": math.exp(min(loss, 50)),
-                "masked_tokens": n}
+        out = {"masked_accuracy": correct / max(n, 1), "loss": loss, "perplexity": math.exp(min(loss, 50)),
+               "masked_tokens": n}
+        if split in ("dev", "test"):
+            out["unigram_accuracy"] = self.unigram_accuracy(split)
+        return out
+
+    def unigram_accuracy(self, split: str) -> float:
+        """The split's unigram baseline, as pretraining reports it: the accuracy of always predicting the most
+        frequent masked token of its fixed masks (engine.data.masking.most_frequent_token_accuracy)."""
+        labels = np.asarray([l for f in getattr(self, split) for l in f["mlm_labels"] if l != -100], np.int64)
+        return most_frequent_token_accuracy(np.bincount(labels, minlength=self.vocab_size))
 
     def majority(self) -> str | None:
         return None

@@ -334,7 +334,8 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
     if summary["status"] == "finished":
         after = summary["test"]
         echo(f"held-out masked-token accuracy {before['masked_accuracy']:.4f} -> "
-             f"{after['masked_accuracy']['mean']:.4f} ± {after['masked_accuracy']['std']:.4f}; perplexity "
+             f"{after['masked_accuracy']['mean']:.4f} ± {after['masked_accuracy']['std']:.4f} (unigram baseline "
+             f"{before['unigram_accuracy']:.4f}: the most frequent masked token of the same masks); perplexity "
              f"{before['perplexity']:.1f} -> {after['perplexity']['mean']:.1f} ± {after['perplexity']['std']:.1f}")
     else:
         echo(format_summary(summary, out))
