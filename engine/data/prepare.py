@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from engine.data.tokenizer import load_tokenizer, tokenizer_hash
 from engine.data.workers import WorkerDied, WorkerPool, note
 from engine.errors import DataError
 from engine.io import save_numpy, write_json
+from engine.progress import progress
 
 ENCODE_BATCH_CHARS = 1 << 20  # text handed to the tokenizer at once (bounds its per-sentence objects)
 
@@ -300,38 +300,22 @@ def _old_stats(header: dict) -> dict:
 
 # ---- main side ----------------------------------------------------------------------------------------------------
 class _Progress:
-    """tqdm on a terminal; in a log file a plain line every 30 s (and at the end)."""
+    """engine.progress's reporter over input bytes (a tqdm bar on a terminal, a plain line every 30 s and at the end
+    in a log file), with the shard count."""
 
     def __init__(self, total: int, enabled: bool, what: str):
-        self.total, self.done, self.shards, self.what = total, 0, 0, what
-        self.t0 = self.last = time.perf_counter()
-        self.bar = None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=what, unit="B", unit_scale=True, dynamic_ncols=True)
+        self.shards = 0
+        self.bar = progress(total, what, unit="B", unit_scale=True, enabled=enabled)
 
     def update(self, nbytes: int, shards: int) -> None:
-        self.done += nbytes
         self.shards += shards
         if self.bar is not None:
+            self.bar.set_postfix(shards=self.shards, refresh=False)
             self.bar.update(nbytes)
-        elif self.enabled and time.perf_counter() - self.last >= 30:
-            self._line()
-
-    def _line(self) -> None:
-        self.last = now = time.perf_counter()
-        rate = self.done / 1e6 / max(now - self.t0, 1e-9)
-        print(f"{self.what}: {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
-              f"({100 * self.done / max(self.total, 1):.0f}%), {rate:.2f} MB/s, {self.shards} shards, "
-              f"{now - self.t0:.0f} s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled:
-            self._line()
 
 
 def _clean_tmp(out: Path) -> None:
