@@ -34,9 +34,10 @@ class Example:
     """1-based line where the record starts (the header is line 1 of a CSV)."""
 
 
-def detect_format(path: str | Path, fmt: str | None = None) -> str:
+def detect_format(path: str | Path, fmt: str | None = None, folders: bool = False) -> str:
     """`fmt`, or the format of the file suffix (.csv, .tsv, .jsonl; .json / .ndjson are JSONL). Any other suffix
-    (.txt included: tab-separated or one text per line?) is a DataError naming the file and the formats."""
+    (.txt included: tab-separated or one text per line?) is a DataError naming the file and the formats (and the
+    folder layout, where the caller reads folders: `folders`)."""
     if fmt:
         if fmt not in CLASSIFY_FORMATS:
             raise ConfigError(f"--format: unknown format {fmt!r}; choose one of {', '.join(CLASSIFY_FORMATS)}")
@@ -46,8 +47,9 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
         return suffix
     if suffix in ("json", "ndjson"):
         return "jsonl"
+    folder = ", or a folder DIR/<label>/*.txt of one example per file" if folders else ""
     raise DataError(f"cannot tell the format from the suffix {Path(path).suffix or '(none)'!r}: pass --format "
-                    f"csv|tsv|jsonl, or a folder DIR/<label>/*.txt of one example per file", str(path))
+                    f"csv|tsv|jsonl{folder}", str(path))
 
 
 def read_folder(folder: str | Path, encoding: str = "utf-8") -> list[Example]:
@@ -154,6 +156,7 @@ def read_examples(path: str | Path, text_column: str = "text", text_b_column: st
             raise ConfigError(f"{path} is a folder of one example per file: --format and --text-b-column do not "
                               f"apply to it")
         return read_folder(path, encoding)
+    detect_format(path, fmt, folders=True)
     out = list(iter_examples(path, text_column, text_b_column, label_column, encoding, fmt))
     if not out:
         raise DataError("no examples (only a header?)", str(path))

@@ -87,3 +87,8 @@ def test_unknown_suffix_is_refused_in_one_line(tiny_ckpt, tmp_path, capsys, name
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"error: {data}: cannot tell the format from the suffix" in err
     assert "--format csv|tsv|jsonl, or a folder DIR/<label>/*.txt" in err
+
+
+def test_predict_refuses_an_unknown_suffix_without_offering_a_folder(tmp_path):
+    with pytest.raises(DataError, match=r"suffix '.txt': pass --format csv\|tsv\|jsonl$"):
+        list(dc.iter_examples(tmp_path / "in.txt", label_column=None))
