@@ -1,7 +1,9 @@
 """Task heads on top of BertModel, with Hugging Face's module names so checkpoints map one-to-one:
   BertForPreTraining              cls.predictions (transform + tied decoder) + cls.seq_relationship (NSP or SOP)
   BertForMaskedLM                 cls.predictions only, no pooler (MLM-only pretraining, RoBERTa-style)
-  BertForSequenceClassification   [CLS] -> pooler -> dropout -> classifier
+  BertForSequenceClassification   [CLS] -> pooler -> dropout -> classifier (pooling='cls', BERT's), or the mean of
+                                  the real tokens' states -> dropout -> classifier (pooling='mean', no pooler: the
+                                  sentence-transformers recipe the MiniLM checkpoint was trained with)
   BertForTokenClassification      every position -> dropout -> classifier (no pooler, as in HF)
 The MLM head runs only on the masked rows when their flat indices are given (FlashAttention's models/bert.py idea):
 at 15% masking that is ~7x less decoder work and memory than logits on every token."""
@@ -157,22 +159,52 @@ class BertForMaskedLM(nn.Module):
         return out
 
 
+POOLINGS = ("cls", "mean")
+
+
+def mean_states(sequence: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of each sequence's real-token states (sentence-transformers' mean pooling), in fp32, cast back.
+    Padded: sequence (B, S, h) with attention_mask (B, S) (1 = real token; None = all real). Unpadded: sequence
+    (total, h) with cu_seqlens (B + 1,). Returns (B, h); padding never enters the mean."""
+    x = sequence.float()
+    if cu_seqlens is not None:
+        ends = cu_seqlens[1:].long()                                                  # (B,)
+        owner = torch.searchsorted(ends, torch.arange(x.shape[0], device=x.device), right=True)  # (total,)
+        sums = torch.zeros(ends.numel(), x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, owner, x)
+        counts = (ends - cu_seqlens[:-1].long()).clamp(min=1).to(x.dtype)            # (B,)
+        return (sums / counts[:, None]).to(sequence.dtype)
+    if attention_mask is None:
+        return x.mean(1).to(sequence.dtype)
+    mask = attention_mask.to(x.dtype)[..., None]                                      # (B, S, 1)
+    return ((x * mask).sum(1) / mask.sum(1).clamp(min=1)).to(sequence.dtype)
+
+
 class BertForSequenceClassification(nn.Module):
-    def __init__(self, config: ModelConfig, num_labels: int, classifier_dropout: float | None = None):
+    def __init__(self, config: ModelConfig, num_labels: int, classifier_dropout: float | None = None,
+                 pooling: str = "cls"):
         super().__init__()
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
-        self.config, self.num_labels = config, num_labels
-        self.bert = BertModel(config)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.config, self.num_labels, self.pooling = config, num_labels, pooling
+        self.bert = BertModel(config, add_pooling_layer=pooling == "cls")
         self.dropout = nn.Dropout(config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_weights(self.classifier, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
                 max_seqlen=None, labels=None, cls_positions=None) -> ClassifierOutput:
-        """labels (B,) aligned with cls_positions (B,) when given (packed batches; see BertModel.forward)."""
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
-                              cls_positions)
+        """labels (B,) aligned with cls_positions (B,) when given (packed batches, [CLS] pooling only; see
+        BertModel.forward)."""
+        if self.pooling == "mean" and cls_positions is not None:
+            raise ValueError("mean pooling takes one sequence per row (padded) or per cu_seqlens segment, not "
+                             "packed samples with cls_positions")
+        sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens,
+                                     max_seqlen, cls_positions)
+        if self.pooling == "mean":
+            pooled = mean_states(sequence, attention_mask, cu_seqlens)  # (B, h)
         logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
         return ClassifierOutput(loss, logits)

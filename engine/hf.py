@@ -117,6 +117,30 @@ def load_pretrained(directory: str | Path, model: nn.Module) -> LoadReport:
     return report
 
 
+MEAN_POOLING_NOTE = """# Mean-pooled sequence classifier (bertforge `--pooling mean`)
+
+This classifier feeds the mean of the real tokens' final hidden states (attention_mask = 1) to `classifier`; it has
+no pooler. Hugging Face's `BertForSequenceClassification` (and `pipeline("text-classification")`) always uses the
+[CLS] state through `bert.pooler`, which this folder does not hold: loaded that way, the pooler is initialised at
+random and the predictions are wrong. Use `bertforge predict` / `bertforge evaluate`, or in transformers:
+
+```python
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, BertModel
+
+encoder = BertModel.from_pretrained(FOLDER, add_pooling_layer=False).eval()
+weights = load_file(f"{FOLDER}/model.safetensors")
+tok = AutoTokenizer.from_pretrained(FOLDER)
+batch = tok(texts, padding=True, truncation=True, max_length=MAX_SEQ_LENGTH, return_tensors="pt")
+hidden = encoder(**batch).last_hidden_state                                   # (B, S, h)
+mask = batch["attention_mask"][..., None].float()                             # (B, S, 1)
+mean = (hidden * mask).sum(1) / mask.sum(1)                                   # (B, h)
+logits = mean @ weights["classifier.weight"].T + weights["classifier.bias"]   # (B, C); labels: config.json id2label
+```
+"""
+
+
 def architecture_of(model: nn.Module) -> str:
     """The transformers architecture name of `model` (our class names are HF's). ValueError for other classes."""
     name = type(model).__name__
@@ -130,7 +154,9 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path |
               config_extra: dict | None = None) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files from `tokenizer_dir`) to `out_dir`, atomically:
     everything goes to a temporary directory beside it, renamed into place when complete. config_extra: more
-    config.json keys (transformers keeps unknown keys as attributes)."""
+    config.json keys (transformers keeps unknown keys as attributes). A mean-pooled classifier is written with
+    `classifier_pooling: "mean"` (ModernBERT's config key) and a README.md saying that transformers'
+    BertForSequenceClassification would not reproduce it (MEAN_POOLING_NOTE)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -140,6 +166,10 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path |
     if id2label is not None:
         extra["id2label"] = {str(i): label for i, label in id2label.items()}
         extra["label2id"] = {label: i for i, label in id2label.items()}
+    extra_files = dict(extra_files or {})
+    if getattr(model, "pooling", "cls") == "mean":  # no stock transformers class pools this way
+        extra["classifier_pooling"] = "mean"
+        extra_files.setdefault("README.md", MEAN_POOLING_NOTE)
     hf_config = config.to_hf_config(architectures=[architecture_of(model)], **extra)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
              if k not in TIED_OPTIONAL}
@@ -158,6 +188,6 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path |
                 (tmp / "tokenizer_config.json").write_text(json.dumps(
                     {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
                      "model_max_length": config.max_position_embeddings}, indent=2) + "\n", encoding="utf-8")
-        for name, text in (extra_files or {}).items():
+        for name, text in extra_files.items():
             (tmp / name).write_text(text, encoding="utf-8")
     return out_dir

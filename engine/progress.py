@@ -32,12 +32,21 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _scaled(value: float) -> str:
+    """1234567 -> '1.23M' (tqdm's unit_scale)."""
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 class LineProgress:
     """Plain progress lines for logs: at most one every `every_s` seconds, and one when closed."""
 
     def __init__(self, total: int | None, desc: str, initial: int = 0, unit: str = "it", every_s: float = 30.0,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, unit_scale: bool = False):
         self.total, self.desc, self.n, self.unit, self.every_s = total, desc, initial, unit, every_s
+        self.count = _scaled if unit_scale else str  # unit_scale: 12.3M B rather than 12345678 B
         self.stream = stream or sys.stderr
         self.start_n, self.t0 = initial, time.perf_counter()
         self.last_print = self.t0
@@ -48,9 +57,10 @@ class LineProgress:
         elapsed = time.perf_counter() - self.t0
         done = self.n - self.start_n
         rate = done / elapsed if elapsed > 0 else 0.0
-        head = f"{self.desc}: {self.n}" + (f"/{self.total} ({self.n / self.total:.0%})" if self.total else "")
+        head = f"{self.desc}: {self.count(self.n)}" + (
+            f"/{self.count(self.total)} ({self.n / self.total:.0%})" if self.total else "")
         parts = [head] + [f"{k}={_fmt(v)}" for k, v in self.postfix.items()]
-        parts.append(f"{rate:.3g} {self.unit}/s")
+        parts.append(f"{_scaled(rate) if self.count is _scaled else f'{rate:.3g}'} {self.unit}/s")
         parts.append(f"elapsed {_clock(elapsed)}")
         if self.total and rate > 0:
             parts.append(f"ETA {_clock((self.total - self.n) / rate)}")
@@ -78,13 +88,14 @@ class LineProgress:
 
 
 def progress(total: int | None, desc: str, *, initial: int = 0, unit: str = "it", enabled: bool = True,
-             every_s: float = 30.0, leave: bool = True):
-    """A progress reporter: a tqdm bar on a terminal, plain `LineProgress` lines otherwise; None when disabled."""
+             every_s: float = 30.0, leave: bool = True, unit_scale: bool = False):
+    """A progress reporter: a tqdm bar on a terminal, plain `LineProgress` lines otherwise; None when disabled.
+    unit_scale: counts shown as 1.2M etc. (bytes)."""
     if not enabled:
         return None
     if is_terminal():
         from tqdm import tqdm
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=leave,
-                    file=sys.stderr)
-    return LineProgress(total, desc, initial=initial, unit=unit, every_s=every_s)
+                    file=sys.stderr, unit_scale=unit_scale)
+    return LineProgress(total, desc, initial=initial, unit=unit, every_s=every_s, unit_scale=unit_scale)

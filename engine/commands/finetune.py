@@ -72,7 +72,8 @@ def register(subparsers) -> None:
     kw = {"argument_default": argparse.SUPPRESS}
 
     c = sub.add_parser("classify", help="sequence classification from CSV / TSV / JSONL",
-                       description="[CLS] -> classifier -> softmax over any number of classes.", **kw)
+                       description="[CLS] + pooler (or, --pooling mean, the mean of the token states) -> classifier -> "
+                                   "softmax over any number of classes.", **kw)
     add_training_flags(c, ClassifyConfig)
     add_dataclass_flags(c.add_argument_group("data"), SplitFiles, rename={"data_file": "data"})
     add_dataclass_flags(c.add_argument_group("classification data"), ClassifyData)

@@ -27,6 +27,7 @@ from engine.errors import ConfigError
 CLASSIFY_FORMATS = ("csv", "tsv", "jsonl")
 CLASSIFY_METRICS = ("accuracy", "macro_f1")
 CLASS_WEIGHTS = ("none", "balanced")
+POOLINGS = ("cls", "mean")  # engine.heads.POOLINGS (this module imports no model code)
 ENTITY_SCHEMES = ("iob1", "iob2", "bioes")
 TAG_SCHEMES = ENTITY_SCHEMES + ("plain",)
 
@@ -168,10 +169,11 @@ class SplitFiles:
     test: str | None = None
     """Held-out test file."""
     data_file: str | None = None
-    """One labelled file, split into train / dev / test by --split and --split-seed (the parts are saved under
-    OUT/splits/); flag --data."""
+    """One labelled file (classify: or a folder DIR/<label>/*.txt, one example per file), split into train / dev /
+    test by --split and --split-seed (the parts are saved under OUT/splits/); flag --data."""
     split: tuple = (0.8, 0.1, 0.1)
-    """Sizes of train,dev[,test] taken from --data: fractions of the whole, or (classify) counts."""
+    """Sizes of train,dev[,test] taken from --data: fractions of the whole (summing to at most 1) or counts of
+    examples (classify) / sentences (ner), e.g. 2000,500,1000; what is left over is unused."""
     split_seed: int = 0
     """Seed of the --data split."""
     encoding: str = "utf-8"
@@ -181,6 +183,14 @@ class SplitFiles:
         self.split = tuple(self.split)
         if len(self.split) not in (2, 3) or any(not s >= 0 for s in self.split):
             raise ConfigError(f"--split: give train,dev or train,dev,test sizes, got {self.split!r}")
+        shown = ",".join(f"{s:g}" for s in self.split)
+        if all(s <= 1 for s in self.split):
+            if sum(self.split) > 1.0001:
+                raise ConfigError(f"--split: fractions must sum to at most 1 (e.g. 0.8,0.1,0.1), got {shown}; for "
+                                  f"counts give whole numbers (e.g. 2000,500,1000)")
+        elif any(s != int(s) for s in self.split):
+            raise ConfigError(f"--split: give all fractions (at most 1, e.g. 0.8,0.1,0.1) or all counts (whole "
+                              f"numbers, e.g. 2000,500,1000), got {shown}")
         if self.data_file is not None and self.train is not None:
             raise ConfigError("give either --data or --train/--dev/--test, not both")
         if not self.encoding:
@@ -200,18 +210,24 @@ class ClassifyData:
     label_column: str = "label"
     """Column of the label."""
     format: str | None = None
-    """Input format: csv, tsv or jsonl; none = from the file suffix."""
+    """Input format: csv, tsv or jsonl; none = from the file suffix (.csv, .tsv, .jsonl / .json / .ndjson; others
+    are refused). Not for a folder DIR/<label>/*.txt, which is read as one example per file."""
     metric: str = "accuracy"
     """Dev metric that picks the best state: accuracy or macro_f1."""
     class_weight: str = "none"
     """'balanced': weighted cross-entropy with class c weighted n / (classes x n_c) over the training labels
     (scikit-learn's 'balanced'), for imbalanced labels; 'none': plain cross-entropy."""
+    pooling: str = "cls"
+    """Sentence vector under the classifier: 'cls' = the [CLS] state through the pooler (BERT's); 'mean' = the mean
+    of the real tokens' states, no pooler (how sentence-transformers checkpoints such as MiniLM were trained).
+    Saved with the model; predict / evaluate use it."""
 
     def __post_init__(self) -> None:
         if self.format is not None:
             check_choice(self, "format", CLASSIFY_FORMATS)
         check_choice(self, "metric", CLASSIFY_METRICS)
         check_choice(self, "class_weight", CLASS_WEIGHTS)
+        check_choice(self, "pooling", POOLINGS)
         for name in ("text_column", "label_column"):
             if not getattr(self, name):
                 raise ConfigError(f"{flag(name)} must name a column")
@@ -342,10 +358,6 @@ class NerConfig(_Sections):
     def __post_init__(self) -> None:
         _check_output(self.training)
         self.files.check_given()
-        split = self.files.split
-        if any(not 0 <= f <= 1 for f in split) or sum(split) > 1.0001:
-            raise ConfigError(f"--split: give train,dev[,test] fractions summing to at most 1 (e.g. 0.8,0.1,0.1), "
-                              f"got {','.join(map(str, split))}")
 
 
 @dataclass

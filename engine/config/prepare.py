@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from engine.config.checks import check_positive_int, flag
 from engine.errors import ConfigError
 
-FORMATS = ("", "json", "jsonl", "txt", "txt-file", "rst", "parquet", "arrow")
+FORMATS = ("", "json", "jsonl", "txt", "txt-file", "lines", "rst", "parquet", "arrow")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -36,7 +36,8 @@ def parse_part(text: str) -> tuple[int, int]:
 class PrepareConfig:
     format: str = ""
     """Reader for every input: json, jsonl, txt (blank-line separated documents), txt-file (one document per file),
-    rst, parquet, arrow; "" = by file suffix."""
+    lines (BERT's format: one sentence per line, a blank line between documents; for text without sentence
+    punctuation), rst, parquet, arrow; "" = by file suffix."""
     text_column: str = "text"
     """Column (Parquet / Arrow) or key (JSONL) that holds a document's text."""
     workers: int = 1

@@ -153,3 +153,12 @@ def continuation_ids(tokenizer) -> np.ndarray:
     for tok, i in vocab.items():
         out[i] = tok.startswith("##")
     return out
+
+
+def most_frequent_token_accuracy(label_counts) -> float:
+    """The unigram baseline of a set of masks: the accuracy of always predicting the most frequent gold token,
+    max(label_counts) / sum(label_counts). label_counts (V,): how often each id is a masked position's label.
+    0.0 when nothing is masked."""
+    counts = np.asarray(label_counts, dtype=np.float64)
+    total = counts.sum()
+    return float(counts.max() / total) if total > 0 else 0.0

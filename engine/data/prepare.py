@@ -8,7 +8,7 @@ byte-identical across worker counts, resumable, and N nodes (`part=K/N`) each pr
 (contiguous, balanced by bytes) into one shared folder, with no copying afterwards.
 
 Worker (one task at a time; engine.data.workers): reads its pieces itself (streamed), splits documents into
-sentences (engine.data.sentences), tokenizes them (no special tokens) and writes shards `shard_TTTTTT_JJJJ`
+sentences (engine.data.sentences; with format 'lines' every non-empty line is one sentence), tokenizes them (no special tokens) and writes shards `shard_TTTTTT_JJJJ`
 atomically — a shard is closed once its documents' text reaches `shard_bytes`. A shard whose .idx is complete (and
 passes indexed.check_shard) with the same source hash (sha256 of its documents' text), tokenizer and sentence limit
 is kept: an interrupted run (even kill -9) resumes. It returns its counts and unigram counts.
@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from engine.data.tokenizer import load_tokenizer, tokenizer_hash
 from engine.data.workers import WorkerDied, WorkerPool, note
 from engine.errors import DataError
 from engine.io import save_numpy, write_json
+from engine.progress import progress
 
 ENCODE_BATCH_CHARS = 1 << 20  # text handed to the tokenizer at once (bounds its per-sentence objects)
 
@@ -150,8 +150,9 @@ def _init_worker(tokenizer_path: str, settings: dict, in_pool: bool = False) -> 
 
 
 def tokenize_documents(docs: list[Document], tok, max_sentence_tokens: int, strict: bool,
-                       dtype: np.dtype = np.dtype(np.int64)):
+                       dtype: np.dtype = np.dtype(np.int64), lines: bool = False):
     """docs -> (tokens (n_tokens,) `dtype`, sentence_offsets (n_sent+1,), doc_offsets (n_docs+1,), doc_hashes, stats).
+    lines: each non-empty line of a document is one sentence (format 'lines'), else sentences are segmented.
     Sentences go to the tokenizer in batches of about ENCODE_BATCH_CHARS characters; each batch's ids become one
     array of `dtype` at once (Python lists of ints would take ~36 bytes a token)."""
     stats = dict(documents=0, sentences=0, tokens=0, text_bytes=0, empty_documents_skipped=0,
@@ -198,7 +199,7 @@ def tokenize_documents(docs: list[Document], tok, max_sentence_tokens: int, stri
 
     batch, chars = [], 0
     for doc in docs:
-        batch.append((doc, split_sentences(doc.text)))
+        batch.append((doc, split_sentences(doc.text, lines=lines)))
         chars += len(doc.text)
         if chars >= ENCODE_BATCH_CHARS:
             encode(batch)
@@ -239,7 +240,8 @@ def _kept(prefix: Path, header: dict) -> dict | None:
         old = indexed.check_shard(prefix)
     except DataError:
         return None
-    same = all(old.get(k) == header[k] for k in ("source_hash", "tokenizer_hash", "max_sentence_tokens"))
+    same = all(old.get(k) == header.get(k) for k in ("source_hash", "tokenizer_hash", "max_sentence_tokens",
+                                                     "sentence_per_line"))
     return old if same else None
 
 
@@ -267,7 +269,7 @@ def _run_task(task: Task) -> dict:
         else:
             dtype = indexed.token_dtype(vocab_size)  # np.fromiter refuses an id that does not fit
             tokens, so, do, dh, stats = tokenize_documents(shard_docs, c["tokenizer"], c["max_sentence_tokens"],
-                                                           c["strict"], dtype)
+                                                           c["strict"], dtype, c["lines"])
             if stats["documents"] == 0:  # nothing tokenizable: no shard
                 res["empty_documents_skipped"] += stats["empty_documents_skipped"]
                 continue
@@ -298,38 +300,22 @@ def _old_stats(header: dict) -> dict:
 
 # ---- main side ----------------------------------------------------------------------------------------------------
 class _Progress:
-    """tqdm on a terminal; in a log file a plain line every 30 s (and at the end)."""
+    """engine.progress's reporter over input bytes (a tqdm bar on a terminal, a plain line every 30 s and at the end
+    in a log file), with the shard count."""
 
     def __init__(self, total: int, enabled: bool, what: str):
-        self.total, self.done, self.shards, self.what = total, 0, 0, what
-        self.t0 = self.last = time.perf_counter()
-        self.bar = None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=what, unit="B", unit_scale=True, dynamic_ncols=True)
+        self.shards = 0
+        self.bar = progress(total, what, unit="B", unit_scale=True, enabled=enabled)
 
     def update(self, nbytes: int, shards: int) -> None:
-        self.done += nbytes
         self.shards += shards
         if self.bar is not None:
+            self.bar.set_postfix(shards=self.shards, refresh=False)
             self.bar.update(nbytes)
-        elif self.enabled and time.perf_counter() - self.last >= 30:
-            self._line()
-
-    def _line(self) -> None:
-        self.last = now = time.perf_counter()
-        rate = self.done / 1e6 / max(now - self.t0, 1e-9)
-        print(f"{self.what}: {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
-              f"({100 * self.done / max(self.total, 1):.0f}%), {rate:.2f} MB/s, {self.shards} shards, "
-              f"{now - self.t0:.0f} s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled:
-            self._line()
 
 
 def _clean_tmp(out: Path) -> None:
@@ -373,8 +359,11 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
         meta_path.unlink(missing_ok=True)  # the dataset is about to change: no longer complete
     header = {"tokenizer_hash": thash, "vocab_size": vocab_size, "format_version": indexed.FORMAT_VERSION,
               "max_sentence_tokens": max_sentence_tokens}
+    if cfg.format == "lines":  # recorded only then, so datasets of the other formats keep their bytes
+        header["sentence_per_line"] = True
     context = dict(out=str(out), vocab_size=vocab_size, header=header, max_sentence_tokens=max_sentence_tokens,
-                   strict=cfg.strict, shard_bytes=cfg.shard_bytes, text_column=cfg.text_column)
+                   strict=cfg.strict, shard_bytes=cfg.shard_bytes, text_column=cfg.text_column,
+                   lines=cfg.format == "lines")
     stats = PrepareStats(files=len(files), tasks=len(mine), tasks_total=len(tasks), part=f"{k}/{n}")
     progress = _Progress(sum(t.size for t in mine), cfg.progress, "prepare" if n == 1 else f"prepare {k}/{n}")
     workers = min(cfg.workers, len(mine))

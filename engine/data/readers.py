@@ -6,7 +6,8 @@ Formats (chosen by suffix after an optional `.gz`, or forced with `fmt`):
             strings or of {"text"|"extract": ...} objects (parsed entry by entry, never loaded whole)
   .jsonl    one {"text": ...} object per line (the key is `text_column`)
   .txt      one document per blank-line separated block (fmt='txt'), or the whole file as one document
-            (fmt='txt-file')
+            (fmt='txt-file'); fmt='lines' is BERT's create_pretraining_data format: one sentence per line, a blank
+            line between documents (each document's lines kept, joined by "\n", for split_sentences(lines=True))
   .rst      one document per file, reST markup lines (directives, section underlines, tables) removed (linux-doc)
   .parquet  Parquet, column `text_column`, streamed by record batch; "line" is the 1-based row
   .arrow    Arrow IPC file or stream (Hugging Face `datasets` cache files), column `text_column`; "line" = row
@@ -14,7 +15,8 @@ A folder is read recursively in sorted order. Invalid UTF-8, an empty file, a JS
 the text key raise DataError naming file and line; an empty document is skipped and counted in ReadStats.
 
 Pieces: prepare reads a corpus in `Piece`s that worker processes read on their own (`plan_pieces`): uncompressed
-.jsonl and .txt files are cut into byte ranges at record boundaries (a line start; for .txt, after a blank line),
+.jsonl and .txt files are cut into byte ranges at record boundaries (a line start; for txt and lines, after a blank
+line, where a document ends),
 Parquet files into row-group ranges; every other file is one piece. A piece's documents are exactly the documents
 the whole file gives at those positions, and their line numbers are counted from the file's start (lazily: the
 newlines before a range are counted only when a line number is asked for)."""
@@ -31,17 +33,18 @@ from typing import IO, Iterable, Iterator
 
 from engine.errors import DataError
 
-FORMATS = ("json", "jsonl", "txt", "txt-file", "rst", "parquet", "arrow")
+FORMATS = ("json", "jsonl", "txt", "txt-file", "lines", "rst", "parquet", "arrow")
 _SUFFIX_FORMAT = {".json": "json", ".jsonl": "jsonl", ".txt": "txt", ".text": "txt", ".rst": "rst",
                   ".parquet": "parquet", ".arrow": "arrow"}
 _COLUMNAR = ("parquet", "arrow")
-SPLITTABLE = ("jsonl", "txt")  # uncompressed files of these formats are cut into byte ranges
+SPLITTABLE = ("jsonl", "txt", "lines")  # uncompressed files of these formats are cut into byte ranges
+BLOCKS = ("txt", "lines")  # blank-line separated documents: a cut lands after a blank line
 
 
 @dataclass
 class Document:
     text: str
-    """Raw text; paragraphs separated by blank lines."""
+    """Raw text; paragraphs separated by blank lines (format 'lines': one sentence per line)."""
     source: str
     """File the document came from."""
     first_line: int
@@ -148,7 +151,8 @@ def read_piece(piece: Piece, text_column: str = "text") -> Iterator[Document]:
         return _read_columnar(piece, text_column)
     if piece.fmt == "jsonl":
         return _read_jsonl(piece, text_column)
-    reader = {"json": _read_json, "txt": _read_blocks, "txt-file": _read_whole, "rst": _read_rst}.get(piece.fmt)
+    reader = {"json": _read_json, "txt": _read_blocks, "txt-file": _read_whole, "lines": _read_line_blocks,
+              "rst": _read_rst}.get(piece.fmt)
     if reader is None:
         raise DataError(f"unknown format {piece.fmt!r}; known: {', '.join(FORMATS)}", piece.path)
     return reader(piece)
@@ -194,8 +198,9 @@ def _doc(piece: Piece, text: str, first_line: int) -> Document:
     return Document(text, piece.path, first_line, piece.start)
 
 
-def _blocks(piece: Piece, lines: Iterable[tuple[int, str]]) -> Iterator[Document]:
-    """Blank-line separated blocks of (line number, text) as documents (words of a block joined by one space)."""
+def _blocks(piece: Piece, lines: Iterable[tuple[int, str]], join: str = " ") -> Iterator[Document]:
+    """Blank-line separated blocks of (line number, text) as documents (the stripped lines of a block joined by
+    `join`)."""
     block: list[str] = []
     start = 1
     for i, text in lines:
@@ -205,14 +210,18 @@ def _blocks(piece: Piece, lines: Iterable[tuple[int, str]]) -> Iterator[Document
                     start = i
                 block.append(sub.strip())
             elif block:
-                yield _doc(piece, " ".join(block), start)
+                yield _doc(piece, join.join(block), start)
                 block = []
     if block:
-        yield _doc(piece, " ".join(block), start)
+        yield _doc(piece, join.join(block), start)
 
 
 def _read_blocks(piece: Piece) -> Iterator[Document]:
     yield from _blocks(piece, _lines(piece))
+
+
+def _read_line_blocks(piece: Piece) -> Iterator[Document]:
+    yield from _blocks(piece, _lines(piece), "\n")
 
 
 def _read_whole(piece: Piece) -> Iterator[Document]:
@@ -482,7 +491,7 @@ def plan_pieces(path: Path, fmt: str, target_bytes: int, text_column: str = "tex
             target = max(k * size // n, bounds[-1] + 1)
             f.seek(target)
             f.readline()  # the rest of the line holding byte `target`: a cut lands on a line start
-            if fmt == "txt":  # ... after a blank line, where a block (document) has ended
+            if fmt in BLOCKS:  # ... after a blank line, where a block (document) has ended
                 while (line := f.readline()) and line.decode("utf-8", "replace").strip():
                     pass
             cut = f.tell()

@@ -208,7 +208,7 @@ def check_split(ds, split: str, eval_fraction: float, pairing: str = "nsp", chun
     if multi == 0:
         raise DataError(f"every document of the {name} split ({n_docs}) has a single sentence, so {objective} "
                         f"has no sentence pairs: separate documents by blank lines and end sentences with "
-                        f"punctuation, or give one sentence per line (see `bertforge prepare --help`)", str(ds.dir))
+                        f"punctuation, or give one sentence per line and prepare with `--format lines`", str(ds.dir))
 
 
 def _select_to_files(ds, split: str, eval_fraction: float, folder: Path,

@@ -1,4 +1,6 @@
-"""Sequence-classification data: CSV / TSV / JSONL readers (streamed: `iter_examples`), a label-stratified,
+"""Sequence-classification data: CSV / TSV / JSONL readers (streamed: `iter_examples`), the folder-per-class layout
+(`read_folder`: DIR/<label>/*.txt, one example per file, as scikit-learn's load_files and torchvision's ImageFolder
+lay it out), a label-stratified,
 duplicate-aware seeded split, and encoding to [CLS] A [SEP] (B [SEP]) token ids truncated to the first
 `max_seq_length` tokens (longest-first for pairs).
 
@@ -19,6 +21,7 @@ from tokenizers import Tokenizer
 from engine.config.finetune import CLASSIFY_FORMATS
 from engine.errors import ConfigError, DataError
 from engine.finetune.reading import LineReader, jsonl_objects
+from engine.finetune.splitting import split_counts
 
 
 @dataclass
@@ -31,8 +34,10 @@ class Example:
     """1-based line where the record starts (the header is line 1 of a CSV)."""
 
 
-def detect_format(path: str | Path, fmt: str | None = None) -> str:
-    """`fmt`, or the format of the file suffix (.json / .ndjson are JSONL, .txt is TSV)."""
+def detect_format(path: str | Path, fmt: str | None = None, folders: bool = False) -> str:
+    """`fmt`, or the format of the file suffix (.csv, .tsv, .jsonl; .json / .ndjson are JSONL). Any other suffix
+    (.txt included: tab-separated or one text per line?) is a DataError naming the file and the formats (and the
+    folder layout, where the caller reads folders: `folders`)."""
     if fmt:
         if fmt not in CLASSIFY_FORMATS:
             raise ConfigError(f"--format: unknown format {fmt!r}; choose one of {', '.join(CLASSIFY_FORMATS)}")
@@ -42,9 +47,40 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
         return suffix
     if suffix in ("json", "ndjson"):
         return "jsonl"
-    if suffix == "txt":
-        return "tsv"
-    raise DataError("cannot tell the format from the suffix; pass --format csv|tsv|jsonl", str(path))
+    folder = ", or a folder DIR/<label>/*.txt of one example per file" if folders else ""
+    raise DataError(f"cannot tell the format from the suffix {Path(path).suffix or '(none)'!r}: pass --format "
+                    f"csv|tsv|jsonl{folder}", str(path))
+
+
+def read_folder(folder: str | Path, encoding: str = "utf-8") -> list[Example]:
+    """Examples of the folder-per-class layout: every sub-folder of `folder` is a label (its name; sub-folders in
+    sorted order), every `*.txt` file in it one example (whitespace collapsed; line 1 is the file's start). Files
+    directly in `folder` and hidden entries are ignored. DataError naming the path for a label folder without .txt
+    files, another file in a label folder, an empty or undecodable file, or no label folder at all."""
+    folder = Path(folder)
+    labels = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not labels:
+        raise DataError("a folder of examples needs one sub-folder per label, each holding .txt files (one example "
+                        "per file)", str(folder))
+    out: list[Example] = []
+    for label_dir in labels:
+        files = sorted(p for p in label_dir.iterdir() if not p.name.startswith("."))
+        other = [p for p in files if not (p.is_file() and p.suffix.lower() == ".txt")]
+        if other:
+            raise DataError(f"label folder {label_dir.name!r} holds {other[0].name!r}; it may hold only .txt files, "
+                            f"one example each", str(other[0]))
+        if not files:
+            raise DataError(f"label folder {label_dir.name!r} holds no .txt files", str(label_dir))
+        for path in files:
+            try:
+                text = " ".join(path.read_bytes().decode(encoding).lstrip("\ufeff").split())
+            except UnicodeDecodeError as exc:
+                raise DataError(f"byte at offset {exc.start} is not valid {encoding} (pass --encoding, e.g. latin-1)",
+                                str(path)) from None
+            if not text:
+                raise DataError("empty example file", str(path), 1)
+            out.append(Example(text, None, label_dir.name, str(path), 1))
+    return out
 
 
 def _records(lines: LineReader, fmt: str) -> Iterator[tuple[int, dict]]:
@@ -113,7 +149,14 @@ def iter_examples(path: str | Path, text_column: str = "text", text_b_column: st
 def read_examples(path: str | Path, text_column: str = "text", text_b_column: str | None = None,
                   label_column: str | None = "label", encoding: str = "utf-8", fmt: str | None = None
                   ) -> list[Example]:
-    """All examples of a file (see iter_examples); DataError when it holds none."""
+    """All examples of a file (see iter_examples), or of a folder DIR/<label>/*.txt (see read_folder); DataError
+    when it holds none."""
+    if Path(path).is_dir():
+        if fmt is not None or text_b_column is not None:
+            raise ConfigError(f"{path} is a folder of one example per file: --format and --text-b-column do not "
+                              f"apply to it")
+        return read_folder(path, encoding)
+    detect_format(path, fmt, folders=True)
     out = list(iter_examples(path, text_column, text_b_column, label_column, encoding, fmt))
     if not out:
         raise DataError("no examples (only a header?)", str(path))
@@ -161,13 +204,7 @@ def split_examples(examples: Sequence[Example], sizes: Sequence[float], seed: in
     keys = list(groups)
     random.Random(seed).shuffle(keys)
     n = len(examples)
-    if all(x <= 1 for x in sizes):  # fractions: cumulative rounding, so parts of shares summing to 1 cover all
-        cuts = [min(n, round(n * sum(sizes[: j + 1]))) for j in range(len(sizes))]
-        targets = [b - a for a, b in zip([0] + cuts, cuts)]
-    else:
-        targets = [int(s) for s in sizes]
-    if sum(targets) > n:
-        raise ConfigError(f"--split: sizes {list(sizes)} ask for {sum(targets)} examples but there are {n}")
+    targets = split_counts(sizes, n, "examples")
     by_label: dict[str, list[str]] = {}
     for k in keys:
         by_label.setdefault(str(groups[k][0].label), []).append(k)

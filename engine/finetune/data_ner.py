@@ -34,6 +34,7 @@ from engine.config.finetune import TAG_SCHEMES
 from engine.errors import ConfigError, DataError
 from engine.finetune.metrics import iob2_spans
 from engine.finetune.reading import LineReader, jsonl_objects, strip_ending
+from engine.finetune.splitting import split_counts
 
 _ALLOWED = {"iob1": "BIO", "iob2": "BIO", "bioes": "BIOES"}
 
@@ -265,14 +266,15 @@ def types_missing_from_train(train: Sequence[Sentence], others: dict[str, Sequen
 
 def split_sentences(sentences: Sequence[Sentence], fractions: Sequence[float], seed: int,
                     scheme: str = "iob2") -> list[list[Sentence]]:
-    """Deterministic split into parts of the given fractions of the sentences (e.g. 0.8, 0.1, 0.1; a remainder
-    below 1 is left out), stratified by entity type (plain: by tag) with iterative stratification (Sechidis,
+    """Deterministic split into parts of the given sizes: fractions of the sentences (e.g. 0.8, 0.1, 0.1) or counts
+    (e.g. 800,100,100), as engine.finetune.splitting.split_counts reads them; a remainder is left out, stratified by entity type (plain: by tag) with iterative stratification (Sechidis,
     Tsoumakas & Vlahavas 2011, "On the stratification of multi-label data"): the type with the fewest unplaced
     sentences goes first, each of its sentences (in a seeded order) to the part that most lacks that type, then
     the part that most lacks sentences. Every type that occurs in >= 2 sentences has one in the first part (train).
     Sentences without any type fill the parts to their sizes. Within a part the seeded order is kept."""
     n = len(sentences)
-    shares = list(fractions)
+    counts = split_counts(fractions, n, "sentences")  # checks counts against n
+    shares = list(fractions) if all(f <= 1 for f in fractions) else [c / max(n, 1) for c in counts]
     if 1.0 - sum(shares) > 1e-9:
         shares.append(1.0 - sum(shares))  # the part left out
     order = list(range(n))

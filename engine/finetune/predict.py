@@ -76,8 +76,8 @@ def load_finetuned(directory: str | Path, max_seq_length: int | None = None, ker
     # "max_len" is the same setting under its former name
     length = (max_seq_length or info.get("max_seq_length") or info.get("max_len")
               or config.max_position_embeddings)
-    if name == "classify":
-        task = ClassifyTask(labels, length)
+    if name == "classify":  # pooling: ours, or ModernBERT's config.json key; models saved before it pool [CLS]
+        task = ClassifyTask(labels, length, pooling=info.get("pooling") or raw.get("classifier_pooling") or "cls")
     else:
         task = NerTask(labels, length, info.get("label_all_subwords", False), info.get("stride", 32),
                        info.get("scheme", "iob2"))

@@ -228,8 +228,8 @@ def _merged(config, explicit: frozenset):
 
 # ---- tasks ------------------------------------------------------------------------------------------------------
 def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
-    """Sequence classification: [CLS] -> classifier -> softmax over the labels of every part. Returns the
-    summary."""
+    """Sequence classification: [CLS] + pooler (or the mean of the token states, --pooling mean) -> classifier ->
+    softmax over the labels of every part. Returns the summary."""
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
     echo = start(par, echo)
@@ -249,12 +249,12 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
     label2id = {l: i for i, l in enumerate(labels)}
     encode = lambda part: dc.encode(tok, part, training.max_seq_length, label2id)
     task = ClassifyTask(labels, training.max_seq_length, encode(train), encode(dev), encode(test),
-                        metric=data.metric)
+                        metric=data.metric, pooling=data.pooling)
     if data.class_weight == "balanced":
         task.class_weights = balanced_weights([f["labels"] for f in task.train], len(labels))
         echo("class weights (balanced): " + ", ".join(f"{l} {w:.3f}" for l, w in zip(labels, task.class_weights)))
     echo(f"classify: {len(train)} train / {len(dev)} dev / {len(test)} test examples, labels {labels}, "
-         f"model {model_dir}{_scratch(training)}")
+         f"{data.pooling} pooling, model {model_dir}{_scratch(training)}")
     ds_config = build_ds_config(training, par, D.world_size(), user)
     summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config)
     echo(format_summary(summary, out))
@@ -334,7 +334,8 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
     if summary["status"] == "finished":
         after = summary["test"]
         echo(f"held-out masked-token accuracy {before['masked_accuracy']:.4f} -> "
-             f"{after['masked_accuracy']['mean']:.4f} ± {after['masked_accuracy']['std']:.4f}; perplexity "
+             f"{after['masked_accuracy']['mean']:.4f} ± {after['masked_accuracy']['std']:.4f} (unigram baseline "
+             f"{before['unigram_accuracy']:.4f}: the most frequent masked token of the same masks); perplexity "
              f"{before['perplexity']:.1f} -> {after['perplexity']['mean']:.1f} ± {after['perplexity']['std']:.1f}")
     else:
         echo(format_summary(summary, out))

@@ -77,10 +77,12 @@ class ClassifyTask:
     metric: str = "accuracy"
     class_weights: list[float] | None = None
     """Per-class weights of the cross-entropy (--class-weight balanced), or None."""
+    pooling: str = "cls"
+    """'cls' ([CLS] + pooler) or 'mean' (mean of the real tokens' states); see engine.heads."""
     name: str = "classify"
 
     def build_model(self, config: ModelConfig) -> nn.Module:
-        return BertForSequenceClassification(config, len(self.labels))
+        return BertForSequenceClassification(config, len(self.labels), pooling=self.pooling)
 
     def collate(self, feats: Sequence[dict], unpadded: bool = False, seed: int | None = None) -> dict:
         if unpadded:
@@ -124,7 +126,7 @@ class ClassifyTask:
 
     def info(self) -> dict:
         return {"task": self.name, "max_seq_length": self.max_seq_length, "labels": self.labels,
-                "class_weights": self.class_weights}
+                "class_weights": self.class_weights, "pooling": self.pooling}
 
 
 @dataclass

@@ -32,6 +32,7 @@ from engine.config import ModelConfig, preset
 from engine.config.checks import flag
 from engine.config.pretrain import PretrainConfig
 from engine.data.batch import Batch
+from engine.data.masking import most_frequent_token_accuracy
 from engine.data.prefetch import Prefetcher
 from engine.data.sampler import remap_position
 from engine.errors import CheckpointError, ConfigError, TrainingError
@@ -373,7 +374,7 @@ class Trainer:
         totals = D.all_reduce_sum(sums.tolist() + label_counts.tolist(), self.dev)
         loss, mlm_c, mlm_n, nsp_c, nsp_n, batches = totals[:6]
         out = {"loss": loss / max(batches, 1), "mlm_acc": mlm_c / max(mlm_n, 1),
-               "mlm_unigram_acc": max(totals[6:]) / max(mlm_n, 1), "masked_tokens": int(mlm_n)}
+               "mlm_unigram_acc": most_frequent_token_accuracy(totals[6:]), "masked_tokens": int(mlm_n)}
         if self.task is not None:
             out[f"{self.task}_acc"] = nsp_c / max(nsp_n, 1)
         return out

@@ -25,6 +25,7 @@ def test_txt_blocks_and_file_per_doc(tmp_path):
     assert [d.text for d in ds] == ["First doc. Line two. more", "Second doc here."]
     assert [d.line for d in ds] == [1, 6]
     assert len(docs(p, "txt-file")) == 1
+    assert [d.text for d in docs(p, "lines")] == ["First doc. Line two.\nmore", "Second doc here."]
 
 
 def test_gzip_and_jsonl(tmp_path):
@@ -113,7 +114,8 @@ def test_memory_is_flat_in_file_size(wiki_slice, tmp_path, name):
     assert n == len(texts) * reps and peak < 4e6, peak  # the file holds ~10 MB of text
 
 
-@pytest.mark.parametrize("fmt, target", [("jsonl", 700), ("jsonl", 50_000), ("txt", 900), ("txt", 64_000)])
+@pytest.mark.parametrize("fmt, target", [("jsonl", 700), ("jsonl", 50_000), ("txt", 900), ("txt", 64_000),
+                                         ("lines", 900), ("lines", 64_000)])
 def test_pieces_give_the_whole_file_documents_and_lines(wiki_slice, tmp_path, fmt, target):
     texts = _wiki_texts(wiki_slice, 600)
     path = tmp_path / f"c.{fmt}"
@@ -122,7 +124,7 @@ def test_pieces_give_the_whole_file_documents_and_lines(wiki_slice, tmp_path, fm
                                 for i, t in enumerate(texts)))
     else:
         path.write_text("\n\n\n".join(t.replace(". ", ".\n", 3) for t in texts))
-    whole = [(d.text, d.line) for d in docs(path)]
+    whole = [(d.text, d.line) for d in docs(path, fmt)]
     pieces = plan_pieces(path, fmt, target)
     assert len(pieces) > 3 and pieces[0].start == 0 and pieces[-1].end == -1
     assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]))

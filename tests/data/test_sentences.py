@@ -54,3 +54,54 @@ def test_the_chinese_corpus_gives_pretraining_samples(tmp_path):
     source.start()
     assert len(source.train) > 0 and len(source.held_out) > 0
     assert source.next_batch().num_samples == 4
+
+
+# ---- BERT's input format: one sentence per line, a blank line between documents (`prepare --format lines`) ---------
+def _lines_corpus(path, n_docs):
+    """n_docs documents of 2-5 lines each, lower case without punctuation, built from the handed fixture's lines."""
+    lines = [s for s in (FIXTURES / "corpus_en_nopunct.txt").read_text(encoding="utf-8").lower().splitlines() if s]
+    docs = ["\n".join(f"{lines[(d + k) % len(lines)]} {d}" for k in range(2 + d % 4)) for d in range(n_docs)]
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return [2 + d % 4 for d in range(n_docs)]
+
+
+def test_handed_sentence_per_line_corpus_prepared_with_format_lines(tmp_path):
+    from engine.data.fetch import fetch
+    from engine.data.indexed import IndexedDataset
+    from engine.data.prepare import prepare
+
+    tok = fetch("minilm")
+    src = FIXTURES / "corpus_en_nopunct.txt"
+    prose = prepare([src], tok, tmp_path / "prose", workers=1, max_seq_length=64, progress=False)
+    assert prose.documents == 2 and prose.single_sentence_documents == 2  # no punctuation: one sentence each
+    stats = prepare([src], tok, tmp_path / "lines", format="lines", workers=1, max_seq_length=64, progress=False)
+    assert (stats.documents, stats.sentences, stats.single_sentence_documents) == (2, 7, 0)
+    ds = IndexedDataset(tmp_path / "lines")
+    assert [len(ds.document(d)) for d in range(2)] == [4, 3]
+
+
+def test_format_lines_cuts_large_files_at_blank_lines_and_gives_samples(tmp_path):
+    from engine.config.pretrain import PretrainConfig
+    from engine.data.fetch import fetch
+    from engine.data.indexed import IndexedDataset
+    from engine.data.prepare import prepare
+    from engine.data.source import CorpusSource
+
+    tok = fetch("minilm")
+    src = tmp_path / "bert_format.txt"
+    want = _lines_corpus(src, 300)
+    runs = {w: prepare([src], tok, tmp_path / f"w{w}", format="lines", workers=w, shard_bytes=2000,
+                       max_seq_length=64, progress=False) for w in (1, 2)}
+    assert runs[1].tasks > 5 and runs[1].documents == 300 and runs[1].sentences == sum(want)
+    ds = IndexedDataset(tmp_path / "w1")
+    assert [len(ds.document(d)) for d in range(ds.num_docs)] == want  # no document cut in two by a piece
+    names = sorted(p.name for p in (tmp_path / "w1").glob("shard_*")) + ["unigram.npy"]
+    assert names == sorted(p.name for p in (tmp_path / "w2").glob("shard_*")) + ["unigram.npy"]
+    for name in names:
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+    assert ds.meta["dataset_id"] == IndexedDataset(tmp_path / "w2").meta["dataset_id"]
+    source = CorpusSource(PretrainConfig.from_flat(data_dir=str(tmp_path / "w1"), tokenizer=str(tok), micro_batch=4,
+                                                   global_batch=4, max_seq_length=64, eval_fraction=0.1), 0, 1)
+    source.start()
+    assert len(source.train) > 0 and len(source.held_out) > 0
+    assert source.next_batch().num_samples == 4

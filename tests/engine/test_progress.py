@@ -44,3 +44,24 @@ def test_pretrain_logs_progress_lines_into_a_file(tmp_path):
     assert proc.returncode == 0, text[-2000:]
     assert "\r" not in text
     assert any(line.startswith("pretrain: 3/3 (100%) | loss=") for line in text.splitlines()), text[-2000:]
+
+
+def test_prepare_and_finetuning_report_through_the_shared_lines(monkeypatch, tmp_path):
+    """prepare (bytes, scaled, with the shard count) and finetuning's progress write the same plain lines."""
+    from engine.data.prepare import prepare
+    from engine.data.tokenizer import train_wordpiece
+    from engine.finetune.progress import Progress
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    src = tmp_path / "c.txt"
+    src.write_text("\n\n".join(f"Document {i} is here. It has two sentences." for i in range(400)))
+    train_wordpiece([src], tmp_path / "tok", vocab_size=120, show_progress=False)
+    prepare([src], tmp_path / "tok", tmp_path / "data", shard_bytes=4000)
+    steps = Progress(10, "classify seed 1", every_s=0.0)
+    steps.update(3, loss=0.693147)
+    steps.close()
+    lines = err.getvalue().splitlines()
+    assert "\r" not in err.getvalue()
+    assert lines[0].startswith("prepare: 17.9k/17.9k (100%) | shards=5 | ") and " B/s | elapsed " in lines[0], lines
+    assert lines[-1].startswith("classify seed 1: 3/10 (30%) | loss=0.6931 | ") and "ETA" in lines[-1], lines

@@ -7,7 +7,7 @@ from engine.cli import main
 WORDS = "the a is was of and to in it good bad great awful fine john mary london paris google today".split()
 
 
-def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path):
+def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path, capsys):
     rng = random.Random(0)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -25,6 +25,10 @@ def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path):
     before, after = summary["before"], summary["test"]
     assert after["masked_accuracy"]["mean"] > before["masked_accuracy"] + 0.2
     assert after["perplexity"]["mean"] < before["perplexity"]
+    # the unigram baseline of the same masks, printed beside the result (as pretraining does)
+    baseline = before["unigram_accuracy"]
+    assert 0 < baseline < 1 and after["unigram_accuracy"]["mean"] == baseline
+    assert f"(unigram baseline {baseline:.4f}" in capsys.readouterr().out
     assert (out / "seed-1" / "model.safetensors").is_file()
 
 
@@ -38,5 +42,22 @@ def test_fixed_eval_masks_are_deterministic(tiny_ckpt):
     b = build_task(tok, docs, 32, 0.34, 0, None, None)
     assert a.test == b.test and a.dev == b.dev
     masked = [l for f in a.test for l in f["mlm_labels"] if l != -100]
+    top = max(masked.count(t) for t in set(masked))
+    assert a.unigram_accuracy("test") == top / len(masked)
     total = sum(len(f["mlm_labels"]) - 2 for f in a.test)
     assert 0.1 < len(masked) / total < 0.2
+
+
+def test_short_texts_are_packed_into_full_sequences_with_no_token_dropped(tiny_ckpt):
+    from engine.data.tokenizer import load_tokenizer
+    from engine.finetune.mlm import build_task
+
+    tok = load_tokenizer(tiny_ckpt)
+    rng = random.Random(3)
+    docs = [" ".join(rng.choices(WORDS, k=rng.randint(2, 5))) for _ in range(120)]  # titles, queries, short posts
+    n_tokens = sum(len(tok.encode(d, add_special_tokens=False).ids) for d in docs)
+    task = build_task(tok, docs, 32, 0.1, 0, None, None)
+    seqs = [f["input_ids"] for part in (task.train, task.dev, task.test) for f in part]
+    assert len(task.train) >= 10 and all(len(f["input_ids"]) == 32 for f in task.train[:-1])  # full, tail shorter
+    # each of the 3 parts: [CLS] its documents' tokens, one [SEP] between consecutive documents [SEP], cut in blocks
+    assert sum(len(s) - 2 for s in seqs) == n_tokens + len(docs) - 3
