@@ -2,6 +2,8 @@
 On a machine without a GPU every Triton kernel runs under the interpreter on CPU tensors."""
 import os
 
+import pytest
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 try:
     import torch
@@ -15,12 +17,38 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+_LAUNCHER_ENV = {k: os.environ.get(k) for k in _LAUNCHER_VARS}  # as the session started
+
+
+@pytest.fixture(autouse=True)
+def _isolated_launcher_state():
+    """A test that runs a command in-process (engine.cli main) joins a default process group and fills the launcher
+    variables (engine.training.distributed.prepare_env), also from module-scoped fixtures. Neither may outlive the
+    test: a later child process would inherit MASTER_PORT while this process still listens on it (EADDRINUSE), and a
+    later in-process run would see a world size of 1 instead of its own variables. After each test the variables go
+    back to the session's start and a group left behind is destroyed."""
+    yield
+    for k, v in _LAUNCHER_ENV.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except ImportError:  # pragma: no cover
+        pass
+
 
 # ---- shared data fixtures: a slice of the real Wikipedia extracts (fetched once into $BERTFORGE_CACHE), a small
 # WordPiece vocabulary trained on it, and the slice prepared as an indexed dataset --------------------------------
 import json  # noqa: E402
 
-import pytest  # noqa: E402
 
 N_DOCS = 2500  # of 10,033 extracts; ~9k sentences, ~280k tokens
 
