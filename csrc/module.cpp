@@ -7,4 +7,5 @@ PYBIND11_MODULE(_csrc, m) {
     bertforge::register_sample_map(m);
     bertforge::register_grouping(m);
     bertforge::register_shards(m);
+    bertforge::register_philox(m);
 }

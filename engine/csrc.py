@@ -30,3 +30,15 @@ def unpad_offsets_ref(lengths: np.ndarray, seq_len: int) -> tuple[np.ndarray, np
     grid = np.arange(seq_len)[None, :] < lengths[:, None]  # (B, seq_len)
     indices = np.flatnonzero(grid).astype(np.int64)
     return cu_seqlens, indices, int(lengths.max(initial=0))
+
+
+def philox_words(k0: int, k1: int, c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray) -> np.ndarray:
+    """Philox-4x32-10 (the Triton kernels' dropout stream): key (k0, k1) 32-bit words, counters (n,) int64 each in
+    [0, 2^32) -> (n, 4) int64 words. Reference: kernels/reference.py philox4x32_torch."""
+    return _csrc.philox_words(int(k0), int(k1), c0, c1, c2, c3)
+
+
+def philox_keep(k0: int, k1: int, c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray,
+                threshold: int) -> np.ndarray:
+    """(n, 4) bool dropout keep flags, (word >> 8) >= threshold, of `philox_words` (kernels/reference.py's rule)."""
+    return _csrc.philox_keep(int(k0), int(k1), c0, c1, c2, c3, int(threshold))

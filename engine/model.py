@@ -21,9 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import ops
+from engine import csrc, ops
 from engine.config import ModelConfig
 from engine.padding import cu_seqlens_to_position_ids
+from kernels import reference
+
+# The CPU path's dropout masks are the kernels' Philox streams computed in C++ (engine/csrc.py; ~100x the torch
+# replay, which stays the oracle of both, bit for bit in tests/engine/test_csrc_philox.py).
+reference.use_native_philox(csrc.philox_words, csrc.philox_keep)
 
 _GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 

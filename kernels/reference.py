@@ -13,6 +13,7 @@ Triton path drop the same elements; without one, torch's generator draws them (F
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -113,10 +114,46 @@ def _mul_hi_lo_(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (prod >> 32).bitwise_and_(_M32), prod.bitwise_and_(_M32)
 
 
+# An optional native implementation of the same streams for CPU tensors (engine.model registers the C++ one of
+# engine.csrc): (k0, k1, c0, c1, c2, c3) -> (n, 4) int64 words, and the same with a threshold -> (n, 4) bool keep
+# flags, over 1-D int64 numpy counters. The torch code below stays the oracle (compared bit for bit in the tests).
+_NATIVE: tuple[Callable, Callable] | None = None
+
+
+def use_native_philox(words_fn: Callable | None, keep_fn: Callable | None = None) -> None:
+    """Register (or with None, remove) the native Philox for CPU tensors outside torch.compile."""
+    global _NATIVE
+    _NATIVE = None if words_fn is None else (words_fn, keep_fn)
+
+
+def _native_counters(seed, counters, device):
+    """((k0, k1), broadcast flat numpy counters, shape) when the native Philox applies here, else None."""
+    if _NATIVE is None or (device is not None and torch.device(device).type != "cpu") \
+            or torch.compiler.is_compiling():
+        return None
+    key = int(seed.reshape(()).item()) if isinstance(seed, torch.Tensor) else int(seed)
+    if not 0 <= key < 2**63:
+        raise ValueError(f"philox seed must be a non-negative int64, got {key}")
+    cs = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64, device="cpu") for c in counters))
+    return (key & _M32, key >> 32), [c.reshape(-1).contiguous().numpy() for c in cs], cs[0].shape
+
+
 def philox4x32(seed, c0, c1, c2, c3, rounds: int = 10) -> tuple[torch.Tensor, ...]:
     """Philox-4x32 with key (seed low word, seed high word) over counters c0..c3 (int64 tensors or ints in
     [0, 2^32), broadcast together) -> four int64 tensors of 32-bit words, as triton.language.philox computes them.
-    seed: a non-negative int64, as an int or a (1,) int64 tensor (read where it lies: no host sync)."""
+    seed: a non-negative int64, as an int or a (1,) int64 tensor (read where it lies: no host sync). On CPU tensors
+    the registered native implementation computes the same words (`use_native_philox`)."""
+    device = next((c.device for c in (c0, c1, c2, c3) if isinstance(c, torch.Tensor)), None)
+    native = _native_counters(seed, (c0, c1, c2, c3), device) if rounds == 10 else None
+    if native is not None:
+        (k0, k1), flat, shape = native
+        words = torch.from_numpy(_NATIVE[0](k0, k1, *flat))  # (n, 4)
+        return tuple(words[:, w].reshape(shape) for w in range(4))
+    return philox4x32_torch(seed, c0, c1, c2, c3, rounds)
+
+
+def philox4x32_torch(seed, c0, c1, c2, c3, rounds: int = 10) -> tuple[torch.Tensor, ...]:
+    """`philox4x32` in torch ops on any device (the oracle of the native and Triton streams)."""
     device = next((c.device for c in (c0, c1, c2, c3) if isinstance(c, torch.Tensor)), None)
     if isinstance(seed, torch.Tensor):
         key = seed.to(device=device, dtype=torch.int64).reshape(())
@@ -149,6 +186,16 @@ def _keep_interleaved(words, p: float, n: int) -> torch.Tensor:
     return keep.flatten(-2)[..., :n]
 
 
+def _philox_keep(seed, c0, c1, c2, c3, p: float, n: int, device) -> torch.Tensor:
+    """`_keep_interleaved(philox4x32(seed, c0, c1, c2, c3), p, n)`, natively on CPU when registered."""
+    native = _native_counters(seed, (c0, c1, c2, c3), device)
+    if native is None or _NATIVE[1] is None:
+        return _keep_interleaved(philox4x32(seed, c0, c1, c2, c3), p, n)
+    (k0, k1), flat, shape = native
+    keep = torch.from_numpy(_NATIVE[1](k0, k1, *flat, dropout_threshold(p)))  # (prod(shape), 4)
+    return keep.reshape(*shape, 4).flatten(-2)[..., :n]
+
+
 def _row_words(row_ids, n: int, device):
     rows = torch.arange(n, device=device) if row_ids is None else row_ids.to(device=device, dtype=torch.int64)
     checkable = rows.device.type == "cpu" and not torch.compiler.is_compiling()  # no host sync on a device
@@ -163,8 +210,7 @@ def layer_norm_dropout_keep_ref(seed: int, n_rows: int, n_cols: int, p: float, r
     (j // 4, 0, row_id[r] low, row_id[r] high)."""
     lo, hi = _row_words(row_ids, n_rows, device)
     quads = torch.arange((n_cols + 3) // 4, device=device)  # one Philox call per four columns
-    words = philox4x32(seed, quads[None, :], 0, lo[:, None], hi[:, None])
-    return _keep_interleaved(words, p, n_cols)
+    return _philox_keep(seed, quads[None, :], 0, lo[:, None], hi[:, None], p, n_cols, device)
 
 
 ATTN_DROPOUT_ROW_STRIDE = 16384  # counters per query row: 4 key columns each, so max_seqlen <= 65536 with dropout
@@ -180,9 +226,8 @@ def attention_dropout_keep_ref(seed: int, batch: int, nheads: int, seq: int, p: 
     quads = torch.arange((seq + 3) // 4, device=device)
     c0 = i[:, None] * ATTN_DROPOUT_ROW_STRIDE + quads[None, :]  # (S, Q): query i, keys 4c .. 4c + 3
     h = torch.arange(nheads, device=device)
-    words = philox4x32(seed, c0[None, None], h[None, :, None, None], lo[:, None, None, None],
-                       hi[:, None, None, None])
-    return _keep_interleaved(words, p, seq)
+    return _philox_keep(seed, c0[None, None], h[None, :, None, None], lo[:, None, None, None],
+                        hi[:, None, None, None], p, seq, device)
 
 
 # Per-sample streams: a caller that knows each sequence's identity (a (n_seq,) int64 "dropout id", e.g. a hash of
