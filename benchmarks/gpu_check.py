@@ -111,7 +111,8 @@ def steps(dry: bool) -> list[Step]:
         Step("ablations", 90, 150 if not dry else 400,
              _tt(base, b_base, "ours-padded,ours-dense-mlm,ours-unfused-adamw,ours-device-mask,ours-lamb"
                  + ("" if dry else ",ours-compile"), lengths, **quick), optional=True),
-        Step("loop", 75, 120, [PY, "benchmarks/gpu_check.py", "--loop-step", "{out}"], optional=True,
+        Step("loop", 75, 120 if not dry else 300,
+             [PY, "benchmarks/gpu_check.py", "--loop-step", "{out}"] + (["--dry-run"] if dry else []), optional=True,
              needs=_loop_needs),
     ]
     return plan
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-step", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.loop_step:
-        return loop_step(Path(args.loop_step))
+        return loop_step(Path(args.loop_step), args.dry_run)
     if args.finetune_step:
         return finetune_step(Path(args.finetune_step))
     out = Path(args.out)
@@ -267,9 +268,10 @@ def main(argv=None) -> int:
     return 0 if summary["all_ok"] else 1
 
 
-def loop_step(out: Path) -> int:
+def loop_step(out: Path, dry: bool = False) -> int:
     """`bertforge pretrain` on the carried corpus (BERT-base, bf16, unpadded, kernels, device masking, prefetch):
-    the last logged window's tok/s and data_wait_frac, and the profiled device idle share."""
+    the last logged window's tok/s and data_wait_frac, and the profiled device idle share. dry: the same command
+    line on CPU with the tiny preset, a few steps and the pure-torch ops (the flags are what it checks)."""
     env = _with_deepspeed(_env({}))
     if env is None:
         print("loop: no deepspeed and no .whl/ carried (scripts/gpu_carry.sh)")
@@ -282,6 +284,10 @@ def loop_step(out: Path) -> int:
            "--kernels", "triton", "--unpadded", "--masking", "device", "--prefetch", "2", "--eval-every", "0",
            "--eval-batches", "2", "--save-every", "0", "--log-every", "20", "--no-progress", "--no-export-hf",
            "--profile-steps", "10"]
+    if dry:
+        for flag, value in (("--preset", "tiny"), ("--micro-batch", "8"), ("--global-batch", "8"), ("--steps", "4"),
+                            ("--kernels", "none"), ("--log-every", "2"), ("--profile-steps", "1")):
+            cmd[cmd.index(flag) + 1] = value
     rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     if rc:
         return rc

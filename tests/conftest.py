@@ -25,24 +25,17 @@ _LAUNCHER_ENV = {k: os.environ.get(k) for k in _LAUNCHER_VARS}  # as the session
 
 @pytest.fixture(autouse=True)
 def _isolated_launcher_state():
-    """A test that runs a command in-process (engine.cli main) joins a default process group and fills the launcher
-    variables (engine.training.distributed.prepare_env), also from module-scoped fixtures. Neither may outlive the
-    test: a later child process would inherit MASTER_PORT while this process still listens on it (EADDRINUSE), and a
-    later in-process run would see a world size of 1 instead of its own variables. After each test the variables go
-    back to the session's start and a group left behind is destroyed."""
+    """A test that runs a command in-process (engine.cli main) fills the launcher variables
+    (engine.training.distributed.prepare_env), also from module-scoped fixtures. They go back to the session's start
+    after every test: a later child process would otherwise inherit MASTER_PORT while this process still listens on
+    it (EADDRINUSE). The default process group such a run joined stays (DeepSpeed caches its groups); a test that
+    needs to look unlaunched patches torch.distributed.is_initialized (tests/training/test_config_cli.py)."""
     yield
     for k, v in _LAUNCHER_ENV.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 # ---- shared data fixtures: a slice of the real Wikipedia extracts (fetched once into $BERTFORGE_CACHE), a small

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -193,6 +194,10 @@ class Trainer:
         self.accum = cfg.grad_accum(D.world_size())
         if cfg.parallel.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("--precision fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
+        if cfg.parallel.kernels == "triton" and not torch.cuda.is_available() \
+                and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError("--kernels triton needs a GPU (on CPU only under the Triton interpreter: set "
+                              "TRITON_INTERPRET=1, slow); use --kernels none here")
         self.run_dir = Path(cfg.run.output_dir)
         self.ckpt = CheckpointManager(self.run_dir, cfg.run.keep_last)
         latest = self.ckpt.latest()

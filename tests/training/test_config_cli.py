@@ -85,9 +85,13 @@ def cli(monkeypatch, capsys, tmp_path):
     """Run `bertforge pretrain ...` in-process with a clean distributed environment; returns (code, stderr)."""
     from engine.cli import main
 
+    import torch.distributed as dist
+
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    # an earlier in-process run's default group would make these errors see one rank instead of the variables
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
 
     def run(*args, env=None):
         for k, v in (env or {}).items():
@@ -171,3 +175,13 @@ def test_compiled_model_trains_like_eager_and_profile_writes_its_summary(tmp_pat
     assert any(op["name"] == "aten::mm" for op in profile["top_ops"])
     assert (tmp_path / "eager" / "profile" / "trace.json").stat().st_size > 1000
     assert not (tmp_path / "compiled" / "profile.json").exists()
+
+
+def test_error_triton_kernels_on_cpu_without_the_interpreter(cli, monkeypatch):
+    """--kernels triton on a CPU machine outside the interpreter: one line naming the flag, no run folder."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _one_line(*cli("--synthetic-vocab", "512", "--kernels", "triton"), "--kernels triton needs a GPU")
