@@ -114,7 +114,7 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
     from engine import deepspeed as ds
     from engine.config.finetune import FinetuneConfig, FinetuneParallel
     from engine.finetune.tasks import ClassifyTask
-    from engine.finetune.trainer import FinetuneTrainer, build_ds_config, _Preemption
+    from engine.finetune.trainer import FinetuneTrainer, build_ds_config
     from engine.training import distributed as D
 
     kernels = "triton" if torch.cuda.is_available() else "none"
@@ -129,7 +129,7 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
                                   build_ds_config(args, par, 1), Path(tmp), echo=lambda s: None)
         trainer.setup()
         trainer.engine.train()
-        with _Preemption() as preempt:
+        with D.Preemption() as preempt:
             for _ in range(warmup + steps):
                 _sync()
                 t0 = time.perf_counter()
@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict | None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import torch
 
     precision = args.precision if args.precision != "auto" else ("bf16" if torch.cuda.is_available() else "fp32")
@@ -204,7 +205,7 @@ def main(argv=None) -> dict | None:
         return None
     variants = [v for v in args.variants.split(",") if v]
     if set(variants) - set(VARIANTS) or any(s not in SHAPES for s in args.shapes.split(",")):
-        p.error(f"variants: {', '.join(VARIANTS)}; shapes: {', '.join(SHAPES)}")
+        parser.error(f"variants: {', '.join(VARIANTS)}; shapes: {', '.join(SHAPES)}")
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "precision": precision,
               "threads": args.threads or torch.get_num_threads(), "rows": []}
@@ -235,10 +236,9 @@ def _save(result: dict, out: Path) -> None:
         base = next((x for x in rows if x["shape"] == r["shape"] and x["variant"] == "hf" and "step_s" in x), None)
         if base and "step_s" in r:
             r["speedup_vs_hf"] = r["examples_per_s"] / base["examples_per_s"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    from engine.io import write_json
+
+    write_json(out, result)  # atomic, parent folders made
 
 
 if __name__ == "__main__":

@@ -30,50 +30,42 @@ inline void philox(uint32_t k0, uint32_t k1, uint32_t c[4]) {
     }
 }
 
-void check(const Counters& c0, const Counters& c1, const Counters& c2, const Counters& c3, const char* name) {
+// Philox words of every counter i, passed to emit(out, i, words): the shared loop of the two entry points.
+template <typename Out, typename Emit>
+py::array_t<Out> over_counters(uint32_t k0, uint32_t k1, const Counters& c0, const Counters& c1, const Counters& c2,
+                               const Counters& c3, const char* name, Emit emit) {
     const int64_t n = c0.size();
     if (c0.ndim() != 1 || c1.ndim() != 1 || c2.ndim() != 1 || c3.ndim() != 1 || c1.size() != n || c2.size() != n ||
         c3.size() != n)
         throw std::invalid_argument(std::string(name) + ": counters must be four 1-D arrays of one length");
-}
-
-// key (k0, k1) and counters c0..c3 (n,) int64, each word in [0, 2^32) -> (n, 4) int64 words.
-py::array_t<int64_t> philox_words(uint32_t k0, uint32_t k1, Counters c0, Counters c1, Counters c2, Counters c3) {
-    check(c0, c1, c2, c3, "philox_words");
-    const int64_t n = c0.size();
-    py::array_t<int64_t> out({n, static_cast<int64_t>(4)});
+    py::array_t<Out> out({n, static_cast<int64_t>(4)});
     const int64_t *a = c0.data(), *b = c1.data(), *d = c2.data(), *e = c3.data();
-    int64_t* o = out.mutable_data();
+    Out* o = out.mutable_data();
     {
         py::gil_scoped_release release;
         for (int64_t i = 0; i < n; ++i) {
             uint32_t c[4] = {static_cast<uint32_t>(a[i]), static_cast<uint32_t>(b[i]), static_cast<uint32_t>(d[i]),
                              static_cast<uint32_t>(e[i])};
             philox(k0, k1, c);
-            for (int w = 0; w < 4; ++w) o[4 * i + w] = c[w];
+            emit(o + 4 * i, c);
         }
     }
     return out;
+}
+
+// key (k0, k1) and counters c0..c3 (n,) int64, each word in [0, 2^32) -> (n, 4) int64 words.
+py::array_t<int64_t> philox_words(uint32_t k0, uint32_t k1, Counters c0, Counters c1, Counters c2, Counters c3) {
+    return over_counters<int64_t>(k0, k1, c0, c1, c2, c3, "philox_words", [](int64_t* o, const uint32_t* c) {
+        for (int w = 0; w < 4; ++w) o[w] = c[w];
+    });
 }
 
 // As philox_words, then keep flag of each word: (word >> 8) >= threshold (the kernels' dropout rule) -> (n, 4) bool.
 py::array_t<bool> philox_keep(uint32_t k0, uint32_t k1, Counters c0, Counters c1, Counters c2, Counters c3,
                               uint32_t threshold) {
-    check(c0, c1, c2, c3, "philox_keep");
-    const int64_t n = c0.size();
-    py::array_t<bool> out({n, static_cast<int64_t>(4)});
-    const int64_t *a = c0.data(), *b = c1.data(), *d = c2.data(), *e = c3.data();
-    bool* o = out.mutable_data();
-    {
-        py::gil_scoped_release release;
-        for (int64_t i = 0; i < n; ++i) {
-            uint32_t c[4] = {static_cast<uint32_t>(a[i]), static_cast<uint32_t>(b[i]), static_cast<uint32_t>(d[i]),
-                             static_cast<uint32_t>(e[i])};
-            philox(k0, k1, c);
-            for (int w = 0; w < 4; ++w) o[4 * i + w] = (c[w] >> 8) >= threshold;
-        }
-    }
-    return out;
+    return over_counters<bool>(k0, k1, c0, c1, c2, c3, "philox_keep", [threshold](bool* o, const uint32_t* c) {
+        for (int w = 0; w < 4; ++w) o[w] = (c[w] >> 8) >= threshold;
+    });
 }
 
 }  // namespace

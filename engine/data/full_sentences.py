@@ -19,10 +19,8 @@ import numpy as np
 
 from engine.data.grouping import group_documents
 from engine.data.indexed import IndexedDataset
-from engine.data.masking import continuation_ids
-from engine.data.pretraining import PretrainingDataset, RawBatch
+from engine.data.pretraining import PretrainingDataset, RawBatch, open_dataset
 from engine.data.sample_map import split_documents
-from engine.data.tokenizer import SpecialIds, load_tokenizer, special_ids, tokenizer_hash
 from engine.errors import DataError
 
 NO_LABEL = -100  # sentence labels of MLM-only samples: none (ignored by cross-entropy, as in Hugging Face)
@@ -49,15 +47,7 @@ class FullSentenceDataset:
                  cache_dir: str | Path | None = None):
         if max_seq_length < 3:
             raise ValueError(f"max_seq_length must be >= 3 ([CLS], a token, [SEP]), got {max_seq_length}")
-        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-        expected = tokenizer_hash(tok) if tok is not None else None
-        if isinstance(data_dir, IndexedDataset):
-            self.data = data_dir
-            self.data.check_tokenizer(expected)
-        else:
-            self.data = IndexedDataset(data_dir, expected, cache_dir)
-        self.special: SpecialIds = special_ids(tok) if tok is not None else SpecialIds(0, 1, 2, 3, 4)
-        self.continuation = continuation_ids(tok) if tok is not None else None
+        self.data, self.special, self.continuation = open_dataset(data_dir, tokenizer, cache_dir)
         self.max_seq_length, self.seed, self.pad_to_max = int(max_seq_length), int(seed), pad_to_max
         docs = split_documents(self.data.doc_hashes, split, eval_fraction)
         docs = docs[self.data.doc_offsets[docs + 1] > self.data.doc_offsets[docs]]  # documents with text

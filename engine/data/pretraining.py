@@ -29,6 +29,22 @@ class RawBatch:
     sample_ids: np.ndarray      # (B,) int64 indices into the sample map (mask seeds)
 
 
+def open_dataset(data_dir: str | Path | IndexedDataset, tokenizer=None, cache_dir: str | Path | None = None
+                 ) -> tuple[IndexedDataset, SpecialIds, np.ndarray | None]:
+    """(dataset, special ids, '##' continuation ids or None) for a pretraining dataset class: data_dir opened (or an
+    opened IndexedDataset) and checked against the tokenizer's hash (path/dir or tokenizers.Tokenizer); without a
+    tokenizer, no check, BERT's default special ids 0-4 and no whole-word masking. DataError on a mismatch."""
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    expected = tokenizer_hash(tok) if tok is not None else None
+    if isinstance(data_dir, IndexedDataset):
+        data = data_dir
+        data.check_tokenizer(expected)
+    else:
+        data = IndexedDataset(data_dir, expected, cache_dir)
+    special = special_ids(tok) if tok is not None else SpecialIds(0, 1, 2, 3, 4)
+    return data, special, continuation_ids(tok) if tok is not None else None
+
+
 class PretrainingDataset:
     """NSP (or SOP, pairing='sop') + MLM samples of one split of a prepared dataset (map-style; len = samples in the
     map). nsp_prob is the NotNext share, or with SOP the swap share.
@@ -42,15 +58,7 @@ class PretrainingDataset:
     def __init__(self, data_dir: str | Path | IndexedDataset, max_seq_length: int = 128, seed: int = 0,
                  short_seq_prob: float = 0.1, nsp_prob: float = 0.5, split: str = "train", eval_fraction: float = 0.0,
                  tokenizer=None, pad_to_max: bool = True, cache_dir: str | Path | None = None, pairing: str = "nsp"):
-        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-        expected = tokenizer_hash(tok) if tok is not None else None
-        if isinstance(data_dir, IndexedDataset):
-            self.data = data_dir
-            self.data.check_tokenizer(expected)
-        else:
-            self.data = IndexedDataset(data_dir, expected, cache_dir)
-        self.special: SpecialIds = special_ids(tok) if tok is not None else SpecialIds(0, 1, 2, 3, 4)
-        self.continuation = continuation_ids(tok) if tok is not None else None
+        self.data, self.special, self.continuation = open_dataset(data_dir, tokenizer, cache_dir)
         self.max_seq_length, self.seed, self.pad_to_max = int(max_seq_length), int(seed), pad_to_max
         self.pairing = pairing
         self.samples, self.map_path = cached_sample_map(self.data, split, eval_fraction, seed, max_seq_length,

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import asdict
@@ -52,28 +51,6 @@ from engine.training.rng import rng_state, seed_everything, set_rng_state
 
 PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before training stops with an error
-
-
-class _Preemption:
-    """SIGTERM -> a flag (the main thread's handler; restored on exit)."""
-
-    def __init__(self):
-        self.flag = False
-        self.previous = None
-
-    def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread
-            self.previous = None
-        return self
-
-    def _handler(self, signum, frame):
-        self.flag = True
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
 
 
 def state_dir(out_dir: Path, seed: int) -> Path:
@@ -191,7 +168,7 @@ class FinetuneTrainer:
         return manager, tag
 
     # ---- one optimizer step --------------------------------------------------------------------------------------
-    def train_step(self, preempt: _Preemption) -> tuple[torch.Tensor, bool, bool]:
+    def train_step(self, preempt: D.Preemption) -> tuple[torch.Tensor, bool, bool]:
         """`accum` micro batches and one update (or a skip on every rank). Returns (the summed micro-batch losses on
         the device, whether the update was applied, whether the ranks agreed to stop on a SIGTERM)."""
         engine, optimizer = self.engine, self.optimizer
@@ -254,7 +231,7 @@ class FinetuneTrainer:
         self.engine.train()
         with contextlib.ExitStack() as stack:
             stack.callback(progress.close)
-            preempt = stack.enter_context(_Preemption())
+            preempt = stack.enter_context(D.Preemption())
             while self.step < self.total_steps and not self.stopped:
                 lr = self.optimizer.param_groups[0]["lr"]
                 loss_sum, applied, stop = self.train_step(preempt)

@@ -3,6 +3,7 @@ SLURM's `srun` (SLURM_PROCID/NTASKS/LOCALID) and as a plain single process (a on
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 
@@ -114,3 +115,25 @@ def all_gather_object(obj) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+class Preemption:
+    """SIGTERM -> a flag (the main thread's handler; restored on exit). The trainers agree on it across ranks."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

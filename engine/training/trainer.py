@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,28 +127,6 @@ class LogWindow:
         if task is not None:
             out.update({f"{task}_loss": w[2] / n, f"{task}_acc": w[4] / max(w[6], 1)})
         return out
-
-
-class _Preemption:
-    """SIGTERM -> a flag (the main thread's handler; restored on exit)."""
-
-    def __init__(self):
-        self.flag = False
-        self.previous = None
-
-    def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread
-            self.previous = None
-        return self
-
-    def _handler(self, signum, frame):
-        self.flag = True
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
 
 
 class Trainer:
@@ -418,7 +395,7 @@ class Trainer:
         self._log_clock = (self._t_start, self.source.wait_s)  # data_wait_frac: share of wall time on the loader
         profiler = StepProfiler(self.run_dir, cfg.run.profile_start if cfg.run.profile_start >= 0 else
                                 cfg.run.log_every, cfg.run.profile_steps, enabled=rank == 0)
-        preempt = cleanup.enter_context(_Preemption())
+        preempt = cleanup.enter_context(D.Preemption())
         while self.step < total:
             profiler.before_step(self.step)
             lr = self.optimizer.param_groups[0]["lr"]
