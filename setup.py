@@ -1,4 +1,4 @@
-"""Builds the pybind11 extension `engine._csrc` from csrc/ (C++17, numpy in / numpy out, no libtorch)."""
+"""Builds the pybind11 extension `bertforge._csrc` from csrc/ (C++17, numpy in / numpy out, no libtorch)."""
 from glob import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
@@ -6,7 +6,7 @@ from setuptools import setup
 
 ext_modules = [
     Pybind11Extension(
-        "engine._csrc",
+        "bertforge._csrc",
         sorted(glob("csrc/*.cpp")),
         include_dirs=["csrc"],
         cxx_std=17,

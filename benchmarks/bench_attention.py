@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch.nn.functional as F  # noqa: E402
 from _timing import median_ms  # noqa: E402
 
-from kernels.attention import attention  # noqa: E402
+from bertforge.kernels.attention import attention  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"

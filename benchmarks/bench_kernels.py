@@ -4,7 +4,7 @@
   layer_norm  fused bias + dropout + residual + LN        vs  F.dropout(x + b) + r -> F.layer_norm
   mlm_loss    chunked fused linear cross-entropy          vs  F.linear -> .float() -> F.cross_entropy on full logits
   masking     one-pass MLM masking (Philox)               vs  torch.rand + the same torch ops on the device
-  lamb        multi-tensor fused LAMB (2 launches)        vs  foreach torch LAMB (`kernels.reference.lamb_step_ref`)
+  lamb        multi-tensor fused LAMB (2 launches)        vs  foreach torch LAMB (`bertforge.kernels.reference.lamb_step_ref`)
 
 Reported per row: median time (ms), GB/s over the bytes the op must move (the same byte model for the kernel and the
 baseline, so the ratio is a time ratio), % of the device's measured copy bandwidth at the same size (the
@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch.nn.functional as F  # noqa: E402
 from _timing import median_ms  # noqa: E402
 
-from kernels.bias_gelu import bias_gelu  # noqa: E402
-from kernels.lamb import fused_lamb_step  # noqa: E402
-from kernels.layer_norm import bias_dropout_add_layernorm  # noqa: E402
-from kernels.masking import mlm_mask  # noqa: E402
-from kernels.mlm_loss import masked_lm_loss  # noqa: E402
-from kernels.reference import (bias_dropout_add_layernorm_ref, lamb_step_ref, masked_lm_loss_ref,  # noqa: E402
+from bertforge.kernels.bias_gelu import bias_gelu  # noqa: E402
+from bertforge.kernels.lamb import fused_lamb_step  # noqa: E402
+from bertforge.kernels.layer_norm import bias_dropout_add_layernorm  # noqa: E402
+from bertforge.kernels.masking import mlm_mask  # noqa: E402
+from bertforge.kernels.mlm_loss import masked_lm_loss  # noqa: E402
+from bertforge.kernels.reference import (bias_dropout_add_layernorm_ref, lamb_step_ref, masked_lm_loss_ref,  # noqa: E402
                                mlm_mask_ref)
 
 GPU = torch.cuda.is_available()

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config.pretrain import PretrainConfig
-from engine.data.fetch import fetch
-from engine.data.indexed import IndexedDataset
-from engine.data.prepare import prepare
-from engine.data.sample_map import build_sample_map, build_sample_map_ref, select_sentences, split_documents
-from engine.data.source import CorpusSource
-from engine.data.tokenizer import train_wordpiece
-from engine.io import write_json
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.fetch import fetch
+from bertforge.data.indexed import IndexedDataset
+from bertforge.data.prepare import prepare
+from bertforge.data.sample_map import build_sample_map, build_sample_map_ref, select_sentences, split_documents
+from bertforge.data.source import CorpusSource
+from bertforge.data.tokenizer import train_wordpiece
+from bertforge.io import write_json
 
 TARGET_MAP_SPEEDUP = 20.0
 TARGET_LOADER_SAMPLES_PER_CORE = 20_000

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _timing import median_ms  # noqa: E402
 
-from engine import ops  # noqa: E402
-from engine.config import preset  # noqa: E402
-from engine.heads import BertForPreTraining  # noqa: E402
-from kernels import reference as ref  # noqa: E402
+from bertforge import ops  # noqa: E402
+from bertforge.config import preset  # noqa: E402
+from bertforge.heads import BertForPreTraining  # noqa: E402
+from bertforge.kernels import reference as ref  # noqa: E402
 
 P = 0.1
 # size -> (batch, seq, hidden, heads, preset of the whole-step row)

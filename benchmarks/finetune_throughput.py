@@ -111,11 +111,11 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
     """Wall seconds of each optimizer step of FinetuneTrainer.train_step (the DeepSpeed engine)."""
     import torch
 
-    from engine import deepspeed as ds
-    from engine.config.finetune import FinetuneConfig, FinetuneParallel
-    from engine.finetune.tasks import ClassifyTask
-    from engine.finetune.trainer import FinetuneTrainer, build_ds_config
-    from engine.training import distributed as D
+    from bertforge import deepspeed as ds
+    from bertforge.config.finetune import FinetuneConfig, FinetuneParallel
+    from bertforge.finetune.tasks import ClassifyTask
+    from bertforge.finetune.trainer import FinetuneTrainer, build_ds_config
+    from bertforge.training import distributed as D
 
     kernels = "triton" if torch.cuda.is_available() else "none"
     args = FinetuneConfig(lr=2e-5, epochs=1, global_batch=batch, micro_batch=batch, dropout=0.1, progress=False)
@@ -146,7 +146,7 @@ def run_one(shape: str, variant: str, batch: int, steps: int, warmup: int, preci
             threads: int = 0) -> dict:
     import torch
 
-    from engine.config import preset
+    from bertforge.config import preset
 
     if threads:
         torch.set_num_threads(threads)
@@ -236,7 +236,7 @@ def _save(result: dict, out: Path) -> None:
         base = next((x for x in rows if x["shape"] == r["shape"] and x["variant"] == "hf" and "step_s" in x), None)
         if base and "step_s" in r:
             r["speedup_vs_hf"] = r["examples_per_s"] / base["examples_per_s"]
-    from engine.io import write_json
+    from bertforge.io import write_json
 
     write_json(out, result)  # atomic, parent folders made
 

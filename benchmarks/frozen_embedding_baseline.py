@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from engine.data.fetch import fetch
-from engine.data.tokenizer import load_tokenizer
-from engine.finetune import data_classify as dc
-from engine.finetune.metrics import classification_metrics
-from engine.finetune.tasks import pad
-from engine.hf import load_pretrained, read_config
-from engine.model import BertModel
+from bertforge.data.fetch import fetch
+from bertforge.data.tokenizer import load_tokenizer
+from bertforge.finetune import data_classify as dc
+from bertforge.finetune.metrics import classification_metrics
+from bertforge.finetune.tasks import pad
+from bertforge.hf import load_pretrained, read_config
+from bertforge.model import BertModel
 
 
 @torch.no_grad()

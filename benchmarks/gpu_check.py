@@ -139,7 +139,7 @@ def _with_deepspeed(env: dict) -> dict | None:
 
 def _build_extension(env: dict) -> None:
     """The pybind11 helpers (numpy only) for this Python, in place, when the present build does not import."""
-    if subprocess.run([PY, "-c", "import engine._csrc"], cwd=ROOT, env=env, capture_output=True).returncode != 0:
+    if subprocess.run([PY, "-c", "import bertforge._csrc"], cwd=ROOT, env=env, capture_output=True).returncode != 0:
         subprocess.run([PY, "setup.py", "-q", "build_ext", "--inplace"], cwd=ROOT, env=env, check=True)
 
 
@@ -147,7 +147,7 @@ def finetune_commands(out: Path) -> list[list[str]]:
     """The finetune step's command lines: `bertforge finetune classify` from MiniLM's config (random weights: the
     carry limit leaves its weights behind) on the carried 2,000 tweets, one epoch in bf16 with the Triton kernels and
     one in fp16 (dynamic loss scaling), then the step against the HF Trainer (BERT-base s128, batch 32, bf16)."""
-    common = [PY, "-m", "engine.cli", "finetune", "classify", "--model", "runs/gpu_carry/minilm", "--data",
+    common = [PY, "-m", "bertforge.cli", "finetune", "classify", "--model", "runs/gpu_carry/minilm", "--data",
               "runs/gpu_carry/classify.csv", "--split", "0.6,0.2,0.2", "--epochs", "1", "--global-batch", "32",
               "--max-seq-length", "128", "--from-scratch", "--kernels", "triton", "--no-progress"]
     return [common + ["--precision", "bf16", "--out", str(out / "run-bf16")],
@@ -278,7 +278,7 @@ def loop_step(out: Path, dry: bool = False) -> int:
         return 3
     _build_extension(env)  # the sample map is C++
     run = out / "run"
-    cmd = [PY, "-m", "engine.cli", "pretrain", "--data", "runs/quickstart/data", "--tokenizer", "runs/quickstart/tok",
+    cmd = [PY, "-m", "bertforge.cli", "pretrain", "--data", "runs/quickstart/data", "--tokenizer", "runs/quickstart/tok",
            "--output-dir", str(run), "--preset", "bert-base", "--max-seq-length", "128", "--micro-batch", "256",
            "--global-batch", "256", "--steps", "60", "--lr", "1e-4", "--warmup-steps", "10", "--precision", "bf16",
            "--kernels", "triton", "--unpadded", "--masking", "device", "--prefetch", "2", "--eval-every", "0",

@@ -1,6 +1,6 @@
 """GPU check of the fused attention for benchmarks/gpu_check.sh.
 
-1. bf16 correctness of the output and dq / dk / dv against kernels.reference.attention_naive_ref (the rule of
+1. bf16 correctness of the output and dq / dk / dv against bertforge.kernels.reference.attention_naive_ref (the rule of
    tests/kernels: kernel error vs an fp64 reference at most 2x plain torch's bf16 error, plus one ulp), outputs on
    real rows only: padded layout with prefix masks, an arbitrary (holes / left padding) mask and no mask; unpadded
    layout; d = 32 / 64 / 128;
@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_attention  # noqa: E402
 from _check_report import report  # noqa: E402
 
-from kernels import attention as A  # noqa: E402
-from kernels._common import draw_seed_tensor  # noqa: E402
-from kernels.attention import attention  # noqa: E402
-from kernels.reference import attention_dropout_keep_ref as dropout_keep_mask  # noqa: E402
-from kernels.reference import attention_naive_ref  # noqa: E402
+from bertforge.kernels import attention as A  # noqa: E402
+from bertforge.kernels._common import draw_seed_tensor  # noqa: E402
+from bertforge.kernels.attention import attention  # noqa: E402
+from bertforge.kernels.reference import attention_dropout_keep_ref as dropout_keep_mask  # noqa: E402
+from bertforge.kernels.reference import attention_naive_ref  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"

@@ -20,12 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_kernels  # noqa: E402
 from _check_report import report  # noqa: E402
 
-from kernels.bias_gelu import bias_gelu  # noqa: E402
-from kernels.lamb import fused_lamb_step  # noqa: E402
-from kernels.layer_norm import bias_dropout_add_layernorm  # noqa: E402
-from kernels.masking import mlm_mask, philox_uniforms  # noqa: E402
-from kernels.mlm_loss import masked_lm_loss  # noqa: E402
-from kernels.reference import (bias_dropout_add_layernorm_ref, bias_gelu_ref, lamb_step_ref,  # noqa: E402
+from bertforge.kernels.bias_gelu import bias_gelu  # noqa: E402
+from bertforge.kernels.lamb import fused_lamb_step  # noqa: E402
+from bertforge.kernels.layer_norm import bias_dropout_add_layernorm  # noqa: E402
+from bertforge.kernels.masking import mlm_mask, philox_uniforms  # noqa: E402
+from bertforge.kernels.mlm_loss import masked_lm_loss  # noqa: E402
+from bertforge.kernels.reference import (bias_dropout_add_layernorm_ref, bias_gelu_ref, lamb_step_ref,  # noqa: E402
                                layer_norm_dropout_keep_ref, masked_lm_loss_ref, mlm_mask_ref,
                                unigram_cdf_from_counts)
 

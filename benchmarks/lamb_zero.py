@@ -2,7 +2,7 @@
 partitions (engine/optim.py `Lamb.shard`: segment sums over the pieces + one all-reduce per step call)?
 
 Same run, same model parameters (a preset's BertForPreTraining, BERT's two parameter groups), random gradients:
-  adamw_params / lamb_params   ZeRO-0: the optimizer over whole parameters (lamb: kernels.reference.lamb_step_ref)
+  adamw_params / lamb_params   ZeRO-0: the optimizer over whole parameters (lamb: bertforge.kernels.reference.lamb_step_ref)
   adamw_flat / lamb_flat       ZeRO 1-2: each rank steps its flat fp32 partition of every group (DeepSpeed's layout:
                                parameters one after another, 16-byte aligned, split evenly over the ranks); LAMB's
                                norms go through the pieces and a gloo all-reduce over the ranks
@@ -29,10 +29,10 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from engine.config import preset  # noqa: E402
-from engine.heads import BertForPreTraining  # noqa: E402
-from engine.io import write_json  # noqa: E402
-from engine.optim import FlatPieces, Lamb, param_groups  # noqa: E402
+from bertforge.config import preset  # noqa: E402
+from bertforge.heads import BertForPreTraining  # noqa: E402
+from bertforge.io import write_json  # noqa: E402
+from bertforge.optim import FlatPieces, Lamb, param_groups  # noqa: E402
 
 ALIGN = 4  # fp32 elements per 16 bytes (DeepSpeed aligns every parameter's start)
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.config.pretrain import PretrainConfig  # noqa: E402
-from engine.data.source import CorpusSource  # noqa: E402
-from engine.io import write_json  # noqa: E402
+from bertforge.config.pretrain import PretrainConfig  # noqa: E402
+from bertforge.data.source import CorpusSource  # noqa: E402
+from bertforge.io import write_json  # noqa: E402
 
 
 def samples_per_s(source: CorpusSource, batch: int, seconds: float) -> float:

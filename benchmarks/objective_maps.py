@@ -14,13 +14,13 @@ import time
 
 import numpy as np
 
-from engine.data.full_sentences import FullSentenceDataset, document_ranges
-from engine.data.grouping import group_documents, group_documents_ref
-from engine.data.indexed import IndexedDataset
-from engine.data.pretraining import PretrainingCollator, PretrainingDataset
-from engine.data.sample_map import (build_sample_map, build_sample_map_ref, build_sop_map, select_sentences,
+from bertforge.data.full_sentences import FullSentenceDataset, document_ranges
+from bertforge.data.grouping import group_documents, group_documents_ref
+from bertforge.data.indexed import IndexedDataset
+from bertforge.data.pretraining import PretrainingCollator, PretrainingDataset
+from bertforge.data.sample_map import (build_sample_map, build_sample_map_ref, build_sop_map, select_sentences,
                                     split_documents)
-from engine.io import write_json
+from bertforge.io import write_json
 
 
 def best_of(fn, repeat: int) -> tuple[float, object]:

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.config.pretrain import OBJECTIVES, PretrainConfig
-from engine.data.full_sentences import FullSentenceDataset
-from engine.data.pretraining import PretrainingCollator, PretrainingDataset
-from engine.data.source import EVAL_EPOCH
-from engine.io import write_json
-from engine.training.weights import load_model_from_checkpoint
+from bertforge.config.pretrain import OBJECTIVES, PretrainConfig
+from bertforge.data.full_sentences import FullSentenceDataset
+from bertforge.data.pretraining import PretrainingCollator, PretrainingDataset
+from bertforge.data.source import EVAL_EPOCH
+from bertforge.io import write_json
+from bertforge.training.weights import load_model_from_checkpoint
 
 EVAL_SEED = 4321  # masks of the common held-out sets
 
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from engine.training.trainer import pretrain
+    from bertforge.training.trainer import pretrain
 
     seq, common = args.max_seq_length, (args.seed, args.eval_fraction)
     res: dict = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),

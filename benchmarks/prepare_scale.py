@@ -31,9 +31,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.data.fetch import fetch  # noqa: E402
-from engine.data.readers import read_documents  # noqa: E402
-from engine.io import write_json  # noqa: E402
+from bertforge.data.fetch import fetch  # noqa: E402
+from bertforge.data.readers import read_documents  # noqa: E402
+from bertforge.io import write_json  # noqa: E402
 
 
 def corpus_texts() -> list[str]:
@@ -82,7 +82,7 @@ def sample_tree(proc: psutil.Process, cpu: dict) -> tuple[int, int, int]:
 def run_prepare(src: Path, tok: Path, out: Path, workers: int, shard_bytes: str, tree: Path = REPO) -> dict:
     """One `bertforge prepare` from the code in `tree` (another checkout = the baseline, run with its own flags)."""
     size_flags = ["--shard-bytes", shard_bytes, "--no-progress"] if tree == REPO else ["--docs-per-shard", "4096"]
-    cmd = [sys.executable, "-m", "engine.cli", "prepare", str(src), "--tokenizer", str(tok), "--out", str(out),
+    cmd = [sys.executable, "-m", "bertforge.cli", "prepare", str(src), "--tokenizer", str(tok), "--out", str(out),
            "--workers", str(workers), *size_flags]
     env = dict(os.environ, PYTHONPATH=str(tree), TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
                PYTHONDONTWRITEBYTECODE="1")
@@ -114,8 +114,8 @@ def run_prepare(src: Path, tok: Path, out: Path, workers: int, shard_bytes: str,
 
 def rank_probe(data: str, tok: str, cache: str, batches: int) -> dict:
     """One training rank's memory on a prepared dataset (run in a fresh process: --probe)."""
-    from engine.config.pretrain import PretrainConfig
-    from engine.data.source import CorpusSource
+    from bertforge.config.pretrain import PretrainConfig
+    from bertforge.data.source import CorpusSource
 
     def status() -> dict:
         fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
@@ -199,7 +199,7 @@ def main() -> None:
     res["date"] = str(date.today())
     tok = scratch / f"tok{args.vocab_size}"
     if not (tok / "tokenizer.json").exists():
-        from engine.data.tokenizer import train_wordpiece
+        from bertforge.data.tokenizer import train_wordpiece
 
         train_wordpiece(iter(texts), tok, args.vocab_size, show_progress=False)
     for mb, workers, gz in runs:

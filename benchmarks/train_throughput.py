@@ -50,8 +50,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from engine.config import preset  # noqa: E402
-from engine.heads import BertForPreTraining  # noqa: E402
+from bertforge.config import preset  # noqa: E402
+from bertforge.heads import BertForPreTraining  # noqa: E402
 
 SHAPES = {"tiny-64": ("tiny", 64), "base-128": ("bert-base", 128), "base-512": ("bert-base", 512),
           "large-128": ("bert-large", 128), "large-512": ("bert-large", 512), "minilm-128": ("minilm-l6", 128)}
@@ -96,7 +96,7 @@ def measure_matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
 # ---- lengths -----------------------------------------------------------------------------------------------------
 def write_lengths(data_dir: str, seqs=(128, 512), path: Path = LENGTHS_FILE) -> None:
     """Histogram of real sample lengths (all splits) of a prepared dataset's NSP sample maps, per sequence length."""
-    from engine.data.pretraining import PretrainingDataset
+    from bertforge.data.pretraining import PretrainingDataset
 
     meta = json.loads((Path(data_dir) / "meta.json").read_text())
     out = {"source": {k: meta.get(k) for k in ("n_docs", "n_sentences", "n_tokens", "vocab_size", "tokenizer_hash")},
@@ -198,8 +198,8 @@ def build(variant: str, cfg, device):
         model = BertForPreTraining(cfg.replace(kernels=kernels)).to(device)
         masker = None
         if variant == "ours-device-mask":
-            from engine.data.masking import replacement_distribution
-            from engine.training.device_masking import DeviceMasker
+            from bertforge.data.masking import replacement_distribution
+            from bertforge.training.device_masking import DeviceMasker
 
             probs = replacement_distribution(cfg.vocab_size, range(SPECIAL_IDS))
             masker = DeviceMasker(MASK_ID, probs, MASK_SHARE, kernels, device)
@@ -212,7 +212,7 @@ def build(variant: str, cfg, device):
             return model(**inputs).loss
     if variant.endswith("compile"):
         forward = torch.compile(forward, dynamic=True)
-    from engine.optim import build_optimizer, param_groups
+    from bertforge.optim import build_optimizer, param_groups
 
     groups = param_groups(model, 0.01)
     if variant == "ours-lamb":

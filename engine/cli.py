@@ -1,6 +1,6 @@
 """`bertforge` command line. Each subcommand lives in its own module under engine/commands/ that defines
 `register(subparsers)` (adds its parser and sets `func`); modules are imported here by name so a missing optional
-dependency of one command never breaks the others. Errors the user can fix (engine.errors.UserError and its
+dependency of one command never breaks the others. Errors the user can fix (bertforge.errors.UserError and its
 subclasses) exit with status 2 and one line on stderr; BERTFORGE_TRACEBACK=1 shows their traceback instead. Any
 other exception is a bug and keeps its traceback."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import importlib
 import os
 import sys
 
-from engine.errors import UserError
+from bertforge.errors import UserError
 
-# (subcommand, module under engine.commands, one-line help). Order = order in --help.
+# (subcommand, module under bertforge.commands, one-line help). Order = order in --help.
 COMMANDS: list[tuple[str, str, str]] = [
     ("data", "data", "fetch the real data sets into the cache ($BERTFORGE_CACHE)"),
     ("tokenizer", "tokenizer", "train or inspect a WordPiece vocabulary"),
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, _help in COMMANDS:
         try:
-            register = importlib.import_module(f"engine.commands.{module}").register
+            register = importlib.import_module(f"bertforge.commands.{module}").register
         except ModuleNotFoundError as exc:
             register = _unavailable(name, f"missing dependency {exc.name!r}")
         register(subparsers)
@@ -59,13 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from engine import __version__
+    from bertforge import __version__
 
     return __version__
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.malloc import pin_mmap_threshold
+    from bertforge.malloc import pin_mmap_threshold
 
     pin_mmap_threshold()  # flat memory over long runs with variable-shaped batches (engine/malloc.py)
     parser = build_parser()

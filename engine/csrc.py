@@ -1,13 +1,13 @@
-"""Typed facade over the C++ extension `engine._csrc`, with the numpy references the tests compare against."""
+"""Typed facade over the C++ extension `bertforge._csrc`, with the numpy references the tests compare against."""
 from __future__ import annotations
 
 import numpy as np
 
 try:
-    from engine import _csrc
+    from bertforge import _csrc
 except ImportError as exc:  # pragma: no cover - only when the package was not built
     raise ImportError(
-        "bertforge's C++ extension engine._csrc is not built; install the package with `pip install -e .` "
+        "bertforge's C++ extension bertforge._csrc is not built; install the package with `pip install -e .` "
         f"(needs g++ and pybind11): {exc}"
     ) from exc
 

@@ -8,7 +8,7 @@
   children directly (`params_read_in_forward()`) are registered as external parameters so they are gathered.
 - `flat_partitions`: where each parameter lies in the flat fp32 partitions that ZeRO 1-3 (and the bf16 ZeRO-1
   optimizer) hand the client optimizer, from DeepSpeed's own maps (`_hp_mapping` fragments for ZeRO 1-2, the
-  per-parameter `ds_tensor` partitions for ZeRO-3); engine.optim.Lamb takes its per-parameter norms over them.
+  per-parameter `ds_tensor` partitions for ZeRO-3); bertforge.optim.Lamb takes its per-parameter norms over them.
 - `save` / `load`: engine checkpoints (model, optimizer incl. fp32 masters and loss scaler, per-rank shards);
   `to_universal`: DeepSpeed's universal form of a ZeRO 1-3 checkpoint, to resume it on another number of ranks.
 - `consolidated_fp32_state_dict`: one fp32 state dict from any checkpoint (ZeRO 0-3 shards)."""
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from engine.errors import CheckpointError, ConfigError
-from engine.io import read_json_object
-from engine.optim import FlatPieces
+from bertforge.errors import CheckpointError, ConfigError
+from bertforge.io import read_json_object
+from bertforge.optim import FlatPieces
 
 _ENGINE = None  # the deepspeed module, imported lazily so `bertforge --help` stays fast
 
@@ -104,7 +104,7 @@ def build_ds_config(*, micro_batch: int, global_batch: int, grad_accum: int, max
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": max_grad_norm,
         "zero_optimization": {"stage": zero_stage},
-        "zero_allow_untested_optimizer": True,  # our client optimizers (torch AdamW, engine.optim.Lamb)
+        "zero_allow_untested_optimizer": True,  # our client optimizers (torch AdamW, bertforge.optim.Lamb)
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
                  "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},

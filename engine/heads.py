@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import ops
-from engine.config import ModelConfig
-from engine.model import _GELU_APPROXIMATE, BertModel, init_weights
+from bertforge import ops
+from bertforge.config import ModelConfig
+from bertforge.model import _GELU_APPROXIMATE, BertModel, init_weights
 
 
 @dataclass

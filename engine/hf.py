@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.config import ModelConfig
-from engine.errors import CheckpointError, ConfigError
-from engine.io import atomic_dir
+from bertforge.config import ModelConfig
+from bertforge.errors import CheckpointError, ConfigError
+from bertforge.io import atomic_dir
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -6,7 +6,7 @@ gets (0666 / 0777 minus the umask): the temporaries of `tempfile.mkstemp`/`mkdte
 would keep that mode after the rename, so a shared cluster's other users could not read a model or dataset.
 `durable=True` also fsyncs the data and the parent directory (checkpoints: a crash after the rename keeps them).
 
-This module is at the bottom of the layers: it imports only engine.errors."""
+This module is at the bottom of the layers: it imports only bertforge.errors."""
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from engine.errors import ConfigError
+from bertforge.errors import ConfigError
 
 _UMASK_LOCK = threading.Lock()
 

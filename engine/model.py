@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import csrc, ops
-from engine.config import ModelConfig
-from engine.padding import cu_seqlens_to_position_ids
-from kernels import reference
+from bertforge import csrc, ops
+from bertforge.config import ModelConfig
+from bertforge.padding import cu_seqlens_to_position_ids
+from bertforge.kernels import reference
 
 # The CPU path's dropout masks are the kernels' Philox streams computed in C++ (engine/csrc.py; ~100x the torch
 # replay, which stays the oracle of both, bit for bit in tests/engine/test_csrc_philox.py).

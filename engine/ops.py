@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from engine.errors import ConfigError
+from bertforge.errors import ConfigError
 
-from kernels import reference
+from bertforge.kernels import reference
 
 BACKENDS = ("none", "triton")
 
@@ -22,37 +22,37 @@ BACKENDS = ("none", "triton")
 # Loaders of the Triton kernels: plain import statements, which torch.compile traces on a first call inside a compiled
 # region (importlib would break the graph).
 def _attention_kernel():
-    from kernels.attention import attention
+    from bertforge.kernels.attention import attention
     return attention
 
 
 def _bias_gelu_kernel():
-    from kernels.bias_gelu import bias_gelu
+    from bertforge.kernels.bias_gelu import bias_gelu
     return bias_gelu
 
 
 def _bias_dropout_add_layernorm_kernel():
-    from kernels.layer_norm import bias_dropout_add_layernorm
+    from bertforge.kernels.layer_norm import bias_dropout_add_layernorm
     return bias_dropout_add_layernorm
 
 
 def _masked_lm_loss_kernel():
-    from kernels.mlm_loss import masked_lm_loss
+    from bertforge.kernels.mlm_loss import masked_lm_loss
     return masked_lm_loss
 
 
 def _dropout_kernel():
-    from kernels.dropout import dropout
+    from bertforge.kernels.dropout import dropout
     return dropout
 
 
 def _mlm_mask_kernel():
-    from kernels.masking import mlm_mask
+    from bertforge.kernels.masking import mlm_mask
     return mlm_mask
 
 
 def _lamb_step_kernel():
-    from kernels.lamb import fused_lamb_step
+    from bertforge.kernels.lamb import fused_lamb_step
     return fused_lamb_step
 
 
@@ -101,7 +101,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_
     seed, row_ids: the dropout's Philox key (1,) int64 and per-sequence row ids (B,) int64: both backends then drop
     the same elements (kernels/attention.py's rule; the reference replays it in a naive attention). seed None: the
     kernel draws its own key, the reference lets torch draw the mask.
-    autotune, dq_atomic: settings of the Triton kernel (kernels.attention.attention); the reference ignores them."""
+    autotune, dq_atomic: settings of the Triton kernel (bertforge.kernels.attention.attention); the reference ignores them."""
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     kw = dict(key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, dropout_p=dropout_p,
@@ -140,14 +140,14 @@ def dropout(x: torch.Tensor, p: float, seed: torch.Tensor | None = None, row_ids
 
 # ---- per-sample dropout streams ----------------------------------------------------------------------------------
 def dropout_site_seed(site: int) -> int:
-    """The Philox key of dropout site `site` (kernels.reference.dropout_site_seed): per-sample streams differ by
+    """The Philox key of dropout site `site` (bertforge.kernels.reference.dropout_site_seed): per-sample streams differ by
     site through the key, by sample and position through the row ids."""
     return reference.dropout_site_seed(site)
 
 
 def token_row_ids(sequence_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """(n,) int64 Philox row ids of tokens from their sequence's id and their position in it (a hash; see
-    kernels.reference.token_row_ids). Pure torch on any device, the same for both backends."""
+    bertforge.kernels.reference.token_row_ids). Pure torch on any device, the same for both backends."""
     return reference.token_row_ids(sequence_ids, positions)
 
 
@@ -179,7 +179,7 @@ def lamb_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: l
               exp_avg_sqs: list[torch.Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
               weight_decay: float, step: int, bias_correction: bool = True, max_trust_ratio: float | None = 10.0,
               backend: str = "none") -> None:
-    """One LAMB step in place on params, exp_avgs and exp_avg_sqs (kernels.reference.lamb_step_ref); 'triton' is
+    """One LAMB step in place on params, exp_avgs and exp_avg_sqs (bertforge.kernels.reference.lamb_step_ref); 'triton' is
     the multi-tensor kernel (fp32 params and states on one device, contiguous)."""
     _impl("lamb_step", backend)(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                                 weight_decay=weight_decay, step=step, bias_correction=bias_correction,

@@ -2,8 +2,8 @@
 
 - `param_groups`: weight decay on weights only — never on biases or LayerNorm parameters (BERT's recipe).
 - `Lamb`: LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning", Algorithm 2). The step over whole
-  parameters runs through engine.ops.lamb_step: `kernels.reference.lamb_step_ref` (pure torch, used on CPU) or
-  `kernels.lamb.fused_lamb_step` (multi-tensor Triton launches, used on CUDA; imported only then).
+  parameters runs through bertforge.ops.lamb_step: `bertforge.kernels.reference.lamb_step_ref` (pure torch, used on CPU) or
+  `bertforge.kernels.lamb.fused_lamb_step` (multi-tensor Triton launches, used on CUDA; imported only then).
   Under ZeRO 1-3 DeepSpeed hands the optimizer flat fp32 partitions instead of parameters; `Lamb.shard` tells it
   where each parameter's pieces lie in them (`FlatPieces`, built by engine/deepspeed.py), and the step then takes each
   parameter's ||x|| and ||u|| as segment sums of squares over its pieces, summed over ranks by one all-reduce per
@@ -21,8 +21,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from engine import ops
-from kernels.reference import lamb_bias_corrections
+from bertforge import ops
+from bertforge.kernels.reference import lamb_bias_corrections
 
 NO_DECAY_SUFFIXES = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
@@ -128,7 +128,7 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
     def _step_pieces(self, flats: list) -> None:
-        """One LAMB step on flat partitions: the elementwise part of kernels.reference.lamb_step_ref on each whole
+        """One LAMB step on flat partitions: the elementwise part of bertforge.kernels.reference.lamb_step_ref on each whole
         flat tensor (padding gets moments too, but is never updated), then per-parameter sums of x^2 and u^2 over
         the pieces, one
         all-reduce (float64, (2, total parameters)) over the ranks, the trust ratios, and x += -lr ratio u on the

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from engine import deepspeed as ds
-from engine.optim import Lamb
+from bertforge import deepspeed as ds
+from bertforge.optim import Lamb
 
 
 def _log0(message: str) -> None:
@@ -25,7 +25,7 @@ def _log0(message: str) -> None:
 
 @dataclass(frozen=True)
 class ParallelPlan:
-    """What `parallelize` applies. ds_config: DeepSpeed's JSON (engine.deepspeed.build_ds_config), which carries
+    """What `parallelize` applies. ds_config: DeepSpeed's JSON (bertforge.deepspeed.build_ds_config), which carries
     ZeRO stage, precision, batch sizes, accumulation and clipping."""
 
     ds_config: dict
@@ -34,11 +34,11 @@ class ParallelPlan:
 
 
 def apply_activation_checkpointing(model: nn.Module, layer_type: type | None = None) -> int:
-    """Recompute the activations of every `layer_type` module (default: engine.model.BertLayer) in the backward
+    """Recompute the activations of every `layer_type` module (default: bertforge.model.BertLayer) in the backward
     instead of storing them (torch.utils.checkpoint, non-reentrant), in training mode only. Parameter names are
     unchanged (the layer's forward is wrapped in place). Returns the number of wrapped layers."""
     if layer_type is None:
-        from engine.model import BertLayer
+        from bertforge.model import BertLayer
 
         layer_type = BertLayer
     count = 0
@@ -81,7 +81,7 @@ def install_skip_gate(optimizer: torch.optim.Optimizer) -> None:
 
 def apply_lamb_partitions(engine, optimizer: torch.optim.Optimizer) -> int:
     """LAMB under a wrapper that hands it flat partitions (ZeRO 1-3, bf16 ZeRO-1): register each flat tensor with
-    where its parameters lie (engine.deepspeed.flat_partitions) and an all-reduce over the ranks that share them, so
+    where its parameters lie (bertforge.deepspeed.flat_partitions) and an all-reduce over the ranks that share them, so
     that its trust ratios are per parameter. Returns the number of flat tensors registered (0: it sees whole
     parameters, nothing to do)."""
     if not isinstance(optimizer, Lamb):
@@ -102,7 +102,7 @@ def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: Parall
     2. torch.compile (in place; ZeRO 0-2: ZeRO-3's parameter hooks are not traced),
     3. the non-finite-step gate on the client optimizer (DeepSpeed wraps it next),
     4. ZeRO-3: parameters a module reads from its children directly are registered to be gathered with it
-       (inside engine.deepspeed.initialize),
+       (inside bertforge.deepspeed.initialize),
     5. deepspeed.initialize: ZeRO partitioning, bf16/fp16 (dynamic loss scaling), accumulation, clipping,
     6. LAMB on flat partitions: per-parameter norms over each parameter's pieces and ranks (apply_lamb_partitions).
     The learning-rate schedule stays with the caller (it steps only when an update was applied)."""

@@ -22,13 +22,13 @@ key blocks past L_b (right padding, as BERT batches are, costs nothing). Inside 
 and applied, so ANY mask is exact (left padding, holes). Query rows at or after L_b output zero and get zero
 gradients; query rows inside holes attend to the real keys like SDPA's would (finite, ignored by the tests).
 
-Dropout on the attention probabilities (p = dropout_p) is applied inside the kernels (kernels.reference: Philox-4x32-10
+Dropout on the attention probabilities (p = dropout_p) is applied inside the kernels (bertforge.kernels.reference: Philox-4x32-10
 with the call's seed as key): keep(b, h, i, j) is word j % 4 of the counter (i * 16384 + j // 4, h, row_id low,
 row_id high), kept when its top 24 bits are >= round(p * 2^24); one Philox call serves four keys. row_id is the
 sequence index b, or row_ids[b] when a (B,) int64 `row_ids` is given (per-sample streams: a sequence's mask then
 depends on its id, not on its place in the batch). It is a pure function of (seed, row_id, h, i, j), independent of
 block sizes and of the padded / unpadded layout, so the backward regenerates exactly the forward's mask and
-kernels.reference.attention_dropout_keep_ref replays it in torch. The seed is a (1,) int64 tensor on the device, drawn
+bertforge.kernels.reference.attention_dropout_keep_ref replays it in torch. The seed is a (1,) int64 tensor on the device, drawn
 there from torch's generator (torch.manual_seed reproduces it; no host sync; a fresh seed at each CUDA-graph replay)
 and saved for the backward. Limits with dropout: max_seqlen <= 65536.
 
@@ -50,8 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import draw_seed_tensor, is_interpreting, next_power_of_2
-from kernels.reference import ATTN_DROPOUT_ROW_STRIDE, dropout_threshold
+from bertforge.kernels._common import draw_seed_tensor, is_interpreting, next_power_of_2
+from bertforge.kernels.reference import ATTN_DROPOUT_ROW_STRIDE, dropout_threshold
 
 _DROP_ROW_STRIDE = ATTN_DROPOUT_ROW_STRIDE  # Philox counters per query row (4 keys each): max_seqlen <= 65536
 
@@ -445,7 +445,7 @@ def _cfg(num_warps, num_stages, **blocks):
 
 # The GPU lists: none of them spills registers on sm_90 at d = 32 and 64 (BERT-base / -large, MiniLM), with or without
 # dropout, padded or unpadded, with the launcher's 16-byte / divisible-by-16 specialisation (`python -m
-# kernels.compile_check --spills --head-dim 32 --head-dim 64`; tests/kernels/test_compile_sm90.py checks d = 64).
+# bertforge.kernels.compile_check --spills --head-dim 32 --head-dim 64`; tests/kernels/test_compile_sm90.py checks d = 64).
 # Dropped for spilling: forward 4 warps 128x64 and 8 warps 128x128; fused backward 4 warps (BLOCK_M 64, 32) and
 # 8 warps 2 stages BLOCK_M 64; dk/dv 4 warps 32x128 and 8 warps 64x128 (atomic dq with dropout). At d = 128 (no BERT
 # size) 15 of 64 variants still spill, mostly the backward with dropout: a d = 128 model needs its own lists.

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import is_interpreting, next_power_of_2, num_sms
+from bertforge.kernels._common import is_interpreting, next_power_of_2, num_sms
 
 
 @triton.jit
@@ -177,6 +177,6 @@ _bias_gelu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """gelu(x + bias) fused; x (..., n), bias (n,). Output and dx in x's dtype, dbias in bias's dtype.
-    (kernels.reference.bias_gelu_ref promotes x + bias to the wider dtype; the kernel keeps x's, which is the point
+    (bertforge.kernels.reference.bias_gelu_ref promotes x + bias to the wider dtype; the kernel keeps x's, which is the point
     under autocast.)"""
     return _bias_gelu_fwd_op(x, bias, approximate)

@@ -5,7 +5,7 @@ dot operand shapes and dtypes, loop-carried values that change type, constexpr b
 GPU block sizes, PTX generation. This walks the GPU launch configurations (attention's autotune lists, the epilogue
 kernels' block sizes) through `triton.compile` for the target, in bf16 and fp16 where the kernel is dtype-generic.
 
-    python -m kernels.compile_check [--arch 90] [--only attention|epilogues] [--quick] [--spills] [--head-dim 64]
+    python -m bertforge.kernels.compile_check [--arch 90] [--only attention|epilogues] [--quick] [--spills] [--head-dim 64]
 
 Each kernel is compiled with the specialisation the launcher gives it on a GPU (pointers 16-byte aligned, strides and
 row lengths divisible by 16, except the arguments a kernel marks do_not_specialize), so the binary is the one the GPU
@@ -108,7 +108,7 @@ def _attention_types(fn, elem: str, dq_elem: str) -> dict:
 def attention_specs(quick: bool = False, head_dims=(32, 64, 128)):
     """(kernel, types, constexprs, num_warps, num_stages) for every GPU config of every attention kernel; quick: bf16
     and each list's first config only (the one launched when autotuning is off)."""
-    from kernels import attention as A
+    from bertforge.kernels import attention as A
 
     first = (lambda configs: configs[:1]) if quick else (lambda configs: configs)
     specs = []
@@ -140,7 +140,7 @@ def attention_specs(quick: bool = False, head_dims=(32, 64, 128)):
 
 # ---- epilogues, loss, masking, LAMB ------------------------------------------------------------------------------
 def epilogue_specs(quick: bool = False, *_):
-    from kernels import bias_gelu as bg, dropout as dr, lamb as lb, layer_norm as ln, masking as mk, mlm_loss as ml
+    from bertforge.kernels import bias_gelu as bg, dropout as dr, lamb as lb, layer_norm as ln, masking as mk, mlm_loss as ml
 
     specs = [
         (bg._bias_gelu_fwd_kernel, dict(X_ptr=_BF, B_ptr=_F32, Y_ptr=_BF, n_rows="i32", n_cols="i32"),

@@ -3,7 +3,7 @@ and backward: the embeddings' dropout, so that every dropout site of the encoder
 
 Element (r, j) is word j % 4 of Philox-4x32-10 with the call's seed as key and counter (j // 4, 0, row_id low,
 row_id high), kept when the word's top 24 bits are >= round(p * 2^24), then scaled by 1 / (1 - p); row_id is the row's
-index unless a (n_rows,) int64 `row_ids` is given. `kernels.reference.dropout_ref` (and `layer_norm_dropout_keep_ref`)
+index unless a (n_rows,) int64 `row_ids` is given. `bertforge.kernels.reference.dropout_ref` (and `layer_norm_dropout_keep_ref`)
 replays it. No mask is stored: the backward regenerates it from the same (1,) int64 seed tensor and row ids.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import draw_seed_tensor
-from kernels.layer_norm import _blocks, _dropout_keep, _tile
-from kernels.reference import dropout_threshold
+from bertforge.kernels._common import draw_seed_tensor
+from bertforge.kernels.layer_norm import _blocks, _dropout_keep, _tile
+from bertforge.kernels.reference import dropout_threshold
 
 
 @triton.jit(do_not_specialize=["n_rows", "THRESH"])

@@ -8,7 +8,7 @@ For each parameter x with gradient g (all updates in place; grads are never modi
   x <- x - lr ratio u
 Norms are per tensor (the paper's per-layer trust ratio).
 
-`kernels.reference.lamb_step_ref` is foreach torch (the CPU path and the oracle). `fused_lamb_step` runs two Triton
+`bertforge.kernels.reference.lamb_step_ref` is foreach torch (the CPU path and the oracle). `fused_lamb_step` runs two Triton
 launches over all tensors of the call, addressed through a table of chunks (tensor id, start, data pointers):
   phase 1 updates m and v in place and writes per-chunk partial sums of ||x||^2 and ||u||^2 (fp32);
   torch sums the partials per tensor (an fp64 cumsum over the chunk list: deterministic, no atomics);
@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import is_interpreting
-from kernels.reference import lamb_bias_corrections
+from bertforge.kernels._common import is_interpreting
+from bertforge.kernels.reference import lamb_bias_corrections
 
 
 @triton.jit
@@ -129,7 +129,7 @@ def fused_lamb_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_a
                     exp_avg_sqs: list[torch.Tensor], *, lr: float, beta1: float, beta2: float, eps: float,
                     weight_decay: float, step: int, bias_correction: bool = True,
                     max_trust_ratio: float | None = 10.0) -> None:
-    """Same contract as `kernels.reference.lamb_step_ref`: one LAMB step in place on params, exp_avgs, exp_avg_sqs
+    """Same contract as `bertforge.kernels.reference.lamb_step_ref`: one LAMB step in place on params, exp_avgs, exp_avg_sqs
     (fp32, contiguous, same device); grads (one dtype among fp32/bf16/fp16) are read only. Two kernel launches for
     all tensors."""
     keep = [i for i, p in enumerate(params) if p.numel() > 0]

@@ -2,14 +2,14 @@
 
 Used at both post-LN points of a BERT layer (after attention's output projection and after the FFN's second linear).
 
-Dropout (kernels.reference: Philox-4x32-10 with the call's seed as key): element (r, j) of the (n_rows, h) view is
+Dropout (bertforge.kernels.reference: Philox-4x32-10 with the call's seed as key): element (r, j) of the (n_rows, h) view is
 word j % 4 of the counter (j // 4, 0, row_id low, row_id high), kept when the word's top 24 bits are >= round(p * 2^24)
 and then scaled by 1 / (1 - p). One Philox call serves four adjacent columns: a program holds its tile as
 (BLOCK_M, BLOCK_Q, 4) with column 4c + w: the four words are joined along in-thread dimensions and the four
 columns load as one vector. The seed is a (1,) int64 tensor on the device (drawn there from torch's generator: no
 host sync, a fresh one under CUDA-graph replay, reproducible under torch.manual_seed); the backward reads the same
 tensor, so no mask is stored. row_id is the row's index unless a (n_rows,) int64 `row_ids` is given (per-sample streams: a row's mask then
-depends on its id, not on its place in the batch). `kernels.reference.layer_norm_dropout_keep_ref` replays the mask.
+depends on its id, not on its place in the batch). `bertforge.kernels.reference.layer_norm_dropout_keep_ref` replays the mask.
 
 Saved for backward: the pre-LN sum s = residual + dropout(x + bias) (n_rows, h) in x's dtype, the per-row fp32 mean
 and rstd, and weight: x itself is not kept alive. Traffic per element: forward reads x, residual and writes out, s
@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import draw_seed_tensor, is_interpreting, next_power_of_2, num_sms
-from kernels.reference import dropout_threshold
+from bertforge.kernels._common import draw_seed_tensor, is_interpreting, next_power_of_2, num_sms
+from bertforge.kernels.reference import dropout_threshold
 
 
 @triton.jit

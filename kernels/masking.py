@@ -9,7 +9,7 @@ Randomness: position i (flat) draws four Philox uniforms tl.rand4x(seed, offset 
   token   = first i with unigram_cdf[i] > u2 (torch.searchsorted(cdf, u2, right=True)), or floor(u2 * vocab_size)
 (u3 unused.) Counters are int32 (identical on triton 3.6 and 3.9): offset + numel must stay below 2**31, so give each
 batch its own seed and use `offset` only to split one batch's stream across calls. `philox_uniforms` materialises the
-same numbers so `kernels.reference.mlm_mask_ref` (pure torch) reproduces the kernel bit for bit.
+same numbers so `bertforge.kernels.reference.mlm_mask_ref` (pure torch) reproduces the kernel bit for bit.
 
 Two launches: `_mlm_mask_kernel` is the single pass over the tokens (reads ids and the 1-byte special mask, writes
 masked ids, labels and a count per block); after an exclusive scan of the block counts (and one host sync, needed
@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import is_interpreting
-from kernels.reference import IGNORE_INDEX
+from bertforge.kernels._common import is_interpreting
+from bertforge.kernels.reference import IGNORE_INDEX
 
 
 @triton.jit

@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import is_interpreting, next_power_of_2
-from kernels.reference import IGNORE_INDEX
+from bertforge.kernels._common import is_interpreting, next_power_of_2
+from bertforge.kernels.reference import IGNORE_INDEX
 
 
 @triton.jit

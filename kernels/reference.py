@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from engine.padding import pad_input
+from bertforge.padding import pad_input
 
 IGNORE_INDEX = -100  # label of positions without an MLM target (Hugging Face's convention)
 
@@ -114,8 +114,8 @@ def _mul_hi_lo_(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (prod >> 32).bitwise_and_(_M32), prod.bitwise_and_(_M32)
 
 
-# An optional native implementation of the same streams for CPU tensors (engine.model registers the C++ one of
-# engine.csrc): (k0, k1, c0, c1, c2, c3) -> (n, 4) int64 words, and the same with a threshold -> (n, 4) bool keep
+# An optional native implementation of the same streams for CPU tensors (bertforge.model registers the C++ one of
+# bertforge.csrc): (k0, k1, c0, c1, c2, c3) -> (n, 4) int64 words, and the same with a threshold -> (n, 4) bool keep
 # flags, over 1-D int64 numpy counters. The torch code below stays the oracle (compared bit for bit in the tests).
 _NATIVE: tuple[Callable, Callable] | None = None
 
@@ -319,7 +319,7 @@ def mlm_mask_ref(input_ids, special_tokens_mask, *, mlm_probability=0.15, mask_t
     """BERT's 80/10/10 masking of independently chosen positions (each non-special token with mlm_probability).
     input_ids, special_tokens_mask: same shape, any layout. Returns (masked ids, labels with -100 where not chosen,
     flat indices of the chosen positions ascending). uniforms (>= 3, numel) fp32: the per-position u0, u1, u2
-    (`kernels.masking.philox_uniforms(seed, offset, n)` makes the output bit-identical to the kernel); None draws
+    (`bertforge.kernels.masking.philox_uniforms(seed, offset, n)` makes the output bit-identical to the kernel); None draws
     them with torch.rand from a CPU generator seeded with `seed` (same rule and rates, a different stream)."""
     shape = input_ids.shape
     ids = input_ids.reshape(-1)

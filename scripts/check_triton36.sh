@@ -4,7 +4,7 @@
 # 2.13.0 CPU, triton 3.6.0, numpy < 2.3) runs
 #   1. every kernel test under TRITON_INTERPRET=1 (3.6's interpreter converts 1-element arrays with int(), which
 #      numpy >= 2.3 refuses; numpy 2.2 only warns, hence the pin), and
-#   2. the sm_90 ahead-of-time compile of every kernel at its default configs (python -m kernels.compile_check
+#   2. the sm_90 ahead-of-time compile of every kernel at its default configs (python -m bertforge.kernels.compile_check
 #      --quick; without --quick: every autotune config, ~3 min).
 # Called by .ci/run after the test suite. Extra arguments go to pytest.
 set -euo pipefail
@@ -25,8 +25,12 @@ if [ "${BERTFORGE_FRESH_VENV:-0}" = 1 ] || [ ! -f "$STAMP" ] || [ "$(cat "$STAMP
     deactivate
 fi
 cd "$ROOT"
+# the installed import names (bertforge, bertforge.kernels) laid out from the source folders, no install needed
+TREE="$(mktemp -d)"
+trap 'rm -rf "$TREE"' EXIT
+"$VENV/bin/python" "$ROOT/scripts/import_tree.py" "$TREE"
 "$VENV/bin/python" -c "import torch, triton; print('triton', triton.__version__, 'torch', torch.__version__)"
-# tests/kernels needs only torch, triton, numpy and the repository on the path (no DeepSpeed, no C++ extension)
-env PYTHONPATH="$ROOT" TRITON_INTERPRET=1 "$VENV/bin/python" -m pytest tests/kernels -q -p no:cacheprovider \
+# tests/kernels needs only torch, triton, numpy and the import tree on the path (no DeepSpeed, no C++ extension)
+env PYTHONPATH="$TREE:$ROOT" TRITON_INTERPRET=1 "$VENV/bin/python" -m pytest tests/kernels -q -p no:cacheprovider \
     -W ignore::DeprecationWarning --ignore=tests/kernels/test_compile_sm90.py "$@"
-env -u TRITON_INTERPRET PYTHONPATH="$ROOT" TRITON_DEFAULT_FP_FUSION=1 "$VENV/bin/python" -m kernels.compile_check --quick
+env -u TRITON_INTERPRET PYTHONPATH="$TREE" TRITON_DEFAULT_FP_FUSION=1 "$VENV/bin/python" -m bertforge.kernels.compile_check --quick

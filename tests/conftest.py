@@ -25,8 +25,8 @@ _LAUNCHER_ENV = {k: os.environ.get(k) for k in _LAUNCHER_VARS}  # as the session
 
 @pytest.fixture(autouse=True)
 def _isolated_launcher_state():
-    """A test that runs a command in-process (engine.cli main) fills the launcher variables
-    (engine.training.distributed.prepare_env), also from module-scoped fixtures. They go back to the session's start
+    """A test that runs a command in-process (bertforge.cli main) fills the launcher variables
+    (bertforge.training.distributed.prepare_env), also from module-scoped fixtures. They go back to the session's start
     after every test: a later child process would otherwise inherit MASTER_PORT while this process still listens on
     it (EADDRINUSE). The default process group such a run joined stays (DeepSpeed caches its groups); a test that
     needs to look unlaunched patches torch.distributed.is_initialized (tests/training/test_config_cli.py)."""
@@ -48,7 +48,7 @@ N_DOCS = 2500  # of 10,033 extracts; ~9k sentences, ~280k tokens
 
 @pytest.fixture(scope="session")
 def wiki_file():
-    from engine.data.fetch import fetch
+    from bertforge.data.fetch import fetch
 
     return fetch("wiki")
 
@@ -64,7 +64,7 @@ def wiki_slice(wiki_file, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(wiki_slice, tmp_path_factory):
-    from engine.data.tokenizer import train_wordpiece
+    from bertforge.data.tokenizer import train_wordpiece
 
     out = tmp_path_factory.mktemp("tok")
     train_wordpiece([wiki_slice], out, vocab_size=3000, show_progress=False)
@@ -73,7 +73,7 @@ def tokenizer_dir(wiki_slice, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def prepared(wiki_slice, tokenizer_dir, tmp_path_factory):
-    from engine.data.prepare import prepare
+    from bertforge.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared")
     stats = prepare([wiki_slice], tokenizer_dir, out, shard_bytes=350_000, progress=False)  # 4 shards

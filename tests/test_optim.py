@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.optim import FlatPieces, Lamb, build_optimizer, param_groups, warmup_decay
+from bertforge.optim import FlatPieces, Lamb, build_optimizer, param_groups, warmup_decay
 
 
 def lamb_reference(params, grads_per_step, lr, betas, eps, weight_decay, max_trust_ratio):
@@ -81,8 +81,8 @@ def test_lamb_skips_params_without_grad_and_trains():
 
 
 def test_param_groups_never_decay_bias_or_layernorm():
-    from engine.config import tiny
-    from engine.heads import BertForPreTraining
+    from bertforge.config import tiny
+    from bertforge.heads import BertForPreTraining
 
     model = BertForPreTraining(tiny(vocab_size=101))
     decay, no_decay = param_groups(model, 0.01)
@@ -250,7 +250,7 @@ def test_adamw_on_cpu_is_multi_tensor_and_bit_equal_to_the_loop():
     """build_optimizer('adamw') off CUDA takes torch's foreach path (faster); its updates equal the per-tensor loop."""
     import torch
 
-    from engine.optim import build_optimizer
+    from bertforge.optim import build_optimizer
 
     def run(make):
         torch.manual_seed(0)

@@ -57,8 +57,8 @@ def test_model_forward_backward_with_kernels_none():
     """BertForPreTraining, padded and unpadded, forward + backward through the pure-torch ops."""
     res = run_without_triton('''
         import torch
-        from engine.config import preset
-        from engine.heads import BertForPreTraining
+        from bertforge.config import preset
+        from bertforge.heads import BertForPreTraining
 
         torch.manual_seed(0)
         cfg = preset("tiny", vocab_size=211, hidden_size=32, num_attention_heads=2, intermediate_size=64,
@@ -89,7 +89,7 @@ def test_model_forward_backward_with_kernels_none():
 def test_lamb_step_on_cpu():
     res = run_without_triton('''
         import torch
-        from engine.optim import Lamb
+        from bertforge.optim import Lamb
 
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(7, 3)), torch.nn.Parameter(torch.randn(5))]
@@ -107,7 +107,7 @@ def test_device_masking_backend_none():
     res = run_without_triton('''
         import numpy as np
         import torch
-        from engine.training.device_masking import DeviceMasker
+        from bertforge.training.device_masking import DeviceMasker
 
         vocab, mask_id = 50, 3
         probs = np.ones(vocab)
@@ -128,8 +128,8 @@ def test_device_masking_backend_none():
 def test_triton_backend_names_the_missing_package():
     res = run_without_triton('''
         import torch
-        from engine import ops
-        from engine.errors import UserError
+        from bertforge import ops
+        from bertforge.errors import UserError
 
         x = torch.randn(2, 4)
         try:
@@ -145,7 +145,7 @@ def test_pretrain_lamb_and_device_masking_with_kernels_none(tmp_path):
     res = run_without_triton(f'''
         import os
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        from engine.cli import main
+        from bertforge.cli import main
 
         code = main(["pretrain", "--synthetic-vocab", "128", "--model", "hidden_size=32", "--model",
                      "num_attention_heads=2", "--model", "intermediate_size=64", "--max-seq-length", "32",
@@ -164,10 +164,10 @@ def test_finetune_classify_with_kernels_none(tmp_path):
         from pathlib import Path
 
         import torch
-        from engine.cli import main
-        from engine.config.model import tiny
-        from engine.hf import export_hf
-        from engine.model import BertModel
+        from bertforge.cli import main
+        from bertforge.config.model import tiny
+        from bertforge.hf import export_hf
+        from bertforge.model import BertModel
 
         root = Path({str(tmp_path)!r})
         words = ["good", "bad", "film", "great", "awful", "the"]

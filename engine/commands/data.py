@@ -13,7 +13,7 @@ def register(subparsers) -> None:
 
 
 def _fetch(args) -> int:
-    from engine.data.fetch import SOURCES, fetch
+    from bertforge.data.fetch import SOURCES, fetch
 
     for name in args.names or list(SOURCES):
         print(f"{name}: {fetch(name, quiet=False)}")
@@ -21,7 +21,7 @@ def _fetch(args) -> int:
 
 
 def _list(args) -> int:
-    from engine.data.fetch import MARKER, SOURCES, cache_dir
+    from bertforge.data.fetch import MARKER, SOURCES, cache_dir
 
     for name, src in SOURCES.items():
         state = "cached" if (cache_dir() / name / MARKER).exists() else "-"

@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from engine.commands.flags import given
-from engine.commands.predict import add_inference_args
-from engine.config.finetune import InferenceConfig
+from bertforge.commands.flags import given
+from bertforge.commands.predict import add_inference_args
+from bertforge.config.finetune import InferenceConfig
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.finetune.predict import evaluate
-    from engine.training import distributed as D
+    from bertforge.finetune.predict import evaluate
+    from bertforge.training import distributed as D
 
     evaluate(InferenceConfig(**given(args, [f.name for f in dataclasses.fields(InferenceConfig)])))
     D.finish(0)

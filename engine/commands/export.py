@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.training.weights import export_checkpoint, export_fp32, resolve_checkpoint
+    from bertforge.training.weights import export_checkpoint, export_fp32, resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
     if args.fp32:

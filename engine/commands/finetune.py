@@ -13,9 +13,9 @@ import dataclasses
 import os
 import sys
 
-from engine.commands.flags import add_dataclass_flags, given
-from engine.config.docs import field_docs
-from engine.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, MlmConfig,
+from bertforge.commands.flags import add_dataclass_flags, given
+from bertforge.config.docs import field_docs
+from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, MlmConfig,
                                     MlmData, NerConfig, NerData, SplitFiles)
 
 # shown first, outside the training group
@@ -38,13 +38,13 @@ def add_training_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
 
 def _runner(config_cls: type, run_name: str):
     """The subcommand's function: flags -> config (ConfigError on a bad value) -> one library call. Exit status 143
-    after a SIGTERM checkpoint; multi-rank workers leave through engine.training.distributed.finish."""
+    after a SIGTERM checkpoint; multi-rank workers leave through bertforge.training.distributed.finish."""
 
     def run(args: argparse.Namespace) -> int:
-        from engine.training import distributed as D
+        from bertforge.training import distributed as D
 
         try:
-            from engine.finetune import run as library
+            from bertforge.finetune import run as library
 
             values = given(args, config_cls.field_names())
             summary = getattr(library, run_name)(config_cls.from_flat(values), explicit=frozenset(values))

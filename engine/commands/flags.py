@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, Iterable
 
-from engine.config.docs import field_docs
+from bertforge.config.docs import field_docs
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.training.plot import plot_run
+    from bertforge.training.plot import plot_run
 
     print(plot_run(args.run_dir, args.out))
     return 0

@@ -1,16 +1,16 @@
 """`bertforge predict MODEL_DIR INPUT --out OUT.jsonl`: labels and probabilities (classification) or tags and entity
 spans (token classification) for every input of a file, one JSON object per line in input order. The input is
 streamed (any size, flat memory), batched by length, run on the GPU when there is one (--precision bf16 optional);
-under `torchrun --nproc_per_node N -m engine.cli predict ...` the ranks share the file and still write one ordered
+under `torchrun --nproc_per_node N -m bertforge.cli predict ...` the ranks share the file and still write one ordered
 output."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
-from engine.commands.flags import add_dataclass_flags, given
-from engine.config.docs import field_docs
-from engine.config.finetune import InferenceConfig
+from bertforge.commands.flags import add_dataclass_flags, given
+from bertforge.config.docs import field_docs
+from bertforge.config.finetune import InferenceConfig
 
 POSITIONAL = ("model", "input")
 
@@ -24,8 +24,8 @@ def add_inference_args(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.finetune.predict import predict
-    from engine.training import distributed as D
+    from bertforge.finetune.predict import predict
+    from bertforge.training import distributed as D
 
     predict(InferenceConfig(**given(args, [f.name for f in dataclasses.fields(InferenceConfig)])))
     D.finish(0)

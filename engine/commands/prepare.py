@@ -6,9 +6,9 @@ import argparse
 import json
 import os
 
-from engine.commands.flags import add_dataclass_flags, given
-from engine.config.docs import field_docs
-from engine.config.prepare import PrepareConfig
+from bertforge.commands.flags import add_dataclass_flags, given
+from bertforge.config.docs import field_docs
+from bertforge.config.prepare import PrepareConfig
 
 HAND_MADE = {"shard_bytes"}  # takes sizes such as 64M
 
@@ -27,8 +27,8 @@ def register(subparsers) -> None:
 
 
 def _prepare(args) -> int:
-    from engine.data.fetch import resolve_inputs
-    from engine.data.prepare import prepare
+    from bertforge.data.fetch import resolve_inputs
+    from bertforge.data.prepare import prepare
 
     settings = given(args, [f for f in PrepareConfig.__dataclass_fields__])
     settings.setdefault("workers", args.default_workers)

@@ -13,10 +13,10 @@ import dataclasses
 import os
 import sys
 
-from engine.commands.flags import add_dataclass_flags, given
-from engine.config import ModelConfig
-from engine.config.docs import field_docs
-from engine.config.pretrain import SECTIONS, PretrainConfig
+from bertforge.commands.flags import add_dataclass_flags, given
+from bertforge.config import ModelConfig
+from bertforge.config.docs import field_docs
+from bertforge.config.pretrain import SECTIONS, PretrainConfig
 
 RENAMED = {"data_dir": "data", "token_budget": "tokens"}
 HAND_MADE = {"model_overrides"}  # --model FIELD=VALUE (repeatable)
@@ -74,11 +74,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, frozense
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.training import distributed as D
+    from bertforge.training import distributed as D
 
     try:
         cfg, explicit, phase2 = config_from_args(args)
-        from engine.training.phases import run_phases
+        from bertforge.training.phases import run_phases
 
         return run_phases(cfg, explicit, phase2)
     except BaseException as exc:  # noqa: BLE001 - every rank must leave, and with one line

@@ -23,10 +23,10 @@ def register(subparsers) -> None:
 def _train(args) -> int:
     from pathlib import Path
 
-    from engine.data.fetch import resolve_inputs
-    from engine.data.tokenizer import special_ids, tokenizer_hash, train_wordpiece
+    from bertforge.data.fetch import resolve_inputs
+    from bertforge.data.tokenizer import special_ids, tokenizer_hash, train_wordpiece
 
-    from engine.progress import is_terminal
+    from bertforge.progress import is_terminal
 
     # the tokenizers library draws its bar with blank lines when stderr is not a terminal: only on a terminal
     tok = train_wordpiece([Path(x) for x in resolve_inputs(args.inputs)], args.out,
@@ -37,7 +37,7 @@ def _train(args) -> int:
 
 
 def _info(args) -> int:
-    from engine.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
+    from bertforge.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
 
     tok = load_tokenizer(args.path)
     print(f"{args.path}: {tok.get_vocab_size()} tokens, hash {tokenizer_hash(tok)}, {special_ids(tok)}")

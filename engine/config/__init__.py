@@ -1,4 +1,4 @@
-"""Typed configuration, the bottom layer of the engine (imports only engine.errors and engine.io):
+"""Typed configuration, the bottom layer of the engine (imports only bertforge.errors and bertforge.io):
 
 - model.py     `ModelConfig` (Hugging Face BertConfig field names) and the presets tiny / minilm-l6 / bert-base /
                bert-large
@@ -7,7 +7,7 @@
 - finetune.py  the finetuning settings shared by classify / ner / mlm
 - docs.py      the docstring under each field, for --help and the README's glossary
 """
-from engine.config.model import (HIDDEN_ACTS, KERNEL_BACKENDS, PRESETS, ModelConfig, bert_base, bert_large,
+from bertforge.config.model import (HIDDEN_ACTS, KERNEL_BACKENDS, PRESETS, ModelConfig, bert_base, bert_large,
                                  minilm_l6, preset, tiny)
 
 __all__ = ["HIDDEN_ACTS", "KERNEL_BACKENDS", "PRESETS", "ModelConfig", "bert_base", "bert_large", "minilm_l6",

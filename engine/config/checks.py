@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import ConfigError
+from bertforge.errors import ConfigError
 
 
 def flag(name: str) -> str:

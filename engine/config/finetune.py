@@ -12,22 +12,22 @@ a docstring under every field (the flag's help) and every value check in `__post
 - `InferenceConfig`  a finetuned model over a file (predict, evaluate)
 
 Field names are unique within a run config, so each is one flag and `from_flat({field: value})` is the command
-line's view. This module is the bottom layer: it imports only engine.errors and engine.config."""
+line's view. This module is the bottom layer: it imports only bertforge.errors and bertforge.config."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from engine.config.checks import check_choice, check_non_negative, check_positive_int, flag
-from engine.config.model import KERNEL_BACKENDS
-from engine.config.pretrain import PRECISIONS
-from engine.errors import ConfigError
+from bertforge.config.checks import check_choice, check_non_negative, check_positive_int, flag
+from bertforge.config.model import KERNEL_BACKENDS
+from bertforge.config.pretrain import PRECISIONS
+from bertforge.errors import ConfigError
 
 CLASSIFY_FORMATS = ("csv", "tsv", "jsonl")
 CLASSIFY_METRICS = ("accuracy", "macro_f1")
 CLASS_WEIGHTS = ("none", "balanced")
-POOLINGS = ("cls", "mean")  # engine.heads.POOLINGS (this module imports no model code)
+POOLINGS = ("cls", "mean")  # bertforge.heads.POOLINGS (this module imports no model code)
 ENTITY_SCHEMES = ("iob1", "iob2", "bioes")
 TAG_SCHEMES = ENTITY_SCHEMES + ("plain",)
 

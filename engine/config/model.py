@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.errors import ConfigError
-from engine.io import read_json_object
+from bertforge.errors import ConfigError
+from bertforge.io import read_json_object
 
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")  # exact erf GELU, and the two tanh approximations
 KERNEL_BACKENDS = ("none", "triton")

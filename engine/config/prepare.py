@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.config.checks import check_positive_int, flag
-from engine.errors import ConfigError
+from bertforge.config.checks import check_positive_int, flag
+from bertforge.errors import ConfigError
 
 FORMATS = ("", "json", "jsonl", "txt", "txt-file", "lines", "rst", "parquet", "arrow")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)

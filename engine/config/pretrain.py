@@ -12,9 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.config.checks import check_choice, check_non_negative, check_positive_int
-from engine.config.model import KERNEL_BACKENDS, PRESETS
-from engine.errors import ConfigError
+from bertforge.config.checks import check_choice, check_non_negative, check_positive_int
+from bertforge.config.model import KERNEL_BACKENDS, PRESETS
+from bertforge.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "lamb")

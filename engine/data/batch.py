@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.csrc import unpad_offsets
-from engine.data import packing
+from bertforge.csrc import unpad_offsets
+from bertforge.data import packing
 
 
 PAD_DROPOUT_ID = 2 ** 62  # dropout id of packed padding segments: outside the samples' [0, 2^62)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from engine.errors import DataError
+from bertforge.errors import DataError
 
 CACHE = "cache"
 RUN_CACHE = "data_cache"

@@ -15,8 +15,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import DataError
-from engine.io import atomic_dir
+from bertforge.errors import DataError
+from bertforge.io import atomic_dir
 
 MARKER = ".bertforge-complete"
 

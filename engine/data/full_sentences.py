@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.grouping import group_documents
-from engine.data.indexed import IndexedDataset
-from engine.data.pretraining import PretrainingDataset, RawBatch, open_dataset
-from engine.data.sample_map import split_documents
-from engine.errors import DataError
+from bertforge.data.grouping import group_documents
+from bertforge.data.indexed import IndexedDataset
+from bertforge.data.pretraining import PretrainingDataset, RawBatch, open_dataset
+from bertforge.data.sample_map import split_documents
+from bertforge.errors import DataError
 
 NO_LABEL = -100  # sentence labels of MLM-only samples: none (ignored by cross-entropy, as in Hugging Face)
 

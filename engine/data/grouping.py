@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine import _csrc
+from bertforge import _csrc
 
 
 @dataclass

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.cache import default_cache_dir, locate
-from engine.data.shards import ShardTokens
-from engine.errors import DataError
-from engine.io import atomic_dir, atomic_file
+from bertforge.data.cache import default_cache_dir, locate
+from bertforge.data.shards import ShardTokens
+from bertforge.errors import DataError
+from bertforge.io import atomic_dir, atomic_file
 
 MAGIC = b"BFIDX001"
 META = "meta.json"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.data.splitmix import counter_bits
+from bertforge.data.splitmix import counter_bits
 
 POS_BITS = 20  # positions < 2^20 per sequence
 

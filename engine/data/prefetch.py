@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from engine.data.batch import Batch
+from bertforge.data.batch import Batch
 
 
 class Prefetcher:

@@ -1,14 +1,14 @@
-"""`bertforge prepare`: raw corpora -> sharded indexed dataset (engine.data.indexed), across cores and nodes.
+"""`bertforge prepare`: raw corpora -> sharded indexed dataset (bertforge.data.indexed), across cores and nodes.
 
 Plan (main process; it reads only the bytes around each cut and Parquet footers): the inputs' files become pieces
-(engine.data.readers.plan_pieces: byte ranges at record boundaries, Parquet row-group ranges, whole files) and
+(bertforge.data.readers.plan_pieces: byte ranges at record boundaries, Parquet row-group ranges, whole files) and
 consecutive pieces are grouped into tasks of about `shard_bytes`. The plan depends on the inputs, `shard_bytes`,
 the format and text column only — not on the worker count or the part — so every run makes the same shards:
 byte-identical across worker counts, resumable, and N nodes (`part=K/N`) each prepare a disjoint share of the tasks
 (contiguous, balanced by bytes) into one shared folder, with no copying afterwards.
 
-Worker (one task at a time; engine.data.workers): reads its pieces itself (streamed), splits documents into
-sentences (engine.data.sentences; with format 'lines' every non-empty line is one sentence), tokenizes them (no special tokens) and writes shards `shard_TTTTTT_JJJJ`
+Worker (one task at a time; bertforge.data.workers): reads its pieces itself (streamed), splits documents into
+sentences (bertforge.data.sentences; with format 'lines' every non-empty line is one sentence), tokenizes them (no special tokens) and writes shards `shard_TTTTTT_JJJJ`
 atomically — a shard is closed once its documents' text reaches `shard_bytes`. A shard whose .idx is complete (and
 passes indexed.check_shard) with the same source hash (sha256 of its documents' text), tokenizer and sentence limit
 is kept: an interrupted run (even kill -9) resumes. It returns its counts and unigram counts.
@@ -34,15 +34,15 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from engine.config.prepare import PrepareConfig
-from engine.data import indexed
-from engine.data.readers import Document, Piece, ReadStats, detect_format, documents, list_files, plan_pieces
-from engine.data.sentences import split_sentences
-from engine.data.tokenizer import load_tokenizer, tokenizer_hash
-from engine.data.workers import WorkerDied, WorkerPool, note
-from engine.errors import DataError
-from engine.io import save_numpy, write_json
-from engine.progress import progress
+from bertforge.config.prepare import PrepareConfig
+from bertforge.data import indexed
+from bertforge.data.readers import Document, Piece, ReadStats, detect_format, documents, list_files, plan_pieces
+from bertforge.data.sentences import split_sentences
+from bertforge.data.tokenizer import load_tokenizer, tokenizer_hash
+from bertforge.data.workers import WorkerDied, WorkerPool, note
+from bertforge.errors import DataError
+from bertforge.io import save_numpy, write_json
+from bertforge.progress import progress
 
 ENCODE_BATCH_CHARS = 1 << 20  # text handed to the tokenizer at once (bounds its per-sentence objects)
 
@@ -300,7 +300,7 @@ def _old_stats(header: dict) -> dict:
 
 # ---- main side ----------------------------------------------------------------------------------------------------
 class _Progress:
-    """engine.progress's reporter over input bytes (a tqdm bar on a terminal, a plain line every 30 s and at the end
+    """bertforge.progress's reporter over input bytes (a tqdm bar on a terminal, a plain line every 30 s and at the end
     in a log file), with the shard count."""
 
     def __init__(self, total: int, enabled: bool, what: str):

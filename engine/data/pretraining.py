@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.batch import Batch, collate
-from engine.data.indexed import IndexedDataset
-from engine.data.masking import Masker, continuation_ids, replacement_distribution
-from engine.data.sample_map import cached_sample_map
-from engine.data.tokenizer import SpecialIds, load_tokenizer, special_ids, tokenizer_hash
+from bertforge.data.batch import Batch, collate
+from bertforge.data.indexed import IndexedDataset
+from bertforge.data.masking import Masker, continuation_ids, replacement_distribution
+from bertforge.data.sample_map import cached_sample_map
+from bertforge.data.tokenizer import SpecialIds, load_tokenizer, special_ids, tokenizer_hash
 
 
 @dataclass
@@ -53,7 +53,7 @@ class PretrainingDataset:
     path/dir or tokenizers.Tokenizer (checked against the dataset's hash; needed for whole-word masking), or None to
     use the default BERT special ids 0-4 ([PAD] [UNK] [CLS] [SEP] [MASK]). split 'train'/'eval'/'all' with
     eval_fraction held out by document hash. cache_dir: where the sample map is built once and memory-mapped
-    (default: engine.data.cache.default_cache_dir)."""
+    (default: bertforge.data.cache.default_cache_dir)."""
 
     def __init__(self, data_dir: str | Path | IndexedDataset, max_seq_length: int = 128, seed: int = 0,
                  short_seq_prob: float = 0.1, nsp_prob: float = 0.5, split: str = "train", eval_fraction: float = 0.0,

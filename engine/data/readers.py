@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from engine.errors import DataError
+from bertforge.errors import DataError
 
 FORMATS = ("json", "jsonl", "txt", "txt-file", "lines", "rst", "parquet", "arrow")
 _SUFFIX_FORMAT = {".json": "json", ".jsonl": "jsonl", ".txt": "txt", ".text": "txt", ".rst": "rst",

@@ -8,7 +8,7 @@ keyed by (dataset, split, seed, max length, probabilities, pairing) in the cache
 rank.
 
 A map is (n_samples, 5) int64: [a_start, a_end, b_start, b_end, label] in the dataset's global token positions
-(engine.data.indexed.IndexedDataset), half-open ranges; label = 1 for NotNext (NSP) or for a swapped pair (SOP:
+(bertforge.data.indexed.IndexedDataset), half-open ranges; label = 1 for NotNext (NSP) or for a swapped pair (SOP:
 the first segment is the later text), 0 otherwise."""
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import _csrc
-from engine.data.cache import build_once, locate
-from engine.errors import DataError
-from engine.data.splitmix import M64, SplitMix64
-from engine.io import save_numpy, write_json
+from bertforge import _csrc
+from bertforge.data.cache import build_once, locate
+from bertforge.errors import DataError
+from bertforge.data.splitmix import M64, SplitMix64
+from bertforge.io import save_numpy, write_json
 
 MAP_VERSION = 1
 PAIRINGS = ("nsp", "sop")
@@ -261,8 +261,8 @@ def cached_sample_map(ds, split: str = "train", eval_fraction: float = 0.0, seed
                       short_seq_prob: float = 0.1, nsp_prob: float = 0.5, cache_dir: str | Path | None = None,
                       pairing: str = "nsp") -> tuple[np.ndarray, Path]:
     """The memory-mapped (n_samples, 5) map of `ds` (an IndexedDataset) and its file in the cache folder
-    (`cache_dir`, default engine.data.cache's). pairing 'nsp' or 'sop' (nsp_prob is then the swap probability).
-    It is built once (engine.data.cache.build_once: rank 0, then the first rank of a node that cannot see it), from
+    (`cache_dir`, default bertforge.data.cache's). pairing 'nsp' or 'sop' (nsp_prob is then the swap probability).
+    It is built once (bertforge.data.cache.build_once: rank 0, then the first rank of a node that cannot see it), from
     the dataset's per-sentence index selected into temporary memory-mapped files; every rank then memory-maps it.
     The builder's memory peaks at the map itself (40 bytes a sample), not at the corpus's sentence index.
     DataError (`check_split`, on every rank while the map is missing) when the split cannot give pairs."""

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from engine import _csrc
-from engine.errors import DataError
+from bertforge import _csrc
+from bertforge.errors import DataError
 
 TOKEN_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32))
 

@@ -15,12 +15,12 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
-from engine.config.checks import flag
-from engine.config.pretrain import PretrainConfig
-from engine.data.batch import Batch
-from engine.data.sampler import MicroBatchSampler
-from engine.data.splitmix import derive_seed, derive_seeds
-from engine.errors import ConfigError
+from bertforge.config.checks import flag
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.batch import Batch
+from bertforge.data.sampler import MicroBatchSampler
+from bertforge.data.splitmix import derive_seed, derive_seeds
+from bertforge.errors import ConfigError
 
 EVAL_EPOCH = 10 ** 6  # masks of held-out batches are seeded with this epoch: fixed across evaluations
 
@@ -69,7 +69,7 @@ def open_source(cfg: PretrainConfig, rank: int, world: int) -> BatchSource:
     """The source `cfg` asks for: synthetic batches when --synthetic-vocab is set, else the prepared dataset.
     Synthetic batches are always shaped as sentence pairs; the objective only decides which labels the loop uses."""
     if cfg.data.synthetic_vocab:
-        from engine.data.synthetic import SyntheticSource
+        from bertforge.data.synthetic import SyntheticSource
 
         return SyntheticSource(cfg.data.synthetic_vocab, cfg.batch.max_seq_length, cfg.batch.micro_batch, rank,
                                world, seed=cfg.run.seed, mlm_probability=cfg.masking.mlm_probability,
@@ -83,9 +83,9 @@ class CorpusSource:
     """Micro batches of one rank from a prepared dataset (see the module docstring)."""
 
     def __init__(self, cfg: PretrainConfig, rank: int, world: int):
-        from engine.data.cache import resolve_cache_dir
-        from engine.data.indexed import IndexedDataset
-        from engine.data.tokenizer import load_tokenizer, tokenizer_hash
+        from bertforge.data.cache import resolve_cache_dir
+        from bertforge.data.indexed import IndexedDataset
+        from bertforge.data.tokenizer import load_tokenizer, tokenizer_hash
 
         self.tokenizer = None
         expected_hash = None
@@ -106,13 +106,13 @@ class CorpusSource:
 
     def start(self) -> None:
         """Build (rank 0) or map the sample maps; collective under torch.distributed."""
-        from engine.data.pretraining import PretrainingCollator, PretrainingDataset
+        from bertforge.data.pretraining import PretrainingCollator, PretrainingDataset
 
         c = self.cfg
         kw = dict(max_seq_length=c.batch.max_seq_length, seed=c.run.seed, eval_fraction=c.data.eval_fraction,
                   tokenizer=self.tokenizer, cache_dir=self.cache_dir)
         if c.objective.objective == "mlm":
-            from engine.data.full_sentences import FullSentenceDataset as Dataset
+            from bertforge.data.full_sentences import FullSentenceDataset as Dataset
         else:
             Dataset = PretrainingDataset
             kw.update(short_seq_prob=c.objective.short_seq_prob, pairing=c.objective.sentence_task)

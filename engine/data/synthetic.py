@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.data.batch import Batch, collate
-from engine.data.source import mask_seed, sample_dropout_ids
+from bertforge.data.batch import Batch, collate
+from bertforge.data.source import mask_seed, sample_dropout_ids
 
 # the WordPiece trainer's special-token order: [PAD] [UNK] [CLS] [SEP] [MASK]
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 4, 2, 3, 0
@@ -35,7 +35,7 @@ class SyntheticSource:
 
     @property
     def replacement_probs(self):  # (V,) uniform over the non-special tokens 5..V-1 (for --masking device)
-        from engine.data.masking import replacement_distribution
+        from bertforge.data.masking import replacement_distribution
 
         return replacement_distribution(self.vocab_size, range(5))
 

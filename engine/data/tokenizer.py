@@ -14,8 +14,8 @@ from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from engine.errors import DataError
-from engine.io import write_text
+from bertforge.errors import DataError
+from bertforge.io import write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -63,13 +63,13 @@ def train_wordpiece(files_or_iter: Iterable[str] | Iterable[Path] | str | Path, 
                     show_progress: bool = True) -> Tokenizer:
     """Train WordPiece on raw text and save it to `out_dir`.
 
-    files_or_iter: a corpus path / list of corpus paths (any format engine.data.readers understands), or an iterable
+    files_or_iter: a corpus path / list of corpus paths (any format bertforge.data.readers understands), or an iterable
     of text strings. Special tokens get ids 0-4: [PAD] [UNK] [CLS] [SEP] [MASK]."""
     if isinstance(files_or_iter, (str, Path)):
         files_or_iter = [files_or_iter]
     items = list(files_or_iter) if not isinstance(files_or_iter, Iterator) else files_or_iter
     if isinstance(items, list) and items and all(isinstance(x, Path) or Path(str(x)).exists() for x in items):
-        from engine.data.readers import read_documents
+        from bertforge.data.readers import read_documents
 
         texts: Iterable[str] = (d.text for d in read_documents(items))
     else:

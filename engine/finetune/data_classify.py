@@ -18,10 +18,10 @@ from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer
 
-from engine.config.finetune import CLASSIFY_FORMATS
-from engine.errors import ConfigError, DataError
-from engine.finetune.reading import LineReader, jsonl_objects
-from engine.finetune.splitting import split_counts
+from bertforge.config.finetune import CLASSIFY_FORMATS
+from bertforge.errors import ConfigError, DataError
+from bertforge.finetune.reading import LineReader, jsonl_objects
+from bertforge.finetune.splitting import split_counts
 
 
 @dataclass

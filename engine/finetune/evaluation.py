@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from engine.finetune.tasks import feature_length
+from bertforge.finetune.tasks import feature_length
 
 
 def rank_world() -> tuple[int, int]:

@@ -1,11 +1,11 @@
 """Domain-adaptive MLM: continue masked-language-model training of a checkpoint on a domain corpus (e.g. the
-linux-doc reST files) with the pretraining pipeline's masking (engine.data.masking: 15% of tokens, 80/10/10,
+linux-doc reST files) with the pretraining pipeline's masking (bertforge.data.masking: 15% of tokens, 80/10/10,
 counter-based seeds), and report masked-token accuracy and perplexity on held-out domain documents before and after.
 
-The corpus is read with engine.data.readers (txt / jsonl / json / reST, folders recursive), split by *document* into
+The corpus is read with bertforge.data.readers (txt / jsonl / json / reST, folders recursive), split by *document* into
 train and held-out (so no held-out text was seen), tokenized, and each part's documents packed, in order, into
 [CLS] block [SEP] sequences of exactly max_seq_length tokens with a [SEP] between documents (the shared packer,
-engine.data.grouping.pack_token_lists, as Hugging Face's run_mlm `group_texts`): no token is dropped, so a corpus of
+bertforge.data.grouping.pack_token_lists, as Hugging Face's run_mlm `group_texts`): no token is dropped, so a corpus of
 titles or short posts trains as well as one of long documents; only each part's last sequence is shorter. The
 held-out part is halved into dev (picks the best state) and test (reported). Held-out masks are drawn once with a fixed seed, so "before" and "after" score exactly the same
 positions. `run_mlm` in engine/finetune/run.py reads the corpus and trains.
@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelConfig
-from engine.data.grouping import pack_token_lists
-from engine.data.masking import most_frequent_token_accuracy
-from engine.data.tokenizer import special_ids
-from engine.errors import DataError
-from engine.heads import BertForPreTraining
+from bertforge.config import ModelConfig
+from bertforge.data.grouping import pack_token_lists
+from bertforge.data.masking import most_frequent_token_accuracy
+from bertforge.data.tokenizer import special_ids
+from bertforge.errors import DataError
+from bertforge.heads import BertForPreTraining
 
 EVAL_MASK_SEED = 20240917
 
@@ -50,7 +50,7 @@ class MlmTask:
     name: str = "mlm"
 
     def __post_init__(self):
-        from engine.data.masking import Masker, replacement_distribution
+        from bertforge.data.masking import Masker, replacement_distribution
 
         probs = replacement_distribution(self.vocab_size, set(self.special_ids) | {self.mask_id})
         self._masker = lambda seed: Masker(self.mask_id, probs, self.mlm_probability, seed)
@@ -79,7 +79,7 @@ class MlmTask:
     def collate(self, feats: Sequence[dict], unpadded: bool = False, seed: tuple[int, int] | None = None) -> dict:
         """`seed`: (run seed, global micro-batch index) of a training batch, whose masks are drawn afresh from it
         (the same for any number of ranks); dev / test features carry their fixed masks."""
-        from engine.finetune.tasks import pad, unpad
+        from bertforge.finetune.tasks import pad, unpad
 
         if "mlm_labels" in feats[0]:
             ids, labels = [f["input_ids"] for f in feats], [f["mlm_labels"] for f in feats]
@@ -128,7 +128,7 @@ class MlmTask:
 
     def unigram_accuracy(self, split: str) -> float:
         """The split's unigram baseline, as pretraining reports it: the accuracy of always predicting the most
-        frequent masked token of its fixed masks (engine.data.masking.most_frequent_token_accuracy)."""
+        frequent masked token of its fixed masks (bertforge.data.masking.most_frequent_token_accuracy)."""
         labels = np.asarray([l for f in getattr(self, split) for l in f["mlm_labels"] if l != -100], np.int64)
         return most_frequent_token_accuracy(np.bincount(labels, minlength=self.vocab_size))
 
@@ -141,7 +141,7 @@ class MlmTask:
 
 def pack_documents(tok, texts: Sequence[str], max_seq_length: int, cls_id: int, sep_id: int) -> list[list[int]]:
     """The texts tokenized (no special tokens) and packed in order into [CLS] ... [SEP] sequences of max_seq_length
-    tokens, documents joined by [SEP] (engine.data.grouping.pack_token_lists): every token lands in exactly one
+    tokens, documents joined by [SEP] (bertforge.data.grouping.pack_token_lists): every token lands in exactly one
     sequence."""
     ids = [enc.ids for enc in tok.encode_batch(list(texts), add_special_tokens=False)] if texts else []
     return pack_token_lists(ids, max_seq_length, cls_id, sep_id)

@@ -28,21 +28,21 @@ from typing import Callable, Iterable, Iterator
 import torch
 import torch.distributed as dist
 
-from engine.config.finetune import InferenceConfig
-from engine.data.tokenizer import load_tokenizer
-from engine.errors import CheckpointError
-from engine.finetune import data_classify as dc
-from engine.finetune import data_ner as dn
-from engine.finetune.evaluation import local_outputs
-from engine.finetune.metrics import (entity_counts, entity_metrics_from_counts, format_report, iob2_spans,
+from bertforge.config.finetune import InferenceConfig
+from bertforge.data.tokenizer import load_tokenizer
+from bertforge.errors import CheckpointError
+from bertforge.finetune import data_classify as dc
+from bertforge.finetune import data_ner as dn
+from bertforge.finetune.evaluation import local_outputs
+from bertforge.finetune.metrics import (entity_counts, entity_metrics_from_counts, format_report, iob2_spans,
                                      pair_metrics)
-from engine.finetune.progress import Progress
-from engine.finetune.reading import LineReader, strip_ending
-from engine.finetune.tasks import TASK_FILE, ClassifyTask, NerTask
-from engine.finetune.trainer import check_device_support
-from engine.hf import load_pretrained, read_config
-from engine.io import atomic_file, write_json
-from engine.training import distributed as D
+from bertforge.finetune.progress import Progress
+from bertforge.finetune.reading import LineReader, strip_ending
+from bertforge.finetune.tasks import TASK_FILE, ClassifyTask, NerTask
+from bertforge.finetune.trainer import check_device_support
+from bertforge.hf import load_pretrained, read_config
+from bertforge.io import atomic_file, write_json
+from bertforge.training import distributed as D
 
 CHUNK = 4096  # records read, encoded and written together; the unit of sharding over ranks
 _ARCH_TASK = {"BertForSequenceClassification": "classify", "BertForTokenClassification": "ner"}

@@ -3,7 +3,7 @@ progress reporter of engine/progress.py: a tqdm bar when stderr is a terminal, a
 `every_s` seconds (done / total, values, rate, ETA), so that a log file with stderr redirected stays readable."""
 from __future__ import annotations
 
-from engine.progress import progress
+from bertforge.progress import progress
 
 
 class Progress:

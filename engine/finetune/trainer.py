@@ -1,6 +1,6 @@
 """The low-learning-rate finetuning loop (BERT's recipe) on the DeepSpeed engine that pretraining uses: AdamW (weight
 decay 0.01, none on biases / LayerNorm), lr 2e-5 with 10% linear warmup then linear decay to 0, 3 epochs, dropout
-0.1, encoder and head both trained, gradient clipping at 1.0 (engine.config.finetune holds these defaults). The
+0.1, encoder and head both trained, gradient clipping at 1.0 (bertforge.config.finetune holds these defaults). The
 model is wrapped by engine/parallelize.py only: device placement, bf16 / fp16 (dynamic loss scaling), ZeRO 0-3,
 gradient accumulation, clipping, compile, activation checkpointing; kernels come with the model config.
 
@@ -33,21 +33,21 @@ from typing import Callable
 import torch
 from torch import nn
 
-from engine import deepspeed as ds
-from engine.config import ModelConfig
-from engine.config.finetune import FinetuneConfig, FinetuneParallel
-from engine.data.sampler import MicroBatchSampler
-from engine.errors import CheckpointError, ConfigError, TrainingError
-from engine.finetune.evaluation import evaluate_split, to_device
-from engine.finetune.progress import Progress
-from engine.finetune.tasks import TASK_FILE
-from engine.hf import TIED_OPTIONAL, export_hf, load_pretrained
-from engine.optim import build_optimizer, param_groups, warmup_decay
-from engine.parallelize import ParallelPlan, parallelize
-from engine.training import distributed as D
-from engine.training.checkpoint import CheckpointManager
-from engine.training.metrics import MetricsWriter
-from engine.training.rng import rng_state, seed_everything, set_rng_state
+from bertforge import deepspeed as ds
+from bertforge.config import ModelConfig
+from bertforge.config.finetune import FinetuneConfig, FinetuneParallel
+from bertforge.data.sampler import MicroBatchSampler
+from bertforge.errors import CheckpointError, ConfigError, TrainingError
+from bertforge.finetune.evaluation import evaluate_split, to_device
+from bertforge.finetune.progress import Progress
+from bertforge.finetune.tasks import TASK_FILE
+from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained
+from bertforge.optim import build_optimizer, param_groups, warmup_decay
+from bertforge.parallelize import ParallelPlan, parallelize
+from bertforge.training import distributed as D
+from bertforge.training.checkpoint import CheckpointManager
+from bertforge.training.metrics import MetricsWriter
+from bertforge.training.rng import rng_state, seed_everything, set_rng_state
 
 PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before training stops with an error

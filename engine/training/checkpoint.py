@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from engine import deepspeed as ds
-from engine.errors import CheckpointError, ConfigError, UserError
-from engine.io import fsync_dir, replace_dir, write_json, write_text
-from engine.training import distributed as D
+from bertforge import deepspeed as ds
+from bertforge.errors import CheckpointError, ConfigError, UserError
+from bertforge.io import fsync_dir, replace_dir, write_json, write_text
+from bertforge.training import distributed as D
 
 META = "meta.json"
 LATEST = "latest"
@@ -246,7 +246,7 @@ class CheckpointManager:
     def make_universal(self, tag: str, log=D.log0) -> str:
         """Collective: rank 0 converts checkpoint `tag` into universal-`tag` (once; kept until its checkpoint is
         pruned) while the others wait. Returns the universal tag to load with the engine configured for it
-        (engine.deepspeed.build_ds_config(..., load_universal=True))."""
+        (bertforge.deepspeed.build_ds_config(..., load_universal=True))."""
         name = f"{UNIVERSAL}{tag}"
         out = self.root / name
         if D.rank() == 0 and not (out / "zero").is_dir():

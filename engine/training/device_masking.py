@@ -1,7 +1,7 @@
 """`--masking device`: MLM masking on the accelerator, inside the step, instead of in the host loader.
 
 The loader then ships unmasked ids with their special-token masks (PretrainingCollator(mask=False)); this module
-masks the layout the model consumes — padded (B, S) or unpadded/packed (total,) — with `engine.ops.mlm_mask`
+masks the layout the model consumes — padded (B, S) or unpadded/packed (total,) — with `bertforge.ops.mlm_mask`
 (kernels='triton': one Philox pass, kernels/masking.py; 'none': the pure-torch reference) and adds the keys the
 model's masked-rows MLM head needs: masked_positions (flat into the chosen layout) and mlm_labels.
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine import ops
-from kernels.reference import unigram_cdf_from_counts
+from bertforge import ops
+from bertforge.kernels.reference import unigram_cdf_from_counts
 
 
 class DeviceMasker:

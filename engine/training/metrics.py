@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from engine.config import ModelConfig
-from engine.errors import DataError
-from engine.io import write_text
+from bertforge.config import ModelConfig
+from bertforge.errors import DataError
+from bertforge.io import write_text
 
 # Dense bf16/fp16 peak FLOP/s per device, by substring of torch.cuda.get_device_name().
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40": 181e12, "V100": 125e12,
@@ -132,7 +132,7 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool, bar: bool = True):
         self.bar = None
         if enabled:
-            from engine.progress import LineProgress, progress
+            from bertforge.progress import LineProgress, progress
 
             self.bar = (progress(total, "pretrain", initial=initial, unit="step") if bar
                         else LineProgress(total, "pretrain", initial=initial, unit="step"))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config.pretrain import PretrainConfig
-from engine.errors import CheckpointError, ConfigError
-from engine.training import distributed as D
-from engine.training.checkpoint import checkpoint_meta, latest_tag, resolve_checkpoint
-from engine.training.trainer import PREEMPTED, pretrain
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.errors import CheckpointError, ConfigError
+from bertforge.training import distributed as D
+from bertforge.training.checkpoint import checkpoint_meta, latest_tag, resolve_checkpoint
+from bertforge.training.trainer import PREEMPTED, pretrain
 
 PHASE2_FIELDS = ("steps", "max_seq_length", "micro_batch", "global_batch", "lr", "warmup_steps", "token_budget")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.errors import DataError
-from engine.io import atomic_file
+from bertforge.errors import DataError
+from bertforge.io import atomic_file
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -16,7 +16,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from engine.training.metrics import read_metrics
+    from bertforge.training.metrics import read_metrics
 
     records = read_metrics(run_dir)
     train = [r for r in records if r.get("split") == "train"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from engine.io import atomic_dir, write_json
+from bertforge.io import atomic_dir, write_json
 
 
 class StepProfiler:

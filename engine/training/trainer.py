@@ -27,26 +27,26 @@ from typing import Callable
 
 import torch
 
-from engine import deepspeed as ds
-from engine.config import ModelConfig, preset
-from engine.config.checks import flag
-from engine.config.pretrain import PretrainConfig
-from engine.data.batch import Batch
-from engine.data.masking import most_frequent_token_accuracy
-from engine.data.prefetch import Prefetcher
-from engine.data.sampler import remap_position
-from engine.errors import CheckpointError, ConfigError, TrainingError
-from engine.io import write_json
-from engine.malloc import pin_mmap_threshold
-from engine.optim import build_optimizer, param_groups, warmup_decay
-from engine.parallelize import ParallelPlan, parallelize
-from engine.training import distributed as D
-from engine.training.checkpoint import CheckpointManager
-from engine.training.device_masking import DeviceMasker
-from engine.training.metrics import MetricsWriter, Progress, Throughput, flops_per_token, peak_flops
-from engine.training.profile import StepProfiler
-from engine.training.rng import rng_state, seed_everything, set_rng_state
-from engine.training.weights import load_initial_weights, pretraining_model
+from bertforge import deepspeed as ds
+from bertforge.config import ModelConfig, preset
+from bertforge.config.checks import flag
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.batch import Batch
+from bertforge.data.masking import most_frequent_token_accuracy
+from bertforge.data.prefetch import Prefetcher
+from bertforge.data.sampler import remap_position
+from bertforge.errors import CheckpointError, ConfigError, TrainingError
+from bertforge.io import write_json
+from bertforge.malloc import pin_mmap_threshold
+from bertforge.optim import build_optimizer, param_groups, warmup_decay
+from bertforge.parallelize import ParallelPlan, parallelize
+from bertforge.training import distributed as D
+from bertforge.training.checkpoint import CheckpointManager
+from bertforge.training.device_masking import DeviceMasker
+from bertforge.training.metrics import MetricsWriter, Progress, Throughput, flops_per_token, peak_flops
+from bertforge.training.profile import StepProfiler
+from bertforge.training.rng import rng_state, seed_everything, set_rng_state
+from bertforge.training.weights import load_initial_weights, pretraining_model
 
 PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
 
@@ -153,10 +153,10 @@ class Trainer:
     def __init__(self, cfg: PretrainConfig, explicit: frozenset = frozenset(),
                  source_factory: Callable | None = None):
         """`explicit`: fields given on the command line (a DeepSpeed JSON may not contradict them).
-        `source_factory(cfg, rank, world)` -> BatchSource; default engine.data.source.open_source."""
+        `source_factory(cfg, rank, world)` -> BatchSource; default bertforge.data.source.open_source."""
         self.cfg, self.explicit = cfg, explicit
         if source_factory is None:
-            from engine.data.source import open_source as source_factory
+            from bertforge.data.source import open_source as source_factory
         self.source_factory = source_factory
 
     # ---- setup ---------------------------------------------------------------------------------------------------
@@ -444,7 +444,7 @@ class Trainer:
         if rank == 0:
             print(_eval_line(self.step, self.result.eval), flush=True)
         if cfg.run.export_hf and rank == 0:
-            from engine.training.weights import export_checkpoint
+            from bertforge.training.weights import export_checkpoint
 
             export_checkpoint(self.ckpt.root / self.ckpt.latest(), self.run_dir / "hf",
                               tokenizer_dir=self.source.tokenizer_dir)

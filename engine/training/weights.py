@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from engine import deepspeed as ds
-from engine.config import ModelConfig
-from engine.errors import ConfigError
-from engine.heads import BertForMaskedLM, BertForPreTraining
-from engine.hf import TIED_OPTIONAL, export_hf, load_pretrained, read_config
-from engine.io import atomic_file
-from engine.training.checkpoint import checkpoint_meta, is_checkpoint, resolve_checkpoint
+from bertforge import deepspeed as ds
+from bertforge.config import ModelConfig
+from bertforge.errors import ConfigError
+from bertforge.heads import BertForMaskedLM, BertForPreTraining
+from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained, read_config
+from bertforge.io import atomic_file
+from bertforge.training.checkpoint import checkpoint_meta, is_checkpoint, resolve_checkpoint
 
 
 def pretraining_model(model_cfg: ModelConfig, objective: str) -> BertForPreTraining | BertForMaskedLM:

@@ -53,7 +53,7 @@ def test_finetune_step_command_lines_parse(tmp_path):
     sys.path.insert(0, str(ROOT))
     import benchmarks.finetune_throughput as ft
     import benchmarks.gpu_check as gc
-    from engine.cli import build_parser
+    from bertforge.cli import build_parser
 
     commands = gc.finetune_commands(tmp_path)
     assert [c[4] for c in commands[:2]] == ["classify", "classify"]

@@ -30,14 +30,14 @@ def main() -> None:
     import numpy.lib.format  # noqa: F401 - imported before dropping privileges (the interpreter may be private)
     import torch
 
-    import engine.data.pretraining  # noqa: F401
-    from engine.config import preset
-    from engine.config.pretrain import PretrainConfig
-    from engine.data.source import CorpusSource
-    from engine.heads import BertForPreTraining
-    from engine.training.trainer import model_inputs
+    import bertforge.data.pretraining  # noqa: F401
+    from bertforge.config import preset
+    from bertforge.config.pretrain import PretrainConfig
+    from bertforge.data.source import CorpusSource
+    from bertforge.heads import BertForPreTraining
+    from bertforge.training.trainer import model_inputs
 
-    from engine.data.tokenizer import load_tokenizer
+    from bertforge.data.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
     vocab = load_tokenizer(args.tokenizer).get_vocab_size()

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
-from engine.data import cache
-from engine.data.pretraining import PretrainingDataset
-from engine.errors import DataError
+from bertforge.data import cache
+from bertforge.data.pretraining import PretrainingDataset
+from bertforge.errors import DataError
 
 
 def test_default_is_the_data_folder_when_writable_else_the_run_directory(tmp_path, monkeypatch):

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data.batch import PAD_DROPOUT_ID, collate
-from engine.data.sampler import MicroBatchSampler
-from engine.data.source import sample_dropout_ids
-from engine.data.splitmix import derive_seed, derive_seeds
-from engine.data.synthetic import SyntheticSource
+from bertforge.data.batch import PAD_DROPOUT_ID, collate
+from bertforge.data.sampler import MicroBatchSampler
+from bertforge.data.source import sample_dropout_ids
+from bertforge.data.splitmix import derive_seed, derive_seeds
+from bertforge.data.synthetic import SyntheticSource
 from tests.data.test_source import corpus_source
 
 

@@ -2,8 +2,8 @@ import time
 
 import pytest
 
-from engine.data import fetch as fetch_mod
-from engine.errors import DataError
+from bertforge.data import fetch as fetch_mod
+from bertforge.errors import DataError
 
 
 def test_cache_dir_honours_env(monkeypatch, tmp_path):

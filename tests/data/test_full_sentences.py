@@ -4,10 +4,10 @@ joined with one [SEP], and the batches go through the same collator as NSP pairs
 import numpy as np
 import pytest
 
-from engine.data.full_sentences import NO_LABEL, FullSentenceDataset, document_ranges
-from engine.data.pretraining import PretrainingCollator
-from engine.data.sample_map import split_documents
-from engine.data.sampler import MicroBatchSampler
+from bertforge.data.full_sentences import NO_LABEL, FullSentenceDataset, document_ranges
+from bertforge.data.pretraining import PretrainingCollator
+from bertforge.data.sample_map import split_documents
+from bertforge.data.sampler import MicroBatchSampler
 
 
 def split_tokens(ds: FullSentenceDataset) -> list[np.ndarray]:
@@ -82,7 +82,7 @@ def test_collated_like_pairs(prepared, tokenizer_dir):
 
 
 def test_empty_split_is_refused(prepared, tokenizer_dir):
-    from engine.errors import DataError
+    from bertforge.errors import DataError
 
     with pytest.raises(DataError, match="held-out split has no documents: raise --eval-fraction"):
         FullSentenceDataset(prepared[0], 128, split="eval", eval_fraction=1e-9, tokenizer=tokenizer_dir)

@@ -4,7 +4,7 @@ every token of a corpus of short texts."""
 import numpy as np
 import pytest
 
-from engine.data.grouping import group_documents, group_documents_ref, pack_token_lists
+from bertforge.data.grouping import group_documents, group_documents_ref, pack_token_lists
 
 
 def stream_units(doc_len, separate):
@@ -71,7 +71,7 @@ def test_separator_closes_each_document_but_the_last():
 def test_120_short_texts_keep_all_their_tokens(tokenizer_dir):
     """A corpus of titles / queries (120 texts of 2-5 words) packs into full sequences holding every token, in order
     (Hugging Face's run_mlm group_texts keeps them too; dropping short texts would leave nothing to train on)."""
-    from engine.data.tokenizer import load_tokenizer, special_ids
+    from bertforge.data.tokenizer import load_tokenizer, special_ids
 
     words = ("river city music history football school island church station film village war army team "
              "language county mountain railway album season").split()

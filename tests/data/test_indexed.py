@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from engine.data.indexed import IndexedDataset, read_shard_arrays
-from engine.data.prepare import prepare
-from engine.errors import DataError
+from bertforge.data.indexed import IndexedDataset, read_shard_arrays
+from bertforge.data.prepare import prepare
+from bertforge.errors import DataError
 
 
 @pytest.fixture

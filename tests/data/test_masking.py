@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data.masking import Masker, mask_tokens, replacement_distribution
+from bertforge.data.masking import Masker, mask_tokens, replacement_distribution
 
 VOCAB, MASK = 1000, 4
 

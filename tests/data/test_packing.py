@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import tiny
-from engine.data.packing import first_fit_decreasing, pack
-from engine.data.tokenizer import load_tokenizer, special_ids
-from engine.heads import BertForPreTraining, BertForSequenceClassification
+from bertforge.config import tiny
+from bertforge.data.packing import first_fit_decreasing, pack
+from bertforge.data.tokenizer import load_tokenizer, special_ids
+from bertforge.heads import BertForPreTraining, BertForSequenceClassification
 
 
 def test_first_fit_decreasing_known_instance():
@@ -60,8 +60,8 @@ def test_pack_fixed_rows():
 
 def first_batch(prepared, tokenizer_dir, batch_size, S, whole_word=False, pack=False, pad_rows_to=None):
     """The first micro batch of the dataset's train split (seed 7), built by the dataset and collator."""
-    from engine.data.pretraining import PretrainingCollator, PretrainingDataset
-    from engine.data.sampler import MicroBatchSampler
+    from bertforge.data.pretraining import PretrainingCollator, PretrainingDataset
+    from bertforge.data.sampler import MicroBatchSampler
 
     ds = PretrainingDataset(prepared[0], S, seed=7, split="train", eval_fraction=0.1, tokenizer=tokenizer_dir)
     collate = PretrainingCollator(ds.masker(), ds.continuation, whole_word, pack, pad_rows_to, ds.special.pad_id)

@@ -3,10 +3,10 @@ batches, checking BERT's invariants with binomial bounds (4 standard deviations)
 import numpy as np
 import torch
 
-from engine.cli import main
-from engine.data.source import CorpusSource
-from engine.config.pretrain import PretrainConfig
-from engine.data.tokenizer import load_tokenizer, special_ids
+from bertforge.cli import main
+from bertforge.data.source import CorpusSource
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.tokenizer import load_tokenizer, special_ids
 
 
 def bound(p, n):

@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from engine.data.prefetch import Prefetcher
-from engine.data.synthetic import SyntheticSource
+from bertforge.data.prefetch import Prefetcher
+from bertforge.data.synthetic import SyntheticSource
 
 
 def _src():

@@ -4,13 +4,13 @@ import re
 import numpy as np
 import pytest
 
-from engine.config.prepare import PrepareConfig, parse_size
-from engine.errors import ConfigError, DataError
-from engine.data.indexed import IndexedDataset
-from engine.data.prepare import prepare
-from engine.data.readers import read_documents
-from engine.data.sentences import split_sentences
-from engine.data.tokenizer import load_tokenizer, tokenizer_hash, train_wordpiece
+from bertforge.config.prepare import PrepareConfig, parse_size
+from bertforge.errors import ConfigError, DataError
+from bertforge.data.indexed import IndexedDataset
+from bertforge.data.prepare import prepare
+from bertforge.data.readers import read_documents
+from bertforge.data.sentences import split_sentences
+from bertforge.data.tokenizer import load_tokenizer, tokenizer_hash, train_wordpiece
 
 
 def shard_files(folder):
@@ -156,7 +156,7 @@ def test_sizes_and_settings_refuse_zero_and_nonsense(settings, match):
 
 
 def test_shard_size_flag_of_zero_is_refused_in_one_line(tokenizer_dir, tmp_path, capsys):
-    from engine.cli import main
+    from bertforge.cli import main
 
     src = write_jsonl(tmp_path / "x.jsonl", ["One. Two."])
     assert main(["prepare", str(src), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "o"),
@@ -180,7 +180,7 @@ def test_a_worker_error_names_the_file_and_its_line(tokenizer_dir, tmp_path):
 @pytest.mark.parametrize("sizes", [[5] * 10, [1, 100, 1, 1, 50, 3, 7, 80, 2], [0, 0, 0], [9]])
 @pytest.mark.parametrize("n", [1, 2, 3, 7])
 def test_parts_cover_the_plan_once_in_order_and_balanced(sizes, n):
-    from engine.data.prepare import Task, part_of
+    from bertforge.data.prepare import Task, part_of
 
     tasks = [Task(i, (), s) for i, s in enumerate(sizes)]
     parts = [part_of(tasks, k, n) for k in range(n)]

@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine.config.pretrain import PretrainConfig
-from engine.data.indexed import IndexedDataset
-from engine.data.prepare import prepare
-from engine.data.readers import read_documents
-from engine.data.source import CorpusSource
-from engine.errors import DataError
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.indexed import IndexedDataset
+from bertforge.data.prepare import prepare
+from bertforge.data.readers import read_documents
+from bertforge.data.source import CorpusSource
+from bertforge.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = Path(__file__).with_name("_train_steps.py")
@@ -86,7 +86,7 @@ def _workers_of(proc: subprocess.Popen) -> list[psutil.Process]:
 
 def test_killed_worker_ends_prepare_in_one_line_and_the_rerun_completes(wiki_slice, tokenizer_dir, tmp_path):
     src = write_jsonl(tmp_path / "c.jsonl", texts_of(wiki_slice) * 4)  # ~5 MB, ~80 tasks
-    cmd = [sys.executable, "-m", "engine.cli", "prepare", str(src), "--tokenizer", str(tokenizer_dir), "--out",
+    cmd = [sys.executable, "-m", "bertforge.cli", "prepare", str(src), "--tokenizer", str(tokenizer_dir), "--out",
            str(tmp_path / "out"), "--workers", "2", "--shard-bytes", "64K", "--no-progress"]
     proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from engine.errors import DataError
-from engine.data.readers import ReadStats, read_documents
-from engine.data.sentences import split_sentences
+from bertforge.errors import DataError
+from bertforge.data.readers import ReadStats, read_documents
+from bertforge.data.sentences import split_sentences
 
 
 def docs(path, fmt=None, stats=None):
@@ -88,7 +88,7 @@ import tracemalloc  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from engine.data.readers import Piece, documents, plan_pieces, read_piece  # noqa: E402
+from bertforge.data.readers import Piece, documents, plan_pieces, read_piece  # noqa: E402
 
 
 def _wiki_texts(wiki_slice, n=None):

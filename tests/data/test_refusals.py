@@ -1,11 +1,11 @@
 """Refusals of the pretraining data path name the file, the split or flag at fault and what to change."""
 import pytest
 
-from engine.config.pretrain import PretrainConfig
-from engine.data.prepare import prepare
-from engine.data.source import CorpusSource
-from engine.data.tokenizer import train_wordpiece
-from engine.errors import DataError
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.prepare import prepare
+from bertforge.data.source import CorpusSource
+from bertforge.data.tokenizer import train_wordpiece
+from bertforge.errors import DataError
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 

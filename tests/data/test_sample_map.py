@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from engine.data.indexed import IndexedDataset
-from engine.data.sample_map import (build_sample_map, build_sample_map_ref, build_sop_map, cached_sample_map,
+from bertforge.data.indexed import IndexedDataset
+from bertforge.data.sample_map import (build_sample_map, build_sample_map_ref, build_sop_map, cached_sample_map,
                                     select_sentences, split_documents)
 
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.readers import read_documents
-from engine.data.sentences import split_sentences
+from bertforge.data.readers import read_documents
+from bertforge.data.sentences import split_sentences
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -39,10 +39,10 @@ def test_the_chinese_corpus_has_several_sentences_in_every_document():
 
 
 def test_the_chinese_corpus_gives_pretraining_samples(tmp_path):
-    from engine.config.pretrain import PretrainConfig
-    from engine.data.fetch import fetch
-    from engine.data.prepare import prepare
-    from engine.data.source import CorpusSource
+    from bertforge.config.pretrain import PretrainConfig
+    from bertforge.data.fetch import fetch
+    from bertforge.data.prepare import prepare
+    from bertforge.data.source import CorpusSource
 
     tok = fetch("minilm")  # uncased BERT WordPiece with Chinese-character handling
     stats = prepare([FIXTURES / "corpus_zh.txt"], tok, tmp_path / "data", workers=1, max_seq_length=64,
@@ -66,9 +66,9 @@ def _lines_corpus(path, n_docs):
 
 
 def test_handed_sentence_per_line_corpus_prepared_with_format_lines(tmp_path):
-    from engine.data.fetch import fetch
-    from engine.data.indexed import IndexedDataset
-    from engine.data.prepare import prepare
+    from bertforge.data.fetch import fetch
+    from bertforge.data.indexed import IndexedDataset
+    from bertforge.data.prepare import prepare
 
     tok = fetch("minilm")
     src = FIXTURES / "corpus_en_nopunct.txt"
@@ -81,11 +81,11 @@ def test_handed_sentence_per_line_corpus_prepared_with_format_lines(tmp_path):
 
 
 def test_format_lines_cuts_large_files_at_blank_lines_and_gives_samples(tmp_path):
-    from engine.config.pretrain import PretrainConfig
-    from engine.data.fetch import fetch
-    from engine.data.indexed import IndexedDataset
-    from engine.data.prepare import prepare
-    from engine.data.source import CorpusSource
+    from bertforge.config.pretrain import PretrainConfig
+    from bertforge.data.fetch import fetch
+    from bertforge.data.indexed import IndexedDataset
+    from bertforge.data.prepare import prepare
+    from bertforge.data.source import CorpusSource
 
     tok = fetch("minilm")
     src = tmp_path / "bert_format.txt"

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from engine.data.shards import ShardTokens, gather_ref
-from engine.errors import DataError
+from bertforge.data.shards import ShardTokens, gather_ref
+from bertforge.errors import DataError
 
 
 def make_shards(tmp_path, sizes, dtype, seed=0):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config.pretrain import PretrainConfig
-from engine.data.sampler import MicroBatchSampler
-from engine.data.source import CorpusSource
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.sampler import MicroBatchSampler
+from bertforge.data.source import CorpusSource
 
 
 def corpus_source(data_dir, tokenizer_dir, rank=0, world=1, **flat):
@@ -72,8 +72,8 @@ def test_resume_gives_same_batches(prepared, tokenizer_dir):
 
 
 def test_dataset_refuses_other_tokenizer(prepared, tmp_path):
-    from engine.data.tokenizer import train_wordpiece
-    from engine.errors import DataError
+    from bertforge.data.tokenizer import train_wordpiece
+    from bertforge.errors import DataError
 
     train_wordpiece(["other words entirely."] * 10, tmp_path / "t", vocab_size=60, show_progress=False)
     with pytest.raises(DataError, match="prepared with another tokenizer"):

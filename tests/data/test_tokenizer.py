@@ -1,8 +1,8 @@
 import pytest
 
-from engine.errors import DataError
-from engine.data.fetch import fetch
-from engine.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash, train_wordpiece
+from bertforge.errors import DataError
+from bertforge.data.fetch import fetch
+from bertforge.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash, train_wordpiece
 
 
 def test_trained_files_and_special_ids(tokenizer_dir):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.pretrain import PretrainConfig
-from engine.data.prepare import prepare
-from engine.data.source import CorpusSource
-from engine.data.tokenizer import load_tokenizer, tokenizer_hash
-from engine.errors import DataError
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.prepare import prepare
+from bertforge.data.source import CorpusSource
+from bertforge.data.tokenizer import load_tokenizer, tokenizer_hash
+from bertforge.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ACCENTED = "Café naïve résumé Ångström müssen"
@@ -28,7 +28,7 @@ def _variant(src: Path, out: Path, **normalizer) -> Path:
 
 @pytest.fixture(scope="module")
 def minilm_tok(tmp_path_factory):
-    from engine.data.fetch import fetch
+    from bertforge.data.fetch import fetch
 
     src = fetch("minilm")
     out = tmp_path_factory.mktemp("minilm_tok") / "tok"

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from engine.cli import COMMANDS, main
+from bertforge.cli import COMMANDS, main
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -12,10 +12,10 @@ def test_help_lists_every_subcommand(capsys):
 
 
 def test_console_script_runs():
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--version"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bertforge.cli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("bertforge ")
 
 
 def test_unknown_subcommand_is_one_line_error():
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "pretrian"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bertforge.cli", "pretrian"], capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid choice: 'pretrian'" in proc.stderr

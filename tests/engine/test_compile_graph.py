@@ -5,10 +5,10 @@ the baseline, not the fast path)."""
 import pytest
 import torch
 
-from engine.config import preset
-from engine.heads import BertForPreTraining
-from engine.training.trainer import model_inputs
-from engine.data.synthetic import SyntheticSource
+from bertforge.config import preset
+from bertforge.heads import BertForPreTraining
+from bertforge.training.trainer import model_inputs
+from bertforge.data.synthetic import SyntheticSource
 
 
 @pytest.mark.parametrize("unpadded", [False, True])

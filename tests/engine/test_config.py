@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from engine.config import PRESETS, ModelConfig, preset
-from engine.errors import ConfigError
+from bertforge.config import PRESETS, ModelConfig, preset
+from bertforge.errors import ConfigError
 
 
 def test_presets_have_the_documented_shapes():
@@ -16,7 +16,7 @@ def test_presets_have_the_documented_shapes():
 
 
 def test_num_parameters_counts_the_real_model():
-    from engine.heads import BertForPreTraining
+    from bertforge.heads import BertForPreTraining
 
     cfg = preset("tiny", vocab_size=1000)
     model = BertForPreTraining(cfg)

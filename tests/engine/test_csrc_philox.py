@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import csrc
-from kernels import reference as R
+from bertforge import csrc
+from bertforge.kernels import reference as R
 
 
 @pytest.fixture

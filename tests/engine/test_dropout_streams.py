@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import ops
-from engine.config import tiny
-from engine.data.source import sample_dropout_ids
-from engine.model import BertModel
-from kernels.reference import attention_dropout_keep_ref, layer_norm_dropout_keep_ref
+from bertforge import ops
+from bertforge.config import tiny
+from bertforge.data.source import sample_dropout_ids
+from bertforge.model import BertModel
+from bertforge.kernels.reference import attention_dropout_keep_ref, layer_norm_dropout_keep_ref
 
 P = 0.1
 CFG = tiny(vocab_size=301, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,

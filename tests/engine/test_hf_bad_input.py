@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.config import tiny
-from engine.heads import BertForPreTraining, BertForSequenceClassification
-from engine.errors import CheckpointError
-from engine.hf import export_hf, load_pretrained, read_config
+from bertforge.config import tiny
+from bertforge.heads import BertForPreTraining, BertForSequenceClassification
+from bertforge.errors import CheckpointError
+from bertforge.hf import export_hf, load_pretrained, read_config
 
 CFG = tiny(vocab_size=97, hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=40)
 
@@ -89,7 +89,7 @@ def test_legacy_and_prefixless_checkpoints_load(checkpoint, tmp_path):
 
 
 def test_export_is_atomic_on_failure(tmp_path, monkeypatch):
-    import engine.hf as hf
+    import bertforge.hf as hf
 
     model = BertForPreTraining(CFG)
     export_hf(model, tmp_path / "out")

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from engine import io
+from bertforge import io
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002])
@@ -31,9 +31,9 @@ def test_files_and_folders_follow_the_umask(tmp_path, umask):
 def test_exported_model_folder_is_readable_by_the_group_under_umask_022(tmp_path):
     import torch
 
-    from engine.config.model import tiny
-    from engine.hf import export_hf
-    from engine.model import BertModel
+    from bertforge.config.model import tiny
+    from bertforge.hf import export_hf
+    from bertforge.model import BertModel
 
     old = os.umask(0o022)
     try:

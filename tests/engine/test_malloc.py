@@ -6,11 +6,11 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import sys, torch
-    from engine.malloc import pin_mmap_threshold
+    from bertforge.malloc import pin_mmap_threshold
     if sys.argv[1] == "pin":
         assert pin_mmap_threshold()
-    from engine.config import tiny
-    from engine.heads import BertForPreTraining
+    from bertforge.config import tiny
+    from bertforge.heads import BertForPreTraining
     torch.manual_seed(0)
     model = BertForPreTraining(tiny(vocab_size=4000))
     opt = torch.optim.AdamW(model.parameters())

@@ -5,10 +5,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from engine.data.fetch import fetch  # noqa: E402
-from engine.heads import BertForSequenceClassification  # noqa: E402
-from engine.hf import load_pretrained, read_config  # noqa: E402
-from engine.model import BertModel  # noqa: E402
+from bertforge.data.fetch import fetch  # noqa: E402
+from bertforge.heads import BertForSequenceClassification  # noqa: E402
+from bertforge.hf import load_pretrained, read_config  # noqa: E402
+from bertforge.model import BertModel  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

@@ -6,8 +6,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from engine.config import tiny  # noqa: E402
-from engine.heads import BertForPreTraining  # noqa: E402
+from bertforge.config import tiny  # noqa: E402
+from bertforge.heads import BertForPreTraining  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # fp32 on CPU (interpreter) is exact to rounding; on a GPU, Triton's fp32 dots may use TF32 (10-bit mantissa).

@@ -4,10 +4,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from engine.config import ModelConfig, tiny  # noqa: E402
-from engine.heads import (BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,  # noqa: E402
+from bertforge.config import ModelConfig, tiny  # noqa: E402
+from bertforge.heads import (BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,  # noqa: E402
                           BertForTokenClassification)
-from engine.hf import export_hf, load_pretrained, read_config  # noqa: E402
+from bertforge.hf import export_hf, load_pretrained, read_config  # noqa: E402
 
 CONFIG = tiny(vocab_size=211, hidden_size=48, num_attention_heads=3, intermediate_size=96, max_position_embeddings=64)
 HF_CLASSES = {

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.progress import LineProgress, progress
+from bertforge.progress import LineProgress, progress
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_pretrain_logs_progress_lines_into_a_file(tmp_path):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, "-m", "engine.cli", "pretrain", "--synthetic-vocab", "128",
+        proc = subprocess.run([sys.executable, "-m", "bertforge.cli", "pretrain", "--synthetic-vocab", "128",
                                "--model", "hidden_size=32", "--model", "num_attention_heads=2", "--model",
                                "intermediate_size=64", "--max-seq-length", "32", "--micro-batch", "2",
                                "--global-batch", "2", "--steps", "3", "--eval-batches", "1", "--no-export-hf",
@@ -48,9 +48,9 @@ def test_pretrain_logs_progress_lines_into_a_file(tmp_path):
 
 def test_prepare_and_finetuning_report_through_the_shared_lines(monkeypatch, tmp_path):
     """prepare (bytes, scaled, with the shard count) and finetuning's progress write the same plain lines."""
-    from engine.data.prepare import prepare
-    from engine.data.tokenizer import train_wordpiece
-    from engine.finetune.progress import Progress
+    from bertforge.data.prepare import prepare
+    from bertforge.data.tokenizer import train_wordpiece
+    from bertforge.finetune.progress import Progress
 
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)

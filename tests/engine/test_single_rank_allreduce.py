@@ -1,4 +1,4 @@
-"""engine.deepspeed.initialize switches DeepSpeed's gradient all-reduce off for one data-parallel rank at ZeRO 0 (an
+"""bertforge.deepspeed.initialize switches DeepSpeed's gradient all-reduce off for one data-parallel rank at ZeRO 0 (an
 identity there); the updates must stay bit-equal to the engine with it on, in fp32 and bf16, with accumulation.
 The checks run in a child process: a process group and the launcher variables must not outlive the test."""
 import os
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _train(precision: str, allreduce: bool | None, steps: int = 3, accum: int = 2):
     import torch
 
-    from engine import deepspeed as ds
+    from bertforge import deepspeed as ds
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU(), torch.nn.Linear(40, 7))
@@ -38,8 +38,8 @@ def _train(precision: str, allreduce: bool | None, steps: int = 3, accum: int = 
 def main() -> None:
     import torch
 
-    from engine import deepspeed as ds
-    from engine.training import distributed as D
+    from bertforge import deepspeed as ds
+    from bertforge.training import distributed as D
 
     D.prepare_env()
     ds.init_distributed(60)

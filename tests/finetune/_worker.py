@@ -14,12 +14,12 @@ from pathlib import Path
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from engine.training import distributed as D  # noqa: E402
+from bertforge.training import distributed as D  # noqa: E402
 
 
 def main(spec_path: Path) -> None:
-    from engine.cli import main as cli_main
-    from engine.finetune.trainer import FinetuneTrainer
+    from bertforge.cli import main as cli_main
+    from bertforge.finetune.trainer import FinetuneTrainer
 
     real_finish, real_step = D.finish, FinetuneTrainer.train_step
     D.finish = lambda code: None  # every run but the last leaves the process group standing

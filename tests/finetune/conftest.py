@@ -20,9 +20,9 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
-    from engine.config.model import tiny
-    from engine.hf import export_hf
-    from engine.model import BertModel
+    from bertforge.config.model import tiny
+    from bertforge.hf import export_hf
+    from bertforge.model import BertModel
 
     root = tmp_path_factory.mktemp("tiny_ckpt")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase) + \
@@ -42,13 +42,13 @@ def tiny_ckpt(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_dir():
     """The real MiniLM weights (fetched once into $BERTFORGE_CACHE; a test fails, not skips, without them)."""
-    from engine.data.fetch import fetch
+    from bertforge.data.fetch import fetch
 
     return fetch("minilm")
 
 
 @pytest.fixture(scope="session")
 def wnut_file():
-    from engine.data.fetch import fetch
+    from bertforge.data.fetch import fetch
 
     return fetch("wnut16")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import build_parser, main
-from engine.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, InferenceConfig,
+from bertforge.cli import build_parser, main
+from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, InferenceConfig,
                                     MlmConfig, MlmData, NerConfig, NerData, SplitFiles)
-from engine.errors import ConfigError, DataError
+from bertforge.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("cls,values,flag", [
@@ -71,7 +71,7 @@ def test_every_field_is_a_flag_and_task_defaults_apply(task, config_cls):
     assert set(config_cls.field_names()) <= dests
     args = _subparser("finetune", task).parse_args(["--out", "o", "--seeds", "1,2", "--max-grad-norm", "0.5",
                                                    *(["--corpus", "c"] if task == "mlm" else ["--data", "d"])])
-    from engine.commands.flags import given
+    from bertforge.commands.flags import given
 
     config = config_cls.from_flat(given(args, config_cls.field_names()))
     assert config.training.seeds == (1, 2) and config.training.max_grad_norm == 0.5
@@ -94,7 +94,7 @@ def test_finetune_flags_are_pretraining_names(task):
         "--out", "o", "--micro-batch", "4", "--global-batch", "16", "--precision", "bf16", "--zero-stage", "2",
         "--kernels", "triton", "--no-unpadded", "--compile", "--resume",
         *(["--corpus", "c"] if task == "mlm" else ["--data", "d"])])
-    from engine.commands.flags import given
+    from bertforge.commands.flags import given
 
     cls = {"classify": ClassifyConfig, "ner": NerConfig, "mlm": MlmConfig}[task]
     config = cls.from_flat(given(args, cls.field_names()))
@@ -122,7 +122,7 @@ def test_cli_errors_are_one_line(tiny_ckpt, tmp_path, capsys):
     assert capsys.readouterr().err == f"bertforge: error: {bad}:3: empty 'text'\n"
     assert main(flags) == 2  # the default 512 is longer than the tiny model's positions
     assert capsys.readouterr().err == "bertforge: error: --max-seq-length 512 exceeds the model's 64 positions\n"
-    from engine.finetune.run import run_classify
+    from bertforge.finetune.run import run_classify
 
     with pytest.raises(DataError) as err:
         run_classify(ClassifyConfig.from_flat(train=str(bad), output_dir=str(tmp_path / "o"), model=str(tiny_ckpt),
@@ -137,13 +137,13 @@ def test_library_never_imports_the_command_line():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
-                assert not name.startswith(("engine.cli", "engine.commands")), f"{path.name} imports {name}"
+                assert not name.startswith(("bertforge.cli", "bertforge.commands")), f"{path.name} imports {name}"
                 if path.name == "finetune.py":
-                    assert not name.startswith(("torch", "engine.finetune", "engine.data")), path
+                    assert not name.startswith(("torch", "bertforge.finetune", "bertforge.data")), path
 
 
 def test_deepspeed_json_is_folded_in_and_may_not_contradict_a_flag(tmp_path):
-    from engine.finetune.run import _merged
+    from bertforge.finetune.run import _merged
 
     user = tmp_path / "ds.json"
     user.write_text('{"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 4, '

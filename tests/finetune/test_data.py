@@ -1,10 +1,10 @@
 """Readers, tag schemes, sub-word alignment, windows and the bad-input errors (file and line named)."""
 import pytest
 
-from engine.data.tokenizer import load_tokenizer
-from engine.errors import UserError
-from engine.finetune import data_classify as dc
-from engine.finetune import data_ner as dn
+from bertforge.data.tokenizer import load_tokenizer
+from bertforge.errors import UserError
+from bertforge.finetune import data_classify as dc
+from bertforge.finetune import data_ner as dn
 
 
 def write(tmp_path, name, content, mode="w"):
@@ -168,7 +168,7 @@ def test_first_subword_vs_all_subwords(tiny_ckpt):
 
 
 def test_saved_splits_read_back(tmp_path):
-    from engine.finetune.run import save_splits
+    from bertforge.finetune.run import save_splits
 
     sents = [dn.Sentence(["John", "lives"], ["B-PER", "O"], "s", [1, 2]), dn.Sentence(["Paris"], ["B-LOC"], "s", [4])]
     exs = [dc.Example("a, b", None, "pos", "f", 2), dc.Example("c", "d", "neg", "f", 3)]

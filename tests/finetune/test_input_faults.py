@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
-from engine.errors import DataError
-from engine.finetune import data_classify as dc
-from engine.finetune import data_ner as dn
+from bertforge.cli import main
+from bertforge.errors import DataError
+from bertforge.finetune import data_classify as dc
+from bertforge.finetune import data_ner as dn
 
 DATA = Path(__file__).with_name("data")
 FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--max-seq-length", "16", "--epochs", "1"]
@@ -27,7 +27,7 @@ def test_handed_iob1_file_with_the_default_scheme_is_refused_with_file_line_and_
                               f"entity, which IOB2 does not allow (entities start with B-); this looks like IOB1: pass "
                               f"--scheme iob1")
     sents = dn.read_conll(DATA / "iob1_test.conll", "iob1")
-    from engine.finetune.metrics import iob2_spans
+    from bertforge.finetune.metrics import iob2_spans
 
     assert sum(len(iob2_spans(s.tags)) for s in sents) == 15  # as seqeval's default (conlleval) mode counts them
 

@@ -2,7 +2,7 @@
 import json
 import random
 
-from engine.cli import main
+from bertforge.cli import main
 
 WORDS = "the a is was of and to in it good bad great awful fine john mary london paris google today".split()
 
@@ -33,8 +33,8 @@ def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path, capsys):
 
 
 def test_fixed_eval_masks_are_deterministic(tiny_ckpt):
-    from engine.finetune.mlm import build_task
-    from engine.data.tokenizer import load_tokenizer
+    from bertforge.finetune.mlm import build_task
+    from bertforge.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_ckpt)
     docs = [" ".join(random.Random(i).choices(WORDS, k=60)) for i in range(9)]
@@ -49,8 +49,8 @@ def test_fixed_eval_masks_are_deterministic(tiny_ckpt):
 
 
 def test_short_texts_are_packed_into_full_sequences_with_no_token_dropped(tiny_ckpt):
-    from engine.data.tokenizer import load_tokenizer
-    from engine.finetune.mlm import build_task
+    from bertforge.data.tokenizer import load_tokenizer
+    from bertforge.finetune.mlm import build_task
 
     tok = load_tokenizer(tiny_ckpt)
     rng = random.Random(3)

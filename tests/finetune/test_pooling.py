@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from engine.cli import main
-from engine.config.model import tiny
-from engine.finetune.predict import load_finetuned
-from engine.heads import BertForSequenceClassification, mean_states
+from bertforge.cli import main
+from bertforge.config.model import tiny
+from bertforge.finetune.predict import load_finetuned
+from bertforge.heads import BertForSequenceClassification, mean_states
 from tests.finetune._data import sentiment_csv
 
 FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--lr", "3e-3", "--max-seq-length", "32",
@@ -98,8 +98,8 @@ def test_the_exported_folder_says_how_to_reproduce_mean_pooling(mean_model):
     assert "mean" in note and "BertForSequenceClassification" in note
     texts = ["the movie was great today", "awful service", "a film"]
     ft = load_finetuned(model_dir)
-    from engine.finetune import data_classify as dc
-    from engine.finetune.predict import Runner, classify_rows
+    from bertforge.finetune import data_classify as dc
+    from bertforge.finetune.predict import Runner, classify_rows
 
     ours = classify_rows(Runner(ft), [dc.Example(t, None, None, "x", i) for i, t in enumerate(texts)])
     encoder = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()  # the README's recipe

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from bertforge.cli import main
 from tests.finetune._data import sentiment_csv
 
 REPO = Path(__file__).resolve().parents[2]
 RSS = """import resource, sys
 sys.path.insert(0, {repo!r})
-from engine.cli import main
+from bertforge.cli import main
 code = main(sys.argv[1:])
 print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
 sys.exit(code)
@@ -89,7 +89,7 @@ def test_two_ranks_write_one_ordered_output_identical_to_one_rank(model, files, 
     src, one = files[20_000], peaks[20_000][1]  # 5 chunks of 4,096 records: ranks 0, 1, 0, 1, 0
     two = tmp_path / "two.jsonl"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                           "engine.cli", "predict", str(model), str(src), "--out", str(two), "--threads", "1",
+                           "bertforge.cli", "predict", str(model), str(src), "--out", str(two), "--threads", "1",
                            "--no-progress"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert two.read_bytes() == one.read_bytes()
@@ -97,12 +97,12 @@ def test_two_ranks_write_one_ordered_output_identical_to_one_rank(model, files, 
     assert not any(p.name.endswith(".parts") for p in tmp_path.iterdir())  # the part files are removed
     # evaluate on 2 ranks: the counts of both add up to the metrics of the single process' predictions
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                           "engine.cli", "evaluate", str(model), str(src), "--out", str(tmp_path / "m2.json"),
+                           "bertforge.cli", "evaluate", str(model), str(src), "--out", str(tmp_path / "m2.json"),
                            "--threads", "1", "--no-progress"], env=env(), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from engine.finetune.data_classify import read_examples
-    from engine.finetune.metrics import classification_metrics
+    from bertforge.finetune.data_classify import read_examples
+    from bertforge.finetune.metrics import classification_metrics
 
     gold = [e.label for e in read_examples(src)]
     pred = [json.loads(x)["label"] for x in one.read_text().splitlines()]

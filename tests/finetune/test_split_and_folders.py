@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from engine.cli import main
-from engine.config.finetune import ClassifyConfig, NerConfig
-from engine.errors import ConfigError, DataError
-from engine.finetune import data_classify as dc
-from engine.finetune import data_ner as dn
+from bertforge.cli import main
+from bertforge.config.finetune import ClassifyConfig, NerConfig
+from bertforge.errors import ConfigError, DataError
+from bertforge.finetune import data_classify as dc
+from bertforge.finetune import data_ner as dn
 from tests.finetune._data import ner_conll, sentiment_csv
 
 FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--max-seq-length", "16", "--epochs", "1"]

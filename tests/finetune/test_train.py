@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from engine.cli import main
-from engine.finetune.metrics import entity_metrics
+from bertforge.cli import main
+from bertforge.finetune.metrics import entity_metrics
 from tests.finetune._data import ner_conll as _ner_conll
 from tests.finetune._data import sentiment_csv as _sentiment_csv
 
@@ -77,8 +77,8 @@ def test_ner_end_to_end_windows_and_hf_pipeline(tiny_ckpt, tmp_path):
     assert any(t.startswith(("S-", "E-")) for r in rows for t in r["tags"])
     transformers = pytest.importorskip("transformers")
     # parity without windows: a max_seq_length that covers the sentence
-    from engine.finetune import data_ner as dn
-    from engine.finetune import predict as P
+    from bertforge.finetune import data_ner as dn
+    from bertforge.finetune import predict as P
 
     ft = P.load_finetuned(model, max_seq_length=32)
     sentences = dn.read_conll(test)
@@ -96,8 +96,8 @@ def test_ner_end_to_end_windows_and_hf_pipeline(tiny_ckpt, tmp_path):
 
 def _first_layers(minilm, n, out):
     """A checkpoint with the first n layers of the real MiniLM (fast enough for a test)."""
-    from engine.hf import export_hf, load_pretrained, read_config
-    from engine.model import BertModel
+    from bertforge.hf import export_hf, load_pretrained, read_config
+    from bertforge.model import BertModel
 
     full = BertModel(read_config(minilm))
     load_pretrained(minilm, full)
@@ -112,13 +112,13 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
     seqeval = pytest.importorskip("seqeval.metrics")
     from seqeval.scheme import IOB2
 
-    from engine.finetune import data_ner as dn
-    from engine.finetune.tasks import NerTask
-    from engine.config.finetune import FinetuneConfig
-    from engine.data.tokenizer import load_tokenizer
-    from engine.finetune.evaluation import local_outputs
-    from engine.finetune.trainer import train_seed
-    from engine.hf import load_pretrained, read_config
+    from bertforge.finetune import data_ner as dn
+    from bertforge.finetune.tasks import NerTask
+    from bertforge.config.finetune import FinetuneConfig
+    from bertforge.data.tokenizer import load_tokenizer
+    from bertforge.finetune.evaluation import local_outputs
+    from bertforge.finetune.trainer import train_seed
+    from bertforge.hf import load_pretrained, read_config
 
     wnut, minilm = wnut_file, minilm_dir
     sents = dn.read_conll(wnut)

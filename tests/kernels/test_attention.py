@@ -13,10 +13,10 @@ import triton
 import triton.language as tl
 
 from tests.kernels._kernel_tolerance import assert_within_noise, max_err
-from kernels._common import draw_seed_tensor
-from kernels.attention import _program_coords, attention
-from kernels.reference import attention_dropout_keep_ref
-from kernels.reference import attention_naive_ref
+from bertforge.kernels._common import draw_seed_tensor
+from bertforge.kernels.attention import _program_coords, attention
+from bertforge.kernels.reference import attention_dropout_keep_ref
+from bertforge.kernels.reference import attention_naive_ref
 
 
 def _run(fn, q, k, v, dout, **kw):
@@ -153,7 +153,7 @@ def test_bad_arguments():
 
 # ---- dropout -----------------------------------------------------------------------------------------------------
 def dropout_keep_mask(seed, batch, nheads, seq, p, row_ids=None):
-    """The kernels' keep mask (B, nh, S, S), replayed by the pure-torch Philox of kernels.reference."""
+    """The kernels' keep mask (B, nh, S, S), replayed by the pure-torch Philox of bertforge.kernels.reference."""
     return attention_dropout_keep_ref(seed, batch, nheads, seq, p, row_ids)
 
 
@@ -266,7 +266,7 @@ def test_torch_compile_traces_without_graph_breaks():
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 def test_dq_atomic_matches_split(layout):
     """The long-sequence backward's two dq strategies (fp32 atomics in the dk/dv kernel vs the dq kernel) agree."""
-    from kernels.attention import attention_backward, attention_forward
+    from bertforge.kernels.attention import attention_backward, attention_forward
 
     lengths, p = [150, 1, 77], 0.1
     q, k, v, dout = _inputs((3, 150, 2, 64), torch.float32, seed=21)
@@ -315,9 +315,9 @@ def test_dropout_row_ids_give_each_sequence_its_own_stream():
 
 @pytest.mark.parametrize("layout", ["padded", "varlen"])
 def test_reference_with_a_seed_draws_the_kernels_mask(layout):
-    """The CPU path (kernels.reference.attention_ref) given the kernel's seed and row ids drops the same
+    """The CPU path (bertforge.kernels.reference.attention_ref) given the kernel's seed and row ids drops the same
     probabilities as the kernel: forward and gradients agree to fp32 rounding, so kernels on and off train alike."""
-    from kernels.reference import attention_ref
+    from bertforge.kernels.reference import attention_ref
 
     lengths = [37, 20, 29]
     q, k, v, dout = _inputs((3, 37, 2, 32), torch.float32, seed=5)
@@ -342,7 +342,7 @@ def test_reference_with_a_seed_draws_the_kernels_mask(layout):
 def test_launch_grid_is_one_axis_within_cuda_limits():
     """Axes 1 and 2 of a CUDA grid hold 65,535 programs: BERT-large (16 heads) at B = 4096 was 65,536 (batch x heads)
     on axis 1. The 1-D grid holds it; past 2^31 - 1 programs the launcher says so."""
-    from kernels.attention import launch_grid
+    from bertforge.kernels.attention import launch_grid
 
     assert launch_grid(triton.cdiv(512, 64), 4096, 16) == (8 * 4096 * 16,)
     assert launch_grid(1, 65536, 16) == (1 << 20,)
@@ -377,7 +377,7 @@ def test_program_coords_cover_every_block_once(max_seqlen, batch, nheads):
 
 # ---- every GPU autotune config -----------------------------------------------------------------------------------
 def _gpu_config_cases():
-    from kernels.attention import GPU_CONFIGS
+    from bertforge.kernels.attention import GPU_CONFIGS
 
     for kind, configs in GPU_CONFIGS.items():
         for cfg in configs:
@@ -389,7 +389,7 @@ def test_every_gpu_autotune_config_matches_the_reference(kind, cfg, monkeypatch)
     """Autotune may pick any config of the GPU lists: each one's block shapes (the interpreter ignores warps and
     stages) gives the reference's output and gradients, with a padding mask and dropout, on sequences that are not
     block multiples (fused backward: up to one 128-key block as on the GPU; split: 150 keys)."""
-    import kernels.attention as A
+    import bertforge.kernels.attention as A
 
     monkeypatch.setattr(A, "_FUSED_MAX_SEQLEN", A.GPU_FUSED_MAX_SEQLEN)
     seq = 100 if kind in ("fwd", "bwd_fused") else 150

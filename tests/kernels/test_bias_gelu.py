@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.kernels._kernel_tolerance import assert_within_noise
-from kernels.bias_gelu import bias_gelu
-from kernels.reference import bias_gelu_ref
+from bertforge.kernels.bias_gelu import bias_gelu
+from bertforge.kernels.reference import bias_gelu_ref
 
 SHAPES = [(1, 1, 7), (3, 5, 129), (37, 768), (2, 3, 1000)]
 
@@ -54,7 +54,7 @@ def test_bias_gelu_empty():
 
 def test_custom_op_registration():
     """Schema, fake (meta) kernel and autograd registration of the torch.library ops that torch.compile sees."""
-    from kernels.bias_gelu import _bias_gelu_fwd_op
+    from bertforge.kernels.bias_gelu import _bias_gelu_fwd_op
 
     x, b = torch.randn(3, 5, 33, requires_grad=True), torch.randn(33, requires_grad=True)
     torch.library.opcheck(_bias_gelu_fwd_op, (x, b, "tanh"))

@@ -2,7 +2,7 @@
 (dot shapes and dtypes, loop-carried values, constexpr branches, PTX) catches what the interpreter lets through.
 Runs in a subprocess because this process imported the kernels under TRITON_INTERPRET=1. Compiled with the launcher's
 specialisation; CI compiles every autotune config of the attention kernels at d = 64 (BERT's head size) and fails on
-any register spill (`python -m kernels.compile_check --spills` does d = 32, 64, 128)."""
+any register spill (`python -m bertforge.kernels.compile_check --spills` does d = 32, 64, 128)."""
 import os
 import subprocess
 import sys
@@ -17,7 +17,7 @@ def _compile_check(*args: str) -> subprocess.CompletedProcess:
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_DEFAULT_FP_FUSION="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "kernels.compile_check", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "bertforge.kernels.compile_check", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -37,6 +37,6 @@ def test_attention_kernels_compile_for_sm90_without_register_spills():
 
 def test_compile_check_refuses_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "kernels.compile_check"], cwd=ROOT, env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "bertforge.kernels.compile_check"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode != 0 and "unset TRITON_INTERPRET" in res.stderr

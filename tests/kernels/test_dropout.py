@@ -1,13 +1,13 @@
 """kernels/dropout.py (row-wise Philox dropout, the embeddings') against its pure-torch replay
-(kernels.reference.dropout_ref with the same seed and row ids): bit-identical forward and backward on odd shapes in
+(bertforge.kernels.reference.dropout_ref with the same seed and row ids): bit-identical forward and backward on odd shapes in
 fp32/fp16/bf16, keep rate within binomial bounds, seeding, row ids, custom-op registration and torch.compile."""
 import math
 
 import pytest
 import torch
 
-from kernels.dropout import dropout
-from kernels.reference import dropout_ref, layer_norm_dropout_keep_ref
+from bertforge.kernels.dropout import dropout
+from bertforge.kernels.reference import dropout_ref, layer_norm_dropout_keep_ref
 
 SHAPES = [(1, 1, 7), (3, 5, 129), (37, 64), (2, 3, 1000)]
 
@@ -80,7 +80,7 @@ def test_bad_arguments():
 
 def test_custom_op_registration_and_compile():
     """opcheck of the torch.library op; under torch.compile the seed is an input, not a baked-in constant."""
-    from kernels.dropout import _dropout_op
+    from bertforge.kernels.dropout import _dropout_op
 
     x = torch.randn(5, 33, requires_grad=True)
     torch.library.opcheck(_dropout_op, (x, torch.tensor([3]), torch.arange(5), 0.2))

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.kernels._kernel_tolerance import assert_within_noise
-from kernels.lamb import fused_lamb_step
-from kernels.reference import lamb_step_ref
+from bertforge.kernels.lamb import fused_lamb_step
+from bertforge.kernels.reference import lamb_step_ref
 
 SIZES = [(7,), (3, 129), (1,), (40000,), (0,), (17, 5)]
 

@@ -9,12 +9,12 @@ from tests.kernels._kernel_tolerance import assert_within_noise
 import triton
 import triton.language as tl
 
-from kernels.layer_norm import _tile, bias_dropout_add_layernorm, bias_dropout_add_layernorm_forward
-from kernels.reference import bias_dropout_add_layernorm_ref, layer_norm_dropout_keep_ref
+from bertforge.kernels.layer_norm import _tile, bias_dropout_add_layernorm, bias_dropout_add_layernorm_forward
+from bertforge.kernels.reference import bias_dropout_add_layernorm_ref, layer_norm_dropout_keep_ref
 
 
 def dropout_keep_mask(seed, shape, p, row_ids=None):
-    """The kernel's keep mask over a (..., h) tensor, replayed by the pure-torch Philox of kernels.reference."""
+    """The kernel's keep mask over a (..., h) tensor, replayed by the pure-torch Philox of bertforge.kernels.reference."""
     h = shape[-1]
     return layer_norm_dropout_keep_ref(seed, math.prod(shape) // h, h, p, row_ids).view(shape)
 
@@ -111,7 +111,7 @@ def test_dropout_seeding():
 
 def test_custom_op_registration_and_compile():
     """opcheck of the torch.library op; under torch.compile the seed is an input, not a baked-in constant."""
-    from kernels.layer_norm import _fwd_op
+    from bertforge.kernels.layer_norm import _fwd_op
 
     args, _ = _inputs((3, 5, 33), torch.float32)
     args = [a.requires_grad_() for a in args]
@@ -147,7 +147,7 @@ def test_dropout_row_ids_give_each_row_its_own_stream():
 
 
 def test_reference_with_a_seed_draws_the_kernels_mask():
-    """The CPU path (kernels.reference) given the kernel's seed and row ids drops the same elements: output and all
+    """The CPU path (bertforge.kernels.reference) given the kernel's seed and row ids drops the same elements: output and all
     gradients agree to fp32 rounding."""
     args, dy = _inputs((4, 9, 65), torch.float32, seed=2)
     ids = torch.randint(0, 2**62, (36,), generator=torch.Generator().manual_seed(3))

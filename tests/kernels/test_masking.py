@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from kernels.masking import mlm_mask, philox_uniforms
-from kernels.reference import mlm_mask_ref, unigram_cdf_from_counts
+from bertforge.kernels.masking import mlm_mask, philox_uniforms
+from bertforge.kernels.reference import mlm_mask_ref, unigram_cdf_from_counts
 
 MASK_ID, V = 103, 1009
 

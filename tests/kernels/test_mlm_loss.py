@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.kernels._kernel_tolerance import assert_within_noise
-from kernels.mlm_loss import masked_lm_loss
-from kernels.reference import masked_lm_loss_ref
+from bertforge.kernels.mlm_loss import masked_lm_loss
+from bertforge.kernels.reference import masked_lm_loss_ref
 
 
 def _inputs(n, h, V, dtype, ignore_frac=0.3, seed=0):
@@ -80,7 +80,7 @@ def test_no_grad_path_and_fp32_weight_under_bf16_hidden():
 def test_custom_op_opcheck_and_compile_without_recompiles():
     """The loss is a torch.library op: opcheck passes, and torch.compile(dynamic=True, fullgraph=True) compiles it
     once for every number of masked rows (traced, its chunk loop would recompile each batch)."""
-    from kernels.mlm_loss import _loss_op
+    from bertforge.kernels.mlm_loss import _loss_op
 
     g = torch.Generator().manual_seed(5)
     w, b = torch.randn(101, 32, generator=g).requires_grad_(), torch.randn(101, generator=g).requires_grad_()
@@ -132,7 +132,7 @@ class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
 def test_fp32_hidden_under_autocast_runs_the_gemms_in_the_autocast_dtype(backend):
     # CUDA autocast keeps LayerNorm in fp32, so the head transform hands the loss fp32 rows; CPU autocast would hand
     # it bf16 (the case no earlier test saw), hence fp32 rows passed in directly under a bf16 autocast context.
-    from engine import ops
+    from bertforge import ops
 
     args, labels = _inputs(23, 32, 301, torch.float32, seed=3)
     hidden, w, b = (a.detach().clone().requires_grad_() for a in args)
@@ -148,7 +148,7 @@ def test_fp32_hidden_under_autocast_runs_the_gemms_in_the_autocast_dtype(backend
 
 def test_logits_rows_are_padded_to_64_elements():
     """V = 30,522 rows would start at 2-byte alignment (scalar loads); the chunk buffer pads rows to 30,528."""
-    from kernels.mlm_loss import logits_buffer
+    from bertforge.kernels.mlm_loss import logits_buffer
 
     buf = logits_buffer(5, 30522, torch.bfloat16, "cpu")
     assert buf.shape == (5, 30522) and buf.stride() == (30528, 1)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from tests.training._worker import VOCAB, config, factory, losses  # noqa: E402
-from engine.training import distributed as D  # noqa: E402
+from bertforge.training import distributed as D  # noqa: E402
 
 
 class RecordingSource:
@@ -39,8 +39,8 @@ class RecordingSource:
 
 
 def mode_reshape(out: Path, *jobs: str) -> None:
-    from engine import deepspeed as ds
-    from engine.training.trainer import pretrain
+    from bertforge import deepspeed as ds
+    from bertforge.training.trainer import pretrain
 
     ds.init_distributed(60)  # the barriers below must wait for rank 0's copies
     for job in jobs:
@@ -61,8 +61,8 @@ def mode_reshape(out: Path, *jobs: str) -> None:
 
 
 def mode_preempt(out: Path, steps: str) -> None:
-    from engine.training import trainer
-    from engine.training.phases import run_phases
+    from bertforge.training import trainer
+    from bertforge.training.phases import run_phases
 
     real_step, real_finish = trainer.Trainer.train_step, D.finish
 

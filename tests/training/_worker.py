@@ -1,5 +1,5 @@
 """Training worker for the multi-process tests: `python _worker.py MODE OUT [ARGS]` as a plain process or under
-`torchrun --nproc_per_node 2`. Runs engine.training.trainer.pretrain on synthetic batches with a tiny model and writes
+`torchrun --nproc_per_node 2`. Runs bertforge.training.trainer.pretrain on synthetic batches with a tiny model and writes
 what the test checks to OUT (rank 0). Modes:
   equal STAGES PRECISIONS   per (stage, precision): a full run (6 steps, checkpoint at 3) and a run resumed from that
                             checkpoint in a fresh directory; results.json = {name: {full, resumed}: [losses]}
@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from engine.training import distributed as D  # noqa: E402
-from engine.config.pretrain import PretrainConfig  # noqa: E402
-from engine.data.synthetic import SyntheticSource  # noqa: E402
+from bertforge.training import distributed as D  # noqa: E402
+from bertforge.config.pretrain import PretrainConfig  # noqa: E402
+from bertforge.data.synthetic import SyntheticSource  # noqa: E402
 
 MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
              max_position_embeddings=64)
@@ -64,7 +64,7 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def mode_equal(out: Path, stages: str, precisions: str) -> None:
-    from engine.training.trainer import pretrain
+    from bertforge.training.trainer import pretrain
 
     results = {}
     for stage in map(int, stages.split(",")):
@@ -84,8 +84,8 @@ def mode_equal(out: Path, stages: str, precisions: str) -> None:
 
 
 def mode_run(out: Path, steps: str) -> None:
-    from engine.training import checkpoint
-    from engine.training.trainer import pretrain
+    from bertforge.training import checkpoint
+    from bertforge.training.trainer import pretrain
 
     pause_at = int(os.environ.get("PAUSE_AT_SAVE", "0"))
     real_save = checkpoint.ds.save
@@ -104,9 +104,9 @@ def mode_run(out: Path, steps: str) -> None:
 
 
 def mode_nan(out: Path) -> None:
-    from engine.heads import BertForPreTraining
-    from engine.errors import TrainingError
-    from engine.training.trainer import pretrain
+    from bertforge.heads import BertForPreTraining
+    from bertforge.errors import TrainingError
+    from bertforge.training.trainer import pretrain
 
     bad = {int(x) for x in os.environ["NAN_CALLS"].split(",")}
     real_forward = BertForPreTraining.forward
@@ -133,7 +133,7 @@ def mode_nan(out: Path) -> None:
 
 
 def mode_die(out: Path) -> None:
-    from engine.training import trainer
+    from bertforge.training import trainer
 
     real = trainer.model_inputs
     calls = {"n": 0}
@@ -149,7 +149,7 @@ def mode_die(out: Path) -> None:
 
 
 def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
-    from engine.training.trainer import pretrain
+    from bertforge.training.trainer import pretrain
 
     flags = {"padded": {}, "unpadded": {"unpadded": True}, "packed": {"unpadded": True, "pack": True},
              "padded-device": {"masking": "device"}, "unpadded-device": {"unpadded": True, "masking": "device"},
@@ -176,7 +176,7 @@ def mode_corpus(out: Path, data: str, tok: str, layouts: str) -> None:
 
 def mode_window(out: Path) -> None:
     """The same 6 steps logged every step and every 3 steps: the 3-step lines must be the means of the 1-step ones."""
-    from engine.training.trainer import pretrain
+    from bertforge.training.trainer import pretrain
 
     results = {}
     for every in (1, 3):
@@ -190,7 +190,7 @@ def mode_window(out: Path) -> None:
 
 
 def mode_compile(out: Path) -> None:
-    from engine.training.trainer import pretrain
+    from bertforge.training.trainer import pretrain
 
     results = {}
     for name, flag in (("eager", False), ("compiled", True)):
@@ -202,8 +202,8 @@ def mode_compile(out: Path) -> None:
 
 
 def mode_lamb(out: Path, stages: str) -> None:
-    from engine import parallelize
-    from engine.training.trainer import pretrain
+    from bertforge import parallelize
+    from bertforge.training.trainer import pretrain
 
     real = parallelize.apply_lamb_partitions
     results = {}
@@ -225,7 +225,7 @@ def _without_dropout_ids(cfg, rank, world):
 
 
 def mode_dropout(out: Path, layouts: str, steps: str, from_dir: str | None = None) -> None:
-    from engine.training.trainer import pretrain
+    from bertforge.training.trainer import pretrain
 
     flags = {"padded": {}, "unpadded": {"unpadded": True}, "packed": {"unpadded": True, "pack": True}}
     n = int(steps)

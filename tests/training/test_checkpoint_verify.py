@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import CheckpointError
-from engine.training.checkpoint import (CheckpointManager, file_crc32, record_files, verify_checkpoint)
-from engine.training.metrics import cut_metrics
+from bertforge.errors import CheckpointError
+from bertforge.training.checkpoint import (CheckpointManager, file_crc32, record_files, verify_checkpoint)
+from bertforge.training.metrics import cut_metrics
 from tests.training.conftest import REPO, run_worker, worker_env
 
 
@@ -106,7 +106,7 @@ def test_cut_metrics_keeps_steps_up_to_the_checkpoint(tmp_path):
 
 # ---- end to end ----------------------------------------------------------------------------------------------------
 def _cli(out: Path, *args) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", "pretrain", "--synthetic-vocab", "512", "--model", "hidden_size=64",
+    return [sys.executable, "-m", "bertforge.cli", "pretrain", "--synthetic-vocab", "512", "--model", "hidden_size=64",
             "--model", "intermediate_size=128", "--max-seq-length", "32", "--micro-batch", "4", "--global-batch", "8",
             "--dropout", "0", "--log-every", "1", "--eval-every", "0", "--eval-batches", "2", "--no-progress",
             "--no-export-hf", "--save-every", "3", "--output-dir", str(out), *args]

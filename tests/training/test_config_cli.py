@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from engine.config.docs import field_docs
-from engine.config.pretrain import SECTIONS, PretrainConfig
-from engine.deepspeed import build_ds_config, merge_user_config
-from engine.errors import ConfigError
+from bertforge.config.docs import field_docs
+from bertforge.config.pretrain import SECTIONS, PretrainConfig
+from bertforge.deepspeed import build_ds_config, merge_user_config
+from bertforge.errors import ConfigError
 
 
 def _ds_config(cfg: PretrainConfig, world: int, user=None) -> dict:
@@ -49,8 +49,8 @@ def test_invalid_values(kwargs, match):
 
 
 def test_objective_flags_and_sentence_task(cli):
-    from engine.commands.pretrain import config_from_args
-    from engine.cli import build_parser
+    from bertforge.commands.pretrain import config_from_args
+    from bertforge.cli import build_parser
 
     args = build_parser().parse_args(["pretrain", "--objective", "mlm+sop", "--short-seq-prob", "0.2",
                                       "--mlm-probability", "0.3"])
@@ -83,7 +83,7 @@ def test_ds_config_generated_and_user_wins():
 @pytest.fixture
 def cli(monkeypatch, capsys, tmp_path):
     """Run `bertforge pretrain ...` in-process with a clean distributed environment; returns (code, stderr)."""
-    from engine.cli import main
+    from bertforge.cli import main
 
     import torch.distributed as dist
 
@@ -121,8 +121,8 @@ def test_error_vocab_mismatch(cli):
 
 
 def test_error_tokenizer_mismatch(cli, tmp_path):
-    from engine.data.prepare import prepare
-    from engine.data.tokenizer import train_wordpiece
+    from bertforge.data.prepare import prepare
+    from bertforge.data.tokenizer import train_wordpiece
 
     text = tmp_path / "corpus.txt"
     text.write_text("\n\n".join(f"Sentence number {i} is here. And another one {i * 7} follows it. The end {i}."

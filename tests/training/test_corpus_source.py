@@ -1,4 +1,4 @@
-"""Pretraining on a real prepared corpus (a slice of the Wikipedia extracts) through engine.data's sample map,
+"""Pretraining on a real prepared corpus (a slice of the Wikipedia extracts) through bertforge.data's sample map,
 masking and collator: the padded, unpadded and packed layouts give the same loss sequence, a resumed run continues
 it exactly, and 2 ranks (ZeRO 2) equal 1 rank with the same global batch."""
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from engine.config.pretrain import PretrainConfig
-from engine.data.source import CorpusSource
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.source import CorpusSource
 from tests.training.conftest import run_worker
 
 MICRO_BATCH = 4
@@ -35,8 +35,8 @@ def test_micro_batch_k_goes_to_rank_k_mod_world(prepared, tokenizer_dir):
 
 
 def test_dataset_prepared_with_another_tokenizer_is_refused(prepared, tmp_path):
-    from engine.errors import DataError
-    from engine.data.tokenizer import train_wordpiece
+    from bertforge.errors import DataError
+    from bertforge.data.tokenizer import train_wordpiece
 
     corpus = tmp_path / "other.txt"
     corpus.write_text("Some other words here. And more words there.\n", encoding="utf-8")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config.pretrain import PretrainConfig
-from engine.data.source import mask_seed
-from engine.data.synthetic import MASK_ID, SyntheticSource
-from engine.errors import ConfigError
-from engine.training.device_masking import DeviceMasker
-from engine.training.trainer import model_inputs
+from bertforge.config.pretrain import PretrainConfig
+from bertforge.data.source import mask_seed
+from bertforge.data.synthetic import MASK_ID, SyntheticSource
+from bertforge.errors import ConfigError
+from bertforge.training.device_masking import DeviceMasker
+from bertforge.training.trainer import model_inputs
 from tests.training.conftest import run_worker
 
 CPU = torch.device("cpu")
@@ -104,7 +104,7 @@ def test_config_rules():
 
 
 def test_corpus_source_ships_unmasked_batches(prepared, tokenizer_dir):
-    from engine.data.source import CorpusSource
+    from bertforge.data.source import CorpusSource
 
     for pack in (False, True):
         cfg = PretrainConfig.from_flat(output_dir="unused", data_dir=str(prepared[0]), tokenizer=str(tokenizer_dir),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.sampler import remap_position
+from bertforge.data.sampler import remap_position
 from tests.training.conftest import run_worker
 
 WORKER = Path(__file__).with_name("_reliability_worker.py")

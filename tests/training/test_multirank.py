@@ -42,7 +42,7 @@ def test_resume_continues_identically(runs, name):
 
 
 def test_zero3_checkpoint_consolidates_and_exports(runs, tmp_path):
-    from engine.training.weights import export_checkpoint, export_fp32, load_model_from_checkpoint
+    from bertforge.training.weights import export_checkpoint, export_fp32, load_model_from_checkpoint
 
     one, two, _, _ = runs
     z3 = two / "z3_fp32" / "full"

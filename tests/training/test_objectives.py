@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config.pretrain import OBJECTIVES, PretrainConfig
-from engine.data.source import CorpusSource
+from bertforge.config.pretrain import OBJECTIVES, PretrainConfig
+from bertforge.data.source import CorpusSource
 from tests.training.conftest import run_worker
 
 FP32_ATOL = 1e-5  # as tests/training/test_multirank.py: summation order only
@@ -61,7 +61,7 @@ def test_objective_trains_resumes_reports_and_exports(one_rank, objective, tmp_p
     assert sentence(res["eval_keys"]) == ({f"{task}_acc"} if task else set())
     assert "mlm_acc" in res["eval_keys"] and "mlm_unigram_acc" in res["eval_keys"]
 
-    from engine.training.weights import export_checkpoint, load_model_from_checkpoint
+    from bertforge.training.weights import export_checkpoint, load_model_from_checkpoint
 
     transformers = pytest.importorskip("transformers")
     hf_dir = export_checkpoint(folder / "unpadded" / "full", tmp_path / "hf")

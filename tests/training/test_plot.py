@@ -8,7 +8,7 @@ import pytest
 
 def test_plot_writes_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from engine.cli import main
+    from bertforge.cli import main
 
     rows = [{"step": s, "split": "train", "loss": 9 - s / 10, "mlm_loss": 8 - s / 10, "nsp_loss": 0.7,
              "mlm_acc": s / 100, "nsp_acc": 0.5, "lr": 1e-3, "tokens_per_s": 1000.0} for s in range(1, 11)]
