@@ -207,11 +207,13 @@ def read_config_file(path: str | Path) -> dict:
     config under 'train', the model under 'model') gives its 'train' block. ConfigError (file and line) when the
     file is missing, does not parse, or is not a mapping."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise ConfigError(f"--config {path}: unknown suffix {suffix!r}; give a .yaml, .yml or .json file")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
-    suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         import yaml
 
@@ -222,13 +224,11 @@ def read_config_file(path: str | Path) -> dict:
             line = f":{mark.line + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(f"{path}{line}: not valid YAML ({problem})") from None
-    elif suffix == ".json":
+    else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    else:
-        raise ConfigError(f"--config {path}: unknown suffix {suffix!r}; give a .yaml, .yml or .json file")
     if data is None:
         return {}
     if not isinstance(data, dict):
