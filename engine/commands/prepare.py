@@ -18,7 +18,9 @@ REQUIRED = {"inputs": "INPUTS", "tokenizer": "--tokenizer", "out": "--out"}
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("prepare", help="turn raw text into a sharded, memory-mapped indexed dataset",
-                              description=__doc__, argument_default=argparse.SUPPRESS)
+                              description=__doc__, argument_default=argparse.SUPPRESS,
+                              usage="bertforge prepare INPUTS... --tokenizer DIR --out DATA [options]  (or --config "
+                                    "FILE)")
     # inputs, --tokenizer and --out are required, on the command line or in the --config file
     p.add_argument("inputs", nargs="*", help="corpus files or folders, or a data set name (wiki, linux-doc)")
     p.add_argument("--tokenizer", help="tokenizer folder, tokenizer.json or vocab.txt (required)")

@@ -80,8 +80,8 @@ def _schema(command: str, classes: list[type], flag_names: dict[str, str], extra
 
 
 def schema(command: str) -> Schema:
-    """The Schema of 'pretrain', 'finetune classify' / 'finetune ner' / 'finetune mlm', 'prepare', 'predict' or
-    'evaluate'."""
+    """The Schema of 'pretrain', 'finetune classify' / 'finetune ner' / 'finetune mlm', 'prepare', 'tokenizer train',
+    'predict' or 'evaluate'."""
     from bertforge.config import finetune as F
     from bertforge.config.prepare import PrepareConfig
     from bertforge.config.pretrain import SECTIONS
@@ -94,6 +94,9 @@ def schema(command: str) -> Schema:
         return _schema(command, list(tasks[command.split()[1]].SECTIONS.values()), FINETUNE_FLAG_NAMES)
     if command == "prepare":
         return _schema(command, [PrepareConfig], {}, {"inputs": tuple[str, ...], "tokenizer": str, "out": str})
+    if command == "tokenizer train":
+        return Schema(command, {"inputs": tuple[str, ...], "out": str, "vocab_size": int, "cased": bool,
+                                "min_frequency": int})
     if command in ("predict", "evaluate"):
         return _schema(command, [F.InferenceConfig], {})
     raise ValueError(f"no settings schema for command {command!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,16 @@ def test_read_config_file_empty_and_missing(tmp_path):
     assert read_config_file(empty) == {}
     with pytest.raises(ConfigError, match="cannot read it"):
         read_config_file(tmp_path / "missing.yaml")
+
+
+def test_tokenizer_train_from_a_config_file(tmp_path, capsys):
+    """The data commands run from a config file: tokenizer train (INPUTS and --out in the file, a flag over it)."""
+    from bertforge.data.tokenizer import load_tokenizer
+
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "accents_corpus.txt"  # 219 tokens at most
+    path = tmp_path / "tok.yaml"
+    path.write_text(f"inputs: [{corpus}]\nout: {tmp_path / 'tok'}\nvocab-size: 5000\nmin_frequency: 1\n")
+    assert main(["tokenizer", "train", "--config", str(path), "--vocab-size", "60"]) == 0
+    assert load_tokenizer(tmp_path / "tok").get_vocab_size() == 60
+    path.write_text("vocab_size: 100\n")
+    assert "INPUTS, --out required" in _one_line_error(capsys, ["tokenizer", "train", "--config", str(path)])
