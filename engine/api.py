@@ -79,13 +79,15 @@ def isolated_run():
     env = dict(os.environ)
     had_group = dist.is_available() and dist.is_initialized()
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    failed = True
     try:
         yield
+        failed = False
     finally:
         if not had_group and dist.is_available() and dist.is_initialized():
             from bertforge.deepspeed import destroy_distributed
 
-            destroy_distributed()
+            destroy_distributed(barrier=not failed)  # after a failure the other ranks may never reach a barrier
         for key in [k for k in os.environ if k not in env]:
             del os.environ[key]
         for key, value in env.items():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import bertforge
+import bertforge.errors
 
 LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 REVIEWS = Path(__file__).resolve().parents[1] / "finetune" / "data" / "reviews.csv"
@@ -53,13 +54,19 @@ def main(root: Path) -> None:
     check_clean(before, "the first pretrain")
     second = bertforge.pretrain({**synthetic, "objective": "mlm"}, steps=3, lr=5e-4, output_dir=str(root / "p2"))
     check_clean(before, "the second pretrain")
+    try:
+        bertforge.pretrain(data=str(root / "missing"), output_dir=str(root / "p3"), progress=False)
+        raise AssertionError("a pretrain on a missing dataset did not fail")
+    except bertforge.errors.UserError as exc:
+        failure = str(exc)
+    check_clean(before, "a failed pretrain")
     summary = bertforge.finetune("classify", model=str(model_dir), data=str(REVIEWS), out=str(root / "clf"),
                                  epochs=1, global_batch=8, max_seq_length=32, threads=1, progress=False)
     check_clean(before, "finetune")
     rows = bertforge.predict(root / "clf" / "seed-1", REVIEWS, max_seq_length=32)
     check_clean(before, "predict")
     print(json.dumps({"first": [first.status, first.step, sorted(first.eval)], "second": [second.status, second.step],
-                      "second_lr": second.config["lr"], "finetune": [summary["status"], sorted(summary)],
+                      "second_lr": second.config["lr"], "failure": failure, "finetune": [summary["status"], sorted(summary)],
                       "predictions": len(rows), "labels": sorted({r["label"] for r in rows}),
                       "classes": sorted(rows[0]["probabilities"])}))
 
