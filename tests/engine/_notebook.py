@@ -52,7 +52,8 @@ def main(root: Path) -> None:
                  "global_batch": 4, "log_every": 1, "eval_batches": 1, "progress": False, "export_hf": False}
     first = bertforge.pretrain(synthetic, steps=2, output_dir=str(root / "p1"))
     check_clean(before, "the first pretrain")
-    second = bertforge.pretrain({**synthetic, "objective": "mlm"}, steps=3, lr=5e-4, output_dir=str(root / "p2"))
+    second = bertforge.pretrain({**synthetic, "objective": "mlm"}, steps=3, lr=5e-4, output_dir=str(root / "p2"),
+                                phase2_steps=1, phase2_max_seq_length=48)  # BERT's two phases, the second at 48
     check_clean(before, "the second pretrain")
     try:
         bertforge.pretrain(data=str(root / "missing"), output_dir=str(root / "p3"), progress=False)
@@ -65,7 +66,8 @@ def main(root: Path) -> None:
     check_clean(before, "finetune")
     rows = bertforge.predict(root / "clf" / "seed-1", REVIEWS, max_seq_length=32)
     check_clean(before, "predict")
-    print(json.dumps({"first": [first.status, first.step, sorted(first.eval)], "second": [second.status, second.step],
+    print(json.dumps({"first": [first.status, first.step, sorted(first.eval)], "second": [second.status, second.step, [p.step for p in second.phases],
+                                 Path(second.output_dir).relative_to(root).as_posix()],
                       "second_lr": second.config["lr"], "failure": failure, "finetune": [summary["status"], sorted(summary)],
                       "predictions": len(rows), "labels": sorted({r["label"] for r in rows}),
                       "classes": sorted(rows[0]["probabilities"])}))

@@ -62,14 +62,14 @@ def test_flag_names_and_field_names_are_one_setting(tmp_path):
 
 
 def test_notebook_session_leaves_the_process_clean(tmp_path):
-    """Two pretrain calls, a failing one, one finetune and one predict in one process (tests/engine/_notebook.py);
+    """Two pretrain calls (the second in two phases), a failing one, one finetune and one predict in one process (tests/engine/_notebook.py);
     after each the environment is as before, no launcher variable is set and no process group is left."""
     out = subprocess.run([sys.executable, str(HERE / "_notebook.py"), str(tmp_path)], cwd=tmp_path,
                          env={**_clean_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["first"][:2] == ["finished", 2] and "mlm_acc" in result["first"][2]
-    assert result["second"] == ["finished", 3] and result["second_lr"] == 5e-4
+    assert result["second"] == ["finished", 1, [3, 1], "p2/phase2"] and result["second_lr"] == 5e-4
     assert "missing" in result["failure"] and "not a prepared dataset" in result["failure"]
     assert result["finetune"][0] == "finished" and "test" in result["finetune"][1]
     assert result["predictions"] == 32 and result["classes"] == ["neg", "neutral", "pos"]
