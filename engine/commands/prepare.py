@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from bertforge.commands.flags import add_config_flags, add_dataclass_flags, print_config, with_config_file
 from bertforge.config.docs import field_docs
@@ -49,7 +48,7 @@ def _prepare(args) -> int:
     from bertforge.data.fetch import resolve_inputs
     from bertforge.data.prepare import prepare
 
-    print(f"bertforge prepare: config {json.dumps(resolved)}", file=sys.stderr)
+    print(f"bertforge prepare: config {json.dumps(resolved)}", flush=True)  # stderr carries the one-line errors
     stats = prepare(resolve_inputs(list(inputs)), tokenizer, out, config)
     for w in stats.warnings:
         print(f"warning: {w}")
