@@ -138,3 +138,21 @@ def test_tokenizer_train_from_a_config_file(tmp_path, capsys):
     assert load_tokenizer(tmp_path / "tok").get_vocab_size() == 60
     path.write_text("vocab_size: 100\n")
     assert "INPUTS, --out required" in _one_line_error(capsys, ["tokenizer", "train", "--config", str(path)])
+
+
+def test_a_run_prints_its_config_and_repeats_from_run_config_json(tmp_path, capsys):
+    """A pretraining run from a config file prints the resolved config first (rank 0, stdout); its RUN/config.json
+    fed back (another output folder) resolves to the same settings."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"synthetic_vocab: 64\nmodel: {{hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, "
+                    f"num_hidden_layers: 1}}\nmax-seq-length: 32\nmicro_batch: 4\nglobal_batch: 4\neval_batches: 1\n"
+                    f"no_progress: true\nno_export_hf: true\noutput_dir: {tmp_path / 'run'}\n")
+    assert main(["pretrain", "--config", str(path), "--steps", "1"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("bertforge pretrain: config {")
+    printed = json.loads(first.split("config ", 1)[1])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert printed == saved and saved["steps"] == 1 and saved["model_overrides"]["hidden_size"] == 32
+    again = _printed(capsys, ["pretrain", "--config", str(tmp_path / "run" / "config.json"), "--output-dir",
+                              str(tmp_path / "again"), "--print-config"])
+    assert again == {**saved, "output_dir": str(tmp_path / "again")}
