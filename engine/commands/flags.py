@@ -95,7 +95,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("config file")
     g.add_argument("--config", dest="config_file", metavar="FILE",
                    help="YAML or JSON file of settings under the flags' names (--data -> data: ..., or the field "
-                        "names of RUN/config.json, which is accepted as is); flags given as well override it")
+                        "names of RUN/config.json, which is accepted as is); flags given as well override it, and "
+                        "its settings count as given (a --deepspeed-config may not contradict them)")
     g.add_argument("--print-config", dest="print_config", action="store_true",
                    help="print the resolved settings as JSON (a valid --config file) and exit")
 
