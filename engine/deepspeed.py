@@ -140,6 +140,19 @@ def init_distributed(timeout_s: int) -> None:
     _ds().init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
 
 
+def destroy_distributed(barrier: bool = True) -> None:
+    """Leave and destroy the default process group (after a barrier when there are several ranks and `barrier`)
+    through DeepSpeed, which drops its cached groups with it, so that a later `init_distributed` in this process
+    starts afresh."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if barrier and dist.get_world_size() > 1:
+        dist.barrier()
+    _ds().comm.destroy_process_group()
+
+
 def register_external_parameters(model: torch.nn.Module) -> int:
     """ZeRO-3: modules whose forward reads child parameters directly must have them gathered with the module."""
     count = 0

@@ -13,13 +13,15 @@ import dataclasses
 import os
 import sys
 
-from bertforge.commands.flags import add_dataclass_flags, given
+from bertforge.commands.flags import add_config_flags, add_dataclass_flags, print_config, with_config_file
 from bertforge.config.docs import field_docs
 from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, MlmConfig,
                                     MlmData, NerConfig, NerData, SplitFiles)
+from bertforge.config.names import FINETUNE_FLAG_NAMES
 
 # shown first, outside the training group
 MAIN = ("model", "output_dir", "max_seq_length")
+DATA_FLAG = {"data_file": FINETUNE_FLAG_NAMES["data_file"]}  # --data
 HAND_MADE = ("unpadded",)  # --unpadded / --no-unpadded (pretraining's flag name; on by default here)
 
 
@@ -27,7 +29,7 @@ def add_training_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
     """FinetuneConfig's and FinetuneParallel's flags, the task's own defaults shown (`config_cls.DEFAULTS`)."""
     add_dataclass_flags(p, FinetuneConfig, skip=[f.name for f in dataclasses.fields(FinetuneConfig)
                                                  if f.name not in MAIN],
-                        rename={"output_dir": "out"}, defaults=config_cls.DEFAULTS)
+                        rename={"output_dir": FINETUNE_FLAG_NAMES["output_dir"]}, defaults=config_cls.DEFAULTS)
     g = p.add_argument_group("training (defaults follow BERT's finetuning recipe)")
     add_dataclass_flags(g, FinetuneConfig, skip=MAIN + HAND_MADE, defaults=config_cls.DEFAULTS)
     g.add_argument("--unpadded", dest="unpadded", action=argparse.BooleanOptionalAction,
@@ -36,18 +38,26 @@ def add_training_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
                         FinetuneParallel)
 
 
-def _runner(config_cls: type, run_name: str):
-    """The subcommand's function: flags -> config (ConfigError on a bad value) -> one library call. Exit status 143
-    after a SIGTERM checkpoint; multi-rank workers leave through bertforge.training.distributed.finish."""
+def _runner(config_cls: type, run_name: str, command: str):
+    """The subcommand's function: flags over the --config file -> config (ConfigError on a bad value) -> one library
+    call. Exit status 143 after a SIGTERM checkpoint; multi-rank workers leave through
+    bertforge.training.distributed.finish."""
 
     def run(args: argparse.Namespace) -> int:
+        values, explicit = with_config_file(args, command, config_cls.field_names())
+        config = config_cls.from_flat(values)
+        if getattr(args, "print_config", False):
+            return print_config(config.to_flat())
+        import json
+
         from bertforge.training import distributed as D
 
+        if D.rank() == 0:  # stdout, with the run's other lines; stderr carries the one-line errors
+            print(f"bertforge {command}: config {json.dumps(config.to_flat())}", flush=True)
         try:
             from bertforge.finetune import run as library
 
-            values = given(args, config_cls.field_names())
-            summary = getattr(library, run_name)(config_cls.from_flat(values), explicit=frozenset(values))
+            summary = getattr(library, run_name)(config, explicit=explicit)
             code = 143 if summary.get("status") == "preempted" else 0
         except BaseException as exc:  # noqa: BLE001 - every rank must leave, and with one line
             if isinstance(exc, SystemExit) or not (D.is_initialized() and D.world_size() > 1):
@@ -75,18 +85,20 @@ def register(subparsers) -> None:
                        description="[CLS] + pooler (or, --pooling mean, the mean of the token states) -> classifier -> "
                                    "softmax over any number of classes.", **kw)
     add_training_flags(c, ClassifyConfig)
-    add_dataclass_flags(c.add_argument_group("data"), SplitFiles, rename={"data_file": "data"})
+    add_dataclass_flags(c.add_argument_group("data"), SplitFiles, rename=DATA_FLAG)
     add_dataclass_flags(c.add_argument_group("classification data"), ClassifyData)
-    c.set_defaults(func=_runner(ClassifyConfig, "run_classify"))
+    add_config_flags(c)
+    c.set_defaults(func=_runner(ClassifyConfig, "run_classify", "finetune classify"))
 
     n = sub.add_parser("ner", help="token classification (NER, part of speech, any per-word tag) from CoNLL-style "
                                    "files",
                        description="Entity-level F1 (strict IOB2) for --scheme iob1 / iob2 / bioes; token accuracy "
                                    "and per-tag F1 for --scheme plain.", **kw)
     add_training_flags(n, NerConfig)
-    add_dataclass_flags(n.add_argument_group("data"), SplitFiles, rename={"data_file": "data"})
+    add_dataclass_flags(n.add_argument_group("data"), SplitFiles, rename=DATA_FLAG)
     add_dataclass_flags(n.add_argument_group("tags and windows"), NerData)
-    n.set_defaults(func=_runner(NerConfig, "run_ner"))
+    add_config_flags(n)
+    n.set_defaults(func=_runner(NerConfig, "run_ner", "finetune ner"))
 
     m = sub.add_parser("mlm", help="domain-adaptive masked-LM training on a domain corpus",
                        description="Continue MLM training of a checkpoint on domain text; reports held-out "
@@ -95,4 +107,5 @@ def register(subparsers) -> None:
     g = m.add_argument_group("domain corpus")
     g.add_argument("--corpus", nargs="+", metavar="PATH", help=field_docs(MlmData)["corpus"])
     add_dataclass_flags(g, MlmData, skip=("corpus",))
-    m.set_defaults(func=_runner(MlmConfig, "run_mlm"))
+    add_config_flags(m)
+    m.set_defaults(func=_runner(MlmConfig, "run_mlm", "finetune mlm"))

@@ -88,3 +88,36 @@ def given(args: argparse.Namespace, names: Iterable[str]) -> dict:
     """{name: value} of the flags among `names` that the user gave (parsers use argument_default=SUPPRESS)."""
     ns = vars(args)
     return {n: ns[n] for n in names if n in ns}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """--config FILE and --print-config (every training and data command)."""
+    g = parser.add_argument_group("config file")
+    g.add_argument("--config", dest="config_file", metavar="FILE",
+                   help="YAML or JSON file of settings under the flags' names (--data -> data: ..., or the field "
+                        "names of RUN/config.json, which is accepted as is); flags given as well override it, and "
+                        "its settings count as given (a --deepspeed-config may not contradict them)")
+    g.add_argument("--print-config", dest="print_config", action="store_true",
+                   help="print the resolved settings as JSON (a valid --config file) and exit")
+
+
+def with_config_file(args: argparse.Namespace, command: str, names: Iterable[str]) -> tuple[dict, frozenset]:
+    """({field: value}, the fields set explicitly): the --config file's settings under the flags given (both count
+    as explicit, e.g. for the DeepSpeed-JSON contradiction check)."""
+    from bertforge.config.names import load, schema
+
+    flags = given(args, names)
+    path = getattr(args, "config_file", None)
+    values = load(path, schema(command)) if path else {}
+    if isinstance(values.get("model_overrides"), dict) and isinstance(flags.get("model_overrides"), dict):
+        flags = {**flags, "model_overrides": {**values["model_overrides"], **flags["model_overrides"]}}
+    values.update(flags)
+    return values, frozenset(values)
+
+
+def print_config(values: dict) -> int:
+    """The --print-config output: the resolved settings as one JSON object (field names; tuples as lists)."""
+    import json
+
+    print(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}, indent=2))
+    return 0

@@ -13,22 +13,14 @@ import dataclasses
 import os
 import sys
 
-from bertforge.commands.flags import add_dataclass_flags, given
+from bertforge.commands.flags import add_config_flags, add_dataclass_flags, print_config, with_config_file
 from bertforge.config import ModelConfig
 from bertforge.config.docs import field_docs
+from bertforge.config.names import PHASE2, PRETRAIN_FLAG_NAMES
 from bertforge.config.pretrain import SECTIONS, PretrainConfig
 
-RENAMED = {"data_dir": "data", "token_budget": "tokens"}
 HAND_MADE = {"model_overrides"}  # --model FIELD=VALUE (repeatable)
-PHASE2 = {  # phase-2 flag -> (PretrainConfig field, help)
-    "phase2_steps": ("steps", "run phase 2 for N steps after phase 1"),
-    "phase2_tokens": ("token_budget", "phase 2 token budget instead of steps"),
-    "phase2_max_seq_length": ("max_seq_length", "phase 2 tokens per sequence (default 512)"),
-    "phase2_micro_batch": ("micro_batch", "phase 2 micro batch (default: phase 1's)"),
-    "phase2_global_batch": ("global_batch", "phase 2 global batch (default: phase 1's)"),
-    "phase2_lr": ("lr", "phase 2 peak learning rate (default: phase 1's)"),
-    "phase2_warmup_steps": ("warmup_steps", "phase 2 warmup steps (default: --warmup-ratio of its steps)"),
-}
+RENAMED = {k: v for k, v in PRETRAIN_FLAG_NAMES.items() if k not in HAND_MADE}
 
 
 def _model_override(text: str) -> tuple[str, object]:
@@ -61,23 +53,38 @@ def register(subparsers) -> None:
     types = {"lr": float}
     for name, (field, text) in PHASE2.items():
         g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=types.get(field, int), metavar="N", help=text)
+    add_config_flags(p)
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, frozenset, dict]:
-    """(config, the fields given explicitly, phase-2 changes) from parsed flags."""
-    values = given(args, PretrainConfig.field_section())
-    if "model_overrides" in values:
-        values["model_overrides"] = dict(values["model_overrides"])
-    phase2 = {PHASE2[k][0]: v for k, v in given(args, PHASE2).items()}
+    """(config, the fields given explicitly, phase-2 changes) from parsed flags over the --config file's settings
+    (both count as explicit)."""
+    if "model_overrides" in args:
+        args.model_overrides = dict(args.model_overrides)
+    values, _ = with_config_file(args, "pretrain", [*PretrainConfig.field_section(), *PHASE2])
+    phase2 = {PHASE2[k][0]: values.pop(k) for k in list(values) if k in PHASE2}
     return PretrainConfig.from_flat(values), frozenset(values), phase2
 
 
+def _resolved(cfg: PretrainConfig, phase2: dict) -> dict:
+    """The --print-config / start-of-run view: every field, then the phase-2 settings given."""
+    by_field = {field: flag for flag, (field, _) in PHASE2.items()}
+    return {**cfg.to_flat(), **{by_field[k]: v for k, v in phase2.items()}}
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "print_config", False):
+        cfg, _, phase2 = config_from_args(args)
+        return print_config(_resolved(cfg, phase2))
+    import json
+
     from bertforge.training import distributed as D
 
     try:
         cfg, explicit, phase2 = config_from_args(args)
+        if D.rank() == 0:  # stdout: stderr carries the one-line errors
+            print(f"bertforge pretrain: config {json.dumps(_resolved(cfg, phase2))}", flush=True)
         from bertforge.training.phases import run_phases
 
         return run_phases(cfg, explicit, phase2)

@@ -6,6 +6,7 @@
                parallel, run)
 - finetune.py  the finetuning settings shared by classify / ner / mlm
 - docs.py      the docstring under each field, for --help and the README's glossary
+- names.py     the one name -> field mapping of flags, config files (--config, RUN/config.json) and the Python API
 """
 from bertforge.config.model import (HIDDEN_ACTS, KERNEL_BACKENDS, PRESETS, ModelConfig, bert_base, bert_large,
                                  minilm_l6, preset, tiny)

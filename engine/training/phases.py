@@ -8,7 +8,7 @@ from bertforge.config.pretrain import PretrainConfig
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.training import distributed as D
 from bertforge.training.checkpoint import checkpoint_meta, latest_tag, resolve_checkpoint
-from bertforge.training.trainer import PREEMPTED, pretrain
+from bertforge.training.trainer import PREEMPTED, RunResult, pretrain
 
 PHASE2_FIELDS = ("steps", "max_seq_length", "micro_batch", "global_batch", "lr", "warmup_steps", "token_budget")
 
@@ -41,8 +41,17 @@ def phase_configs(cfg: PretrainConfig, phase2: dict) -> list[PretrainConfig]:
 
 def run_phases(cfg: PretrainConfig, explicit: frozenset, phase2: dict) -> int:
     """Run the phases; returns (and exits multi-rank workers with) 0, or 143 after a SIGTERM checkpoint."""
+    results = phase_results(cfg, explicit, phase2)
+    code = PREEMPTED if results and results[-1][1].status == "preempted" else 0
+    D.finish(code)
+    return code
+
+
+def phase_results(cfg: PretrainConfig, explicit: frozenset, phase2: dict) -> list[tuple[PretrainConfig, RunResult]]:
+    """Run the phases (a finished phase of a two-phase run is skipped); returns (config, RunResult) of each phase
+    run, up to and including a preempted one."""
     phases = phase_configs(cfg, phase2)
-    code = 0
+    results = []
     for i, phase in enumerate(phases):
         run_dir = Path(phase.run.output_dir)
         if len(phases) > 1:
@@ -53,9 +62,7 @@ def run_phases(cfg: PretrainConfig, explicit: frozenset, phase2: dict) -> int:
             phase = phase.replace(resume=resume)
             D.log0(f"phase {i + 1}/{len(phases)}: max_seq_length {phase.batch.max_seq_length}, "
                    f"{phase.total_steps()} steps -> {run_dir}")
-        result = pretrain(phase, explicit)
-        if result.status == "preempted":
-            code = PREEMPTED
+        results.append((phase, pretrain(phase, explicit)))
+        if results[-1][1].status == "preempted":
             break
-    D.finish(code)
-    return code
+    return results
