@@ -19,7 +19,7 @@ from bertforge.config.docs import field_docs
 from bertforge.config.pretrain import SECTIONS, PretrainConfig
 
 RENAMED = {"data_dir": "data", "token_budget": "tokens"}
-HAND_MADE = {"model_overrides"}  # --model FIELD=VALUE (repeatable)
+HAND_MADE = {"model_overrides", "data_dir"}  # --model FIELD=VALUE (repeatable); --data DIR or W:DIR W:DIR ...
 PHASE2 = {  # phase-2 flag -> (PretrainConfig field, help)
     "phase2_steps": ("steps", "run phase 2 for N steps after phase 1"),
     "phase2_tokens": ("token_budget", "phase 2 token budget instead of steps"),
@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     for section, cls in SECTIONS.items():
         g = p.add_argument_group(f"{section}: {section_docs[section].rstrip('.')}")
         add_dataclass_flags(g, cls, skip=HAND_MADE, rename=RENAMED)
+        if section == "data":
+            g.add_argument("--data", dest="data_dir", nargs="+", metavar="DIR|W:DIR",
+                           help=" ".join(field_docs(cls)["data_dir"].split()).replace("%", "%%"))
         if section == "model":
             g.add_argument("--model", dest="model_overrides", type=_model_override, action="append",
                            metavar="FIELD=VALUE", help="override a ModelConfig field of the preset, e.g. "
@@ -67,6 +70,8 @@ def register(subparsers) -> None:
 def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, frozenset, dict]:
     """(config, the fields given explicitly, phase-2 changes) from parsed flags."""
     values = given(args, PretrainConfig.field_section())
+    if "data_dir" in values:  # --data 0.7:A 0.3:B: one blend spec (engine/data/blend.py)
+        values["data_dir"] = " ".join(values["data_dir"])
     if "model_overrides" in values:
         values["model_overrides"] = dict(values["model_overrides"])
     phase2 = {PHASE2[k][0]: v for k, v in given(args, PHASE2).items()}
