@@ -183,14 +183,28 @@ class BlendSampler:
 class BlendedDataset:
     """The datasets of a blend as one map-style dataset over their concatenation (index = offsets[d] + i):
     `__getitems__` gathers every dataset's rows and puts them back in the asked order (same RawBatch as the
-    members: engine/data/pretraining.py). All members must share the tokenizer (checked by the caller)."""
+    members: engine/data/pretraining.py). All members must share the tokenizer (checked by the caller); `weights`
+    (n,) are the blend's, for the masker's replacement distribution."""
 
-    def __init__(self, datasets: list):
-        self.datasets = datasets
+    def __init__(self, datasets: list, weights):
+        self.datasets, self.weights = datasets, np.asarray(weights, dtype=np.float64)
         self.offsets = np.concatenate([[0], np.cumsum([len(ds) for ds in datasets])]).astype(np.int64)
         first = datasets[0]
-        self.data, self.special, self.continuation = first.data, first.special, first.continuation
-        self.masker = first.masker
+        self.data, self.special, self.continuation, self.seed = first.data, first.special, first.continuation, first.seed
+
+    def masker(self, mlm_probability: float = 0.15, random_replacement: str = "unigram"):
+        """The members' 80/10/10 Masker with random replacements drawn from the blend's unigram distribution (each
+        dataset's token frequencies, weighted by its blend weight) or uniformly."""
+        from bertforge.data.masking import Masker, replacement_distribution
+
+        if random_replacement not in ("unigram", "uniform"):
+            raise ValueError("random_replacement must be 'unigram' or 'uniform'")
+        counts = None
+        if random_replacement == "unigram":
+            counts = sum(w * c / max(c.sum(), 1) for w, c in
+                         zip(self.weights, (ds.data.unigram_counts().astype(np.float64) for ds in self.datasets)))
+        probs = replacement_distribution(self.data.vocab_size, self.special.as_list(), counts)
+        return Masker(self.special.mask_id, probs, mlm_probability, self.seed)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

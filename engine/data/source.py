@@ -144,7 +144,8 @@ class CorpusSource:
         else:
             from bertforge.data.blend import BlendedDataset, BlendSampler
 
-            self.train, self.held_out = BlendedDataset(trains), self.held_outs[self.blend[0].path]
+            self.train = BlendedDataset(trains, [e.weight for e in self.blend])
+            self.held_out = self.held_outs[self.blend[0].path]
             self.sampler = BlendSampler([len(t) for t in trains], [e.weight for e in self.blend], B, self.rank,
                                         self.world, seed=c.run.seed)
         if len(self.train) < B * self.world:

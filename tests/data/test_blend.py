@@ -109,6 +109,11 @@ def test_a_blend_trains_on_both_datasets_by_weight_and_keeps_their_held_out_spli
         np.testing.assert_array_equal(two[k % 2].sampler.indices(k // 2).indices,
                                       one.sampler.indices(k // 2).indices[rows])
         np.testing.assert_array_equal(b2.input_ids, b1.input_ids[rows])  # same samples, same masks
+    # random replacements follow the blend's unigram distribution: each dataset's frequencies by its weight
+    counts = [ds.data.unigram_counts().astype(float) for ds in one.train.datasets]
+    want = 0.7 * counts[0] / counts[0].sum() + 0.3 * counts[1] / counts[1].sum()
+    want[one.train.special.as_list()] = 0
+    np.testing.assert_allclose(one.replacement_probs, want / want.sum(), rtol=1e-12)
     # each dataset's held-out split is its own: the batches differ and are the same on every call
     wiki_eval, books_eval = (list(one.eval_batches(2, dataset=str(p))) for p in (prepared[0], books))
     assert len(wiki_eval) == len(books_eval) == 2
