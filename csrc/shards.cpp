@@ -100,8 +100,11 @@ class MappedShards {
         }
         if (static_cast<size_t>(st.st_size) != want) {
             ::close(fd);
-            throw std::runtime_error(path + ": size " + std::to_string(st.st_size) + " does not match its index (" +
-                                     std::to_string(n) + " tokens of " + std::to_string(itemsize_) + " bytes)");
+            throw std::runtime_error(path + ": token file is " + std::to_string(st.st_size) +
+                                     " bytes but its index expects " + std::to_string(want) + " bytes (" +
+                                     std::to_string(n) + " tokens x " + std::to_string(itemsize_) + " bytes): it is " +
+                                     (static_cast<size_t>(st.st_size) < want ? "cut short" : "longer than its index") +
+                                     "; prepare the dataset again");
         }
         void* p = nullptr;
         if (want > 0) {

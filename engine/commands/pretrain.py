@@ -19,7 +19,7 @@ from bertforge.config.docs import field_docs
 from bertforge.config.names import PHASE2, PRETRAIN_FLAG_NAMES
 from bertforge.config.pretrain import SECTIONS, PretrainConfig
 
-HAND_MADE = {"model_overrides"}  # --model FIELD=VALUE (repeatable)
+HAND_MADE = {"model_overrides", "data_dir"}  # --model FIELD=VALUE (repeatable); --data DIR or W:DIR W:DIR ...
 RENAMED = {k: v for k, v in PRETRAIN_FLAG_NAMES.items() if k not in HAND_MADE}
 
 
@@ -45,6 +45,9 @@ def register(subparsers) -> None:
     for section, cls in SECTIONS.items():
         g = p.add_argument_group(f"{section}: {section_docs[section].rstrip('.')}")
         add_dataclass_flags(g, cls, skip=HAND_MADE, rename=RENAMED)
+        if section == "data":
+            g.add_argument("--data", dest="data_dir", nargs="+", metavar="DIR|W:DIR",
+                           help=" ".join(field_docs(cls)["data_dir"].split()).replace("%", "%%"))
         if section == "model":
             g.add_argument("--model", dest="model_overrides", type=_model_override, action="append",
                            metavar="FIELD=VALUE", help="override a ModelConfig field of the preset, e.g. "
@@ -63,6 +66,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, frozense
     if "model_overrides" in args:
         args.model_overrides = dict(args.model_overrides)
     values, _ = with_config_file(args, "pretrain", [*PretrainConfig.field_section(), *PHASE2])
+    if isinstance(values.get("data_dir"), (list, tuple)):  # --data 0.7:A 0.3:B: one blend spec (data/blend.py)
+        values["data_dir"] = " ".join(map(str, values["data_dir"]))
     phase2 = {PHASE2[k][0]: values.pop(k) for k in list(values) if k in PHASE2}
     return PretrainConfig.from_flat(values), frozenset(values), phase2
 

@@ -27,7 +27,9 @@ OBJECTIVES = ("mlm+nsp", "mlm+sop", "mlm")
 @dataclass
 class DataSection:
     data_dir: str = ""
-    """Prepared dataset directory (`bertforge prepare` output: shards + its tokenizer hash). Flag: --data."""
+    """Prepared dataset directory (`bertforge prepare` output: shards + its tokenizer hash), or a weighted blend of
+    several prepared with one tokenizer: 'W:DIR W:DIR ...' (e.g. "0.7:wiki_data 0.3:books_data", spaces or commas)
+    or a .json / .yaml list of {path, weight} (engine/data/blend.py). Flag: --data."""
     tokenizer: str = ""
     """Tokenizer directory the dataset was prepared with (checked against the dataset's tokenizer hash; its files go
     into the Hugging Face export)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertforge.data.cache import default_cache_dir, locate
+from bertforge.data.cache import build_once, default_cache_dir, locate
 from bertforge.data.shards import ShardTokens
 from bertforge.errors import DataError
 from bertforge.io import atomic_dir, atomic_file
@@ -120,8 +120,20 @@ def check_shard(prefix: Path) -> dict:
     except (TypeError, OSError) as exc:
         raise DataError(f"cannot use shard tokens: {exc}", str(bin_)) from None
     if bin_size != nt * itemsize:
-        raise DataError(f"size {bin_size} does not match its index ({nt} tokens of {itemsize} bytes)", str(bin_))
+        want = nt * itemsize
+        state = "cut short" if bin_size < want else "longer than its index"
+        raise DataError(f"token file is {_size(bin_size)} but its index expects {_size(want)} ({nt:,} tokens x "
+                        f"{itemsize} bytes, {header['dtype']}): it is {state}; prepare the dataset again (a rerun of "
+                        f"`bertforge prepare` rewrites it)", str(bin_))
     return header
+
+
+def _size(n: int) -> str:
+    """Bytes as '1,234,567 bytes (1.2 MB)' (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n:,} bytes ({n / scale:.1f} {unit})"
+    return f"{n:,} bytes"
 
 
 def read_shard_arrays(prefix: Path, header: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -252,11 +264,11 @@ class IndexedDataset:
         return locate(f"index-{self.dataset_id}-v{INDEX_VERSION}", self.cache_dir, self.dir)
 
     def sentence_index(self) -> SentenceIndex:
-        """The memory-mapped per-sentence index, built into the cache when missing (atomic folder)."""
+        """The memory-mapped per-sentence index, built into the cache when missing (atomic folder) by one process
+        of all that share the cache folder (bertforge.data.cache.build_once), the others waiting for it."""
         if self._index is None:
             folder = self.index_path()
-            if not (folder / "doc_hashes.npy").exists():
-                self._build_index(folder)
+            build_once(folder, lambda: self._build_index(folder))
             self._index = SentenceIndex(*(np.load(folder / f"{k}.npy", mmap_mode="r") for k in
                                           ("sentence_starts", "sentence_lengths", "doc_offsets", "doc_hashes")))
         return self._index

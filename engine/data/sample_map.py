@@ -3,7 +3,7 @@
 `build_sample_map` (BERT's next-sentence prediction) and `build_sop_map` (ALBERT's sentence-order prediction) run
 the C++ builder (csrc/sample_map.cpp, where both algorithms are described); `build_sample_map_ref` is the
 pure-Python reference that produces the identical maps (same SplitMix64 stream, same order of draws).
-`cached_sample_map` builds the map for one dataset split once per node (engine/data/cache.py), stores it as .npy
+`cached_sample_map` builds the map for one dataset split once (engine/data/cache.py `build_once`), stores it as .npy
 keyed by (dataset, split, seed, max length, probabilities, pairing) in the cache folder and memory-maps it on every
 rank.
 
@@ -262,19 +262,19 @@ def cached_sample_map(ds, split: str = "train", eval_fraction: float = 0.0, seed
                       pairing: str = "nsp") -> tuple[np.ndarray, Path]:
     """The memory-mapped (n_samples, 5) map of `ds` (an IndexedDataset) and its file in the cache folder
     (`cache_dir`, default bertforge.data.cache's). pairing 'nsp' or 'sop' (nsp_prob is then the swap probability).
-    It is built once (bertforge.data.cache.build_once: rank 0, then the first rank of a node that cannot see it), from
-    the dataset's per-sentence index selected into temporary memory-mapped files; every rank then memory-maps it.
-    The builder's memory peaks at the map itself (40 bytes a sample), not at the corpus's sentence index.
-    DataError (`check_split`, on every rank while the map is missing) when the split cannot give pairs."""
+    It is built once (bertforge.data.cache.build_once: one process of all that share the cache folder, the others
+    waiting on its lock), from the dataset's per-sentence index selected into temporary memory-mapped files; every
+    rank then memory-maps it. The builder's memory peaks at the map itself (40 bytes a sample), not at the corpus's
+    sentence index. DataError (`check_split`, in the builder, raised again in every process that waited on it) when
+    the split cannot give pairs."""
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {PAIRINGS}, not {pairing!r}")
     folder = Path(cache_dir) if cache_dir else ds.cache_dir
     key = map_key(ds, split, eval_fraction, seed, max_seq_length, short_seq_prob, nsp_prob, pairing)
     path = locate(f"map-{split}-{key}.npy", folder, ds.dir)
-    if not path.exists():  # every rank: a refusal must not leave the others waiting at build_once's barrier
-        check_split(ds, split, eval_fraction, pairing)
 
     def build() -> None:
+        check_split(ds, split, eval_fraction, pairing)
         with tempfile.TemporaryDirectory(prefix=f".select-{split}-", dir=_mkdir(folder)) as tmp:
             selected = _select_to_files(ds, split, eval_fraction, Path(tmp))
             builder = build_sop_map if pairing == "sop" else build_sample_map

@@ -1,7 +1,8 @@
 """Batch sources of the pretraining loop: the prepared dataset (`CorpusSource`), or synthetic batches for tests and
 benchmarks (`SyntheticSource`, engine/data/synthetic.py), chosen by `open_source`. Both follow `BatchSource`.
 
-Order: engine/data/sampler.py (global micro batch k goes to rank k % world; exact resume from one integer).
+Order: engine/data/sampler.py (global micro batch k goes to rank k % world; exact resume from one integer), or for
+a weighted blend of datasets (`--data 0.7:A 0.3:B`) engine/data/blend.py's BlendSampler (same contract).
 CorpusSource builds the samples of --objective (train / held-out split by document hash): NSP or SOP pairs from the
 C++ sample map (engine/data/sample_map.py), or full MLM-only sequences (engine/data/full_sentences.py); masks them with
 BERT's 80/10/10 seeded by (seed, epoch, sample id) — or leaves them unmasked with a `mask_seed` from (seed, epoch,
@@ -20,7 +21,7 @@ from bertforge.config.pretrain import PretrainConfig
 from bertforge.data.batch import Batch
 from bertforge.data.sampler import MicroBatchSampler
 from bertforge.data.splitmix import derive_seed, derive_seeds
-from bertforge.errors import ConfigError
+from bertforge.errors import ConfigError, DataError
 
 EVAL_EPOCH = 10 ** 6  # masks of held-out batches are seeded with this epoch: fixed across evaluations
 
@@ -83,6 +84,7 @@ class CorpusSource:
     """Micro batches of one rank from a prepared dataset (see the module docstring)."""
 
     def __init__(self, cfg: PretrainConfig, rank: int, world: int):
+        from bertforge.data.blend import parse_blend
         from bertforge.data.cache import resolve_cache_dir
         from bertforge.data.indexed import IndexedDataset
         from bertforge.data.tokenizer import load_tokenizer, tokenizer_hash
@@ -92,9 +94,18 @@ class CorpusSource:
         if cfg.data.tokenizer:
             self.tokenizer = load_tokenizer(cfg.data.tokenizer)
             expected_hash = tokenizer_hash(self.tokenizer)
+        self.blend = parse_blend(cfg.data.data_dir)  # one entry of weight 1 for a plain folder
         # DataError (one line) when not a prepared dataset, a shard is damaged, or another tokenizer made it
-        self.cache_dir = resolve_cache_dir(cfg.data.data_dir, cfg.data.data_cache, cfg.run.output_dir)
-        self.data = info = IndexedDataset(cfg.data.data_dir, expected_hash, self.cache_dir)
+        self.cache_dirs = [resolve_cache_dir(e.path, cfg.data.data_cache, cfg.run.output_dir) for e in self.blend]
+        self.cache_dir = self.cache_dirs[0]
+        self.datasets = [IndexedDataset(e.path, expected_hash, c) for e, c in zip(self.blend, self.cache_dirs)]
+        self.data = info = self.datasets[0]
+        for e, ds in zip(self.blend[1:], self.datasets[1:]):
+            if ds.tokenizer_hash != info.tokenizer_hash:
+                raise DataError(f"dataset was prepared with another tokenizer (hash {ds.tokenizer_hash}) than "
+                                f"{self.blend[0].path} (hash {info.tokenizer_hash}): every dataset of a blend must "
+                                f"be prepared with one tokenizer; prepare it again with that tokenizer",
+                                str(Path(e.path) / "meta.json"))
         self.vocab_size = info.vocab_size
         if self.tokenizer is not None and self.tokenizer.get_vocab_size() != self.vocab_size:
             raise ConfigError(f"{cfg.data.tokenizer}: tokenizer has {self.tokenizer.get_vocab_size()} tokens, "
@@ -103,32 +114,45 @@ class CorpusSource:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.position = 0
         self.train = self.held_out = self.sampler = self.masker = self.collate = None
+        self.held_outs: dict[str, object] = {}  # {dataset path: its held-out split}
 
     def start(self) -> None:
-        """Build (rank 0) or map the sample maps; collective under torch.distributed."""
+        """Build (one process per cache folder: bertforge.data.cache.build_once) or map the sample maps of every
+        dataset of the blend; not collective."""
         from bertforge.data.pretraining import PretrainingCollator, PretrainingDataset
 
         c = self.cfg
         kw = dict(max_seq_length=c.batch.max_seq_length, seed=c.run.seed, eval_fraction=c.data.eval_fraction,
-                  tokenizer=self.tokenizer, cache_dir=self.cache_dir)
+                  tokenizer=self.tokenizer)
         if c.objective.objective == "mlm":
             from bertforge.data.full_sentences import FullSentenceDataset as Dataset
         else:
             Dataset = PretrainingDataset
             kw.update(short_seq_prob=c.objective.short_seq_prob, pairing=c.objective.sentence_task)
-        self.train = Dataset(self.data, split="train", **kw)  # one opened dataset for both splits
-        self.held_out = Dataset(self.data, split="eval", **kw)
+        trains = []
+        for entry, data, cache_dir in zip(self.blend, self.datasets, self.cache_dirs):
+            trains.append(Dataset(data, split="train", cache_dir=cache_dir, **kw))  # one opened dataset, two splits
+            self.held_outs[entry.path] = held = Dataset(data, split="eval", cache_dir=cache_dir, **kw)
+            if len(held) == 0:
+                raise ConfigError(f"{entry.path}: the held-out split gives no samples at "
+                                  f"{flag('max_seq_length')} {c.batch.max_seq_length}; raise --eval-fraction "
+                                  f"(now {c.data.eval_fraction})")
         B = c.batch.micro_batch
+        if len(self.blend) == 1:
+            self.train, self.held_out = trains[0], self.held_outs[self.blend[0].path]
+            self.sampler = MicroBatchSampler(len(self.train), B, self.rank, self.world, seed=c.run.seed)
+        else:
+            from bertforge.data.blend import BlendedDataset, BlendSampler
+
+            self.train = BlendedDataset(trains, [e.weight for e in self.blend])
+            self.held_out = self.held_outs[self.blend[0].path]
+            self.sampler = BlendSampler([len(t) for t in trains], [e.weight for e in self.blend], B, self.rank,
+                                        self.world, seed=c.run.seed)
         if len(self.train) < B * self.world:
             raise ConfigError(f"{c.data.data_dir}: the training split gives {len(self.train)} samples at "
                               f"{flag('max_seq_length')} {c.batch.max_seq_length}, fewer than one round of micro "
                               f"batches (--micro-batch {B} x {self.world} ranks): prepare more text or lower "
                               f"--micro-batch")
-        if len(self.held_out) == 0:
-            raise ConfigError(f"{c.data.data_dir}: the held-out split gives no samples at "
-                              f"{flag('max_seq_length')} {c.batch.max_seq_length}; raise --eval-fraction "
-                              f"(now {c.data.eval_fraction})")
-        self.sampler = MicroBatchSampler(len(self.train), B, self.rank, self.world, seed=c.run.seed)
         self.masker = self.train.masker(c.masking.mlm_probability, c.masking.random_replacement)
         self.collate = PretrainingCollator(self.masker, self.train.continuation, c.masking.whole_word_masking,
                                            pack=c.batch.pack, pad_id=self.train.special.pad_id,
@@ -158,15 +182,20 @@ class CorpusSource:
         batch.dropout_ids = torch.from_numpy(sample_dropout_ids(self.cfg.run.seed, mb.epochs, mb.indices))
         return batch
 
-    def eval_batches(self, n_batches: int) -> Iterator[Batch]:
+    def eval_batches(self, n_batches: int, dataset: str | None = None) -> Iterator[Batch]:
         """This rank's share of the first n_batches held-out micro batches in the global order (global batch k is
         held-out samples [k B, (k + 1) B) and goes to rank k % world), so every rank count scores the same samples,
         once each; capped so that no sample is scored twice (one batch, wrapping, if the split is smaller than a
-        micro batch). Ranks may get one batch fewer than others, or none."""
-        n, B = len(self.held_out), self.cfg.batch.micro_batch
-        total = max(1, min(n_batches, n // B))
-        for k in range(self.rank, total, self.world):
-            yield self._batch(self.held_out, np.arange(k * B, (k + 1) * B) % n, EVAL_EPOCH, k)
+        micro batch). Ranks may get one batch fewer than others, or none. A blend's datasets keep their own
+        held-out splits: `dataset` (a path of `self.blend`) names one; None gives n_batches of each in turn."""
+        names = [dataset] if dataset is not None else [e.path for e in self.blend]
+        B = self.cfg.batch.micro_batch
+        for name in names:
+            held = self.held_outs[name]
+            n = len(held)
+            total = max(1, min(n_batches, n // B))
+            for k in range(self.rank, total, self.world):
+                yield self._batch(held, np.arange(k * B, (k + 1) * B) % n, EVAL_EPOCH, k)
 
     def state_dict(self) -> dict:
         return {"position": self.position}

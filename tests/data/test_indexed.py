@@ -42,7 +42,10 @@ def test_short_bin_and_missing_files_are_refused_naming_the_file(copy):
     bin_.write_bytes(bin_.read_bytes()[:-2])
     with pytest.raises(DataError) as err:
         IndexedDataset(copy)
-    assert "does not match its index" in _one_line(err, bin_)
+    size = bin_.stat().st_size
+    assert (f"token file is {size:,} bytes ({size / 1e3:.1f} kB) but its index expects {size + 2:,} bytes "
+            f"({(size + 2) / 1e3:.1f} kB) (" in _one_line(err, bin_)) and "x 2 bytes, uint16): it is cut short" in \
+        _one_line(err, bin_)
     (copy / "shard_000000_0002.idx").unlink()
     with pytest.raises(DataError) as err:
         IndexedDataset(copy)

@@ -54,7 +54,8 @@ def test_out_of_range_and_bad_files(tmp_path):
     for bad in ([8], [-1], [0, 3, 9]):
         with pytest.raises(IndexError, match="outside"):
             mapped.gather(np.array(bad))
-    with pytest.raises(DataError, match=rf"^{paths[1]}: size 8 does not match its index \(5 tokens of 2 bytes\)"):
+    with pytest.raises(DataError, match=rf"^{paths[1]}: token file is 8 bytes but its index expects 10 bytes "
+                                        r"\(5 tokens x 2 bytes\): it is cut short"):
         ShardTokens(paths, [4, 5], np.uint16)
     with pytest.raises(DataError, match=rf"^{tmp_path / 'gone.bin'}: cannot open"):
         ShardTokens([paths[0], tmp_path / "gone.bin"], [4, 4], np.uint16)
