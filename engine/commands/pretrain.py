@@ -74,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, frozense
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertforge.training import distributed as D
+    from bertforge import distributed as D
 
     try:
         cfg, explicit, phase2 = config_from_args(args)

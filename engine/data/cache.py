@@ -49,14 +49,11 @@ def locate(name: str, cache_dir: Path, data_dir: str | Path) -> Path:
 
 
 def _ranks() -> tuple[int, int, bool]:
-    """(global rank, local rank, distributed) under torch.distributed; (0, 0, False) otherwise."""
-    try:
-        import torch.distributed as dist
+    """(global rank, local rank, distributed) in a joined process group; (0, 0, False) otherwise."""
+    from bertforge import distributed as D
 
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), True
-    except ImportError:
-        pass
+    if D.is_initialized():
+        return D.rank(), D.local_rank(), True
     return 0, 0, False
 
 
@@ -68,9 +65,9 @@ def build_once(path: Path, build: Callable[[], None]) -> None:
         build()
     if not distributed:
         return
-    import torch.distributed as dist
+    from bertforge import distributed as D
 
-    dist.barrier()
+    D.barrier()
     if local_rank == 0 and rank != 0 and not path.exists():
         build()
-    dist.barrier()
+    D.barrier()

@@ -300,8 +300,7 @@ def _old_stats(header: dict) -> dict:
 
 # ---- main side ----------------------------------------------------------------------------------------------------
 class _Progress:
-    """bertforge.progress's reporter over input bytes (a tqdm bar on a terminal, a plain line every 30 s and at the end
-    in a log file), with the shard count."""
+    """bertforge.progress's reporter over input bytes, with the shard count."""
 
     def __init__(self, total: int, enabled: bool, what: str):
         self.shards = 0
@@ -309,13 +308,10 @@ class _Progress:
 
     def update(self, nbytes: int, shards: int) -> None:
         self.shards += shards
-        if self.bar is not None:
-            self.bar.set_postfix(shards=self.shards, refresh=False)
-            self.bar.update(nbytes)
+        self.bar.update(nbytes, shards=self.shards)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def _clean_tmp(out: Path) -> None:

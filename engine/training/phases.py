@@ -6,9 +6,9 @@ from pathlib import Path
 
 from bertforge.config.pretrain import PretrainConfig
 from bertforge.errors import CheckpointError, ConfigError
-from bertforge.training import distributed as D
+from bertforge import distributed as D
 from bertforge.training.checkpoint import checkpoint_meta, latest_tag, resolve_checkpoint
-from bertforge.training.trainer import PREEMPTED, pretrain
+from bertforge.training.trainer import pretrain
 
 PHASE2_FIELDS = ("steps", "max_seq_length", "micro_batch", "global_batch", "lr", "warmup_steps", "token_budget")
 
@@ -55,7 +55,7 @@ def run_phases(cfg: PretrainConfig, explicit: frozenset, phase2: dict) -> int:
                    f"{phase.total_steps()} steps -> {run_dir}")
         result = pretrain(phase, explicit)
         if result.status == "preempted":
-            code = PREEMPTED
+            code = D.PREEMPTED
             break
     D.finish(code)
     return code

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from bertforge.training import distributed as D  # noqa: E402
+from bertforge import distributed as D  # noqa: E402
 from bertforge.config.pretrain import PretrainConfig  # noqa: E402
 from bertforge.data.synthetic import SyntheticSource  # noqa: E402
 
