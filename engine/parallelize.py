@@ -14,9 +14,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bertforge import csrc
 from bertforge import deepspeed as ds
 from bertforge.distributed import log0
 from bertforge.errors import ConfigError
+from bertforge.kernels import reference
 from bertforge.kernels._common import is_interpreting
 from bertforge.optim import Lamb
 
@@ -68,6 +70,13 @@ def apply_activation_checkpointing(model: nn.Module, layer_type: type | None = N
     return count
 
 
+def apply_native_philox() -> None:
+    """The CPU path's dropout masks from the kernels' Philox streams computed in C++ (bertforge.csrc; ~100x the
+    torch replay in bertforge.kernels.reference, which stays the oracle of both, bit for bit: the masks are the same
+    either way, only their cost changes)."""
+    reference.use_native_philox(csrc.philox_words, csrc.philox_keep)
+
+
 def apply_compile(model: nn.Module) -> None:
     """torch.compile the model in place (dynamic shapes): parameter names (checkpoints, export) stay the model's.
     With kernels='triton' every kernel is a custom op, so the forward is one graph without host syncs."""
@@ -115,6 +124,7 @@ def apply_lamb_partitions(engine, optimizer: torch.optim.Optimizer) -> int:
 def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: ParallelPlan,
                 log: Callable[[str], None] = log0) -> tuple[object, SkipGate]:
     """Wrap `model` (already on its device) and its client `optimizer` into the DeepSpeed training engine, in order:
+    0. CPU: dropout masks from the C++ Philox (apply_native_philox),
     1. activation checkpointing (before compile, so the compiled graph contains the recomputation),
     2. torch.compile (in place; ZeRO 0-2: ZeRO-3's parameter hooks are not traced),
     3. the non-finite-step gate on the client optimizer (DeepSpeed wraps it next),
@@ -124,6 +134,8 @@ def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: Parall
     6. LAMB on flat partitions: per-parameter norms over each parameter's pieces and ranks (apply_lamb_partitions).
     The learning-rate schedule stays with the caller (it steps only when an update was applied). Returns (the engine,
     the skip gate on its client optimizer)."""
+    if next(model.parameters()).device.type == "cpu":
+        apply_native_philox()
     if plan.activation_checkpointing:
         log(f"parallelize: activation checkpointing on {apply_activation_checkpointing(model)} layers")
     if plan.compile:

@@ -34,8 +34,8 @@ from bertforge.finetune.trainer import build_ds_config, state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import write_json, write_text
 from bertforge.train.setup import join_runtime
-from bertforge.training.checkpoint import latest_tag
-from bertforge.training.metrics import MetricsWriter
+from bertforge.train.checkpoint import latest_tag
+from bertforge.train.metrics import MetricsWriter
 
 Echo = Callable[[str], None]
 
@@ -332,9 +332,9 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
                         ds_config=ds_config)
     if summary["status"] == "finished":
         after = summary["test"]
-        echo(f"held-out masked-token accuracy {before['masked_accuracy']:.4f} -> "
-             f"{after['masked_accuracy']['mean']:.4f} ± {after['masked_accuracy']['std']:.4f} (unigram baseline "
-             f"{before['unigram_accuracy']:.4f}: the most frequent masked token of the same masks); perplexity "
+        echo(f"held-out masked-token accuracy {before['mlm_acc']:.4f} -> "
+             f"{after['mlm_acc']['mean']:.4f} ± {after['mlm_acc']['std']:.4f} (unigram baseline "
+             f"{before['mlm_unigram_acc']:.4f}: the most frequent masked token of the same masks); perplexity "
              f"{before['perplexity']:.1f} -> {after['perplexity']['mean']:.1f} ± {after['perplexity']['std']:.1f}")
     else:
         echo(format_summary(summary, out))

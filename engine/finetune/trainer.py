@@ -15,7 +15,7 @@ the identical loss sequence. At the end the best state is loaded, dev and test a
 fp32 weights (the masters under bf16 / fp16) as a Hugging Face directory.
 
 Layout of a seed's state while it runs (removed when the seed is exported):
-  OUT/state/seed-N/checkpoints/       resume checkpoints (engine/training/checkpoint.py; the newest kept)
+  OUT/state/seed-N/checkpoints/       resume checkpoints (engine/train/checkpoint.py; the newest kept)
   OUT/state/seed-N/best/checkpoints/  the best dev state (the newest kept)"""
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ from bertforge.parallelize import ParallelPlan, parallelize
 from bertforge.progress import NullProgress, Progress, progress
 from bertforge.train.setup import join_runtime
 from bertforge.train.step import StepGuard
-from bertforge.training.checkpoint import CheckpointManager
-from bertforge.training.metrics import MetricsWriter
-from bertforge.training.rng import rng_state, seed_everything, set_rng_state
+from bertforge.train.checkpoint import CheckpointManager
+from bertforge.train.metrics import MetricsWriter
+from bertforge.train.rng import rng_state, seed_everything, set_rng_state
 
 def state_dir(out_dir: Path, seed: int) -> Path:
     """Where a seed's checkpoints live while it runs."""

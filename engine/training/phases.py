@@ -7,7 +7,7 @@ from pathlib import Path
 from bertforge.config.pretrain import PretrainConfig
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge import distributed as D
-from bertforge.training.checkpoint import checkpoint_meta, latest_tag, resolve_checkpoint
+from bertforge.train.checkpoint import checkpoint_meta, latest_tag, resolve_checkpoint
 from bertforge.training.trainer import pretrain
 
 PHASE2_FIELDS = ("steps", "max_seq_length", "micro_batch", "global_batch", "lr", "warmup_steps", "token_budget")

@@ -9,7 +9,7 @@ skipped steps in a row stop training with an error. SIGTERM is turned into a fla
 two-element all-reduce at the end of every step: a checkpoint is saved right after that step and the run exits with
 status 143 (resume with --resume).
 
-Resume (--resume): the newest checkpoint that verifies (engine/training/checkpoint.py), on any number of ranks: the
+Resume (--resume): the newest checkpoint that verifies (engine/train/checkpoint.py), on any number of ranks: the
 data position is remapped through the samples consumed, so the global order continues where it stopped.
 
 Host syncs: one per optimizer step (the non-finite and stop checks, after the backward is queued); statistics stay on
@@ -41,12 +41,12 @@ from bertforge.malloc import pin_mmap_threshold
 from bertforge.optim import build_optimizer, param_groups, warmup_decay
 from bertforge.parallelize import ParallelPlan, check_device_support, parallelize
 from bertforge.train.step import StepGuard
-from bertforge.training.checkpoint import CheckpointManager
+from bertforge.train.checkpoint import CheckpointManager
 from bertforge.training.device_masking import DeviceMasker
 from bertforge.progress import progress
-from bertforge.training.metrics import MetricsWriter, Throughput, flops_per_token, peak_flops
+from bertforge.train.metrics import MetricsWriter, Throughput, flops_per_token, peak_flops
 from bertforge.training.profile import StepProfiler
-from bertforge.training.rng import rng_state, seed_everything, set_rng_state
+from bertforge.train.rng import rng_state, seed_everything, set_rng_state
 from bertforge.training.weights import load_initial_weights, pretraining_model
 
 @dataclass

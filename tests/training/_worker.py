@@ -84,7 +84,7 @@ def mode_equal(out: Path, stages: str, precisions: str) -> None:
 
 
 def mode_run(out: Path, steps: str) -> None:
-    from bertforge.training import checkpoint
+    from bertforge.train import checkpoint
     from bertforge.training.trainer import pretrain
 
     pause_at = int(os.environ.get("PAUSE_AT_SAVE", "0"))
