@@ -315,8 +315,7 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
     settings."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     cfg = config if config is not None else PrepareConfig(**settings)
-    inputs = list(inputs)
-    out = Path(out_dir)
+    inputs, out = list(inputs), Path(out_dir)
     tok = load_tokenizer(tokenizer)
     thash, vocab_size = tokenizer_hash(tok), tok.get_vocab_size()
     meta_path = out / indexed.META
