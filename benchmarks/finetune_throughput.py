@@ -112,14 +112,14 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
     import torch
 
     from bertforge import deepspeed as ds
-    from bertforge.config.finetune import FinetuneConfig, FinetuneParallel
+    from bertforge.config.finetune import FinetuneConfig, ParallelConfig
     from bertforge.finetune.tasks import ClassifyTask
     from bertforge.finetune.trainer import FinetuneTrainer, build_ds_config
-    from bertforge.training import distributed as D
+    from bertforge import distributed as D
 
     kernels = "triton" if torch.cuda.is_available() else "none"
     args = FinetuneConfig(lr=2e-5, epochs=1, global_batch=batch, micro_batch=batch, dropout=0.1, progress=False)
-    par = FinetuneParallel(precision=precision, kernels=kernels)
+    par = ParallelConfig(precision=precision, kernels=kernels)
     D.prepare_env()
     ds.init_distributed(par.dist_timeout_s)
     task = ClassifyTask(["a", "b"], max(len(f["input_ids"]) for f in feats), train=feats)

@@ -21,14 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertforge import csrc, ops
+from bertforge import ops
 from bertforge.config import ModelConfig
-from bertforge.padding import cu_seqlens_to_position_ids
-from bertforge.kernels import reference
-
-# The CPU path's dropout masks are the kernels' Philox streams computed in C++ (engine/csrc.py; ~100x the torch
-# replay, which stays the oracle of both, bit for bit in tests/engine/test_csrc_philox.py).
-reference.use_native_philox(csrc.philox_words, csrc.philox_keep)
+from bertforge.kernels.padding import cu_seqlens_to_position_ids
 
 _GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 

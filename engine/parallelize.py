@@ -14,13 +14,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bertforge import csrc
 from bertforge import deepspeed as ds
+from bertforge.distributed import log0
+from bertforge.errors import ConfigError
+from bertforge.kernels import reference
+from bertforge.kernels._common import is_interpreting
 from bertforge.optim import Lamb
 
 
-def _log0(message: str) -> None:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        print(message, flush=True)
+def check_device_support(precision: str, kernels: str) -> None:
+    """ConfigError for settings this machine cannot run: fp16 and Triton kernels need a GPU (kernels run on CPU
+    tensors only under the Triton interpreter, TRITON_INTERPRET=1)."""
+    if torch.cuda.is_available():
+        return
+    if precision == "fp16":
+        raise ConfigError("--precision fp16 needs a GPU (no fp16 training or autocast on CPU); use bf16 or fp32")
+    if kernels == "triton" and not is_interpreting():
+        raise ConfigError("--kernels triton needs a GPU (on CPU only under the Triton interpreter: set "
+                          "TRITON_INTERPRET=1, slow); use --kernels none here")
 
 
 @dataclass(frozen=True)
@@ -58,25 +70,38 @@ def apply_activation_checkpointing(model: nn.Module, layer_type: type | None = N
     return count
 
 
+def apply_native_philox() -> None:
+    """The CPU path's dropout masks from the kernels' Philox streams computed in C++ (bertforge.csrc; ~100x the
+    torch replay in bertforge.kernels.reference, which stays the oracle of both, bit for bit: the masks are the same
+    either way, only their cost changes)."""
+    reference.use_native_philox(csrc.philox_words, csrc.philox_keep)
+
+
 def apply_compile(model: nn.Module) -> None:
     """torch.compile the model in place (dynamic shapes): parameter names (checkpoints, export) stay the model's.
     With kernels='triton' every kernel is a custom op, so the forward is one graph without host syncs."""
     model.compile(dynamic=True)
 
 
-def install_skip_gate(optimizer: torch.optim.Optimizer) -> None:
-    """Let the loop veto the next update (a non-finite loss on any rank): set `optimizer.bertforge_skip = True`
-    before engine.step(). DeepSpeed's wrappers (ZeRO 1-3, bf16) all call the client optimizer's step(), so a vetoed
-    step leaves weights and moments untouched whatever the stage."""
-    inner_step = optimizer.step
-    optimizer.bertforge_skip = False
+class SkipGate:
+    """The loop's veto of the next update (a non-finite loss on any rank): `gate.skip = True` before engine.step().
+    DeepSpeed's wrappers (ZeRO 1-3, bf16) all call the client optimizer's step(), which asks the gate first, so a
+    vetoed step leaves weights and moments untouched whatever the stage. `parallelize` returns it beside the engine."""
 
-    def step(self, *args, **kwargs):
-        if self.bertforge_skip:
-            return None
-        return inner_step(*args, **kwargs)
+    def __init__(self):
+        self.skip = False
 
-    optimizer.step = types.MethodType(step, optimizer)  # a bound method: LR schedulers wrap it again
+    def install(self, optimizer: torch.optim.Optimizer) -> "SkipGate":
+        """Route `optimizer.step` through this gate (a bound method: LR schedulers wrap it again)."""
+        inner_step, gate = optimizer.step, self
+
+        def step(self, *args, **kwargs):
+            if gate.skip:
+                return None
+            return inner_step(*args, **kwargs)
+
+        optimizer.step = types.MethodType(step, optimizer)
+        return self
 
 
 def apply_lamb_partitions(engine, optimizer: torch.optim.Optimizer) -> int:
@@ -96,8 +121,10 @@ def apply_lamb_partitions(engine, optimizer: torch.optim.Optimizer) -> int:
     return len(flats)
 
 
-def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: ParallelPlan, log: Callable = _log0):
+def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: ParallelPlan,
+                log: Callable[[str], None] = log0) -> tuple[object, SkipGate]:
     """Wrap `model` (already on its device) and its client `optimizer` into the DeepSpeed training engine, in order:
+    0. CPU: dropout masks from the C++ Philox (apply_native_philox),
     1. activation checkpointing (before compile, so the compiled graph contains the recomputation),
     2. torch.compile (in place; ZeRO 0-2: ZeRO-3's parameter hooks are not traced),
     3. the non-finite-step gate on the client optimizer (DeepSpeed wraps it next),
@@ -105,13 +132,16 @@ def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: Parall
        (inside bertforge.deepspeed.initialize),
     5. deepspeed.initialize: ZeRO partitioning, bf16/fp16 (dynamic loss scaling), accumulation, clipping,
     6. LAMB on flat partitions: per-parameter norms over each parameter's pieces and ranks (apply_lamb_partitions).
-    The learning-rate schedule stays with the caller (it steps only when an update was applied)."""
+    The learning-rate schedule stays with the caller (it steps only when an update was applied). Returns (the engine,
+    the skip gate on its client optimizer)."""
+    if next(model.parameters()).device.type == "cpu":
+        apply_native_philox()
     if plan.activation_checkpointing:
         log(f"parallelize: activation checkpointing on {apply_activation_checkpointing(model)} layers")
     if plan.compile:
         apply_compile(model)
         log("parallelize: torch.compile (dynamic shapes)")
-    install_skip_gate(optimizer)
+    gate = SkipGate().install(optimizer)
     engine = ds.initialize(model, optimizer, plan.ds_config)
     zero = plan.ds_config["zero_optimization"].get("stage", 0)
     precision = "bf16" if plan.ds_config["bf16"]["enabled"] else "fp16" if plan.ds_config["fp16"]["enabled"] else "fp32"
@@ -120,4 +150,4 @@ def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: Parall
     flats = apply_lamb_partitions(engine, optimizer)
     if flats:
         log(f"parallelize: LAMB norms per parameter over {flats} flat partition(s)")
-    return engine
+    return engine, gate

@@ -3,8 +3,9 @@
 On a terminal (stderr is a TTY) `progress(...)` is a tqdm bar. Anywhere else — stderr redirected to a file, a SLURM
 log, a pipe — a bar redraws itself with carriage returns into one enormous line, so a `LineProgress` writes instead
 one plain, complete line at most every `every_s` seconds and at the end: `desc: 120/800 (15%) | loss=6.12 ... |
-elapsed 1:02 | ETA 5:40`, the form training logs take in Megatron and the Hugging Face Trainer. Both have the same
-small API: update(n), set_postfix(**values), write(message), close()."""
+elapsed 1:02 | ETA 5:40`, the form training logs take in Megatron and the Hugging Face Trainer. `Progress` is the one
+reporter every command uses (`progress(...)` gives a `NullProgress` where it is disabled): update(n, **postfix),
+write(message), close()."""
 from __future__ import annotations
 
 import sys
@@ -87,15 +88,50 @@ class LineProgress:
             self._emit()
 
 
-def progress(total: int | None, desc: str, *, initial: int = 0, unit: str = "it", enabled: bool = True,
-             every_s: float = 30.0, leave: bool = True, unit_scale: bool = False):
-    """A progress reporter: a tqdm bar on a terminal, plain `LineProgress` lines otherwise; None when disabled.
-    unit_scale: counts shown as 1.2M etc. (bytes)."""
-    if not enabled:
-        return None
-    if is_terminal():
-        from tqdm import tqdm
+class NullProgress:
+    """The reporter where progress is off (ranks other than 0, a disabled bar): every call does nothing."""
 
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=leave,
-                    file=sys.stderr, unit_scale=unit_scale)
-    return LineProgress(total, desc, initial=initial, unit=unit, every_s=every_s, unit_scale=unit_scale)
+    def update(self, n: float = 1, **postfix) -> None:
+        pass
+
+    def write(self, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Progress:
+    """The one progress reporter of long work: a tqdm bar on a terminal (unless `bar` is False), plain `LineProgress`
+    lines otherwise. `update(n, **postfix)` advances by n units (steps, bytes, ...) of `total` (None: unknown) and
+    shows the postfix values (floats as 4 significant digits); `write` prints a line above the bar."""
+
+    def __init__(self, total: float | None, desc: str, *, unit: str = "it", initial: float = 0, every_s: float = 30.0,
+                 leave: bool = True, unit_scale: bool = False, bar: bool = True):
+        if bar and is_terminal():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=leave,
+                            file=sys.stderr, unit_scale=unit_scale)
+        else:
+            self.bar = LineProgress(total, desc, initial=initial, unit=unit, every_s=every_s, unit_scale=unit_scale)
+
+    def update(self, n: float = 1, **postfix) -> None:
+        if self.bar is None:  # closed
+            return
+        if postfix:
+            self.bar.set_postfix(refresh=False, **{k: _fmt(v) for k, v in postfix.items()})
+        self.bar.update(n)
+
+    def write(self, message: str) -> None:
+        (self.bar or LineProgress(None, "")).write(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def progress(total: float | None, desc: str, *, enabled: bool = True, **options) -> Progress | NullProgress:
+    """A `Progress` (options: its keyword arguments), or a `NullProgress` when not `enabled`."""
+    return Progress(total, desc, **options) if enabled else NullProgress()

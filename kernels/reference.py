@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bertforge.padding import pad_input
+from bertforge.kernels.padding import pad_input
 
 IGNORE_INDEX = -100  # label of positions without an MLM target (Hugging Face's convention)
 

@@ -26,7 +26,7 @@ _LAUNCHER_ENV = {k: os.environ.get(k) for k in _LAUNCHER_VARS}  # as the session
 @pytest.fixture(autouse=True)
 def _isolated_launcher_state():
     """A test that runs a command in-process (bertforge.cli main) fills the launcher variables
-    (bertforge.training.distributed.prepare_env), also from module-scoped fixtures. They go back to the session's start
+    (bertforge.distributed.prepare_env), also from module-scoped fixtures. They go back to the session's start
     after every test: a later child process would otherwise inherit MASTER_PORT while this process still listens on
     it (EADDRINUSE). The default process group such a run joined stays (DeepSpeed caches its groups); a test that
     needs to look unlaunched patches torch.distributed.is_initialized (tests/training/test_config_cli.py)."""

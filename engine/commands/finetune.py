@@ -15,7 +15,7 @@ import sys
 
 from bertforge.commands.flags import add_config_flags, add_dataclass_flags, print_config, with_config_file
 from bertforge.config.docs import field_docs
-from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, MlmConfig,
+from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, ParallelConfig, MlmConfig,
                                     MlmData, NerConfig, NerData, SplitFiles)
 from bertforge.config.names import FINETUNE_FLAG_NAMES
 
@@ -26,7 +26,7 @@ HAND_MADE = ("unpadded",)  # --unpadded / --no-unpadded (pretraining's flag name
 
 
 def add_training_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
-    """FinetuneConfig's and FinetuneParallel's flags, the task's own defaults shown (`config_cls.DEFAULTS`)."""
+    """FinetuneConfig's and ParallelConfig's flags, the task's own defaults shown (`config_cls.DEFAULTS`)."""
     add_dataclass_flags(p, FinetuneConfig, skip=[f.name for f in dataclasses.fields(FinetuneConfig)
                                                  if f.name not in MAIN],
                         rename={"output_dir": FINETUNE_FLAG_NAMES["output_dir"]}, defaults=config_cls.DEFAULTS)
@@ -35,13 +35,13 @@ def add_training_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
     g.add_argument("--unpadded", dest="unpadded", action=argparse.BooleanOptionalAction,
                    help=field_docs(FinetuneConfig)["unpadded"] + " (default: on)")
     add_dataclass_flags(p.add_argument_group("precision and distribution (as in `bertforge pretrain`)"),
-                        FinetuneParallel)
+                        ParallelConfig)
 
 
 def _runner(config_cls: type, run_name: str, command: str):
     """The subcommand's function: flags over the --config file -> config (ConfigError on a bad value) -> one library
     call. Exit status 143 after a SIGTERM checkpoint; multi-rank workers leave through
-    bertforge.training.distributed.finish."""
+    bertforge.distributed.finish."""
 
     def run(args: argparse.Namespace) -> int:
         values, explicit = with_config_file(args, command, config_cls.field_names())
@@ -50,7 +50,7 @@ def _runner(config_cls: type, run_name: str, command: str):
             return print_config(config.to_flat())
         import json
 
-        from bertforge.training import distributed as D
+        from bertforge import distributed as D
 
         if D.rank() == 0:  # stdout, with the run's other lines; stderr carries the one-line errors
             print(f"bertforge {command}: config {json.dumps(config.to_flat())}", flush=True)
@@ -58,7 +58,7 @@ def _runner(config_cls: type, run_name: str, command: str):
             from bertforge.finetune import run as library
 
             summary = getattr(library, run_name)(config, explicit=explicit)
-            code = 143 if summary.get("status") == "preempted" else 0
+            code = D.PREEMPTED if summary.get("status") == "preempted" else 0
         except BaseException as exc:  # noqa: BLE001 - every rank must leave, and with one line
             if isinstance(exc, SystemExit) or not (D.is_initialized() and D.world_size() > 1):
                 raise

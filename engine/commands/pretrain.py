@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return print_config(_resolved(cfg, phase2))
     import json
 
-    from bertforge.training import distributed as D
+    from bertforge import distributed as D
 
     try:
         cfg, explicit, phase2 = config_from_args(args)

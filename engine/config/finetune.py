@@ -3,7 +3,8 @@ a docstring under every field (the flag's help) and every value check in `__post
 
 - `FinetuneConfig`   the recipe shared by the three tasks: starting model, output, length, batches, optimisation,
                      seeds, checkpoints
-- `FinetuneParallel` precision and distribution: bf16 / fp16, ZeRO, kernels, compile (the same flags as pretraining)
+- `ParallelConfig`   the runtime's section (bertforge.config.parallel): bf16 / fp16, ZeRO, kernels, compile,
+                     the non-finite-step limit (the same flags as pretraining)
 - `SplitFiles`       labelled input of classify and ner: --train/--dev/--test files, or one --data file and a split
 - `ClassifyData`     columns, format and selection metric of classification files
 - `NerData`          tag scheme, sub-word labelling and windows of token-classification files
@@ -21,7 +22,7 @@ from typing import Any, ClassVar
 
 from bertforge.config.checks import check_choice, check_non_negative, check_positive_int, flag
 from bertforge.config.model import KERNEL_BACKENDS
-from bertforge.config.pretrain import PRECISIONS
+from bertforge.config.parallel import PRECISIONS, ParallelConfig
 from bertforge.errors import ConfigError
 
 CLASSIFY_FORMATS = ("csv", "tsv", "jsonl")
@@ -128,36 +129,6 @@ class FinetuneConfig:
                               f"({micro if self.micro_batch is not None else 'unset'}) x ranks ({world_size}); "
                               f"give a --micro-batch that divides {self.global_batch} / {world_size}")
         return micro
-
-
-@dataclass
-class FinetuneParallel:
-    precision: str = "fp32"
-    """'fp32', 'bf16' or 'fp16' (dynamic loss scaling; GPU only)."""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3."""
-    kernels: str = "none"
-    """'none' (pure torch) or 'triton' (fused attention and epilogues of the kernels/ package; a GPU, or the
-    interpreter with TRITON_INTERPRET=1)."""
-    compile: bool = False
-    """torch.compile the model (dynamic shapes; ZeRO 0-2)."""
-    activation_checkpointing: bool = False
-    """Recompute each encoder layer's activations in the backward instead of storing them (long inputs, large
-    models)."""
-    deepspeed_config: str = ""
-    """A user's DeepSpeed JSON; it wins where it speaks, unless it contradicts an explicit flag (error)."""
-    dist_timeout_s: int = 600
-    """Collective timeout in seconds: a rank that dies or hangs takes the job down after this long."""
-
-    def __post_init__(self) -> None:
-        check_choice(self, "precision", PRECISIONS)
-        check_choice(self, "kernels", KERNEL_BACKENDS)
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
-        check_positive_int(self, "dist_timeout_s")
-        if self.compile and self.zero_stage == 3:
-            raise ConfigError("--compile is not supported with --zero-stage 3 (ZeRO-3 gathers parameters in "
-                              "module hooks that torch.compile does not trace); use ZeRO 0-2")
 
 
 @dataclass
@@ -329,11 +300,11 @@ class ClassifyConfig(_Sections):
     data: ClassifyData
     """How the files are read and the best state chosen."""
 
-    parallel: FinetuneParallel
+    parallel: ParallelConfig
     """Precision and distribution."""
 
     SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "files": SplitFiles, "data": ClassifyData,
-                                           "parallel": FinetuneParallel}
+                                           "parallel": ParallelConfig}
 
     def __post_init__(self) -> None:
         _check_output(self.training)
@@ -349,11 +320,11 @@ class NerConfig(_Sections):
     data: NerData
     """Tag scheme, sub-word labels, windows."""
 
-    parallel: FinetuneParallel
+    parallel: ParallelConfig
     """Precision and distribution."""
 
     SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "files": SplitFiles, "data": NerData,
-                                           "parallel": FinetuneParallel}
+                                           "parallel": ParallelConfig}
 
     def __post_init__(self) -> None:
         _check_output(self.training)
@@ -367,10 +338,10 @@ class MlmConfig(_Sections):
     data: MlmData
     """The domain corpus, its held-out part, masking."""
 
-    parallel: FinetuneParallel
+    parallel: ParallelConfig
     """Precision and distribution."""
 
-    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "data": MlmData, "parallel": FinetuneParallel}
+    SECTIONS: ClassVar[dict[str, type]] = {"training": FinetuneConfig, "data": MlmData, "parallel": ParallelConfig}
     DEFAULTS: ClassVar[dict[str, Any]] = {"max_seq_length": 128}
 
     def __post_init__(self) -> None:

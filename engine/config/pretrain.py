@@ -14,9 +14,9 @@ from typing import Any
 
 from bertforge.config.checks import check_choice, check_non_negative, check_positive_int
 from bertforge.config.model import KERNEL_BACKENDS, PRESETS
+from bertforge.config.parallel import PRECISIONS, ParallelConfig
 from bertforge.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "lamb")
 DECAYS = ("linear", "poly", "cosine", "constant")
 MASKING_PLACES = ("host", "device")
@@ -187,36 +187,6 @@ class MaskingSection:
 
 
 @dataclass
-class ParallelSection:
-    precision: str = "fp32"
-    """'fp32', 'bf16' or 'fp16' (dynamic loss scaling; GPU only)."""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3."""
-    deepspeed_config: str = ""
-    """A user's DeepSpeed JSON; it wins where it speaks, unless it contradicts an explicit flag (error)."""
-    kernels: str = "none"
-    """'none' (pure torch) or 'triton' (kernels/ package: fused attention, epilogues, sparse MLM loss)."""
-    compile: bool = False
-    """torch.compile the model's forward (dynamic shapes; the Triton kernels are custom ops it traces through).
-    ZeRO 0-2 only."""
-    activation_checkpointing: bool = False
-    """Recompute each encoder layer's activations in the backward instead of storing them (less memory, ~1/3 more
-    compute); applied by engine/parallelize.py."""
-    dist_timeout_s: int = 600
-    """Collective timeout in seconds: a rank that dies or hangs takes the job down after this long."""
-
-    def __post_init__(self) -> None:
-        check_choice(self, "precision", PRECISIONS)
-        check_choice(self, "kernels", KERNEL_BACKENDS)
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
-        check_positive_int(self, "dist_timeout_s")
-        if self.compile and self.zero_stage == 3:
-            raise ConfigError("--compile is not supported with --zero-stage 3 (ZeRO-3 gathers parameters in "
-                              "module hooks that torch.compile does not trace); use ZeRO 0-2")
-
-
-@dataclass
 class RunSection:
     output_dir: str = "runs/pretrain"
     """Run directory: checkpoints/, metrics.jsonl, tensorboard/, config.json, final HF export in hf/."""
@@ -236,8 +206,6 @@ class RunSection:
     eval_batches: int = 20
     """Held-out micro batches per evaluation, over all ranks (shared out like training batches, so any number of
     ranks scores the same samples; capped so that no sample is scored twice)."""
-    max_skipped_steps: int = 20
-    """Stop with an error after this many consecutive steps with a non-finite loss."""
     progress: bool = True
     """A progress bar on rank 0 when stderr is a terminal (plain progress lines every 30 s when it is not, as in a
     log file). Flag: --no-progress: the plain lines on a terminal too."""
@@ -250,7 +218,7 @@ class RunSection:
     """Optimizer steps done before the profiled window opens; -1 = log_every (past autotuning and warm-up)."""
 
     def __post_init__(self) -> None:
-        check_positive_int(self, "log_every", "keep_last", "eval_batches", "max_skipped_steps")
+        check_positive_int(self, "log_every", "keep_last", "eval_batches")
         check_non_negative(self, "save_every", "eval_every", "profile_steps")
         if self.profile_start < -1:
             raise ConfigError(f"--profile-start must be >= -1, got {self.profile_start}")
@@ -258,7 +226,7 @@ class RunSection:
 
 SECTIONS: dict[str, type] = {"data": DataSection, "objective": ObjectiveSection, "model": ModelSection,
                              "batch": BatchSection, "optim": OptimSection, "masking": MaskingSection,
-                             "parallel": ParallelSection, "run": RunSection}
+                             "parallel": ParallelConfig, "run": RunSection}
 
 
 @dataclass
@@ -275,7 +243,7 @@ class PretrainConfig:
     """Optimizer, learning-rate schedule, weight decay, clipping."""
     masking: MaskingSection = field(default_factory=MaskingSection)
     """MLM masking: rate, replacements, whole words, host or device."""
-    parallel: ParallelSection = field(default_factory=ParallelSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """Precision and distribution: bf16/fp16, ZeRO, kernels, compile, activation checkpointing."""
     run: RunSection = field(default_factory=RunSection)
     """Outputs, seed, checkpoints, logging, evaluation, profiling."""

@@ -2,7 +2,7 @@
 
 Every batch carries both layouts the model accepts, so a run switches with --unpadded alone:
 - padded: input_ids, token_type_ids (B, S) int64 and attention_mask (B, S) int64 (1 = real token);
-- unpadded (FlashAttention's varlen layout, engine/padding.py): input_ids_unpad, token_type_ids_unpad,
+- unpadded (FlashAttention's varlen layout, kernels/padding.py): input_ids_unpad, token_type_ids_unpad,
   position_ids_unpad (total,) int64, cu_seqlens (B + 1,) int32 running offsets, max_seqlen, and
   cls_positions_unpad (B,) int64 the flat index of each sample's [CLS].
 Packed batches (engine/data/packing.py) hold B samples in R rows of S tokens: the (R, S) views come along, there is

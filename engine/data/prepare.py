@@ -42,7 +42,7 @@ from bertforge.data.tokenizer import load_tokenizer, tokenizer_hash
 from bertforge.data.workers import WorkerDied, WorkerPool, note
 from bertforge.errors import DataError
 from bertforge.io import save_numpy, write_json
-from bertforge.progress import progress
+from bertforge.progress import NullProgress, Progress, progress
 
 ENCODE_BATCH_CHARS = 1 << 20  # text handed to the tokenizer at once (bounds its per-sentence objects)
 
@@ -299,25 +299,6 @@ def _old_stats(header: dict) -> dict:
 
 
 # ---- main side ----------------------------------------------------------------------------------------------------
-class _Progress:
-    """bertforge.progress's reporter over input bytes (a tqdm bar on a terminal, a plain line every 30 s and at the end
-    in a log file), with the shard count."""
-
-    def __init__(self, total: int, enabled: bool, what: str):
-        self.shards = 0
-        self.bar = progress(total, what, unit="B", unit_scale=True, enabled=enabled)
-
-    def update(self, nbytes: int, shards: int) -> None:
-        self.shards += shards
-        if self.bar is not None:
-            self.bar.set_postfix(shards=self.shards, refresh=False)
-            self.bar.update(nbytes)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _clean_tmp(out: Path) -> None:
     for folder in (out, out / indexed.PARTS):
         for p in folder.glob(".*.tmp-*"):
@@ -334,8 +315,7 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
     settings."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     cfg = config if config is not None else PrepareConfig(**settings)
-    inputs = list(inputs)
-    out = Path(out_dir)
+    inputs, out = list(inputs), Path(out_dir)
     tok = load_tokenizer(tokenizer)
     thash, vocab_size = tokenizer_hash(tok), tok.get_vocab_size()
     meta_path = out / indexed.META
@@ -365,10 +345,11 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
                    strict=cfg.strict, shard_bytes=cfg.shard_bytes, text_column=cfg.text_column,
                    lines=cfg.format == "lines")
     stats = PrepareStats(files=len(files), tasks=len(mine), tasks_total=len(tasks), part=f"{k}/{n}")
-    progress = _Progress(sum(t.size for t in mine), cfg.progress, "prepare" if n == 1 else f"prepare {k}/{n}")
+    bar = progress(sum(t.size for t in mine), "prepare" if n == 1 else f"prepare {k}/{n}", unit="B",
+                   unit_scale=True, enabled=cfg.progress)
     workers = min(cfg.workers, len(mine))
     try:
-        results, counts = _execute(mine, workers, str(tokenizer), context, vocab_size, progress)
+        results, counts = _execute(mine, workers, str(tokenizer), context, vocab_size, bar)
     except WorkerDied as exc:
         task = next(t for t in mine if t.index == exc.task)
         shard = out / (exc.note or shard_name(task.index, 0))
@@ -382,7 +363,7 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
             out.rmdir()
         raise
     finally:
-        progress.close()
+        bar.close()
     shards = []
     for index in sorted(results):  # task order: deterministic warnings and shard list
         res = results[index]
@@ -407,17 +388,20 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
 
 
 def _execute(mine: list[Task], workers: int, tokenizer: str, context: dict, vocab_size: int,
-             progress: _Progress) -> tuple[dict[int, dict], np.ndarray]:
+             bar: Progress | NullProgress) -> tuple[dict[int, dict], np.ndarray]:
     """Run the tasks (in this process when workers <= 1, else in a WorkerPool) -> ({task: result}, unigram counts
     summed as results come, not kept per task)."""
     results: dict[int, dict] = {}
     counts = np.zeros(vocab_size, np.int64)
     size = {t.index: t.size for t in mine}
+    shards = 0  # written so far, shown beside the bytes
 
     def done(index: int, res: dict) -> None:
+        nonlocal shards
         np.add(counts, res.pop("counts"), out=counts)
         results[index] = res
-        progress.update(size[index], len(res["shards"]))
+        shards += len(res["shards"])
+        bar.update(size[index], shards=shards)
 
     if workers <= 1:
         _init_worker(tokenizer, context)

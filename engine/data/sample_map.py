@@ -56,6 +56,40 @@ def build_sop_map(sent_start, sent_len, doc_offsets, max_seq_length: int, short_
 
 
 # ---- pure-Python reference -------------------------------------------------------------------------------------
+def _truncate_pair(rng: SplitMix64, a0: int, a1: int, b0: int, b1: int, max_tokens: int) -> tuple[int, int, int, int]:
+    """Token ranges [a0, a1), [b0, b1) cut to `max_tokens` together: one random bit per token removed (front or
+    back) from the longer side, 64 bits per draw (csrc/sample_map.cpp's truncation)."""
+    bits = nbits = 0
+    while (a1 - a0) + (b1 - b0) > max_tokens:
+        if nbits == 0:
+            bits, nbits = rng.next(), 64
+        front = bits & 1
+        bits >>= 1
+        nbits -= 1
+        if a1 - a0 > b1 - b0:
+            a0, a1 = (a0 + 1, a1) if front else (a0, a1 - 1)
+        else:
+            b0, b1 = (b0 + 1, b1) if front else (b0, b1 - 1)
+    return a0, a1, b0, b1
+
+
+def _random_b(rng: SplitMix64, doc: list, length: list, d: int, budget: int) -> tuple[int, int]:
+    """NSP's random B: sentences [s0, s1) from a random start in a random other document than `d`, taken while
+    their tokens stay under `budget` (at least one)."""
+    n_docs = len(doc) - 1
+    r = rng.randint(0, n_docs - 2)
+    r += r >= d
+    rn = doc[r + 1] - doc[r]
+    rs = rng.randint(0, rn - 1)
+    j, lb = rs, 0
+    while True:
+        lb += length[doc[r] + j]
+        j += 1
+        if not (j < rn and lb < budget):
+            break
+    return doc[r] + rs, doc[r] + j
+
+
 def build_sample_map_ref(sent_start, sent_len, doc_offsets, max_seq_length: int, short_seq_prob: float = 0.1,
                          nsp_prob: float = 0.5, seed: int = 0, sop: bool = False) -> SampleMap:
     """Pure-Python reference of csrc/sample_map.cpp (slow; for tests and the benchmark): `build_sample_map`, or
@@ -78,18 +112,7 @@ def build_sample_map_ref(sent_start, sent_len, doc_offsets, max_seq_length: int,
         return target
 
     def emit(rng, a0, a1, b0, b1, is_random):
-        bits = nbits = 0
-        while (a1 - a0) + (b1 - b0) > max_tokens:
-            if nbits == 0:
-                bits, nbits = rng.next(), 64
-            front = bits & 1
-            bits >>= 1
-            nbits -= 1
-            if a1 - a0 > b1 - b0:
-                a0, a1 = (a0 + 1, a1) if front else (a0, a1 - 1)
-            else:
-                b0, b1 = (b0 + 1, b1) if front else (b0, b1 - 1)
-        out.append((a0, a1, b0, b1, int(is_random)))
+        out.append(_truncate_pair(rng, a0, a1, b0, b1, max_tokens) + (int(is_random),))
 
     for d in range(n_docs):
         first, n = doc[d], doc[d + 1] - doc[d]
@@ -128,17 +151,7 @@ def build_sample_map_ref(sent_start, sent_len, doc_offsets, max_seq_length: int,
                     b_s0, b_s1 = first + i + 1, first + j
                     i = j - 1
             if is_random:
-                r = rng.randint(0, n_docs - 2)
-                r += r >= d
-                rn = doc[r + 1] - doc[r]
-                rs = rng.randint(0, rn - 1)
-                j, lb = rs, 0
-                while True:
-                    lb += length[doc[r] + j]
-                    j += 1
-                    if not (j < rn and lb < target - la):
-                        break
-                b_s0, b_s1 = doc[r] + rs, doc[r] + j
+                b_s0, b_s1 = _random_b(rng, doc, length, d, target - la)
                 i -= m - a_count
             if swapped:
                 emit(rng, start[b_s0], start[b_s0] + tokens(b_s0, b_s1), start[a_s0], start[a_s0] + la, True)

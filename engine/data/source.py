@@ -20,7 +20,7 @@ from bertforge.config.checks import flag
 from bertforge.config.pretrain import PretrainConfig
 from bertforge.data.batch import Batch
 from bertforge.data.sampler import MicroBatchSampler
-from bertforge.data.splitmix import derive_seed, derive_seeds
+from bertforge.data.splitmix import derive_seed, derive_seeds, mask_seed, sample_dropout_ids
 from bertforge.errors import ConfigError, DataError
 
 EVAL_EPOCH = 10 ** 6  # masks of held-out batches are seeded with this epoch: fixed across evaluations
@@ -50,20 +50,6 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
-
-
-def mask_seed(seed: int, epoch: int, global_index: int) -> int:
-    """Device masking's seed of global micro batch `global_index` of `epoch` (62 bits, SplitMix64)."""
-    return derive_seed(seed, epoch, global_index)
-
-
-DROPOUT_STREAM = 0xD50  # tags the dropout ids' derivation apart from the other seeds of the same parts
-
-
-def sample_dropout_ids(seed: int, epochs, indices) -> np.ndarray:
-    """(B,) int64 dropout identities in [0, 2^62) of samples `indices` (B,) seen in `epochs` (B,) (or one epoch):
-    the model keys every dropout mask by them, so a sample's masks depend on (run seed, epoch, sample) only."""
-    return derive_seeds(seed, DROPOUT_STREAM, epochs, np.asarray(indices, dtype=np.int64))
 
 
 def open_source(cfg: PretrainConfig, rank: int, world: int) -> BatchSource:

@@ -85,3 +85,17 @@ def counter_bits(seed: int, epoch: int, counters: np.ndarray) -> np.ndarray:
     """uint64 random bits for each uint64 counter: mix(counter * GOLDEN + key(seed, epoch))."""
     with np.errstate(over="ignore"):
         return mix64_array(np.asarray(counters, dtype=np.uint64) * _GOLDEN_U64 + np.uint64(counter_key(seed, epoch)))
+
+
+def mask_seed(seed: int, epoch: int, global_index: int) -> int:
+    """Device masking's seed of global micro batch `global_index` of `epoch` (62 bits, SplitMix64)."""
+    return derive_seed(seed, epoch, global_index)
+
+
+DROPOUT_STREAM = 0xD50  # tags the dropout ids' derivation apart from the other seeds of the same parts
+
+
+def sample_dropout_ids(seed: int, epochs, indices) -> np.ndarray:
+    """(B,) int64 dropout identities in [0, 2^62) of samples `indices` (B,) seen in `epochs` (B,) (or one epoch):
+    the model keys every dropout mask by them, so a sample's masks depend on (run seed, epoch, sample) only."""
+    return derive_seeds(seed, DROPOUT_STREAM, epochs, np.asarray(indices, dtype=np.int64))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bertforge.data.batch import Batch, collate
-from bertforge.data.source import mask_seed, sample_dropout_ids
+from bertforge.data.splitmix import mask_seed, sample_dropout_ids
 
 # the WordPiece trainer's special-token order: [PAD] [UNK] [CLS] [SEP] [MASK]
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 4, 2, 3, 0

@@ -13,15 +13,9 @@ import contextlib
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 
+from bertforge import distributed as D
 from bertforge.finetune.tasks import feature_length
-
-
-def rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def to_device(batch: dict, dev: torch.device) -> dict:
@@ -48,7 +42,7 @@ def sharded_outputs(model, task, features: Sequence, micro_batch: int, dev: torc
     DeepSpeed engine or a plain module (left in eval mode); `precision`: autocast of a plain module."""
     if not features:
         return []
-    rank, world = rank_world()
+    rank, world = D.rank(), D.world_size()
     batches = length_batches(features, micro_batch)
     mine = batches[rank::world]
     rounds = -(-len(batches) // world)
@@ -61,11 +55,8 @@ def sharded_outputs(model, task, features: Sequence, micro_batch: int, dev: torc
             outputs = task.outputs(model, batch)
         if r < len(mine):
             results.update(zip(idx, outputs))
-    if world > 1:
-        parts: list = [None] * world
-        dist.all_gather_object(parts, results)
-        for part in parts:
-            results.update(part)
+    for part in D.all_gather_object(results) if world > 1 else ():
+        results.update(part)
     return [results[i] for i in range(len(features))]
 
 

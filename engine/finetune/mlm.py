@@ -46,7 +46,7 @@ class MlmTask:
     dev: list[dict] = field(default_factory=list)  # {"input_ids" (masked), "mlm_labels"}: fixed masks
     test: list[dict] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
-    metric: str = "masked_accuracy"
+    metric: str = "mlm_acc"
     name: str = "mlm"
 
     def __post_init__(self):
@@ -120,10 +120,10 @@ class MlmTask:
         correct = sum(o[1] for o in outputs)
         n = sum(o[2] for o in outputs)
         loss = nll / max(n, 1)
-        out = {"masked_accuracy": correct / max(n, 1), "loss": loss, "perplexity": math.exp(min(loss, 50)),
+        out = {"mlm_acc": correct / max(n, 1), "loss": loss, "perplexity": math.exp(min(loss, 50)),
                "masked_tokens": n}
         if split in ("dev", "test"):
-            out["unigram_accuracy"] = self.unigram_accuracy(split)
+            out["mlm_unigram_acc"] = self.unigram_accuracy(split)
         return out
 
     def unigram_accuracy(self, split: str) -> float:

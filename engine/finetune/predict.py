@@ -15,19 +15,17 @@ Metrics are sums of counts (confusion pairs, entity counts), added up over chunk
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
-import torch.distributed as dist
 
+from bertforge import distributed as D
 from bertforge.config.finetune import InferenceConfig
 from bertforge.data.tokenizer import load_tokenizer
 from bertforge.errors import CheckpointError
@@ -36,13 +34,13 @@ from bertforge.finetune import data_ner as dn
 from bertforge.finetune.evaluation import local_outputs
 from bertforge.finetune.metrics import (entity_counts, entity_metrics_from_counts, format_report, iob2_spans,
                                      pair_metrics)
-from bertforge.finetune.progress import Progress
 from bertforge.finetune.reading import LineReader, strip_ending
 from bertforge.finetune.tasks import TASK_FILE, ClassifyTask, NerTask
-from bertforge.finetune.trainer import check_device_support
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import atomic_file, write_json
-from bertforge.training import distributed as D
+from bertforge.parallelize import check_device_support
+from bertforge.progress import progress as progress_reporter
+
 
 CHUNK = 4096  # records read, encoded and written together; the unit of sharding over ranks
 _ARCH_TASK = {"BertForSequenceClassification": "classify", "BertForTokenClassification": "ner"}
@@ -161,13 +159,6 @@ def records(ft: Finetuned, config: InferenceConfig, labelled: bool, lines: LineR
     return dn.iter_sentences(config.input, config.scheme or ft.task.scheme, labelled, config.encoding, lines)
 
 
-def _join_group() -> None:
-    """Join the launcher's process group (torchrun / deepspeed / SLURM) when there is more than one rank."""
-    D.prepare_env()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not D.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=600))
-
-
 def _parts_dir(out: str) -> Path:
     target = Path(out) if out not in ("", "-") else Path.cwd() / "stdout"
     return target.parent / f".{target.name}.parts"
@@ -235,18 +226,18 @@ def _run(config: InferenceConfig, labelled: bool, out: str | None,
          on_rows: Callable[[Finetuned, list[dict]], None]) -> tuple[Finetuned, int]:
     """Stream config.input through the model, this rank's chunks only: `on_rows(model, rows)` per chunk, and the
     rows to `out` in input order (None: not written). Returns (the model, rows of this rank)."""
-    check_device_support(config)
+    check_device_support(config.precision, config.kernels)
     if config.threads:
         torch.set_num_threads(config.threads)
-    _join_group()
+    D.join_group()
     ft = load_finetuned(config.model, config.max_seq_length, config.kernels)
     dev = D.device()
     ft.model.to(dev)
     run = Runner(ft, dev, config.micro_batch, config.precision)
     lines = LineReader(config.input, config.encoding)
     rank, world = D.rank(), D.world_size()
-    progress = Progress(lines.size, f"{'evaluate' if labelled else 'predict'} {Path(config.input).name}", unit="B",
-                        enabled=config.progress and rank == 0, unit_scale=True)
+    progress = progress_reporter(lines.size, f"{'evaluate' if labelled else 'predict'} {Path(config.input).name}",
+                                 unit="B", leave=False, enabled=config.progress and rank == 0, unit_scale=True)
     output = _Output(out) if out is not None else None
     n, ok, seen = 0, False, 0
     try:
@@ -302,9 +293,7 @@ def evaluate(config: InferenceConfig, echo: Callable[[str], None] = print) -> di
 
     ft, _ = _run(config, True, config.predictions or None, add)
     if D.world_size() > 1:
-        gathered: list = [None] * D.world_size()
-        dist.all_gather_object(gathered, counts)
-        counts = sum(gathered, Counter())
+        counts = sum(D.all_gather_object(counts), Counter())
     task = ft.task
     if isinstance(task, NerTask) and task.scheme != "plain":
         unknown = sorted({t for t, kind in counts if kind == "gold"} - {l[2:] for l in task.labels if l != "O"})

@@ -18,8 +18,9 @@ from typing import Callable, Sequence
 import torch
 
 from bertforge import deepspeed as ds
+from bertforge import distributed as D
 from bertforge.config import ModelConfig
-from bertforge.config.finetune import (ClassifyConfig, FinetuneConfig, FinetuneParallel, MlmConfig, NerConfig,
+from bertforge.config.finetune import (ClassifyConfig, FinetuneConfig, ParallelConfig, MlmConfig, NerConfig,
                                     SplitFiles)
 from bertforge.data.tokenizer import load_tokenizer
 from bertforge.errors import CheckpointError, ConfigError, DataError
@@ -29,12 +30,12 @@ from bertforge.finetune.evaluation import evaluate_split
 from bertforge.finetune.metrics import collapse_warning, format_report, mean_std
 from bertforge.finetune.mlm import build_task
 from bertforge.finetune.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
-from bertforge.finetune.trainer import build_ds_config, check_device_support, state_dir, train_seed
+from bertforge.finetune.trainer import build_ds_config, state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import write_json, write_text
-from bertforge.training import distributed as D
-from bertforge.training.checkpoint import latest_tag
-from bertforge.training.metrics import MetricsWriter
+from bertforge.train.setup import join_runtime
+from bertforge.train.checkpoint import latest_tag
+from bertforge.train.metrics import MetricsWriter
 
 Echo = Callable[[str], None]
 
@@ -56,7 +57,7 @@ def resolve_model(name: str) -> Path:
     return path
 
 
-def model_config(model_dir: Path, training: FinetuneConfig, par: FinetuneParallel | None = None) -> ModelConfig:
+def model_config(model_dir: Path, training: FinetuneConfig, par: ParallelConfig | None = None) -> ModelConfig:
     """The checkpoint's ModelConfig with the recipe's dropout and the kernel backend; ConfigError when
     max_seq_length exceeds its positions."""
     config = read_config(model_dir)
@@ -67,12 +68,10 @@ def model_config(model_dir: Path, training: FinetuneConfig, par: FinetuneParalle
                           kernels=par.kernels if par is not None else "none")
 
 
-def start(par: FinetuneParallel, echo: Echo) -> Echo:
+def start(par: ParallelConfig, echo: Echo) -> Echo:
     """Check the device settings, join (or create) the process group; returns `echo` for rank 0, a no-op
     elsewhere."""
-    check_device_support(par)
-    D.prepare_env()
-    ds.init_distributed(par.dist_timeout_s)
+    join_runtime(par)
     return echo if D.rank() == 0 else (lambda _: None)
 
 
@@ -132,14 +131,14 @@ def _report(task, result: dict, echo: Echo) -> None:
 
 
 def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: FinetuneConfig, out_dir: Path | None,
-              echo: Echo = print, extra: dict | None = None, par: FinetuneParallel | None = None,
+              echo: Echo = print, extra: dict | None = None, par: ParallelConfig | None = None,
               ds_config: dict | None = None) -> dict:
     """Train `task` once per seed of training.seeds; with `out_dir`, write out_dir/metrics.jsonl, out_dir/seed-N/
     and out_dir/summary.json (rank 0). With training.resume, seeds finished earlier are read back and the
     interrupted one continues. Returns the summary: {'task', 'metric', 'seeds', 'runs', 'from_scratch', 'init',
     'dev' / 'test': {metric: {'mean', 'std'}}, 'train_seconds', 'status', **extra}; status 'preempted' after a
     SIGTERM (a checkpoint was saved, the remaining seeds did not run)."""
-    par = par or FinetuneParallel()
+    par = par or ParallelConfig()
     echo = start(par, echo)
     if training.threads:
         torch.set_num_threads(training.threads)
@@ -333,9 +332,9 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
                         ds_config=ds_config)
     if summary["status"] == "finished":
         after = summary["test"]
-        echo(f"held-out masked-token accuracy {before['masked_accuracy']:.4f} -> "
-             f"{after['masked_accuracy']['mean']:.4f} ± {after['masked_accuracy']['std']:.4f} (unigram baseline "
-             f"{before['unigram_accuracy']:.4f}: the most frequent masked token of the same masks); perplexity "
+        echo(f"held-out masked-token accuracy {before['mlm_acc']:.4f} -> "
+             f"{after['mlm_acc']['mean']:.4f} ± {after['mlm_acc']['std']:.4f} (unigram baseline "
+             f"{before['mlm_unigram_acc']:.4f}: the most frequent masked token of the same masks); perplexity "
              f"{before['perplexity']:.1f} -> {after['perplexity']['mean']:.1f} ± {after['perplexity']['std']:.1f}")
     else:
         echo(format_summary(summary, out))

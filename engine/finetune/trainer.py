@@ -15,14 +15,13 @@ the identical loss sequence. At the end the best state is loaded, dev and test a
 fp32 weights (the masters under bf16 / fp16) as a Hugging Face directory.
 
 Layout of a seed's state while it runs (removed when the seed is exported):
-  OUT/state/seed-N/checkpoints/       resume checkpoints (engine/training/checkpoint.py; the newest kept)
+  OUT/state/seed-N/checkpoints/       resume checkpoints (engine/train/checkpoint.py; the newest kept)
   OUT/state/seed-N/best/checkpoints/  the best dev state (the newest kept)"""
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -34,48 +33,34 @@ import torch
 from torch import nn
 
 from bertforge import deepspeed as ds
+from bertforge import distributed as D
 from bertforge.config import ModelConfig
-from bertforge.config.finetune import FinetuneConfig, FinetuneParallel
+from bertforge.config.finetune import FinetuneConfig, ParallelConfig
 from bertforge.data.sampler import MicroBatchSampler
-from bertforge.errors import CheckpointError, ConfigError, TrainingError
+from bertforge.errors import CheckpointError, ConfigError
 from bertforge.finetune.evaluation import evaluate_split, to_device
-from bertforge.finetune.progress import Progress
 from bertforge.finetune.tasks import TASK_FILE
 from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained
 from bertforge.optim import build_optimizer, param_groups, warmup_decay
 from bertforge.parallelize import ParallelPlan, parallelize
-from bertforge.training import distributed as D
-from bertforge.training.checkpoint import CheckpointManager
-from bertforge.training.metrics import MetricsWriter
-from bertforge.training.rng import rng_state, seed_everything, set_rng_state
-
-PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
-MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before training stops with an error
-
+from bertforge.progress import NullProgress, Progress, progress
+from bertforge.train.setup import join_runtime
+from bertforge.train.step import StepGuard
+from bertforge.train.checkpoint import CheckpointManager
+from bertforge.train.metrics import MetricsWriter
+from bertforge.train.rng import rng_state, seed_everything, set_rng_state
 
 def state_dir(out_dir: Path, seed: int) -> Path:
     """Where a seed's checkpoints live while it runs."""
     return out_dir / "state" / f"seed-{seed}"
 
 
-def build_ds_config(args: FinetuneConfig, par: FinetuneParallel, world: int, user: dict | None = None) -> dict:
+def build_ds_config(args: FinetuneConfig, par: ParallelConfig, world: int, user: dict | None = None) -> dict:
     """DeepSpeed's JSON for these settings on `world` ranks."""
     micro = args.micro_batch_for(world)
     return ds.build_ds_config(micro_batch=micro, global_batch=args.global_batch,
                               grad_accum=args.global_batch // (micro * world), max_grad_norm=args.max_grad_norm,
                               zero_stage=par.zero_stage, precision=par.precision, user=user)
-
-
-def check_device_support(par: FinetuneParallel | object) -> None:
-    """ConfigError for settings this machine cannot run: fp16 and Triton kernels need a GPU (kernels run on CPU
-    tensors only under the Triton interpreter, TRITON_INTERPRET=1). `par`: anything with precision and kernels."""
-    if torch.cuda.is_available():
-        return
-    if par.precision == "fp16":
-        raise ConfigError("--precision fp16 needs a GPU (no fp16 training or autocast on CPU); use bf16 or fp32")
-    if par.kernels == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ConfigError("--kernels triton needs a GPU (on CPU only under the Triton interpreter: set "
-                          "TRITON_INTERPRET=1, slow); use --kernels none here")
 
 
 class FinetuneTrainer:
@@ -84,7 +69,7 @@ class FinetuneTrainer:
     task: object                    # engine/finetune/tasks.py (or mlm.py): features, collate, loss, outputs, metrics
     model_cfg: ModelConfig
     args: FinetuneConfig
-    par: FinetuneParallel
+    par: ParallelConfig
     seed: int
     dev: torch.device
     rank: int
@@ -105,11 +90,10 @@ class FinetuneTrainer:
     best_step: int
     bad_evals: int
     history: list
-    skipped: int                    # non-finite steps skipped, in total and in a row
-    in_a_row: int
+    guard: StepGuard                # skip gate, stop agreement, non-finite steps skipped in total and in a row
 
     def __init__(self, task, model_cfg: ModelConfig, init_dir: Path | None, args: FinetuneConfig,
-                 par: FinetuneParallel, seed: int, ds_config: dict, state: Path, log: MetricsWriter | None = None,
+                 par: ParallelConfig, seed: int, ds_config: dict, state: Path, log: MetricsWriter | None = None,
                  echo: Callable[[str], None] = print):
         self.task, self.model_cfg, self.init_dir, self.args, self.par = task, model_cfg, init_dir, args, par
         self.seed, self.ds_config, self.state, self.log, self.echo = seed, ds_config, state, log, echo
@@ -140,21 +124,23 @@ class FinetuneTrainer:
                                          eps=args.adam_eps, fused=False if self.dev.type == "cpu" else None)
         plan = ParallelPlan(self.ds_config, compile=self.par.compile,
                             activation_checkpointing=self.par.activation_checkpointing)
-        self.engine = parallelize(model, self.optimizer, plan, log=lambda m: None)
+        self.engine, gate = parallelize(model, self.optimizer, plan, log=D.log0)
+        self.guard = StepGuard(gate, self.par.max_skipped_steps, self.par.precision == "fp16")
         # after the skip gate is installed on the optimizer (the schedule wraps its step)
         self.scheduler = warmup_decay(self.optimizer, int(args.warmup_ratio * self.total_steps), self.total_steps,
                                       "linear")
         seed_everything(self.seed + 1000 * self.rank)  # dropout streams differ per rank
 
-        self.step = self.skipped = self.in_a_row = self.best_step = self.bad_evals = 0
+        self.step = self.best_step = self.bad_evals = 0
         self.best, self.history, self.stopped = -math.inf, [], False
         if resume_from is not None:
             manager, tag = resume_from
             state = manager.load(self.engine, tag)
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
-            for key in ("step", "skipped", "in_a_row", "best", "best_step", "bad_evals", "history", "stopped"):
+            for key in ("step", "best", "best_step", "bad_evals", "history", "stopped"):
                 setattr(self, key, state[key])
+            self.guard.skipped, self.guard.in_a_row = state["skipped"], state["in_a_row"]
             self.echo(f"seed {self.seed}: resumed from {manager.root / tag} at step {self.step}")
 
     def _resume_point(self) -> tuple[CheckpointManager, str] | None:
@@ -171,9 +157,8 @@ class FinetuneTrainer:
     def train_step(self, preempt: D.Preemption) -> tuple[torch.Tensor, bool, bool]:
         """`accum` micro batches and one update (or a skip on every rank). Returns (the summed micro-batch losses on
         the device, whether the update was applied, whether the ranks agreed to stop on a SIGTERM)."""
-        engine, optimizer = self.engine, self.optimizer
-        fp16 = self.par.precision == "fp16"
-        optimizer.bertforge_skip = False
+        engine = self.engine
+        self.guard.open()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.dev)
         stop = False
@@ -187,13 +172,10 @@ class FinetuneTrainer:
             engine.backward(loss)
             if micro_step == self.accum - 1:
                 # the step's one collective: all ranks skip a non-finite step together, and stop together
-                flags = D.all_reduce_max([float(nonfinite), float(preempt.flag)], self.dev)
-                optimizer.bertforge_skip = flags[0] > 0 and not fp16  # fp16: DeepSpeed's loss scaler skips
-                stop = flags[1] > 0
+                stop = self.guard.agree(nonfinite, preempt.flag, self.dev)
             engine.step()
             loss_sum += loss.detach().double()
-        applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
-        return loss_sum, applied, stop
+        return loss_sum, self.guard.applied(engine), stop
 
     # ---- evaluation, checkpoints ---------------------------------------------------------------------------------
     def evaluate(self, split: str) -> dict:
@@ -205,7 +187,7 @@ class FinetuneTrainer:
     def save(self, manager: CheckpointManager) -> None:
         """A checkpoint of everything the continuation needs (a collective)."""
         trainer_state = {"step": self.step, "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                         "skipped": self.skipped, "in_a_row": self.in_a_row, "best": self.best,
+                         "skipped": self.guard.skipped, "in_a_row": self.guard.in_a_row, "best": self.best,
                          "best_step": self.best_step, "bad_evals": self.bad_evals, "history": self.history,
                          "stopped": self.stopped}
         meta = {"finetune_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.args).items()},
@@ -224,43 +206,37 @@ class FinetuneTrainer:
     def train(self) -> str:
         """Train to the end, an early stop or a SIGTERM. Returns 'finished' or 'preempted' (a checkpoint was saved)."""
         args, task = self.args, self.task
-        progress = Progress(self.total_steps, f"{task.name} seed {self.seed}", enabled=args.progress and self.rank == 0,
-                            initial=self.step)
+        bar = progress(self.total_steps, f"{task.name} seed {self.seed}", unit="step", initial=self.step,
+                       leave=False, enabled=args.progress and self.rank == 0)
         window = torch.zeros((), dtype=torch.float64, device=self.dev)
         window_steps = 0
         self.engine.train()
         with contextlib.ExitStack() as stack:
-            stack.callback(progress.close)
+            stack.callback(bar.close)
             preempt = stack.enter_context(D.Preemption())
             while self.step < self.total_steps and not self.stopped:
                 lr = self.optimizer.param_groups[0]["lr"]
                 loss_sum, applied, stop = self.train_step(preempt)
                 self.step += 1
-                progress.update(1)
+                bar.update(1)
                 if applied:
                     self.scheduler.step()
-                    self.in_a_row = 0
                     window += loss_sum
                     window_steps += 1
-                else:
-                    self.skipped += 1
-                    self.in_a_row += 1
-                    if self.in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                        raise TrainingError(f"seed {self.seed} stopped at step {self.step}: {self.in_a_row} steps in "
-                                            f"a row had a non-finite loss; lower --lr or use --precision fp32")
+                self.guard.count(applied, self.step, who=f"seed {self.seed} ")
                 last = self.step == self.total_steps
                 if self.step % args.log_every == 0 or last:
                     total = D.all_reduce_sum([float(window)], self.dev)[0]  # window_steps: the same on every rank
                     if window_steps:
                         loss = total / (window_steps * self.accum * self.world)
                         self._record({"step": self.step, "epoch": self._epoch(), "split": "train", "loss": loss,
-                                      "lr": lr, "skipped_steps": self.skipped})
-                        progress.update(0, loss=loss)
+                                      "lr": lr, "skipped_steps": self.guard.skipped})
+                        bar.update(0, loss=loss)
                     window.zero_()
                     window_steps = 0
                 saved = False
                 if task.dev and (self.step % self.eval_every == 0 or last):
-                    self._dev_evaluation(progress)
+                    self._dev_evaluation(bar)
                     saved = True
                 elif args.save_every and self.step % args.save_every == 0 and not last:
                     self.save(self.ckpt)
@@ -276,12 +252,12 @@ class FinetuneTrainer:
             self.save(self.best_ckpt)
         return "finished"
 
-    def _dev_evaluation(self, progress: Progress) -> None:
+    def _dev_evaluation(self, bar: Progress | NullProgress) -> None:
         metrics = self.evaluate("dev")
         score = metrics[self.task.metric]
         self.history.append({"step": self.step, "epoch": self._epoch(), self.task.metric: score})
         self._record({"step": self.step, "epoch": self._epoch(), "split": "dev", **_headline(metrics)})
-        progress.write(f"seed {self.seed} step {self.step}/{self.total_steps} epoch {self._epoch():.2f}: "
+        bar.write(f"seed {self.seed} step {self.step}/{self.total_steps} epoch {self._epoch():.2f}: "
                        f"dev {self.task.metric} {score:.4f}")
         if score > self.best:
             self.best, self.best_step, self.bad_evals = score, self.step, 0
@@ -299,8 +275,8 @@ class FinetuneTrainer:
         Returns (result, that model; None on other ranks)."""
         tag = self.best_ckpt.latest()
         self.best_ckpt.load(self.engine, tag, module_only=True)
-        result = {"seed": self.seed, "best_step": self.best_step, "steps": self.step, "skipped_steps": self.skipped,
-                  "dev_history": self.history}
+        result = {"seed": self.seed, "best_step": self.best_step, "steps": self.step,
+                  "skipped_steps": self.guard.skipped, "dev_history": self.history}
         for split in ("dev", "test"):
             if getattr(self.task, split):
                 metrics = self.evaluate(split)
@@ -324,17 +300,15 @@ def _headline(metrics: dict) -> dict:
 
 def train_seed(task, config: ModelConfig, init_dir: Path | None, args: FinetuneConfig, seed: int,
                out_dir: Path | None, log: MetricsWriter | None, echo: Callable[[str], None] = print,
-               par: FinetuneParallel | None = None, ds_config: dict | None = None) -> tuple[dict, nn.Module | None]:
+               par: ParallelConfig | None = None, ds_config: dict | None = None) -> tuple[dict, nn.Module | None]:
     """Finetune once with `seed`: `task.build_model(config)`, loaded from `init_dir` unless args.from_scratch, on
     the DeepSpeed engine. Writes JSONL lines to `log` (None: nothing) and, with `out_dir`, the best state to
     out_dir/seed-N/ (its checkpoints under out_dir/state/seed-N/ while it runs; without `out_dir` a temporary
     folder, one process only). Returns ({'seed', 'best_step', 'steps', 'train_seconds', 'dev_history', 'dev',
     'test', 'status'}, the model in its best dev state on the CPU (None on ranks other than 0, and after a
     SIGTERM))."""
-    par = par or FinetuneParallel()
-    check_device_support(par)
-    D.prepare_env()
-    ds.init_distributed(par.dist_timeout_s)
+    par = par or ParallelConfig()
+    join_runtime(par)
     if ds_config is None:
         ds_config = build_ds_config(args, par, D.world_size())
     if out_dir is None and D.world_size() > 1:

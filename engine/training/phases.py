@@ -6,9 +6,9 @@ from pathlib import Path
 
 from bertforge.config.pretrain import PretrainConfig
 from bertforge.errors import CheckpointError, ConfigError
-from bertforge.training import distributed as D
-from bertforge.training.checkpoint import checkpoint_meta, latest_tag, resolve_checkpoint
-from bertforge.training.trainer import PREEMPTED, RunResult, pretrain
+from bertforge import distributed as D
+from bertforge.train.checkpoint import checkpoint_meta, latest_tag, resolve_checkpoint
+from bertforge.training.trainer import RunResult, pretrain
 
 PHASE2_FIELDS = ("steps", "max_seq_length", "micro_batch", "global_batch", "lr", "warmup_steps", "token_budget")
 
@@ -42,7 +42,7 @@ def phase_configs(cfg: PretrainConfig, phase2: dict) -> list[PretrainConfig]:
 def run_phases(cfg: PretrainConfig, explicit: frozenset, phase2: dict) -> int:
     """Run the phases; returns (and exits multi-rank workers with) 0, or 143 after a SIGTERM checkpoint."""
     results = phase_results(cfg, explicit, phase2)
-    code = PREEMPTED if results and results[-1][1].status == "preempted" else 0
+    code = D.PREEMPTED if results and results[-1][1].status == "preempted" else 0
     D.finish(code)
     return code
 

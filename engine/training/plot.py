@@ -16,7 +16,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bertforge.training.metrics import read_metrics
+    from bertforge.train.metrics import read_metrics
 
     records = read_metrics(run_dir)
     train = [r for r in records if r.get("split") == "train"]

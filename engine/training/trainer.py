@@ -9,7 +9,7 @@ skipped steps in a row stop training with an error. SIGTERM is turned into a fla
 two-element all-reduce at the end of every step: a checkpoint is saved right after that step and the run exits with
 status 143 (resume with --resume).
 
-Resume (--resume): the newest checkpoint that verifies (engine/training/checkpoint.py), on any number of ranks: the
+Resume (--resume): the newest checkpoint that verifies (engine/train/checkpoint.py), on any number of ranks: the
 data position is remapped through the samples consumed, so the global order continues where it stopped.
 
 Host syncs: one per optimizer step (the non-finite and stop checks, after the backward is queued); statistics stay on
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable
 import torch
 
 from bertforge import deepspeed as ds
+from bertforge import distributed as D
 from bertforge.config import ModelConfig, preset
 from bertforge.config.checks import flag
 from bertforge.config.pretrain import PretrainConfig
@@ -35,21 +35,19 @@ from bertforge.data.batch import Batch
 from bertforge.data.masking import most_frequent_token_accuracy
 from bertforge.data.prefetch import Prefetcher
 from bertforge.data.sampler import remap_position
-from bertforge.errors import CheckpointError, ConfigError, TrainingError
+from bertforge.errors import CheckpointError, ConfigError
 from bertforge.io import write_json
 from bertforge.malloc import pin_mmap_threshold
 from bertforge.optim import build_optimizer, param_groups, warmup_decay
-from bertforge.parallelize import ParallelPlan, parallelize
-from bertforge.training import distributed as D
-from bertforge.training.checkpoint import CheckpointManager
+from bertforge.parallelize import ParallelPlan, check_device_support, parallelize
+from bertforge.train.step import StepGuard
+from bertforge.train.checkpoint import CheckpointManager
 from bertforge.training.device_masking import DeviceMasker
-from bertforge.training.metrics import MetricsWriter, Progress, Throughput, flops_per_token, peak_flops
+from bertforge.progress import progress
+from bertforge.train.metrics import MetricsWriter, Throughput, flops_per_token, peak_flops
 from bertforge.training.profile import StepProfiler
-from bertforge.training.rng import rng_state, seed_everything, set_rng_state
+from bertforge.train.rng import rng_state, seed_everything, set_rng_state
 from bertforge.training.weights import load_initial_weights, pretraining_model
-
-PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
-
 
 @dataclass
 class RunResult:
@@ -146,8 +144,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     step: int                       # optimizer steps done
-    skipped: int                    # steps skipped (non-finite loss), in total and in a row
-    in_a_row: int
+    guard: StepGuard                # skip gate, stop agreement, skipped steps in total and in a row
     metrics: MetricsWriter          # run_dir/metrics.jsonl + TensorBoard (rank 0)
 
     def __init__(self, cfg: PretrainConfig, explicit: frozenset = frozenset(),
@@ -169,12 +166,7 @@ class Trainer:
             cfg = self.cfg = ds.merge_user_config(cfg, self.user_ds, set(self.explicit), D.world_size(),
                                                   source=cfg.parallel.deepspeed_config)
         self.accum = cfg.grad_accum(D.world_size())
-        if cfg.parallel.precision == "fp16" and not torch.cuda.is_available():
-            raise ConfigError("--precision fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
-        if cfg.parallel.kernels == "triton" and not torch.cuda.is_available() \
-                and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError("--kernels triton needs a GPU (on CPU only under the Triton interpreter: set "
-                              "TRITON_INTERPRET=1, slow); use --kernels none here")
+        check_device_support(cfg.parallel.precision, cfg.parallel.kernels)
         self.run_dir = Path(cfg.run.output_dir)
         self.ckpt = CheckpointManager(self.run_dir, cfg.run.keep_last)
         latest = self.ckpt.latest()
@@ -218,11 +210,12 @@ class Trainer:
                                        user=self.user_ds, load_universal=universal is not None)
         plan = ParallelPlan(ds_config, compile=cfg.parallel.compile,
                             activation_checkpointing=cfg.parallel.activation_checkpointing)
-        self.engine = parallelize(model, self.optimizer, plan, log=lambda m: None)
+        self.engine, gate = parallelize(model, self.optimizer, plan, log=D.log0)
+        self.guard = StepGuard(gate, cfg.parallel.max_skipped_steps, cfg.parallel.precision == "fp16")
         # torch's generator per rank: dropout is keyed per sample by the batches' dropout_ids, not drawn from it
         seed_everything(cfg.run.seed + 1000 * D.rank())
 
-        self.step = self.skipped = self.in_a_row = 0
+        self.step = 0
         if cfg.run.resume:
             self._restore(tag, self.ckpt.load(self.engine, tag, universal=universal))
 
@@ -240,7 +233,7 @@ class Trainer:
         are keyed per sample)."""
         cfg, world, rank = self.cfg, D.world_size(), D.rank()
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.skipped, self.in_a_row = state["step"], state["skipped"], state["in_a_row"]
+        self.step, self.guard.skipped, self.guard.in_a_row = state["step"], state["skipped"], state["in_a_row"]
         saved_world = state["saved_world_size"]
         saved_micro = int(self.ckpt.meta(tag).get("train_config", {}).get("micro_batch", cfg.batch.micro_batch))
         data = dict(state["data"])
@@ -264,9 +257,8 @@ class Trainer:
         """`accum` micro batches, one update (or a skip). Returns (this step's statistics, whether the update was
         applied, the gradient norm when `logging` and it is known before the step, whether any rank asked to stop:
         `stop_requested()` is read at the last micro batch and agreed on in the step's all-reduce)."""
-        cfg, engine, optimizer = self.cfg, self.engine, self.optimizer
-        fp16 = cfg.parallel.precision == "fp16"
-        optimizer.bertforge_skip = False
+        cfg, engine = self.cfg, self.engine
+        self.guard.open()
         stats = LogWindow.zeros(self.dev)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.dev)
         norm, stop = None, False
@@ -281,11 +273,8 @@ class Trainer:
             if micro_step == self.accum - 1:
                 if logging:
                     norm = ds.grad_norm_before_step(engine)
-                # the one host sync of a step (after the backward is queued): all ranks skip together and stop
-                # together. fp16: DeepSpeed's loss scaler skips and lowers the scale; only the stop flag is reduced.
-                flags = D.all_reduce_max([0.0 if fp16 else float(nonfinite), float(stop_requested())], self.dev)
-                optimizer.bertforge_skip = flags[0] > 0
-                stop = flags[1] > 0
+                # the one host sync of a step (after the backward is queued): all ranks skip and stop together
+                stop = self.guard.agree(nonfinite, stop_requested(), self.dev)
             engine.step()
             labels = inputs["mlm_labels"]
             sentence = torch.zeros(2, device=out.loss.device)  # the sentence task's loss and correct labels
@@ -297,8 +286,7 @@ class Trainer:
                                        (out.mlm_predictions == labels).sum(), sentence[1]]).double()
             stats.mlm_count += labels.numel()
             stats.micro_batches += 1
-        applied = not optimizer.bertforge_skip and (not fp16 or engine.was_step_applied())
-        return stats, applied, norm, stop
+        return stats, self.guard.applied(engine), norm, stop
 
     # ---- reporting -----------------------------------------------------------------------------------------------
     def log(self, lr: float, norm: float | None) -> None:
@@ -311,14 +299,14 @@ class Trainer:
                       "grad_norm": norm if norm is not None else ds.grad_norm(self.engine),
                       "loss_scale": ds.loss_scale(self.engine), "tokens_per_s": tok_s, "samples_per_s": samp_s,
                       "mfu": tok_s * self._fpt / (self._peak * D.world_size()) if self._peak else None,
-                      "skipped_steps": self.skipped,
+                      "skipped_steps": self.guard.skipped,
                       "data_wait_frac": (self.source.wait_s - self._log_clock[1]) / max(now - self._log_clock[0],
                                                                                          1e-9),
                       "time": now - self._t_start}
             self.metrics.write(record)
             self.result.train = record
             task_acc = {f"{self.task}_acc": record[f"{self.task}_acc"]} if self.task else {}
-            self.progress.postfix(loss=record["loss"], mlm_acc=record["mlm_acc"], **task_acc, tok_s=f"{tok_s:.0f}")
+            self.progress.update(0, loss=record["loss"], mlm_acc=record["mlm_acc"], **task_acc, tok_s=f"{tok_s:.0f}")
         self._log_clock = (now, self.source.wait_s)
         self._window = LogWindow.zeros(self.dev)
 
@@ -364,8 +352,8 @@ class Trainer:
     def save(self, finished: bool = False) -> None:
         """A checkpoint of everything the continuation needs (a collective)."""
         trainer_state = {"step": self.step, "scheduler": self.scheduler.state_dict(),
-                         "data": self.source.state_dict(), "rng": rng_state(), "skipped": self.skipped,
-                         "in_a_row": self.in_a_row}
+                         "data": self.source.state_dict(), "rng": rng_state(), "skipped": self.guard.skipped,
+                         "in_a_row": self.guard.in_a_row}
         meta = {"train_config": self.cfg.to_flat(), "model_config": dataclasses.asdict(self.model_cfg),
                 "finished": finished,
                 "tokenizer_dir": str(self.source.tokenizer_dir) if self.source.tokenizer_dir else None}
@@ -385,7 +373,8 @@ class Trainer:
         total = cfg.total_steps()
         self._fpt = flops_per_token(self.model_cfg, cfg.batch.max_seq_length, cfg.masking.mlm_probability)
         self._peak = peak_flops()
-        self.progress = Progress(total, self.step, enabled=rank == 0, bar=cfg.run.progress)
+        self.progress = progress(total, "pretrain", unit="step", initial=self.step, enabled=rank == 0,
+                                 bar=cfg.run.progress)
         cleanup.callback(self.progress.close)
         self.throughput = Throughput()
         self._window = LogWindow.zeros(self.dev)
@@ -405,15 +394,9 @@ class Trainer:
             self._report_profile(profiler.after_step(self.step))
             if applied:
                 self.scheduler.step()
-                self.in_a_row = 0
                 self._window.add(stats)
-            else:
-                self.skipped += 1
-                self.in_a_row += 1
-            if self.in_a_row >= cfg.run.max_skipped_steps:
-                raise TrainingError(f"stopped at step {self.step}: {self.in_a_row} steps in a row had a non-finite "
-                                    f"loss (last {stats.sums[0].item() / self.accum}); lower --lr, raise "
-                                    f"--warmup-steps or use --precision fp32 (limit: --max-skipped-steps)")
+            self.guard.count(applied, self.step, detail=lambda: f" (last {stats.sums[0].item() / self.accum})",
+                             advice="lower --lr, raise --warmup-steps")
             evaluating = bool(cfg.run.eval_every) and self.step % cfg.run.eval_every == 0 and self.step < total
             saving = bool(cfg.run.save_every) and self.step % cfg.run.save_every == 0 and self.step < total
             self.progress.update(1)
@@ -432,7 +415,7 @@ class Trainer:
                 self.save()
                 D.log0(f"SIGTERM: checkpoint saved at step {self.step} in {self.ckpt.root}; continue with --resume")
                 return RunResult(step=self.step, status="preempted", train=self.result.train,
-                                 skipped_steps=self.skipped)
+                                 skipped_steps=self.guard.skipped)
             if saving:
                 self.save()
         self.progress.close()
@@ -440,7 +423,7 @@ class Trainer:
         self.result.eval = self.evaluate()
         self.metrics.write({"step": self.step, "split": "eval", **self.result.eval})
         self.save(finished=True)
-        self.result.step, self.result.skipped_steps = self.step, self.skipped
+        self.result.step, self.result.skipped_steps = self.step, self.guard.skipped
         if rank == 0:
             print(_eval_line(self.step, self.result.eval), flush=True)
         if cfg.run.export_hf and rank == 0:
@@ -455,7 +438,7 @@ class Trainer:
         if not profiled:
             return
         idle = profiled["device_idle_frac"]
-        (self.progress.write if self.progress.bar is not None else D.log0)(
+        self.progress.write(
             f"profile of steps {self.step - profiled['steps'] + 1}-{self.step}: {profiled['step_s']:.4f} s/step"
             + (f", device idle {idle:.1%}" if idle is not None else "") + f" ({self.run_dir}/profile.json)")
 

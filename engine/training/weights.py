@@ -14,7 +14,7 @@ from bertforge.errors import ConfigError
 from bertforge.heads import BertForMaskedLM, BertForPreTraining
 from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained, read_config
 from bertforge.io import atomic_file
-from bertforge.training.checkpoint import checkpoint_meta, is_checkpoint, resolve_checkpoint
+from bertforge.train.checkpoint import checkpoint_meta, is_checkpoint, resolve_checkpoint
 
 
 def pretraining_model(model_cfg: ModelConfig, objective: str) -> BertForPreTraining | BertForMaskedLM:

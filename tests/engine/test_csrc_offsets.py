@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bertforge.csrc import unpad_offsets, unpad_offsets_ref
-from bertforge.padding import pad_input, unpad_input
+from bertforge.kernels.padding import pad_input, unpad_input
 
 
 @pytest.mark.parametrize("batch,seq_len,seed", [(1, 1, 0), (7, 13, 1), (33, 128, 2), (5, 0, 3), (64, 511, 4)])

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bertforge.progress import LineProgress, progress
+from bertforge.progress import LineProgress, NullProgress, progress
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,8 @@ def test_line_progress_writes_complete_lines():
 
 def test_not_a_terminal_gives_lines(monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert isinstance(progress(5, "x"), LineProgress) and progress(5, "x", enabled=False) is None
+    assert isinstance(progress(5, "x").bar, LineProgress) and isinstance(progress(5, "x", enabled=False), NullProgress)
+    assert isinstance(progress(5, "x", bar=False).bar, LineProgress)
 
 
 def test_pretrain_logs_progress_lines_into_a_file(tmp_path):
@@ -50,7 +51,6 @@ def test_prepare_and_finetuning_report_through_the_shared_lines(monkeypatch, tmp
     """prepare (bytes, scaled, with the shard count) and finetuning's progress write the same plain lines."""
     from bertforge.data.prepare import prepare
     from bertforge.data.tokenizer import train_wordpiece
-    from bertforge.finetune.progress import Progress
 
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
@@ -58,7 +58,7 @@ def test_prepare_and_finetuning_report_through_the_shared_lines(monkeypatch, tmp
     src.write_text("\n\n".join(f"Document {i} is here. It has two sentences." for i in range(400)))
     train_wordpiece([src], tmp_path / "tok", vocab_size=120, show_progress=False)
     prepare([src], tmp_path / "tok", tmp_path / "data", shard_bytes=4000)
-    steps = Progress(10, "classify seed 1", every_s=0.0)
+    steps = progress(10, "classify seed 1", unit="step", every_s=0.0)
     steps.update(3, loss=0.693147)
     steps.close()
     lines = err.getvalue().splitlines()

@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     from bertforge import deepspeed as ds
-    from bertforge.training import distributed as D
+    from bertforge import distributed as D
 
     D.prepare_env()
     ds.init_distributed(60)

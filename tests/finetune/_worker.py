@@ -14,7 +14,7 @@ from pathlib import Path
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bertforge.training import distributed as D  # noqa: E402
+from bertforge import distributed as D  # noqa: E402
 
 
 def main(spec_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bertforge.cli import build_parser, main
-from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, FinetuneParallel, InferenceConfig,
+from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, ParallelConfig, InferenceConfig,
                                     MlmConfig, MlmData, NerConfig, NerData, SplitFiles)
 from bertforge.errors import ConfigError, DataError
 
@@ -18,10 +18,10 @@ from bertforge.errors import ConfigError, DataError
     (FinetuneConfig, {"global_batch": 0}, "--global-batch"),
     (FinetuneConfig, {"global_batch": 32, "micro_batch": 5}, "--micro-batch"),
     (FinetuneConfig, {"seeds": (1, 1)}, "--seeds"),
-    (FinetuneParallel, {"precision": "fp8"}, "--precision"),
-    (FinetuneParallel, {"zero_stage": 4}, "--zero-stage"),
-    (FinetuneParallel, {"kernels": "cuda"}, "--kernels"),
-    (FinetuneParallel, {"compile": True, "zero_stage": 3}, "--compile"),
+    (ParallelConfig, {"precision": "fp8"}, "--precision"),
+    (ParallelConfig, {"zero_stage": 4}, "--zero-stage"),
+    (ParallelConfig, {"kernels": "cuda"}, "--kernels"),
+    (ParallelConfig, {"compile": True, "zero_stage": 3}, "--compile"),
     (ClassifyData, {"class_weight": "inverse"}, "--class-weight"),
     (InferenceConfig, {"model": "m", "input": "i", "precision": "int8"}, "--precision"),
     (FinetuneConfig, {"warmup_ratio": 1.0}, "--warmup-ratio"),

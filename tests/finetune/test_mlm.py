@@ -23,11 +23,11 @@ def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path, capsys):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     before, after = summary["before"], summary["test"]
-    assert after["masked_accuracy"]["mean"] > before["masked_accuracy"] + 0.2
+    assert after["mlm_acc"]["mean"] > before["mlm_acc"] + 0.2
     assert after["perplexity"]["mean"] < before["perplexity"]
     # the unigram baseline of the same masks, printed beside the result (as pretraining does)
-    baseline = before["unigram_accuracy"]
-    assert 0 < baseline < 1 and after["unigram_accuracy"]["mean"] == baseline
+    baseline = before["mlm_unigram_acc"]
+    assert 0 < baseline < 1 and after["mlm_unigram_acc"]["mean"] == baseline
     assert f"(unigram baseline {baseline:.4f}" in capsys.readouterr().out
     assert (out / "seed-1" / "model.safetensors").is_file()
 

@@ -12,7 +12,7 @@ from bertforge.config.finetune import FinetuneConfig
 from bertforge.config.model import tiny
 from bertforge.finetune.run import run_seeds
 from bertforge.finetune.trainer import train_seed
-from bertforge.training.metrics import MetricsWriter
+from bertforge.train.metrics import MetricsWriter
 
 
 class Toy(nn.Module):

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from tests.training._worker import VOCAB, config, factory, losses  # noqa: E402
-from bertforge.training import distributed as D  # noqa: E402
+from bertforge import distributed as D  # noqa: E402
 
 
 class RecordingSource:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from bertforge.training import distributed as D  # noqa: E402
+from bertforge import distributed as D  # noqa: E402
 from bertforge.config.pretrain import PretrainConfig  # noqa: E402
 from bertforge.data.synthetic import SyntheticSource  # noqa: E402
 
@@ -84,7 +84,7 @@ def mode_equal(out: Path, stages: str, precisions: str) -> None:
 
 
 def mode_run(out: Path, steps: str) -> None:
-    from bertforge.training import checkpoint
+    from bertforge.train import checkpoint
     from bertforge.training.trainer import pretrain
 
     pause_at = int(os.environ.get("PAUSE_AT_SAVE", "0"))

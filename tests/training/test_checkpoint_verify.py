@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bertforge.errors import CheckpointError
-from bertforge.training.checkpoint import (CheckpointManager, file_crc32, record_files, verify_checkpoint)
-from bertforge.training.metrics import cut_metrics
+from bertforge.train.checkpoint import (CheckpointManager, file_crc32, record_files, verify_checkpoint)
+from bertforge.train.metrics import cut_metrics
 from tests.training.conftest import REPO, run_worker, worker_env
 
 

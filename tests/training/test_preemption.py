@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bertforge.training.checkpoint import verify_checkpoint
+from bertforge.train.checkpoint import verify_checkpoint
 from tests.training.conftest import REPO, run_worker, worker_cmd, worker_env
 
 WORKER = Path(__file__).with_name("_reliability_worker.py")

@@ -31,7 +31,7 @@ import torch
 from bertforge import deepspeed as ds
 from bertforge.errors import CheckpointError, ConfigError, UserError
 from bertforge.io import fsync_dir, replace_dir, write_json, write_text
-from bertforge.training import distributed as D
+from bertforge import distributed as D
 
 META = "meta.json"
 LATEST = "latest"

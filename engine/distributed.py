@@ -1,5 +1,7 @@
-"""Process-group facts and helpers for the training loop. Works under `deepspeed`, `torchrun` (env rendezvous),
-SLURM's `srun` (SLURM_PROCID/NTASKS/LOCALID) and as a plain single process (a one-rank group on a free port)."""
+"""Process-group facts and helpers: rank, world, log-on-rank-0, all-reduce, the environment set-up and preemption.
+Low enough for data/, parallelize and the training runtime alike (torch only). Works under `deepspeed`, `torchrun`
+(env rendezvous), SLURM's `srun` (SLURM_PROCID/NTASKS/LOCALID) and as a plain single process (a one-rank group on a
+free port). Before the group is joined, rank and world come from the launcher's variables."""
 from __future__ import annotations
 
 import os
@@ -9,6 +11,8 @@ import sys
 
 import torch
 import torch.distributed as dist
+
+PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
 
 
 def _free_port() -> int:
@@ -32,6 +36,16 @@ def prepare_env() -> None:
     env.setdefault("MASTER_PORT", "29500")
 
 
+def join_group(timeout_s: float = 600) -> None:
+    """Join the launcher's process group (NCCL on GPUs, gloo on CPU) when it announced more than one rank and the
+    group is not joined yet. The training runtime joins through DeepSpeed instead (bertforge.deepspeed)."""
+    prepare_env()
+    if launched_world_size() > 1 and not is_initialized():
+        from datetime import timedelta
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=timeout_s))
+
+
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -46,6 +60,11 @@ def world_size() -> int:
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def launched_world_size() -> int:
+    """The world size the launcher announced (WORLD_SIZE; 1 when none), whether or not the group is joined yet."""
+    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def device() -> torch.device:

@@ -123,32 +123,3 @@ class Throughput:
         out = (self.tokens / dt, self.samples / dt)
         self.t0, self.tokens, self.samples = time.perf_counter(), 0, 0
         return out
-
-
-class Progress:
-    """Progress over optimizer steps on rank 0 (engine/progress.py): a tqdm bar on a terminal, plain lines in a log
-    file (and with the bar switched off); nothing on other ranks."""
-
-    def __init__(self, total: int, initial: int, enabled: bool, bar: bool = True):
-        self.bar = None
-        if enabled:
-            from bertforge.progress import LineProgress, progress
-
-            self.bar = (progress(total, "pretrain", initial=initial, unit="step") if bar
-                        else LineProgress(total, "pretrain", initial=initial, unit="step"))
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def postfix(self, **values) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(**{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()})
-
-    def write(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
