@@ -1,6 +1,7 @@
 """The BERT encoder: embeddings -> L x [self-attention -> bias+dropout+residual+LN -> FFN bias+GELU ->
 bias+dropout+residual+LN] -> pooler. Parameter names are Hugging Face's (`embeddings.word_embeddings`,
-`encoder.layer.N.attention.self.query`, ...) so checkpoints map across one-to-one (engine/hf.py).
+`encoder.layer.N.attention.output.dense`, ...) so checkpoints map across one-to-one (engine/hf.py), apart from
+the fused `attention.self.Wqkv` (HF's query, key and value stacked; engine/hf.py converts both ways).
 
 One code path serves two batch layouts:
   padded:   input_ids (B, S), attention_mask (B, S) 1 = real token; hidden states (B, S, h)
@@ -112,23 +113,23 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
+    """Fused QKV projection (MosaicBERT's `Wqkv`): one (n, h) x (h, 3h) GEMM whose output rows [q | k | v] are
+    handed to attention as three strided views (no copy); Wqkv.weight (3h, h) is HF's query, key and value weights
+    stacked in that order (engine/hf.py splits and concatenates them at import and export)."""
+
     def __init__(self, config: ModelConfig, site: int = 1):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
         self.backend = config.kernels
         _register_dropout_site(self, site)
 
     def forward(self, x, batch: TokenLayout):
         """x (B, S, h) or (total, h) -> context in the same layout (before the output projection)."""
-        heads = (self.num_heads, self.head_dim)
-        q = self.query(x).unflatten(-1, heads)  # (B, S, nh, d) or (total, nh, d)
-        k = self.key(x).unflatten(-1, heads)
-        v = self.value(x).unflatten(-1, heads)
+        qkv = self.Wqkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # (B, S, 3, nh, d) or (total, 3, nh, d)
+        q, k, v = qkv.unbind(-3)  # views: token stride 3h, head stride d
         out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
                             max_seqlen=batch.max_seqlen, dropout_p=self.dropout_p if self.training else 0.0,
                             seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, backend=self.backend)
