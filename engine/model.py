@@ -18,6 +18,8 @@ depend on the batch, the micro batch or the rank it lands in, nor on the layout 
 it, dropout is as it always was: torch's generator on the reference path, the kernels' own drawn keys on theirs."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,6 +79,15 @@ class TokenLayout:
     def dropout_seed(self, module: nn.Module):
         """The module's site key when the streams are per sample, else None (each backend draws its own)."""
         return module.dropout_seed if self.sequence_ids is not None else None
+
+    def select(self, rows: torch.Tensor) -> "TokenLayout":
+        """The layout the row-wise sites (epilogues) see for the tokens at flat indices rows (n,) only: their
+        dropout row ids follow them, so a token's masks are those of the full layer. Not for attention."""
+        out = copy.copy(self)
+        out.key_padding_mask = out.cu_seqlens = None
+        if self.token_ids is not None:
+            out.token_ids = self.token_ids[rows]
+        return out
 
 
 def _register_dropout_site(module: nn.Module, site: int) -> None:
@@ -166,8 +177,13 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config, site=1 + 3 * index)
         self.output = BertSublayerOutput(config.hidden_size, config, site=2 + 3 * index)
 
-    def forward(self, x, batch: TokenLayout):
-        return self.output(self.self(x, batch), x, batch)
+    def forward(self, x, batch: TokenLayout, subset: torch.Tensor | None = None):
+        """subset (n,) flat token indices: attention over every token, then the output projection, dropout,
+        residual and LayerNorm on those rows only -> (n, h) (MosaicBERT's subset_idx)."""
+        context = self.self(x, batch)
+        if subset is None:
+            return self.output(context, x, batch)
+        return self.output(context.flatten(0, -2)[subset], x.flatten(0, -2)[subset], batch.select(subset))
 
 
 class BertIntermediate(nn.Module):
@@ -192,9 +208,10 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertSublayerOutput(config.intermediate_size, config, site=3 + 3 * index)
 
-    def forward(self, x, batch: TokenLayout):
-        x = self.attention(x, batch)
-        return self.output(self.intermediate(x), x, batch)
+    def forward(self, x, batch: TokenLayout, subset: torch.Tensor | None = None):
+        """x (B, S, h) or (total, h) -> the same layout, or (n, h) for the rows at flat indices subset (n,)."""
+        x = self.attention(x, batch, subset)
+        return self.output(self.intermediate(x), x, batch if subset is None else batch.select(subset))
 
 
 class BertEncoder(nn.Module):
@@ -202,10 +219,11 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config, i) for i in range(config.num_hidden_layers))
 
-    def forward(self, x, batch: TokenLayout):
-        for layer in self.layer:  # activation checkpointing, when asked, wraps each layer (engine/parallelize.py)
+    def forward(self, x, batch: TokenLayout, subset: torch.Tensor | None = None):
+        """subset (n,) flat token indices: the last layer computes only those rows after its attention -> (n, h)."""
+        for layer in self.layer[:-1]:  # activation checkpointing, when asked, wraps each layer (engine/parallelize.py)
             x = layer(x, batch)
-        return x
+        return self.layer[-1](x, batch) if subset is None else self.layer[-1](x, batch, subset)
 
 
 class BertPooler(nn.Module):
@@ -247,13 +265,15 @@ class BertModel(nn.Module):
         init_weights(self, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, cls_positions=None, dropout_ids=None):
+                max_seqlen=None, cls_positions=None, dropout_ids=None, subset_positions=None):
         """Padded: input_ids (B, S) [+ attention_mask (B, S)]. Unpadded: input_ids (total,) + cu_seqlens (B+1,).
         token_type_ids / position_ids default to zeros / 0..len-1 per sequence. cls_positions (n,) flat indices
         (into B*S or total) of the tokens to pool, default each sequence's first; packed batches pass their samples'
         [CLS] (cu_seqlens there also lists padding segments). dropout_ids: None, or one non-negative int64 per
         sequence ((B,) padded, (cu_seqlens.numel() - 1,) unpadded, padding segments included) keying every
         dropout mask per sample (module docstring); read only in training with dropout > 0.
+        subset_positions (n,) flat indices: the last layer computes only those rows and the pooled [CLS] rows
+        after its attention (BertEncoder.forward); sequence_output is then (n, h), the rows in that order.
         Returns sequence_output (B, S, h) or (total, h), and pooled_output (B, h) or (n, h) (None without a pooler)."""
         if cu_seqlens is not None and input_ids.dim() != 1:
             raise ValueError(f"unpadded input_ids must be (total,), got {tuple(input_ids.shape)}")
@@ -271,11 +291,26 @@ class BertModel(nn.Module):
             else:
                 position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids, batch)
+        if subset_positions is not None:
+            return self._forward_subset(x, batch, subset_positions, cls_positions, input_ids.shape)
         x = self.encoder(x, batch)
         pooled = None
         if self.pooler is not None:
             pooled = self.pooler(self.cls_states(x, batch, cls_positions))
         return x, pooled
+
+    def _forward_subset(self, x, batch: TokenLayout, subset, cls_positions, shape):
+        """The encoder with its last layer on subset (n,) + the [CLS] rows -> ((n, h), pooled or None)."""
+        rows = subset.to(device=x.device, dtype=torch.int64)
+        if self.pooler is not None:
+            if cls_positions is None:
+                cls_positions = (batch.cu_seqlens[:-1].long() if batch.unpadded
+                                 else torch.arange(shape[0], device=x.device) * shape[1])  # each sequence's first
+            rows = torch.cat([rows, cls_positions.to(device=x.device, dtype=torch.int64)])
+        out = self.encoder(x, batch, rows)  # (n [+ n_cls], h)
+        n = subset.shape[0]
+        pooled = self.pooler(out[n:]) if self.pooler is not None else None
+        return out[:n], pooled
 
     @staticmethod
     def cls_states(x, batch: TokenLayout, cls_positions=None):
