@@ -59,7 +59,8 @@ from bertforge.heads import BertForPreTraining  # noqa: E402
 
 SHAPES = {"tiny-64": ("tiny", 64), "base-128": ("bert-base", 128), "base-512": ("bert-base", 512),
           "large-128": ("bert-large", 128), "large-512": ("bert-large", 512), "minilm-128": ("minilm-l6", 128)}
-ABLATIONS = ("ours-padded", "ours-unfused-qkv", "ours-full-last-layer", "ours-no-kernels", "ours-dense-mlm", "ours-unfused-adamw", "ours-device-mask", "ours-lamb")
+ABLATIONS = ("ours-padded", "ours-unfused-qkv", "ours-full-last-layer", "ours-no-kernels", "ours-dense-mlm",
+             "ours-unfused-adamw", "ours-device-mask", "ours-lamb")
 VARIANTS = ("hf", "hf-compile", "ours", "ours-compile") + ABLATIONS
 MASK_SHARE = 0.15
 MASK_ID, SPECIAL_IDS = 4, 5  # ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; real tokens are drawn from 5..V-1
