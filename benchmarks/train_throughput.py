@@ -12,6 +12,10 @@ For each model shape it times N optimizer steps (after warm-up; CUDA events on G
   ours-compile        the same under torch.compile (the kernels are custom ops it traces through)
 and the ablations, each switching ONE piece of `ours` off (or adding one):
   ours-padded         padded (B, S) batches instead of unpadded
+  ours-unfused-qkv    three (n, h) x (h, h) Q, K, V projections (slices of the fused Wqkv, so the same weights) instead
+                      of one (n, h) x (h, 3h) GEMM: the share of the fused QKV
+  ours-full-last-layer  the last encoder layer on every token (ModelConfig.last_layer_subset=False) instead of the
+                      masked rows and [CLS] only: the share of the subset layer
   ours-no-kernels     kernels='none': torch/SDPA references instead of the Triton kernels
   ours-dense-mlm      the MLM head over every real token (labels -100 where unmasked) instead of masked rows
   ours-unfused-adamw  torch AdamW without fused=True
@@ -55,7 +59,8 @@ from bertforge.heads import BertForPreTraining  # noqa: E402
 
 SHAPES = {"tiny-64": ("tiny", 64), "base-128": ("bert-base", 128), "base-512": ("bert-base", 512),
           "large-128": ("bert-large", 128), "large-512": ("bert-large", 512), "minilm-128": ("minilm-l6", 128)}
-ABLATIONS = ("ours-padded", "ours-no-kernels", "ours-dense-mlm", "ours-unfused-adamw", "ours-device-mask", "ours-lamb")
+ABLATIONS = ("ours-padded", "ours-unfused-qkv", "ours-full-last-layer", "ours-no-kernels", "ours-dense-mlm",
+             "ours-unfused-adamw", "ours-device-mask", "ours-lamb")
 VARIANTS = ("hf", "hf-compile", "ours", "ours-compile") + ABLATIONS
 MASK_SHARE = 0.15
 MASK_ID, SPECIAL_IDS = 4, 5  # ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; real tokens are drawn from 5..V-1
@@ -183,6 +188,27 @@ def step_inputs(variant: str, b: dict, device) -> dict:
 
 
 # ---- variants ----------------------------------------------------------------------------------------------------
+def unfuse_qkv(model) -> None:
+    """ours-unfused-qkv: every self-attention computes Q, K and V with three GEMMs over thirds of its Wqkv (the
+    layout before the fused projection; the slices' gradients are added into Wqkv.grad, a small extra cost)."""
+    import torch.nn.functional as F
+    from bertforge import ops
+    from bertforge.model import BertSelfAttention
+
+    def forward(self, x, batch):
+        h, heads = x.shape[-1], (self.num_heads, self.head_dim)
+        w, b = self.Wqkv.weight, self.Wqkv.bias
+        q, k, v = (F.linear(x, w[i * h:(i + 1) * h], b[i * h:(i + 1) * h]).unflatten(-1, heads) for i in range(3))
+        out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
+                            max_seqlen=batch.max_seqlen, dropout_p=self.dropout_p if self.training else 0.0,
+                            seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, backend=self.backend)
+        return out.flatten(-2)
+
+    for m in model.modules():
+        if isinstance(m, BertSelfAttention):
+            m.forward = forward.__get__(m)
+
+
 def build(variant: str, cfg, device):
     """-> (parameters' owner, forward(inputs) -> loss, optimizer)."""
     if variant.startswith("hf"):
@@ -195,7 +221,10 @@ def build(variant: str, cfg, device):
             return model(**inputs).loss
     else:
         kernels = "none" if variant == "ours-no-kernels" or device.type != "cuda" else "triton"
-        model = BertForPreTraining(cfg.replace(kernels=kernels)).to(device)
+        model = BertForPreTraining(cfg.replace(kernels=kernels,
+                                               last_layer_subset=variant != "ours-full-last-layer")).to(device)
+        if variant == "ours-unfused-qkv":
+            unfuse_qkv(model)
         masker = None
         if variant == "ours-device-mask":
             from bertforge.data.masking import replacement_distribution
@@ -337,8 +366,11 @@ def main(argv=None):
     p.add_argument("--max-batch-limit", type=int, default=4096,
                    help="stop doubling here (on CPU the OS kills a process that runs out of memory, so keep it low)")
     p.add_argument("--write-lengths", metavar="DATA_DIR", help="write benchmarks/wiki_lengths.json and exit")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     p.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.write_lengths:
         write_lengths(args.write_lengths)
         return None
@@ -357,6 +389,7 @@ def main(argv=None):
     peak = measure_matmul_rate(device, dtype)
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "dtype": str(dtype),
+              "threads": torch.get_num_threads(), "load_avg_start": _load_avg(),
               "matmul_flops": peak, "rows": [], "max_batch": {}}
     print(f"device {result['device']}  {result['dtype']}  matmul {peak / 1e12:.1f} TFLOP/s", flush=True)
     print(TABLE_HEAD, flush=True)
@@ -392,9 +425,20 @@ def main(argv=None):
                 found[v] = max_batch(v, cfg, seq, batch, device, dtype, pool, args.max_batch_limit)
                 _save(result, Path(args.out))
             print(f"largest batch that fits, {shape}: " + ", ".join(f"{v} {b}" for v, b in found.items()), flush=True)
+    result["load_avg_end"] = _load_avg()
     result["all_ok"] = all("error" not in r and r.get("loss_ok", True) for r in result["rows"])
     _save(result, Path(args.out))
     return result
+
+
+def _load_avg():
+    """The 1, 5 and 15 minute load averages (None where the OS has none): timings on a shared machine need them."""
+    try:
+        import os
+
+        return list(os.getloadavg())
+    except OSError:
+        return None
 
 
 def _save(result: dict, out: Path) -> None:

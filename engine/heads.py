@@ -80,14 +80,32 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
-def _masked_lm(head: BertLMPredictionHead, sequence, input_ids, masked_positions, mlm_labels,
-               out: PreTrainingOutput) -> None:
-    """Fill out.mlm_loss + mlm_predictions (labels given) or out.mlm_logits; see BertForPreTraining.forward."""
-    hidden = sequence.flatten(0, -2)  # (B*S or total, h)
+def _masked_rows(input_ids, masked_positions, mlm_labels):
+    """-> (masked_positions (n,) or None, mlm_labels aligned with them or None); a full (B, S) / (total,) label
+    tensor without positions gives the positions of its labelled (!= -100) tokens."""
     if masked_positions is None and mlm_labels is not None and mlm_labels.shape == input_ids.shape:
         flat = mlm_labels.flatten()
         masked_positions = (flat != -100).nonzero(as_tuple=False).flatten()
         mlm_labels = flat[masked_positions]
+    return masked_positions, mlm_labels
+
+
+def _encode(bert: BertModel, input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
+            masked_positions, mlm_labels, cls_positions, dropout_ids):
+    """BertModel on the batch, its last layer on the masked rows only when config.last_layer_subset and the masked
+    rows are known -> (sequence (B, S, h) / (total, h), or (n, h) already the masked rows; pooled; positions of the
+    masked rows in sequence or None when sequence is those rows; labels (n,) or None)."""
+    masked_positions, mlm_labels = _masked_rows(input_ids, masked_positions, mlm_labels)
+    subset = masked_positions if bert.config.last_layer_subset else None
+    sequence, pooled = bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
+                            cls_positions, dropout_ids, subset_positions=subset)
+    return sequence, pooled, (None if subset is not None else masked_positions), mlm_labels
+
+
+def _masked_lm(head: BertLMPredictionHead, sequence, masked_positions, mlm_labels, out: PreTrainingOutput) -> None:
+    """Fill out.mlm_loss + mlm_predictions (labels given) or out.mlm_logits; see BertForPreTraining.forward.
+    sequence: every token's state, or (masked_positions None) the masked rows' (n, h)."""
+    hidden = sequence.flatten(0, -2)  # (B*S or total or n, h)
     if mlm_labels is not None:
         rows = hidden[masked_positions] if masked_positions is not None else hidden
         out.mlm_loss, out.mlm_predictions = head.loss(rows, mlm_labels)
@@ -117,10 +135,11 @@ class BertForPreTraining(nn.Module):
         -100 at unmasked tokens, from which the masked rows are found. next_sentence_label (B,) 0 = IsNext,
         aligned with cls_positions (B,) when given (packed batches; see BertModel.forward). dropout_ids: per-sample
         dropout streams (BertModel.forward); the heads have no dropout."""
-        sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
-                                     cls_positions, dropout_ids)
+        sequence, pooled, masked_positions, mlm_labels = _encode(
+            self.bert, input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
+            masked_positions, mlm_labels, cls_positions, dropout_ids)
         out = PreTrainingOutput(nsp_logits=self.cls.seq_relationship(pooled))
-        _masked_lm(self.cls.predictions, sequence, input_ids, masked_positions, mlm_labels, out)
+        _masked_lm(self.cls.predictions, sequence, masked_positions, mlm_labels, out)
         if next_sentence_label is not None:
             out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), next_sentence_label.view(-1))
         losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
@@ -151,10 +170,11 @@ class BertForMaskedLM(nn.Module):
                 dropout_ids=None) -> PreTrainingOutput:
         """As BertForPreTraining.forward without the sentence task: loss = mlm_loss; nsp_* stay None.
         cls_positions is accepted for the same call signature and not needed; dropout_ids as BertModel.forward."""
-        sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
-                                None, dropout_ids)
+        sequence, _, masked_positions, mlm_labels = _encode(
+            self.bert, input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
+            masked_positions, mlm_labels, None, dropout_ids)
         out = PreTrainingOutput()
-        _masked_lm(self.cls.predictions, sequence, input_ids, masked_positions, mlm_labels, out)
+        _masked_lm(self.cls.predictions, sequence, masked_positions, mlm_labels, out)
         out.loss = out.mlm_loss
         return out
 

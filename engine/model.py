@@ -1,6 +1,7 @@
 """The BERT encoder: embeddings -> L x [self-attention -> bias+dropout+residual+LN -> FFN bias+GELU ->
 bias+dropout+residual+LN] -> pooler. Parameter names are Hugging Face's (`embeddings.word_embeddings`,
-`encoder.layer.N.attention.self.query`, ...) so checkpoints map across one-to-one (engine/hf.py).
+`encoder.layer.N.attention.output.dense`, ...) so checkpoints map across one-to-one (engine/hf.py), apart from
+the fused `attention.self.Wqkv` (HF's query, key and value stacked; engine/hf.py converts both ways).
 
 One code path serves two batch layouts:
   padded:   input_ids (B, S), attention_mask (B, S) 1 = real token; hidden states (B, S, h)
@@ -16,6 +17,8 @@ embeddings, each layer's attention probabilities and its two post-LN epilogues) 
 depend on the batch, the micro batch or the rank it lands in, nor on the layout (padded, unpadded, packed). Without
 it, dropout is as it always was: torch's generator on the reference path, the kernels' own drawn keys on theirs."""
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +75,15 @@ class TokenLayout:
         """The module's site key when the streams are per sample, else None (each backend draws its own)."""
         return module.dropout_seed if self.sequence_ids is not None else None
 
+    def select(self, rows: torch.Tensor) -> "TokenLayout":
+        """The layout the row-wise sites (epilogues) see for the tokens at flat indices rows (n,) only: their
+        dropout row ids follow them, so a token's masks are those of the full layer. Not for attention."""
+        out = copy.copy(self)
+        out.key_padding_mask = out.cu_seqlens = None
+        if self.token_ids is not None:
+            out.token_ids = self.token_ids[rows]
+        return out
+
 
 def _register_dropout_site(module: nn.Module, site: int) -> None:
     """Give a module with dropout its site's Philox key: a (1,) int64 buffer that moves with the module and is never
@@ -107,23 +119,23 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
+    """Fused QKV projection (MosaicBERT's `Wqkv`): one (n, h) x (h, 3h) GEMM whose output rows [q | k | v] are
+    handed to attention as three strided views (no copy); Wqkv.weight (3h, h) is HF's query, key and value weights
+    stacked in that order (engine/hf.py splits and concatenates them at import and export)."""
+
     def __init__(self, config: ModelConfig, site: int = 1):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
         self.backend = config.kernels
         _register_dropout_site(self, site)
 
     def forward(self, x, batch: TokenLayout):
         """x (B, S, h) or (total, h) -> context in the same layout (before the output projection)."""
-        heads = (self.num_heads, self.head_dim)
-        q = self.query(x).unflatten(-1, heads)  # (B, S, nh, d) or (total, nh, d)
-        k = self.key(x).unflatten(-1, heads)
-        v = self.value(x).unflatten(-1, heads)
+        qkv = self.Wqkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # (B, S, 3, nh, d) or (total, 3, nh, d)
+        q, k, v = qkv.unbind(-3)  # views: token stride 3h, head stride d
         out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
                             max_seqlen=batch.max_seqlen, dropout_p=self.dropout_p if self.training else 0.0,
                             seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, backend=self.backend)
@@ -160,8 +172,13 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config, site=1 + 3 * index)
         self.output = BertSublayerOutput(config.hidden_size, config, site=2 + 3 * index)
 
-    def forward(self, x, batch: TokenLayout):
-        return self.output(self.self(x, batch), x, batch)
+    def forward(self, x, batch: TokenLayout, subset: torch.Tensor | None = None):
+        """subset (n,) flat token indices: attention over every token, then the output projection, dropout,
+        residual and LayerNorm on those rows only -> (n, h) (MosaicBERT's subset_idx)."""
+        context = self.self(x, batch)
+        if subset is None:
+            return self.output(context, x, batch)
+        return self.output(context.flatten(0, -2)[subset], x.flatten(0, -2)[subset], batch.select(subset))
 
 
 class BertIntermediate(nn.Module):
@@ -186,9 +203,10 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertSublayerOutput(config.intermediate_size, config, site=3 + 3 * index)
 
-    def forward(self, x, batch: TokenLayout):
-        x = self.attention(x, batch)
-        return self.output(self.intermediate(x), x, batch)
+    def forward(self, x, batch: TokenLayout, subset: torch.Tensor | None = None):
+        """x (B, S, h) or (total, h) -> the same layout, or (n, h) for the rows at flat indices subset (n,)."""
+        x = self.attention(x, batch, subset)
+        return self.output(self.intermediate(x), x, batch if subset is None else batch.select(subset))
 
 
 class BertEncoder(nn.Module):
@@ -196,10 +214,11 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config, i) for i in range(config.num_hidden_layers))
 
-    def forward(self, x, batch: TokenLayout):
-        for layer in self.layer:  # activation checkpointing, when asked, wraps each layer (engine/parallelize.py)
+    def forward(self, x, batch: TokenLayout, subset: torch.Tensor | None = None):
+        """subset (n,) flat token indices: the last layer computes only those rows after its attention -> (n, h)."""
+        for layer in self.layer[:-1]:  # activation checkpointing, when asked, wraps each layer (engine/parallelize.py)
             x = layer(x, batch)
-        return x
+        return self.layer[-1](x, batch) if subset is None else self.layer[-1](x, batch, subset)
 
 
 class BertPooler(nn.Module):
@@ -241,13 +260,15 @@ class BertModel(nn.Module):
         init_weights(self, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, cls_positions=None, dropout_ids=None):
+                max_seqlen=None, cls_positions=None, dropout_ids=None, subset_positions=None):
         """Padded: input_ids (B, S) [+ attention_mask (B, S)]. Unpadded: input_ids (total,) + cu_seqlens (B+1,).
         token_type_ids / position_ids default to zeros / 0..len-1 per sequence. cls_positions (n,) flat indices
         (into B*S or total) of the tokens to pool, default each sequence's first; packed batches pass their samples'
         [CLS] (cu_seqlens there also lists padding segments). dropout_ids: None, or one non-negative int64 per
         sequence ((B,) padded, (cu_seqlens.numel() - 1,) unpadded, padding segments included) keying every
         dropout mask per sample (module docstring); read only in training with dropout > 0.
+        subset_positions (n,) flat indices: the last layer computes only those rows and the pooled [CLS] rows
+        after its attention (BertEncoder.forward); sequence_output is then (n, h), the rows in that order.
         Returns sequence_output (B, S, h) or (total, h), and pooled_output (B, h) or (n, h) (None without a pooler)."""
         if cu_seqlens is not None and input_ids.dim() != 1:
             raise ValueError(f"unpadded input_ids must be (total,), got {tuple(input_ids.shape)}")
@@ -265,11 +286,26 @@ class BertModel(nn.Module):
             else:
                 position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids, batch)
+        if subset_positions is not None:
+            return self._forward_subset(x, batch, subset_positions, cls_positions, input_ids.shape)
         x = self.encoder(x, batch)
         pooled = None
         if self.pooler is not None:
             pooled = self.pooler(self.cls_states(x, batch, cls_positions))
         return x, pooled
+
+    def _forward_subset(self, x, batch: TokenLayout, subset, cls_positions, shape):
+        """The encoder with its last layer on subset (n,) + the [CLS] rows -> ((n, h), pooled or None)."""
+        rows = subset.to(device=x.device, dtype=torch.int64)
+        if self.pooler is not None:
+            if cls_positions is None:
+                cls_positions = (batch.cu_seqlens[:-1].long() if batch.unpadded
+                                 else torch.arange(shape[0], device=x.device) * shape[1])  # each sequence's first
+            rows = torch.cat([rows, cls_positions.to(device=x.device, dtype=torch.int64)])
+        out = self.encoder(x, batch, rows)  # (n [+ n_cls], h)
+        n = subset.shape[0]
+        pooled = self.pooler(out[n:]) if self.pooler is not None else None
+        return out[:n], pooled
 
     @staticmethod
     def cls_states(x, batch: TokenLayout, cls_positions=None):

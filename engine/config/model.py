@@ -15,6 +15,7 @@ from bertforge.io import read_json_object
 
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")  # exact erf GELU, and the two tanh approximations
 KERNEL_BACKENDS = ("none", "triton")
+NOT_HF_FIELDS = ("kernels", "last_layer_subset")  # how this engine runs the model, not what the model is
 
 
 @dataclass
@@ -48,6 +49,11 @@ class ModelConfig:
     kernels: str = "none"
     """Which implementation runs the hot ops: 'none' (pure torch, the reference) or 'triton' (kernels/ package).
     Not part of the Hugging Face config."""
+    last_layer_subset: bool = True
+    """Pretraining heads with masked positions run the last encoder layer's attention output projection, FFN and
+    LayerNorms only on the masked rows and the pooled [CLS] rows (MosaicBERT's `subset_idx`; keys and values still
+    come from every token). Same loss and gradients; False computes the whole layer (to measure its share). Not
+    part of the Hugging Face config."""
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -71,6 +77,8 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.pad_token_id ({self.pad_token_id}) must lie in [0, vocab_size)")
         if self.kernels not in KERNEL_BACKENDS:
             raise ConfigError(f"ModelConfig.kernels must be one of {KERNEL_BACKENDS}, got {self.kernels!r}")
+        if not isinstance(self.last_layer_subset, bool):
+            raise ConfigError(f"ModelConfig.last_layer_subset must be true or false, got {self.last_layer_subset!r}")
 
     @property
     def head_dim(self) -> int:
@@ -104,7 +112,7 @@ class ModelConfig:
         position_type = raw.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise ConfigError(f"{where}: position_embedding_type {position_type!r} is not supported (absolute only)")
-        names = {f.name for f in dataclasses.fields(cls)} - {"kernels"}
+        names = {f.name for f in dataclasses.fields(cls)} - set(NOT_HF_FIELDS)
         kwargs = {k: raw[k] for k in names if k in raw}
         try:
             return cls(**kwargs)
@@ -113,7 +121,7 @@ class ModelConfig:
 
     def to_hf_config(self, architectures: list[str] | None = None, **extra: Any) -> dict:
         """The `config.json` dict `transformers.BertConfig` reads."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "kernels"}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NOT_HF_FIELDS}
         out.update(model_type="bert", position_embedding_type="absolute", use_cache=False)
         if architectures:
             out["architectures"] = architectures

@@ -121,7 +121,7 @@ class FinetuneTrainer:
             load_pretrained(self.init_dir, model)
         model.to(self.dev)
         self.optimizer = build_optimizer("adamw", param_groups(model, args.weight_decay), args.lr,
-                                         eps=args.adam_eps, fused=False if self.dev.type == "cpu" else None)
+                                         eps=args.adam_eps)
         plan = ParallelPlan(self.ds_config, compile=self.par.compile,
                             activation_checkpointing=self.par.activation_checkpointing)
         self.engine, gate = parallelize(model, self.optimizer, plan, log=D.log0)

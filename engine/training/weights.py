@@ -12,7 +12,7 @@ from bertforge import deepspeed as ds
 from bertforge.config import ModelConfig
 from bertforge.errors import ConfigError
 from bertforge.heads import BertForMaskedLM, BertForPreTraining
-from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained, read_config
+from bertforge.hf import TIED_OPTIONAL, export_hf, fuse_qkv, load_pretrained, read_config
 from bertforge.io import atomic_file
 from bertforge.train.checkpoint import checkpoint_meta, is_checkpoint, resolve_checkpoint
 
@@ -41,7 +41,9 @@ def load_model_from_checkpoint(ckpt_dir: str | Path) -> BertForPreTraining | Ber
 
 
 def _load_state(model: torch.nn.Module, state: dict, source: str) -> None:
-    result = model.load_state_dict(state, strict=False)
+    """Copy a consolidated state into model; checkpoints written before the fused QKV projection (separate
+    query / key / value) are fused on the way in."""
+    result = model.load_state_dict(fuse_qkv(state), strict=False)
     missing = [k for k in result.missing_keys if k not in TIED_OPTIONAL]
     if missing or result.unexpected_keys:
         raise ConfigError(f"{source}: weights do not fit the model (missing {missing[:3]}, unexpected "

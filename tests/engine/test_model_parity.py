@@ -7,7 +7,7 @@ transformers = pytest.importorskip("transformers")
 from bertforge.config import ModelConfig, tiny  # noqa: E402
 from bertforge.heads import (BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,  # noqa: E402
                           BertForTokenClassification)
-from bertforge.hf import export_hf, load_pretrained, read_config  # noqa: E402
+from bertforge.hf import export_hf, fuse_qkv, load_pretrained, read_config, split_qkv  # noqa: E402
 
 CONFIG = tiny(vocab_size=211, hidden_size=48, num_attention_heads=3, intermediate_size=96, max_position_embeddings=64)
 HF_CLASSES = {
@@ -36,7 +36,7 @@ def make_pair(cls, **kwargs):
         torch.nn.init.normal_(p, std=0.05)
     hf_config = transformers.BertConfig(**CONFIG.to_hf_config(), num_labels=kwargs.get("num_labels", 2))
     theirs = getattr(transformers, HF_CLASSES[cls])(hf_config).eval()
-    missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
+    missing, unexpected = theirs.load_state_dict(split_qkv(ours.state_dict()), strict=False)
     assert not unexpected and all("position_ids" in k for k in missing)
     return ours, theirs
 
@@ -140,3 +140,20 @@ def test_padded_and_unpadded_paths_agree():
         unpadded = model(ids[real], types[real], cu_seqlens=cu, max_seqlen=int(lengths.max()))
     assert max_err(padded.mlm_logits[real], unpadded.mlm_logits) < 1e-5
     assert max_err(padded.nsp_logits, unpadded.nsp_logits) < 1e-5
+
+
+def test_fuse_and_split_qkv_are_inverse_and_keep_hf_order():
+    ours, theirs = make_pair(BertForMaskedLM)
+    hf = {k: v for k, v in theirs.state_dict().items() if "position_ids" not in k}
+    fused = fuse_qkv(hf)
+    prefix = "bert.encoder.layer.1.attention.self"
+    assert not any(".query." in k or ".key." in k or ".value." in k for k in fused)
+    assert torch.equal(fused[f"{prefix}.Wqkv.weight"][48:96], hf[f"{prefix}.key.weight"])  # rows: q, k, v
+    assert torch.equal(fused[f"{prefix}.Wqkv.bias"][96:], hf[f"{prefix}.value.bias"])
+    ours_state = ours.state_dict()
+    assert fused.keys() == ours_state.keys()
+    assert all(torch.equal(fused[k], ours_state[k]) for k in fused)
+    back = split_qkv(fused)
+    assert back.keys() == hf.keys() and all(torch.equal(back[k], hf[k]) for k in hf)
+    partial = {k: v for k, v in hf.items() if k != f"{prefix}.value.bias"}  # an incomplete triple stays unfused
+    assert f"{prefix}.query.bias" in fuse_qkv(partial) and f"{prefix}.Wqkv.weight" in fuse_qkv(partial)

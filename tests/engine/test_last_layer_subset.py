@@ -1,0 +1,88 @@
+"""The last encoder layer on the masked rows and [CLS] only (ModelConfig.last_layer_subset, MosaicBERT's subset_idx)
+gives the full layer's loss and gradients, fp32, padded and unpadded, at dropout 0 and at dropout 0.1 with
+per-sample dropout ids (the epilogues' masks follow each token), for both pretraining heads and both backends."""
+import pytest
+import torch
+
+from bertforge.config import tiny
+from bertforge.heads import BertForMaskedLM, BertForPreTraining
+
+CFG = tiny(vocab_size=211, hidden_size=48, num_attention_heads=3, intermediate_size=96, max_position_embeddings=64)
+TOL = 1e-6  # fp32: the subset rows are computed by the same ops on the same values; only GEMM blocking may differ
+
+
+def _batch(seed=0, batch=3, seq=23):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([seq, 2, 13][:batch])
+    mask = torch.arange(seq)[None, :] < lengths[:, None]
+    ids = torch.randint(5, CFG.vocab_size, (batch, seq), generator=g) * mask
+    types = (torch.arange(seq)[None, :] >= lengths[:, None] // 2).long() * mask
+    labels = torch.where((torch.rand(batch, seq, generator=g) < 0.2) & mask, ids, -100)
+    labels[:, 0] = -100  # [CLS] is never masked
+    labels[1, 1] = ids[1, 1]
+    return ids, types, mask.long(), labels, torch.tensor([0, 1, 1][:batch])
+
+
+def _loss_and_grads(cls, subset, padded, dropout, kernels="none"):
+    torch.manual_seed(0)
+    cfg = CFG.replace(last_layer_subset=subset, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                      kernels=kernels)
+    model = cls(cfg).train()
+    for p in model.parameters():  # non-trivial biases and LayerNorm parameters
+        torch.nn.init.normal_(p, std=0.1)
+    ids, types, mask, labels, nsp = _batch()
+    kw = {"next_sentence_label": nsp} if cls is BertForPreTraining else {}
+    dropout_ids = torch.tensor([7, 2**50 + 3, 11]) if dropout else None
+    if padded:
+        out = model(ids, types, mask, mlm_labels=labels, dropout_ids=dropout_ids, **kw)
+    else:
+        real = mask.bool()
+        cu = torch.nn.functional.pad(mask.sum(1).cumsum(0), (1, 0)).int()
+        flat = labels[real]
+        positions = (flat != -100).nonzero().flatten()
+        out = model(ids[real], types[real], cu_seqlens=cu, masked_positions=positions, mlm_labels=flat[positions],
+                    dropout_ids=dropout_ids, **kw)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM])
+def test_subset_last_layer_matches_full_layer(cls, padded, dropout):
+    full, grads_full = _loss_and_grads(cls, False, padded, dropout)
+    sub, grads_sub = _loss_and_grads(cls, True, padded, dropout)
+    assert abs(sub.loss.item() - full.loss.item()) <= TOL
+    assert torch.equal(sub.mlm_predictions, full.mlm_predictions)
+    assert grads_sub.keys() == grads_full.keys()
+    for name, g in grads_sub.items():
+        assert (g - grads_full[name]).abs().max().item() <= TOL, name
+    if dropout:  # the masks are active (the loss moves far more than TOL)
+        assert abs(full.loss.item() - _loss_and_grads(cls, False, padded, 0.0)[0].loss.item()) > 100 * TOL
+
+
+def test_subset_last_layer_matches_full_layer_triton():
+    pytest.importorskip("triton")
+    full, grads_full = _loss_and_grads(BertForPreTraining, False, False, 0.1, kernels="triton")
+    sub, grads_sub = _loss_and_grads(BertForPreTraining, True, False, 0.1, kernels="triton")
+    assert abs(sub.loss.item() - full.loss.item()) <= TOL
+    for name, g in grads_sub.items():
+        assert (g - grads_full[name]).abs().max().item() <= TOL, name
+
+
+def test_subset_logits_are_the_masked_rows():
+    torch.manual_seed(0)
+    ids, types, mask, labels, _ = _batch()
+    positions = (labels.flatten() != -100).nonzero().flatten()
+    logits, rows = {}, {}
+    for subset in (False, True):
+        torch.manual_seed(0)
+        model = BertForPreTraining(CFG.replace(last_layer_subset=subset)).eval()
+        ffn = model.bert.encoder.layer[-1].intermediate
+        ffn.register_forward_hook(lambda m, args, out, s=subset: rows.__setitem__(s, args[0].shape[:-1].numel()))
+        with torch.no_grad():
+            out = model(ids, types, mask, masked_positions=positions)
+        logits[subset] = (out.mlm_logits, out.nsp_logits)
+    assert rows == {False: ids.numel(), True: positions.numel() + ids.shape[0]}  # masked rows + [CLS] rows
+    assert (logits[True][0] - logits[False][0]).abs().max() <= TOL
+    assert (logits[True][1] - logits[False][1]).abs().max() <= TOL
