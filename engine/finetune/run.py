@@ -21,7 +21,7 @@ from bertforge import deepspeed as ds
 from bertforge.config import ModelConfig
 from bertforge.config.finetune import (ClassifyConfig, FinetuneConfig, FinetuneParallel, MlmConfig, NerConfig,
                                     SplitFiles)
-from bertforge.data.tokenizer import load_tokenizer
+from bertforge.data.tokenizer import check_vocab_rows, load_tokenizer
 from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.finetune import data_classify as dc
 from bertforge.finetune import data_ner as dn
@@ -60,9 +60,7 @@ def model_config(model_dir: Path, training: FinetuneConfig, par: FinetuneParalle
     """The checkpoint's ModelConfig with the recipe's dropout and the kernel backend; ConfigError when
     max_seq_length exceeds its positions."""
     config = read_config(model_dir)
-    if training.max_seq_length > config.max_position_embeddings:
-        raise ConfigError(f"--max-seq-length {training.max_seq_length} exceeds the model's "
-                          f"{config.max_position_embeddings} positions")
+    config.check_seq_length(training.max_seq_length, model=model_dir)
     return config.replace(hidden_dropout_prob=training.dropout, attention_probs_dropout_prob=training.dropout,
                           kernels=par.kernels if par is not None else "none")
 
@@ -246,6 +244,7 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
     for line in dc.labels_missing_from_train(train, {"dev": dev, "test": test}):
         echo("warning: " + line)
     tok = load_tokenizer(model_dir)
+    check_vocab_rows(tok.get_vocab_size(), model.vocab_size, model_dir, model_dir)
     label2id = {l: i for i, l in enumerate(labels)}
     encode = lambda part: dc.encode(tok, part, training.max_seq_length, label2id)
     task = ClassifyTask(labels, training.max_seq_length, encode(train), encode(dev), encode(test),
@@ -270,13 +269,15 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
     out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
     model = model_config(model_dir, training, par)
-    read = lambda path: dn.read_conll(path, data.scheme, encoding=files.encoding)
+    names = dn.read_label_names(data.label_names) if data.label_names else None
+    read = lambda path: dn.read_conll(path, data.scheme, encoding=files.encoding, label_names=names)
     split = lambda sentences: dn.split_sentences(sentences, files.split, files.split_seed, data.scheme)
     train, dev, test = load_parts(files, read, split, out, "ner")
     labels = dn.tag_vocab(train, dev, test, scheme=data.scheme)
     for line in dn.types_missing_from_train(train, {"dev": dev, "test": test}, data.scheme):
         echo("warning: " + line)
     tok = load_tokenizer(model_dir)
+    check_vocab_rows(tok.get_vocab_size(), model.vocab_size, model_dir, model_dir)
     label2id = {l: i for i, l in enumerate(labels)}
     encode = lambda part: dn.encode(tok, part, training.max_seq_length, label2id, data.label_all_subwords,
                                     data.stride, data.scheme)
@@ -315,6 +316,7 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
     if data.max_docs and len(docs) > data.max_docs:
         docs = random.Random(data.split_seed).sample(docs, data.max_docs)
     tok = load_tokenizer(model_dir)
+    check_vocab_rows(tok.get_vocab_size(), model.vocab_size, model_dir, model_dir)
     task = build_task(tok, docs, training.max_seq_length, data.held_out, data.split_seed,
                       data.max_train_sequences or None, data.max_eval_sequences or None, data.mlm_probability)
     echo(f"mlm: {len(docs)} documents -> {len(task.train)} train / {len(task.dev)} dev / {len(task.test)} test "
