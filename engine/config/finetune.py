@@ -260,6 +260,8 @@ class MlmData:
     data sets."""
     format: str | None = None
     """Reader format of every corpus file (e.g. txt-file: one document per file); none = from each suffix."""
+    text_column: str = "text"
+    """Field of the text in JSONL / Parquet / Arrow corpus files."""
     held_out: float = 0.1
     """Fraction of the documents held out, halved into dev and test."""
     max_docs: int = 0

@@ -76,9 +76,9 @@ class ModelConfig:
         """ConfigError naming `flag` when sequences of `length` tokens exceed the learned positions (the position
         embedding has max_position_embeddings rows): the one check wherever a length meets a model."""
         if length > self.max_position_embeddings:
-            where = f" {model}" if model is not None else ""
-            raise ConfigError(f"{flag} {length} exceeds the model{where}'s {self.max_position_embeddings} positions "
-                              f"(max_position_embeddings); give at most {self.max_position_embeddings}")
+            where = f" of {model}" if model is not None else ""
+            raise ConfigError(f"{flag} {length} exceeds the model's {self.max_position_embeddings} positions "
+                              f"(max_position_embeddings{where}); give at most {self.max_position_embeddings}")
 
     @property
     def head_dim(self) -> int:

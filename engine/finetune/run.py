@@ -294,13 +294,13 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
     return summary
 
 
-def read_corpus(corpus: Sequence[str], fmt: str | None) -> list[str]:
+def read_corpus(corpus: Sequence[str], fmt: str | None, text_column: str = "text") -> list[str]:
     """The document texts of the corpus files / folders ('linux-doc' and 'wiki' are fetched data sets)."""
     from bertforge.data.fetch import fetch
     from bertforge.data.readers import read_documents
 
     paths = [fetch(c) if c in ("linux-doc", "wiki") else Path(c) for c in corpus]
-    return [d.text for d in read_documents(paths, fmt)]
+    return [d.text for d in read_documents(paths, fmt, text_column=text_column)]
 
 
 def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
@@ -312,7 +312,7 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
     out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
     model = model_config(model_dir, training, par)
-    docs = read_corpus(data.corpus, data.format)
+    docs = read_corpus(data.corpus, data.format, data.text_column)
     if data.max_docs and len(docs) > data.max_docs:
         docs = random.Random(data.split_seed).sample(docs, data.max_docs)
     tok = load_tokenizer(model_dir)
