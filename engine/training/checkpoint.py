@@ -30,6 +30,7 @@ import torch
 
 from bertforge import deepspeed as ds
 from bertforge.errors import CheckpointError, ConfigError, UserError
+from bertforge.hf import load_state_file
 from bertforge.io import fsync_dir, replace_dir, write_json, write_text
 from bertforge.training import distributed as D
 
@@ -283,9 +284,8 @@ class CheckpointManager:
             return {}
         own = self.root / tag / f"trainer_state_rank{D.rank()}.pt"
         path = own if own.is_file() else self.root / tag / "trainer_state_rank0.pt"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        state = load_state_file(path)  # weights_only=True: tensors, containers and numpy RNG arrays only
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: expected a dict of trainer state, got {type(state).__name__}")
         state["saved_world_size"] = saved_world
         return state
