@@ -58,8 +58,10 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], allow: Iterab
                                   f"{where}'s {old}")
             changes[name] = (old, value)
             continue
-        hint = (f"; to train on deliberately, pass {_flag('extend_steps')}" if name in EXTENDABLE["extend_steps"]
-                else "; resume with the checkpoint's value, or start a new run in another output folder")
+        hint = "; resume with the checkpoint's value, or start a new run in another output folder"
+        if name in EXTENDABLE["extend_steps"]:
+            hint += (f" (or, where the command offers it, {_flag('extend_steps')}: pretrain does not yet; start a "
+                     f"new run from this one with --init-from)")
         raise ConfigError(f"--resume: {_flag(name)} is {value!r} but {where} was trained with {old!r}{hint}")
     return changes
 
@@ -77,3 +79,11 @@ def record_change(history: list, step: int, changes: Mapping[str, tuple[Any, Any
     """`history` (the config's list of deliberate changes) with this resume's changes appended as
     {"step": step, "setting": name, "from": old, "to": new}."""
     return list(history) + [{"step": step, "setting": k, "from": a, "to": b} for k, (a, b) in changes.items()]
+
+
+def resume_guard(meta: Mapping[str, Any], new: Mapping[str, Any], where: str, allow: Iterable[str] = ()
+                 ) -> str | None:
+    """check_resume against a checkpoint's meta.json ("train_config", "finished"); returns finished_noop's line
+    (the caller prints it and trains nothing) or None (train on)."""
+    changes = check_resume(meta.get("train_config") or {}, new, allow, where=str(where))
+    return finished_noop(bool(meta.get("finished")), changes, str(where))
