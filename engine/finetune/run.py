@@ -31,7 +31,7 @@ from bertforge.finetune.mlm import build_task
 from bertforge.finetune.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
 from bertforge.finetune.trainer import build_ds_config, check_device_support, state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
-from bertforge.io import write_json, write_text
+from bertforge.io import atomic_dir, write_json, write_text
 from bertforge.training import distributed as D
 from bertforge.training.checkpoint import latest_tag
 from bertforge.training.metrics import MetricsWriter
@@ -74,11 +74,28 @@ def start(par: FinetuneParallel, echo: Echo) -> Echo:
     return echo if D.rank() == 0 else (lambda _: None)
 
 
-def save_splits(out: Path, parts: dict, kind: str) -> None:
+def claim_output(output_dir: str, resume: bool) -> Path:
+    """`out` for a new run (absent or an empty folder), or with `resume` the folder of the run to continue.
+    ConfigError naming --out for a file in the way, or an existing run without --resume (as pretrain refuses)."""
+    out = Path(output_dir)
+    if not output_dir:
+        return out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder path")
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: already exists and is not empty; pass --resume to continue the run in it, "
+                          f"or choose another --out")
+    return out
+
+
+def save_splits(out: Path, parts: dict, kind: str, resume: bool = False) -> None:
     """Write the non-empty parts {name: records} to OUT/splits/NAME.jsonl (classify: text[, text_b], label) or
-    NAME.conll (ner: token<TAB>tag, IOB2 or plain), each atomically (rank 0)."""
+    NAME.conll (ner: token<TAB>tag, IOB2 or plain), all at once (the folder appears whole, rank 0). With `resume`,
+    splits saved by the earlier launch must be the same (else ConfigError naming the file: other data, --split or
+    --split-seed would mix two runs' seeds)."""
     if D.rank() != 0:
         return
+    texts = {}
     for name, items in parts.items():
         if not items:
             continue
@@ -90,15 +107,27 @@ def save_splits(out: Path, parts: dict, kind: str) -> None:
         else:
             path = out / "splits" / f"{name}.conll"
             text = "\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(s.tokens, s.tags)) for s in items) + "\n"
-        write_text(path, text)
+        texts[path.name] = text
+    folder = out / "splits"
+    if resume and folder.is_dir():
+        for name in sorted(set(texts) | {p.name for p in folder.iterdir()}):
+            old = (folder / name).read_text(encoding="utf-8") if (folder / name).is_file() else None
+            if old != texts.get(name):
+                raise ConfigError(f"--resume: {folder / name} differs from the split of the data given now (other "
+                                  f"--data, --split or --split-seed); resume with the run's own data and split")
+        return
+    with atomic_dir(folder) as tmp:
+        for name, text in texts.items():
+            write_text(tmp / name, text)
 
 
-def load_parts(files: SplitFiles, read: Callable, split: Callable, out: Path, kind: str) -> tuple[list, list, list]:
+def load_parts(files: SplitFiles, read: Callable, split: Callable, out: Path, kind: str, resume: bool = False
+               ) -> tuple[list, list, list]:
     """(train, dev, test) records: --data read and split by `split` (the parts saved under OUT/splits), or the
     --train / --dev / --test files (dev and test may be absent: empty lists)."""
     if files.data_file is not None:
         train, dev, test = (split(read(files.data_file)) + [[]])[:3]
-        save_splits(out, {"train": train, "dev": dev, "test": test}, kind)
+        save_splits(out, {"train": train, "dev": dev, "test": test}, kind, resume)
         return train, dev, test
     return (read(files.train), read(files.dev) if files.dev else [], read(files.test) if files.test else [])
 
@@ -230,14 +259,14 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
     softmax over the labels of every part. Returns the summary."""
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
+    out = claim_output(training.output_dir, training.resume)
     echo = start(par, echo)
-    out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
     model = model_config(model_dir, training, par)
     read = lambda path: dc.read_examples(path, data.text_column, data.text_b_column, data.label_column,
                                          files.encoding, data.format)
     split = lambda examples: dc.split_examples(examples, files.split, files.split_seed)
-    train, dev, test = load_parts(files, read, split, out, "classify")
+    train, dev, test = load_parts(files, read, split, out, "classify", training.resume)
     labels = dc.label_vocab(train, dev, test)
     if len(labels) < 2:
         raise DataError(f"the data has a single label {labels[0]!r}; need at least 2", train[0].source)
@@ -265,14 +294,14 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
     plain tags. Returns the summary."""
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
+    out = claim_output(training.output_dir, training.resume)
     echo = start(par, echo)
-    out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
     model = model_config(model_dir, training, par)
     names = dn.read_label_names(data.label_names) if data.label_names else None
     read = lambda path: dn.read_conll(path, data.scheme, encoding=files.encoding, label_names=names)
     split = lambda sentences: dn.split_sentences(sentences, files.split, files.split_seed, data.scheme)
-    train, dev, test = load_parts(files, read, split, out, "ner")
+    train, dev, test = load_parts(files, read, split, out, "ner", training.resume)
     labels = dn.tag_vocab(train, dev, test, scheme=data.scheme)
     for line in dn.types_missing_from_train(train, {"dev": dev, "test": test}, data.scheme):
         echo("warning: " + line)
@@ -308,8 +337,8 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
     Returns the summary, with the untrained scores under 'before'."""
     config, user = _merged(config, explicit)
     training, data, par = config.training, config.data, config.parallel
+    out = claim_output(training.output_dir, training.resume)
     echo = start(par, echo)
-    out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
     model = model_config(model_dir, training, par)
     docs = read_corpus(data.corpus, data.format, data.text_column)

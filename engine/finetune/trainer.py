@@ -48,6 +48,7 @@ from bertforge.training import distributed as D
 from bertforge.training.checkpoint import CheckpointManager
 from bertforge.training.metrics import MetricsWriter
 from bertforge.training.rng import rng_state, seed_everything, set_rng_state
+from bertforge.training.token_loss import backward_scale, step_num_items
 
 PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before training stops with an error
@@ -177,12 +178,18 @@ class FinetuneTrainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.dev)
         stop = False
+        batches = []
         for micro_step in range(self.accum):
             mb = self.sampler.indices(self.step * self.accum + micro_step)
             feats = [self.task.train[i] for i in mb.indices.tolist()]
-            batch = to_device(self.task.collate(feats, unpadded=self.args.unpadded, seed=(self.seed, mb.global_index)),
-                              self.dev)
-            loss = self.task.loss(engine, batch)
+            batches.append(to_device(self.task.collate(feats, unpadded=self.args.unpadded,
+                                                       seed=(self.seed, mb.global_index)), self.dev))
+        # token-level losses: one mean over the step's labelled tokens, all micro batches and ranks (token_loss.py)
+        key = getattr(self.task, "token_labels", None)
+        n = step_num_items([b[key] for b in batches], self.dev) if key else None
+        scale = backward_scale(self.accum, self.world) if key else 1
+        for micro_step, batch in enumerate(batches):
+            loss = (self.task.loss(engine, batch, n) if key else self.task.loss(engine, batch)) * scale
             nonfinite |= ~torch.isfinite(loss.detach())
             engine.backward(loss)
             if micro_step == self.accum - 1:
