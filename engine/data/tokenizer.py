@@ -18,7 +18,7 @@ from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.io import write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-MIN_VOCAB_SIZE = 64  # the specials plus a small alphabet; WordPiece cannot merge anything below it
+MIN_VOCAB_SIZE = 32  # the 5 specials plus a minimal alphabet: below it WordPiece returns the alphabet anyway
 
 
 @dataclass(frozen=True)
