@@ -60,8 +60,7 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], allow: Iterab
             continue
         hint = "; resume with the checkpoint's value, or start a new run in another output folder"
         if name in EXTENDABLE["extend_steps"]:
-            hint += (f" (or, where the command offers it, {_flag('extend_steps')}: pretrain does not yet; start a "
-                     f"new run from this one with --init-from)")
+            hint += " (to train on from this checkpoint: a new run with --init-from)"
         raise ConfigError(f"--resume: {_flag(name)} is {value!r} but {where} was trained with {old!r}{hint}")
     return changes
 
@@ -70,8 +69,8 @@ def finished_noop(finished: bool, changes: Mapping[str, tuple[Any, Any]], where:
     """The line to print, and nothing else to do, when a finished run is resumed with no deliberate change; None
     when the run must go on (unfinished, or extended)."""
     if finished and not changes:
-        return (f"{where}: the run finished; nothing to do (to train further pass --extend-steps with a larger "
-                f"--steps)")
+        return (f"{where}: the run finished; nothing to do (to train further, start a new run from it with "
+                f"--init-from)")
     return None
 
 
