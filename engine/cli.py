@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from bertforge.errors import UserError
+from bertforge.errors import UserError, describe_os_error
 
 # (subcommand, module under bertforge.commands, one-line help). Order = order in --help.
 COMMANDS: list[tuple[str, str, str]] = [
@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("BERTFORGE_TRACEBACK"):
             raise
         return _fail(str(exc))
+    except OSError as exc:  # the user's file system (full disk, a file in the way, a link loop): one line
+        line = describe_os_error(exc)
+        if line is None or os.environ.get("BERTFORGE_TRACEBACK"):
+            raise
+        return _fail(line)
     except KeyboardInterrupt:
         return _fail("interrupted")
 

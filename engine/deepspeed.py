@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from bertforge.errors import CheckpointError, ConfigError
+from bertforge.hf import load_state_file
 from bertforge.io import read_json_object
 from bertforge.optim import FlatPieces
 
@@ -340,5 +341,5 @@ def consolidated_fp32_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.
         except (ValueError, KeyError, AssertionError):
             pass  # a ZeRO-0 checkpoint has full optimizer states but no partitions: use the module weights
     files = sorted(checkpoint_dir.glob("mp_rank_*_model_states.pt"))
-    state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    state = load_state_file(files[0])["module"]  # weights_only=True (bertforge.hf.load_state_file)
     return {k: v.float() for k, v in state.items()}

@@ -31,3 +31,30 @@ class CheckpointError(UserError, ValueError):
 
 class TrainingError(UserError):
     """Training cannot go on (e.g. too many non-finite steps in a row); the message says why and what to do."""
+
+
+_OS_ADVICE = {
+    "ENOSPC": "no space left on the device: free space or write elsewhere",
+    "EDQUOT": "disk quota exceeded: free space or write elsewhere",
+    "EEXIST": "a file is in the way of a folder to create: remove it or give another path",
+    "ENOTDIR": "a file is in the way where a folder is expected: remove it or give another path",
+    "EISDIR": "a folder is in the way where a file is expected: give a file path",
+    "ELOOP": "a symbolic link loop: fix or remove the link",
+    "EACCES": "permission denied: change the permissions or give another path",
+    "EPERM": "operation not permitted: change the permissions or give another path",
+    "EROFS": "read-only file system: write elsewhere",
+    "ENAMETOOLONG": "the name is too long",
+}
+
+
+def describe_os_error(exc: OSError) -> str | None:
+    """One line for an OSError that names a file and comes from the user's file system (full disk, a file where a
+    folder goes, a symlink loop, no permission, ...): 'path: cause; what to do'. None for any other OSError (a bug:
+    it keeps its traceback)."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or -1)
+    if exc.filename is None or name not in _OS_ADVICE:
+        return None
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return f"{where}: {_OS_ADVICE[name]} ({name})"

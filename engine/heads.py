@@ -80,6 +80,17 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
+def over_items(mean_loss: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+    """A token-level mean over this micro batch's labelled tokens (labels != -100) -> their summed loss divided by
+    `num_items_in_batch`, the labelled tokens of the whole optimizer step (all micro batches, all ranks): the
+    Hugging Face Trainer's num_items_in_batch normalisation (transformers 4.46, 2024), so that the accumulated step
+    is one mean over the global batch whatever the micro batch. None: the micro batch's own mean (unchanged).
+    The count stays on the device (no host sync)."""
+    if num_items_in_batch is None:
+        return mean_loss
+    return mean_loss * ((labels != -100).sum().to(mean_loss.dtype) / num_items_in_batch)
+
+
 def _masked_rows(input_ids, masked_positions, mlm_labels):
     """-> (masked_positions (n,) or None, mlm_labels aligned with them or None); a full (B, S) / (total,) label
     tensor without positions gives the positions of its labelled (!= -100) tokens."""
@@ -102,13 +113,16 @@ def _encode(bert: BertModel, input_ids, token_type_ids, attention_mask, position
     return sequence, pooled, (None if subset is not None else masked_positions), mlm_labels
 
 
-def _masked_lm(head: BertLMPredictionHead, sequence, masked_positions, mlm_labels, out: PreTrainingOutput) -> None:
+def _masked_lm(head: BertLMPredictionHead, sequence, masked_positions, mlm_labels, out: PreTrainingOutput,
+               num_items_in_batch=None) -> None:
     """Fill out.mlm_loss + mlm_predictions (labels given) or out.mlm_logits; see BertForPreTraining.forward.
-    sequence: every token's state, or (masked_positions None) the masked rows' (n, h)."""
+    sequence: every token's state, or (masked_positions None) the masked rows' (n, h). num_items_in_batch: see
+    over_items (masked tokens of the whole step)."""
     hidden = sequence.flatten(0, -2)  # (B*S or total or n, h)
     if mlm_labels is not None:
         rows = hidden[masked_positions] if masked_positions is not None else hidden
         out.mlm_loss, out.mlm_predictions = head.loss(rows, mlm_labels)
+        out.mlm_loss = over_items(out.mlm_loss, mlm_labels, num_items_in_batch)
     elif masked_positions is not None:
         out.mlm_logits = head(hidden[masked_positions])
     else:
@@ -129,17 +143,18 @@ class BertForPreTraining(nn.Module):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
                 max_seqlen=None, masked_positions=None, mlm_labels=None, next_sentence_label=None,
-                cls_positions=None, dropout_ids=None) -> PreTrainingOutput:
+                cls_positions=None, dropout_ids=None, num_items_in_batch=None) -> PreTrainingOutput:
         """masked_positions (n,) flat indices into the flattened token axis (B*S padded, total unpadded);
         mlm_labels (n,) aligned with them — or, without masked_positions, a full (B, S)/(total,) label tensor with
         -100 at unmasked tokens, from which the masked rows are found. next_sentence_label (B,) 0 = IsNext,
         aligned with cls_positions (B,) when given (packed batches; see BertModel.forward). dropout_ids: per-sample
-        dropout streams (BertModel.forward); the heads have no dropout."""
+        dropout streams (BertModel.forward); the heads have no dropout. num_items_in_batch: masked tokens of the whole
+        optimizer step (over_items); the sentence loss stays a mean over this micro batch's sequences."""
         sequence, pooled, masked_positions, mlm_labels = _encode(
             self.bert, input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
             masked_positions, mlm_labels, cls_positions, dropout_ids)
         out = PreTrainingOutput(nsp_logits=self.cls.seq_relationship(pooled))
-        _masked_lm(self.cls.predictions, sequence, masked_positions, mlm_labels, out)
+        _masked_lm(self.cls.predictions, sequence, masked_positions, mlm_labels, out, num_items_in_batch)
         if next_sentence_label is not None:
             out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), next_sentence_label.view(-1))
         losses = [x for x in (out.mlm_loss, out.nsp_loss) if x is not None]
@@ -167,14 +182,14 @@ class BertForMaskedLM(nn.Module):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
                 max_seqlen=None, masked_positions=None, mlm_labels=None, cls_positions=None,
-                dropout_ids=None) -> PreTrainingOutput:
+                dropout_ids=None, num_items_in_batch=None) -> PreTrainingOutput:
         """As BertForPreTraining.forward without the sentence task: loss = mlm_loss; nsp_* stay None.
         cls_positions is accepted for the same call signature and not needed; dropout_ids as BertModel.forward."""
         sequence, _, masked_positions, mlm_labels = _encode(
             self.bert, input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
             masked_positions, mlm_labels, None, dropout_ids)
         out = PreTrainingOutput()
-        _masked_lm(self.cls.predictions, sequence, masked_positions, mlm_labels, out)
+        _masked_lm(self.cls.predictions, sequence, masked_positions, mlm_labels, out, num_items_in_batch)
         out.loss = out.mlm_loss
         return out
 
@@ -242,11 +257,16 @@ class BertForTokenClassification(nn.Module):
         init_weights(self.classifier, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None) -> ClassifierOutput:
-        """labels: same shape as input_ids, -100 where ignored (padding, non-first sub-words)."""
+                max_seqlen=None, labels=None, num_items_in_batch=None) -> ClassifierOutput:
+        """labels: same shape as input_ids, -100 where ignored (padding, non-first sub-words). num_items_in_batch:
+        labelled tokens of the whole optimizer step (over_items); None: this micro batch's mean."""
         sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
         logits = self.classifier(self.dropout(sequence))  # (B, S, C) or (total, C)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100)
+            flat = (logits.float().flatten(0, -2), labels.flatten())
+            if num_items_in_batch is None:
+                loss = F.cross_entropy(*flat, ignore_index=-100)
+            else:  # the summed loss over the step's labelled tokens (over_items; 0 for a micro batch without any)
+                loss = F.cross_entropy(*flat, ignore_index=-100, reduction="sum") / num_items_in_batch
         return ClassifierOutput(loss, logits)

@@ -13,6 +13,7 @@ other unknown key, a missing weight file or a shape mismatch is an error naming 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,34 @@ def read_config(directory: str | Path) -> ModelConfig:
         return ModelConfig.from_hf_config(path)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
+
+
+def _numpy_globals() -> list:
+    """The numpy types a pickle of RNG states holds (np.random.get_state(): an ndarray of uint32 keys, numpy
+    scalars): array reconstruction, dtypes and scalars build data only, no callable of the file's choosing."""
+    import numpy as np
+
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
+    return [np.dtype, np.ndarray, core._reconstruct, core.scalar, *dtypes]
+
+
+def load_state_file(path: str | Path) -> object:
+    """A torch.save file read with weights_only=True (torch's restricted unpickler: tensors, containers, numbers,
+    strings, plus the numpy types of `_numpy_globals`): a checkpoint from an untrusted source cannot run code
+    while it loads. CheckpointError naming the file when it is unreadable or holds any other type (named)."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).split("\n")[0] if "GLOBAL" not in str(exc) else \
+            next((l.strip() for l in str(exc).splitlines() if "GLOBAL" in l), str(exc).split("\n")[0])
+        raise CheckpointError(f"{path}: refused to unpickle it: it holds a type outside the allow-list of safe "
+                              f"loading ({first[:200]}); only load checkpoints you trust") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") \
+            from None
 
 
 def read_state_dict(weight_file: Path) -> dict[str, torch.Tensor]:

@@ -44,6 +44,14 @@ def _tmp_name(path: Path) -> str:
     return f".{path.name}.tmp-{os.getpid()}-"
 
 
+def _name_os_error(exc: BaseException, path: Path) -> None:
+    """An OSError raised while writing `path` without a file name (a write() on a full disk): raise it again naming
+    `path`, so that the one-line error says which output failed. The temporary is already removed: the previous
+    `path`, if any, is intact."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", *, durable: bool = False,
                 encoding: str | None = None) -> Iterator[Any]:
@@ -67,9 +75,10 @@ def atomic_file(path: str | Path, mode: str = "wb", *, durable: bool = False,
         os.replace(tmp, path)
         if durable:
             fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _name_os_error(exc, path)
         raise
 
 
@@ -126,8 +135,9 @@ def atomic_dir(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
         replace_dir(tmp, path)
         if durable:
             fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name_os_error(exc, path)
         raise
 
 

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from bertforge.training.weights import export_checkpoint, export_fp32, resolve_checkpoint
 
-    ckpt = resolve_checkpoint(args.checkpoint)
+    ckpt = resolve_checkpoint(args.checkpoint, verify=True)  # a damaged newest checkpoint: the previous one
     if args.fp32:
         out = export_fp32(ckpt, args.out)
     else:

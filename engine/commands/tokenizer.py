@@ -58,8 +58,9 @@ def _train(args) -> int:
 
 
 def _info(args) -> int:
-    from bertforge.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
+    from bertforge.data.tokenizer import decide_case, load_tokenizer, special_ids, tokenizer_hash
 
     tok = load_tokenizer(args.path)
-    print(f"{args.path}: {tok.get_vocab_size()} tokens, hash {tokenizer_hash(tok)}, {special_ids(tok)}")
+    print(f"{args.path}: {tok.get_vocab_size()} tokens, {decide_case(args.path).describe()}, "
+          f"hash {tokenizer_hash(tok)}, {special_ids(tok)}")
     return 0

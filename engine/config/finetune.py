@@ -29,7 +29,7 @@ CLASSIFY_FORMATS = ("csv", "tsv", "jsonl")
 CLASSIFY_METRICS = ("accuracy", "macro_f1")
 CLASS_WEIGHTS = ("none", "balanced")
 POOLINGS = ("cls", "mean")  # bertforge.heads.POOLINGS (this module imports no model code)
-ENTITY_SCHEMES = ("iob1", "iob2", "bioes")
+ENTITY_SCHEMES = ("iob1", "iob2", "bioes", "bilou")
 TAG_SCHEMES = ENTITY_SCHEMES + ("plain",)
 
 
@@ -207,8 +207,13 @@ class ClassifyData:
 @dataclass
 class NerData:
     scheme: str = "iob2"
-    """Tag scheme of the files: iob1, iob2 or bioes entities (converted to IOB2 on reading, scored by entity F1), or
-    plain: any per-word tag (part of speech, chunks, ...), scored by token accuracy and per-tag F1."""
+    """Tag scheme of the files: iob1, iob2, bioes or bilou entities (bilou, spaCy's: BIOES with L- for E- and U- for
+    S-; all converted to IOB2 on reading, scored by entity F1), or plain: any per-word tag (part of speech, chunks,
+    ...), scored by token accuracy and per-tag F1."""
+    label_names: str = ""
+    """Names of integer tag ids (the Hugging Face datasets layout, `"ner_tags": [3, 0, 7]`): comma-separated
+    (O,B-PER,I-PER,...), or a file: one name a line, a JSON list, or a datasets dataset_info.json (its
+    features.ner_tags.feature.names). Empty: tags are names."""
     label_all_subwords: bool = False
     """Label every sub-word (B- becomes I- on continuations) instead of the first sub-word of each word only."""
     stride: int = 32
@@ -226,6 +231,8 @@ class MlmData:
     data sets."""
     format: str | None = None
     """Reader format of every corpus file (e.g. txt-file: one document per file); none = from each suffix."""
+    text_column: str = "text"
+    """Field of the text in JSONL / Parquet / Arrow corpus files."""
     held_out: float = 0.1
     """Fraction of the documents held out, halved into dev and test."""
     max_docs: int = 0

@@ -80,6 +80,14 @@ class ModelConfig:
         if not isinstance(self.last_layer_subset, bool):
             raise ConfigError(f"ModelConfig.last_layer_subset must be true or false, got {self.last_layer_subset!r}")
 
+    def check_seq_length(self, length: int, flag: str = "--max-seq-length", model: str | Path | None = None) -> None:
+        """ConfigError naming `flag` when sequences of `length` tokens exceed the learned positions (the position
+        embedding has max_position_embeddings rows): the one check wherever a length meets a model."""
+        if length > self.max_position_embeddings:
+            where = f" of {model}" if model is not None else ""
+            raise ConfigError(f"{flag} {length} exceeds the model's {self.max_position_embeddings} positions "
+                              f"(max_position_embeddings{where}); give at most {self.max_position_embeddings}")
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads

@@ -63,6 +63,10 @@ class ObjectiveSection:
         check_choice(self, "objective", OBJECTIVES)
         if not 0.0 <= self.short_seq_prob <= 1.0:
             raise ConfigError(f"--short-seq-prob must lie in [0, 1], got {self.short_seq_prob!r}")
+        default = ObjectiveSection.__dataclass_fields__["short_seq_prob"].default
+        if self.objective == "mlm" and self.short_seq_prob != default:
+            raise ConfigError(f"--short-seq-prob {self.short_seq_prob} has no effect with --objective mlm (its "
+                              f"sequences are always full); leave it out, or choose --objective mlm+nsp or mlm+sop")
 
     @property
     def sentence_task(self) -> str | None:

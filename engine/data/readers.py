@@ -91,8 +91,15 @@ class ReadStats:
 
 
 def detect_format(path: Path) -> str:
+    """The format of a file's suffix (after an optional .gz); DataError naming the file for any other suffix
+    (a .csv, .tsv, .xml, .pdf ... read as plain text would be trained on silently)."""
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    return _SUFFIX_FORMAT.get(Path(name).suffix.lower(), "txt")
+    fmt = _SUFFIX_FORMAT.get(Path(name).suffix.lower())
+    if fmt is None:
+        raise DataError(f"cannot tell the format from the suffix {Path(name).suffix or '(none)'!r} (known: "
+                        f"{', '.join(sorted(_SUFFIX_FORMAT))}); rename the file or pass --format "
+                        f"({', '.join(FORMATS)})", str(path))
+    return fmt
 
 
 def list_files(paths: Iterable[str | Path]) -> list[Path]:

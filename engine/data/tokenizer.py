@@ -14,10 +14,11 @@ from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from bertforge.errors import DataError
+from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.io import write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+MIN_VOCAB_SIZE = 32  # the 5 specials plus a minimal alphabet: below it WordPiece returns the alphabet anyway
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def train_wordpiece(files_or_iter: Iterable[str] | Iterable[Path] | str | Path, 
 
     files_or_iter: a corpus path / list of corpus paths (any format bertforge.data.readers understands), or an iterable
     of text strings. Special tokens get ids 0-4: [PAD] [UNK] [CLS] [SEP] [MASK]."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ConfigError(f"--vocab-size {vocab_size} is too small: the {len(SPECIAL_TOKENS)} special tokens and a "
+                          f"corpus's alphabet need at least {MIN_VOCAB_SIZE} entries")
     if isinstance(files_or_iter, (str, Path)):
         files_or_iter = [files_or_iter]
     items = list(files_or_iter) if not isinstance(files_or_iter, Iterator) else files_or_iter
@@ -101,14 +105,94 @@ def save_tokenizer(tok: Tokenizer, out_dir: str | Path, lowercase: bool) -> None
         write_text(out / name, text)
 
 
-def load_tokenizer(path_or_dir: str | Path, lowercase: bool | None = None) -> Tokenizer:
-    """Load tokenizer.json, or build BERT's pipeline around a vocab.txt (uncased unless tokenizer_config.json says
-    do_lower_case=false or `lowercase` is given). Accepts the folder or either file. No padding or truncation."""
+def check_vocab_file(path: str | Path) -> list[str]:
+    """The entries of a BERT vocab.txt (one token a line, the id is the 0-based line number), checked: a blank
+    (empty or whitespace-only) line or an entry seen before would shift every later id against the model's
+    embedding rows, so either is a DataError naming file and line. "\\n" and "\\r\\n" endings are accepted."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read the vocabulary: {exc.strerror or exc}", str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError("the vocabulary is not valid UTF-8", str(path), line) from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the ending of the last line
+    seen: dict[str, int] = {}
+    entries = []
+    for lineno, line in enumerate(lines, 1):
+        token = line[:-1] if line.endswith("\r") else line
+        if not token.strip():
+            raise DataError("blank line in the vocabulary: ids are line numbers, so every later id would shift "
+                            "against the model's embedding rows; remove the line", str(path), lineno)
+        if token in seen:
+            raise DataError(f"duplicate vocabulary entry {token!r} (first on line {seen[token]}): ids are line "
+                            f"numbers, so every later id would shift; remove the duplicate", str(path), lineno)
+        seen[token] = lineno
+        entries.append(token)
+    if not entries:
+        raise DataError("the vocabulary is empty", str(path))
+    return entries
+
+
+def cased_entries(entries: Iterable[str]) -> int:
+    """How many entries (special "[...]" tokens aside) change under lower-casing: an uncased vocabulary has none
+    (they could never be produced after its lower-casing normalizer), a cased one has many."""
+    return sum(1 for t in entries if t != t.lower() and not (t.startswith("[") and t.endswith("]")))
+
+
+@dataclass(frozen=True)
+class CaseDecision:
+    lowercase: bool
+    reason: str
+    """Where the decision came from, for `tokenizer info` and messages."""
+
+    def describe(self) -> str:
+        return f"{'uncased' if self.lowercase else 'cased'} ({self.reason})"
+
+
+def decide_case(path_or_dir: str | Path, lowercase: bool | None = None) -> CaseDecision:
+    """Whether a tokenizer folder / file lower-cases: the `lowercase` argument, else tokenizer.json's normalizer,
+    else tokenizer_config.json's do_lower_case, else detected from vocab.txt's entries (cased when any entry has
+    upper case, which lower-casing would make unreachable). DataError for a bad vocab.txt (check_vocab_file)."""
+    if lowercase is not None:
+        return CaseDecision(lowercase, "given")
     p = Path(path_or_dir)
     folder = p if p.is_dir() else p.parent
-    if lowercase is None:
-        cfg = folder / "tokenizer_config.json"
-        lowercase = json.loads(cfg.read_text()).get("do_lower_case", True) if cfg.exists() else True
+    json_file = p if p.suffix == ".json" else folder / "tokenizer.json"
+    if json_file.is_file() and (p.is_dir() or p.suffix == ".json"):
+        try:
+            norm = json.loads(json_file.read_text(encoding="utf-8")).get("normalizer") or {}
+        except (OSError, ValueError):
+            norm = {}
+        canon = _canonical_normalizer(norm) or {}
+        return CaseDecision(bool(canon.get("lowercase", False)), f"normalizer of {json_file.name}")
+    cfg = folder / "tokenizer_config.json"
+    if cfg.is_file():
+        try:
+            value = json.loads(cfg.read_text(encoding="utf-8")).get("do_lower_case")
+        except ValueError:
+            raise DataError("not valid JSON", str(cfg)) from None
+        if value is not None:
+            return CaseDecision(bool(value), f"do_lower_case in {cfg.name}")
+    vocab = p if p.is_file() else folder / "vocab.txt"
+    n = cased_entries(check_vocab_file(vocab))
+    if n:
+        return CaseDecision(False, f"detected: {n} entries of {vocab.name} have upper case and no "
+                                   f"tokenizer_config.json says do_lower_case")
+    return CaseDecision(True, f"detected: no entry of {vocab.name} has upper case")
+
+
+def load_tokenizer(path_or_dir: str | Path, lowercase: bool | None = None) -> Tokenizer:
+    """Load tokenizer.json, or build BERT's pipeline around a vocab.txt (checked by check_vocab_file; lower-casing
+    as `decide_case` says: `lowercase`, else tokenizer_config.json's do_lower_case, else detected from the
+    entries). Accepts the folder or either file. No padding or truncation."""
+    p = Path(path_or_dir)
+    folder = p if p.is_dir() else p.parent
     if p.is_dir():
         p = folder / "tokenizer.json" if (folder / "tokenizer.json").exists() else folder / "vocab.txt"
     if not p.exists():
@@ -119,6 +203,8 @@ def load_tokenizer(path_or_dir: str | Path, lowercase: bool | None = None) -> To
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise DataError(f"cannot load tokenizer: {exc}", str(p)) from None
     else:
+        check_vocab_file(p)
+        lowercase = decide_case(p, lowercase).lowercase
         tok = _bert_pipeline(Tokenizer(models.WordPiece.from_file(str(p), unk_token="[UNK]")), lowercase)
         special_ids(tok, p)
         tok.add_special_tokens(list(SPECIAL_TOKENS))  # as tokenizer.json files and HF's BertTokenizerFast do
@@ -127,6 +213,16 @@ def load_tokenizer(path_or_dir: str | Path, lowercase: bool | None = None) -> To
     tok.no_truncation()
     special_ids(tok, p)
     return tok
+
+
+def check_vocab_rows(vocab_size: int, rows: int, tokenizer: str | Path, model: str | Path) -> None:
+    """CheckpointError when the tokenizer has more ids than the model's word-embedding rows (ids past the last row
+    would index out of range). Fewer ids than rows is accepted: embeddings padded to a multiple of 8 or 128
+    (Megatron's make-vocab-size-divisible-by) keep rows no id reaches."""
+    if vocab_size > rows:
+        raise CheckpointError(f"{tokenizer}: the tokenizer has {vocab_size} tokens but the model {model} has "
+                              f"{rows} word-embedding rows (vocab_size); use the tokenizer the model was trained "
+                              f"with")
 
 
 HASH_VERSION = "v2"  # v1 hashed the vocabulary and lower-casing only (blind to accents, Chinese chars, cleaning)

@@ -83,8 +83,9 @@ def read_folder(folder: str | Path, encoding: str = "utf-8") -> list[Example]:
     return out
 
 
-def _records(lines: LineReader, fmt: str) -> Iterator[tuple[int, dict]]:
-    """Yield (line, dict) records; CSV/TSV check the header (the first non-blank line), JSONL each line's JSON."""
+def _records(lines: LineReader, fmt: str, wanted: Sequence[str] = ()) -> Iterator[tuple[int, dict]]:
+    """Yield (line, dict) records; CSV/TSV check the header (the first non-blank line: a `wanted` column missing
+    from it is named at its line), JSONL each line's JSON."""
     path = lines.path
     if fmt == "jsonl":
         yield from jsonl_objects(lines)
@@ -101,12 +102,20 @@ def _records(lines: LineReader, fmt: str) -> Iterator[tuple[int, dict]]:
                 first = lineno
             yield text
 
-    reader = csv.reader(texts(), delimiter="," if fmt == "csv" else "\t")
+    # strict: a quote closed in the middle of a cell (e.g. by the next record's opening quote after an
+    # unterminated one) is an error instead of silently merging records
+    reader = csv.reader(texts(), delimiter="," if fmt == "csv" else "\t", strict=True)
+    start = 1
     try:
         header = next(reader, None)
         if header is None:
             raise lines.empty_error()
         header = [h.strip() for h in header]
+        start = first
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise DataError(f"no column {missing[0]!r} in the header (columns: {', '.join(header) or 'none'})",
+                            str(path), first)
         start = first + reader.line_num
         for row in reader:
             if not any(cell.strip() for cell in row):
@@ -117,7 +126,8 @@ def _records(lines: LineReader, fmt: str) -> Iterator[tuple[int, dict]]:
             yield start, dict(zip(header, row))
             start = first + reader.line_num
     except csv.Error as exc:
-        raise DataError(f"malformed {fmt.upper()} ({exc})", str(path), first + reader.line_num - 1) from None
+        raise DataError(f"malformed {fmt.upper()} in the record that starts here ({exc}; an unterminated or stray "
+                        f"quote? quote a cell whole and double the quotes inside it)", str(path), start) from None
 
 
 def iter_examples(path: str | Path, text_column: str = "text", text_b_column: str | None = None,
@@ -129,7 +139,7 @@ def iter_examples(path: str | Path, text_column: str = "text", text_b_column: st
     fmt = detect_format(path, fmt)
     lines = lines or LineReader(path, encoding)
     wanted = [c for c in (text_column, text_b_column, label_column) if c]
-    for lineno, rec in _records(lines, fmt):
+    for lineno, rec in _records(lines, fmt, wanted):
         for col in wanted:
             if col not in rec:
                 have = ", ".join(map(str, rec)) or "none"
@@ -228,14 +238,20 @@ def split_examples(examples: Sequence[Example], sizes: Sequence[float], seed: in
             part_of[k] = j
             have += len(groups[k])
             filled[j] += len(groups[k])
-    for k in keys:  # counts: top up the parts from the groups no label cut took (seeded order)
-        if k in part_of:
-            continue
-        short = [j for j, t in enumerate(targets) if filled[j] < t]
-        if not short:
-            break
-        part_of[k] = short[0]
-        filled[short[0]] += len(groups[k])
+    for k in reversed(keys):  # per-label rounding can overshoot a part: give back its last groups
+        j = part_of.get(k)
+        if j is not None and filled[j] - len(groups[k]) >= targets[j]:
+            del part_of[k]
+            filled[j] -= len(groups[k])
+    for exact in (True, False):  # top up short parts from the unused groups (seeded order), exactly if they fit
+        for k in keys:
+            if k in part_of:
+                continue
+            short = [j for j, t in enumerate(targets) if filled[j] < t
+                     and (not exact or filled[j] + len(groups[k]) <= t)]
+            if short:
+                part_of[k] = short[0]
+                filled[short[0]] += len(groups[k])
     parts: list[list[Example]] = [[] for _ in targets]
     for k in keys:
         if k in part_of:

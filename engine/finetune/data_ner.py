@@ -22,7 +22,9 @@ context only. Nothing is cut: only a single word longer than a whole window lose
 label sits on the first one)."""
 from __future__ import annotations
 
+import json
 import random
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,10 @@ from bertforge.finetune.metrics import iob2_spans
 from bertforge.finetune.reading import LineReader, jsonl_objects, strip_ending
 from bertforge.finetune.splitting import split_counts
 
-_ALLOWED = {"iob1": "BIO", "iob2": "BIO", "bioes": "BIOES"}
+_ALLOWED = {"iob1": "BI", "iob2": "BI", "bioes": "BIES", "bilou": "BILU"}
+_TO_BIOES = {"L": "E", "U": "S"}  # BILOU (spaCy) is BIOES with L- (last) for E- and U- (unit) for S-
+_FROM_BIOES = {"E": "L", "S": "U"}
+_SCHEME_HINTS = "iob1/iob2: B-, I-; bioes: B-, I-, E-, S-; bilou: B-, I-, L-, U-; plain: any tag"
 
 
 @dataclass
@@ -47,26 +52,46 @@ class Sentence:
     lines: list[int] = field(default_factory=list)  # 1-based line of each token (JSONL: the record's line)
 
 
+def _expected(scheme: str) -> str:
+    return "O or " + " / ".join(f"{p}-TYPE" for p in _ALLOWED[scheme])
+
+
 def _check_tag(tag: str, scheme: str, path: Path, line: int) -> None:
+    """DataError for a tag that `scheme` cannot hold, with a hint naming only schemes that exist."""
     if scheme == "plain" or tag == "O":
         return
     prefix, sep, etype = tag.partition("-")
-    if not sep or not etype or prefix not in _ALLOWED[scheme]:
-        if not sep or prefix not in ("B", "I", "E", "S"):
-            hint = "; for per-word tags that are not entities (part of speech, chunks, ...) pass --scheme plain"
-        else:
-            hint = "; this looks like BIOES: pass --scheme bioes" if prefix in ("E", "S") else "; choose --scheme"
-        raise DataError(f"tag {tag!r} is not a valid {scheme.upper()} tag (expected O or "
-                        f"{'/'.join(_ALLOWED[scheme])}-TYPE{hint})", str(path), line)
+    if sep and etype and prefix in _ALLOWED[scheme]:
+        return
+    where = (str(path), line)
+    if tag.lstrip("-").isdigit():
+        raise DataError(f"tag {tag!r} is an integer id, not a tag name; give the names of the ids with "
+                        f"--label-names (comma-separated, or a file of names / a datasets dataset_info.json)", *where)
+    if tag in ("B", "I", "E", "S", "L", "U") or (sep and not etype and prefix in "BIESLU"):
+        raise DataError(f"tag {tag!r} has no entity type (untyped B/I/O tags); entity schemes need TYPE in B-TYPE: "
+                        f"rename the tags (e.g. B-ENT, I-ENT) to train them as one entity type", *where)
+    if sep and etype and prefix in "BIESLU":
+        fits = [s for s, allowed in _ALLOWED.items() if prefix in allowed and s != "iob1"]
+        hint = f"this looks like {fits[-1].upper()}: pass --scheme {fits[-1]}"
+    else:
+        hint = "for per-word tags that are not entities (part of speech, chunks, ...) pass --scheme plain"
+    raise DataError(f"tag {tag!r} is not a valid {scheme.upper()} tag (expected {_expected(scheme)}); {hint} "
+                    f"(schemes: {_SCHEME_HINTS})", *where)
 
 
 def _split(tag: str) -> tuple[str, str]:
     return ("O", "") if tag == "O" else (tag[0], tag[2:])
 
 
+def _bilou_as_bioes(tags: Sequence[str]) -> list[str]:
+    return [_TO_BIOES.get(t[0], t[0]) + t[1:] if t != "O" else t for t in tags]
+
+
 def likely_scheme(tags: Sequence[str]) -> str:
     """The scheme a sentence's tags are valid in, guessed: bioes (E-/S- present), iob2 (every I-X continues X),
     else iob1."""
+    if any(t[:2] in ("L-", "U-") for t in tags):
+        return "bilou"
     if any(t[:2] in ("E-", "S-") for t in tags):
         return "bioes"
     return "iob2" if scheme_violation(tags, "iob2") is None else "iob1"
@@ -74,7 +99,19 @@ def likely_scheme(tags: Sequence[str]) -> str:
 
 def scheme_violation(tags: Sequence[str], scheme: str) -> tuple[int, str] | None:
     """(index, reason) of the first tag that breaks `scheme`'s rules (see the module docstring), or None. IOB1 and
-    plain have no sequence rules."""
+    plain have no sequence rules; BILOU has BIOES's (with L- for E- and U- for S-)."""
+    if scheme == "bilou":
+        mapped = _bilou_as_bioes(tags)
+        bad = scheme_violation(mapped, "bioes")
+        if bad is None:
+            return None
+        i, reason = bad
+        for k in (i, i - 1):  # name the tags as written, and BILOU's prefixes
+            if k >= 0:
+                reason = reason.replace(repr(mapped[k]), repr(tags[k]))
+        for old, new in (("BIOES", "BILOU"), ("E- or S-", "L- or U-"), ("B- or S-", "B- or U-"), (" or E-", " or L-")):
+            reason = reason.replace(old, new)
+        return i, reason
     if scheme == "iob2":
         for i, tag in enumerate(tags):
             prefix, etype = _split(tag)
@@ -112,8 +149,10 @@ def check_scheme(tags: Sequence[str], scheme: str, path: Path | str, lines: Sequ
 
 
 def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
-    """IOB1 (I- starts an entity unless it continues one; B- only between adjacent same-type entities) or BIOES
-    (S- single, E- end) -> IOB2; IOB2 and plain tags are returned as they are."""
+    """IOB1 (I- starts an entity unless it continues one; B- only between adjacent same-type entities), BIOES
+    (S- single, E- end) or BILOU (U- unit, L- last) -> IOB2; IOB2 and plain tags are returned as they are."""
+    if scheme == "bilou":
+        tags, scheme = _bilou_as_bioes(tags), "bioes"
     out = []
     for i, tag in enumerate(tags):
         if tag == "O" or scheme == "plain":
@@ -136,6 +175,8 @@ def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     are returned as they are."""
     if scheme in ("iob2", "plain"):
         return list(tags)
+    if scheme == "bilou":
+        return [_FROM_BIOES.get(t[0], t[0]) + t[1:] if t != "O" else t for t in from_iob2(tags, "bioes")]
     out = ["O"] * len(tags)
     prev_end, prev_type = -1, None
     for start, end, etype in iob2_spans(tags):
@@ -162,38 +203,122 @@ def _sentence(tokens, tags, scheme, labelled, path, lines) -> Sentence:
     return Sentence(list(tokens), list(tags) if labelled else None, str(path), list(lines))
 
 
+def read_label_names(value: str) -> list[str]:
+    """The names of integer tag ids (--label-names): comma-separated names, or a file holding them: one a line, a
+    JSON list, or a datasets dataset_info.json (features.<ner_tags|tags>.feature.names). DataError / ConfigError
+    naming the file or flag."""
+    path = Path(value)
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                raise DataError(f"--label-names: not valid JSON ({exc})", str(path)) from None
+            if isinstance(obj, dict):
+                features = obj.get("features") or {}
+                column = next((features[k] for k in ("ner_tags", "tags", "pos_tags") if k in features), {})
+                obj = ((column.get("feature") or column) if isinstance(column, dict) else {}).get("names")
+            if not isinstance(obj, list) or not all(isinstance(n, str) and n for n in obj):
+                raise DataError("--label-names: expected a JSON list of tag names or a dataset_info.json with "
+                                "features.ner_tags.feature.names", str(path))
+            names = obj
+        else:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        names = [n.strip() for n in value.split(",")]
+        if "" in names:
+            raise ConfigError(f"--label-names {value!r}: an empty name (give names separated by commas, or a file)")
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"--label-names {value!r}: names must be distinct and at least one")
+    return names
+
+
+def _named(tag, names: Sequence[str] | None, path: Path, line: int) -> str:
+    """A tag as read (a name, or an integer id when `names` is given) -> its name."""
+    if names is None:
+        if isinstance(tag, int) and not isinstance(tag, bool):
+            raise DataError(f"tag {tag} is an integer id, not a tag name; give the names of the ids with "
+                            f"--label-names (comma-separated, or a file of names / a datasets dataset_info.json)",
+                            str(path), line)
+        return str(tag)
+    text = str(tag).strip()
+    if isinstance(tag, bool) or not text.lstrip("-").isdigit() or not 0 <= int(text) < len(names):
+        raise DataError(f"tag {tag!r} is not an id of the {len(names)} --label-names (0 to {len(names) - 1})",
+                        str(path), line)
+    return names[int(text)]
+
+
+_COLUMN_SEPARATORS = {"\t": "TAB", " ": "space"}
+
+
+def _columns(line: str, separator: list[str], path: Path, lineno: int) -> list[str]:
+    """The columns of a CoNLL line, split at ASCII TAB or space only (str.split() would also split at U+00A0,
+    U+202F, U+0085, U+3000 inside a token). The file's separator is fixed by its first data line (TAB if it has
+    one, else spaces) in `separator`; a later line that separates columns with the other is a DataError."""
+    body = line.strip(" \t")
+    if not separator:
+        separator.append("\t" if "\t" in body else " ")
+    sep = separator[0]
+    if sep == " " and "\t" in body:
+        raise DataError("the line separates columns with TAB but the file's first lines use spaces (a file mixing "
+                        "TAB and space columns loses part of a token); use one separator", str(path), lineno)
+    if sep == "\t":
+        cells = body.split("\t")
+        if len(cells) == 1 and " " in body:
+            raise DataError("the line separates columns with spaces but the file's first lines use TAB (a file "
+                            "mixing TAB and space columns loses part of a token); use one separator", str(path),
+                            lineno)
+        return [c.strip(" ") for c in cells]
+    return [c for c in body.split(" ") if c]
+
+
+def _check_token(token: str, path: Path, lineno: int) -> None:
+    if not token:
+        raise DataError("empty token", str(path), lineno)
+    if token.isspace():
+        names = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, '?')}" for c in dict.fromkeys(token))
+        raise DataError(f"the token is only whitespace ({names}); remove the line or replace the character",
+                        str(path), lineno)
+
+
 def iter_sentences(path: str | Path, scheme: str = "iob2", labelled: bool = True, encoding: str = "utf-8",
-                   lines: LineReader | None = None) -> Iterator[Sentence]:
+                   lines: LineReader | None = None, label_names: Sequence[str] | None = None) -> Iterator[Sentence]:
     """Sentences of a CoNLL-style or JSONL file one at a time (see the module docstring); `lines`: a LineReader of
-    `path` to read through (its bytes_read follows the position)."""
+    `path` to read through (its bytes_read follows the position); `label_names`: the names of integer tag ids
+    (None: tags are names, and an integer id is a DataError saying so)."""
     if scheme not in TAG_SCHEMES:
         raise ConfigError(f"--scheme: unknown tag scheme {scheme!r}; choose one of {', '.join(TAG_SCHEMES)}")
     path = Path(path)
     lines = lines or LineReader(path, encoding)
     if path.suffix.lower() in (".jsonl", ".json"):
-        yield from _iter_jsonl(path, lines, scheme, labelled)
+        yield from _iter_jsonl(path, lines, scheme, labelled, label_names)
         return
+    if path.suffix.lower() == ".csv":
+        raise DataError("a .csv file is not token-classification data (comma-separated cells would be read as "
+                        "CoNLL columns); give a CoNLL file (token<TAB>tag lines: .conll, .txt, .tsv, ...) or JSONL "
+                        "with tokens and tags", str(path))
     tokens: list[str] = []
     tags: list[str] = []
     numbers: list[int] = []
+    separator: list[str] = []
     for lineno, raw in lines:
         line = strip_ending(raw)
-        stripped = line.strip()
+        stripped = line.strip(" \t\r")
         if not stripped or stripped.startswith("-DOCSTART-"):
             if tokens:
                 yield _sentence(tokens, tags, scheme, labelled, path, numbers)
             tokens, tags, numbers = [], [], []
             continue
-        parts = line.rstrip().split("\t") if "\t" in line.rstrip() else stripped.split()
-        parts = [p.strip() for p in parts]
-        if not parts[0]:
-            raise DataError("empty token", str(path), lineno)
+        parts = _columns(line, separator, path, lineno)
+        _check_token(parts[0], path, lineno)
         if labelled:
             if len(parts) < 2 or not parts[-1]:
                 raise DataError(f"missing tag for token {parts[0]!r} (expected 'token<TAB>tag' or 'token tag')",
                                 str(path), lineno)
-            _check_tag(parts[-1], scheme, path, lineno)
-            tags.append(parts[-1])
+            tag = _named(parts[-1], label_names, path, lineno)
+            _check_tag(tag, scheme, path, lineno)
+            tags.append(tag)
         tokens.append(parts[0])
         numbers.append(lineno)
     if tokens:
@@ -202,20 +327,23 @@ def iter_sentences(path: str | Path, scheme: str = "iob2", labelled: bool = True
         raise lines.empty_error()
 
 
-def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, encoding: str = "utf-8"
-               ) -> list[Sentence]:
+def read_conll(path: str | Path, scheme: str = "iob2", labelled: bool = True, encoding: str = "utf-8",
+               label_names: Sequence[str] | None = None) -> list[Sentence]:
     """All sentences of a CoNLL-style or JSONL file (see iter_sentences); DataError when it holds none."""
-    out = list(iter_sentences(path, scheme, labelled, encoding))
+    out = list(iter_sentences(path, scheme, labelled, encoding, label_names=label_names))
     if not out:
         raise DataError("no sentences (only blank or -DOCSTART- lines)", str(path))
     return out
 
 
-def _iter_jsonl(path: Path, lines: LineReader, scheme: str, labelled: bool) -> Iterator[Sentence]:
+def _iter_jsonl(path: Path, lines: LineReader, scheme: str, labelled: bool,
+                label_names: Sequence[str] | None) -> Iterator[Sentence]:
     for lineno, obj in jsonl_objects(lines):
         tokens = obj.get("tokens")
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
             raise DataError('expected {"tokens": [non-empty strings], "tags": [...]}', str(path), lineno)
+        for t in tokens:
+            _check_token(t, path, lineno)
         tags = None
         if labelled:
             tags = obj.get("tags", obj.get("ner_tags"))
@@ -223,7 +351,7 @@ def _iter_jsonl(path: Path, lines: LineReader, scheme: str, labelled: bool) -> I
                 raise DataError('no "tags" list', str(path), lineno)
             if len(tags) != len(tokens):
                 raise DataError(f"{len(tokens)} tokens but {len(tags)} tags", str(path), lineno)
-            tags = [str(t) for t in tags]
+            tags = [_named(t, label_names, path, lineno) for t in tags]
             for t in tags:
                 _check_tag(t, scheme, path, lineno)
         yield _sentence(tokens, tags or [], scheme, labelled, path, [lineno] * len(tokens))

@@ -38,7 +38,7 @@ def confusion_matrix(gold: Sequence[int], pred: Sequence[int], num_labels: int) 
 
 
 def classification_metrics(gold: Sequence[int], pred: Sequence[int], labels: Sequence[str]) -> dict:
-    """accuracy, macro_f1 (mean over all `labels`), per_class {label: precision, recall, f1, support}, confusion."""
+    """accuracy, macro_f1 (see macro_f1: over the labels present in gold or predictions), per_class {label: precision, recall, f1, support}, confusion."""
     return metrics_from_confusion(confusion_matrix(gold, pred, len(labels)), labels)
 
 
@@ -83,6 +83,14 @@ def collapse_warning(found: dict, split: str, majority: str | None) -> str:
             f"--epochs or more data")
 
 
+def macro_f1(per_class: dict, n_pred: Sequence[int]) -> float:
+    """Mean F1 over the classes that occur in the gold labels or the predictions (scikit-learn's f1_score with
+    average='macro', labels=None: a class absent from both is not averaged in); 0.0 when there is none.
+    `n_pred`: predictions per class, in per_class's order."""
+    present = [c["f1"] for c, p in zip(per_class.values(), n_pred) if c["support"] or p]
+    return sum(present) / len(present) if present else 0.0
+
+
 def metrics_from_confusion(m: list[list[int]], labels: Sequence[str]) -> dict:
     """classification_metrics from a (C, C) confusion matrix [gold][predicted] over `labels`."""
     n = len(labels)
@@ -96,7 +104,7 @@ def metrics_from_confusion(m: list[list[int]], labels: Sequence[str]) -> dict:
         per_class[label] = {"precision": p, "recall": r, "f1": f, "support": n_gold}
     return {
         "accuracy": correct / total if total else 0.0,
-        "macro_f1": sum(c["f1"] for c in per_class.values()) / n if n else 0.0,
+        "macro_f1": macro_f1(per_class, [sum(m[g][i] for g in range(n)) for i in range(n)]),
         "per_class": per_class,
         "confusion": {"labels": list(labels), "matrix": m},
         "n": total,
@@ -179,6 +187,28 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, var ** 0.5
 
 
+MAX_MATRIX_LABELS = 12  # wider confusion matrices are summarised as their most-confused pairs on the terminal
+
+
+def most_confused(labels: Sequence[str], matrix: Sequence[Sequence[int]], top: int = 10) -> list[tuple[str, str, int]]:
+    """The `top` off-diagonal cells (gold, predicted, count) of a confusion matrix, largest first (ties: label
+    order); zero cells are left out."""
+    cells = [(-matrix[g][p], g, p) for g in range(len(labels)) for p in range(len(labels)) if g != p and matrix[g][p]]
+    return [(labels[g], labels[p], -c) for c, g, p in sorted(cells)[:top]]
+
+
+def _confusion_lines(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> list[str]:
+    if len(labels) > MAX_MATRIX_LABELS:
+        pairs = most_confused(labels, matrix)
+        return [f"confusion: {len(labels)} labels, the full matrix is in the JSON report (finetune: summary.json; "
+                f"evaluate: --out); most confused (gold -> predicted: count): "
+                + (", ".join(f"{g} -> {p}: {c}" for g, p, c in pairs) or "none")]
+    lines = ["confusion (rows gold, columns predicted): " + " ".join(labels)]
+    for label, row in zip(labels, matrix):
+        lines.append(f"  {label:<14}" + "".join(f"{x:>8}" for x in row))
+    return lines
+
+
 # ---- report -----------------------------------------------------------------------------------------------------
 def format_report(metrics: dict) -> str:
     """Text table of `classification_metrics` (per class, confusion matrix) or `entity_metrics` (per type)."""
@@ -189,10 +219,7 @@ def format_report(metrics: dict) -> str:
         for label, row in metrics["per_class"].items():
             lines.append(f"{label:<16}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
                          f"{row['support']:>9}")
-        labels = metrics["confusion"]["labels"]
-        lines.append("confusion (rows gold, columns predicted): " + " ".join(labels))
-        for label, row in zip(labels, metrics["confusion"]["matrix"]):
-            lines.append(f"  {label:<14}" + "".join(f"{x:>8}" for x in row))
+        lines += _confusion_lines(metrics["confusion"]["labels"], metrics["confusion"]["matrix"])
     else:
         lines.append(f"entity precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
                      f"f1 {metrics['f1']:.4f}  (gold {metrics['n_gold']}, predicted {metrics['n_pred']})")

@@ -92,9 +92,13 @@ class MlmTask:
         return {"input_ids": pad(ids, 0), "attention_mask": pad([[1] * len(s) for s in ids], 0),
                 "mlm_labels": pad(labels, -100)}
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
-        """Mean cross-entropy over the masked tokens of the micro batch."""
-        return model(**batch).mlm_loss
+    token_labels = "mlm_labels"
+    """The batch key of the masked tokens' labels: the loss is token-level (bertforge.train.token_loss)."""
+
+    def loss(self, model, batch: dict, num_items_in_batch: int | None = None) -> torch.Tensor:
+        """Cross-entropy over the masked tokens of the micro batch: their mean, or with num_items_in_batch (the
+        step's masked tokens over all micro batches and ranks) their sum divided by it."""
+        return model(**batch, num_items_in_batch=num_items_in_batch).mlm_loss
 
     def outputs(self, model, batch: dict) -> list[tuple[float, int, int]]:
         """(summed negative log-likelihood, correct predictions, masked tokens) per sequence."""

@@ -27,7 +27,7 @@ import torch
 
 from bertforge import distributed as D
 from bertforge.config.finetune import InferenceConfig
-from bertforge.data.tokenizer import load_tokenizer
+from bertforge.data.tokenizer import check_vocab_rows, load_tokenizer
 from bertforge.errors import CheckpointError
 from bertforge.finetune import data_classify as dc
 from bertforge.finetune import data_ner as dn
@@ -74,6 +74,7 @@ def load_finetuned(directory: str | Path, max_seq_length: int | None = None, ker
     # "max_len" is the same setting under its former name
     length = (max_seq_length or info.get("max_seq_length") or info.get("max_len")
               or config.max_position_embeddings)
+    config.check_seq_length(length, model=directory)
     if name == "classify":  # pooling: ours, or ModernBERT's config.json key; models saved before it pool [CLS]
         task = ClassifyTask(labels, length, pooling=info.get("pooling") or raw.get("classifier_pooling") or "cls")
     else:
@@ -84,7 +85,9 @@ def load_finetuned(directory: str | Path, max_seq_length: int | None = None, ker
     if any(k.startswith("classifier.") for k in report.initialised):
         raise CheckpointError(f"{directory}: the checkpoint has no classifier weights (not a finetuned model)")
     model.eval()
-    return Finetuned(task, model, load_tokenizer(directory), directory)
+    tok = load_tokenizer(directory)
+    check_vocab_rows(tok.get_vocab_size(), config.vocab_size, directory, directory)
+    return Finetuned(task, model, tok, directory)
 
 
 # ---- rows of one chunk ------------------------------------------------------------------------------------------
@@ -226,6 +229,8 @@ def _run(config: InferenceConfig, labelled: bool, out: str | None,
          on_rows: Callable[[Finetuned, list[dict]], None]) -> tuple[Finetuned, int]:
     """Stream config.input through the model, this rank's chunks only: `on_rows(model, rows)` per chunk, and the
     rows to `out` in input order (None: not written). Returns (the model, rows of this rank)."""
+    if config.max_seq_length:  # before any work: one line, not a traceback from the position embedding
+        read_config(config.model).check_seq_length(config.max_seq_length, model=config.model)
     check_device_support(config.precision, config.kernels)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -37,11 +37,17 @@ class LineReader:
             self.size = self.path.stat().st_size
         except FileNotFoundError:
             raise DataError("file not found", str(self.path)) from None
+        except OSError as exc:  # a symbolic link loop, a name too long, ...
+            raise DataError(f"cannot read it: {exc.strerror}", str(self.path)) from None
         if self.path.is_dir():
             raise DataError("is a directory, expected a file", str(self.path))
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
-        with open(self.path, "rb") as fh:
+        try:
+            fh = open(self.path, "rb")
+        except OSError as exc:  # no permission, ...
+            raise DataError(f"cannot read it: {exc.strerror}", str(self.path)) from None
+        with fh:
             raws = iter(fh) if self.streamed else iter([fh.read()])
             lineno = 0
             for raw in raws:

@@ -22,7 +22,7 @@ from bertforge import distributed as D
 from bertforge.config import ModelConfig
 from bertforge.config.finetune import (ClassifyConfig, FinetuneConfig, ParallelConfig, MlmConfig, NerConfig,
                                     SplitFiles)
-from bertforge.data.tokenizer import load_tokenizer
+from bertforge.data.tokenizer import check_vocab_rows, load_tokenizer
 from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.finetune import data_classify as dc
 from bertforge.finetune import data_ner as dn
@@ -32,7 +32,7 @@ from bertforge.finetune.mlm import build_task
 from bertforge.finetune.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
 from bertforge.finetune.trainer import build_ds_config, state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
-from bertforge.io import write_json, write_text
+from bertforge.io import atomic_dir, write_json, write_text
 from bertforge.train.setup import join_runtime
 from bertforge.train.checkpoint import latest_tag
 from bertforge.train.metrics import MetricsWriter
@@ -61,9 +61,7 @@ def model_config(model_dir: Path, training: FinetuneConfig, par: ParallelConfig 
     """The checkpoint's ModelConfig with the recipe's dropout and the kernel backend; ConfigError when
     max_seq_length exceeds its positions."""
     config = read_config(model_dir)
-    if training.max_seq_length > config.max_position_embeddings:
-        raise ConfigError(f"--max-seq-length {training.max_seq_length} exceeds the model's "
-                          f"{config.max_position_embeddings} positions")
+    config.check_seq_length(training.max_seq_length, model=model_dir)
     return config.replace(hidden_dropout_prob=training.dropout, attention_probs_dropout_prob=training.dropout,
                           kernels=par.kernels if par is not None else "none")
 
@@ -75,11 +73,28 @@ def start(par: ParallelConfig, echo: Echo) -> Echo:
     return echo if D.rank() == 0 else (lambda _: None)
 
 
-def save_splits(out: Path, parts: dict, kind: str) -> None:
+def claim_output(output_dir: str, resume: bool) -> Path:
+    """`out` for a new run (absent or an empty folder), or with `resume` the folder of the run to continue.
+    ConfigError naming --out for a file in the way, or an existing run without --resume (as pretrain refuses)."""
+    out = Path(output_dir)
+    if not output_dir:
+        return out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder path")
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: already exists and is not empty; pass --resume to continue the run in it, "
+                          f"or choose another --out")
+    return out
+
+
+def save_splits(out: Path, parts: dict, kind: str, resume: bool = False) -> None:
     """Write the non-empty parts {name: records} to OUT/splits/NAME.jsonl (classify: text[, text_b], label) or
-    NAME.conll (ner: token<TAB>tag, IOB2 or plain), each atomically (rank 0)."""
+    NAME.conll (ner: token<TAB>tag, IOB2 or plain), all at once (the folder appears whole, rank 0). With `resume`,
+    splits saved by the earlier launch must be the same (else ConfigError naming the file: other data, --split or
+    --split-seed would mix two runs' seeds)."""
     if D.rank() != 0:
         return
+    texts = {}
     for name, items in parts.items():
         if not items:
             continue
@@ -91,15 +106,27 @@ def save_splits(out: Path, parts: dict, kind: str) -> None:
         else:
             path = out / "splits" / f"{name}.conll"
             text = "\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(s.tokens, s.tags)) for s in items) + "\n"
-        write_text(path, text)
+        texts[path.name] = text
+    folder = out / "splits"
+    if resume and folder.is_dir():
+        for name in sorted(set(texts) | {p.name for p in folder.iterdir()}):
+            old = (folder / name).read_text(encoding="utf-8") if (folder / name).is_file() else None
+            if old != texts.get(name):
+                raise ConfigError(f"--resume: {folder / name} differs from the split of the data given now (other "
+                                  f"--data, --split or --split-seed); resume with the run's own data and split")
+        return
+    with atomic_dir(folder) as tmp:
+        for name, text in texts.items():
+            write_text(tmp / name, text)
 
 
-def load_parts(files: SplitFiles, read: Callable, split: Callable, out: Path, kind: str) -> tuple[list, list, list]:
+def load_parts(files: SplitFiles, read: Callable, split: Callable, out: Path, kind: str, resume: bool = False
+               ) -> tuple[list, list, list]:
     """(train, dev, test) records: --data read and split by `split` (the parts saved under OUT/splits), or the
     --train / --dev / --test files (dev and test may be absent: empty lists)."""
     if files.data_file is not None:
         train, dev, test = (split(read(files.data_file)) + [[]])[:3]
-        save_splits(out, {"train": train, "dev": dev, "test": test}, kind)
+        save_splits(out, {"train": train, "dev": dev, "test": test}, kind, resume)
         return train, dev, test
     return (read(files.train), read(files.dev) if files.dev else [], read(files.test) if files.test else [])
 
@@ -231,20 +258,21 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
     softmax over the labels of every part. Returns the summary."""
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
+    out = claim_output(training.output_dir, training.resume)
     echo = start(par, echo)
-    out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
     model = model_config(model_dir, training, par)
     read = lambda path: dc.read_examples(path, data.text_column, data.text_b_column, data.label_column,
                                          files.encoding, data.format)
     split = lambda examples: dc.split_examples(examples, files.split, files.split_seed)
-    train, dev, test = load_parts(files, read, split, out, "classify")
+    train, dev, test = load_parts(files, read, split, out, "classify", training.resume)
     labels = dc.label_vocab(train, dev, test)
     if len(labels) < 2:
         raise DataError(f"the data has a single label {labels[0]!r}; need at least 2", train[0].source)
     for line in dc.labels_missing_from_train(train, {"dev": dev, "test": test}):
         echo("warning: " + line)
     tok = load_tokenizer(model_dir)
+    check_vocab_rows(tok.get_vocab_size(), model.vocab_size, model_dir, model_dir)
     label2id = {l: i for i, l in enumerate(labels)}
     encode = lambda part: dc.encode(tok, part, training.max_seq_length, label2id)
     task = ClassifyTask(labels, training.max_seq_length, encode(train), encode(dev), encode(test),
@@ -265,17 +293,19 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
     plain tags. Returns the summary."""
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
+    out = claim_output(training.output_dir, training.resume)
     echo = start(par, echo)
-    out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
     model = model_config(model_dir, training, par)
-    read = lambda path: dn.read_conll(path, data.scheme, encoding=files.encoding)
+    names = dn.read_label_names(data.label_names) if data.label_names else None
+    read = lambda path: dn.read_conll(path, data.scheme, encoding=files.encoding, label_names=names)
     split = lambda sentences: dn.split_sentences(sentences, files.split, files.split_seed, data.scheme)
-    train, dev, test = load_parts(files, read, split, out, "ner")
+    train, dev, test = load_parts(files, read, split, out, "ner", training.resume)
     labels = dn.tag_vocab(train, dev, test, scheme=data.scheme)
     for line in dn.types_missing_from_train(train, {"dev": dev, "test": test}, data.scheme):
         echo("warning: " + line)
     tok = load_tokenizer(model_dir)
+    check_vocab_rows(tok.get_vocab_size(), model.vocab_size, model_dir, model_dir)
     label2id = {l: i for i, l in enumerate(labels)}
     encode = lambda part: dn.encode(tok, part, training.max_seq_length, label2id, data.label_all_subwords,
                                     data.stride, data.scheme)
@@ -292,13 +322,13 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
     return summary
 
 
-def read_corpus(corpus: Sequence[str], fmt: str | None) -> list[str]:
+def read_corpus(corpus: Sequence[str], fmt: str | None, text_column: str = "text") -> list[str]:
     """The document texts of the corpus files / folders ('linux-doc' and 'wiki' are fetched data sets)."""
     from bertforge.data.fetch import fetch
     from bertforge.data.readers import read_documents
 
     paths = [fetch(c) if c in ("linux-doc", "wiki") else Path(c) for c in corpus]
-    return [d.text for d in read_documents(paths, fmt)]
+    return [d.text for d in read_documents(paths, fmt, text_column=text_column)]
 
 
 def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
@@ -306,14 +336,15 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
     Returns the summary, with the untrained scores under 'before'."""
     config, user = _merged(config, explicit)
     training, data, par = config.training, config.data, config.parallel
+    out = claim_output(training.output_dir, training.resume)
     echo = start(par, echo)
-    out = Path(training.output_dir)
     model_dir = resolve_model(training.model)
     model = model_config(model_dir, training, par)
-    docs = read_corpus(data.corpus, data.format)
+    docs = read_corpus(data.corpus, data.format, data.text_column)
     if data.max_docs and len(docs) > data.max_docs:
         docs = random.Random(data.split_seed).sample(docs, data.max_docs)
     tok = load_tokenizer(model_dir)
+    check_vocab_rows(tok.get_vocab_size(), model.vocab_size, model_dir, model_dir)
     task = build_task(tok, docs, training.max_seq_length, data.held_out, data.split_seed,
                       data.max_train_sequences or None, data.max_eval_sequences or None, data.mlm_probability)
     echo(f"mlm: {len(docs)} documents -> {len(task.train)} train / {len(task.dev)} dev / {len(task.test)} test "

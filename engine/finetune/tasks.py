@@ -165,9 +165,13 @@ class NerTask:
             batch["labels"] = pad([w.labels for w in wins], -100)
         return batch
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
-        """Mean cross-entropy over the labelled sub-words of the micro batch."""
-        return model(**batch).loss
+    token_labels = "labels"
+    """The batch key of the per-token labels: the loss is token-level (bertforge.train.token_loss)."""
+
+    def loss(self, model, batch: dict, num_items_in_batch: int | None = None) -> torch.Tensor:
+        """Cross-entropy over the labelled sub-words of the micro batch: their mean, or with num_items_in_batch
+        (the step's labelled sub-words over all micro batches and ranks) their sum divided by it."""
+        return model(**batch, num_items_in_batch=num_items_in_batch).loss
 
     def outputs(self, model, batch: dict) -> list[tuple[list[int], list[float]]]:
         """(predicted label id, its probability) of every token, per window."""

@@ -49,6 +49,7 @@ from bertforge.train.step import StepGuard
 from bertforge.train.checkpoint import CheckpointManager
 from bertforge.train.metrics import MetricsWriter
 from bertforge.train.rng import rng_state, seed_everything, set_rng_state
+from bertforge.train.token_loss import backward_scale, step_num_items
 
 def state_dir(out_dir: Path, seed: int) -> Path:
     """Where a seed's checkpoints live while it runs."""
@@ -162,12 +163,18 @@ class FinetuneTrainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.dev)
         stop = False
+        batches = []
         for micro_step in range(self.accum):
             mb = self.sampler.indices(self.step * self.accum + micro_step)
             feats = [self.task.train[i] for i in mb.indices.tolist()]
-            batch = to_device(self.task.collate(feats, unpadded=self.args.unpadded, seed=(self.seed, mb.global_index)),
-                              self.dev)
-            loss = self.task.loss(engine, batch)
+            batches.append(to_device(self.task.collate(feats, unpadded=self.args.unpadded,
+                                                       seed=(self.seed, mb.global_index)), self.dev))
+        # token-level losses: one mean over the step's labelled tokens, all micro batches and ranks (token_loss.py)
+        key = getattr(self.task, "token_labels", None)
+        n = step_num_items([b[key] for b in batches], self.dev) if key else None
+        scale = backward_scale(self.accum, self.world) if key else 1
+        for micro_step, batch in enumerate(batches):
+            loss = (self.task.loss(engine, batch, n) if key else self.task.loss(engine, batch)) * scale
             nonfinite |= ~torch.isfinite(loss.detach())
             engine.backward(loss)
             if micro_step == self.accum - 1:

@@ -30,6 +30,7 @@ import torch
 
 from bertforge import deepspeed as ds
 from bertforge.errors import CheckpointError, ConfigError, UserError
+from bertforge.hf import load_state_file
 from bertforge.io import fsync_dir, replace_dir, write_json, write_text
 from bertforge import distributed as D
 
@@ -70,16 +71,32 @@ def latest_tag(root: str | Path) -> str | None:
     return tags[-1] if tags else None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, verify: bool = False, log=None) -> Path:
     """A checkpoint directory (.../step_N), or a run directory or its checkpoints/ folder (-> the latest complete
-    checkpoint in it). Raises CheckpointError naming the path when there is none."""
+    checkpoint in it). Raises CheckpointError naming the path when there is none. `verify`: the files are checked
+    against meta.json's sizes and CRC-32s (verify_checkpoint); in a run directory a checkpoint that fails is
+    skipped for the previous one, as --resume does, with a line to `log` (default: stderr of rank 0); a given
+    step_N that fails is a CheckpointError naming the bad file."""
     path = Path(path)
     if is_checkpoint(path):
+        bad = verify_checkpoint(path) if verify else None
+        if bad:
+            raise CheckpointError(f"{bad} (the checkpoint is damaged; give an earlier step_N or the run directory)")
         return path
     for root in (path / "checkpoints", path):
         tag = latest_tag(root)
-        if tag is not None:
+        if tag is None:
+            continue
+        if not verify:
             return root / tag
+        tags = [tag] + [t for t in reversed(complete_tags(root)) if t != tag]
+        for i, t in enumerate(tags):
+            bad = verify_checkpoint(root / t)
+            if bad is None:
+                return root / t
+            (log or D.log0)(f"warning: {bad}; " + (f"trying the previous checkpoint {tags[i + 1]}"
+                                                   if i + 1 < len(tags) else "no earlier checkpoint"))
+        raise CheckpointError(f"{root}: every checkpoint is damaged (see the lines above)")
     raise CheckpointError(f"{path}: not a checkpoint, run directory or checkpoints folder (no {META} found)")
 
 
@@ -283,9 +300,8 @@ class CheckpointManager:
             return {}
         own = self.root / tag / f"trainer_state_rank{D.rank()}.pt"
         path = own if own.is_file() else self.root / tag / "trainer_state_rank0.pt"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        state = load_state_file(path)  # weights_only=True: tensors, containers and numpy RNG arrays only
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: expected a dict of trainer state, got {type(state).__name__}")
         state["saved_world_size"] = saved_world
         return state

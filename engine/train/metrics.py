@@ -101,11 +101,34 @@ class MetricsWriter:
                 self.tb.close()
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
+def read_metrics(run_dir: str | Path, notes: list[str] | None = None) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl. A last line without its newline that is not valid JSON (a run killed
+    while writing it) is left out, with a note appended to `notes`; any other bad line is a DataError naming
+    file:line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise DataError("no metrics (is this a run directory of `bertforge pretrain`?)", str(path))
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 at byte {exc.start}", str(path)) from None
+    lines = text.split("\n")
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines):  # no newline after it: cut short by a killed run
+                if notes is not None:
+                    notes.append(f"{path}:{lineno}: the last line is cut short (a killed run?); left out")
+                break
+            raise DataError(f"not valid JSON ({exc.msg})", str(path), lineno) from None
+        if not isinstance(record, dict):
+            raise DataError("expected a JSON object per line", str(path), lineno)
+        out.append(record)
+    return out
 
 
 class Throughput:

@@ -2,15 +2,17 @@
 its metrics.jsonl, as one PNG (matplotlib, Agg backend)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bertforge.errors import DataError
 from bertforge.io import atomic_file
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def plot_run(run_dir: str | Path, out: str | Path | None = None, echo=None) -> Path:
     """Render RUN_DIR/metrics.jsonl to `out` (default RUN_DIR/curves.png), written atomically. Returns the path.
-    Raises DataError when the run has no metrics or no training records."""
+    Raises DataError when the run has no metrics or no training records; `echo` (default: stderr) gets a warning
+    line for a cut last line of metrics.jsonl, which is left out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +20,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     from bertforge.train.metrics import read_metrics
 
-    records = read_metrics(run_dir)
+    notes: list[str] = []
+    records = read_metrics(run_dir, notes)
+    for note in notes:
+        (echo or (lambda m: print(m, file=sys.stderr)))("warning: " + note)
     train = [r for r in records if r.get("split") == "train"]
     evals = [r for r in records if r.get("split") == "eval"]
     if not train:

@@ -46,6 +46,7 @@ from bertforge.training.device_masking import DeviceMasker
 from bertforge.progress import progress
 from bertforge.train.metrics import MetricsWriter, Throughput, flops_per_token, peak_flops
 from bertforge.training.profile import StepProfiler
+from bertforge.train.resume import resume_guard
 from bertforge.train.rng import rng_state, seed_everything, set_rng_state
 from bertforge.training.weights import load_initial_weights, pretraining_model
 
@@ -180,11 +181,12 @@ class Trainer:
         self.model_cfg = build_model_config(cfg, source.vocab_size)
         ds.init_distributed(cfg.parallel.dist_timeout_s)
         self.dev = D.device()
-        tag = universal = None
+        tag = universal = self.noop = None
         if cfg.run.resume:  # the newest checkpoint that verifies; ZeRO 1-3 from another rank count: universal form
             tag = self.ckpt.resume_tag()
             if tag is None:
                 raise ConfigError(f"--resume: no complete checkpoint in {self.ckpt.root}")
+            self.noop = resume_guard(self.ckpt.meta(tag), cfg.to_flat(), self.ckpt.root / tag)  # the resume rule
             if self.ckpt.needs_universal(tag, cfg.parallel.zero_stage):
                 universal = self.ckpt.make_universal(tag)
         source.start()
@@ -370,6 +372,9 @@ class Trainer:
 
     def _train(self, cleanup: contextlib.ExitStack) -> RunResult:
         cfg, rank = self.cfg, D.rank()
+        if self.noop:  # a finished run resumed unchanged: say so, write nothing (no duplicate evaluation lines)
+            D.log0(self.noop)
+            return RunResult(step=self.step, status="finished")
         total = cfg.total_steps()
         self._fpt = flops_per_token(self.model_cfg, cfg.batch.max_seq_length, cfg.masking.mlm_probability)
         self._peak = peak_flops()

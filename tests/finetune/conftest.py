@@ -28,6 +28,7 @@ def tiny_ckpt(tmp_path_factory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase) + \
         [f"##{c}" for c in string.ascii_lowercase + string.digits] + list(string.digits) + list(".,!?@#'-") + \
         sorted(set(WORDS))
+    vocab = list(dict.fromkeys(vocab))  # a duplicate entry would shift every later id (refused on loading)
     tok_dir = root / "tok"
     tok_dir.mkdir()
     (tok_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")

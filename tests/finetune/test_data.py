@@ -19,11 +19,13 @@ def write(tmp_path, name, content, mode="w"):
 # ---- CoNLL ------------------------------------------------------------------------------------------------------
 def test_conll_tabs_spaces_docstart_and_whitespace_lines(tmp_path):
     p = write(tmp_path, "a.conll", "-DOCSTART- -X- O O\n\nJohn NNP B-NP B-PER\nlives VBZ B-VP O\n \t\n"
-                                    "Paris\tB-LOC\n")
+                                    "Paris NNP B-NP B-LOC\n")
     sents = dn.read_conll(p)
     assert [s.tokens for s in sents] == [["John", "lives"], ["Paris"]]
     assert [s.tags for s in sents] == [["B-PER", "O"], ["B-LOC"]]
     assert sents[0].lines == [3, 4] and sents[1].lines == [6]
+    tabs = dn.read_conll(write(tmp_path, "b.conll", "John\tB-PER\n \t\nParis\tB-LOC\n"))
+    assert [s.tokens for s in tabs] == [["John"], ["Paris"]]
 
 
 def test_scheme_conversion_round_trip():
