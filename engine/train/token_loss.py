@@ -46,3 +46,14 @@ def backward_scale(accum: int, world: int) -> int:
     """Factor for the loss given to DeepSpeed's engine.backward, which divides by the gradient accumulation steps
     and averages over data-parallel ranks: with it, the step's gradient is d(sum of token losses / N)."""
     return accum * world
+
+
+def step_num_items_on_device(micro_labels: Iterable[torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    """As step_num_items, without reading the device: a () float32 tensor on `device` (the all-reduce is queued on
+    it), for a step whose only host sync must stay the non-finite check (pretraining)."""
+    local = torch.zeros((), dtype=torch.float32, device=device)
+    for labels in micro_labels:
+        local += (labels != IGNORE_INDEX).sum()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(local, op=dist.ReduceOp.SUM)
+    return local.clamp_min(1.0)

@@ -47,6 +47,7 @@ from bertforge.progress import progress
 from bertforge.train.metrics import MetricsWriter, Throughput, flops_per_token, peak_flops
 from bertforge.training.profile import StepProfiler
 from bertforge.train.resume import resume_guard
+from bertforge.train.token_loss import backward_scale, step_num_items_on_device
 from bertforge.train.rng import rng_state, seed_everything, set_rng_state
 from bertforge.training.weights import load_initial_weights, pretraining_model
 
@@ -264,12 +265,19 @@ class Trainer:
         stats = LogWindow.zeros(self.dev)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.dev)
         norm, stop = None, False
-        for micro_step in range(self.accum):
+        micro = []
+        for _ in range(self.accum):
             batch = self.source.next_batch()
             self._pending[0] += batch.num_tokens
             self._pending[1] += batch.num_samples
-            inputs = model_inputs(batch, cfg.batch.unpadded, self.dev, self.masker, self.task is not None)
-            out = engine(**inputs)
+            micro.append(model_inputs(batch, cfg.batch.unpadded, self.dev, self.masker, self.task is not None))
+        # the MLM loss is one mean over the step's masked tokens, all micro batches and ranks (train/token_loss.py)
+        n_masked = step_num_items_on_device([m["mlm_labels"] for m in micro], self.dev)
+        scale = backward_scale(self.accum, D.world_size())
+        for micro_step, inputs in enumerate(micro):
+            out = engine(**inputs, num_items_in_batch=n_masked)
+            out.mlm_loss = out.mlm_loss * scale
+            out.loss = out.mlm_loss if out.nsp_loss is None else out.mlm_loss + out.nsp_loss
             nonfinite |= ~torch.isfinite(out.loss.detach())
             engine.backward(out.loss)  # NaN grads are harmless: the update is vetoed below
             if micro_step == self.accum - 1:
