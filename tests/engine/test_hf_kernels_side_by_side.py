@@ -1,11 +1,13 @@
 """bertforge and Hugging Face's `kernels` package installed side by side in this venv (requirements/test.in pins
 kernels): both import, each is itself, and transformers' probe for `kernels` finds Hugging Face's package, not
-ours. Runs in a child process whose working directory is not the repository (the repository's kernels/ folder
-would otherwise shadow any installed `kernels` through sys.path[0])."""
+ours. Runs in a child process outside the repository, and again from the repository root, where sys.path[0] finds
+the kernels/ folder under the top-level name first (kernels/__init__.py hands the name to the installed package)."""
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,8 +30,10 @@ print(json.dumps({
 """
 
 
-def test_bertforge_and_hf_kernels_import_side_by_side(tmp_path):
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("where", ["outside", "repository root"])
+def test_bertforge_and_hf_kernels_import_side_by_side(tmp_path, where):
+    cwd = tmp_path if where == "outside" else ROOT
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, capture_output=True, text=True, timeout=300)
     if "No module named 'kernels'" in out.stderr:
         raise AssertionError("Hugging Face's `kernels` package is not installed in this venv: install the locked "
                              "test set (requirements/test.in pins kernels; scripts/env.sh)")
