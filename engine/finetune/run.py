@@ -215,7 +215,8 @@ def format_summary(summary: dict, out: Path) -> str:
                      if k in ("accuracy", "macro_f1", "precision", "recall", "f1")]
             lines.append(f"{split}: " + ", ".join(parts) + f"  ({len(summary['seeds'])} seed(s))")
     if "collapsed_seeds" in summary:
-        lines.append(f"collapsed to one class: {len(summary['collapsed_seeds'])} of {len(summary['runs'])} seed(s)")
+        lines.append(f"seeds predicting one class for >= 95% of dev or test: {len(summary['collapsed_seeds'])} of "
+                     f"{len(summary['runs'])}")
     headline = (f"{summary['test'][metric]['mean']:.4f} ± {summary['test'][metric]['std']:.4f}"
                 if "test" in summary else "n/a")
     lines.append(f"headline: test {metric} {headline}; models and metrics in {out}")
