@@ -223,9 +223,21 @@ def format_summary(summary: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def _epoch_steps(training: FinetuneConfig, n_features: int) -> int:
-    """Optimizer steps that --epochs alone gives over `n_features` training features."""
-    return max(1, math.ceil(training.epochs * n_features / training.global_batch))
+def _recipe(training: FinetuneConfig, n_train: int, label_counts: list[int] | None, class_weight: str | None,
+            n_features: int, model: ModelConfig, echo: Echo) -> tuple[FinetuneConfig, str | None]:
+    """Choose the recipe from the training set (bertforge.config.recipe), print it, and return the config with the
+    unset fields filled and the class weighting to use ('none' / 'balanced'; None without labels). ConfigError when
+    --reinit-layers exceeds the model's layers."""
+    recipe = choose_recipe(n_train, label_counts, training.recipe)
+    steps = max(1, math.ceil(training.epochs * n_features / training.global_batch))  # from --epochs alone
+    echo(recipe.describe(training, class_weight, steps))
+    training = recipe.apply(training)
+    if training.reinit_layers > model.num_hidden_layers:
+        raise ConfigError(f"--reinit-layers {training.reinit_layers} exceeds the model's {model.num_hidden_layers} "
+                          f"encoder layers; give at most {model.num_hidden_layers}")
+    if class_weight is None:
+        return training, None
+    return training, class_weight if class_weight != "auto" else recipe.class_weight
 
 
 def collapsed_seeds(runs: list[dict]) -> list[int] | None:
@@ -277,10 +289,9 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
     task = ClassifyTask(labels, training.max_seq_length, encode(train), encode(dev), encode(test),
                         metric=data.metric, pooling=data.pooling)
     counts = Counter(e.label for e in train)
-    recipe = choose_recipe(len(train), [counts[l] for l in labels], training.recipe)
-    echo(recipe.describe(training, data.class_weight, _epoch_steps(training, len(task.train))))
-    training = recipe.apply(training)
-    if (data.class_weight if data.class_weight != "auto" else recipe.class_weight) == "balanced":
+    training, class_weight = _recipe(training, len(train), [counts[l] for l in labels], data.class_weight,
+                                     len(task.train), model, echo)
+    if class_weight == "balanced":
         task.class_weights = balanced_weights([f["labels"] for f in task.train], len(labels))
         echo("class weights (balanced): " + ", ".join(f"{l} {w:.3f}" for l, w in zip(labels, task.class_weights)))
     echo(f"classify: {len(train)} train / {len(dev)} dev / {len(test)} test examples, labels {labels}, "
@@ -312,9 +323,7 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
                                     data.stride, data.scheme)
     task = NerTask(labels, training.max_seq_length, data.label_all_subwords, data.stride, data.scheme,
                    encode(train), encode(dev), encode(test), {"train": train, "dev": dev, "test": test})
-    recipe = choose_recipe(len(train), None, training.recipe)
-    echo(recipe.describe(training, None, _epoch_steps(training, len(task.train))))
-    training = recipe.apply(training)
+    training, _ = _recipe(training, len(train), None, None, len(task.train), model, echo)
     windows = len(task.train) + len(task.dev) + len(task.test)
     kinds = (f"{len(labels)} tags" if data.scheme == "plain"
              else f"{(len(labels) - 1) // 2} entity types ({', '.join(l[2:] for l in labels[1::2])})")

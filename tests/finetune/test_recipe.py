@@ -147,3 +147,5 @@ def test_cli_prints_the_choice_and_flags_override_it(tiny_ckpt, tmp_path, capsys
     info = json.loads((tmp_path / "given" / "seed-1" / "bertforge_task.json").read_text())
     assert info["args"]["lr"] == 1e-3 and info["args"]["reinit_layers"] == 1 and info["result"]["steps"] == 4
     assert ClassifyConfig.from_flat({"output_dir": "x", "train": "t"}).data.class_weight == "auto"
+    assert main([*common, "--reinit-layers", "3", "--out", str(tmp_path / "bad")]) == 2  # the tiny model has 2
+    assert "--reinit-layers 3 exceeds the model's 2 encoder layers" in capsys.readouterr().err
