@@ -157,7 +157,6 @@ def table(task: str, rows: list[dict]) -> str:
     lines = [head, "|" + " --- |" * (len(keys) + 3)]
     for r in rows:
         collapsed = "-" if r["collapsed_seeds"] is None else f"{len(r['collapsed_seeds'])} of {len(r['seeds'])}"
-        collapsed += f" ({len(r['seeds'])} seeds)" if r["row"] != "frozen" else ""
         lines.append(f"| {r['row']} | " + " | ".join(f"{r[k]['mean']:.3f} ± {r[k]['std']:.3f}" for k in keys)
                      + f" | {collapsed} | {r['seconds']:.0f} s |")
     return "\n".join(lines)
@@ -174,13 +173,19 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/small_data_TASK.json)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    out = args.out or Path(f"benchmarks/results/small_data_{args.task}.json")
+    earlier = {}  # the frozen row of an earlier run (deterministic), reused unless --rerun
+    if out.is_file() and not args.rerun:
+        earlier = {r["row"]: r for r in json.loads(out.read_text(encoding="utf-8"))["rows"] if r["row"] == "frozen"}
     rows = []
     for row in args.rows.split(","):
         if row not in ("frozen", "lecture", "auto"):
             p.error(f"--rows: unknown row {row!r}; choose among frozen, lecture, auto")
-        rows.append(frozen_row(args.task, args) if row == "frozen" else finetune_row(args.task, row, args))
+        if row == "frozen":
+            rows.append(earlier.get("frozen") or frozen_row(args.task, args))
+        else:
+            rows.append(finetune_row(args.task, row, args))
     print(table(args.task, rows))
-    out = args.out or Path(f"benchmarks/results/small_data_{args.task}.json")
     write_json(out, {"task": args.task, "set": SETS[args.task][0], "split": SETS[args.task][2],
                      "date": time.strftime("%Y-%m-%d"), "machine_load": os.getloadavg(), "rows": rows}, indent=2)
 
