@@ -224,11 +224,11 @@ def format_summary(summary: dict, out: Path) -> str:
 
 
 def _recipe(training: FinetuneConfig, n_train: int, label_counts: list[int] | None, class_weight: str | None,
-            n_features: int, model: ModelConfig, echo: Echo) -> tuple[FinetuneConfig, str | None]:
+            n_features: int, model: ModelConfig, echo: Echo, task: str) -> tuple[FinetuneConfig, str | None]:
     """Choose the recipe from the training set (bertforge.config.recipe), print it, and return the config with the
     unset fields filled and the class weighting to use ('none' / 'balanced'; None without labels). ConfigError when
     --reinit-layers exceeds the model's layers."""
-    recipe = choose_recipe(n_train, label_counts, training.recipe)
+    recipe = choose_recipe(n_train, label_counts, training.recipe, task)
     steps = max(1, math.ceil(training.epochs * n_features / training.global_batch))  # from --epochs alone
     echo(recipe.describe(training, class_weight, steps))
     training = recipe.apply(training)
@@ -290,7 +290,7 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
                         metric=data.metric, pooling=data.pooling)
     counts = Counter(e.label for e in train)
     training, class_weight = _recipe(training, len(train), [counts[l] for l in labels], data.class_weight,
-                                     len(task.train), model, echo)
+                                     len(task.train), model, echo, "classify")
     if class_weight == "balanced":
         task.class_weights = balanced_weights([f["labels"] for f in task.train], len(labels))
         echo("class weights (balanced): " + ", ".join(f"{l} {w:.3f}" for l, w in zip(labels, task.class_weights)))
@@ -323,7 +323,7 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
                                     data.stride, data.scheme)
     task = NerTask(labels, training.max_seq_length, data.label_all_subwords, data.stride, data.scheme,
                    encode(train), encode(dev), encode(test), {"train": train, "dev": dev, "test": test})
-    training, _ = _recipe(training, len(train), None, None, len(task.train), model, echo)
+    training, _ = _recipe(training, len(train), None, None, len(task.train), model, echo, "ner")
     windows = len(task.train) + len(task.dev) + len(task.test)
     kinds = (f"{len(labels)} tags" if data.scheme == "plain"
              else f"{(len(labels) - 1) // 2} entity types ({', '.join(l[2:] for l in labels[1::2])})")

@@ -27,13 +27,17 @@ def test_choice_is_a_pure_function_of_size_and_distribution():
     assert a == choose_recipe(600, [390, 150, 60]) == choose_recipe(600, [60, 390, 150])  # order of classes: same
     assert a.kind == "small" and a.class_weight == "balanced" and a.min_steps > 0 and a.layer_lr_decay < 1
     assert choose_recipe(600, [210, 200, 190]).class_weight == "none"  # not skewed
-    assert choose_recipe(600, None).class_weight == "none"  # ner: no class weights
-    assert choose_recipe(SMALL_SET - 1, [500, 499]).kind == "small"
-    big = choose_recipe(SMALL_SET, [900, 100])
+    assert choose_recipe(400, None, task="ner").class_weight == "none"  # ner: no class weights
+    assert choose_recipe(SMALL_SET["classify"] - 1, [500, 499]).kind == "small"
+    assert choose_recipe(SMALL_SET["ner"] - 1, None, task="ner").kind == "small"
+    assert choose_recipe(958, None, task="ner").kind == "lecture"  # WNUT-16's 958-sentence training part
+    big = choose_recipe(SMALL_SET["classify"], [900, 100])
     assert (big.lr, big.min_steps, big.layer_lr_decay, big.reinit_layers, big.class_weight) == (2e-5, 0, 1.0, 0, "none")
     assert choose_recipe(600, [390, 150, 60], "lecture") == lecture()
     with pytest.raises(ConfigError, match="--recipe"):
         choose_recipe(600, None, "fancy")
+    with pytest.raises(ConfigError, match="no recipe for task 'mlm'"):
+        choose_recipe(600, None, task="mlm")
     # the config layer, recipe included, imports no torch
     code = ("import sys, bertforge.config.recipe, bertforge.config.finetune; "
             "sys.exit('torch' in sys.modules)")
