@@ -248,6 +248,22 @@ def init_weights(module: nn.Module, config: ModelConfig) -> None:
             nn.init.zeros_(m.bias)
 
 
+def reinit_top_layers(bert: "BertModel", k: int) -> list[str]:
+    """Re-initialise the top `k` encoder layers of `bert` (and its pooler, if any) with BERT's initialisation, in
+    place, from torch's current RNG (Zhang et al. 2021, "Revisiting Few-sample BERT Fine-tuning", section 5.2).
+    Returns the names of the re-initialised modules. ValueError when k exceeds the number of layers."""
+    layers = bert.encoder.layer
+    if not 0 <= k <= len(layers):
+        raise ValueError(f"cannot re-initialise {k} of the model's {len(layers)} encoder layers")
+    names = [f"encoder.layer.{i}" for i in range(len(layers) - k, len(layers))]
+    for i in range(len(layers) - k, len(layers)):
+        init_weights(layers[i], bert.config)
+    if k and bert.pooler is not None:
+        init_weights(bert.pooler, bert.config)
+        names.append("pooler")
+    return names
+
+
 class BertModel(nn.Module):
     """Embeddings + encoder (+ pooler). forward returns (sequence_output, pooled_output or None)."""
 

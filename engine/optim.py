@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules shared by pretraining and finetuning.
 
 - `param_groups`: weight decay on weights only — never on biases or LayerNorm parameters (BERT's recipe).
+- `layerwise_param_groups`: the same, split by depth with layer-wise learning-rate decay (ELECTRA / DeBERTa).
 - `Lamb`: LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning", Algorithm 2). The step over whole
   parameters runs through bertforge.ops.lamb_step: `bertforge.kernels.reference.lamb_step_ref` (pure torch, used on CPU) or
   `bertforge.kernels.lamb.fused_lamb_step` (multi-tensor Triton launches, used on CUDA; imported only then).
@@ -36,6 +37,48 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         seen.add(id(p))
         (no_decay if name.endswith(NO_DECAY_SUFFIXES) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise learning-rate decay: 0 for the embeddings, l + 1 for encoder layer l
+    (`...encoder.layer.<l>....`), num_layers + 1 for everything above the encoder (pooler, heads)."""
+    if ".embeddings." in f".{name}":
+        return 0
+    marker = "encoder.layer."
+    at = name.find(marker)
+    if at >= 0:
+        return int(name[at + len(marker):].split(".", 1)[0]) + 1
+    return num_layers + 1
+
+
+def layerwise_param_groups(model: nn.Module, weight_decay: float, lr: float, decay: float | None = 1.0,
+                           num_layers: int | None = None) -> list[dict]:
+    """`param_groups` split by depth with layer-wise learning-rate decay (ELECTRA, Clark et al. 2020, appendix;
+    DeBERTa's finetuning): a parameter at depth d (`layer_depth`) trains at lr x decay^(num_layers + 1 - d), so the
+    head and pooler get `lr`, encoder layer l (0-based) lr x decay^(num_layers - l), the embeddings
+    lr x decay^(num_layers + 1). Groups carry their own 'lr' (schedules scale each group's initial lr), the
+    deepest (head) first, then downwards, each split into decayed / undecayed parameters (empty groups dropped).
+    decay None or 1 gives `param_groups` (two groups, no per-group lr). `num_layers`: default
+    model.config.num_hidden_layers."""
+    if decay is None or decay == 1.0:
+        return param_groups(model, weight_decay)
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"layer-wise lr decay must lie in (0, 1], got {decay}")
+    if num_layers is None:
+        num_layers = model.config.num_hidden_layers
+    groups: dict[tuple[int, bool], list] = {}
+    seen = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        key = (layer_depth(name, num_layers), not name.endswith(NO_DECAY_SUFFIXES))
+        groups.setdefault(key, []).append(p)
+    out = []
+    for (depth, decayed), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1])):
+        out.append({"params": params, "weight_decay": weight_decay if decayed else 0.0,
+                    "lr": lr * decay ** (num_layers + 1 - depth)})
+    return out
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ def test_finetune_classify_with_kernels_none(tmp_path):
         (root / "data.csv").write_text("\\n".join(rows) + "\\n", encoding="utf-8")
         code = main(["finetune", "classify", "--model", str(root / "model"), "--data", str(root / "data.csv"),
                      "--split", "0.5,0.25,0.25", "--epochs", "1", "--global-batch", "4", "--max-seq-length", "16",
-                     "--no-progress", "--threads", "1", "--out", str(root / "out")])
+                     "--no-progress", "--threads", "1", "--recipe", "lecture", "--out", str(root / "out")])
         print("finetune exit", code)
     ''', timeout=600)
     assert "finetune exit 0" in res.stdout, res.stderr[-2000:]

@@ -5,6 +5,7 @@
 - pretrain.py  `PretrainConfig`: `bertforge pretrain`'s settings in sections (data, model, batch, optim, masking,
                parallel, run)
 - finetune.py  the finetuning settings shared by classify / ner / mlm
+- recipe.py    the finetuning recipe chosen from the training set (size, label distribution): lecture or few-sample
 - docs.py      the docstring under each field, for --help and the README's glossary
 - names.py     the one name -> field mapping of flags, config files (--config, RUN/config.json) and the Python API
 """

@@ -17,17 +17,19 @@ line's view. This module is the bottom layer: it imports only bertforge.errors a
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bertforge.config.checks import check_choice, check_non_negative, check_positive_int, flag
 from bertforge.config.model import KERNEL_BACKENDS
 from bertforge.config.parallel import PRECISIONS, ParallelConfig
+from bertforge.config.recipe import RECIPES, lecture
 from bertforge.errors import ConfigError
 
 CLASSIFY_FORMATS = ("csv", "tsv", "jsonl")
 CLASSIFY_METRICS = ("accuracy", "macro_f1")
-CLASS_WEIGHTS = ("none", "balanced")
+CLASS_WEIGHTS = ("auto", "none", "balanced")
 POOLINGS = ("cls", "mean")  # bertforge.heads.POOLINGS (this module imports no model code)
 ENTITY_SCHEMES = ("iob1", "iob2", "bioes", "bilou")
 TAG_SCHEMES = ENTITY_SCHEMES + ("plain",)
@@ -44,10 +46,26 @@ class FinetuneConfig:
     max_seq_length: int = 512
     """Tokens per input, [CLS] and [SEP] included: longer texts are truncated (classify), split into windows (ner)
     or cut into several sequences (mlm). At most the model's max_position_embeddings."""
-    lr: float = 2e-5
-    """Peak learning rate (BERT finetuning works in 1e-5 ... 5e-5)."""
+    lr: float | None = None
+    """Peak learning rate (of the head, with --layer-lr-decay); none = chosen by --recipe from the data: 2e-5 (the
+    lecture's) on large sets, 5e-5 on small ones (bertforge.config.recipe)."""
     epochs: float = 3
-    """Passes over the training data (2-4 for BERT finetuning; fractions allowed)."""
+    """Passes over the training data (2-4 for BERT finetuning; fractions allowed); --min-steps may add steps."""
+    min_steps: int | None = None
+    """At least this many optimizer steps, whatever --epochs gives (more passes over a small set); none = chosen by
+    --recipe: 150 on sets under 1,000 examples (ner: 500 sentences), 0 on larger ones."""
+    layer_lr_decay: float | None = None
+    """Layer-wise learning-rate decay in (0, 1] (ELECTRA / DeBERTa finetuning): the head trains at --lr, encoder
+    layer l of L at lr x decay^(L - l + 1), the embeddings at lr x decay^(L + 1); 1 = one lr for all. None = chosen
+    by --recipe: 0.9 on small sets, 1 on large ones."""
+    reinit_layers: int | None = None
+    """Re-initialise the top K encoder layers (and the pooler) before finetuning (Zhang et al. 2021, 'Revisiting
+    Few-sample BERT Fine-tuning'); none = chosen by --recipe (0: not measured to help here)."""
+    recipe: str = "auto"
+    """'auto': the settings left unset (--lr, --min-steps, --layer-lr-decay, --reinit-layers, --class-weight) are
+    chosen from the training-set size and label distribution and printed with the reason; 'lecture': the
+    lecture's recipe (lr 2e-5, no step floor, no layer decay, no re-initialisation, no class weights) on any
+    set."""
     global_batch: int = 32
     """Training examples per optimizer step over all ranks (BERT's finetuning batch: 16 or 32)."""
     micro_batch: int | None = None
@@ -107,14 +125,36 @@ class FinetuneConfig:
             raise ConfigError(f"--max-seq-length must be at least 4 ([CLS] x [SEP] and room), got "
                               f"{self.max_seq_length!r}")
         for name in ("lr", "epochs", "adam_eps"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{flag(name)} must be > 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{flag(name)} must be > 0, got {value!r}")
+        if self.epochs is None or self.adam_eps is None:
+            raise ConfigError("--epochs and --adam-eps need a value")
+        for name in ("min_steps", "reinit_layers"):
+            if getattr(self, name) is not None:
+                check_non_negative(self, name)
+                if getattr(self, name) != int(getattr(self, name)):
+                    raise ConfigError(f"{flag(name)} must be a whole number, got {getattr(self, name)!r}")
+        if self.layer_lr_decay is not None and (isinstance(self.layer_lr_decay, bool)
+                                                or not 0.0 < self.layer_lr_decay <= 1.0):
+            raise ConfigError(f"--layer-lr-decay must lie in (0, 1] (1 = no decay), got {self.layer_lr_decay!r}")
+        check_choice(self, "recipe", RECIPES)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"--warmup-ratio must lie in [0, 1), got {self.warmup_ratio!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
         if not self.model:
             raise ConfigError("--model must name a checkpoint directory or 'minilm'")
+
+    def filled(self) -> "FinetuneConfig":
+        """This config with the recipe fields still unset (None) at the lecture's values (for a trainer called
+        without `Recipe.apply`, e.g. from a script)."""
+        return lecture().apply(self)
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps over `n_train` training examples: --epochs passes at --global-batch, at least
+        --min-steps (unset: 0)."""
+        return max(1, math.ceil(self.epochs * n_train / self.global_batch), self.min_steps or 0)
 
     def grad_accum(self, world_size: int) -> int:
         """Micro batches per rank per optimizer step; the global batch must split evenly over the ranks."""
@@ -185,9 +225,10 @@ class ClassifyData:
     are refused). Not for a folder DIR/<label>/*.txt, which is read as one example per file."""
     metric: str = "accuracy"
     """Dev metric that picks the best state: accuracy or macro_f1."""
-    class_weight: str = "none"
+    class_weight: str = "auto"
     """'balanced': weighted cross-entropy with class c weighted n / (classes x n_c) over the training labels
-    (scikit-learn's 'balanced'), for imbalanced labels; 'none': plain cross-entropy."""
+    (scikit-learn's 'balanced'), for imbalanced labels; 'none': plain cross-entropy; 'auto': chosen by --recipe
+    (balanced on a small set whose majority class has >= 2x the examples of the rarest, else none)."""
     pooling: str = "cls"
     """Sentence vector under the classifier: 'cls' = the [CLS] state through the pooler (BERT's); 'mean' = the mean
     of the real tokens' states, no pooler (how sentence-transformers checkpoints such as MiniLM were trained).

@@ -11,7 +11,9 @@ summary.json (mean ± std over seeds; per-class scores and confusion matrices in
 from __future__ import annotations
 
 import json
+import math
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +24,7 @@ from bertforge import distributed as D
 from bertforge.config import ModelConfig
 from bertforge.config.finetune import (ClassifyConfig, FinetuneConfig, ParallelConfig, MlmConfig, NerConfig,
                                     SplitFiles)
+from bertforge.config.recipe import choose_recipe
 from bertforge.data.tokenizer import check_vocab_rows, load_tokenizer
 from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.finetune import data_classify as dc
@@ -207,6 +210,13 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
             if keys and all(split in r for r in runs):
                 summary[split] = {k: dict(zip(("mean", "std"), mean_std([r[split][k] for r in runs]))) for k in keys}
         summary["train_seconds"] = dict(zip(("mean", "std"), mean_std([r["train_seconds"] for r in runs])))
+        collapsed = collapsed_seeds(runs)
+        if collapsed is not None:
+            summary["collapsed_seeds"] = collapsed
+            if collapsed:
+                echo(f"warning: {len(collapsed)} of {len(runs)} seed(s) collapsed to one class (seeds "
+                     f"{', '.join(map(str, collapsed))}): judge the recipe by mean ± std over the seeds; for a "
+                     f"small or imbalanced set leave --recipe auto, or raise --min-steps")
     summary.update(extra or {})
     if out_dir is not None and D.rank() == 0 and status == "finished":
         write_json(out_dir / "summary.json", summary, indent=2)
@@ -230,10 +240,38 @@ def format_summary(summary: dict, out: Path) -> str:
             parts = [f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary[split].items()
                      if k in ("accuracy", "macro_f1", "precision", "recall", "f1")]
             lines.append(f"{split}: " + ", ".join(parts) + f"  ({len(summary['seeds'])} seed(s))")
+    if "collapsed_seeds" in summary:
+        lines.append(f"seeds predicting one class for >= 95% of dev or test: {len(summary['collapsed_seeds'])} of "
+                     f"{len(summary['runs'])}")
     headline = (f"{summary['test'][metric]['mean']:.4f} ± {summary['test'][metric]['std']:.4f}"
                 if "test" in summary else "n/a")
     lines.append(f"headline: test {metric} {headline}; models and metrics in {out}")
     return "\n".join(lines)
+
+
+def _recipe(training: FinetuneConfig, n_train: int, label_counts: list[int] | None, class_weight: str | None,
+            n_features: int, model: ModelConfig, echo: Echo, task: str) -> tuple[FinetuneConfig, str | None]:
+    """Choose the recipe from the training set (bertforge.config.recipe), print it, and return the config with the
+    unset fields filled and the class weighting to use ('none' / 'balanced'; None without labels). ConfigError when
+    --reinit-layers exceeds the model's layers."""
+    recipe = choose_recipe(n_train, label_counts, training.recipe, task)
+    steps = max(1, math.ceil(training.epochs * n_features / training.global_batch))  # from --epochs alone
+    echo(recipe.describe(training, class_weight, steps))
+    training = recipe.apply(training)
+    if training.reinit_layers > model.num_hidden_layers:
+        raise ConfigError(f"--reinit-layers {training.reinit_layers} exceeds the model's {model.num_hidden_layers} "
+                          f"encoder layers; give at most {model.num_hidden_layers}")
+    if class_weight is None:
+        return training, None
+    return training, class_weight if class_weight != "auto" else recipe.class_weight
+
+
+def collapsed_seeds(runs: list[dict]) -> list[int] | None:
+    """The seeds whose dev or test predictions collapsed to one class (bertforge.finetune.metrics.collapse); None
+    when the runs carry no collapse check (ner, mlm)."""
+    if not any("collapsed" in r.get(split, {}) for r in runs for split in ("dev", "test")):
+        return None
+    return [r["seed"] for r in runs if any(r.get(split, {}).get("collapsed") for split in ("dev", "test"))]
 
 
 def _scratch(training: FinetuneConfig) -> str:
@@ -277,7 +315,10 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
     encode = lambda part: dc.encode(tok, part, training.max_seq_length, label2id)
     task = ClassifyTask(labels, training.max_seq_length, encode(train), encode(dev), encode(test),
                         metric=data.metric, pooling=data.pooling)
-    if data.class_weight == "balanced":
+    counts = Counter(e.label for e in train)
+    training, class_weight = _recipe(training, len(train), [counts[l] for l in labels], data.class_weight,
+                                     len(task.train), model, echo, "classify")
+    if class_weight == "balanced":
         task.class_weights = balanced_weights([f["labels"] for f in task.train], len(labels))
         echo("class weights (balanced): " + ", ".join(f"{l} {w:.3f}" for l, w in zip(labels, task.class_weights)))
     echo(f"classify: {len(train)} train / {len(dev)} dev / {len(test)} test examples, labels {labels}, "
@@ -311,6 +352,7 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
                                     data.stride, data.scheme)
     task = NerTask(labels, training.max_seq_length, data.label_all_subwords, data.stride, data.scheme,
                    encode(train), encode(dev), encode(test), {"train": train, "dev": dev, "test": test})
+    training, _ = _recipe(training, len(train), None, None, len(task.train), model, echo, "ner")
     windows = len(task.train) + len(task.dev) + len(task.test)
     kinds = (f"{len(labels)} tags" if data.scheme == "plain"
              else f"{(len(labels) - 1) // 2} entity types ({', '.join(l[2:] for l in labels[1::2])})")

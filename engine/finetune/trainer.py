@@ -41,7 +41,8 @@ from bertforge.errors import CheckpointError, ConfigError
 from bertforge.finetune.evaluation import evaluate_split, to_device
 from bertforge.finetune.tasks import TASK_FILE
 from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained
-from bertforge.optim import build_optimizer, param_groups, warmup_decay
+from bertforge.model import reinit_top_layers
+from bertforge.optim import build_optimizer, layerwise_param_groups, warmup_decay
 from bertforge.parallelize import ParallelPlan, parallelize
 from bertforge.progress import NullProgress, Progress, progress
 from bertforge.train.setup import join_runtime
@@ -101,7 +102,7 @@ class FinetuneTrainer:
 
     # ---- setup ---------------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        args = self.args
+        args = self.args = self.args.filled()  # recipe fields left unset: the lecture's values
         self.dev, self.rank, self.world = D.device(), D.rank(), D.world_size()
         self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
         self.accum = self.ds_config["gradient_accumulation_steps"]
@@ -109,7 +110,7 @@ class FinetuneTrainer:
         if n == 0:
             raise ConfigError("no training examples")
         self.steps_per_epoch = max(1, math.ceil(n / args.global_batch))
-        self.total_steps = max(1, math.ceil(args.epochs * n / args.global_batch))
+        self.total_steps = args.total_steps(n)
         self.eval_every = max(1, self.steps_per_epoch // args.evals_per_epoch)
         self.sampler = MicroBatchSampler(n, self.micro, self.rank, self.world, seed=self.seed)
 
@@ -120,8 +121,10 @@ class FinetuneTrainer:
         model = self.task.build_model(self.model_cfg)
         if self.init_dir is not None and not args.from_scratch and resume_from is None:
             load_pretrained(self.init_dir, model)
+            reinit_top_layers(model.bert, args.reinit_layers)
         model.to(self.dev)
-        self.optimizer = build_optimizer("adamw", param_groups(model, args.weight_decay), args.lr,
+        self.optimizer = build_optimizer("adamw", layerwise_param_groups(model, args.weight_decay, args.lr,
+                                                                         args.layer_lr_decay), args.lr,
                                          eps=args.adam_eps)
         plan = ParallelPlan(self.ds_config, compile=self.par.compile,
                             activation_checkpointing=self.par.activation_checkpointing)

@@ -16,7 +16,8 @@ from bertforge.finetune import data_classify as dc
 from bertforge.finetune import data_ner as dn
 
 DATA = Path(__file__).with_name("data")
-FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--max-seq-length", "16", "--epochs", "1"]
+FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--max-seq-length", "16", "--epochs", "1",
+        "--recipe", "lecture"]
 
 
 # ---- scheme validity ----------------------------------------------------------------------------------------------

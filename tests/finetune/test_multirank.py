@@ -44,7 +44,7 @@ def argv(task: str, model: Path, data: dict, out: Path, *extra) -> list[str]:
     return ["finetune", task, "--model", str(model), "--train", str(data["train"]), "--dev", str(data["dev"]),
             "--test", str(data["test"]), "--out", str(out), "--dropout", "0", "--global-batch", "8", "--micro-batch",
             "4", "--epochs", "2", "--lr", "3e-3", "--log-every", "1", "--eval-micro-batch", "5", "--no-progress",
-            "--threads", "1", "--max-seq-length", "32", *longer, *map(str, extra)]
+            "--threads", "1", "--max-seq-length", "32", "--recipe", "lecture", *longer, *map(str, extra)]
 
 
 def losses(run: Path) -> list[float]:

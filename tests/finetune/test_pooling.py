@@ -16,7 +16,7 @@ from bertforge.heads import BertForSequenceClassification, mean_states
 from tests.finetune._data import sentiment_csv
 
 FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--lr", "3e-3", "--max-seq-length", "32",
-        "--epochs", "10", "--dropout", "0"]
+        "--epochs", "10", "--dropout", "0", "--recipe", "lecture"]
 
 
 def test_mean_states_ignore_padding_in_both_layouts():

@@ -49,7 +49,7 @@ def model(tiny_ckpt, tmp_path_factory):
     train = sentiment_csv(d / "train.csv", 64, 0)
     assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--out", str(d / "out"),
                  "--epochs", "1", "--global-batch", "16", "--max-seq-length", "32", "--no-progress",
-                 "--threads", "1"]) == 0
+                 "--threads", "1", "--recipe", "lecture"]) == 0
     return d / "out" / "seed-1"
 
 

@@ -11,7 +11,8 @@ from bertforge.finetune import data_classify as dc
 from bertforge.finetune import data_ner as dn
 from tests.finetune._data import ner_conll, sentiment_csv
 
-FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--max-seq-length", "16", "--epochs", "1"]
+FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--max-seq-length", "16", "--epochs", "1",
+        "--recipe", "lecture"]
 
 
 # ---- --split: fractions or counts --------------------------------------------------------------------------------

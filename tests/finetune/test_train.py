@@ -12,7 +12,8 @@ from tests.finetune._data import ner_conll as _ner_conll
 from tests.finetune._data import sentiment_csv as _sentiment_csv
 
 
-FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--lr", "3e-3", "--max-seq-length", "32"]
+FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--lr", "3e-3", "--max-seq-length", "32",
+        "--recipe", "lecture"]
 
 
 @pytest.fixture(scope="module")
