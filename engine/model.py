@@ -21,14 +21,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertforge import csrc, ops
+from bertforge import ops
 from bertforge.config import ModelConfig
 from bertforge.padding import cu_seqlens_to_position_ids
 from bertforge.kernels import reference
 
+
 # The CPU path's dropout masks are the kernels' Philox streams computed in C++ (engine/csrc.py; ~100x the torch
-# replay, which stays the oracle of both, bit for bit in tests/engine/test_csrc_philox.py).
-reference.use_native_philox(csrc.philox_words, csrc.philox_keep)
+# replay, which stays the oracle of both, bit for bit in tests/engine/test_csrc_philox.py). Imported at the first
+# CPU call, not here: the GPU path never calls them, and a machine that only runs it needs no built extension.
+def _philox_words(*args):
+    from bertforge import csrc
+    return csrc.philox_words(*args)
+
+
+def _philox_keep(*args):
+    from bertforge import csrc
+    return csrc.philox_keep(*args)
+
+
+reference.use_native_philox(_philox_words, _philox_keep)
 
 _GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
