@@ -6,9 +6,9 @@
 # config and vocabulary without its 88 MB of weights: the carry limit is 64 MiB, so the GPU finetune runs
 # --from-scratch, a placement / precision / kernels / speed check, not an accuracy one; and 2,000 labelled tweets as
 # UTF-8 text,label: a stratified sample with a fixed seed, every label in its share; the CSV is sorted by label,
-# so its first rows would all be `negative`). Then call the device tool with
+# so its first rows would all be `negative`). Then call the device tool with the paths of scripts/gpu_carry.list as
 #   carry: [".whl", "runs/quickstart/data", "runs/quickstart/tok", "runs/gpu_carry"]
-# (all git-ignored: the data is never committed).
+# (all git-ignored: the data is never committed); scripts/gpu_rehearsal.sh rehearses that call on CPU.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
