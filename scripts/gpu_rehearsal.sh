@@ -29,6 +29,9 @@ keep=0
 say() { echo "== gpu_rehearsal: $*" >&2; }
 fail() { echo "gpu_rehearsal: FAIL: $*" >&2; exit 1; }
 
+# DeepSpeed's CPU ops (the dry run's stand-in accelerator) are JIT-built once into the project's cache, as in tests
+export BERTFORGE_CACHE="${BERTFORGE_CACHE:-$HOME/.cache/bertforge}"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$BERTFORGE_CACHE/torch_extensions}"
 mapfile -t CARRY < <(grep -v '^\s*\(#\|$\)' scripts/gpu_carry.list)
 # 1. the carry (with the project's own environment: it builds the DeepSpeed wheel against torch)
 if [ "${BERTFORGE_REHEARSAL_SKIP_CARRY:-0}" != 1 ]; then
