@@ -156,8 +156,8 @@ def steps(dry: bool) -> list[Step]:
         Step("model_switch", 30, cap(90, 300),
              [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/engine/test_model_kernels_switch.py"],
              env=interp, needs=_needs_pytest),
-        Step("finetune", 35, cap(90, 300), [PY, "benchmarks/gpu_check.py", "--finetune-step", "{out}", "fp16"],
-             needs=_needs_deepspeed(*carry_ft)),
+        Step("finetune", 35, cap(90, 300), [PY, "benchmarks/gpu_check.py", "--finetune-step", "{out}", "fp16"]
+             + (["--dry-run"] if dry else []), needs=_needs_deepspeed(*carry_ft)),
         Step("hf_compile", 60, cap(100, 300), _tt(base, b_base, "hf-compile", lengths, **quick), optional=True,
              needs=pre),
         Step("finetune_more", 50, cap(90, 300), [PY, "benchmarks/gpu_check.py", "--finetune-step", "{out}", "more"]
@@ -230,11 +230,15 @@ def finetune_commands(out: Path, which: str = "fp16") -> list[list[str]]:
 
 
 def finetune_step(out: Path, which: str, dry: bool = False) -> int:
-    """Runs `finetune_commands` in order; the first failure's exit status (later commands still run). dry: the
-    HF Trainer comparison is left out (its base-128 model is minutes on CPU)."""
+    """Runs `finetune_commands` in order; the first failure's exit status (later commands still run). dry (CPU): the
+    same command lines with --precision bf16 for fp16 (CPU has no fp16 training) and without the HF Trainer
+    comparison (its base-128 model is minutes on CPU)."""
     rc = 0
     cmds = finetune_commands(out, which)
-    for cmd in cmds[:1] if dry else cmds:
+    if dry:
+        cmds = [[("bf16" if a == "fp16" and c[i - 1] == "--precision" else a) for i, a in enumerate(c)]
+                for c in cmds[:1]]
+    for cmd in cmds:
         print("finetune:", " ".join(cmd[1:]), flush=True)
         r = subprocess.run(cmd, cwd=ROOT, env=_env({})).returncode
         rc = rc or r

@@ -29,9 +29,12 @@ keep=0
 say() { echo "== gpu_rehearsal: $*" >&2; }
 fail() { echo "gpu_rehearsal: FAIL: $*" >&2; exit 1; }
 
-# DeepSpeed's CPU ops (the dry run's stand-in accelerator) are JIT-built once into the project's cache, as in tests
+# DeepSpeed's CPU communication op (the dry run's stand-in accelerator; the device uses NCCL) is JIT-built into the
+# project's cache, keyed by its build flags, which name the scratch site: the call's scratch folder ($TMPDIR of the
+# command) therefore lives at one path, so that the op is built once, not on every rehearsal (~2 min)
 export BERTFORGE_CACHE="${BERTFORGE_CACHE:-$HOME/.cache/bertforge}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$BERTFORGE_CACHE/torch_extensions}"
+CALL_TMP="$BERTFORGE_CACHE/gpu-rehearsal-tmp"
 mapfile -t CARRY < <(grep -v '^\s*\(#\|$\)' scripts/gpu_carry.list)
 # 1. the carry (with the project's own environment: it builds the DeepSpeed wheel against torch)
 if [ "${BERTFORGE_REHEARSAL_SKIP_CARRY:-0}" != 1 ]; then
@@ -47,7 +50,7 @@ for p in "${CARRY[@]}"; do [ -e "$p" ] || fail "carried path $p is missing (run 
 BASE="$(mktemp -d "${TMPDIR:-/tmp}/gpu-rehearsal.XXXXXX")"
 if [ "$keep" = 0 ]; then trap 'rm -rf "$BASE"' EXIT; fi
 DEST="$BASE/repo"
-mkdir -p "$DEST" "$BASE/out" "$BASE/tmp"
+mkdir -p "$DEST" "$BASE/out" "$BASE/tmp" "$CALL_TMP"
 git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
     [ -e "$f" ] && printf '%s\0' "$f"
 done | tar --null -T - -cf - | tar -xf - -C "$DEST"
@@ -90,7 +93,7 @@ done < "$BASE/tmp/swap.txt"
 say "running the GPU command with --dry-run in $DEST"
 set +e
 (cd "$DEST" && env -u PYTHONPATH -u VIRTUAL_ENV -u TRITON_INTERPRET -u PYTHONHOME \
-    PATH="$VENV36/bin:$PATH" TMPDIR="$BASE/tmp" OUT="$BASE/out" DS_ACCELERATOR=cpu \
+    PATH="$VENV36/bin:$PATH" TMPDIR="$CALL_TMP" OUT="$BASE/out" DS_ACCELERATOR=cpu \
     python3 benchmarks/gpu_check.py --out "$BASE/out" --dry-run)
 rc=$?
 set -e
