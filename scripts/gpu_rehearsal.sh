@@ -7,7 +7,9 @@
 #      working tree as `git ls-files --cached --others --exclude-standard` lists it) plus the carried paths; no .venv,
 #      no built *.so, no data cache; checked against the 64 MiB limit;
 #   3. the device's package set as far as the registries allow (scripts/triton36_venv.sh: triton 3.6.0, torch 2.13.0
-#      CPU standing in for 2.11+cu130, transformers 5.17.0, ...; no deepspeed, no seqeval, no sentencex);
+#      CPU standing in for 2.11+cu130, transformers 5.17.0, ...; no deepspeed, no seqeval, no sentencex). The
+#      registry's transformers 5.17.0 needs typer, which needs pydantic: unlike the device, the side environment has
+#      pydantic; the carried pydantic wheels come first on the steps' PYTHONPATH, so they are what DeepSpeed imports;
 #   4. the carried wheels as the device installs them (the call's preflight: pip --no-index --no-deps --target).
 #      The one deviation: the device's Python is 3.12, ours 3.11, so the cp312 wheels of the carry cannot install
 #      here. They are checked as the device would install them (pip --dry-run --python-version 3.12 over the whole
