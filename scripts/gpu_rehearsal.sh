@@ -41,12 +41,17 @@ mapfile -t CARRY < <(grep -v '^\s*\(#\|$\)' scripts/gpu_carry.list)
 # 1. the carry (with the project's own environment: it builds the DeepSpeed wheel against torch)
 if [ "${BERTFORGE_REHEARSAL_SKIP_CARRY:-0}" != 1 ]; then
     say "preparing the carry (scripts/gpu_carry.sh)"
-    bash scripts/gpu_carry.sh >&2
+    # the project's environment as it stands (CI built it fresh minutes ago: BERTFORGE_FRESH_VENV must not rebuild it)
+    BERTFORGE_FRESH_VENV=0 bash scripts/gpu_carry.sh >&2
 fi
 for p in "${CARRY[@]}"; do [ -e "$p" ] || fail "carried path $p is missing (run scripts/gpu_carry.sh)"; done
 
 # 3. the device's package set (before the copy: the venv lives in the repository, ignored, and is never copied)
+# (CI's check_triton36.sh built it fresh just before: here only a change of the pins rebuilds it)
+fresh="${BERTFORGE_FRESH_VENV:-0}"
+BERTFORGE_FRESH_VENV=0
 . "$ROOT/scripts/triton36_venv.sh"
+BERTFORGE_FRESH_VENV="$fresh"
 
 # 2. the copy
 BASE="$(mktemp -d "${TMPDIR:-/tmp}/gpu-rehearsal.XXXXXX")"
