@@ -233,13 +233,13 @@ def finetune_commands(out: Path, which: str = "fp16") -> list[list[str]]:
 
 def finetune_step(out: Path, which: str, dry: bool = False) -> int:
     """Runs `finetune_commands` in order; the first failure's exit status (later commands still run). dry (CPU): the
-    same command lines with --precision bf16 for fp16 (CPU has no fp16 training) and without the HF Trainer
-    comparison (its base-128 model is minutes on CPU)."""
+    same command lines with --precision bf16 for fp16 (CPU has no fp16 training), --kernels none (the CLI refuses
+    triton on CPU outside the interpreter) and without the HF Trainer comparison (minutes on CPU)."""
     rc = 0
     cmds = finetune_commands(out, which)
     if dry:
-        cmds = [[("bf16" if a == "fp16" and c[i - 1] == "--precision" else a) for i, a in enumerate(c)]
-                for c in cmds[:1]]
+        cpu = {("--precision", "fp16"): "bf16", ("--kernels", "triton"): "none"}
+        cmds = [[cpu.get((c[i - 1], a), a) for i, a in enumerate(c)] for c in cmds[:1]]
     for cmd in cmds:
         print("finetune:", " ".join(cmd[1:]), flush=True)
         r = subprocess.run(cmd, cwd=ROOT, env=_env({})).returncode

@@ -31,11 +31,12 @@ keep=0
 say() { echo "== gpu_rehearsal: $*" >&2; }
 fail() { echo "gpu_rehearsal: FAIL: $*" >&2; exit 1; }
 
-# DeepSpeed's CPU communication op (the dry run's stand-in accelerator; the device uses NCCL) is JIT-built into the
-# project's cache, keyed by its build flags, which name the scratch site: the call's scratch folder ($TMPDIR of the
-# command) therefore lives at one path, so that the op is built once, not on every rehearsal (~2 min)
+# DeepSpeed's CPU communication op (the dry run's stand-in accelerator; the device uses NCCL) is JIT-built, keyed by
+# its build flags, which name the scratch site: the call's scratch folder ($TMPDIR of the command) lives at one path
+# and the op in a folder of its own (one shared with the project's venv would be rebuilt by each in turn), so that it
+# is built once, not on every rehearsal (~1-3 min)
 export BERTFORGE_CACHE="${BERTFORGE_CACHE:-$HOME/.cache/bertforge}"
-export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$BERTFORGE_CACHE/torch_extensions}"
+export TORCH_EXTENSIONS_DIR="$BERTFORGE_CACHE/gpu-rehearsal-ext"
 CALL_TMP="$BERTFORGE_CACHE/gpu-rehearsal-tmp"
 mapfile -t CARRY < <(grep -v '^\s*\(#\|$\)' scripts/gpu_carry.list)
 # 1. the carry (with the project's own environment: it builds the DeepSpeed wheel against torch)
