@@ -234,11 +234,12 @@ def finetune_commands(out: Path, which: str = "fp16") -> list[list[str]]:
 def finetune_step(out: Path, which: str, dry: bool = False) -> int:
     """Runs `finetune_commands` in order; the first failure's exit status (later commands still run). dry (CPU): the
     same command lines with --precision bf16 for fp16 (CPU has no fp16 training), --kernels none (the CLI refuses
-    triton on CPU outside the interpreter) and without the HF Trainer comparison (minutes on CPU)."""
+    triton on CPU outside the interpreter), --max-seq-length 64 and without the HF Trainer comparison (minutes on
+    CPU)."""
     rc = 0
     cmds = finetune_commands(out, which)
     if dry:
-        cpu = {("--precision", "fp16"): "bf16", ("--kernels", "triton"): "none"}
+        cpu = {("--precision", "fp16"): "bf16", ("--kernels", "triton"): "none", ("--max-seq-length", "128"): "64"}
         cmds = [[cpu.get((c[i - 1], a), a) for i, a in enumerate(c)] for c in cmds[:1]]
     for cmd in cmds:
         print("finetune:", " ".join(cmd[1:]), flush=True)
