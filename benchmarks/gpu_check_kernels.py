@@ -1,7 +1,8 @@
 """GPU check of the kernels (all but attention), for benchmarks/gpu_check.sh: bf16 correctness of every kernel and
 gradient against its torch reference on CUDA (the rule of tests/kernels: kernel error vs an fp64 reference at most
 2x plain torch's bf16 error, plus one ulp), bit-exactness of the masking against its reference, then the benchmarks of
-bench_kernels.py at BERT-base sizes. Prints a table; writes kernels_check.json and kernels_bench.json under --out.
+bench_kernels.py at BERT-base sizes. Prints each check's row as it finishes (appended to kernels*_rows.jsonl), then a
+table; writes kernels_check.json and kernels_bench.json under --out.
 Designed to finish in < 90 s on an H100/H200. Without a GPU it runs the same code on small shapes under
 TRITON_INTERPRET=1 (a smoke test of the script itself, in CI).
 Usage: python benchmarks/gpu_check_kernels.py --out DIR"""
@@ -18,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_kernels  # noqa: E402
-from _check_report import report  # noqa: E402
+from _check_report import RowLog, report  # noqa: E402
 
 from bertforge.kernels.bias_gelu import bias_gelu  # noqa: E402
 from bertforge.kernels.lamb import fused_lamb_step  # noqa: E402
@@ -163,20 +164,22 @@ def run_gpu_check(out_dir: Path, only=None, bench: bool = True) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    checks = []
+    tag = "kernels" if not only else "kernels_" + "_".join(only)
+    log = RowLog(tag, out_dir, width=55)
     for name, fn in FAMILIES.items():
         if only and name not in only:
             continue
         try:
-            checks += fn()
+            rows = fn()
         except Exception:  # keep going: one broken kernel must not hide the others
-            checks.append(dict(check=fn.__name__, ok=False, error=traceback.format_exc(limit=5)))
+            rows = [dict(check=fn.__name__, ok=False, error=traceback.format_exc(limit=5))]
+        log.add(rows)
+    checks = log.rows
     if GPU:
         torch.cuda.synchronize()
     t_check = time.time() - t0
     bench = bench_kernels.run(only) if bench else {"rows": []}
     table = bench_kernels.format_table(bench["rows"]) if bench["rows"] else ""
-    tag = "kernels" if not only else "kernels_" + "_".join(only)
     return report(tag, out_dir, checks, bench, table, t0, t_check, width=55)
 
 

@@ -262,7 +262,22 @@ def _eval_loss(model, forward, inputs, autocast) -> float:
     return loss
 
 
-def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool):
+def profile_table(step, device, path: Path, top: int = 25) -> None:
+    """One more step under torch.profiler: the top `top` kernels (device time on GPU, CPU time otherwise) as a
+    text table at path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=70) + "\n")
+
+
+def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool, profile_out=None):
     torch.manual_seed(0)
     model, forward, optimizer = build(variant, cfg, device)
     gen = torch.Generator().manual_seed(1)
@@ -288,6 +303,8 @@ def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool):
     for _ in range(warmup):
         step()
     median = statistics.median(_timed(step, device, steps))
+    if profile_out is not None:
+        profile_table(step, device, Path(profile_out))
     real_tokens = statistics.mean(int(b["lengths"].sum()) for b in host)
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
     loss_last = _eval_loss(model, forward, inputs[0], autocast)
@@ -368,6 +385,9 @@ def main(argv=None):
     p.add_argument("--write-lengths", metavar="DATA_DIR", help="write benchmarks/wiki_lengths.json and exit")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     p.add_argument("--out", default="benchmarks/results/train_throughput.json")
+    p.add_argument("--profile", metavar="VARIANT", help="after timing VARIANT, profile one more step of it")
+    p.add_argument("--profile-out", default="benchmarks/results/profile.txt",
+                   help="--profile's top-kernels table (text)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -407,7 +427,8 @@ def main(argv=None):
                 print(f"reference loss failed: {type(exc).__name__}: {exc}"[:300], flush=True)
         for variant in variants:
             try:
-                r = run_variant(variant, cfg, seq, batch, args.steps, args.warmup, device, dtype, pool)
+                r = run_variant(variant, cfg, seq, batch, args.steps, args.warmup, device, dtype, pool,
+                                profile_out=args.profile_out if variant == args.profile else None)
             except Exception as exc:  # noqa: BLE001  report, keep measuring the others
                 r = {"variant": variant, "error": f"{type(exc).__name__}: {exc}"[:300]}
             r.update(shape=shape, batch=batch, seq=seq, lengths=args.lengths)

@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bertforge import csrc
 from bertforge import deepspeed as ds
 from bertforge.distributed import log0
 from bertforge.errors import ConfigError
@@ -73,7 +72,10 @@ def apply_activation_checkpointing(model: nn.Module, layer_type: type | None = N
 def apply_native_philox() -> None:
     """The CPU path's dropout masks from the kernels' Philox streams computed in C++ (bertforge.csrc; ~100x the
     torch replay in bertforge.kernels.reference, which stays the oracle of both, bit for bit: the masks are the same
-    either way, only their cost changes)."""
+    either way, only their cost changes). Imported here, not at module import: the GPU path never draws them, and a
+    machine that only runs it needs no built extension."""
+    from bertforge import csrc
+
     reference.use_native_philox(csrc.philox_words, csrc.philox_keep)
 
 

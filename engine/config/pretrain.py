@@ -215,6 +215,9 @@ class RunSection:
     log file). Flag: --no-progress: the plain lines on a terminal too."""
     export_hf: bool = True
     """Export the final weights to output_dir/hf (Hugging Face format) at the end. Flag: --no-export-hf."""
+    final_checkpoint: bool = True
+    """Save a checkpoint at the end (besides every save_every steps). Flag: --no-final-checkpoint (a throughput run
+    that keeps nothing; needs --no-export-hf, which exports from it)."""
     profile_steps: int = 0
     """Profile this many optimizer steps with torch.profiler: RUN/profile.json (device busy/idle share, top ops) and
     RUN/profile/trace.json; 0 = off."""
@@ -226,6 +229,9 @@ class RunSection:
         check_non_negative(self, "save_every", "eval_every", "profile_steps")
         if self.profile_start < -1:
             raise ConfigError(f"--profile-start must be >= -1, got {self.profile_start}")
+        if self.export_hf and not self.final_checkpoint:
+            raise ConfigError("--no-final-checkpoint: the Hugging Face export at the end reads the final checkpoint; "
+                              "add --no-export-hf")
 
 
 SECTIONS: dict[str, type] = {"data": DataSection, "objective": ObjectiveSection, "model": ModelSection,

@@ -435,7 +435,8 @@ class Trainer:
         self.source.close()
         self.result.eval = self.evaluate()
         self.metrics.write({"step": self.step, "split": "eval", **self.result.eval})
-        self.save(finished=True)
+        if cfg.run.final_checkpoint:
+            self.save(finished=True)
         self.result.step, self.result.skipped_steps = self.step, self.guard.skipped
         if rank == 0:
             print(_eval_line(self.step, self.result.eval), flush=True)
