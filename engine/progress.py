@@ -88,12 +88,13 @@ class LineProgress:
 
 
 def progress(total: int | None, desc: str, *, initial: int = 0, unit: str = "it", enabled: bool = True,
-             every_s: float = 30.0, leave: bool = True, unit_scale: bool = False):
-    """A progress reporter: a tqdm bar on a terminal, plain `LineProgress` lines otherwise; None when disabled.
+             every_s: float = 30.0, leave: bool = True, unit_scale: bool = False, bar: bool = True):
+    """A progress reporter: a tqdm bar on a terminal, plain `LineProgress` lines otherwise; None when disabled
+    (ranks other than 0). bar=False (every command's --no-progress): plain lines on a terminal too.
     unit_scale: counts shown as 1.2M etc. (bytes)."""
     if not enabled:
         return None
-    if is_terminal():
+    if bar and is_terminal():
         from tqdm import tqdm
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=leave,

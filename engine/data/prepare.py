@@ -305,7 +305,7 @@ class _Progress:
 
     def __init__(self, total: int, enabled: bool, what: str):
         self.shards = 0
-        self.bar = progress(total, what, unit="B", unit_scale=True, enabled=enabled)
+        self.bar = progress(total, what, unit="B", unit_scale=True, bar=enabled)
 
     def update(self, nbytes: int, shards: int) -> None:
         self.shards += shards

@@ -11,9 +11,9 @@ class Progress:
     postfix values. Disabled: every call does nothing."""
 
     def __init__(self, total: float | None, desc: str, unit: str = "step", enabled: bool = True,
-                 every_s: float = 30.0, initial: float = 0, unit_scale: bool = False):
+                 every_s: float = 30.0, initial: float = 0, unit_scale: bool = False, bar: bool = True):
         self.bar = progress(total, desc, initial=initial, unit=unit, enabled=enabled, every_s=every_s, leave=False,
-                            unit_scale=unit_scale)
+                            unit_scale=unit_scale, bar=bar)
 
     def update(self, n: float = 1, **postfix) -> None:
         if self.bar is None:

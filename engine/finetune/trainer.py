@@ -224,8 +224,8 @@ class FinetuneTrainer:
     def train(self) -> str:
         """Train to the end, an early stop or a SIGTERM. Returns 'finished' or 'preempted' (a checkpoint was saved)."""
         args, task = self.args, self.task
-        progress = Progress(self.total_steps, f"{task.name} seed {self.seed}", enabled=args.progress and self.rank == 0,
-                            initial=self.step)
+        progress = Progress(self.total_steps, f"{task.name} seed {self.seed}", enabled=self.rank == 0,
+                            initial=self.step, bar=args.progress)
         window = torch.zeros((), dtype=torch.float64, device=self.dev)
         window_steps = 0
         self.engine.train()

@@ -384,7 +384,7 @@ class Trainer:
         cfg, rank = self.cfg, D.rank()
         total = cfg.total_steps()
         self._fpt = flops_per_token(self.model_cfg, cfg.batch.max_seq_length, cfg.masking.mlm_probability)
-        self._peak = peak_flops()
+        self._peak = peak_flops(cfg.run.peak_flops)
         self.progress = Progress(total, self.step, enabled=rank == 0, bar=cfg.run.progress)
         cleanup.callback(self.progress.close)
         self.throughput = Throughput()
