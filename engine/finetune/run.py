@@ -32,6 +32,7 @@ from bertforge.finetune.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_
 from bertforge.finetune.trainer import build_ds_config, check_device_support, state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import write_json, write_text
+from bertforge.provenance import environment
 from bertforge.training import distributed as D
 from bertforge.training.checkpoint import latest_tag
 from bertforge.training.metrics import MetricsWriter
@@ -173,7 +174,8 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
     summary = {"task": task.name, "metric": task.metric, "seeds": list(training.seeds), "runs": runs,
                "from_scratch": training.from_scratch, "init": str(init_dir) if init_dir else None,
                "status": status, "world_size": D.world_size(), "device": _device_name(), "precision": par.precision,
-               "zero_stage": par.zero_stage, "kernels": config.kernels}
+               "zero_stage": par.zero_stage, "kernels": config.kernels,
+               "environment": environment()}  # a collective (hosts): every rank is here
     if runs:
         for split in ("dev", "test"):
             keys = [k for k, v in runs[0].get(split, {}).items()

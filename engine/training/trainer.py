@@ -40,6 +40,7 @@ from bertforge.io import write_json
 from bertforge.malloc import pin_mmap_threshold
 from bertforge.optim import build_optimizer, param_groups, warmup_decay
 from bertforge.parallelize import ParallelPlan, parallelize
+from bertforge.provenance import environment
 from bertforge.training import distributed as D
 from bertforge.training.checkpoint import CheckpointManager
 from bertforge.training.device_masking import DeviceMasker
@@ -228,10 +229,11 @@ class Trainer:
 
         rank0 = D.rank() == 0
         self.metrics = MetricsWriter(self.run_dir, enabled=rank0, resume_step=self.step if cfg.run.resume else None)
+        env = environment()  # a collective (the hosts of all ranks): every rank calls it
         if rank0:
             write_json(self.run_dir / "config.json",
                        {"train": cfg.to_flat(), "model": dataclasses.asdict(self.model_cfg),
-                        "world_size": D.world_size(), "grad_accum": self.accum})
+                        "world_size": D.world_size(), "grad_accum": self.accum, "environment": env})
 
     def _restore(self, tag: str, state: dict) -> None:
         """Schedule, counters, data position and RNG from a checkpoint's trainer state. Written by another number of
