@@ -5,6 +5,7 @@ ETA). MFU = achieved model FLOP/s over the accelerator's peak, reported on GPUs 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -98,6 +99,8 @@ class MetricsWriter:
                                         purge_step=None if resume_step is None else resume_step + 1)
             except ImportError:
                 self.tb = None
+                print("bertforge: TensorBoard is not installed, metrics go to metrics.jsonl only (pip install "
+                      "'bertforge[tensorboard]')", file=sys.stderr, flush=True)
 
     def write(self, record: dict) -> None:
         if not self.enabled:

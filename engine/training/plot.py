@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertforge.errors import DataError
+from bertforge.errors import ConfigError, DataError
 from bertforge.io import atomic_file
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Render RUN_DIR/metrics.jsonl to `out` (default RUN_DIR/curves.png), written atomically. Returns the path.
     Raises DataError when the run has no metrics or no training records."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise ConfigError("`bertforge plot` needs matplotlib, an optional dependency: pip install "
+                          "'bertforge[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
