@@ -42,6 +42,7 @@ from bertforge.finetune.evaluation import evaluate_split, to_device
 from bertforge.finetune.progress import Progress
 from bertforge.finetune.tasks import TASK_FILE
 from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained
+from bertforge.model_card import finetune_card
 from bertforge.optim import build_optimizer, param_groups, warmup_decay
 from bertforge.parallelize import ParallelPlan, parallelize
 from bertforge.training import distributed as D
@@ -365,5 +366,5 @@ def save_model(model: nn.Module, directory: Path, tokenizer_dir: Path | None, ta
     task's settings, the recipe and the seed's result."""
     id2label = dict(enumerate(task.labels)) if task.labels else None
     info = {**task.info(), "args": asdict(args), "result": result}
-    return export_hf(model, directory, tokenizer_dir, id2label=id2label,
-                     extra_files={TASK_FILE: json.dumps(info, indent=2, sort_keys=True) + "\n"})
+    return export_hf(model, directory, tokenizer_dir, id2label=id2label, max_length=args.max_seq_length,
+                     card=finetune_card(info), extra_files={TASK_FILE: json.dumps(info, indent=2, sort_keys=True) + "\n"})
