@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bertforge.errors import CheckpointError, ConfigError
+from bertforge.errors import CheckpointError, ConfigError, TrainingError
 from bertforge.io import read_json_object
 from bertforge.optim import FlatPieces
 
@@ -137,7 +138,29 @@ def init_distributed(timeout_s: int) -> None:
     if dist.is_available() and dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    _ds().init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
+    try:
+        _ds().init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
+    except (RuntimeError, OSError) as exc:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
+        if "time" not in str(exc).lower():
+            raise
+        raise TrainingError(rendezvous_failure(str(exc), timeout_s)) from None
+
+
+def rendezvous_failure(message: str, timeout_s: int) -> str:
+    """One line for a rendezvous that timed out: how many ranks joined (from torch's TCPStore message, "1/2 clients
+    joined", which rank 0 sees; other ranks only know that rank 0's store never answered) and which launcher the
+    environment says was expected to start the other ranks."""
+    env = os.environ
+    world, addr = env.get("WORLD_SIZE", "?"), f"{env.get('MASTER_ADDR', '?')}:{env.get('MASTER_PORT', '?')}"
+    m = re.search(r"(\d+)/(\d+) clients joined", message)
+    joined = (f"{m.group(1)} of {m.group(2)} ranks joined" if m else
+              f"rank {env.get('RANK', '?')} of {world} found no rank 0 at {addr}")
+    launcher = ("srun (SLURM_STEP_ID is set)" if "SLURM_STEP_ID" in env else
+                "torchrun" if "TORCHELASTIC_RUN_ID" in env else
+                "the deepspeed launcher" if "CROSS_RANK" in env or "DS_LAUNCH" in env else
+                "a launcher that starts WORLD_SIZE processes (torchrun, srun or deepspeed)")
+    return (f"rendezvous at {addr} timed out after {timeout_s}s: {joined}; the other ranks were to be started by "
+            f"{launcher} with the same MASTER_ADDR/MASTER_PORT (--dist-timeout-s sets the wait)")
 
 
 def register_external_parameters(model: torch.nn.Module) -> int:

@@ -47,7 +47,8 @@ done
 step "tokenizer train, prepare, pretrain 2 steps, finetune"
 cd "$WORK"  # never the source tree: the installed package is what runs
 export DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-export BERTFORGE_CACHE="$WORK/cache" TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/bertforge/torch_extensions}"
+# its own DeepSpeed JIT folder: the op built against this venv's torch must not replace (or lock) the shared one
+export BERTFORGE_CACHE="$WORK/cache" TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"
 BF=("$WORK/venv/bin/python" -m bertforge.cli)
 "$WORK/venv/bin/python" - "$ROOT/tests/fixtures" <<'EOF'
 import pathlib, random, sys

@@ -1,5 +1,5 @@
 """Process-group facts and helpers for the training loop. Works under `deepspeed`, `torchrun` (env rendezvous),
-SLURM's `srun` (SLURM_PROCID/NTASKS/LOCALID) and as a plain single process (a one-rank group on a free port)."""
+SLURM's `srun` (SLURM_PROCID/NTASKS/LOCALID, inside an srun step only) and as a plain single process (a one-rank group on a free port)."""
 from __future__ import annotations
 
 import os
@@ -20,7 +20,9 @@ def _free_port() -> int:
 def prepare_env() -> None:
     """Fill RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT for the cases launchers leave them empty."""
     env = os.environ
-    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    # SLURM_* describe the ranks only inside an srun step (SLURM_STEP_ID set); a bare command in an sbatch script
+    # sees the allocation's SLURM_NTASKS while being one process, so it runs as a plain single process
+    if "RANK" not in env and "SLURM_STEP_ID" in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
         env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
     if "RANK" not in env:  # plain single process
