@@ -12,6 +12,7 @@ import os
 import sys
 
 from bertforge.errors import UserError
+from bertforge.log import configure
 
 # (subcommand, module under bertforge.commands, one-line help). Order = order in --help.
 COMMANDS: list[tuple[str, str, str]] = [
@@ -88,6 +89,9 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="bertforge", description="Pretrain and finetune BERT-style encoders.")
     parser.add_argument("--version", action="version", version=f"bertforge {_version()}")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), type=str.lower, default=None,
+                        help="level of the library's messages (the `bertforge` logger); default: $BERTFORGE_LOG_LEVEL, "
+                             "else info")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, _help in COMMANDS:
         try:
@@ -110,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     pin_mmap_threshold()  # flat memory over long runs with variable-shaped batches (engine/malloc.py)
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        configure(args.log_level)
+    except ValueError as exc:  # a bad BERTFORGE_LOG_LEVEL
+        return _fail(str(exc))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

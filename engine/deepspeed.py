@@ -14,7 +14,10 @@
 - `consolidated_fp32_state_dict`: one fp32 state dict from any checkpoint (ZeRO 0-3 shards)."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
 import os
 import re
 from datetime import timedelta
@@ -25,9 +28,11 @@ import torch
 
 from bertforge.errors import CheckpointError, ConfigError, TrainingError
 from bertforge.io import read_json_object
+from bertforge.log import get_logger
 from bertforge.optim import FlatPieces
 
 _ENGINE = None  # the deepspeed module, imported lazily so `bertforge --help` stays fast
+_LOG = get_logger("bertforge.deepspeed")
 
 
 def _ds():
@@ -38,7 +43,7 @@ def _ds():
         try:
             import deepspeed
         except ImportError as exc:
-            raise ConfigError("deepspeed is not installed: pip install 'bertforge[deepspeed]'") from exc
+            raise ConfigError("deepspeed is not installed (every training command runs on it): pip install deepspeed, after torch, with --no-build-isolation") from exc
         _ENGINE = deepspeed
     return _ENGINE
 
@@ -139,11 +144,30 @@ def init_distributed(timeout_s: int) -> None:
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     try:
-        _ds().init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
+        with quiet_deepspeed():
+            _ds().init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
     except (RuntimeError, OSError) as exc:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
         if "time" not in str(exc).lower():
             raise
         raise TrainingError(rendezvous_failure(str(exc), timeout_s)) from None
+
+
+@contextlib.contextmanager
+def quiet_deepspeed():
+    """DeepSpeed's own chatter at the `bertforge` logger's DEBUG level: its logger ("DeepSpeed") at WARNING unless
+    --log-level debug, and what it prints to stdout while joining the group (the CPU accelerator's
+    "DeepSpeed deepspeed_shm_comm_op built successfully" is a bare print in deepspeed/comm/torch.py) captured and
+    logged at DEBUG."""
+    deepspeed = _ds()
+    debug = _LOG.isEnabledFor(logging.DEBUG)
+    deepspeed.utils.logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        for line in captured.getvalue().splitlines():
+            _LOG.debug("deepspeed: %s", line)
 
 
 def rendezvous_failure(message: str, timeout_s: int) -> str:

@@ -2,6 +2,7 @@
 SLURM's `srun` (SLURM_PROCID/NTASKS/LOCALID, inside an srun step only) and as a plain single process (a one-rank group on a free port)."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -9,6 +10,10 @@ import sys
 
 import torch
 import torch.distributed as dist
+
+from bertforge.log import get_logger
+
+_LOG = get_logger("bertforge.training")  # level: --log-level / BERTFORGE_LOG_LEVEL (engine/log.py)
 
 
 def _free_port() -> int:
@@ -79,9 +84,10 @@ def all_reduce_max(values: list[float], dev: torch.device) -> list[float]:
     return t.tolist()
 
 
-def log0(message: str) -> None:
+def log0(message: str, level: int = logging.INFO) -> None:
+    """`message` through the `bertforge` logger (engine/log.py), on rank 0 only."""
     if rank() == 0:
-        print(message, file=sys.stderr, flush=True)
+        _LOG.log(level, message)
 
 
 def finish(code: int) -> None:
