@@ -148,7 +148,7 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
         _check_resume(training, out_dir)
         if D.rank() == 0 and not training.resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    log = MetricsWriter(out_dir, enabled=D.rank() == 0, tensorboard=False) if out_dir is not None else None
+    log = MetricsWriter(out_dir, enabled=D.rank() == 0) if out_dir is not None else None  # + tensorboard/
     ds_config = ds_config or build_ds_config(training, par, D.world_size())
     runs, status = [], "finished"
     try:

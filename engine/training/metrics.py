@@ -110,8 +110,11 @@ class MetricsWriter:
         self.file.flush()
         if self.tb is not None:
             prefix = record.get("split", "train")
+            if "seed" in record:  # finetuning: one curve per seed
+                prefix = f"seed-{record['seed']}/{prefix}"
             for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "time"):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "time",
+                                                                                                   "seed"):
                     self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
     def close(self) -> None:

@@ -22,6 +22,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     from bertforge.training.metrics import read_metrics
 
     records = read_metrics(run_dir)
+    if any("seed" in r for r in records) or (Path(run_dir) / "summary.json").is_file():
+        raise DataError("a `bertforge finetune` run: `bertforge plot` draws pretraining runs only (a finetune run's "
+                        "curves are in its metrics.jsonl and, with the [tensorboard] extra, in tensorboard/)",
+                        str(run_dir))
     train = [r for r in records if r.get("split") == "train"]
     evals = [r for r in records if r.get("split") == "eval"]
     if not train:

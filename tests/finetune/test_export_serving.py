@@ -16,6 +16,12 @@ def test_pipeline_and_predict_agree_past_the_trained_length(tiny_ckpt, tmp_path)
                  "--epochs", "1", "--global-batch", "8", "--max-seq-length", "12", "--threads", "1",
                  "--no-progress", "--out", str(tmp_path / "out")]) == 0
     model = tmp_path / "out" / "seed-1"
+    assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))  # finetuning writes TensorBoard
+    from bertforge.errors import DataError
+    from bertforge.training.plot import plot_run
+
+    with pytest.raises(DataError, match="draws pretraining runs only"):  # refused in one line, not empty panels
+        plot_run(tmp_path / "out")
     assert json.loads((model / "tokenizer_config.json").read_text())["model_max_length"] == 12
     if (model / "tokenizer.json").is_file():
         assert json.loads((model / "tokenizer.json").read_text())["truncation"]["max_length"] == 12
