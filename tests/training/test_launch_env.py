@@ -40,3 +40,22 @@ def test_rendezvous_timeout_is_one_line(monkeypatch):
     _env(monkeypatch, RANK="1", WORLD_SIZE="2", MASTER_ADDR="10.0.0.1", MASTER_PORT="29500", TORCHELASTIC_RUN_ID="x")
     line = rendezvous_failure("connect() timed out", 600)
     assert "rank 1 of 2 found no rank 0 at 10.0.0.1:29500" in line and "torchrun" in line
+
+
+def test_rendezvous_timeout_end_to_end():
+    """A rank 0 whose peer never comes: DeepSpeed's join times out into the one line (a subprocess: ~8 s)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in KEYS}
+    env.update(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               SLURM_STEP_ID="0", DS_ACCELERATOR="cpu")
+    code = ("import sys\nfrom bertforge import deepspeed as ds\nfrom bertforge.errors import TrainingError\n"
+            "try:\n    ds.init_distributed(3)\nexcept TrainingError as e:\n    print(e); sys.exit(3)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert out.stdout.strip().startswith(f"rendezvous at 127.0.0.1:{port} timed out after 3s: 1 of 2 ranks joined")
