@@ -6,11 +6,13 @@ other exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
 
 from bertforge.errors import UserError, describe_os_error
+from bertforge.log import configure
 
 # (subcommand, module under bertforge.commands, one-line help). Order = order in --help.
 COMMANDS: list[tuple[str, str, str]] = [
@@ -38,8 +40,47 @@ def _fail(message: str) -> int:
     return 2
 
 
+class _RequiredInUsage(argparse.HelpFormatter):
+    """Options marked by bertforge.commands.flags.mark_required appear without brackets in the usage line."""
+
+    def _format_usage(self, usage, actions, groups, prefix):
+        marked = [a for a in actions if getattr(a, "shown_required", False) and not a.required]
+        for a in marked:
+            a.required = True
+        try:
+            return super()._format_usage(usage, actions, groups, prefix)
+        finally:
+            for a in marked:
+                a.required = False
+
+
 class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors (unknown option, bad value) as one line naming the command; subparsers inherit the class."""
+    """Usage errors (unknown option, bad value) as one line naming the (sub)command that got them, with a "did you
+    mean" from difflib for a mistyped option. No abbreviations (`--out` never silently means `--output-dir`).
+    Subparsers inherit the class, so all of this holds for every command."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        base = kwargs.get("formatter_class", argparse.HelpFormatter)
+        kwargs["formatter_class"] = type(f"Required{base.__name__}", (_RequiredInUsage, base), {})
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:  # a leaf command: what it does not know is an error here
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggestion(extras)}")
+        return parsed, extras
+
+    def _suggestion(self, extras: list[str]) -> str:
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        for word in extras:
+            if word.startswith("--"):
+                word = word.split("=", 1)[0]  # what an abbreviation would have meant first, then difflib's closest
+                close = [o for o in known if o.startswith(word)][:3] or difflib.get_close_matches(word, known, n=3,
+                                                                                                  cutoff=0.6)
+                if close:
+                    return f"; did you mean {' or '.join(close)}?"
+        return ""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -48,6 +89,9 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="bertforge", description="Pretrain and finetune BERT-style encoders.")
     parser.add_argument("--version", action="version", version=f"bertforge {_version()}")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), type=str.lower, default=None,
+                        help="level of the library's messages (the `bertforge` logger); default: $BERTFORGE_LOG_LEVEL, "
+                             "else info")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, _help in COMMANDS:
         try:
@@ -70,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     pin_mmap_threshold()  # flat memory over long runs with variable-shaped batches (engine/malloc.py)
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        configure(args.log_level)
+    except ValueError as exc:  # a bad BERTFORGE_LOG_LEVEL
+        return _fail(str(exc))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -14,20 +14,26 @@
 - `consolidated_fp32_state_dict`: one fp32 state dict from any checkpoint (ZeRO 0-3 shards)."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bertforge.errors import CheckpointError, ConfigError
+from bertforge.errors import CheckpointError, ConfigError, TrainingError
 from bertforge.hf import load_state_file
 from bertforge.io import read_json_object
+from bertforge.log import get_logger
 from bertforge.optim import FlatPieces
 
 _ENGINE = None  # the deepspeed module, imported lazily so `bertforge --help` stays fast
+_LOG = get_logger("bertforge.deepspeed")
 
 
 def _ds():
@@ -38,7 +44,7 @@ def _ds():
         try:
             import deepspeed
         except ImportError as exc:
-            raise ConfigError("deepspeed is not installed: pip install 'bertforge[deepspeed]'") from exc
+            raise ConfigError("deepspeed is not installed (every training command runs on it): pip install deepspeed, after torch, with --no-build-isolation") from exc
         _ENGINE = deepspeed
     return _ENGINE
 
@@ -138,7 +144,48 @@ def init_distributed(timeout_s: int) -> None:
     if dist.is_available() and dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    _ds().init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
+    try:
+        with quiet_deepspeed():
+            _ds().init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
+    except (RuntimeError, OSError) as exc:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
+        if "time" not in str(exc).lower():
+            raise
+        raise TrainingError(rendezvous_failure(str(exc), timeout_s)) from None
+
+
+@contextlib.contextmanager
+def quiet_deepspeed():
+    """DeepSpeed's own chatter at the `bertforge` logger's DEBUG level: its logger ("DeepSpeed") at WARNING unless
+    --log-level debug, and what it prints to stdout while joining the group (the CPU accelerator's
+    "DeepSpeed deepspeed_shm_comm_op built successfully" is a bare print in deepspeed/comm/torch.py) captured and
+    logged at DEBUG."""
+    deepspeed = _ds()
+    debug = _LOG.isEnabledFor(logging.DEBUG)
+    deepspeed.utils.logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        for line in captured.getvalue().splitlines():
+            _LOG.debug("deepspeed: %s", line)
+
+
+def rendezvous_failure(message: str, timeout_s: int) -> str:
+    """One line for a rendezvous that timed out: how many ranks joined (from torch's TCPStore message, "1/2 clients
+    joined", which rank 0 sees; other ranks only know that rank 0's store never answered) and which launcher the
+    environment says was expected to start the other ranks."""
+    env = os.environ
+    world, addr = env.get("WORLD_SIZE", "?"), f"{env.get('MASTER_ADDR', '?')}:{env.get('MASTER_PORT', '?')}"
+    m = re.search(r"(\d+)/(\d+) clients joined", message)
+    joined = (f"{m.group(1)} of {m.group(2)} ranks joined" if m else
+              f"rank {env.get('RANK', '?')} of {world} found no rank 0 at {addr}")
+    launcher = ("srun (SLURM_STEP_ID is set)" if "SLURM_STEP_ID" in env else
+                "torchrun" if "TORCHELASTIC_RUN_ID" in env else
+                "the deepspeed launcher" if "CROSS_RANK" in env or "DS_LAUNCH" in env else
+                "a launcher that starts WORLD_SIZE processes (torchrun, srun or deepspeed)")
+    return (f"rendezvous at {addr} timed out after {timeout_s}s: {joined}; the other ranks were to be started by "
+            f"{launcher} with the same MASTER_ADDR/MASTER_PORT (--dist-timeout-s sets the wait)")
 
 
 def destroy_distributed(barrier: bool = True) -> None:

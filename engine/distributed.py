@@ -1,9 +1,11 @@
 """Process-group facts and helpers: rank, world, log-on-rank-0, all-reduce, the environment set-up and preemption.
 Low enough for data/, parallelize and the training runtime alike (torch only). Works under `deepspeed`, `torchrun`
-(env rendezvous), SLURM's `srun` (SLURM_PROCID/NTASKS/LOCALID) and as a plain single process (a one-rank group on a
-free port). Before the group is joined, rank and world come from the launcher's variables."""
+(env rendezvous), SLURM's `srun` (SLURM_PROCID/NTASKS/LOCALID, inside an srun step only) and as a plain single
+process (a one-rank group on a free port). Before the group is joined, rank and world come from the launcher's
+variables."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -12,7 +14,10 @@ import sys
 import torch
 import torch.distributed as dist
 
+from bertforge.log import get_logger
+
 PREEMPTED = 143  # exit status after a SIGTERM-triggered checkpoint (128 + SIGTERM)
+_LOG = get_logger("bertforge.training")  # level: --log-level / BERTFORGE_LOG_LEVEL (engine/log.py)
 
 
 def _free_port() -> int:
@@ -24,7 +29,9 @@ def _free_port() -> int:
 def prepare_env() -> None:
     """Fill RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT for the cases launchers leave them empty."""
     env = os.environ
-    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    # SLURM_* describe the ranks only inside an srun step (SLURM_STEP_ID set); a bare command in an sbatch script
+    # sees the allocation's SLURM_NTASKS while being one process, so it runs as a plain single process
+    if "RANK" not in env and "SLURM_STEP_ID" in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
         env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
     if "RANK" not in env:  # plain single process
@@ -96,9 +103,10 @@ def all_reduce_max(values: list[float], dev: torch.device) -> list[float]:
     return t.tolist()
 
 
-def log0(message: str) -> None:
+def log0(message: str, level: int = logging.INFO) -> None:
+    """`message` through the `bertforge` logger (engine/log.py), on rank 0 only."""
     if rank() == 0:
-        print(message, file=sys.stderr, flush=True)
+        _LOG.log(level, message)
 
 
 def finish(code: int) -> None:

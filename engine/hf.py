@@ -24,6 +24,7 @@ from torch import nn
 from bertforge.config import ModelConfig
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.io import atomic_dir
+from bertforge.model_card import fit_tokenizer_files, model_card
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -216,14 +217,32 @@ def architecture_of(model: nn.Module) -> str:
     return name
 
 
+def transformers_version() -> str | None:
+    """The installed transformers' version (config.json's transformers_version), or None."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def default_card(architecture: str, config: ModelConfig) -> str:
+    return model_card(architecture, {"architecture": architecture, "layers": config.num_hidden_layers,
+                                     "hidden size": config.hidden_size, "vocabulary": config.vocab_size},
+                      load=f"from transformers import {architecture}\nmodel = {architecture}.from_pretrained(PATH)")
+
+
 def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
               id2label: dict[int, str] | None = None, extra_files: dict[str, str] | None = None,
-              config_extra: dict | None = None) -> Path:
+              config_extra: dict | None = None, max_length: int | None = None, card: str | None = None) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files from `tokenizer_dir`) to `out_dir`, atomically:
     everything goes to a temporary directory beside it, renamed into place when complete. config_extra: more
     config.json keys (transformers keeps unknown keys as attributes). A mean-pooled classifier is written with
     `classifier_pooling: "mean"` (ModernBERT's config key) and a README.md saying that transformers'
-    BertForSequenceClassification would not reproduce it (MEAN_POOLING_NOTE)."""
+    BertForSequenceClassification would not reproduce it (MEAN_POOLING_NOTE). max_length: the trained length, written
+    into the tokenizer files (bertforge.model_card.fit_tokenizer_files); card: the README.md model card (default:
+    architecture, shape and how to load); config.json also records torch_dtype and the installed transformers_version."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -237,9 +256,14 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path |
     if getattr(model, "pooling", "cls") == "mean":  # no stock transformers class pools this way
         extra["classifier_pooling"] = "mean"
         extra_files.setdefault("README.md", MEAN_POOLING_NOTE)
-    hf_config = config.to_hf_config(architectures=[architecture_of(model)], **extra)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in split_qkv(model.state_dict()).items()
              if k not in TIED_OPTIONAL}
+    extra.setdefault("torch_dtype", str(next(v.dtype for v in state.values() if v.is_floating_point()))[6:])
+    if transformers_version() is not None:
+        extra.setdefault("transformers_version", transformers_version())
+    hf_config = config.to_hf_config(architectures=[architecture_of(model)], **extra)
+    card = card or default_card(architecture_of(model), config)
+    extra_files["README.md"] = card + ("\n" + MEAN_POOLING_NOTE if extra.get("classifier_pooling") == "mean" else "")
     with atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -255,6 +279,8 @@ def export_hf(model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path |
                 (tmp / "tokenizer_config.json").write_text(json.dumps(
                     {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
                      "model_max_length": config.max_position_embeddings}, indent=2) + "\n", encoding="utf-8")
+            if max_length is not None:
+                fit_tokenizer_files(tmp, max_length)
         for name, text in extra_files.items():
             (tmp / name).write_text(text, encoding="utf-8")
     return out_dir

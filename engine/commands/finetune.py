@@ -13,7 +13,7 @@ import dataclasses
 import os
 import sys
 
-from bertforge.commands.flags import add_config_flags, add_dataclass_flags, print_config, with_config_file
+from bertforge.commands.flags import add_config_flags, add_dataclass_flags, mark_required, print_config, with_config_file
 from bertforge.config.docs import field_docs
 from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, ParallelConfig, MlmConfig,
                                     MlmData, NerConfig, NerData, SplitFiles)
@@ -29,7 +29,8 @@ def add_training_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
     """FinetuneConfig's and ParallelConfig's flags, the task's own defaults shown (`config_cls.DEFAULTS`)."""
     add_dataclass_flags(p, FinetuneConfig, skip=[f.name for f in dataclasses.fields(FinetuneConfig)
                                                  if f.name not in MAIN],
-                        rename={"output_dir": FINETUNE_FLAG_NAMES["output_dir"]}, defaults=config_cls.DEFAULTS)
+                        rename={"output_dir": FINETUNE_FLAG_NAMES["output_dir"]}, defaults=config_cls.DEFAULTS,
+                        required=["output_dir"])
     g = p.add_argument_group("training (defaults follow BERT's finetuning recipe)")
     add_dataclass_flags(g, FinetuneConfig, skip=MAIN + HAND_MADE, defaults=config_cls.DEFAULTS)
     g.add_argument("--unpadded", dest="unpadded", action=argparse.BooleanOptionalAction,
@@ -105,7 +106,7 @@ def register(subparsers) -> None:
                                    "masked-token accuracy and perplexity before and after.", **kw)
     add_training_flags(m, MlmConfig)
     g = m.add_argument_group("domain corpus")
-    g.add_argument("--corpus", nargs="+", metavar="PATH", help=field_docs(MlmData)["corpus"])
+    mark_required(g.add_argument("--corpus", nargs="+", metavar="PATH", help=field_docs(MlmData)["corpus"]))
     add_dataclass_flags(g, MlmData, skip=("corpus",))
     add_config_flags(m)
     m.set_defaults(func=_runner(MlmConfig, "run_mlm", "finetune mlm"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Iterable
@@ -51,12 +52,14 @@ def _value_type(annotation: Any):
 
 def add_dataclass_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
                         skip: Iterable[str] = (), rename: dict[str, str] | None = None,
-                        help_extra: dict[str, str] | None = None, defaults: dict | None = None) -> list[str]:
+                        help_extra: dict[str, str] | None = None, defaults: dict | None = None,
+                        required: Iterable[str] = ()) -> list[str]:
     """Add one flag per field of dataclass `cls` to `parser` (fields in `skip` get none). Returns the field names
     that got a flag. `rename` maps a field to another flag name (without dashes); `help_extra` appends text;
-    `defaults` overrides the default shown in the help (where a caller's config changes it)."""
+    `defaults` overrides the default shown in the help (where a caller's config changes it); `required` fields are
+    shown as required in the usage line and help (`mark_required`; the config's own check refuses them missing)."""
     docs = field_docs(cls)
-    rename, help_extra, defaults = rename or {}, help_extra or {}, defaults or {}
+    rename, help_extra, defaults, required = rename or {}, help_extra or {}, defaults or {}, set(required)
     added = []
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -66,8 +69,10 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | argparse._ArgumentGrou
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else None)
         annotation = f.type
         if annotation in (bool, "bool"):
-            if default is True:
-                parser.add_argument(f"--no-{name}", dest=f.name, action="store_false", help=text)
+            if default is True:  # both spellings on one help line, so --no-X never reads as X's description
+                text = re.sub(r"\s*Flag: --no-[\w-]+\.", "", text)
+                parser.add_argument(f"--{name}", dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=argparse.SUPPRESS, help=f"{text} (default: on; --no-{name}: off)")
             else:
                 parser.add_argument(f"--{name}", dest=f.name, action="store_true", help=text)
         else:
@@ -79,9 +84,20 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | argparse._ArgumentGrou
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             if default not in (None, ""):
                 text += f" (default: {shown})"
-            parser.add_argument(f"--{name}", dest=f.name, type=kind, metavar=metavar, help=text)
+            action = parser.add_argument(f"--{name}", dest=f.name, type=kind, metavar=metavar, help=text)
+            if f.name in required:
+                mark_required(action)
         added.append(f.name)
     return added
+
+
+def mark_required(action: argparse.Action) -> argparse.Action:
+    """Show `action` as required (no brackets in the usage line, "(required)" in its help) while leaving the check
+    to the config, whose error names the flag and what to give (engine/cli.py's formatter reads the mark)."""
+    action.shown_required = True
+    if action.help and "(required)" not in action.help:
+        action.help += " (required)"
+    return action
 
 
 def given(args: argparse.Namespace, names: Iterable[str]) -> dict:

@@ -27,7 +27,7 @@ from bertforge.config.parallel import PRECISIONS, ParallelConfig
 from bertforge.config.recipe import RECIPES, lecture
 from bertforge.errors import ConfigError
 
-CLASSIFY_FORMATS = ("csv", "tsv", "jsonl")
+CLASSIFY_FORMATS = ("csv", "tsv", "jsonl", "parquet", "arrow")
 CLASSIFY_METRICS = ("accuracy", "macro_f1")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
 POOLINGS = ("cls", "mean")  # bertforge.heads.POOLINGS (this module imports no model code)
@@ -94,7 +94,8 @@ class FinetuneConfig:
     threads: int = 0
     """torch intra-op CPU threads; 0 = torch's default."""
     progress: bool = True
-    """Progress on rank 0: a bar on a terminal, a plain line every 30 s in a log file (--no-progress: none)."""
+    """A progress bar on rank 0 when stderr is a terminal, else (a log file) a plain progress line every 30 s;
+    --no-progress: the plain lines on a terminal too."""
     unpadded: bool = True
     """Train on concatenated tokens + cu_seqlens, no padding in the dense layers (--no-unpadded pads each batch
     instead)."""
@@ -221,7 +222,8 @@ class ClassifyData:
     label_column: str = "label"
     """Column of the label."""
     format: str | None = None
-    """Input format: csv, tsv or jsonl; none = from the file suffix (.csv, .tsv, .jsonl / .json / .ndjson; others
+    """Input format: csv, tsv, jsonl, parquet or arrow (a Hugging Face datasets save_to_disk split folder is read as
+    arrow); none = from the file suffix (.csv, .tsv, .jsonl / .json / .ndjson, .parquet, .arrow; others
     are refused). Not for a folder DIR/<label>/*.txt, which is read as one example per file."""
     metric: str = "accuracy"
     """Dev metric that picks the best state: accuracy or macro_f1."""
@@ -417,7 +419,7 @@ class InferenceConfig:
     label_column: str = "label"
     """Column of the gold label (evaluate, classification)."""
     format: str | None = None
-    """Classification input format: csv, tsv or jsonl; none = from the file suffix."""
+    """Classification input format: csv, tsv, jsonl, parquet or arrow; none = from the file suffix."""
     scheme: str | None = None
     """Tag scheme of the input and the output: iob1, iob2, bioes or plain; none = the model's training scheme."""
     encoding: str = "utf-8"
@@ -433,7 +435,8 @@ class InferenceConfig:
     threads: int = 0
     """torch intra-op CPU threads; 0 = torch's default."""
     progress: bool = True
-    """Progress on rank 0: a bar on a terminal, a plain line every 30 s in a log file (--no-progress: none)."""
+    """A progress bar on rank 0 when stderr is a terminal, else (a log file) a plain progress line every 30 s;
+    --no-progress: the plain lines on a terminal too."""
 
     def __post_init__(self) -> None:
         if not self.model or not self.input:

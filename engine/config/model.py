@@ -117,6 +117,11 @@ class ModelConfig:
         raw = source if isinstance(source, dict) else read_json_object(source)
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a JSON object")
+        model_type = raw.get("model_type", "bert")
+        if model_type != "bert":
+            arch = ", ".join(raw.get("architectures") or []) or model_type
+            raise ConfigError(f"{where}: model_type {model_type!r} ({arch}) is not BERT; bertforge loads BERT "
+                              f"checkpoints only (config.json model_type 'bert')")
         position_type = raw.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise ConfigError(f"{where}: position_embedding_type {position_type!r} is not supported (absolute only)")

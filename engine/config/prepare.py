@@ -55,7 +55,8 @@ class PrepareConfig:
     """Prepare only part K of N of the input (K = 0 .. N-1), for N nodes writing into one shared output folder;
     the dataset is complete (meta.json written) when the last part finishes."""
     progress: bool = True
-    """Show progress (a tqdm bar on a terminal, a line every 30 s in a log file). Flag: --no-progress."""
+    """A progress bar on rank 0 when stderr is a terminal, else (a log file) a plain progress line every 30 s;
+    --no-progress: the plain lines on a terminal too."""
 
     def __post_init__(self) -> None:
         self.shard_bytes = parse_size(self.shard_bytes)

@@ -19,6 +19,10 @@ from bertforge.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "lamb")
 DECAYS = ("linear", "poly", "cosine", "constant")
+# Hugging Face's lr_scheduler_type names -> ours (one name per concept; 'linear' and 'cosine' are the same in both).
+# Ours always warm up first (--warmup-steps / --warmup-ratio), so HF's 'constant_with_warmup' is our 'constant';
+# HF's 'constant' (no warmup) is our 'constant' with --warmup-steps 0.
+HF_SCHEDULES = {"polynomial": "poly", "constant_with_warmup": "constant"}
 MASKING_PLACES = ("host", "device")
 RANDOM_REPLACEMENTS = ("unigram", "uniform")
 OBJECTIVES = ("mlm+nsp", "mlm+sop", "mlm")
@@ -140,7 +144,9 @@ class OptimSection:
     warmup_ratio: float = 0.06
     """Warmup as a fraction of the total steps when warmup_steps is -1."""
     decay: str = "poly"
-    """Decay after warmup: 'poly' (BERT: (1 - progress) ** decay_power), 'linear', 'cosine' or 'constant'."""
+    """Decay after warmup: 'poly' (BERT: (1 - progress) ** decay_power), 'linear', 'cosine' or 'constant'.
+    Hugging Face's lr_scheduler_type names are accepted: 'polynomial' = 'poly', 'constant_with_warmup' = 'constant'
+    (HF's 'constant', without warmup, is 'constant' with --warmup-steps 0)."""
     decay_power: float = 1.0
     """Power of the polynomial decay (1.0 = BERT's)."""
     weight_decay: float = 0.01
@@ -155,6 +161,7 @@ class OptimSection:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         check_choice(self, "optimizer", OPTIMIZERS)
+        self.decay = HF_SCHEDULES.get(self.decay, self.decay)
         check_choice(self, "decay", DECAYS)
         check_non_negative(self, "weight_decay", "max_grad_norm")
         if not self.lr > 0:
@@ -211,13 +218,16 @@ class RunSection:
     """Held-out micro batches per evaluation, over all ranks (shared out like training batches, so any number of
     ranks scores the same samples; capped so that no sample is scored twice)."""
     progress: bool = True
-    """A progress bar on rank 0 when stderr is a terminal (plain progress lines every 30 s when it is not, as in a
-    log file). Flag: --no-progress: the plain lines on a terminal too."""
+    """A progress bar on rank 0 when stderr is a terminal, else (a log file) a plain progress line every 30 s;
+    --no-progress: the plain lines on a terminal too."""
     export_hf: bool = True
     """Export the final weights to output_dir/hf (Hugging Face format) at the end. Flag: --no-export-hf."""
     final_checkpoint: bool = True
     """Save a checkpoint at the end (besides every save_every steps). Flag: --no-final-checkpoint (a throughput run
     that keeps nothing; needs --no-export-hf, which exports from it)."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s of one accelerator for the logged MFU (e.g. 756e12 for an H100 PCIe in bf16); 0 = look the
+    device's exact name up in engine/training/metrics.PEAK_FLOPS (no MFU for a name not listed)."""
     profile_steps: int = 0
     """Profile this many optimizer steps with torch.profiler: RUN/profile.json (device busy/idle share, top ops) and
     RUN/profile/trace.json; 0 = off."""
@@ -226,7 +236,7 @@ class RunSection:
 
     def __post_init__(self) -> None:
         check_positive_int(self, "log_every", "keep_last", "eval_batches")
-        check_non_negative(self, "save_every", "eval_every", "profile_steps")
+        check_non_negative(self, "save_every", "eval_every", "profile_steps", "peak_flops")
         if self.profile_start < -1:
             raise ConfigError(f"--profile-start must be >= -1, got {self.profile_start}")
         if self.export_hf and not self.final_checkpoint:

@@ -346,7 +346,7 @@ def prepare(inputs: Iterable[str | Path], tokenizer: str | Path, out_dir: str | 
                    lines=cfg.format == "lines")
     stats = PrepareStats(files=len(files), tasks=len(mine), tasks_total=len(tasks), part=f"{k}/{n}")
     bar = progress(sum(t.size for t in mine), "prepare" if n == 1 else f"prepare {k}/{n}", unit="B",
-                   unit_scale=True, enabled=cfg.progress)
+                   unit_scale=True, bar=cfg.progress)
     workers = min(cfg.workers, len(mine))
     try:
         results, counts = _execute(mine, workers, str(tokenizer), context, vocab_size, bar)

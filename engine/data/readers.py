@@ -11,7 +11,8 @@ Formats (chosen by suffix after an optional `.gz`, or forced with `fmt`):
   .rst      one document per file, reST markup lines (directives, section underlines, tables) removed (linux-doc)
   .parquet  Parquet, column `text_column`, streamed by record batch; "line" is the 1-based row
   .arrow    Arrow IPC file or stream (Hugging Face `datasets` cache files), column `text_column`; "line" = row
-A folder is read recursively in sorted order. Invalid UTF-8, an empty file, a JSONL line that is not JSON or lacks
+A folder is read recursively in sorted order; a Hugging Face `datasets` save_to_disk folder (state.json + Arrow
+files) as the dataset it holds (engine/data/hf_datasets.py). Invalid UTF-8, an empty file, a JSONL line that is not JSON or lacks
 the text key raise DataError naming file and line; an empty document is skipped and counted in ReadStats.
 
 Pieces: prepare reads a corpus in `Piece`s that worker processes read on their own (`plan_pieces`): uncompressed
@@ -103,10 +104,17 @@ def detect_format(path: Path) -> str:
 
 
 def list_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand folders (recursively, sorted) into the files a reader understands; plain files are kept as given."""
+    """Expand folders (recursively, sorted) into the files a reader understands; plain files are kept as given. A
+    Hugging Face `datasets` save_to_disk folder gives its Arrow files in row order (a DatasetDict: DataError naming
+    its split folders)."""
     out: list[Path] = []
+    from bertforge.data.hf_datasets import saved_dataset_files
+
     for p in map(Path, paths):
-        if p.is_dir():
+        saved = saved_dataset_files(p) if p.is_dir() else None  # a Hugging Face datasets save_to_disk folder
+        if saved is not None:
+            out += saved
+        elif p.is_dir():
             out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
                           and (f.name[:-3] if f.name.endswith(".gz") else f.name).rsplit(".", 1)[-1].lower()
                           in ("json", "jsonl", "txt", "text", "rst", "parquet", "arrow"))

@@ -1,4 +1,5 @@
-"""Sequence-classification data: CSV / TSV / JSONL readers (streamed: `iter_examples`), the folder-per-class layout
+"""Sequence-classification data: CSV / TSV / JSONL / Parquet / Arrow readers (a Hugging Face `datasets`
+save_to_disk split folder too; a ClassLabel column gives its names) (streamed: `iter_examples`), the folder-per-class layout
 (`read_folder`: DIR/<label>/*.txt, one example per file, as scikit-learn's load_files and torchvision's ImageFolder
 lay it out), a label-stratified,
 duplicate-aware seeded split, and encoding to [CLS] A [SEP] (B [SEP]) token ids truncated to the first
@@ -19,9 +20,13 @@ from typing import Iterable, Iterator, Sequence
 from tokenizers import Tokenizer
 
 from bertforge.config.finetune import CLASSIFY_FORMATS
+from bertforge.data.hf_datasets import class_names, columnar_records, saved_dataset_files
 from bertforge.errors import ConfigError, DataError
 from bertforge.finetune.reading import LineReader, jsonl_objects
 from bertforge.finetune.splitting import split_counts
+
+
+COLUMNAR = ("parquet", "arrow")  # row numbers stand for lines
 
 
 @dataclass
@@ -43,13 +48,13 @@ def detect_format(path: str | Path, fmt: str | None = None, folders: bool = Fals
             raise ConfigError(f"--format: unknown format {fmt!r}; choose one of {', '.join(CLASSIFY_FORMATS)}")
         return fmt
     suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix in ("csv", "tsv", "jsonl"):
+    if suffix in ("csv", "tsv", "jsonl", "parquet", "arrow"):
         return suffix
     if suffix in ("json", "ndjson"):
         return "jsonl"
     folder = ", or a folder DIR/<label>/*.txt of one example per file" if folders else ""
     raise DataError(f"cannot tell the format from the suffix {Path(path).suffix or '(none)'!r}: pass --format "
-                    f"csv|tsv|jsonl{folder}", str(path))
+                    f"csv|tsv|jsonl|parquet|arrow{folder}", str(path))
 
 
 def read_folder(folder: str | Path, encoding: str = "utf-8") -> list[Example]:
@@ -137,9 +142,13 @@ def iter_examples(path: str | Path, text_column: str = "text", text_b_column: st
     never held whole). `lines`: a LineReader of `path` to read through (its bytes_read follows the position)."""
     path = Path(path)
     fmt = detect_format(path, fmt)
-    lines = lines or LineReader(path, encoding)
+    names = class_names(path, label_column) if label_column and fmt in COLUMNAR else None
     wanted = [c for c in (text_column, text_b_column, label_column) if c]
-    for lineno, rec in _records(lines, fmt, wanted):
+    records = (columnar_records(path) if fmt in COLUMNAR
+               else _records(lines or LineReader(path, encoding), fmt, wanted))
+    for lineno, rec in records:
+        if names is not None and isinstance(rec.get(label_column), int) and 0 <= rec[label_column] < len(names):
+            rec[label_column] = names[rec[label_column]]  # a ClassLabel column: its name, as in dataset_info.json
         for col in wanted:
             if col not in rec:
                 have = ", ".join(map(str, rec)) or "none"
@@ -161,6 +170,12 @@ def read_examples(path: str | Path, text_column: str = "text", text_b_column: st
                   ) -> list[Example]:
     """All examples of a file (see iter_examples), or of a folder DIR/<label>/*.txt (see read_folder); DataError
     when it holds none."""
+    saved = saved_dataset_files(path) if Path(path).is_dir() else None
+    if saved is not None:  # a Hugging Face datasets save_to_disk split: its Arrow files in row order
+        out = [e for f in saved for e in iter_examples(f, text_column, text_b_column, label_column, encoding, "arrow")]
+        if not out:
+            raise DataError("no examples (an empty dataset)", str(path))
+        return out
     if Path(path).is_dir():
         if fmt is not None or text_b_column is not None:
             raise ConfigError(f"{path} is a folder of one example per file: --format and --text-b-column do not "

@@ -242,7 +242,7 @@ def _run(config: InferenceConfig, labelled: bool, out: str | None,
     lines = LineReader(config.input, config.encoding)
     rank, world = D.rank(), D.world_size()
     progress = progress_reporter(lines.size, f"{'evaluate' if labelled else 'predict'} {Path(config.input).name}",
-                                 unit="B", leave=False, enabled=config.progress and rank == 0, unit_scale=True)
+                                 unit="B", leave=False, enabled=rank == 0, unit_scale=True, bar=config.progress)
     output = _Output(out) if out is not None else None
     n, ok, seen = 0, False, 0
     try:

@@ -39,6 +39,7 @@ from bertforge.io import atomic_dir, write_json, write_text
 from bertforge.train.setup import join_runtime
 from bertforge.train.checkpoint import latest_tag
 from bertforge.train.metrics import MetricsWriter
+from bertforge.provenance import environment
 
 Echo = Callable[[str], None]
 
@@ -176,7 +177,7 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
         _check_resume(training, out_dir)
         if D.rank() == 0 and not training.resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    log = MetricsWriter(out_dir, enabled=D.rank() == 0, tensorboard=False) if out_dir is not None else None
+    log = MetricsWriter(out_dir, enabled=D.rank() == 0) if out_dir is not None else None  # + tensorboard/
     ds_config = ds_config or build_ds_config(training, par, D.world_size())
     runs, status = [], "finished"
     try:
@@ -202,7 +203,8 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
     summary = {"task": task.name, "metric": task.metric, "seeds": list(training.seeds), "runs": runs,
                "from_scratch": training.from_scratch, "init": str(init_dir) if init_dir else None,
                "status": status, "world_size": D.world_size(), "device": _device_name(), "precision": par.precision,
-               "zero_stage": par.zero_stage, "kernels": config.kernels}
+               "zero_stage": par.zero_stage, "kernels": config.kernels,
+               "environment": environment()}  # a collective (hosts): every rank is here
     if runs:
         for split in ("dev", "test"):
             keys = [k for k, v in runs[0].get(split, {}).items()

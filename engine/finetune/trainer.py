@@ -42,6 +42,7 @@ from bertforge.finetune.evaluation import evaluate_split, to_device
 from bertforge.finetune.tasks import TASK_FILE
 from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained
 from bertforge.model import reinit_top_layers
+from bertforge.model_card import finetune_card
 from bertforge.optim import build_optimizer, layerwise_param_groups, warmup_decay
 from bertforge.parallelize import ParallelPlan, parallelize
 from bertforge.progress import NullProgress, Progress, progress
@@ -217,7 +218,7 @@ class FinetuneTrainer:
         """Train to the end, an early stop or a SIGTERM. Returns 'finished' or 'preempted' (a checkpoint was saved)."""
         args, task = self.args, self.task
         bar = progress(self.total_steps, f"{task.name} seed {self.seed}", unit="step", initial=self.step,
-                       leave=False, enabled=args.progress and self.rank == 0)
+                       leave=False, enabled=self.rank == 0, bar=args.progress)
         window = torch.zeros((), dtype=torch.float64, device=self.dev)
         window_steps = 0
         self.engine.train()
@@ -349,5 +350,5 @@ def save_model(model: nn.Module, directory: Path, tokenizer_dir: Path | None, ta
     task's settings, the recipe and the seed's result."""
     id2label = dict(enumerate(task.labels)) if task.labels else None
     info = {**task.info(), "args": asdict(args), "result": result}
-    return export_hf(model, directory, tokenizer_dir, id2label=id2label,
-                     extra_files={TASK_FILE: json.dumps(info, indent=2, sort_keys=True) + "\n"})
+    return export_hf(model, directory, tokenizer_dir, id2label=id2label, max_length=args.max_seq_length,
+                     card=finetune_card(info), extra_files={TASK_FILE: json.dumps(info, indent=2, sort_keys=True) + "\n"})

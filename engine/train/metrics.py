@@ -5,6 +5,7 @@ ETA). MFU = achieved model FLOP/s over the accelerator's peak, reported on GPUs 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,9 +15,21 @@ from bertforge.config import ModelConfig
 from bertforge.errors import DataError
 from bertforge.io import write_text
 
-# Dense bf16/fp16 peak FLOP/s per device, by substring of torch.cuda.get_device_name().
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40": 181e12, "V100": 125e12,
-              "4090": 165e12}
+# Dense (no sparsity) bf16/fp16 tensor-core peak FLOP/s, by the exact name torch.cuda.get_device_name() reports
+# (vendor data sheets). A name not listed gets no MFU unless --peak-flops gives the peak.
+PEAK_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989e12,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12, "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA A10": 125e12,
+    "NVIDIA L40S": 362e12, "NVIDIA L40": 181e12,
+    "Tesla V100-SXM2-16GB": 125e12, "Tesla V100-SXM2-32GB": 125e12, "Tesla V100-PCIE-16GB": 112e12,
+    "Tesla V100-PCIE-32GB": 112e12,
+    "NVIDIA GeForce RTX 4090": 165e12,
+}
 
 
 def flops_per_token(model: ModelConfig, seq_len: int, mlm_fraction: float = 0.15) -> float:
@@ -28,11 +41,16 @@ def flops_per_token(model: ModelConfig, seq_len: int, mlm_fraction: float = 0.15
     return 6 * (encoder + decoder) + 12 * L * h * seq_len
 
 
-def peak_flops() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+def peak_flops(override: float = 0.0, device_name: str | None = None) -> float | None:
+    """Peak FLOP/s of one accelerator for MFU: `override` (--peak-flops) when > 0, else PEAK_FLOPS[exact device
+    name], else None (no MFU reported: a close name such as an H100 PCIe must not get the SXM peak)."""
+    if override > 0:
+        return float(override)
+    if device_name is None:
+        if not torch.cuda.is_available():
+            return None
+        device_name = torch.cuda.get_device_name()
+    return PEAK_FLOPS.get(device_name.strip())
 
 
 def cut_metrics(path: str | Path, last_step: int) -> int:
@@ -81,6 +99,8 @@ class MetricsWriter:
                                         purge_step=None if resume_step is None else resume_step + 1)
             except ImportError:
                 self.tb = None
+                print("bertforge: TensorBoard is not installed, metrics go to metrics.jsonl only (pip install "
+                      "'bertforge[tensorboard]')", file=sys.stderr, flush=True)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -90,8 +110,11 @@ class MetricsWriter:
         self.file.flush()
         if self.tb is not None:
             prefix = record.get("split", "train")
+            if "seed" in record:  # finetuning: one curve per seed
+                prefix = f"seed-{record['seed']}/{prefix}"
             for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "time"):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "time",
+                                                                                                   "seed"):
                     self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
     def close(self) -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bertforge.errors import DataError
+from bertforge.errors import ConfigError, DataError
 from bertforge.io import atomic_file
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, echo=None) -> Path:
     """Render RUN_DIR/metrics.jsonl to `out` (default RUN_DIR/curves.png), written atomically. Returns the path.
-    Raises DataError when the run has no metrics or no training records; `echo` (default: stderr) gets a warning
-    line for a cut last line of metrics.jsonl, which is left out."""
-    import matplotlib
-
+    Raises DataError when the run has no metrics or no training records (or is a finetune run); ConfigError without
+    matplotlib; `echo` (default: stderr) gets a warning line for a cut last line of metrics.jsonl, which is left out."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise ConfigError("`bertforge plot` needs matplotlib, an optional dependency: pip install "
+                          "'bertforge[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -22,6 +25,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, echo=None) -> P
 
     notes: list[str] = []
     records = read_metrics(run_dir, notes)
+    if any("seed" in r for r in records) or (Path(run_dir) / "summary.json").is_file():
+        raise DataError("a `bertforge finetune` run: `bertforge plot` draws pretraining runs only (a finetune run's "
+                        "curves are in its metrics.jsonl and, with the [tensorboard] extra, in tensorboard/)",
+                        str(run_dir))
     for note in notes:
         (echo or (lambda m: print(m, file=sys.stderr)))("warning: " + note)
     train = [r for r in records if r.get("split") == "train"]

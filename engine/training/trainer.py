@@ -42,6 +42,7 @@ from bertforge.optim import build_optimizer, param_groups, warmup_decay
 from bertforge.parallelize import ParallelPlan, check_device_support, parallelize
 from bertforge.train.step import StepGuard
 from bertforge.train.checkpoint import CheckpointManager
+from bertforge.provenance import environment
 from bertforge.training.device_masking import DeviceMasker
 from bertforge.progress import progress
 from bertforge.train.metrics import MetricsWriter, Throughput, flops_per_token, peak_flops
@@ -224,10 +225,11 @@ class Trainer:
 
         rank0 = D.rank() == 0
         self.metrics = MetricsWriter(self.run_dir, enabled=rank0, resume_step=self.step if cfg.run.resume else None)
+        env = environment()  # a collective (the hosts of all ranks): every rank calls it
         if rank0:
             write_json(self.run_dir / "config.json",
                        {"train": cfg.to_flat(), "model": dataclasses.asdict(self.model_cfg),
-                        "world_size": D.world_size(), "grad_accum": self.accum})
+                        "world_size": D.world_size(), "grad_accum": self.accum, "environment": env})
 
     def _restore(self, tag: str, state: dict) -> None:
         """Schedule, counters, data position and RNG from a checkpoint's trainer state. Written by another number of
@@ -385,7 +387,7 @@ class Trainer:
             return RunResult(step=self.step, status="finished")
         total = cfg.total_steps()
         self._fpt = flops_per_token(self.model_cfg, cfg.batch.max_seq_length, cfg.masking.mlm_probability)
-        self._peak = peak_flops()
+        self._peak = peak_flops(cfg.run.peak_flops)
         self.progress = progress(total, "pretrain", unit="step", initial=self.step, enabled=rank == 0,
                                  bar=cfg.run.progress)
         cleanup.callback(self.progress.close)

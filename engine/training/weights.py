@@ -12,8 +12,9 @@ from bertforge import deepspeed as ds
 from bertforge.config import ModelConfig
 from bertforge.errors import ConfigError
 from bertforge.heads import BertForMaskedLM, BertForPreTraining
-from bertforge.hf import TIED_OPTIONAL, export_hf, fuse_qkv, load_pretrained, read_config
+from bertforge.hf import TIED_OPTIONAL, architecture_of, export_hf, fuse_qkv, load_pretrained, read_config
 from bertforge.io import atomic_file
+from bertforge.model_card import pretrain_card
 from bertforge.train.checkpoint import checkpoint_meta, is_checkpoint, resolve_checkpoint
 
 
@@ -78,8 +79,32 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, tokenizer_dir: 
     tokenizer_dir = tokenizer_dir or checkpoint_meta(ckpt_dir).get("tokenizer_dir")
     if tokenizer_dir and not any((Path(tokenizer_dir) / n).is_file() for n in ("vocab.txt", "tokenizer.json")):
         tokenizer_dir = None
+    meta = checkpoint_meta(ckpt_dir)
     return export_hf(model, out_dir, tokenizer_dir=tokenizer_dir,
-                     config_extra={"pretraining_objective": checkpoint_objective(ckpt_dir)})
+                     config_extra={"pretraining_objective": checkpoint_objective(ckpt_dir)},
+                     max_length=meta.get("train_config", {}).get("max_seq_length"),
+                     card=pretrain_card(architecture_of(model), meta.get("train_config", {}), int(meta.get("step", 0)),
+                                        *_card_inputs(ckpt_dir, meta)))
+
+
+def _card_inputs(ckpt_dir: Path, meta: dict) -> tuple[dict | None, dict | None]:
+    """(the dataset's meta.json, the last held-out record of the run's metrics.jsonl) for the model card; None
+    where the file is gone (a checkpoint copied elsewhere)."""
+    import json
+
+    data_dir, data = meta.get("train_config", {}).get("data_dir"), None
+    if data_dir and (Path(data_dir) / "meta.json").is_file():
+        data = json.loads((Path(data_dir) / "meta.json").read_text(encoding="utf-8"))
+    metrics, held_out = Path(ckpt_dir).parent.parent / "metrics.jsonl", None
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("split") == "eval" and record.get("step", -1) <= meta.get("step", 0):
+                held_out = record
+    return data, held_out
 
 
 def export_fp32(ckpt_dir: str | Path, out_file: str | Path) -> Path:

@@ -23,6 +23,8 @@ def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path, capsys):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     before, after = summary["before"], summary["test"]
+    env = summary["environment"]  # provenance (engine/provenance.py)
+    assert env["world_size"] == 1 and env["torch"] and env["bertforge"]["version"] and env["hosts"]
     assert after["mlm_acc"]["mean"] > before["mlm_acc"] + 0.2
     assert after["perplexity"]["mean"] < before["perplexity"]
     # the unigram baseline of the same masks, printed beside the result (as pretraining does)

@@ -120,7 +120,7 @@ def test_error_vocab_mismatch(cli):
               "vocab_size 1000 does not match the dataset's tokenizer (512 tokens)")
 
 
-def test_error_tokenizer_mismatch(cli, tmp_path):
+def test_error_tokenizer_mismatch(cli, tmp_path, capsys):
     from bertforge.data.prepare import prepare
     from bertforge.data.tokenizer import train_wordpiece
 
@@ -130,6 +130,7 @@ def test_error_tokenizer_mismatch(cli, tmp_path):
     train_wordpiece([text], tmp_path / "tok_a", vocab_size=120, show_progress=False)
     train_wordpiece([text], tmp_path / "tok_b", vocab_size=90, show_progress=False)
     prepare([text], tmp_path / "tok_a", tmp_path / "data", progress=False)
+    capsys.readouterr()  # prepare's closing progress line (progress=False: plain lines instead of a bar)
     _one_line(*cli("--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tok_b")),
               "data/meta.json", "was prepared with another tokenizer")
 

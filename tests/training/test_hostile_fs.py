@@ -88,7 +88,7 @@ def test_symlink_loop_and_unreadable_input(tmp_path, monkeypatch):
 
 
 def _fake_checkpoint(root, step, payload):
-    from bertforge.training.checkpoint import record_files, tag_for
+    from bertforge.train.checkpoint import record_files, tag_for
 
     d = root / "checkpoints" / tag_for(step)
     d.mkdir(parents=True)
@@ -99,7 +99,7 @@ def _fake_checkpoint(root, step, payload):
 
 
 def test_export_falls_back_past_a_truncated_checkpoint(tmp_path):
-    from bertforge.training.checkpoint import resolve_checkpoint
+    from bertforge.train.checkpoint import resolve_checkpoint
 
     first = _fake_checkpoint(tmp_path, 1, b"a" * 100)
     newest = _fake_checkpoint(tmp_path, 2, b"b" * 100)
@@ -116,7 +116,7 @@ def test_export_falls_back_past_a_truncated_checkpoint(tmp_path):
 
 
 def test_metrics_with_a_cut_last_line(tmp_path):
-    from bertforge.training.metrics import read_metrics
+    from bertforge.train.metrics import read_metrics
 
     rows = [{"split": "train", "step": i, "loss": 1.0 / (i + 1)} for i in range(3)]
     text = "".join(json.dumps(r) + "\n" for r in rows)

@@ -8,7 +8,7 @@ import torch
 
 from bertforge.errors import CheckpointError
 from bertforge.hf import load_state_file
-from bertforge.training.rng import rng_state
+from bertforge.train.rng import rng_state
 
 RAN = []
 

@@ -1,0 +1,53 @@
+"""The library logs through one `bertforge` logger: its level from --log-level or BERTFORGE_LOG_LEVEL, silenced or
+routed like any library's; DeepSpeed's join chatter goes to DEBUG."""
+import logging
+
+import pytest
+
+from bertforge.cli import main
+from bertforge.log import configure, get_logger
+from bertforge import distributed as D
+
+
+@pytest.fixture(autouse=True)
+def restore_level():
+    logger = logging.getLogger("bertforge")
+    before = logger.level
+    yield
+    logger.setLevel(before)
+
+
+def test_levels_from_the_environment_and_the_flag(monkeypatch, caplog):
+    monkeypatch.setenv("BERTFORGE_LOG_LEVEL", "warning")
+    configure()
+    with caplog.at_level(logging.NOTSET):
+        D.log0("an info line")
+        D.log0("a warning line", logging.WARNING)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("bertforge")] == ["a warning line"]
+    assert get_logger("bertforge.training").getEffectiveLevel() == logging.WARNING
+    assert main(["--log-level", "error"]) == 0
+    assert logging.getLogger("bertforge").level == logging.ERROR
+
+
+def test_bad_level_variable_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("BERTFORGE_LOG_LEVEL", "loud")
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "bertforge: error: BERTFORGE_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'"
+
+
+def test_deepspeed_prints_go_to_debug(caplog):
+    from bertforge.deepspeed import quiet_deepspeed
+
+    configure("info")
+    with caplog.at_level(logging.DEBUG, logger="bertforge"):
+        with quiet_deepspeed():
+            print("DeepSpeed deepspeed_shm_comm_op built successfully")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "deepspeed: DeepSpeed deepspeed_shm_comm_op built successfully")]
+    import deepspeed
+
+    assert deepspeed.utils.logger.level == logging.DEBUG  # --log-level debug shows DeepSpeed's own lines too
+    with quiet_deepspeed():
+        pass
+    assert deepspeed.utils.logger.level == logging.WARNING  # at info, only its warnings
