@@ -23,6 +23,15 @@ HAND_MADE = {"model_overrides", "data_dir"}  # --model FIELD=VALUE (repeatable);
 RENAMED = {k: v for k, v in PRETRAIN_FLAG_NAMES.items() if k not in HAND_MADE}
 
 
+def _bool(text: str) -> bool:
+    """'1' / 'true' / 'yes' / 'on' or '0' / 'false' / 'no' / 'off' (any case)."""
+    value = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+             "off": False}.get(text.strip().lower())
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
 def _model_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
@@ -30,7 +39,7 @@ def _model_override(text: str) -> tuple[str, object]:
     types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
     if key not in types:
         raise argparse.ArgumentTypeError(f"unknown model field {key!r}; known: {', '.join(types)}")
-    kind = {"int": int, "float": float, "str": str}[str(types[key])]
+    kind = {"int": int, "float": float, "str": str, "bool": _bool}[str(types[key])]
     try:
         return key, kind(value)
     except ValueError:

@@ -71,6 +71,7 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
     if cfg.model.dropout is not None:
         overrides.update(hidden_dropout_prob=cfg.model.dropout, attention_probs_dropout_prob=cfg.model.dropout)
     overrides.setdefault("kernels", cfg.parallel.kernels)
+    overrides.setdefault("last_layer_subset", True)  # the last layer on the masked rows + [CLS] (model config)
     model_cfg = preset(cfg.model.preset, **overrides)
     if cfg.batch.max_seq_length > model_cfg.max_position_embeddings:
         raise ConfigError(f"{flag('max_seq_length')} {cfg.batch.max_seq_length} exceeds max_position_embeddings "
