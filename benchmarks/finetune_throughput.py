@@ -6,7 +6,7 @@ Task: sequence classification (2 classes) of synthetic examples whose lengths ar
   hf    transformers `Trainer` with BertForSequenceClassification (SDPA attention), batches padded to their longest
         example (a multiple of 8, as DataCollatorWithPadding(pad_to_multiple_of=8)), `bf16=True` autocast or fp32,
         torch AdamW (fused on GPU), warmup + linear decay, clipping 1.0: what users run
-  ours  the step of `bertforge finetune classify` itself (engine/finetune/trainer.py FinetuneTrainer.train_step):
+  ours  the step of `bertforge finetune classify` itself (engine/finetuning/trainer.py FinetuneTrainer.train_step):
         the DeepSpeed engine built by engine/parallelize.py, ZeRO 0, bf16 (DeepSpeed's) or fp32, unpadded batches,
         Triton kernels on a GPU (--kernels none on CPU), client AdamW, clipping 1.0
 Each side runs in its own process (one shape and side at a time): examples/s is the micro batch over the median
@@ -113,8 +113,8 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
 
     from bertforge import deepspeed as ds
     from bertforge.config.finetune import FinetuneConfig, ParallelConfig
-    from bertforge.finetune.tasks import ClassifyTask
-    from bertforge.finetune.trainer import FinetuneTrainer, build_ds_config
+    from bertforge.finetuning.tasks import ClassifyTask
+    from bertforge.finetuning.trainer import FinetuneTrainer, build_ds_config
     from bertforge import distributed as D
 
     kernels = "triton" if torch.cuda.is_available() else "none"

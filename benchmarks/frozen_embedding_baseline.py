@@ -14,9 +14,9 @@ import torch
 
 from bertforge.data.fetch import fetch
 from bertforge.data.tokenizer import load_tokenizer
-from bertforge.finetune import data_classify as dc
-from bertforge.finetune.metrics import classification_metrics
-from bertforge.finetune.tasks import pad
+from bertforge.finetuning import data_classify as dc
+from bertforge.finetuning.metrics import classification_metrics
+from bertforge.finetuning.tasks import pad
 from bertforge.hf import load_pretrained, read_config
 from bertforge.model import BertModel
 

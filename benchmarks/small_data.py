@@ -34,11 +34,11 @@ import torch
 
 from bertforge.data.fetch import fetch
 from bertforge.data.tokenizer import load_tokenizer
-from bertforge.finetune import data_classify as dc
-from bertforge.finetune import data_ner as dn
-from bertforge.finetune.metrics import classification_metrics, entity_metrics, mean_std
-from bertforge.finetune.run import collapsed_seeds
-from bertforge.finetune.tasks import TASK_FILE, pad
+from bertforge.finetuning import data_classify as dc
+from bertforge.finetuning import data_ner as dn
+from bertforge.finetuning.metrics import classification_metrics, entity_metrics, mean_std
+from bertforge.finetuning.run import collapsed_seeds
+from bertforge.finetuning.tasks import TASK_FILE, pad
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import write_json
 from bertforge.model import BertModel

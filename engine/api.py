@@ -11,8 +11,8 @@ MASTER_PORT, ...) are restored, the process group the run created is destroyed (
 CPU random state and thread count are put back. Under `torchrun` every rank calls the same function.
 
 Each function is a thin layer over the library entry points the commands call: pretraining
-`bertforge.training.phases.phase_results`, finetuning `bertforge.finetune.run.run_classify / run_ner / run_mlm`,
-inference `bertforge.finetune.predict.predict / evaluate`."""
+`bertforge.training.phases.phase_results`, finetuning `bertforge.finetuning.run.run_classify / run_ner / run_mlm`,
+inference `bertforge.finetuning.predict.predict / evaluate`."""
 from __future__ import annotations
 
 import contextlib
@@ -127,7 +127,7 @@ def finetune(task: str, config: Any = None, /, **settings: Any) -> dict:
     config_cls, run_name = TASKS[task]
     values, named = _settings(f"finetune {task}", config, settings, f"bertforge.finetune({task!r})")
     cfg = config_cls.from_flat(values)
-    from bertforge.finetune import run as library
+    from bertforge.finetuning import run as library
 
     with isolated_run():
         return getattr(library, run_name)(cfg, explicit=named)
@@ -144,7 +144,7 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, /, **settings: A
     token classification: tags and entity spans). With `out=PATH` they are written there as JSONL instead (any
     size, flat memory) and the number written is returned. Keywords: `max_seq_length`, `micro_batch`,
     `text_column`, `precision`, ..."""
-    from bertforge.finetune.predict import predict as library
+    from bertforge.finetuning.predict import predict as library
 
     if settings.get("out"):
         with isolated_run():
@@ -162,7 +162,7 @@ def evaluate(model: str | os.PathLike, input: str | os.PathLike, /, **settings: 
     """The metrics of the finetuned model directory `model` on the labelled file `input`, as `bertforge evaluate`
     computes them (classification: accuracy, macro-F1, per class, confusion matrix; NER: entity precision / recall
     / F1 overall and per type). Keywords as for `predict`, plus `predictions=PATH`."""
-    from bertforge.finetune.predict import evaluate as library
+    from bertforge.finetuning.predict import evaluate as library
 
     with isolated_run():
         return library(_inference(model, input, settings, "bertforge.evaluate()"), echo=lambda _: None)

@@ -12,7 +12,7 @@ from bertforge.config.finetune import InferenceConfig
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertforge.finetune.predict import evaluate
+    from bertforge.finetuning.predict import evaluate
     from bertforge import distributed as D
 
     evaluate(InferenceConfig(**given(args, [f.name for f in dataclasses.fields(InferenceConfig)])))

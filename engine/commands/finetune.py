@@ -56,7 +56,7 @@ def _runner(config_cls: type, run_name: str, command: str):
         if D.rank() == 0:  # stdout, with the run's other lines; stderr carries the one-line errors
             print(f"bertforge {command}: config {json.dumps(config.to_flat())}", flush=True)
         try:
-            from bertforge.finetune import run as library
+            from bertforge.finetuning import run as library
 
             summary = getattr(library, run_name)(config, explicit=explicit)
             code = D.PREEMPTED if summary.get("status") == "preempted" else 0

@@ -24,7 +24,7 @@ def add_inference_args(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertforge.finetune.predict import predict
+    from bertforge.finetuning.predict import predict
     from bertforge import distributed as D
 
     predict(InferenceConfig(**given(args, [f.name for f in dataclasses.fields(InferenceConfig)])))

@@ -54,7 +54,7 @@ class ModelConfig:
     LayerNorms only on the masked rows and the pooled [CLS] rows (MosaicBERT's `subset_idx`; keys and values still
     come from every token). Same loss and gradients; False computes the whole layer (to measure its share). On in
     `bertforge pretrain` (--model last_layer_subset=0 turns it off); off elsewhere (finetuning's domain MLM learned
-    far slower with it on in tests/finetune/test_mlm.py, cause not found yet). Not part of the Hugging Face
+    far slower with it on in tests/finetuning/test_mlm.py, cause not found yet). Not part of the Hugging Face
     config."""
 
     def __post_init__(self) -> None:

@@ -279,8 +279,9 @@ class Trainer:
         scale = backward_scale(self.accum, D.world_size())
         for micro_step, inputs in enumerate(micro):
             out = engine(**inputs, num_items_in_batch=n_masked)
-            out.mlm_loss = out.mlm_loss * scale
-            out.loss = out.mlm_loss if out.nsp_loss is None else out.mlm_loss + out.nsp_loss
+            if scale != 1:  # loss = mlm_loss * scale + the sentence loss (DeepSpeed averages over accum and ranks)
+                out.loss = out.loss + out.mlm_loss * (scale - 1)
+                out.mlm_loss = out.mlm_loss * scale
             nonfinite |= ~torch.isfinite(out.loss.detach())
             engine.backward(out.loss)  # NaN grads are harmless: the update is vetoed below
             if micro_step == self.accum - 1:

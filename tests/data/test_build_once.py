@@ -64,13 +64,24 @@ def _rank_main(rank, store, barriers, tasks, results, data_dir):
 
 
 @pytest.fixture(scope="module")
-def ranks(prepared, tmp_path_factory):
+def fresh_data(prepared, tmp_path_factory):
+    """A private copy of the prepared dataset without its DATA/cache folder: other tests build derived files into
+    the shared one, which `locate` would then find instead of building them here."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("fresh") / "data"
+    shutil.copytree(prepared[0], out, ignore=shutil.ignore_patterns(cache.CACHE))
+    return (out,)
+
+
+@pytest.fixture(scope="module")
+def ranks(fresh_data, tmp_path_factory):
     ctx = mp.get_context("spawn")
     barriers = {n: ctx.Barrier(n) for n in (2, WORLD)}
     tasks = [ctx.Queue() for _ in range(WORLD)]
     results = ctx.Queue()
     store = tmp_path_factory.mktemp("store") / "gloo"
-    procs = [ctx.Process(target=_rank_main, args=(r, str(store), barriers, tasks[r], results, str(prepared[0])),
+    procs = [ctx.Process(target=_rank_main, args=(r, str(store), barriers, tasks[r], results, str(fresh_data[0])),
                          daemon=True) for r in range(WORLD)]
     for p in procs:
         p.start()
@@ -143,11 +154,11 @@ def _waiter(data_dir, cache_dir, results):
     results.put(_digest(PretrainingDataset(data_dir, max_seq_length=64, split="all", cache_dir=cache_dir).samples))
 
 
-def test_a_killed_builder_is_replaced_by_a_waiting_rank_and_a_rerun(prepared, tmp_path):
+def test_a_killed_builder_is_replaced_by_a_waiting_rank_and_a_rerun(fresh_data, tmp_path):
     from bertforge.data.pretraining import PretrainingDataset
 
     ctx = mp.get_context("spawn")
-    data, folder, signal_file = str(prepared[0]), tmp_path / "cache", tmp_path / "building"
+    data, folder, signal_file = str(fresh_data[0]), tmp_path / "cache", tmp_path / "building"
     builder = ctx.Process(target=_stuck_builder, args=(data, str(folder), str(signal_file)), daemon=True)
     builder.start()
     deadline = time.monotonic() + 60

@@ -11,8 +11,8 @@ Kinds and variants covered:
 - export of a run whose newest checkpoint has a truncated file: the previous one is used with a warning line; a
   damaged step_N given directly, or every checkpoint damaged, is one line
 - plot of a metrics.jsonl whose last line is cut: plotted without it, with a warning; a bad middle line named
-- (CSV with an unterminated quote and CoNLL mixing TAB and space columns: tests/finetune/test_small_fixes.py and
-  tests/finetune/test_tag_files.py)
+- (CSV with an unterminated quote and CoNLL mixing TAB and space columns: tests/finetuning/test_small_fixes.py and
+  tests/finetuning/test_tag_files.py)
 """
 import errno
 import json
@@ -69,8 +69,8 @@ def test_full_disk_leaves_the_previous_folder(tmp_path):
 
 
 def test_symlink_loop_and_unreadable_input(tmp_path, monkeypatch):
-    from bertforge.finetune import data_ner as dn
-    from bertforge.finetune import reading
+    from bertforge.finetuning import data_ner as dn
+    from bertforge.finetuning import reading
 
     loop = tmp_path / "loop.conll"
     loop.symlink_to(loop)

@@ -65,8 +65,9 @@ def test_sigterm_to_torchrun(tmp_path):
     assert "worker rank" not in err  # no rank failed
     assert proc.returncode == 1  # torchrun's own status after a signal (its SignalException): docs/launch.md
 
-    run_worker("preempt", tmp_path, step + 2, script=WORKER)  # 1 rank continues the 2-rank checkpoint
-    assert _exits(tmp_path, 1) == ["0"] and _checked_checkpoint(tmp_path, step + 2) == step + 2
+    # 1 rank continues the 2-rank checkpoint to its planned end (a resume keeps the run's --steps: the resume rule)
+    run_worker("preempt", tmp_path, 400, script=WORKER)
+    assert _exits(tmp_path, 1) == ["0"] and _checked_checkpoint(tmp_path, 400) == 400
 
 
 @pytest.mark.skipif(not DEEPSPEED.is_file(), reason="the deepspeed launcher script is not installed")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.finetune._data import ner_conll, sentiment_csv
+from tests.finetuning._data import ner_conll, sentiment_csv
 
 WORKER = Path(__file__).with_name("_worker.py")
 REPO = Path(__file__).resolve().parents[2]

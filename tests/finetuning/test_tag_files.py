@@ -18,7 +18,7 @@ import re
 import pytest
 
 from bertforge.errors import ConfigError, DataError
-from bertforge.finetune import data_ner as dn
+from bertforge.finetuning import data_ner as dn
 
 
 def write(tmp_path, name, text):

@@ -7,8 +7,8 @@ import errno
 import pytest
 
 from bertforge.errors import ConfigError
-from bertforge.finetune import run
-from bertforge.finetune.data_classify import Example
+from bertforge.finetuning import run
+from bertforge.finetuning.data_classify import Example
 
 
 def test_existing_out_refused_without_resume(tmp_path):

@@ -6,7 +6,7 @@ predict: file in, one JSON object per input out, in input order — classificati
 "text", "score"}]} (entity schemes; word indices, end exclusive, the mean word probability as score). evaluate: the
 task's metrics on a labelled file (a gold label the model does not know counts as a miss, with a warning).
 
-Any file size in constant memory: the input is read as a stream (engine/finetune/reading.py) in chunks of CHUNK
+Any file size in constant memory: the input is read as a stream (engine/finetuning/reading.py) in chunks of CHUNK
 records; each chunk is encoded, batched by length and run on the GPU when there is one (fp32, or bf16 / fp16
 autocast; --kernels triton), and its rows written before the next is read. Under torchrun chunk c runs on rank
 c % world: every rank writes its chunks to a part file and rank 0 interleaves the parts into the one output, so the
@@ -29,13 +29,13 @@ from bertforge import distributed as D
 from bertforge.config.finetune import InferenceConfig
 from bertforge.data.tokenizer import check_vocab_rows, load_tokenizer
 from bertforge.errors import CheckpointError
-from bertforge.finetune import data_classify as dc
-from bertforge.finetune import data_ner as dn
-from bertforge.finetune.evaluation import local_outputs
-from bertforge.finetune.metrics import (entity_counts, entity_metrics_from_counts, format_report, iob2_spans,
+from bertforge.finetuning import data_classify as dc
+from bertforge.finetuning import data_ner as dn
+from bertforge.finetuning.evaluation import local_outputs
+from bertforge.finetuning.metrics import (entity_counts, entity_metrics_from_counts, format_report, iob2_spans,
                                      pair_metrics)
-from bertforge.finetune.reading import LineReader, strip_ending
-from bertforge.finetune.tasks import TASK_FILE, ClassifyTask, NerTask
+from bertforge.finetuning.reading import LineReader, strip_ending
+from bertforge.finetuning.tasks import TASK_FILE, ClassifyTask, NerTask
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import atomic_file, write_json
 from bertforge.parallelize import check_device_support

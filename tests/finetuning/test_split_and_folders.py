@@ -7,9 +7,9 @@ import pytest
 from bertforge.cli import main
 from bertforge.config.finetune import ClassifyConfig, NerConfig
 from bertforge.errors import ConfigError, DataError
-from bertforge.finetune import data_classify as dc
-from bertforge.finetune import data_ner as dn
-from tests.finetune._data import ner_conll, sentiment_csv
+from bertforge.finetuning import data_classify as dc
+from bertforge.finetuning import data_ner as dn
+from tests.finetuning._data import ner_conll, sentiment_csv
 
 FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--max-seq-length", "16", "--epochs", "1",
         "--recipe", "lecture"]
@@ -87,9 +87,9 @@ def test_unknown_suffix_is_refused_in_one_line(tiny_ckpt, tmp_path, capsys, name
                  str(tmp_path / "out"), *FAST]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"error: {data}: cannot tell the format from the suffix" in err
-    assert "--format csv|tsv|jsonl, or a folder DIR/<label>/*.txt" in err
+    assert "--format csv|tsv|jsonl|parquet|arrow, or a folder DIR/<label>/*.txt" in err
 
 
 def test_predict_refuses_an_unknown_suffix_without_offering_a_folder(tmp_path):
-    with pytest.raises(DataError, match=r"suffix '.txt': pass --format csv\|tsv\|jsonl$"):
+    with pytest.raises(DataError, match=r"suffix '.txt': pass --format csv\|tsv\|jsonl\|parquet\|arrow$"):
         list(dc.iter_examples(tmp_path / "in.txt", label_column=None))

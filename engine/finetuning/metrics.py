@@ -11,7 +11,7 @@ Entities: exact-match span scoring in the strict IOB2 sense of seqeval 1.2.2 (`m
 seqeval/scheme.py `Tokens.entities`): an entity starts at every B-X and extends over the following I-X of the same
 type; an I- tag that does not continue an entity of its type (after O, after another type, at sentence start)
 starts nothing and is ignored. A predicted entity counts as correct only if the same sentence, start, end and type
-is gold. Precision / recall / F1 are micro-averaged overall and reported per type. tests/finetune/test_metrics.py
+is gold. Precision / recall / F1 are micro-averaged overall and reported per type. tests/finetuning/test_metrics.py
 checks that these numbers equal seqeval's exactly."""
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from bertforge.config.finetune import FinetuneConfig
 from bertforge.config.model import tiny
-from bertforge.finetune.run import run_seeds
-from bertforge.finetune.trainer import train_seed
+from bertforge.finetuning.run import run_seeds
+from bertforge.finetuning.trainer import train_seed
 from bertforge.train.metrics import MetricsWriter
 
 
@@ -97,7 +97,7 @@ def test_seeds_mean_std(tmp_path, monkeypatch):
     def fake(task, config, init_dir, args, seed, out_dir, log, echo, **kw):
         return {"seed": seed, "train_seconds": 1.0, "test": {"f1": next(scores)}, "status": "finished"}, None
 
-    monkeypatch.setattr("bertforge.finetune.run.train_seed", fake)
+    monkeypatch.setattr("bertforge.finetuning.run.train_seed", fake)
 
     class T:
         name, metric = "x", "f1"
@@ -112,7 +112,7 @@ def test_seeds_mean_std(tmp_path, monkeypatch):
 def test_balanced_class_weights_and_weighted_loss():
     """--class-weight balanced: w_c = n / (classes x n_c) (scikit-learn's 'balanced'); the loss is
     sum_i w[y_i] nll_i / sum_i w[y_i]."""
-    from bertforge.finetune.tasks import ClassifyTask, balanced_weights
+    from bertforge.finetuning.tasks import ClassifyTask, balanced_weights
 
     labels = [0, 0, 0, 0, 0, 0, 1, 1, 2]
     w = balanced_weights(labels, 4)

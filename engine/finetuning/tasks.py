@@ -1,6 +1,6 @@
 """What each finetuning task trains on and how it is scored. A task owns its label list, its encoded features
 (train / dev / test), the head it puts on the encoder, and four functions the task-agnostic trainer and evaluator
-(engine/finetune/trainer.py, evaluation.py) call:
+(engine/finetuning/trainer.py, evaluation.py) call:
   collate(features, unpadded, seed)  -> a batch of CPU tensors (labels included when the features have them)
   loss(model, batch)                 -> the training loss of one micro batch (a 0-dim tensor)
   outputs(model, batch)              -> one small CPU result per example (probabilities, tag ids, ...)
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertforge.config import ModelConfig
-from bertforge.finetune import data_ner
-from bertforge.finetune.metrics import classification_metrics, collapse, entity_metrics, token_metrics
+from bertforge.finetuning import data_ner
+from bertforge.finetuning.metrics import classification_metrics, collapse, entity_metrics, token_metrics
 from bertforge.heads import BertForSequenceClassification, BertForTokenClassification
 
 TASK_FILE = "bertforge_task.json"  # written beside config.json of every finetuned model

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bertforge.cli import main
-from tests.finetune._data import sentiment_csv
+from tests.finetuning._data import sentiment_csv
 
 REPO = Path(__file__).resolve().parents[2]
 RSS = """import resource, sys
@@ -101,8 +101,8 @@ def test_two_ranks_write_one_ordered_output_identical_to_one_rank(model, files, 
                            "--threads", "1", "--no-progress"], env=env(), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from bertforge.finetune.data_classify import read_examples
-    from bertforge.finetune.metrics import classification_metrics
+    from bertforge.finetuning.data_classify import read_examples
+    from bertforge.finetuning.metrics import classification_metrics
 
     gold = [e.label for e in read_examples(src)]
     pred = [json.loads(x)["label"] for x in one.read_text().splitlines()]

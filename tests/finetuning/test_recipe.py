@@ -13,11 +13,11 @@ from bertforge.config.finetune import ClassifyConfig, FinetuneConfig
 from bertforge.config.model import tiny
 from bertforge.config.recipe import SMALL_SET, choose_recipe, lecture
 from bertforge.errors import ConfigError
-from bertforge.finetune.run import collapsed_seeds, run_seeds
+from bertforge.finetuning.run import collapsed_seeds, run_seeds
 from bertforge.heads import BertForSequenceClassification
 from bertforge.model import reinit_top_layers
 from bertforge.optim import layerwise_param_groups, param_groups
-from tests.finetune._data import sentiment_csv
+from tests.finetuning._data import sentiment_csv
 
 RECIPE_FIELDS = ("lr", "min_steps", "layer_lr_decay", "reinit_layers")
 
@@ -117,8 +117,8 @@ def test_collapsed_seeds_are_counted(tmp_path, monkeypatch):
     def fake(task, config, init_dir, args, seed, out_dir, log, echo, **kw):
         return {"seed": seed, "train_seconds": 1.0, "dev": {"accuracy": 0.5, **runs[seed]}, "status": "finished"}, None
 
-    monkeypatch.setattr("bertforge.finetune.run.train_seed", fake)
-    monkeypatch.setattr("bertforge.finetune.run._report", lambda *a: None)
+    monkeypatch.setattr("bertforge.finetuning.run.train_seed", fake)
+    monkeypatch.setattr("bertforge.finetuning.run._report", lambda *a: None)
 
     class T:
         name, metric = "x", "accuracy"

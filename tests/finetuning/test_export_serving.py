@@ -6,7 +6,7 @@ import json
 import pytest
 
 from bertforge.cli import main
-from tests.finetune._data import sentiment_csv
+from tests.finetuning._data import sentiment_csv
 
 
 def test_pipeline_and_predict_agree_past_the_trained_length(tiny_ckpt, tmp_path):

@@ -8,7 +8,7 @@ One optimizer step = `accum` micro batches per rank; global micro batch k of the
 (engine/data/sampler.py) runs on rank k % world, so no rank runs out of batches first (no hang at the end of an
 epoch, whatever the data size) and 1 rank x accumulation 2n takes the same steps as 2 ranks x n. Every step has one
 collective (after the backward): the ranks agree on a non-finite loss (the step is skipped everywhere) and on a
-SIGTERM (checkpoint, exit 143). Dev evaluation (sharded, engine/finetune/evaluation.py) after every epoch or
+SIGTERM (checkpoint, exit 143). Dev evaluation (sharded, engine/finetuning/evaluation.py) after every epoch or
 `evals_per_epoch` times; every evaluation checkpoints: an improvement into the best-state checkpoints, otherwise into
 the resume checkpoints, so the best dev state is never lost and a resume continues from the newest of the two with
 the identical loss sequence. At the end the best state is loaded, dev and test are scored, and rank 0 exports its
@@ -38,8 +38,8 @@ from bertforge.config import ModelConfig
 from bertforge.config.finetune import FinetuneConfig, ParallelConfig
 from bertforge.data.sampler import MicroBatchSampler
 from bertforge.errors import CheckpointError, ConfigError
-from bertforge.finetune.evaluation import evaluate_split, to_device
-from bertforge.finetune.tasks import TASK_FILE
+from bertforge.finetuning.evaluation import evaluate_split, to_device
+from bertforge.finetuning.tasks import TASK_FILE
 from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained
 from bertforge.model import reinit_top_layers
 from bertforge.model_card import finetune_card
@@ -69,7 +69,7 @@ def build_ds_config(args: FinetuneConfig, par: ParallelConfig, world: int, user:
 class FinetuneTrainer:
     """One seed of one task. Attributes, in the order `setup` fills them:"""
 
-    task: object                    # engine/finetune/tasks.py (or mlm.py): features, collate, loss, outputs, metrics
+    task: object                    # engine/finetuning/tasks.py (or mlm.py): features, collate, loss, outputs, metrics
     model_cfg: ModelConfig
     args: FinetuneConfig
     par: ParallelConfig

@@ -1,4 +1,4 @@
-"""Input faults of finetuning data, each fixed as a kind and tested on the handed inputs (tests/finetune/data/, copied
+"""Input faults of finetuning data, each fixed as a kind and tested on the handed inputs (tests/finetuning/data/, copied
 from the shared cases `label-only-in-heldout` and `iob1-file-default-scheme`) and on generated inputs of the same kind:
 - the automatic split is stratified: every label with >= 2 examples (NER: every entity type in >= 2 sentences) lands
   in train, labels come from the whole file, and a label that training lacks is scored as a miss, never refused;
@@ -12,8 +12,8 @@ import pytest
 
 from bertforge.cli import main
 from bertforge.errors import DataError
-from bertforge.finetune import data_classify as dc
-from bertforge.finetune import data_ner as dn
+from bertforge.finetuning import data_classify as dc
+from bertforge.finetuning import data_ner as dn
 
 DATA = Path(__file__).with_name("data")
 FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--max-seq-length", "16", "--epochs", "1",
@@ -28,7 +28,7 @@ def test_handed_iob1_file_with_the_default_scheme_is_refused_with_file_line_and_
                               f"entity, which IOB2 does not allow (entities start with B-); this looks like IOB1: pass "
                               f"--scheme iob1")
     sents = dn.read_conll(DATA / "iob1_test.conll", "iob1")
-    from bertforge.finetune.metrics import iob2_spans
+    from bertforge.finetuning.metrics import iob2_spans
 
     assert sum(len(iob2_spans(s.tags)) for s in sents) == 15  # as seqeval's default (conlleval) mode counts them
 

@@ -17,8 +17,8 @@ import json
 import pytest
 
 from bertforge.errors import ConfigError, DataError
-from bertforge.finetune import data_classify as dc
-from bertforge.finetune.metrics import classification_metrics, format_report
+from bertforge.finetuning import data_classify as dc
+from bertforge.finetuning.metrics import classification_metrics, format_report
 
 
 def ex(label, i):
@@ -81,7 +81,7 @@ def test_csv_multiline_cell_still_read(tmp_path):
 
 
 def test_mlm_text_column(tmp_path):
-    from bertforge.finetune.run import read_corpus
+    from bertforge.finetuning.run import read_corpus
 
     p = write(tmp_path, "c.jsonl", json.dumps({"body": "some domain text"}) + "\n")
     assert read_corpus([str(p)], None, "body") == ["some domain text"]

@@ -22,8 +22,8 @@ from tokenizers import Tokenizer
 from bertforge.config.finetune import CLASSIFY_FORMATS
 from bertforge.data.hf_datasets import class_names, columnar_records, saved_dataset_files
 from bertforge.errors import ConfigError, DataError
-from bertforge.finetune.reading import LineReader, jsonl_objects
-from bertforge.finetune.splitting import split_counts
+from bertforge.finetuning.reading import LineReader, jsonl_objects
+from bertforge.finetuning.splitting import split_counts
 
 
 COLUMNAR = ("parquet", "arrow")  # row numbers stand for lines

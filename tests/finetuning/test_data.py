@@ -3,8 +3,8 @@ import pytest
 
 from bertforge.data.tokenizer import load_tokenizer
 from bertforge.errors import UserError
-from bertforge.finetune import data_classify as dc
-from bertforge.finetune import data_ner as dn
+from bertforge.finetuning import data_classify as dc
+from bertforge.finetuning import data_ner as dn
 
 
 def write(tmp_path, name, content, mode="w"):
@@ -98,7 +98,7 @@ def test_csv_tsv_jsonl_and_pairs(tmp_path):
 
 def test_missing_column(tmp_path):
     c = write(tmp_path, "a.csv", "sentence,label\nhi,pos\n")
-    with pytest.raises(UserError, match=r"a.csv:2: no column 'text' in the header \(columns: sentence, label\)"):
+    with pytest.raises(UserError, match=r"a.csv:1: no column 'text' in the header \(columns: sentence, label\)"):
         dc.read_examples(c)
     j = write(tmp_path, "a.jsonl", '{"text": "x", "label": 1}\n{"text": "y"}\n')
     with pytest.raises(UserError, match=r"a.jsonl:2: no column 'label'"):
@@ -170,7 +170,7 @@ def test_first_subword_vs_all_subwords(tiny_ckpt):
 
 
 def test_saved_splits_read_back(tmp_path):
-    from bertforge.finetune.run import save_splits
+    from bertforge.finetuning.run import save_splits
 
     sents = [dn.Sentence(["John", "lives"], ["B-PER", "O"], "s", [1, 2]), dn.Sentence(["Paris"], ["B-LOC"], "s", [4])]
     exs = [dc.Example("a, b", None, "pos", "f", 2), dc.Example("c", "d", "neg", "f", 3)]

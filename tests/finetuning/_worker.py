@@ -19,7 +19,7 @@ from bertforge import distributed as D  # noqa: E402
 
 def main(spec_path: Path) -> None:
     from bertforge.cli import main as cli_main
-    from bertforge.finetune.trainer import FinetuneTrainer
+    from bertforge.finetuning.trainer import FinetuneTrainer
 
     real_finish, real_step = D.finish, FinetuneTrainer.train_step
     D.finish = lambda code: None  # every run but the last leaves the process group standing

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from bertforge import distributed as D
-from bertforge.finetune.tasks import feature_length
+from bertforge.finetuning.tasks import feature_length
 
 
 def to_device(batch: dict, dev: torch.device) -> dict:

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from bertforge.finetune.metrics import classification_metrics, entity_metrics, iob2_spans, mean_std
+from bertforge.finetuning.metrics import classification_metrics, entity_metrics, iob2_spans, mean_std
 
 seqeval_metrics = pytest.importorskip("seqeval.metrics")
 from seqeval.scheme import IOB2  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 from bertforge.data.hf_datasets import saved_dataset_files
 from bertforge.data.readers import read_documents
 from bertforge.errors import DataError
-from bertforge.finetune.data_classify import read_examples
+from bertforge.finetuning.data_classify import read_examples
 
 TEXTS = ["good movie", "bad film", "great food", "awful service", "fine okay"]
 LABELS = [1, 0, 1, 0, 1]

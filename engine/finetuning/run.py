@@ -27,13 +27,13 @@ from bertforge.config.finetune import (ClassifyConfig, FinetuneConfig, ParallelC
 from bertforge.config.recipe import choose_recipe
 from bertforge.data.tokenizer import check_vocab_rows, load_tokenizer
 from bertforge.errors import CheckpointError, ConfigError, DataError
-from bertforge.finetune import data_classify as dc
-from bertforge.finetune import data_ner as dn
-from bertforge.finetune.evaluation import evaluate_split
-from bertforge.finetune.metrics import collapse_warning, format_report, mean_std
-from bertforge.finetune.mlm import build_task
-from bertforge.finetune.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
-from bertforge.finetune.trainer import build_ds_config, state_dir, train_seed
+from bertforge.finetuning import data_classify as dc
+from bertforge.finetuning import data_ner as dn
+from bertforge.finetuning.evaluation import evaluate_split
+from bertforge.finetuning.metrics import collapse_warning, format_report, mean_std
+from bertforge.finetuning.mlm import build_task
+from bertforge.finetuning.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
+from bertforge.finetuning.trainer import build_ds_config, state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import atomic_dir, write_json, write_text
 from bertforge.train.setup import join_runtime
@@ -269,7 +269,7 @@ def _recipe(training: FinetuneConfig, n_train: int, label_counts: list[int] | No
 
 
 def collapsed_seeds(runs: list[dict]) -> list[int] | None:
-    """The seeds whose dev or test predictions collapsed to one class (bertforge.finetune.metrics.collapse); None
+    """The seeds whose dev or test predictions collapsed to one class (bertforge.finetuning.metrics.collapse); None
     when the runs carry no collapse check (ner, mlm)."""
     if not any("collapsed" in r.get(split, {}) for r in runs for split in ("dev", "test")):
         return None
@@ -376,7 +376,7 @@ def read_corpus(corpus: Sequence[str], fmt: str | None, text_column: str = "text
 
 
 def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
-    """Domain-adaptive MLM (engine/finetune/mlm.py): held-out masked-token accuracy and perplexity before and after.
+    """Domain-adaptive MLM (engine/finetuning/mlm.py): held-out masked-token accuracy and perplexity before and after.
     Returns the summary, with the untrained scores under 'before'."""
     config, user = _merged(config, explicit)
     training, data, par = config.training, config.data, config.parallel

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from bertforge.cli import main
-from bertforge.finetune.metrics import entity_metrics
-from tests.finetune._data import ner_conll as _ner_conll
-from tests.finetune._data import sentiment_csv as _sentiment_csv
+from bertforge.finetuning.metrics import entity_metrics
+from tests.finetuning._data import ner_conll as _ner_conll
+from tests.finetuning._data import sentiment_csv as _sentiment_csv
 
 
 FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--lr", "3e-3", "--max-seq-length", "32",
@@ -78,8 +78,8 @@ def test_ner_end_to_end_windows_and_hf_pipeline(tiny_ckpt, tmp_path):
     assert any(t.startswith(("S-", "E-")) for r in rows for t in r["tags"])
     transformers = pytest.importorskip("transformers")
     # parity without windows: a max_seq_length that covers the sentence
-    from bertforge.finetune import data_ner as dn
-    from bertforge.finetune import predict as P
+    from bertforge.finetuning import data_ner as dn
+    from bertforge.finetuning import predict as P
 
     ft = P.load_finetuned(model, max_seq_length=32)
     sentences = dn.read_conll(test)
@@ -113,12 +113,12 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
     seqeval = pytest.importorskip("seqeval.metrics")
     from seqeval.scheme import IOB2
 
-    from bertforge.finetune import data_ner as dn
-    from bertforge.finetune.tasks import NerTask
+    from bertforge.finetuning import data_ner as dn
+    from bertforge.finetuning.tasks import NerTask
     from bertforge.config.finetune import FinetuneConfig
     from bertforge.data.tokenizer import load_tokenizer
-    from bertforge.finetune.evaluation import local_outputs
-    from bertforge.finetune.trainer import train_seed
+    from bertforge.finetuning.evaluation import local_outputs
+    from bertforge.finetuning.trainer import train_seed
     from bertforge.hf import load_pretrained, read_config
 
     wnut, minilm = wnut_file, minilm_dir
@@ -152,7 +152,7 @@ def test_ner_metric_equals_seqeval_on_real_predictions(minilm_dir, wnut_file, tm
 
 
 def test_pos_plain_tags_train_and_report_token_accuracy(tiny_ckpt, tmp_path, capsys):
-    from tests.finetune._data import POS, pos_conll
+    from tests.finetuning._data import POS, pos_conll
 
     train, dev, test = (pos_conll(tmp_path / f"{s}.conll", n, i) for i, (s, n) in
                         enumerate([("train", 120), ("dev", 20), ("test", 20)]))

@@ -34,9 +34,9 @@ from tokenizers import Tokenizer
 
 from bertforge.config.finetune import TAG_SCHEMES
 from bertforge.errors import ConfigError, DataError
-from bertforge.finetune.metrics import iob2_spans
-from bertforge.finetune.reading import LineReader, jsonl_objects, strip_ending
-from bertforge.finetune.splitting import split_counts
+from bertforge.finetuning.metrics import iob2_spans
+from bertforge.finetuning.reading import LineReader, jsonl_objects, strip_ending
+from bertforge.finetuning.splitting import split_counts
 
 _ALLOWED = {"iob1": "BI", "iob2": "BI", "bioes": "BIES", "bilou": "BILU"}
 _TO_BIOES = {"L": "E", "U": "S"}  # BILOU (spaCy) is BIOES with L- (last) for E- and U- (unit) for S-
@@ -395,7 +395,7 @@ def types_missing_from_train(train: Sequence[Sentence], others: dict[str, Sequen
 def split_sentences(sentences: Sequence[Sentence], fractions: Sequence[float], seed: int,
                     scheme: str = "iob2") -> list[list[Sentence]]:
     """Deterministic split into parts of the given sizes: fractions of the sentences (e.g. 0.8, 0.1, 0.1) or counts
-    (e.g. 800,100,100), as bertforge.finetune.splitting.split_counts reads them; a remainder is left out, stratified by entity type (plain: by tag) with iterative stratification (Sechidis,
+    (e.g. 800,100,100), as bertforge.finetuning.splitting.split_counts reads them; a remainder is left out, stratified by entity type (plain: by tag) with iterative stratification (Sechidis,
     Tsoumakas & Vlahavas 2011, "On the stratification of multi-label data"): the type with the fewest unplaced
     sentences goes first, each of its sentences (in a seeded order) to the part that most lacks that type, then
     the part that most lacks sentences. Every type that occurs in >= 2 sentences has one in the first part (train).

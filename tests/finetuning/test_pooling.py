@@ -11,9 +11,9 @@ import torch
 
 from bertforge.cli import main
 from bertforge.config.model import tiny
-from bertforge.finetune.predict import load_finetuned
+from bertforge.finetuning.predict import load_finetuned
 from bertforge.heads import BertForSequenceClassification, mean_states
-from tests.finetune._data import sentiment_csv
+from tests.finetuning._data import sentiment_csv
 
 FAST = ["--threads", "1", "--no-progress", "--global-batch", "8", "--lr", "3e-3", "--max-seq-length", "32",
         "--epochs", "10", "--dropout", "0", "--recipe", "lecture"]
@@ -98,8 +98,8 @@ def test_the_exported_folder_says_how_to_reproduce_mean_pooling(mean_model):
     assert "mean" in note and "BertForSequenceClassification" in note
     texts = ["the movie was great today", "awful service", "a film"]
     ft = load_finetuned(model_dir)
-    from bertforge.finetune import data_classify as dc
-    from bertforge.finetune.predict import Runner, classify_rows
+    from bertforge.finetuning import data_classify as dc
+    from bertforge.finetuning.predict import Runner, classify_rows
 
     ours = classify_rows(Runner(ft), [dc.Example(t, None, None, "x", i) for i, t in enumerate(texts)])
     encoder = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()  # the README's recipe

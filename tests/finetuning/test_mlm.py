@@ -35,7 +35,7 @@ def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path, capsys):
 
 
 def test_fixed_eval_masks_are_deterministic(tiny_ckpt):
-    from bertforge.finetune.mlm import build_task
+    from bertforge.finetuning.mlm import build_task
     from bertforge.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_ckpt)
@@ -52,7 +52,7 @@ def test_fixed_eval_masks_are_deterministic(tiny_ckpt):
 
 def test_short_texts_are_packed_into_full_sequences_with_no_token_dropped(tiny_ckpt):
     from bertforge.data.tokenizer import load_tokenizer
-    from bertforge.finetune.mlm import build_task
+    from bertforge.finetuning.mlm import build_task
 
     tok = load_tokenizer(tiny_ckpt)
     rng = random.Random(3)
