@@ -12,7 +12,7 @@ import bertforge
 import bertforge.errors
 
 LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-REVIEWS = Path(__file__).resolve().parents[1] / "finetune" / "data" / "reviews.csv"
+REVIEWS = Path(__file__).resolve().parents[1] / "finetuning" / "data" / "reviews.csv"
 TINY = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 1}
 
 
