@@ -329,13 +329,24 @@ class Trainer:
         """Held-out MLM accuracy, the sentence task's ({task}_acc: NSP or SOP; none for MLM only) and the unigram
         baseline (the accuracy of always predicting the held-out split's most frequent masked token) over the first
         --eval-batches held-out micro batches of the global order, shared out over the ranks: the same samples, once
-        each, for any number of ranks and on every call."""
+        each, for any number of ranks and on every call. A blend of datasets is scored over --eval-batches of each
+        dataset's own held-out split, and per dataset too: the same keys prefixed '<dataset folder name>/'."""
+        n = self.cfg.run.eval_batches
+        out = self._score(list(self.source.eval_batches(n)))  # this rank's share
+        blend = getattr(self.source, "blend", None) or []
+        if len(blend) > 1:
+            for entry in blend:
+                per = self._score(list(self.source.eval_batches(n, dataset=entry.path)))
+                out.update({f"{Path(entry.path).name}/{k}": v for k, v in per.items()})
+        return out
+
+    def _score(self, batches: list) -> dict:
+        """evaluate's metrics over this rank's held-out `batches` (a collective)."""
         saved = rng_state()
         engine, vocab = self.engine, self.model_cfg.vocab_size
         engine.eval()
         sums = torch.zeros(6, dtype=torch.float64)  # loss, mlm_correct, mlm_count, nsp_correct, nsp_count, batches
         label_counts = torch.zeros(vocab, dtype=torch.float64)
-        batches = list(self.source.eval_batches(self.cfg.run.eval_batches))  # this rank's share
         forwards = len(batches)
         if self.cfg.parallel.zero_stage == 3:  # each forward gathers parameters: every rank runs as many
             forwards = int(D.all_reduce_max([forwards], self.dev)[0])
@@ -469,5 +480,6 @@ def pretrain(cfg: PretrainConfig, explicit: frozenset = frozenset(),
 
 def _eval_line(step: int, ev: dict) -> str:
     task = "".join(f"{name.upper()} acc {ev[f'{name}_acc']:.4f}, " for name in ("nsp", "sop") if f"{name}_acc" in ev)
+    per = "".join(f"; {k[:-len('/mlm_acc')]}: MLM acc {v:.4f}" for k, v in ev.items() if k.endswith("/mlm_acc"))
     return (f"held-out @ step {step}: MLM acc {ev['mlm_acc']:.4f} (unigram baseline {ev['mlm_unigram_acc']:.4f}), "
-            f"{task}loss {ev['loss']:.4f}")
+            f"{task}loss {ev['loss']:.4f}{per}")

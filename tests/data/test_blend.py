@@ -3,6 +3,7 @@ every window of 1,000 samples holds each dataset's share within 3 samples, the s
 and after a 1 -> 2 rank resume, each dataset keeps its own held-out split, and a dataset prepared with another
 tokenizer is refused in one line."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,28 @@ def test_a_blend_with_a_dataset_of_another_tokenizer_is_refused_in_one_line(prep
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(str(tmp_path / "other" / "meta.json"))
     assert "prepared with another tokenizer" in msg and "every dataset of a blend" in msg
+
+
+def test_pretraining_on_a_blend_reports_each_dataset_held_out(prepared, books, tokenizer_dir, tmp_path):
+    """`bertforge pretrain --data 0.7:A 0.3:B`: the held-out evaluation scores both held-out splits together and
+    each alone (keys '<folder>/mlm_acc', ...), in metrics.jsonl and in the printed line."""
+    import subprocess
+    import sys
+
+    script = (
+        "import bertforge, sys\n"
+        "bertforge.pretrain(data=sys.argv[1], tokenizer=sys.argv[2], output_dir=sys.argv[3], preset='tiny',\n"
+        "    model={'hidden_size': 32, 'num_attention_heads': 2, 'intermediate_size': 64, 'num_hidden_layers': 1},\n"
+        "    max_seq_length=64, micro_batch=4, global_batch=4, steps=2, eval_batches=2, progress=False,\n"
+        "    export_hf=False)\n")
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-c", script, f"0.7:{prepared[0]} 0.3:{books}", str(tokenizer_dir),
+                          str(out)], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "eval"]
+    last = evals[-1]
+    for name in (Path(prepared[0]).name, Path(books).name):
+        assert 0 <= last[f"{name}/mlm_acc"] <= 1 and last[f"{name}/masked_tokens"] > 0, last
+        assert f"; {name}: MLM acc" in res.stdout
+    assert last["masked_tokens"] == sum(last[f"{Path(p).name}/masked_tokens"] for p in (prepared[0], books))
