@@ -5,7 +5,7 @@ the data identity (data folder, tokenizer; the dataset's tokenizer hash where re
 masking, the global batch, the model, and the schedule (steps, learning rate, warmup, decay, optimizer). Settings
 that only decide how a step is computed (micro batch, ranks, precision, kernels, logging, checkpoint cadence,
 output options) may change. Any other difference is refused in one line naming the setting, the checkpoint's value
-and the new one. The one deliberate change is `extend_steps` (the flag `--extend-steps`): more steps than the
+and the new one. The one deliberate change the rule knows is `extend_steps` (no command flag passes it yet): more steps than the
 checkpoint planned, with the schedule recomputed for the new total and the change recorded in the run's history.
 A finished run resumed with the same settings is a no-op that says so (`finished_noop`).
 
