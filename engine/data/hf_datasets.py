@@ -68,6 +68,21 @@ def class_names(path: str | Path, column: str) -> list[str] | None:
     return None
 
 
+def open_arrow(path: str):
+    """(schema, iterator of record batches) of an Arrow IPC file (random access) or stream (Hugging Face
+    `datasets`), memory-mapped. pyarrow's errors pass through (the callers name the file)."""
+    import pyarrow as pa
+
+    source = pa.memory_map(path)
+    try:
+        reader = pa.ipc.open_file(source)
+        return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+    except pa.ArrowInvalid:
+        source.seek(0)
+        reader = pa.ipc.open_stream(source)
+        return reader.schema, iter(reader)
+
+
 def columnar_records(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(row, record) of a Parquet file or an Arrow IPC file/stream, rows numbered from 1, one record batch held at
     a time. DataError naming the file when pyarrow cannot read it."""
@@ -79,13 +94,7 @@ def columnar_records(path: str | Path) -> Iterator[tuple[int, dict]]:
         if path.endswith(".parquet"):
             batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
         else:
-            source = pa.memory_map(path)
-            try:
-                reader = pa.ipc.open_file(source)
-                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            except pa.ArrowInvalid:
-                source.seek(0)
-                batches = iter(pa.ipc.open_stream(source))
+            _, batches = open_arrow(path)
         row = 0
         for batch in batches:
             for record in batch.to_pylist():

@@ -442,21 +442,16 @@ def _parquet(path: str):
 
 
 def _arrow_batches(path: str, column: str) -> Iterator:
-    """Record batches of an Arrow IPC file (random access) or stream (Hugging Face `datasets`), memory-mapped."""
+    """The `column` of each record batch of an Arrow IPC file or stream (open_arrow)."""
     import pyarrow as pa
 
+    from bertforge.data.hf_datasets import open_arrow
+
     try:
-        source = pa.memory_map(path)
-        try:
-            reader = pa.ipc.open_file(source)
-            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        except pa.ArrowInvalid:
-            source.seek(0)
-            reader = pa.ipc.open_stream(source)
-            batches = iter(reader)
-        _text_type(path, reader.schema, column)
+        schema, batches = open_arrow(path)
+        _text_type(path, schema, column)
         for batch in batches:
-            yield batch.column(reader.schema.get_field_index(column))
+            yield batch.column(schema.get_field_index(column))
     except pa.ArrowException as exc:
         raise DataError(f"not a readable Arrow file: {exc}", path) from None
 
