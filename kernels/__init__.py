@@ -5,7 +5,8 @@ never imports Triton; `bertforge.kernels.<op>` modules do.
 
 The top-level import name `kernels` belongs to Hugging Face's package (transformers probes for it). Run from the
 repository root (tests, `python -m`), sys.path[0] makes this folder findable under that name; imported so, it hands
-the name to the installed `kernels` package, or fails as if none were installed."""
+the name to the installed `kernels` package; with none installed it stays an empty module without a version (what
+transformers' availability probe, which imports it, reads as "not available")."""
 if __name__ == "kernels":
     import importlib.machinery
     import importlib.util
@@ -15,10 +16,7 @@ if __name__ == "kernels":
     _repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     _path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _repo]
     _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
-    if _spec is None or _spec.loader is None:
-        del sys.modules["kernels"]
-        raise ModuleNotFoundError("No module named 'kernels' (this repository's kernels/ folder is bertforge.kernels)",
-                                  name="kernels")
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["kernels"] = _module  # the import statement returns what sys.modules holds after this body
-    _spec.loader.exec_module(_module)
+    if _spec is not None and _spec.loader is not None:
+        _module = importlib.util.module_from_spec(_spec)
+        sys.modules["kernels"] = _module  # the import statement returns what sys.modules holds after this body
+        _spec.loader.exec_module(_module)

@@ -52,3 +52,16 @@ def test_bertforge_and_hf_kernels_import_side_by_side(tmp_path, where):
 
     assert got["probe"] == (Version(low) <= Version(got["kernels_version"]) < Version(high))
     assert got["probe"], f"transformers wants kernels in [{low}, {high}); pinned {got['kernels_version']}"
+
+
+def test_repository_kernels_folder_without_hf_kernels_is_an_empty_versionless_module():
+    """From the repository root with no installed `kernels` (the GPU machine's package set), `import kernels` finds
+    the kernels/ folder: it must import (transformers' availability probe imports it and does not catch errors) and
+    carry no version, which the probe reads as "not available"."""
+    code = ("import sys, sysconfig\n"
+            "sys.path[:] = ['', sysconfig.get_paths()['stdlib'], sysconfig.get_paths()['platstdlib']]\n"
+            "import kernels\n"
+            "assert not hasattr(kernels, '__version__') and not hasattr(kernels, 'kernelize'), dir(kernels)\n"
+            "print('ok', kernels.__name__)\n")
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok kernels", out.stderr[-2000:]
