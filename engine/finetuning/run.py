@@ -88,6 +88,8 @@ def claim_output(output_dir: str, resume: bool) -> Path:
     if not resume and out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: already exists and is not empty; pass --resume to continue the run in it, "
                           f"or choose another --out")
+    if D.is_initialized() and D.world_size() > 1:
+        D.barrier()  # every rank has looked before any writes (a group kept up across runs in one process)
     return out
 
 
