@@ -12,7 +12,8 @@
   does the same).
   That path is elementwise torch on the whole partition plus foreach norms over the pieces (`_step_pieces`); the
   tests check it against the per-parameter path on awkward piece layouts.
-- `warmup_decay`: linear warmup then linear or polynomial decay to zero (BERT uses polynomial with power 1.0)."""
+- `warmup_decay`: linear warmup then linear or polynomial decay to zero (BERT uses polynomial with power 1.0);
+  `schedule_factor` its rate per step, `sync_lr` the optimizer's rate set from it (a resume)."""
 from __future__ import annotations
 
 import math
@@ -245,9 +246,29 @@ def build_optimizer(name: str, groups: list[dict], lr: float, betas=(0.9, 0.999)
     raise ValueError(f"unknown optimizer {name!r}; choose adamw or lamb")
 
 
+def schedule_factor(step: int, warmup_steps: int, total_steps: int, decay: str = "linear", power: float = 1.0,
+                    min_ratio: float = 0.0) -> float:
+    """The learning rate of optimizer step `step` (0-based: the step about to be taken after `step` applied ones)
+    as a fraction of the peak: (step + 1) / warmup during warmup, then from 1 down to min_ratio at total_steps:
+    'linear' (1 - progress), 'poly' ((1 - progress) ** power; BERT's, power 1), 'cosine' (0.5 (1 + cos(pi
+    progress))) or 'constant', with progress = (step - warmup) / (total - warmup) clamped to [0, 1]."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if decay == "linear":
+        shape = 1.0 - progress
+    elif decay == "poly":
+        shape = (1.0 - progress) ** power
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * shape
+
+
 def warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, decay: str = "linear",
                  power: float = 1.0, min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr(step) = base * step/warmup during warmup, then decays to base*min_ratio at total_steps:
+    """lr(step) = base * schedule_factor(step, ...): linear warmup, then decay to base*min_ratio at total_steps:
     'linear', 'poly' ((1 - progress) ** power), 'cosine', or 'constant'."""
     if total_steps <= 0 or warmup_steps < 0 or warmup_steps > total_steps:
         raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}) and total > 0")
@@ -255,17 +276,19 @@ def warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_step
         raise ValueError(f"unknown decay {decay!r}; choose linear, poly, cosine or constant")
 
     def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if decay == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if decay == "linear":
-            shape = 1.0 - progress
-        elif decay == "poly":
-            shape = (1.0 - progress) ** power
-        else:
-            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return min_ratio + (1.0 - min_ratio) * shape
+        return schedule_factor(step, warmup_steps, total_steps, decay, power, min_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def sync_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> list[float]:
+    """Set every parameter group's learning rate to the value `scheduler` gives its current step, base_lr x
+    lr_lambda(last_epoch) (the expression LambdaLR.step evaluates), and return those rates. For a resume: the
+    optimizer state restored from a checkpoint carries the learning rate of the checkpoint's schedule (0 at the end
+    of a finished run); after a deliberate change of the schedule (a longer run) the next step must take the new
+    schedule's rate. Unchanged schedules get the value they already hold."""
+    rates = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = list(rates)  # what get_last_lr() reports
+    return rates

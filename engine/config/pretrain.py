@@ -205,7 +205,16 @@ class RunSection:
     """Seed of initialisation, dropout, NSP pairing and masking."""
     resume: bool = False
     """Continue from the newest checkpoint in output_dir/checkpoints whose files verify (damaged ones are set aside
-    with one line; error if there is none), on any number of ranks with the same global batch."""
+    with one line; error if there is none), on any number of ranks with the same global batch. A resume must match the
+    checkpoint's data, objective, model, global batch and schedule (engine/train/resume.py; each difference is one
+    line naming the setting and both values); a finished run resumed is a no-op that says so."""
+    extend_steps: int = 0
+    """With --resume: train the run on to this new total of optimizer steps (larger than its --steps / --tokens, or
+    than an earlier extension's total), the one deliberate change a resume may make. Keep the run's own --steps /
+    --tokens. The schedule is recomputed for the new total: the warmup stays the run's (the same number of steps),
+    the decay is stretched to end at the new total, i.e. lr(step) is the schedule of a run planned for N steps with
+    that warmup, from the checkpoint's step on (never a step at the finished run's rate 0). RUN/config.json keeps
+    the planned settings and lists each extension under "extended" (step, from_steps, to_steps). 0 = none."""
     save_every: int = 500
     """Checkpoint every N optimizer steps (and always at the end); 0 = only at the end."""
     keep_last: int = 3
@@ -236,7 +245,10 @@ class RunSection:
 
     def __post_init__(self) -> None:
         check_positive_int(self, "log_every", "keep_last", "eval_batches")
-        check_non_negative(self, "save_every", "eval_every", "profile_steps", "peak_flops")
+        check_non_negative(self, "save_every", "eval_every", "profile_steps", "peak_flops", "extend_steps")
+        if self.extend_steps and not self.resume:
+            raise ConfigError(f"--extend-steps {self.extend_steps} lengthens a run being resumed; add --resume (and "
+                              f"the run's --output-dir), or give a new run its length with --steps")
         if self.profile_start < -1:
             raise ConfigError(f"--profile-start must be >= -1, got {self.profile_start}")
         if self.export_hf and not self.final_checkpoint:
@@ -271,6 +283,11 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.masking.whole_word_masking and not self.data.tokenizer:
             raise ConfigError("--whole-word-masking needs --tokenizer (to know the '##' continuation pieces)")
+        planned = self.planned_steps()
+        if self.run.extend_steps and self.run.extend_steps <= planned:
+            raise ConfigError(f"--extend-steps {self.run.extend_steps} must be larger than the run's planned total of "
+                              f"{planned} steps (--steps / --tokens); it is the new total, not a number of steps to "
+                              f"add")
 
     # ---- flat view: one name per field, the flags' and checkpoints' form ------------------------------------------
     @classmethod
@@ -311,15 +328,21 @@ class PretrainConfig:
                               f"({self.batch.micro_batch}) x ranks ({world_size}) = {per_step}")
         return self.batch.global_batch // per_step
 
-    def total_steps(self) -> int:
-        """Optimizer steps of the run: from the token budget when one is set, else `steps`."""
+    def planned_steps(self) -> int:
+        """Optimizer steps the run was planned for: from the token budget when one is set, else `steps`."""
         if self.batch.token_budget:
             per_step = self.batch.max_seq_length * self.batch.global_batch
             return max(1, -(-self.batch.token_budget // per_step))
         return self.batch.steps
 
+    def total_steps(self) -> int:
+        """Optimizer steps of the run: --extend-steps when the run is extended, else the planned steps; the end
+        of the learning-rate decay."""
+        return self.run.extend_steps or self.planned_steps()
+
     def warmup(self) -> int:
-        """Warmup steps: warmup_steps, or warmup_ratio of the total when it is -1 (never more than the total)."""
-        total = self.total_steps()
+        """Warmup steps: warmup_steps, or warmup_ratio of the planned steps when it is -1 (never more than them);
+        an extension keeps the planned run's warmup."""
+        total = self.planned_steps()
         o = self.optim
         return min(total, o.warmup_steps if o.warmup_steps >= 0 else int(o.warmup_ratio * total))

@@ -1,33 +1,55 @@
 """The resume rule: a resume continues the run the checkpoint belongs to, never another one.
 
 A resume must match the checkpoint on everything that decides which samples are seen and how the weights move:
-the data identity (data folder, tokenizer; the dataset's tokenizer hash where recorded), the objective and its
-masking, the global batch, the model, and the schedule (steps, learning rate, warmup, decay, optimizer). Settings
-that only decide how a step is computed (micro batch, ranks, precision, kernels, logging, checkpoint cadence,
-output options) may change. Any other difference is refused in one line naming the setting, the checkpoint's value
-and the new one. The one deliberate change the rule knows is `extend_steps` (no command flag passes it yet): more steps than the
-checkpoint planned, with the schedule recomputed for the new total and the change recorded in the run's history.
-A finished run resumed with the same settings is a no-op that says so (`finished_noop`).
+the data identity (data folder, tokenizer; finetuning: the training and dev data's content hash), the objective and
+its masking, the global batch, the model, the labels, the seeds and the schedule (steps / token budget, epochs,
+learning rate, warmup, decay, optimizer). Settings that only decide how a step is computed (micro batch, ranks,
+precision, kernels, logging, checkpoint cadence, output options) may change. Any other difference is refused in one
+line naming the setting, the checkpoint's value and the new one.
 
-Field names are those of PretrainConfig.to_flat() (finetuning: FinetuneConfig's fields plus `data_identity`)."""
+The one deliberate change is `extend_steps` (pretraining's --extend-steps N, with --resume): the run goes on to a
+new total of N optimizer steps, larger than it planned. Its --steps / --tokens stay the planned ones (a larger
+--steps alone is refused with a pointer to --extend-steps), and the schedule is recomputed for the new total by one
+rule: the warmup keeps its number of steps and the decay is stretched to end at step N, so the learning rate of
+every later step is that of a run planned for N steps with the same warmup (bertforge.optim.schedule_factor); the
+first step after the resume takes that rate, never the finished run's 0. Each extension is recorded (step, old and
+new totals) in the checkpoint's meta.json and RUN/config.json under "extended". Finetuning cannot be extended: its
+length (--epochs, --min-steps) also decides its dev evaluations and the best state kept, so another length is
+refused like any other change.
+
+A finished run resumed with no deliberate change is a no-op that says so (`finished_noop`).
+
+Field names are those of PretrainConfig.to_flat() (finetuning: the run config's to_flat() plus `data_identity`)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
+from bertforge.config.names import FINETUNE_FLAG_NAMES, PRETRAIN_FLAG_NAMES
 from bertforge.errors import ConfigError
+from bertforge.optim import sync_lr
 
 MUST_MATCH = ("data_dir", "tokenizer", "data_identity", "objective", "mlm_probability", "masking",
               "whole_word_masking", "random_replacement", "short_seq_prob", "max_seq_length", "pack",
-              "global_batch", "preset", "model_overrides", "init_from", "seed", "steps", "lr", "warmup_steps",
-              "warmup_ratio", "decay", "decay_power", "optimizer", "betas", "eps", "weight_decay", "max_grad_norm",
-              "dropout", "epochs", "seeds", "split", "split_seed", "model", "scheme", "label_all_subwords")
-"""Settings a resume may not change (those absent from either side are not compared)."""
-EXTENDABLE = {"extend_steps": ("steps", "epochs")}
-"""Deliberate changes and the settings they allow to grow."""
+              "global_batch", "preset", "model_overrides", "init_from", "seed", "steps", "token_budget", "lr",
+              "warmup_steps", "warmup_ratio", "decay", "decay_power", "optimizer", "betas", "eps", "weight_decay",
+              "max_grad_norm", "dropout",
+              # finetuning (FinetuneConfig, SplitFiles, the task's data section)
+              "model", "from_scratch", "epochs", "min_steps", "recipe", "layer_lr_decay", "reinit_layers",
+              "adam_eps", "evals_per_epoch", "early_stopping", "seeds", "data_file", "split", "split_seed",
+              "text_column", "text_b_column", "label_column", "metric", "class_weight", "pooling", "scheme",
+              "label_names", "label_all_subwords", "stride", "corpus", "held_out", "max_docs",
+              "max_train_sequences", "max_eval_sequences")
+"""Settings a resume may not change (those absent from either side are not compared). Finetuning's --train / --dev
+/ --test paths are not compared: `data_identity` (their content) is."""
+LENGTH = ("steps", "token_budget")
+"""Pretraining settings whose growth is the deliberate change --extend-steps makes instead."""
+FINETUNE_LENGTH = ("epochs", "min_steps")
+_FLAGS = {**PRETRAIN_FLAG_NAMES, **FINETUNE_FLAG_NAMES}
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return "--" + _FLAGS.get(name, name).replace("_", "-")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -38,51 +60,108 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], allow: Iterable[str] = (),
-                 where: str = "the checkpoint") -> dict[str, tuple[Any, Any]]:
-    """The changes a resume makes to the checkpoint's settings, checked against the rule above.
+def _hint(name: str, old: Any, value: Any, new: Mapping[str, Any]) -> str:
+    longer = isinstance(value, (int, float)) and isinstance(old, (int, float)) and value > old > 0
+    if name in LENGTH and "extend_steps" in new and longer:
+        target = value if name == "steps" else "N"
+        return (f"; to train the run longer keep {_flag(name)} {old} and pass --extend-steps {target} (the new "
+                f"total of optimizer steps: the schedule is recomputed and the change recorded in config.json)")
+    if name in FINETUNE_LENGTH:
+        return (f"; a finetuning run cannot be extended (its length also sets its dev evaluations and the best "
+                f"state kept): resume with {_flag(name)} {old}, or finetune again into another --out")
+    hint = "; resume with the checkpoint's value, or start a new run in another output folder"
+    if name in LENGTH:
+        hint += " (to train on from this checkpoint: a new run with --init-from)"
+    return hint
 
-    saved / new: flat settings {name: value} of the checkpoint and of this launch. allow: deliberate changes
-    (keys of EXTENDABLE) the user asked for. Returns {name: (checkpoint value, new value)} of the allowed changes
-    (to record in the run's history). ConfigError, one line, for the first other difference: the setting, its
-    checkpoint value, the new value and what to do; and for a step count that would shrink."""
-    allowed = {name for key in allow for name in EXTENDABLE.get(key, ())}
-    changes: dict[str, tuple[Any, Any]] = {}
+
+def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], where: str = "the checkpoint") -> None:
+    """Refuse a resume that changes the run: ConfigError, one line, for the first setting of MUST_MATCH that
+    differs between `saved` (the checkpoint's flat settings) and `new` (this launch's): the setting, its
+    checkpoint value, the new value and what to do instead."""
     for name in MUST_MATCH:
         if name not in saved or name not in new or _same(saved[name], new[name]):
             continue
         old, value = saved[name], new[name]
-        if name in allowed:
-            if not (isinstance(value, (int, float)) and isinstance(old, (int, float)) and value > old):
-                raise ConfigError(f"--resume {_flag('extend_steps')}: {_flag(name)} {value} must be larger than "
-                                  f"{where}'s {old}")
-            changes[name] = (old, value)
-            continue
-        hint = "; resume with the checkpoint's value, or start a new run in another output folder"
-        if name in EXTENDABLE["extend_steps"]:
-            hint += " (to train on from this checkpoint: a new run with --init-from)"
-        raise ConfigError(f"--resume: {_flag(name)} is {value!r} but {where} was trained with {old!r}{hint}")
-    return changes
+        raise ConfigError(f"--resume: {_flag(name)} is {value!r} but {where} was trained with {old!r}"
+                          f"{_hint(name, old, value, new)}")
 
 
-def finished_noop(finished: bool, changes: Mapping[str, tuple[Any, Any]], where: str) -> str | None:
-    """The line to print, and nothing else to do, when a finished run is resumed with no deliberate change; None
-    when the run must go on (unfinished, or extended)."""
-    if finished and not changes:
-        return (f"{where}: the run finished; nothing to do (to train further, start a new run from it with "
-                f"--init-from)")
+def check_extension(saved: Mapping[str, Any], new: Mapping[str, Any], planned: int, where: str = "the checkpoint"
+                    ) -> tuple[int, int] | None:
+    """(the checkpoint's total steps, the new total) when this resume extends the run; None when the total stays.
+    `planned`: the run's planned steps (--steps or from --tokens; equal on both sides once check_resume passed).
+    ConfigError, one line, for a total that would shrink, and for an extended run resumed without its extension."""
+    if "extend_steps" not in new:
+        return None
+    old_ext, ext = int(saved.get("extend_steps") or 0), int(new.get("extend_steps") or 0)
+    old_total = old_ext or planned
+    if ext == old_ext:
+        return None
+    if not ext:
+        raise ConfigError(f"--resume: --extend-steps is not given but {where} belongs to a run extended to "
+                          f"{old_ext} steps; pass --extend-steps {old_ext} to continue it (or a larger total to "
+                          f"extend it again)")
+    if ext <= old_total:
+        keep = f"--extend-steps {old_ext}" if old_ext else "no --extend-steps"
+        raise ConfigError(f"--resume: --extend-steps is {ext} but {where}'s run already has {old_total} steps; "
+                          f"give a larger new total, or {keep} to continue it as it is")
+    return old_total, ext
+
+
+def finished_noop(finished: bool, extension: tuple[int, int] | None, where: str, total: int | None = None
+                  ) -> str | None:
+    """The line to print, and nothing else to do, when a finished run is resumed with no extension; None when the
+    run must go on (unfinished, or extended)."""
+    if finished and not extension:
+        longer = f"--extend-steps N with N > {total}" if total else "--extend-steps N"
+        return (f"{where}: the run finished; nothing to do (to train it longer: --resume {longer}, the new total of "
+                f"steps; or a new run from it with --init-from)")
     return None
 
 
-def record_change(history: list, step: int, changes: Mapping[str, tuple[Any, Any]]) -> list:
-    """`history` (the config's list of deliberate changes) with this resume's changes appended as
-    {"step": step, "setting": name, "from": old, "to": new}."""
-    return list(history) + [{"step": step, "setting": k, "from": a, "to": b} for k, (a, b) in changes.items()]
+def record_extension(history: Iterable[Mapping], step: int, extension: tuple[int, int] | None) -> list[dict]:
+    """`history` (the run's list of extensions) with this resume's appended as {"step", "from_steps",
+    "to_steps"} (step: optimizer steps done when the extension began)."""
+    out = [dict(h) for h in history]
+    if extension is not None:
+        out.append({"step": int(step), "from_steps": extension[0], "to_steps": extension[1]})
+    return out
 
 
-def resume_guard(meta: Mapping[str, Any], new: Mapping[str, Any], where: str, allow: Iterable[str] = ()
-                 ) -> str | None:
-    """check_resume against a checkpoint's meta.json ("train_config", "finished"); returns finished_noop's line
-    (the caller prints it and trains nothing) or None (train on)."""
-    changes = check_resume(meta.get("train_config") or {}, new, allow, where=str(where))
-    return finished_noop(bool(meta.get("finished")), changes, str(where))
+@dataclass
+class ResumePlan:
+    """What a launch does with its checkpoint: `noop` (the line to print when a finished run has nothing to do),
+    `extension` ((old total, new total) of this resume's extension, or None), `extended` (the run's extension
+    history, this one included: for meta.json and config.json)."""
+
+    noop: str | None = None
+    extension: tuple[int, int] | None = None
+    extended: list = field(default_factory=list)
+
+
+def plan_resume(meta: Mapping[str, Any], new: Mapping[str, Any], where: Any, planned: int) -> ResumePlan:
+    """Apply the rule to a checkpoint's meta.json ("train_config", "finished", "step", "extended") and this
+    launch's flat settings `new`; `planned`: the run's planned steps. ConfigError (one line) when refused."""
+    saved = meta.get("train_config") or {}
+    check_resume(saved, new, where=str(where))
+    extension = check_extension(saved, new, planned, where=str(where))
+    total = int(saved.get("extend_steps") or 0) or planned
+    return ResumePlan(noop=finished_noop(bool(meta.get("finished")), extension, str(where), total),
+                      extension=extension,
+                      extended=record_extension(meta.get("extended") or [], int(meta.get("step", 0)), extension))
+
+
+def continue_schedule(scheduler, plan: ResumePlan, log: Callable[[str], None], warmup: int, decay: str) -> None:
+    """After the checkpoint's scheduler state is loaded: the optimizer takes the rate the (possibly recomputed)
+    schedule gives the next step (bertforge.optim.sync_lr; the restored optimizer state holds the old schedule's,
+    0 at the end of a finished run), and an extension is logged with its rule and that rate."""
+    rates = sync_lr(scheduler)
+    if plan.extension is None:
+        return
+    old, new = plan.extension
+    step = plan.extended[-1]["step"]
+    log(f"--extend-steps {new}: the run goes on from step {step} to {new} steps (it had {old}); learning-rate "
+        f"schedule recomputed for {new} steps: warmup unchanged ({warmup} steps), {decay} decay stretched to end "
+        f"at step {new} (the schedule of a run planned for {new} steps with this warmup); lr of the next step "
+        f"{rates[0]:.6g}; recorded under \"extended\" in config.json")

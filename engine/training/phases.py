@@ -27,6 +27,10 @@ def phase_configs(cfg: PretrainConfig, phase2: dict) -> list[PretrainConfig]:
     phase 1's weights."""
     if not phase2:
         return [cfg]
+    if cfg.run.extend_steps:
+        raise ConfigError(f"--extend-steps {cfg.run.extend_steps} lengthens one run, not the two-phase recipe; "
+                          f"resume the phase's own folder ({Path(cfg.run.output_dir) / 'phase2'} or phase1) as a "
+                          f"single run with --output-dir, its own settings and --extend-steps")
     unknown = set(phase2) - set(PHASE2_FIELDS)
     if unknown:
         raise ConfigError(f"unknown phase-2 setting(s): {', '.join(sorted(unknown))}")

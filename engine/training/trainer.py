@@ -47,7 +47,7 @@ from bertforge.training.device_masking import DeviceMasker
 from bertforge.progress import progress
 from bertforge.train.metrics import MetricsWriter, Throughput, flops_per_token, peak_flops
 from bertforge.training.profile import StepProfiler
-from bertforge.train.resume import resume_guard
+from bertforge.train.resume import ResumePlan, continue_schedule, plan_resume
 from bertforge.train.token_loss import backward_scale, step_num_items_on_device
 from bertforge.train.rng import rng_state, seed_everything, set_rng_state
 from bertforge.training.weights import load_initial_weights, pretraining_model
@@ -185,11 +185,13 @@ class Trainer:
         ds.init_distributed(cfg.parallel.dist_timeout_s)
         self.dev = D.device()
         tag = universal = self.noop = None
+        self.plan = ResumePlan()
         if cfg.run.resume:  # the newest checkpoint that verifies; ZeRO 1-3 from another rank count: universal form
             tag = self.ckpt.resume_tag()
             if tag is None:
                 raise ConfigError(f"--resume: no complete checkpoint in {self.ckpt.root}")
-            self.noop = resume_guard(self.ckpt.meta(tag), cfg.to_flat(), self.ckpt.root / tag)  # the resume rule
+            self.plan = plan_resume(self.ckpt.meta(tag), cfg.to_flat(), self.ckpt.root / tag, cfg.planned_steps())
+            self.noop = self.plan.noop  # the resume rule (engine/train/resume.py)
             if self.ckpt.needs_universal(tag, cfg.parallel.zero_stage):
                 universal = self.ckpt.make_universal(tag)
         source.start()
@@ -230,7 +232,8 @@ class Trainer:
         if rank0:
             write_json(self.run_dir / "config.json",
                        {"train": cfg.to_flat(), "model": dataclasses.asdict(self.model_cfg),
-                        "world_size": D.world_size(), "grad_accum": self.accum, "environment": env})
+                        "world_size": D.world_size(), "grad_accum": self.accum, "extended": self.plan.extended,
+                        "environment": env})
 
     def _restore(self, tag: str, state: dict) -> None:
         """Schedule, counters, data position and RNG from a checkpoint's trainer state. Written by another number of
@@ -239,6 +242,7 @@ class Trainer:
         are keyed per sample)."""
         cfg, world, rank = self.cfg, D.world_size(), D.rank()
         self.scheduler.load_state_dict(state["scheduler"])
+        continue_schedule(self.scheduler, self.plan, D.log0, cfg.warmup(), cfg.optim.decay)  # the next step's lr
         self.step, self.guard.skipped, self.guard.in_a_row = state["step"], state["skipped"], state["in_a_row"]
         saved_world = state["saved_world_size"]
         saved_micro = int(self.ckpt.meta(tag).get("train_config", {}).get("micro_batch", cfg.batch.micro_batch))
@@ -380,7 +384,7 @@ class Trainer:
                          "data": self.source.state_dict(), "rng": rng_state(), "skipped": self.guard.skipped,
                          "in_a_row": self.guard.in_a_row}
         meta = {"train_config": self.cfg.to_flat(), "model_config": dataclasses.asdict(self.model_cfg),
-                "finished": finished,
+                "finished": finished, "extended": self.plan.extended,
                 "tokenizer_dir": str(self.source.tokenizer_dir) if self.source.tokenizer_dir else None}
         self.ckpt.save(self.engine, self.step, trainer_state, meta)
 
