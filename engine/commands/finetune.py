@@ -17,7 +17,8 @@ from bertforge.commands.flags import add_config_flags, add_dataclass_flags, mark
 from bertforge.config.docs import field_docs
 from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, ParallelConfig, MlmConfig,
                                     MlmData, NerConfig, NerData, SplitFiles)
-from bertforge.config.names import FINETUNE_FLAG_NAMES
+from bertforge.config.names import FINETUNE_FLAG_NAMES, FINETUNE_NO_EXTENSION
+from bertforge.errors import ConfigError
 
 # shown first, outside the training group
 MAIN = ("model", "output_dir", "max_seq_length")
@@ -37,6 +38,7 @@ def add_training_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
                    help=field_docs(FinetuneConfig)["unpadded"] + " (default: on)")
     add_dataclass_flags(p.add_argument_group("precision and distribution (as in `bertforge pretrain`)"),
                         ParallelConfig)
+    p.add_argument("--extend-steps", dest="extend_steps", help=argparse.SUPPRESS)  # refused in one line (run)
 
 
 def _runner(config_cls: type, run_name: str, command: str):
@@ -45,6 +47,8 @@ def _runner(config_cls: type, run_name: str, command: str):
     bertforge.distributed.finish."""
 
     def run(args: argparse.Namespace) -> int:
+        if "extend_steps" in args:
+            raise ConfigError(FINETUNE_NO_EXTENSION)
         values, explicit = with_config_file(args, command, config_cls.field_names())
         config = config_cls.from_flat(values)
         if getattr(args, "print_config", False):

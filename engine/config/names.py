@@ -36,6 +36,10 @@ PHASE2 = {
     "phase2_warmup_steps": ("warmup_steps", "phase 2 warmup steps (default: --warmup-ratio of its steps)"),
 }
 _RAW = {"shard_bytes"}  # checked by the dataclass itself (takes "64M")
+FINETUNE_NO_EXTENSION = ("finetune has no --extend-steps: a finetuning run's length (--epochs, --min-steps) also sets "
+                         "its warmup, its dev evaluations and the best state it keeps, so a resume cannot lengthen "
+                         "it; finetune again into another --out (--model OUT/seed-N to train the exported model on)")
+"""The one-line refusal of --extend-steps (pretraining's deliberate longer resume) by `bertforge finetune`."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,8 @@ def normalize(values: dict, sch: Schema, source: str, list_all: bool = False) ->
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = str(key).lstrip("-").replace("-", "_")
+        if name == "extend_steps" and sch.command.startswith("finetune"):
+            raise ConfigError(f"{source}: {FINETUNE_NO_EXTENSION}")
         if name not in aliases:
             close = difflib.get_close_matches(name, list(aliases), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""

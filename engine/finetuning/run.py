@@ -6,10 +6,12 @@ reads the data (the same parts, deterministically), the DeepSpeed engine spreads
 and only rank 0 writes. Outputs under the config's output_dir: splits/ (the parts made from --data, so that
 `bertforge evaluate` / `predict` can run on exactly the held-out part), seed-N/ (the best dev state of each seed in
 Hugging Face format, with bertforge_task.json), metrics.jsonl (one line per logging step and evaluation),
-summary.json (mean ± std over seeds; per-class scores and confusion matrices in each run's dev / test), state/
-(checkpoints of the seed in progress; --resume continues from them). Progress goes to `echo` (print on rank 0)."""
+summary.json (mean ± std over seeds; per-class scores and confusion matrices in each run's dev / test), run.json
+(the settings a --resume must match: engine/train/resume.py), state/ (checkpoints of the seed in progress; --resume
+continues from them). Progress goes to `echo` (print on rank 0)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -36,6 +38,7 @@ from bertforge.finetuning.tasks import TASK_FILE, ClassifyTask, NerTask, balance
 from bertforge.finetuning.trainer import build_ds_config, state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import atomic_dir, write_json, write_text
+from bertforge.train.resume import content_hash, guard_run_settings
 from bertforge.train.setup import join_runtime
 from bertforge.train.checkpoint import latest_tag
 from bertforge.train.metrics import MetricsWriter
@@ -153,6 +156,16 @@ def _check_resume(training: FinetuneConfig, out_dir: Path) -> None:
                           f"--resume to continue it, or another --out")
 
 
+def run_settings(config, training: FinetuneConfig, task: str, labels: Sequence[str] | None,
+                 parts: dict[str, list]) -> dict:
+    """What a resume must match (engine/train/resume.py MUST_MATCH): the config's flat settings with the recipe's
+    choices filled in, the task, the labels, and the content hash of each data part ({name: JSON-ready records})
+    as `<name>_data`: the data's identity, whatever path or split it was read from."""
+    return {**config.to_flat(), **dataclasses.asdict(training.filled()), "task": task,
+            "labels": list(labels) if labels is not None else None,
+            **{f"{name}_data": content_hash(records) for name, records in parts.items()}}
+
+
 def _report(task, result: dict, echo: Echo) -> None:
     """The per-class (per-type) report of the seed's test split (or dev), and the collapse warning."""
     split = "test" if "test" in result else "dev" if "dev" in result else None
@@ -165,10 +178,12 @@ def _report(task, result: dict, echo: Echo) -> None:
 
 def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: FinetuneConfig, out_dir: Path | None,
               echo: Echo = print, extra: dict | None = None, par: ParallelConfig | None = None,
-              ds_config: dict | None = None) -> dict:
+              ds_config: dict | None = None, settings: dict | None = None) -> dict:
     """Train `task` once per seed of training.seeds; with `out_dir`, write out_dir/metrics.jsonl, out_dir/seed-N/
     and out_dir/summary.json (rank 0). With training.resume, seeds finished earlier are read back and the
-    interrupted one continues. Returns the summary: {'task', 'metric', 'seeds', 'runs', 'from_scratch', 'init',
+    interrupted one continues; `settings` (the run's, `run_settings`) are recorded in out_dir/run.json by a new run
+    and checked against it by a resume (engine/train/resume.py: one line naming the setting that differs). Returns
+    the summary: {'task', 'metric', 'seeds', 'runs', 'from_scratch', 'init',
     'dev' / 'test': {metric: {'mean', 'std'}}, 'train_seconds', 'status', **extra}; status 'preempted' after a
     SIGTERM (a checkpoint was saved, the remaining seeds did not run)."""
     par = par or ParallelConfig()
@@ -177,6 +192,10 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
         torch.set_num_threads(training.threads)
     if out_dir is not None:
         _check_resume(training, out_dir)
+        if settings is not None:
+            note = guard_run_settings(out_dir, settings, training.resume, write=D.rank() == 0)
+            if note:
+                echo(note)
         if D.rank() == 0 and not training.resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     log = MetricsWriter(out_dir, enabled=D.rank() == 0) if out_dir is not None else None  # + tensorboard/
@@ -328,7 +347,10 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
     echo(f"classify: {len(train)} train / {len(dev)} dev / {len(test)} test examples, labels {labels}, "
          f"{data.pooling} pooling, model {model_dir}{_scratch(training)}")
     ds_config = build_ds_config(training, par, D.world_size(), user)
-    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config)
+    settings = run_settings(config, training, "classify", labels, {
+        name: [[e.text, e.text_b, e.label] for e in part] for name, part in (("train", train), ("dev", dev),
+                                                                             ("test", test))})
+    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config, settings=settings)
     echo(format_summary(summary, out))
     return summary
 
@@ -363,7 +385,9 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
     echo(f"ner: {len(train)} train / {len(dev)} dev / {len(test)} test sentences ({windows} windows), {kinds}, "
          f"model {model_dir}{_scratch(training)}")
     ds_config = build_ds_config(training, par, D.world_size(), user)
-    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config)
+    settings = run_settings(config, training, "ner", labels, {
+        name: [[s.tokens, s.tags] for s in part] for name, part in (("train", train), ("dev", dev), ("test", test))})
+    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config, settings=settings)
     echo(format_summary(summary, out))
     return summary
 
@@ -406,7 +430,7 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
     del before_model
     ds_config = build_ds_config(training, par, D.world_size(), user)
     summary = run_seeds(task, model, model_dir, training, out, echo, extra={"before": before}, par=par,
-                        ds_config=ds_config)
+                        ds_config=ds_config, settings=run_settings(config, training, "mlm", None, {"corpus": docs}))
     if summary["status"] == "finished":
         after = summary["test"]
         echo(f"held-out masked-token accuracy {before['mlm_acc']:.4f} -> "

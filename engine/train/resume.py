@@ -22,11 +22,15 @@ A finished run resumed with no deliberate change is a no-op that says so (`finis
 Field names are those of PretrainConfig.to_flat() (finetuning: the run config's to_flat() plus `data_identity`)."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from bertforge.config.names import FINETUNE_FLAG_NAMES, PRETRAIN_FLAG_NAMES
 from bertforge.errors import ConfigError
+from bertforge.io import write_json
 from bertforge.optim import sync_lr
 
 MUST_MATCH = ("data_dir", "tokenizer", "data_identity", "objective", "mlm_probability", "masking",
@@ -39,17 +43,24 @@ MUST_MATCH = ("data_dir", "tokenizer", "data_identity", "objective", "mlm_probab
               "adam_eps", "evals_per_epoch", "early_stopping", "seeds", "data_file", "split", "split_seed",
               "text_column", "text_b_column", "label_column", "metric", "class_weight", "pooling", "scheme",
               "label_names", "label_all_subwords", "stride", "corpus", "held_out", "max_docs",
-              "max_train_sequences", "max_eval_sequences")
+              "max_train_sequences", "max_eval_sequences", "task", "labels",
+              "train_data", "dev_data", "test_data", "corpus_data")
 """Settings a resume may not change (those absent from either side are not compared). Finetuning's --train / --dev
-/ --test paths are not compared: `data_identity` (their content) is."""
+/ --test / --data paths are not compared but what was read from them is: `<part>_data`, the content hash of each
+part's records (`content_hash`), and the labels found."""
 LENGTH = ("steps", "token_budget")
 """Pretraining settings whose growth is the deliberate change --extend-steps makes instead."""
 FINETUNE_LENGTH = ("epochs", "min_steps")
 _FLAGS = {**PRETRAIN_FLAG_NAMES, **FINETUNE_FLAG_NAMES}
 
 
+_NAMED = {"task": "the task (finetune classify / ner / mlm)", "labels": "the label set",
+          **{f"{part}_data": f"the {part} data (content hash of its records)" for part in ("train", "dev", "test")},
+          "corpus_data": "the corpus (content hash of its documents)"}
+
+
 def _flag(name: str) -> str:
-    return "--" + _FLAGS.get(name, name).replace("_", "-")
+    return _NAMED.get(name) or "--" + _FLAGS.get(name, name).replace("_", "-")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -69,6 +80,8 @@ def _hint(name: str, old: Any, value: Any, new: Mapping[str, Any]) -> str:
     if name in FINETUNE_LENGTH:
         return (f"; a finetuning run cannot be extended (its length also sets its dev evaluations and the best "
                 f"state kept): resume with {_flag(name)} {old}, or finetune again into another --out")
+    if name.endswith("_data"):
+        return "; resume with the data the run was started with, or start a new run in another --out"
     hint = "; resume with the checkpoint's value, or start a new run in another output folder"
     if name in LENGTH:
         hint += " (to train on from this checkpoint: a new run with --init-from)"
@@ -165,3 +178,41 @@ def continue_schedule(scheduler, plan: ResumePlan, log: Callable[[str], None], w
         f"schedule recomputed for {new} steps: warmup unchanged ({warmup} steps), {decay} decay stretched to end "
         f"at step {new} (the schedule of a run planned for {new} steps with this warmup); lr of the next step "
         f"{rates[0]:.6g}; recorded under \"extended\" in config.json")
+
+
+# ---- finetuning: the run's settings, recorded at its start and checked on --resume ---------------------------
+RUN_FILE = "run.json"
+"""OUT/run.json of a finetuning run: {"settings": {...}} (the run config's flat settings with the recipe's choices
+filled in, the task, the labels and each data part's content hash)."""
+
+
+def content_hash(records: Iterable[Any] | None) -> str | None:
+    """sha256 (first 16 hex digits) of JSON-ready records in order; None for no records (a part not given)."""
+    h, n = hashlib.sha256(), 0
+    for record in records or ():
+        h.update(json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+        n += 1
+    return h.hexdigest()[:16] if n else None
+
+
+def guard_run_settings(out_dir: str | Path, settings: Mapping[str, Any], resume: bool, write: bool = True
+                       ) -> str | None:
+    """A new run records `settings` in OUT/run.json (when `write`: rank 0). A resume checks them against that file
+    (check_resume: ConfigError, one line, naming the setting, the run's value and the new one); a run started
+    before the record existed has it written now. Returns a line to print in that case, else None."""
+    path = Path(out_dir) / RUN_FILE
+    flat = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    if resume and path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--resume: {path}: cannot read the run's recorded settings ({exc}); resume needs it "
+                              f"whole, or start a new run in another --out") from None
+        check_resume(saved, flat, where=f"the run in {Path(out_dir)}")
+        return None
+    if write:
+        write_json(path, {"settings": flat}, indent=2)
+    if resume:
+        return (f"note: {path} was missing (a run started before settings were recorded): this launch's settings "
+                f"are recorded now, not checked against the interrupted launch's")
+    return None
