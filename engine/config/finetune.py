@@ -422,6 +422,13 @@ class InferenceConfig:
     """Classification input format: csv, tsv, jsonl, parquet or arrow; none = from the file suffix."""
     scheme: str | None = None
     """Tag scheme of the input and the output: iob1, iob2, bioes or plain; none = the model's training scheme."""
+    label_names: str = ""
+    """Names of the integer label / tag ids of the input (the Hugging Face datasets layout: `"label": 2`,
+    `"ner_tags": [3, 0, 7]`): comma-separated, or a file (one name a line, a JSON list, or a datasets
+    dataset_info.json), as `finetune ner --label-names` reads them. Id k is the k-th name; the names must be the
+    model's labels (its id2label: the same number, none unknown; entity tags of another scheme: the same entity
+    types), and the output also gives each prediction's id in this list (label_id / tag_ids). Empty: the input's
+    labels are names."""
     encoding: str = "utf-8"
     """Text encoding of the input file."""
     max_seq_length: int | None = None

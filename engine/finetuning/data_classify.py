@@ -137,12 +137,14 @@ def _records(lines: LineReader, fmt: str, wanted: Sequence[str] = ()) -> Iterato
 
 def iter_examples(path: str | Path, text_column: str = "text", text_b_column: str | None = None,
                   label_column: str | None = "label", encoding: str = "utf-8", fmt: str | None = None,
-                  lines: LineReader | None = None) -> Iterator[Example]:
+                  lines: LineReader | None = None, label_names: Sequence[str] | None = None) -> Iterator[Example]:
     """Labelled (label_column given) or unlabelled examples of a CSV / TSV / JSONL file, one at a time (the file is
-    never held whole). `lines`: a LineReader of `path` to read through (its bytes_read follows the position)."""
+    never held whole). `lines`: a LineReader of `path` to read through (its bytes_read follows the position).
+    `label_names`: the names of integer label ids (`"label": 2` -> label_names[2]; a label that is not an id of
+    them is a DataError); None: labels are names (a Parquet / Arrow ClassLabel column: its own names)."""
     path = Path(path)
     fmt = detect_format(path, fmt)
-    names = class_names(path, label_column) if label_column and fmt in COLUMNAR else None
+    names = class_names(path, label_column) if label_column and fmt in COLUMNAR and label_names is None else None
     wanted = [c for c in (text_column, text_b_column, label_column) if c]
     records = (columnar_records(path) if fmt in COLUMNAR
                else _records(lines or LineReader(path, encoding), fmt, wanted))
@@ -154,6 +156,8 @@ def iter_examples(path: str | Path, text_column: str = "text", text_b_column: st
                 have = ", ".join(map(str, rec)) or "none"
                 where = "header" if fmt != "jsonl" else "record"
                 raise DataError(f"no column {col!r} in the {where} (columns: {have})", str(path), lineno)
+        if label_names is not None and label_column:
+            rec[label_column] = _label_name(rec[label_column], label_names, path, lineno)
         values = {}
         for col in wanted:
             value = rec[col]
@@ -163,6 +167,15 @@ def iter_examples(path: str | Path, text_column: str = "text", text_b_column: st
             values[col] = value
         yield Example(values[text_column], values.get(text_b_column) if text_b_column else None,
                       values.get(label_column) if label_column else None, str(path), lineno)
+
+
+def _label_name(value, names: Sequence[str], path: Path, line: int) -> str:
+    """An integer label id (an int, or digits in a CSV cell) -> its name in `names`; DataError otherwise."""
+    text = str(value).strip() if value is not None else ""
+    if isinstance(value, bool) or not text.isdigit() or int(text) >= len(names):
+        raise DataError(f"label {value!r} is not an id of the {len(names)} --label-names (0 to {len(names) - 1})",
+                        str(path), line)
+    return names[int(text)]
 
 
 def read_examples(path: str | Path, text_column: str = "text", text_b_column: str | None = None,

@@ -28,7 +28,7 @@ import torch
 from bertforge import distributed as D
 from bertforge.config.finetune import InferenceConfig
 from bertforge.data.tokenizer import check_vocab_rows, load_tokenizer
-from bertforge.errors import CheckpointError
+from bertforge.errors import CheckpointError, ConfigError
 from bertforge.finetuning import data_classify as dc
 from bertforge.finetuning import data_ner as dn
 from bertforge.finetuning.evaluation import local_outputs
@@ -52,6 +52,34 @@ class Finetuned:
     model: torch.nn.Module
     tokenizer: object
     directory: Path
+    label_names: list[str] | None = None  # --label-names: the input's label / tag ids -> names (checked)
+
+
+def input_label_names(value: str, task: ClassifyTask | NerTask, scheme: str, directory: Path) -> list[str] | None:
+    """--label-names (bertforge.finetuning.data_ner.read_label_names: a comma list or a file), checked against the
+    model's labels (its id2label): every name one of them and as many names as labels; entity tags in another
+    scheme than the model's IOB2 (`scheme`: the input's): the same entity types. ConfigError, one line, naming both
+    lists otherwise. None when `value` is empty."""
+    if not value:
+        return None
+    names = dn.read_label_names(value)
+    labels = list(task.labels)
+    if isinstance(task, NerTask) and scheme not in ("iob2", "plain") and task.scheme != "plain":
+        named, known = ({t[2:] for t in tags if t != "O"} for tags in (names, labels))
+        unknown = sorted(named - known)
+        if unknown or named != known:
+            what = f"type {unknown[0]!r} is not one" if unknown else f"{len(named)} entity types are not the {len(known)}"
+            raise ConfigError(f"--label-names {value}: entity {what} of the model {directory} "
+                              f"({', '.join(sorted(known))}); give the names of the input's tag ids")
+        return names
+    unknown = [n for n in names if n not in labels]
+    if unknown:
+        raise ConfigError(f"--label-names {value}: {unknown[0]!r} is not a label of the model {directory} (its "
+                          f"{len(labels)}: {', '.join(labels)}); give the input's id names in the model's terms")
+    if len(names) != len(labels):
+        raise ConfigError(f"--label-names {value}: {len(names)} names but the model {directory} has {len(labels)} "
+                          f"labels ({', '.join(labels)}); give one name per label id of the input")
+    return names
 
 
 def load_finetuned(directory: str | Path, max_seq_length: int | None = None, kernels: str = "none") -> Finetuned:
@@ -115,14 +143,20 @@ def classify_rows(run: Runner, examples: list[dc.Example]) -> list[dict]:
         if e.text_b is not None:
             row["text_b"] = e.text_b
         row.update(label=task.labels[best], probabilities=dict(zip(task.labels, p)))
+        if run.ft.label_names is not None:  # the prediction in the input's id space
+            row["label_id"] = run.ft.label_names.index(task.labels[best])
         if e.label is not None:
             row["gold"] = e.label
         rows.append(row)
     return rows
 
 
-def ner_rows(run: Runner, sentences: list[dn.Sentence], out_scheme: str = "iob2") -> list[dict]:
-    """One row per sentence; "tags" in `out_scheme` (IOB2 tags of the model converted), "gold" likewise."""
+def ner_rows(run: Runner, sentences: list[dn.Sentence], out_scheme: str = "iob2", in_scheme: str | None = None
+             ) -> list[dict]:
+    """One row per sentence; "tags" in `out_scheme` (IOB2 tags of the model converted), "gold" likewise; with
+    --label-names of the input's scheme `in_scheme` = `out_scheme`, "tag_ids" too (each tag's id in them)."""
+    ids = ({n: i for i, n in enumerate(run.ft.label_names)}
+           if run.ft.label_names is not None and in_scheme == out_scheme else None)
     task: NerTask = run.ft.task  # type: ignore[assignment]
     wins = dn.encode(run.ft.tokenizer, sentences, task.max_seq_length, None, stride=task.stride,
                      scheme=task.scheme)
@@ -130,6 +164,8 @@ def ner_rows(run: Runner, sentences: list[dn.Sentence], out_scheme: str = "iob2"
     rows = []
     for s, t, p in zip(sentences, tags, probs):
         row = {"line": s.lines[0], "tokens": s.tokens, "tags": dn.from_iob2(t, out_scheme)}
+        if ids is not None:
+            row["tag_ids"] = [ids[tag] for tag in row["tags"]]
         if task.scheme != "plain":
             row["entities"] = [{"type": etype, "start": a, "end": b, "text": " ".join(s.tokens[a:b]),
                                 "score": sum(p[a:b]) / (b - a)} for a, b, etype in iob2_spans(t)]
@@ -156,10 +192,12 @@ def records(ft: Finetuned, config: InferenceConfig, labelled: bool, lines: LineR
     """The inputs of config.input one at a time: Examples (classification) or Sentences (tags in IOB2, or plain)."""
     if isinstance(ft.task, ClassifyTask):
         return dc.iter_examples(config.input, config.text_column, config.text_b_column,
-                                config.label_column if labelled else None, config.encoding, config.format, lines)
+                                config.label_column if labelled else None, config.encoding, config.format, lines,
+                                label_names=ft.label_names)
     if Path(config.input).suffix.lower() == ".txt" and not labelled:
         return _text_sentences(lines)
-    return dn.iter_sentences(config.input, config.scheme or ft.task.scheme, labelled, config.encoding, lines)
+    return dn.iter_sentences(config.input, config.scheme or ft.task.scheme, labelled, config.encoding, lines,
+                             label_names=ft.label_names)
 
 
 def _parts_dir(out: str) -> Path:
@@ -236,6 +274,8 @@ def _run(config: InferenceConfig, labelled: bool, out: str | None,
         torch.set_num_threads(config.threads)
     D.join_group()
     ft = load_finetuned(config.model, config.max_seq_length, config.kernels)
+    in_scheme = config.scheme or getattr(ft.task, "scheme", None)
+    ft.label_names = input_label_names(config.label_names, ft.task, in_scheme, ft.directory)
     dev = D.device()
     ft.model.to(dev)
     run = Runner(ft, dev, config.micro_batch, config.precision)
@@ -258,7 +298,7 @@ def _run(config: InferenceConfig, labelled: bool, out: str | None,
             if isinstance(ft.task, ClassifyTask):
                 rows = classify_rows(run, chunk)
             else:  # evaluate scores IOB2; predict answers in the input's scheme
-                rows = ner_rows(run, chunk, "iob2" if labelled else (config.scheme or ft.task.scheme))
+                rows = ner_rows(run, chunk, "iob2" if labelled else in_scheme, in_scheme)
             on_rows(ft, rows)
             if output is not None:
                 output.write(rows)
@@ -308,8 +348,10 @@ def evaluate(config: InferenceConfig, echo: Callable[[str], None] = print) -> di
         metrics = pair_metrics(counts, task.labels)
     if D.rank() == 0:
         for label in unknown:
+            ids = (" (an integer id? give the names of the ids with --label-names)"
+                   if str(label).isdigit() and not any(l.isdigit() for l in task.labels) else "")
             echo(f"warning: {config.input}: gold {'type' if isinstance(task, NerTask) else 'label'} {label!r} is "
-                 f"not one the model knows ({', '.join(task.labels)}); it counts as a miss")
+                 f"not one the model knows ({', '.join(task.labels)}); it counts as a miss{ids}")
         echo(format_report(metrics))
         if config.out:
             write_json(config.out, metrics, indent=2)
