@@ -68,7 +68,8 @@ def input_label_names(value: str, task: ClassifyTask | NerTask, scheme: str, dir
         named, known = ({t[2:] for t in tags if t != "O"} for tags in (names, labels))
         unknown = sorted(named - known)
         if unknown or named != known:
-            what = f"type {unknown[0]!r} is not one" if unknown else f"{len(named)} entity types are not the {len(known)}"
+            what = (f"type {unknown[0]!r} is not one" if unknown
+                    else f"{len(named)} entity types are not the {len(known)}")
             raise ConfigError(f"--label-names {value}: entity {what} of the model {directory} "
                               f"({', '.join(sorted(known))}); give the names of the input's tag ids")
         return names

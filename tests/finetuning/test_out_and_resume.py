@@ -103,7 +103,8 @@ def test_resume_with_other_settings_refused_in_one_line(tmp_path, name, changes,
     with pytest.raises(ConfigError) as err:
         run.guard_run_settings(tmp_path, _settings(**changes), resume=True)
     msg = str(err.value)
-    assert msg.startswith(f"--resume: {name}") and " is " in msg and f"but the run in {tmp_path} was trained with " in msg, msg
+    assert msg.startswith(f"--resume: {name}") and " is " in msg, msg
+    assert f"but the run in {tmp_path} was trained with " in msg, msg
     assert "\n" not in msg
     if old is not None:
         assert f"is {new}" in msg if new != "'" else "is '" in msg

@@ -75,6 +75,9 @@ def test_extend_steps_config_checks():
         PretrainConfig.from_flat(steps=4, extend_steps=8)
     with pytest.raises(ConfigError, match=r"^--extend-steps 4 must be larger than the run's planned total of 4"):
         PretrainConfig.from_flat(steps=4, extend_steps=4, resume=True)
+    from bertforge.config.names import normalize, schema
+
+    assert normalize({"extend-steps": "300"}, schema("pretrain"), "run.yaml") == {"extend_steps": 300}  # file / API
     cfg = PretrainConfig.from_flat(steps=100, warmup_ratio=0.1, extend_steps=300, resume=True)
     assert (cfg.planned_steps(), cfg.total_steps(), cfg.warmup()) == (100, 300, 10)  # the planned run's warmup
     from bertforge.training.phases import phase_configs
