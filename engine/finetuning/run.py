@@ -14,6 +14,7 @@ import json
 import math
 import random
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -179,7 +180,8 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
         _check_resume(training, out_dir)
         if D.rank() == 0 and not training.resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    log = MetricsWriter(out_dir, enabled=D.rank() == 0) if out_dir is not None else None  # + tensorboard/
+    log = MetricsWriter(out_dir, enabled=D.rank() == 0, report_to=training.report_to,  # + the trackers
+                        params={"task": task.name, **asdict(training), **asdict(par)}) if out_dir is not None else None
     ds_config = ds_config or build_ds_config(training, par, D.world_size())
     runs, status = [], "finished"
     try:

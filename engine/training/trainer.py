@@ -208,7 +208,6 @@ class Trainer:
         o = cfg.optim
         self.optimizer = build_optimizer(o.optimizer, param_groups(model, o.weight_decay), o.lr, o.betas, o.eps,
                                          fused=False if o.optimizer == "adamw" and self.dev.type == "cpu" else None)
-        self.scheduler = warmup_decay(self.optimizer, cfg.warmup(), cfg.total_steps(), o.decay, o.decay_power)
         ds_config = ds.build_ds_config(micro_batch=cfg.batch.micro_batch, global_batch=cfg.batch.global_batch,
                                        grad_accum=self.accum, max_grad_norm=o.max_grad_norm,
                                        zero_stage=cfg.parallel.zero_stage, precision=cfg.parallel.precision,
@@ -216,6 +215,9 @@ class Trainer:
         plan = ParallelPlan(ds_config, compile=cfg.parallel.compile,
                             activation_checkpointing=cfg.parallel.activation_checkpointing)
         self.engine, gate = parallelize(model, self.optimizer, plan, log=D.log0)
+        # after parallelize: its skip gate replaces optimizer.step, which a scheduler built before would see as
+        # "overridden after learning rate scheduler initialization" (torch tracks the step method it wrapped)
+        self.scheduler = warmup_decay(self.optimizer, cfg.warmup(), cfg.total_steps(), o.decay, o.decay_power)
         self.guard = StepGuard(gate, cfg.parallel.max_skipped_steps, cfg.parallel.precision == "fp16")
         # torch's generator per rank: dropout is keyed per sample by the batches' dropout_ids, not drawn from it
         seed_everything(cfg.run.seed + 1000 * D.rank())
@@ -225,7 +227,8 @@ class Trainer:
             self._restore(tag, self.ckpt.load(self.engine, tag, universal=universal))
 
         rank0 = D.rank() == 0
-        self.metrics = MetricsWriter(self.run_dir, enabled=rank0, resume_step=self.step if cfg.run.resume else None)
+        self.metrics = MetricsWriter(self.run_dir, enabled=rank0, resume_step=self.step if cfg.run.resume else None,
+                                     report_to=cfg.run.report_to, params=cfg.to_flat())
         env = environment()  # a collective (the hosts of all ranks): every rank calls it
         if rank0:
             write_json(self.run_dir / "config.json",
