@@ -140,7 +140,8 @@ def read_metrics(run_dir: str | Path, notes: list[str] | None = None) -> list[di
     file:line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise DataError("no metrics (is this a run directory of `bertforge pretrain`?)", str(path))
+        raise DataError("no metrics (is this an output directory of `bertforge pretrain` or `bertforge finetune`?)",
+                        str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
