@@ -3,8 +3,9 @@ parser, so a config field and its flag never drift apart (pretrain and finetune 
 
 Rules: `name` -> `--name-with-dashes` (or a rename); int / float / str fields take a value; `X | None` takes an X;
 a bool that defaults to False is a switch `--name`, one that defaults to True is `--no-name`; a tuple is
-`--name A,B` (of ints or strings when the annotation says `tuple[int, ...]` / `tuple[str, ...]`, else floats). Help ends with the default. Parsers are built with `argument_default=SUPPRESS`, so the parsed namespace holds exactly the flags
-the user gave (the 'explicit' set a DeepSpeed JSON may not contradict); the dataclass supplies the defaults."""
+`--name A,B` (of ints or strings when the annotation says `tuple[int, ...]` / `tuple[str, ...]`, else floats). Help
+ends with the default. Parsers are built with `argument_default=SUPPRESS`, so the parsed namespace holds exactly the
+flags the user gave (the 'explicit' set a DeepSpeed JSON may not contradict); the dataclass supplies the defaults."""
 from __future__ import annotations
 
 import argparse

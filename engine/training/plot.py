@@ -8,11 +8,13 @@ Anything else (no training records, a finetune run without a dev metric to name)
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from bertforge.errors import ConfigError, DataError
 from bertforge.io import atomic_file
+from bertforge.log import get_logger
+
+logger = get_logger(__name__)
 
 HEADLINES = ("accuracy", "f1", "mlm_acc")  # classify, ner, mlm: each task's headline metric (summary.json "metric")
 
@@ -20,7 +22,7 @@ HEADLINES = ("accuracy", "f1", "mlm_acc")  # classify, ner, mlm: each task's hea
 def plot_run(run_dir: str | Path, out: str | Path | None = None, echo=None) -> Path:
     """Render RUN_DIR/metrics.jsonl to `out` (default RUN_DIR/curves.png), written atomically. Returns the path.
     Raises DataError when the run has no metrics, no training records or (finetuning) no dev metric to name;
-    ConfigError without matplotlib; `echo` (default: stderr) gets a warning line for a cut last line of
+    ConfigError without matplotlib; `echo` (default: the logger's warning) gets a warning line for a cut last line of
     metrics.jsonl, which is left out."""
     try:
         import matplotlib
@@ -35,7 +37,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, echo=None) -> P
     notes: list[str] = []
     records = read_metrics(run_dir, notes)
     for note in notes:
-        (echo or (lambda m: print(m, file=sys.stderr)))("warning: " + note)
+        (echo or logger.warning)("warning: " + note)
     summary = Path(run_dir) / "summary.json"
     if any("seed" in r for r in records) or summary.is_file():
         fig = finetune_figure(records, _read_summary(summary), Path(run_dir) / "metrics.jsonl")

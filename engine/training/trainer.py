@@ -37,6 +37,7 @@ from bertforge.data.prefetch import Prefetcher
 from bertforge.data.sampler import remap_position
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.io import write_json
+from bertforge.log import result_echo
 from bertforge.malloc import pin_mmap_threshold
 from bertforge.optim import build_optimizer, param_groups, warmup_decay
 from bertforge.parallelize import ParallelPlan, check_device_support, parallelize
@@ -51,6 +52,8 @@ from bertforge.train.resume import resume_guard
 from bertforge.train.token_loss import backward_scale, step_num_items_on_device
 from bertforge.train.rng import rng_state, seed_everything, set_rng_state
 from bertforge.training.weights import load_initial_weights, pretraining_model
+
+_echo = result_echo(__name__)  # the run's result line (stdout under the default log handler)
 
 @dataclass
 class RunResult:
@@ -457,7 +460,7 @@ class Trainer:
             self.save(finished=True)
         self.result.step, self.result.skipped_steps = self.step, self.guard.skipped
         if rank == 0:
-            print(_eval_line(self.step, self.result.eval), flush=True)
+            _echo(_eval_line(self.step, self.result.eval))
         if cfg.run.export_hf and rank == 0:
             from bertforge.training.weights import export_checkpoint
 
