@@ -182,3 +182,34 @@ def test_a_failing_tracker_is_dropped_with_one_line(tmp_path, caplog):
     writer.close()
     assert "--report-to wandb failed (OSError: service gone)" in caplog.text and Broken.closed is True
     assert [r["step"] for r in _jsonl(tmp_path)] == [1, 2]
+
+
+def test_mlflow_resumed_and_failed_runs(tmp_path, monkeypatch, capsys):
+    """A resumed run is a new tracker run named after its step; a run closed by an exception is marked FAILED."""
+    pytest.importorskip("mlflow")
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    run = tmp_path / "runs" / "bert"
+    writer = MetricsWriter(run, enabled=True, report_to=("mlflow",), resume_step=3, params={"lr": 1e-3})
+    with pytest.raises(RuntimeError):
+        try:
+            writer.write({"step": 4, "split": "train", "loss": 2.5})
+            raise RuntimeError("a failing step")
+        finally:
+            writer.close()
+    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ
+    client, found = _mlflow_run(run, monkeypatch)
+    assert found.info.run_name == "runs/bert (resumed at step 3)" and found.info.status == "FAILED"
+    assert found.data.tags["bertforge.resumed_at_step"] == "3" and found.data.params["lr"] == "0.001"
+    assert [(m.step, m.value) for m in client.get_metric_history(found.info.run_id, "train/loss")] == [(4, 2.5)]
+
+
+def test_report_to_in_a_config_file(tmp_path, capsys):
+    from bertforge.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text("report_to: [WandB, mlflow]\n")
+    assert main(["pretrain", "--config", str(path), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["report_to"] == ["wandb", "mlflow"]
+    assert main(["pretrain", "--config", str(path), "--report-to", "none", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["report_to"] == ["none"]
