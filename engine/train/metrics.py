@@ -93,7 +93,7 @@ class MetricsWriter:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.reporters: list = []
-        names = select(report_to)
+        names = select(report_to, warn=enabled)
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

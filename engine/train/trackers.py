@@ -45,10 +45,11 @@ def installed(tracker: str) -> bool:
     return importlib.util.find_spec(PACKAGES[tracker][0]) is not None
 
 
-def select(report_to: Iterable[str]) -> tuple[str, ...]:
+def select(report_to: Iterable[str], warn: bool = True) -> tuple[str, ...]:
     """The trackers to open for a --report-to value (jsonl and 'none' open none; 'all' every one installed).
     ConfigError, one line naming the package and the pip command, for a named tracker that is not installed;
-    the default's tensorboard is left out with a warning line instead (a minimal install still trains)."""
+    the default's tensorboard is left out with a warning line (`warn`: rank 0's) instead (a minimal install still
+    trains)."""
     names = tuple(report_to)
     if names == ("all",):
         return tuple(t for t in PACKAGES if installed(t))
@@ -57,8 +58,9 @@ def select(report_to: Iterable[str]) -> tuple[str, ...]:
         if name in PACKAGES and not installed(name):
             module, command = PACKAGES[name]
             if name == "tensorboard" and names == DEFAULT_REPORT_TO:
-                logger.warning("bertforge: TensorBoard is not installed, metrics go to metrics.jsonl only (%s)",
-                               command)
+                if warn:
+                    logger.warning("bertforge: TensorBoard is not installed, metrics go to metrics.jsonl only "
+                                   "(%s)", command)
                 continue
             raise ConfigError(f"--report-to {name}: the {module} package is not installed; {command}, or leave "
                               f"{name} out of --report-to")
