@@ -134,8 +134,9 @@ def parallelize(model: nn.Module, optimizer: torch.optim.Optimizer, plan: Parall
        (inside bertforge.deepspeed.initialize),
     5. deepspeed.initialize: ZeRO partitioning, bf16/fp16 (dynamic loss scaling), accumulation, clipping,
     6. LAMB on flat partitions: per-parameter norms over each parameter's pieces and ranks (apply_lamb_partitions).
-    The learning-rate schedule stays with the caller (it steps only when an update was applied). Returns (the engine,
-    the skip gate on its client optimizer)."""
+    The learning-rate schedule stays with the caller (it steps only when an update was applied); build it on the client
+    optimizer after this returns (torch's schedulers wrap `optimizer.step` to check the call order, and step 3
+    replaces it). Returns (the engine, the skip gate on its client optimizer)."""
     if next(model.parameters()).device.type == "cpu":
         apply_native_philox()
     if plan.activation_checkpointing:

@@ -68,7 +68,7 @@ class LineProgress:
         return " | ".join(parts)
 
     def _emit(self) -> None:
-        print(self.line(), file=self.stream, flush=True)
+        self.write(self.line())
         self.last_print = time.perf_counter()
 
     def update(self, n: int = 1) -> None:
@@ -80,7 +80,8 @@ class LineProgress:
         self.postfix = dict(values)
 
     def write(self, message: str) -> None:
-        print(message, file=self.stream, flush=True)
+        self.stream.write(message + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
         if not self.closed:

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     from bertforge.finetuning.predict import evaluate
     from bertforge import distributed as D
 
-    evaluate(InferenceConfig(**given(args, [f.name for f in dataclasses.fields(InferenceConfig)])))
+    evaluate(InferenceConfig(**given(args, [f.name for f in dataclasses.fields(InferenceConfig)])), echo=print)
     D.finish(0)
     return 0
 

@@ -62,7 +62,7 @@ def _runner(config_cls: type, run_name: str, command: str):
         try:
             from bertforge.finetuning import run as library
 
-            summary = getattr(library, run_name)(config, explicit=explicit)
+            summary = getattr(library, run_name)(config, explicit=explicit, echo=print)  # results on stdout
             code = D.PREEMPTED if summary.get("status") == "preempted" else 0
         except BaseException as exc:  # noqa: BLE001 - every rank must leave, and with one line
             if isinstance(exc, SystemExit) or not (D.is_initialized() and D.world_size() > 1):

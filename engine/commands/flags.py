@@ -3,8 +3,9 @@ parser, so a config field and its flag never drift apart (pretrain and finetune 
 
 Rules: `name` -> `--name-with-dashes` (or a rename); int / float / str fields take a value; `X | None` takes an X;
 a bool that defaults to False is a switch `--name`, one that defaults to True is `--no-name`; a tuple is
-`--name A,B` (of ints when the annotation says `tuple[int, ...]`, else floats). Help ends with the default. Parsers are built with `argument_default=SUPPRESS`, so the parsed namespace holds exactly the flags
-the user gave (the 'explicit' set a DeepSpeed JSON may not contradict); the dataclass supplies the defaults."""
+`--name A,B` (of ints or strings when the annotation says `tuple[int, ...]` / `tuple[str, ...]`, else floats). Help
+ends with the default. Parsers are built with `argument_default=SUPPRESS`, so the parsed namespace holds exactly the
+flags the user gave (the 'explicit' set a DeepSpeed JSON may not contradict); the dataclass supplies the defaults."""
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,20 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _strs(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def _value_type(annotation: Any):
     """The argparse `type` of a field annotation (None for bool / unsupported)."""
     if isinstance(annotation, str):
         annotation = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple, "dict": dict,
-                      "tuple[int, ...]": "ints", "float | None": float, "int | None": int,
+                      "tuple[int, ...]": "ints", "tuple[str, ...]": "strs", "float | None": float, "int | None": int,
                       "str | None": str}.get(annotation, annotation)
     if annotation == "ints":
         return _ints
+    if annotation == "strs":
+        return _strs
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -80,7 +87,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | argparse._ArgumentGrou
             if kind is None:
                 raise TypeError(f"{cls.__name__}.{f.name}: no flag rule for type {annotation!r}; skip it and add "
                                 f"the flag by hand")
-            metavar = "A,B" if kind in (_floats, _ints) else name.replace("-", "_").upper()
+            metavar = ("A,B" if kind in (_floats, _ints) else "NAME,NAME" if kind is _strs
+                       else name.replace("-", "_").upper())
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             if default not in (None, ""):
                 text += f" (default: {shown})"

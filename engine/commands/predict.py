@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from bertforge.finetuning.predict import predict
     from bertforge import distributed as D
 
-    predict(InferenceConfig(**given(args, [f.name for f in dataclasses.fields(InferenceConfig)])))
+    predict(InferenceConfig(**given(args, [f.name for f in dataclasses.fields(InferenceConfig)])), echo=print)
     D.finish(0)
     return 0
 

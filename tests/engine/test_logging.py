@@ -51,3 +51,40 @@ def test_deepspeed_prints_go_to_debug(caplog):
     with quiet_deepspeed():
         pass
     assert deepspeed.utils.logger.level == logging.WARNING  # at info, only its warnings
+
+
+def test_result_lines_go_to_stdout_and_obey_the_level(tmp_path):
+    """The default handler writes result lines (RESULT) to stdout and the rest to stderr; the level silences both."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from bertforge.log import get_logger, result_echo; result_echo('bertforge.x')('a result'); "
+            "get_logger('bertforge.x').info('a diagnostic')")
+    env = {k: v for k, v in os.environ.items() if k != "BERTFORGE_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "a result\n", "a diagnostic\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "BERTFORGE_LOG_LEVEL": "warning"}, cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+# the command line (and a command-line script) may print; the library logs
+PRINT_ALLOWED = ("engine/cli.py", "engine/commands/", "kernels/compile_check.py")
+
+
+def test_the_library_does_not_print():
+    """No `print` in engine/ or kernels/ outside the command line: neither a call nor `echo=print` as a default."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for path in sorted([*root.glob("engine/**/*.py"), *root.glob("kernels/**/*.py")]):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(PRINT_ALLOWED):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Name) and node.id == "print":
+                found.append(f"{rel}:{node.lineno}")
+    assert not found, f"print in the library (use bertforge.log's logger or result_echo): {found}"

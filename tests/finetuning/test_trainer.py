@@ -70,7 +70,7 @@ class ScriptedTask:
 def test_best_dev_state_is_kept_and_schedule_is_warmup_then_linear_decay(tmp_path):
     task = ScriptedTask([0.5, 0.9, 0.7, 0.6])
     args = FinetuneConfig(lr=0.1, epochs=4, global_batch=10, seeds=[3], progress=False, log_every=1)
-    log = MetricsWriter(tmp_path, enabled=True, tensorboard=False)
+    log = MetricsWriter(tmp_path, enabled=True, report_to=("jsonl",))
     result, model = train_seed(task, tiny(), None, args, 3, None, log, echo=lambda s: None)
     log.close()
     assert result["best_step"] == 8 and result["steps"] == 16
