@@ -53,9 +53,10 @@ class ModelConfig:
     """Pretraining heads with masked positions run the last encoder layer's attention output projection, FFN and
     LayerNorms only on the masked rows and the pooled [CLS] rows (MosaicBERT's `subset_idx`; keys and values still
     come from every token). Same loss and gradients; False computes the whole layer (to measure its share). On in
-    `bertforge pretrain` (--model last_layer_subset=0 turns it off); off elsewhere (finetuning's domain MLM learned
-    far slower with it on in tests/finetuning/test_mlm.py, cause not found yet). Not part of the Hugging Face
-    config."""
+    `bertforge pretrain` (--model last_layer_subset=0 turns it off) and in `bertforge finetune mlm`; off elsewhere.
+    Where dropout is keyed per sample (dropout_ids) every mask is that of the full layer; where torch's generator
+    draws it (finetuning), the last layer draws fewer numbers, so later masks differ as with another seed. Not part
+    of the Hugging Face config."""
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

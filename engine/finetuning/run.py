@@ -413,7 +413,8 @@ def run_mlm(config: MlmConfig, echo: Echo = ECHO, explicit: frozenset = frozense
     out = claim_output(training.output_dir, training.resume)
     echo = start(par, echo)
     model_dir = resolve_model(training.model)
-    model = model_config(model_dir, training, par)
+    # the last layer on the masked rows only, as in pretraining: the same loss, gradients and updates (fp32 rounding)
+    model = model_config(model_dir, training, par).replace(last_layer_subset=True)
     docs = read_corpus(data.corpus, data.format, data.text_column)
     if data.max_docs and len(docs) > data.max_docs:
         docs = random.Random(data.split_seed).sample(docs, data.max_docs)

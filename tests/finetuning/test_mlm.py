@@ -11,9 +11,12 @@ def test_mlm_improves_held_out_accuracy(tiny_ckpt, tmp_path, capsys):
     rng = random.Random(0)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    # a "domain": a few fixed phrases, so the masked words are predictable from context
-    phrases = ["john visited london today", "mary works at google", "the food was good", "the film was awful"]
-    for d in range(12):
+    # a "domain": a few fixed phrases, so the masked words are predictable from context. Within this test's 64
+    # steps the tiny model learns the domain's unigram distribution, not yet the context (that takes hundreds of
+    # steps), so it predicts the most frequent word: "the", three times as frequent as any other. Two words tied for
+    # first make the held-out accuracy a coin flip between their held-out frequencies, decided by the dropout draws.
+    phrases = ["the food and the service", "the film and the movie", "john met the new apple", "mary visited the city"]
+    for d in range(18):
         text = "\n\n".join(" ".join(rng.choice(phrases) for _ in range(4)) for _ in range(6))
         (corpus / f"doc{d}.txt").write_text(text, encoding="utf-8")
     out = tmp_path / "out"
