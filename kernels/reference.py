@@ -80,7 +80,8 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     """Unpadded attention one sequence at a time: q, k, v (total, nh, d) (any strides, e.g. views of one packed
     QKV buffer), cu_seqlens (B + 1,) int32 -> (total, nh, d). Per sequence i of length L_i: softmax(q k^T * scale)
     (L_i, L_i) per head, in fp32 for lower-precision inputs, then dropout, then @ v; no padding token is computed or
-    masked (on CPU: ~1.8x faster than padding + masked SDPA in training at MiniLM shape s128, ~2.6x in inference).
+    masked (on CPU, forward + backward at B 16, lengths uniform in [S/4, S], dropout 0.1, process CPU time: 2.0x
+    padding + masked SDPA at MiniLM's 12 heads x 32, S 128, 1.3x at the tiny preset's 2 x 64, S 64; 2.5x in inference).
     Dropout: torch's generator, or with a Philox `seed` the kernel's mask for `row_ids` (B,) at the same
     (query, key) positions as the padded layout (`attention_dropout_keep_ref`), so both layouts drop alike.
     Reads cu_seqlens on the host: a sync on a GPU (attention_ref uses it on CPU only)."""
@@ -93,18 +94,20 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
         longest = max(b - a for a, b in zip(starts, starts[1:]))
         keep = attention_dropout_keep_ref(seed, len(starts) - 1, q.shape[1], longest, dropout_p, row_ids,
                                           device=q.device)  # (B, nh, S, S)
+    lengths = [b - a for a, b in zip(starts, starts[1:])]
+    if not lengths:
+        return q.new_zeros(q.shape)
+    # split, not slicing: its backward is one concatenation, where each slice's would write a full-size gradient
+    parts = zip(*((t.transpose(0, 1) for t in x.split(lengths)) for x in (q * scale, k, v)))  # (nh, L, d) each
     outs = []
-    for i, (a, b) in enumerate(zip(starts, starts[1:])):
-        qi, ki, vi = (t[a:b].transpose(0, 1) for t in (q, k, v))  # (nh, L, d)
-        scores = torch.matmul(qi, ki.transpose(1, 2)).float() * scale  # (nh, L, L)
-        p = torch.softmax(scores, dim=-1)
+    for i, (qi, ki, vi) in enumerate(parts):
+        n = lengths[i]
+        p = torch.softmax(torch.matmul(qi, ki.transpose(1, 2)).float(), dim=-1)  # (nh, L, L)
         if keep is not None:
-            p = p * keep[i, :, : b - a, : b - a].to(p.dtype) / (1.0 - dropout_p)
+            p = p * keep[i, :, :n, :n].to(p.dtype) / (1.0 - dropout_p)
         elif dropout_p > 0:
             p = F.dropout(p, dropout_p)
         outs.append(torch.matmul(p.to(vi.dtype), vi).transpose(0, 1))  # (L, nh, d)
-    if not outs:
-        return q.new_zeros(q.shape)
     return torch.cat(outs)
 
 
