@@ -80,10 +80,12 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     """Unpadded attention one sequence at a time: q, k, v (total, nh, d) (any strides, e.g. views of one packed
     QKV buffer), cu_seqlens (B + 1,) int32 -> (total, nh, d). Per sequence i of length L_i: softmax(q k^T * scale)
     (L_i, L_i) per head, in fp32 for lower-precision inputs, then dropout, then @ v; no padding token is computed or
-    masked (on CPU, forward + backward at B 16, lengths uniform in [S/4, S], dropout 0.1, process CPU time: 2.0x
-    padding + masked SDPA at MiniLM's 12 heads x 32, S 128, 1.3x at the tiny preset's 2 x 64, S 64; 2.5x in inference).
-    Dropout: torch's generator, or with a Philox `seed` the kernel's mask for `row_ids` (B,) at the same
-    (query, key) positions as the padded layout (`attention_dropout_keep_ref`), so both layouts drop alike.
+    masked (on CPU, forward + backward at B 16, lengths uniform in [S/4, S], dropout 0.1, process CPU time: 2.1x
+    padding + masked SDPA at MiniLM's 12 heads x 32, S 128, 1.6x at the tiny preset's 2 x 64, S 64; forward
+    alone 2.6x and 3x).
+    Dropout: torch's generator (one Bernoulli draw for all sequences), or with a Philox `seed` the kernel's mask for
+    `row_ids` (B,) at the same (query, key) positions as the padded layout (`attention_dropout_keep_ref`), so both
+    layouts drop alike.
     Reads cu_seqlens on the host: a sync on a GPU (attention_ref uses it on CPU only)."""
     if q.dim() != 3:
         raise ValueError(f"attention: unpadded q must be (total, nh, d), got {tuple(q.shape)}")
@@ -97,18 +99,26 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     lengths = [b - a for a, b in zip(starts, starts[1:])]
     if not lengths:
         return q.new_zeros(q.shape)
-    # split, not slicing: its backward is one concatenation, where each slice's would write a full-size gradient
-    parts = zip(*((t.transpose(0, 1) for t in x.split(lengths)) for x in (q * scale, k, v)))  # (nh, L, d) each
+    nh = q.shape[1]
+    # one transpose of each whole tensor, then split (views; its backward is one concatenation, where slicing
+    # would write a full-size gradient per sequence)
+    qs = (q * scale).transpose(0, 1).split(lengths, dim=1)  # (nh, L, d) each
+    kts = k.permute(1, 2, 0).split(lengths, dim=2)  # (nh, d, L) each
+    vs = v.transpose(0, 1).split(lengths, dim=1)  # (nh, L, d) each
+    drop = None
+    if dropout_p > 0 and keep is None:  # torch's generator: one draw for every sequence's (nh, L, L) block
+        drop = torch.empty(sum(nh * n * n for n in lengths), device=q.device,
+                           dtype=torch.promote_types(q.dtype, torch.float32))
+        drop = drop.bernoulli_(1.0 - dropout_p).mul_(1.0 / (1.0 - dropout_p)).split([nh * n * n for n in lengths])
     outs = []
-    for i, (qi, ki, vi) in enumerate(parts):
-        n = lengths[i]
-        p = torch.softmax(torch.matmul(qi, ki.transpose(1, 2)).float(), dim=-1)  # (nh, L, L)
+    for i, n in enumerate(lengths):
+        p = torch.softmax(torch.matmul(qs[i], kts[i]).float(), dim=-1)  # (nh, L, L)
         if keep is not None:
             p = p * keep[i, :, :n, :n].to(p.dtype) / (1.0 - dropout_p)
-        elif dropout_p > 0:
-            p = F.dropout(p, dropout_p)
-        outs.append(torch.matmul(p.to(vi.dtype), vi).transpose(0, 1))  # (L, nh, d)
-    return torch.cat(outs)
+        elif drop is not None:
+            p = p * drop[i].view(nh, n, n)
+        outs.append(torch.matmul(p.to(vs[i].dtype), vs[i]))  # (nh, L, d)
+    return torch.cat(outs, dim=1).transpose(0, 1)  # (total, nh, d)
 
 
 def attention_naive_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
