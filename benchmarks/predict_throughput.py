@@ -1,9 +1,11 @@
 """Question: how many texts a second does `bertforge predict` classify, against a plain Hugging Face forward loop over
 the same texts, model, batch size and maximum length? Same-run ratios on the CPU or a GPU.
 
-Task: sequence classification (2 labels) of synthetic texts: words drawn from the tokenizer's vocabulary, word counts
-uniform in [L/4, L] (the longest truncated at L tokens), the same texts for every variant; a randomly initialised
-model of the preset with the tokenizer's vocabulary, exported once as a Hugging Face directory that both sides load.
+Task: sequence classification (2 labels) of synthetic texts: pseudo-words (random letters, Zipf frequencies), word
+counts uniform in [L/6, 2L/3] (about [L/4, L] tokens; the longest truncated at L), with a WordPiece tokenizer trained
+on them (bertforge.data.tokenizer.train_wordpiece, 4,096 entries), or --tokenizer DIR's own vocabulary words; the same
+texts for every variant; a randomly initialised model of the preset with the tokenizer's vocabulary, exported once as
+a Hugging Face directory (tokenizer included) that both sides load.
   hf        transformers' fast tokenizer (`tokenizer(batch, padding=True, truncation=True, max_length=L)`) and
             BertForSequenceClassification (SDPA attention) under torch.no_grad, batches in input order, softmax
             probabilities to Python lists: the plain loop users write
@@ -39,15 +41,36 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 VARIANTS = ("hf", "ours", "ours-repad", "ours-file")
-TOKENIZER = ROOT / "runs" / "quickstart" / "tok"
 
 
-def make_texts(n: int, length: int, tokenizer_dir: Path, seed: int = 0) -> list[str]:
-    """n texts of whole vocabulary words (no special tokens, no '##' pieces), word counts uniform in [L/4, L]."""
-    words = [w for w in (tokenizer_dir / "vocab.txt").read_text(encoding="utf-8").split()
-             if w.isalpha() and not w.startswith("##")]
+def make_words(n: int = 3000, seed: int = 0) -> list[str]:
+    """n distinct pseudo-words of 2-10 lowercase letters."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(max(1, length // 4), length))) for _ in range(n)]
+    words: dict[str, None] = {}
+    while len(words) < n:
+        words["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 10)))] = None
+    return list(words)
+
+
+def make_texts(n: int, length: int, words: list[str], seed: int = 1) -> list[str]:
+    """n texts of `words` drawn with Zipf weights (1 / rank), word counts uniform in [L/6, 2L/3]."""
+    rng = random.Random(seed)
+    weights = [1.0 / (i + 1) for i in range(len(words))]
+    return [" ".join(rng.choices(words, weights, k=rng.randint(max(1, length // 6), max(1, 2 * length // 3))))
+            for _ in range(n)]
+
+
+def tokenizer_and_words(tokenizer: str, out_dir: Path) -> tuple[Path, list[str]]:
+    """(tokenizer directory, words of the texts): --tokenizer's whole vocabulary words, or pseudo-words and a
+    WordPiece tokenizer trained on them in out_dir."""
+    if tokenizer:
+        vocab = (Path(tokenizer) / "vocab.txt").read_text(encoding="utf-8").split()
+        return Path(tokenizer), [w for w in vocab if w.isalpha() and not w.startswith("##")]
+    from bertforge.data.tokenizer import train_wordpiece
+
+    words = make_words()
+    train_wordpiece(make_texts(4000, 64, words, seed=2), out_dir, vocab_size=4096, show_progress=False)
+    return out_dir, words
 
 
 def make_model(directory: Path, shape: str, length: int, tokenizer_dir: Path) -> Path:
@@ -107,9 +130,10 @@ def run_file(model_dir: Path, texts: list[str], batch: int, length: int, tmp: Pa
                                      max_seq_length=length)
 
 
-def measure(variant: str, model_dir: Path, texts: list[str], batch: int, length: int, passes: int,
-            threads: int) -> dict:
+def measure(variant: str, model_dir: Path, batch: int, length: int, passes: int, threads: int) -> dict:
     import torch
+
+    texts = json.loads((model_dir.parent / "texts.json").read_text(encoding="utf-8"))
 
     if threads:
         torch.set_num_threads(threads)
@@ -143,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="rounds of all variants, interleaved")
     p.add_argument("--variants", default="hf,ours", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
-    p.add_argument("--tokenizer", default=str(TOKENIZER), help="a tokenizer directory (vocab.txt + tokenizer.json)")
+    p.add_argument("--tokenizer", default="", help="a tokenizer directory (vocab.txt + tokenizer.json) whose words "
+                   "make the texts (e.g. runs/quickstart/tok); default: pseudo-words and a tokenizer trained on them")
     p.add_argument("--timeout", type=float, default=900, help="seconds per measurement process")
     p.add_argument("--out", default="benchmarks/results/predict_throughput.json")
     p.add_argument("--one", nargs=2, metavar=("VARIANT", "MODEL_DIR"), help=argparse.SUPPRESS)
@@ -153,10 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict | None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    texts = make_texts(args.texts, args.length, Path(args.tokenizer))
     if args.one:
         variant, model_dir = args.one
-        print("RESULT " + json.dumps(measure(variant, Path(model_dir), texts, args.batch, args.length, args.passes,
+        print("RESULT " + json.dumps(measure(variant, Path(model_dir), args.batch, args.length, args.passes,
                                              args.threads)))
         return None
     variants = [v for v in args.variants.split(",") if v]
@@ -172,7 +196,12 @@ def main(argv=None) -> dict | None:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     print(f"{'round':>5} {'variant':<11} {'texts/s':>9} {'cpu texts/s':>12} {'x hf':>6} {'load':>5}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(Path(tmp) / "model", args.shape, args.length, Path(args.tokenizer))
+        tok_dir, words = tokenizer_and_words(args.tokenizer, Path(tmp) / "tok")
+        texts = make_texts(args.texts, args.length, words)
+        (Path(tmp) / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
+        model_dir = make_model(Path(tmp) / "model", args.shape, args.length, tok_dir)
+        result["tokens_per_text"] = _mean_tokens(model_dir, texts, args.length)
+        print(f"{args.texts} texts, {result['tokens_per_text']:.1f} tokens each on average (at most {args.length})")
         for rnd in range(args.repeats):
             k = rnd % len(variants)
             for variant in variants[k:] + variants[:k]:
@@ -195,7 +224,7 @@ def main(argv=None) -> dict | None:
 def _child(variant: str, model_dir: Path, args, env: dict) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", variant, str(model_dir), "--length",
            str(args.length), "--batch", str(args.batch), "--texts", str(args.texts), "--passes", str(args.passes),
-           "--threads", str(args.threads), "--tokenizer", args.tokenizer]
+           "--threads", str(args.threads)]
     load = os.getloadavg()[0]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -205,6 +234,14 @@ def _child(variant: str, model_dir: Path, args, env: dict) -> dict:
         r = {"error": f"timed out after {args.timeout:.0f} s"}
     r.update(variant=variant, load_avg=load)
     return r
+
+
+def _mean_tokens(model_dir: Path, texts: list[str], length: int) -> float:
+    from bertforge.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    tok.enable_truncation(max_length=length)
+    return statistics.mean(len(e.ids) for e in tok.encode_batch(texts))
 
 
 def _ratios(result: dict) -> None:
