@@ -219,8 +219,9 @@ def table_row(r: dict) -> str:
     head = f"{r['shape']:<11} {r['precision']:<5} {r['variant']:<13} {r['batch']:>5}"
     if "error" in r:
         return f"{head}  ERROR {r['error']}"
-    return (f"{head} {r['examples_per_s']:>11.1f} {r.get('cpu_step_s', float('nan')) * 1e3:>8.1f} "
-            f"{r['peak_mib']:>9.0f} {r.get('speedup_vs_hf', float('nan')):>6.2f} {r.get('load_avg', float('nan')):>5.1f}")
+    nan = float("nan")
+    return (f"{head} {r['examples_per_s']:>11.1f} {r.get('cpu_step_s', nan) * 1e3:>8.1f} {r['peak_mib']:>9.0f} "
+            f"{r.get('speedup_vs_hf', nan):>6.2f} {r.get('load_avg', nan):>5.1f}")
 
 
 def summary_row(r: dict) -> str:
