@@ -292,7 +292,8 @@ def main(argv=None) -> dict | None:
                 result["rows"].append(r)
                 _save(result, Path(args.out))  # after every row: a run cut short keeps what it measured
                 print(table_row(r), flush=True)
-    print("\nsummary: median over rounds; x hf = the median of each round's same-load ratio", flush=True)
+    print("\nsummary: median over rounds; x hf = the median of each round's same-load ratio (a row printed before "
+          "its round's hf row shows nan above; the JSON has every ratio)", flush=True)
     print(SUMMARY_HEAD)
     for r in result["summary"]:
         print(summary_row(r), flush=True)

@@ -213,7 +213,8 @@ def main(argv=None) -> dict | None:
                 print(f"{rnd:>5} {variant:<11} " + (f"ERROR {r['error']}" if "error" in r else
                       f"{r['texts_per_s']:>9.1f} {r['cpu_texts_per_s']:>12.1f} "
                       f"{r.get('speedup_vs_hf', float('nan')):>6.2f} {r['load_avg']:>5.1f}"), flush=True)
-    print(f"\nsummary (median over rounds of the same-round ratio)\n{'variant':<11} {'texts/s':>9} "
+    print(f"\nsummary (median over rounds of the same-round ratio; a row printed before its round's hf row shows "
+          f"nan above)\n{'variant':<11} {'texts/s':>9} "
           f"{'x hf wall':>10} {'x hf cpu':>9}")
     for s in result["summary"]:
         print(f"{s['variant']:<11} {s['texts_per_s']:>9.1f} {s.get('speedup_vs_hf', float('nan')):>10.2f} "
