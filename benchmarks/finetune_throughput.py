@@ -9,9 +9,25 @@ Task: sequence classification (2 classes) of synthetic examples whose lengths ar
   ours  the step of `bertforge finetune classify` itself (engine/finetuning/trainer.py FinetuneTrainer.train_step):
         the DeepSpeed engine built by engine/parallelize.py, ZeRO 0, bf16 (DeepSpeed's) or fp32, unpadded batches,
         Triton kernels on a GPU (--kernels none on CPU), client AdamW, clipping 1.0
-Each side runs in its own process (one shape and side at a time): examples/s is the micro batch over the median
-wall time of an optimizer step after `--warmup` steps (CUDA synchronised), peak memory is the device's
-max_memory_allocated on a GPU and the process' peak RSS on the CPU. Output: a JSON file (--out) and a table.
+  ours-*  ablations of `ours`, each with one piece switched back to what it replaced:
+        ours-padded      --no-unpadded: batches padded to their longest example (as the Trainer's)
+        ours-repad       the CPU attention re-pads unpadded batches to (B, max_seqlen) and masks
+                         (bertforge.kernels.reference.VARLEN_PER_SEQUENCE_ON_CPU = False; CPU only: on a GPU
+                         the Triton kernel reads unpadded batches itself, so this row equals `ours` there)
+        ours-ds-clip     DeepSpeed's per-parameter gradient clipping (+ its norm all-reduce) instead of torch's
+                         foreach clip_grad_norm_ (bertforge.deepspeed.apply_foreach_clipping)
+        ours-foreach     torch's multi-tensor AdamW instead of the fused one (build_optimizer(fused=False))
+Each variant runs in its own process (one shape and variant at a time): examples/s is the micro batch over the
+median wall time of an optimizer step after `--warmup` steps (CUDA synchronised); cpu_step_s the median process CPU
+time of a step (all of the process' threads: with --threads 1 the work itself, robust to a loaded machine); peak
+memory is the device's max_memory_allocated on a GPU and the process' peak RSS on the CPU. `--repeats R` runs the
+variants R times interleaved (the order rotates every round), so each round's ratios are same-load ratios; the
+summary gives per variant the median examples/s and the median over rounds of the round's ratio to hf (wall and
+CPU time), with the 1-minute load average seen before each process. Output: a JSON file (--out) and tables.
+
+On a shared CPU (the numbers of benchmarks/RESULTS.md):
+    python benchmarks/finetune_throughput.py --shapes tiny-64,minilm-128 --batch 16 --threads 1 --steps 10 \
+        --warmup 3 --repeats 3 --variants hf,ours,ours-padded,ours-repad,ours-ds-clip,ours-foreach
 
 On CPU the tiny shape runs so CI exercises it (tests/benchmarks/test_finetune_throughput_cli.py):
     python benchmarks/finetune_throughput.py --shapes tiny-64 --batch 8 --steps 3 --warmup 1
@@ -37,7 +53,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHAPES = {"tiny-64": ("tiny", 64), "minilm-128": ("minilm-l6", 128), "base-128": ("bert-base", 128),
           "base-512": ("bert-base", 512), "large-128": ("bert-large", 128)}
-VARIANTS = ("hf", "ours")
+VARIANTS = ("hf", "ours", "ours-padded", "ours-repad", "ours-ds-clip", "ours-foreach")
 
 
 def examples(n: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -68,24 +84,26 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_hf(cfg, feats: list[dict], batch: int, steps: int, warmup: int, precision: str) -> list[float]:
-    """Wall seconds of each optimizer step of the transformers Trainer (a callback stamps the step ends)."""
+def measure_hf(cfg, feats: list[dict], batch: int, steps: int, warmup: int, precision: str,
+               variant: str = "hf") -> tuple[list[float], list[float]]:
+    """(wall, process CPU) seconds of each optimizer step of the transformers Trainer (a callback stamps the step
+    ends)."""
     import torch
     import transformers
 
     model = transformers.BertForSequenceClassification._from_config(
         transformers.BertConfig(**cfg.to_hf_config(), num_labels=2), attn_implementation="sdpa")
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
 
     class Stamp(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             if not stamps:
                 _sync()
-                stamps.append(time.perf_counter())
+                stamps.append((time.perf_counter(), time.process_time()))
 
         def on_step_end(self, args, state, control, **kw):
             _sync()
-            stamps.append(time.perf_counter())
+            stamps.append((time.perf_counter(), time.process_time()))
 
     def collate(rows):
         width = -(-max(len(r["input_ids"]) for r in rows) // 8) * 8
@@ -104,11 +122,34 @@ def measure_hf(cfg, feats: list[dict], batch: int, steps: int, warmup: int, prec
         trainer = transformers.Trainer(model=model, args=targs, train_dataset=feats, data_collator=collate,
                                        callbacks=[Stamp()])
         trainer.train()
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return ([b[0] - a[0] for a, b in zip(stamps, stamps[1:])], [b[1] - a[1] for a, b in zip(stamps, stamps[1:])])
 
 
-def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, precision: str) -> list[float]:
-    """Wall seconds of each optimizer step of FinetuneTrainer.train_step (the DeepSpeed engine)."""
+def _ablate(variant: str) -> dict:
+    """Switch the piece the ablation `variant` names back to what it replaced, before the trainer is built.
+    Returns FinetuneConfig overrides."""
+    import functools
+
+    from bertforge import deepspeed as ds
+    from bertforge.finetuning import trainer as ft_trainer
+    from bertforge.kernels import reference
+
+    if variant == "ours-padded":
+        return {"unpadded": False}
+    if variant == "ours-repad":
+        reference.VARLEN_PER_SEQUENCE_ON_CPU = False
+    elif variant == "ours-ds-clip":
+        ds.apply_foreach_clipping = lambda engine: False
+    elif variant == "ours-foreach":
+        ft_trainer.build_optimizer = functools.partial(ft_trainer.build_optimizer, fused=False)
+    elif variant != "ours":
+        raise ValueError(f"unknown variant {variant!r}")
+    return {}
+
+
+def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, precision: str,
+                 variant: str = "ours") -> tuple[list[float], list[float]]:
+    """(wall, process CPU) seconds of each optimizer step of FinetuneTrainer.train_step (the DeepSpeed engine)."""
     import torch
 
     from bertforge import deepspeed as ds
@@ -118,12 +159,14 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
     from bertforge import distributed as D
 
     kernels = "triton" if torch.cuda.is_available() else "none"
-    args = FinetuneConfig(lr=2e-5, epochs=1, global_batch=batch, micro_batch=batch, dropout=0.1, progress=False)
+    overrides = _ablate(variant)
+    args = FinetuneConfig(lr=2e-5, epochs=1, global_batch=batch, micro_batch=batch, dropout=0.1, progress=False,
+                          **overrides)
     par = ParallelConfig(precision=precision, kernels=kernels)
     D.prepare_env()
     ds.init_distributed(par.dist_timeout_s)
     task = ClassifyTask(["a", "b"], max(len(f["input_ids"]) for f in feats), train=feats)
-    times = []
+    times, cpu = [], []
     with tempfile.TemporaryDirectory() as tmp:
         trainer = FinetuneTrainer(task, cfg.replace(kernels=kernels), None, args, par, 0,
                                   build_ds_config(args, par, 1), Path(tmp), echo=lambda s: None)
@@ -132,14 +175,15 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
         with D.Preemption() as preempt:
             for _ in range(warmup + steps):
                 _sync()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 _, applied, _ = trainer.train_step(preempt)
                 trainer.step += 1
                 if applied:
                     trainer.scheduler.step()
                 _sync()
                 times.append(time.perf_counter() - t0)
-    return times
+                cpu.append(time.process_time() - c0)
+    return times, cpu
 
 
 def run_one(shape: str, variant: str, batch: int, steps: int, warmup: int, precision: str, vocab: int,
@@ -157,32 +201,44 @@ def run_one(shape: str, variant: str, batch: int, steps: int, warmup: int, preci
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     measure = measure_hf if variant == "hf" else measure_ours
-    times = measure(cfg, feats, batch, steps, warmup, precision)[warmup:]
+    times, cpu = measure(cfg, feats, batch, steps, warmup, precision, variant)
+    times, cpu = times[warmup:], cpu[warmup:]
     step_s = statistics.median(times)
     real = sum(len(f["input_ids"]) for f in feats) / len(feats) * batch
     return {"shape": shape, "variant": variant, "batch": batch, "seq": seq, "precision": precision,
-            "step_s": step_s, "examples_per_s": batch / step_s, "real_tokens_per_s": real / step_s,
-            "peak_mib": _peak_mib(), "steps_timed": len(times)}
+            "step_s": step_s, "cpu_step_s": statistics.median(cpu), "examples_per_s": batch / step_s,
+            "real_tokens_per_s": real / step_s, "peak_mib": _peak_mib(), "steps_timed": len(times)}
 
 
-TABLE_HEAD = f"{'shape':<11} {'prec':<5} {'variant':<6} {'batch':>5} {'examples/s':>11} {'peak MiB':>9} {'x hf':>6}"
+TABLE_HEAD = (f"{'shape':<11} {'prec':<5} {'variant':<13} {'batch':>5} {'examples/s':>11} {'cpu ms':>8} "
+              f"{'peak MiB':>9} {'x hf':>6} {'load':>5}")
+SUMMARY_HEAD = (f"{'shape':<11} {'variant':<13} {'rounds':>6} {'examples/s':>11} {'x hf wall':>10} {'x hf cpu':>9} "
+                f"{'load':>9}")
 
 
 def table_row(r: dict) -> str:
-    head = f"{r['shape']:<11} {r['precision']:<5} {r['variant']:<6} {r['batch']:>5}"
+    head = f"{r['shape']:<11} {r['precision']:<5} {r['variant']:<13} {r['batch']:>5}"
     if "error" in r:
         return f"{head}  ERROR {r['error']}"
-    return (f"{head} {r['examples_per_s']:>11.1f} {r['peak_mib']:>9.0f} "
-            f"{r.get('speedup_vs_hf', float('nan')):>6.2f}")
+    nan = float("nan")
+    return (f"{head} {r['examples_per_s']:>11.1f} {r.get('cpu_step_s', nan) * 1e3:>8.1f} {r['peak_mib']:>9.0f} "
+            f"{r.get('speedup_vs_hf', nan):>6.2f} {r.get('load_avg', nan):>5.1f}")
+
+
+def summary_row(r: dict) -> str:
+    load = f"{r['load_min']:.1f}-{r['load_max']:.1f}"
+    return (f"{r['shape']:<11} {r['variant']:<13} {r['rounds']:>6} {r['examples_per_s']:>11.1f} "
+            f"{r.get('speedup_vs_hf', float('nan')):>10.2f} {r.get('cpu_speedup_vs_hf', float('nan')):>9.2f} {load:>9}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="tiny-64", help=f"comma list of {', '.join(SHAPES)}")
-    p.add_argument("--variants", default="hf,ours")
+    p.add_argument("--variants", default="hf,ours", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--batch", type=int, default=8, help="examples per optimizer step (one micro batch)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1, help="rounds of all variants, interleaved (same-load ratios)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 on a GPU, fp32 on CPU")
     p.add_argument("--vocab", type=int, default=30522)
@@ -191,6 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results/finetune_throughput.json")
     p.add_argument("--one", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
     return p
+
+
+def _measure_in_child(shape: str, variant: str, args, precision: str, env: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", shape, variant, "--batch", str(args.batch),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", precision,
+           "--vocab", str(args.vocab), "--threads", str(args.threads)]
+    load = os.getloadavg()[0]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        r = json.loads(line[7:]) if line else {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    except subprocess.TimeoutExpired:
+        r = {"error": f"timed out after {args.timeout:.0f} s"}
+    r.update(shape=shape, variant=variant, batch=args.batch, precision=precision, load_avg=load)
+    return r
 
 
 def main(argv=None) -> dict | None:
@@ -204,38 +275,64 @@ def main(argv=None) -> dict | None:
                                              args.threads)))
         return None
     variants = [v for v in args.variants.split(",") if v]
-    if set(variants) - set(VARIANTS) or any(s not in SHAPES for s in args.shapes.split(",")):
-        parser.error(f"variants: {', '.join(VARIANTS)}; shapes: {', '.join(SHAPES)}")
+    if set(variants) - set(VARIANTS) or any(s not in SHAPES for s in args.shapes.split(",")) or args.repeats < 1:
+        parser.error(f"variants: {', '.join(VARIANTS)}; shapes: {', '.join(SHAPES)}; --repeats >= 1")
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "precision": precision,
-              "threads": args.threads or torch.get_num_threads(), "rows": []}
+              "threads": args.threads or torch.get_num_threads(), "cpus": os.cpu_count(), "repeats": args.repeats,
+              "rows": [], "summary": []}
     print(f"device {result['device']}  {precision}", flush=True)
     print(TABLE_HEAD, flush=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for shape in args.shapes.split(","):
-        for variant in variants:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--one", shape, variant, "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", precision,
-                   "--vocab", str(args.vocab), "--threads", str(args.threads)]
-            try:
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                r = json.loads(line[7:]) if line else {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-            except subprocess.TimeoutExpired:
-                r = {"error": f"timed out after {args.timeout:.0f} s"}
-            r.update(shape=shape, variant=variant, batch=args.batch, precision=precision)
-            result["rows"].append(r)
-            _save(result, Path(args.out))  # after every row: a run cut short keeps what it measured
-            print(table_row(r), flush=True)
+        for rnd in range(args.repeats):
+            k = rnd % len(variants)  # rotate the order: no variant always runs first (or right after another)
+            for variant in variants[k:] + variants[:k]:
+                r = _measure_in_child(shape, variant, args, precision, env)
+                r["round"] = rnd
+                result["rows"].append(r)
+                _save(result, Path(args.out))  # after every row: a run cut short keeps what it measured
+                print(table_row(r), flush=True)
+    print("\nsummary: median over rounds; x hf = the median of each round's same-load ratio (a row printed before "
+          "its round's hf row shows nan above; the JSON has every ratio)", flush=True)
+    print(SUMMARY_HEAD)
+    for r in result["summary"]:
+        print(summary_row(r), flush=True)
     return result
+
+
+def _summarise(rows: list[dict]) -> list[dict]:
+    """Per (shape, variant): median examples/s over rounds, and the median over rounds of the ratio to the same
+    round's hf row (wall: examples/s; cpu: hf's CPU seconds a step over the variant's)."""
+    out = []
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        for variant in dict.fromkeys(r["variant"] for r in rows if r["shape"] == shape):
+            mine = [r for r in rows if r["shape"] == shape and r["variant"] == variant and "step_s" in r]
+            if not mine:
+                continue
+            s = {"shape": shape, "variant": variant, "rounds": len(mine),
+                 "examples_per_s": statistics.median(r["examples_per_s"] for r in mine),
+                 "load_min": min(r["load_avg"] for r in mine), "load_max": max(r["load_avg"] for r in mine)}
+            wall = [r["speedup_vs_hf"] for r in mine if "speedup_vs_hf" in r]
+            cpu = [r["cpu_speedup_vs_hf"] for r in mine if "cpu_speedup_vs_hf" in r]
+            if wall:
+                s["speedup_vs_hf"] = statistics.median(wall)
+            if cpu:
+                s["cpu_speedup_vs_hf"] = statistics.median(cpu)
+            out.append(s)
+    return out
 
 
 def _save(result: dict, out: Path) -> None:
     rows = result["rows"]
     for r in rows:
-        base = next((x for x in rows if x["shape"] == r["shape"] and x["variant"] == "hf" and "step_s" in x), None)
+        base = next((x for x in rows if x["shape"] == r["shape"] and x["variant"] == "hf" and "step_s" in x
+                     and x.get("round") == r.get("round")), None)
         if base and "step_s" in r:
             r["speedup_vs_hf"] = r["examples_per_s"] / base["examples_per_s"]
+            if base.get("cpu_step_s") and r.get("cpu_step_s"):
+                r["cpu_speedup_vs_hf"] = base["cpu_step_s"] / r["cpu_step_s"]
+    result["summary"] = _summarise(rows)
     from bertforge.io import write_json
 
     write_json(out, result)  # atomic, parent folders made

@@ -228,7 +228,30 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_conf
     engine, *_ = _ds().initialize(model=model, optimizer=optimizer, config=ds_config, dist_init_required=False)
     if stage == 0 and engine.dp_world_size == 1:
         engine.enable_backward_allreduce = False
+    apply_foreach_clipping(engine)
     return engine
+
+
+def apply_foreach_clipping(engine) -> bool:
+    """ZeRO 0 in fp32 (the one case where DeepSpeed clips the module's own gradients, `clip_fp32_gradients`): clip
+    with torch's multi-tensor `clip_grad_norm_` (two foreach calls) instead of DeepSpeed's loop, which takes one
+    norm and one multiply per parameter and all-reduces the norm over the data-parallel group even on one rank
+    (10 of a 139 ms step of the tiny finetuning benchmark on CPU). Same rule (coefficient max_norm / (norm + 1e-6),
+    at most 1): the gradients there are already all-reduced, equal on every rank, so the local norm is DeepSpeed's
+    rank-averaged one (up to rounding; tests/engine/test_single_rank_allreduce.py). Returns whether it applied."""
+    if (engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled() or engine.fp16_enabled()
+            or engine.mpu is not None or engine.gradient_clipping() <= 0.0):
+        return False
+    params = [p for p in engine.module.parameters() if p.requires_grad]
+    max_norm = float(engine.gradient_clipping())
+
+    def clip_fp32_gradients() -> None:
+        grads = [p for p in params if p.grad is not None]
+        if grads:
+            torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True)
+
+    engine.clip_fp32_gradients = clip_fp32_gradients
+    return True
 
 
 # ---- partition maps --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 Outputs are per example so that evaluation can be sharded over ranks and gathered in input order."""
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -40,7 +41,7 @@ def unpad(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, in
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int32)
     cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(lengths, 0)
-    flat = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+    flat = torch.tensor(list(itertools.chain.from_iterable(seqs)), dtype=torch.long)
     return flat, cu, int(lengths.max())
 
 

@@ -19,9 +19,35 @@ def test_finetune_throughput_tiny_cpu(tmp_path):
     for row in result["rows"]:
         assert "error" not in row, row
         assert row["examples_per_s"] > 0 and row["peak_mib"] > 0 and row["steps_timed"] == 2
+        assert row["cpu_step_s"] > 0 and row["load_avg"] >= 0 and row["round"] == 0
         assert 16 * 4 <= row["real_tokens_per_s"] * row["step_s"] <= 64 * 4  # lengths in [S/4, S]
     assert result["rows"][0]["speedup_vs_hf"] == 1.0 and result["rows"][1]["speedup_vs_hf"] > 0
     assert "tiny-64" in proc.stdout and "x hf" in proc.stdout
+    assert [(s["variant"], s["rounds"]) for s in result["summary"]] == [("hf", 1), ("ours", 1)]
+    assert result["summary"][1]["cpu_speedup_vs_hf"] == result["rows"][1]["cpu_speedup_vs_hf"] > 0
+
+
+def test_ablations_switch_back_one_piece_each(monkeypatch):
+    """Each ablation variant undoes exactly its piece (monkeypatch restores them after the test)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import finetune_throughput as ft
+    from bertforge import deepspeed as ds
+    from bertforge.finetuning import trainer
+    from bertforge.kernels import reference
+
+    for module, name in ((reference, "VARLEN_PER_SEQUENCE_ON_CPU"), (ds, "apply_foreach_clipping"),
+                         (trainer, "build_optimizer")):
+        monkeypatch.setattr(module, name, getattr(module, name))
+    assert ft._ablate("ours") == {} and ft._ablate("ours-padded") == {"unpadded": False}
+    assert reference.VARLEN_PER_SEQUENCE_ON_CPU and ft._ablate("ours-repad") == {}
+    assert not reference.VARLEN_PER_SEQUENCE_ON_CPU
+    ft._ablate("ours-ds-clip")
+    assert ds.apply_foreach_clipping(object()) is False
+    ft._ablate("ours-foreach")
+    import torch
+
+    opt = trainer.build_optimizer("adamw", [{"params": [torch.nn.Parameter(torch.zeros(2))]}], 1e-3)
+    assert not opt.defaults["fused"] and opt.defaults["foreach"] is True
 
 
 def test_examples_lengths_and_labels():
