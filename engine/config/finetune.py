@@ -47,7 +47,8 @@ class FinetuneConfig:
     """Tokens per input, [CLS] and [SEP] included: longer texts are truncated (classify), split into windows (ner)
     or cut into several sequences (mlm). At most the model's max_position_embeddings."""
     lr: float | None = None
-    """Peak learning rate (of the head, with --layer-lr-decay); none = chosen by --recipe from the data: 2e-5 (the
+    """Peak learning rate (of the top encoder layer's neighbours: the head trains at --lr x --head-lr-scale, the
+    encoder layers under --layer-lr-decay); none = chosen by --recipe from the data: 2e-5 (the
     lecture's) on large sets, 5e-5 on small ones (bertforge.config.recipe)."""
     epochs: float = 3
     """Passes over the training data (2-4 for BERT finetuning; fractions allowed); --min-steps may add steps."""
@@ -58,14 +59,18 @@ class FinetuneConfig:
     """Layer-wise learning-rate decay in (0, 1] (ELECTRA / DeBERTa finetuning): the head trains at --lr, encoder
     layer l of L at lr x decay^(L - l + 1), the embeddings at lr x decay^(L + 1); 1 = one lr for all. None = chosen
     by --recipe: 0.9 on small sets, 1 on large ones."""
+    head_lr_scale: float | None = None
+    """The head (classifier and pooler, randomly initialised or barely pretrained) trains at --lr x this; the encoder
+    keeps --lr (with --layer-lr-decay). None = chosen by --recipe: 20 on small sets (a fresh linear head at 5e-5
+    moves its logits too little in a few hundred steps), 1 on large ones."""
     reinit_layers: int | None = None
     """Re-initialise the top K encoder layers (and the pooler) before finetuning (Zhang et al. 2021, 'Revisiting
     Few-sample BERT Fine-tuning'); none = chosen by --recipe (0: not measured to help here)."""
     recipe: str = "auto"
-    """'auto': the settings left unset (--lr, --min-steps, --layer-lr-decay, --reinit-layers, --class-weight) are
-    chosen from the training-set size and label distribution and printed with the reason; 'lecture': the
-    lecture's recipe (lr 2e-5, no step floor, no layer decay, no re-initialisation, no class weights) on any
-    set."""
+    """'auto': the settings left unset (--lr, --min-steps, --layer-lr-decay, --head-lr-scale, --reinit-layers,
+    --class-weight, --pooling, --metric) are chosen from the training-set size and label distribution and printed
+    with the reason; 'lecture': the lecture's recipe (lr 2e-5, no step floor, no layer decay, the head at --lr, no
+    re-initialisation, no class weights, [CLS] pooling, best state by accuracy) on any set."""
     global_batch: int = 32
     """Training examples per optimizer step over all ranks (BERT's finetuning batch: 16 or 32)."""
     micro_batch: int | None = None
@@ -139,6 +144,10 @@ class FinetuneConfig:
         if self.layer_lr_decay is not None and (isinstance(self.layer_lr_decay, bool)
                                                 or not 0.0 < self.layer_lr_decay <= 1.0):
             raise ConfigError(f"--layer-lr-decay must lie in (0, 1] (1 = no decay), got {self.layer_lr_decay!r}")
+        if self.head_lr_scale is not None and (isinstance(self.head_lr_scale, bool)
+                                               or not isinstance(self.head_lr_scale, (int, float))
+                                               or not self.head_lr_scale > 0):
+            raise ConfigError(f"--head-lr-scale must be > 0 (1 = the head at --lr), got {self.head_lr_scale!r}")
         check_choice(self, "recipe", RECIPES)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"--warmup-ratio must lie in [0, 1), got {self.warmup_ratio!r}")

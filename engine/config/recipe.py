@@ -28,8 +28,10 @@ SMALL_SET = {"classify": 1000, "ner": 500}  # training examples / sentences belo
 MIN_STEPS_SMALL = 150  # ~8 passes over 600 examples at batch 32
 LR_LECTURE, LR_SMALL = 2e-5, 5e-5
 LAYER_LR_DECAY_SMALL = 0.9
+HEAD_LR_SCALE_SMALL = 20.0  # the head at 1e-3 while the encoder's top layer trains at 5e-5 x 0.9
 SKEW_RATIO = 2.0  # majority / rarest class count at which a small set gets balanced class weights
 RECIPES = ("auto", "lecture")
+TRAINING_FIELDS = ("lr", "min_steps", "layer_lr_decay", "head_lr_scale", "reinit_layers")  # FinetuneConfig's
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,14 @@ class Recipe:
     lr: float
     min_steps: int
     layer_lr_decay: float
+    head_lr_scale: float
     reinit_layers: int
     class_weight: str  # 'none' or 'balanced'
     why: tuple[str, ...]
 
     def apply(self, training):
         """`training` (a FinetuneConfig) with its unset (None) recipe fields set to this recipe's values."""
-        chosen = {name: getattr(self, name) for name in ("lr", "min_steps", "layer_lr_decay", "reinit_layers")
+        chosen = {name: getattr(self, name) for name in TRAINING_FIELDS
                   if getattr(training, name) is None}
         return dataclasses.replace(training, **chosen)
 
@@ -56,6 +59,7 @@ class Recipe:
         --class-weight (None: not a classification run); `steps`: the optimizer steps the epochs alone give."""
         rows = [("lr", "--lr", training.lr, self.lr), ("min_steps", "--min-steps", training.min_steps, self.min_steps),
                 ("layer_lr_decay", "--layer-lr-decay", training.layer_lr_decay, self.layer_lr_decay),
+                ("head_lr_scale", "--head-lr-scale", training.head_lr_scale, self.head_lr_scale),
                 ("reinit_layers", "--reinit-layers", training.reinit_layers, self.reinit_layers)]
         if class_weight is not None:
             rows.append(("class_weight", "--class-weight", None if class_weight == "auto" else class_weight,
@@ -76,7 +80,7 @@ class Recipe:
 
 def lecture() -> Recipe:
     """The lecture's recipe (any set size)."""
-    return Recipe("lecture", LR_LECTURE, 0, 1.0, 0, "none", ("the lecture's: lr 2e-5, the epochs asked for",))
+    return Recipe("lecture", LR_LECTURE, 0, 1.0, 1.0, 0, "none", ("the lecture's: lr 2e-5, the epochs asked for",))
 
 
 def choose_recipe(n_train: int, label_counts: Sequence[int] | None = None, recipe: str = "auto",
@@ -105,4 +109,4 @@ def choose_recipe(n_train: int, label_counts: Sequence[int] | None = None, recip
     if label_counts is not None:
         why += (f"majority / rarest class = {skew:.2f} {'>=' if weight == 'balanced' else '<'} {SKEW_RATIO:g}: "
                 f"class weights {weight}",)
-    return Recipe("small", LR_SMALL, MIN_STEPS_SMALL, LAYER_LR_DECAY_SMALL, 0, weight, why)
+    return Recipe("small", LR_SMALL, MIN_STEPS_SMALL, LAYER_LR_DECAY_SMALL, HEAD_LR_SCALE_SMALL, 0, weight, why)

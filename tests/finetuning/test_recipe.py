@@ -19,7 +19,7 @@ from bertforge.model import reinit_top_layers
 from bertforge.optim import layerwise_param_groups, param_groups
 from tests.finetuning._data import sentiment_csv
 
-RECIPE_FIELDS = ("lr", "min_steps", "layer_lr_decay", "reinit_layers")
+RECIPE_FIELDS = ("lr", "min_steps", "layer_lr_decay", "head_lr_scale", "reinit_layers")
 
 
 def test_choice_is_a_pure_function_of_size_and_distribution():
@@ -45,7 +45,7 @@ def test_choice_is_a_pure_function_of_size_and_distribution():
 
 
 @pytest.mark.parametrize("name,value", [("lr", 3e-5), ("min_steps", 7), ("layer_lr_decay", 0.75),
-                                        ("reinit_layers", 2)])
+                                        ("head_lr_scale", 5.0), ("reinit_layers", 2)])
 def test_each_given_flag_wins_over_the_choice(name, value):
     recipe = choose_recipe(600, [390, 150, 60])
     given = FinetuneConfig(**{name: value})
@@ -62,7 +62,8 @@ def test_each_given_flag_wins_over_the_choice(name, value):
 def test_recipe_flags_are_checked():
     for values, flag in [({"layer_lr_decay": 0.0}, "--layer-lr-decay"), ({"layer_lr_decay": 1.5}, "--layer-lr-decay"),
                          ({"min_steps": -1}, "--min-steps"), ({"reinit_layers": -2}, "--reinit-layers"),
-                         ({"recipe": "big"}, "--recipe"), ({"lr": 0.0}, "--lr")]:
+                         ({"recipe": "big"}, "--recipe"), ({"lr": 0.0}, "--lr"),
+                         ({"head_lr_scale": 0.0}, "--head-lr-scale"), ({"head_lr_scale": True}, "--head-lr-scale")]:
         with pytest.raises(ConfigError, match=flag):
             FinetuneConfig(**values)
     assert FinetuneConfig(epochs=3, global_batch=32).total_steps(600) == 57
@@ -89,6 +90,17 @@ def test_layerwise_groups_give_each_depth_its_lr():
         assert lr == pytest.approx(want), name
         assert wd == (0.0 if name.endswith(("bias", "LayerNorm.weight")) else 0.01), name
     assert groups[0]["lr"] == 1e-3  # the head first: the logged lr is the base lr
+    scaled = layerwise_param_groups(model, 0.01, 1e-3, 0.5, head_lr_scale=20.0)
+    lr_scaled = {id(p): g["lr"] for g in scaled for p in g["params"]}
+    for name, p in names.items():  # the head 20x, the encoder and embeddings as before
+        assert lr_scaled[id(p)] == pytest.approx(lr_of[id(p)][0] * (20.0 if name.startswith(("classifier.", "bert.pooler."))
+                                                                    else 1.0)), name
+    only_head = {id(p): g["lr"] for g in layerwise_param_groups(model, 0.01, 1e-3, 1.0, head_lr_scale=10.0)
+                 for p in g["params"]}
+    assert {name: only_head[id(p)] for name, p in names.items()} == {
+        name: pytest.approx(1e-2 if name.startswith(("classifier.", "bert.pooler.")) else 1e-3) for name in names}
+    with pytest.raises(ValueError, match="head lr scale"):
+        layerwise_param_groups(model, 0.01, 1e-3, 0.5, head_lr_scale=0.0)
     plain = layerwise_param_groups(model, 0.01, 1e-3, 1.0)
     assert [[id(p) for p in g["params"]] for g in plain] == [[id(p) for p in g["params"]]
                                                              for g in param_groups(model, 0.01)]
