@@ -28,9 +28,9 @@ from bertforge.config.recipe import RECIPES, lecture
 from bertforge.errors import ConfigError
 
 CLASSIFY_FORMATS = ("csv", "tsv", "jsonl", "parquet", "arrow")
-CLASSIFY_METRICS = ("accuracy", "macro_f1")
+CLASSIFY_METRICS = ("auto", "accuracy", "macro_f1")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
-POOLINGS = ("cls", "mean")  # bertforge.heads.POOLINGS (this module imports no model code)
+POOLINGS = ("auto", "cls", "mean")  # 'auto' + bertforge.heads.POOLINGS (this module imports no model code)
 ENTITY_SCHEMES = ("iob1", "iob2", "bioes", "bilou")
 TAG_SCHEMES = ENTITY_SCHEMES + ("plain",)
 
@@ -47,9 +47,9 @@ class FinetuneConfig:
     """Tokens per input, [CLS] and [SEP] included: longer texts are truncated (classify), split into windows (ner)
     or cut into several sequences (mlm). At most the model's max_position_embeddings."""
     lr: float | None = None
-    """Peak learning rate (of the top encoder layer's neighbours: the head trains at --lr x --head-lr-scale, the
-    encoder layers under --layer-lr-decay); none = chosen by --recipe from the data: 2e-5 (the
-    lecture's) on large sets, 5e-5 on small ones (bertforge.config.recipe)."""
+    """Peak learning rate: of the whole model with --layer-lr-decay 1 and --head-lr-scale 1; otherwise the head
+    trains at lr x --head-lr-scale and encoder layer l (0-based) of L at lr x decay^(L - l). None = chosen by
+    --recipe from the data: 2e-5 (the lecture's) on large sets, 5e-5 on small ones (bertforge.config.recipe)."""
     epochs: float = 3
     """Passes over the training data (2-4 for BERT finetuning; fractions allowed); --min-steps may add steps."""
     min_steps: int | None = None
@@ -234,16 +234,18 @@ class ClassifyData:
     """Input format: csv, tsv, jsonl, parquet or arrow (a Hugging Face datasets save_to_disk split folder is read as
     arrow); none = from the file suffix (.csv, .tsv, .jsonl / .json / .ndjson, .parquet, .arrow; others
     are refused). Not for a folder DIR/<label>/*.txt, which is read as one example per file."""
-    metric: str = "accuracy"
-    """Dev metric that picks the best state: accuracy or macro_f1."""
+    metric: str = "auto"
+    """Dev metric that picks the best state: accuracy or macro_f1; 'auto': chosen by --recipe (macro_f1 on a small
+    set whose majority class has >= 2x the examples of the rarest, else accuracy)."""
     class_weight: str = "auto"
     """'balanced': weighted cross-entropy with class c weighted n / (classes x n_c) over the training labels
     (scikit-learn's 'balanced'), for imbalanced labels; 'none': plain cross-entropy; 'auto': chosen by --recipe
     (balanced on a small set whose majority class has >= 2x the examples of the rarest, else none)."""
-    pooling: str = "cls"
+    pooling: str = "auto"
     """Sentence vector under the classifier: 'cls' = the [CLS] state through the pooler (BERT's); 'mean' = the mean
-    of the real tokens' states, no pooler (how sentence-transformers checkpoints such as MiniLM were trained).
-    Saved with the model; predict / evaluate use it."""
+    of the real tokens' states, no pooler (how sentence-transformers checkpoints such as MiniLM were trained);
+    'auto': chosen by --recipe (mean on small sets, cls on large ones). Saved with the model; predict / evaluate
+    use it."""
 
     def __post_init__(self) -> None:
         if self.format is not None:
