@@ -175,7 +175,7 @@ def table(task: str, rows: list[dict]) -> str:
         seeds = "deterministic" if r["collapsed_seeds"] is None else ",".join(map(str, r["seeds"]))
         collapsed = "-" if r["collapsed_seeds"] is None else f"{len(r['collapsed_seeds'])} of {len(r['seeds'])}"
         lines.append(f"| {r['row']} | " + " | ".join(f"{r[k]['mean']:.3f} ± {r[k]['std']:.3f}" for k in keys)
-                     + f" | {seeds} | {collapsed} | {r['seconds']:.0f} s | {r.get('reused', 'this run')} |")
+                     + f" | {seeds} | {collapsed} | {r['seconds']:.0f} s | {'earlier run, ' + r['reused'] if r.get('reused') else 'this run'} |")
     return "\n".join(lines)
 
 
