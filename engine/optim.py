@@ -53,18 +53,24 @@ def layer_depth(name: str, num_layers: int) -> int:
 
 
 def layerwise_param_groups(model: nn.Module, weight_decay: float, lr: float, decay: float | None = 1.0,
-                           num_layers: int | None = None) -> list[dict]:
+                           num_layers: int | None = None, head_lr_scale: float | None = 1.0) -> list[dict]:
     """`param_groups` split by depth with layer-wise learning-rate decay (ELECTRA, Clark et al. 2020, appendix;
-    DeBERTa's finetuning): a parameter at depth d (`layer_depth`) trains at lr x decay^(num_layers + 1 - d), so the
-    head and pooler get `lr`, encoder layer l (0-based) lr x decay^(num_layers - l), the embeddings
-    lr x decay^(num_layers + 1). Groups carry their own 'lr' (schedules scale each group's initial lr), the
-    deepest (head) first, then downwards, each split into decayed / undecayed parameters (empty groups dropped).
-    decay None or 1 gives `param_groups` (two groups, no per-group lr). `num_layers`: default
-    model.config.num_hidden_layers."""
-    if decay is None or decay == 1.0:
+    DeBERTa's finetuning): a parameter at depth d (`layer_depth`) trains at lr x decay^(num_layers + 1 - d), so
+    encoder layer l (0-based) gets lr x decay^(num_layers - l), the embeddings lr x decay^(num_layers + 1), and the
+    head and pooler (depth num_layers + 1) lr x head_lr_scale (a freshly initialised head needs larger steps than
+    pretrained weights: discriminative learning rates, Howard & Ruder 2018). Groups carry their own 'lr'
+    (schedules scale each group's initial lr), the deepest (head) first, then downwards, each split into decayed /
+    undecayed parameters (empty groups dropped). decay and head_lr_scale both None or 1 give `param_groups` (two
+    groups, no per-group lr). `num_layers`: default model.config.num_hidden_layers. ValueError on a decay outside
+    (0, 1] or a scale <= 0."""
+    decay = 1.0 if decay is None else decay
+    head_lr_scale = 1.0 if head_lr_scale is None else head_lr_scale
+    if decay == 1.0 and head_lr_scale == 1.0:
         return param_groups(model, weight_decay)
-    if not 0.0 < decay < 1.0:
+    if not 0.0 < decay <= 1.0:
         raise ValueError(f"layer-wise lr decay must lie in (0, 1], got {decay}")
+    if not head_lr_scale > 0.0:
+        raise ValueError(f"head lr scale must be > 0, got {head_lr_scale}")
     if num_layers is None:
         num_layers = model.config.num_hidden_layers
     groups: dict[tuple[int, bool], list] = {}
@@ -77,8 +83,8 @@ def layerwise_param_groups(model: nn.Module, weight_decay: float, lr: float, dec
         groups.setdefault(key, []).append(p)
     out = []
     for (depth, decayed), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1])):
-        out.append({"params": params, "weight_decay": weight_decay if decayed else 0.0,
-                    "lr": lr * decay ** (num_layers + 1 - depth)})
+        scale = head_lr_scale if depth == num_layers + 1 else decay ** (num_layers + 1 - depth)
+        out.append({"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr": lr * scale})
     return out
 
 

@@ -29,9 +29,9 @@ from bertforge.config.recipe import RECIPES, lecture
 from bertforge.errors import ConfigError
 
 CLASSIFY_FORMATS = ("csv", "tsv", "jsonl", "parquet", "arrow")
-CLASSIFY_METRICS = ("accuracy", "macro_f1")
+CLASSIFY_METRICS = ("auto", "accuracy", "macro_f1")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
-POOLINGS = ("cls", "mean")  # bertforge.heads.POOLINGS (this module imports no model code)
+POOLINGS = ("auto", "cls", "mean")  # 'auto' + bertforge.heads.POOLINGS (this module imports no model code)
 ENTITY_SCHEMES = ("iob1", "iob2", "bioes", "bilou")
 TAG_SCHEMES = ENTITY_SCHEMES + ("plain",)
 
@@ -48,8 +48,9 @@ class FinetuneConfig:
     """Tokens per input, [CLS] and [SEP] included: longer texts are truncated (classify), split into windows (ner)
     or cut into several sequences (mlm). At most the model's max_position_embeddings."""
     lr: float | None = None
-    """Peak learning rate (of the head, with --layer-lr-decay); none = chosen by --recipe from the data: 2e-5 (the
-    lecture's) on large sets, 5e-5 on small ones (bertforge.config.recipe)."""
+    """Peak learning rate: of the whole model with --layer-lr-decay 1 and --head-lr-scale 1; otherwise the head
+    trains at lr x --head-lr-scale and encoder layer l (0-based) of L at lr x decay^(L - l). None = chosen by
+    --recipe from the data: 2e-5 (the lecture's) on large sets, 5e-5 on small ones (bertforge.config.recipe)."""
     epochs: float = 3
     """Passes over the training data (2-4 for BERT finetuning; fractions allowed); --min-steps may add steps."""
     min_steps: int | None = None
@@ -59,14 +60,18 @@ class FinetuneConfig:
     """Layer-wise learning-rate decay in (0, 1] (ELECTRA / DeBERTa finetuning): the head trains at --lr, encoder
     layer l of L at lr x decay^(L - l + 1), the embeddings at lr x decay^(L + 1); 1 = one lr for all. None = chosen
     by --recipe: 0.9 on small sets, 1 on large ones."""
+    head_lr_scale: float | None = None
+    """The head (classifier and pooler, randomly initialised or barely pretrained) trains at --lr x this; the encoder
+    keeps --lr (with --layer-lr-decay). None = chosen by --recipe: 20 on small sets (a fresh linear head at 5e-5
+    moves its logits too little in a few hundred steps), 1 on large ones."""
     reinit_layers: int | None = None
     """Re-initialise the top K encoder layers (and the pooler) before finetuning (Zhang et al. 2021, 'Revisiting
     Few-sample BERT Fine-tuning'); none = chosen by --recipe (0: not measured to help here)."""
     recipe: str = "auto"
-    """'auto': the settings left unset (--lr, --min-steps, --layer-lr-decay, --reinit-layers, --class-weight) are
-    chosen from the training-set size and label distribution and printed with the reason; 'lecture': the
-    lecture's recipe (lr 2e-5, no step floor, no layer decay, no re-initialisation, no class weights) on any
-    set."""
+    """'auto': the settings left unset (--lr, --min-steps, --layer-lr-decay, --head-lr-scale, --reinit-layers,
+    --class-weight, --pooling, --metric) are chosen from the training-set size and label distribution and printed
+    with the reason; 'lecture': the lecture's recipe (lr 2e-5, no step floor, no layer decay, the head at --lr, no
+    re-initialisation, no class weights, [CLS] pooling, best state by accuracy) on any set."""
     global_batch: int = 32
     """Training examples per optimizer step over all ranks (BERT's finetuning batch: 16 or 32)."""
     micro_batch: int | None = None
@@ -148,6 +153,10 @@ class FinetuneConfig:
         if self.layer_lr_decay is not None and (isinstance(self.layer_lr_decay, bool)
                                                 or not 0.0 < self.layer_lr_decay <= 1.0):
             raise ConfigError(f"--layer-lr-decay must lie in (0, 1] (1 = no decay), got {self.layer_lr_decay!r}")
+        if self.head_lr_scale is not None and (isinstance(self.head_lr_scale, bool)
+                                               or not isinstance(self.head_lr_scale, (int, float))
+                                               or not self.head_lr_scale > 0):
+            raise ConfigError(f"--head-lr-scale must be > 0 (1 = the head at --lr), got {self.head_lr_scale!r}")
         check_choice(self, "recipe", RECIPES)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"--warmup-ratio must lie in [0, 1), got {self.warmup_ratio!r}")
@@ -234,16 +243,18 @@ class ClassifyData:
     """Input format: csv, tsv, jsonl, parquet or arrow (a Hugging Face datasets save_to_disk split folder is read as
     arrow); none = from the file suffix (.csv, .tsv, .jsonl / .json / .ndjson, .parquet, .arrow; others
     are refused). Not for a folder DIR/<label>/*.txt, which is read as one example per file."""
-    metric: str = "accuracy"
-    """Dev metric that picks the best state: accuracy or macro_f1."""
+    metric: str = "auto"
+    """Dev metric that picks the best state: accuracy or macro_f1; 'auto': chosen by --recipe (macro_f1 on a small
+    set whose majority class has >= 2x the examples of the rarest, else accuracy)."""
     class_weight: str = "auto"
     """'balanced': weighted cross-entropy with class c weighted n / (classes x n_c) over the training labels
     (scikit-learn's 'balanced'), for imbalanced labels; 'none': plain cross-entropy; 'auto': chosen by --recipe
     (balanced on a small set whose majority class has >= 2x the examples of the rarest, else none)."""
-    pooling: str = "cls"
+    pooling: str = "auto"
     """Sentence vector under the classifier: 'cls' = the [CLS] state through the pooler (BERT's); 'mean' = the mean
-    of the real tokens' states, no pooler (how sentence-transformers checkpoints such as MiniLM were trained).
-    Saved with the model; predict / evaluate use it."""
+    of the real tokens' states, no pooler (how sentence-transformers checkpoints such as MiniLM were trained);
+    'auto': chosen by --recipe (mean on small sets, cls on large ones). Saved with the model; predict / evaluate
+    use it."""
 
     def __post_init__(self) -> None:
         if self.format is not None:

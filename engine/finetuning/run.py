@@ -27,7 +27,7 @@ from bertforge import distributed as D
 from bertforge.config import ModelConfig
 from bertforge.config.finetune import (ClassifyConfig, FinetuneConfig, ParallelConfig, MlmConfig, NerConfig,
                                     SplitFiles)
-from bertforge.config.recipe import choose_recipe
+from bertforge.config.recipe import CLASSIFY_FIELDS, choose_recipe
 from bertforge.data.tokenizer import check_vocab_rows, load_tokenizer
 from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.finetuning import data_classify as dc
@@ -276,21 +276,20 @@ def format_summary(summary: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def _recipe(training: FinetuneConfig, n_train: int, label_counts: list[int] | None, class_weight: str | None,
-            n_features: int, model: ModelConfig, echo: Echo, task: str) -> tuple[FinetuneConfig, str | None]:
+def _recipe(training: FinetuneConfig, n_train: int, label_counts: list[int] | None, classify: dict | None,
+            n_features: int, model: ModelConfig, echo: Echo, task: str) -> tuple[FinetuneConfig, dict | None]:
     """Choose the recipe from the training set (bertforge.config.recipe), print it, and return the config with the
-    unset fields filled and the class weighting to use ('none' / 'balanced'; None without labels). ConfigError when
-    --reinit-layers exceeds the model's layers."""
+    unset fields filled and the classification settings to use (class_weight, pooling, metric from `classify`,
+    the user's values by field name, 'auto' = chosen; None for ner). ConfigError when --reinit-layers exceeds the
+    model's layers."""
     recipe = choose_recipe(n_train, label_counts, training.recipe, task)
     steps = max(1, math.ceil(training.epochs * n_features / training.global_batch))  # from --epochs alone
-    echo(recipe.describe(training, class_weight, steps))
+    echo(recipe.describe(training, classify, steps))
     training = recipe.apply(training)
     if training.reinit_layers > model.num_hidden_layers:
         raise ConfigError(f"--reinit-layers {training.reinit_layers} exceeds the model's {model.num_hidden_layers} "
                           f"encoder layers; give at most {model.num_hidden_layers}")
-    if class_weight is None:
-        return training, None
-    return training, class_weight if class_weight != "auto" else recipe.class_weight
+    return training, None if classify is None else recipe.classify_choices(classify)
 
 
 def collapsed_seeds(runs: list[dict]) -> list[int] | None:
@@ -340,16 +339,18 @@ def run_classify(config: ClassifyConfig, echo: Echo = ECHO, explicit: frozenset 
     check_vocab_rows(tok.get_vocab_size(), model.vocab_size, model_dir, model_dir)
     label2id = {l: i for i, l in enumerate(labels)}
     encode = lambda part: dc.encode(tok, part, training.max_seq_length, label2id)
-    task = ClassifyTask(labels, training.max_seq_length, encode(train), encode(dev), encode(test),
-                        metric=data.metric, pooling=data.pooling)
+    features = encode(train)
     counts = Counter(e.label for e in train)
-    training, class_weight = _recipe(training, len(train), [counts[l] for l in labels], data.class_weight,
-                                     len(task.train), model, echo, "classify")
-    if class_weight == "balanced":
+    given = {name: getattr(data, name) for name in CLASSIFY_FIELDS}
+    training, chosen = _recipe(training, len(train), [counts[l] for l in labels], given, len(features), model,
+                               echo, "classify")
+    task = ClassifyTask(labels, training.max_seq_length, features, encode(dev), encode(test),
+                        metric=chosen["metric"], pooling=chosen["pooling"])
+    if chosen["class_weight"] == "balanced":
         task.class_weights = balanced_weights([f["labels"] for f in task.train], len(labels))
         echo("class weights (balanced): " + ", ".join(f"{l} {w:.3f}" for l, w in zip(labels, task.class_weights)))
     echo(f"classify: {len(train)} train / {len(dev)} dev / {len(test)} test examples, labels {labels}, "
-         f"{data.pooling} pooling, model {model_dir}{_scratch(training)}")
+         f"{task.pooling} pooling, model {model_dir}{_scratch(training)}")
     ds_config = build_ds_config(training, par, D.world_size(), user)
     settings = run_settings(config, training, "classify", labels, {
         name: [[e.text, e.text_b, e.label] for e in part] for name, part in (("train", train), ("dev", dev),

@@ -125,9 +125,9 @@ class FinetuneTrainer:
             load_pretrained(self.init_dir, model)
             reinit_top_layers(model.bert, args.reinit_layers)
         model.to(self.dev)
-        self.optimizer = build_optimizer("adamw", layerwise_param_groups(model, args.weight_decay, args.lr,
-                                                                         args.layer_lr_decay), args.lr,
-                                         eps=args.adam_eps)
+        groups = layerwise_param_groups(model, args.weight_decay, args.lr, args.layer_lr_decay,
+                                        head_lr_scale=args.head_lr_scale)
+        self.optimizer = build_optimizer("adamw", groups, args.lr, eps=args.adam_eps)
         plan = ParallelPlan(self.ds_config, compile=self.par.compile,
                             activation_checkpointing=self.par.activation_checkpointing)
         self.engine, gate = parallelize(model, self.optimizer, plan, log=D.log0)

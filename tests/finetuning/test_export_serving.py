@@ -14,8 +14,8 @@ def test_pipeline_and_predict_agree_past_the_trained_length(tiny_ckpt, tmp_path)
     train, dev = sentiment_csv(tmp_path / "train.csv", 40, 0), sentiment_csv(tmp_path / "dev.csv", 16, 1)
     assert main(["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--dev", str(dev),
                  "--epochs", "1", "--global-batch", "8", "--max-seq-length", "12", "--threads", "1",
-                 "--no-progress", "--out", str(tmp_path / "out")]) == 0
-    model = tmp_path / "out" / "seed-1"
+                 "--no-progress", "--pooling", "cls", "--out", str(tmp_path / "out")]) == 0  # [CLS]: what a
+    model = tmp_path / "out" / "seed-1"  # transformers pipeline computes (mean pooling: tests/finetuning/test_pooling.py)
     assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))  # finetuning writes TensorBoard
     from bertforge.errors import DataError
     from bertforge.training.plot import plot_run

