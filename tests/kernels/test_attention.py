@@ -194,7 +194,7 @@ def test_dropout_preserves_the_mean():
 def test_dropout_forward_backward_exact(layout, lengths):
     """The kernel's dropout equals the reference fed dropout_keep_mask for the seed torch's generator handed out,
     in the forward and all three gradients (fused backward for <= 64, dk/dv + dq kernels beyond)."""
-    p, nh, d, seq = 0.17, 2, 64, max(lengths)
+    p, nh, d, seq = 0.15, 2, 64, max(lengths)  # applied as 38/256
     q, k, v, dout = _inputs((len(lengths), seq, nh, d), torch.float32, seed=seq)
     mask = _prefix_mask(lengths, seq)
     dout = dout * mask[:, :, None, None]
