@@ -16,8 +16,8 @@ and the ablations, each switching ONE piece of `ours` off (or adding one):
                       of one (n, h) x (h, 3h) GEMM: the share of the fused QKV
   ours-full-last-layer  the last encoder layer on every token (ModelConfig.last_layer_subset=False) instead of the
                       masked rows and [CLS] only: the share of the subset layer
-  ours-dropout24      dropout at 24-bit thresholds, one Philox call per 4 elements (ModelConfig.dropout_bits=24), instead
-                      of 8-bit ones, one call per 16: the share of the cheaper dropout bits (the C++ Philox on CPU)
+  ours-dropout24      dropout at 24-bit thresholds, one Philox call per 4 elements (ModelConfig.dropout_bits=24),
+                      instead of 8-bit ones, one call per 16: the share of the cheaper dropout bits (C++ Philox on CPU)
   ours-no-kernels     kernels='none': torch/SDPA references instead of the Triton kernels
   ours-dense-mlm      the MLM head over every real token (labels -100 where unmasked) instead of masked rows
   ours-unfused-adamw  torch AdamW without fused=True

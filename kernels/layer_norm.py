@@ -8,8 +8,8 @@ dropout_bits 8 (default): G = 16, column 16c + t is byte t % 4 of word t // 4, k
 dropout_bits 24: G = 4, column 4c + w is word w, kept when its top 24 bits are >= round(p * 2^24). Kept values are
 scaled by 1 / (1 - p_q), p_q the quantised probability (reference.quantized_dropout_p). A program holds its tile as
 (BLOCK_M, BLOCK_Q, G) with column G c + t (kernels/_philox.py joins a call's flags along in-thread dimensions, and
-a thread's G columns load as vectors). The seed is a (1,) int64 tensor on the device (drawn there from torch's generator: no
-host sync, a fresh one under CUDA-graph replay, reproducible under torch.manual_seed); the backward reads the same
+a thread's G columns load as vectors). The seed is a (1,) int64 tensor on the device (drawn there from torch's
+generator: no host sync, a fresh one under CUDA-graph replay, reproducible under torch.manual_seed); the backward reads the same
 tensor, so no mask is stored. row_id is the row's index unless a (n_rows,) int64 `row_ids` is given (per-sample streams: a row's mask then
 depends on its id, not on its place in the batch). `bertforge.kernels.reference.layer_norm_dropout_keep_ref` replays the mask.
 
