@@ -28,9 +28,9 @@ row_id low, row_id high). dropout_bits 8 (the default, FlashAttention-2's rate):
 (j % 16) // 4, kept when >= round(p * 256); dropout_bits 24: G = 4, word j % 4, kept when its top 24 bits are
 >= round(p * 2^24). Kept probabilities are scaled by 1 / (1 - p_q), p_q = reference.quantized_dropout_p(p,
 dropout_bits) (0.1 -> 26/256 at 8 bits). row_id is the sequence index b, or row_ids[b] when a (B,) int64 `row_ids`
-is given (per-sample streams: a sequence's mask then depends on its id, not on its place in the batch). It is a pure function of (seed, row_id, h, i, j), independent of
-block sizes and of the padded / unpadded layout, so the backward regenerates exactly the forward's mask and
-bertforge.kernels.reference.attention_dropout_keep_ref replays it in torch. The seed is a (1,) int64 tensor on the device, drawn
+is given (per-sample streams: a sequence's mask then depends on its id, not on its place in the batch). It is a pure
+function of (seed, row_id, h, i, j), independent of block sizes and of the padded / unpadded layout, so the backward
+regenerates exactly the forward's mask and bertforge.kernels.reference.attention_dropout_keep_ref replays it in torch. The seed is a (1,) int64 tensor on the device, drawn
 there from torch's generator (torch.manual_seed reproduces it; no host sync; a fresh seed at each CUDA-graph replay)
 and saved for the backward. Limits with dropout: max_seqlen <= 65536.
 
