@@ -137,6 +137,18 @@ def _dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M
     return tl.reshape(keep, (BLOCK_M, BLOCK_N))
 
 
+@triton.jit
+def _dropout_keep_t(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, DROP_GROUP: tl.constexpr):
+    """The transpose of `_dropout_keep`, (BLOCK_N, BLOCK_M) [key, query], drawn in that orientation."""
+    calls = start_n // DROP_GROUP + tl.arange(0, BLOCK_N // DROP_GROUP)
+    c0 = (calls[:, None] + offs_m[None, :] * 16384).to(tl.uint32)  # (BLOCK_N // G, BLOCK_M)
+    z = c0 * 0
+    r0, r1, r2, r3 = tl.philox(seed, c0, z + h.to(tl.uint32), z + row_lo, z + row_hi)
+    keep = keep_flags(r0, r1, r2, r3, DROP_THRESH, BLOCK_N // DROP_GROUP, BLOCK_M, DROP_GROUP)  # [c, i, t]
+    return tl.reshape(tl.permute(keep, (0, 2, 1)), (BLOCK_N, BLOCK_M))
+
+
 # ---- forward -------------------------------------------------------------------------------------------------
 # The seed, the dropout threshold and the row counts are not specialised (Triton would otherwise compile variants for
 # values == 1 or divisible by 16: a fresh seed every step, a different token total every unpadded batch).
@@ -341,8 +353,8 @@ def _attn_bwd_dkdv_kernel(
             pT = tl.where(k_ok[:, None], pT, 0.0)
         dpT = _dot(v, tl.trans(do), DOT_FP32)  # dP of the dropped probabilities
         if IS_DROPOUT:
-            keepT = tl.trans(_dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N,
-                                           DROP_GROUP))
+            keepT = _dropout_keep_t(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N,
+                                    DROP_GROUP)
             pdT = tl.where(keepT, pT * drop_scale, 0.0)
             dpT = tl.where(keepT, dpT * drop_scale, 0.0)
         else:
