@@ -4,7 +4,7 @@ dropout (F.dropout / SDPA's), forward + backward, and a whole pretraining step o
 `dropout_ids`. On a GPU the Triton kernels draw the keyed masks inside the fused ops (no extra pass); this measures
 the CPU path only.
 
-  python benchmarks/dropout_streams.py [--size tiny|base] [--threads N] [--out results/dropout_streams_cpu.json]
+  python benchmarks/dropout_streams.py [--size tiny|base] [--threads N] [--dropout-bits 8|24] [--out FILE.json]
 
 Rows: site, shape, torch-dropout ms, keyed-mask ms, ratio (median of --reps fwd+bwd calls)."""
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _fwd_bwd(fn, *inputs):
     return run
 
 
-def site_rows(B: int, S: int, h: int, nh: int, reps: int) -> list[dict]:
+def site_rows(B: int, S: int, h: int, nh: int, reps: int, bits: int = 8) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     seq_ids = torch.randint(0, 2**62, (B,), generator=g)
     tokens = ops.token_row_ids(seq_ids.repeat_interleave(S), torch.arange(S).repeat(B))
@@ -52,14 +52,15 @@ def site_rows(B: int, S: int, h: int, nh: int, reps: int) -> list[dict]:
     mask = torch.ones(B, S, dtype=torch.bool)
     cases = {
         "embeddings dropout": (lambda x: ref.dropout_ref(x, P),
-                               lambda x: ref.dropout_ref(x, P, seed=seed, row_ids=tokens), (x,)),
+                               lambda x: ref.dropout_ref(x, P, seed=seed, row_ids=tokens, dropout_bits=bits), (x,)),
         "bias+dropout+residual+LN": (
             lambda x: ref.bias_dropout_add_layernorm_ref(x, b, r, w, b, 1e-12, P),
-            lambda x: ref.bias_dropout_add_layernorm_ref(x, b, r, w, b, 1e-12, P, seed=seed, row_ids=tokens), (x,)),
+            lambda x: ref.bias_dropout_add_layernorm_ref(x, b, r, w, b, 1e-12, P, seed=seed, row_ids=tokens,
+                                                         dropout_bits=bits), (x,)),
         "attention (SDPA vs naive + mask)": (
             lambda q, k, v: ref.attention_ref(q, k, v, key_padding_mask=mask, dropout_p=P),
             lambda q, k, v: ref.attention_ref(q, k, v, key_padding_mask=mask, dropout_p=P, seed=seed,
-                                              row_ids=seq_ids), (q, k, v)),
+                                              row_ids=seq_ids, dropout_bits=bits), (q, k, v)),
         "token row ids (once per forward)": (lambda: None, lambda: ops.token_row_ids(
             seq_ids.repeat_interleave(S), torch.arange(S).repeat(B)), ()),
     }
@@ -75,8 +76,9 @@ def site_rows(B: int, S: int, h: int, nh: int, reps: int) -> list[dict]:
     return rows
 
 
-def step_row(B: int, S: int, preset_name: str, reps: int) -> dict:
-    cfg = preset(preset_name, vocab_size=8192, hidden_dropout_prob=P, attention_probs_dropout_prob=P)
+def step_row(B: int, S: int, preset_name: str, reps: int, bits: int = 8) -> dict:
+    cfg = preset(preset_name, vocab_size=8192, hidden_dropout_prob=P, attention_probs_dropout_prob=P,
+                 dropout_bits=bits)
     model = BertForPreTraining(cfg).train()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(5, 8192, (B, S), generator=g)
@@ -102,11 +104,14 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--dropout-bits", type=int, choices=(8, 24), default=8,
+                    help="random bits per element of the keyed masks: 8 (16 elements a Philox call) or 24 (4)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     B, S, h, nh, preset_name = SIZES[args.size]
-    rows = site_rows(B, S, h, nh, args.reps) + [step_row(B, S, preset_name, max(2, args.reps // 2))]
+    bits = args.dropout_bits
+    rows = site_rows(B, S, h, nh, args.reps, bits) + [step_row(B, S, preset_name, max(2, args.reps // 2), bits)]
     print(f"{'site':36} {'shape':22} {'torch ms':>9} {'keyed ms':>9} {'ratio':>6}")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
@@ -114,7 +119,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-                "threads": args.threads, "torch": torch.__version__, "size": args.size, "p": P}
+                "threads": args.threads, "torch": torch.__version__, "size": args.size, "p": P, "dropout_bits": bits}
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 

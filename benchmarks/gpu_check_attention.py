@@ -110,11 +110,14 @@ def check_case(layout, d, seq, batch, nh, p, dq_atomic=False):
 
 
 def check_dropout_rate():
-    p, b, nh, s = (0.1, 8, 12, 512) if GPU else (0.1, 2, 2, 64)
-    keep = dropout_keep_mask(1234, b, nh, s, p, device=DEV)
+    from bertforge.kernels.reference import quantized_dropout_p
+
+    p0, b, nh, s = (0.1, 8, 12, 512) if GPU else (0.1, 2, 2, 64)
+    keep = dropout_keep_mask(1234, b, nh, s, p0, device=DEV)
+    p = quantized_dropout_p(p0)  # the probability applied: 26/256 at 8-bit thresholds
     rate = keep.double().mean().item()
     bound = 5 * math.sqrt(p * (1 - p) / keep.numel())
-    return [dict(check=f"dropout keep rate p={p} (B,nh,S,S)={tuple(keep.shape)}", value=rate,
+    return [dict(check=f"dropout keep rate p={p0} (applied {p}) (B,nh,S,S)={tuple(keep.shape)}", value=rate,
                  ok=abs(rate - (1 - p)) < bound)]
 
 

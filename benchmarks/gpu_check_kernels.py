@@ -27,7 +27,7 @@ from bertforge.kernels.layer_norm import bias_dropout_add_layernorm  # noqa: E40
 from bertforge.kernels.masking import mlm_mask, philox_uniforms  # noqa: E402
 from bertforge.kernels.mlm_loss import masked_lm_loss  # noqa: E402
 from bertforge.kernels.reference import (bias_dropout_add_layernorm_ref, bias_gelu_ref, lamb_step_ref,  # noqa: E402
-                               layer_norm_dropout_keep_ref, masked_lm_loss_ref, mlm_mask_ref,
+                               layer_norm_dropout_keep_ref, masked_lm_loss_ref, mlm_mask_ref, quantized_dropout_p,
                                unigram_cdf_from_counts)
 
 GPU = torch.cuda.is_available()
@@ -97,8 +97,9 @@ def check_layer_norm():
                          _fwd_bwd(ref, [a.double() for a in args], dy.double()))
     shape = _pick((4096, 768), (256, 96))
     keep = dropout_keep_mask(3, shape, 0.1, device=DEV).float().mean().item()
-    bound = 5 * (0.09 / (shape[0] * shape[1])) ** 0.5
-    rows.append(dict(check="layer_norm keep rate p=0.1", value=keep, ok=abs(keep - 0.9) < bound))
+    p = quantized_dropout_p(0.1)  # the probability applied: 26/256 at 8-bit thresholds
+    bound = 5 * (p * (1 - p) / (shape[0] * shape[1])) ** 0.5
+    rows.append(dict(check=f"layer_norm keep rate p=0.1 (applied {p})", value=keep, ok=abs(keep - (1 - p)) < bound))
     return rows
 
 

@@ -16,6 +16,8 @@ and the ablations, each switching ONE piece of `ours` off (or adding one):
                       of one (n, h) x (h, 3h) GEMM: the share of the fused QKV
   ours-full-last-layer  the last encoder layer on every token (ModelConfig.last_layer_subset=False) instead of the
                       masked rows and [CLS] only: the share of the subset layer
+  ours-dropout24      dropout at 24-bit thresholds, one Philox call per 4 elements (ModelConfig.dropout_bits=24),
+                      instead of 8-bit ones, one call per 16: the share of the cheaper dropout bits (C++ Philox on CPU)
   ours-no-kernels     kernels='none': torch/SDPA references instead of the Triton kernels
   ours-dense-mlm      the MLM head over every real token (labels -100 where unmasked) instead of masked rows
   ours-unfused-adamw  torch AdamW without fused=True
@@ -59,8 +61,8 @@ from bertforge.heads import BertForPreTraining  # noqa: E402
 
 SHAPES = {"tiny-64": ("tiny", 64), "base-128": ("bert-base", 128), "base-512": ("bert-base", 512),
           "large-128": ("bert-large", 128), "large-512": ("bert-large", 512), "minilm-128": ("minilm-l6", 128)}
-ABLATIONS = ("ours-padded", "ours-unfused-qkv", "ours-full-last-layer", "ours-no-kernels", "ours-dense-mlm",
-             "ours-unfused-adamw", "ours-device-mask", "ours-lamb")
+ABLATIONS = ("ours-padded", "ours-unfused-qkv", "ours-full-last-layer", "ours-dropout24", "ours-no-kernels",
+             "ours-dense-mlm", "ours-unfused-adamw", "ours-device-mask", "ours-lamb")
 VARIANTS = ("hf", "hf-compile", "ours", "ours-compile") + ABLATIONS
 MASK_SHARE = 0.15
 MASK_ID, SPECIAL_IDS = 4, 5  # ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; real tokens are drawn from 5..V-1
@@ -201,7 +203,8 @@ def unfuse_qkv(model) -> None:
         q, k, v = (F.linear(x, w[i * h:(i + 1) * h], b[i * h:(i + 1) * h]).unflatten(-1, heads) for i in range(3))
         out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
                             max_seqlen=batch.max_seqlen, dropout_p=self.dropout_p if self.training else 0.0,
-                            seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, backend=self.backend)
+                            seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, dropout_bits=self.dropout_bits,
+                            backend=self.backend)
         return out.flatten(-2)
 
     for m in model.modules():
@@ -221,8 +224,8 @@ def build(variant: str, cfg, device):
             return model(**inputs).loss
     else:
         kernels = "none" if variant == "ours-no-kernels" or device.type != "cuda" else "triton"
-        model = BertForPreTraining(cfg.replace(kernels=kernels,
-                                               last_layer_subset=variant != "ours-full-last-layer")).to(device)
+        model = BertForPreTraining(cfg.replace(kernels=kernels, last_layer_subset=variant != "ours-full-last-layer",
+                                               dropout_bits=24 if variant == "ours-dropout24" else 8)).to(device)
         if variant == "ours-unfused-qkv":
             unfuse_qkv(model)
         masker = None

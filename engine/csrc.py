@@ -39,6 +39,8 @@ def philox_words(k0: int, k1: int, c0: np.ndarray, c1: np.ndarray, c2: np.ndarra
 
 
 def philox_keep(k0: int, k1: int, c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray,
-                threshold: int) -> np.ndarray:
-    """(n, 4) bool dropout keep flags, (word >> 8) >= threshold, of `philox_words` (kernels/reference.py's rule)."""
-    return _csrc.philox_keep(int(k0), int(k1), c0, c1, c2, c3, int(threshold))
+                threshold: int, dropout_bits: int = 8) -> np.ndarray:
+    """Dropout keep flags of `philox_words` (kernels/reference.py's rule): dropout_bits 8 -> (n, 16) bool, flag
+    4w + k = byte k of word w >= threshold; 24 -> (n, 4) bool, (word w >> 8) >= threshold. ValueError for other bits
+    or a threshold >= 2^dropout_bits."""
+    return _csrc.philox_keep(int(k0), int(k1), c0, c1, c2, c3, int(threshold), int(dropout_bits))

@@ -15,7 +15,9 @@ caller's identity of each sample, e.g. a hash of its run seed, epoch and index).
 embeddings, each layer's attention probabilities and its two post-LN epilogues) draws its mask from Philox keyed by
 (the site's own key, the sequence's id, the position), on both kernel backends alike, so a sample's masks do not
 depend on the batch, the micro batch or the rank it lands in, nor on the layout (padded, unpadded, packed). Without
-it, dropout is as it always was: torch's generator on the reference path, the kernels' own drawn keys on theirs."""
+it, dropout is as it always was: torch's generator on the reference path, the kernels' own drawn keys on theirs.
+Either way each site applies the quantised probability of config.dropout_bits (ModelConfig.applied_dropout: 0.1 ->
+26/256 at 8 bits) and scales kept values by its inverse keep rate (bertforge.kernels.reference, dropout section)."""
 from __future__ import annotations
 
 import copy
@@ -100,7 +102,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout_p = config.hidden_dropout_prob
+        self.dropout_p, self.dropout_bits = config.hidden_dropout_prob, config.dropout_bits
         self.backend = config.kernels
         self.max_positions = config.max_position_embeddings
         _register_dropout_site(self, 0)
@@ -115,7 +117,7 @@ class BertEmbeddings(nn.Module):
              + self.token_type_embeddings(token_type_ids))
         seed, rows = (batch.dropout_seed(self), batch.token_ids) if batch is not None else (None, None)
         return ops.dropout(self.LayerNorm(x), self.dropout_p if self.training else 0.0, seed=seed, row_ids=rows,
-                           backend=self.backend)
+                           dropout_bits=self.dropout_bits, backend=self.backend)
 
 
 class BertSelfAttention(nn.Module):
@@ -128,7 +130,7 @@ class BertSelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.dropout_p = config.attention_probs_dropout_prob
+        self.dropout_p, self.dropout_bits = config.attention_probs_dropout_prob, config.dropout_bits
         self.backend = config.kernels
         _register_dropout_site(self, site)
 
@@ -138,7 +140,8 @@ class BertSelfAttention(nn.Module):
         q, k, v = qkv.unbind(-3)  # views: token stride 3h, head stride d
         out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
                             max_seqlen=batch.max_seqlen, dropout_p=self.dropout_p if self.training else 0.0,
-                            seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, backend=self.backend)
+                            seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, dropout_bits=self.dropout_bits,
+                            backend=self.backend)
         return out.flatten(-2)
 
 
@@ -149,7 +152,7 @@ class BertSublayerOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout_p = config.hidden_dropout_prob
+        self.dropout_p, self.dropout_bits = config.hidden_dropout_prob, config.dropout_bits
         self.backend = config.kernels
         _register_dropout_site(self, site)
 
@@ -163,7 +166,7 @@ class BertSublayerOutput(nn.Module):
         return ops.bias_dropout_add_layernorm(y, self.dense.bias, residual, self.LayerNorm.weight,
                                               self.LayerNorm.bias, self.LayerNorm.eps,
                                               self.dropout_p if self.training else 0.0, seed=seed, row_ids=rows,
-                                              backend=self.backend)
+                                              dropout_bits=self.dropout_bits, backend=self.backend)
 
 
 class BertAttention(nn.Module):

@@ -94,18 +94,19 @@ def _load_kernel(op: str) -> Callable:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_mask: torch.Tensor | None = None,
               cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None, dropout_p: float = 0.0,
               softmax_scale: float | None = None, autotune: bool = True, dq_atomic: bool = False,
-              seed: torch.Tensor | None = None, row_ids: torch.Tensor | None = None,
+              seed: torch.Tensor | None = None, row_ids: torch.Tensor | None = None, dropout_bits: int = 8,
               backend: str = "none") -> torch.Tensor:
     """Bidirectional multi-head attention. Padded: q, k, v (B, S, nh, d), key_padding_mask (B, S) or None.
     Unpadded: q, k, v (total, nh, d) with cu_seqlens (B+1,) int32 and max_seqlen. Returns q's layout.
     seed, row_ids: the dropout's Philox key (1,) int64 and per-sequence row ids (B,) int64: both backends then drop
     the same elements (kernels/attention.py's rule; the reference replays it in a naive attention). seed None: the
-    kernel draws its own key, the reference lets torch draw the mask.
+    kernel draws its own key, the reference lets torch draw the mask. dropout_bits 8 or 24: random bits per element
+    (16 or 4 elements a Philox call); either backend applies quantized_dropout_p(dropout_p, dropout_bits).
     autotune, dq_atomic: settings of the Triton kernel (bertforge.kernels.attention.attention); the reference ignores them."""
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     kw = dict(key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, dropout_p=dropout_p,
-              softmax_scale=softmax_scale, seed=seed, row_ids=row_ids)
+              softmax_scale=softmax_scale, seed=seed, row_ids=row_ids, dropout_bits=dropout_bits)
     if backend == "triton":
         kw.update(autotune=autotune, dq_atomic=dq_atomic)
     return _impl("attention", backend)(q, k, v, **kw)
@@ -121,21 +122,21 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none", ba
 def bias_dropout_add_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                                ln_bias: torch.Tensor, eps: float, dropout_p: float = 0.0,
                                seed: torch.Tensor | None = None, row_ids: torch.Tensor | None = None,
-                               backend: str = "none") -> torch.Tensor:
+                               dropout_bits: int = 8, backend: str = "none") -> torch.Tensor:
     """LayerNorm(residual + dropout(x + bias)) with fp32 statistics. x, residual (..., h); vectors (h,).
     dropout_p must already be 0 outside training. seed (1,) int64 and row_ids (n_rows,) int64 of the flattened rows:
-    the Philox mask of kernels/layer_norm.py on both backends (seed None: as `attention`)."""
+    the Philox mask of kernels/layer_norm.py on both backends (seed None and dropout_bits: as `attention`)."""
     return _impl("bias_dropout_add_layernorm", backend)(x, bias, residual, weight, ln_bias, eps, dropout_p,
-                                                        seed=seed, row_ids=row_ids)
+                                                        seed=seed, row_ids=row_ids, dropout_bits=dropout_bits)
 
 
 # ---- dropout (the embeddings') -----------------------------------------------------------------------------------
 def dropout(x: torch.Tensor, p: float, seed: torch.Tensor | None = None, row_ids: torch.Tensor | None = None,
-            backend: str = "none") -> torch.Tensor:
+            dropout_bits: int = 8, backend: str = "none") -> torch.Tensor:
     """dropout(x) over the rows of the (n_rows, h) view, p already 0 outside training. seed (1,) int64 and row_ids
     (n_rows,) int64: the Philox mask of kernels/layer_norm.py's rule on both backends; seed None: the kernel draws
-    its own key, the reference is F.dropout (torch's generator)."""
-    return _impl("dropout", backend)(x, p, seed=seed, row_ids=row_ids)
+    its own key, the reference is F.dropout (torch's generator). dropout_bits: as `attention`."""
+    return _impl("dropout", backend)(x, p, seed=seed, row_ids=row_ids, dropout_bits=dropout_bits)
 
 
 # ---- per-sample dropout streams ----------------------------------------------------------------------------------

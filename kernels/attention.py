@@ -23,12 +23,14 @@ and applied, so ANY mask is exact (left padding, holes). Query rows at or after 
 gradients; query rows inside holes attend to the real keys like SDPA's would (finite, ignored by the tests).
 
 Dropout on the attention probabilities (p = dropout_p) is applied inside the kernels (bertforge.kernels.reference: Philox-4x32-10
-with the call's seed as key): keep(b, h, i, j) is word j % 4 of the counter (i * 16384 + j // 4, h, row_id low,
-row_id high), kept when its top 24 bits are >= round(p * 2^24); one Philox call serves four keys. row_id is the
-sequence index b, or row_ids[b] when a (B,) int64 `row_ids` is given (per-sample streams: a sequence's mask then
-depends on its id, not on its place in the batch). It is a pure function of (seed, row_id, h, i, j), independent of
-block sizes and of the padded / unpadded layout, so the backward regenerates exactly the forward's mask and
-bertforge.kernels.reference.attention_dropout_keep_ref replays it in torch. The seed is a (1,) int64 tensor on the device, drawn
+with the call's seed as key): keep(b, h, i, j) is element j % G of the call with counter (i * 16384 + j // G, h,
+row_id low, row_id high). dropout_bits 8 (the default, FlashAttention-2's rate): G = 16, byte j % 4 of word
+(j % 16) // 4, kept when >= round(p * 256); dropout_bits 24: G = 4, word j % 4, kept when its top 24 bits are
+>= round(p * 2^24). Kept probabilities are scaled by 1 / (1 - p_q), p_q = reference.quantized_dropout_p(p,
+dropout_bits) (0.1 -> 26/256 at 8 bits). row_id is the sequence index b, or row_ids[b] when a (B,) int64 `row_ids`
+is given (per-sample streams: a sequence's mask then depends on its id, not on its place in the batch). It is a pure
+function of (seed, row_id, h, i, j), independent of block sizes and of the padded / unpadded layout, so the backward
+regenerates exactly the forward's mask and bertforge.kernels.reference.attention_dropout_keep_ref replays it in torch. The seed is a (1,) int64 tensor on the device, drawn
 there from torch's generator (torch.manual_seed reproduces it; no host sync; a fresh seed at each CUDA-graph replay)
 and saved for the backward. Limits with dropout: max_seqlen <= 65536.
 
@@ -51,9 +53,12 @@ import triton
 import triton.language as tl
 
 from bertforge.kernels._common import draw_seed_tensor, is_interpreting, next_power_of_2
-from bertforge.kernels.reference import ATTN_DROPOUT_ROW_STRIDE, dropout_threshold
+from bertforge.kernels._philox import keep_flags
+from bertforge.kernels.reference import (ATTN_DROPOUT_ROW_STRIDE, check_dropout_bits, dropout_group, dropout_scale,
+                                         dropout_threshold)
 
-_DROP_ROW_STRIDE = ATTN_DROPOUT_ROW_STRIDE  # Philox counters per query row (4 keys each): max_seqlen <= 65536
+_DROP_ROW_STRIDE = ATTN_DROPOUT_ROW_STRIDE  # Philox counters per query row: max_seqlen <= 65536 with dropout
+_MAX_DROPOUT_SEQLEN = 65536  # i * 16384 + j // G stays below 2^31 (int32 arithmetic in the kernels)
 
 
 # ---- small jit helpers ---------------------------------------------------------------------------------------
@@ -120,20 +125,28 @@ def _dropout_stream(Seed, RowIds, b, IS_DROPOUT: tl.constexpr, HAS_ROW_IDS: tl.c
 
 @triton.jit
 def _dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
-    """Keep mask (BLOCK_M, BLOCK_N) of rows offs_m and columns start_n + [0, BLOCK_N) (start_n a multiple of 4).
-    One Philox call yields 4 words: word w of counter (i * 16384 + j // 4, h, row_lo, row_hi) decides column
-    j = 4 * (j // 4) + w. The words are compared first and the 1-bit results interleaved."""
-    cols4 = start_n // 4 + tl.arange(0, BLOCK_N // 4)
-    c0 = (offs_m[:, None] * 16384 + cols4[None, :]).to(tl.uint32)  # (BLOCK_M, BLOCK_N // 4)
+                  BLOCK_N: tl.constexpr, DROP_GROUP: tl.constexpr):
+    """Keep mask (BLOCK_M, BLOCK_N) of rows offs_m and columns start_n + [0, BLOCK_N) (start_n and BLOCK_N multiples
+    of DROP_GROUP = G, 16 or 4). The Philox call with counter (i * 16384 + j // G, h, row_lo, row_hi) decides the G
+    columns G (j // G) + [0, G) (kernels/_philox.py: flags joined in-thread, then laid out as columns)."""
+    calls = start_n // DROP_GROUP + tl.arange(0, BLOCK_N // DROP_GROUP)
+    c0 = (offs_m[:, None] * 16384 + calls[None, :]).to(tl.uint32)  # (BLOCK_M, BLOCK_N // G)
     z = c0 * 0
     r0, r1, r2, r3 = tl.philox(seed, c0, z + h.to(tl.uint32), z + row_lo, z + row_hi)
-    k0 = (r0 >> 8).to(tl.int32) >= DROP_THRESH
-    k1 = (r1 >> 8).to(tl.int32) >= DROP_THRESH
-    k2 = (r2 >> 8).to(tl.int32) >= DROP_THRESH
-    k3 = (r3 >> 8).to(tl.int32) >= DROP_THRESH
-    # join(join(a, b), join(c, d)) is [.., i, k] = (a, b)[i] if k == 0 else (c, d)[i]: column 4c + 2i + k
-    return tl.reshape(tl.join(tl.join(k0, k2), tl.join(k1, k3)), (BLOCK_M, BLOCK_N))
+    keep = keep_flags(r0, r1, r2, r3, DROP_THRESH, BLOCK_M, BLOCK_N // DROP_GROUP, DROP_GROUP)
+    return tl.reshape(keep, (BLOCK_M, BLOCK_N))
+
+
+@triton.jit
+def _dropout_keep_t(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, DROP_GROUP: tl.constexpr):
+    """The transpose of `_dropout_keep`, (BLOCK_N, BLOCK_M) [key, query], drawn in that orientation."""
+    calls = start_n // DROP_GROUP + tl.arange(0, BLOCK_N // DROP_GROUP)
+    c0 = (calls[:, None] + offs_m[None, :] * 16384).to(tl.uint32)  # (BLOCK_N // G, BLOCK_M)
+    z = c0 * 0
+    r0, r1, r2, r3 = tl.philox(seed, c0, z + h.to(tl.uint32), z + row_lo, z + row_hi)
+    keep = keep_flags(r0, r1, r2, r3, DROP_THRESH, BLOCK_N // DROP_GROUP, BLOCK_M, DROP_GROUP)  # [c, i, t]
+    return tl.reshape(tl.permute(keep, (0, 2, 1)), (BLOCK_N, BLOCK_M))
 
 
 # ---- forward -------------------------------------------------------------------------------------------------
@@ -144,7 +157,8 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, start_n, seqlen,
                     row_lo, row_hi,
                     DROP_THRESH, qk_scale, stride_kt, stride_vt,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_KPM: tl.constexpr, IS_DROPOUT: tl.constexpr,
-                    MASK_TAIL: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    MASK_TAIL: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    DROP_GROUP: tl.constexpr):
     """One key block: online-softmax update of (acc, l_i, m_i); MASK_TAIL masks keys >= seqlen (last block)."""
     cols = start_n + offs_n
     k_ok = cols < seqlen
@@ -161,7 +175,8 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, start_n, seqlen,
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if IS_DROPOUT:
-        p = tl.where(_dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N), p, 0.0)
+        p = tl.where(_dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N,
+                                   DROP_GROUP), p, 0.0)
     v = _load_rows(v_ptrs + start_n * stride_vt, k_ok, offs_d, HEAD_DIM, BLOCK_D)
     acc += _dot(p.to(v.dtype), v, DOT_FP32)
     return acc, l_i, m_new
@@ -178,8 +193,8 @@ def _attn_fwd_kernel(
     Seed,  # (1,) int64 Philox key (IS_DROPOUT)
     RowIds,  # (B,) int64 Philox row ids (HAS_ROW_IDS)
     sm_scale,  # softmax scale
-    DROP_THRESH,  # int(dropout_p * 2^24): drop when the top 24 bits of the Philox word are below it
-    drop_scale,  # 1 / (1 - dropout_p)
+    DROP_THRESH,  # dropout_threshold(p, dropout_bits): drop an element whose random bits are below it
+    drop_scale,  # dropout_scale(p, dropout_bits) = 1 / (1 - p_q)
     stride_qb, stride_qt, stride_qh,  # batch stride (0 when VARLEN), token stride, head stride
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
@@ -192,7 +207,7 @@ def _attn_fwd_kernel(
     SEQ_BUCKET,  # next power of 2 of max_seqlen: autotune key only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, HAS_KPM: tl.constexpr,
     IS_DROPOUT: tl.constexpr, HAS_ROW_IDS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, DROP_GROUP: tl.constexpr,  # keys per Philox call: 16 (8-bit thresholds) or 4 (24-bit)
 ):
     pid_m, b, h = _program_coords(tl.program_id(0), max_seqlen, nheads, BLOCK_M)
     seed, row_lo, row_hi = _dropout_stream(Seed, RowIds, b, IS_DROPOUT, HAS_ROW_IDS)
@@ -225,11 +240,11 @@ def _attn_fwd_kernel(
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, start_n, seqlen, offs_m, offs_n,
                                         offs_d, seed, h, row_lo, row_hi, DROP_THRESH, qk_scale, stride_kt, stride_vt, HEAD_DIM,
-                                        BLOCK_D, HAS_KPM, IS_DROPOUT, False, DOT_FP32, BLOCK_M, BLOCK_N)
+                                        BLOCK_D, HAS_KPM, IS_DROPOUT, False, DOT_FP32, BLOCK_M, BLOCK_N, DROP_GROUP)
     if n_full < seqlen:
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, n_full, seqlen, offs_m, offs_n,
                                         offs_d, seed, h, row_lo, row_hi, DROP_THRESH, qk_scale, stride_kt, stride_vt, HEAD_DIM,
-                                        BLOCK_D, HAS_KPM, IS_DROPOUT, True, DOT_FP32, BLOCK_M, BLOCK_N)
+                                        BLOCK_D, HAS_KPM, IS_DROPOUT, True, DOT_FP32, BLOCK_M, BLOCK_N, DROP_GROUP)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     row_ok = offs_m < seqlen
     out = acc * (drop_scale / l_safe)[:, None]
@@ -279,7 +294,7 @@ def _attn_bwd_dkdv_kernel(
     stride_kpm_b, stride_lse_h, nheads, seq_stride, max_seqlen, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, HAS_KPM: tl.constexpr,
     IS_DROPOUT: tl.constexpr, HAS_ROW_IDS: tl.constexpr, DQ_MODE: tl.constexpr, DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROP_GROUP: tl.constexpr,
 ):
     """One program per (key block, batch * head): dk, dv of BLOCK_N keys from a loop over all query blocks.
     DQ_MODE 0: dq is left to _attn_bwd_dq_kernel (deterministic split). 1 (the whole sequence is this one key
@@ -338,7 +353,8 @@ def _attn_bwd_dkdv_kernel(
             pT = tl.where(k_ok[:, None], pT, 0.0)
         dpT = _dot(v, tl.trans(do), DOT_FP32)  # dP of the dropped probabilities
         if IS_DROPOUT:
-            keepT = tl.trans(_dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N))
+            keepT = _dropout_keep_t(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N,
+                                    DROP_GROUP)
             pdT = tl.where(keepT, pT * drop_scale, 0.0)
             dpT = tl.where(keepT, dpT * drop_scale, 0.0)
         else:
@@ -380,7 +396,7 @@ def _attn_bwd_dq_kernel(
     stride_kpm_b, stride_lse_h, nheads, seq_stride, max_seqlen, SEQ_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, HAS_KPM: tl.constexpr,
     IS_DROPOUT: tl.constexpr, HAS_ROW_IDS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, DROP_GROUP: tl.constexpr,
 ):
     """One program per (query block, batch * head): dq of BLOCK_M queries from a loop over all key blocks.
     Keys past seqlen load as k = v = 0, so they add nothing to dq and need no mask."""
@@ -424,7 +440,7 @@ def _attn_bwd_dq_kernel(
             p = tl.where(k_ok[None, :], p, 0.0)
         dp = _dot(do, tl.trans(v), DOT_FP32)
         if IS_DROPOUT:
-            keep = _dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N)
+            keep = _dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N, DROP_GROUP)
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, DOT_FP32)
@@ -537,7 +553,7 @@ def _last_contiguous(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _dropout_args(dropout_p, seed, row_ids, batch, device):
+def _dropout_args(dropout_p, seed, row_ids, batch, device, dropout_bits):
     """-> (seed (1,) int64 on device, row ids (B,) int64 or a dummy, threshold, scale)."""
     dummy = torch.zeros(1, dtype=torch.int64, device=device)
     if dropout_p <= 0.0:
@@ -552,24 +568,27 @@ def _dropout_args(dropout_p, seed, row_ids, batch, device):
         if row_ids.shape != (batch,) or row_ids.dtype != torch.int64:
             raise ValueError(f"attention: row_ids must be ({batch},) int64, got {tuple(row_ids.shape)} {row_ids.dtype}")
         dummy = row_ids.to(device).contiguous()
-    return seed.to(device), dummy, dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
+    return (seed.to(device), dummy, dropout_threshold(dropout_p, dropout_bits),
+            dropout_scale(dropout_p, dropout_bits))
 
 
-def _common_meta(q, varlen, kpm_given, dropout_p, max_seqlen, row_ids):
+def _common_meta(q, varlen, kpm_given, dropout_p, max_seqlen, row_ids, dropout_bits):
     head_dim = q.shape[-1]
     if head_dim > 128:
         raise ValueError(f"attention: head_dim <= 128 supported, got {head_dim}")
-    if dropout_p > 0 and max_seqlen > 4 * _DROP_ROW_STRIDE:
-        raise ValueError(f"attention: dropout supports max_seqlen <= {4 * _DROP_ROW_STRIDE}, got {max_seqlen}")
+    if dropout_p > 0 and max_seqlen > _MAX_DROPOUT_SEQLEN:
+        raise ValueError(f"attention: dropout supports max_seqlen <= {_MAX_DROPOUT_SEQLEN}, got {max_seqlen}")
     return dict(HEAD_DIM=head_dim, BLOCK_D=max(16, next_power_of_2(head_dim)), VARLEN=varlen, HAS_KPM=kpm_given,
-                IS_DROPOUT=dropout_p > 0, HAS_ROW_IDS=dropout_p > 0 and row_ids is not None, DOT_FP32=is_interpreting() and q.dtype == torch.bfloat16)
+                IS_DROPOUT=dropout_p > 0, HAS_ROW_IDS=dropout_p > 0 and row_ids is not None,
+                DOT_FP32=is_interpreting() and q.dtype == torch.bfloat16, DROP_GROUP=dropout_group(dropout_bits))
 
 
 def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
-                      softmax_scale=None, seed=0, autotune=True, row_ids=None):
+                      softmax_scale=None, seed=0, autotune=True, row_ids=None, dropout_bits=8):
     """-> (out like q, lse (nh, R) fp32). seed: Philox key of the dropout mask, an int or a (1,) int64 tensor
-    (ignored when dropout_p == 0); row_ids: None or (B,) int64 Philox row ids. autotune: tune the GPU configs (False:
-    each list's first config; a dict {kind: triton.Config} with kinds of GPU_CONFIGS: those)."""
+    (ignored when dropout_p == 0); row_ids: None or (B,) int64 Philox row ids; dropout_bits: 8 or 24 (module
+    docstring). autotune: tune the GPU configs (False: each list's first config; a dict {kind: triton.Config} with
+    kinds of GPU_CONFIGS: those)."""
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"attention: q, k, v must have the same shape, got {q.shape}, {k.shape}, {v.shape}")
     if not (q.dtype == k.dtype == v.dtype):
@@ -583,8 +602,8 @@ def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqle
     lse = torch.empty((nheads, rows), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or batch == 0 or max_seqlen == 0:
         return out.zero_(), lse
-    meta = _common_meta(q, varlen, key_padding_mask is not None, dropout_p, max_seqlen, row_ids)
-    seed, row_ids, thresh, drop_scale = _dropout_args(dropout_p, seed, row_ids, batch, q.device)
+    meta = _common_meta(q, varlen, key_padding_mask is not None, dropout_p, max_seqlen, row_ids, dropout_bits)
+    seed, row_ids, thresh, drop_scale = _dropout_args(dropout_p, seed, row_ids, batch, q.device, dropout_bits)
     grid = lambda META: launch_grid(triton.cdiv(max_seqlen, META["BLOCK_M"]), batch, nheads)  # noqa: E731
     _launch(
         _attn_fwd, "fwd", grid, autotune, q, k, v, out, lse, cu, seqlens, kpm, seed, row_ids, scale, thresh, drop_scale,
@@ -596,8 +615,10 @@ def attention_forward(q, k, v, key_padding_mask=None, cu_seqlens=None, max_seqle
 
 
 def attention_backward(dout, q, k, v, out, lse, key_padding_mask=None, cu_seqlens=None, max_seqlen=None,
-                       dropout_p=0.0, softmax_scale=None, seed=0, dq_atomic=False, autotune=True, row_ids=None):
-    """-> (dq, dk, dv) like q. Arguments as attention_forward, plus its out and lse and the same seed and row_ids.
+                       dropout_p=0.0, softmax_scale=None, seed=0, dq_atomic=False, autotune=True, row_ids=None,
+                       dropout_bits=8):
+    """-> (dq, dk, dv) like q. Arguments as attention_forward, plus its out and lse and the same seed, row_ids and
+    dropout_bits.
     dq_atomic (sequences longer than one key block): accumulate dq with fp32 atomics inside the dk/dv kernel
     instead of a separate deterministic dq kernel."""
     q, k, v, out, dout = (_last_contiguous(t) for t in (q, k, v, out, dout))
@@ -608,8 +629,8 @@ def attention_backward(dout, q, k, v, out, lse, key_padding_mask=None, cu_seqlen
     dq, dk, dv = (torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
     if q.numel() == 0 or batch == 0 or max_seqlen == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    meta = _common_meta(q, varlen, key_padding_mask is not None, dropout_p, max_seqlen, row_ids)
-    seed, row_ids, thresh, drop_scale = _dropout_args(dropout_p, seed, row_ids, batch, q.device)
+    meta = _common_meta(q, varlen, key_padding_mask is not None, dropout_p, max_seqlen, row_ids, dropout_bits)
+    seed, row_ids, thresh, drop_scale = _dropout_args(dropout_p, seed, row_ids, batch, q.device, dropout_bits)
     bucket = max(16, next_power_of_2(max_seqlen))
     args = (cu, seqlens, kpm, seed, row_ids, scale, thresh, drop_scale, *_strides(q, varlen), *_strides(k, varlen),
             *_strides(v, varlen), *_strides(dq, varlen), *_strides(dout, varlen),
@@ -643,15 +664,16 @@ def _lse_rows(q: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> int:
 @torch.library.custom_op("bertforge::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
                       cu_seqlens: Optional[torch.Tensor], max_seqlen: int, dropout_p: float, softmax_scale: float,
-                      seed: torch.Tensor, row_ids: Optional[torch.Tensor],
-                      autotune: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      seed: torch.Tensor, row_ids: Optional[torch.Tensor], autotune: bool = True,
+                      dropout_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (out, lse (nh, R) fp32). seed: (1,) int64 on q's device (the backward gets the same tensor)."""
     return attention_forward(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed,
-                             autotune, row_ids)
+                             autotune, row_ids, dropout_bits)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, row_ids, autotune=True):
+def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed, row_ids, autotune=True,
+      dropout_bits=8):
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty((q.shape[-2], _lse_rows(q, cu_seqlens)), dtype=torch.float32)
     return out, lse
@@ -661,27 +683,27 @@ def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scal
 def _attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                       lse: torch.Tensor, seed: torch.Tensor, row_ids: Optional[torch.Tensor],
                       key_padding_mask: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], max_seqlen: int,
-                      dropout_p: float, softmax_scale: float, dq_atomic: bool = False,
-                      autotune: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      dropout_p: float, softmax_scale: float, dq_atomic: bool = False, autotune: bool = True,
+                      dropout_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return attention_backward(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
-                              softmax_scale, seed, dq_atomic, autotune, row_ids)
+                              softmax_scale, seed, dq_atomic, autotune, row_ids, dropout_bits)
 
 
 @_attention_bwd_op.register_fake
 def _(dout, q, k, v, out, lse, seed, row_ids, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale,
-      dq_atomic=False, autotune=True):
+      dq_atomic=False, autotune=True, dropout_bits=8):
     return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
 
 
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, autotune,
-                dq_atomic, seed, row_ids):
+                dq_atomic, seed, row_ids, dropout_bits):
         out, lse = torch.ops.bertforge.attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
-                                                     softmax_scale, seed, row_ids, autotune)
+                                                     softmax_scale, seed, row_ids, autotune, dropout_bits)
         ctx.save_for_backward(q, k, v, out, lse, seed, row_ids, key_padding_mask, cu_seqlens)
         ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale = max_seqlen, dropout_p, softmax_scale
-        ctx.autotune, ctx.dq_atomic = autotune, dq_atomic
+        ctx.autotune, ctx.dq_atomic, ctx.dropout_bits = autotune, dq_atomic, dropout_bits
         return out
 
     @staticmethod
@@ -689,18 +711,20 @@ class AttentionFunction(torch.autograd.Function):
         q, k, v, out, lse, seed, row_ids, key_padding_mask, cu_seqlens = ctx.saved_tensors
         dq, dk, dv = torch.ops.bertforge.attention_bwd(dout, q, k, v, out, lse, seed, row_ids, key_padding_mask,
                                                        cu_seqlens, ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale,
-                                                       ctx.dq_atomic, ctx.autotune)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+                                                       ctx.dq_atomic, ctx.autotune, ctx.dropout_bits)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_mask: Optional[torch.Tensor] = None,
               cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None, dropout_p: float = 0.0,
               softmax_scale: Optional[float] = None, autotune: bool = True, dq_atomic: bool = False,
-              seed: Optional[torch.Tensor] = None, row_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+              seed: Optional[torch.Tensor] = None, row_ids: Optional[torch.Tensor] = None,
+              dropout_bits: int = 8) -> torch.Tensor:
     """Bidirectional attention. Padded: q, k, v (B, S, nh, d), key_padding_mask (B, S) bool (True = real) or None.
     Unpadded: q, k, v (total, nh, d), cu_seqlens (B + 1,) int32, max_seqlen (computed, with a device sync, if None).
-    dropout_p: attention-probability dropout inside the kernel (pass 0.0 in eval). Returns q's layout; padded query
-    rows at or after each row's last real token are zero.
+    dropout_p: attention-probability dropout inside the kernel (pass 0.0 in eval), applied as
+    reference.quantized_dropout_p(dropout_p, dropout_bits) (0.1 -> 26/256 at 8 bits). dropout_bits: 8 (16 keys a
+    Philox call) or 24 (4). Returns q's layout; padded query rows at or after each row's last real token are zero.
     autotune: tune each kernel's GPU config list on first use per (head dim, sequence bucket) (False: launch the
     list's first config, no tuning time). dq_atomic: sequences longer than one key block accumulate dq with fp32
     atomics in the dk/dv kernel (5 GEMMs instead of 7, not bit-reproducible) instead of the deterministic dq kernel.
@@ -715,5 +739,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_
         max_seqlen = q.shape[1] if q.dim() == 4 else 0
     if seed is None:
         seed = draw_seed_tensor(q.device) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64, device=q.device)
+    if dropout_p > 0:
+        dropout_threshold(dropout_p, dropout_bits)  # refuses a p that keeps nothing, before the op is recorded
     return AttentionFunction.apply(q, k, v, key_padding_mask, cu_seqlens, int(max_seqlen), float(dropout_p),
-                                   float(softmax_scale), bool(autotune), bool(dq_atomic), seed, row_ids)
+                                   float(softmax_scale), bool(autotune), bool(dq_atomic), seed, row_ids,
+                                   check_dropout_bits(dropout_bits))

@@ -6,6 +6,7 @@ GPU block sizes, PTX generation. This walks the GPU launch configurations (atten
 kernels' block sizes) through `triton.compile` for the target, in bf16 and fp16 where the kernel is dtype-generic.
 
     python -m bertforge.kernels.compile_check [--arch 90] [--only attention|epilogues] [--quick] [--spills] [--head-dim 64]
+        [--dropout-bits 8 --dropout-bits 24]   (default 8: the dropout variants at 8-bit thresholds, the default)
 
 Each kernel is compiled with the specialisation the launcher gives it on a GPU (pointers 16-byte aligned, strides and
 row lengths divisible by 16, except the arguments a kernel marks do_not_specialize), so the binary is the one the GPU
@@ -105,18 +106,23 @@ def _attention_types(fn, elem: str, dq_elem: str) -> dict:
     return types
 
 
-def attention_specs(quick: bool = False, head_dims=(32, 64, 128)):
+def attention_specs(quick: bool = False, head_dims=(32, 64, 128), dropout_bits=(8,)):
     """(kernel, types, constexprs, num_warps, num_stages) for every GPU config of every attention kernel in the
     variants the GPU launches: training's (dropout with per-sample row ids, unpadded and padded: the most registers)
     and evaluation's (padded, no dropout), in bf16 and fp16 (training's variants; fp16 at d = 64 only, BERT's head
-    size). quick: each list's first config only (the one launched when autotuning is off)."""
+    size), the dropout variants once per dropout_bits. quick: each list's first config only (the one launched when
+    autotuning is off)."""
     from bertforge.kernels import attention as A
+    from bertforge.kernels.reference import dropout_group
 
     first = (lambda configs: configs[:1]) if quick else (lambda configs: configs)
     specs = []
-    layouts = [dict(VARLEN=True, HAS_KPM=False, IS_DROPOUT=True, HAS_ROW_IDS=True),  # training, unpadded
-               dict(VARLEN=False, HAS_KPM=True, IS_DROPOUT=True, HAS_ROW_IDS=True),  # training, padded
-               dict(VARLEN=False, HAS_KPM=True, IS_DROPOUT=False, HAS_ROW_IDS=False)]  # evaluation
+    layouts = [*(layout for bits in dropout_bits for layout in (
+                   dict(VARLEN=True, HAS_KPM=False, IS_DROPOUT=True, HAS_ROW_IDS=True,  # training, unpadded
+                        DROP_GROUP=dropout_group(bits)),
+                   dict(VARLEN=False, HAS_KPM=True, IS_DROPOUT=True, HAS_ROW_IDS=True,  # training, padded
+                        DROP_GROUP=dropout_group(bits)))),
+               dict(VARLEN=False, HAS_KPM=True, IS_DROPOUT=False, HAS_ROW_IDS=False, DROP_GROUP=16)]  # evaluation
     cfgs = A.GPU_CONFIGS
     for elem, head_dim, layout in itertools.product(("*bf16", "*fp16"), head_dims, layouts):
         if elem == "*fp16" and (head_dim != 64 or not layout["IS_DROPOUT"]):
@@ -142,8 +148,13 @@ def attention_specs(quick: bool = False, head_dims=(32, 64, 128)):
 
 
 # ---- epilogues, loss, masking, LAMB ------------------------------------------------------------------------------
-def epilogue_specs(quick: bool = False, *_):
+def epilogue_specs(quick: bool = False, head_dims=None, dropout_bits=(8,)):
+    """The epilogue, loss, masking and LAMB kernels at BERT-base's width (h = 768: BLOCK_Q * DROP_GROUP = 1024
+    columns), the dropout kernels once per dropout_bits."""
     from bertforge.kernels import bias_gelu as bg, dropout as dr, lamb as lb, layer_norm as ln, masking as mk, mlm_loss as ml
+    from bertforge.kernels.reference import dropout_group
+
+    tiles = [dict(BLOCK_M=4, BLOCK_Q=1024 // dropout_group(b), DROP_GROUP=dropout_group(b)) for b in dropout_bits]
 
     specs = [
         (bg._bias_gelu_fwd_kernel, dict(X_ptr=_BF, B_ptr=_F32, Y_ptr=_BF, n_rows="i32", n_cols="i32"),
@@ -156,15 +167,15 @@ def epilogue_specs(quick: bool = False, *_):
                                                     Y_ptr=_BF, S_ptr=_BF, MEAN_ptr=_F32, RSTD_ptr=_F32, SEED_ptr=_I64,
                                                     ROW_IDS_ptr=_I64, n_rows="i32", n_cols="i32", eps="fp32",
                                                     THRESH="i32", drop_scale="fp32"),
-           dict(HAS_DROPOUT=True, HAS_ROW_IDS=r, STORE_SUM=True, BLOCK_M=4, BLOCK_Q=256)) for r in (False, True)],
+           dict(HAS_DROPOUT=True, HAS_ROW_IDS=r, STORE_SUM=True, **t)) for r in (False, True) for t in tiles],
         *[(ln._bias_dropout_add_ln_bwd_kernel, dict(DY_ptr=_BF, S_ptr=_BF, W_ptr=_F32, MEAN_ptr=_F32, RSTD_ptr=_F32,
                                                     DX_ptr=_BF, DRES_ptr=_BF, DW_part_ptr=_F32, DLNB_part_ptr=_F32,
                                                     DBIAS_part_ptr=_F32, SEED_ptr=_I64, ROW_IDS_ptr=_I64,
                                                     n_rows="i32", n_cols="i32", THRESH="i32", drop_scale="fp32"),
-           dict(HAS_DROPOUT=True, HAS_ROW_IDS=r, BLOCK_M=4, BLOCK_Q=256)) for r in (False, True)],
+           dict(HAS_DROPOUT=True, HAS_ROW_IDS=r, **t)) for r in (False, True) for t in tiles],
         *[(dr._dropout_kernel, dict(X_ptr=_BF, Y_ptr=_BF, SEED_ptr=_I64, ROW_IDS_ptr=_I64, n_rows="i32", n_cols="i32",
                                     THRESH="i32", drop_scale="fp32"),
-           dict(HAS_ROW_IDS=r, BLOCK_M=4, BLOCK_Q=256)) for r in (False, True)],
+           dict(HAS_ROW_IDS=r, **t)) for r in (False, True) for t in tiles],
         *[(ml._mlm_ce_kernel, dict(LOGITS_ptr=e, LABELS_ptr=_I64, LOSS_ptr=_F32, PRED_ptr=_I64, V="i32", stride="i32"),
            dict(IGNORE=-100, COMPUTE_GRAD=True, BLOCK_V=4096)) for e in (_BF, "*fp16")],
         *[(mk._mlm_mask_kernel, dict(IDS_ptr=_I64, SPECIAL_ptr="*u8", CDF_ptr=_F32, OUT_ptr=_I64, LABELS_ptr=_I64,
@@ -198,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--head-dim", type=int, action="append", help="attention head dims (default 32, 64, 128)")
     p.add_argument("--spills", action="store_true",
                    help="print registers / stack per kernel (cuobjdump) and fail on any register spill")
+    p.add_argument("--dropout-bits", type=int, choices=(8, 24), action="append",
+                   help="dropout variants at these thresholds (repeatable; default 8, the model's default)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET: the attention module picks its GPU configs at import")
@@ -205,14 +218,15 @@ def main(argv=None) -> int:
     spilled = []
     for family in args.only or sorted(FAMILIES):
         t0 = time.perf_counter()
-        specs = FAMILIES[family](args.quick, *([tuple(args.head_dim)] if args.head_dim and family == "attention"
-                                               else []))
+        head_dims = tuple(args.head_dim) if args.head_dim and family == "attention" else (32, 64, 128)
+        specs = FAMILIES[family](args.quick, head_dims, tuple(args.dropout_bits or (8,)))
         for kernel, types, consts, warps, stages in specs:
             compiled = _compile(kernel, types, consts, target, warps, stages)
             if args.spills:
                 use = resource_usage(compiled)
                 shown = {k: v for k, v in consts.items() if k in ("HEAD_DIM", "VARLEN", "IS_DROPOUT", "HAS_ROW_IDS",
-                                                                  "DQ_MODE", "BLOCK_M", "BLOCK_N", "BLOCK_Q")}
+                                                                  "DQ_MODE", "BLOCK_M", "BLOCK_N", "BLOCK_Q",
+                                                                  "DROP_GROUP")}
                 name = (kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel).__name__
                 row = f"{name} {shown} warps={warps} stages={stages}: REG {use['REG']} STACK {use['STACK']}"
                 print(("SPILL " if use["STACK"] else "      ") + row, flush=True)

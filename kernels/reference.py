@@ -45,38 +45,41 @@ VARLEN_PER_SEQUENCE_ON_CPU = True
 
 
 def attention_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
-                  softmax_scale=None, seed=None, row_ids=None):
+                  softmax_scale=None, seed=None, row_ids=None, dropout_bits=8):
     """Bidirectional attention (the CPU path). Padded: torch's SDPA. Unpadded: one sequence at a time on CPU
     (`attention_varlen_ref`), else padded to (B, max_seqlen) first. Returns q's layout. With dropout_p > 0 torch
     draws its own mask, unless a Philox `seed` (int or (1,) int64 tensor) is given: then the kernel's mask for that
     seed and `row_ids` (B,) (`attention_dropout_keep_ref`) is drawn and applied by the naive attention (SDPA cannot
-    take a dropout mask)."""
+    take a dropout mask). Either way the probability applied is quantized_dropout_p(dropout_p, dropout_bits)."""
     if cu_seqlens is not None:
         if key_padding_mask is not None:
             raise ValueError("attention: pass either key_padding_mask (padded) or cu_seqlens (unpadded), not both")
         if VARLEN_PER_SEQUENCE_ON_CPU and q.device.type == "cpu" and not torch.compiler.is_compiling():
             return attention_varlen_ref(q, k, v, cu_seqlens, dropout_p=dropout_p, softmax_scale=softmax_scale,
-                                        seed=seed, row_ids=row_ids)
+                                        seed=seed, row_ids=row_ids, dropout_bits=dropout_bits)
         qp, kp, vp, mask, indices = _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen)
         out = attention_ref(qp, kp, vp, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale,
-                            seed=seed, row_ids=row_ids)
+                            seed=seed, row_ids=row_ids, dropout_bits=dropout_bits)
         return out.flatten(0, 1)[indices]
     if q.dim() != 4:
         raise ValueError(f"attention: padded q must be (B, S, nh, d), got {tuple(q.shape)}")
     if dropout_p > 0 and seed is not None:
         B, S, nh, _ = q.shape
-        keep = attention_dropout_keep_ref(seed, B, nh, S, dropout_p, row_ids, device=q.device)
+        keep = attention_dropout_keep_ref(seed, B, nh, S, dropout_p, row_ids, device=q.device,
+                                          dropout_bits=dropout_bits)
         return attention_naive_ref(q, k, v, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
-                                   softmax_scale=softmax_scale, dropout_mask=keep)
+                                   softmax_scale=softmax_scale, dropout_mask=keep, dropout_bits=dropout_bits)
     attn_mask = None
     if key_padding_mask is not None:
         attn_mask = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, S) broadcast over heads, queries
+    p_q = quantized_dropout_p(dropout_p, dropout_bits) if dropout_p > 0 else 0.0
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
-                                         dropout_p=dropout_p, scale=softmax_scale)  # (B, nh, S, d)
+                                         dropout_p=p_q, scale=softmax_scale)  # (B, nh, S, d)
     return out.transpose(1, 2)
 
 
-def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=None, seed=None, row_ids=None):
+def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=None, seed=None, row_ids=None,
+                         dropout_bits=8):
     """Unpadded attention one sequence at a time: q, k, v (total, nh, d) (any strides, e.g. views of one packed
     QKV buffer), cu_seqlens (B + 1,) int32 -> (total, nh, d). Per sequence i of length L_i: softmax(q k^T * scale)
     (L_i, L_i) per head, in fp32 for lower-precision inputs, then dropout, then @ v; no padding token is computed or
@@ -85,7 +88,7 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     alone 2.6x and 3x).
     Dropout: torch's generator (one Bernoulli draw for all sequences), or with a Philox `seed` the kernel's mask for
     `row_ids` (B,) at the same (query, key) positions as the padded layout (`attention_dropout_keep_ref`), so both
-    layouts drop alike.
+    layouts drop alike. The probability applied is quantized_dropout_p(dropout_p, dropout_bits), as everywhere.
     Reads cu_seqlens on the host: a sync on a GPU (attention_ref uses it on CPU only)."""
     if q.dim() != 3:
         raise ValueError(f"attention: unpadded q must be (total, nh, d), got {tuple(q.shape)}")
@@ -95,7 +98,7 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     if dropout_p > 0 and seed is not None and len(starts) > 1:
         longest = max(b - a for a, b in zip(starts, starts[1:]))
         keep = attention_dropout_keep_ref(seed, len(starts) - 1, q.shape[1], longest, dropout_p, row_ids,
-                                          device=q.device)  # (B, nh, S, S)
+                                          device=q.device, dropout_bits=dropout_bits)  # (B, nh, S, S)
     lengths = [b - a for a, b in zip(starts, starts[1:])]
     if not lengths:
         return q.new_zeros(q.shape)
@@ -105,16 +108,17 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     qs = (q * scale).transpose(0, 1).split(lengths, dim=1)  # (nh, L, d) each
     kts = k.permute(1, 2, 0).split(lengths, dim=2)  # (nh, d, L) each
     vs = v.transpose(0, 1).split(lengths, dim=1)  # (nh, L, d) each
+    p_q = quantized_dropout_p(dropout_p, dropout_bits) if dropout_p > 0 else 0.0
     drop = None
     if dropout_p > 0 and keep is None:  # torch's generator: one draw for every sequence's (nh, L, L) block
         drop = torch.empty(sum(nh * n * n for n in lengths), device=q.device,
                            dtype=torch.promote_types(q.dtype, torch.float32))
-        drop = drop.bernoulli_(1.0 - dropout_p).mul_(1.0 / (1.0 - dropout_p)).split([nh * n * n for n in lengths])
+        drop = drop.bernoulli_(1.0 - p_q).mul_(1.0 / (1.0 - p_q)).split([nh * n * n for n in lengths])
     outs = []
     for i, n in enumerate(lengths):
         p = torch.softmax(torch.matmul(qs[i], kts[i]).float(), dim=-1)  # (nh, L, L)
         if keep is not None:
-            p = p * keep[i, :, :n, :n].to(p.dtype) / (1.0 - dropout_p)
+            p = p * keep[i, :, :n, :n].to(p.dtype) / (1.0 - p_q)
         elif drop is not None:
             p = p * drop[i].view(nh, n, n)
         outs.append(torch.matmul(p.to(vs[i].dtype), vs[i]))  # (nh, L, d)
@@ -122,15 +126,16 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
 
 
 def attention_naive_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
-                        softmax_scale=None, dropout_mask=None, upcast=False):
+                        softmax_scale=None, dropout_mask=None, upcast=False, dropout_bits=8):
     """Attention that materialises the (B, nh, S, S) scores (the oracle of kernels/attention.py; SDPA can neither
     replay a dropout mask nor show plain torch's rounding in low precision). dropout_mask (B, nh, S, S) bool (the
     kernel's: `attention_dropout_keep_ref`) reproduces the kernel's dropout exactly; with dropout_p > 0 and
-    no mask, torch draws its own. upcast computes in fp32 and casts back. Fully masked query rows output zeros."""
+    no mask, torch draws its own. Kept probabilities are divided by 1 - quantized_dropout_p(dropout_p, dropout_bits).
+    upcast computes in fp32 and casts back. Fully masked query rows output zeros."""
     if cu_seqlens is not None:
         qp, kp, vp, mask, indices = _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen)
         out = attention_naive_ref(qp, kp, vp, key_padding_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale,
-                                  dropout_mask=dropout_mask, upcast=upcast)
+                                  dropout_mask=dropout_mask, upcast=upcast, dropout_bits=dropout_bits)
         return out.flatten(0, 1)[indices]
     dtype = q.dtype
     if upcast:
@@ -141,9 +146,9 @@ def attention_naive_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_
         scores = scores.masked_fill(~key_padding_mask.bool()[:, None, None, :], float("-inf"))
     p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     if dropout_mask is not None:
-        p = p * dropout_mask.to(p.dtype) / (1.0 - dropout_p)
+        p = p * dropout_mask.to(p.dtype) / (1.0 - quantized_dropout_p(dropout_p, dropout_bits))
     elif dropout_p > 0:
-        p = F.dropout(p, dropout_p)
+        p = F.dropout(p, quantized_dropout_p(dropout_p, dropout_bits))
     out = torch.einsum("bhij,bjhd->bihd", p.to(v.dtype), v)
     return out.to(dtype)
 
@@ -151,14 +156,26 @@ def attention_naive_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_
 # ---- dropout random numbers (the kernels' Philox streams, replayed in torch) ------------------------------------
 # Every dropout kernel draws Philox-4x32-10 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"; the
 # round and key constants of triton.language.random) with key = the call's seed (int64: low word k0, high word k1)
-# and a counter of four 32-bit words (c0, c1, c2, c3). One call yields four words; word w decides element 4c + w of a
-# row, so one Philox call serves four elements. An element is kept when the top 24 bits of its word are >=
-# dropout_threshold(p) (keep probability 1 - round(p * 2^24) / 2^24). (c2, c3) is the 64-bit *row id*: by default the
-# row's index in the call (the token row for the LayerNorm epilogue, the sequence b for attention); a caller may pass
-# its own row ids (e.g. a global sample id) so that a row's mask does not depend on where the row sits in the batch.
+# and a counter of four 32-bit words (c0, c1, c2, c3). One call yields 128 bits. How they become keep flags is set by
+# `dropout_bits` (DROPOUT_BITS; 8 by default):
+#   8:  each byte decides one element, so one call serves 16 elements (FlashAttention-2's rate): element 16c + t of a
+#       row is byte t % 4 (bits 8 (t % 4) .. 8 (t % 4) + 7) of word t // 4 of counter c, i.e. the call's 16 bytes in
+#       little-endian order; kept when that byte is >= dropout_threshold(p, 8).
+#   24: each word decides one element, so one call serves 4: element 4c + w is word w of counter c, kept when its
+#       top 24 bits (word >> 8) are >= dropout_threshold(p, 24).
+# The threshold is t = round(p * 2^bits) (nearest, ties to even), so the probability applied is the quantised
+# p_q = t / 2^bits (0.1 -> 26/256 = 0.1015625 at 8 bits; `quantized_dropout_p`), and kept values are scaled by
+# 1 / (1 - p_q) = 2^bits / (2^bits - t) (`dropout_scale`): E[dropout(x)] = x exactly. FlashAttention-2 keeps a byte
+# <= floor((1 - p) * 255) and scales by 1 / (1 - p), which is off by up to 1/256 in expectation; here the scale
+# follows the keep rate. Every path that takes a dropout_p (the kernels, this reference, the C++ CPU path, torch's
+# F.dropout / SDPA fallbacks below) applies p_q, never p itself.
+# (c2, c3) is the 64-bit *row id*: by default the row's index in the call (the token row for the LayerNorm epilogue,
+# the sequence b for attention); a caller may pass its own row ids (e.g. a global sample id) so that a row's mask does
+# not depend on where the row sits in the batch.
 _M32 = 0xFFFFFFFF
 _PHILOX_KEY = (0x9E3779B9, 0xBB67AE85)
 _PHILOX_ROUND = (0xD2511F53, 0xCD9E8D57)
+DROPOUT_BITS = (8, 24)  # bits of a Philox word compared per element: 8 (16 elements a call, the default) or 24 (4)
 
 
 def _mul_hi_lo_(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,8 +188,9 @@ def _mul_hi_lo_(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # An optional native implementation of the same streams for CPU tensors (bertforge.model registers the C++ one of
-# bertforge.csrc): (k0, k1, c0, c1, c2, c3) -> (n, 4) int64 words, and the same with a threshold -> (n, 4) bool keep
-# flags, over 1-D int64 numpy counters. The torch code below stays the oracle (compared bit for bit in the tests).
+# bertforge.csrc): (k0, k1, c0, c1, c2, c3) -> (n, 4) int64 words, and the same with a threshold and dropout_bits ->
+# (n, dropout_group(dropout_bits)) bool keep flags, over 1-D int64 numpy counters. The torch code below stays the
+# oracle (compared bit for bit in the tests).
 _NATIVE: tuple[Callable, Callable] | None = None
 
 
@@ -228,28 +246,63 @@ def philox4x32_torch(seed, c0, c1, c2, c3, rounds: int = 10) -> tuple[torch.Tens
     return c0, c1, c2, c3
 
 
-def dropout_threshold(p: float) -> int:
-    """Integer threshold of the kernels' dropout: drop when the top 24 bits of the Philox word are below it."""
+def check_dropout_bits(dropout_bits: int) -> int:
+    """dropout_bits itself when it is 8 or 24, else ValueError."""
+    if dropout_bits not in DROPOUT_BITS or isinstance(dropout_bits, bool):
+        raise ValueError(f"dropout_bits must be 8 or 24, got {dropout_bits!r}")
+    return dropout_bits
+
+
+def dropout_group(dropout_bits: int = 8) -> int:
+    """Elements one Philox call decides: 16 at 8-bit thresholds, 4 at 24-bit ones."""
+    return 16 if check_dropout_bits(dropout_bits) == 8 else 4
+
+
+def dropout_threshold(p: float, dropout_bits: int = 8) -> int:
+    """Integer threshold t = round(p * 2^dropout_bits) (nearest, ties to even) of the kernels' dropout: an element is
+    dropped when its `dropout_bits` random bits, read as an unsigned integer, are below t. ValueError when p is
+    outside [0, 1) or rounds to 2^dropout_bits (nothing would be kept)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    return int(round(p * (1 << 24)))
+    levels = 1 << check_dropout_bits(dropout_bits)
+    t = int(round(p * levels))
+    if t >= levels:
+        raise ValueError(f"dropout probability {p} rounds to {t}/{levels} at {dropout_bits}-bit thresholds, which "
+                         f"keeps nothing; use p < {(levels - 0.5) / levels} or dropout_bits=24")
+    return t
 
 
-def _keep_interleaved(words, p: float, n: int) -> torch.Tensor:
-    """Keep flags of four words (..., Q) each -> (..., n): element 4c + w is word w of counter c (n <= 4Q)."""
-    thresh = dropout_threshold(p)
-    keep = torch.stack([(w >> 8) >= thresh for w in words], dim=-1)  # (..., Q, 4)
+def quantized_dropout_p(p: float, dropout_bits: int = 8) -> float:
+    """The dropout probability the kernels apply for a requested p: dropout_threshold(p) / 2^dropout_bits
+    (0.1 -> 26/256 = 0.1015625 at 8 bits, 1677722/2^24 at 24)."""
+    return dropout_threshold(p, dropout_bits) / (1 << dropout_bits)
+
+
+def dropout_scale(p: float, dropout_bits: int = 8) -> float:
+    """Scale of the kept values, 1 / (1 - quantized_dropout_p(p)) = 2^bits / (2^bits - t): the expectation is exact."""
+    levels = 1 << check_dropout_bits(dropout_bits)
+    return levels / (levels - dropout_threshold(p, dropout_bits))
+
+
+def _keep_flags(words, p: float, n: int, dropout_bits: int) -> torch.Tensor:
+    """Keep flags of the four words (..., Q) of Q Philox calls each -> (..., n), n <= group * Q: at 8 bits element
+    16c + 4w + k is byte k of word w of call c; at 24 bits element 4c + w is word w's top 24 bits."""
+    thresh = dropout_threshold(p, dropout_bits)
+    if dropout_bits == 8:
+        keep = torch.stack([((w >> (8 * k)) & 0xFF) >= thresh for w in words for k in range(4)], dim=-1)
+    else:
+        keep = torch.stack([(w >> 8) >= thresh for w in words], dim=-1)  # (..., Q, 4)
     return keep.flatten(-2)[..., :n]
 
 
-def _philox_keep(seed, c0, c1, c2, c3, p: float, n: int, device) -> torch.Tensor:
-    """`_keep_interleaved(philox4x32(seed, c0, c1, c2, c3), p, n)`, natively on CPU when registered."""
+def _philox_keep(seed, c0, c1, c2, c3, p: float, n: int, device, dropout_bits: int) -> torch.Tensor:
+    """`_keep_flags(philox4x32(seed, c0, c1, c2, c3), p, n, dropout_bits)`, natively on CPU when registered."""
     native = _native_counters(seed, (c0, c1, c2, c3), device)
     if native is None or _NATIVE[1] is None:
-        return _keep_interleaved(philox4x32(seed, c0, c1, c2, c3), p, n)
+        return _keep_flags(philox4x32(seed, c0, c1, c2, c3), p, n, dropout_bits)
     (k0, k1), flat, shape = native
-    keep = torch.from_numpy(_NATIVE[1](k0, k1, *flat, dropout_threshold(p)))  # (prod(shape), 4)
-    return keep.reshape(*shape, 4).flatten(-2)[..., :n]
+    keep = torch.from_numpy(_NATIVE[1](k0, k1, *flat, dropout_threshold(p, dropout_bits), dropout_bits))  # (n, group)
+    return keep.reshape(*shape, keep.shape[-1]).flatten(-2)[..., :n]
 
 
 def _row_words(row_ids, n: int, device):
@@ -260,30 +313,33 @@ def _row_words(row_ids, n: int, device):
     return rows & _M32, rows >> 32
 
 
-def layer_norm_dropout_keep_ref(seed: int, n_rows: int, n_cols: int, p: float, row_ids=None,
-                                device="cpu") -> torch.Tensor:
-    """Keep mask (n_rows, n_cols) bool of kernels/layer_norm.py: element (r, j) is word j % 4 of the counter
-    (j // 4, 0, row_id[r] low, row_id[r] high)."""
+def layer_norm_dropout_keep_ref(seed: int, n_rows: int, n_cols: int, p: float, row_ids=None, device="cpu",
+                                dropout_bits: int = 8) -> torch.Tensor:
+    """Keep mask (n_rows, n_cols) bool of kernels/layer_norm.py: with g = dropout_group(dropout_bits) (16 or 4),
+    element (r, j) is element j % g of the Philox call with counter (j // g, 0, row_id[r] low, row_id[r] high)."""
     lo, hi = _row_words(row_ids, n_rows, device)
-    quads = torch.arange((n_cols + 3) // 4, device=device)  # one Philox call per four columns
-    return _philox_keep(seed, quads[None, :], 0, lo[:, None], hi[:, None], p, n_cols, device)
+    group = dropout_group(dropout_bits)
+    calls = torch.arange((n_cols + group - 1) // group, device=device)  # one Philox call per `group` columns
+    return _philox_keep(seed, calls[None, :], 0, lo[:, None], hi[:, None], p, n_cols, device, dropout_bits)
 
 
-ATTN_DROPOUT_ROW_STRIDE = 16384  # counters per query row: 4 key columns each, so max_seqlen <= 65536 with dropout
+ATTN_DROPOUT_ROW_STRIDE = 16384  # Philox counters per query row (int32 counter arithmetic): max_seqlen <= 65536
 
 
 def attention_dropout_keep_ref(seed: int, batch: int, nheads: int, seq: int, p: float, row_ids=None,
-                               device="cpu") -> torch.Tensor:
-    """Keep mask (B, nh, S, S) bool of kernels/attention.py, [b, h, i, j] = query i keeps key j: word j % 4 of the
-    counter (i * 16384 + j // 4, h, row_id[b] low, row_id[b] high), positions within each sequence (the same for
-    the padded and the unpadded layout)."""
+                               device="cpu", dropout_bits: int = 8) -> torch.Tensor:
+    """Keep mask (B, nh, S, S) bool of kernels/attention.py, [b, h, i, j] = query i keeps key j: with
+    g = dropout_group(dropout_bits) (16 or 4), element j % g of the Philox call with counter
+    (i * 16384 + j // g, h, row_id[b] low, row_id[b] high), positions within each sequence (the same for the
+    padded and the unpadded layout)."""
     lo, hi = _row_words(row_ids, batch, device)
+    group = dropout_group(dropout_bits)
     i = torch.arange(seq, device=device)
-    quads = torch.arange((seq + 3) // 4, device=device)
-    c0 = i[:, None] * ATTN_DROPOUT_ROW_STRIDE + quads[None, :]  # (S, Q): query i, keys 4c .. 4c + 3
+    calls = torch.arange((seq + group - 1) // group, device=device)
+    c0 = i[:, None] * ATTN_DROPOUT_ROW_STRIDE + calls[None, :]  # (S, Q): query i, keys group * c .. + group - 1
     h = torch.arange(nheads, device=device)
     return _philox_keep(seed, c0[None, None], h[None, :, None, None], lo[:, None, None, None],
-                        hi[:, None, None, None], p, seq, device)
+                        hi[:, None, None, None], p, seq, device, dropout_bits)
 
 
 # Per-sample streams: a caller that knows each sequence's identity (a (n_seq,) int64 "dropout id", e.g. a hash of
@@ -317,14 +373,19 @@ def token_row_ids(sequence_ids: torch.Tensor, positions: torch.Tensor) -> torch.
     return _words_to_id(w[0], w[1])
 
 
-def dropout_ref(x: torch.Tensor, p: float, seed=None, row_ids=None) -> torch.Tensor:
+def dropout_ref(x: torch.Tensor, p: float, seed=None, row_ids=None, dropout_bits: int = 8) -> torch.Tensor:
     """dropout(x) with the kernels' rule over the rows of the (n_rows, h) view: element (r, j) kept as in
-    `layer_norm_dropout_keep_ref(seed, n_rows, h, p, row_ids)`. Without a seed torch draws the mask (F.dropout)."""
-    if p == 0.0 or seed is None:
-        return F.dropout(x, p=p, training=p > 0)
+    `layer_norm_dropout_keep_ref(seed, n_rows, h, p, row_ids, dropout_bits=dropout_bits)`, kept values times
+    dropout_scale(p, dropout_bits). Without a seed torch draws the mask (F.dropout at the quantised p)."""
+    if p == 0.0:
+        return x
+    if seed is None:
+        return F.dropout(x, p=quantized_dropout_p(p, dropout_bits))
     h = x.shape[-1]
-    keep = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, p, row_ids, device=x.device).view(x.shape)
-    return torch.where(keep, x * (1.0 / (1.0 - p)), torch.zeros((), dtype=x.dtype, device=x.device))  # as the kernel
+    keep = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, p, row_ids, device=x.device,
+                                       dropout_bits=dropout_bits).view(x.shape)
+    return torch.where(keep, x * dropout_scale(p, dropout_bits),
+                       torch.zeros((), dtype=x.dtype, device=x.device))  # as the kernel
 
 
 # ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------
@@ -338,22 +399,24 @@ def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none"
 
 # ---- post-LN epilogue: bias + dropout + residual add + LayerNorm -------------------------------------------------
 def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0, keep_mask=None,
-                                   upcast=False, seed=None, row_ids=None):
+                                   upcast=False, seed=None, row_ids=None, dropout_bits=8):
     """LayerNorm(residual + dropout(x + bias)); x, residual (..., h); bias, weight, ln_bias (h,). keep_mask (bool,
     x's shape) replays a given dropout mask (the kernel's: `layer_norm_dropout_keep_ref`); a Philox `seed` (int or
     (1,) int64 tensor) with optional `row_ids` (n_rows,) draws the kernel's mask for them; with neither, torch
-    draws its own. upcast computes in fp64."""
+    draws its own. The probability applied is quantized_dropout_p(dropout_p, dropout_bits). upcast computes in
+    fp64."""
     if keep_mask is None and seed is not None and dropout_p > 0:
         h = x.shape[-1]
-        keep_mask = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, dropout_p, row_ids,
-                                                device=x.device).view(x.shape)
+        keep_mask = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, dropout_p, row_ids, device=x.device,
+                                                dropout_bits=dropout_bits).view(x.shape)
     if upcast:
         x, bias, residual, weight, ln_bias = (t.double() for t in (x, bias, residual, weight, ln_bias))
     z = x + bias
+    p_q = quantized_dropout_p(dropout_p, dropout_bits) if dropout_p > 0 else 0.0
     if keep_mask is not None:
-        z = torch.where(keep_mask, z / (1.0 - dropout_p), torch.zeros((), dtype=z.dtype, device=z.device))
+        z = torch.where(keep_mask, z / (1.0 - p_q), torch.zeros((), dtype=z.dtype, device=z.device))
     else:
-        z = F.dropout(z, p=dropout_p, training=dropout_p > 0)
+        z = F.dropout(z, p=p_q, training=p_q > 0)
     y = z + residual
     return F.layer_norm(y, (y.shape[-1],), weight, ln_bias, eps)
 

@@ -15,7 +15,8 @@ from bertforge.io import read_json_object
 
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")  # exact erf GELU, and the two tanh approximations
 KERNEL_BACKENDS = ("none", "triton")
-NOT_HF_FIELDS = ("kernels", "last_layer_subset")  # how this engine runs the model, not what the model is
+NOT_HF_FIELDS = ("kernels", "last_layer_subset", "dropout_bits")  # how this engine runs the model, not what it is
+DROPOUT_BITS = (8, 24)
 
 
 @dataclass
@@ -57,6 +58,11 @@ class ModelConfig:
     Where dropout is keyed per sample (dropout_ids) every mask is that of the full layer; where torch's generator
     draws it (finetuning), the last layer draws fewer numbers, so later masks differ as with another seed. Not part
     of the Hugging Face config."""
+    dropout_bits: int = 8
+    """Random bits per dropout decision: 8 (one Philox call decides 16 elements, FlashAttention-2's rate) or 24 (4
+    elements a call). Every dropout probability p is then applied as round(p * 2^bits) / 2^bits (nearest, ties to
+    even; 0.1 -> 26/256 = 0.1015625 at 8 bits) with kept values scaled by the inverse keep rate, so expectations
+    are exact (`applied_dropout()`; kernels/reference.py, dropout section). Not part of the Hugging Face config."""
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -82,6 +88,22 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.kernels must be one of {KERNEL_BACKENDS}, got {self.kernels!r}")
         if not isinstance(self.last_layer_subset, bool):
             raise ConfigError(f"ModelConfig.last_layer_subset must be true or false, got {self.last_layer_subset!r}")
+        if self.dropout_bits not in DROPOUT_BITS or isinstance(self.dropout_bits, bool):
+            raise ConfigError(f"ModelConfig.dropout_bits must be 8 or 24, got {self.dropout_bits!r}")
+        levels = 1 << self.dropout_bits
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if round(getattr(self, name) * levels) >= levels:
+                raise ConfigError(f"ModelConfig.{name} {getattr(self, name)!r} rounds to {levels}/{levels} at "
+                                  f"dropout_bits={self.dropout_bits}, which keeps nothing; give at most "
+                                  f"{(levels - 1) / levels} or dropout_bits=24")
+
+    def applied_dropout(self) -> dict[str, float]:
+        """The dropout probabilities the model applies: each configured p quantised to 1/2^dropout_bits, as
+        bertforge.kernels.reference.quantized_dropout_p computes it ({'hidden_dropout_prob': 0.1015625, ...} for
+        0.1 at 8 bits)."""
+        levels = 1 << self.dropout_bits
+        return {name: round(getattr(self, name) * levels) / levels
+                for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
 
     def check_seq_length(self, length: int, flag: str = "--max-seq-length", model: str | Path | None = None) -> None:
         """ConfigError naming `flag` when sequences of `length` tokens exceed the learned positions (the position

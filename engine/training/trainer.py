@@ -238,6 +238,7 @@ class Trainer:
         if rank0:
             write_json(self.run_dir / "config.json",
                        {"train": cfg.to_flat(), "model": dataclasses.asdict(self.model_cfg),
+                        "applied_dropout": self.model_cfg.applied_dropout(),
                         "world_size": D.world_size(), "grad_accum": self.accum, "extended": self.plan.extended,
                         "environment": env})
 

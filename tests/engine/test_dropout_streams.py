@@ -71,25 +71,31 @@ def _recorded_masks(monkeypatch, model, ids, mask, dropout_ids):
     B, S = ids.shape
     out = []
     for name, args, kw in calls:
-        seed, rows = kw["seed"], kw["row_ids"]
+        seed, rows, bits = kw["seed"], kw["row_ids"], kw["dropout_bits"]
         if name == "attention":
-            keep = attention_dropout_keep_ref(seed, B, CFG.num_attention_heads, S, P, rows)  # (B, nh, S, S)
+            keep = attention_dropout_keep_ref(seed, B, CFG.num_attention_heads, S, P, rows,
+                                              dropout_bits=bits)  # (B, nh, S, S)
             pairs = real[:, None, :, None] & real[:, None, None, :]
             out.append((int(seed), keep[pairs.expand_as(keep)]))
         else:
-            keep = layer_norm_dropout_keep_ref(seed, B * S, CFG.hidden_size, P, rows)  # (B * S, h)
+            keep = layer_norm_dropout_keep_ref(seed, B * S, CFG.hidden_size, P, rows, dropout_bits=bits)  # (B*S, h)
             out.append((int(seed), keep[real.flatten()].flatten()))
     return out
 
 
-def test_every_site_has_its_own_key_and_keeps_1_minus_p(monkeypatch):
+@pytest.mark.parametrize("bits", [8, 24])
+def test_every_site_has_its_own_key_and_keeps_1_minus_p(monkeypatch, bits):
+    """Every site keeps 1 - p_q, p_q the model's quantised probability (ModelConfig.applied_dropout)."""
     ids, mask = _samples()
-    masks = _recorded_masks(monkeypatch, _model(), ids, mask, IDS)
+    model = _model(dropout_bits=bits)
+    masks = _recorded_masks(monkeypatch, model, ids, mask, IDS)
     assert len(masks) == 1 + 3 * CFG.num_hidden_layers
     assert len({seed for seed, _ in masks}) == len(masks)  # one key per site, layers included
+    p_q = model.config.applied_dropout()["hidden_dropout_prob"]
+    assert p_q == (26 / 256 if bits == 8 else round(P * 2**24) / 2**24)
     for seed, keep in masks:
         n = keep.numel()
-        assert abs(int(keep.sum()) - n * (1 - P)) < 5 * math.sqrt(n * P * (1 - P)), seed
+        assert abs(int(keep.sum()) - n * (1 - p_q)) < 5 * math.sqrt(n * p_q * (1 - p_q)), seed
     a, b = masks[2][1], masks[5][1]  # layer 0's and layer 1's attention output: same shapes, other keys
     assert (a != b).float().mean().item() > P  # independent masks differ in ~2 p (1 - p) = 18% of the elements
 
@@ -132,7 +138,7 @@ def test_without_ids_dropout_draws_from_torchs_generator():
     got = emb(ids, types, pos)
     torch.manual_seed(3)
     x = emb.word_embeddings(ids) + emb.position_embeddings(pos) + emb.token_type_embeddings(types)
-    assert torch.equal(got, F.dropout(emb.LayerNorm(x), P))
+    assert torch.equal(got, F.dropout(emb.LayerNorm(x), CFG.applied_dropout()["hidden_dropout_prob"]))
     torch.manual_seed(4)
     a = model(ids, attention_mask=mask)[0]
     torch.manual_seed(4)

@@ -27,9 +27,10 @@ def _batch(seed=0, batch=3, seq=19):
     return ids, types, mask.long(), labels, torch.tensor([0, 1, 1][:batch])
 
 
-def _loss_and_grads(kernels, padded, dropout=0.0):
+def _loss_and_grads(kernels, padded, dropout=0.0, dropout_bits=8):
     torch.manual_seed(0)
-    cfg = CFG.replace(kernels=kernels, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    cfg = CFG.replace(kernels=kernels, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                      dropout_bits=dropout_bits)
     model = BertForPreTraining(cfg).to(DEVICE).train()
     ids, types, mask, labels, nsp = (t.to(DEVICE) for t in _batch())
     dropout_ids = torch.tensor([3, 2**61 + 5, 2**40], device=DEVICE) if dropout else None
@@ -56,3 +57,15 @@ def test_triton_kernels_match_torch_path(padded, dropout):
     for name, g in grads.items():
         scale = grads_ref[name].abs().max().item()
         assert (g - grads_ref[name]).abs().max().item() <= GRAD_TOL * max(scale, 1e-3), name
+
+
+def test_24_bit_dropout_matches_too_and_differs_from_8_bit():
+    """dropout_bits=24 (one Philox call per 4 elements) reaches every site on both backends: they agree, and the
+    masks are not the 8-bit ones."""
+    loss_ref, grads_ref = _loss_and_grads("none", False, 0.1, dropout_bits=24)
+    loss, grads = _loss_and_grads("triton", False, 0.1, dropout_bits=24)
+    assert abs(loss.item() - loss_ref.item()) < LOSS_TOL
+    for name, g in grads.items():
+        scale = grads_ref[name].abs().max().item()
+        assert (g - grads_ref[name]).abs().max().item() <= GRAD_TOL * max(scale, 1e-3), name
+    assert abs(loss_ref.item() - _loss_and_grads("none", False, 0.1)[0].item()) > 1e-4

@@ -1,13 +1,14 @@
 """kernels/dropout.py (row-wise Philox dropout, the embeddings') against its pure-torch replay
 (bertforge.kernels.reference.dropout_ref with the same seed and row ids): bit-identical forward and backward on odd shapes in
-fp32/fp16/bf16, keep rate within binomial bounds, seeding, row ids, custom-op registration and torch.compile."""
+fp32/fp16/bf16 at 8- and 24-bit thresholds, keep rate within binomial bounds of the quantised p and the mean kept,
+seeding, row ids, custom-op registration and torch.compile."""
 import math
 
 import pytest
 import torch
 
 from bertforge.kernels.dropout import dropout
-from bertforge.kernels.reference import dropout_ref, layer_norm_dropout_keep_ref
+from bertforge.kernels.reference import dropout_ref, dropout_scale, layer_norm_dropout_keep_ref, quantized_dropout_p
 
 SHAPES = [(1, 1, 7), (3, 5, 129), (37, 64), (2, 3, 1000)]
 
@@ -22,7 +23,8 @@ def _run(fn, x, dy):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_matches_the_reference_replay(shape, dtype, p):
+@pytest.mark.parametrize("bits", [8, 24])
+def test_matches_the_reference_replay(shape, dtype, p, bits):
     """Exact, except that the interpreter truncates fp32 -> bf16 (the GPU rounds): one bf16 ulp there."""
     tol = dict(atol=0, rtol=2**-7 if dtype == torch.bfloat16 else 0)
     g = torch.Generator().manual_seed(1)
@@ -30,8 +32,8 @@ def test_matches_the_reference_replay(shape, dtype, p):
     n_rows = math.prod(shape[:-1])
     ids = torch.randint(0, 2**62, (n_rows,), generator=g)
     for row_ids in (None, ids):
-        got = _run(lambda t: dropout(t, p, seed=9, row_ids=row_ids), x, dy)
-        want = _run(lambda t: dropout_ref(t.float(), p, seed=9, row_ids=row_ids).to(dtype), x, dy)
+        got = _run(lambda t: dropout(t, p, seed=9, row_ids=row_ids, dropout_bits=bits), x, dy)
+        want = _run(lambda t: dropout_ref(t.float(), p, seed=9, row_ids=row_ids, dropout_bits=bits).to(dtype), x, dy)
         for a, b in zip(got, want):
             assert a.dtype == dtype
             assert torch.equal(a == 0, b == 0)
@@ -39,13 +41,18 @@ def test_matches_the_reference_replay(shape, dtype, p):
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])
-def test_keep_rate_within_binomial_bounds(p):
+@pytest.mark.parametrize("bits", [8, 24])
+def test_keep_rate_within_binomial_bounds(p, bits):
+    """Keep rate 1 - p_q (the quantised p) within 5 sigma, kept values exactly 1 / (1 - p_q): the mean stays 1."""
     x = torch.ones(257, 130)
     n = x.numel()
-    kept = int((dropout(x, p, seed=3) != 0).sum())
-    sigma = math.sqrt(n * p * (1 - p))
-    assert abs(kept - n * (1 - p)) < 5 * sigma
-    assert torch.allclose(dropout(x, p, seed=3)[dropout(x, p, seed=3) != 0], torch.tensor(1 / (1 - p)))
+    y = dropout(x, p, seed=3, dropout_bits=bits)
+    p_q = quantized_dropout_p(p, bits)
+    kept = int((y != 0).sum())
+    sigma = math.sqrt(n * p_q * (1 - p_q))
+    assert abs(kept - n * (1 - p_q)) < 5 * sigma
+    assert torch.equal(y[y != 0], torch.full((kept,), dropout_scale(p, bits), dtype=torch.float32))
+    assert abs(y.mean().item() - 1.0) < 5 * sigma / n / (1 - p_q)
 
 
 def test_seeding_and_identity_at_zero():
@@ -83,7 +90,7 @@ def test_custom_op_registration_and_compile():
     from bertforge.kernels.dropout import _dropout_op
 
     x = torch.randn(5, 33, requires_grad=True)
-    torch.library.opcheck(_dropout_op, (x, torch.tensor([3]), torch.arange(5), 0.2))
+    torch.library.opcheck(_dropout_op, (x, torch.tensor([3]), torch.arange(5), 0.2, 8))
     fn = lambda t: dropout(t, 0.3)  # noqa: E731
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     torch.manual_seed(0)

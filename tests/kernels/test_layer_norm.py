@@ -10,13 +10,14 @@ import triton
 import triton.language as tl
 
 from bertforge.kernels.layer_norm import _tile, bias_dropout_add_layernorm, bias_dropout_add_layernorm_forward
-from bertforge.kernels.reference import bias_dropout_add_layernorm_ref, layer_norm_dropout_keep_ref
+from bertforge.kernels.reference import (bias_dropout_add_layernorm_ref, dropout_scale, layer_norm_dropout_keep_ref,
+                                         quantized_dropout_p)
 
 
-def dropout_keep_mask(seed, shape, p, row_ids=None):
+def dropout_keep_mask(seed, shape, p, row_ids=None, bits=8):
     """The kernel's keep mask over a (..., h) tensor, replayed by the pure-torch Philox of bertforge.kernels.reference."""
     h = shape[-1]
-    return layer_norm_dropout_keep_ref(seed, math.prod(shape) // h, h, p, row_ids).view(shape)
+    return layer_norm_dropout_keep_ref(seed, math.prod(shape) // h, h, p, row_ids, dropout_bits=bits).view(shape)
 
 SHAPES = [(1, 1, 7), (3, 5, 129), (37, 768), (2, 3, 1000)]
 EPS = 1e-12  # BERT's
@@ -45,12 +46,12 @@ def _run(fn, args, dy):
 NAMES = ("out", "dx", "dbias", "dresidual", "dweight", "dln_bias")
 
 
-def _check(args, dy, p, seed, dtype):
-    mask = dropout_keep_mask(seed, args[0].shape, p) if p > 0 else None
-    out = _run(lambda *a: bias_dropout_add_layernorm(*a, EPS, p, seed=seed), args, dy)
-    lowp = _run(lambda *a: bias_dropout_add_layernorm_ref(*a, EPS, p, keep_mask=mask), args, dy)
-    exact = _run(lambda *a: bias_dropout_add_layernorm_ref(*a, EPS, p, keep_mask=mask), [a.double() for a in args],
-                 dy.double())
+def _check(args, dy, p, seed, dtype, bits=8):
+    mask = dropout_keep_mask(seed, args[0].shape, p, bits=bits) if p > 0 else None
+    out = _run(lambda *a: bias_dropout_add_layernorm(*a, EPS, p, seed=seed, dropout_bits=bits), args, dy)
+    lowp = _run(lambda *a: bias_dropout_add_layernorm_ref(*a, EPS, p, keep_mask=mask, dropout_bits=bits), args, dy)
+    exact = _run(lambda *a: bias_dropout_add_layernorm_ref(*a, EPS, p, keep_mask=mask, dropout_bits=bits),
+                 [a.double() for a in args], dy.double())
     for name, o, t, e, a in zip(NAMES, out, lowp, exact, [args[0]] + args):
         assert o.dtype == a.dtype, name
         assert_within_noise(o, t, e, name=f"{name} {dtype} p={p}")
@@ -65,10 +66,11 @@ def test_matches_torch_without_dropout(shape, dtype):
 
 @pytest.mark.parametrize("shape", [(1, 1, 7), (3, 5, 129), (2, 3, 1000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dropout_forward_backward_use_the_same_mask(shape, dtype):
+@pytest.mark.parametrize("bits", [8, 24])
+def test_dropout_forward_backward_use_the_same_mask(shape, dtype, bits):
     """Replaying the kernel's mask in the torch reference gives the same output and all gradients."""
     args, dy = _inputs(shape, dtype, seed=1)
-    _check(args, dy, 0.25, 1234, dtype)
+    _check(args, dy, 0.25, 1234, dtype, bits)
 
 
 def test_low_precision_activations_fp32_params():
@@ -81,19 +83,22 @@ def test_low_precision_activations_fp32_params():
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_statistics(p):
-    """Keep rate within 5 sigma of the binomial; E[dropout(z)] = z (mean of the saved pre-LN sum)."""
+@pytest.mark.parametrize("bits", [8, 24])
+def test_dropout_statistics(p, bits):
+    """Keep rate within 5 sigma of the binomial of the quantised p; E[dropout(z)] = z (mean of the saved pre-LN
+    sum), kept values exactly 1 / (1 - p_q)."""
     n_rows, h = 97, 1031
     n = n_rows * h
-    keep = dropout_keep_mask(7, (n_rows, h), p)
-    sigma = math.sqrt(n * p * (1 - p))
-    assert abs(keep.sum().item() - n * (1 - p)) < 5 * sigma
+    p_q = quantized_dropout_p(p, bits)
+    keep = dropout_keep_mask(7, (n_rows, h), p, bits=bits)
+    sigma = math.sqrt(n * p_q * (1 - p_q))
+    assert abs(keep.sum().item() - n * (1 - p_q)) < 5 * sigma
     ones = torch.ones(n_rows, h)
     zeros = torch.zeros(h)
     _, s, _, _ = bias_dropout_add_layernorm_forward(ones, zeros, torch.zeros(n_rows, h), torch.ones(h), zeros,
-                                                    EPS, p, torch.tensor([7]))
-    assert torch.equal(s > 0, keep)  # the kernel's mask is the reference's: kept elements scaled, dropped ones 0
-    assert abs(s.mean().item() - 1.0) < 5 * sigma / n / (1 - p)
+                                                    EPS, p, torch.tensor([7]), dropout_bits=bits)
+    assert torch.equal(s, torch.where(keep, torch.tensor(dropout_scale(p, bits)), 0.0))  # bit for bit
+    assert abs(s.mean().item() - 1.0) < 5 * sigma / n / (1 - p_q)
     # different rows and columns draw different numbers: rows are not copies of each other
     assert not torch.equal(keep[0], keep[1])
 
@@ -115,7 +120,7 @@ def test_custom_op_registration_and_compile():
 
     args, _ = _inputs((3, 5, 33), torch.float32)
     args = [a.requires_grad_() for a in args]
-    torch.library.opcheck(_fwd_op, (*args, torch.tensor([3]), None, EPS, 0.2, True))
+    torch.library.opcheck(_fwd_op, (*args, torch.tensor([3]), None, EPS, 0.2, True, 8))
     fn = lambda *a: bias_dropout_add_layernorm(*a, EPS, 0.3)  # noqa: E731
     compiled = torch.compile(fn, backend="aot_eager")
     torch.manual_seed(0)
@@ -159,20 +164,22 @@ def test_reference_with_a_seed_draws_the_kernels_mask():
 
 
 @triton.jit
-def _tile_probe_kernel(OUT_ptr, row0, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """Writes the epilogue kernels' element offsets of rows row0.. into a (BLOCK_M, 4 * BLOCK_Q) int64 buffer."""
-    offs, mask, _ = _tile(row0 + tl.arange(0, BLOCK_M), n_rows, n_cols, BLOCK_Q)
-    local, _, _ = _tile(tl.arange(0, BLOCK_M), BLOCK_M, 4 * BLOCK_Q, BLOCK_Q)
+def _tile_probe_kernel(OUT_ptr, row0, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
+                       DROP_GROUP: tl.constexpr):
+    """Writes the epilogue kernels' element offsets of rows row0.. into a (BLOCK_M, G * BLOCK_Q) int64 buffer."""
+    offs, mask, _ = _tile(row0 + tl.arange(0, BLOCK_M), n_rows, n_cols, BLOCK_Q, DROP_GROUP)
+    local, _, _ = _tile(tl.arange(0, BLOCK_M), BLOCK_M, DROP_GROUP * BLOCK_Q, BLOCK_Q, DROP_GROUP)
     tl.store(OUT_ptr + local, tl.where(mask, offs, -1))
 
 
-def test_element_offsets_are_int64_past_2_to_31():
+@pytest.mark.parametrize("group", [16, 4])
+def test_element_offsets_are_int64_past_2_to_31(group):
     """The index arithmetic at rows whose offsets pass 2^31 (BERT-base h=768 from row 2,796,203 on), checked on the
     kernels' own helper without allocating such a tensor."""
-    n_cols, block_m, block_q = 768, 4, 256
+    n_cols, block_m, block_q = 768, 4, 1024 // group
     row0 = 2**31 // n_cols + 1000
-    out = torch.empty(block_m, 4 * block_q, dtype=torch.int64)
-    _tile_probe_kernel[(1,)](out, row0, row0 + 3, n_cols, BLOCK_M=block_m, BLOCK_Q=block_q)
+    out = torch.empty(block_m, group * block_q, dtype=torch.int64)
+    _tile_probe_kernel[(1,)](out, row0, row0 + 3, n_cols, BLOCK_M=block_m, BLOCK_Q=block_q, DROP_GROUP=group)
     want = torch.full_like(out, -1)
     want[:3, :n_cols] = (row0 + torch.arange(3))[:, None] * n_cols + torch.arange(n_cols)
     assert torch.equal(out, want) and out.max() > 2**31
