@@ -6,7 +6,7 @@ Task: sequence classification (2 classes) of synthetic examples whose lengths ar
   hf    transformers `Trainer` with BertForSequenceClassification (SDPA attention), batches padded to their longest
         example (a multiple of 8, as DataCollatorWithPadding(pad_to_multiple_of=8)), `bf16=True` autocast or fp32,
         torch AdamW (fused on GPU), warmup + linear decay, clipping 1.0: what users run
-  ours  the step of `bertforge finetune classify` itself (engine/finetuning/trainer.py FinetuneTrainer.train_step):
+  ours  the step of `bertforge finetune classify` itself (the runtime's Trainer.train_step, engine/train/trainer.py):
         the DeepSpeed engine built by engine/parallelize.py, ZeRO 0, bf16 (DeepSpeed's) or fp32, unpadded batches,
         Triton kernels on a GPU (--kernels none on CPU), client AdamW, clipping 1.0
 Each side runs in its own process (one shape and side at a time): examples/s is the micro batch over the median
@@ -108,13 +108,14 @@ def measure_hf(cfg, feats: list[dict], batch: int, steps: int, warmup: int, prec
 
 
 def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, precision: str) -> list[float]:
-    """Wall seconds of each optimizer step of FinetuneTrainer.train_step (the DeepSpeed engine)."""
+    """Wall seconds of each optimizer step of the runtime's Trainer.train_step (the DeepSpeed engine) on the
+    finetuning task."""
     import torch
 
     from bertforge import deepspeed as ds
     from bertforge.config.finetune import FinetuneConfig, ParallelConfig
     from bertforge.finetuning.tasks import ClassifyTask
-    from bertforge.finetuning.trainer import FinetuneTrainer, build_ds_config
+    from bertforge.finetuning.trainer import seed_trainer
     from bertforge import distributed as D
 
     kernels = "triton" if torch.cuda.is_available() else "none"
@@ -125,15 +126,15 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
     task = ClassifyTask(["a", "b"], max(len(f["input_ids"]) for f in feats), train=feats)
     times = []
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = FinetuneTrainer(task, cfg.replace(kernels=kernels), None, args, par, 0,
-                                  build_ds_config(args, par, 1), Path(tmp), echo=lambda s: None)
+        trainer = seed_trainer(task, cfg.replace(kernels=kernels), None, args, 0, Path(tmp), par,
+                               echo=lambda s: None)
         trainer.setup()
         trainer.engine.train()
         with D.Preemption() as preempt:
             for _ in range(warmup + steps):
                 _sync()
                 t0 = time.perf_counter()
-                _, applied, _ = trainer.train_step(preempt)
+                _, applied, _, _ = trainer.train_step(False, lambda: preempt.flag)
                 trainer.step += 1
                 if applied:
                     trainer.scheduler.step()

@@ -33,7 +33,7 @@ from bertforge.finetuning.evaluation import evaluate_split
 from bertforge.finetuning.metrics import collapse_warning, format_report, mean_std
 from bertforge.finetuning.mlm import build_task
 from bertforge.finetuning.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
-from bertforge.finetuning.trainer import build_ds_config, state_dir, train_seed
+from bertforge.finetuning.trainer import state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import atomic_dir, write_json, write_text
 from bertforge.train.setup import join_runtime
@@ -165,7 +165,7 @@ def _report(task, result: dict, echo: Echo) -> None:
 
 def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: FinetuneConfig, out_dir: Path | None,
               echo: Echo = print, extra: dict | None = None, par: ParallelConfig | None = None,
-              ds_config: dict | None = None) -> dict:
+              user_ds: dict | None = None) -> dict:
     """Train `task` once per seed of training.seeds; with `out_dir`, write out_dir/metrics.jsonl, out_dir/seed-N/
     and out_dir/summary.json (rank 0). With training.resume, seeds finished earlier are read back and the
     interrupted one continues. Returns the summary: {'task', 'metric', 'seeds', 'runs', 'from_scratch', 'init',
@@ -180,7 +180,6 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
         if D.rank() == 0 and not training.resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     log = MetricsWriter(out_dir, enabled=D.rank() == 0) if out_dir is not None else None  # + tensorboard/
-    ds_config = ds_config or build_ds_config(training, par, D.world_size())
     runs, status = [], "finished"
     try:
         for seed in training.seeds:
@@ -190,7 +189,7 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
                 runs.append(done)
                 continue
             result = train_seed(task, config, init_dir, training, seed, out_dir, log, echo, par=par,
-                                ds_config=ds_config)[0]
+                                user_ds=user_ds)[0]
             if result.get("status") == "preempted":
                 status = "preempted"
                 break
@@ -327,8 +326,7 @@ def run_classify(config: ClassifyConfig, echo: Echo = print, explicit: frozenset
         echo("class weights (balanced): " + ", ".join(f"{l} {w:.3f}" for l, w in zip(labels, task.class_weights)))
     echo(f"classify: {len(train)} train / {len(dev)} dev / {len(test)} test examples, labels {labels}, "
          f"{data.pooling} pooling, model {model_dir}{_scratch(training)}")
-    ds_config = build_ds_config(training, par, D.world_size(), user)
-    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config)
+    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, user_ds=user)
     echo(format_summary(summary, out))
     return summary
 
@@ -362,8 +360,7 @@ def run_ner(config: NerConfig, echo: Echo = print, explicit: frozenset = frozens
              else f"{(len(labels) - 1) // 2} entity types ({', '.join(l[2:] for l in labels[1::2])})")
     echo(f"ner: {len(train)} train / {len(dev)} dev / {len(test)} test sentences ({windows} windows), {kinds}, "
          f"model {model_dir}{_scratch(training)}")
-    ds_config = build_ds_config(training, par, D.world_size(), user)
-    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config)
+    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, user_ds=user)
     echo(format_summary(summary, out))
     return summary
 
@@ -404,9 +401,8 @@ def run_mlm(config: MlmConfig, echo: Echo = print, explicit: frozenset = frozens
     before = evaluate_split(before_model.to(D.device()), task, "test", training.eval_micro_batch, D.device(),
                             training.unpadded)
     del before_model
-    ds_config = build_ds_config(training, par, D.world_size(), user)
     summary = run_seeds(task, model, model_dir, training, out, echo, extra={"before": before}, par=par,
-                        ds_config=ds_config)
+                        user_ds=user)
     if summary["status"] == "finished":
         after = summary["test"]
         echo(f"held-out masked-token accuracy {before['mlm_acc']:.4f} -> "
