@@ -55,7 +55,7 @@ def test_pretrain_resume_follows_the_rule(tmp_path):
     import subprocess
 
     from tests.training.conftest import REPO, worker_env
-    from tests.training.test_checkpoint_verify import _cli
+    from tests.train.test_checkpoint_verify import _cli
 
     run = tmp_path / "run"
     first = subprocess.run(_cli(run, "--steps", "2", "--eval-every", "2"), env=worker_env(), cwd=REPO,
