@@ -46,13 +46,21 @@ class _Task(TrainTask):
         self.losses: dict[int, float] = {}  # step (1-based) -> summed micro-batch losses
         self.weights: dict[int, torch.Tensor] = {}
 
-    def setup(self, trainer): self.trainer = trainer
+    def setup(self, trainer):
+        self.trainer = trainer
+
     def resume_point(self):
         tag = self.trainer.ckpt.latest() if self.resume else None
         return ResumePoint(self.trainer.ckpt, tag) if tag else None
-    def build_model(self, resuming): return _Model()
-    def param_groups(self, model): return [{"params": list(model.parameters()), "weight_decay": 0.0}]
-    def restore(self, state, point): assert state["toy"] == self.trainer.step
+
+    def build_model(self, resuming):
+        return _Model()
+
+    def param_groups(self, model):
+        return [{"params": list(model.parameters()), "weight_decay": 0.0}]
+
+    def restore(self, state, point):
+        assert state["toy"] == self.trainer.step
 
     def micro_batches(self, step):
         out = []
@@ -69,18 +77,28 @@ class _Task(TrainTask):
         loss = engine(**inputs)
         return (loss * float("nan") if step in self.nan_steps else loss), None
 
-    def new_window(self): return _Window()
+    def new_window(self):
+        return _Window()
+
     def add_micro(self, stats, inputs, out, loss):
         stats.loss += float(loss.detach())
         stats.steps = 1
         self.losses[self.trainer.step + 1] = self.losses.get(self.trainer.step + 1, 0.0) + float(loss.detach())
+
     def after_step(self):
         self.weights[self.trainer.step] = self.trainer.engine.module.lin.weight.detach().clone()
+
     def log_record(self, window, lr, norm):
         return {"step": self.trainer.step, "loss": window.loss / window.steps} if window.steps else None
-    def state_dict(self): return {"toy": self.trainer.step}
-    def checkpoint_meta(self, finished): return {"finished": finished}
-    def on_finish(self, status): return status
+
+    def state_dict(self):
+        return {"toy": self.trainer.step}
+
+    def checkpoint_meta(self, finished):
+        return {"finished": finished}
+
+    def on_finish(self, status):
+        return status
 
 
 def _spec(tmp_path, **kw) -> RunSpec:
