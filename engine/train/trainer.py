@@ -2,7 +2,7 @@
 bertforge.finetuning.trainer) through set-up, optimizer steps, evaluation, checkpoints, resume and the end of a run.
 
 The runtime owns, once each: the device check, the launcher environment and the process group
-(`bertforge.train.setup.join_runtime`), DeepSpeed's JSON (built from the typed `RunSpec`, never read back), the
+(`bertforge.train.setup`), DeepSpeed's JSON (built from the typed `RunSpec`, never read back), the
 optimizer and learning-rate schedule, `parallelize` (its log on rank 0), the skip gate, the stop agreement and the
 in-a-row limit (`StepGuard`, `ParallelConfig.max_skipped_steps`), SIGTERM (`bertforge.distributed.Preemption`: a
 checkpoint after the agreed step, then status 'preempted'), the log window, progress, the metrics writer
@@ -38,7 +38,7 @@ from bertforge.train.checkpoint import CheckpointManager
 from bertforge.train.metrics import MetricsWriter
 from bertforge.train.resume import resume_guard
 from bertforge.train.rng import rng_state, seed_everything, set_rng_state
-from bertforge.train.setup import join_runtime
+from bertforge.train.setup import join_group, prepare_runtime
 from bertforge.train.step import StepGuard
 from bertforge.train.token_loss import backward_scale
 
@@ -100,8 +100,8 @@ class Window(Protocol):
 
 
 class TrainTask(abc.ABC):
-    """What the runtime calls. Set-up, in order: setup(trainer) (the process group is up; trainer.dev, rank, world,
-    accum, ckpt are set), resume_point(), build_model(resuming), param_groups(model), restore(state, point) when
+    """What the runtime calls. Set-up, in order: setup(trainer) (before the process group), after_join(),
+    resume_point(), build_model(resuming), param_groups(model), restore(state, point) when
     resuming, on_start(). Each step: before_step(), micro_batches(step), count_items(batches), per micro batch
     forward(...) and add_micro(...), after_step(); on decision steps sync_counters(), log_record(...) on logging
     steps, on_evaluate() where evaluates(step, last). At the end on_finish(status), then close(). The trainer's
@@ -113,7 +113,12 @@ class TrainTask(abc.ABC):
     log_grad_norm: bool = False       # take the gradient norm on logging steps (ZeRO-0 fp32)
 
     @abc.abstractmethod
-    def setup(self, trainer: "Trainer") -> None: ...
+    def setup(self, trainer: "Trainer") -> None:
+        """Check the task's input and build what needs no process group (trainer.rank, world, accum, ckpt are
+        set; trainer.dev is not yet)."""
+
+    def after_join(self) -> None:
+        """The process group is up and trainer.dev set: start loaders, build device-side pieces."""
 
     def resume_point(self) -> ResumePoint | None:
         """The checkpoint to continue from; None: start afresh."""
@@ -230,11 +235,13 @@ class Trainer:
     def setup(self) -> None:
         spec, task = self.spec, self.task
         pin_mmap_threshold()
-        self.dev = join_runtime(spec.parallel)
+        prepare_runtime(spec.parallel)  # the device check and the launcher environment
         self.rank, self.world = D.rank(), D.world_size()
         self.accum = spec.grad_accum(self.world)
         self.ckpt = CheckpointManager(spec.state_dir, spec.keep_last)
-        task.setup(self)
+        task.setup(self)  # before the process group: a task's bad input fails before any rendezvous
+        self.dev = join_group(spec.parallel)
+        task.after_join()
         point = task.resume_point()
         universal = self._check_resume(point)
         seed_everything(spec.seed)  # the same initial weights on every rank

@@ -151,8 +151,8 @@ class PretrainingTask(TrainTask):
 
     # ---- setup ---------------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer) -> None:
-        """Check the run folder against --resume, open this rank's batches, build the model config and the device
-        masker."""
+        """Check the run folder against --resume, open this rank's batch source and build the model config (all
+        before the process group: bad input fails first)."""
         cfg, self.trainer = self.cfg, trainer
         self.run_dir = Path(cfg.run.output_dir)
         ckpt = trainer.ckpt
@@ -162,14 +162,18 @@ class PretrainingTask(TrainTask):
         if not cfg.run.resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it, or another "
                               f"--output-dir")
-        source = self.source_factory(cfg, trainer.rank, trainer.world)
-        self.model_cfg = build_model_config(cfg, source.vocab_size)
+        self._source = self.source_factory(cfg, trainer.rank, trainer.world)
+        self.model_cfg = build_model_config(cfg, self._source.vocab_size)
+
+    def after_join(self) -> None:
+        """Start this rank's loader (behind the prefetcher) and, --masking device, the device masker."""
+        cfg, source = self.cfg, self._source
         source.start()
         self.source = Prefetcher(source, cfg.batch.prefetch)
         self.masker = None
         if cfg.masking.masking == "device":
             self.masker = DeviceMasker(source.mask_token_id, source.replacement_probs, cfg.masking.mlm_probability,
-                                       self.model_cfg.kernels, trainer.dev)
+                                       self.model_cfg.kernels, self.trainer.dev)
 
     def resume_point(self) -> ResumePoint | None:
         """--resume: the newest checkpoint that verifies, checked by the resume rule against this config."""
