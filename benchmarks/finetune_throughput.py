@@ -6,7 +6,7 @@ Task: sequence classification (2 classes) of synthetic examples whose lengths ar
   hf    transformers `Trainer` with BertForSequenceClassification (SDPA attention), batches padded to their longest
         example (a multiple of 8, as DataCollatorWithPadding(pad_to_multiple_of=8)), `bf16=True` autocast or fp32,
         torch AdamW (fused on GPU), warmup + linear decay, clipping 1.0: what users run
-  ours  the step of `bertforge finetune classify` itself (engine/finetuning/trainer.py FinetuneTrainer.train_step):
+  ours  the step of `bertforge finetune classify` itself (the runtime's Trainer.train_step, engine/train/trainer.py):
         the DeepSpeed engine built by engine/parallelize.py, ZeRO 0, bf16 (DeepSpeed's) or fp32, unpadded batches,
         Triton kernels on a GPU (--kernels none on CPU), client AdamW, clipping 1.0
   ours-*  ablations of `ours`, each with one piece switched back to what it replaced:
@@ -131,7 +131,7 @@ def _ablate(variant: str) -> dict:
     import functools
 
     from bertforge import deepspeed as ds
-    from bertforge.finetuning import trainer as ft_trainer
+    from bertforge.train import trainer as runtime
     from bertforge.kernels import reference
 
     if variant == "ours-padded":
@@ -141,7 +141,8 @@ def _ablate(variant: str) -> dict:
     elif variant == "ours-ds-clip":
         ds.apply_foreach_clipping = lambda engine: False
     elif variant == "ours-foreach":
-        ft_trainer.build_optimizer = functools.partial(ft_trainer.build_optimizer, fused=False)
+        build = runtime.build_optimizer  # the runtime passes fused= itself: force it off
+        runtime.build_optimizer = functools.wraps(build)(lambda *a, **k: build(*a, **{**k, "fused": False}))
     elif variant != "ours":
         raise ValueError(f"unknown variant {variant!r}")
     return {}
@@ -149,13 +150,14 @@ def _ablate(variant: str) -> dict:
 
 def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, precision: str,
                  variant: str = "ours") -> tuple[list[float], list[float]]:
-    """(wall, process CPU) seconds of each optimizer step of FinetuneTrainer.train_step (the DeepSpeed engine)."""
+    """(wall, process CPU) seconds of each optimizer step of the runtime's Trainer.train_step (the DeepSpeed engine)
+    on the finetuning task."""
     import torch
 
     from bertforge import deepspeed as ds
     from bertforge.config.finetune import FinetuneConfig, ParallelConfig
     from bertforge.finetuning.tasks import ClassifyTask
-    from bertforge.finetuning.trainer import FinetuneTrainer, build_ds_config
+    from bertforge.finetuning.trainer import seed_trainer
     from bertforge import distributed as D
 
     kernels = "triton" if torch.cuda.is_available() else "none"
@@ -168,15 +170,15 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
     task = ClassifyTask(["a", "b"], max(len(f["input_ids"]) for f in feats), train=feats)
     times, cpu = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = FinetuneTrainer(task, cfg.replace(kernels=kernels), None, args, par, 0,
-                                  build_ds_config(args, par, 1), Path(tmp), echo=lambda s: None)
+        trainer = seed_trainer(task, cfg.replace(kernels=kernels), None, args, 0, Path(tmp), par,
+                               echo=lambda s: None)
         trainer.setup()
         trainer.engine.train()
         with D.Preemption() as preempt:
             for _ in range(warmup + steps):
                 _sync()
                 t0, c0 = time.perf_counter(), time.process_time()
-                _, applied, _ = trainer.train_step(preempt)
+                _, applied, _, _ = trainer.train_step(False, lambda: preempt.flag)
                 trainer.step += 1
                 if applied:
                     trainer.scheduler.step()

@@ -36,7 +36,7 @@ from bertforge.finetuning.evaluation import evaluate_split
 from bertforge.finetuning.metrics import collapse_warning, format_report, mean_std
 from bertforge.finetuning.mlm import build_task
 from bertforge.finetuning.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
-from bertforge.finetuning.trainer import build_ds_config, state_dir, train_seed
+from bertforge.finetuning.trainer import state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
 from bertforge.io import atomic_dir, write_json, write_text
 from bertforge.log import result_echo
@@ -181,7 +181,7 @@ def _report(task, result: dict, echo: Echo) -> None:
 
 def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: FinetuneConfig, out_dir: Path | None,
               echo: Echo = ECHO, extra: dict | None = None, par: ParallelConfig | None = None,
-              ds_config: dict | None = None, settings: dict | None = None) -> dict:
+              user_ds: dict | None = None, settings: dict | None = None) -> dict:
     """Train `task` once per seed of training.seeds; with `out_dir`, write out_dir/metrics.jsonl, out_dir/seed-N/
     and out_dir/summary.json (rank 0). With training.resume, seeds finished earlier are read back and the
     interrupted one continues; `settings` (the run's, `run_settings`) are recorded in out_dir/run.json by a new run
@@ -203,7 +203,6 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     log = MetricsWriter(out_dir, enabled=D.rank() == 0, report_to=training.report_to,  # + the trackers
                         params={"task": task.name, **asdict(training), **asdict(par)}) if out_dir is not None else None
-    ds_config = ds_config or build_ds_config(training, par, D.world_size())
     runs, status = [], "finished"
     try:
         for seed in training.seeds:
@@ -213,7 +212,7 @@ def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: Finetu
                 runs.append(done)
                 continue
             result = train_seed(task, config, init_dir, training, seed, out_dir, log, echo, par=par,
-                                ds_config=ds_config)[0]
+                                user_ds=user_ds)[0]
             if result.get("status") == "preempted":
                 status = "preempted"
                 break
@@ -351,11 +350,10 @@ def run_classify(config: ClassifyConfig, echo: Echo = ECHO, explicit: frozenset 
         echo("class weights (balanced): " + ", ".join(f"{l} {w:.3f}" for l, w in zip(labels, task.class_weights)))
     echo(f"classify: {len(train)} train / {len(dev)} dev / {len(test)} test examples, labels {labels}, "
          f"{task.pooling} pooling, model {model_dir}{_scratch(training)}")
-    ds_config = build_ds_config(training, par, D.world_size(), user)
     settings = run_settings(config, training, "classify", labels, {
         name: [[e.text, e.text_b, e.label] for e in part] for name, part in (("train", train), ("dev", dev),
                                                                              ("test", test))})
-    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config, settings=settings)
+    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, user_ds=user, settings=settings)
     echo(format_summary(summary, out))
     return summary
 
@@ -389,10 +387,9 @@ def run_ner(config: NerConfig, echo: Echo = ECHO, explicit: frozenset = frozense
              else f"{(len(labels) - 1) // 2} entity types ({', '.join(l[2:] for l in labels[1::2])})")
     echo(f"ner: {len(train)} train / {len(dev)} dev / {len(test)} test sentences ({windows} windows), {kinds}, "
          f"model {model_dir}{_scratch(training)}")
-    ds_config = build_ds_config(training, par, D.world_size(), user)
     settings = run_settings(config, training, "ner", labels, {
         name: [[s.tokens, s.tags] for s in part] for name, part in (("train", train), ("dev", dev), ("test", test))})
-    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, ds_config=ds_config, settings=settings)
+    summary = run_seeds(task, model, model_dir, training, out, echo, par=par, user_ds=user, settings=settings)
     echo(format_summary(summary, out))
     return summary
 
@@ -434,9 +431,8 @@ def run_mlm(config: MlmConfig, echo: Echo = ECHO, explicit: frozenset = frozense
     before = evaluate_split(before_model.to(D.device()), task, "test", training.eval_micro_batch, D.device(),
                             training.unpadded)
     del before_model
-    ds_config = build_ds_config(training, par, D.world_size(), user)
     summary = run_seeds(task, model, model_dir, training, out, echo, extra={"before": before}, par=par,
-                        ds_config=ds_config, settings=run_settings(config, training, "mlm", None, {"corpus": docs}))
+                        user_ds=user, settings=run_settings(config, training, "mlm", None, {"corpus": docs}))
     if summary["status"] == "finished":
         after = summary["test"]
         echo(f"held-out masked-token accuracy {before['mlm_acc']:.4f} -> "

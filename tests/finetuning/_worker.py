@@ -19,22 +19,22 @@ from bertforge import distributed as D  # noqa: E402
 
 def main(spec_path: Path) -> None:
     from bertforge.cli import main as cli_main
-    from bertforge.finetuning.trainer import FinetuneTrainer
+    from bertforge.train.trainer import Trainer
 
-    real_finish, real_step = D.finish, FinetuneTrainer.train_step
+    real_finish, real_step = D.finish, Trainer.train_step
     D.finish = lambda code: None  # every run but the last leaves the process group standing
     codes = []
     for run in json.loads(spec_path.read_text()):
         at = run.get("sigterm_at")
 
-        def train_step(self, preempt, _at=at):
+        def train_step(self, *args, _at=at, **kwargs):
             if _at is not None and self.step == _at and self.rank == 0:
                 os.kill(os.getpid(), signal.SIGTERM)
-            return real_step(self, preempt)
+            return real_step(self, *args, **kwargs)
 
-        FinetuneTrainer.train_step = train_step
+        Trainer.train_step = train_step
         codes.append(cli_main(run["argv"]))
-    FinetuneTrainer.train_step = real_step
+    Trainer.train_step = real_step
     Path(f"{spec_path}.rank{D.rank()}.codes.json").write_text(json.dumps(codes))
     real_finish(0)
 

@@ -151,7 +151,7 @@ def test_pretrain_resume_follows_the_rule(tmp_path):
     import subprocess
 
     from tests.training.conftest import REPO, worker_env
-    from tests.training.test_checkpoint_verify import _cli
+    from tests.train.test_checkpoint_verify import _cli
 
     run = tmp_path / "run"
     launch = lambda *extra: subprocess.run(_cli(run, "--steps", "4", "--eval-every", "2", "--warmup-steps", "1",
