@@ -95,7 +95,7 @@ def _settings(**changes):
     ("--epochs", {"epochs": 5}, "3", "5"),
     ("--min-steps", {"min_steps": 150}, "0", "150"),
     ("--layer-lr-decay", {"layer_lr_decay": 0.9}, "1.0", "0.9"),
-    ("--metric", {"metric": "macro_f1"}, "'accuracy'", "'macro_f1'"),
+    ("--metric", {"metric": "macro_f1"}, "'auto'", "'macro_f1'"),  # the default: the recipe picks it from the data
 ])
 def test_resume_with_other_settings_refused_in_one_line(tmp_path, name, changes, old, new):
     run.guard_run_settings(tmp_path, _settings(), resume=False)
