@@ -8,7 +8,8 @@ For each model shape it times N optimizer steps (after warm-up; CUDA events on G
   hf-compile          the same under torch.compile
   ours                bertforge with everything on: unpadded (varlen) batches, Triton kernels (GPU), masked-rows-only
                       MLM head with the fused sparse loss, fused AdamW; dropout keyed per sample (`dropout_ids`),
-                      as pretraining runs it (every ours* variant)
+                      as pretraining runs it (every ours* variant; on CPU the masks from the C++ Philox, as
+                      `bertforge pretrain` registers it)
   ours-compile        the same under torch.compile (the kernels are custom ops it traces through)
 and the ablations, each switching ONE piece of `ours` off (or adding one):
   ours-padded         padded (B, S) batches instead of unpadded
@@ -403,6 +404,10 @@ def main(argv=None):
         p.error(f"unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":  # as `bertforge pretrain` runs (parallelize): the CPU path's dropout masks from C++ Philox
+        from bertforge.parallelize import apply_native_philox
+
+        apply_native_philox()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
         args.precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
     batches = {}
