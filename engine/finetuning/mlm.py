@@ -31,6 +31,7 @@ from bertforge.data.masking import most_frequent_token_accuracy
 from bertforge.data.tokenizer import special_ids
 from bertforge.errors import DataError
 from bertforge.heads import BertForPreTraining
+from bertforge.kernels.padding import token_sequence_ids
 
 EVAL_MASK_SEED = 20240917
 
@@ -111,7 +112,7 @@ class MlmTask:
         nll = F.cross_entropy(logits, gold, reduction="none")
         correct = logits.argmax(-1) == gold
         if "cu_seqlens" in batch:
-            owner = torch.searchsorted(batch["cu_seqlens"][1:].long(), positions, right=True)
+            owner = token_sequence_ids(batch["cu_seqlens"], flat.numel())[positions]
         else:
             owner = positions // labels.shape[1]
         n = len(batch["cu_seqlens"]) - 1 if "cu_seqlens" in batch else labels.shape[0]
