@@ -17,6 +17,7 @@ from torch import nn
 
 from bertforge import ops
 from bertforge.config import ModelConfig
+from bertforge.kernels.padding import seqlens_of, token_sequence_ids
 from bertforge.model import _GELU_APPROXIMATE, BertModel, init_weights
 
 
@@ -204,10 +205,11 @@ def mean_states(sequence: torch.Tensor, attention_mask: torch.Tensor | None = No
     (total, h) with cu_seqlens (B + 1,). Returns (B, h); padding never enters the mean."""
     x = sequence.float()
     if cu_seqlens is not None:
-        ends = cu_seqlens[1:].long()                                                  # (B,)
-        owner = torch.searchsorted(ends, torch.arange(x.shape[0], device=x.device), right=True)  # (total,)
-        sums = torch.zeros(ends.numel(), x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, owner, x)
-        counts = (ends - cu_seqlens[:-1].long()).clamp(min=1).to(x.dtype)            # (B,)
+        cu_seqlens = cu_seqlens.to(x.device)
+        owner = token_sequence_ids(cu_seqlens, x.shape[0])                            # (total,)
+        lengths = seqlens_of(cu_seqlens)                                              # (B,)
+        sums = torch.zeros(lengths.numel(), x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, owner, x)
+        counts = lengths.clamp(min=1).to(x.dtype)                                     # (B,)
         return (sums / counts[:, None]).to(sequence.dtype)
     if attention_mask is None:
         return x.mean(1).to(sequence.dtype)

@@ -28,7 +28,7 @@ from torch import nn
 
 from bertforge import ops
 from bertforge.config import ModelConfig
-from bertforge.kernels.padding import cu_seqlens_to_position_ids
+from bertforge.kernels.padding import cu_seqlens_to_position_ids, max_seqlen_of, token_sequence_ids
 
 _GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
@@ -45,7 +45,7 @@ class TokenLayout:
         self.key_padding_mask = attention_mask.bool() if attention_mask is not None else None  # (B, S)
         self.cu_seqlens = cu_seqlens.to(torch.int32) if cu_seqlens is not None else None  # (B+1,)
         if cu_seqlens is not None and max_seqlen is None:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            max_seqlen = max_seqlen_of(cu_seqlens)
         self.max_seqlen = max_seqlen
         self.sequence_ids = self.token_ids = None
         if dropout_ids is not None:
@@ -61,10 +61,8 @@ class TokenLayout:
         ids = dropout_ids.to(device=dev, dtype=torch.int64)
         if self.unpadded:
             n_seq, total = self.cu_seqlens.numel() - 1, input_ids.shape[0]
-            starts = self.cu_seqlens[:-1].long()
-            seq_of_token = torch.repeat_interleave(torch.arange(n_seq, device=dev), self.cu_seqlens[1:].long() - starts,
-                                                   output_size=total)  # (total,)
-            positions = torch.arange(total, device=dev) - starts[seq_of_token]
+            seq_of_token = token_sequence_ids(self.cu_seqlens, total)  # (total,)
+            positions = cu_seqlens_to_position_ids(self.cu_seqlens, total)
         else:
             n_seq, seq = input_ids.shape
             seq_of_token = torch.arange(n_seq, device=dev).repeat_interleave(seq)  # (B * S,)

@@ -54,6 +54,7 @@ import triton.language as tl
 
 from bertforge.kernels._common import draw_seed_tensor, is_interpreting, next_power_of_2
 from bertforge.kernels._philox import keep_flags
+from bertforge.kernels.padding import max_seqlen_of
 from bertforge.kernels.reference import (ATTN_DROPOUT_ROW_STRIDE, check_dropout_bits, dropout_group, dropout_scale,
                                          dropout_threshold)
 
@@ -526,7 +527,7 @@ def _prepare(q, key_padding_mask, cu_seqlens, max_seqlen):
         if q.dim() != 3:
             raise ValueError(f"attention: unpadded q must be (total, nh, d), got {tuple(q.shape)}")
         if max_seqlen is None:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
+            max_seqlen = max_seqlen_of(cu_seqlens)
         cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
         return True, cu.numel() - 1, int(max_seqlen), 0, q.shape[0], cu, dummy, dummy.to(torch.uint8)
     if q.dim() != 4:
@@ -734,7 +735,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     if cu_seqlens is not None:
         if max_seqlen is None:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
+            max_seqlen = max_seqlen_of(cu_seqlens)
     else:
         max_seqlen = q.shape[1] if q.dim() == 4 else 0
     if seed is None:

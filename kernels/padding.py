@@ -1,6 +1,11 @@
-"""Unpad / pad between a padded batch (B, S, ...) and the concatenated real tokens (total, ...), as
-FlashAttention's bert_padding does. cu_seqlens (B + 1,) int32 are the running token offsets of each sequence."""
+"""The unpadded ("varlen") layout, derived here and nowhere else: unpad / pad between a padded batch (B, S, ...) and
+the concatenated real tokens (total, ...), as FlashAttention's bert_padding does (unpad_input, pad_input,
+index_first_axis). cu_seqlens (B + 1,) int32 are the running token offsets of each sequence (cu_seqlens[0] = 0,
+cu_seqlens[-1] = total); max_seqlen is the longest sequence (0 for an empty batch). The C++ host helper
+bertforge.csrc.unpad_offsets computes the same offsets for the data loaders (tests compare it with unpad_input)."""
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
@@ -22,14 +27,45 @@ class _IndexFirstAxis(torch.autograd.Function):
         return out, None
 
 
+def index_first_axis(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """x (N, ...) -> x[indices] (n, ...), with a scatter backward."""
+    return _IndexFirstAxis.apply(x, indices)
+
+
+def cu_seqlens_from_lengths(lengths: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, int]:
+    """lengths (B,) (a tensor or a sequence of ints, on lengths' device) -> (cu_seqlens (B + 1,) int32 running
+    offsets, max_seqlen int; 0 when B = 0). Reads max_seqlen back to the host (one sync on a GPU)."""
+    lengths = torch.as_tensor(lengths, dtype=torch.int32)
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))
+    return cu_seqlens, max_seqlen_of(cu_seqlens)
+
+
+def seqlens_of(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """cu_seqlens (B + 1,) -> lengths (B,) int64."""
+    return (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+
+
+def max_seqlen_of(cu_seqlens: torch.Tensor) -> int:
+    """cu_seqlens (B + 1,) -> the longest sequence, an int (0 for B = 0); a host sync on a GPU."""
+    return int(seqlens_of(cu_seqlens).max()) if cu_seqlens.numel() > 1 else 0
+
+
 def unpad_input(x: torch.Tensor, attention_mask: torch.Tensor):
     """x (B, S, ...) and attention_mask (B, S) (1 = real) -> (x_unpad (total, ...), indices (total,) into B*S,
     cu_seqlens (B+1,) int32, max_seqlen int)."""
     lengths = attention_mask.sum(dim=-1, dtype=torch.int32)
     indices = attention_mask.flatten().nonzero(as_tuple=False).flatten()
-    max_seqlen = int(lengths.max()) if lengths.numel() else 0
-    cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))
-    return _IndexFirstAxis.apply(x.flatten(0, 1), indices), indices, cu_seqlens, max_seqlen
+    cu_seqlens, max_seqlen = cu_seqlens_from_lengths(lengths)
+    return index_first_axis(x.flatten(0, 1), indices), indices, cu_seqlens, max_seqlen
+
+
+def padding_mask_of(cu_seqlens: torch.Tensor, max_seqlen: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cu_seqlens (B + 1,) -> (attention_mask (B, S) bool, True = real, and indices (total,) int64 into B * S), the
+    padded grid of S = max_seqlen columns (max_seqlen_of(cu_seqlens) when None) that unpad_input would undo."""
+    lengths = seqlens_of(cu_seqlens)
+    seq = int(max_seqlen) if max_seqlen is not None else max_seqlen_of(cu_seqlens)
+    mask = torch.arange(seq, device=cu_seqlens.device)[None, :] < lengths[:, None]  # (B, S)
+    return mask, mask.flatten().nonzero(as_tuple=False).flatten()
 
 
 def pad_input(x: torch.Tensor, indices: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor:
@@ -39,10 +75,15 @@ def pad_input(x: torch.Tensor, indices: torch.Tensor, batch: int, seq_len: int) 
     return out.view((batch, seq_len) + x.shape[1:])
 
 
+def token_sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Index of the sequence each token belongs to: (total,) int64 on cu_seqlens' device (total = cu_seqlens[-1],
+    passed so that no host sync is needed)."""
+    lengths = seqlens_of(cu_seqlens)
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths,
+                                   output_size=total)
+
+
 def cu_seqlens_to_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """Position of each token within its own sequence: (total,) int64, restarting at 0 at each cu_seqlens entry."""
     starts = cu_seqlens[:-1].long()
-    lengths = cu_seqlens[1:].long() - starts
-    seq_of_token = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths,
-                                           output_size=total)
-    return torch.arange(total, device=cu_seqlens.device) - starts[seq_of_token]
+    return torch.arange(total, device=cu_seqlens.device) - starts[token_sequence_ids(cu_seqlens, total)]

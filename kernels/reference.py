@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bertforge.kernels.padding import pad_input
+from bertforge.kernels.padding import pad_input, padding_mask_of
 
 IGNORE_INDEX = -100  # label of positions without an MLM target (Hugging Face's convention)
 
@@ -28,11 +28,8 @@ def _padded_from_varlen(q, k, v, cu_seqlens, max_seqlen):
     """(total, nh, d) x 3 -> ((B, S, nh, d) x 3 zero-padded, key_padding_mask (B, S), indices (total,) into B * S)."""
     if q.dim() != 3:
         raise ValueError(f"attention: unpadded q must be (total, nh, d), got {tuple(q.shape)}")
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    batch = lengths.numel()
-    seq = int(max_seqlen) if max_seqlen is not None else int(lengths.max()) if batch else 0
-    mask = torch.arange(seq, device=q.device)[None, :] < lengths[:, None]  # (B, S)
-    indices = mask.flatten().nonzero(as_tuple=False).flatten()
+    mask, indices = padding_mask_of(cu_seqlens.to(q.device), max_seqlen)  # (B, S), (total,)
+    batch, seq = mask.shape
     padded = (pad_input(t.flatten(1), indices, batch, seq).unflatten(-1, t.shape[1:]) for t in (q, k, v))
     return *padded, mask, indices
 

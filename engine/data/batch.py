@@ -28,6 +28,7 @@ import torch
 
 from bertforge.csrc import unpad_offsets
 from bertforge.data import packing
+from bertforge.kernels.padding import token_sequence_ids
 
 
 PAD_DROPOUT_ID = 2 ** 62  # dropout id of packed padding segments: outside the samples' [0, 2^62)
@@ -85,10 +86,9 @@ class Batch:
     def segment_dropout_ids(self) -> torch.Tensor:
         """(B + R,) int64 dropout ids of a packed batch's cu_seqlens segments: each sample's own, PAD_DROPOUT_ID for
         the row tails (padding, which never reaches a real token)."""
-        starts = self.cu_seqlens[:-1].long()
-        out = torch.full(starts.shape, PAD_DROPOUT_ID, dtype=torch.int64)
-        # a full row's empty tail starts where the next sample does: take the last segment starting there
-        seg = torch.searchsorted(starts, self.cls_positions_unpad, right=True) - 1
+        out = torch.full((self.cu_seqlens.numel() - 1,), PAD_DROPOUT_ID, dtype=torch.int64)
+        # a full row's empty tail starts where the next sample does: the token's segment is the non-empty one
+        seg = token_sequence_ids(self.cu_seqlens, int(self.cu_seqlens[-1]))[self.cls_positions_unpad]
         out[seg] = self.dropout_ids
         return out
 

@@ -195,7 +195,7 @@ class BlendedDataset:
     def masker(self, mlm_probability: float = 0.15, random_replacement: str = "unigram"):
         """The members' 80/10/10 Masker with random replacements drawn from the blend's unigram distribution (each
         dataset's token frequencies, weighted by its blend weight) or uniformly."""
-        from bertforge.data.masking import Masker, replacement_distribution
+        from bertforge.data.masking import build_masker
 
         if random_replacement not in ("unigram", "uniform"):
             raise ValueError("random_replacement must be 'unigram' or 'uniform'")
@@ -203,8 +203,8 @@ class BlendedDataset:
         if random_replacement == "unigram":
             counts = sum(w * c / max(c.sum(), 1) for w, c in
                          zip(self.weights, (ds.data.unigram_counts().astype(np.float64) for ds in self.datasets)))
-        probs = replacement_distribution(self.data.vocab_size, self.special.as_list(), counts)
-        return Masker(self.special.mask_id, probs, mlm_probability, self.seed)
+        return build_masker(self.special.mask_id, self.data.vocab_size, self.special.as_list(), counts,
+                            mlm_probability, self.seed)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

@@ -89,6 +89,21 @@ class Masker:
         labels = np.where(chosen, ids, -100)
         return out, labels
 
+    def mask_sequences(self, seqs, special_ids, epoch: int = 0, sample_ids=None) -> tuple[list, list]:
+        """Ragged form of __call__: seqs, a list of B token-id lists (special_ids never chosen), sample_ids (B,)
+        (default 0..B-1) -> (masked ids, labels (-100 = not chosen)), one list per sequence. The same draws as the
+        right-padded (B, max len) batch, since a mask depends only on (seed, epoch, sample id, position)."""
+        width = max(len(s) for s in seqs)
+        ids = np.zeros((len(seqs), width), dtype=np.int64)
+        special = np.ones((len(seqs), width), dtype=bool)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = s
+            special[i, : len(s)] = np.isin(np.asarray(s), list(special_ids))
+        sid = None if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
+        masked, labels = self(ids, special, epoch, sid)
+        return ([masked[i, : len(s)].tolist() for i, s in enumerate(seqs)],
+                [labels[i, : len(s)].tolist() for i, s in enumerate(seqs)])
+
     @staticmethod
     def _whole_word(score, cand, word_start, k, pos):
         B, S = score.shape
@@ -123,6 +138,17 @@ def replacement_distribution(vocab_size: int, special_ids, unigram_counts: np.nd
     return p / p.sum()
 
 
+def build_masker(mask_token_id: int, vocab_size: int, special_ids, unigram_counts: np.ndarray | None = None,
+                 mlm_probability: float = 0.15, seed: int = 0, mask_replace_prob: float = 0.8,
+                 random_replace_prob: float = 0.1) -> Masker:
+    """The host's 80/10/10 Masker: random replacements drawn by `unigram_counts` (vocab_size,) (None = uniformly)
+    over the vocabulary less special_ids and mask_token_id (`replacement_distribution`). Pretraining corpora, blends,
+    finetuning's domain MLM and `mask_tokens` all build their masker here."""
+    specials = set(int(i) for i in special_ids) | {int(mask_token_id)}
+    probs = replacement_distribution(vocab_size, sorted(specials), unigram_counts)
+    return Masker(mask_token_id, probs, mlm_probability, seed, mask_replace_prob, random_replace_prob)
+
+
 def mask_tokens(input_ids, special_tokens_mask, rng_or_seed, *, mask_token_id: int, vocab_size: int,
                 mlm_probability: float = 0.15, unigram_probs: np.ndarray | None = None, whole_word=None, epoch: int = 0,
                 sample_ids=None, special_ids=None, mask_replace_prob: float = 0.8,
@@ -135,9 +161,8 @@ def mask_tokens(input_ids, special_tokens_mask, rng_or_seed, *, mask_token_id: i
     to_np = (lambda x: None if x is None else x.detach().cpu().numpy()) if is_torch else \
         (lambda x: None if x is None else np.asarray(x))
     seed = int(rng_or_seed.integers(0, 2 ** 63)) if isinstance(rng_or_seed, np.random.Generator) else int(rng_or_seed)
-    specials = set(special_ids or ()) | {mask_token_id}
-    masker = Masker(mask_token_id, replacement_distribution(vocab_size, specials, unigram_probs), mlm_probability,
-                    seed, mask_replace_prob, random_replace_prob)
+    masker = build_masker(mask_token_id, vocab_size, special_ids or (), unigram_probs, mlm_probability, seed,
+                          mask_replace_prob, random_replace_prob)
     masked, labels = masker(to_np(input_ids), to_np(special_tokens_mask), epoch, to_np(sample_ids), to_np(whole_word))
     if is_torch:
         import torch

@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from bertforge.kernels.padding import cu_seqlens_from_lengths
 
 
 def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,7 +59,7 @@ def pack(lengths: np.ndarray, seq_len: int, num_rows: int | None = None) -> Pack
                          f"needs {len(fill)} rows, more than the {R} allowed (raise pad_rows_to)")
     fill = np.pad(fill, (0, R - len(fill)))
     starts = row * seq_len + offset
-    cu_unpad = np.concatenate([[0], np.cumsum(lengths)])
+    cu_unpad = cu_seqlens_from_lengths(torch.from_numpy(lengths))[0].numpy().astype(np.int64)  # (B + 1,)
     token_index = np.repeat(starts - cu_unpad[:-1], lengths) + np.arange(cu_unpad[-1])
     tails = np.arange(R, dtype=np.int64) * seq_len + fill
     seg_starts = np.sort(np.concatenate([starts, tails]), kind="stable")  # (B + R,)

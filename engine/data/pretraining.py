@@ -13,7 +13,7 @@ import numpy as np
 
 from bertforge.data.batch import Batch, collate
 from bertforge.data.indexed import IndexedDataset
-from bertforge.data.masking import Masker, continuation_ids, replacement_distribution
+from bertforge.data.masking import Masker, build_masker, continuation_ids
 from bertforge.data.sample_map import cached_sample_map
 from bertforge.data.tokenizer import SpecialIds, load_tokenizer, special_ids, tokenizer_hash
 
@@ -97,8 +97,8 @@ class PretrainingDataset:
         counts = self.data.unigram_counts() if random_replacement == "unigram" else None
         if random_replacement not in ("unigram", "uniform"):
             raise ValueError("random_replacement must be 'unigram' or 'uniform'")
-        probs = replacement_distribution(self.data.vocab_size, self.special.as_list(), counts)
-        return Masker(self.special.mask_id, probs, mlm_probability, self.seed)
+        return build_masker(self.special.mask_id, self.data.vocab_size, self.special.as_list(), counts,
+                            mlm_probability, self.seed)
 
 
 class PretrainingCollator:

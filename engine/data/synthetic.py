@@ -35,9 +35,9 @@ class SyntheticSource:
 
     @property
     def replacement_probs(self):  # (V,) uniform over the non-special tokens 5..V-1 (for --masking device)
-        from bertforge.data.masking import replacement_distribution
+        from bertforge.data.masking import build_masker
 
-        return replacement_distribution(self.vocab_size, range(5))
+        return build_masker(MASK_ID, self.vocab_size, range(5)).replacement_probs
 
     def _sequence(self, g: torch.Generator, n: int) -> torch.Tensor:
         out = torch.empty(n, dtype=torch.long)
@@ -75,6 +75,8 @@ class SyntheticSource:
         if not self.mask:  # device masking: unmasked ids, special-token masks and a seed
             return collate(ids.numpy(), types.numpy(), lengths.numpy(), nsp.numpy(), special_mask=special.numpy(),
                            mask_seed=mask_seed(self.seed, 0, index), pack=self.pack)
+        # 80/10/10 drawn from this batch's torch stream, not data.masking's counter-based Masker: a stream of its own,
+        # which tests and benchmarks pin their synthetic loss curves on
         chosen = (torch.rand((B, S), generator=g) < self.p) & ~special
         chosen[:, 1] |= ~chosen.any(1)  # at least one masked token per sequence
         flat = chosen.flatten().nonzero().flatten()

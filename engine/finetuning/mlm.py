@@ -15,6 +15,7 @@ initialised head transform (the decoder is tied to the word embeddings): its "be
 untrained head, and the gain includes learning that head."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -27,10 +28,11 @@ from torch import nn
 
 from bertforge.config import ModelConfig
 from bertforge.data.grouping import pack_token_lists
-from bertforge.data.masking import most_frequent_token_accuracy
+from bertforge.data.masking import build_masker, most_frequent_token_accuracy
 from bertforge.data.tokenizer import special_ids
 from bertforge.errors import DataError
 from bertforge.heads import BertForPreTraining
+from bertforge.kernels.padding import token_sequence_ids
 
 EVAL_MASK_SEED = 20240917
 
@@ -50,24 +52,13 @@ class MlmTask:
     name: str = "mlm"
 
     def __post_init__(self):
-        from bertforge.data.masking import Masker, replacement_distribution
-
-        probs = replacement_distribution(self.vocab_size, set(self.special_ids) | {self.mask_id})
-        self._masker = lambda seed: Masker(self.mask_id, probs, self.mlm_probability, seed)
+        self._masker = build_masker(self.mask_id, self.vocab_size, self.special_ids, None, self.mlm_probability)
 
     def mask(self, seqs: Sequence[Sequence[int]], seed: int, sample_ids: Sequence[int], epoch: int = 0
              ) -> tuple[list, list]:
         """Masked ids and labels (-100 = not chosen) of each sequence, per the pretraining masker (counter-based on
         (seed, epoch, sample id))."""
-        width = max(len(s) for s in seqs)
-        ids = np.zeros((len(seqs), width), dtype=np.int64)
-        special = np.ones((len(seqs), width), dtype=bool)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = s
-            special[i, : len(s)] = np.isin(np.asarray(s), self.special_ids)
-        masked, labels = self._masker(seed)(ids, special, epoch, np.asarray(sample_ids, dtype=np.int64))
-        return ([masked[i, : len(s)].tolist() for i, s in enumerate(seqs)],
-                [labels[i, : len(s)].tolist() for i, s in enumerate(seqs)])
+        return dataclasses.replace(self._masker, seed=seed).mask_sequences(seqs, self.special_ids, epoch, sample_ids)
 
     def fixed_masks(self, seqs: Sequence[Sequence[int]]) -> list[dict]:
         masked, labels = self.mask(seqs, EVAL_MASK_SEED, range(len(seqs)))
@@ -111,7 +102,7 @@ class MlmTask:
         nll = F.cross_entropy(logits, gold, reduction="none")
         correct = logits.argmax(-1) == gold
         if "cu_seqlens" in batch:
-            owner = torch.searchsorted(batch["cu_seqlens"][1:].long(), positions, right=True)
+            owner = token_sequence_ids(batch["cu_seqlens"], flat.numel())[positions]
         else:
             owner = positions // labels.shape[1]
         n = len(batch["cu_seqlens"]) - 1 if "cu_seqlens" in batch else labels.shape[0]

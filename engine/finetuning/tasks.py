@@ -22,6 +22,7 @@ from bertforge.config import ModelConfig
 from bertforge.finetuning import data_ner
 from bertforge.finetuning.metrics import classification_metrics, collapse, entity_metrics, token_metrics
 from bertforge.heads import BertForSequenceClassification, BertForTokenClassification
+from bertforge.kernels.padding import cu_seqlens_from_lengths
 
 TASK_FILE = "bertforge_task.json"  # written beside config.json of every finetuned model
 
@@ -38,11 +39,9 @@ def pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 def unpad(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Concatenated tokens (total,), cu_seqlens (B+1,) int32 and the longest length: the model's unpadded layout,
     in which the dense layers never see a padding token."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int32)
-    cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
+    cu, longest = cu_seqlens_from_lengths([len(s) for s in seqs])
     flat = torch.tensor(list(itertools.chain.from_iterable(seqs)), dtype=torch.long)
-    return flat, cu, int(lengths.max())
+    return flat, cu, longest
 
 
 def token_rows(values: torch.Tensor, batch: dict) -> list[torch.Tensor]:
