@@ -158,6 +158,8 @@ class PretrainingTask(TrainTask):
         before the process group: bad input fails first)."""
         cfg, self.trainer = self.cfg, trainer
         self.run_dir = Path(cfg.run.output_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"--output-dir {self.run_dir}: is a file; give a folder path")
         ckpt = trainer.ckpt
         latest = ckpt.latest()
         if cfg.run.resume and latest is None:
@@ -219,8 +221,11 @@ class PretrainingTask(TrainTask):
         cfg, t = self.cfg, self.trainer
         env = environment()  # a collective (the hosts of all ranks): every rank calls it
         if t.rank == 0:
+            # "train" repeats the run as planned (`--config RUN/config.json`): not a resume, no extension (each
+            # extension is listed under "extended"; the checkpoints' meta.json keeps the launch's own settings)
+            planned = {**cfg.to_flat(), "resume": False, "extend_steps": 0}
             write_json(self.run_dir / "config.json",
-                       {"train": cfg.to_flat(), "model": dataclasses.asdict(self.model_cfg),
+                       {"train": planned, "model": dataclasses.asdict(self.model_cfg),
                         "applied_dropout": self.model_cfg.applied_dropout(),
                         "world_size": t.world, "grad_accum": t.accum, "extended": t.plan.extended,
                         "environment": env})

@@ -127,3 +127,14 @@ def test_metrics_with_a_cut_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"split": "tr\n' + text)
     with pytest.raises(DataError, match=r"metrics.jsonl:1: not valid JSON"):
         read_metrics(tmp_path)
+
+
+def test_pretrain_output_dir_is_an_existing_file(prepared, tokenizer_dir, tmp_path, capsys):
+    """Refused in one line naming the flag before any data is opened or an engine built."""
+    blocker = tmp_path / "run"
+    blocker.write_text("I am a file")
+    assert main(["pretrain", "--data", str(prepared[0]), "--tokenizer", str(tokenizer_dir), "--preset", "tiny",
+                 "--steps", "2", "--no-progress", "--output-dir", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output-dir {blocker}: is a file" in err, err
+    assert blocker.read_text() == "I am a file"

@@ -147,7 +147,8 @@ def test_sync_lr_leaves_an_unchanged_schedule_bit_equal():
 def test_pretrain_resume_follows_the_rule(tmp_path):
     """The trainer's call site, end to end: 4 steps; resumed unchanged: a no-op (no new metrics lines); --steps 8:
     one line pointing to --extend-steps; --extend-steps 8: steps 5-8 at the 8-step schedule's rates (warmup kept),
-    no duplicate metrics lines, config.json keeps --steps 4 and lists the extension."""
+    no duplicate metrics lines, config.json keeps --steps 4 (a new run from it: no --resume, no
+    --extend-steps) and lists the extension."""
     import subprocess
 
     from tests.training.conftest import REPO, worker_env
@@ -184,5 +185,6 @@ def test_pretrain_resume_follows_the_rule(tmp_path):
         assert lr[step] == pytest.approx(1e-3 * schedule_factor(step - 1, 1, 8, "poly"), rel=1e-12) and lr[step] > 0
     assert [x["step"] for x in lines if x["split"] == "eval"] == [2, 4, 6, 8]
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["steps"] == 4 and config["train"]["extend_steps"] == 8
+    # config.json repeats the run as planned (`--config`): no resume, no extension; the extensions listed apart
+    assert config["train"]["steps"] == 4 and config["train"]["extend_steps"] == 0 and not config["train"]["resume"]
     assert config["extended"] == [{"step": 4, "from_steps": 4, "to_steps": 8}]
