@@ -40,7 +40,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _timing import run_child  # noqa: E402  (benchmarks/: the script's own folder)
 
 SHAPES = {"tiny-64": ("tiny", 64), "minilm-128": ("minilm-l6", 128), "base-128": ("bert-base", 128),
           "base-512": ("bert-base", 512), "large-128": ("bert-large", 128)}
@@ -255,14 +255,8 @@ def _measure_in_child(shape: str, variant: str, args, precision: str, env: dict)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", shape, variant, "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", precision,
            "--vocab", str(args.vocab), "--threads", str(args.threads)]
-    load = os.getloadavg()[0]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        r = json.loads(line[7:]) if line else {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-    except subprocess.TimeoutExpired:
-        r = {"error": f"timed out after {args.timeout:.0f} s"}
-    r.update(shape=shape, variant=variant, batch=args.batch, precision=precision, load_avg=load)
+    r = run_child(cmd, env, args.timeout)
+    r.update(shape=shape, variant=variant, batch=args.batch, precision=precision)
     return r
 
 

@@ -29,7 +29,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _timing import run_child  # noqa: E402  (benchmarks/: the script's own folder)
 
 VARIANTS = ("hf", "ours", "ours-repad", "ours-file")
 
@@ -226,14 +226,8 @@ def _child(variant: str, model_dir: Path, args, env: dict) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", variant, str(model_dir), "--length",
            str(args.length), "--batch", str(args.batch), "--texts", str(args.texts), "--passes", str(args.passes),
            "--threads", str(args.threads)]
-    load = os.getloadavg()[0]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        r = json.loads(line[7:]) if line else {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-    except subprocess.TimeoutExpired:
-        r = {"error": f"timed out after {args.timeout:.0f} s"}
-    r.update(variant=variant, load_avg=load)
+    r = run_child(cmd, env, args.timeout)
+    r.update(variant=variant)
     return r
 
 
