@@ -17,6 +17,8 @@ Task: sequence classification (2 classes) of synthetic examples whose lengths ar
         ours-ds-clip     DeepSpeed's per-parameter gradient clipping (+ its norm all-reduce) instead of torch's
                          foreach clip_grad_norm_ (bertforge.deepspeed.apply_foreach_clipping)
         ours-foreach     torch's multi-tensor AdamW instead of the fused one (build_optimizer(fused=False))
+        ours-full-last-layer  the last encoder layer on every token (ModelConfig.last_layer_subset=False) instead
+                         of the [CLS] rows only
 Each variant runs in its own process (one shape and variant at a time): examples/s is the micro batch over the
 median wall time of an optimizer step after `--warmup` steps (CUDA synchronised); cpu_step_s the median process CPU
 time of a step (all of the process' threads: with --threads 1 the work itself, robust to a loaded machine); peak
@@ -53,7 +55,7 @@ from _timing import run_child  # noqa: E402  (benchmarks/: the script's own fold
 
 SHAPES = {"tiny-64": ("tiny", 64), "minilm-128": ("minilm-l6", 128), "base-128": ("bert-base", 128),
           "base-512": ("bert-base", 512), "large-128": ("bert-large", 128)}
-VARIANTS = ("hf", "ours", "ours-padded", "ours-repad", "ours-ds-clip", "ours-foreach")
+VARIANTS = ("hf", "ours", "ours-padded", "ours-repad", "ours-ds-clip", "ours-foreach", "ours-full-last-layer")
 
 
 def examples(n: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -143,7 +145,7 @@ def _ablate(variant: str) -> dict:
     elif variant == "ours-foreach":
         build = runtime.build_optimizer  # the runtime passes fused= itself: force it off
         runtime.build_optimizer = functools.wraps(build)(lambda *a, **k: build(*a, **{**k, "fused": False}))
-    elif variant != "ours":
+    elif variant not in ("ours", "ours-full-last-layer"):  # the latter: measure_ours builds the model config
         raise ValueError(f"unknown variant {variant!r}")
     return {}
 
@@ -170,7 +172,9 @@ def measure_ours(cfg, feats: list[dict], batch: int, steps: int, warmup: int, pr
     task = ClassifyTask(["a", "b"], max(len(f["input_ids"]) for f in feats), train=feats)
     times, cpu = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = seed_trainer(task, cfg.replace(kernels=kernels), None, args, 0, Path(tmp), par,
+        # as run_classify builds it: with [CLS] pooling the last layer on the [CLS] rows only
+        model_cfg = cfg.replace(kernels=kernels, last_layer_subset=variant != "ours-full-last-layer")
+        trainer = seed_trainer(task, model_cfg, None, args, 0, Path(tmp), par,
                                echo=lambda s: None)
         trainer.setup()
         trainer.engine.train()

@@ -2,14 +2,15 @@
 batch, sequence length and precision, in one run.
 
 For each model shape it times N optimizer steps (after warm-up; CUDA events on GPU, perf_counter on CPU; median) of
-  hf                  transformers BertForPreTraining, SDPA attention, bf16 autocast, AdamW(fused=True), batches
+  hf                  transformers BertForPreTraining, SDPA attention, bf16 autocast, AdamW(fused=True) (the Trainer's
+                      default since torch 2.8, on CPU too), batches
                       padded to their longest sequence (multiple of 8, as DataCollatorForLanguageModeling does),
                       MLM logits on every token: what users run
   hf-compile          the same under torch.compile
   ours                bertforge with everything on: unpadded (varlen) batches, Triton kernels (GPU), masked-rows-only
-                      MLM head with the fused sparse loss, fused AdamW; dropout keyed per sample (`dropout_ids`),
-                      as pretraining runs it (every ours* variant; on CPU the masks from the C++ Philox, as
-                      `bertforge pretrain` registers it)
+                      MLM head with the fused sparse loss, fused AdamW (CPU too); dropout keyed per sample
+                      (`dropout_ids`), as pretraining runs it (every ours* variant; on CPU the masks from the C++
+                      Philox, as `bertforge pretrain` registers it)
   ours-compile        the same under torch.compile (the kernels are custom ops it traces through)
 and the ablations, each switching ONE piece of `ours` off (or adding one):
   ours-padded         padded (B, S) batches instead of unpadded
@@ -251,8 +252,7 @@ def build(variant: str, cfg, device):
     if variant == "ours-lamb":
         optimizer = build_optimizer("lamb", groups, 1e-4)
     else:
-        optimizer = build_optimizer("adamw", groups, 1e-4,
-                                    fused=device.type == "cuda" and variant != "ours-unfused-adamw")
+        optimizer = build_optimizer("adamw", groups, 1e-4, fused=variant != "ours-unfused-adamw")  # CPU too
     return model, forward, optimizer
 
 

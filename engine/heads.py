@@ -232,14 +232,21 @@ class BertForSequenceClassification(nn.Module):
         init_weights(self.classifier, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None, cls_positions=None) -> ClassifierOutput:
+                max_seqlen=None, labels=None, cls_positions=None, dropout_ids=None) -> ClassifierOutput:
         """labels (B,) aligned with cls_positions (B,) when given (packed batches, [CLS] pooling only; see
-        BertModel.forward)."""
+        BertModel.forward). With [CLS] pooling and config.last_layer_subset the last encoder layer computes its
+        attention output projection, FFN and LayerNorms for the [CLS] rows only (keys and values from every token):
+        the same logits, loss and gradients; ~75% of that layer's work saved. dropout_ids: one int64 per sequence
+        keying the encoder's dropout masks per sample (BertModel.forward); the head's dropout draws from torch's
+        generator."""
         if self.pooling == "mean" and cls_positions is not None:
             raise ValueError("mean pooling takes one sequence per row (padded) or per cu_seqlens segment, not "
                              "packed samples with cls_positions")
+        subset = None
+        if self.pooling == "cls" and self.bert.config.last_layer_subset:  # the last layer on the [CLS] rows only
+            subset = torch.empty(0, dtype=torch.int64, device=input_ids.device)
         sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens,
-                                     max_seqlen, cls_positions)
+                                     max_seqlen, cls_positions, dropout_ids, subset_positions=subset)
         if self.pooling == "mean":
             pooled = mean_states(sequence, attention_mask, cu_seqlens)  # (B, h)
         logits = self.classifier(self.dropout(pooled))  # (B, C)
@@ -259,10 +266,12 @@ class BertForTokenClassification(nn.Module):
         init_weights(self.classifier, config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None, cu_seqlens=None,
-                max_seqlen=None, labels=None, num_items_in_batch=None) -> ClassifierOutput:
+                max_seqlen=None, labels=None, num_items_in_batch=None, dropout_ids=None) -> ClassifierOutput:
         """labels: same shape as input_ids, -100 where ignored (padding, non-first sub-words). num_items_in_batch:
-        labelled tokens of the whole optimizer step (over_items); None: this micro batch's mean."""
-        sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen)
+        labelled tokens of the whole optimizer step (over_items); None: this micro batch's mean. dropout_ids: as
+        BertForSequenceClassification.forward."""
+        sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
+                                dropout_ids=dropout_ids)
         logits = self.classifier(self.dropout(sequence))  # (B, S, C) or (total, C)
         loss = None
         if labels is not None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bertforge import ops
@@ -159,12 +158,12 @@ class BertSublayerOutput(nn.Module):
         return [self.dense.weight, self.dense.bias, self.LayerNorm.weight, self.LayerNorm.bias]
 
     def forward(self, x, residual, batch: TokenLayout | None = None):
-        y = F.linear(x, self.dense.weight)  # bias is fused into the epilogue
         seed, rows = (batch.dropout_seed(self), batch.token_ids) if batch is not None else (None, None)
-        return ops.bias_dropout_add_layernorm(y, self.dense.bias, residual, self.LayerNorm.weight,
-                                              self.LayerNorm.bias, self.LayerNorm.eps,
-                                              self.dropout_p if self.training else 0.0, seed=seed, row_ids=rows,
-                                              dropout_bits=self.dropout_bits, backend=self.backend)
+        return ops.linear_bias_dropout_add_layernorm(x, self.dense.weight, self.dense.bias, residual,
+                                                     self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps,
+                                                     self.dropout_p if self.training else 0.0, seed=seed,
+                                                     row_ids=rows, dropout_bits=self.dropout_bits,
+                                                     backend=self.backend)
 
 
 class BertAttention(nn.Module):
@@ -193,7 +192,7 @@ class BertIntermediate(nn.Module):
         return [self.dense.weight, self.dense.bias]
 
     def forward(self, x):
-        return ops.bias_gelu(F.linear(x, self.dense.weight), self.dense.bias, self.approximate, backend=self.backend)
+        return ops.linear_bias_gelu(x, self.dense.weight, self.dense.bias, self.approximate, backend=self.backend)
 
 
 class BertLayer(nn.Module):

@@ -11,6 +11,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from bertforge.errors import ConfigError
 
@@ -128,6 +129,33 @@ def bias_dropout_add_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: to
     the Philox mask of kernels/layer_norm.py on both backends (seed None and dropout_bits: as `attention`)."""
     return _impl("bias_dropout_add_layernorm", backend)(x, bias, residual, weight, ln_bias, eps, dropout_p,
                                                         seed=seed, row_ids=row_ids, dropout_bits=dropout_bits)
+
+
+# ---- a dense layer and its epilogue -------------------------------------------------------------------------------
+# The reference path adds the bias inside the GEMM (addmm: no separate pass over the (n, out) output, and under
+# autocast the bias joins the low-precision GEMM instead of promoting its output to fp32); the Triton path runs the
+# GEMM without bias and adds it in the fused epilogue. Both compute epilogue(x @ weight.T + bias).
+def linear_bias_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, approximate: str = "none",
+                     backend: str = "none") -> torch.Tensor:
+    """gelu(x @ weight.T + bias). x (..., k), weight (n, k), bias (n,) -> (..., n)."""
+    if backend == "none":
+        return F.gelu(F.linear(x, weight, bias), approximate=approximate)
+    return bias_gelu(F.linear(x, weight), bias, approximate, backend=backend)
+
+
+def linear_bias_dropout_add_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                                      residual: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+                                      eps: float, dropout_p: float = 0.0, seed: torch.Tensor | None = None,
+                                      row_ids: torch.Tensor | None = None, dropout_bits: int = 8,
+                                      backend: str = "none") -> torch.Tensor:
+    """LayerNorm(residual + dropout(x @ weight.T + bias)): `bias_dropout_add_layernorm` after the dense layer.
+    x (..., k), weight (h, k), bias (h,), residual (..., h) -> (..., h); the dropout arguments as there."""
+    if backend == "none":
+        return reference.bias_dropout_add_layernorm_ref(F.linear(x, weight, bias), None, residual, ln_weight,
+                                                        ln_bias, eps, dropout_p, seed=seed, row_ids=row_ids,
+                                                        dropout_bits=dropout_bits)
+    return bias_dropout_add_layernorm(F.linear(x, weight), bias, residual, ln_weight, ln_bias, eps, dropout_p,
+                                      seed=seed, row_ids=row_ids, dropout_bits=dropout_bits, backend=backend)
 
 
 # ---- dropout (the embeddings') -----------------------------------------------------------------------------------

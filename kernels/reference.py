@@ -82,7 +82,8 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     (L_i, L_i) per head, in fp32 for lower-precision inputs, then dropout, then @ v; no padding token is computed or
     masked (on CPU, forward + backward at B 16, lengths uniform in [S/4, S], dropout 0.1, process CPU time: 2.1x
     padding + masked SDPA at MiniLM's 12 heads x 32, S 128, 1.6x at the tiny preset's 2 x 64, S 64; forward
-    alone 2.6x and 3x).
+    alone 2.6x and 3x). Forward and backward are one autograd node (`_VarlenAttention`) that writes each sequence's
+    rows of q's layout directly.
     Dropout: torch's generator (one Bernoulli draw for all sequences), or with a Philox `seed` the kernel's mask for
     `row_ids` (B,) at the same (query, key) positions as the padded layout (`attention_dropout_keep_ref`), so both
     layouts drop alike. The probability applied is quantized_dropout_p(dropout_p, dropout_bits), as everywhere.
@@ -91,35 +92,78 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
         raise ValueError(f"attention: unpadded q must be (total, nh, d), got {tuple(q.shape)}")
     starts = cu_seqlens.tolist()
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    keep = None
-    if dropout_p > 0 and seed is not None and len(starts) > 1:
-        longest = max(b - a for a, b in zip(starts, starts[1:]))
-        keep = attention_dropout_keep_ref(seed, len(starts) - 1, q.shape[1], longest, dropout_p, row_ids,
-                                          device=q.device, dropout_bits=dropout_bits)  # (B, nh, S, S)
     lengths = [b - a for a, b in zip(starts, starts[1:])]
     if not lengths:
         return q.new_zeros(q.shape)
     nh = q.shape[1]
-    # one transpose of each whole tensor, then split (views; its backward is one concatenation, where slicing
-    # would write a full-size gradient per sequence)
-    qs = (q * scale).transpose(0, 1).split(lengths, dim=1)  # (nh, L, d) each
-    kts = k.permute(1, 2, 0).split(lengths, dim=2)  # (nh, d, L) each
-    vs = v.transpose(0, 1).split(lengths, dim=1)  # (nh, L, d) each
     p_q = quantized_dropout_p(dropout_p, dropout_bits) if dropout_p > 0 else 0.0
-    drop = None
-    if dropout_p > 0 and keep is None:  # torch's generator: one draw for every sequence's (nh, L, L) block
-        drop = torch.empty(sum(nh * n * n for n in lengths), device=q.device,
-                           dtype=torch.promote_types(q.dtype, torch.float32))
+    keyed = p_q > 0 and seed is not None
+    if keyed and row_ids is not None and row_ids.shape != (len(lengths),):
+        raise ValueError(f"row_ids must be ({len(lengths)},) non-negative int64")
+    multipliers = None  # per sequence (nh, L, L) fp32: 0 where dropped, 1 / (1 - p_q) where kept
+    if keyed:  # sequence i's block of the kernel's mask: positions within the sequence, its own row id
+        multipliers = [keep_multiplier(attention_dropout_keep_ref(
+            seed, 1, nh, n, dropout_p, row_ids[i:i + 1] if row_ids is not None else torch.tensor([i]),
+            device=q.device, dropout_bits=dropout_bits)[0], p_q) for i, n in enumerate(lengths)]
+    elif p_q > 0:  # torch's generator: one draw for every sequence's (nh, L, L) block
+        drop = torch.empty(sum(nh * n * n for n in lengths), device=q.device, dtype=torch.float32)
         drop = drop.bernoulli_(1.0 - p_q).mul_(1.0 / (1.0 - p_q)).split([nh * n * n for n in lengths])
-    outs = []
-    for i, n in enumerate(lengths):
-        p = torch.softmax(torch.matmul(qs[i], kts[i]).float(), dim=-1)  # (nh, L, L)
-        if keep is not None:
-            p = p * keep[i, :, :n, :n].to(p.dtype) / (1.0 - p_q)
-        elif drop is not None:
-            p = p * drop[i].view(nh, n, n)
-        outs.append(torch.matmul(p.to(vs[i].dtype), vs[i]))  # (nh, L, d)
-    return torch.cat(outs, dim=1).transpose(0, 1)  # (total, nh, d)
+        multipliers = [m.view(nh, n, n) for m, n in zip(drop, lengths)]
+    return _VarlenAttention.apply(q, k, v, lengths, scale, multipliers)
+
+
+def keep_multiplier(keep: torch.Tensor, p_q: float) -> torch.Tensor:
+    """Dropout keep flags (bool) -> the fp32 multiplier 0 / (1 / (1 - p_q)) (one fast float multiply per use, where
+    a bool operand or torch.where takes a slow path on CPU; fp32 even for bf16 values: 1 / (1 - p) is not a bf16
+    number)."""
+    return keep.to(torch.float32).mul_(1.0 / (1.0 - p_q))
+
+
+class _VarlenAttention(torch.autograd.Function):
+    """Unpadded attention one sequence at a time with a hand-written backward (the CPU path): per sequence and head
+    S = (q * scale) k^T, P = softmax(S) in fp32, P' = P * M (M the dropout multiplier or none), O = P' v; backward
+    dv = P'^T dO, dP = (dO v^T) * M, dS = P * (dP - rowsum(dP * P)), dq = dS k * scale, dk = dS^T (q * scale). Each
+    sequence's results are written straight into its rows of one (total, nh, d) buffer per output (autograd over
+    per-sequence views would concatenate them again). Matmuls run in q's dtype, softmax and dS in fp32."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lengths, scale, multipliers):
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # (total, nh, d)
+        qs = q * scale  # (total, nh, d), contiguous: dk needs it too
+        probs, a = [], 0
+        for i, n in enumerate(lengths):
+            p = torch.softmax(torch.bmm(qs[a:a + n].transpose(0, 1), k[a:a + n].permute(1, 2, 0)), dim=-1,
+                              dtype=torch.float32)  # (nh, L, L)
+            probs.append(p)
+            if multipliers is not None:
+                p = p * multipliers[i]
+            out[a:a + n] = torch.bmm(p.to(v.dtype), v[a:a + n].transpose(0, 1)).transpose(0, 1)
+            a += n
+        ctx.lengths, ctx.scale, ctx.multipliers, ctx.probs = lengths, scale, multipliers, probs
+        ctx.save_for_backward(qs, k, v)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qs, k, v = ctx.saved_tensors
+        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (qs, k, v))
+        dt, a = v.dtype, 0
+        for i, n in enumerate(ctx.lengths):
+            rows = slice(a, a + n)
+            do = dout[rows].transpose(0, 1).to(dt)  # (nh, L, d)
+            p = ctx.probs[i]
+            m = ctx.multipliers[i] if ctx.multipliers is not None else None
+            pd = p * m if m is not None else p
+            dv[rows] = torch.bmm(pd.to(dt).transpose(1, 2), do).transpose(0, 1)
+            dp = torch.bmm(do, v[rows].permute(1, 2, 0)).float()  # (nh, L, L)
+            if m is not None:
+                dp = dp.mul_(m)
+            ds = torch._softmax_backward_data(dp, p, -1, torch.float32).to(dt)
+            dq[rows] = torch.bmm(ds, k[rows].transpose(0, 1)).mul_(ctx.scale).transpose(0, 1)
+            dk[rows] = torch.bmm(ds.transpose(1, 2), qs[rows].transpose(0, 1)).transpose(0, 1)
+            a += n
+        ctx.probs = ctx.multipliers = None
+        return dq, dk, dv, None, None, None
 
 
 def attention_naive_ref(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, dropout_p=0.0,
@@ -381,8 +425,7 @@ def dropout_ref(x: torch.Tensor, p: float, seed=None, row_ids=None, dropout_bits
     h = x.shape[-1]
     keep = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, p, row_ids, device=x.device,
                                        dropout_bits=dropout_bits).view(x.shape)
-    return torch.where(keep, x * dropout_scale(p, dropout_bits),
-                       torch.zeros((), dtype=x.dtype, device=x.device))  # as the kernel
+    return (x * keep_multiplier(keep, quantized_dropout_p(p, dropout_bits))).to(x.dtype)
 
 
 # ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------
@@ -397,7 +440,8 @@ def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none"
 # ---- post-LN epilogue: bias + dropout + residual add + LayerNorm -------------------------------------------------
 def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0, keep_mask=None,
                                    upcast=False, seed=None, row_ids=None, dropout_bits=8):
-    """LayerNorm(residual + dropout(x + bias)); x, residual (..., h); bias, weight, ln_bias (h,). keep_mask (bool,
+    """LayerNorm(residual + dropout(x + bias)); x, residual (..., h); bias (h,) or None (already added), weight,
+    ln_bias (h,). keep_mask (bool,
     x's shape) replays a given dropout mask (the kernel's: `layer_norm_dropout_keep_ref`); a Philox `seed` (int or
     (1,) int64 tensor) with optional `row_ids` (n_rows,) draws the kernel's mask for them; with neither, torch
     draws its own. The probability applied is quantized_dropout_p(dropout_p, dropout_bits). upcast computes in
@@ -407,11 +451,15 @@ def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, drop
         keep_mask = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, dropout_p, row_ids, device=x.device,
                                                 dropout_bits=dropout_bits).view(x.shape)
     if upcast:
-        x, bias, residual, weight, ln_bias = (t.double() for t in (x, bias, residual, weight, ln_bias))
-    z = x + bias
+        x, bias, residual, weight, ln_bias = (t.double() if t is not None else None
+                                              for t in (x, bias, residual, weight, ln_bias))
+    z = x + bias if bias is not None else x
     p_q = quantized_dropout_p(dropout_p, dropout_bits) if dropout_p > 0 else 0.0
     if keep_mask is not None:
-        z = torch.where(keep_mask, z / (1.0 - p_q), torch.zeros((), dtype=z.dtype, device=z.device))
+        if upcast:
+            z = torch.where(keep_mask, z / (1.0 - p_q), torch.zeros((), dtype=z.dtype, device=z.device))
+        else:
+            z = (z * keep_multiplier(keep_mask, p_q)).to(z.dtype)
     else:
         z = F.dropout(z, p=p_q, training=p_q > 0)
     y = z + residual

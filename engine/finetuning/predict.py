@@ -90,7 +90,8 @@ def load_finetuned(directory: str | Path, max_seq_length: int | None = None, ker
     finetuned directory, in eval mode on the CPU. `max_seq_length` None: the length it was trained with.
     CheckpointError when the directory holds no finetuned classifier."""
     directory = Path(directory)
-    config = read_config(directory).replace(kernels=kernels)
+    # last_layer_subset: a [CLS]-pooled classifier's last layer runs on the [CLS] rows only (the same logits)
+    config = read_config(directory).replace(kernels=kernels, last_layer_subset=True)
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     info_path = directory / TASK_FILE
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}

@@ -324,7 +324,8 @@ def run_classify(config: ClassifyConfig, echo: Echo = ECHO, explicit: frozenset 
     out = claim_output(training.output_dir, training.resume)
     echo = start(par, echo)
     model_dir = resolve_model(training.model)
-    model = model_config(model_dir, training, par)
+    # with [CLS] pooling the last layer runs on the [CLS] rows only (BertForSequenceClassification): same updates
+    model = model_config(model_dir, training, par).replace(last_layer_subset=True)
     read = lambda path: dc.read_examples(path, data.text_column, data.text_b_column, data.label_column,
                                          files.encoding, data.format)
     split = lambda examples: dc.split_examples(examples, files.split, files.split_seed)

@@ -7,8 +7,10 @@ gradient accumulation, clipping, compile, activation checkpointing; kernels come
 
 One optimizer step = `accum` micro batches per rank; global micro batch k of the even distributed order
 (engine/data/sampler.py) runs on rank k % world, so no rank runs out of batches first (no hang at the end of an
-epoch, whatever the data size) and 1 rank x accumulation 2n takes the same steps as 2 ranks x n. Every step has one
-collective (after the backward): the ranks agree on a non-finite loss (the step is skipped everywhere) and on a
+epoch, whatever the data size) and 1 rank x accumulation 2n takes the same steps as 2 ranks x n. The encoder's
+dropout masks are keyed per example (dropout_ids from the seed, the example's epoch and its index, as in
+pretraining), so those steps also draw the same masks (the head's dropout draws from torch's generator). Every
+step has one collective (after the backward): the ranks agree on a non-finite loss (the step is skipped everywhere) and on a
 SIGTERM (checkpoint, exit 143). Dev evaluation (sharded, engine/finetuning/evaluation.py) after every epoch or
 `evals_per_epoch` times; every evaluation checkpoints: an improvement into the best-state checkpoints, otherwise into
 the resume checkpoints, so the best dev state is never lost and a resume continues from the newest of the two with
@@ -38,6 +40,7 @@ from bertforge import distributed as D
 from bertforge.config import ModelConfig
 from bertforge.config.finetune import FinetuneConfig, ParallelConfig
 from bertforge.data.sampler import MicroBatchSampler
+from bertforge.data.splitmix import sample_dropout_ids
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.finetuning.evaluation import evaluate_split, to_device
 from bertforge.finetuning.tasks import TASK_FILE
@@ -141,8 +144,11 @@ class FinetuningTask(TrainTask):
         for micro_step in range(t.accum):
             mb = self.sampler.indices(step * t.accum + micro_step)
             feats = [self.task.train[i] for i in mb.indices.tolist()]
-            batches.append(to_device(self.task.collate(feats, unpadded=self.args.unpadded,
-                                                       seed=(self.seed, mb.global_index)), t.dev))
+            batch = self.task.collate(feats, unpadded=self.args.unpadded, seed=(self.seed, mb.global_index))
+            # each example's dropout identity (seed, its epoch, its index): the encoder's masks follow the example,
+            # not the rank, micro batch or layout it lands in (as in pretraining)
+            batch["dropout_ids"] = torch.from_numpy(sample_dropout_ids(self.seed, mb.epochs, mb.indices))
+            batches.append(to_device(batch, t.dev))
         return batches
 
     def count_items(self, batches: list[dict]) -> int | None:

@@ -60,7 +60,6 @@ class RunSpec:
     optimizer: str = "adamw"        # 'adamw' | 'lamb' (bertforge.optim.build_optimizer)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
-    foreach_on_cpu: bool = False    # AdamW on CPU: the foreach path (bit-equal to the loop) instead of fused
     decay: str = "linear"           # after warmup: 'linear' | 'poly' | 'cosine' | 'constant'
     decay_power: float = 1.0
     keep_last: int = 1              # checkpoints kept
@@ -252,9 +251,7 @@ class Trainer:
         universal = self._check_resume(point)
         seed_everything(spec.seed)  # the same initial weights on every rank
         model = task.build_model(resuming=point is not None).to(self.dev)
-        fused = False if spec.foreach_on_cpu and spec.optimizer == "adamw" and self.dev.type == "cpu" else None
-        self.optimizer = build_optimizer(spec.optimizer, task.param_groups(model), spec.lr, spec.betas, spec.eps,
-                                         fused=fused)
+        self.optimizer = build_optimizer(spec.optimizer, task.param_groups(model), spec.lr, spec.betas, spec.eps)
         self.ds_config = ds.build_ds_config(micro_batch=spec.micro_batch, global_batch=spec.global_batch,
                                             grad_accum=self.accum, max_grad_norm=spec.max_grad_norm,
                                             zero_stage=spec.parallel.zero_stage, precision=spec.parallel.precision,

@@ -429,7 +429,7 @@ def run_spec(cfg: PretrainConfig, world: int) -> RunSpec:
     return RunSpec(parallel=cfg.parallel, seed=cfg.run.seed, global_batch=cfg.batch.global_batch,
                    micro_batch=cfg.batch.micro_batch, total_steps=cfg.total_steps(), warmup_steps=cfg.warmup(),
                    lr=o.lr, max_grad_norm=o.max_grad_norm, state_dir=Path(r.output_dir), optimizer=o.optimizer,
-                   betas=o.betas, eps=o.eps, foreach_on_cpu=True, decay=o.decay, decay_power=o.decay_power,
+                   betas=o.betas, eps=o.eps, decay=o.decay, decay_power=o.decay_power,
                    keep_last=r.keep_last, log_every=r.log_every, save_every=r.save_every,
                    metrics_dir=Path(r.output_dir), progress=r.progress, progress_desc="pretrain",
                    skip_advice="lower --lr, raise --warmup-steps", report_to=r.report_to,

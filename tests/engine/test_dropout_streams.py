@@ -59,7 +59,7 @@ def _recorded_masks(monkeypatch, model, ids, mask, dropout_ids):
     """Run a forward and rebuild every site's keep mask from the seed and row ids it was called with:
     [(site seed, keep over the real tokens (n_real * h,) or real (query, key) pairs, flattened sample-major)]."""
     calls = []
-    for name in ("dropout", "bias_dropout_add_layernorm", "attention"):
+    for name in ("dropout", "linear_bias_dropout_add_layernorm", "attention"):
         real_op = getattr(ops, name)
 
         def record(*args, _op=real_op, _name=name, **kw):

@@ -126,3 +126,43 @@ def test_subset_last_layer_trains_like_the_full_layer(cls, dropout):
         other_losses, other_params = _train(cls, False, dropout, seed_shift=7)
         assert (other_losses - full_losses).abs().max() > 100 * 1e-5
         assert (other_params - full_params).abs().max() > 100 * 2e-5
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_cls_classifier_subset_matches_full_layer(padded):
+    """Sequence classification with [CLS] pooling: the last layer on the [CLS] rows only gives the full layer's
+    logits, loss and gradients (fp32, dropout 0: the head's nn.Dropout draws from torch's generator), and its FFN
+    sees one row per sequence. Mean pooling keeps the whole layer."""
+    from bertforge.heads import BertForSequenceClassification
+
+    ids, types, mask, _, labels = _batch()
+    outs, grads, rows = {}, {}, {}
+    for subset in (False, True):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(CFG.replace(last_layer_subset=subset, hidden_dropout_prob=0.0,
+                                                          attention_probs_dropout_prob=0.0), 3).train()
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        ffn = model.bert.encoder.layer[-1].intermediate
+        ffn.register_forward_hook(lambda m, args, out, s=subset: rows.__setitem__(s, args[0].shape[:-1].numel()))
+        if padded:
+            out = model(ids, types, mask, labels=labels)
+        else:
+            real = mask.bool()
+            cu = torch.nn.functional.pad(mask.sum(1).cumsum(0), (1, 0)).int()
+            out = model(ids[real], types[real], cu_seqlens=cu, labels=labels)
+        out.loss.backward()
+        outs[subset] = out
+        grads[subset] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert rows == {False: int(mask.sum()) if not padded else ids.numel(), True: ids.shape[0]}
+    assert (outs[True].logits - outs[False].logits).abs().max() <= TOL
+    assert abs(outs[True].loss.item() - outs[False].loss.item()) <= TOL
+    assert grads[True].keys() == grads[False].keys()
+    for name, g in grads[True].items():
+        assert (g - grads[False][name]).abs().max().item() <= TOL, name
+    mean = BertForSequenceClassification(CFG.replace(last_layer_subset=True), 3, pooling="mean").eval()
+    ffn = mean.bert.encoder.layer[-1].intermediate
+    ffn.register_forward_hook(lambda m, args, out: rows.__setitem__("mean", args[0].shape[:-1].numel()))
+    with torch.no_grad():
+        mean(ids, types, mask)
+    assert rows["mean"] == ids.numel()
