@@ -13,6 +13,8 @@ a Hugging Face directory (tokenizer included) that both sides load.
             by length, unpadded, the model in eval mode, one output row (label + probabilities) per text
   ours-repad  `ours` with the CPU attention re-padding each unpadded batch to (B, max_seqlen) and masking
             (bertforge.kernels.reference.VARLEN_PER_SEQUENCE_ON_CPU = False)
+  ours-full-last-layer  `ours` with the last encoder layer on every token instead of the [CLS] rows only
+            (ModelConfig.last_layer_subset)
   ours-file the whole `bertforge.predict(model, csv, out=jsonl)` call: loading the model, reading the CSV, writing
             the JSONL (its texts/s includes the model load, ~1 s)
 Each variant runs in its own process; each times --passes passes over the texts after one untimed pass and keeps the
@@ -40,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from _timing import run_child  # noqa: E402  (benchmarks/: the script's own folder)
 
-VARIANTS = ("hf", "ours", "ours-repad", "ours-file")
+VARIANTS = ("hf", "ours", "ours-repad", "ours-full-last-layer", "ours-file")
 
 
 def make_words(n: int = 3000, seed: int = 0) -> list[str]:
@@ -113,6 +115,8 @@ def run_ours(model_dir: Path, texts: list[str], batch: int, length: int, variant
     if variant == "ours-repad":
         reference.VARLEN_PER_SEQUENCE_ON_CPU = False
     ft = load_finetuned(model_dir, max_seq_length=length)
+    if variant == "ours-full-last-layer":  # load_finetuned runs a [CLS] classifier's last layer on [CLS] only
+        ft.model.bert.config.last_layer_subset = False
     run = Runner(ft, micro_batch=batch)
     examples = [dc.Example(t, None, None, "texts", i + 2) for i, t in enumerate(texts)]
     return lambda: classify_rows(run, examples)
