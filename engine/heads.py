@@ -18,7 +18,8 @@ from torch import nn
 from bertforge import ops
 from bertforge.config import ModelConfig
 from bertforge.kernels.padding import seqlens_of, token_sequence_ids
-from bertforge.model import _GELU_APPROXIMATE, BertModel, init_weights
+from bertforge.model import (_GELU_APPROXIMATE, BertModel, TokenLayout, head_dropout_site, init_weights,
+                             register_dropout_site)
 
 
 @dataclass
@@ -198,6 +199,14 @@ class BertForMaskedLM(nn.Module):
 POOLINGS = ("cls", "mean")
 
 
+def _head_dropout(head: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A classification head's dropout keyed per sample: x (n_rows, h) or (..., h), rows (n_rows,) int64 Philox row
+    ids; the head's site key and the encoder's bit scheme (quantised p, as every keyed site). Training only."""
+    cfg = head.config
+    return ops.dropout(x, head.dropout.p, seed=head.dropout_seed, row_ids=rows, dropout_bits=cfg.dropout_bits,
+                       backend=cfg.kernels)
+
+
 def mean_states(sequence: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of each sequence's real-token states (sentence-transformers' mean pooling), in fp32, cast back.
@@ -228,6 +237,7 @@ class BertForSequenceClassification(nn.Module):
         self.config, self.num_labels, self.pooling = config, num_labels, pooling
         self.bert = BertModel(config, add_pooling_layer=pooling == "cls")
         self.dropout = nn.Dropout(config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout)
+        register_dropout_site(self, head_dropout_site(config))
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_weights(self.classifier, config)
 
@@ -237,8 +247,8 @@ class BertForSequenceClassification(nn.Module):
         BertModel.forward). With [CLS] pooling and config.last_layer_subset the last encoder layer computes its
         attention output projection, FFN and LayerNorms for the [CLS] rows only (keys and values from every token):
         the same logits, loss and gradients; ~75% of that layer's work saved. dropout_ids: one int64 per sequence
-        keying the encoder's dropout masks per sample (BertModel.forward); the head's dropout draws from torch's
-        generator."""
+        keying every dropout mask per sample (BertModel.forward), the head's too (its row: the sequence's [CLS]
+        token; with cls_positions the head's dropout draws from torch's generator)."""
         if self.pooling == "mean" and cls_positions is not None:
             raise ValueError("mean pooling takes one sequence per row (padded) or per cu_seqlens segment, not "
                              "packed samples with cls_positions")
@@ -249,7 +259,14 @@ class BertForSequenceClassification(nn.Module):
                                      max_seqlen, cls_positions, dropout_ids, subset_positions=subset)
         if self.pooling == "mean":
             pooled = mean_states(sequence, attention_mask, cu_seqlens)  # (B, h)
-        logits = self.classifier(self.dropout(pooled))  # (B, C)
+        if dropout_ids is not None and cls_positions is None and self.training and self.dropout.p > 0:
+            # one row per sequence: its [CLS] token's row id
+            rows = ops.token_row_ids(dropout_ids.to(device=pooled.device, dtype=torch.int64),
+                                     torch.zeros(pooled.shape[0], dtype=torch.int64, device=pooled.device))
+            pooled = _head_dropout(self, pooled, rows)
+        else:
+            pooled = self.dropout(pooled)
+        logits = self.classifier(pooled)  # (B, C)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
         return ClassifierOutput(loss, logits)
 
@@ -262,6 +279,7 @@ class BertForTokenClassification(nn.Module):
         self.config, self.num_labels = config, num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
         self.dropout = nn.Dropout(config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout)
+        register_dropout_site(self, head_dropout_site(config))
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_weights(self.classifier, config)
 
@@ -272,7 +290,13 @@ class BertForTokenClassification(nn.Module):
         BertForSequenceClassification.forward."""
         sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, position_ids, cu_seqlens, max_seqlen,
                                 dropout_ids=dropout_ids)
-        logits = self.classifier(self.dropout(sequence))  # (B, S, C) or (total, C)
+        if dropout_ids is not None and self.training and self.dropout.p > 0:
+            # each token's row id, as the encoder's row-wise sites key it
+            rows = TokenLayout(attention_mask, cu_seqlens, max_seqlen, input_ids, dropout_ids).token_ids
+            sequence = _head_dropout(self, sequence, rows)
+        else:
+            sequence = self.dropout(sequence)
+        logits = self.classifier(sequence)  # (B, S, C) or (total, C)
         loss = None
         if labels is not None:
             flat = (logits.float().flatten(0, -2), labels.flatten())

@@ -84,12 +84,17 @@ class TokenLayout:
         return out
 
 
-def _register_dropout_site(module: nn.Module, site: int) -> None:
+def register_dropout_site(module: nn.Module, site: int) -> None:
     """Give a module with dropout its site's Philox key: a (1,) int64 buffer that moves with the module and is never
     saved (not persistent). Sites: 0 the embeddings, 1 + 3 i / 2 + 3 i / 3 + 3 i layer i's attention probabilities,
-    attention output and FFN output."""
+    attention output and FFN output, then a task head's own dropout (`head_dropout_site`)."""
     module.register_buffer("dropout_seed", torch.tensor([ops.dropout_site_seed(site)], dtype=torch.int64),
                            persistent=False)
+
+
+def head_dropout_site(config: ModelConfig) -> int:
+    """The dropout site of a task head's own dropout (bertforge.heads): the first after the encoder's."""
+    return 1 + 3 * config.num_hidden_layers
 
 
 class BertEmbeddings(nn.Module):
@@ -102,7 +107,7 @@ class BertEmbeddings(nn.Module):
         self.dropout_p, self.dropout_bits = config.hidden_dropout_prob, config.dropout_bits
         self.backend = config.kernels
         self.max_positions = config.max_position_embeddings
-        _register_dropout_site(self, 0)
+        register_dropout_site(self, 0)
 
     def forward(self, input_ids, token_type_ids, position_ids, batch: TokenLayout | None = None):
         """input_ids, token_type_ids, position_ids: (B, S) or (total,) int64 -> (..., h)."""
@@ -129,7 +134,7 @@ class BertSelfAttention(nn.Module):
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_p, self.dropout_bits = config.attention_probs_dropout_prob, config.dropout_bits
         self.backend = config.kernels
-        _register_dropout_site(self, site)
+        register_dropout_site(self, site)
 
     def forward(self, x, batch: TokenLayout):
         """x (B, S, h) or (total, h) -> context in the same layout (before the output projection)."""
@@ -151,7 +156,7 @@ class BertSublayerOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p, self.dropout_bits = config.hidden_dropout_prob, config.dropout_bits
         self.backend = config.kernels
-        _register_dropout_site(self, site)
+        register_dropout_site(self, site)
 
     def params_read_in_forward(self) -> list[nn.Parameter]:
         """Child parameters this forward reads directly (ZeRO-3 must gather them for this module)."""

@@ -6,16 +6,16 @@ model is wrapped by the runtime through engine/parallelize.py only: device place
 gradient accumulation, clipping, compile, activation checkpointing; kernels come with the model config.
 
 One optimizer step = `accum` micro batches per rank; global micro batch k of the even distributed order
-(engine/data/sampler.py) runs on rank k % world, so no rank runs out of batches first (no hang at the end of an
-epoch, whatever the data size) and 1 rank x accumulation 2n takes the same steps as 2 ranks x n. The encoder's
-dropout masks are keyed per example (dropout_ids from the seed, the example's epoch and its index, as in
-pretraining), so those steps also draw the same masks (the head's dropout draws from torch's generator). Every
-step has one collective (after the backward): the ranks agree on a non-finite loss (the step is skipped everywhere) and on a
-SIGTERM (checkpoint, exit 143). Dev evaluation (sharded, engine/finetuning/evaluation.py) after every epoch or
-`evals_per_epoch` times; every evaluation checkpoints: an improvement into the best-state checkpoints, otherwise into
-the resume checkpoints, so the best dev state is never lost and a resume continues from the newest of the two with
-the identical loss sequence. At the end the best state is loaded, dev and test are scored, and rank 0 exports its
-fp32 weights (the masters under bf16 / fp16) as a Hugging Face directory.
+(engine/data/sampler.py) runs on rank k % world, so no rank runs out of batches first (no hang at the end of an epoch,
+whatever the data size) and 1 rank x accumulation 2n takes the same steps as 2 ranks x n. The encoder's dropout masks
+and the head's are keyed per example (dropout_ids from the seed, the example's epoch and its index, as in
+pretraining), so those steps also draw the same masks. Every step has one collective (after the backward): the ranks
+agree on a non-finite loss (the step is skipped everywhere) and on a SIGTERM (checkpoint, exit 143). Dev evaluation
+(sharded, engine/finetuning/evaluation.py) after every epoch or `evals_per_epoch` times; every evaluation checkpoints:
+an improvement into the best-state checkpoints, otherwise into the resume checkpoints, so the best dev state is never
+lost and a resume continues from the newest of the two with the identical loss sequence. At the end the best state is
+loaded, dev and test are scored, and rank 0 exports its fp32 weights (the masters under bf16 / fp16) as a Hugging Face
+directory.
 
 Layout of a seed's state while it runs (removed when the seed is exported):
   OUT/state/seed-N/checkpoints/       resume checkpoints (engine/train/checkpoint.py; the newest kept)

@@ -152,3 +152,31 @@ def test_site_keys_are_buffers_that_are_never_saved():
     assert len(seeds) == 1 + 3 * CFG.num_hidden_layers and len(set(seeds.values())) == len(seeds)
     assert not any("dropout_seed" in key for key in model.state_dict())
     assert seeds == {name: int(buf) for name, buf in _model().named_buffers() if name.endswith("dropout_seed")}
+
+
+@pytest.mark.parametrize("head", ["classify-cls", "classify-mean", "ner"])
+def test_task_heads_key_their_own_dropout_per_sample(head):
+    """The finetuning heads (their encoder and their own dropout) at p = 0.1 with dropout ids: a sample's logits
+    follow its id, not its batch, place or layout (padded vs unpadded), and the head's mask is active (its logits
+    differ from the same call with the head's dropout off)."""
+    from bertforge.heads import BertForSequenceClassification, BertForTokenClassification
+
+    torch.manual_seed(0)
+    if head == "ner":
+        model = BertForTokenClassification(CFG, 5).train()
+    else:
+        model = BertForSequenceClassification(CFG, 3, pooling=head.split("-")[1]).train()
+    ids, mask = _samples()
+    real = mask.bool()
+    full = model(ids, attention_mask=mask, dropout_ids=IDS).logits
+    order = [2, 0]
+    moved = model(ids[order], attention_mask=mask[order], dropout_ids=IDS[order]).logits
+    cu = F.pad(mask.sum(1).cumsum(0), (1, 0)).int()
+    flat = model(ids[real], cu_seqlens=cu, dropout_ids=IDS).logits
+    for new, old in enumerate(order):
+        want = full[old, :int(real[old].sum())] if head == "ner" else full[old]
+        got = moved[new, :int(real[old].sum())] if head == "ner" else moved[new]
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(flat, full[real] if head == "ner" else full, atol=2e-6, rtol=1e-5)
+    model.dropout.p = 0.0
+    assert (model(ids, attention_mask=mask, dropout_ids=IDS).logits - full).abs().max() > 1e-3
