@@ -112,11 +112,11 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     return _VarlenAttention.apply(q, k, v, lengths, scale, multipliers)
 
 
-def keep_multiplier(keep: torch.Tensor, p_q: float) -> torch.Tensor:
-    """Dropout keep flags (bool) -> the fp32 multiplier 0 / (1 / (1 - p_q)) (one fast float multiply per use, where
-    a bool operand or torch.where takes a slow path on CPU; fp32 even for bf16 values: 1 / (1 - p) is not a bf16
-    number)."""
-    return keep.to(torch.float32).mul_(1.0 / (1.0 - p_q))
+def keep_multiplier(keep: torch.Tensor, p_q: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dropout keep flags (bool) -> the multiplier 0 / (1 / (1 - p_q)) in `dtype`, at least fp32 (one fast float
+    multiply per use, where a bool operand or torch.where takes a slow path on CPU; never bf16 / fp16: 1 / (1 - p)
+    is not such a number)."""
+    return keep.to(torch.promote_types(dtype, torch.float32)).mul_(1.0 / (1.0 - p_q))
 
 
 class _VarlenAttention(torch.autograd.Function):
@@ -425,7 +425,7 @@ def dropout_ref(x: torch.Tensor, p: float, seed=None, row_ids=None, dropout_bits
     h = x.shape[-1]
     keep = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, p, row_ids, device=x.device,
                                        dropout_bits=dropout_bits).view(x.shape)
-    return (x * keep_multiplier(keep, quantized_dropout_p(p, dropout_bits))).to(x.dtype)
+    return (x * keep_multiplier(keep, quantized_dropout_p(p, dropout_bits), x.dtype)).to(x.dtype)
 
 
 # ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------
@@ -441,11 +441,10 @@ def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none"
 def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, dropout_p=0.0, keep_mask=None,
                                    upcast=False, seed=None, row_ids=None, dropout_bits=8):
     """LayerNorm(residual + dropout(x + bias)); x, residual (..., h); bias (h,) or None (already added), weight,
-    ln_bias (h,). keep_mask (bool,
-    x's shape) replays a given dropout mask (the kernel's: `layer_norm_dropout_keep_ref`); a Philox `seed` (int or
-    (1,) int64 tensor) with optional `row_ids` (n_rows,) draws the kernel's mask for them; with neither, torch
-    draws its own. The probability applied is quantized_dropout_p(dropout_p, dropout_bits). upcast computes in
-    fp64."""
+    ln_bias (h,). keep_mask (bool, x's shape) replays a given dropout mask (the kernel's:
+    `layer_norm_dropout_keep_ref`); a Philox `seed` (int or (1,) int64 tensor) with optional `row_ids` (n_rows,)
+    draws the kernel's mask for them; with neither, torch draws its own. The probability applied is
+    quantized_dropout_p(dropout_p, dropout_bits). upcast computes in fp64."""
     if keep_mask is None and seed is not None and dropout_p > 0:
         h = x.shape[-1]
         keep_mask = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, dropout_p, row_ids, device=x.device,
@@ -459,7 +458,7 @@ def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, drop
         if upcast:
             z = torch.where(keep_mask, z / (1.0 - p_q), torch.zeros((), dtype=z.dtype, device=z.device))
         else:
-            z = (z * keep_multiplier(keep_mask, p_q)).to(z.dtype)
+            z = (z * keep_multiplier(keep_mask, p_q, z.dtype)).to(z.dtype)
     else:
         z = F.dropout(z, p=p_q, training=p_q > 0)
     y = z + residual
