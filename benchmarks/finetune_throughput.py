@@ -12,8 +12,10 @@ Task: sequence classification (2 classes) of synthetic examples whose lengths ar
   ours-*  ablations of `ours`, each with one piece switched back to what it replaced:
         ours-padded      --no-unpadded: batches padded to their longest example (as the Trainer's)
         ours-repad       the CPU attention re-pads unpadded batches to (B, max_seqlen) and masks
-                         (bertforge.kernels.reference.VARLEN_PER_SEQUENCE_ON_CPU = False; CPU only: on a GPU
-                         the Triton kernel reads unpadded batches itself, so this row equals `ours` there)
+                         (bertforge.kernels.reference.VARLEN_PER_SEQUENCE_ON_CPU = False; with the per-example
+                         dropout keys that is the naive attention with the (B, nh, S, S) Philox mask, SDPA taking
+                         no mask; CPU only: on a GPU the Triton kernel reads unpadded batches itself, so this row
+                         equals `ours` there)
         ours-ds-clip     DeepSpeed's per-parameter gradient clipping (+ its norm all-reduce) instead of torch's
                          foreach clip_grad_norm_ (bertforge.deepspeed.apply_foreach_clipping)
         ours-foreach     torch's multi-tensor AdamW instead of the fused one (build_optimizer(fused=False))
