@@ -154,18 +154,22 @@ def test_site_keys_are_buffers_that_are_never_saved():
     assert seeds == {name: int(buf) for name, buf in _model().named_buffers() if name.endswith("dropout_seed")}
 
 
+@pytest.mark.parametrize("kernels", ["none", "triton"])
 @pytest.mark.parametrize("head", ["classify-cls", "classify-mean", "ner"])
-def test_task_heads_key_their_own_dropout_per_sample(head):
+def test_task_heads_key_their_own_dropout_per_sample(head, kernels):
     """The finetuning heads (their encoder and their own dropout) at p = 0.1 with dropout ids: a sample's logits
     follow its id, not its batch, place or layout (padded vs unpadded), and the head's mask is active (its logits
     differ from the same call with the head's dropout off)."""
     from bertforge.heads import BertForSequenceClassification, BertForTokenClassification
 
+    if kernels == "triton":
+        pytest.importorskip("triton")
     torch.manual_seed(0)
+    cfg = CFG.replace(kernels=kernels)
     if head == "ner":
-        model = BertForTokenClassification(CFG, 5).train()
+        model = BertForTokenClassification(cfg, 5).train()
     else:
-        model = BertForSequenceClassification(CFG, 3, pooling=head.split("-")[1]).train()
+        model = BertForSequenceClassification(cfg, 3, pooling=head.split("-")[1]).train()
     ids, mask = _samples()
     real = mask.bool()
     full = model(ids, attention_mask=mask, dropout_ids=IDS).logits
