@@ -6,11 +6,11 @@ other exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import os
 import sys
 
+from bertforge.config.checks import did_you_mean
 from bertforge.errors import UserError, describe_os_error
 from bertforge.log import configure
 
@@ -56,8 +56,9 @@ class _RequiredInUsage(argparse.HelpFormatter):
 
 class _OneLineParser(argparse.ArgumentParser):
     """Usage errors (unknown option, bad value) as one line naming the (sub)command that got them, with a "did you
-    mean" from difflib for a mistyped option. No abbreviations (`--out` never silently means `--output-dir`).
-    Subparsers inherit the class, so all of this holds for every command."""
+    mean" for a mistyped option (bertforge.config.checks.close_names: only genuinely close names). No abbreviations
+    (`--out` never silently means `--output-dir`). Subparsers inherit the class, so all of this holds for every
+    command."""
 
     def __init__(self, *args, **kwargs):
         kwargs["allow_abbrev"] = False
@@ -74,12 +75,10 @@ class _OneLineParser(argparse.ArgumentParser):
     def _suggestion(self, extras: list[str]) -> str:
         known = [o for o in self._option_string_actions if o.startswith("--")]
         for word in extras:
-            if word.startswith("--"):
-                word = word.split("=", 1)[0]  # what an abbreviation would have meant first, then difflib's closest
-                close = [o for o in known if o.startswith(word)][:3] or difflib.get_close_matches(word, known, n=3,
-                                                                                                  cutoff=0.6)
-                if close:
-                    return f"; did you mean {' or '.join(close)}?"
+            if word.startswith("--"):  # what an abbreviation would have meant first, then the close names
+                hint = did_you_mean(word.split("=", 1)[0], known, prefixes=True)
+                if hint:
+                    return f"; {hint}"
         return ""
 
     def error(self, message: str):

@@ -6,6 +6,8 @@ gets (0666 / 0777 minus the umask): the temporaries of `tempfile.mkstemp`/`mkdte
 would keep that mode after the rename, so a shared cluster's other users could not read a model or dataset.
 `durable=True` also fsyncs the data and the parent directory (checkpoints: a crash after the rename keeps them).
 
+Also the checks of paths the user names (`check_folder`, `check_output_file`), made before any work.
+
 This module is at the bottom of the layers: it imports only bertforge.errors."""
 from __future__ import annotations
 
@@ -169,3 +171,22 @@ def read_json_object(path: str | Path, what: str = "file") -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: {what} must be a JSON object")
     return raw
+
+
+# ---- paths the user names, checked before any work ---------------------------------------------------------------
+def check_folder(path: str | Path, flag: str, expected: str) -> Path:
+    """`path` as a Path when it is an existing folder. ConfigError naming `flag` and the path when nothing is there
+    or a file is; `expected` says what to give instead (e.g. "a Hugging Face BERT checkpoint folder")."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "a file, not a folder" if path.exists() else "no such folder"
+        raise ConfigError(f"{flag} {path}: {what}; give {expected}")
+    return path
+
+
+def check_output_file(path: str | Path, flag: str, example: str) -> None:
+    """ConfigError naming `flag` and the path when the file to write is an existing folder (the rename over it would
+    fail only at the end, after all the work); `example`: a file name to suggest inside it."""
+    if Path(path).is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give the path of a file to write, e.g. "
+                          f"{Path(path) / example}")

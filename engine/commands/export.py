@@ -17,8 +17,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bertforge.io import check_folder
     from bertforge.training.weights import export_checkpoint, export_fp32, resolve_checkpoint
 
+    check_folder(args.checkpoint, "CHECKPOINT", "a checkpoint folder (RUN/checkpoints/step_N) or a run folder")
     ckpt = resolve_checkpoint(args.checkpoint, verify=True)  # a damaged newest checkpoint: the previous one
     if args.fp32:
         out = export_fp32(ckpt, args.out)

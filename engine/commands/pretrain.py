@@ -15,6 +15,7 @@ import sys
 
 from bertforge.commands.flags import add_config_flags, add_dataclass_flags, print_config, with_config_file
 from bertforge.config import ModelConfig
+from bertforge.config.checks import did_you_mean
 from bertforge.config.docs import field_docs
 from bertforge.config.names import PHASE2, PRETRAIN_FLAG_NAMES
 from bertforge.config.pretrain import SECTIONS, PretrainConfig
@@ -38,7 +39,8 @@ def _model_override(text: str) -> tuple[str, object]:
     key, value = text.split("=", 1)
     types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
     if key not in types:
-        raise argparse.ArgumentTypeError(f"unknown model field {key!r}; known: {', '.join(types)}")
+        hint = did_you_mean(key, types) or f"known: {', '.join(types)}"
+        raise argparse.ArgumentTypeError(f"unknown model field {key!r}; {hint}")
     kind = {"int": int, "float": float, "str": str, "bool": _bool}[str(types[key])]
     try:
         return key, kind(value)

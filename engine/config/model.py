@@ -106,13 +106,16 @@ class ModelConfig:
         return {name: round(getattr(self, name) * levels) / levels
                 for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
 
-    def check_seq_length(self, length: int, flag: str = "--max-seq-length", model: str | Path | None = None) -> None:
+    def check_seq_length(self, length: int, flag: str = "--max-seq-length", model: str | Path | None = None,
+                         other: str = "") -> None:
         """ConfigError naming `flag` when sequences of `length` tokens exceed the learned positions (the position
-        embedding has max_position_embeddings rows): the one check wherever a length meets a model."""
+        embedding has max_position_embeddings rows): the one check wherever a length meets a model. `model` names
+        where the positions come from; `other`: a further way out, appended after 'give at most N'."""
         if length > self.max_position_embeddings:
             where = f" of {model}" if model is not None else ""
             raise ConfigError(f"{flag} {length} exceeds the model's {self.max_position_embeddings} positions "
-                              f"(max_position_embeddings{where}); give at most {self.max_position_embeddings}")
+                              f"(max_position_embeddings{where}); give at most {self.max_position_embeddings}"
+                              + (f", {other}" if other else ""))
 
     @property
     def head_dim(self) -> int:

@@ -7,12 +7,12 @@ the flag is spelled differently (`--data` for `data_dir`, `--tokens` for `token_
 to True also takes its flag's negation (`no_progress: true`). Values are converted by the field's type as the flag
 would convert them (`"1e-3"` -> 1e-3, `"0.9,0.98"` -> (0.9, 0.98)), so a YAML string and a flag agree.
 
-Unknown names raise ConfigError naming the source (file, or the Python call), the key and the closest valid
-names (difflib). This module imports no torch (bottom layer)."""
+Unknown names raise ConfigError naming the source (file, or the Python call), the key and the close valid names
+(bertforge.config.checks.close_names), or, with none close, where the valid names are listed. This module imports
+no torch (bottom layer)."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import types
 import typing
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bertforge.config.checks import did_you_mean
 from bertforge.errors import ConfigError
 
 # field -> flag name (underscored), where they differ
@@ -173,17 +174,17 @@ def _model_overrides(value: Any, where: str) -> dict:
     out = {}
     for key, v in value.items():
         if key not in kinds:
-            close = difflib.get_close_matches(str(key), list(kinds), n=3)
-            raise ConfigError(f"{where}: unknown model field {key!r}" + (f"; did you mean {', '.join(close)}?"
-                                                                          if close else f"; known: {', '.join(kinds)}"))
+            hint = did_you_mean(str(key), kinds) or f"known: {', '.join(kinds)}"
+            raise ConfigError(f"{where}: unknown model field {key!r}; {hint}")
         out[key] = _convert(v, kinds[key], f"{where}.{key}")
     return out
 
 
 def normalize(values: dict, sch: Schema, source: str, list_all: bool = False) -> dict:
     """{field: converted value} from {any accepted name: value}. `source` names where the values came from (a
-    file path, 'bertforge.pretrain()'); an unknown name raises ConfigError naming it and the close matches (with
-    `list_all`, every valid name)."""
+    file path, 'bertforge.pretrain()'); an unknown name raises ConfigError naming it and the close names, else
+    (none close) pointing to `bertforge <command> --help`; with `list_all` (the Python API, which has no --help)
+    every valid name as well."""
     aliases = sch.aliases()
     out: dict[str, Any] = {}
     for key, value in values.items():
@@ -191,10 +192,12 @@ def normalize(values: dict, sch: Schema, source: str, list_all: bool = False) ->
         if name == "extend_steps" and sch.command.startswith("finetune"):
             raise ConfigError(f"{source}: {FINETUNE_NO_EXTENSION}")
         if name not in aliases:
-            close = difflib.get_close_matches(name, list(aliases), n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            if list_all or not close:
+            close = did_you_mean(name, aliases)
+            hint = f"; {close}" if close else "; no close match among its settings"
+            if list_all:
                 hint += f" (valid names: {', '.join(sch.valid_names())})"
+            elif not close:
+                hint += f" (they are the flags of `bertforge {sch.command} --help`)"
             raise ConfigError(f"{source}: unknown setting {key!r} for `bertforge {sch.command}`{hint}")
         target, negated = aliases[name]
         where = f"{source}: {key}"

@@ -14,7 +14,7 @@ from typing import Any
 
 from bertforge.config.checks import (DEFAULT_REPORT_TO, check_choice, check_non_negative, check_positive_int,
                                      check_report_to)
-from bertforge.config.model import KERNEL_BACKENDS, PRESETS
+from bertforge.config.model import KERNEL_BACKENDS, PRESETS, ModelConfig, preset
 from bertforge.config.parallel import PRECISIONS, ParallelConfig
 from bertforge.errors import ConfigError
 
@@ -205,6 +205,8 @@ class RunSection:
     final HF export in hf/."""
     seed: int = 1234
     """Seed of initialisation, dropout, NSP pairing and masking."""
+    threads: int = 0
+    """torch intra-op CPU threads; 0 = torch's default."""
     resume: bool = False
     """Continue from the newest checkpoint in output_dir/checkpoints whose files verify (damaged ones are set aside
     with one line; error if there is none), on any number of ranks with the same global batch. A resume must match the
@@ -255,7 +257,7 @@ class RunSection:
     def __post_init__(self) -> None:
         check_positive_int(self, "log_every", "keep_last", "eval_batches")
         self.report_to = check_report_to(self.report_to)
-        check_non_negative(self, "save_every", "eval_every", "profile_steps", "peak_flops", "extend_steps")
+        check_non_negative(self, "save_every", "eval_every", "profile_steps", "peak_flops", "extend_steps", "threads")
         if self.extend_steps and not self.resume:
             raise ConfigError(f"--extend-steps {self.extend_steps} lengthens a run being resumed; add --resume (and "
                               f"the run's --output-dir), or give a new run its length with --steps")
@@ -298,6 +300,9 @@ class PretrainConfig:
             raise ConfigError(f"--extend-steps {self.run.extend_steps} must be larger than the run's planned total of "
                               f"{planned} steps (--steps / --tokens); it is the new total, not a number of steps to "
                               f"add")
+        length = self.batch.max_seq_length  # before any data is read: the model's positions need no vocabulary
+        self.positions().check_seq_length(length, model=f"--preset {self.model.preset}",
+                                          other=f"or a longer position table: --model max_position_embeddings={length}")
 
     # ---- flat view: one name per field, the flags' and checkpoints' form ------------------------------------------
     @classmethod
@@ -330,6 +335,12 @@ class PretrainConfig:
         return self.from_flat({**self.to_flat(), **changes})
 
     # ---- derived ----------------------------------------------------------------------------------------------
+    def positions(self) -> ModelConfig:
+        """The preset with the --model max_position_embeddings override alone: the model's sequence limit, known
+        before the data (whose tokenizer sets the vocabulary) is opened."""
+        given = self.model.model_overrides.get("max_position_embeddings")
+        return preset(self.model.preset, **({"max_position_embeddings": given} if given is not None else {}))
+
     def grad_accum(self, world_size: int) -> int:
         """Micro batches per rank per optimizer step; the global batch must split evenly over the ranks."""
         per_step = self.batch.micro_batch * world_size

@@ -37,7 +37,7 @@ from bertforge.finetuning.metrics import (entity_counts, entity_metrics_from_cou
 from bertforge.finetuning.reading import LineReader, strip_ending
 from bertforge.finetuning.tasks import TASK_FILE, ClassifyTask, NerTask
 from bertforge.hf import load_pretrained, read_config
-from bertforge.io import atomic_file, write_json
+from bertforge.io import atomic_file, check_folder, check_output_file, write_json
 from bertforge.log import result_echo
 from bertforge.parallelize import check_device_support
 from bertforge.progress import progress as progress_reporter
@@ -271,6 +271,7 @@ def _run(config: InferenceConfig, labelled: bool, out: str | None,
          on_rows: Callable[[Finetuned, list[dict]], None]) -> tuple[Finetuned, int]:
     """Stream config.input through the model, this rank's chunks only: `on_rows(model, rows)` per chunk, and the
     rows to `out` in input order (None: not written). Returns (the model, rows of this rank)."""
+    check_folder(config.model, "MODEL_DIR", "the folder of a finetuned model (e.g. OUT/seed-1 of `bertforge finetune`)")
     if config.max_seq_length:  # before any work: one line, not a traceback from the position embedding
         read_config(config.model).check_seq_length(config.max_seq_length, model=config.model)
     check_device_support(config.precision, config.kernels)
@@ -319,6 +320,8 @@ def _run(config: InferenceConfig, labelled: bool, out: str | None,
 def predict(config: InferenceConfig, echo: Callable[[str], None] = ECHO) -> int:
     """Predictions for every input of config.input, as JSONL to config.out (stdout when empty or '-') in input
     order. Returns the number of rows (over all ranks)."""
+    if config.out not in ("", "-"):  # before the model is loaded, not at the final rename
+        check_output_file(config.out, "--out", "predictions.jsonl")
     _, n = _run(config, False, config.out, lambda ft, rows: None)
     total = int(D.all_reduce_sum([n], D.device())[0])
     if config.out not in ("", "-") and D.rank() == 0:
@@ -329,6 +332,10 @@ def predict(config: InferenceConfig, echo: Callable[[str], None] = ECHO) -> int:
 def evaluate(config: InferenceConfig, echo: Callable[[str], None] = ECHO) -> dict:
     """The metrics of the model on the labelled file config.input: echoed as a report, written as JSON to
     config.out and the prediction rows to config.predictions (each when given; rank 0). Returns the metrics."""
+    if config.out:  # before the model is loaded, not after the whole file
+        check_output_file(config.out, "--out", "metrics.json")
+    if config.predictions:
+        check_output_file(config.predictions, "--predictions", "predictions.jsonl")
     counts: Counter = Counter()
 
     def add(ft: Finetuned, rows: list[dict]) -> None:

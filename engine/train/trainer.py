@@ -199,8 +199,9 @@ class TrainTask(abc.ABC):
 
     @abc.abstractmethod
     def on_finish(self, status: str) -> Any:
-        """status 'finished', 'preempted' (a checkpoint was saved) or 'noop' (a finished run resumed unchanged);
-        returns the run's result."""
+        """status 'finished', 'preempted' (a checkpoint was saved) or 'noop' (a finished run resumed unchanged: set-up
+        stopped after resume_point(), with trainer.step the checkpoint's; no model, engine or on_start()); returns
+        the run's result."""
 
     def close(self) -> None:
         """Release the task's resources (data loaders); called once, also after an error past set-up."""
@@ -249,6 +250,9 @@ class Trainer:
         task.after_join()
         point = task.resume_point()
         universal = self._check_resume(point)
+        if self.noop:  # a finished run resumed unchanged: decided from its meta.json, no model or engine built
+            self.step = int(point.manager.meta(point.tag).get("step", 0))
+            return
         seed_everything(spec.seed)  # the same initial weights on every rank
         model = task.build_model(resuming=point is not None).to(self.dev)
         self.optimizer = build_optimizer(spec.optimizer, task.param_groups(model), spec.lr, spec.betas, spec.eps)
@@ -284,6 +288,8 @@ class Trainer:
         if point.check is not None:
             self.plan = plan_resume(manager.meta(tag), point.check, manager.root / tag, point.planned_steps)
             self.noop = self.plan.noop
+            if self.noop:  # nothing to load
+                return None
         if manager.needs_universal(tag, self.spec.parallel.zero_stage):
             return manager.make_universal(tag)
         return None
@@ -361,11 +367,11 @@ class Trainer:
         with contextlib.ExitStack() as cleanup:
             self.setup()
             cleanup.callback(self.task.close)
-            if self._own_metrics:
-                cleanup.callback(self.metrics.close)
             if self.noop:  # a finished run resumed unchanged: say so, write nothing (no duplicate evaluation lines)
                 self.echo(self.noop)
                 return self.task.on_finish("noop")
+            if self._own_metrics:
+                cleanup.callback(self.metrics.close)
             spec = self.spec
             self.progress = progress(spec.total_steps, spec.progress_desc, unit="step", initial=self.step,
                                      leave=spec.progress_leave, enabled=self.rank == 0, bar=spec.progress)

@@ -26,14 +26,13 @@ from torch import nn
 from bertforge import deepspeed as ds
 from bertforge import distributed as D
 from bertforge.config import ModelConfig, preset
-from bertforge.config.checks import flag
 from bertforge.config.pretrain import PretrainConfig
 from bertforge.data.batch import Batch
 from bertforge.data.masking import most_frequent_token_accuracy
 from bertforge.data.prefetch import Prefetcher
 from bertforge.data.sampler import remap_position
 from bertforge.errors import CheckpointError, ConfigError
-from bertforge.io import write_json
+from bertforge.io import check_folder, write_json
 from bertforge.log import result_echo
 from bertforge.optim import param_groups
 from bertforge.provenance import environment
@@ -69,9 +68,7 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
     overrides.setdefault("kernels", cfg.parallel.kernels)
     overrides.setdefault("last_layer_subset", True)  # the last layer on the masked rows + [CLS] (model config)
     model_cfg = preset(cfg.model.preset, **overrides)
-    if cfg.batch.max_seq_length > model_cfg.max_position_embeddings:
-        raise ConfigError(f"{flag('max_seq_length')} {cfg.batch.max_seq_length} exceeds max_position_embeddings "
-                          f"({model_cfg.max_position_embeddings})")
+    model_cfg.check_seq_length(cfg.batch.max_seq_length, model=f"--preset {cfg.model.preset}")
     return model_cfg
 
 
@@ -167,6 +164,9 @@ class PretrainingTask(TrainTask):
         if not cfg.run.resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it, or another "
                               f"--output-dir")
+        if cfg.model.init_from and not cfg.run.resume:  # a resume takes its weights from its checkpoint
+            check_folder(cfg.model.init_from, "--init-from", "a Hugging Face BERT folder, a `bertforge pretrain` run "
+                         "folder or one of its checkpoints (RUN/checkpoints/step_N)")
         self._source = self.source_factory(cfg, trainer.rank, trainer.world)
         self.model_cfg = build_model_config(cfg, self._source.vocab_size)
 
@@ -440,6 +440,8 @@ def pretrain(cfg: PretrainConfig, explicit: frozenset = frozenset(),
              source_factory: Callable | None = None) -> RunResult:
     """Run (or resume) one pretraining phase on the runtime (bertforge.train.trainer). `explicit`: fields given on
     the command line (a DeepSpeed JSON given by --deepspeed-config may not contradict them)."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     D.prepare_env()
     user_ds = ds.load_user_config(cfg.parallel.deepspeed_config) if cfg.parallel.deepspeed_config else None
     if user_ds is not None:
