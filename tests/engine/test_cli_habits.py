@@ -1,6 +1,7 @@
 """Command-line conventions users bring from other tools: negated flags with their own help line, required flags
-shown as required, no abbreviations, "did you mean" on a typo, Hugging Face's schedule names, non-BERT checkpoints
-refused from config.json, the MFU peak matched by exact device name."""
+shown as required, no abbreviations, "did you mean" on a typo (and only for a close name), Hugging Face's schedule
+names, non-BERT checkpoints refused from config.json, the MFU peak matched by exact device name, --threads on
+pretrain as on finetune."""
 import json
 
 import pytest
@@ -49,6 +50,30 @@ def test_unknown_flag_is_refused_by_its_command_with_a_suggestion(argv, want, ca
         main(argv)
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and want in err and len(err.splitlines()) == 1
+
+
+def test_suggestions_only_for_close_names(capsys):
+    """One rule (close_names: difflib ratio >= 0.75, at most 3; a command line's abbreviations first): typos are
+    suggested, unrelated names (--threads was offered --betas, ratio 0.63) are not."""
+    from bertforge.config.checks import close_names
+
+    assert close_names("--threads", ["--betas", "--steps", "--seed"]) == []
+    assert close_names("--thread", ["--betas", "--threads"]) == ["--threads"]
+    assert close_names("--out", ["--seed", "--output-dir"], prefixes=True) == ["--output-dir"]
+    assert close_names("a", [f"a{i}" for i in range(9)], prefixes=True) == ["a0", "a1", "a2"]
+    for argv in (["pretrain", "--frobnicate", "1"], ["finetune", "classify", "--learning-rate", "1"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert f"unrecognized arguments: {argv[-2]} 1 (see `bertforge" in err and "did you mean" not in err, err
+
+
+def test_pretrain_threads_is_finetunings_flag():
+    line = "--threads THREADS torch intra-op CPU threads; 0 = torch's default. (default: 0)"
+    assert line in " ".join(_help("pretrain").split()) and line in " ".join(_help("finetune", "classify").split())
+    assert PretrainConfig.from_flat(threads=2).run.threads == 2
+    with pytest.raises(ConfigError, match="--threads must be >= 0, got -1"):
+        PretrainConfig.from_flat(threads=-1)
 
 
 @pytest.mark.parametrize("hf, ours", [("linear", "linear"), ("cosine", "cosine"), ("polynomial", "poly"),

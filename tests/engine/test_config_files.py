@@ -75,6 +75,10 @@ def test_unknown_key_bad_value_and_bad_file_are_one_line(tmp_path, capsys):
     path.write_text("max_seq_len: 64\n")
     err = _one_line_error(capsys, ["pretrain", "--config", str(path)])
     assert str(path) in err and "'max_seq_len'" in err and "did you mean max_seq_length" in err
+    path.write_text("frobnicate: 1\n")  # no close name: no list of every name, a pointer to --help
+    err = _one_line_error(capsys, ["pretrain", "--config", str(path)])
+    assert err.endswith("unknown setting 'frobnicate' for `bertforge pretrain`; no close match among its settings "
+                        "(they are the flags of `bertforge pretrain --help`)"), err
     path.write_text("steps: ten\n")
     assert f"{path}: steps: expected an integer, got 'ten'" in _one_line_error(capsys, ["pretrain", "--config",
                                                                                       str(path)])
@@ -142,17 +146,27 @@ def test_tokenizer_train_from_a_config_file(tmp_path, capsys):
 
 def test_a_run_prints_its_config_and_repeats_from_run_config_json(tmp_path, capsys):
     """A pretraining run from a config file prints the resolved config first (rank 0, stdout); its RUN/config.json
-    fed back (another output folder) resolves to the same settings."""
+    fed back (another output folder) resolves to the same settings; `threads` is set for the run as finetuning
+    sets it."""
+    import torch
+
+    before = torch.get_num_threads()
+    threads = before + 1
     path = tmp_path / "tiny.yaml"
-    path.write_text(f"synthetic_vocab: 64\nmodel: {{hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, "
-                    f"num_hidden_layers: 1}}\nmax-seq-length: 32\nmicro_batch: 4\nglobal_batch: 4\neval_batches: 1\n"
+    path.write_text(f"threads: {threads}\nsynthetic_vocab: 64\nmodel: {{hidden_size: 32, num_attention_heads: 2, "
+                    f"intermediate_size: 64, num_hidden_layers: 1}}\nmax-seq-length: 32\nmicro_batch: 4\nglobal_batch: 4\neval_batches: 1\n"
                     f"no_progress: true\nno_export_hf: true\noutput_dir: {tmp_path / 'run'}\n")
-    assert main(["pretrain", "--config", str(path), "--steps", "1"]) == 0
+    try:
+        assert main(["pretrain", "--config", str(path), "--steps", "1"]) == 0
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("bertforge pretrain: config {")
     printed = json.loads(first.split("config ", 1)[1])
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert printed == saved and saved["steps"] == 1 and saved["model_overrides"]["hidden_size"] == 32
+    assert saved["threads"] == threads
     again = _printed(capsys, ["pretrain", "--config", str(tmp_path / "run" / "config.json"), "--output-dir",
                               str(tmp_path / "again"), "--print-config"])
     assert again == {**saved, "output_dir": str(tmp_path / "again")}

@@ -11,6 +11,10 @@
 - --short-seq-prob with --objective mlm refused; the default accepted
 - a confusion matrix over more than 12 labels is summarised as its most confused pairs (small ones printed whole)
 - predict / evaluate with --max-seq-length above the model's positions: one line, before any work
+- predict / evaluate writing to a path that is a folder (--out, --predictions): one line naming the flag and the
+  path, before the model is loaded
+- a model folder that does not exist (finetune --model, predict / evaluate MODEL_DIR, export CHECKPOINT): one line
+  naming the flag and the path, not its missing config.json
 """
 import json
 
@@ -135,3 +139,35 @@ def test_predict_length_above_positions_one_line(tiny_ckpt, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("bertforge: error: --max-seq-length 512 exceeds the model's 64 positions") \
             and err.count("\n") == 1
+
+
+def test_output_path_that_is_a_folder_refused_before_the_model(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    from bertforge.cli import main
+    from bertforge.finetuning import predict
+
+    monkeypatch.setattr(predict, "load_finetuned", lambda *a, **k: pytest.fail("the model was loaded"))
+    inp = write(tmp_path, "in.csv", "text,label\nhello,a\n")
+    cases = [(["predict", "--out", str(tmp_path)], "--out", "predictions.jsonl"),
+             (["evaluate", "--out", str(tmp_path)], "--out", "metrics.json"),
+             (["evaluate", "--predictions", str(tmp_path)], "--predictions", "predictions.jsonl")]
+    for (command, *flags), flag, example in cases:
+        assert main([command, str(tiny_ckpt), str(inp), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"bertforge: error: {flag} {tmp_path}: is a folder; give the path of a file to write, e.g. "
+                       f"{tmp_path / example}\n")
+
+
+def test_missing_model_folder_named_as_such(tmp_path, capsys):
+    from bertforge.cli import main
+
+    inp = write(tmp_path, "in.csv", "text,label\nhello,a\n")
+    nope = tmp_path / "no" / "such"
+    cases = [(["finetune", "classify", "--model", str(nope), "--out", str(tmp_path / "o"), "--train", str(inp)],
+              "--model"),
+             (["predict", str(nope), str(inp)], "MODEL_DIR"), (["evaluate", str(nope), str(inp)], "MODEL_DIR"),
+             (["export", str(nope), str(tmp_path / "hf")], "CHECKPOINT")]
+    for argv, flag in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"bertforge: error: {flag} {nope}: no such folder; give ") and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

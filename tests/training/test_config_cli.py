@@ -141,6 +141,22 @@ def test_error_global_batch_not_divisible_by_ranks(cli):
               "--global-batch (12) is not divisible by --micro-batch (4) x ranks (2)")
 
 
+def test_error_length_above_the_models_positions_before_the_data(cli, tmp_path):
+    """As finetune / predict say it (ModelConfig.check_seq_length), from the config alone: the missing --data is
+    never opened."""
+    _one_line(*cli("--data", str(tmp_path / "no-data"), "--max-seq-length", "1024"),
+              "bertforge: error: --max-seq-length 1024 exceeds the model's 512 positions (max_position_embeddings of "
+              "--preset tiny); give at most 512, or a longer position table: --model max_position_embeddings=1024")
+    with pytest.raises(ConfigError, match="1024 exceeds the model's 600 positions"):
+        PretrainConfig.from_flat(max_seq_length=1024, model_overrides={"max_position_embeddings": 600})
+    assert PretrainConfig.from_flat(max_seq_length=1024, model_overrides={"max_position_embeddings": 1024})
+
+
+def test_error_missing_init_from_folder(cli, tmp_path):
+    _one_line(*cli("--synthetic-vocab", "512", "--init-from", str(tmp_path / "nope")),
+              f"bertforge: error: --init-from {tmp_path / 'nope'}: no such folder; give a Hugging Face BERT folder")
+
+
 def test_error_unknown_preset(cli):
     _one_line(*cli("--synthetic-vocab", "512", "--preset", "bert-huge"), "unknown preset 'bert-huge'")
 

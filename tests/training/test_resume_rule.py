@@ -7,7 +7,7 @@ new totals, recorded with the step), equal to an earlier extension -> a plain co
 planned total -> refused, left out on an extended run -> refused; --extend-steps without --resume, not larger than
 --steps, or with the two-phase recipe: refused by the config; a finished run resumed unchanged is a no-op line, an
 extended one goes on; the schedule after an extension (warmup kept, decay stretched) and the optimizer's rate set
-from it. End to end (CLI): 4 steps, a no-op resume, --steps 8 refused, --extend-steps 8: steps 5-8 at the recomputed
+from it. End to end (CLI): 4 steps, a no-op resume (no engine built), --steps 8 refused, --extend-steps 8: steps 5-8 at the recomputed
 rates (> 0), no duplicate metrics lines, config.json lists the extension. Finetuning's resume checks:
 tests/finetuning/test_out_and_resume.py."""
 import json
@@ -165,6 +165,8 @@ def test_pretrain_resume_follows_the_rule(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "the run finished; nothing to do" in again.stderr and (run / "metrics.jsonl").read_text() == before
     assert "--extend-steps N with N > 4" in again.stderr
+    engine = "parallelize: DeepSpeed engine"  # decided from meta.json: no engine built to say nothing to do
+    assert engine in first.stderr and engine not in again.stderr and "resumed from" not in again.stderr
     bad = launch("--steps", "8", "--resume")
     errors = [line for line in bad.stderr.splitlines() if line.startswith("bertforge: error:")]
     assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
