@@ -218,14 +218,14 @@ def run_one(shape: str, variant: str, batch: int, steps: int, warmup: int, preci
             "real_tokens_per_s": real / step_s, "peak_mib": _peak_mib(), "steps_timed": len(times)}
 
 
-TABLE_HEAD = (f"{'shape':<11} {'prec':<5} {'variant':<13} {'batch':>5} {'examples/s':>11} {'cpu ms':>8} "
+TABLE_HEAD = (f"{'shape':<11} {'prec':<5} {'variant':<20} {'batch':>5} {'examples/s':>11} {'cpu ms':>8} "
               f"{'peak MiB':>9} {'x hf':>6} {'load':>5}")
-SUMMARY_HEAD = (f"{'shape':<11} {'variant':<13} {'rounds':>6} {'examples/s':>11} {'x hf wall':>10} {'x hf cpu':>9} "
+SUMMARY_HEAD = (f"{'shape':<11} {'variant':<20} {'rounds':>6} {'examples/s':>11} {'x hf wall':>10} {'x hf cpu':>9} "
                 f"{'load':>9}")
 
 
 def table_row(r: dict) -> str:
-    head = f"{r['shape']:<11} {r['precision']:<5} {r['variant']:<13} {r['batch']:>5}"
+    head = f"{r['shape']:<11} {r['precision']:<5} {r['variant']:<20} {r['batch']:>5}"
     if "error" in r:
         return f"{head}  ERROR {r['error']}"
     nan = float("nan")
@@ -235,7 +235,7 @@ def table_row(r: dict) -> str:
 
 def summary_row(r: dict) -> str:
     load = f"{r['load_min']:.1f}-{r['load_max']:.1f}"
-    return (f"{r['shape']:<11} {r['variant']:<13} {r['rounds']:>6} {r['examples_per_s']:>11.1f} "
+    return (f"{r['shape']:<11} {r['variant']:<20} {r['rounds']:>6} {r['examples_per_s']:>11.1f} "
             f"{r.get('speedup_vs_hf', float('nan')):>10.2f} {r.get('cpu_speedup_vs_hf', float('nan')):>9.2f} {load:>9}")
 
 

@@ -162,11 +162,11 @@ def measure(variant: str, model_dir: Path, batch: int, length: int, passes: int,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--shape", default="tiny", help="model preset (tiny, minilm-l6, bert-base, ...)")
     p.add_argument("--length", type=int, default=128, help="maximum tokens per text (both sides truncate there)")
     p.add_argument("--batch", type=int, default=64, help="texts per forward (bertforge predict's --micro-batch)")
-    p.add_argument("--texts", type=int, default=512)
+    p.add_argument("--texts", type=int, default=512, help="synthetic texts per pass (the same for every variant)")
     p.add_argument("--passes", type=int, default=3, help="timed passes over the texts per process (median)")
     p.add_argument("--repeats", type=int, default=1, help="rounds of all variants, interleaved")
     p.add_argument("--variants", default="hf,ours", help=f"comma list of {', '.join(VARIANTS)}")
@@ -198,7 +198,7 @@ def main(argv=None) -> dict | None:
               "length": args.length, "batch": args.batch, "texts": args.texts, "threads": args.threads or
               torch.get_num_threads(), "cpus": os.cpu_count(), "rows": [], "summary": []}
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    print(f"{'round':>5} {'variant':<11} {'texts/s':>9} {'cpu texts/s':>12} {'x hf':>6} {'load':>5}", flush=True)
+    print(f"{'round':>5} {'variant':<20} {'texts/s':>9} {'cpu texts/s':>12} {'x hf':>6} {'load':>5}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir, words = tokenizer_and_words(args.tokenizer, Path(tmp) / "tok")
         texts = make_texts(args.texts, args.length, words)
@@ -214,14 +214,14 @@ def main(argv=None) -> dict | None:
                 result["rows"].append(r)
                 _ratios(result)
                 write_json(Path(args.out), result)
-                print(f"{rnd:>5} {variant:<11} " + (f"ERROR {r['error']}" if "error" in r else
+                print(f"{rnd:>5} {variant:<20} " + (f"ERROR {r['error']}" if "error" in r else
                       f"{r['texts_per_s']:>9.1f} {r['cpu_texts_per_s']:>12.1f} "
                       f"{r.get('speedup_vs_hf', float('nan')):>6.2f} {r['load_avg']:>5.1f}"), flush=True)
     print(f"\nsummary (median over rounds of the same-round ratio; a row printed before its round's hf row shows "
-          f"nan above)\n{'variant':<11} {'texts/s':>9} "
+          f"nan above)\n{'variant':<20} {'texts/s':>9} "
           f"{'x hf wall':>10} {'x hf cpu':>9}")
     for s in result["summary"]:
-        print(f"{s['variant']:<11} {s['texts_per_s']:>9.1f} {s.get('speedup_vs_hf', float('nan')):>10.2f} "
+        print(f"{s['variant']:<20} {s['texts_per_s']:>9.1f} {s.get('speedup_vs_hf', float('nan')):>10.2f} "
               f"{s.get('cpu_speedup_vs_hf', float('nan')):>9.2f}")
     return result
 

@@ -185,8 +185,10 @@ def check_folder(path: str | Path, flag: str, expected: str) -> Path:
 
 
 def check_output_file(path: str | Path, flag: str, example: str) -> None:
-    """ConfigError naming `flag` and the path when the file to write is an existing folder (the rename over it would
-    fail only at the end, after all the work); `example`: a file name to suggest inside it."""
-    if Path(path).is_dir():
-        raise ConfigError(f"{flag} {path}: is a folder; give the path of a file to write, e.g. "
+    """ConfigError naming `flag` and the path when the file to write is an existing folder or is written as one (a
+    trailing '/': the rename would otherwise make a file of that name); the rename over a folder would fail only at
+    the end, after all the work. `example`: a file name to suggest inside it."""
+    text = str(path)
+    if Path(path).is_dir() or text.endswith(("/", "\\")):
+        raise ConfigError(f"{flag} {text}: is a folder; give the path of a file to write, e.g. "
                           f"{Path(path) / example}")

@@ -66,8 +66,12 @@ def finetune_card(info: dict) -> str:
                if k != "n"}
     head = "AutoModelForTokenClassification" if info.get("task") == "ner" else "AutoModelForSequenceClassification"
     kind = "token-classification" if info.get("task") == "ner" else "text-classification"
-    load = (f"from transformers import pipeline\npipe = pipeline(\"{kind}\", model=PATH)\n"
-            f"pipe(texts, truncation=True)  # {head}; or: bertforge predict PATH FILE")
+    if info.get("pooling") == "mean":  # transformers' classifier pools [CLS]: the note below gives the right code
+        load = ("bertforge predict PATH FILE  # mean-pooled: transformers' pipeline / "
+                "AutoModelForSequenceClassification pool [CLS] and predict otherwise; see the note below")
+    else:
+        load = (f"from transformers import pipeline\npipe = pipeline(\"{kind}\", model=PATH)\n"
+                f"pipe(texts, truncation=True)  # {head}; or: bertforge predict PATH FILE")
     return model_card(f"bertforge finetuned {info.get('task')}", facts, metrics, load=load)
 
 

@@ -181,6 +181,8 @@ class IndexedDataset:
                  cache_dir: str | Path | None = None):
         self.dir = Path(data_dir)
         meta_path = self.dir / META
+        if not self.dir.exists():
+            raise DataError("no such folder; give the output folder of `bertforge prepare`", str(self.dir))
         if not meta_path.exists():
             raise DataError(f"not a prepared dataset (no {META}; run `bertforge prepare`){missing_parts(self.dir)}",
                             str(self.dir))

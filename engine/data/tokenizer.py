@@ -195,6 +195,9 @@ def load_tokenizer(path_or_dir: str | Path, lowercase: bool | None = None) -> To
     folder = p if p.is_dir() else p.parent
     if p.is_dir():
         p = folder / "tokenizer.json" if (folder / "tokenizer.json").exists() else folder / "vocab.txt"
+    if not Path(path_or_dir).exists():
+        raise DataError("no such file or folder; give a tokenizer folder (tokenizer.json or vocab.txt) or either file",
+                        str(path_or_dir))
     if not p.exists():
         raise DataError("no tokenizer.json or vocab.txt", str(path_or_dir))
     if p.suffix == ".json":

@@ -75,12 +75,13 @@ def collapse(metrics: dict, threshold: float = 0.95) -> dict | None:
     return {"label": labels[j], "share": predicted[j] / total, "gold_share": sum(m[j]) / total}
 
 
-def collapse_warning(found: dict, split: str, majority: str | None) -> str:
-    """The warning line for collapse()'s finding on `split`; `majority`: the training set's most frequent label."""
+def collapse_warning(found: dict, split: str, majority: str | None, class_weights: bool = False) -> str:
+    """The warning line for collapse()'s finding on `split`; `majority`: the training set's most frequent label;
+    class_weights: the run already weights the classes (the hint then leaves --class-weight out)."""
     what = "the majority class" if found["label"] == majority else "one class"
+    hint = "another --lr" if class_weights else "--class-weight balanced, another --lr"
     return (f"warning: the model predicts {found['label']!r} for {found['share']:.1%} of the {split} set (gold share "
-            f"{found['gold_share']:.1%}): collapsed to {what}. Try --class-weight balanced, another --lr, more "
-            f"--epochs or more data")
+            f"{found['gold_share']:.1%}): collapsed to {what}. Try {hint}, more --epochs or more data")
 
 
 def macro_f1(per_class: dict, n_pred: Sequence[int]) -> float:

@@ -85,11 +85,28 @@ def input_label_names(value: str, task: ClassifyTask | NerTask, scheme: str, dir
     return names
 
 
+def _check_finetuned_folder(directory: Path) -> None:
+    """CheckpointError with the next step when `directory` is a `bertforge finetune` output folder (its models are
+    in seed-N/) or a `bertforge pretrain` run folder (no finetuned head yet) instead of a finetuned model."""
+    if (directory / "config.json").is_file() and not (directory / "checkpoints").is_dir():
+        return
+    seeds = sorted((p for p in directory.glob("seed-*") if (p / "config.json").is_file()),
+                   key=lambda p: (len(p.name), p.name))
+    if seeds:
+        raise CheckpointError(f"{directory}: a finetuning run's folder; give one of its exported models, e.g. "
+                              f"{seeds[0]}")
+    if (directory / "checkpoints").is_dir():
+        raise CheckpointError(f"{directory}: a pretraining run, which has no classifier; finetune it first "
+                              f"(bertforge finetune classify|ner --model {directory} ...) and give the model it "
+                              f"exports (OUT/seed-1)")
+
+
 def load_finetuned(directory: str | Path, max_seq_length: int | None = None, kernels: str = "none") -> Finetuned:
     """The task (labels, length and NER settings from TASK_FILE, else config.json's id2label) and the model of a
     finetuned directory, in eval mode on the CPU. `max_seq_length` None: the length it was trained with.
     CheckpointError when the directory holds no finetuned classifier."""
     directory = Path(directory)
+    _check_finetuned_folder(directory)
     # last_layer_subset: a [CLS]-pooled classifier's last layer runs on the [CLS] rows only (the same logits)
     config = read_config(directory).replace(kernels=kernels, last_layer_subset=True)
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))

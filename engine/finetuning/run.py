@@ -178,7 +178,7 @@ def _report(task, result: dict, echo: Echo) -> None:
         echo(f"seed {result['seed']} {split}:\n" + format_report(result[split]))
     found = result.get("dev", {}).get("collapsed")
     if found:
-        echo(collapse_warning(found, "dev", task.majority()))
+        echo(collapse_warning(found, "dev", task.majority(), getattr(task, "class_weights", None) is not None))
 
 
 def run_seeds(task, config: ModelConfig, init_dir: Path | None, training: FinetuneConfig, out_dir: Path | None,

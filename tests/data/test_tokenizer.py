@@ -51,3 +51,6 @@ def test_existing_bert_vocab_minilm():
 def test_missing_tokenizer(tmp_path):
     with pytest.raises(DataError, match="no tokenizer.json or vocab.txt"):
         load_tokenizer(tmp_path)
+    with pytest.raises(DataError, match="no such file or folder") as info:
+        load_tokenizer(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(info.value)

@@ -70,7 +70,7 @@ def test_notebook_session_leaves_the_process_clean(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["first"][:2] == ["finished", 2] and "mlm_acc" in result["first"][2]
     assert result["second"] == ["finished", 1, [3, 1], "p2/phase2"] and result["second_lr"] == 5e-4
-    assert "missing" in result["failure"] and "not a prepared dataset" in result["failure"]
+    assert "missing" in result["failure"] and "no such folder" in result["failure"]
     assert result["finetune"][0] == "finished" and "test" in result["finetune"][1]
     assert result["predictions"] == 32 and result["classes"] == ["neg", "neutral", "pos"]
     assert set(result["labels"]) <= {"neg", "neutral", "pos"}

@@ -97,3 +97,12 @@ def test_classification_metrics_match_sklearn():
 def test_mean_std():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_collapse_hint_leaves_out_class_weights_already_on():
+    from bertforge.finetuning.metrics import collapse_warning
+
+    found = {"label": "pos", "share": 1.0, "gold_share": 0.6}
+    assert "Try --class-weight balanced, another --lr" in collapse_warning(found, "dev", "pos")
+    line = collapse_warning(found, "dev", "pos", class_weights=True)
+    assert "--class-weight" not in line and "Try another --lr, more --epochs or more data" in line

@@ -96,6 +96,7 @@ def test_the_exported_folder_says_how_to_reproduce_mean_pooling(mean_model):
     d, model_dir = mean_model
     note = (model_dir / "README.md").read_text()
     assert "mean" in note and "BertForSequenceClassification" in note
+    assert "pipe = pipeline(" not in note  # the card's first recipe would pool [CLS] through a random pooler
     texts = ["the movie was great today", "awful service", "a film"]
     ft = load_finetuned(model_dir)
     from bertforge.finetuning import data_classify as dc

@@ -155,6 +155,33 @@ def test_output_path_that_is_a_folder_refused_before_the_model(tiny_ckpt, tmp_pa
         err = capsys.readouterr().err
         assert err == (f"bertforge: error: {flag} {tmp_path}: is a folder; give the path of a file to write, e.g. "
                        f"{tmp_path / example}\n")
+    new = f"{tmp_path / 'new'}/"  # written as a folder that does not exist yet: not made a file of that name
+    assert main(["predict", str(tiny_ckpt), str(inp), "--out", new]) == 2
+    assert capsys.readouterr().err.startswith(f"bertforge: error: --out {new}: is a folder; ")
+    assert not (tmp_path / "new").exists()
+
+
+def test_run_folders_given_for_a_model_name_the_model_to_give(tmp_path, capsys):
+    """predict / evaluate on a finetuning run's folder point to its seed-N model; on a pretraining run, to
+    finetuning it first; one line each, before any model is read."""
+    from bertforge.cli import main
+
+    inp = write(tmp_path, "in.csv", "text,label\nhello,a\n")
+    run = tmp_path / "ft"
+    (run / "seed-1").mkdir(parents=True)
+    (run / "seed-1" / "config.json").write_text("{}")
+    (run / "summary.json").write_text("{}")
+    assert main(["predict", str(run), str(inp)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bertforge: error: {run}: a finetuning run's folder; give one of its exported models, e.g. " \
+                  f"{run / 'seed-1'}\n"
+    pre = tmp_path / "pre"
+    (pre / "checkpoints").mkdir(parents=True)
+    (pre / "config.json").write_text("{}")
+    assert main(["evaluate", str(pre), str(inp)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bertforge: error: {pre}: a pretraining run, which has no classifier; finetune it "
+                          f"first") and err.count("\n") == 1, err
 
 
 def test_missing_model_folder_named_as_such(tmp_path, capsys):

@@ -113,6 +113,7 @@ def _one_line(code, err, *needles):
 def test_error_not_a_dataset(cli, tmp_path):
     (tmp_path / "empty").mkdir()
     _one_line(*cli("--data", str(tmp_path / "empty")), "not a prepared dataset", str(tmp_path / "empty"))
+    _one_line(*cli("--data", str(tmp_path / "nope")), "no such folder", str(tmp_path / "nope"))
 
 
 def test_error_vocab_mismatch(cli):
