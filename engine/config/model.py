@@ -55,10 +55,10 @@ class ModelConfig:
     LayerNorms only on the masked rows and the pooled [CLS] rows (MosaicBERT's `subset_idx`; keys and values still
     come from every token); a [CLS]-pooled sequence classifier runs them on the [CLS] rows only. Same loss and
     gradients; False computes the whole layer (to measure its share). On in `bertforge pretrain` (--model
-    last_layer_subset=0 turns it off), `bertforge finetune mlm`, `finetune classify` and `predict` / `evaluate`;
-    off elsewhere. Where dropout is keyed per sample (dropout_ids) every mask is that of the full layer; where
-    torch's generator draws it (calls without dropout_ids), the last layer draws fewer numbers, so later masks
-    differ as with another seed. Not part of the Hugging Face config."""
+    last_layer_subset=0 turns it off), every `bertforge finetune` task and `predict` / `evaluate` (heads without
+    such rows ignore it); off elsewhere. Where dropout is keyed per sample (dropout_ids) every mask is that of the
+    full layer; where torch's generator draws it (calls without dropout_ids), the last layer draws fewer numbers, so
+    later masks differ as with another seed. Not part of the Hugging Face config."""
     dropout_bits: int = 8
     """Random bits per dropout decision: 8 (one Philox call decides 16 elements, FlashAttention-2's rate) or 24 (4
     elements a call). Every dropout probability p is then applied as round(p * 2^bits) / 2^bits (nearest, ties to

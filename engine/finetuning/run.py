@@ -70,12 +70,13 @@ def resolve_model(name: str) -> Path:
 
 
 def model_config(model_dir: Path, training: FinetuneConfig, par: ParallelConfig | None = None) -> ModelConfig:
-    """The checkpoint's ModelConfig with the recipe's dropout and the kernel backend; ConfigError when
-    max_seq_length exceeds its positions."""
+    """The checkpoint's ModelConfig with the recipe's dropout and the kernel backend, and the last layer on the rows
+    a head reads only (last_layer_subset: MLM's masked rows, a [CLS]-pooled classifier's [CLS] rows; the same
+    updates; NER and mean pooling use every row anyway); ConfigError when max_seq_length exceeds its positions."""
     config = read_config(model_dir)
     config.check_seq_length(training.max_seq_length, model=model_dir)
     return config.replace(hidden_dropout_prob=training.dropout, attention_probs_dropout_prob=training.dropout,
-                          kernels=par.kernels if par is not None else "none")
+                          kernels=par.kernels if par is not None else "none", last_layer_subset=True)
 
 
 def start(par: ParallelConfig, echo: Echo) -> Echo:
@@ -326,8 +327,7 @@ def run_classify(config: ClassifyConfig, echo: Echo = ECHO, explicit: frozenset 
     out = claim_output(training.output_dir, training.resume)
     model_dir = resolve_model(training.model)  # before the process group: a wrong --model fails first
     echo = start(par, echo)
-    # with [CLS] pooling the last layer runs on the [CLS] rows only (BertForSequenceClassification): same updates
-    model = model_config(model_dir, training, par).replace(last_layer_subset=True)
+    model = model_config(model_dir, training, par)
     read = lambda path: dc.read_examples(path, data.text_column, data.text_b_column, data.label_column,
                                          files.encoding, data.format)
     split = lambda examples: dc.split_examples(examples, files.split, files.split_seed)
@@ -414,8 +414,7 @@ def run_mlm(config: MlmConfig, echo: Echo = ECHO, explicit: frozenset = frozense
     out = claim_output(training.output_dir, training.resume)
     model_dir = resolve_model(training.model)  # before the process group: a wrong --model fails first
     echo = start(par, echo)
-    # the last layer on the masked rows only, as in pretraining: the same loss, gradients and updates (fp32 rounding)
-    model = model_config(model_dir, training, par).replace(last_layer_subset=True)
+    model = model_config(model_dir, training, par)
     docs = read_corpus(data.corpus, data.format, data.text_column)
     if data.max_docs and len(docs) > data.max_docs:
         docs = random.Random(data.split_seed).sample(docs, data.max_docs)

@@ -251,7 +251,6 @@ class Trainer:
         point = task.resume_point()
         universal = self._check_resume(point)
         if self.noop:  # a finished run resumed unchanged: decided from its meta.json, no model or engine built
-            self.step = int(point.manager.meta(point.tag).get("step", 0))
             return
         seed_everything(spec.seed)  # the same initial weights on every rank
         model = task.build_model(resuming=point is not None).to(self.dev)
@@ -280,15 +279,17 @@ class Trainer:
 
     def _check_resume(self, point: ResumePoint | None) -> str | None:
         """The resume rule (a ConfigError for a resume that would change the run; `noop` for a finished run resumed
-        unchanged) and, for ZeRO 1-3 written by another number of ranks, DeepSpeed's universal form of the
-        checkpoint (its tag; None when not needed)."""
+        unchanged, with self.step the checkpoint's) and, for ZeRO 1-3 written by another number of ranks, DeepSpeed's
+        universal form of the checkpoint (its tag; None when not needed)."""
         if point is None:
             return None
         manager, tag = point.manager, point.tag
         if point.check is not None:
-            self.plan = plan_resume(manager.meta(tag), point.check, manager.root / tag, point.planned_steps)
+            meta = manager.meta(tag)
+            self.plan = plan_resume(meta, point.check, manager.root / tag, point.planned_steps)
             self.noop = self.plan.noop
             if self.noop:  # nothing to load
+                self.step = int(meta.get("step", 0))
                 return None
         if manager.needs_universal(tag, self.spec.parallel.zero_stage):
             return manager.make_universal(tag)

@@ -67,9 +67,7 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
         overrides.update(hidden_dropout_prob=cfg.model.dropout, attention_probs_dropout_prob=cfg.model.dropout)
     overrides.setdefault("kernels", cfg.parallel.kernels)
     overrides.setdefault("last_layer_subset", True)  # the last layer on the masked rows + [CLS] (model config)
-    model_cfg = preset(cfg.model.preset, **overrides)
-    model_cfg.check_seq_length(cfg.batch.max_seq_length, model=f"--preset {cfg.model.preset}")
-    return model_cfg
+    return preset(cfg.model.preset, **overrides)  # the length was checked against its positions (PretrainConfig)
 
 
 def model_inputs(batch: Batch, unpadded: bool, dev: torch.device, masker: DeviceMasker | None = None,
