@@ -23,6 +23,9 @@ and the ablations, each switching ONE piece of `ours` off (or adding one):
   ours-no-kernels     kernels='none': torch/SDPA references instead of the Triton kernels
   ours-dense-mlm      the MLM head over every real token (labels -100 where unmasked) instead of masked rows
   ours-unfused-adamw  torch AdamW without fused=True
+  ours-torch-mlm-loss the MLM loss as plain torch (F.linear + cross_entropy on full-precision (n, V) logits + argmax)
+                      instead of the CPU path's blocked one (kernels/mlm_loss_cpu.py); CPU only (on GPU the
+                      Triton kernel replaces both)
   ours-device-mask    + MLM masking inside the timed step (Triton kernel on GPU) from unmasked batches
   ours-lamb           our fused multi-tensor LAMB instead of AdamW
 `--variants ablation` runs hf and all of the above. Batches are built (and, except for ours-device-mask, masked)
@@ -64,7 +67,7 @@ from bertforge.heads import BertForPreTraining  # noqa: E402
 SHAPES = {"tiny-64": ("tiny", 64), "base-128": ("bert-base", 128), "base-512": ("bert-base", 512),
           "large-128": ("bert-large", 128), "large-512": ("bert-large", 512), "minilm-128": ("minilm-l6", 128)}
 ABLATIONS = ("ours-padded", "ours-unfused-qkv", "ours-full-last-layer", "ours-dropout24", "ours-no-kernels",
-             "ours-dense-mlm", "ours-unfused-adamw", "ours-device-mask", "ours-lamb")
+             "ours-dense-mlm", "ours-unfused-adamw", "ours-torch-mlm-loss", "ours-device-mask", "ours-lamb")
 VARIANTS = ("hf", "hf-compile", "ours", "ours-compile") + ABLATIONS
 MASK_SHARE = 0.15
 MASK_ID, SPECIAL_IDS = 4, 5  # ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; real tokens are drawn from 5..V-1
@@ -214,6 +217,15 @@ def unfuse_qkv(model) -> None:
             m.forward = forward.__get__(m)
 
 
+def plain_mlm_loss(model) -> None:
+    """ours-torch-mlm-loss: the MLM head's loss through `masked_lm_loss_ref` (plain torch on full logits)."""
+    from bertforge.kernels.reference import masked_lm_loss_ref
+
+    head = model.cls.predictions
+    head.loss = lambda hidden, labels: masked_lm_loss_ref(head.transform(hidden), head.decoder.weight, head.bias,
+                                                          labels)
+
+
 def build(variant: str, cfg, device):
     """-> (parameters' owner, forward(inputs) -> loss, optimizer)."""
     if variant.startswith("hf"):
@@ -230,6 +242,8 @@ def build(variant: str, cfg, device):
                                                dropout_bits=24 if variant == "ours-dropout24" else 8)).to(device)
         if variant == "ours-unfused-qkv":
             unfuse_qkv(model)
+        if variant == "ours-torch-mlm-loss":
+            plain_mlm_loss(model)
         masker = None
         if variant == "ours-device-mask":
             from bertforge.data.masking import replacement_distribution

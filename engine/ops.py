@@ -1,5 +1,6 @@
 """The encoder's hot ops and the LAMB step, each one function that dispatches on a backend through `_OPS`: 'none'
-runs the pure-torch reference (kernels/reference.py), 'triton' the fused kernel (kernels/<op>.py), imported on first
+runs the pure-torch reference (kernels/reference.py; for the MLM loss on CPU tensors its blocked form,
+kernels/mlm_loss_cpu.py), 'triton' the fused kernel (kernels/<op>.py), imported on first
 use, so the 'none' path never imports Triton. Model code calls only these, so switching backends never touches the
 model.
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from bertforge.errors import ConfigError
 
 from bertforge.kernels import reference
+from bertforge.kernels.mlm_loss_cpu import masked_lm_loss_cpu
 
 BACKENDS = ("none", "triton")
 
@@ -63,7 +65,7 @@ _OPS: dict[str, tuple[Callable, Callable[[], Callable]]] = {
     "bias_gelu": (reference.bias_gelu_ref, _bias_gelu_kernel),
     "bias_dropout_add_layernorm": (reference.bias_dropout_add_layernorm_ref, _bias_dropout_add_layernorm_kernel),
     "dropout": (reference.dropout_ref, _dropout_kernel),
-    "masked_lm_loss": (reference.masked_lm_loss_ref, _masked_lm_loss_kernel),
+    "masked_lm_loss": (masked_lm_loss_cpu, _masked_lm_loss_kernel),  # masked_lm_loss_ref off CPU
     "mlm_mask": (reference.mlm_mask_ref, _mlm_mask_kernel),
     "lamb_step": (reference.lamb_step_ref, _lamb_step_kernel),
 }
