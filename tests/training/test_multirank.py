@@ -101,3 +101,18 @@ def test_a_resume_inside_a_log_window_writes_the_uninterrupted_runs_line(tmp_pat
     assert saved["micro_batches"] == 12 and saved["micro_batches_per_step"] == 4
     assert old[0]["loss"] != full[0]["loss"] and old[1]["loss"] == full[1]["loss"]
     assert abs((saved["sums"][0] + 4 * old[0]["loss"]) / 16 - full[0]["loss"]) < 1e-12
+
+
+def test_a_carried_log_window_keeps_each_steps_weight_when_micro_batches_per_step_change():
+    """Saved at 4 micro batches per step (3 steps), resumed at 8: the loss sums and micro_batches double, counts
+    of tokens stay, so the window's mean loss is unchanged and a new step weighs as much as each old one."""
+    from bertforge.training.trainer import LogWindow
+
+    state = {"sums": [12.0, 9.0, 3.0, 50.0, 7.0], "mlm_count": 100, "nsp_count": 24, "micro_batches": 12,
+             "micro_batches_per_step": 4}
+    w = LogWindow.from_state(state, torch.device("cpu"), per_step=8)
+    assert w.sums.tolist() == [24.0, 18.0, 6.0, 50.0, 7.0] and w.micro_batches == 24
+    assert (w.mlm_count, w.nsp_count) == (100, 24)
+    assert w.reduce(torch.device("cpu"))["loss"] == 1.0
+    with pytest.raises(ValueError):
+        LogWindow.from_state({**state, "sums": [1.0]}, torch.device("cpu"), per_step=4)
