@@ -151,11 +151,18 @@ class FinetuningTask(TrainTask):
             batches.append(to_device(batch, t.dev))
         return batches
 
-    def count_items(self, batches: list[dict]) -> int | None:
-        """Token-level tasks (task.token_labels): the step's labelled tokens, all micro batches and ranks; None: a
-        per-micro-batch mean (sequence classification)."""
+    def count_items(self, batches: list[dict]) -> int | float | None:
+        """The normaliser of a loss taken over the whole step (bertforge.train.token_loss), all micro batches and
+        ranks: token-level tasks (task.token_labels) its labelled tokens, classification with class weights its
+        summed label weights; None: a per-micro-batch mean (classification without class weights: micro batches
+        are of equal size, so that is already the step's mean)."""
         key = getattr(self.task, "token_labels", None)
-        return step_num_items([b[key] for b in batches], self.trainer.dev) if key else None
+        if key:
+            return step_num_items([b[key] for b in batches], self.trainer.dev)
+        weights = getattr(self.task, "class_weights", None)
+        if weights is not None:
+            return step_num_items([b["labels"] for b in batches], self.trainer.dev, weights=weights)
+        return None
 
     def forward(self, engine, batch: dict, num_items: int | None, scale: int) -> tuple[torch.Tensor, None]:
         loss = self.task.loss(engine, batch, num_items) if num_items is not None else self.task.loss(engine, batch)
