@@ -72,6 +72,24 @@ class LossWindow:
         self.loss += other.loss
         self.steps += other.steps
 
+    def state(self, dev: torch.device, per_step: int) -> dict | None:
+        """The window so far for a checkpoint's meta.json: its loss summed over all ranks (a collective; None when
+        empty: steps is the same on every rank). `per_step`: micro batches per step, all ranks."""
+        if not self.steps:
+            return None
+        total = D.all_reduce_sum([float(self.loss)], dev)[0]
+        return {"loss": total, "steps": self.steps, "micro_batches_per_step": per_step}
+
+    @classmethod
+    def from_state(cls, state: dict, dev: torch.device, per_step: int, holder: bool) -> "LossWindow":
+        """A window holding a `state()` read back: the loss on the `holder` rank (0 elsewhere), rescaled to
+        `per_step` micro batches per step; steps on every rank. ValueError / KeyError / TypeError when malformed."""
+        loss = float(state["loss"]) * per_step / int(state["micro_batches_per_step"]) if holder else 0.0
+        steps = int(state["steps"])
+        if steps < 1:
+            raise ValueError(f"steps {steps} < 1")
+        return cls(torch.tensor(loss, dtype=torch.float64, device=dev), steps)
+
 
 class FinetuningTask(TrainTask):
     """One seed of one finetuning task as a task of the runtime (bertforge.train.trainer.Trainer). Its hooks add
@@ -133,6 +151,7 @@ class FinetuningTask(TrainTask):
     def restore(self, state: dict, point: ResumePoint) -> None:
         for key in ("best", "best_step", "bad_evals", "history", "stopped"):
             setattr(self, key, state[key])
+        self._resumed_from = point.manager.root / point.tag
 
     def on_start(self) -> None:
         self._t0 = time.perf_counter()
@@ -174,6 +193,19 @@ class FinetuningTask(TrainTask):
     def add_micro(self, stats: LossWindow, inputs: dict, out, loss: torch.Tensor) -> None:
         stats.loss += loss.detach().double()
         stats.steps = 1
+
+    def window_state(self, window: LossWindow) -> dict | None:
+        t = self.trainer
+        return window.state(t.dev, t.accum * t.world)
+
+    def restore_window(self, state: dict) -> LossWindow:
+        t = self.trainer
+        try:
+            return LossWindow.from_state(state, t.dev, t.accum * t.world, holder=t.rank == 0)
+        except (ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
+            raise CheckpointError(f"{self._resumed_from}/meta.json: \"log_window\" does not read "
+                                  f"({type(exc).__name__}: {exc}); remove that field to resume with a fresh log "
+                                  f"window") from None
 
     # ---- reporting, evaluation -----------------------------------------------------------------------------------
     def _epoch(self) -> float:

@@ -167,8 +167,9 @@ class TrainTask(abc.ABC):
         return None
 
     def restore_window(self, state: dict) -> Window:
-        """Rank 0's first window after a resume, holding a checkpoint's `window_state` (other ranks start empty:
-        the sums are global). CheckpointError naming meta.json for a state that does not read."""
+        """This rank's first window after a resume from a checkpoint with a `window_state` (called on every rank:
+        the sums are global, so one rank holds them and the others start empty). CheckpointError naming meta.json
+        for a state that does not read."""
         return self.new_window()
 
     @abc.abstractmethod
@@ -406,8 +407,8 @@ class Trainer:
         """Optimizer steps to spec.total_steps or the task's early stop ('finished'), or to a SIGTERM agreed on by
         the ranks ('preempted': a checkpoint was saved after that step)."""
         spec, task, total = self.spec, self.task, self.spec.total_steps
-        carried = self._carried  # the checkpoint's open log window: rank 0 holds its global sums
-        self.window = task.restore_window(carried) if carried is not None and self.rank == 0 else task.new_window()
+        carried = self._carried  # the checkpoint's open log window (its sums over all ranks)
+        self.window = task.restore_window(carried) if carried is not None else task.new_window()
         self.engine.train()
         while self.step < total and not task.stopped:
             task.before_step()

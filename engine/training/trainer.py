@@ -301,12 +301,13 @@ class PretrainingTask(TrainTask):
 
     def restore_window(self, state: dict) -> LogWindow:
         t = self.trainer
-        try:
-            return LogWindow.from_state(state, t.dev, t.accum * t.world)
-        except (ValueError, KeyError, TypeError) as exc:
+        try:  # read on every rank: a bad field stops them all
+            window = LogWindow.from_state(state, t.dev, t.accum * t.world)
+        except (ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
             raise CheckpointError(f"{self._resumed_from}/meta.json: \"log_window\" does not read "
                                   f"({type(exc).__name__}: {exc}); remove that field to resume with a fresh log "
                                   f"window") from None
+        return window if t.rank == 0 else self.new_window()  # the sums are over all ranks: rank 0 holds them
 
     def add_micro(self, stats: LogWindow, inputs: dict, out, loss: torch.Tensor) -> None:
         labels = inputs["mlm_labels"]
