@@ -183,7 +183,7 @@ class FinetuningTask(TrainTask):
             return step_num_items([b["labels"] for b in batches], self.trainer.dev, weights=weights)
         return None
 
-    def forward(self, engine, batch: dict, num_items: int | None, scale: int) -> tuple[torch.Tensor, None]:
+    def forward(self, engine, batch: dict, num_items: int | float | None, scale: int) -> tuple[torch.Tensor, None]:
         loss = self.task.loss(engine, batch, num_items) if num_items is not None else self.task.loss(engine, batch)
         return loss * scale, None
 
