@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from bertforge.config.checks import did_you_mean
+from bertforge.config.checks import close_names, did_you_mean
 from bertforge.errors import UserError, describe_os_error
 from bertforge.log import configure
 
@@ -81,8 +81,26 @@ class _OneLineParser(argparse.ArgumentParser):
                     return f"; {hint}"
         return ""
 
+    def _check_value(self, action, value):
+        """An unknown (sub)command: one line with the close names (close_names), else the list of choices."""
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            self.exit(2, unknown_choice_line(self.prog, (action.metavar or "command").lower(), value,
+                                             list(action.choices)) + "\n")
+        super()._check_value(action, value)
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def unknown_choice_line(prog: str, kind: str, value: str, choices: list[str]) -> str:
+    """`bertforge: unknown command 'pretrian'; did you mean 'pretrain'? (see `bertforge --help` for the list)`;
+    without a close name (bertforge.config.checks.close_names) the choices themselves."""
+    close = close_names(value, choices)
+    if close:
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? (see `{prog} --help` for the list)"
+    else:
+        hint = f"choose from {', '.join(choices)} (see `{prog} --help`)"
+    return f"{prog}: unknown {kind} {value!r}; {hint}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 """`bertforge predict MODEL_DIR INPUT --out OUT.jsonl`: labels and probabilities (classification) or tags and entity
-spans (token classification) for every input of a file, one JSON object per line in input order. The input is
+spans (token classification; entity tags are valid: a stray I-X of the model is answered as B-X, as conlleval reads
+it, so tags and entities agree) for every input of a file, one JSON object per line in input order. The input is
 streamed (any size, flat memory), batched by length, run on the GPU when there is one (--precision bf16 optional);
 under `torchrun --nproc_per_node N -m bertforge.cli predict ...` the ranks share the file and still write one ordered
 output."""

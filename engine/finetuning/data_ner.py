@@ -170,6 +170,13 @@ def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     return out
 
 
+def lenient_iob2(tags: Sequence[str]) -> list[str]:
+    """Valid IOB2 from a model's IOB2 tags: a stray I-X (not after B-X or I-X) becomes B-X, the entity start that
+    conlleval and seqeval's default mode read there (to_iob2's IOB1 rule); every other tag is kept. The strict
+    scoring of `entity_metrics` ignores such a tag instead."""
+    return to_iob2(tags, "iob1")
+
+
 def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     """IOB2 -> `scheme`, through the strict IOB2 entities (a stray I- becomes O in IOB1/BIOES output); plain tags
     are returned as they are."""

@@ -97,16 +97,21 @@ class ClassifyTask:
             batch["labels"] = torch.tensor([f["labels"] for f in feats], dtype=torch.long)
         return batch
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
-        """Cross-entropy of the micro batch: the mean over its examples, or with class weights w the weighted mean
-        sum_i w[y_i] * nll_i / sum_i w[y_i] (torch's `cross_entropy(weight=w)`)."""
+    def loss(self, model, batch: dict, num_items_in_batch: float | None = None) -> torch.Tensor:
+        """Cross-entropy of the micro batch: the mean over its examples, or with class weights w the weighted
+        sum_i w[y_i] * nll_i divided by `num_items_in_batch`, the whole step's sum of w[y] over all micro batches
+        and ranks (bertforge.train.token_loss.step_num_items(weights=w)), so the step's loss is the weighted mean
+        of torch's `cross_entropy(weight=w)` over the global batch however it is cut; without it, by this micro
+        batch's own sum_i w[y_i]."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits.float()
         labels = batch["labels"]
-        weight = None
-        if self.class_weights is not None:
-            weight = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
-        return F.cross_entropy(logits, labels, weight=weight)
+        if self.class_weights is None:
+            return F.cross_entropy(logits, labels)
+        weight = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+        if num_items_in_batch is None:
+            return F.cross_entropy(logits, labels, weight=weight)
+        return F.cross_entropy(logits, labels, weight=weight, reduction="sum") / num_items_in_batch
 
     def outputs(self, model, batch: dict) -> list[torch.Tensor]:
         """(C,) class probabilities per example."""

@@ -72,6 +72,24 @@ class LossWindow:
         self.loss += other.loss
         self.steps += other.steps
 
+    def state(self, dev: torch.device, per_step: int) -> dict | None:
+        """The window so far for a checkpoint's meta.json: its loss summed over all ranks (a collective; None when
+        empty: steps is the same on every rank). `per_step`: micro batches per step, all ranks."""
+        if not self.steps:
+            return None
+        total = D.all_reduce_sum([float(self.loss)], dev)[0]
+        return {"loss": total, "steps": self.steps, "micro_batches_per_step": per_step}
+
+    @classmethod
+    def from_state(cls, state: dict, dev: torch.device, per_step: int, holder: bool) -> "LossWindow":
+        """A window holding a `state()` read back: the loss on the `holder` rank (0 elsewhere), rescaled to
+        `per_step` micro batches per step; steps on every rank. ValueError / KeyError / TypeError when malformed."""
+        loss = float(state["loss"]) * per_step / int(state["micro_batches_per_step"]) if holder else 0.0
+        steps = int(state["steps"])
+        if steps < 1:
+            raise ValueError(f"steps {steps} < 1")
+        return cls(torch.tensor(loss, dtype=torch.float64, device=dev), steps)
+
 
 class FinetuningTask(TrainTask):
     """One seed of one finetuning task as a task of the runtime (bertforge.train.trainer.Trainer). Its hooks add
@@ -133,6 +151,7 @@ class FinetuningTask(TrainTask):
     def restore(self, state: dict, point: ResumePoint) -> None:
         for key in ("best", "best_step", "bad_evals", "history", "stopped"):
             setattr(self, key, state[key])
+        self._resumed_from = point.manager.root / point.tag
 
     def on_start(self) -> None:
         self._t0 = time.perf_counter()
@@ -151,13 +170,20 @@ class FinetuningTask(TrainTask):
             batches.append(to_device(batch, t.dev))
         return batches
 
-    def count_items(self, batches: list[dict]) -> int | None:
-        """Token-level tasks (task.token_labels): the step's labelled tokens, all micro batches and ranks; None: a
-        per-micro-batch mean (sequence classification)."""
+    def count_items(self, batches: list[dict]) -> int | float | None:
+        """The normaliser of a loss taken over the whole step (bertforge.train.token_loss), all micro batches and
+        ranks: token-level tasks (task.token_labels) its labelled tokens, classification with class weights its
+        summed label weights; None: a per-micro-batch mean (classification without class weights: micro batches
+        are of equal size, so that is already the step's mean)."""
         key = getattr(self.task, "token_labels", None)
-        return step_num_items([b[key] for b in batches], self.trainer.dev) if key else None
+        if key:
+            return step_num_items([b[key] for b in batches], self.trainer.dev)
+        weights = getattr(self.task, "class_weights", None)
+        if weights is not None:
+            return step_num_items([b["labels"] for b in batches], self.trainer.dev, weights=weights)
+        return None
 
-    def forward(self, engine, batch: dict, num_items: int | None, scale: int) -> tuple[torch.Tensor, None]:
+    def forward(self, engine, batch: dict, num_items: int | float | None, scale: int) -> tuple[torch.Tensor, None]:
         loss = self.task.loss(engine, batch, num_items) if num_items is not None else self.task.loss(engine, batch)
         return loss * scale, None
 
@@ -167,6 +193,19 @@ class FinetuningTask(TrainTask):
     def add_micro(self, stats: LossWindow, inputs: dict, out, loss: torch.Tensor) -> None:
         stats.loss += loss.detach().double()
         stats.steps = 1
+
+    def window_state(self, window: LossWindow) -> dict | None:
+        t = self.trainer
+        return window.state(t.dev, t.accum * t.world)
+
+    def restore_window(self, state: dict) -> LossWindow:
+        t = self.trainer
+        try:
+            return LossWindow.from_state(state, t.dev, t.accum * t.world, holder=t.rank == 0)
+        except (ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
+            raise CheckpointError(f"{self._resumed_from}/meta.json: \"log_window\" does not read "
+                                  f"({type(exc).__name__}: {exc}); remove that field to resume with a fresh log "
+                                  f"window") from None
 
     # ---- reporting, evaluation -----------------------------------------------------------------------------------
     def _epoch(self) -> float:

@@ -10,14 +10,16 @@ averages gradients over the ranks, so the loss handed to `engine.backward` is mu
 (`backward_scale`); the step's gradient is then that of sum(all token losses) / N, and the reported loss
 (the engine-facing losses summed and divided by accum * world, as the trainers already do) is the same global
 mean. Sequence-level losses (classification, NSP / SOP) keep their per-micro-batch mean: every micro batch holds
-the same number of sequences.
+the same number of sequences, so the mean of the means is the step's mean. A class-weighted classification loss
+(--class-weight) is a weighted mean, sum_i w[y_i] nll_i / sum_i w[y_i], whose normaliser differs between micro
+batches: it takes the same route with N = the step's summed label weights (`step_num_items(..., weights=w)`).
 
 Call sites (one line each in a trainer's step): `n = step_num_items([labels of each micro batch], device)` before
 the first forward of the step; the model's forward gets `num_items_in_batch=n`; the loss passed to backward is
 `loss * backward_scale(accum, world)`."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -31,15 +33,23 @@ def labelled_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> i
 
 
 def step_num_items(micro_labels: Iterable[torch.Tensor], device: torch.device | str = "cpu",
-                   ignore_index: int = IGNORE_INDEX) -> int:
+                   ignore_index: int = IGNORE_INDEX, weights: Sequence[float] | None = None) -> int | float:
     """Labelled tokens of one optimizer step: summed over this rank's micro batches, then over the ranks (one
-    all-reduce when a process group is up). At least 1 (a step without labelled tokens contributes 0 / 1)."""
-    local = sum(labelled_tokens(x, ignore_index) for x in micro_labels)
+    all-reduce when a process group is up). At least 1 (a step without labelled tokens contributes 0 / 1).
+    `weights` (C,): per-class weights of a weighted loss; the step's summed weight of its labels instead (a float
+    in float64; 1.0 when it is 0)."""
+    if weights is None:
+        local = sum(labelled_tokens(x, ignore_index) for x in micro_labels)
+    else:
+        w = torch.tensor(weights, dtype=torch.float64)
+        local = sum(float(w[x[x != ignore_index].cpu()].sum()) for x in micro_labels)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([local], dtype=torch.int64, device=device)
+        t = torch.tensor([local], dtype=torch.int64 if weights is None else torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        local = int(t.item())
-    return max(local, 1)
+        local = t.item()
+    if weights is None:
+        return max(int(local), 1)
+    return float(local) if local > 0 else 1.0
 
 
 def backward_scale(accum: int, world: int) -> int:

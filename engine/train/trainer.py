@@ -5,11 +5,12 @@ The runtime owns, once each: the device check, the launcher environment and the 
 (`bertforge.train.setup`), DeepSpeed's JSON (built from the typed `RunSpec`, never read back), the
 optimizer and learning-rate schedule, `parallelize` (its log on rank 0), the skip gate, the stop agreement and the
 in-a-row limit (`StepGuard`, `ParallelConfig.max_skipped_steps`), SIGTERM (`bertforge.distributed.Preemption`: a
-checkpoint after the agreed step, then status 'preempted'), the log window, progress, the metrics writer
-(metrics.jsonl + TensorBoard) and checkpoints (save, the resume point, the resume rule, DeepSpeed's universal form
-for ZeRO 1-3 on another number of ranks). A task owns its data, model, loss, statistics, evaluation and what happens
-at the end (pretraining: the final evaluation and export; finetuning: best-state checkpoints, early stopping and the
-export of the best state).
+checkpoint after the agreed step, then status 'preempted'), the log window (a checkpoint taken inside one carries
+its reduced sums, `TrainTask.window_state`, so a resume's first metrics line is the uninterrupted run's), progress,
+the metrics writer (metrics.jsonl + TensorBoard) and checkpoints (save, the resume point, the resume rule,
+DeepSpeed's universal form for ZeRO 1-3 on another number of ranks). A task owns its data, model, loss, statistics,
+evaluation and what happens at the end (pretraining: the final evaluation and export; finetuning: best-state
+checkpoints, early stopping and the export of the best state).
 
 One optimizer step = `accum` micro batches per rank, then engine.step() at the boundary; its one host sync is the
 StepGuard's all-reduce after the last backward is queued (non-finite loss on any rank -> the update is skipped
@@ -158,6 +159,19 @@ class TrainTask(abc.ABC):
     @abc.abstractmethod
     def new_window(self) -> Window: ...
 
+    def window_state(self, window: Window) -> dict | None:
+        """The open log window's sums, reduced over the ranks, for a checkpoint's meta.json ("log_window"): a
+        collective on a saving step. A resume restores them (`restore_window`), so its first metrics line averages
+        the whole window as the uninterrupted run's does. None: nothing carried (the first line after a resume then
+        covers only the steps since the checkpoint)."""
+        return None
+
+    def restore_window(self, state: dict) -> Window:
+        """This rank's first window after a resume from a checkpoint with a `window_state` (called on every rank:
+        the sums are global, so one rank holds them and the others start empty). CheckpointError naming meta.json
+        for a state that does not read."""
+        return self.new_window()
+
     @abc.abstractmethod
     def add_micro(self, stats: Window, inputs: dict, out: Any, loss: torch.Tensor) -> None:
         """Add one micro batch's statistics to the step's `stats` (after engine.step())."""
@@ -233,6 +247,8 @@ class Trainer:
         self.metrics, self._own_metrics = metrics, metrics is None and spec.metrics_dir is not None
         self.noop = None
         self.plan = ResumePlan()
+        self.window = None  # the open log window (train)
+        self._carried = None  # a resumed checkpoint's open log window (meta.json "log_window"), or None
 
     def _say(self, text: str) -> None:
         self.echo(f"{self.spec.who}: {text}" if self.spec.who else text)
@@ -300,6 +316,7 @@ class Trainer:
         number of ranks: torch's generator is reseeded per rank and step (the saved states belong to the old
         ranks; dropout does not use it: its masks are keyed per sample)."""
         state = point.manager.load(self.engine, point.tag, universal=universal)
+        self._carried = point.manager.meta(point.tag).get("log_window")  # absent in older checkpoints
         self.scheduler.load_state_dict(state["scheduler"])
         # the next step's rate from the (possibly recomputed: --extend-steps) schedule, never the restored 0
         continue_schedule(self.scheduler, self.plan, self._say, self.spec.warmup_steps, self.spec.decay)
@@ -359,7 +376,11 @@ class Trainer:
         collective."""
         state = {"step": self.step, "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
                  "skipped": self.guard.skipped, "in_a_row": self.guard.in_a_row, **self.task.state_dict()}
-        (manager or self.ckpt).save(self.engine, self.step, state, self.task.checkpoint_meta(finished))
+        meta = self.task.checkpoint_meta(finished)
+        window = self.task.window_state(self.window) if self.window is not None else None  # a collective
+        if window is not None:
+            meta = {**meta, "log_window": window}
+        (manager or self.ckpt).save(self.engine, self.step, state, meta)
 
     # ---- the loop ------------------------------------------------------------------------------------------------
     def run(self) -> Any:
@@ -386,7 +407,8 @@ class Trainer:
         """Optimizer steps to spec.total_steps or the task's early stop ('finished'), or to a SIGTERM agreed on by
         the ranks ('preempted': a checkpoint was saved after that step)."""
         spec, task, total = self.spec, self.task, self.spec.total_steps
-        self.window = task.new_window()
+        carried = self._carried  # the checkpoint's open log window (its sums over all ranks)
+        self.window = task.restore_window(carried) if carried is not None else task.new_window()
         self.engine.train()
         while self.step < total and not task.stopped:
             task.before_step()

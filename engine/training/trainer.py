@@ -109,10 +109,38 @@ class LogWindow:
         self.nsp_count += other.nsp_count
         self.micro_batches += other.micro_batches
 
+    def totals(self, dev: torch.device) -> list[float]:
+        """The sums and counts over all ranks (a collective): the 5 sums, mlm_count, nsp_count, micro_batches."""
+        return D.all_reduce_sum(self.sums.tolist() + [self.mlm_count, self.nsp_count, self.micro_batches], dev)
+
+    def state(self, dev: torch.device, per_step: int) -> dict | None:
+        """The window so far over all ranks for a checkpoint's meta.json (a collective; None when it is empty:
+        micro_batches is the same on every rank). `per_step`: micro batches per optimizer step, all ranks."""
+        if not self.micro_batches:
+            return None
+        w = self.totals(dev)
+        return {"sums": w[:5], "mlm_count": int(w[5]), "nsp_count": int(w[6]), "micro_batches": int(w[7]),
+                "micro_batches_per_step": per_step}
+
+    @classmethod
+    def from_state(cls, state: dict, dev: torch.device, per_step: int) -> "LogWindow":
+        """A window holding a `state()` read back from meta.json. The loss sums are sums of micro-batch losses:
+        resumed with another number of micro batches per step, they and micro_batches are rescaled by the ratio, so
+        each step keeps its weight in the mean. ValueError / KeyError / TypeError for a malformed state."""
+        sums = torch.tensor([float(x) for x in state["sums"]], dtype=torch.float64, device=dev)
+        if sums.numel() != 5:
+            raise ValueError(f"expected 5 sums, got {sums.numel()}")
+        saved = int(state["micro_batches_per_step"])
+        micro = int(state["micro_batches"])
+        if saved != per_step:
+            sums[:3] *= per_step / saved
+            micro = micro * per_step // saved
+        return cls(sums, int(state["mlm_count"]), int(state["nsp_count"]), micro)
+
     def reduce(self, dev: torch.device, task: str | None = "nsp") -> dict:
         """Means over all ranks (a collective): loss, mlm_loss, mlm_acc and the sentence task's {task}_loss,
         {task}_acc (task 'nsp' / 'sop'; left out when None); {} if empty."""
-        w = D.all_reduce_sum(self.sums.tolist() + [self.mlm_count, self.nsp_count, self.micro_batches], dev)
+        w = self.totals(dev)
         if w[7] <= 0:
             return {}
         n = w[7]
@@ -201,6 +229,7 @@ class PretrainingTask(TrainTask):
         """The data position of the checkpoint's trainer state. Written by another number of ranks (or micro
         batch): remapped through the samples consumed, so the global order continues where it stopped."""
         cfg, world, tag = self.cfg, self.trainer.world, point.tag
+        self._resumed_from = point.manager.root / tag
         saved_world = state["saved_world_size"]
         saved_micro = int(point.manager.meta(tag).get("train_config", {}).get("micro_batch", cfg.batch.micro_batch))
         data = dict(state["data"])
@@ -265,6 +294,20 @@ class PretrainingTask(TrainTask):
 
     def new_window(self) -> LogWindow:
         return LogWindow.zeros(self.trainer.dev)
+
+    def window_state(self, window: LogWindow) -> dict | None:
+        t = self.trainer
+        return window.state(t.dev, t.accum * t.world)
+
+    def restore_window(self, state: dict) -> LogWindow:
+        t = self.trainer
+        try:  # read on every rank: a bad field stops them all
+            window = LogWindow.from_state(state, t.dev, t.accum * t.world)
+        except (ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
+            raise CheckpointError(f"{self._resumed_from}/meta.json: \"log_window\" does not read "
+                                  f"({type(exc).__name__}: {exc}); remove that field to resume with a fresh log "
+                                  f"window") from None
+        return window if t.rank == 0 else self.new_window()  # the sums are over all ranks: rank 0 holds them
 
     def add_micro(self, stats: LogWindow, inputs: dict, out, loss: torch.Tensor) -> None:
         labels = inputs["mlm_labels"]

@@ -179,3 +179,40 @@ def test_classify_resume_checks_the_data(tmp_path, tiny_ckpt):
     again = run.run_classify(ClassifyConfig.from_flat(base, dev=str(moved / "dev.csv"), resume=True),
                              echo=lines.append)
     assert again["status"] == "finished" and any("finished in an earlier launch, kept" in x for x in lines)
+
+
+def test_a_resume_inside_a_log_window_writes_the_uninterrupted_runs_line(tmp_path, tiny_ckpt, monkeypatch):
+    """--log-every 4, a SIGTERM checkpoint at step 3: the checkpoint's meta.json carries the window's loss sum
+    ("log_window"), so the resumed run's step-4 line averages steps 1-4 like the uninterrupted run's."""
+    import os
+    import signal
+
+    from bertforge.cli import main
+    from bertforge.train.trainer import Trainer
+    from tests.finetuning._data import sentiment_csv
+
+    train = sentiment_csv(tmp_path / "train.csv", 64, 0)
+    base = ["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(train), "--epochs", "1",
+            "--global-batch", "8", "--micro-batch", "4", "--log-every", "4", "--dropout", "0", "--max-seq-length",
+            "32", "--no-progress", "--threads", "1", "--recipe", "lecture"]
+    assert main([*base, "--out", str(tmp_path / "full")]) == 0
+    real = Trainer.train_step
+
+    def train_step(self, *args, **kwargs):
+        if self.step == 2:  # agreed during step 3: the checkpoint is at step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    assert main([*base, "--out", str(tmp_path / "cut")]) == 143
+    monkeypatch.setattr(Trainer, "train_step", real)
+    metas = list((tmp_path / "cut" / "state").rglob("meta.json"))
+    assert [json.loads(m.read_text())["log_window"]["steps"] for m in metas] == [3]
+    assert main([*base, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+
+    def lines(out):
+        return [(x["step"], x["loss"]) for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if x.get("split") == "train"]
+
+    full = lines(tmp_path / "full")
+    assert [s for s, _ in full] == [4, 8] and lines(tmp_path / "cut") == full  # exact: one rank, float64 sums

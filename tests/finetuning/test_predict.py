@@ -133,3 +133,64 @@ def test_evaluate_counts_unknown_gold_label_as_a_miss_and_bf16(model, tmp_path, 
     assert agree >= 29  # bf16 autocast: the same labels up to near-ties
     for a, b in zip(rows, bf16):
         assert abs(a["probabilities"]["pos"] - b["probabilities"]["pos"]) < 0.05
+
+
+def test_lenient_iob2_turns_a_stray_inside_tag_into_a_start():
+    from bertforge.finetuning.data_ner import lenient_iob2
+
+    tags = ["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-PER", "I-LOC", "B-PER", "I-PER"]
+    assert lenient_iob2(tags) == ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-PER", "B-LOC", "B-PER", "I-PER"]
+    assert lenient_iob2(["O", "B-X", "I-X"]) == ["O", "B-X", "I-X"]  # valid IOB2 is kept
+
+
+def _stray_model(tiny_ckpt, tmp_path, scheme_args=(), tag="I-PER"):
+    """A 1-epoch NER model whose classifier then always answers `tag`: every sentence starts with a stray I-."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.finetuning._data import ner_conll
+
+    train = ner_conll(tmp_path / "train.conll", 16, 0)
+    assert main(["finetune", "ner", "--model", str(tiny_ckpt), "--train", str(train), "--out", str(tmp_path / "out"),
+                 "--epochs", "1", "--global-batch", "8", "--max-seq-length", "32", "--no-progress", "--threads", "1",
+                 "--recipe", "lecture", *scheme_args]) == 0
+    model = tmp_path / "out" / "seed-1"
+    labels = json.loads((model / "bertforge_task.json").read_text())["labels"]
+    weights = load_file(str(model / "model.safetensors"))
+    weights["classifier.weight"].zero_()
+    weights["classifier.bias"].fill_(-5.0)[labels.index(tag)] = 5.0
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    return model, train
+
+
+def test_ner_predict_answers_valid_iob2_whose_entities_match_the_tags(tiny_ckpt, tmp_path, capsys):
+    """A stray I-X is answered as B-X (conlleval / seqeval's default reading) in the tags and the entities alike, in
+    IOB2 and converted to BIOES; evaluate keeps its strict scoring of the model's tags (the stray I- starts
+    nothing: no predicted entity)."""
+    from bertforge.finetuning.metrics import iob2_spans
+
+    model, test = _stray_model(tiny_ckpt, tmp_path)
+    for scheme in ("iob2", "bioes"):
+        out = tmp_path / f"{scheme}.jsonl"
+        assert main(["predict", str(model), str(test), "--out", str(out), "--scheme", scheme]) == 0
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert len(rows) == 16
+        for r in rows:
+            n = len(r["tokens"])
+            want = ["B-PER"] + ["I-PER"] * (n - 1) if scheme == "iob2" else ["B-PER"] + ["I-PER"] * (n - 2) + ["E-PER"]
+            assert r["tags"] == want, r
+            assert [(e["start"], e["end"], e["type"]) for e in r["entities"]] == [(0, n, "PER")]
+            if scheme == "iob2":
+                assert [(e["start"], e["end"], e["type"]) for e in r["entities"]] == iob2_spans(r["tags"])
+    metrics = tmp_path / "metrics.json"
+    assert main(["evaluate", str(model), str(test), "--out", str(metrics)]) == 0
+    assert json.loads(metrics.read_text())["n_pred"] == 0  # strict IOB2 scoring, unchanged
+
+
+def test_plain_tags_are_answered_as_the_model_gives_them(tiny_ckpt, tmp_path):
+    """--scheme plain: tags are any per-word labels (here the CoNLL file's, read as plain): an 'I-LOC' first is not
+    rewritten."""
+    model, test = _stray_model(tiny_ckpt, tmp_path, ("--scheme", "plain"), tag="I-LOC")
+    out = tmp_path / "plain.jsonl"
+    assert main(["predict", str(model), str(test), "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows and all(r["tags"] == ["I-LOC"] * len(r["tokens"]) and "entities" not in r for r in rows)

@@ -13,6 +13,8 @@ what the test checks to OUT (rank 0). Modes:
                             checkpoint; corpus.json = {layout: {full, resumed, train_keys, eval_keys}}; env OBJECTIVE
                             (default mlm+nsp), ZERO (default 0)
   window                    6 steps logged every step and every 3 steps; window.json = {1: [lines], 3: [lines]}
+  resume_window             6 steps logged every 4, checkpoint at 3; the full run, a resumed one and one resumed
+                            from the checkpoint stripped of its "log_window"; resume_window.json
   compile                   4 unpadded fp32 steps eager (steps 2-3 profiled) and under --compile;
                             compile.json = {eager, compiled}
   lamb STAGES               20 fp32 LAMB steps per ZeRO stage (a stage 'Nnaive': stage N with the flat partitions
@@ -189,6 +191,34 @@ def mode_window(out: Path) -> None:
         (out / "window.json").write_text(json.dumps(results))
 
 
+def mode_resume_window(out: Path) -> None:
+    """Steps 1-6 logged every 4 steps, checkpoint at step 3 (inside the first window): the full run, a run resumed
+    from its step-3 checkpoint, and one resumed from that checkpoint without meta.json's "log_window" (an older
+    checkpoint); resume_window.json = {name: [train lines]}."""
+    from bertforge.training.trainer import pretrain
+
+    kw = dict(log_every=4, save_every=3)
+    full = out / "full"
+    pretrain(config(full, **kw), source_factory=factory)
+    results = {}
+    for name in ("resumed", "old"):
+        run = out / name
+        if D.rank() == 0:
+            tag = run / "checkpoints" / "step_00000003"
+            shutil.copytree(full / "checkpoints" / "step_00000003", tag)
+            if name == "old":
+                meta = json.loads((tag / "meta.json").read_text())
+                results["saved_window"] = meta.pop("log_window", None)
+                (tag / "meta.json").write_text(json.dumps(meta))
+        D.barrier()
+        pretrain(config(run, resume=True, **kw), source_factory=factory)
+    if D.rank() == 0:
+        for name in ("full", "resumed", "old"):
+            lines = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
+            results[name] = [x for x in lines if x["split"] == "train"]
+        (out / "resume_window.json").write_text(json.dumps(results))
+
+
 def mode_compile(out: Path) -> None:
     from bertforge.training.trainer import pretrain
 
@@ -257,7 +287,7 @@ if __name__ == "__main__":
     D.prepare_env()
     try:
         {"equal": mode_equal, "run": mode_run, "nan": mode_nan, "die": mode_die, "corpus": mode_corpus,
-         "compile": mode_compile, "window": mode_window,
+         "compile": mode_compile, "window": mode_window, "resume_window": mode_resume_window,
          "lamb": mode_lamb, "dropout": mode_dropout}[mode](out, *rest)
     except BaseException as exc:
         print(f"worker rank {D.rank()} failed: {D.describe_failure(exc)}", file=sys.stderr, flush=True)

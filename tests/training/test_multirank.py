@@ -83,3 +83,36 @@ def test_logging_window_averages_the_steps_it_covers(tmp_path, ranks):
         for key in ("loss", "mlm_loss", "nsp_loss", "nsp_acc"):
             assert abs(line[key] - sum(x[key] for x in covered) / 3) < 1e-5, (key, line, covered)
         assert line["tokens_per_s"] > 0 and 0 <= line["data_wait_frac"] < 1
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_resume_inside_a_log_window_writes_the_uninterrupted_runs_line(tmp_path, ranks):
+    """A checkpoint taken inside a logging window (step 3 of 1-4) carries the window's reduced sums in meta.json:
+    the resumed run's first line (step 4) averages steps 1-4 like the uninterrupted run's (float64 sums: equal to
+    the bit on one rank, within summation order on two). A checkpoint without them (older) resumes as before: its
+    step-4 line covers step 4 only."""
+    run_worker("resume_window", tmp_path, ranks=ranks, timeout=400)
+    res = json.loads((tmp_path / "resume_window.json").read_text())
+    full, resumed, old = res["full"], res["resumed"], res["old"]
+    assert [x["step"] for x in full] == [x["step"] for x in resumed] == [x["step"] for x in old] == [4, 6]
+    for key in ("loss", "mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc"):
+        assert [x[key] for x in resumed] == pytest.approx([x[key] for x in full], rel=1e-12, abs=0), key
+    saved = res["saved_window"]  # steps 1-3: 4 micro batches each (global 8 / micro 2)
+    assert saved["micro_batches"] == 12 and saved["micro_batches_per_step"] == 4
+    assert old[0]["loss"] != full[0]["loss"] and old[1]["loss"] == full[1]["loss"]
+    assert abs((saved["sums"][0] + 4 * old[0]["loss"]) / 16 - full[0]["loss"]) < 1e-12
+
+
+def test_a_carried_log_window_keeps_each_steps_weight_when_micro_batches_per_step_change():
+    """Saved at 4 micro batches per step (3 steps), resumed at 8: the loss sums and micro_batches double, counts
+    of tokens stay, so the window's mean loss is unchanged and a new step weighs as much as each old one."""
+    from bertforge.training.trainer import LogWindow
+
+    state = {"sums": [12.0, 9.0, 3.0, 50.0, 7.0], "mlm_count": 100, "nsp_count": 24, "micro_batches": 12,
+             "micro_batches_per_step": 4}
+    w = LogWindow.from_state(state, torch.device("cpu"), per_step=8)
+    assert w.sums.tolist() == [24.0, 18.0, 6.0, 50.0, 7.0] and w.micro_batches == 24
+    assert (w.mlm_count, w.nsp_count) == (100, 24)
+    assert w.reduce(torch.device("cpu"))["loss"] == 1.0
+    with pytest.raises(ValueError):
+        LogWindow.from_state({**state, "sums": [1.0]}, torch.device("cpu"), per_step=4)

@@ -106,3 +106,69 @@ def test_num_items_counts_labelled_tokens_only():
     assert step_num_items([torch.tensor([[-100, 3, 4], [1, -100, -100]]), torch.tensor([[-100]])]) == 3
     assert step_num_items([torch.tensor([[-100]])]) == 1  # no labelled token: no division by zero
     assert backward_scale(4, 2) == 8
+
+
+def _classify_step(model, task, split, normalise):
+    """_one_step for class-weighted sequence classification (ClassifyTask.loss, 3 classes, weights 'balanced' over
+    the labels 0,0,0,0,0,1,1,2): the normaliser is the step's summed label weights (step_num_items(weights=w))."""
+    from bertforge.train.token_loss import step_num_items as count
+
+    ranks, accum, micro = split
+    sentences = _sentences("ner")
+    labels = torch.tensor([0, 1, 0, 0, 2, 0, 1, 0])  # balanced weights 8/15, 4/3, 8/3
+    batches = []
+    for r in range(ranks):
+        rank = []
+        for k in range(accum):
+            lo = (r * accum + k) * micro
+            ids, mask, _ = _batch(sentences[lo:lo + micro])
+            rank.append({"input_ids": ids, "attention_mask": mask, "labels": labels[lo:lo + micro]})
+        batches.append(rank)
+    n = count([b["labels"] for rank in batches for b in rank], weights=task.class_weights) if normalise else None
+    scale = backward_scale(accum, ranks) if normalise else 1
+    grads, reported = None, 0.0
+    for rank in batches:
+        replica = copy.deepcopy(model)
+        for batch in rank:
+            loss = task.loss(replica, batch, n) * scale
+            (loss / accum).backward()
+            reported += float(loss.detach())
+        g = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in replica.parameters()]
+        grads = g if grads is None else [a + b for a, b in zip(grads, g)]
+    with torch.no_grad():
+        new = copy.deepcopy(model)
+        for p, g in zip(new.parameters(), grads):
+            p -= 0.5 * g / ranks
+    return reported / (accum * ranks), torch.cat([p.detach().flatten() for p in new.parameters()])
+
+
+def test_class_weighted_classification_is_one_weighted_mean_over_the_step():
+    """--class-weight: sum_i w[y_i] nll_i / sum_i w[y_i] over the whole step however it is cut (1 x 8, 4 x 2,
+    2 ranks x 2 x 2), equal to torch's cross_entropy(weight=w) over the 8 examples at once; the per-micro-batch
+    weighted mean (the old behaviour) depends on the cut. Unweighted, the per-micro-batch mean is kept (no
+    normaliser: micro batches are of equal size)."""
+    from bertforge.finetuning.tasks import ClassifyTask, balanced_weights
+    from bertforge.heads import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(_config(), 3).float()
+    task = ClassifyTask(["a", "b", "c"], 64, class_weights=balanced_weights([0, 1, 0, 0, 2, 0, 1, 0], 3))
+    results = {name: _classify_step(model, task, split, True) for name, split in SPLITS.items()}
+    ref_loss, ref_w = results["1x8"]
+    for name, (loss, w) in results.items():
+        assert loss == pytest.approx(ref_loss, rel=1e-6), name  # measured: equal; weights within 7.5e-9
+        assert torch.allclose(w, ref_w, rtol=1e-5, atol=1e-6), (name, float((w - ref_w).abs().max()))
+    ids, mask, _ = _batch(_sentences("ner"))
+    labels = torch.tensor([0, 1, 0, 0, 2, 0, 1, 0])
+    whole = task.loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    assert ref_loss == pytest.approx(float(whole), rel=1e-6)
+    old = {name: _classify_step(model, task, split, False) for name, split in SPLITS.items()}
+    assert abs(old["4x2"][0] - old["1x8"][0]) > 1e-4
+    plain, batch = ClassifyTask(["a", "b", "c"], 64), {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    assert plain.loss(model, batch, 99.0).item() == plain.loss(model, batch).item()  # unweighted: its mean, as before
+
+
+def test_weighted_count_sums_the_label_weights():
+    w = [0.5, 2.0, 4.0]
+    assert step_num_items([torch.tensor([0, 1, 1]), torch.tensor([2, -100])], weights=w) == 8.5
+    assert isinstance(step_num_items([torch.tensor([0])], weights=w), float)
