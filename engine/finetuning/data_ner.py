@@ -170,11 +170,14 @@ def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     return out
 
 
-def lenient_iob2(tags: Sequence[str]) -> list[str]:
-    """Valid IOB2 from a model's IOB2 tags: a stray I-X (not after B-X or I-X) becomes B-X, the entity start that
-    conlleval and seqeval's default mode read there (to_iob2's IOB1 rule); every other tag is kept. The strict
-    scoring of `entity_metrics` ignores such a tag instead."""
-    return to_iob2(tags, "iob1")
+def strict_iob2(tags: Sequence[str]) -> list[str]:
+    """Valid IOB2 from a model's IOB2 tags, read as `entity_metrics` scores them (seqeval's strict IOB2 mode): a
+    stray I-X (not after B-X or I-X) starts no entity and becomes O; every tag inside a strict entity is kept. So
+    predict's tags, its entities and evaluate's counts are one reading of the model's output."""
+    out = ["O"] * len(tags)
+    for start, end, _ in iob2_spans(tags):
+        out[start:end] = tags[start:end]
+    return out
 
 
 def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:

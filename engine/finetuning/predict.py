@@ -4,8 +4,8 @@ Hugging Face BertForSequenceClassification / BertForTokenClassification director
 predict: file in, one JSON object per input out, in input order — classification {"label", "probabilities":
 {label: p}}; token classification {"tokens", "tags" (in the requested scheme), "entities": [{"type", "start", "end",
 "text", "score"}]} (entity schemes; word indices, end exclusive, the mean word probability as score; a stray I-X of
-the model is answered as B-X, an entity start as conlleval / seqeval's default mode read it, so tags and entities
-agree; evaluate's strict IOB2 scoring ignores such a tag, as seqeval's strict mode does). evaluate: the
+the model, which starts no entity in evaluate's strict IOB2 scoring (seqeval's strict mode), is answered as O, so
+the tags, the entities and evaluate's counts agree). evaluate: the
 task's metrics on a labelled file (a gold label the model does not know counts as a miss, with a warning).
 
 Any file size in constant memory: the input is read as a stream (engine/finetuning/reading.py) in chunks of CHUNK
@@ -175,12 +175,12 @@ def classify_rows(run: Runner, examples: list[dc.Example]) -> list[dict]:
 
 
 def ner_rows(run: Runner, sentences: list[dn.Sentence], out_scheme: str = "iob2", in_scheme: str | None = None,
-             lenient: bool = False) -> list[dict]:
+             strict: bool = False) -> list[dict]:
     """One row per sentence; "tags" in `out_scheme` (IOB2 tags of the model converted), "gold" likewise; with
     --label-names of the input's scheme `in_scheme` = `out_scheme`, "tag_ids" too (each tag's id in them).
-    `lenient` (predict): a stray I-X of the model becomes B-X first (data_ner.lenient_iob2), so the tags and the
-    entities agree; without it (evaluate) the tags are the model's and the entities its strict IOB2 spans, as
-    scored. Plain tags are never changed."""
+    `strict` (predict): a stray I-X of the model becomes O first (data_ner.strict_iob2), so the tags, the entities
+    and evaluate's strict scoring agree; without it (evaluate) the tags are the model's own and the entities their
+    strict IOB2 spans, as scored. Plain tags are never changed."""
     ids = ({n: i for i, n in enumerate(run.ft.label_names)}
            if run.ft.label_names is not None and in_scheme == out_scheme else None)
     task: NerTask = run.ft.task  # type: ignore[assignment]
@@ -189,8 +189,8 @@ def ner_rows(run: Runner, sentences: list[dn.Sentence], out_scheme: str = "iob2"
     tags, probs = task.tags(wins, run.outputs(wins), sentences)
     rows = []
     for s, t, p in zip(sentences, tags, probs):
-        if lenient and task.scheme != "plain":
-            t = dn.lenient_iob2(t)
+        if strict and task.scheme != "plain":
+            t = dn.strict_iob2(t)
         row = {"line": s.lines[0], "tokens": s.tokens, "tags": dn.from_iob2(t, out_scheme)}
         if ids is not None:
             row["tag_ids"] = [ids[tag] for tag in row["tags"]]
@@ -327,7 +327,7 @@ def _run(config: InferenceConfig, labelled: bool, out: str | None,
             if isinstance(ft.task, ClassifyTask):
                 rows = classify_rows(run, chunk)
             else:  # evaluate scores the model's IOB2 strictly; predict answers valid tags in the input's scheme
-                rows = ner_rows(run, chunk, "iob2" if labelled else in_scheme, in_scheme, lenient=not labelled)
+                rows = ner_rows(run, chunk, "iob2" if labelled else in_scheme, in_scheme, strict=not labelled)
             on_rows(ft, rows)
             if output is not None:
                 output.write(rows)

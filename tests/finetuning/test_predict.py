@@ -135,12 +135,12 @@ def test_evaluate_counts_unknown_gold_label_as_a_miss_and_bf16(model, tmp_path, 
         assert abs(a["probabilities"]["pos"] - b["probabilities"]["pos"]) < 0.05
 
 
-def test_lenient_iob2_turns_a_stray_inside_tag_into_a_start():
-    from bertforge.finetuning.data_ner import lenient_iob2
+def test_strict_iob2_turns_a_stray_inside_tag_into_o():
+    from bertforge.finetuning.data_ner import strict_iob2
 
     tags = ["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-PER", "I-LOC", "B-PER", "I-PER"]
-    assert lenient_iob2(tags) == ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-PER", "B-LOC", "B-PER", "I-PER"]
-    assert lenient_iob2(["O", "B-X", "I-X"]) == ["O", "B-X", "I-X"]  # valid IOB2 is kept
+    assert strict_iob2(tags) == ["O", "O", "O", "O", "B-LOC", "O", "O", "B-PER", "I-PER"]
+    assert strict_iob2(["O", "B-X", "I-X", "B-Y"]) == ["O", "B-X", "I-X", "B-Y"]  # valid IOB2 is kept
 
 
 def _stray_model(tiny_ckpt, tmp_path, scheme_args=(), tag="I-PER"):
@@ -162,12 +162,10 @@ def _stray_model(tiny_ckpt, tmp_path, scheme_args=(), tag="I-PER"):
     return model, train
 
 
-def test_ner_predict_answers_valid_iob2_whose_entities_match_the_tags(tiny_ckpt, tmp_path, capsys):
-    """A stray I-X is answered as B-X (conlleval / seqeval's default reading) in the tags and the entities alike, in
-    IOB2 and converted to BIOES; evaluate keeps its strict scoring of the model's tags (the stray I- starts
-    nothing: no predicted entity)."""
-    from bertforge.finetuning.metrics import iob2_spans
-
+def test_ner_predict_answers_valid_iob2_that_evaluate_scores_alike(tiny_ckpt, tmp_path, capsys):
+    """A stray I-X (here every word's tag) starts no entity in evaluate's strict IOB2 scoring, so predict answers O
+    there, in IOB2 and converted to BIOES: predict's tags, its entities and evaluate's count of predicted entities
+    are one reading of the model."""
     model, test = _stray_model(tiny_ckpt, tmp_path)
     for scheme in ("iob2", "bioes"):
         out = tmp_path / f"{scheme}.jsonl"
@@ -175,15 +173,19 @@ def test_ner_predict_answers_valid_iob2_whose_entities_match_the_tags(tiny_ckpt,
         rows = [json.loads(x) for x in out.read_text().splitlines()]
         assert len(rows) == 16
         for r in rows:
-            n = len(r["tokens"])
-            want = ["B-PER"] + ["I-PER"] * (n - 1) if scheme == "iob2" else ["B-PER"] + ["I-PER"] * (n - 2) + ["E-PER"]
-            assert r["tags"] == want, r
-            assert [(e["start"], e["end"], e["type"]) for e in r["entities"]] == [(0, n, "PER")]
-            if scheme == "iob2":
-                assert [(e["start"], e["end"], e["type"]) for e in r["entities"]] == iob2_spans(r["tags"])
+            assert r["tags"] == ["O"] * len(r["tokens"]) and r["entities"] == [], r
     metrics = tmp_path / "metrics.json"
     assert main(["evaluate", str(model), str(test), "--out", str(metrics)]) == 0
-    assert json.loads(metrics.read_text())["n_pred"] == 0  # strict IOB2 scoring, unchanged
+    assert json.loads(metrics.read_text())["n_pred"] == 0
+
+
+def test_ner_predict_keeps_a_valid_entity_after_a_stray_tag():
+    """strict_iob2 inside predict's row building: the valid entity after a stray I- keeps its tags and span."""
+    from bertforge.finetuning.data_ner import strict_iob2
+    from bertforge.finetuning.metrics import iob2_spans
+
+    tags = ["I-PER", "B-PER", "I-PER", "O"]
+    assert iob2_spans(strict_iob2(tags)) == iob2_spans(tags) == [(1, 3, "PER")]
 
 
 def test_plain_tags_are_answered_as_the_model_gives_them(tiny_ckpt, tmp_path):
