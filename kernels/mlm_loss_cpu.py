@@ -59,6 +59,8 @@ class _MaskedLMLossCPU(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, dtype):
         n, V = hidden.shape[0], weight.shape[0]
         x, w, b = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+        if w is weight:  # keep the forward's storage, as F.linear's saved weight view does: ZeRO-3 swaps a
+            w = weight.detach()  # released parameter's .data for an empty tensor before the backward
         logits = torch.empty(n, V, dtype=dtype)
         for s in range(0, V, COL_CHUNK):
             torch.addmm(b[s:s + COL_CHUNK], x, w[s:s + COL_CHUNK].t(), out=logits[:, s:s + COL_CHUNK])
