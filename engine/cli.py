@@ -126,9 +126,8 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bertforge.malloc import pin_mmap_threshold, use_huge_pages
+    from bertforge.malloc import pin_mmap_threshold
 
-    use_huge_pages()  # before anything imports torch (engine/malloc.py)
     pin_mmap_threshold()  # flat memory over long runs with variable-shaped batches (engine/malloc.py)
     parser = build_parser()
     args = parser.parse_args(argv)
