@@ -36,6 +36,24 @@ def test_train_throughput_tiny_cpu_with_every_ablation(tmp_path):
     assert "tiny-64" in proc.stdout and "x hf" in proc.stdout and "largest batch" in proc.stdout
 
 
+def test_isolated_rows_take_their_mfu_against_one_peak(tmp_path):
+    """--isolate: each child process measures its own matmul rate; the rows' MFU must use the run's one rate (the
+    JSON's matmul_flops), so MFU ranks the rows as tokens/s does."""
+    out = tmp_path / "tt.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--shapes", "tiny-64",
+                           "--variants", "ours,ours-torch-mlm-loss", "--isolate", "--steps", "1", "--warmup", "1",
+                           "--batch", "4", "--vocab", "2048", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    cfg = tt.preset("tiny", vocab_size=2048)
+    flops_tok = tt.train_flops_per_token(cfg.num_hidden_layers, cfg.hidden_size, 64, cfg.vocab_size)
+    assert len(result["rows"]) == 2
+    for row in result["rows"]:
+        assert "error" not in row, row
+        assert abs(row["mfu"] - row["real_tok_per_s"] * flops_tok / result["matmul_flops"]) < 1e-9 * row["mfu"] + 1e-12
+
+
 def test_wiki_histogram_and_batches():
     for seq in (128, 512):
         pool = tt.lengths_pool("wiki", seq)
