@@ -68,15 +68,19 @@ class MlmTask:
         return BertForPreTraining(config)
 
     def collate(self, feats: Sequence[dict], unpadded: bool = False, seed: tuple[int, int] | None = None) -> dict:
-        """`seed`: (run seed, global micro-batch index) of a training batch, whose masks are drawn afresh from it
-        (the same for any number of ranks); dev / test features carry their fixed masks."""
+        """`seed`: (run seed, global micro-batch index[, per-example keys]) of a training batch, whose masks are drawn
+        afresh from it (the same for any number of ranks; with the keys, for any micro batch too: each example is
+        masked by (run seed, its key)); dev / test features carry their fixed masks."""
         from bertforge.finetuning.tasks import pad, unpad
 
         if "mlm_labels" in feats[0]:
             ids, labels = [f["input_ids"] for f in feats], [f["mlm_labels"] for f in feats]
         else:
-            run_seed, index = seed if seed is not None else (0, 0)
-            ids, labels = self.mask([f["input_ids"] for f in feats], run_seed, range(len(feats)), epoch=index)
+            run_seed, index, *keys = seed if seed is not None else (0, 0)
+            if keys:  # each example's own key (its epoch and index): the masks follow the example, not the batch
+                ids, labels = self.mask([f["input_ids"] for f in feats], run_seed, [int(k) for k in keys[0]])
+            else:
+                ids, labels = self.mask([f["input_ids"] for f in feats], run_seed, range(len(feats)), epoch=index)
         if unpadded:
             flat, cu, longest = unpad(ids)
             return {"input_ids": flat, "cu_seqlens": cu, "max_seqlen": longest, "mlm_labels": unpad(labels)[0]}

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -163,7 +164,9 @@ class FinetuningTask(TrainTask):
         for micro_step in range(t.accum):
             mb = self.sampler.indices(step * t.accum + micro_step)
             feats = [self.task.train[i] for i in mb.indices.tolist()]
-            batch = self.task.collate(feats, unpadded=self.args.unpadded, seed=(self.seed, mb.global_index))
+            epochs = mb.epochs if mb.epochs is not None else np.zeros_like(mb.indices)
+            keys = epochs.astype(np.int64) * len(self.task.train) + mb.indices  # unique per (epoch, example)
+            batch = self.task.collate(feats, unpadded=self.args.unpadded, seed=(self.seed, mb.global_index, keys))
             # each example's dropout identity (seed, its epoch, its index): the encoder's masks follow the example,
             # not the rank, micro batch or layout it lands in (as in pretraining)
             batch["dropout_ids"] = torch.from_numpy(sample_dropout_ids(self.seed, mb.epochs, mb.indices))

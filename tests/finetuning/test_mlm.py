@@ -66,3 +66,22 @@ def test_short_texts_are_packed_into_full_sequences_with_no_token_dropped(tiny_c
     assert len(task.train) >= 10 and all(len(f["input_ids"]) == 32 for f in task.train[:-1])  # full, tail shorter
     # each of the 3 parts: [CLS] its documents' tokens, one [SEP] between consecutive documents [SEP], cut in blocks
     assert sum(len(s) - 2 for s in seqs) == n_tokens + len(docs) - 3
+
+
+def test_training_masks_follow_the_example_not_the_micro_batch(tiny_ckpt):
+    """With per-example keys, an example's training mask is the same whether it lands in a micro batch of 8 or in
+    the second half of one of 16 (so --micro-batch, also on resume, leaves finetune mlm's run unchanged)."""
+    import numpy as np
+    from bertforge.data.tokenizer import load_tokenizer
+    from bertforge.finetuning.mlm import build_task
+
+    tok = load_tokenizer(tiny_ckpt)
+    docs = [" ".join(random.Random(i).choices(WORDS, k=60)) for i in range(40)]
+    task = build_task(tok, docs, 32, 0.2, 0, None, None)
+    feats = task.train[:16]
+    keys = np.arange(16)
+    whole = task.collate(feats, seed=(1, 0, keys))
+    halves = [task.collate(feats[i:i + 8], seed=(1, i // 8, keys[i:i + 8])) for i in (0, 8)]
+    assert whole["mlm_labels"][8:].tolist() == halves[1]["mlm_labels"].tolist()
+    assert whole["mlm_labels"][:8].tolist() == halves[0]["mlm_labels"].tolist()
+    assert (whole["mlm_labels"] != -100).any()
