@@ -419,6 +419,9 @@ def main(argv=None):
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
+    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    if unknown:
+        p.error(f"unknown shape(s) {', '.join(sorted(unknown))}; known: {', '.join(SHAPES)}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":  # as `bertforge pretrain` runs (parallelize): the CPU path's dropout masks from C++ Philox

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,3 +101,12 @@ def test_a_variant_that_trains_something_else_fails_its_row(tmp_path, monkeypatc
     assert rows["ours"]["loss_check"] == "ok"
     assert rows["ours-padded"]["loss_check"].startswith("loss_init") and not rows["ours-padded"]["loss_ok"]
     assert not res["all_ok"] and "FAIL loss_init" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag,value,word", [("--shapes", "tiny-6", "shape"), ("--variants", "hf,ourz", "variant")])
+def test_unknown_shape_or_variant_is_one_line(flag, value, word, capsys):
+    with pytest.raises(SystemExit) as exc:
+        tt.main([flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"unknown {word}(s)" in err and value.split(",")[-1] in err
