@@ -11,7 +11,7 @@ import torch
 from tests.training.conftest import run_worker
 
 FP32_ATOL = 1e-5  # measured 2.4e-7 (losses ~6.9): summation order only
-BF16_ATOL = 2e-2  # measured 7e-3: bf16 weights/activations, different accumulation paths (ZeRO vs BF16_Optimizer)
+BF16_ATOL = 2e-3  # measured 4.6e-4: bf16 weights/activations, 2-rank reduction order (7e-3 while ZeRO 0 kept DeepSpeed's init step)
 
 
 @pytest.fixture(scope="module")
