@@ -8,21 +8,11 @@ import pytest
 import torch
 
 from tests.kernels._kernel_tolerance import assert_within_noise
+from tests.kernels._mlm_inputs import mlm_inputs as _inputs
 from bertforge import ops
 from bertforge.kernels import mlm_loss_cpu
 from bertforge.kernels.mlm_loss_cpu import masked_lm_loss_cpu
 from bertforge.kernels.reference import masked_lm_loss_ref
-
-
-def _inputs(n, h, V, dtype, ignore_frac=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(n, h, generator=g).to(dtype)
-    w = (torch.randn(V, h, generator=g) / math.sqrt(h) * 3).to(dtype)
-    b = (torch.randn(V, generator=g) * 0.5).to(dtype)
-    labels = torch.randint(0, V, (n,), generator=g)
-    labels[torch.rand(n, generator=g) < ignore_frac] = -100
-    labels[0] = 5  # at least one labelled row
-    return [hidden, w, b], labels
 
 
 def _run(fn, args, labels, dloss=0.7, autocast=False):
