@@ -28,6 +28,12 @@ and the ablations, each switching ONE piece of `ours` off (or adding one):
                       Triton kernel replaces both)
   ours-device-mask    + MLM masking inside the timed step (Triton kernel on GPU) from unmasked batches
   ours-lamb           our fused multi-tensor LAMB instead of AdamW
+  ours-fresh-buffers  the CPU path's large per-step tensors (the (V, h) weight gradients, the autocast copy of the
+                      decoder weight, the MLM logits) allocated fresh every step instead of on memory reused across
+                      steps (kernels/host_buffers.py); CPU only
+  ours-bf16-weights   (bf16 only) the weights themselves in bf16 and fp32 master weights that AdamW updates (gradients
+                      copied up, masters copied back), as DeepSpeed runs `bertforge pretrain --precision bf16`, instead
+                      of autocast over fp32 weights (HF's Trainer regime, which every other row uses)
 `--variants ablation` runs hf and all of the above. Batches are built (and, except for ours-device-mask, masked)
 outside the timed region, as a prefetching loader delivers them (engine/data/prefetch.py).
 
@@ -67,7 +73,8 @@ from bertforge.heads import BertForPreTraining  # noqa: E402
 SHAPES = {"tiny-64": ("tiny", 64), "base-128": ("bert-base", 128), "base-512": ("bert-base", 512),
           "large-128": ("bert-large", 128), "large-512": ("bert-large", 512), "minilm-128": ("minilm-l6", 128)}
 ABLATIONS = ("ours-padded", "ours-unfused-qkv", "ours-full-last-layer", "ours-dropout24", "ours-no-kernels",
-             "ours-dense-mlm", "ours-unfused-adamw", "ours-torch-mlm-loss", "ours-device-mask", "ours-lamb")
+             "ours-dense-mlm", "ours-unfused-adamw", "ours-torch-mlm-loss", "ours-device-mask", "ours-lamb",
+             "ours-fresh-buffers", "ours-bf16-weights")
 VARIANTS = ("hf", "hf-compile", "ours", "ours-compile") + ABLATIONS
 MASK_SHARE = 0.15
 MASK_ID, SPECIAL_IDS = 4, 5  # ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; real tokens are drawn from 5..V-1
@@ -226,6 +233,34 @@ def plain_mlm_loss(model) -> None:
                                                           labels)
 
 
+class MasterWeights:
+    """ours-bf16-weights: the model's parameters cast to `dtype` (in place, same Parameter objects) and an fp32
+    master copy of each that a fused AdamW updates: step() copies the gradients up, steps, and copies the masters
+    back, the update DeepSpeed's bf16 optimizers make (engine/deepspeed.py). Same interface as an optimizer."""
+
+    def __init__(self, model, groups: list[dict], dtype):
+        from bertforge.optim import build_optimizer
+
+        self.params = [p for g in groups for p in g["params"]]
+        self.masters = [p.detach().float().clone() for p in self.params]
+        it = iter(self.masters)
+        self.optimizer = build_optimizer("adamw", [{**g, "params": [next(it) for _ in g["params"]]} for g in groups],
+                                         1e-4, fused=True)
+        model.to(dtype)
+
+    def step(self):
+        for master, p in zip(self.masters, self.params):
+            master.grad = None if p.grad is None else p.grad.float()
+        self.optimizer.step()
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.masters)
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad = None
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
 def build(variant: str, cfg, device):
     """-> (parameters' owner, forward(inputs) -> loss, optimizer)."""
     if variant.startswith("hf"):
@@ -263,7 +298,9 @@ def build(variant: str, cfg, device):
     from bertforge.optim import build_optimizer, param_groups
 
     groups = param_groups(model, 0.01)
-    if variant == "ours-lamb":
+    if variant == "ours-bf16-weights":
+        optimizer = MasterWeights(model, groups, torch.bfloat16)
+    elif variant == "ours-lamb":
         optimizer = build_optimizer("lamb", groups, 1e-4)
     else:
         optimizer = build_optimizer("adamw", groups, 1e-4, fused=variant != "ours-unfused-adamw")  # CPU too
@@ -295,13 +332,29 @@ def profile_table(step, device, path: Path, top: int = 25) -> None:
     path.write_text(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=70) + "\n")
 
 
+def applicable(variant: str, device, dtype) -> bool:
+    """Whether `variant` measures anything on this device and precision (see the module docstring)."""
+    if variant == "ours-bf16-weights":
+        return dtype == torch.bfloat16
+    if variant == "ours-fresh-buffers":
+        return device.type == "cpu"
+    return True
+
+
 def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool, profile_out=None):
+    if not applicable(variant, device, dtype):
+        raise ValueError(f"{variant} does not apply here: ours-bf16-weights needs --precision bf16, "
+                         "ours-fresh-buffers a CPU")
+    from bertforge.kernels import host_buffers
+
+    host_buffers.reuse(variant != "ours-fresh-buffers")
     torch.manual_seed(0)
     model, forward, optimizer = build(variant, cfg, device)
     gen = torch.Generator().manual_seed(1)
     host = [make_batch(batch, seq, cfg.vocab_size, pool, gen) for _ in range(4)]
     inputs = [step_inputs(variant, b, device) for b in host]
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    autocast = torch.autocast(device.type, dtype=dtype,
+                              enabled=dtype != torch.float32 and variant != "ours-bf16-weights")
     loss_init = _eval_loss(model, forward, inputs[0], autocast)
     count = [0]
     losses = []  # device tensors, read after timing (no sync inside the timed steps)
@@ -430,6 +483,8 @@ def main(argv=None):
         apply_native_philox()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
         args.precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if args.variants == "ablation":  # only the rows that apply to this device and precision
+        variants = [v for v in variants if applicable(v, device, dtype)]
     batches = {}
     for item in args.batch.split(","):
         key, _, value = item.rpartition("=")

@@ -97,10 +97,20 @@ def head_dropout_site(config: ModelConfig) -> int:
     return 1 + 3 * config.num_hidden_layers
 
 
+class WordEmbedding(nn.Embedding):
+    """nn.Embedding (same parameter, same module, so DeepSpeed's ZeRO-3 hooks gather it) whose lookup is
+    `ops.embedding`: on CPU its (V, h) gradient lives on memory reused across steps (kernels/embedding_cpu.py)."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.max_norm is not None or self.scale_grad_by_freq or self.sparse:
+            return super().forward(input_ids)
+        return ops.embedding(input_ids, self.weight, self.padding_idx)
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.word_embeddings = WordEmbedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from bertforge.errors import ConfigError
 
 from bertforge.kernels import reference
+from bertforge.kernels.embedding_cpu import embedding_cpu
 from bertforge.kernels.mlm_loss_cpu import masked_lm_loss_cpu
 
 BACKENDS = ("none", "triton")
@@ -189,6 +190,14 @@ def masked_lm_loss(hidden: torch.Tensor, decoder_weight: torch.Tensor, decoder_b
     hidden (n, h) transformed hidden states of the masked positions; decoder_weight (V, h); decoder_bias (V,);
     labels (n,) int64 (rows with -100 are ignored). Returns (mean loss over labelled rows, predicted ids (n,))."""
     return _impl("masked_lm_loss", backend)(hidden, decoder_weight, decoder_bias, labels)
+
+
+# ---- the word embedding ----------------------------------------------------------------------------------------
+def embedding(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None = None) -> torch.Tensor:
+    """weight[ids]: ids (...) int64, weight (V, h) -> (..., h), as F.embedding (padding_idx's row gets no gradient).
+    On CPU tensors that need a gradient kernels/embedding_cpu.py (its (V, h) gradient on memory reused across
+    steps), elsewhere F.embedding; either backend."""
+    return embedding_cpu(ids, weight, padding_idx)
 
 
 # ---- MLM masking -------------------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ decoder_bias over the labelled rows, and each row's argmax), computed so that a 
   logits in their own dtype: no fp32 copy of bf16 logits, no (n, V) log-softmax output, no zero-filled (n, V)
   gradient of the NLL, no separate argmax pass (one `max` gives the value and the index);
 - the backward overwrites the saved logits with d loss / d logits = (softmax - onehot) * g / n_labelled (the
-  subtraction and the scale in fp32, rounded once to the logits' dtype) and returns a freshly allocated, contiguous
-  weight gradient, so autograd can add the word embedding's (sparse) share to it in place
-  (`bertforge.model.BertEmbeddings`).
+  subtraction and the scale in fp32, rounded once to the logits' dtype) and returns a contiguous weight gradient
+  that autograd keeps as `.grad` and adds the word embedding's share into in place;
+- the logits, the weight cast to autocast's dtype and the weight gradient live on host memory reused across steps
+  (kernels/host_buffers.py: each is ~12-47 MB at V 30,522, above glibc's mmap threshold, so fresh memory would be
+  faulted in page by page every step); memory still held elsewhere (a kept `.grad`) is never reused.
 Under CPU autocast the GEMMs run in autocast's dtype (as F.linear would) and the weight gradient is rounded once to
 the weight's dtype; the softmax, the loss and the bias gradient are fp32. Extra memory beyond the logits: one
 ROW_CHUNK x V fp32 buffer. A second backward through the same graph raises (the logits were overwritten)."""
@@ -19,10 +21,14 @@ from __future__ import annotations
 
 import torch
 
+from bertforge.kernels.host_buffers import ReusedBuffer
 from bertforge.kernels.reference import IGNORE_INDEX, masked_lm_loss_ref
 
 COL_CHUNK = 1024  # vocabulary columns per decoder GEMM block
 ROW_CHUNK = 16  # rows per softmax pass: 16 x 30,522 x 4 bytes = 1.9 MB
+# host memory kept across steps (kernels/host_buffers.py): the weight in the GEMMs' dtype, the (n, V) logits, the
+# weight gradient
+_WEIGHT, _LOGITS, _WEIGHT_GRAD = ReusedBuffer(), ReusedBuffer(), ReusedBuffer()
 
 
 def masked_lm_loss_cpu(hidden: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: torch.Tensor,
@@ -58,10 +64,12 @@ class _MaskedLMLossCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, dtype):
         n, V = hidden.shape[0], weight.shape[0]
-        x, w, b = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
-        if w is weight:  # keep the forward's storage, as F.linear's saved weight view does: ZeRO-3 swaps a
-            w = weight.detach()  # released parameter's .data for an empty tensor before the backward
-        logits = torch.empty(n, V, dtype=dtype)
+        x, b = hidden.to(dtype), bias.to(dtype)
+        if weight.dtype == dtype:  # keep the forward's storage, as F.linear's saved weight view does: ZeRO-3 swaps
+            w = weight.detach()  # a released parameter's .data for an empty tensor before the backward
+        else:
+            w = _WEIGHT.take(weight.shape, dtype).copy_(weight)
+        logits = _LOGITS.take((n, V), dtype)
         for s in range(0, V, COL_CHUNK):
             torch.addmm(b[s:s + COL_CHUNK], x, w[s:s + COL_CHUNK].t(), out=logits[:, s:s + COL_CHUNK])
         buf = torch.empty(min(ROW_CHUNK, n), V, dtype=torch.float32)
@@ -97,7 +105,7 @@ class _MaskedLMLossCPU(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 dx = torch.mm(grad, w).to(hidden_dtype)
             if ctx.needs_input_grad[1]:
-                dw = torch.empty(V, w.shape[1], dtype=weight_dtype)
+                dw = _WEIGHT_GRAD.take((V, w.shape[1]), weight_dtype)
                 for s in range(0, V, COL_CHUNK):
                     block = grad[:, s:s + COL_CHUNK].t()
                     if weight_dtype == grad.dtype:

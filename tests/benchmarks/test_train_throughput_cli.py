@@ -24,7 +24,8 @@ def test_train_throughput_tiny_cpu_with_every_ablation(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert {r["variant"] for r in result["rows"]} == {"hf", "ours", *tt.ABLATIONS}
+    # fp32 on CPU: every ablation but ours-bf16-weights (bf16 only)
+    assert {r["variant"] for r in result["rows"]} == {"hf", "ours", *tt.ABLATIONS} - {"ours-bf16-weights"}
     for row in result["rows"]:
         assert "error" not in row, row
         assert row["seq_per_s"] > 0 and 0 < row["mfu"] < 1.5
@@ -35,6 +36,23 @@ def test_train_throughput_tiny_cpu_with_every_ablation(tmp_path):
     assert result["all_ok"]
     assert result["max_batch"]["tiny-64"] == {"hf": 16, "ours": 16}  # CPU: doubles up to the limit
     assert "tiny-64" in proc.stdout and "x hf" in proc.stdout and "largest batch" in proc.stdout
+
+
+def test_bf16_weights_row_trains_and_needs_bf16(tmp_path):
+    """ours-bf16-weights (bf16 weights, fp32 masters, as DeepSpeed's bf16) starts at the pure-torch autocast loss
+    within the bf16 tolerance and trains; asked for in fp32 it is an error row and the run exits 1."""
+    out = tmp_path / "tt.json"
+    base = [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--shapes", "tiny-64", "--steps", "2",
+            "--warmup", "1", "--batch", "4", "--vocab", "2048", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(base + ["--precision", "bf16", "--variants", "ours,ours-bf16-weights"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["ours-bf16-weights"]["loss_check"] == "ok" and rows["ours-bf16-weights"]["loss_ok"]
+    proc = subprocess.run(base + ["--precision", "fp32", "--variants", "ours-bf16-weights"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 1
+    assert "needs --precision bf16" in json.loads(out.read_text())["rows"][0]["error"]
 
 
 def test_isolated_rows_take_their_mfu_against_one_peak(tmp_path):
