@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc, SystemExit):
             raise
         if D.is_initialized() and D.world_size() > 1:
-            print(f"bertforge: error: rank {D.rank()}: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
+            print(f"bertforge pretrain: error: rank {D.rank()}: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
             if os.environ.get("BERTFORGE_TRACEBACK"):
                 import traceback
 

@@ -141,7 +141,7 @@ def test_cli_resume_skips_a_damaged_checkpoint_then_fails_when_none_is_left(tmp_
     failed = subprocess.run(_cli(run, "--steps", "12", "--resume"), env=worker_env(), cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2  # the command line's status for a user error
-    errors = [line for line in failed.stderr.splitlines() if line.startswith("bertforge: error:")]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("bertforge pretrain: error:")]
     assert len(errors) == 1 and "verifies (3 set aside" in errors[0] and "Traceback" not in failed.stderr
     assert "step_00000009/meta.json: unreadable" in errors[0]
 
