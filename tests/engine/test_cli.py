@@ -45,7 +45,8 @@ def test_a_mistyped_command_gets_the_close_name_in_one_line(argv, want, capsys):
 def test_a_mistyped_data_set_name_gets_the_close_name(capsys):
     assert main(["data", "fetch", "wikki"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bertforge data fetch: error: unknown data set 'wikki' (did you mean 'wiki'?); known: wiki,"), err
+    assert err.startswith("bertforge data fetch: error: unknown data set 'wikki' (did you mean 'wiki'?); known: "
+                          "wiki,"), err
 
 
 @pytest.mark.parametrize("argv, want", [
