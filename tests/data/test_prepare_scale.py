@@ -147,7 +147,7 @@ def test_two_parts_prepared_separately_train_as_the_whole(wiki_slice, tokenizer_
     for _ in range(3):
         x, y = a.next_batch(), b.next_batch()
         assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
-    assert torch.equal(next(a.eval_batches(1)).input_ids, next(b.eval_batches(1)).input_ids)
+    assert torch.equal(next(a.held_out_batches(8)).input_ids, next(b.held_out_batches(8)).input_ids)
 
 
 def test_a_part_from_other_settings_is_refused(wiki_slice, tokenizer_dir, tmp_path):

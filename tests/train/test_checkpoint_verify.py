@@ -108,7 +108,7 @@ def test_cut_metrics_keeps_steps_up_to_the_checkpoint(tmp_path):
 def _cli(out: Path, *args) -> list[str]:
     return [sys.executable, "-m", "bertforge.cli", "pretrain", "--synthetic-vocab", "512", "--model", "hidden_size=64",
             "--model", "intermediate_size=128", "--max-seq-length", "32", "--micro-batch", "4", "--global-batch", "8",
-            "--dropout", "0", "--log-every", "1", "--eval-every", "0", "--eval-batches", "2", "--no-progress",
+            "--dropout", "0", "--log-every", "1", "--eval-every", "0", "--eval-samples", "8", "--no-progress",
             "--no-export-hf", "--save-every", "3", "--output-dir", str(out), *args]
 
 
