@@ -54,7 +54,7 @@ def _rows(path):
 def _one_line_error(capsys, argv) -> str:
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if re.match(r"bertforge (finetune \w+|predict|evaluate): error: ", line)]
+    errors = [x for x in err.splitlines() if re.match(r"bertforge (finetune \w+|predict|evaluate): error: ", x)]
     assert len(errors) == 1 and "Traceback" not in err, err
     return errors[0]
 

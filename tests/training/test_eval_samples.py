@@ -1,6 +1,7 @@
 """--eval-samples (held-out samples: the same for any --micro-batch and number of ranks) replaced --eval-batches
-(held-out micro batches): the old name is refused in one line naming the new one, as a flag, a config file's key and a Python
-keyword; a --resume of a checkpoint written with the old name scores the samples its run scored, and says so."""
+(held-out micro batches): the old name is refused in one line naming the new one, as a flag, a config file's key
+and a Python keyword; a --resume of a checkpoint written with the old name scores the samples its run scored, and
+says so."""
 import json
 import shutil
 
