@@ -429,7 +429,8 @@ def loop_step(out: Path, dry: bool = False) -> int:
            "--no-export-hf", "--profile-steps", "10"]
     if dry:
         for flag, value in (("--preset", "tiny"), ("--micro-batch", "8"), ("--global-batch", "8"), ("--steps", "4"),
-                            ("--kernels", "none"), ("--log-every", "2"), ("--profile-steps", "1")):
+                            ("--kernels", "none"), ("--log-every", "2"), ("--profile-steps", "1"),
+                            ("--eval-samples", "16")):
             cmd[cmd.index(flag) + 1] = value
     rc = subprocess.run(cmd, cwd=ROOT, env=_env({})).returncode
     if rc:
