@@ -425,11 +425,12 @@ def loop_step(out: Path, dry: bool = False) -> int:
            "--output-dir", str(run), "--preset", "bert-base", "--max-seq-length", "128", "--micro-batch", "256",
            "--global-batch", "256", "--steps", "60", "--lr", "1e-4", "--warmup-steps", "10", "--precision", "bf16",
            "--kernels", "triton", "--unpadded", "--masking", "device", "--prefetch", "2", "--eval-every", "0",
-           "--eval-batches", "2", "--save-every", "0", "--no-final-checkpoint", "--log-every", "20", "--no-progress",
+           "--eval-samples", "512", "--save-every", "0", "--no-final-checkpoint", "--log-every", "20", "--no-progress",
            "--no-export-hf", "--profile-steps", "10"]
     if dry:
         for flag, value in (("--preset", "tiny"), ("--micro-batch", "8"), ("--global-batch", "8"), ("--steps", "4"),
-                            ("--kernels", "none"), ("--log-every", "2"), ("--profile-steps", "1")):
+                            ("--kernels", "none"), ("--log-every", "2"), ("--profile-steps", "1"),
+                            ("--eval-samples", "16")):
             cmd[cmd.index(flag) + 1] = value
     rc = subprocess.run(cmd, cwd=ROOT, env=_env({})).returncode
     if rc:

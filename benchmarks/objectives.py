@@ -105,7 +105,7 @@ def main() -> None:
             data_dir=args.data, tokenizer=args.tokenizer, objective=objective, output_dir=str(run_dir),
             preset="tiny", max_seq_length=seq, micro_batch=micro, global_batch=micro, steps=args.steps, lr=args.lr,
             warmup_steps=args.warmup_steps, decay="linear", unpadded=True, pack=objective != "mlm",
-            eval_fraction=args.eval_fraction, eval_every=0, eval_batches=10 ** 6 // micro, save_every=0,
+            eval_fraction=args.eval_fraction, eval_every=0, eval_samples=10 ** 6, save_every=0,
             seed=args.seed, progress=False, export_hf=False)
         t = time.perf_counter()
         result = pretrain(cfg)

@@ -1,7 +1,8 @@
 """`bertforge` command line. Each subcommand lives in its own module under engine/commands/ that defines
 `register(subparsers)` (adds its parser and sets `func`); modules are imported here by name so a missing optional
 dependency of one command never breaks the others. Errors the user can fix (bertforge.errors.UserError and its
-subclasses) exit with status 2 and one line on stderr; BERTFORGE_TRACEBACK=1 shows their traceback instead. Any
+subclasses) exit with status 2 and one line on stderr naming the subcommand that got them (`bertforge finetune
+classify: error: ...`), as argparse's own errors do; BERTFORGE_TRACEBACK=1 shows their traceback instead. Any
 other exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import importlib
 import os
 import sys
 
-from bertforge.config.checks import close_names, did_you_mean
+from bertforge.config.checks import close_names, did_you_mean, invalid_choice
 from bertforge.errors import UserError, describe_os_error
 from bertforge.log import configure
 
@@ -31,12 +32,12 @@ COMMANDS: list[tuple[str, str, str]] = [
 def _unavailable(name: str, reason: str):
     def register(subparsers):
         p = subparsers.add_parser(name, help=f"[unavailable] {reason}")
-        p.set_defaults(func=lambda args: _fail(f"`bertforge {name}` is unavailable: {reason}"))
+        p.set_defaults(func=lambda args: _fail(f"`bertforge {name}` is unavailable: {reason}", p.prog))
     return register
 
 
-def _fail(message: str) -> int:
-    print(f"bertforge: error: {message}", file=sys.stderr)
+def _fail(message: str, prog: str = "bertforge") -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -56,9 +57,9 @@ class _RequiredInUsage(argparse.HelpFormatter):
 
 class _OneLineParser(argparse.ArgumentParser):
     """Usage errors (unknown option, bad value) as one line naming the (sub)command that got them, with a "did you
-    mean" for a mistyped option (bertforge.config.checks.close_names: only genuinely close names). No abbreviations
-    (`--out` never silently means `--output-dir`). Subparsers inherit the class, so all of this holds for every
-    command."""
+    mean" for a mistyped option or choice (bertforge.config.checks.close_names: only genuinely close names). No
+    abbreviations (`--out` never silently means `--output-dir`). Subparsers inherit the class, so all of this holds
+    for every command. The leaf command's name travels in the namespace (`command_prog`) for main's own errors."""
 
     def __init__(self, *args, **kwargs):
         kwargs["allow_abbrev"] = False
@@ -68,8 +69,10 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         parsed, extras = super().parse_known_args(args, namespace)
-        if extras and self._subparsers is None:  # a leaf command: what it does not know is an error here
-            self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggestion(extras)}")
+        if self._subparsers is None:  # a leaf command: what it does not know is an error here
+            if extras:
+                self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggestion(extras)}")
+            parsed.command_prog = self.prog
         return parsed, extras
 
     def _suggestion(self, extras: list[str]) -> str:
@@ -82,10 +85,13 @@ class _OneLineParser(argparse.ArgumentParser):
         return ""
 
     def _check_value(self, action, value):
-        """An unknown (sub)command: one line with the close names (close_names), else the list of choices."""
+        """An unknown (sub)command: one line with the close names (close_names), else the list of choices; a value
+        outside an option's choices: the same hint (bertforge.config.checks.invalid_choice)."""
         if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
             self.exit(2, unknown_choice_line(self.prog, (action.metavar or "command").lower(), value,
                                              list(action.choices)) + "\n")
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentError(action, invalid_choice("", value, action.choices))
         super()._check_value(action, value)
 
     def error(self, message: str):
@@ -138,19 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    prog = getattr(args, "command_prog", parser.prog)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         if os.environ.get("BERTFORGE_TRACEBACK"):
             raise
-        return _fail(str(exc))
+        return _fail(str(exc), prog)
     except OSError as exc:  # the user's file system (full disk, a file in the way, a link loop): one line
         line = describe_os_error(exc)
         if line is None or os.environ.get("BERTFORGE_TRACEBACK"):
             raise
-        return _fail(line)
+        return _fail(line, prog)
     except KeyboardInterrupt:
-        return _fail("interrupted")
+        return _fail("interrupted", prog)
 
 
 if __name__ == "__main__":

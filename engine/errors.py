@@ -1,5 +1,5 @@
 """The errors a user can fix. Every one derives from `UserError`, which the command line prints as one line
-(`bertforge: error: <message>`) with no traceback; the message names the file (and line), the flag or field at
+(`bertforge <command>: error: <message>`) with no traceback; the message names the file (and line), the flag or field at
 fault, and what to change. Anything else escaping the library is a bug and keeps its traceback.
 
 This module is at the bottom of the layers: it imports nothing from engine."""

@@ -64,7 +64,7 @@ EOF
 "${BF[@]}" prepare corpus.txt --tokenizer tok --out data --max-seq-length 64 --workers 1 --no-progress >/dev/null
 "${BF[@]}" pretrain --data data --tokenizer tok --output-dir run --preset tiny --model hidden_size=32 \
     --model num_attention_heads=2 --model intermediate_size=64 --model num_hidden_layers=2 --max-seq-length 64 \
-    --micro-batch 4 --global-batch 4 --steps 2 --log-every 1 --eval-every 0 --eval-batches 1 --no-progress \
+    --micro-batch 4 --global-batch 4 --steps 2 --log-every 1 --eval-every 0 --eval-samples 4 --no-progress \
     >/dev/null
 "${BF[@]}" finetune classify --model run --data cls.csv --out ft --epochs 1 --global-batch 8 \
     --max-seq-length 32 --threads 1 --no-progress >/dev/null

@@ -18,5 +18,5 @@ fi
 rm -rf "$WORK/run"
 bertforge pretrain --data "$WORK/data" --tokenizer "$WORK/tok" --output-dir "$WORK/run" --preset tiny \
     --max-seq-length 128 --micro-batch 64 --global-batch 64 --steps "${STEPS:-800}" --lr 2e-3 --warmup-steps 80 \
-    --unpadded --pack --eval-fraction 0.1 --eval-every 200 --eval-batches 40 --save-every 200 "${device_flags[@]}" "$@"
+    --unpadded --pack --eval-fraction 0.1 --eval-every 200 --eval-samples 2560 --save-every 200 "${device_flags[@]}" "$@"
 bertforge plot "$WORK/run" >/dev/null && echo "curves: $WORK/run/curves.png"

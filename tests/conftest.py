@@ -17,6 +17,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+
+def pytest_sessionstart(session):
+    """Before any test: remove the JIT build locks a killed run left behind (tests/_jit_locks.py), one line each;
+    otherwise the first DeepSpeed test waits ~600 s on such a lock."""
+    from tests._jit_locks import clear_stale_locks, extensions_root
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in clear_stale_locks(extensions_root()):
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            print(line, flush=True)
+
+
 _LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 

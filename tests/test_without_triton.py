@@ -151,7 +151,7 @@ def test_pretrain_lamb_and_device_masking_with_kernels_none(tmp_path):
                      "num_attention_heads=2", "--model", "intermediate_size=64", "--max-seq-length", "32",
                      "--micro-batch", "4", "--global-batch", "4", "--steps", "2", "--optimizer", "lamb",
                      "--masking", "device", "--kernels", "none", "--no-progress", "--no-export-hf",
-                     "--eval-batches", "1", "--output-dir", {str(tmp_path / "run")!r}])
+                     "--eval-samples", "4", "--output-dir", {str(tmp_path / "run")!r}])
         print("pretrain exit", code)
     ''', timeout=600)
     assert "pretrain exit 0" in res.stdout, res.stderr[-2000:]

@@ -67,7 +67,8 @@ def _runner(config_cls: type, run_name: str, command: str):
         except BaseException as exc:  # noqa: BLE001 - every rank must leave, and with one line
             if isinstance(exc, SystemExit) or not (D.is_initialized() and D.world_size() > 1):
                 raise
-            print(f"bertforge: error: rank {D.rank()}: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
+            print(f"bertforge {command}: error: rank {D.rank()}: {D.describe_failure(exc)}", file=sys.stderr,
+                  flush=True)
             if os.environ.get("BERTFORGE_TRACEBACK"):
                 import traceback
 

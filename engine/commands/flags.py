@@ -99,6 +99,18 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     return added
 
 
+class Replaced(argparse.Action):
+    """A flag replaced by another of a new meaning (hidden from --help): refused in one line naming the new one.
+    `line(value)` gives that line; the parser prefixes its command."""
+
+    def __init__(self, option_strings, dest, line, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.line = line
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(self.line(values))
+
+
 def mark_required(action: argparse.Action) -> argparse.Action:
     """Show `action` as required (no brackets in the usage line, "(required)" in its help) while leaving the check
     to the config, whose error names the flag and what to give (engine/cli.py's formatter reads the mark)."""

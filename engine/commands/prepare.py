@@ -39,7 +39,7 @@ def _prepare(args) -> int:
     settings.setdefault("workers", args.default_workers)
     missing = [REQUIRED[name] for name in REQUIRED if not settings.get(name)]
     if missing:
-        raise ConfigError(f"bertforge prepare: {', '.join(missing)} required (on the command line or in --config)")
+        raise ConfigError(f"{', '.join(missing)} required (on the command line or in --config)")
     inputs, tokenizer, out = (settings.pop(name) for name in REQUIRED)
     config = PrepareConfig(**settings)
     resolved = {"inputs": list(inputs), "tokenizer": tokenizer, "out": out, **vars(config)}

@@ -13,12 +13,12 @@ import dataclasses
 import os
 import sys
 
-from bertforge.commands.flags import add_config_flags, add_dataclass_flags, print_config, with_config_file
+from bertforge.commands.flags import Replaced, add_config_flags, add_dataclass_flags, print_config, with_config_file
 from bertforge.config import ModelConfig
 from bertforge.config.checks import did_you_mean
 from bertforge.config.docs import field_docs
 from bertforge.config.names import PHASE2, PRETRAIN_FLAG_NAMES
-from bertforge.config.pretrain import SECTIONS, PretrainConfig
+from bertforge.config.pretrain import REPLACED, SECTIONS, PretrainConfig, replaced_setting
 
 HAND_MADE = {"model_overrides", "data_dir"}  # --model FIELD=VALUE (repeatable); --data DIR or W:DIR W:DIR ...
 RENAMED = {k: v for k, v in PRETRAIN_FLAG_NAMES.items() if k not in HAND_MADE}
@@ -63,6 +63,9 @@ def register(subparsers) -> None:
             g.add_argument("--model", dest="model_overrides", type=_model_override, action="append",
                            metavar="FIELD=VALUE", help="override a ModelConfig field of the preset, e.g. "
                            "--model num_hidden_layers=4 (repeatable)")
+    for old in REPLACED:
+        p.add_argument(f"--{old.replace('_', '-')}", dest=f"replaced_{old}", action=Replaced,
+                       line=lambda value, old=old: replaced_setting(old, as_flag=True))
     g = p.add_argument_group("two-phase recipe (phase 2 continues from phase 1's weights)")
     types = {"lr": float}
     for name, (field, text) in PHASE2.items():
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc, SystemExit):
             raise
         if D.is_initialized() and D.world_size() > 1:
-            print(f"bertforge: error: rank {D.rank()}: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
+            print(f"bertforge pretrain: error: rank {D.rank()}: {D.describe_failure(exc)}", file=sys.stderr, flush=True)
             if os.environ.get("BERTFORGE_TRACEBACK"):
                 import traceback
 

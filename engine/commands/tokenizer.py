@@ -37,8 +37,7 @@ def _train(args) -> int:
     settings = {**TRAIN_DEFAULTS, **settings}
     missing = [name for name, key in (("INPUTS", "inputs"), ("--out", "out")) if not settings.get(key)]
     if missing:
-        raise ConfigError(f"bertforge tokenizer train: {', '.join(missing)} required (on the command line or in "
-                          f"--config)")
+        raise ConfigError(f"{', '.join(missing)} required (on the command line or in --config)")
     settings["inputs"] = list(settings["inputs"])
     if getattr(args, "print_config", False):
         return print_config(settings)

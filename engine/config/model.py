@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from bertforge.config.checks import invalid_choice
 from bertforge.errors import ConfigError
 from bertforge.io import read_json_object
 
@@ -76,7 +77,7 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.hidden_size ({self.hidden_size}) must be divisible by "
                               f"num_attention_heads ({self.num_attention_heads})")
         if self.hidden_act not in HIDDEN_ACTS:
-            raise ConfigError(f"ModelConfig.hidden_act must be one of {HIDDEN_ACTS}, got {self.hidden_act!r}")
+            raise ConfigError(invalid_choice("ModelConfig.hidden_act", self.hidden_act, HIDDEN_ACTS))
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -86,7 +87,7 @@ class ModelConfig:
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"ModelConfig.pad_token_id ({self.pad_token_id}) must lie in [0, vocab_size)")
         if self.kernels not in KERNEL_BACKENDS:
-            raise ConfigError(f"ModelConfig.kernels must be one of {KERNEL_BACKENDS}, got {self.kernels!r}")
+            raise ConfigError(invalid_choice("ModelConfig.kernels", self.kernels, KERNEL_BACKENDS))
         if not isinstance(self.last_layer_subset, bool):
             raise ConfigError(f"ModelConfig.last_layer_subset must be true or false, got {self.last_layer_subset!r}")
         if self.dropout_bits not in DROPOUT_BITS or isinstance(self.dropout_bits, bool):

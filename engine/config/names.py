@@ -8,7 +8,8 @@ to True also takes its flag's negation (`no_progress: true`). Values are convert
 would convert them (`"1e-3"` -> 1e-3, `"0.9,0.98"` -> (0.9, 0.98)), so a YAML string and a flag agree.
 
 Unknown names raise ConfigError naming the source (file, or the Python call), the key and the close valid names
-(bertforge.config.checks.close_names), or, with none close, where the valid names are listed. This module imports
+(bertforge.config.checks.close_names), or, with none close, where the valid names are listed; a replaced name
+(bertforge.config.pretrain.REPLACED) names its replacement. This module imports
 no torch (bottom layer)."""
 from __future__ import annotations
 
@@ -191,6 +192,12 @@ def normalize(values: dict, sch: Schema, source: str, list_all: bool = False) ->
         name = str(key).lstrip("-").replace("-", "_")
         if name == "extend_steps" and sch.command.startswith("finetune"):
             raise ConfigError(f"{source}: {FINETUNE_NO_EXTENSION}")
+        if sch.command == "pretrain" and name not in aliases:
+            from bertforge.config.pretrain import REPLACED, replaced_setting
+
+            if name in REPLACED:
+                given = {str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}
+                raise ConfigError(f"{source}: {replaced_setting(name, given)}")
         if name not in aliases:
             close = did_you_mean(name, aliases)
             hint = f"; {close}" if close else "; no close match among its settings"

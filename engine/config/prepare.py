@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bertforge.config.checks import check_positive_int, flag
+from bertforge.config.checks import check_positive_int, flag, invalid_choice
 from bertforge.errors import ConfigError
 
 FORMATS = ("", "json", "jsonl", "txt", "txt-file", "lines", "rst", "parquet", "arrow")
@@ -62,7 +62,7 @@ class PrepareConfig:
         self.shard_bytes = parse_size(self.shard_bytes)
         check_positive_int(self, "workers", "shard_bytes")
         if self.format not in FORMATS:
-            raise ConfigError(f"--format must be one of {', '.join(f for f in FORMATS if f)}, got {self.format!r}")
+            raise ConfigError(invalid_choice("--format", self.format, [f for f in FORMATS if f]))
         if not isinstance(self.max_seq_length, int) or self.max_seq_length < 5:
             raise ConfigError(f"{flag('max_seq_length')} must be at least 5 ([CLS] A [SEP] B [SEP]), got "
                               f"{self.max_seq_length!r}")

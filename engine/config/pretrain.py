@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from bertforge.config.checks import (DEFAULT_REPORT_TO, check_choice, check_non_negative, check_positive_int,
-                                     check_report_to)
+                                     check_report_to, flag)
 from bertforge.config.model import KERNEL_BACKENDS, PRESETS, ModelConfig, preset
 from bertforge.config.parallel import PRECISIONS, ParallelConfig
 from bertforge.errors import ConfigError
@@ -27,6 +27,22 @@ HF_SCHEDULES = {"polynomial": "poly", "constant_with_warmup": "constant"}
 MASKING_PLACES = ("host", "device")
 RANDOM_REPLACEMENTS = ("unigram", "uniform")
 OBJECTIVES = ("mlm+nsp", "mlm+sop", "mlm")
+REPLACED = {"eval_batches": "eval_samples"}
+"""Settings replaced by another of a new meaning: {old name: new name}. The old name, as a flag, a config file's key
+or a Python keyword, is refused in one line naming the new one (`replaced_setting`), never converted; only a --resume
+of a checkpoint written with the old name converts it, saying so (engine/training/trainer.py)."""
+
+
+def replaced_setting(name: str, values: Mapping | None = None, as_flag: bool = False) -> str:
+    """The one line refusing replaced setting `name` (a key of REPLACED), in flag (`as_flag`) or field spelling;
+    `values`: the other settings given with it, for the equivalent value where they tell it."""
+    spell = flag if as_flag else str
+    old, micro = (values or {}).get(name), (values or {}).get("micro_batch", BatchSection.micro_batch)
+    same = f" (the old count x {spell('micro_batch')}: the samples it scored)"
+    if isinstance(old, int) and isinstance(micro, int):
+        same = f" ({old} micro batches of {micro} were the first {old * micro} samples)"
+    return (f"{spell(name)} is replaced by {spell(REPLACED[name])}: the held-out set is a number of samples, the same "
+            f"for any {spell('micro_batch')} and number of ranks; give {spell(REPLACED[name])} N{same}")
 
 
 @dataclass
@@ -234,9 +250,10 @@ class RunSection:
     mlflow: pip install 'bertforge[tracking]'."""
     eval_every: int = 200
     """Evaluate on the held-out split every N steps (and at the end); 0 = only at the end."""
-    eval_batches: int = 20
-    """Held-out micro batches per evaluation, over all ranks (shared out like training batches, so any number of
-    ranks scores the same samples; capped so that no sample is scored twice)."""
+    eval_samples: int = 640
+    """Held-out samples per evaluation (Hugging Face's max_eval_samples): the first N of the held-out split (all of
+    it when smaller), the same masked samples for any --micro-batch, number of ranks and --masking; shared out over
+    the ranks in micro batches. A blend scores N of each dataset."""
     progress: bool = True
     """A progress bar on rank 0 when stderr is a terminal, else (a log file) a plain progress line every 30 s;
     --no-progress: the plain lines on a terminal too."""
@@ -255,7 +272,7 @@ class RunSection:
     """Optimizer steps done before the profiled window opens; -1 = log_every (past autotuning and warm-up)."""
 
     def __post_init__(self) -> None:
-        check_positive_int(self, "log_every", "keep_last", "eval_batches")
+        check_positive_int(self, "log_every", "keep_last", "eval_samples")
         self.report_to = check_report_to(self.report_to)
         check_non_negative(self, "save_every", "eval_every", "profile_steps", "peak_flops", "extend_steps", "threads")
         if self.extend_steps and not self.resume:
@@ -316,6 +333,9 @@ class PretrainConfig:
         values = {**(values or {}), **more}
         where = cls.field_section()
         unknown = sorted(set(values) - set(where))
+        for name in unknown:
+            if name in REPLACED:
+                raise ConfigError(replaced_setting(name, values))
         if unknown:
             raise ConfigError(f"unknown pretraining setting(s): {', '.join(unknown)}")
         parts: dict[str, dict] = {section: {} for section in SECTIONS}

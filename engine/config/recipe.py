@@ -29,6 +29,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
+from bertforge.config.checks import invalid_choice
 from bertforge.errors import ConfigError
 
 SMALL_SET = {"classify": 1000, "ner": 500}  # training examples / sentences below which the few-sample recipe is used
@@ -103,7 +104,7 @@ def choose_recipe(n_train: int, label_counts: Sequence[int] | None = None, recip
     counts are `label_counts` (classify; None for ner). recipe='lecture' forces the lecture's. Pure: same inputs,
     same Recipe. ConfigError on a negative size or an unknown recipe / task."""
     if recipe not in RECIPES:
-        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+        raise ConfigError(invalid_choice("--recipe", recipe, RECIPES))
     if not isinstance(n_train, int) or n_train < 0:
         raise ConfigError(f"training-set size must be a non-negative integer, got {n_train!r}")
     if task not in SMALL_SET:

@@ -33,7 +33,7 @@ class Prefetcher:
         self._queue: deque = deque()  # (position, future), consecutive from the source's position
         self._next = None  # position of the next batch to schedule
 
-    def __getattr__(self, name):  # vocab_size, tokenizer_dir, eval_batches, start, masker, ...
+    def __getattr__(self, name):  # vocab_size, tokenizer_dir, held_out_batches, start, masker, ...
         return getattr(self.source, name)
 
     def _build(self, position: int) -> Batch:

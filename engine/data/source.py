@@ -7,7 +7,11 @@ CorpusSource builds the samples of --objective (train / held-out split by docume
 C++ sample map (engine/data/sample_map.py), or full MLM-only sequences (engine/data/full_sentences.py); masks them with
 BERT's 80/10/10 seeded by (seed, epoch, sample id) — or leaves them unmasked with a `mask_seed` from (seed, epoch,
 global micro-batch index) for --masking device — and lays them out (engine/data/batch.py). Training batches carry
-per-sample dropout ids from (seed, the sample's epoch, sample id): `sample_dropout_ids`."""
+per-sample dropout ids from (seed, the sample's epoch, sample id): `sample_dropout_ids`.
+
+The held-out set is a number of samples (--eval-samples): the first N of the held-out split, cut into micro batches
+(the last may be short), global batch k on rank k % world, always masked on the host (seeded by sample), so any
+--micro-batch, number of ranks or --masking scores the same masked samples: `held_out_batches`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +49,7 @@ class BatchSource(Protocol):
 
     def next_batch(self) -> Batch: ...
 
-    def eval_batches(self, n_batches: int) -> Iterator[Batch]: ...  # this rank's share of n global ones (k % world)
+    def held_out_batches(self, n_samples: int) -> Iterator[Batch]: ...  # this rank's share of n samples (k % world)
 
     def state_dict(self) -> dict: ...
 
@@ -99,7 +103,7 @@ class CorpusSource:
         self.tokenizer_dir = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
         self.cfg, self.rank, self.world = cfg, rank, world
         self.position = 0
-        self.train = self.held_out = self.sampler = self.masker = self.collate = None
+        self.train = self.held_out = self.sampler = self.masker = self.collate = self.eval_collate = None
         self.held_outs: dict[str, object] = {}  # {dataset path: its held-out split}
 
     def start(self) -> None:
@@ -140,9 +144,11 @@ class CorpusSource:
                               f"batches (--micro-batch {B} x {self.world} ranks): prepare more text or lower "
                               f"--micro-batch")
         self.masker = self.train.masker(c.masking.mlm_probability, c.masking.random_replacement)
+        layout = dict(pack=c.batch.pack, pad_id=self.train.special.pad_id)
         self.collate = PretrainingCollator(self.masker, self.train.continuation, c.masking.whole_word_masking,
-                                           pack=c.batch.pack, pad_id=self.train.special.pad_id,
-                                           mask=c.masking.masking == "host")
+                                           mask=c.masking.masking == "host", **layout)
+        self.eval_collate = PretrainingCollator(self.masker, self.train.continuation, c.masking.whole_word_masking,
+                                                mask=True, **layout)  # held-out masks keyed by sample, any --masking
 
     @property
     def mask_token_id(self) -> int:
@@ -168,20 +174,20 @@ class CorpusSource:
         batch.dropout_ids = torch.from_numpy(sample_dropout_ids(self.cfg.run.seed, mb.epochs, mb.indices))
         return batch
 
-    def eval_batches(self, n_batches: int, dataset: str | None = None) -> Iterator[Batch]:
-        """This rank's share of the first n_batches held-out micro batches in the global order (global batch k is
-        held-out samples [k B, (k + 1) B) and goes to rank k % world), so every rank count scores the same samples,
-        once each; capped so that no sample is scored twice (one batch, wrapping, if the split is smaller than a
-        micro batch). Ranks may get one batch fewer than others, or none. A blend's datasets keep their own
-        held-out splits: `dataset` (a path of `self.blend`) names one; None gives n_batches of each in turn."""
+    def held_out_batches(self, n_samples: int, dataset: str | None = None) -> Iterator[Batch]:
+        """This rank's share of the first n_samples held-out samples (all of them if the split is smaller), in
+        micro batches: global batch k holds samples [k B, min((k + 1) B, n)) and goes to rank k % world; masked on
+        the host, seeded by (seed, EVAL_EPOCH, sample id). Every micro batch and rank count scores the same masked
+        samples, once each; ranks may get one batch fewer than others, or none. A blend's datasets keep their own
+        held-out splits: `dataset` (a path of `self.blend`) names one; None gives n_samples of each in turn."""
         names = [dataset] if dataset is not None else [e.path for e in self.blend]
         B = self.cfg.batch.micro_batch
         for name in names:
             held = self.held_outs[name]
-            n = len(held)
-            total = max(1, min(n_batches, n // B))
-            for k in range(self.rank, total, self.world):
-                yield self._batch(held, np.arange(k * B, (k + 1) * B) % n, EVAL_EPOCH, k)
+            n = min(n_samples, len(held))
+            for k in range(self.rank, -(-n // B), self.world):
+                raw = held.__getitems__(np.arange(k * B, min((k + 1) * B, n)))
+                yield self.eval_collate(raw, epoch=EVAL_EPOCH)
 
     def state_dict(self) -> dict:
         return {"position": self.position}

@@ -1,7 +1,8 @@
 """Synthetic pretraining batches with a learnable structure, for tests and benchmarks (no data needed): tokens
 follow a fixed random bigram table, segment B continues A for IsNext. Same `BatchSource` protocol and `Batch`
 layout as the prepared dataset's source (engine/data/source.py). Sample j of global micro batch k is sample
-k * B + j of epoch 0 (its dropout identity); pack=True lays batches out packed."""
+k * B + j of epoch 0 (its dropout identity); pack=True lays batches out packed. Held-out sample j is drawn (and
+masked, on the host) from a stream of its own, so held-out batches of any size hold the same samples."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,7 @@ from bertforge.data.splitmix import mask_seed, sample_dropout_ids
 
 # the WordPiece trainer's special-token order: [PAD] [UNK] [CLS] [SEP] [MASK]
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 4, 2, 3, 0
+HELD_OUT = 10 ** 12  # stream index of held-out sample 0: far beyond any training batch's
 
 
 class SyntheticSource:
@@ -47,16 +49,25 @@ class SyntheticSource:
             tok = int(self.next_token[tok, int(torch.randint(0, 4, (1,), generator=g))])
         return out
 
-    def _batch(self, index: int, train: bool = True) -> Batch:
+    def _batch(self, index: int) -> Batch:
         batch = self._layout(index)
-        if train:
-            B = self.micro_batch
-            batch.dropout_ids = torch.from_numpy(sample_dropout_ids(self.seed, 0, index * B + np.arange(B)))
+        B = self.micro_batch
+        batch.dropout_ids = torch.from_numpy(sample_dropout_ids(self.seed, 0, index * B + np.arange(B)))
         return batch
 
     def _layout(self, index: int) -> Batch:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        B, S = self.micro_batch, self.max_seq_length
+        ids, types, lengths, nsp, special = self._rows(g, self.micro_batch)
+        if not self.mask:  # device masking: unmasked ids, special-token masks and a seed
+            return collate(ids.numpy(), types.numpy(), lengths.numpy(), nsp.numpy(), special_mask=special.numpy(),
+                           mask_seed=mask_seed(self.seed, 0, index), pack=self.pack)
+        labels = self._host_mask(g, ids, special)
+        return collate(ids.numpy(), types.numpy(), lengths.numpy(), nsp.numpy(), labels=labels.numpy(),
+                       pack=self.pack)
+
+    def _rows(self, g: torch.Generator, B: int) -> tuple[torch.Tensor, ...]:
+        """B unmasked rows from `g`: ids, token types (B, S), lengths, NSP labels (B,), special-token mask (B, S)."""
+        S = self.max_seq_length
         ids = torch.full((B, S), PAD_ID, dtype=torch.long)
         types = torch.zeros((B, S), dtype=torch.long)
         lengths = torch.zeros(B, dtype=torch.long)
@@ -72,11 +83,13 @@ class SyntheticSource:
             types[b, a_len + 2:length] = 1
         real = torch.arange(S)[None, :] < lengths[:, None]
         special = (ids == CLS_ID) | (ids == SEP_ID) | ~real
-        if not self.mask:  # device masking: unmasked ids, special-token masks and a seed
-            return collate(ids.numpy(), types.numpy(), lengths.numpy(), nsp.numpy(), special_mask=special.numpy(),
-                           mask_seed=mask_seed(self.seed, 0, index), pack=self.pack)
+        return ids, types, lengths, nsp, special
+
+    def _host_mask(self, g: torch.Generator, ids: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+        """Mask `ids` (B, S) in place; returns the MLM labels (B, S), -100 where not chosen."""
         # 80/10/10 drawn from this batch's torch stream, not data.masking's counter-based Masker: a stream of its own,
         # which tests and benchmarks pin their synthetic loss curves on
+        B, S = ids.shape
         chosen = (torch.rand((B, S), generator=g) < self.p) & ~special
         chosen[:, 1] |= ~chosen.any(1)  # at least one masked token per sequence
         flat = chosen.flatten().nonzero().flatten()
@@ -86,8 +99,7 @@ class SyntheticSource:
         ids.view(-1)[flat[r < 0.8]] = MASK_ID
         rand_rows = flat[(r >= 0.8) & (r < 0.9)]
         ids.view(-1)[rand_rows] = torch.randint(5, self.vocab_size, rand_rows.shape, generator=g)
-        return collate(ids.numpy(), types.numpy(), lengths.numpy(), nsp.numpy(), labels=labels.view(B, S).numpy(),
-                       pack=self.pack)
+        return labels.view(B, S)
 
     def next_batch(self) -> Batch:
         batch = self.batch_at(self.position)
@@ -97,10 +109,19 @@ class SyntheticSource:
     def batch_at(self, position: int) -> Batch:
         return self._batch(position * self.world + self.rank)
 
-    def eval_batches(self, n: int):
-        """This rank's share (global batch k on rank k % world) of n held-out batches, the same for any rank count."""
-        for k in range(self.rank, n, self.world):
-            yield self._batch(10 ** 12 + k, train=False)  # far beyond any training index
+    def held_out_batches(self, n_samples: int):
+        """This rank's share of n_samples held-out samples in micro batches (global batch k holds samples
+        [k B, min((k + 1) B, n)) and goes to rank k % world), masked on the host: the same for any micro batch and
+        rank count."""
+        B = self.micro_batch
+        for k in range(self.rank, -(-n_samples // B), self.world):
+            rows = []
+            for j in range(k * B, min((k + 1) * B, n_samples)):
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + HELD_OUT + j)
+                ids, types, lengths, nsp, special = self._rows(g, 1)
+                rows.append((ids, types, lengths, nsp, self._host_mask(g, ids, special)))
+            ids, types, lengths, nsp, labels = (torch.cat(parts).numpy() for parts in zip(*rows))
+            yield collate(ids, types, lengths, nsp, labels=labels, pack=self.pack)
 
     def state_dict(self) -> dict:
         return {"position": self.position}

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer
 
+from bertforge.config.checks import invalid_choice
 from bertforge.config.finetune import CLASSIFY_FORMATS
 from bertforge.data.hf_datasets import class_names, columnar_records, saved_dataset_files
 from bertforge.errors import ConfigError, DataError
@@ -45,7 +46,7 @@ def detect_format(path: str | Path, fmt: str | None = None, folders: bool = Fals
     folder layout, where the caller reads folders: `folders`)."""
     if fmt:
         if fmt not in CLASSIFY_FORMATS:
-            raise ConfigError(f"--format: unknown format {fmt!r}; choose one of {', '.join(CLASSIFY_FORMATS)}")
+            raise ConfigError(invalid_choice("--format", fmt, CLASSIFY_FORMATS))
         return fmt
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix in ("csv", "tsv", "jsonl", "parquet", "arrow"):

@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 
 from tokenizers import Tokenizer
 
+from bertforge.config.checks import invalid_choice
 from bertforge.config.finetune import TAG_SCHEMES
 from bertforge.errors import ConfigError, DataError
 from bertforge.finetuning.metrics import iob2_spans
@@ -298,7 +299,7 @@ def iter_sentences(path: str | Path, scheme: str = "iob2", labelled: bool = True
     `path` to read through (its bytes_read follows the position); `label_names`: the names of integer tag ids
     (None: tags are names, and an integer id is a DataError saying so)."""
     if scheme not in TAG_SCHEMES:
-        raise ConfigError(f"--scheme: unknown tag scheme {scheme!r}; choose one of {', '.join(TAG_SCHEMES)}")
+        raise ConfigError(invalid_choice("--scheme", scheme, TAG_SCHEMES))
     path = Path(path)
     lines = lines or LineReader(path, encoding)
     if path.suffix.lower() in (".jsonl", ".json"):

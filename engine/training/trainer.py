@@ -166,9 +166,10 @@ class PretrainingTask(TrainTask):
     evaluate_before_stop = False    # a stop saves first: the launcher's grace period is short
     log_grad_norm = True
 
-    def __init__(self, cfg: PretrainConfig, source_factory: Callable | None = None):
-        """`source_factory(cfg, rank, world)` -> BatchSource; default bertforge.data.source.open_source."""
-        self.cfg = cfg
+    def __init__(self, cfg: PretrainConfig, source_factory: Callable | None = None, explicit: frozenset = frozenset()):
+        """`source_factory(cfg, rank, world)` -> BatchSource; default bertforge.data.source.open_source. `explicit`:
+        the fields the user gave (a resume keeps those as given)."""
+        self.cfg, self.explicit = cfg, explicit
         if source_factory is None:
             from bertforge.data.source import open_source as source_factory
         self.source_factory = source_factory
@@ -214,7 +215,24 @@ class PretrainingTask(TrainTask):
         tag = ckpt.resume_tag()
         if tag is None:
             raise ConfigError(f"--resume: no complete checkpoint in {ckpt.root}")
+        self._keep_held_out_set(ckpt.meta(tag).get("train_config", {}))
         return ResumePoint(ckpt, tag, check=self.cfg.to_flat(), planned_steps=self.cfg.planned_steps())
+
+    def _keep_held_out_set(self, saved: dict) -> None:
+        """A checkpoint whose config counts its held-out set in micro batches (`eval_batches`, which --eval-samples
+        replaced): unless --eval-samples is given, the resume scores the samples that run scored (eval_batches x its
+        micro batch), so its held-out metrics stay comparable across the resume; one line says which."""
+        if "eval_batches" not in saved or "eval_samples" in saved:
+            return
+        batches, micro = int(saved["eval_batches"]), int(saved.get("micro_batch", self.cfg.batch.micro_batch))
+        if "eval_samples" in self.explicit:
+            D.log0(f"--resume: the checkpoint's run scored {batches} held-out micro batches of {micro} "
+                   f"({batches * micro} samples); this resume scores --eval-samples {self.cfg.run.eval_samples}")
+            return
+        self.cfg.run.eval_samples = batches * micro
+        D.log0(f"--resume: the checkpoint's run scored --eval-batches {batches} held-out micro batches of {micro}: "
+               f"this resume scores the same {batches * micro} samples (--eval-samples {batches * micro}; give "
+               f"--eval-samples N for another number)")
 
     def build_model(self, resuming: bool) -> nn.Module:
         model = pretraining_model(self.model_cfg, self.cfg.objective.objective)
@@ -380,17 +398,18 @@ class PretrainingTask(TrainTask):
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out MLM accuracy, the sentence task's ({task}_acc: NSP or SOP; none for MLM only) and the unigram
-        baseline (the accuracy of always predicting the held-out split's most frequent masked token) over the first
-        --eval-batches held-out micro batches of the global order, shared out over the ranks: the same samples, once
-        each, for any number of ranks and on every call. A blend of datasets is scored over --eval-batches of each
+        """Held-out loss (MLM per masked token + the sentence task's per sample), MLM accuracy, the sentence task's
+        ({task}_acc: NSP or SOP; none for MLM only) and the unigram baseline (the accuracy of always predicting the
+        held-out split's most frequent masked token) over the first --eval-samples held-out samples, host-masked
+        and shared out over the ranks in micro batches: the same masked samples, once each, for any --micro-batch,
+        number of ranks or --masking, and on every call. A blend of datasets is scored over --eval-samples of each
         dataset's own held-out split, and per dataset too: the same keys prefixed '<dataset folder name>/'."""
-        n = self.cfg.run.eval_batches
-        out = self._score(list(self.source.eval_batches(n)))  # this rank's share
+        n = self.cfg.run.eval_samples
+        out = self._score(list(self.source.held_out_batches(n)))  # this rank's share
         blend = getattr(self.source, "blend", None) or []
         if len(blend) > 1:
             for entry in blend:
-                per = self._score(list(self.source.eval_batches(n, dataset=entry.path)))
+                per = self._score(list(self.source.held_out_batches(n, dataset=entry.path)))
                 out.update({f"{Path(entry.path).name}/{k}": v for k, v in per.items()})
         return out
 
@@ -400,30 +419,33 @@ class PretrainingTask(TrainTask):
         t = self.trainer
         engine, vocab, dev = t.engine, self.model_cfg.vocab_size, t.dev
         engine.eval()
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, mlm_correct, mlm_count, nsp_correct, nsp_count, batches
+        sums = torch.zeros(6, dtype=torch.float64)  # mlm_loss, mlm_correct, mlm_count, nsp_loss, nsp_correct, nsp_count
         label_counts = torch.zeros(vocab, dtype=torch.float64)
         forwards = len(batches)
         if self.cfg.parallel.zero_stage == 3:  # each forward gathers parameters: every rank runs as many
             forwards = int(D.all_reduce_max([forwards], dev)[0])
         for i in range(forwards):
             batch = batches[i] if i < len(batches) else (batches[0] if batches else self.source.batch_at(0))
-            inputs = model_inputs(batch, self.cfg.batch.unpadded, dev, self.masker, self.task is not None)
+            masker = self.masker if batch.mask_seed is not None else None  # held-out batches come masked
+            inputs = model_inputs(batch, self.cfg.batch.unpadded, dev, masker, self.task is not None)
             out = engine(**inputs)
             if i >= len(batches):
                 continue  # a ZeRO-3 filler forward: not scored
-            labels = inputs["mlm_labels"]
-            nsp_correct = nsp_count = 0.0
+            labels = inputs["mlm_labels"]  # means over a batch become sums: batches of any size weigh alike
+            nsp_loss = nsp_correct = nsp_count = 0.0
             if self.task is not None:
                 nsp = inputs["next_sentence_label"]
-                nsp_correct, nsp_count = float((out.nsp_logits.argmax(-1) == nsp).sum()), nsp.numel()
-            sums += torch.tensor([float(out.loss), float((out.mlm_predictions == labels).sum()), labels.numel(),
-                                  nsp_correct, nsp_count, 1], dtype=torch.float64)
+                nsp_count = nsp.numel()
+                nsp_loss, nsp_correct = float(out.nsp_loss) * nsp_count, float((out.nsp_logits.argmax(-1) == nsp).sum())
+            sums += torch.tensor([float(out.mlm_loss) * labels.numel(), float((out.mlm_predictions == labels).sum()),
+                                  labels.numel(), nsp_loss, nsp_correct, nsp_count], dtype=torch.float64)
             label_counts += torch.bincount(labels.cpu(), minlength=vocab).double()
         engine.train()
         set_rng_state(saved)
         totals = D.all_reduce_sum(sums.tolist() + label_counts.tolist(), dev)
-        loss, mlm_c, mlm_n, nsp_c, nsp_n, batches = totals[:6]
-        out = {"loss": loss / max(batches, 1), "mlm_acc": mlm_c / max(mlm_n, 1),
+        mlm_loss, mlm_c, mlm_n, nsp_loss, nsp_c, nsp_n = totals[:6]
+        loss = mlm_loss / max(mlm_n, 1) + (nsp_loss / max(nsp_n, 1) if self.task is not None else 0.0)
+        out = {"loss": loss, "mlm_acc": mlm_c / max(mlm_n, 1),
                "mlm_unigram_acc": most_frequent_token_accuracy(totals[6:]), "masked_tokens": int(mlm_n)}
         if self.task is not None:
             out[f"{self.task}_acc"] = nsp_c / max(nsp_n, 1)
@@ -488,7 +510,7 @@ def pretrain(cfg: PretrainConfig, explicit: frozenset = frozenset(),
     if user_ds is not None:
         cfg = ds.merge_user_config(cfg, user_ds, set(explicit), D.world_size(), source=cfg.parallel.deepspeed_config)
     spec = dataclasses.replace(run_spec(cfg, D.world_size()), user_ds=user_ds)
-    return Trainer(PretrainingTask(cfg, source_factory), spec).run()
+    return Trainer(PretrainingTask(cfg, source_factory, frozenset(explicit)), spec).run()
 
 
 def _eval_line(step: int, ev: dict) -> str:

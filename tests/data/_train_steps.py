@@ -65,7 +65,7 @@ def main() -> None:
         opt.step()
         losses.append(float(loss))
     with torch.no_grad():
-        eval_loss = float(model(**model_inputs(next(source.eval_batches(1)), False, torch.device("cpu"))).loss)
+        eval_loss = float(model(**model_inputs(next(source.held_out_batches(8)), False, torch.device("cpu"))).loss)
     print(json.dumps({"losses": losses, "eval_loss": eval_loss, "cache_dir": str(source.cache_dir),
                       "fds": len(os.listdir("/proc/self/fd"))}))
 

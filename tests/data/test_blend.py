@@ -116,11 +116,11 @@ def test_a_blend_trains_on_both_datasets_by_weight_and_keeps_their_held_out_spli
     want[one.train.special.as_list()] = 0
     np.testing.assert_allclose(one.replacement_probs, want / want.sum(), rtol=1e-12)
     # each dataset's held-out split is its own: the batches differ and are the same on every call
-    wiki_eval, books_eval = (list(one.eval_batches(2, dataset=str(p))) for p in (prepared[0], books))
+    wiki_eval, books_eval = (list(one.held_out_batches(16, dataset=str(p))) for p in (prepared[0], books))
     assert len(wiki_eval) == len(books_eval) == 2
     assert not np.array_equal(wiki_eval[0].input_ids, books_eval[0].input_ids)
-    assert len(list(one.eval_batches(2))) == 4  # both splits in turn
-    np.testing.assert_array_equal(list(one.eval_batches(2, dataset=str(books)))[1].input_ids,
+    assert len(list(one.held_out_batches(16))) == 4  # both splits in turn
+    np.testing.assert_array_equal(list(one.held_out_batches(16, dataset=str(books)))[1].input_ids,
                                   books_eval[1].input_ids)
 
 
@@ -151,7 +151,7 @@ def test_pretraining_on_a_blend_reports_each_dataset_held_out(prepared, books, t
         "import bertforge, sys\n"
         "bertforge.pretrain(data=sys.argv[1], tokenizer=sys.argv[2], output_dir=sys.argv[3], preset='tiny',\n"
         "    model={'hidden_size': 32, 'num_attention_heads': 2, 'intermediate_size': 64, 'num_hidden_layers': 1},\n"
-        "    max_seq_length=64, micro_batch=4, global_batch=4, steps=2, eval_batches=2, progress=False,\n"
+        "    max_seq_length=64, micro_batch=4, global_batch=4, steps=2, eval_samples=8, progress=False,\n"
         "    export_hf=False)\n")
     out = tmp_path / "run"
     res = subprocess.run([sys.executable, "-c", script, f"0.7:{prepared[0]} 0.3:{books}", str(tokenizer_dir),

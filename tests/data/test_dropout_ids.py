@@ -37,7 +37,7 @@ def test_synthetic_ids_follow_the_global_sample_whatever_the_rank_count(pack):
     ids_one = torch.cat([one.batch_at(p).dropout_ids for p in range(4)])
     ids_two = torch.cat([two[k % 2].batch_at(k // 2).dropout_ids for k in range(4)])
     assert torch.equal(ids_one, ids_two) and ids_one.unique().numel() == 16
-    assert all(b.dropout_ids is None for b in one.eval_batches(2))
+    assert all(b.dropout_ids is None for b in one.held_out_batches(8))
 
 
 def test_packed_batches_give_one_id_per_segment():
@@ -70,6 +70,6 @@ def test_corpus_training_batches_carry_ids_held_out_none(prepared, tokenizer_dir
         assert torch.equal(batch.dropout_ids, torch.from_numpy(sample_dropout_ids(4, mb.epochs, mb.indices)))
         assert torch.equal(batch.forward_inputs(unpadded=False)["dropout_ids"], batch.dropout_ids)
     assert all(b.dropout_ids is None and "dropout_ids" not in b.forward_inputs(False)
-               for b in source.eval_batches(2))
+               for b in source.held_out_batches(16))
     two = [corpus_source(prepared[0], tokenizer_dir, rank=r, world=2, micro_batch=8, seed=4) for r in range(2)]
     assert torch.equal(two[1].batch_at(1).dropout_ids, source.batch_at(3).dropout_ids)  # global micro batch 3

@@ -45,7 +45,7 @@ def test_same_batches_in_order_and_exact_resume(depth):
 def test_attributes_and_eval_pass_through():
     fetched = Prefetcher(_src(), 2, pin_memory=False)
     assert fetched.vocab_size == 200 and fetched.mask_token_id == 4
-    assert len(list(fetched.eval_batches(2))) == 2
+    assert len(list(fetched.held_out_batches(8))) == 2  # micro batches of 4
     fetched.close()
 
 

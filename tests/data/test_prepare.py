@@ -148,7 +148,7 @@ def test_token_dtype_is_compact(prepared):
     (dict(max_seq_length=0), "--max-seq-length must be at least 5"),
     (dict(part="2/2"), "--part must be K/N with parts numbered 0 .. N-1"),
     (dict(part="1/0"), "--part must be K/N"),
-    (dict(format="csv"), "--format must be one of"),
+    (dict(format="csv"), "--format: invalid choice 'csv'"),
 ])
 def test_sizes_and_settings_refuse_zero_and_nonsense(settings, match):
     with pytest.raises(ConfigError, match=match):

@@ -101,7 +101,7 @@ def test_killed_worker_ends_prepare_in_one_line_and_the_rerun_completes(wiki_sli
     # --no-progress still gives plain progress lines (every command alike); the failure itself is one line, the last
     lines = [line for line in err.strip().splitlines() if not line.startswith("prepare: ")]
     assert err.strip().splitlines()[-1] == lines[-1]
-    assert len(lines) == 1 and re.match(rf"bertforge: error: {tmp_path / 'out'}/shard_\d{{6}}_\d{{4}}: ", lines[0]), err
+    assert len(lines) == 1 and re.match(rf"bertforge prepare: error: {tmp_path / 'out'}/shard_\d{{6}}_\d{{4}}: ", lines[0]), err
     assert f"worker process {victim.pid} was killed by SIGKILL" in lines[0] and "run the same command" in lines[0]
     assert not (tmp_path / "out" / "meta.json").exists()
     done = len(list((tmp_path / "out").glob("shard_*.idx")))
@@ -147,7 +147,7 @@ def test_two_parts_prepared_separately_train_as_the_whole(wiki_slice, tokenizer_
     for _ in range(3):
         x, y = a.next_batch(), b.next_batch()
         assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
-    assert torch.equal(next(a.eval_batches(1)).input_ids, next(b.eval_batches(1)).input_ids)
+    assert torch.equal(next(a.held_out_batches(8)).input_ids, next(b.held_out_batches(8)).input_ids)
 
 
 def test_a_part_from_other_settings_is_refused(wiki_slice, tokenizer_dir, tmp_path):

@@ -49,7 +49,7 @@ def main(root: Path) -> None:
     model_dir = tiny_checkpoint(root)
     before = dict(os.environ)
     synthetic = {"synthetic_vocab": 64, "preset": "tiny", "model": TINY, "max_seq_length": 32, "micro_batch": 4,
-                 "global_batch": 4, "log_every": 1, "eval_batches": 1, "progress": False, "export_hf": False}
+                 "global_batch": 4, "log_every": 1, "eval_samples": 4, "progress": False, "export_hf": False}
     first = bertforge.pretrain(synthetic, steps=2, output_dir=str(root / "p1"))
     check_clean(before, "the first pretrain")
     second = bertforge.pretrain({**synthetic, "objective": "mlm"}, steps=3, lr=5e-4, output_dir=str(root / "p2"),

@@ -83,7 +83,8 @@ def test_hugging_face_schedule_names(hf, ours):
 
 
 def test_unknown_schedule_is_one_line():
-    with pytest.raises(ConfigError, match="--decay must be one of linear, poly, cosine, constant, got 'inverse_sqrt'"):
+    with pytest.raises(ConfigError, match="--decay: invalid choice 'inverse_sqrt'; choose from linear, poly, cosine, "
+                                          "constant"):
         PretrainConfig.from_flat({"decay": "inverse_sqrt"})
 
 

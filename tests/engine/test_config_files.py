@@ -154,7 +154,7 @@ def test_a_run_prints_its_config_and_repeats_from_run_config_json(tmp_path, caps
     threads = before + 1
     path = tmp_path / "tiny.yaml"
     path.write_text(f"threads: {threads}\nsynthetic_vocab: 64\nmodel: {{hidden_size: 32, num_attention_heads: 2, "
-                    f"intermediate_size: 64, num_hidden_layers: 1}}\nmax-seq-length: 32\nmicro_batch: 4\nglobal_batch: 4\neval_batches: 1\n"
+                    f"intermediate_size: 64, num_hidden_layers: 1}}\nmax-seq-length: 32\nmicro_batch: 4\nglobal_batch: 4\neval_samples: 4\n"
                     f"no_progress: true\nno_export_hf: true\noutput_dir: {tmp_path / 'run'}\n")
     try:
         assert main(["pretrain", "--config", str(path), "--steps", "1"]) == 0

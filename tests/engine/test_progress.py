@@ -38,7 +38,7 @@ def test_pretrain_logs_progress_lines_into_a_file(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "bertforge.cli", "pretrain", "--synthetic-vocab", "128",
                                "--model", "hidden_size=32", "--model", "num_attention_heads=2", "--model",
                                "intermediate_size=64", "--max-seq-length", "32", "--micro-batch", "2",
-                               "--global-batch", "2", "--steps", "3", "--eval-batches", "1", "--no-export-hf",
+                               "--global-batch", "2", "--steps", "3", "--eval-samples", "2", "--no-export-hf",
                                "--output-dir", str(tmp_path / "run")], stderr=fh, stdout=subprocess.PIPE,
                               cwd=ROOT, env=env, timeout=300)
     text = log.read_text()

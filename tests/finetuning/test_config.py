@@ -119,10 +119,10 @@ def test_cli_errors_are_one_line(tiny_ckpt, tmp_path, capsys):
     bad.write_text("text,label\nfine,pos\n,neg\n", encoding="utf-8")
     flags = ["finetune", "classify", "--model", str(tiny_ckpt), "--train", str(bad), "--out", str(tmp_path / "o")]
     assert main([*flags, "--max-seq-length", "32"]) == 2
-    assert capsys.readouterr().err == f"bertforge: error: {bad}:3: empty 'text'\n"
+    assert capsys.readouterr().err == f"bertforge finetune classify: error: {bad}:3: empty 'text'\n"
     assert main(flags) == 2  # the default 512 is longer than the tiny model's positions
     err = capsys.readouterr().err
-    assert err.startswith("bertforge: error: --max-seq-length 512 exceeds the model's 64 positions (")
+    assert err.startswith("bertforge finetune classify: error: --max-seq-length 512 exceeds the model's 64 positions (")
     assert err.count("\n") == 1
     from bertforge.finetuning.run import run_classify
 

@@ -11,6 +11,7 @@ mapping, not the accuracy, is under test)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def _rows(path):
 def _one_line_error(capsys, argv) -> str:
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("bertforge: error: ")]
+    errors = [x for x in err.splitlines() if re.match(r"bertforge (finetune \w+|predict|evaluate): error: ", x)]
     assert len(errors) == 1 and "Traceback" not in err, err
     return errors[0]
 

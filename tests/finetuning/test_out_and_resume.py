@@ -150,7 +150,7 @@ def test_finetune_has_no_extend_steps(tmp_path, capsys):
     assert main(["finetune", "ner", "--out", str(tmp_path / "o"), "--train", "t.conll", "--resume",
                  "--extend-steps", "9"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bertforge: error: finetune has no --extend-steps") and err.count("\n") == 1
+    assert err.startswith("bertforge finetune ner: error: finetune has no --extend-steps") and err.count("\n") == 1
     with pytest.raises(ConfigError, match="finetune has no --extend-steps"):
         api.finetune("ner", out=str(tmp_path / "o"), train="t.conll", extend_steps=9)
 

@@ -137,7 +137,7 @@ def test_predict_length_above_positions_one_line(tiny_ckpt, tmp_path, capsys):
     for command in ("predict", "evaluate"):
         assert main([command, str(tiny_ckpt), str(inp), "--max-seq-length", "512"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("bertforge: error: --max-seq-length 512 exceeds the model's 64 positions") \
+        assert err.startswith(f"bertforge {command}: error: --max-seq-length 512 exceeds the model's 64 positions") \
             and err.count("\n") == 1
 
 
@@ -153,11 +153,11 @@ def test_output_path_that_is_a_folder_refused_before_the_model(tiny_ckpt, tmp_pa
     for (command, *flags), flag, example in cases:
         assert main([command, str(tiny_ckpt), str(inp), *flags]) == 2
         err = capsys.readouterr().err
-        assert err == (f"bertforge: error: {flag} {tmp_path}: is a folder; give the path of a file to write, e.g. "
+        assert err == (f"bertforge {command}: error: {flag} {tmp_path}: is a folder; give the path of a file to write, e.g. "
                        f"{tmp_path / example}\n")
     new = f"{tmp_path / 'new'}/"  # written as a folder that does not exist yet: not made a file of that name
     assert main(["predict", str(tiny_ckpt), str(inp), "--out", new]) == 2
-    assert capsys.readouterr().err.startswith(f"bertforge: error: --out {new}: is a folder; ")
+    assert capsys.readouterr().err.startswith(f"bertforge predict: error: --out {new}: is a folder; ")
     assert not (tmp_path / "new").exists()
 
 
@@ -173,14 +173,14 @@ def test_run_folders_given_for_a_model_name_the_model_to_give(tmp_path, capsys):
     (run / "summary.json").write_text("{}")
     assert main(["predict", str(run), str(inp)]) == 2
     err = capsys.readouterr().err
-    assert err == f"bertforge: error: {run}: a finetuning run's folder; give one of its exported models, e.g. " \
+    assert err == f"bertforge predict: error: {run}: a finetuning run's folder; give one of its exported models, e.g. " \
                   f"{run / 'seed-1'}\n"
     pre = tmp_path / "pre"
     (pre / "checkpoints").mkdir(parents=True)
     (pre / "config.json").write_text("{}")
     assert main(["evaluate", str(pre), str(inp)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"bertforge: error: {pre}: a pretraining run, which has no classifier; finetune it "
+    assert err.startswith(f"bertforge evaluate: error: {pre}: a pretraining run, which has no classifier; finetune it "
                           f"first") and err.count("\n") == 1, err
 
 
@@ -194,7 +194,8 @@ def test_missing_model_folder_named_as_such(tmp_path, capsys):
              (["predict", str(nope), str(inp)], "MODEL_DIR"), (["evaluate", str(nope), str(inp)], "MODEL_DIR"),
              (["export", str(nope), str(tmp_path / "hf")], "CHECKPOINT")]
     for argv, flag in cases:
+        prog = " ".join(["bertforge", *argv[:2 if argv[0] == "finetune" else 1]])
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"bertforge: error: {flag} {nope}: no such folder; give ") and err.count("\n") == 1, err
+        assert err.startswith(f"{prog}: error: {flag} {nope}: no such folder; give ") and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()

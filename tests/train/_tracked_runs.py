@@ -19,7 +19,7 @@ def main(root: Path, report_to: str) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bertforge.pretrain(synthetic_vocab=64, preset="tiny", model=TINY, max_seq_length=32, micro_batch=4,
-                           global_batch=4, steps=2, log_every=1, eval_batches=1, progress=False, export_hf=False,
+                           global_batch=4, steps=2, log_every=1, eval_samples=4, progress=False, export_hf=False,
                            report_to=report_to, output_dir=str(root / "pretrain"))
         bertforge.finetune("classify", model=str(model_dir), data=str(REVIEWS), out=str(root / "classify"),
                            epochs=2, min_steps=0, global_batch=8, max_seq_length=32, threads=1, progress=False, log_every=1,

@@ -108,7 +108,7 @@ def test_cut_metrics_keeps_steps_up_to_the_checkpoint(tmp_path):
 def _cli(out: Path, *args) -> list[str]:
     return [sys.executable, "-m", "bertforge.cli", "pretrain", "--synthetic-vocab", "512", "--model", "hidden_size=64",
             "--model", "intermediate_size=128", "--max-seq-length", "32", "--micro-batch", "4", "--global-batch", "8",
-            "--dropout", "0", "--log-every", "1", "--eval-every", "0", "--eval-batches", "2", "--no-progress",
+            "--dropout", "0", "--log-every", "1", "--eval-every", "0", "--eval-samples", "8", "--no-progress",
             "--no-export-hf", "--save-every", "3", "--output-dir", str(out), *args]
 
 
@@ -141,7 +141,7 @@ def test_cli_resume_skips_a_damaged_checkpoint_then_fails_when_none_is_left(tmp_
     failed = subprocess.run(_cli(run, "--steps", "12", "--resume"), env=worker_env(), cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2  # the command line's status for a user error
-    errors = [line for line in failed.stderr.splitlines() if line.startswith("bertforge: error:")]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("bertforge pretrain: error:")]
     assert len(errors) == 1 and "verifies (3 set aside" in errors[0] and "Traceback" not in failed.stderr
     assert "step_00000009/meta.json: unreadable" in errors[0]
 

@@ -51,7 +51,7 @@ def mode_reshape(out: Path, *jobs: str) -> None:
             shutil.copytree(out / source[0] / "checkpoints" / "step_00000003", run / "checkpoints" / "step_00000003")
         D.barrier()
         visits: list = []
-        result = pretrain(config(run, zero_stage=int(stage), global_batch=12, prefetch=0, eval_batches=5,
+        result = pretrain(config(run, zero_stage=int(stage), global_batch=12, prefetch=0, eval_samples=10,
                                  resume=bool(source), optimizer="lamb" if name.startswith("lamb") else "adamw"),
                           source_factory=lambda cfg, rank, world: RecordingSource(cfg, rank, world, visits))
         (run / f"visits_rank{D.rank()}.json").write_text(json.dumps(visits))

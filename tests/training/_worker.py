@@ -55,7 +55,7 @@ def factory(cfg, rank, world):
 def config(out: Path, **kw) -> PretrainConfig:
     base = dict(output_dir=str(out), preset="tiny", model_overrides=MODEL, max_seq_length=32, micro_batch=2,
                 global_batch=8, steps=6, lr=2e-3, warmup_steps=2, dropout=0.0, log_every=1, eval_every=0,
-                eval_batches=2, save_every=3, progress=False, export_hf=False, dist_timeout_s=60)
+                eval_samples=4, save_every=3, progress=False, export_hf=False, dist_timeout_s=60)
     base.update(kw)
     return PretrainConfig.from_flat(base)
 

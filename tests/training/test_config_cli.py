@@ -40,7 +40,7 @@ def test_accumulation_and_budget():
     (dict(optimizer="sgd"), "--optimizer"),
     (dict(steps=0), "--steps"),
     (dict(dropout=1.5), "--dropout"),
-    (dict(objective="mlm+mrp"), r"--objective must be one of mlm\+nsp, mlm\+sop, mlm, got .mlm\+mrp."),
+    (dict(objective="mlm+mrp"), r"--objective: invalid choice 'mlm\+mrp'; choose from mlm\+nsp, mlm\+sop, mlm"),
     (dict(short_seq_prob=1.5), "--short-seq-prob must lie in"),
 ])
 def test_invalid_values(kwargs, match):
@@ -61,7 +61,7 @@ def test_objective_flags_and_sentence_task(cli):
     assert [PretrainConfig.from_flat(objective=o).objective.sentence_task for o in ("mlm+nsp", "mlm+sop", "mlm")] \
         == ["nsp", "sop", None]
     assert PretrainConfig().objective.objective == "mlm+nsp"  # the lecture's recipe stays the default
-    _one_line(*cli("--synthetic-vocab", "512", "--objective", "nsp"), "--objective must be one of")
+    _one_line(*cli("--synthetic-vocab", "512", "--objective", "nsp"), "--objective: invalid choice 'nsp'; choose from")
 
 
 def test_ds_config_generated_and_user_wins():
@@ -146,7 +146,7 @@ def test_error_length_above_the_models_positions_before_the_data(cli, tmp_path):
     """As finetune / predict say it (ModelConfig.check_seq_length), from the config alone: the missing --data is
     never opened."""
     _one_line(*cli("--data", str(tmp_path / "no-data"), "--max-seq-length", "1024"),
-              "bertforge: error: --max-seq-length 1024 exceeds the model's 512 positions (max_position_embeddings of "
+              "bertforge pretrain: error: --max-seq-length 1024 exceeds the model's 512 positions (max_position_embeddings of "
               "--preset tiny); give at most 512, or a longer position table: --model max_position_embeddings=1024")
     with pytest.raises(ConfigError, match="1024 exceeds the model's 600 positions"):
         PretrainConfig.from_flat(max_seq_length=1024, model_overrides={"max_position_embeddings": 600})
@@ -155,7 +155,7 @@ def test_error_length_above_the_models_positions_before_the_data(cli, tmp_path):
 
 def test_error_missing_init_from_folder(cli, tmp_path):
     _one_line(*cli("--synthetic-vocab", "512", "--init-from", str(tmp_path / "nope")),
-              f"bertforge: error: --init-from {tmp_path / 'nope'}: no such folder; give a Hugging Face BERT folder")
+              f"bertforge pretrain: error: --init-from {tmp_path / 'nope'}: no such folder; give a Hugging Face BERT folder")
 
 
 def test_error_unknown_preset(cli):

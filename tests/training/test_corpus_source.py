@@ -13,9 +13,10 @@ from tests.training.conftest import run_worker
 MICRO_BATCH = 4
 
 
-def _source(prepared, tokenizer_dir, rank, world):
+def _source(prepared, tokenizer_dir, rank, world, micro_batch=MICRO_BATCH, **settings):
     cfg = PretrainConfig.from_flat(output_dir="unused", data_dir=str(prepared[0]), tokenizer=str(tokenizer_dir),
-                                   max_seq_length=64, micro_batch=MICRO_BATCH, global_batch=8, steps=1)
+                                   max_seq_length=64, micro_batch=micro_batch, global_batch=micro_batch * 6, steps=1,
+                                   **settings)
     source = CorpusSource(cfg, rank, world)
     source.start()
     return source
@@ -30,7 +31,7 @@ def test_micro_batch_k_goes_to_rank_k_mod_world(prepared, tokenizer_dir):
             assert b.input_ids.shape == a.input_ids.shape
             np.testing.assert_array_equal(a.input_ids, b.input_ids)  # same samples, same masks
             np.testing.assert_array_equal(a.mlm_labels, b.mlm_labels)
-    held = list(single.eval_batches(2)), list(single.eval_batches(2))
+    held = list(single.held_out_batches(8)), list(single.held_out_batches(8))
     np.testing.assert_array_equal(held[0][1].input_ids, held[1][1].input_ids)  # fixed held-out masks
 
 
@@ -70,19 +71,25 @@ def test_two_ranks_zero2_equal_one_rank_on_real_data(prepared, tokenizer_dir, tm
     assert two["resumed"] == two["full"][3:]
 
 
-def test_held_out_set_is_global(prepared, tokenizer_dir):
-    """--eval-batches counts held-out micro batches over all ranks: 1, 2 and 3 ranks score the same batches (same
-    samples, same masks), each once, shared out k % world; capped so that no sample is scored twice."""
-    single = _source(prepared, tokenizer_dir, 0, 1)
-    n = len(single.held_out)
-    assert len(list(single.eval_batches(10 ** 6))) == n // MICRO_BATCH
-    reference = list(single.eval_batches(7))
-    for world in (2, 3):
-        shares = [list(_source(prepared, tokenizer_dir, r, world).eval_batches(7)) for r in range(world)]
-        assert sum(map(len, shares)) == 7
-        for k, ref in enumerate(reference):
-            got = shares[k % world][k // world]
-            np.testing.assert_array_equal(got.input_ids, ref.input_ids)
-            np.testing.assert_array_equal(got.mlm_labels, ref.mlm_labels)
-    capped = [len(list(_source(prepared, tokenizer_dir, r, 2).eval_batches(10 ** 6))) for r in range(2)]
-    assert sum(capped) == n // MICRO_BATCH
+def _held_out_rows(sources, n_samples):
+    """The held-out samples that `sources` (one per rank) score, in the global order: (input_ids, mlm_labels)."""
+    shares = [list(src.held_out_batches(n_samples)) for src in sources]
+    batches = [shares[k % len(sources)][k // len(sources)] for k in range(sum(map(len, shares)))]
+    return (np.concatenate([np.asarray(b.input_ids) for b in batches]),
+            np.concatenate([np.asarray(b.mlm_labels) for b in batches]))
+
+
+def test_held_out_set_is_the_same_samples_for_any_micro_batch_and_rank_count(prepared, tokenizer_dir):
+    """--eval-samples N: the first N held-out samples, once each, with the same masks for any --micro-batch (the
+    last batch may be short), number of ranks (batch k on rank k % world) and --masking; all of the split when N is
+    larger."""
+    n = 23  # prime: a short last batch for every micro batch here
+    ids, labels = _held_out_rows([_source(prepared, tokenizer_dir, 0, 1)], n)
+    assert ids.shape[0] == n and (labels != -100).any()
+    for micro, world, masking in ((3, 1, "host"), (5, 2, "host"), (4, 3, "host"), (7, 2, "device")):
+        sources = [_source(prepared, tokenizer_dir, r, world, micro, masking=masking) for r in range(world)]
+        got_ids, got_labels = _held_out_rows(sources, n)
+        np.testing.assert_array_equal(got_ids, ids, err_msg=f"micro {micro}, {world} ranks, {masking}")
+        np.testing.assert_array_equal(got_labels, labels, err_msg=f"micro {micro}, {world} ranks, {masking}")
+    split = len(_source(prepared, tokenizer_dir, 0, 1).held_out)
+    assert _held_out_rows([_source(prepared, tokenizer_dir, r, 2, 5) for r in range(2)], 10 ** 6)[0].shape[0] == split

@@ -63,8 +63,8 @@ def test_two_ranks_at_zero_2_and_3_match_one_rank(runs):
 
 
 def test_held_out_evaluation_is_the_same_on_1_2_and_3_ranks(runs):
-    """--eval-batches 5 held-out batches over all ranks: 5 on one rank, 3 + 2 on two (ZeRO 0 and 3), 2 + 2 + 1 on
-    three (ZeRO 3). Per-rank counting would score 2x and 3x the masked tokens."""
+    """--eval-samples 10 held-out samples in micro batches of 2 over all ranks: 5 batches on one rank, 3 + 2 on two
+    (ZeRO 0 and 3), 2 + 2 + 1 on three (ZeRO 3). Per-rank counting would score 2x and 3x the masked tokens."""
     reference = _result(runs, "r1z0")["eval"]
     assert reference["masked_tokens"] > 0
     for name in ("r2z0", "r2z3", "r2to3z3"):

@@ -168,9 +168,10 @@ def test_pretrain_resume_follows_the_rule(tmp_path):
     engine = "parallelize: DeepSpeed engine"  # decided from meta.json: no engine built to say nothing to do
     assert engine in first.stderr and engine not in again.stderr and "resumed from" not in again.stderr
     bad = launch("--steps", "8", "--resume")
-    errors = [line for line in bad.stderr.splitlines() if line.startswith("bertforge: error:")]
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("bertforge pretrain: error:")]
     assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
-    assert errors[0].startswith("bertforge: error: --resume: --steps is 8 but ") and "trained with 4" in errors[0]
+    assert errors[0].startswith("bertforge pretrain: error: --resume: --steps is 8 but ")
+    assert "trained with 4" in errors[0]
     assert "keep --steps 4 and pass --extend-steps 8" in errors[0]
     assert (run / "metrics.jsonl").read_text() == before
 

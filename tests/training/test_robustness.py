@@ -57,7 +57,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous(tmp_path):
 def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "bertforge.cli", "pretrain", "--synthetic-vocab", "512", "--model", "hidden_size=64",
             "--model", "intermediate_size=128", "--max-seq-length", "32", "--micro-batch", "4", "--global-batch", "8",
-            "--dropout", "0", "--log-every", "1", "--eval-every", "0", "--eval-batches", "2", "--no-progress",
+            "--dropout", "0", "--log-every", "1", "--eval-every", "0", "--eval-samples", "8", "--no-progress",
             "--no-export-hf", *args]
 
 
