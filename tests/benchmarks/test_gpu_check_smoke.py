@@ -45,6 +45,7 @@ def test_finetune_step_command_lines_parse(tmp_path):
     """The finetune steps' commands use flags that exist: the CLI's own parser and the throughput benchmark's accept
     them."""
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # finetune_throughput imports its sibling _timing
     import benchmarks.finetune_throughput as ft
     import benchmarks.gpu_check as gc
     from bertforge.cli import build_parser
