@@ -95,7 +95,7 @@ def test_masker_refuses_unmasked_source_mismatch():
 
 
 def test_config_rules():
-    with pytest.raises(ConfigError, match="--masking must be"):
+    with pytest.raises(ConfigError, match="--masking: invalid choice 'gpu'"):
         PretrainConfig.from_flat(masking="gpu")
     with pytest.raises(ConfigError, match="host only"):
         PretrainConfig.from_flat(masking="device", whole_word_masking=True)
