@@ -78,6 +78,8 @@ class _OneLineParser(argparse.ArgumentParser):
     def _suggestion(self, extras: list[str]) -> str:
         known = [o for o in self._option_string_actions if o.startswith("--")]
         for word in extras:
+            if word.split("=", 1)[0] in TOP_LEVEL_OPTIONS and word.split("=", 1)[0] not in known:
+                return f"; {word.split('=', 1)[0]} is an option of `bertforge` itself: give it before the command"
             if word.startswith("--"):  # what an abbreviation would have meant first, then the close names
                 hint = did_you_mean(word.split("=", 1)[0], known, prefixes=True)
                 if hint:
@@ -107,6 +109,10 @@ def unknown_choice_line(prog: str, kind: str, value: str, choices: list[str]) ->
     else:
         hint = f"choose from {', '.join(choices)} (see `{prog} --help`)"
     return f"{prog}: unknown {kind} {value!r}; {hint}"
+
+
+TOP_LEVEL_OPTIONS = ("--log-level", "--version")
+"""Options of `bertforge` itself (build_parser), refused after a command with a pointer to their place."""
 
 
 def build_parser() -> argparse.ArgumentParser:

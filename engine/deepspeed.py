@@ -427,7 +427,8 @@ def consolidated_fp32_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         try:
-            state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+            with quiet_deepspeed():  # its progress lines are bare prints to stdout
+                state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
             return {k: v.float() for k, v in state.items()}
         except (ValueError, KeyError, AssertionError):
             pass  # a ZeRO-0 checkpoint has full optimizer states but no partitions: use the module weights

@@ -48,6 +48,9 @@ def close_names(word: str, names: Iterable[str], n: int = 3, prefixes: bool = Fa
         started = [name for name in names if name.startswith(word) and name != word]
         if started:
             return started[:n]
+    same = [name for name in names if name != word and name.lower() == word.lower()]
+    if same:  # only the case differs (`IOB2`): that name alone, not its one-typo neighbours (`iob1`)
+        return same[:n]
     typos = [name for name in names if one_edit(word, name)]
     return list(dict.fromkeys(typos + difflib.get_close_matches(word, names, n=n, cutoff=CLOSE_CUTOFF)))[:n]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bertforge.config.checks import invalid_choice
+from bertforge.config.checks import close_names, invalid_choice
 from bertforge.errors import ConfigError
 from bertforge.io import read_json_object
 
@@ -209,12 +209,20 @@ PRESETS: dict[str, Callable[..., ModelConfig]] = {
 }
 
 
+def unknown_preset(name: Any) -> str:
+    """The one line of a preset name outside PRESETS, with the close ones: `unknown preset 'tinny' (did you mean
+    'tiny'?); known presets: tiny, ...`."""
+    close = close_names(name, PRESETS, n=2) if isinstance(name, str) else []
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return f"unknown preset {name!r}{hint}; known presets: {', '.join(PRESETS)}"
+
+
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """The preset called `name` with field overrides; unknown names fail listing the known ones."""
     try:
         factory = PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+        raise ConfigError(unknown_preset(name)) from None
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
         raise ConfigError(f"unknown ModelConfig field(s): {', '.join(sorted(unknown))}")

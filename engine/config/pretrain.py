@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from bertforge.config.checks import (DEFAULT_REPORT_TO, check_choice, check_non_negative, check_positive_int,
                                      check_report_to, flag)
-from bertforge.config.model import KERNEL_BACKENDS, PRESETS, ModelConfig, preset
+from bertforge.config.model import KERNEL_BACKENDS, PRESETS, ModelConfig, preset, unknown_preset
 from bertforge.config.parallel import PRECISIONS, ParallelConfig
 from bertforge.errors import ConfigError
 
@@ -110,7 +110,7 @@ class ModelSection:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
+            raise ConfigError(unknown_preset(self.preset))
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
         if not isinstance(self.model_overrides, dict):

@@ -127,7 +127,19 @@ def _fetch_debian(src: Source, dest: Path, quiet: bool) -> None:
     shutil.rmtree(dl)
 
 
+def check_data_set_names(inputs: list[str], names) -> None:
+    """DataError for the first input that is neither an existing path nor one of `names` but close to one of them
+    (`wikki`, `linux-dco`); other missing paths are left to the readers' own error."""
+    for x in inputs:
+        close = [] if x in names or Path(x).exists() else close_names(x, names, n=2)
+        if close:
+            raise DataError(f"no such file or folder, nor a data set (did you mean {' or '.join(map(repr, close))}?); "
+                            f"known data sets: {', '.join(names)}", x)
+
+
 def resolve_inputs(inputs: list[str]) -> list[str]:
     """Corpus arguments with data set names (`wiki`, `linux-doc`, ...) replaced by their cached path (fetched when
-    missing); paths that exist are kept as given."""
+    missing); paths that exist are kept as given. A missing path that is close to a data set name (`wikki`) is one
+    DataError naming the close names."""
+    check_data_set_names(inputs, SOURCES)
     return [str(fetch(x)) if x in SOURCES and not Path(x).exists() else x for x in inputs]

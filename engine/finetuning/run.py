@@ -399,9 +399,10 @@ def run_ner(config: NerConfig, echo: Echo = ECHO, explicit: frozenset = frozense
 
 def read_corpus(corpus: Sequence[str], fmt: str | None, text_column: str = "text") -> list[str]:
     """The document texts of the corpus files / folders ('linux-doc' and 'wiki' are fetched data sets)."""
-    from bertforge.data.fetch import fetch
+    from bertforge.data.fetch import check_data_set_names, fetch
     from bertforge.data.readers import read_documents
 
+    check_data_set_names(list(corpus), ("linux-doc", "wiki"))
     paths = [fetch(c) if c in ("linux-doc", "wiki") else Path(c) for c in corpus]
     return [d.text for d in read_documents(paths, fmt, text_column=text_column)]
 

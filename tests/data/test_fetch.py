@@ -34,3 +34,20 @@ def test_unreachable_registry_is_one_clear_error(monkeypatch, tmp_path):
         fetch_mod.fetch("wnut16")
     assert not (tmp_path / "wnut16").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # nothing half-written
+
+
+@pytest.mark.parametrize("typo, close", [("wikki", "'wiki'"), ("linux-dco", "'linux-doc'")])
+def test_misspelt_data_set_as_a_corpus_names_the_close_one(typo, close, monkeypatch, tmp_path):
+    """`prepare wikki` / `tokenizer train linux-dco` / `finetune mlm --corpus linux-dco`: one line naming the data
+    set meant, not a bare "no such file"; an existing file of that name and a far-off missing path are as before."""
+    from bertforge.finetuning.run import read_corpus
+
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: fetch_mod.resolve_inputs([typo]), lambda: read_corpus([typo], None)):
+        with pytest.raises(DataError, match=rf"^{typo}: no such file or folder, nor a data set \(did you mean {close}"):
+            call()
+    (tmp_path / typo).write_text("a file of that name\n")
+    assert fetch_mod.resolve_inputs([typo]) == [typo]
+    with pytest.raises(DataError) as exc:
+        read_corpus(["no-such-corpus.txt"], None)
+    assert "did you mean" not in str(exc.value)

@@ -108,3 +108,22 @@ def test_peak_flops_exact_names_and_override():
     assert peak_flops(device_name="NVIDIA H100 something new") is None
     assert peak_flops(5e12, device_name="NVIDIA H100 PCIe") == 5e12
     assert PretrainConfig.from_flat({"peak_flops": 1e14}).run.peak_flops == 1e14
+
+
+def test_a_top_level_option_after_the_command_says_where_it_goes(capsys):
+    """`bertforge pretrain --log-level debug` names the option's place (it was offered --log-every)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--log-level", "debug"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "--log-level is an option of `bertforge` itself: give it before the command" in err
+    assert "--log-every" not in err
+
+
+def test_a_choice_differing_only_in_case_is_the_one_suggestion():
+    """`--scheme IOB2` suggests 'iob2' alone (it also got 'iob1', one typo from its lower case)."""
+    from bertforge.config.checks import close_names, invalid_choice
+
+    assert close_names("IOB2", ["iob1", "iob2", "bioes"], n=2) == ["iob2"]
+    assert "(did you mean 'iob2'?)" in invalid_choice("--scheme", "IOB2", ["iob1", "iob2", "bioes"])
+    assert close_names("iob3", ["iob1", "iob2"], n=2) == ["iob1", "iob2"]

@@ -88,3 +88,27 @@ def test_the_library_does_not_print():
             if isinstance(node, ast.Name) and node.id == "print":
                 found.append(f"{rel}:{node.lineno}")
     assert not found, f"print in the library (use bertforge.log's logger or result_echo): {found}"
+
+
+def test_consolidating_a_zero_checkpoint_prints_nothing(tmp_path, capfd):
+    """`bertforge export` of a ZeRO 1-3 run: DeepSpeed's zero_to_fp32 prints its progress ("Processing zero
+    checkpoint", "Reconstructed fp32 state dict ...") to stdout; they go to DEBUG like its other chatter."""
+    import os
+    import subprocess
+    import sys
+
+    from bertforge.deepspeed import consolidated_fp32_state_dict
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bertforge.cli", "pretrain", "--synthetic-vocab", "512", "--preset", "tiny",
+           "--max-seq-length", "32", "--zero-stage", "2", "--steps", "1", "--micro-batch", "2", "--global-batch", "2",
+           "--eval-samples", "2", "--output-dir", str(run), "--no-progress", "--no-export-hf", "--report-to", "none"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    capfd.readouterr()
+    state = consolidated_fp32_state_dict(run / "checkpoints" / "step_00000001")
+    out = capfd.readouterr().out
+    assert state and all(v.dtype.is_floating_point for v in state.values())
+    assert out == "", out

@@ -162,6 +162,19 @@ def test_error_unknown_preset(cli):
     _one_line(*cli("--synthetic-vocab", "512", "--preset", "bert-huge"), "unknown preset 'bert-huge'")
 
 
+@pytest.mark.parametrize("typo, close", [("tinny", "'tiny'"), ("bert-bse", "'bert-base'"), ("Tiny", "'tiny'")])
+def test_error_misspelt_preset_suggests_the_close_one(typo, close):
+    """A misspelt preset names the close one, as every other choice does, from the config and from preset()."""
+    from bertforge.config.model import preset
+
+    for make in (lambda: PretrainConfig.from_flat(preset=typo), lambda: preset(typo)):
+        with pytest.raises(ConfigError, match=rf"unknown preset '{typo}' \(did you mean {close}\?\); known presets"):
+            make()
+    with pytest.raises(ConfigError) as exc:
+        preset("huge")
+    assert "did you mean" not in str(exc.value)
+
+
 def test_error_unknown_option(cli):
     with pytest.raises(SystemExit) as exc:
         cli("--synthetic-vocab", "512", "--learning-rate", "1")
