@@ -343,8 +343,8 @@ def applicable(variant: str, device, dtype) -> bool:
 
 def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool, profile_out=None):
     if not applicable(variant, device, dtype):
-        raise ValueError(f"{variant} does not apply here: ours-bf16-weights needs --precision bf16, "
-                         "ours-fresh-buffers a CPU")
+        raise ValueError(f"{variant} does not apply here: it needs "
+                         + ("--precision bf16" if variant == "ours-bf16-weights" else "a CPU"))
     from bertforge.kernels import host_buffers
 
     host_buffers.reuse(variant != "ours-fresh-buffers")

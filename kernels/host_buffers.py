@@ -10,7 +10,9 @@ it: its use count (c10's intrusive count of the storage) is then 1, ours. A tens
 to autograd as a gradient (AccumulateGrad keeps it as `param.grad` without a copy) and is reused only after
 `zero_grad(set_to_none=True)`, a DeepSpeed reduction or the end of the step has dropped every reference to it; while
 anyone holds it (a retained `.grad`, a view of it, gradient accumulation) a fresh tensor is allocated instead, as
-without this module. The same idea as the CUDA caching allocator, for a handful of known tensors."""
+without this module. The same idea as the CUDA caching allocator, for a handful of known tensors.
+Limit: autograd adds two gradients of one tensor (a tied weight's) in place only into one whose storage has no
+other owner; a kept buffer has one (this module), so such a sum is a fresh tensor, as it would be without reuse."""
 from __future__ import annotations
 
 import math

@@ -9,11 +9,12 @@ decoder_bias over the labelled rows, and each row's argmax), computed so that a 
   logits in their own dtype: no fp32 copy of bf16 logits, no (n, V) log-softmax output, no zero-filled (n, V)
   gradient of the NLL, no separate argmax pass (one `max` gives the value and the index);
 - the backward overwrites the saved logits with d loss / d logits = (softmax - onehot) * g / n_labelled (the
-  subtraction and the scale in fp32, rounded once to the logits' dtype) and returns a contiguous weight gradient
-  that autograd keeps as `.grad` and adds the word embedding's share into in place;
+  subtraction and the scale in fp32, rounded once to the logits' dtype) and returns a contiguous weight gradient;
 - the logits, the weight cast to autocast's dtype and the weight gradient live on host memory reused across steps
   (kernels/host_buffers.py: each is ~12-47 MB at V 30,522, above glibc's mmap threshold, so fresh memory would be
-  faulted in page by page every step); memory still held elsewhere (a kept `.grad`) is never reused.
+  faulted in page by page every step); memory still held elsewhere (a kept `.grad`) is never reused. With the
+  decoder tied to the word embedding (BERT's default) autograd sums this gradient and the embedding's into a fresh
+  (V, h) tensor: it adds in place only into a gradient whose storage nothing else holds, and a kept buffer is held.
 Under CPU autocast the GEMMs run in autocast's dtype (as F.linear would) and the weight gradient is rounded once to
 the weight's dtype; the softmax, the loss and the bias gradient are fp32. Extra memory beyond the logits: one
 ROW_CHUNK x V fp32 buffer. A second backward through the same graph raises (the logits were overwritten)."""

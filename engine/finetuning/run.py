@@ -319,11 +319,22 @@ def _merged(config, explicit: frozenset):
 
 
 # ---- tasks ------------------------------------------------------------------------------------------------------
+def check_inputs_exist(files: SplitFiles, resume: bool) -> None:
+    """A missing --train / --dev / --test / --data fails here, in one line, before the process group starts (whose
+    first start compiles DeepSpeed's CPU communication op, about a minute); their contents are read later."""
+    if resume:  # a resumed run reads the parts it saved under OUT/splits/ where it has them
+        return
+    for path in (files.train, files.dev, files.test, files.data_file):
+        if path is not None and not Path(path).exists():
+            raise DataError("file not found", str(path))
+
+
 def run_classify(config: ClassifyConfig, echo: Echo = ECHO, explicit: frozenset = frozenset()) -> dict:
     """Sequence classification: [CLS] + pooler (or the mean of the token states, --pooling mean) -> classifier ->
     softmax over the labels of every part. Returns the summary."""
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
+    check_inputs_exist(files, training.resume)
     out = claim_output(training.output_dir, training.resume)
     model_dir = resolve_model(training.model)  # before the process group: a wrong --model fails first
     echo = start(par, echo)
@@ -366,6 +377,7 @@ def run_ner(config: NerConfig, echo: Echo = ECHO, explicit: frozenset = frozense
     plain tags. Returns the summary."""
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
+    check_inputs_exist(files, training.resume)
     out = claim_output(training.output_dir, training.resume)
     model_dir = resolve_model(training.model)  # before the process group: a wrong --model fails first
     echo = start(par, echo)

@@ -15,6 +15,8 @@
   path, before the model is loaded
 - a model folder that does not exist (finetune --model, predict / evaluate MODEL_DIR, export CHECKPOINT): one line
   naming the flag and the path, not its missing config.json
+- a missing finetuning input file (--train / --dev / --test / --data): one line naming it, before the process group
+  starts and before the output folder is made
 """
 import json
 
@@ -199,3 +201,23 @@ def test_missing_model_folder_named_as_such(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"{prog}: error: {flag} {nope}: no such folder; give ") and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("task,flags", [("ner", ["--data"]), ("ner", ["--train"]), ("classify", ["--data"]),
+                                        ("classify", ["--train"])])
+def test_missing_input_file_refused_before_the_process_group(tmp_path, capsys, monkeypatch, task, flags):
+    """A missing training / dev / test / --data file: one line naming it, before the process group starts (whose
+    first start compiles DeepSpeed's CPU communication op, ~1 min) and before the output folder is made."""
+    from bertforge.cli import main
+    from bertforge.finetuning import run
+
+    monkeypatch.setattr(run, "start", lambda *a, **k: pytest.fail("the process group was started"))
+    missing = tmp_path / "nonexistent.txt"
+    out = tmp_path / "out"
+    args = ["finetune", task, *flags, str(missing), "--out", str(out), "--model", "tiny"]
+    if flags == ["--train"]:
+        args += ["--dev", str(missing)]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(missing) in err and "file not found" in err, err
+    assert not out.exists()
