@@ -26,6 +26,7 @@ from bertforge.data.batch import Batch
 from bertforge.data.sampler import MicroBatchSampler
 from bertforge.data.splitmix import derive_seed, derive_seeds, mask_seed, sample_dropout_ids
 from bertforge.errors import ConfigError, DataError
+from bertforge.log import get_logger
 
 EVAL_EPOCH = 10 ** 6  # masks of held-out batches are seeded with this epoch: fixed across evaluations
 
@@ -127,6 +128,10 @@ class CorpusSource:
                 raise ConfigError(f"{entry.path}: the held-out split gives no samples at "
                                   f"{flag('max_seq_length')} {c.batch.max_seq_length}; raise --eval-fraction "
                                   f"(now {c.data.eval_fraction})")
+            if c.run.eval_samples > len(held) and self.rank == 0:
+                get_logger(__name__).info(  # INFO: the default 640 exceeds small data sets' splits
+                    f"{entry.path}: {flag('eval_samples')} {c.run.eval_samples} is more than its held-out split's "
+                    f"{len(held)} samples; every evaluation scores all {len(held)}")
         B = c.batch.micro_batch
         if len(self.blend) == 1:
             self.train, self.held_out = trains[0], self.held_outs[self.blend[0].path]

@@ -93,3 +93,17 @@ def test_held_out_set_is_the_same_samples_for_any_micro_batch_and_rank_count(pre
         np.testing.assert_array_equal(got_labels, labels, err_msg=f"micro {micro}, {world} ranks, {masking}")
     split = len(_source(prepared, tokenizer_dir, 0, 1).held_out)
     assert _held_out_rows([_source(prepared, tokenizer_dir, r, 2, 5) for r in range(2)], 10 ** 6)[0].shape[0] == split
+
+
+def test_eval_samples_above_the_split_says_so_once(prepared, tokenizer_dir, caplog):
+    """--eval-samples above the held-out split's size: one INFO line from rank 0 naming both numbers (every
+    evaluation then scores the whole split); none at or below the size, none from other ranks."""
+    split = len(_source(prepared, tokenizer_dir, 0, 1, eval_samples=1).held_out)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="bertforge"):
+        _source(prepared, tokenizer_dir, 0, 1, eval_samples=split)
+        _source(prepared, tokenizer_dir, 1, 2, eval_samples=split + 1)
+        assert not [r for r in caplog.records if "held-out split" in r.getMessage()]
+        _source(prepared, tokenizer_dir, 0, 2, eval_samples=split + 1)
+    lines = [r.getMessage() for r in caplog.records if "held-out split" in r.getMessage()]
+    assert len(lines) == 1 and f"--eval-samples {split + 1}" in lines[0] and f"all {split}" in lines[0], lines
