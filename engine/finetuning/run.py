@@ -334,8 +334,8 @@ def run_classify(config: ClassifyConfig, echo: Echo = ECHO, explicit: frozenset 
     softmax over the labels of every part. Returns the summary."""
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
-    check_inputs_exist(files, training.resume)
     out = claim_output(training.output_dir, training.resume)
+    check_inputs_exist(files, training.resume)
     model_dir = resolve_model(training.model)  # before the process group: a wrong --model fails first
     echo = start(par, echo)
     model = model_config(model_dir, training, par)
@@ -377,8 +377,8 @@ def run_ner(config: NerConfig, echo: Echo = ECHO, explicit: frozenset = frozense
     plain tags. Returns the summary."""
     config, user = _merged(config, explicit)
     training, files, data, par = config.training, config.files, config.data, config.parallel
-    check_inputs_exist(files, training.resume)
     out = claim_output(training.output_dir, training.resume)
+    check_inputs_exist(files, training.resume)
     model_dir = resolve_model(training.model)  # before the process group: a wrong --model fails first
     echo = start(par, echo)
     model = model_config(model_dir, training, par)
