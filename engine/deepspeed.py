@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,9 @@ def init_distributed(timeout_s: int) -> None:
     if dist.is_available() and dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo":
+        for line in comm_op_build_locks():
+            _LOG.warning(line)
     try:
         with quiet_deepspeed():
             _ds().init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
@@ -151,6 +155,31 @@ def init_distributed(timeout_s: int) -> None:
         if "time" not in str(exc).lower():
             raise
         raise TrainingError(rendezvous_failure(str(exc), timeout_s)) from None
+
+
+SHM_COMM_OP = "deepspeed_shm_comm"  # the JIT-built op DeepSpeed's CPU accelerator loads when joining the group
+
+
+def comm_op_build_locks(now: float | None = None) -> list[str]:
+    """One line per build lock of DeepSpeed's CPU comm op that exists now (torch.utils.cpp_extension's FileBaton:
+    `<extensions root>/deepspeed_shm_comm/lock`, the root $TORCH_EXTENSIONS_DIR or torch's default with its
+    `py<ver>_<flavour>` folder). Joining the group waits on such a lock without a word: a build in another process
+    removes it within about a minute, a process killed mid-build leaves it for good."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not root:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        root = get_default_build_root()
+    now = time.time() if now is None else now
+    lines = []
+    for lock in sorted([*Path(root).glob(f"{SHM_COMM_OP}/lock"), *Path(root).glob(f"*/{SHM_COMM_OP}/lock")]):
+        try:
+            age_min = (now - lock.stat().st_mtime) / 60
+        except FileNotFoundError:  # the build just finished
+            continue
+        lines.append(f"waiting for the build of DeepSpeed's CPU communication op: {lock} exists ({age_min:.0f} min "
+                     f"old); a build takes about a minute, so if no other process is building it, delete that file")
+    return lines
 
 
 @contextlib.contextmanager
