@@ -160,19 +160,30 @@ def init_distributed(timeout_s: int) -> None:
 SHM_COMM_OP = "deepspeed_shm_comm"  # the JIT-built op DeepSpeed's CPU accelerator loads when joining the group
 
 
-def comm_op_build_locks(now: float | None = None) -> list[str]:
-    """One line per build lock of DeepSpeed's CPU comm op that exists now (torch.utils.cpp_extension's FileBaton:
-    `<extensions root>/deepspeed_shm_comm/lock`, the root $TORCH_EXTENSIONS_DIR or torch's default with its
-    `py<ver>_<flavour>` folder). Joining the group waits on such a lock without a word: a build in another process
-    removes it within about a minute, a process killed mid-build leaves it for good."""
+def jit_build_root() -> Path:
+    """Where torch builds JIT extensions (DeepSpeed's ops among them): $TORCH_EXTENSIONS_DIR, else torch's default
+    root, which holds one `py<ver>_<flavour>` folder per build flavour."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if not root:
-        from torch.utils.cpp_extension import get_default_build_root
+    if root:
+        return Path(root)
+    from torch.utils.cpp_extension import get_default_build_root
 
-        root = get_default_build_root()
+    return Path(get_default_build_root())
+
+
+def jit_build_locks(root: Path, op: str = "*") -> list[Path]:
+    """The build locks of extension `op` (every one with "*") under `root`: torch.utils.cpp_extension's FileBaton,
+    `<op>/lock`, or `<flavour>/<op>/lock` under torch's default root. A build removes its lock when done; a process
+    killed mid-build leaves it, and the next build of that op waits on it without a word."""
+    return sorted([*root.glob(f"{op}/lock"), *root.glob(f"*/{op}/lock")])
+
+
+def comm_op_build_locks(now: float | None = None) -> list[str]:
+    """One line per build lock of DeepSpeed's CPU comm op that exists now (`jit_build_locks`). Joining the group
+    waits on such a lock: a build in another process removes it within about a minute, a killed one never."""
     now = time.time() if now is None else now
     lines = []
-    for lock in sorted([*Path(root).glob(f"{SHM_COMM_OP}/lock"), *Path(root).glob(f"*/{SHM_COMM_OP}/lock")]):
+    for lock in jit_build_locks(jit_build_root(), SHM_COMM_OP):
         try:
             age_min = (now - lock.stat().st_mtime) / 60
         except FileNotFoundError:  # the build just finished

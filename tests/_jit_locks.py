@@ -7,23 +7,13 @@ has no live owner: `clear_stale_locks` removes those (tests/conftest.py, before 
 which may belong to a build running now in another process."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
+from bertforge.deepspeed import jit_build_locks
+
 STALE_AFTER_S = 15 * 60
 """Age (by mtime) from which a build lock counts as left by a killed build: 15x a build's ~1 minute."""
-
-
-def extensions_root() -> Path:
-    """Where torch builds JIT extensions: $TORCH_EXTENSIONS_DIR, else torch's default root (which holds one
-    `py<ver>_<accelerator>` folder per build flavour)."""
-    root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if root:
-        return Path(root)
-    from torch.utils.cpp_extension import get_default_build_root
-
-    return Path(get_default_build_root())
 
 
 def clear_stale_locks(root: Path, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> list[str]:
@@ -31,7 +21,7 @@ def clear_stale_locks(root: Path, stale_after_s: float = STALE_AFTER_S, now: flo
     one line per lock removed, saying which and how old."""
     now = time.time() if now is None else now
     lines = []
-    for lock in sorted([*root.glob("*/lock"), *root.glob("*/*/lock")]):
+    for lock in jit_build_locks(root):
         try:
             age = now - lock.stat().st_mtime
             if age < stale_after_s:

@@ -22,10 +22,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def pytest_sessionstart(session):
     """Before any test: remove the JIT build locks a killed run left behind (tests/_jit_locks.py), one line each;
     otherwise the first DeepSpeed test waits ~600 s on such a lock."""
-    from tests._jit_locks import clear_stale_locks, extensions_root
+    from bertforge.deepspeed import jit_build_root
+    from tests._jit_locks import clear_stale_locks
 
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    for line in clear_stale_locks(extensions_root()):
+    for line in clear_stale_locks(jit_build_root()):
         if reporter is not None:
             reporter.write_line(line)
         else:

@@ -49,6 +49,15 @@ def test_a_mistyped_data_set_name_gets_the_close_name(capsys):
                           "wiki,"), err
 
 
+def _exit_and_err(argv, capsys) -> tuple:
+    """(exit code, stderr) of the command line on argv, whether main returns or argparse exits."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, want", [
     (["finetune", "classify", "--out", "o", "--class-weight", "balansed"],
      "bertforge finetune classify: error: --class-weight: invalid choice 'balansed' (did you mean 'balanced'?); "
@@ -69,11 +78,7 @@ def test_a_mistyped_data_set_name_gets_the_close_name(capsys):
 ])
 def test_a_mistyped_choice_gets_the_close_name_in_one_line(argv, want, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
+    code, err = _exit_and_err(argv, capsys)
     assert code == 2 and err.startswith(want) and len(err.strip().splitlines()) == 1, err
 
 
@@ -100,9 +105,5 @@ def test_close_names_take_one_typo_in_short_names_and_nothing_absurd():
 ])
 def test_every_error_names_its_subcommand(argv, prog, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
+    code, err = _exit_and_err(argv, capsys)
     assert code == 2 and err.startswith(f"{prog}: error: ") and len(err.strip().splitlines()) == 1, err

@@ -3,14 +3,9 @@ identity there); the updates must stay bit-equal to the engine with it on, in fp
 It also clips ZeRO-0 fp32 gradients with torch's foreach clip_grad_norm_ instead of DeepSpeed's per-parameter loop:
 the weights stay within fp32 rounding of DeepSpeed's own clipping, with steps that clip and steps that do not.
 The checks run in a child process: a process group and the launcher variables must not outlive the test."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.engine._alone import run_main_alone
 
 
 def _train(precision: str, allreduce: bool | None, steps: int = 3, accum: int = 2, ds_clip: bool = False,
@@ -73,10 +68,7 @@ def main() -> None:
 
 def test_one_rank_zero0_skips_the_allreduce_and_clips_with_foreach():
     pytest.importorskip("deepspeed")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env["PYTHONPATH"] = str(ROOT)
-    res = subprocess.run([sys.executable, "-c", "from tests.engine.test_single_rank_allreduce import main; main()"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    res = run_main_alone("tests.engine.test_single_rank_allreduce")
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
 
 

@@ -3,14 +3,9 @@ when it is built; bertforge.deepspeed.initialize undoes that step (`undo_unfused
 correction and weight decay start at the first real update, as at ZeRO 1. Checked against ZeRO 1 on the same model
 and batches (and, to show the check can fail, DeepSpeed's engine without the undo). Runs in a child process: a
 process group and the launcher variables must not outlive the test."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.engine._alone import run_main_alone
 
 
 def _train(stage: int, undo: bool = True, steps: int = 3):
@@ -59,10 +54,7 @@ def main() -> None:
 
 def test_zero0_bf16_updates_equal_zero1_after_the_undo():
     pytest.importorskip("deepspeed")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env["PYTHONPATH"] = str(ROOT)
-    res = subprocess.run([sys.executable, "-c", "from tests.engine.test_unfused_init_step import main; main()"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    res = run_main_alone("tests.engine.test_unfused_init_step")
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
 
 
