@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+
+from _ranks import run_ranks  # noqa: E402
 
 from bertforge.config import preset  # noqa: E402
 from bertforge.heads import BertForPreTraining  # noqa: E402
@@ -65,11 +66,10 @@ def median_step_ms(opt: torch.optim.Optimizer, reps: int, barrier) -> float:
     return statistics.median(times)
 
 
-def run_rank(rank: int, world: int, port: int, args, queue) -> None:
+def run_rank(rank: int, world: int, store: str, args, queue) -> None:
     torch.set_num_threads(1)
     if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     barrier = dist.barrier if world > 1 else (lambda: None)
     torch.manual_seed(0)
     model = BertForPreTraining(preset(args.preset, vocab_size=args.vocab))
@@ -121,20 +121,7 @@ def run_rank(rank: int, world: int, port: int, args, queue) -> None:
 
 
 def measure(world: int, args) -> dict:
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=run_rank, args=(r, world, port, args, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=3600) for _ in procs]
-    for p in procs:
-        p.join()
-        if p.exitcode:
-            raise SystemExit(f"rank process exited {p.exitcode}")
-    per_rank = [rows for _, rows in sorted(results)]
+    per_rank = [rows for _, rows in sorted(run_ranks(run_rank, world, (args,)).items())]
     return {name: max(rows[name] for rows in per_rank) for name in per_rank[0]}
 
 

@@ -31,13 +31,12 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+from _ranks import run_ranks  # noqa: E402
 
 from bertforge.io import write_json  # noqa: E402
 
@@ -152,19 +151,7 @@ def _rank(rank: int, world: int, store: str, args, queue) -> None:
 
 
 def measure(args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    with tempfile.TemporaryDirectory() as tmp:
-        procs = [ctx.Process(target=_rank, args=(r, args.world, f"{tmp}/store", args, queue))
-                 for r in range(args.world)]
-        for p in procs:
-            p.start()
-        got = dict(queue.get(timeout=900) for _ in procs)
-        for p in procs:
-            p.join(timeout=20)
-            if p.is_alive():  # gloo teardown can linger; the numbers are in
-                p.kill()
-    return got
+    return run_ranks(_rank, args.world, (args,), timeout_s=900)
 
 
 def main() -> None:
