@@ -31,6 +31,9 @@ and the ablations, each switching ONE piece of `ours` off (or adding one):
   ours-fresh-buffers  the CPU path's large per-step tensors (the (V, h) weight gradients, the autocast copy of the
                       decoder weight, the MLM logits) allocated fresh every step instead of on memory reused across
                       steps (kernels/host_buffers.py); CPU only
+  ours-per-call-philox  the CPU path's dropout masks through the per-call C++ Philox (counter arrays in, one call's
+                      flags out, then converted to multipliers in torch) instead of whole rows at a time (vectorised,
+                      multipliers out: csrc/philox_rows.cpp); the same masks; CPU only
   ours-bf16-weights   (bf16 only) the weights themselves in bf16 and fp32 master weights that AdamW updates (gradients
                       copied up, masters copied back), as DeepSpeed runs `bertforge pretrain --precision bf16`, instead
                       of autocast over fp32 weights (HF's Trainer regime, which every other row uses)
@@ -74,7 +77,7 @@ SHAPES = {"tiny-64": ("tiny", 64), "base-128": ("bert-base", 128), "base-512": (
           "large-128": ("bert-large", 128), "large-512": ("bert-large", 512), "minilm-128": ("minilm-l6", 128)}
 ABLATIONS = ("ours-padded", "ours-unfused-qkv", "ours-full-last-layer", "ours-dropout24", "ours-no-kernels",
              "ours-dense-mlm", "ours-unfused-adamw", "ours-torch-mlm-loss", "ours-device-mask", "ours-lamb",
-             "ours-fresh-buffers", "ours-bf16-weights")
+             "ours-fresh-buffers", "ours-per-call-philox", "ours-bf16-weights")
 VARIANTS = ("hf", "hf-compile", "ours", "ours-compile") + ABLATIONS
 MASK_SHARE = 0.15
 MASK_ID, SPECIAL_IDS = 4, 5  # ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; real tokens are drawn from 5..V-1
@@ -336,7 +339,7 @@ def applicable(variant: str, device, dtype) -> bool:
     """Whether `variant` measures anything on this device and precision (see the module docstring)."""
     if variant == "ours-bf16-weights":
         return dtype == torch.bfloat16
-    if variant == "ours-fresh-buffers":
+    if variant in ("ours-fresh-buffers", "ours-per-call-philox"):
         return device.type == "cpu"
     return True
 
@@ -348,6 +351,14 @@ def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool, pr
     from bertforge.kernels import host_buffers
 
     host_buffers.reuse(variant != "ours-fresh-buffers")
+    if device.type == "cpu":  # as `bertforge pretrain` runs (parallelize): the CPU path's native dropout masks
+        from bertforge import csrc
+        from bertforge.kernels import reference
+        from bertforge.parallelize import apply_native_cpu
+
+        apply_native_cpu()
+        if variant == "ours-per-call-philox":
+            reference.use_native_philox(csrc.philox_words, csrc.philox_keep)
     torch.manual_seed(0)
     model, forward, optimizer = build(variant, cfg, device)
     gen = torch.Generator().manual_seed(1)
@@ -477,10 +488,6 @@ def main(argv=None):
         p.error(f"unknown shape(s) {', '.join(sorted(unknown))}; known: {', '.join(SHAPES)}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":  # as `bertforge pretrain` runs (parallelize): the CPU path's dropout masks from C++ Philox
-        from bertforge.parallelize import apply_native_philox
-
-        apply_native_philox()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
         args.precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
     if args.variants == "ablation":  # only the rows that apply to this device and precision

@@ -13,5 +13,6 @@ void register_sample_map(py::module_& m);  // sample_map.cpp: BERT NSP / ALBERT 
 void register_grouping(py::module_& m);    // grouping.cpp: documents packed into full blocks (MLM only)
 void register_shards(py::module_& m);      // shards.cpp: token files mapped with descriptors closed + gather
 void register_philox(py::module_& m);      // philox.cpp: Philox-4x32-10 words / dropout keep flags (CPU path)
-void register_blending(py::module_& m);   // blending.cpp: weighted mixture of datasets (Megatron blending indices)
+void register_philox_rows(py::module_& m);  // philox_rows.cpp: dropout masks of whole rows, vectorised
+void register_blending(py::module_& m);    // blending.cpp: weighted mixture of datasets (Megatron blending indices)
 }  // namespace bertforge

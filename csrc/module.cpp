@@ -8,5 +8,6 @@ PYBIND11_MODULE(_csrc, m) {
     bertforge::register_grouping(m);
     bertforge::register_shards(m);
     bertforge::register_philox(m);
+    bertforge::register_philox_rows(m);
     bertforge::register_blending(m);
 }

@@ -102,9 +102,8 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
         raise ValueError(f"row_ids must be ({len(lengths)},) non-negative int64")
     multipliers = None  # per sequence (nh, L, L) fp32: 0 where dropped, 1 / (1 - p_q) where kept
     if keyed:  # sequence i's block of the kernel's mask: positions within the sequence, its own row id
-        multipliers = [keep_multiplier(attention_dropout_keep_ref(
-            seed, 1, nh, n, dropout_p, row_ids[i:i + 1] if row_ids is not None else torch.tensor([i]),
-            device=q.device, dropout_bits=dropout_bits)[0], p_q) for i, n in enumerate(lengths)]
+        multipliers = attention_varlen_dropout_multipliers(seed, lengths, nh, dropout_p, row_ids, device=q.device,
+                                                           dropout_bits=dropout_bits)
     elif p_q > 0:  # torch's generator: one draw for every sequence's (nh, L, L) block
         drop = torch.empty(sum(nh * n * n for n in lengths), device=q.device, dtype=torch.float32)
         drop = drop.bernoulli_(1.0 - p_q).mul_(1.0 / (1.0 - p_q)).split([nh * n * n for n in lengths])
@@ -230,15 +229,44 @@ def _mul_hi_lo_(k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # An optional native implementation of the same streams for CPU tensors (bertforge.model registers the C++ one of
 # bertforge.csrc): (k0, k1, c0, c1, c2, c3) -> (n, 4) int64 words, and the same with a threshold and dropout_bits ->
-# (n, dropout_group(dropout_bits)) bool keep flags, over 1-D int64 numpy counters. The torch code below stays the
-# oracle (compared bit for bit in the tests).
-_NATIVE: tuple[Callable, Callable] | None = None
+# (n, dropout_group(dropout_bits)) bool keep flags, over 1-D int64 numpy counters; and for whole rows of a mask
+# (`_native_rows`): (k0, k1, c0, c1, c2, c3, width) per row -> the rows' keep flags (bool) or dropout multipliers
+# (fp32), concatenated. The torch code below stays the oracle (compared bit for bit in the tests).
+_NATIVE: tuple[Callable, ...] | None = None
 
 
-def use_native_philox(words_fn: Callable | None, keep_fn: Callable | None = None) -> None:
+def use_native_philox(words_fn: Callable | None, keep_fn: Callable | None = None,
+                      keep_rows_fn: Callable | None = None, multiplier_rows_fn: Callable | None = None) -> None:
     """Register (or with None, remove) the native Philox for CPU tensors outside torch.compile."""
     global _NATIVE
-    _NATIVE = None if words_fn is None else (words_fn, keep_fn)
+    _NATIVE = None if words_fn is None else (words_fn, keep_fn, keep_rows_fn, multiplier_rows_fn)
+
+
+def _native_fn(index: int, device) -> Callable | None:
+    """Registered native function `index` of `use_native_philox` where it applies (CPU, outside torch.compile)."""
+    fn = None if _NATIVE is None else _NATIVE[index]
+    if fn is None or (device is not None and torch.device(device).type != "cpu") or torch.compiler.is_compiling():
+        return None
+    return fn
+
+
+def _native_rows(seed, counters, width, p: float, dropout_bits: int, device, scale: float | None = None):
+    """Rows r of a mask through the registered native row functions: counters (c0, c1, c2, c3) and width, each an
+    int or an int64 tensor broadcast to (R,) -> (sum of widths,) bool keep flags, row r's element t from the Philox
+    call with counter (c0[r] + t // g, c1[r], c2[r], c3[r]) (the `_keep_flags` rule), or with `scale` the fp32
+    multipliers (scale where kept, 0 where dropped). None where the native functions do not apply (not registered,
+    not CPU, inside torch.compile): the caller then takes the torch path."""
+    fn = _native_fn(2 if scale is None else 3, device)
+    if fn is None:
+        return None
+    key = int(seed.reshape(()).item()) if isinstance(seed, torch.Tensor) else int(seed)
+    if not 0 <= key < 2**63:
+        raise ValueError(f"philox seed must be a non-negative int64, got {key}")
+    cs = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64, device="cpu") for c in (*counters, width)))
+    flat = [c.reshape(-1).contiguous().numpy() for c in cs]
+    args = (key & _M32, key >> 32, *flat, dropout_threshold(p, dropout_bits), dropout_bits)
+    threads = torch.get_num_threads()
+    return torch.from_numpy(fn(*args, threads=threads) if scale is None else fn(*args, scale, threads=threads))
 
 
 def _native_counters(seed, counters, device):
@@ -359,9 +387,24 @@ def layer_norm_dropout_keep_ref(seed: int, n_rows: int, n_cols: int, p: float, r
     """Keep mask (n_rows, n_cols) bool of kernels/layer_norm.py: with g = dropout_group(dropout_bits) (16 or 4),
     element (r, j) is element j % g of the Philox call with counter (j // g, 0, row_id[r] low, row_id[r] high)."""
     lo, hi = _row_words(row_ids, n_rows, device)
+    native = _native_rows(seed, (0, 0, lo, hi), n_cols, p, dropout_bits, device)
+    if native is not None:
+        return native.view(n_rows, n_cols)
     group = dropout_group(dropout_bits)
     calls = torch.arange((n_cols + group - 1) // group, device=device)  # one Philox call per `group` columns
     return _philox_keep(seed, calls[None, :], 0, lo[:, None], hi[:, None], p, n_cols, device, dropout_bits)
+
+
+def layer_norm_dropout_multiplier_ref(seed: int, n_rows: int, n_cols: int, p: float, row_ids=None, device="cpu",
+                                      dropout_bits: int = 8) -> torch.Tensor:
+    """The mask of `layer_norm_dropout_keep_ref` as fp32 multipliers (n_rows, n_cols): dropout_scale(p, dropout_bits)
+    where kept, 0 where dropped (`keep_multiplier`); natively in one pass on CPU when registered."""
+    lo, hi = _row_words(row_ids, n_rows, device)
+    native = _native_rows(seed, (0, 0, lo, hi), n_cols, p, dropout_bits, device, dropout_scale(p, dropout_bits))
+    if native is not None:
+        return native.view(n_rows, n_cols)
+    keep = layer_norm_dropout_keep_ref(seed, n_rows, n_cols, p, row_ids, device, dropout_bits)
+    return keep_multiplier(keep, quantized_dropout_p(p, dropout_bits))
 
 
 ATTN_DROPOUT_ROW_STRIDE = 16384  # Philox counters per query row (int32 counter arithmetic): max_seqlen <= 65536
@@ -374,13 +417,40 @@ def attention_dropout_keep_ref(seed: int, batch: int, nheads: int, seq: int, p: 
     (i * 16384 + j // g, h, row_id[b] low, row_id[b] high), positions within each sequence (the same for the
     padded and the unpadded layout)."""
     lo, hi = _row_words(row_ids, batch, device)
-    group = dropout_group(dropout_bits)
     i = torch.arange(seq, device=device)
+    h = torch.arange(nheads, device=device)
+    native = _native_rows(seed, (i[None, None, :] * ATTN_DROPOUT_ROW_STRIDE, h[None, :, None], lo[:, None, None],
+                                 hi[:, None, None]), seq, p, dropout_bits, device)
+    if native is not None:
+        return native.view(batch, nheads, seq, seq)
+    group = dropout_group(dropout_bits)
     calls = torch.arange((seq + group - 1) // group, device=device)
     c0 = i[:, None] * ATTN_DROPOUT_ROW_STRIDE + calls[None, :]  # (S, Q): query i, keys group * c .. + group - 1
-    h = torch.arange(nheads, device=device)
     return _philox_keep(seed, c0[None, None], h[None, :, None, None], lo[:, None, None, None],
                         hi[:, None, None, None], p, seq, device, dropout_bits)
+
+
+def attention_varlen_dropout_multipliers(seed: int, lengths: list[int], nheads: int, p: float, row_ids=None,
+                                         device="cpu", dropout_bits: int = 8) -> list[torch.Tensor]:
+    """Sequence i's block of the kernel's attention dropout mask as fp32 multipliers (nh, L_i, L_i) for each length
+    L_i: `attention_dropout_keep_ref(seed, 1, nh, L_i, p, row_ids[i:i + 1])` (row id i when row_ids is None), kept
+    -> dropout_scale(p, dropout_bits), dropped -> 0. On CPU with the native Philox registered all blocks come from
+    one call, as views of one buffer."""
+    rows = torch.arange(len(lengths)) if row_ids is None else row_ids
+    lo, hi = _row_words(rows, len(lengths), device)
+    if lengths and _native_fn(3, device) is not None:
+        n = torch.as_tensor(lengths, dtype=torch.int64)
+        per_seq = n * nheads  # query rows of each sequence, head-major: (h, i)
+        seq = torch.repeat_interleave(torch.arange(len(lengths)), per_seq)
+        local = torch.arange(int(per_seq.sum())) - torch.repeat_interleave(per_seq.cumsum(0) - per_seq, per_seq)
+        width = n[seq]
+        flat = _native_rows(seed, ((local % width) * ATTN_DROPOUT_ROW_STRIDE, local // width, lo.cpu()[seq],
+                                   hi.cpu()[seq]), width, p, dropout_bits, device, dropout_scale(p, dropout_bits))
+        return [b.view(nheads, L, L) for b, L in zip(flat.split([nheads * L * L for L in lengths]), lengths)]
+    p_q = quantized_dropout_p(p, dropout_bits)
+    return [keep_multiplier(attention_dropout_keep_ref(seed, 1, nheads, L, p, rows[i:i + 1], device=device,
+                                                       dropout_bits=dropout_bits)[0], p_q)
+            for i, L in enumerate(lengths)]
 
 
 # Per-sample streams: a caller that knows each sequence's identity (a (n_seq,) int64 "dropout id", e.g. a hash of
@@ -422,10 +492,18 @@ def dropout_ref(x: torch.Tensor, p: float, seed=None, row_ids=None, dropout_bits
         return x
     if seed is None:
         return F.dropout(x, p=quantized_dropout_p(p, dropout_bits))
+    return (x * _row_multiplier(seed, x, p, row_ids, dropout_bits)).to(x.dtype)
+
+
+def _row_multiplier(seed, x: torch.Tensor, p: float, row_ids, dropout_bits: int) -> torch.Tensor:
+    """The multiplier (x's shape, at least fp32 and x's dtype) of the row dropout mask of x's (n_rows, h) view."""
     h = x.shape[-1]
+    if torch.promote_types(x.dtype, torch.float32) == torch.float32:
+        return layer_norm_dropout_multiplier_ref(seed, x.numel() // h, h, p, row_ids, device=x.device,
+                                                 dropout_bits=dropout_bits).view(x.shape)
     keep = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, p, row_ids, device=x.device,
                                        dropout_bits=dropout_bits).view(x.shape)
-    return (x * keep_multiplier(keep, quantized_dropout_p(p, dropout_bits), x.dtype)).to(x.dtype)
+    return keep_multiplier(keep, quantized_dropout_p(p, dropout_bits), x.dtype)
 
 
 # ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------
@@ -445,16 +523,22 @@ def bias_dropout_add_layernorm_ref(x, bias, residual, weight, ln_bias, eps, drop
     `layer_norm_dropout_keep_ref`); a Philox `seed` (int or (1,) int64 tensor) with optional `row_ids` (n_rows,)
     draws the kernel's mask for them; with neither, torch draws its own. The probability applied is
     quantized_dropout_p(dropout_p, dropout_bits). upcast computes in fp64."""
+    multiplier = None
     if keep_mask is None and seed is not None and dropout_p > 0:
-        h = x.shape[-1]
-        keep_mask = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, dropout_p, row_ids, device=x.device,
-                                                dropout_bits=dropout_bits).view(x.shape)
+        if upcast:
+            h = x.shape[-1]
+            keep_mask = layer_norm_dropout_keep_ref(seed, x.numel() // h, h, dropout_p, row_ids, device=x.device,
+                                                    dropout_bits=dropout_bits).view(x.shape)
+        else:
+            multiplier = _row_multiplier(seed, x, dropout_p, row_ids, dropout_bits)
     if upcast:
         x, bias, residual, weight, ln_bias = (t.double() if t is not None else None
                                               for t in (x, bias, residual, weight, ln_bias))
     z = x + bias if bias is not None else x
     p_q = quantized_dropout_p(dropout_p, dropout_bits) if dropout_p > 0 else 0.0
-    if keep_mask is not None:
+    if multiplier is not None:
+        z = (z * multiplier).to(z.dtype)
+    elif keep_mask is not None:
         if upcast:
             z = torch.where(keep_mask, z / (1.0 - p_q), torch.zeros((), dtype=z.dtype, device=z.device))
         else:

@@ -62,8 +62,74 @@ def test_reference_masks_are_the_same_through_either(p, bits, torch_only):
     R.use_native_philox(csrc.philox_words, csrc.philox_keep)
     assert torch.equal(R.layer_norm_dropout_keep_ref(123, 5, 37, p, rows, **kw), want_ln)
     assert torch.equal(R.attention_dropout_keep_ref(2**33 + 9, 3, 2, 13, p, rows[:3], **kw), want_attn)
+    R.use_native_philox(csrc.philox_words, csrc.philox_keep, csrc.philox_keep_rows, csrc.philox_multiplier_rows)
+    assert torch.equal(R.layer_norm_dropout_keep_ref(123, 5, 37, p, rows, **kw), want_ln)
+    assert torch.equal(R.attention_dropout_keep_ref(2**33 + 9, 3, 2, 13, p, rows[:3], **kw), want_attn)
     assert torch.equal(R.attention_dropout_keep_ref(torch.tensor([2**33 + 9]), 3, 2, 13, p, rows[:3], **kw),
                        want_attn)
     got_words = R.philox4x32(77, torch.arange(6)[:, None], 1, rows[None, :5] & 0xFFFFFFFF, rows[None, :5] >> 32)
     assert all(torch.equal(a, b) for a, b in zip(got_words, want_words))
     assert R.token_row_ids(rows, torch.arange(5)).shape == (5,)
+
+
+def _rows_oracle(seed, c0, c1, c2, c3, width, p, bits):
+    """Row r's flags from the torch replay, one row at a time."""
+    group = R.dropout_group(bits)
+    out = []
+    for r in range(len(width)):
+        calls = torch.arange((int(width[r]) + group - 1) // group)
+        words = R.philox4x32_torch(seed, calls + int(c0[r]), int(c1[r]), int(c2[r]), int(c3[r]))
+        out.append(R._keep_flags(words, p, int(width[r]), bits))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("bits", [8, 24])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_rows_equal_the_torch_replay(bits, threads):
+    """Awkward rows: widths 0, 1, a group less one, a group plus one, hundreds; counters at 0 and near 2^32; more
+    threads than rows are worth; flags and fp32 multipliers."""
+    g = torch.Generator().manual_seed(bits + threads)
+    width = torch.tensor([0, 1, 15, 17, 37, 300, 4, 129, 0, 64])
+    c0 = torch.randint(0, 2**31, (10,), generator=g)
+    c0[4] = 2**32 - 10  # row 4 (37 wide: 3 calls at 8 bits, 10 at 24): up to the last counter a word holds
+    c1, c2, c3 = (torch.randint(0, 2**32, (10,), generator=g) for _ in range(3))
+    c2[0] = 0
+    seed, p = 2**40 + 11, 0.3
+    want = _rows_oracle(seed, c0, c1, c2, c3, width, p, bits)
+    args = (seed & 0xFFFFFFFF, seed >> 32, *(t.numpy() for t in (c0, c1, c2, c3, width)), R.dropout_threshold(p, bits),
+            bits)
+    keep = csrc.philox_keep_rows(*args, threads=threads)
+    assert keep.dtype == np.bool_ and keep.shape == (int(width.sum()),)
+    assert torch.equal(torch.from_numpy(keep), want)
+    mult = csrc.philox_multiplier_rows(*args, R.dropout_scale(p, bits), threads=threads)
+    assert mult.dtype == np.float32
+    assert torch.equal(torch.from_numpy(mult), R.keep_multiplier(want, R.quantized_dropout_p(p, bits)))
+
+
+def test_bad_rows_are_refused():
+    z = np.zeros(3, np.int64)
+    with pytest.raises(ValueError, match="1-D arrays of one length"):
+        csrc.philox_keep_rows(0, 0, z, z, z, z, np.zeros(2, np.int64), 3, 8)
+    with pytest.raises(ValueError, match="widths must be >= 0"):
+        csrc.philox_keep_rows(0, 0, z, z, z, z, np.array([1, -1, 2]), 3, 8)
+    with pytest.raises(ValueError, match="bits must be 8 or 24"):
+        csrc.philox_multiplier_rows(0, 0, z, z, z, z, z, 3, 16, 1.0)
+    with pytest.raises(ValueError, match="below 2\\^24"):
+        csrc.philox_keep_rows(0, 0, z, z, z, z, z, 2**24, 24)
+
+
+@pytest.mark.parametrize("bits", [8, 24])
+def test_varlen_attention_multipliers_through_either(bits, torch_only):
+    """The per-sequence attention multipliers of the unpadded CPU path: one native call (views of one buffer) =
+    the torch oracle's per-sequence masks, lengths 1 to past a group, with and without row ids; and the row
+    dropout's multipliers likewise."""
+    lengths, rows = [5, 1, 17, 33, 16], torch.tensor([3, 2**40 + 1, 0, 9, 2**62])
+    want = [R.attention_varlen_dropout_multipliers(91, lengths, 3, 0.2, r, dropout_bits=bits) for r in (rows, None)]
+    want_ln = R.layer_norm_dropout_multiplier_ref(17, 6, 37, 0.2, rows[[0, 1, 2, 3, 4, 0]], dropout_bits=bits)
+    R.use_native_philox(csrc.philox_words, csrc.philox_keep, csrc.philox_keep_rows, csrc.philox_multiplier_rows)
+    for r, w in zip((rows, None), want):
+        got = R.attention_varlen_dropout_multipliers(torch.tensor([91]), lengths, 3, 0.2, r, dropout_bits=bits)
+        assert [g.shape for g in got] == [(3, n, n) for n in lengths]
+        assert all(torch.equal(a, b) for a, b in zip(got, w))
+    assert torch.equal(R.layer_norm_dropout_multiplier_ref(17, 6, 37, 0.2, rows[[0, 1, 2, 3, 4, 0]],
+                                                           dropout_bits=bits), want_ln)

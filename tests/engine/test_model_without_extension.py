@@ -29,5 +29,5 @@ def test_model_and_heads_import_without_the_extension():
 
 def test_cpu_dropout_names_the_missing_extension():
     res = _run("import torch\nfrom bertforge.kernels import reference as R\nfrom bertforge import parallelize\n"
-               "parallelize.apply_native_philox()\nR.layer_norm_dropout_keep_ref(1, 2, 8, 0.1, None)")
+               "parallelize.apply_native_cpu()\nR.layer_norm_dropout_keep_ref(1, 2, 8, 0.1, None)")
     assert res.returncode != 0 and "bertforge._csrc is not built" in res.stderr, res.stderr[-2000:]

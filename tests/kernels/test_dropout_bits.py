@@ -28,7 +28,9 @@ def _oracle_and_cpp(fn):
         except ImportError:
             return want
         R.use_native_philox(csrc.philox_words, csrc.philox_keep)
-        assert torch.equal(fn(), want), "the C++ path and the torch oracle disagree"
+        assert torch.equal(fn(), want), "the C++ path (per call) and the torch oracle disagree"
+        R.use_native_philox(csrc.philox_words, csrc.philox_keep, csrc.philox_keep_rows, csrc.philox_multiplier_rows)
+        assert torch.equal(fn(), want), "the C++ path (whole rows) and the torch oracle disagree"
         return want
     finally:
         R._NATIVE = saved
