@@ -1,9 +1,9 @@
 // Dropout masks of whole rows from Philox-4x32-10, many calls at once (the CPU path's fast form of philox.cpp's
 // philox_keep). Row r of a call holds width[r] elements; element t of row r is decided by Philox call t / g of key
-// (k0, k1) and counter (c0[r] + t / g mod 2^32, c1[r], c2[r], c3[r]), g = 16 at 8 bits (byte t % 16 of the call's four words
-// in little-endian order) or 4 at 24 bits (word t % 4, top 24 bits): kernels/reference.py's rule (`_keep_flags`), so
-// a row is a LayerNorm-epilogue row (c0 = 0, c1 = 0, c2/c3 = row id) or one query row of attention
-// (c0 = query * 16384, c1 = head, c2/c3 = the sequence's row id). The rows are concatenated in the output.
+// (k0, k1) and counter (c0[r] + t / g mod 2^32, c1[r], c2[r], c3[r]), g = 16 at 8 bits (byte t % 16 of the call's
+// four words in little-endian order) or 4 at 24 bits (word t % 4, top 24 bits): kernels/reference.py's rule
+// (`_keep_flags`), so a row is a LayerNorm-epilogue row (c0 = 0, c1 = 0, c2/c3 = row id) or one query row of
+// attention (c0 = query * 16384, c1 = head, c2/c3 = the sequence's row id). The rows are concatenated in the output.
 // Reference: kernels/reference.py `philox4x32` + `_keep_flags` (pure torch), compared bit for bit in
 // tests/engine/test_csrc_philox.py.
 #include <algorithm>
@@ -103,7 +103,7 @@ void rows_range(uint32_t k0, uint32_t k1, const int64_t* c0, const int64_t* c1, 
 template <typename Out>
 py::array_t<Out> philox_rows(uint32_t k0, uint32_t k1, const Ints& c0, const Ints& c1, const Ints& c2, const Ints& c3,
                              const Ints& width, uint32_t threshold, int bits, Out on, Out off, int threads,
-                             const char* name) {
+                             const py::object& given, const char* name) {
     const int64_t rows = width.size();
     for (const Ints* a : {&c0, &c1, &c2, &c3, &width})
         if (a->ndim() != 1 || a->size() != rows)
@@ -120,7 +120,18 @@ py::array_t<Out> philox_rows(uint32_t k0, uint32_t k1, const Ints& c0, const Int
         if (w[r] < 0) throw std::invalid_argument(std::string(name) + ": widths must be >= 0");
         start[r + 1] = start[r] + w[r];
     }
-    py::array_t<Out> out(start[rows]);
+    py::array_t<Out> out;
+    if (given.is_none()) {
+        out = py::array_t<Out>(start[rows]);
+    } else {  // the caller's buffer: exactly a contiguous 1-D array of Out of the rows' total width
+        if (!py::isinstance<py::array_t<Out>>(given))
+            throw std::invalid_argument(std::string(name) + ": out must be a 1-D " +
+                                        (sizeof(Out) == 1 ? "bool" : "float32") + " array");
+        out = given.cast<py::array_t<Out>>();
+        if (out.ndim() != 1 || out.size() != start[rows] || !(out.flags() & py::array::c_style) || !out.writeable())
+            throw std::invalid_argument(std::string(name) + ": out must be a writable contiguous 1-D array of " +
+                                        std::to_string(start[rows]) + " elements");
+    }
     Out* o = out.mutable_data();
     const int64_t *a = c0.data(), *b = c1.data(), *c = c2.data(), *d = c3.data();
     {
@@ -149,23 +160,24 @@ void register_philox_rows(py::module_& m) {
     m.def(
         "philox_keep_rows",
         [](uint32_t k0, uint32_t k1, Ints c0, Ints c1, Ints c2, Ints c3, Ints width, uint32_t threshold, int bits,
-           int threads) {
-            return philox_rows<bool>(k0, k1, c0, c1, c2, c3, width, threshold, bits, true, false, threads,
+           int threads, py::object out) {
+            return philox_rows<bool>(k0, k1, c0, c1, c2, c3, width, threshold, bits, true, false, threads, out,
                                      "philox_keep_rows");
         },
         py::arg("k0"), py::arg("k1"), py::arg("c0"), py::arg("c1"), py::arg("c2"), py::arg("c3"), py::arg("width"),
-        py::arg("threshold"), py::arg("bits"), py::arg("threads") = 1,
+        py::arg("threshold"), py::arg("bits"), py::arg("threads") = 1, py::arg("out") = py::none(),
         "dropout keep flags of rows (R,) -> (sum(width),) bool, row r's element t from the Philox call with counter "
-        "(c0[r] + t // g, c1[r], c2[r], c3[r]), g = 16 at 8 bits (byte t % 16 >= threshold), 4 at 24 bits");
+        "(c0[r] + t // g, c1[r], c2[r], c3[r]), g = 16 at 8 bits (byte t % 16 >= threshold), 4 at 24 bits; written "
+        "into out when given");
     m.def(
         "philox_multiplier_rows",
         [](uint32_t k0, uint32_t k1, Ints c0, Ints c1, Ints c2, Ints c3, Ints width, uint32_t threshold, int bits,
-           float scale, int threads) {
-            return philox_rows<float>(k0, k1, c0, c1, c2, c3, width, threshold, bits, scale, 0.0f, threads,
+           float scale, int threads, py::object out) {
+            return philox_rows<float>(k0, k1, c0, c1, c2, c3, width, threshold, bits, scale, 0.0f, threads, out,
                                       "philox_multiplier_rows");
         },
         py::arg("k0"), py::arg("k1"), py::arg("c0"), py::arg("c1"), py::arg("c2"), py::arg("c3"), py::arg("width"),
-        py::arg("threshold"), py::arg("bits"), py::arg("scale"), py::arg("threads") = 1,
+        py::arg("threshold"), py::arg("bits"), py::arg("scale"), py::arg("threads") = 1, py::arg("out") = py::none(),
         "as philox_keep_rows, as float32 dropout multipliers: scale where kept, 0 where dropped");
 }
 

@@ -47,20 +47,22 @@ def philox_keep(k0: int, k1: int, c0: np.ndarray, c1: np.ndarray, c2: np.ndarray
 
 
 def philox_keep_rows(k0: int, k1: int, c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray,
-                     width: np.ndarray, threshold: int, dropout_bits: int, threads: int = 1) -> np.ndarray:
+                     width: np.ndarray, threshold: int, dropout_bits: int, threads: int = 1,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """Dropout keep flags of whole rows, many Philox calls at once (vectorised; `threads` threads over the rows):
     rows r (c0, c1, c2, c3, width each (R,) int64) -> (sum(width),) bool, the rows one after another; row r's
     element t is element t % g of the call with counter (c0[r] + t // g, c1[r], c2[r], c3[r]) under `philox_keep`'s
-    rule (g = 16 at dropout_bits 8, 4 at 24). Reference: kernels/reference.py `philox4x32_torch` + `_keep_flags`.
-    ValueError for arrays of unequal length, negative widths, dropout_bits not 8 or 24, threshold >= 2^bits."""
+    rule (g = 16 at dropout_bits 8, 4 at 24); written into `out` (a contiguous (sum(width),) array of the result's
+    dtype) when given. Reference: kernels/reference.py `philox4x32_torch` + `_keep_flags`. ValueError for arrays of
+    unequal length, negative widths, dropout_bits not 8 or 24, threshold >= 2^bits, an `out` that does not fit."""
     return _csrc.philox_keep_rows(int(k0), int(k1), c0, c1, c2, c3, width, int(threshold), int(dropout_bits),
-                                  int(threads))
+                                  int(threads), out)
 
 
 def philox_multiplier_rows(k0: int, k1: int, c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray,
                            width: np.ndarray, threshold: int, dropout_bits: int, scale: float,
-                           threads: int = 1) -> np.ndarray:
+                           threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
     """`philox_keep_rows` as fp32 dropout multipliers (sum(width),): `scale` (float32) where kept, 0 where dropped."""
     return _csrc.philox_multiplier_rows(int(k0), int(k1), c0, c1, c2, c3, width, int(threshold), int(dropout_bits),
-                                        float(scale), int(threads))
+                                        float(scale), int(threads), out)
 

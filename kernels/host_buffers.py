@@ -19,7 +19,7 @@ import math
 
 import torch
 
-__all__ = ["ReusedBuffer", "reuse", "reusing"]
+__all__ = ["BufferPool", "ReusedBuffer", "reuse", "reusing"]
 
 _REUSE = [True]
 
@@ -60,6 +60,11 @@ class ReusedBuffer:
         self._storage = torch.empty(nbytes + nbytes // 8, dtype=torch.uint8).untyped_storage()  # room for shapes
         return torch.empty(0, dtype=dtype).set_(self._storage, 0, shape)  # that vary from step to step (n rows)
 
+    def free_for(self, nbytes: int | None = None) -> bool:
+        """Whether `take` would hand out the kept storage now (for `nbytes` bytes; None: of any size)."""
+        kept = self._storage
+        return kept is not None and (nbytes is None or kept.nbytes() >= nbytes) and _use_count(kept) == 1
+
     def release(self) -> None:
         """Drop the kept storage (tensors handed out stay valid)."""
         self._storage = None
@@ -68,3 +73,34 @@ class ReusedBuffer:
     def nbytes(self) -> int:
         """Bytes kept (0 when none)."""
         return 0 if self._storage is None else self._storage.nbytes()
+
+
+class BufferPool:
+    """ReusedBuffers for tensors of one purpose of which several live at once (one per encoder layer, e.g. the dropout
+    multipliers autograd keeps from forward to backward). `take` hands out a kept storage that nothing else holds (a
+    large enough one first, else one it then grows), else keeps a new one, up to `limit` storages; beyond them it
+    allocates fresh memory. Not thread-safe."""
+
+    def __init__(self, limit: int = 64):
+        self._buffers: list[ReusedBuffer] = []
+        self._limit = limit
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous CPU tensor of `shape` and `dtype` (as ReusedBuffer.take)."""
+        if not _REUSE[0]:
+            self._buffers.clear()
+            return torch.empty(shape, dtype=dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        free = [b for b in self._buffers if b.free_for()]
+        fits = [b for b in free if b.free_for(nbytes)]
+        if fits or free:
+            return (fits or free)[0].take(shape, dtype)
+        if len(self._buffers) >= self._limit:
+            return torch.empty(shape, dtype=dtype)
+        self._buffers.append(ReusedBuffer())
+        return self._buffers[-1].take(shape, dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes kept by the pool's storages."""
+        return sum(b.nbytes for b in self._buffers)

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from bertforge.kernels.host_buffers import BufferPool
 from bertforge.kernels.padding import pad_input, padding_mask_of
 
 IGNORE_INDEX = -100  # label of positions without an MLM target (Hugging Face's convention)
@@ -250,12 +251,19 @@ def _native_fn(index: int, device) -> Callable | None:
     return fn
 
 
-def _native_rows(seed, counters, width, p: float, dropout_bits: int, device, scale: float | None = None):
+# The native multipliers live until backward (autograd keeps them for the product's gradient): one storage per
+# use, kept across steps (kernels/host_buffers.py; ~80 MB a step at MiniLM's shape, B16, whose fresh pages would
+# fault in every step), attention's blocks and the row sites' apart (their sizes differ).
+_ATTENTION_MULTIPLIERS, _ROW_MULTIPLIERS = BufferPool(), BufferPool()
+
+
+def _native_rows(seed, counters, width, p: float, dropout_bits: int, device, scale: float | None = None,
+                 pool: BufferPool | None = None):
     """Rows r of a mask through the registered native row functions: counters (c0, c1, c2, c3) and width, each an
     int or an int64 tensor broadcast to (R,) -> (sum of widths,) bool keep flags, row r's element t from the Philox
     call with counter (c0[r] + t // g, c1[r], c2[r], c3[r]) (the `_keep_flags` rule), or with `scale` the fp32
-    multipliers (scale where kept, 0 where dropped). None where the native functions do not apply (not registered,
-    not CPU, inside torch.compile): the caller then takes the torch path."""
+    multipliers (scale where kept, 0 where dropped), on a storage of `pool` when given. None where the native
+    functions do not apply (not registered, not CPU, inside torch.compile): the caller then takes the torch path."""
     fn = _native_fn(2 if scale is None else 3, device)
     if fn is None:
         return None
@@ -266,7 +274,11 @@ def _native_rows(seed, counters, width, p: float, dropout_bits: int, device, sca
     flat = [c.reshape(-1).contiguous().numpy() for c in cs]
     args = (key & _M32, key >> 32, *flat, dropout_threshold(p, dropout_bits), dropout_bits)
     threads = torch.get_num_threads()
-    return torch.from_numpy(fn(*args, threads=threads) if scale is None else fn(*args, scale, threads=threads))
+    if scale is None:
+        return torch.from_numpy(fn(*args, threads=threads))
+    out = None if pool is None else pool.take((int(flat[-1].sum()),), torch.float32)
+    got = fn(*args, scale, threads=threads, out=None if out is None else out.numpy())
+    return torch.from_numpy(got) if out is None else out
 
 
 def _native_counters(seed, counters, device):
@@ -400,7 +412,8 @@ def layer_norm_dropout_multiplier_ref(seed: int, n_rows: int, n_cols: int, p: fl
     """The mask of `layer_norm_dropout_keep_ref` as fp32 multipliers (n_rows, n_cols): dropout_scale(p, dropout_bits)
     where kept, 0 where dropped (`keep_multiplier`); natively in one pass on CPU when registered."""
     lo, hi = _row_words(row_ids, n_rows, device)
-    native = _native_rows(seed, (0, 0, lo, hi), n_cols, p, dropout_bits, device, dropout_scale(p, dropout_bits))
+    native = _native_rows(seed, (0, 0, lo, hi), n_cols, p, dropout_bits, device, dropout_scale(p, dropout_bits),
+                          _ROW_MULTIPLIERS)
     if native is not None:
         return native.view(n_rows, n_cols)
     keep = layer_norm_dropout_keep_ref(seed, n_rows, n_cols, p, row_ids, device, dropout_bits)
@@ -445,7 +458,8 @@ def attention_varlen_dropout_multipliers(seed: int, lengths: list[int], nheads: 
         local = torch.arange(int(per_seq.sum())) - torch.repeat_interleave(per_seq.cumsum(0) - per_seq, per_seq)
         width = n[seq]
         flat = _native_rows(seed, ((local % width) * ATTN_DROPOUT_ROW_STRIDE, local // width, lo.cpu()[seq],
-                                   hi.cpu()[seq]), width, p, dropout_bits, device, dropout_scale(p, dropout_bits))
+                                   hi.cpu()[seq]), width, p, dropout_bits, device, dropout_scale(p, dropout_bits),
+                            _ATTENTION_MULTIPLIERS)
         return [b.view(nheads, L, L) for b, L in zip(flat.split([nheads * L * L for L in lengths]), lengths)]
     p_q = quantized_dropout_p(p, dropout_bits)
     return [keep_multiplier(attention_dropout_keep_ref(seed, 1, nheads, L, p, rows[i:i + 1], device=device,

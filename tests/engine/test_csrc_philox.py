@@ -133,3 +133,20 @@ def test_varlen_attention_multipliers_through_either(bits, torch_only):
         assert all(torch.equal(a, b) for a, b in zip(got, w))
     assert torch.equal(R.layer_norm_dropout_multiplier_ref(17, 6, 37, 0.2, rows[[0, 1, 2, 3, 4, 0]],
                                                            dropout_bits=bits), want_ln)
+
+
+def test_rows_into_a_given_buffer():
+    width = np.array([3, 20, 0, 5])
+    z = np.zeros(4, np.int64)
+    args = (7, 9, np.arange(4), z, z + 1, z, width, R.dropout_threshold(0.5), 8)
+    out = np.full(28, -1.0, np.float32)
+    got = csrc.philox_multiplier_rows(*args, 2.0, out=out)
+    assert got is out or np.shares_memory(got, out)
+    assert np.array_equal(out, csrc.philox_multiplier_rows(*args, 2.0)) and set(np.unique(out)) <= {0.0, 2.0}
+    flags = np.zeros(28, np.bool_)
+    csrc.philox_keep_rows(*args, out=flags)
+    assert np.array_equal(flags, out > 0)
+    with pytest.raises(ValueError, match="out must be a writable contiguous 1-D array of 28 elements"):
+        csrc.philox_multiplier_rows(*args, 2.0, out=np.zeros(27, np.float32))
+    with pytest.raises(ValueError, match="out must be a 1-D float32 array"):
+        csrc.philox_multiplier_rows(*args, 2.0, out=np.zeros(28, np.float64))

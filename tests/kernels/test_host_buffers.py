@@ -143,3 +143,47 @@ def test_mlm_loss_buffers_reused_and_kept_grads_intact(autocast):
     host_buffers.reuse(False)
     loss4, wgrad4, _ = step()
     assert torch.equal(loss3, loss4) and torch.equal(wgrad3, wgrad4)
+
+
+def test_pool_hands_out_only_free_storages():
+    """BufferPool: storages held at once are distinct; one released (every view gone) is handed out again, a large
+    enough one first; past the limit memory is fresh; with reuse off nothing is kept."""
+    pool = host_buffers.BufferPool(limit=2)
+    a, b = pool.take((1000,), torch.float32), pool.take((10,), torch.float32)
+    assert _ptr(a) != _ptr(b) and pool.nbytes >= 4000 + 40
+    c = pool.take((10,), torch.float32)  # both held: past the limit, fresh and not kept
+    assert _ptr(c) not in (_ptr(a), _ptr(b)) and pool.nbytes < 2 * 4000
+    first, small = _ptr(a), _ptr(b)
+    view = a[5:]
+    del a
+    assert _ptr(pool.take((10,), torch.float32)) not in (first, small)  # a's view still holds its storage
+    del view, b
+    big = pool.take((900,), torch.float32)
+    assert _ptr(big) == first  # the large enough one, not the first free one
+    grown = pool.take((900,), torch.float32)
+    assert _ptr(grown) != first and grown.shape == (900,)  # the other free one, grown
+    host_buffers.reuse(False)
+    pool.take((10,), torch.float32)
+    assert pool.nbytes == 0
+
+
+def test_native_multipliers_on_pooled_memory_stay_correct():
+    """The C++ row multipliers written into pooled memory (kernels/reference.py): a multiplier still held (as
+    autograd holds it until backward) is never overwritten by the next draw, and the values equal the torch oracle."""
+    from bertforge import csrc
+    from bertforge.kernels import reference as R
+
+    saved = R._NATIVE
+    try:
+        R.use_native_philox(None)
+        want = [R.layer_norm_dropout_multiplier_ref(s, 6, 37, 0.2, torch.arange(6)) for s in (3, 4)]
+        R.use_native_philox(csrc.philox_words, csrc.philox_keep, csrc.philox_keep_rows, csrc.philox_multiplier_rows)
+        held = R.layer_norm_dropout_multiplier_ref(3, 6, 37, 0.2, torch.arange(6))
+        other = R.layer_norm_dropout_multiplier_ref(4, 6, 37, 0.2, torch.arange(6))
+        assert _ptr(held) != _ptr(other) and torch.equal(held, want[0]) and torch.equal(other, want[1])
+        ptr = _ptr(held)
+        del held
+        again = R.layer_norm_dropout_multiplier_ref(3, 6, 37, 0.2, torch.arange(6))
+        assert _ptr(again) == ptr and torch.equal(again, want[0])
+    finally:
+        R._NATIVE = saved
