@@ -13,7 +13,8 @@ import dataclasses
 import os
 import sys
 
-from bertforge.commands.flags import add_config_flags, add_dataclass_flags, mark_required, print_config, with_config_file
+from bertforge.commands.flags import (add_config_flags, add_dataclass_flags, config_file_error, mark_required, print_config,
+                                      with_config_file)
 from bertforge.config.docs import field_docs
 from bertforge.config.finetune import (ClassifyConfig, ClassifyData, FinetuneConfig, ParallelConfig, MlmConfig,
                                     MlmData, NerConfig, NerData, SplitFiles)
@@ -50,7 +51,10 @@ def _runner(config_cls: type, run_name: str, command: str):
         if "extend_steps" in args:
             raise ConfigError(FINETUNE_NO_EXTENSION)
         values, explicit = with_config_file(args, command, config_cls.field_names())
-        config = config_cls.from_flat(values)
+        try:
+            config = config_cls.from_flat(values)
+        except ConfigError as exc:
+            raise config_file_error(exc, args) from None
         if getattr(args, "print_config", False):
             return print_config(config.to_flat())
         import json

@@ -16,6 +16,7 @@ import typing
 from typing import Any, Iterable
 
 from bertforge.config.docs import field_docs
+from bertforge.errors import ConfigError
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -145,10 +146,35 @@ def with_config_file(args: argparse.Namespace, command: str, names: Iterable[str
     flags = given(args, names)
     path = getattr(args, "config_file", None)
     values = load(path, schema(command)) if path else {}
+    args.config_file_fields = frozenset(values) - frozenset(flags)  # for config_file_error
     if isinstance(values.get("model_overrides"), dict) and isinstance(flags.get("model_overrides"), dict):
         flags = {**flags, "model_overrides": {**values["model_overrides"], **flags["model_overrides"]}}
     values.update(flags)
     return values, frozenset(values)
+
+
+def config_file_error(exc: ConfigError, args: argparse.Namespace) -> ConfigError:
+    """A bad value's ConfigError (its message starts with the setting's flag, `--eval-samples must be ...`) naming
+    the --config file, the line of the key and the key when the value came from that file (no flag over it):
+    `run.yaml:7: eval_samples: --eval-samples must be a positive integer, got 0`; any other error unchanged."""
+    match = re.match(r"--([a-z0-9][a-z0-9-]*)", str(exc))
+    path = getattr(args, "config_file", None)
+    if match is None or path is None:
+        return exc
+    field = match.group(1).replace("-", "_")
+    if field not in getattr(args, "config_file_fields", ()):
+        return exc
+    spellings = "|".join(re.escape(k) for k in {field, field.replace("_", "-")})
+    where, key = "", field
+    try:
+        for number, line in enumerate(open(path, encoding="utf-8"), start=1):
+            found = re.match(rf'\s*"?({spellings})"?\s*:', line)
+            if found:
+                where, key = f":{number}", found.group(1)
+                break
+    except OSError:
+        pass
+    return ConfigError(f"{path}{where}: {key}: {exc}")
 
 
 def print_config(values: dict) -> int:

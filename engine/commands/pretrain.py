@@ -13,12 +13,14 @@ import dataclasses
 import os
 import sys
 
-from bertforge.commands.flags import Replaced, add_config_flags, add_dataclass_flags, print_config, with_config_file
+from bertforge.commands.flags import (Replaced, add_config_flags, add_dataclass_flags, config_file_error, print_config,
+                                      with_config_file)
 from bertforge.config import ModelConfig
 from bertforge.config.checks import did_you_mean
 from bertforge.config.docs import field_docs
 from bertforge.config.names import PHASE2, PRETRAIN_FLAG_NAMES
 from bertforge.config.pretrain import REPLACED, SECTIONS, PretrainConfig, replaced_setting
+from bertforge.errors import ConfigError
 
 HAND_MADE = {"model_overrides", "data_dir"}  # --model FIELD=VALUE (repeatable); --data DIR or W:DIR W:DIR ...
 RENAMED = {k: v for k, v in PRETRAIN_FLAG_NAMES.items() if k not in HAND_MADE}
@@ -83,7 +85,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, frozense
     if isinstance(values.get("data_dir"), (list, tuple)):  # --data 0.7:A 0.3:B: one blend spec (data/blend.py)
         values["data_dir"] = " ".join(map(str, values["data_dir"]))
     phase2 = {PHASE2[k][0]: values.pop(k) for k in list(values) if k in PHASE2}
-    return PretrainConfig.from_flat(values), frozenset(values), phase2
+    try:
+        return PretrainConfig.from_flat(values), frozenset(values), phase2
+    except ConfigError as exc:
+        raise config_file_error(exc, args) from None
 
 
 def _resolved(cfg: PretrainConfig, phase2: dict) -> dict:

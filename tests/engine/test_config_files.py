@@ -170,3 +170,18 @@ def test_a_run_prints_its_config_and_repeats_from_run_config_json(tmp_path, caps
     again = _printed(capsys, ["pretrain", "--config", str(tmp_path / "run" / "config.json"), "--output-dir",
                               str(tmp_path / "again"), "--print-config"])
     assert again == {**saved, "output_dir": str(tmp_path / "again")}
+
+
+def test_a_bad_value_from_the_file_names_the_file_line_and_key(tmp_path, capsys):
+    """A value that parses but fails its check (eval_samples 0, lr -1) names the file, its line and the key as
+    written when it came from the file; a flag given over the file is blamed on the flag alone."""
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 10\n# evaluation\neval-samples: 0\n")
+    err = _one_line_error(capsys, ["pretrain", "--config", str(path)])
+    assert err.endswith(f"{path}:3: eval-samples: --eval-samples must be a positive integer, got 0"), err
+    err = _one_line_error(capsys, ["pretrain", "--config", str(path), "--eval-samples", "-2"])
+    assert str(path) not in err and "--eval-samples must be a positive integer, got -2" in err, err
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"epochs": 2, "lr": -1.0}, indent=1))
+    err = _one_line_error(capsys, ["finetune", "classify", "--config", str(run), "--train", "t.csv"])
+    assert f"{run}:3: lr: --lr" in err, err
