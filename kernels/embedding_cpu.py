@@ -9,12 +9,14 @@ on memory already touched). Here the gradient lives on `ReusedBuffer` memory (ke
 autograd, reused once every reference to it is gone. fp32 weights only (fp32 training and autocast): for bf16 /
 fp16 weights torch accumulates the rows in fp32 and rounds once, where index_add_ would round every add. Off CPU,
 for other dtypes, under torch.compile, without a gradient to compute or with reuse switched off
-(`host_buffers.reuse(False)`) this is `F.embedding`."""
+(`host_buffers.reuse(False)`) this is `F.embedding`. When the weight is also the MLM decoder's (BERT's tie), the
+backward adds its rows into the decoder's gradient instead (kernels/tied_grad.py)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from bertforge.kernels import tied_grad
 from bertforge.kernels.host_buffers import ReusedBuffer, reusing
 
 _WEIGHT_GRAD = ReusedBuffer()
@@ -26,14 +28,14 @@ def embedding_cpu(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | No
     if (ids.device.type != "cpu" or weight.dtype != torch.float32 or torch.compiler.is_compiling()
             or not weight.requires_grad or not torch.is_grad_enabled() or not reusing()):
         return F.embedding(ids, weight, padding_idx)
-    return _EmbeddingCPU.apply(ids, weight, padding_idx)
+    return _EmbeddingCPU.apply(ids, weight, padding_idx, tied_grad.offer(weight))
 
 
 class _EmbeddingCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, ids, weight, padding_idx):
+    def forward(ctx, ids, weight, padding_idx, handoff):
         ctx.save_for_backward(ids)
-        ctx.shape, ctx.padding_idx = weight.shape, padding_idx
+        ctx.shape, ctx.padding_idx, ctx.handoff = weight.shape, padding_idx, handoff
         return F.embedding(ids, weight.detach())
 
     @staticmethod
@@ -44,6 +46,8 @@ class _EmbeddingCPU(torch.autograd.Function):
             keep = flat_ids != ctx.padding_idx
             if not bool(keep.all()):
                 flat_ids, rows = flat_ids[keep], rows[keep]
-        grad = _WEIGHT_GRAD.take(tuple(ctx.shape), grad_out.dtype).zero_()
-        grad.index_add_(0, flat_ids, rows)
-        return None, grad, None
+        grad = tied_grad.collect(ctx.handoff)  # the tied decoder's gradient, to add into, or None
+        if grad is None:
+            grad = _WEIGHT_GRAD.take(tuple(ctx.shape), grad_out.dtype).zero_()
+        grad.index_add_(0, flat_ids, rows.to(grad.dtype))
+        return None, grad, None, None

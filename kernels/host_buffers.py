@@ -12,7 +12,9 @@ to autograd as a gradient (AccumulateGrad keeps it as `param.grad` without a cop
 anyone holds it (a retained `.grad`, a view of it, gradient accumulation) a fresh tensor is allocated instead, as
 without this module. The same idea as the CUDA caching allocator, for a handful of known tensors.
 Limit: autograd adds two gradients of one tensor (a tied weight's) in place only into one whose storage has no
-other owner; a kept buffer has one (this module), so such a sum is a fresh tensor, as it would be without reuse."""
+other owner; a kept buffer has one (this module), so such a sum is a fresh tensor, as it would be without reuse.
+BERT's word embedding / MLM decoder tie avoids it by handing one gradient to the other's backward
+(kernels/tied_grad.py)."""
 from __future__ import annotations
 
 import math

@@ -13,8 +13,8 @@ decoder_bias over the labelled rows, and each row's argmax), computed so that a 
 - the logits, the weight cast to autocast's dtype and the weight gradient live on host memory reused across steps
   (kernels/host_buffers.py: each is ~12-47 MB at V 30,522, above glibc's mmap threshold, so fresh memory would be
   faulted in page by page every step); memory still held elsewhere (a kept `.grad`) is never reused. With the
-  decoder tied to the word embedding (BERT's default) autograd sums this gradient and the embedding's into a fresh
-  (V, h) tensor: it adds in place only into a gradient whose storage nothing else holds, and a kept buffer is held.
+  decoder tied to the CPU word embedding (BERT's default) the weight gradient is handed to the embedding's backward,
+  which adds its rows into it (kernels/tied_grad.py) instead of autograd summing the two into a fresh (V, h) tensor.
 Under CPU autocast the GEMMs run in autocast's dtype (as F.linear would) and the weight gradient is rounded once to
 the weight's dtype; the softmax, the loss and the bias gradient are fp32. Extra memory beyond the logits: one
 ROW_CHUNK x V fp32 buffer. A second backward through the same graph raises (the logits were overwritten)."""
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from bertforge.kernels import tied_grad
 from bertforge.kernels.host_buffers import ReusedBuffer
 from bertforge.kernels.reference import IGNORE_INDEX, masked_lm_loss_ref
 
@@ -40,8 +41,9 @@ def masked_lm_loss_cpu(hidden: torch.Tensor, decoder_weight: torch.Tensor, decod
     if hidden.device.type != "cpu" or hidden.dtype == torch.float64 or torch.compiler.is_compiling():
         return masked_lm_loss_ref(hidden, decoder_weight, decoder_bias, labels)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else hidden.dtype
+    handoff = tied_grad.claim(decoder_weight) if torch.is_grad_enabled() and decoder_weight.requires_grad else None
     with torch.autocast("cpu", enabled=False):
-        return _MaskedLMLossCPU.apply(hidden, decoder_weight, decoder_bias, labels, dtype)
+        return _MaskedLMLossCPU.apply(hidden, decoder_weight, decoder_bias, labels, dtype, handoff)
 
 
 def _softmax_stats(logits: torch.Tensor, buf: torch.Tensor):
@@ -60,10 +62,10 @@ def _softmax_stats(logits: torch.Tensor, buf: torch.Tensor):
 
 class _MaskedLMLossCPU(torch.autograd.Function):
     """See the module docstring. forward(hidden (n, h), weight (V, h), bias (V,), labels (n,), dtype of the
-    GEMMs) -> (loss (), argmax (n,))."""
+    GEMMs, the tied embedding's handoff or None) -> (loss (), argmax (n,))."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, dtype):
+    def forward(ctx, hidden, weight, bias, labels, dtype, handoff):
         n, V = hidden.shape[0], weight.shape[0]
         x, b = hidden.to(dtype), bias.to(dtype)
         if weight.dtype == dtype:  # keep the forward's storage, as F.linear's saved weight view does: ZeRO-3 swaps
@@ -81,7 +83,7 @@ class _MaskedLMLossCPU(torch.autograd.Function):
         n_valid = valid.sum().float()
         loss = (lse - picked).masked_fill_(~valid, 0.0).sum() / n_valid
         ctx.save_for_backward(x, w, logits, lse, target, valid, n_valid)
-        ctx.dtypes = hidden.dtype, weight.dtype, bias.dtype
+        ctx.dtypes, ctx.handoff = (hidden.dtype, weight.dtype, bias.dtype), handoff
         ctx.mark_non_differentiable(pred)
         return loss, pred
 
@@ -113,4 +115,7 @@ class _MaskedLMLossCPU(torch.autograd.Function):
                         torch.mm(block, x, out=dw[s:s + COL_CHUNK])
                     else:  # the GEMM in autocast's dtype, rounded once to the weight's
                         dw[s:s + COL_CHUNK] = torch.mm(block, x)
-        return dx, dw, db.to(bias_dtype) if ctx.needs_input_grad[2] else None, None, None
+        if dw is not None and ctx.handoff is not None:  # the tied embedding's backward adds to it and returns it
+            tied_grad.deliver(ctx.handoff, dw)
+            dw = None
+        return dx, dw, db.to(bias_dtype) if ctx.needs_input_grad[2] else None, None, None, None
