@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bertforge import ops
@@ -146,15 +147,32 @@ class BertSelfAttention(nn.Module):
         self.backend = config.kernels
         register_dropout_site(self, site)
 
-    def forward(self, x, batch: TokenLayout):
-        """x (B, S, h) or (total, h) -> context in the same layout (before the output projection)."""
+    def params_read_in_forward(self) -> list[nn.Parameter]:
+        """Child parameters this forward reads directly (the query-rows path slices Wqkv; ZeRO-3 gathers them)."""
+        return [self.Wqkv.weight, self.Wqkv.bias]
+
+    def forward(self, x, batch: TokenLayout, subset: torch.Tensor | None = None):
+        """x (B, S, h) or (total, h) -> context in the same layout (before the output projection); with subset (n,)
+        flat token indices only those rows' context (n, h). Keys and values come from every token; where the
+        backend serves query rows (ops.attention_rows_supported: the CPU path) only the subset's queries are
+        projected and attended (MosaicBERT's subset_idx, carried into attention), else all are and the rows
+        selected."""
+        dropout_p = self.dropout_p if self.training else 0.0
+        if subset is not None and ops.attention_rows_supported(self.backend, x.device, batch.cu_seqlens is not None):
+            h, w, b = x.shape[-1], self.Wqkv.weight, self.Wqkv.bias
+            k, v = F.linear(x, w[h:], b[h:]).unflatten(-1, (2, self.num_heads, self.head_dim)).unbind(-3)
+            q = F.linear(x[subset], w[:h], b[:h]).unflatten(-1, (self.num_heads, self.head_dim))  # (n, nh, d)
+            out = ops.attention_rows(q, k, v, cu_seqlens=batch.cu_seqlens, q_rows=subset, dropout_p=dropout_p,
+                                     seed=batch.dropout_seed(self), row_ids=batch.sequence_ids,
+                                     dropout_bits=self.dropout_bits, backend=self.backend)
+            return out.flatten(-2)
         qkv = self.Wqkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # (B, S, 3, nh, d) or (total, 3, nh, d)
         q, k, v = qkv.unbind(-3)  # views: token stride 3h, head stride d
         out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
-                            max_seqlen=batch.max_seqlen, dropout_p=self.dropout_p if self.training else 0.0,
-                            seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, dropout_bits=self.dropout_bits,
-                            backend=self.backend)
-        return out.flatten(-2)
+                            max_seqlen=batch.max_seqlen, dropout_p=dropout_p, seed=batch.dropout_seed(self),
+                            row_ids=batch.sequence_ids, dropout_bits=self.dropout_bits, backend=self.backend)
+        out = out.flatten(-2)
+        return out if subset is None else out.flatten(0, -2)[subset]
 
 
 class BertSublayerOutput(nn.Module):
@@ -190,10 +208,9 @@ class BertAttention(nn.Module):
     def forward(self, x, batch: TokenLayout, subset: torch.Tensor | None = None):
         """subset (n,) flat token indices: attention over every token, then the output projection, dropout,
         residual and LayerNorm on those rows only -> (n, h) (MosaicBERT's subset_idx)."""
-        context = self.self(x, batch)
         if subset is None:
-            return self.output(context, x, batch)
-        return self.output(context.flatten(0, -2)[subset], x.flatten(0, -2)[subset], batch.select(subset))
+            return self.output(self.self(x, batch), x, batch)
+        return self.output(self.self(x, batch, subset), x.flatten(0, -2)[subset], batch.select(subset))
 
 
 class BertIntermediate(nn.Module):

@@ -116,6 +116,28 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_
     return _impl("attention", backend)(q, k, v, **kw)
 
 
+def attention_rows_supported(backend: str, device: torch.device, unpadded: bool) -> bool:
+    """Whether `attention_rows` serves this backend, device and layout: kernels='none' on CPU, unpadded."""
+    return backend == "none" and reference.query_rows_supported(device, unpadded)
+
+
+def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cu_seqlens: torch.Tensor,
+                   q_rows: torch.Tensor, dropout_p: float = 0.0, softmax_scale: float | None = None,
+                   seed: torch.Tensor | None = None, row_ids: torch.Tensor | None = None, dropout_bits: int = 8,
+                   backend: str = "none") -> torch.Tensor:
+    """Unpadded attention for the query rows of the tokens at flat indices q_rows (n,) only: q (n, nh, d), k, v
+    (total, nh, d) -> (n, nh, d), row r equal to `attention`'s output at token q_rows[r] (same dropout elements).
+    Where `attention_rows_supported` (bertforge.kernels.reference.attention_varlen_rows_ref); ConfigError elsewhere
+    (the caller computes every query and selects the rows instead)."""
+    if not attention_rows_supported(backend, q.device, cu_seqlens is not None):
+        raise ConfigError(f"attention for a subset of query rows runs on the CPU path only (kernels='none', CPU, "
+                          f"unpadded), not kernels={backend!r} on {q.device.type}; compute every query and select "
+                          "the rows")
+    return reference.attention_varlen_rows_ref(q, k, v, cu_seqlens, q_rows, dropout_p=dropout_p,
+                                               softmax_scale=softmax_scale, seed=seed, row_ids=row_ids,
+                                               dropout_bits=dropout_bits)
+
+
 # ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none", backend: str = "none") -> torch.Tensor:
     """gelu(x + bias); approximate 'none' is BERT's exact erf GELU, 'tanh' the approximation. x (..., n), bias (n,)."""

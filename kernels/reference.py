@@ -112,6 +112,94 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     return _VarlenAttention.apply(q, k, v, lengths, scale, multipliers)
 
 
+def attention_varlen_rows_ref(q, k, v, cu_seqlens, q_rows, *, dropout_p=0.0, softmax_scale=None, seed=None,
+                              row_ids=None, dropout_bits=8):
+    """Unpadded attention for some query rows only (the last layer of pretraining on its masked rows and [CLS]):
+    q (n, nh, d) the queries of the tokens at flat indices q_rows (n,) int64 into the total axis, in any order and
+    any sequence; k, v (total, nh, d) every token's; cu_seqlens (B + 1,) int32 -> (n, nh, d), row r = what
+    `attention_varlen_ref` gives at token q_rows[r]: per sequence softmax(q_i k_i^T * scale) (n_i, L_i) per head,
+    the same dropout elements (keyed: the kernel's mask rows at those query positions; unkeyed: torch's draw), @ v_i.
+    Keys and values of a sequence without a query row get zero gradients. CPU only (reads cu_seqlens and q_rows on
+    the host). ValueError for q_rows outside [0, total) or not (n,)."""
+    if q.dim() != 3 or k.dim() != 3:
+        raise ValueError(f"attention: q must be (n, nh, d) and k, v (total, nh, d), got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}")
+    rows = q_rows.to("cpu", torch.int64)
+    cu = cu_seqlens.to("cpu", torch.int64)
+    total, n_seq = int(cu[-1]), cu.numel() - 1
+    if rows.shape != (q.shape[0],) or (rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= total)):
+        raise ValueError(f"q_rows must be ({q.shape[0]},) token indices in [0, {total})")
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    seq = torch.searchsorted(cu[1:], rows, right=True)  # (n,) each query's sequence
+    order = torch.argsort(seq, stable=True)  # q's rows grouped by sequence
+    counts = torch.bincount(seq, minlength=n_seq).tolist()
+    positions = (rows - cu[seq])[order].split(counts)  # per sequence its queries' positions
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    nh, p_q = q.shape[1], quantized_dropout_p(dropout_p, dropout_bits) if dropout_p > 0 else 0.0
+    multipliers = None
+    if p_q > 0 and seed is not None:
+        multipliers = attention_varlen_dropout_multipliers(seed, lengths, nh, dropout_p, row_ids, device=q.device,
+                                                           dropout_bits=dropout_bits, queries=list(positions))
+    elif p_q > 0:
+        multipliers = [torch.empty(nh, c, L, device=q.device).bernoulli_(1.0 - p_q).mul_(1.0 / (1.0 - p_q))
+                       for c, L in zip(counts, lengths)]
+    return _VarlenRowsAttention.apply(q, k, v, lengths, counts, order, scale, multipliers)
+
+
+class _VarlenRowsAttention(torch.autograd.Function):
+    """`attention_varlen_rows_ref`'s forward and backward (as `_VarlenAttention`, per sequence on its query rows:
+    scores (nh, n_i, L_i)); q's rows are taken and written through `order` (grouped by sequence)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lengths, counts, order, scale, multipliers):
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # (n, nh, d)
+        qs = q * scale
+        probs, a, b = [], 0, 0
+        for i, (L, c) in enumerate(zip(lengths, counts)):
+            p = None
+            if c:
+                idx = order[b:b + c]
+                p = torch.softmax(torch.bmm(qs[idx].transpose(0, 1), k[a:a + L].permute(1, 2, 0)), dim=-1,
+                                  dtype=torch.float32)  # (nh, n_i, L_i)
+                pd = p * multipliers[i] if multipliers is not None else p
+                out[idx] = torch.bmm(pd.to(v.dtype), v[a:a + L].transpose(0, 1)).transpose(0, 1)
+            probs.append(p)
+            a, b = a + L, b + c
+        ctx.lengths, ctx.counts, ctx.scale, ctx.multipliers, ctx.probs = lengths, counts, scale, multipliers, probs
+        ctx.save_for_backward(qs, k, v, order)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qs, k, v, order = ctx.saved_tensors
+        dq = torch.empty(qs.shape, dtype=qs.dtype, device=qs.device)
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)  # a sequence without queries: zeros
+        dt, a, b = v.dtype, 0, 0
+        for i, (L, c) in enumerate(zip(ctx.lengths, ctx.counts)):
+            if c:
+                idx, toks = order[b:b + c], slice(a, a + L)
+                do = dout[idx].transpose(0, 1).to(dt)  # (nh, n_i, d)
+                p = ctx.probs[i]
+                m = ctx.multipliers[i] if ctx.multipliers is not None else None
+                pd = p * m if m is not None else p
+                dv[toks] = torch.bmm(pd.to(dt).transpose(1, 2), do).transpose(0, 1)
+                dp = torch.bmm(do, v[toks].permute(1, 2, 0)).float()  # (nh, n_i, L_i)
+                if m is not None:
+                    dp = dp.mul_(m)
+                ds = torch._softmax_backward_data(dp, p, -1, torch.float32).to(dt)
+                dq[idx] = torch.bmm(ds, k[toks].transpose(0, 1)).mul_(ctx.scale).transpose(0, 1)
+                dk[toks] = torch.bmm(ds.transpose(1, 2), qs[idx].transpose(0, 1)).transpose(0, 1)
+            a, b = a + L, b + c
+        ctx.probs = ctx.multipliers = None
+        return dq, dk, dv, None, None, None, None, None
+
+
+def query_rows_supported(device: torch.device, unpadded: bool) -> bool:
+    """Whether `attention_varlen_rows_ref` serves here (the CPU path's unpadded attention, outside torch.compile)."""
+    return (unpadded and VARLEN_PER_SEQUENCE_ON_CPU and torch.device(device).type == "cpu"
+            and not torch.compiler.is_compiling())
+
+
 def keep_multiplier(keep: torch.Tensor, p_q: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Dropout keep flags (bool) -> the multiplier 0 / (1 / (1 - p_q)) in `dtype`, at least fp32 (one fast float
     multiply per use, where a bool operand or torch.where takes a slow path on CPU; never bf16 / fp16: 1 / (1 - p)
@@ -444,27 +532,35 @@ def attention_dropout_keep_ref(seed: int, batch: int, nheads: int, seq: int, p: 
 
 
 def attention_varlen_dropout_multipliers(seed: int, lengths: list[int], nheads: int, p: float, row_ids=None,
-                                         device="cpu", dropout_bits: int = 8) -> list[torch.Tensor]:
+                                         device="cpu", dropout_bits: int = 8, queries=None) -> list[torch.Tensor]:
     """Sequence i's block of the kernel's attention dropout mask as fp32 multipliers (nh, L_i, L_i) for each length
     L_i: `attention_dropout_keep_ref(seed, 1, nh, L_i, p, row_ids[i:i + 1])` (row id i when row_ids is None), kept
-    -> dropout_scale(p, dropout_bits), dropped -> 0. On CPU with the native Philox registered all blocks come from
-    one call, as views of one buffer."""
+    -> dropout_scale(p, dropout_bits), dropped -> 0. queries: per sequence the (n_i,) int64 query positions whose
+    rows are wanted -> blocks (nh, n_i, L_i) (rows of the full block). On CPU with the native Philox registered all
+    blocks come from one call, as views of one buffer."""
     rows = torch.arange(len(lengths)) if row_ids is None else row_ids
     lo, hi = _row_words(rows, len(lengths), device)
+    if queries is None:
+        queries = [torch.arange(L) for L in lengths]
+    counts = [int(qi.numel()) for qi in queries]
     if lengths and _native_fn(3, device) is not None:
-        n = torch.as_tensor(lengths, dtype=torch.int64)
-        per_seq = n * nheads  # query rows of each sequence, head-major: (h, i)
-        seq = torch.repeat_interleave(torch.arange(len(lengths)), per_seq)
-        local = torch.arange(int(per_seq.sum())) - torch.repeat_interleave(per_seq.cumsum(0) - per_seq, per_seq)
-        width = n[seq]
-        flat = _native_rows(seed, ((local % width) * ATTN_DROPOUT_ROW_STRIDE, local // width, lo.cpu()[seq],
-                                   hi.cpu()[seq]), width, p, dropout_bits, device, dropout_scale(p, dropout_bits),
-                            _ATTENTION_MULTIPLIERS)
-        return [b.view(nheads, L, L) for b, L in zip(flat.split([nheads * L * L for L in lengths]), lengths)]
+        lo, hi = lo.cpu(), hi.cpu()
+        c0, c1, c2, c3, width = [], [], [], [], []
+        for i, (L, qi) in enumerate(zip(lengths, queries)):  # rows head-major: (h, query)
+            n = counts[i] * nheads
+            c0.append(qi.cpu().repeat(nheads) * ATTN_DROPOUT_ROW_STRIDE)
+            c1.append(torch.arange(nheads).repeat_interleave(counts[i]))
+            c2.append(lo[i].expand(n))
+            c3.append(hi[i].expand(n))
+            width.append(torch.full((n,), L, dtype=torch.int64))
+        flat = _native_rows(seed, tuple(torch.cat(c) for c in (c0, c1, c2, c3)), torch.cat(width), p, dropout_bits,
+                            device, dropout_scale(p, dropout_bits), _ATTENTION_MULTIPLIERS)
+        sizes = [nheads * c * L for c, L in zip(counts, lengths)]
+        return [b.view(nheads, c, L) for b, c, L in zip(flat.split(sizes), counts, lengths)]
     p_q = quantized_dropout_p(p, dropout_bits)
     return [keep_multiplier(attention_dropout_keep_ref(seed, 1, nheads, L, p, rows[i:i + 1], device=device,
-                                                       dropout_bits=dropout_bits)[0], p_q)
-            for i, L in enumerate(lengths)]
+                                                       dropout_bits=dropout_bits)[0][:, qi.to(device)], p_q)
+            for i, (L, qi) in enumerate(zip(lengths, queries))]
 
 
 # Per-sample streams: a caller that knows each sequence's identity (a (n_seq,) int64 "dropout id", e.g. a hash of
