@@ -34,6 +34,11 @@ and the ablations, each switching ONE piece of `ours` off (or adding one):
   ours-per-call-philox  the CPU path's dropout masks through the per-call C++ Philox (counter arrays in, one call's
                       flags out, then converted to multipliers in torch) instead of whole rows at a time (vectorised,
                       multipliers out: csrc/philox_rows.cpp); the same masks; CPU only
+  ours-autograd-tied-sum  the tied word embedding / MLM decoder weight's two gradients summed by autograd (a fresh
+                      (V, h) tensor every step) instead of handed from the decoder's backward to the embedding's
+                      (kernels/tied_grad.py); CPU only
+  ours-all-queries    the last layer's attention for every query, its rows selected afterwards, instead of for the
+                      masked rows and [CLS] only (reference.attention_varlen_rows_ref); CPU only
   ours-bf16-weights   (bf16 only) the weights themselves in bf16 and fp32 master weights that AdamW updates (gradients
                       copied up, masters copied back), as DeepSpeed runs `bertforge pretrain --precision bf16`, instead
                       of autocast over fp32 weights (HF's Trainer regime, which every other row uses)
@@ -77,7 +82,8 @@ SHAPES = {"tiny-64": ("tiny", 64), "base-128": ("bert-base", 128), "base-512": (
           "large-128": ("bert-large", 128), "large-512": ("bert-large", 512), "minilm-128": ("minilm-l6", 128)}
 ABLATIONS = ("ours-padded", "ours-unfused-qkv", "ours-full-last-layer", "ours-dropout24", "ours-no-kernels",
              "ours-dense-mlm", "ours-unfused-adamw", "ours-torch-mlm-loss", "ours-device-mask", "ours-lamb",
-             "ours-fresh-buffers", "ours-per-call-philox", "ours-bf16-weights")
+             "ours-fresh-buffers", "ours-per-call-philox", "ours-autograd-tied-sum", "ours-all-queries",
+             "ours-bf16-weights")
 VARIANTS = ("hf", "hf-compile", "ours", "ours-compile") + ABLATIONS
 MASK_SHARE = 0.15
 MASK_ID, SPECIAL_IDS = 4, 5  # ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; real tokens are drawn from 5..V-1
@@ -212,15 +218,19 @@ def unfuse_qkv(model) -> None:
     from bertforge import ops
     from bertforge.model import BertSelfAttention
 
-    def forward(self, x, batch):
+    def forward(self, x, batch, subset=None):  # as BertSelfAttention.forward, with three projections
         h, heads = x.shape[-1], (self.num_heads, self.head_dim)
         w, b = self.Wqkv.weight, self.Wqkv.bias
-        q, k, v = (F.linear(x, w[i * h:(i + 1) * h], b[i * h:(i + 1) * h]).unflatten(-1, heads) for i in range(3))
+        rows = subset is not None and ops.attention_rows_supported(self.backend, x.device, batch.cu_seqlens is not None)
+        q = F.linear(x[subset] if rows else x, w[:h], b[:h]).unflatten(-1, heads)
+        k, v = (F.linear(x, w[i * h:(i + 1) * h], b[i * h:(i + 1) * h]).unflatten(-1, heads) for i in (1, 2))
+        kw = dict(dropout_p=self.dropout_p if self.training else 0.0, seed=batch.dropout_seed(self),
+                  row_ids=batch.sequence_ids, dropout_bits=self.dropout_bits, backend=self.backend)
+        if rows:
+            return ops.attention_rows(q, k, v, cu_seqlens=batch.cu_seqlens, q_rows=subset, **kw).flatten(-2)
         out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
-                            max_seqlen=batch.max_seqlen, dropout_p=self.dropout_p if self.training else 0.0,
-                            seed=batch.dropout_seed(self), row_ids=batch.sequence_ids, dropout_bits=self.dropout_bits,
-                            backend=self.backend)
-        return out.flatten(-2)
+                            max_seqlen=batch.max_seqlen, **kw).flatten(-2)
+        return out if subset is None else out.flatten(0, -2)[subset]
 
     for m in model.modules():
         if isinstance(m, BertSelfAttention):
@@ -339,7 +349,7 @@ def applicable(variant: str, device, dtype) -> bool:
     """Whether `variant` measures anything on this device and precision (see the module docstring)."""
     if variant == "ours-bf16-weights":
         return dtype == torch.bfloat16
-    if variant in ("ours-fresh-buffers", "ours-per-call-philox"):
+    if variant in ("ours-fresh-buffers", "ours-per-call-philox", "ours-autograd-tied-sum", "ours-all-queries"):
         return device.type == "cpu"
     return True
 
@@ -348,12 +358,13 @@ def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool, pr
     if not applicable(variant, device, dtype):
         raise ValueError(f"{variant} does not apply here: it needs "
                          + ("--precision bf16" if variant == "ours-bf16-weights" else "a CPU"))
-    from bertforge.kernels import host_buffers
+    from bertforge.kernels import host_buffers, reference, tied_grad
 
-    host_buffers.reuse(variant != "ours-fresh-buffers")
+    host_buffers.reuse(variant != "ours-fresh-buffers")  # the CPU path's switches, each row its own
+    tied_grad.use(variant != "ours-autograd-tied-sum")
+    reference.QUERY_ROWS_ON_CPU = variant != "ours-all-queries"
     if device.type == "cpu":  # as `bertforge pretrain` runs (parallelize): the CPU path's native dropout masks
         from bertforge import csrc
-        from bertforge.kernels import reference
         from bertforge.parallelize import apply_native_cpu
 
         apply_native_cpu()
