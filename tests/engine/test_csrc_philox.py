@@ -175,3 +175,12 @@ def test_rows_into_a_given_buffer():
         csrc.philox_multiplier_rows(*args, 2.0, out=np.zeros(27, np.float32))
     with pytest.raises(ValueError, match="out must be a 1-D float32 array"):
         csrc.philox_multiplier_rows(*args, 2.0, out=np.zeros(28, np.float64))
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_widths_adding_up_past_int64_are_refused(threads):
+    """Widths whose int64 sum wraps (here to 200,000: an output far too small for the rows) are one ValueError, on one
+    thread or several."""
+    z, w = np.zeros(3, np.int64), np.array([2**63 - 1, 2**63 - 1, 2 + 200_000])
+    with pytest.raises(ValueError, match="widths add up past 2\\^63 - 1"):
+        csrc.philox_keep_rows(0, 0, z, z, z, z, w, 3, 8, threads=threads)
