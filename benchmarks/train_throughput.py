@@ -607,12 +607,13 @@ def _save(result: dict, out: Path) -> None:
     tmp.replace(out)
 
 
-TABLE_HEAD = (f"{'shape':<10} {'lengths':<7} {'variant':<18} {'batch':>5} {'seq/s':>9} {'real tok/s':>11} {'MFU':>6} "
-              f"{'peak GiB':>8} {'x hf':>6} {'loss0':>7} {'loss_end':>8} check")
+VARIANT_WIDTH = max(len(v) for v in VARIANTS)  # the table's variant column: the longest name
+TABLE_HEAD = (f"{'shape':<10} {'lengths':<7} {'variant':<{VARIANT_WIDTH}} {'batch':>5} {'seq/s':>9} {'real tok/s':>11} "
+              f"{'MFU':>6} {'peak GiB':>8} {'x hf':>6} {'loss0':>7} {'loss_end':>8} check")
 
 
 def table_row(r: dict) -> str:
-    head = f"{r['shape']:<10} {str(r['lengths'])[:7]:<7} {r['variant']:<18} {r['batch']:>5}"
+    head = f"{r['shape']:<10} {str(r['lengths'])[:7]:<7} {r['variant']:<{VARIANT_WIDTH}} {r['batch']:>5}"
     if "error" in r:
         return f"{head}  ERROR {r['error']}"
     peak_s = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <exception>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -118,6 +120,8 @@ py::array_t<Out> philox_rows(uint32_t k0, uint32_t k1, const Ints& c0, const Int
     std::vector<int64_t> start(rows + 1, 0);
     for (int64_t r = 0; r < rows; ++r) {
         if (w[r] < 0) throw std::invalid_argument(std::string(name) + ": widths must be >= 0");
+        if (w[r] > std::numeric_limits<int64_t>::max() - start[r])  // a wrapped sum would size out too small
+            throw std::invalid_argument(std::string(name) + ": the widths add up past 2^63 - 1");
         start[r + 1] = start[r] + w[r];
     }
     py::array_t<Out> out;
@@ -144,12 +148,22 @@ py::array_t<Out> philox_rows(uint32_t k0, uint32_t k1, const Ints& c0, const Int
             while (r < rows && start[r] < start[rows] * k / n_threads) ++r;
             cut[k] = r;
         }
+        // a worker's exception (std::bad_alloc of its Philox words) is raised here after the join, not
+        // std::terminate in its thread
+        std::vector<std::exception_ptr> failed(n_threads);
+        auto part = [&](int64_t k) {
+            try {
+                rows_range<Out>(k0, k1, a, b, c, d, w, start.data(), cut[k], cut[k + 1], threshold, bits, on, off, o);
+            } catch (...) {
+                failed[k] = std::current_exception();
+            }
+        };
         std::vector<std::thread> pool;
-        for (int64_t k = 1; k < n_threads; ++k)
-            pool.emplace_back(rows_range<Out>, k0, k1, a, b, c, d, w, start.data(), cut[k], cut[k + 1], threshold,
-                              bits, on, off, o);
-        rows_range<Out>(k0, k1, a, b, c, d, w, start.data(), cut[0], cut[1], threshold, bits, on, off, o);
+        for (int64_t k = 1; k < n_threads; ++k) pool.emplace_back(part, k);
+        part(0);
         for (auto& t : pool) t.join();
+        for (auto& e : failed)
+            if (e) std::rethrow_exception(e);
     }
     return out;
 }

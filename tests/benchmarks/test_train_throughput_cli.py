@@ -128,3 +128,13 @@ def test_unknown_shape_or_variant_is_one_line(flag, value, word, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"unknown {word}(s)" in err and value.split(",")[-1] in err
+
+
+def test_table_columns_line_up_for_every_variant():
+    """Each row's columns start where the header's do, whatever the variant's name length."""
+    head = tt.TABLE_HEAD
+    row = {"shape": "tiny-64", "lengths": "full", "batch": 8, "seq_per_s": 1.0, "real_tok_per_s": 64.0, "mfu": 0.5,
+           "peak_gib": None, "loss_init": 11.0, "loss_last": 10.9}
+    for variant in tt.VARIANTS:
+        line = tt.table_row({**row, "variant": variant})
+        assert line.index(" 8 ") + 2 == head.index("batch") + len("batch"), variant

@@ -118,6 +118,31 @@ def test_bad_rows_are_refused():
         csrc.philox_keep_rows(0, 0, z, z, z, z, z, 2**24, 24)
 
 
+@pytest.mark.parametrize("call", [
+    lambda z, w: csrc.philox_keep_rows(-1, 0, z, z, z, z, w, 3, 8),
+    lambda z, w: csrc.philox_keep_rows(0, 2**32, z, z, z, z, w, 3, 8),
+    lambda z, w: csrc.philox_multiplier_rows(0, 0, z, z, z, z, w, -1, 8, 1.0),
+    lambda z, w: csrc.philox_keep(2**32, 0, z, z, z, z, 3, 8),
+    lambda z, w: csrc.philox_words(0, -5, z, z, z, z),
+    lambda z, w: csrc.philox_keep_rows(0, 0, z, z, z, z, w.astype(np.float64) + 0.5, 3, 8),
+    lambda z, w: csrc.philox_multiplier_rows(0, 0, z + 0.5, z, z, z, w, 3, 8, 1.0),
+])
+def test_out_of_range_words_and_non_integer_arrays_are_one_line_errors(call):
+    """Keys and thresholds are 32-bit words, counters and widths integers: anything else is one ValueError line (not
+    pybind11's several-line signature dump, and never a width or counter truncated from a float)."""
+    with pytest.raises(ValueError) as err:
+        call(np.zeros(2, np.int64), np.array([3, 5]))
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_any_thread_count_is_taken():
+    """threads is a cap on the worker threads (rows and elements cap it too): any int, huge or not positive, runs."""
+    z, w = np.zeros(2, np.int64), np.array([3, 40])
+    want = csrc.philox_keep_rows(5, 6, z, z, z, z, w, 30, 8)
+    for threads in (0, -3, 2**31, 2**70):
+        assert np.array_equal(csrc.philox_keep_rows(5, 6, z, z, z, z, w, 30, 8, threads=threads), want)
+
+
 @pytest.mark.parametrize("bits", [8, 24])
 def test_varlen_attention_multipliers_through_either(bits, torch_only):
     """The per-sequence attention multipliers of the unpadded CPU path: one native call (views of one buffer) =
@@ -150,3 +175,12 @@ def test_rows_into_a_given_buffer():
         csrc.philox_multiplier_rows(*args, 2.0, out=np.zeros(27, np.float32))
     with pytest.raises(ValueError, match="out must be a 1-D float32 array"):
         csrc.philox_multiplier_rows(*args, 2.0, out=np.zeros(28, np.float64))
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_widths_adding_up_past_int64_are_refused(threads):
+    """Widths whose int64 sum wraps (here to 200,000: an output far too small for the rows) are one ValueError, on one
+    thread or several."""
+    z, w = np.zeros(3, np.int64), np.array([2**63 - 1, 2**63 - 1, 2 + 200_000])
+    with pytest.raises(ValueError, match="widths add up past 2\\^63 - 1"):
+        csrc.philox_keep_rows(0, 0, z, z, z, z, w, 3, 8, threads=threads)
