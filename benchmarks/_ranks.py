@@ -52,7 +52,7 @@ def run_ranks(target, world: int, args: tuple, timeout_s: float = 3600.0, teardo
                 if dead:
                     r, code = dead[0]
                     raise SystemExit(f"rank {r} of {world} exited with code {code} before reporting its result "
-                                     "(its error is printed above)")
+                                     "(any error it printed is above)")
                 if time.monotonic() > deadline:
                     raise SystemExit(f"ranks {sorted(set(range(world)) - set(got))} of {world} did not report within "
                                      f"{timeout_s:.0f} s")
