@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bertforge.kernels.host_buffers import BufferPool
-from bertforge.kernels.padding import pad_input, padding_mask_of
+from bertforge.kernels.padding import pad_input, padding_mask_of, seqlens_of, token_sequence_ids
 
 IGNORE_INDEX = -100  # label of positions without an MLM target (Hugging Face's convention)
 
@@ -129,8 +129,8 @@ def attention_varlen_rows_ref(q, k, v, cu_seqlens, q_rows, *, dropout_p=0.0, sof
     total, n_seq = int(cu[-1]), cu.numel() - 1
     if rows.shape != (q.shape[0],) or (rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= total)):
         raise ValueError(f"q_rows must be ({q.shape[0]},) token indices in [0, {total})")
-    lengths = (cu[1:] - cu[:-1]).tolist()
-    seq = torch.searchsorted(cu[1:], rows, right=True)  # (n,) each query's sequence
+    lengths = seqlens_of(cu).tolist()
+    seq = token_sequence_ids(cu, total)[rows]  # (n,) each query's sequence
     order = torch.argsort(seq, stable=True)  # q's rows grouped by sequence
     counts = torch.bincount(seq, minlength=n_seq).tolist()
     positions = (rows - cu[seq])[order].split(counts)  # per sequence its queries' positions
