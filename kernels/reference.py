@@ -112,6 +112,29 @@ def attention_varlen_ref(q, k, v, cu_seqlens, *, dropout_p=0.0, softmax_scale=No
     return _VarlenAttention.apply(q, k, v, lengths, scale, multipliers)
 
 
+def _block_forward(q_block, k_block, v_block, multiplier):
+    """One sequence's attention: scaled queries q_block (n, nh, d), k_block, v_block (L, nh, d), dropout multiplier
+    (nh, n, L) fp32 or None -> (P = softmax(q k^T) (nh, n, L) fp32, output (n, nh, d) in v's dtype)."""
+    p = torch.softmax(torch.bmm(q_block.transpose(0, 1), k_block.permute(1, 2, 0)), dim=-1, dtype=torch.float32)
+    pd = p * multiplier if multiplier is not None else p
+    return p, torch.bmm(pd.to(v_block.dtype), v_block.transpose(0, 1)).transpose(0, 1)
+
+
+def _block_backward(do, p, multiplier, q_block, k_block, v_block, scale):
+    """`_block_forward`'s backward: do (nh, n, d) in v's dtype, p (nh, n, L) fp32 -> (dq (n, nh, d), dk, dv (L, nh,
+    d)): dv = P'^T dO, dP = (dO v^T) * M, dS = P * (dP - rowsum(dP * P)), dq = dS k * scale, dk = dS^T (q * scale)."""
+    dt = v_block.dtype
+    pd = p * multiplier if multiplier is not None else p
+    dv = torch.bmm(pd.to(dt).transpose(1, 2), do).transpose(0, 1)
+    dp = torch.bmm(do, v_block.permute(1, 2, 0)).float()  # (nh, n, L)
+    if multiplier is not None:
+        dp = dp.mul_(multiplier)
+    ds = torch._softmax_backward_data(dp, p, -1, torch.float32).to(dt)
+    dq = torch.bmm(ds, k_block.transpose(0, 1)).mul_(scale).transpose(0, 1)
+    dk = torch.bmm(ds.transpose(1, 2), q_block.transpose(0, 1)).transpose(0, 1)
+    return dq, dk, dv
+
+
 def attention_varlen_rows_ref(q, k, v, cu_seqlens, q_rows, *, dropout_p=0.0, softmax_scale=None, seed=None,
                               row_ids=None, dropout_bits=8):
     """Unpadded attention for some query rows only (the last layer of pretraining on its masked rows and [CLS]):
@@ -159,10 +182,8 @@ class _VarlenRowsAttention(torch.autograd.Function):
             p = None
             if c:
                 idx = order[b:b + c]
-                p = torch.softmax(torch.bmm(qs[idx].transpose(0, 1), k[a:a + L].permute(1, 2, 0)), dim=-1,
-                                  dtype=torch.float32)  # (nh, n_i, L_i)
-                pd = p * multipliers[i] if multipliers is not None else p
-                out[idx] = torch.bmm(pd.to(v.dtype), v[a:a + L].transpose(0, 1)).transpose(0, 1)
+                p, out[idx] = _block_forward(qs[idx], k[a:a + L], v[a:a + L],
+                                             multipliers[i] if multipliers is not None else None)
             probs.append(p)
             a, b = a + L, b + c
         ctx.lengths, ctx.counts, ctx.scale, ctx.multipliers, ctx.probs = lengths, counts, scale, multipliers, probs
@@ -174,21 +195,13 @@ class _VarlenRowsAttention(torch.autograd.Function):
         qs, k, v, order = ctx.saved_tensors
         dq = torch.empty(qs.shape, dtype=qs.dtype, device=qs.device)
         dk, dv = torch.zeros_like(k), torch.zeros_like(v)  # a sequence without queries: zeros
-        dt, a, b = v.dtype, 0, 0
+        a = b = 0
         for i, (L, c) in enumerate(zip(ctx.lengths, ctx.counts)):
             if c:
                 idx, toks = order[b:b + c], slice(a, a + L)
-                do = dout[idx].transpose(0, 1).to(dt)  # (nh, n_i, d)
-                p = ctx.probs[i]
                 m = ctx.multipliers[i] if ctx.multipliers is not None else None
-                pd = p * m if m is not None else p
-                dv[toks] = torch.bmm(pd.to(dt).transpose(1, 2), do).transpose(0, 1)
-                dp = torch.bmm(do, v[toks].permute(1, 2, 0)).float()  # (nh, n_i, L_i)
-                if m is not None:
-                    dp = dp.mul_(m)
-                ds = torch._softmax_backward_data(dp, p, -1, torch.float32).to(dt)
-                dq[idx] = torch.bmm(ds, k[toks].transpose(0, 1)).mul_(ctx.scale).transpose(0, 1)
-                dk[toks] = torch.bmm(ds.transpose(1, 2), qs[idx].transpose(0, 1)).transpose(0, 1)
+                dq[idx], dk[toks], dv[toks] = _block_backward(dout[idx].transpose(0, 1).to(v.dtype), ctx.probs[i], m,
+                                                              qs[idx], k[toks], v[toks], ctx.scale)
             a, b = a + L, b + c
         ctx.probs = ctx.multipliers = None
         return dq, dk, dv, None, None, None, None, None
@@ -225,12 +238,10 @@ class _VarlenAttention(torch.autograd.Function):
         qs = q * scale  # (total, nh, d), contiguous: dk needs it too
         probs, a = [], 0
         for i, n in enumerate(lengths):
-            p = torch.softmax(torch.bmm(qs[a:a + n].transpose(0, 1), k[a:a + n].permute(1, 2, 0)), dim=-1,
-                              dtype=torch.float32)  # (nh, L, L)
+            rows = slice(a, a + n)
+            p, out[rows] = _block_forward(qs[rows], k[rows], v[rows],
+                                          multipliers[i] if multipliers is not None else None)  # p (nh, L, L)
             probs.append(p)
-            if multipliers is not None:
-                p = p * multipliers[i]
-            out[a:a + n] = torch.bmm(p.to(v.dtype), v[a:a + n].transpose(0, 1)).transpose(0, 1)
             a += n
         ctx.lengths, ctx.scale, ctx.multipliers, ctx.probs = lengths, scale, multipliers, probs
         ctx.save_for_backward(qs, k, v)
@@ -240,20 +251,12 @@ class _VarlenAttention(torch.autograd.Function):
     def backward(ctx, dout):
         qs, k, v = ctx.saved_tensors
         dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (qs, k, v))
-        dt, a = v.dtype, 0
+        a = 0
         for i, n in enumerate(ctx.lengths):
             rows = slice(a, a + n)
-            do = dout[rows].transpose(0, 1).to(dt)  # (nh, L, d)
-            p = ctx.probs[i]
             m = ctx.multipliers[i] if ctx.multipliers is not None else None
-            pd = p * m if m is not None else p
-            dv[rows] = torch.bmm(pd.to(dt).transpose(1, 2), do).transpose(0, 1)
-            dp = torch.bmm(do, v[rows].permute(1, 2, 0)).float()  # (nh, L, L)
-            if m is not None:
-                dp = dp.mul_(m)
-            ds = torch._softmax_backward_data(dp, p, -1, torch.float32).to(dt)
-            dq[rows] = torch.bmm(ds, k[rows].transpose(0, 1)).mul_(ctx.scale).transpose(0, 1)
-            dk[rows] = torch.bmm(ds.transpose(1, 2), qs[rows].transpose(0, 1)).transpose(0, 1)
+            dq[rows], dk[rows], dv[rows] = _block_backward(dout[rows].transpose(0, 1).to(v.dtype), ctx.probs[i], m,
+                                                           qs[rows], k[rows], v[rows], ctx.scale)
             a += n
         ctx.probs = ctx.multipliers = None
         return dq, dk, dv, None, None, None

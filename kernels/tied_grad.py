@@ -37,11 +37,10 @@ def use(on: bool = True) -> None:
 class Handoff:
     """One forward's link between the embedding and the decoder of one weight."""
 
-    __slots__ = ("grad", "claimed", "__weakref__")
+    __slots__ = ("grad", "__weakref__")
 
     def __init__(self):
         self.grad: torch.Tensor | None = None
-        self.claimed = False
 
 
 def offer(weight: torch.Tensor) -> Handoff | None:
@@ -56,10 +55,7 @@ def offer(weight: torch.Tensor) -> Handoff | None:
 def claim(weight: torch.Tensor) -> Handoff | None:
     """The decoder's forward: the open handoff the embedding offered for this very weight object, or None."""
     entry = _PENDING.pop(id(weight), None) if _ON[0] else None
-    if entry is None or entry[0]() is not weight:
-        return None
-    entry[1].claimed = True
-    return entry[1]
+    return entry[1] if entry is not None and entry[0]() is weight else None
 
 
 def deliver(handoff: Handoff, grad: torch.Tensor) -> None:

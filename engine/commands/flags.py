@@ -13,6 +13,7 @@ import dataclasses
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Iterable
 
 from bertforge.config.docs import field_docs
@@ -167,13 +168,14 @@ def config_file_error(exc: ConfigError, args: argparse.Namespace) -> ConfigError
     spellings = "|".join(re.escape(k) for k in {field, field.replace("_", "-")})
     where, key = "", field
     try:
-        for number, line in enumerate(open(path, encoding="utf-8"), start=1):
-            found = re.match(rf'\s*"?({spellings})"?\s*:', line)
-            if found:
-                where, key = f":{number}", found.group(1)
-                break
-    except OSError:
-        pass
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:  # read a moment ago; gone now: the message without a line
+        lines = []
+    for number, line in enumerate(lines, start=1):
+        found = re.match(rf'\s*"?({spellings})"?\s*:', line)
+        if found:
+            where, key = f":{number}", found.group(1)
+            break
     return ConfigError(f"{path}{where}: {key}: {exc}")
 
 
