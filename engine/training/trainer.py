@@ -230,6 +230,9 @@ class PretrainingTask(TrainTask):
                    f"({batches * micro} samples); this resume scores --eval-samples {self.cfg.run.eval_samples}")
             return
         self.cfg.run.eval_samples = batches * micro
+        params = self.trainer.spec.report_params  # the trackers' copy of the settings, taken before the resume
+        if params is not None:
+            params["eval_samples"] = batches * micro
         D.log0(f"--resume: the checkpoint's run scored --eval-batches {batches} held-out micro batches of {micro}: "
                f"this resume scores the same {batches * micro} samples (--eval-samples {batches * micro}; give "
                f"--eval-samples N for another number)")

@@ -45,7 +45,7 @@ def test_the_old_name_is_refused_naming_the_new_one(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("given, scored", [([], 12), (["--eval-samples", "5"], 5)])
-def test_resuming_a_checkpoint_of_eval_batches_scores_its_samples(tmp_path, caplog, given, scored):
+def test_resuming_a_checkpoint_of_eval_batches_scores_its_samples(tmp_path, caplog, monkeypatch, given, scored):
     run = tmp_path / "run"
     argv = ["pretrain", *TINY, "--micro-batch", "4", "--global-batch", "4", "--steps", "3", "--save-every", "2",
             "--eval-every", "0", "--output-dir", str(run)]
@@ -58,8 +58,14 @@ def test_resuming_a_checkpoint_of_eval_batches_scores_its_samples(tmp_path, capl
     meta_path.write_text(json.dumps(meta))
     caplog.clear()
     with caplog.at_level("INFO", logger="bertforge"):
-        assert main([*argv, "--resume", *given]) == 0
+        assert main([*argv, "--resume", *given, "--report-to", "mlflow"]) == 0
     assert json.loads((run / "config.json").read_text())["train"]["eval_samples"] == scored
+    from mlflow import MlflowClient  # the trackers get the settings the resume runs with
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    (found,) = client.search_runs([client.get_experiment_by_name("bertforge").experiment_id])
+    assert found.data.params["eval_samples"] == str(scored)
     lines = [r.getMessage() for r in caplog.records if "held-out micro batches of 4" in r.getMessage()]
     assert len(lines) == 1 and f"--eval-samples {scored}" in lines[0], caplog.text
 
