@@ -113,12 +113,13 @@ def _timed(fn, device, repeats):
 
 
 def measure_matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a large square matmul on this device (the MFU ceiling)."""
+    """FLOP/s of a large square matmul on this device (the MFU ceiling): its fastest of 10 repeats, so that a
+    moment of load from another process does not lower the ceiling (a median did, and MFU read above 100%)."""
     n = 8192 if device.type == "cuda" else 1024
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
-    return 2 * n ** 3 / statistics.median(_timed(lambda: a @ b, device, repeats=10))
+    return 2 * n ** 3 / min(_timed(lambda: a @ b, device, repeats=10))
 
 
 # ---- lengths -----------------------------------------------------------------------------------------------------
