@@ -105,6 +105,39 @@ def bench_case(batch, seq, nheads, head_dim, dropout_p=0.0, seed=0, dq_atomic=Fa
     return rows
 
 
+def bench_query_rows(batch, seq, nheads, head_dim, rows_per_seq=20, dropout_p=0.1, seed=0, autotune_rows=True) -> dict:
+    """The last layer's attention in pretraining: queries for up to rows_per_seq rows of each sequence only
+    (kernels/attention_rows.py, as ModelConfig.last_layer_subset runs it) vs every query of the unpadded batch
+    (kernels/attention.py, autotuned; the rows are then selected). Same lengths as bench_case; dout is zero outside
+    the rows for the full attention. autotune_rows False: the rows' first GPU configs (no tuning time).
+    -> {'fwd': (ms rows, ms full), 'fwd+bwd': (...)} plus the shape and the counts."""
+    from bertforge.kernels.attention_rows import attention_rows
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(max(1, seq // 4), seq + 1, (batch,), generator=g)
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    total = int(cu[-1])
+    picks = [int(cu[b]) + torch.randperm(int(lengths[b]), generator=g)[:rows_per_seq] for b in range(batch)]
+    rows = torch.cat(picks).to(DEV)
+    cu = cu.to(DEV)
+    q, k, v = (torch.randn(total, nheads, head_dim, generator=g).to(DEV, DTYPE).requires_grad_() for _ in range(3))
+    dout_rows = torch.randn(rows.numel(), nheads, head_dim, generator=g).to(DEV, DTYPE)
+    dout_full = torch.zeros_like(q).index_copy_(0, rows, dout_rows)
+    q_rows = q.detach()[rows].requires_grad_()
+    seed_t = torch.tensor([seed], dtype=torch.int64, device=DEV)
+    kw = dict(max_seqlen=int(lengths.max()), dropout_p=dropout_p, seed=seed_t)
+    rows_fn = (lambda q, k, v: attention_rows(q, k, v, cu, rows, autotune=autotune_rows, **kw), (q_rows, k, v),
+               dout_rows)
+    full_fn = (lambda q, k, v: attention(q, k, v, cu_seqlens=cu, **kw), (q, k, v), dout_full)
+    times = {}
+    for impl, (f, inputs, dy) in (("rows", rows_fn), ("full", full_fn)):
+        fwd, step = _fwd_and_step(f, inputs, dy)
+        times[impl] = (bench(fwd), bench(step))
+    return {"shape": [batch, seq, nheads, head_dim], "query_rows": rows.numel(), "tokens": total,
+            "dropout_p": dropout_p, "fwd": (times["rows"][0], times["full"][0]),
+            "fwd+bwd": (times["rows"][1], times["full"][1])}
+
+
 def format_table(rows) -> str:
     head = f"{'B x S x nh x d':<18} {'variant':<10} {'pass':<8} {'p':>4} {'ms ours':>9} {'ms sdpa':>9} " \
            f"{'TF/s ours':>9} {'TF/s sdpa':>9} {'speedup':>8} {'target':>7}"

@@ -11,7 +11,11 @@
 3. Every config of the GPU autotune lists, and autotune's pick, at B256/S128 and B64/S512 (bf16, random padding,
    dropout 0.1) against the reference fed the kernel's mask.
 4. torch.compile(fullgraph=True, backend='aot_eager') traces through the custom ops.
-5. bench_attention at the target shapes (autotuned): vs SDPA with and without padding, S = 512 again with the
+5. The attention for a subset of query rows (kernels/attention_rows.py, the last layer of pretraining): bf16 output,
+   dq, dk, dv with dropout 0.1 against the fp64 reference's rows (the rule of 1.), ~20 rows a sequence, one
+   sequence without rows; and its time (first configs: no tuning time) against the full varlen attention
+   (autotuned) at B256/S128 (bench_attention.bench_query_rows).
+6. bench_attention at the target shapes (autotuned): vs SDPA with and without padding, S = 512 again with the
    atomic-dq backward, and everything again with dropout 0.1.
 Prints each check's row as it finishes (appended to attention_rows.jsonl), then the benchmark table; writes
 attention_check.json and attention_bench.json under --out. Designed for < 60 s on H100/H200.
@@ -38,6 +42,7 @@ from _check_report import RowLog, report  # noqa: E402
 from bertforge.kernels import attention as A  # noqa: E402
 from bertforge.kernels._common import draw_seed_tensor  # noqa: E402
 from bertforge.kernels.attention import attention  # noqa: E402
+from bertforge.kernels.attention_rows import attention_rows  # noqa: E402
 from bertforge.kernels.reference import attention_dropout_keep_ref as dropout_keep_mask  # noqa: E402
 from bertforge.kernels.reference import attention_naive_ref  # noqa: E402
 
@@ -168,12 +173,52 @@ def check_compile():
                  ok=bool(torch.equal(out, want)) and bool(torch.isfinite(q.grad).all()))]
 
 
+def check_query_rows():
+    """attention_rows (bf16, autotune=False) against attention_naive_ref's rows in fp64 (fed the kernel's dropout
+    mask), the noise being the naive reference's in bf16; then its fwd+bwd time against the full varlen attention
+    (a row whose value is the milliseconds; the check name carries the full attention's and the ratio)."""
+    batch, seq, nh, d = (8, 128, 4, 64) if GPU else (3, 40, 2, 32)
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
+    lengths[0], lengths[-1] = seq, 1
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    rows = torch.cat([int(cu[b]) + torch.randperm(int(lengths[b]), generator=g)[:20] for b in range(batch) if b != 1])
+    rows = rows[torch.randperm(rows.numel(), generator=g)].to(DEV)  # any order; sequence 1 has none
+    cu = cu.to(DEV)
+    q, k, v = (torch.randn(int(cu[-1]), nh, d, generator=g).to(DEV, torch.bfloat16) for _ in range(3))
+    dout = torch.zeros_like(q).index_copy_(0, rows, torch.randn(rows.numel(), nh, d, generator=g).to(q))
+    p, seed = 0.1, torch.tensor([11], dtype=torch.int64, device=DEV)
+    outs = _run(lambda q, k, v: attention_rows(q[rows], k, v, cu, rows, max_seqlen=seq, dropout_p=p, seed=seed,
+                                               autotune=False), q, k, v, dout[rows])
+    ref_kw = dict(cu_seqlens=cu, max_seqlen=seq, dropout_p=p,
+                  dropout_mask=dropout_keep_mask(11, batch, nh, seq, p, device=DEV))
+    lowp = _run(attention_naive_ref, q, k, v, dout, **ref_kw)
+    exact = _run(attention_naive_ref, q.double(), k.double(), v.double(), dout.double(), **ref_kw)
+    checks = []
+    for name, o, t, e in zip(("out", "dq", "dk", "dv"), outs, lowp, exact):
+        if name == "dq":
+            o = o[rows]
+        if name in ("out", "dq"):
+            t, e = t[rows], e[rows]
+        ek, et = _err(o, e), _err(t, e)
+        floor = torch.finfo(o.dtype).eps * max(1.0, e.abs().max().item())
+        checks.append(dict(check=f"query rows {rows.numel()} of B={batch} S={seq} p={p} {name}", err_kernel=ek,
+                           err_torch=et, ok=bool(torch.isfinite(o).all()) and ek <= 2.0 * et + floor))
+    timing = bench_attention.bench_query_rows(*((256, 128, 12, 64) if GPU else (2, 40, 2, 32)), autotune_rows=False)
+    ms_rows, ms_full = timing["fwd+bwd"]
+    checks.append(dict(check=f"query rows {timing['query_rows']} of {timing['tokens']} tokens fwd+bwd ms (all "
+                             f"queries {ms_full:.3f} ms: x{ms_full / ms_rows:.2f})", value=ms_rows, ok=ms_rows > 0,
+                       timing=timing))
+    return checks
+
+
 def run_gpu_check(out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     log = RowLog("attention", out_dir, width=50)
-    jobs = [lambda c=c: check_case(*c) for c in CASES] + [check_dropout_rate, check_every_config, check_compile]
+    jobs = [lambda c=c: check_case(*c) for c in CASES] + [check_dropout_rate, check_every_config, check_compile,
+                                                           check_query_rows]
     for job in jobs:
         try:
             rows = job()

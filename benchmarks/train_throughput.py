@@ -228,7 +228,8 @@ def unfuse_qkv(model) -> None:
         kw = dict(dropout_p=self.dropout_p if self.training else 0.0, seed=batch.dropout_seed(self),
                   row_ids=batch.sequence_ids, dropout_bits=self.dropout_bits, backend=self.backend)
         if rows:
-            return ops.attention_rows(q, k, v, cu_seqlens=batch.cu_seqlens, q_rows=subset, **kw).flatten(-2)
+            return ops.attention_rows(q, k, v, cu_seqlens=batch.cu_seqlens, q_rows=subset, max_seqlen=batch.max_seqlen,
+                                      **kw).flatten(-2)
         out = ops.attention(q, k, v, key_padding_mask=batch.key_padding_mask, cu_seqlens=batch.cu_seqlens,
                             max_seqlen=batch.max_seqlen, **kw).flatten(-2)
         return out if subset is None else out.flatten(0, -2)[subset]

@@ -154,17 +154,17 @@ class BertSelfAttention(nn.Module):
     def forward(self, x, batch: TokenLayout, subset: torch.Tensor | None = None):
         """x (B, S, h) or (total, h) -> context in the same layout (before the output projection); with subset (n,)
         flat token indices only those rows' context (n, h). Keys and values come from every token; where the
-        backend serves query rows (ops.attention_rows_supported: the CPU path) only the subset's queries are
-        projected and attended (MosaicBERT's subset_idx, carried into attention), else all are and the rows
-        selected."""
+        backend serves query rows (ops.attention_rows_supported: unpadded, on the CPU path or the Triton kernels)
+        only the subset's queries are projected and attended (MosaicBERT's subset_idx, carried into attention), else
+        all are and the rows selected."""
         dropout_p = self.dropout_p if self.training else 0.0
         if subset is not None and ops.attention_rows_supported(self.backend, x.device, batch.cu_seqlens is not None):
             h, w, b = x.shape[-1], self.Wqkv.weight, self.Wqkv.bias
             k, v = F.linear(x, w[h:], b[h:]).unflatten(-1, (2, self.num_heads, self.head_dim)).unbind(-3)
             q = F.linear(x[subset], w[:h], b[:h]).unflatten(-1, (self.num_heads, self.head_dim))  # (n, nh, d)
-            out = ops.attention_rows(q, k, v, cu_seqlens=batch.cu_seqlens, q_rows=subset, dropout_p=dropout_p,
-                                     seed=batch.dropout_seed(self), row_ids=batch.sequence_ids,
-                                     dropout_bits=self.dropout_bits, backend=self.backend)
+            out = ops.attention_rows(q, k, v, cu_seqlens=batch.cu_seqlens, q_rows=subset,
+                                     max_seqlen=batch.max_seqlen, dropout_p=dropout_p, seed=batch.dropout_seed(self),
+                                     row_ids=batch.sequence_ids, dropout_bits=self.dropout_bits, backend=self.backend)
             return out.flatten(-2)
         qkv = self.Wqkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # (B, S, 3, nh, d) or (total, 3, nh, d)
         q, k, v = qkv.unbind(-3)  # views: token stride 3h, head stride d

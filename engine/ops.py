@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from bertforge.errors import ConfigError
 
 from bertforge.kernels import reference
+from bertforge.kernels._common import is_interpreting
 from bertforge.kernels.embedding_cpu import embedding_cpu
 from bertforge.kernels.mlm_loss_cpu import masked_lm_loss_cpu
 
@@ -28,6 +29,11 @@ BACKENDS = ("none", "triton")
 def _attention_kernel():
     from bertforge.kernels.attention import attention
     return attention
+
+
+def _attention_rows_kernel():
+    from bertforge.kernels.attention_rows import attention_rows
+    return attention_rows
 
 
 def _bias_gelu_kernel():
@@ -63,6 +69,7 @@ def _lamb_step_kernel():
 # op -> (backend 'none': the pure-torch reference, backend 'triton': loader of the kernel)
 _OPS: dict[str, tuple[Callable, Callable[[], Callable]]] = {
     "attention": (reference.attention_ref, _attention_kernel),
+    "attention_rows": (reference.attention_varlen_rows_ref, _attention_rows_kernel),
     "bias_gelu": (reference.bias_gelu_ref, _bias_gelu_kernel),
     "bias_dropout_add_layernorm": (reference.bias_dropout_add_layernorm_ref, _bias_dropout_add_layernorm_kernel),
     "dropout": (reference.dropout_ref, _dropout_kernel),
@@ -117,25 +124,35 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_
 
 
 def attention_rows_supported(backend: str, device: torch.device, unpadded: bool) -> bool:
-    """Whether `attention_rows` serves this backend, device and layout: kernels='none' on CPU, unpadded."""
+    """Whether `attention_rows` serves this backend, device and layout (unpadded only): kernels='none' on CPU
+    outside torch.compile (reference.query_rows_supported), kernels='triton' where its kernels run (a CUDA device,
+    or CPU tensors under the Triton interpreter, TRITON_INTERPRET=1)."""
+    device = torch.device(device)
+    if backend == "triton":
+        return unpadded and (device.type == "cuda" or (device.type == "cpu" and is_interpreting()))
     return backend == "none" and reference.query_rows_supported(device, unpadded)
 
 
 def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cu_seqlens: torch.Tensor,
-                   q_rows: torch.Tensor, dropout_p: float = 0.0, softmax_scale: float | None = None,
-                   seed: torch.Tensor | None = None, row_ids: torch.Tensor | None = None, dropout_bits: int = 8,
+                   q_rows: torch.Tensor, max_seqlen: int | None = None, dropout_p: float = 0.0,
+                   softmax_scale: float | None = None, seed: torch.Tensor | None = None,
+                   row_ids: torch.Tensor | None = None, dropout_bits: int = 8, autotune: bool = True,
                    backend: str = "none") -> torch.Tensor:
-    """Unpadded attention for the query rows of the tokens at flat indices q_rows (n,) only: q (n, nh, d), k, v
-    (total, nh, d) -> (n, nh, d), row r equal to `attention`'s output at token q_rows[r] (same dropout elements).
-    Where `attention_rows_supported` (bertforge.kernels.reference.attention_varlen_rows_ref); ConfigError elsewhere
-    (the caller computes every query and selects the rows instead)."""
+    """Unpadded attention for the query rows of the tokens at flat indices q_rows (n,) only (any order):
+    q (n, nh, d), k, v (total, nh, d), cu_seqlens (B + 1,) int32 -> (n, nh, d), row r equal to `attention`'s output
+    at token q_rows[r] (same dropout elements for the same seed and row_ids). FlashAttention's varlen attention
+    with cu_seqlens_q != cu_seqlens_k. 'none': bertforge.kernels.reference.attention_varlen_rows_ref; 'triton':
+    bertforge.kernels.attention_rows (max_seqlen, the longest sequence, spares it a device sync; autotune as
+    `attention`). ConfigError where not `attention_rows_supported` (the caller computes every query and selects
+    the rows instead)."""
     if not attention_rows_supported(backend, q.device, cu_seqlens is not None):
-        raise ConfigError(f"attention for a subset of query rows runs on the CPU path only (kernels='none', CPU, "
-                          f"unpadded), not kernels={backend!r} on {q.device.type}; compute every query and select "
-                          "the rows")
-    return reference.attention_varlen_rows_ref(q, k, v, cu_seqlens, q_rows, dropout_p=dropout_p,
-                                               softmax_scale=softmax_scale, seed=seed, row_ids=row_ids,
-                                               dropout_bits=dropout_bits)
+        raise ConfigError(f"attention for a subset of query rows needs an unpadded batch and kernels='none' on CPU "
+                          f"or kernels='triton' on a GPU (or under TRITON_INTERPRET=1), not kernels={backend!r} on "
+                          f"{q.device.type}; compute every query and select the rows")
+    kw = dict(dropout_p=dropout_p, softmax_scale=softmax_scale, seed=seed, row_ids=row_ids, dropout_bits=dropout_bits)
+    if backend == "triton":
+        kw.update(max_seqlen=max_seqlen, autotune=autotune)
+    return _impl("attention_rows", backend)(q, k, v, cu_seqlens, q_rows, **kw)
 
 
 # ---- FFN epilogue: bias + GELU -----------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ dot operand shapes and dtypes, loop-carried values that change type, constexpr b
 GPU block sizes, PTX generation. This walks the GPU launch configurations (attention's autotune lists, the epilogue
 kernels' block sizes) through `triton.compile` for the target, in bf16 and fp16 where the kernel is dtype-generic.
 
-    python -m bertforge.kernels.compile_check [--arch 90] [--only attention|epilogues] [--quick] [--spills] [--head-dim 64]
-        [--dropout-bits 8 --dropout-bits 24]   (default 8: the dropout variants at 8-bit thresholds, the default)
+    python -m bertforge.kernels.compile_check [--arch 90] [--only attention|attention_rows|epilogues] [--quick]
+        [--spills] [--head-dim 64] [--dropout-bits 8 --dropout-bits 24]
+    (--dropout-bits default 8: the dropout variants at 8-bit thresholds, the model's default)
 
 Each kernel is compiled with the specialisation the launcher gives it on a GPU (pointers 16-byte aligned, strides and
 row lengths divisible by 16, except the arguments a kernel marks do_not_specialize), so the binary is the one the GPU
@@ -93,7 +94,7 @@ def _attention_types(fn, elem: str, dq_elem: str) -> dict:
             types[name] = dq_elem
         elif name in ("Lse", "Delta"):
             types[name] = _F32
-        elif name in ("CuSeqlens", "SeqLens"):
+        elif name in ("CuSeqlens", "SeqLens", "CuSeqlensQ", "QOrder", "QPos"):
             types[name] = "*i32"
         elif name == "Kpm":
             types[name] = "*u8"
@@ -144,6 +145,28 @@ def attention_specs(quick: bool = False, head_dims=(32, 64, 128), dropout_bits=(
                           {**base, **cfg.kwargs}, cfg.num_warps, cfg.num_stages))
         specs.append((A._attn_bwd_preprocess_kernel, _attention_types(A._attn_bwd_preprocess_kernel, elem, elem),
                       {k: base[k] for k in ("HEAD_DIM", "BLOCK_D", "VARLEN")} | {"BLOCK_M": 64}, 4, 1))
+    return specs
+
+
+def attention_rows_specs(quick: bool = False, head_dims=(32, 64, 128), dropout_bits=(8,)):
+    """kernels/attention_rows.py's forward, dq and dk/dv kernels at every GPU config, in training's variant
+    (dropout with per-sample row ids, once per dropout_bits) and evaluation's (no dropout), bf16 (+ fp16 training's
+    at d = 64). quick: each list's first config only."""
+    from bertforge.kernels import attention_rows as AR
+    from bertforge.kernels.reference import dropout_group
+
+    variants = [dict(IS_DROPOUT=True, HAS_ROW_IDS=True, DROP_GROUP=dropout_group(bits)) for bits in dropout_bits]
+    variants.append(dict(IS_DROPOUT=False, HAS_ROW_IDS=False, DROP_GROUP=16))
+    kernels = {"fwd": AR._rows_fwd_kernel, "bwd_dq": AR._rows_bwd_dq_kernel, "bwd_dkdv": AR._rows_bwd_dkdv_kernel}
+    specs = []
+    for elem, head_dim, variant in itertools.product(("*bf16", "*fp16"), head_dims, variants):
+        if elem == "*fp16" and (head_dim != 64 or not variant["IS_DROPOUT"]):
+            continue
+        base = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), DOT_FP32=False, **variant)
+        for kind, kernel in kernels.items():
+            for cfg in AR.GPU_CONFIGS[kind][:1] if quick else AR.GPU_CONFIGS[kind]:
+                specs.append((kernel, _attention_types(kernel, elem, elem), {**base, **cfg.kwargs}, cfg.num_warps,
+                              cfg.num_stages))
     return specs
 
 
@@ -198,7 +221,7 @@ def epilogue_specs(quick: bool = False, head_dims=None, dropout_bits=(8,)):
     return [(k, t, c, 8, 3) for k, t, c in specs]
 
 
-FAMILIES = {"attention": attention_specs, "epilogues": epilogue_specs}
+FAMILIES = {"attention": attention_specs, "attention_rows": attention_rows_specs, "epilogues": epilogue_specs}
 
 
 def main(argv=None) -> int:
@@ -218,7 +241,7 @@ def main(argv=None) -> int:
     spilled = []
     for family in args.only or sorted(FAMILIES):
         t0 = time.perf_counter()
-        head_dims = tuple(args.head_dim) if args.head_dim and family == "attention" else (32, 64, 128)
+        head_dims = tuple(args.head_dim) if args.head_dim and family.startswith("attention") else (32, 64, 128)
         specs = FAMILIES[family](args.quick, head_dims, tuple(args.dropout_bits or (8,)))
         for kernel, types, consts, warps, stages in specs:
             compiled = _compile(kernel, types, consts, target, warps, stages)

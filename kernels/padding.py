@@ -1,7 +1,8 @@
 """The unpadded ("varlen") layout, derived here and nowhere else: unpad / pad between a padded batch (B, S, ...) and
 the concatenated real tokens (total, ...), as FlashAttention's bert_padding does (unpad_input, pad_input,
 index_first_axis). cu_seqlens (B + 1,) int32 are the running token offsets of each sequence (cu_seqlens[0] = 0,
-cu_seqlens[-1] = total); max_seqlen is the longest sequence (0 for an empty batch). The C++ host helper
+cu_seqlens[-1] = total); max_seqlen is the longest sequence (0 for an empty batch). query_rows_layout gives the query
+side when only some tokens query (FlashAttention's cu_seqlens_q). The C++ host helper
 bertforge.csrc.unpad_offsets computes the same offsets for the data loaders (tests compare it with unpad_input)."""
 from __future__ import annotations
 
@@ -87,3 +88,18 @@ def cu_seqlens_to_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Te
     """Position of each token within its own sequence: (total,) int64, restarting at 0 at each cu_seqlens entry."""
     starts = cu_seqlens[:-1].long()
     return torch.arange(total, device=cu_seqlens.device) - starts[token_sequence_ids(cu_seqlens, total)]
+
+
+def query_rows_layout(cu_seqlens: torch.Tensor, rows: torch.Tensor,
+                      total: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The query side of FlashAttention's varlen layout (cu_seqlens_q) when the queries are some of the tokens:
+    rows (n,) flat indices into the (total, ...) token axis, any order -> (order (n,) int64, the permutation that
+    sorts rows (rows[order] ascending, so grouped by sequence); cu_seqlens_q (B + 1,) int32, the offsets of each
+    sequence's rows in that order; positions (n,) int32 of rows[order] within their sequences). No host sync."""
+    rows = rows.to(device=cu_seqlens.device, dtype=torch.int64)
+    order = torch.argsort(rows)
+    ordered = rows[order]
+    starts = cu_seqlens.long()
+    cu_seqlens_q = torch.searchsorted(ordered, starts).to(torch.int32)  # rows before each sequence's first token
+    positions = ordered - starts[token_sequence_ids(cu_seqlens, total)[ordered]]
+    return order, cu_seqlens_q, positions.to(torch.int32)

@@ -61,10 +61,19 @@ def test_subset_last_layer_matches_full_layer(cls, padded, dropout):
         assert abs(full.loss.item() - _loss_and_grads(cls, False, padded, 0.0)[0].loss.item()) > 100 * TOL
 
 
-def test_subset_last_layer_matches_full_layer_triton():
+def test_subset_last_layer_matches_full_layer_triton(monkeypatch):
+    """kernels='triton' (under the interpreter on CPU): the last layer's attention runs for its query rows only
+    (kernels/attention_rows.py, once a step) and gives the full layer's loss and gradients."""
     pytest.importorskip("triton")
+    from bertforge import ops
+
+    calls = []
+    rows_op = ops.attention_rows
+    monkeypatch.setattr(ops, "attention_rows", lambda *a, **kw: calls.append(kw["backend"]) or rows_op(*a, **kw))
     full, grads_full = _loss_and_grads(BertForPreTraining, False, False, 0.1, kernels="triton")
+    assert calls == []
     sub, grads_sub = _loss_and_grads(BertForPreTraining, True, False, 0.1, kernels="triton")
+    assert calls == ["triton"]
     assert abs(sub.loss.item() - full.loss.item()) <= TOL
     for name, g in grads_sub.items():
         assert (g - grads_full[name]).abs().max().item() <= TOL, name

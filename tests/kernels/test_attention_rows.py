@@ -1,8 +1,8 @@
 """kernels/reference.py `attention_varlen_rows_ref` (the CPU path's attention for some query rows only, the last
 layer of pretraining): each row equals `attention_varlen_ref`'s at its token, with the same dropout elements, and so
 do the gradients of q's rows, k and v; queries in any order, a sequence without queries, a sequence of one token;
-fp32 to rounding, bf16 within 2x the full path's own error against fp32. Off the CPU path ops.attention_rows refuses
-in one line."""
+fp32 to rounding, bf16 within 2x the full path's own error against fp32. ops.attention_rows refuses padded batches
+and kernels='none' off the CPU path in one line (kernels='triton': tests/kernels/test_attention_rows_triton.py)."""
 import pytest
 import torch
 
@@ -74,12 +74,13 @@ def test_unkeyed_dropout_draws_and_scales():
     assert torch.isfinite(out).all() and (out - _run(_rows, torch.float32, 0.0, None)[0]).abs().max() > 1e-2
 
 
-def test_bad_rows_and_other_backends_refused():
+def test_bad_rows_and_unserved_layouts_refused():
     q = torch.zeros(2, 3, 8)
     kv = torch.zeros(56, 3, 8)
     with pytest.raises(ValueError, match=r"q_rows must be \(2,\) token indices in \[0, 56\)"):
         R.attention_varlen_rows_ref(q, kv, kv, CU, torch.tensor([0, 56]))
-    assert not ops.attention_rows_supported("triton", torch.device("cpu"), True)
     assert not ops.attention_rows_supported("none", torch.device("cpu"), False)
-    with pytest.raises(ConfigError, match="CPU path only"):
-        ops.attention_rows(q, kv, kv, cu_seqlens=CU, q_rows=torch.tensor([0, 1]), backend="triton")
+    assert not ops.attention_rows_supported("triton", torch.device("cpu"), False)
+    assert not ops.attention_rows_supported("none", torch.device("meta"), True)
+    with pytest.raises(ConfigError, match="needs an unpadded batch and kernels='none' on CPU"):
+        ops.attention_rows(q, kv, kv, cu_seqlens=None, q_rows=torch.tensor([0, 1]), backend="none")

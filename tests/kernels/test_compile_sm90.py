@@ -1,8 +1,9 @@
 """Compile every Triton kernel for an H100 (sm_90) without a GPU (kernels/compile_check.py): the real compiler
 (dot shapes and dtypes, loop-carried values, constexpr branches, PTX) catches what the interpreter lets through.
 Runs in a subprocess because this process imported the kernels under TRITON_INTERPRET=1. Compiled with the launcher's
-specialisation; CI compiles every autotune config of the attention kernels at d = 64 (BERT's head size) and fails on
-any register spill (`python -m bertforge.kernels.compile_check --spills` does d = 32, 64, 128)."""
+specialisation; CI compiles every autotune config of the attention kernels (the full and the query-rows ones) at
+d = 64 (BERT's head size) and fails on any register spill (`python -m bertforge.kernels.compile_check --spills` does
+d = 32, 64, 128)."""
 import os
 import subprocess
 import sys
@@ -34,6 +35,14 @@ def test_attention_kernels_compile_for_sm90_without_register_spills():
     res = _compile_check("--only", "attention", "--spills", "--head-dim", "64")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "attention: compiled 80 kernel variants" in res.stdout and "SPILL" not in res.stdout
+
+
+def test_query_rows_attention_kernels_compile_for_sm90_without_register_spills():
+    """kernels/attention_rows.py's forward, dq and dk/dv kernels at every GPU autotune config, d = 64, training's
+    variants (dropout with per-sample row ids, bf16 and fp16) and evaluation's (bf16, no dropout): no stack frame."""
+    res = _compile_check("--only", "attention_rows", "--spills", "--head-dim", "64")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "attention_rows: compiled 27 kernel variants" in res.stdout and "SPILL" not in res.stdout
 
 
 def test_compile_check_refuses_the_interpreter():

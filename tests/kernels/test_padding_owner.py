@@ -1,6 +1,6 @@
 """bertforge.kernels.padding is the one place that derives the unpadded layout (cu_seqlens, max_seqlen, the padded
-grid's mask and indices, each token's sequence): its functions agree with each other and with a hand-built layout,
-and no other library module builds cu_seqlens or max_seqlen itself."""
+grid's mask and indices, each token's sequence, the query rows' cu_seqlens_q): its functions agree with each other
+and with a hand-built layout, and no other library module builds cu_seqlens or max_seqlen itself."""
 import re
 from pathlib import Path
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bertforge.kernels.padding import (cu_seqlens_from_lengths, cu_seqlens_to_position_ids, max_seqlen_of, pad_input,
-                                       padding_mask_of, seqlens_of, token_sequence_ids, unpad_input)
+                                       padding_mask_of, query_rows_layout, seqlens_of, token_sequence_ids,
+                                       unpad_input)
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = ROOT / "kernels" / "padding.py"
@@ -45,6 +46,17 @@ def test_padding_mask_of_takes_a_wider_grid():
     mask, indices = padding_mask_of(torch.tensor([0, 2, 3], dtype=torch.int32), 4)
     assert mask.tolist() == [[True, True, False, False], [True, False, False, False]]
     assert indices.tolist() == [0, 1, 4]
+
+
+def test_query_rows_layout_groups_the_rows_by_sequence():
+    """Rows in any order (a sequence without rows, a repeated row) -> the sorting permutation, the rows' offsets per
+    sequence (cu_seqlens_q) and their positions, as counted by hand."""
+    cu = torch.tensor([0, 4, 5, 9, 12], dtype=torch.int32)  # lengths 4, 1, 4, 3
+    rows = torch.tensor([11, 4, 0, 3, 9, 0])
+    order, cu_q, positions = query_rows_layout(cu, rows, 12)
+    assert rows[order].tolist() == [0, 0, 3, 4, 9, 11]
+    assert cu_q.dtype == positions.dtype == torch.int32
+    assert cu_q.tolist() == [0, 3, 4, 4, 6] and positions.tolist() == [0, 0, 3, 0, 0, 2]
 
 
 def test_no_library_module_re_derives_the_layout():
