@@ -36,7 +36,9 @@ Expected seconds (H100/H200, first run, compile caches cold) and caps:
   hf_compile (opt.)   60   100    HF under torch.compile, same shape (~30-55 s of inductor compile)
   finetune_more (o.)  50    90    the same epoch in bf16 + the finetune step vs the HF Trainer
   e2e_large128 (o.)   50    90    BERT-large s128 B128: hf, ours
-  ablations (opt.)    90   150    base-128: ours-padded, -dense-mlm, -unfused-adamw, -device-mask, -lamb, -compile
+  ablations (opt.)    90   150    base-128: ours, then the structural pieces off (-unfused-qkv, -full-last-layer,
+                                  -all-queries, -dropout24: RESULTS.md's predictions), -padded, -dense-mlm,
+                                  -unfused-adamw, -device-mask, -lamb, -compile; each row saved as it finishes
 Expected total of the required steps: 400 s of the default 480 s budget (one optional step fits); packing < 5 s.
 The device call needs timeout_s = 600 (budget + the last step's kill + packing + interpreter start).
 
@@ -166,7 +168,8 @@ def steps(dry: bool) -> list[Step]:
              + (["--dry-run"] if dry else []), optional=True, needs=_needs_deepspeed(*carry_ft)),
         Step("e2e_large128", 50, cap(90, 300), _tt(large, b_large, "hf,ours", **quick), optional=True, needs=pre),
         Step("ablations", 90, cap(150, 400),
-             _tt(base, b_base, "ours-padded,ours-dense-mlm,ours-unfused-adamw,ours-device-mask,ours-lamb"
+             _tt(base, b_base, "ours,ours-unfused-qkv,ours-full-last-layer,ours-all-queries,ours-dropout24,"
+                 "ours-padded,ours-dense-mlm,ours-unfused-adamw,ours-device-mask,ours-lamb"
                  + ("" if dry else ",ours-compile"), lengths, **quick), optional=True, needs=pre),
     ]
     return plan

@@ -38,7 +38,8 @@ and the ablations, each switching ONE piece of `ours` off (or adding one):
                       (V, h) tensor every step) instead of handed from the decoder's backward to the embedding's
                       (kernels/tied_grad.py); CPU only
   ours-all-queries    the last layer's attention for every query, its rows selected afterwards, instead of for the
-                      masked rows and [CLS] only (reference.attention_varlen_rows_ref); CPU only
+                      masked rows and [CLS] only (ops.attention_rows: reference.attention_varlen_rows_ref on the
+                      CPU path, kernels/attention_rows.py with the Triton kernels)
   ours-bf16-weights   (bf16 only) the weights themselves in bf16 and fp32 master weights that AdamW updates (gradients
                       copied up, masters copied back), as DeepSpeed runs `bertforge pretrain --precision bf16`, instead
                       of autocast over fp32 weights (HF's Trainer regime, which every other row uses)
@@ -351,7 +352,7 @@ def applicable(variant: str, device, dtype) -> bool:
     """Whether `variant` measures anything on this device and precision (see the module docstring)."""
     if variant == "ours-bf16-weights":
         return dtype == torch.bfloat16
-    if variant in ("ours-fresh-buffers", "ours-per-call-philox", "ours-autograd-tied-sum", "ours-all-queries"):
+    if variant in ("ours-fresh-buffers", "ours-per-call-philox", "ours-autograd-tied-sum"):
         return device.type == "cpu"
     return True
 
@@ -360,11 +361,12 @@ def run_variant(variant, cfg, seq, batch, steps, warmup, device, dtype, pool, pr
     if not applicable(variant, device, dtype):
         raise ValueError(f"{variant} does not apply here: it needs "
                          + ("--precision bf16" if variant == "ours-bf16-weights" else "a CPU"))
+    from bertforge import ops
     from bertforge.kernels import host_buffers, reference, tied_grad
 
     host_buffers.reuse(variant != "ours-fresh-buffers")  # the CPU path's switches, each row its own
     tied_grad.use(variant != "ours-autograd-tied-sum")
-    reference.QUERY_ROWS_ON_CPU = variant != "ours-all-queries"
+    ops.QUERY_ROWS = variant != "ours-all-queries"
     if device.type == "cpu":  # as `bertforge pretrain` runs (parallelize): the CPU path's native dropout masks
         from bertforge import csrc
         from bertforge.parallelize import apply_native_cpu

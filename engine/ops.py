@@ -123,11 +123,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_padding_
     return _impl("attention", backend)(q, k, v, **kw)
 
 
+# The last layer's attention on its query rows only (`attention_rows`), wherever a backend has it. Off (False): every
+# query is computed and the rows selected afterwards (the benchmarks' `ours-all-queries` row measures the difference).
+QUERY_ROWS = True
+
+
 def attention_rows_supported(backend: str, device: torch.device, unpadded: bool) -> bool:
     """Whether `attention_rows` serves this backend, device and layout (unpadded only): kernels='none' on CPU
     outside torch.compile (reference.query_rows_supported), kernels='triton' where its kernels run (a CUDA device,
-    or CPU tensors under the Triton interpreter, TRITON_INTERPRET=1)."""
+    or CPU tensors under the Triton interpreter, TRITON_INTERPRET=1); nowhere while QUERY_ROWS is False."""
     device = torch.device(device)
+    if not QUERY_ROWS:
+        return False
     if backend == "triton":
         return unpadded and (device.type == "cuda" or (device.type == "cpu" and is_interpreting()))
     return backend == "none" and reference.query_rows_supported(device, unpadded)

@@ -207,14 +207,9 @@ class _VarlenRowsAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
-# The CPU path's last layer attends for its masked rows and [CLS] only (`attention_varlen_rows_ref`). Off (False):
-# every query is computed and the rows selected, as on a GPU (the benchmarks' `ours-all-queries` row).
-QUERY_ROWS_ON_CPU = True
-
-
 def query_rows_supported(device: torch.device, unpadded: bool) -> bool:
     """Whether `attention_varlen_rows_ref` serves here (the CPU path's unpadded attention, outside torch.compile)."""
-    return (unpadded and QUERY_ROWS_ON_CPU and VARLEN_PER_SEQUENCE_ON_CPU and torch.device(device).type == "cpu"
+    return (unpadded and VARLEN_PER_SEQUENCE_ON_CPU and torch.device(device).type == "cpu"
             and not torch.compiler.is_compiling())
 
 

@@ -84,3 +84,13 @@ def test_bad_rows_and_unserved_layouts_refused():
     assert not ops.attention_rows_supported("none", torch.device("meta"), True)
     with pytest.raises(ConfigError, match="needs an unpadded batch and kernels='none' on CPU"):
         ops.attention_rows(q, kv, kv, cu_seqlens=None, q_rows=torch.tensor([0, 1]), backend="none")
+
+
+def test_query_rows_switch_off_everywhere(monkeypatch):
+    """ops.QUERY_ROWS = False (the benchmarks' `ours-all-queries` row): no backend serves query rows, so the model
+    computes every query and selects the rows."""
+    assert ops.attention_rows_supported("none", torch.device("cpu"), True)
+    assert ops.attention_rows_supported("triton", torch.device("cuda"), True)
+    monkeypatch.setattr(ops, "QUERY_ROWS", False)
+    assert not ops.attention_rows_supported("none", torch.device("cpu"), True)
+    assert not ops.attention_rows_supported("triton", torch.device("cuda"), True)
