@@ -244,6 +244,16 @@ def _check(q, k, v):
         raise ValueError(f"attention_rows: q, k, v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
+def _check_bounds(cu_seqlens, cu_seqlens_q, max_seqlen, max_seqlen_q):
+    """ValueError where the grids would miss keys (max_seqlen) or query rows (max_seqlen_q); host tensors only."""
+    for name, value, cu, what in (("max_seqlen", max_seqlen, cu_seqlens, "the longest sequence"),
+                                  ("max_seqlen_q", max_seqlen_q, cu_seqlens_q, "the most query rows of one sequence")):
+        need = max_seqlen_of(cu)
+        if value < need:
+            raise ValueError(f"attention_rows: {name}={value} is below {what} ({need}); pass at least {need} "
+                             f"or None to read it from the batch")
+
+
 def _meta(q, dropout_p, max_seqlen, row_ids, dropout_bits):
     meta = _common_meta(q, True, False, dropout_p, max_seqlen, row_ids, dropout_bits)
     del meta["VARLEN"], meta["HAS_KPM"]
@@ -367,13 +377,17 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
     at token q_rows[r], the same dropout elements for the same seed and row_ids. max_seqlen: the longest sequence
     (None: read from cu_seqlens, a device sync). max_seqlen_q: at least the most query rows of one sequence (None:
     on a GPU with max_seqlen given, max_seqlen, which bounds it unless rows repeat; else read from the rows).
-    dropout_p, softmax_scale, autotune, seed, row_ids, dropout_bits: as attention.attention. ValueError for shapes
-    that do not match and (CPU tensors) for q_rows out of [0, total)."""
+    dropout_p, softmax_scale, autotune, seed, row_ids, dropout_bits: as attention.attention. A max_seqlen or
+    max_seqlen_q below the batch's leaves keys without gradients and rows unwritten: refused for CPU tensors, not
+    checked on a GPU (a device sync). ValueError for shapes that do not match, q_rows not int64 / int32 and (CPU
+    tensors) for q_rows out of [0, total) or the bounds above."""
     _check(q, k, v)
     total = k.shape[0]
     if q_rows.shape != (q.shape[0],):
         raise ValueError(f"attention_rows: q_rows must be ({q.shape[0]},), one per query row, got "
                          f"{tuple(q_rows.shape)}")
+    if q_rows.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"attention_rows: q_rows must be int64 or int32 token indices, got {q_rows.dtype}")
     on_host = q_rows.device.type == "cpu" and not torch.compiler.is_compiling()
     if on_host and q_rows.numel() and (int(q_rows.min()) < 0 or int(q_rows.max()) >= total):
         raise ValueError(f"attention_rows: q_rows must be token indices in [0, {total}), got "
@@ -384,6 +398,8 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
         max_seqlen_q = max_seqlen if max_seqlen is not None and q.device.type != "cpu" else max_seqlen_of(cu_q)
     if max_seqlen is None:
         max_seqlen = max_seqlen_of(cu)
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():
+        _check_bounds(cu, cu_q, int(max_seqlen), int(max_seqlen_q))
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     if seed is None:

@@ -143,10 +143,12 @@ def attention_varlen_rows_ref(q, k, v, cu_seqlens, q_rows, *, dropout_p=0.0, sof
     `attention_varlen_ref` gives at token q_rows[r]: per sequence softmax(q_i k_i^T * scale) (n_i, L_i) per head,
     the same dropout elements (keyed: the kernel's mask rows at those query positions; unkeyed: torch's draw), @ v_i.
     Keys and values of a sequence without a query row get zero gradients. CPU only (reads cu_seqlens and q_rows on
-    the host). ValueError for q_rows outside [0, total) or not (n,)."""
+    the host). ValueError for q_rows outside [0, total), not (n,) or not int64 / int32."""
     if q.dim() != 3 or k.dim() != 3:
         raise ValueError(f"attention: q must be (n, nh, d) and k, v (total, nh, d), got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}")
+    if q_rows.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"q_rows must be int64 or int32 token indices, got {q_rows.dtype}")
     rows = q_rows.to("cpu", torch.int64)
     cu = cu_seqlens.to("cpu", torch.int64)
     total, n_seq = int(cu[-1]), cu.numel() - 1

@@ -79,6 +79,8 @@ def test_bad_rows_and_unserved_layouts_refused():
     kv = torch.zeros(56, 3, 8)
     with pytest.raises(ValueError, match=r"q_rows must be \(2,\) token indices in \[0, 56\)"):
         R.attention_varlen_rows_ref(q, kv, kv, CU, torch.tensor([0, 56]))
+    with pytest.raises(ValueError, match=r"q_rows must be int64 or int32 token indices, got torch\.bool"):
+        R.attention_varlen_rows_ref(q, kv, kv, CU, torch.tensor([True, False]))
     assert not ops.attention_rows_supported("none", torch.device("cpu"), False)
     assert not ops.attention_rows_supported("triton", torch.device("cpu"), False)
     assert not ops.attention_rows_supported("none", torch.device("meta"), True)

@@ -130,6 +130,21 @@ def test_empty_rows_and_bad_arguments():
         attention_rows(torch.zeros(2, 3, 32), k, k, CU, torch.tensor([1, 2]))
 
 
+def test_bounds_below_the_batch_refused_on_the_host():
+    """max_seqlen below the longest sequence (70) or max_seqlen_q below the most rows of one sequence (20) would
+    leave keys without gradients and rows unwritten: CPU tensors get a ValueError naming the argument (a GPU is not
+    checked, which would cost a device sync). Rows that are not integers are refused rather than cast."""
+    q, k, v, _ = _inputs(1, 32, torch.float32)
+    for kw, name in ((dict(max_seqlen=40), r"max_seqlen=40 is below the longest sequence \(70\)"),
+                     (dict(max_seqlen=0), r"max_seqlen=0 is below the longest sequence \(70\)"),
+                     (dict(max_seqlen_q=0), r"max_seqlen_q=0 is below the most query rows of one sequence \(20\)")):
+        with pytest.raises(ValueError, match=name):
+            attention_rows(q[ROWS], k, v, CU, ROWS, **kw)
+    for rows in (ROWS.float(), ROWS > 50):
+        with pytest.raises(ValueError, match=r"q_rows must be int64 or int32 token indices, got torch\.(float32|bool)"):
+            attention_rows(q[ROWS], k, v, CU, rows)
+
+
 def _gpu_config_cases():
     for kind, configs in AR.GPU_CONFIGS.items():
         for cfg in configs:
