@@ -149,9 +149,9 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cu_seql
     q (n, nh, d), k, v (total, nh, d), cu_seqlens (B + 1,) int32 -> (n, nh, d), row r equal to `attention`'s output
     at token q_rows[r] (same dropout elements for the same seed and row_ids). FlashAttention's varlen attention
     with cu_seqlens_q != cu_seqlens_k. 'none': bertforge.kernels.reference.attention_varlen_rows_ref; 'triton':
-    bertforge.kernels.attention_rows (max_seqlen, the longest sequence, spares it a device sync; autotune as
-    `attention`). ConfigError where not `attention_rows_supported` (the caller computes every query and selects
-    the rows instead)."""
+    bertforge.kernels.attention_rows (max_seqlen, the longest sequence, spares it a device sync; a smaller one is
+    refused for CPU tensors, unchecked on a GPU (wrong rows and gradients); autotune as `attention`). ConfigError
+    where not `attention_rows_supported` (the caller computes every query and selects the rows instead)."""
     if not attention_rows_supported(backend, q.device, cu_seqlens is not None):
         raise ConfigError(f"attention for a subset of query rows needs an unpadded batch and kernels='none' on CPU "
                           f"or kernels='triton' on a GPU (or under TRITON_INTERPRET=1), not kernels={backend!r} on "
