@@ -380,7 +380,7 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
     dropout_p, softmax_scale, autotune, seed, row_ids, dropout_bits: as attention.attention. A max_seqlen or
     max_seqlen_q below the batch's leaves keys without gradients and rows unwritten: refused for CPU tensors, not
     checked on a GPU (a device sync). ValueError for shapes that do not match, q_rows not int64 / int32 and (CPU
-    tensors) for q_rows out of [0, total) or the bounds above."""
+    tensors) for q_rows out of [0, total), cu_seqlens[-1] != total or the bounds above."""
     _check(q, k, v)
     total = k.shape[0]
     if q_rows.shape != (q.shape[0],):
@@ -389,6 +389,8 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
     if q_rows.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"attention_rows: q_rows must be int64 or int32 token indices, got {q_rows.dtype}")
     on_host = q_rows.device.type == "cpu" and not torch.compiler.is_compiling()
+    if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling() and int(cu_seqlens[-1]) != total:
+        raise ValueError(f"attention_rows: cu_seqlens must end at k's {total} tokens, got {int(cu_seqlens[-1])}")
     if on_host and q_rows.numel() and (int(q_rows.min()) < 0 or int(q_rows.max()) >= total):
         raise ValueError(f"attention_rows: q_rows must be token indices in [0, {total}), got "
                          f"[{int(q_rows.min())}, {int(q_rows.max())}]")

@@ -140,6 +140,8 @@ def test_bounds_below_the_batch_refused_on_the_host():
                      (dict(max_seqlen_q=0), r"max_seqlen_q=0 is below the most query rows of one sequence \(20\)")):
         with pytest.raises(ValueError, match=name):
             attention_rows(q[ROWS], k, v, CU, ROWS, **kw)
+    with pytest.raises(ValueError, match=r"cu_seqlens must end at k's 132 tokens, got 113"):
+        attention_rows(q[ROWS[:3]], k, v, CU[:-1], ROWS[:3])
     for rows in (ROWS.float(), ROWS > 50):
         with pytest.raises(ValueError, match=r"q_rows must be int64 or int32 token indices, got torch\.(float32|bool)"):
             attention_rows(q[ROWS], k, v, CU, rows)
