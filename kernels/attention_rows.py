@@ -264,9 +264,11 @@ def attention_rows_forward(q, k, v, cu_seqlens, cu_seqlens_q, q_order, q_pos, ma
                            dropout_p=0.0, softmax_scale=None, seed=0, autotune=True, row_ids=None, dropout_bits=8):
     """-> (out (n, nh, d) like q, lse (nh, n) fp32 in sorted order). cu_seqlens (B + 1,) int32 of the keys;
     cu_seqlens_q (B + 1,) int32, q_order (n,) int32 and q_pos (n,) int32 from padding.query_rows_layout; max_seqlen:
-    the longest sequence; max_seqlen_q: at least the most query rows of one sequence. seed, row_ids, dropout_bits,
-    autotune: as attention.attention_forward."""
+    the longest sequence; max_seqlen_q: at least the most query rows of one sequence (ValueError below either for
+    CPU tensors). seed, row_ids, dropout_bits, autotune: as attention.attention_forward."""
     _check(q, k, v)
+    if cu_seqlens.device.type == "cpu":  # the interpreter; on a GPU the check would cost a device sync
+        _check_bounds(cu_seqlens, cu_seqlens_q, max_seqlen, max_seqlen_q)
     q, k, v = (_last_contiguous(t) for t in (q, k, v))
     batch, (n, nheads, head_dim) = cu_seqlens.numel() - 1, q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
@@ -400,8 +402,6 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
         max_seqlen_q = max_seqlen if max_seqlen is not None and q.device.type != "cpu" else max_seqlen_of(cu_q)
     if max_seqlen is None:
         max_seqlen = max_seqlen_of(cu)
-    if q.device.type == "cpu" and not torch.compiler.is_compiling():
-        _check_bounds(cu, cu_q, int(max_seqlen), int(max_seqlen_q))
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     if seed is None:

@@ -132,14 +132,18 @@ def test_empty_rows_and_bad_arguments():
 
 def test_bounds_below_the_batch_refused_on_the_host():
     """max_seqlen below the longest sequence (70) or max_seqlen_q below the most rows of one sequence (20) would
-    leave keys without gradients and rows unwritten: CPU tensors get a ValueError naming the argument (a GPU is not
-    checked, which would cost a device sync). Rows that are not integers are refused rather than cast."""
+    leave keys without gradients and rows unwritten: CPU tensors get a ValueError naming the argument, under
+    torch.compile too (a GPU is not checked, which would cost a device sync); so do cu_seqlens that do not end at
+    k's token count. Rows that are not integers are refused rather than cast."""
     q, k, v, _ = _inputs(1, 32, torch.float32)
     for kw, name in ((dict(max_seqlen=40), r"max_seqlen=40 is below the longest sequence \(70\)"),
                      (dict(max_seqlen=0), r"max_seqlen=0 is below the longest sequence \(70\)"),
                      (dict(max_seqlen_q=0), r"max_seqlen_q=0 is below the most query rows of one sequence \(20\)")):
         with pytest.raises(ValueError, match=name):
             attention_rows(q[ROWS], k, v, CU, ROWS, **kw)
+    compiled = torch.compile(lambda q, k, v: attention_rows(q, k, v, CU, ROWS, max_seqlen=40), backend="aot_eager")
+    with pytest.raises(ValueError, match=r"max_seqlen=40 is below the longest sequence \(70\)"):
+        compiled(q[ROWS], k, v)
     with pytest.raises(ValueError, match=r"cu_seqlens must end at k's 132 tokens, got 113"):
         attention_rows(q[ROWS[:3]], k, v, CU[:-1], ROWS[:3])
     for rows in (ROWS.float(), ROWS > 50):
