@@ -518,7 +518,8 @@ def launch_grid(n_blocks: int, batch: int, nheads: int) -> tuple[int]:
 
 # ---- host launchers ------------------------------------------------------------------------------------------
 def _prepare(q, key_padding_mask, cu_seqlens, max_seqlen):
-    """-> (varlen, batch, max_seqlen, seq_stride, R, cu_seqlens or dummy, seqlens or dummy, kpm uint8 or dummy)."""
+    """-> (varlen, batch, max_seqlen, seq_stride, R, cu_seqlens or dummy, seqlens or dummy, kpm uint8 or dummy).
+    ValueError for a max_seqlen below the longest sequence of host cu_seqlens (the grid would miss blocks)."""
     device = q.device
     dummy = torch.empty(1, dtype=torch.int32, device=device)
     if cu_seqlens is not None:
@@ -528,6 +529,9 @@ def _prepare(q, key_padding_mask, cu_seqlens, max_seqlen):
             raise ValueError(f"attention: unpadded q must be (total, nh, d), got {tuple(q.shape)}")
         if max_seqlen is None:
             max_seqlen = max_seqlen_of(cu_seqlens)
+        elif cu_seqlens.device.type == "cpu" and int(max_seqlen) < max_seqlen_of(cu_seqlens):  # a GPU: unchecked
+            raise ValueError(f"attention: max_seqlen={max_seqlen} is below the longest sequence "
+                             f"({max_seqlen_of(cu_seqlens)}); pass at least that or None to read it from cu_seqlens")
         cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
         return True, cu.numel() - 1, int(max_seqlen), 0, q.shape[0], cu, dummy, dummy.to(torch.uint8)
     if q.dim() != 4:

@@ -149,6 +149,8 @@ def test_bad_arguments():
         attention(torch.randn(4, 2, 160), torch.randn(4, 2, 160), torch.randn(4, 2, 160), cu_seqlens=cu)
     with pytest.raises(ValueError, match="padded q"):
         attention(q, q, q)
+    with pytest.raises(ValueError, match=r"max_seqlen=3 is below the longest sequence \(4\)"):
+        attention(q, q, q, cu_seqlens=cu, max_seqlen=3)  # a smaller bound can leave blocks out
 
 
 # ---- dropout -----------------------------------------------------------------------------------------------------
