@@ -183,6 +183,31 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, kpm_ptrs, start_n, seqlen,
     return acc, l_i, m_new
 
 
+@triton.jit
+def _attn_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, kpm_ptrs, seqlen, offs_m, offs_n0, offs_d, seed, h,
+                   row_lo, row_hi, DROP_THRESH, drop_scale, qk_scale, stride_kt, stride_vt,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_KPM: tl.constexpr, IS_DROPOUT: tl.constexpr,
+                   DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROP_GROUP: tl.constexpr):
+    """dq (BLOCK_M, BLOCK_D) fp32 plus the products of every key block [0, seqlen) of one sequence: P recomputed from
+    lse2 (log2 units), dS = P * (dP - delta), dq += dS K. offs_m: the rows' positions in the sequence (the dropout
+    counters). Keys past seqlen load as k = v = 0, so they add nothing and need no mask."""
+    for start_n in range(0, seqlen, BLOCK_N):
+        k_ok = start_n + offs_n0 < seqlen
+        k = _load_rows(k_ptrs + start_n * stride_kt, k_ok, offs_d, HEAD_DIM, BLOCK_D)
+        v = _load_rows(v_ptrs + start_n * stride_vt, k_ok, offs_d, HEAD_DIM, BLOCK_D)
+        p = tl.math.exp2(_dot(q, tl.trans(k), DOT_FP32) * qk_scale - lse2[:, None])  # (BLOCK_M, BLOCK_N)
+        if HAS_KPM:
+            k_ok = k_ok & (tl.load(kpm_ptrs + start_n, mask=k_ok, other=0) != 0)
+            p = tl.where(k_ok[None, :], p, 0.0)
+        dp = _dot(do, tl.trans(v), DOT_FP32)
+        if IS_DROPOUT:
+            keep = _dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N, DROP_GROUP)
+            dp = tl.where(keep, dp * drop_scale, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, DOT_FP32)
+    return dq
+
+
 @triton.jit(do_not_specialize=["DROP_THRESH", "stride_lse_h", "seq_stride", "max_seqlen"])
 def _attn_fwd_kernel(
     Q, K, V,  # (B, S, nh, d) padded or (total, nh, d) unpadded; last dim contiguous
@@ -428,23 +453,10 @@ def _attn_bwd_dq_kernel(
               + offs_n0[:, None] * stride_kt + offs_d[None, :])
     v_ptrs = (V + b.to(tl.int64) * stride_vb + tok0.to(tl.int64) * stride_vt + h * stride_vh
               + offs_n0[:, None] * stride_vt + offs_d[None, :])
-    qk_scale = sm_scale * 1.4426950408889634
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(0, seqlen, BLOCK_N):
-        offs_n = start_n + offs_n0
-        k_ok = offs_n < seqlen
-        k = _load_rows(k_ptrs + start_n * stride_kt, k_ok, offs_d, HEAD_DIM, BLOCK_D)
-        v = _load_rows(v_ptrs + start_n * stride_vt, k_ok, offs_d, HEAD_DIM, BLOCK_D)
-        p = tl.math.exp2(_dot(q, tl.trans(k), DOT_FP32) * qk_scale - lse2[:, None])  # (BLOCK_M, BLOCK_N)
-        if HAS_KPM:
-            k_ok = k_ok & (tl.load(Kpm + b.to(tl.int64) * stride_kpm_b + offs_n, mask=k_ok, other=0) != 0)
-            p = tl.where(k_ok[None, :], p, 0.0)
-        dp = _dot(do, tl.trans(v), DOT_FP32)
-        if IS_DROPOUT:
-            keep = _dropout_keep(seed, h, row_lo, row_hi, offs_m, start_n, DROP_THRESH, BLOCK_M, BLOCK_N, DROP_GROUP)
-            dp = tl.where(keep, dp * drop_scale, 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, DOT_FP32)
+    dq = _attn_dq_inner(tl.zeros([BLOCK_M, BLOCK_D], tl.float32), q, do, lse2, delta, k_ptrs, v_ptrs,
+                        Kpm + b.to(tl.int64) * stride_kpm_b + offs_n0, seqlen, offs_m, offs_n0, offs_d, seed, h,
+                        row_lo, row_hi, DROP_THRESH, drop_scale, sm_scale * 1.4426950408889634, stride_kt, stride_vt,
+                        HEAD_DIM, BLOCK_D, HAS_KPM, IS_DROPOUT, DOT_FP32, BLOCK_M, BLOCK_N, DROP_GROUP)
     _store_rows(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), offs_m < store_lim, offs_d, HEAD_DIM, BLOCK_D)
 
 

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from bertforge.kernels._common import draw_seed_tensor, is_interpreting, next_power_of_2
-from bertforge.kernels.attention import (_attn_fwd_inner, _cfg, _common_meta, _dot, _dropout_args, _dropout_keep,
+from bertforge.kernels.attention import (_attn_dq_inner, _attn_fwd_inner, _cfg, _common_meta, _dot, _dropout_args,
                                          _dropout_keep_t, _dropout_stream, _last_contiguous, _launch, _load_rows,
                                          _program_coords, _seq_bounds, _store_rows, launch_grid)
 from bertforge.kernels.padding import max_seqlen_of, query_rows_layout
@@ -143,19 +143,10 @@ def _rows_bwd_dq_kernel(
     lse2 = tl.load(Lse + h.to(tl.int64) * stride_lse_h + s, mask=r_ok, other=float("inf")) * _LOG2E
     k_ptrs = K + tok0.to(tl.int64) * stride_kt + h * stride_kh + offs_n0[:, None] * stride_kt + offs_d[None, :]
     v_ptrs = V + tok0.to(tl.int64) * stride_vt + h * stride_vh + offs_n0[:, None] * stride_vt + offs_d[None, :]
-    qk_scale = sm_scale * _LOG2E
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(0, seqlen, BLOCK_N):
-        k_ok = start_n + offs_n0 < seqlen
-        k = _load_rows(k_ptrs + start_n * stride_kt, k_ok, offs_d, HEAD_DIM, BLOCK_D)
-        v = _load_rows(v_ptrs + start_n * stride_vt, k_ok, offs_d, HEAD_DIM, BLOCK_D)
-        p = tl.math.exp2(_dot(q, tl.trans(k), DOT_FP32) * qk_scale - lse2[:, None])  # (BLOCK_M, BLOCK_N)
-        dp = _dot(do, tl.trans(v), DOT_FP32)
-        if IS_DROPOUT:
-            keep = _dropout_keep(seed, h, row_lo, row_hi, pos, start_n, DROP_THRESH, BLOCK_M, BLOCK_N, DROP_GROUP)
-            dp = tl.where(keep, dp * drop_scale, 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, DOT_FP32)
+    dq = _attn_dq_inner(tl.zeros([BLOCK_M, BLOCK_D], tl.float32), q, do, lse2, delta, k_ptrs, v_ptrs, k_ptrs, seqlen,
+                        pos, offs_n0, offs_d, seed, h, row_lo, row_hi, DROP_THRESH, drop_scale, sm_scale * _LOG2E,
+                        stride_kt, stride_vt, HEAD_DIM, BLOCK_D, False, IS_DROPOUT, DOT_FP32, BLOCK_M, BLOCK_N,
+                        DROP_GROUP)
     dq_ptrs = DQ + row[:, None] * stride_ot + h * stride_oh + offs_d[None, :]
     _store_rows(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), r_ok, offs_d, HEAD_DIM, BLOCK_D)
 
